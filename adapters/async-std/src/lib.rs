@@ -1,0 +1,4 @@
+//! foreman-async-std: adapter driving foreman-core (under construction).
+#![deny(missing_docs)]
+
+pub use foreman_core::*;

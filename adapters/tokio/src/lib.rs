@@ -1,0 +1,4 @@
+//! foreman-tokio: adapter driving foreman-core (under construction).
+#![deny(missing_docs)]
+
+pub use foreman_core::*;

@@ -1,0 +1,206 @@
+//! Pool configuration: the reference's options plus foreman's tuning, and
+//! the validation that turns them into a [`PoolConfig`] the core trusts.
+
+use std::time::Duration;
+
+use thiserror::Error;
+
+/// Scheduling and lifecycle options, field for field the reference's.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WorkerPoolOptions {
+    /// How many requests may wait in each worker's queue (not counting the
+    /// ones it is running). Must be at least 1.
+    pub queue_capacity: usize,
+    /// Time between two health probes of a worker. Must be non-zero.
+    pub health_probe_interval: Duration,
+    /// Consecutive failures that make a worker unavailable. Must be at least 1.
+    pub unavailable_after_failures: u32,
+    /// Time budget of a request that sets no `timeout_ms`; `None` means no
+    /// budget. Must be non-zero and within the security policy's maximum.
+    pub default_request_timeout: Option<Duration>,
+    /// Limits every request must respect.
+    pub security_policy: WorkerSecurityPolicy,
+}
+
+impl Default for WorkerPoolOptions {
+    fn default() -> Self {
+        Self {
+            queue_capacity: 64,
+            health_probe_interval: Duration::from_secs(5),
+            unavailable_after_failures: 3,
+            default_request_timeout: Some(Duration::from_secs(30)),
+            security_policy: WorkerSecurityPolicy::default(),
+        }
+    }
+}
+
+/// Limits that protect the pool from oversized or abusive requests.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WorkerSecurityPolicy {
+    /// Largest `timeout_ms` a request may ask for.
+    pub max_request_timeout_ms: u64,
+    /// Largest serialised size of a request, in bytes.
+    pub max_request_payload_bytes: usize,
+    /// Longest `request_id`, `workflow_name` or `node_id`, in bytes.
+    pub max_identifier_length: usize,
+}
+
+impl Default for WorkerSecurityPolicy {
+    fn default() -> Self {
+        Self {
+            max_request_timeout_ms: 120_000,
+            max_request_payload_bytes: 256 * 1024,
+            max_identifier_length: 128,
+        }
+    }
+}
+
+/// How new requests are spread over workers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum RoutingPolicy {
+    /// The reference's rule: take workers in turn, skip unavailable ones and
+    /// fall through to the next when a queue is full.
+    #[default]
+    RoundRobin,
+}
+
+/// Everything the core needs to know, before validation.
+///
+/// Built from [`WorkerPoolOptions`] with [`PoolConfig::new`]; the extra
+/// fields have defaults that keep the reference's behaviour.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PoolConfig {
+    /// The reference-compatible options.
+    pub options: WorkerPoolOptions,
+    /// How long a health probe may take before it counts as failed.
+    /// Defaults to the probe interval, capped at 5 s.
+    pub probe_timeout: Duration,
+    /// Requests one worker runs at the same time (the reference: 1).
+    pub max_concurrency_per_worker: u32,
+    /// How requests are spread over workers.
+    pub routing: RoutingPolicy,
+    /// Unix time in milliseconds of the core's epoch ([`crate::Time::ZERO`]),
+    /// used only to report `last_probe_unix_ms`. The core never reads a clock:
+    /// drivers that know the wall time set it; `0` reports times since epoch.
+    pub unix_epoch_ms: u64,
+}
+
+impl PoolConfig {
+    /// Wraps reference options with foreman's default tuning.
+    pub fn new(options: WorkerPoolOptions) -> Self {
+        let probe_timeout = options
+            .health_probe_interval
+            .min(Duration::from_secs(5));
+        Self {
+            options,
+            probe_timeout,
+            max_concurrency_per_worker: 1,
+            routing: RoutingPolicy::RoundRobin,
+            unix_epoch_ms: 0,
+        }
+    }
+
+    /// Checks every value and explains the first one that makes no sense.
+    ///
+    /// # Errors
+    /// Returns a [`ConfigError`] naming the offending field and the allowed
+    /// range.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let options = &self.options;
+        let policy = &options.security_policy;
+        if options.queue_capacity == 0 {
+            return Err(ConfigError::ZeroQueueCapacity);
+        }
+        if options.health_probe_interval.is_zero() {
+            return Err(ConfigError::ZeroProbeInterval);
+        }
+        if options.unavailable_after_failures == 0 {
+            return Err(ConfigError::ZeroFailureThreshold);
+        }
+        if policy.max_request_timeout_ms == 0 {
+            return Err(ConfigError::ZeroLimit {
+                field: "security_policy.max_request_timeout_ms",
+            });
+        }
+        if policy.max_request_payload_bytes == 0 {
+            return Err(ConfigError::ZeroLimit {
+                field: "security_policy.max_request_payload_bytes",
+            });
+        }
+        if policy.max_identifier_length == 0 {
+            return Err(ConfigError::ZeroLimit {
+                field: "security_policy.max_identifier_length",
+            });
+        }
+        if let Some(timeout) = options.default_request_timeout {
+            if timeout.is_zero() {
+                return Err(ConfigError::ZeroDefaultTimeout);
+            }
+            let max = Duration::from_millis(policy.max_request_timeout_ms);
+            if timeout > max {
+                return Err(ConfigError::DefaultTimeoutAboveMax {
+                    timeout_ms: timeout.as_millis(),
+                    max_ms: policy.max_request_timeout_ms,
+                });
+            }
+        }
+        if self.probe_timeout.is_zero() {
+            return Err(ConfigError::ZeroProbeTimeout);
+        }
+        if self.max_concurrency_per_worker == 0 {
+            return Err(ConfigError::ZeroConcurrency);
+        }
+        Ok(())
+    }
+}
+
+impl Default for PoolConfig {
+    fn default() -> Self {
+        Self::new(WorkerPoolOptions::default())
+    }
+}
+
+impl From<WorkerPoolOptions> for PoolConfig {
+    fn from(options: WorkerPoolOptions) -> Self {
+        Self::new(options)
+    }
+}
+
+/// A configuration value that makes no sense, named so a user can fix it.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// `queue_capacity` was zero.
+    #[error("queue_capacity must be at least 1 (it is the number of requests that may wait per worker)")]
+    ZeroQueueCapacity,
+    /// `health_probe_interval` was zero.
+    #[error("health_probe_interval must be greater than zero")]
+    ZeroProbeInterval,
+    /// `unavailable_after_failures` was zero.
+    #[error("unavailable_after_failures must be at least 1")]
+    ZeroFailureThreshold,
+    /// `default_request_timeout` was `Some(0)`.
+    #[error("default_request_timeout must be greater than zero (use None for no timeout)")]
+    ZeroDefaultTimeout,
+    /// `default_request_timeout` exceeded the policy's maximum.
+    #[error("default_request_timeout of {timeout_ms} ms exceeds security_policy.max_request_timeout_ms ({max_ms} ms)")]
+    DefaultTimeoutAboveMax {
+        /// The configured default, in milliseconds.
+        timeout_ms: u128,
+        /// The policy's maximum, in milliseconds.
+        max_ms: u64,
+    },
+    /// A security-policy limit was zero, which would refuse every request.
+    #[error("{field} must be greater than zero (zero would refuse every request)")]
+    ZeroLimit {
+        /// The offending field.
+        field: &'static str,
+    },
+    /// `probe_timeout` was zero.
+    #[error("probe_timeout must be greater than zero")]
+    ZeroProbeTimeout,
+    /// `max_concurrency_per_worker` was zero.
+    #[error("max_concurrency_per_worker must be at least 1")]
+    ZeroConcurrency,
+}
