@@ -1,0 +1,146 @@
+//! What the core tells its driver: actions to carry out and events to report.
+
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::health::HealthCause;
+use crate::keys::{ProbeKey, RequestKey, WorkerKey};
+use crate::protocol::{WorkerErrorCode, WorkerHealthStatus, WorkerPoolError};
+use crate::time::Time;
+
+/// Something the driver must do, drained in order with
+/// [`crate::Pool::poll_action`].
+#[derive(Debug)]
+pub enum Action<P> {
+    /// Run the request on the worker. The payload given to `submit` moves to
+    /// the driver; report the outcome with
+    /// [`crate::Pool::handle_completion`].
+    Start {
+        /// The request to run.
+        request: RequestKey,
+        /// The worker to run it on.
+        worker: WorkerKey,
+        /// The payload given to `submit`.
+        payload: P,
+    },
+    /// Stop the running request now (drop its handler future). Its answer
+    /// follows as an [`Action::Answer`]; a completion that still arrives for
+    /// it is ignored.
+    Abort {
+        /// The request to stop.
+        request: RequestKey,
+        /// The worker running it.
+        worker: WorkerKey,
+    },
+    /// Deliver the final answer of an accepted request. Every accepted
+    /// request gets exactly one.
+    Answer(Answer<P>),
+    /// Run a health probe on the worker and report it with
+    /// [`crate::Pool::handle_probe_result`].
+    RunProbe {
+        /// The worker to probe.
+        worker: WorkerKey,
+        /// Names this probe in the answer.
+        probe: ProbeKey,
+    },
+    /// Stop a probe that ran out of time or is no longer wanted.
+    AbortProbe {
+        /// The probed worker.
+        worker: WorkerKey,
+        /// The probe to stop.
+        probe: ProbeKey,
+    },
+    /// Replace the worker's execution context (a fresh handler task). Any
+    /// request it was running has already been aborted; new `Start`s for it
+    /// follow.
+    RestartWorker {
+        /// The worker to restart.
+        worker: WorkerKey,
+    },
+    /// The worker is gone for good (removed, or the pool shut down): release
+    /// everything the driver holds for it. No action names it again.
+    StopWorker {
+        /// The worker to stop.
+        worker: WorkerKey,
+    },
+}
+
+/// The final answer to an accepted request.
+#[derive(Debug)]
+pub struct Answer<P> {
+    /// The request answered.
+    pub request: RequestKey,
+    /// The worker the request was last bound to.
+    pub worker: WorkerKey,
+    /// The handler's output, or why there is none.
+    pub result: Result<Value, WorkerPoolError>,
+    /// Where the request was when it was answered.
+    pub phase: Phase,
+    /// Time from acceptance to start (or to the answer, if it never started).
+    pub queued_for: Duration,
+    /// Time the handler ran, if it started.
+    pub ran_for: Option<Duration>,
+    /// The submit payload, returned when the request never started (it
+    /// moved to the driver with [`Action::Start`] otherwise).
+    pub payload: Option<P>,
+}
+
+/// Where a request was when it was answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Phase {
+    /// Waiting in a worker's queue.
+    Queued,
+    /// Running on a worker.
+    Running,
+}
+
+/// Something that happened, for hooks, tracing and reports; drained with
+/// [`crate::Pool::poll_event`]. The pool's correctness does not depend on
+/// anyone reading them, but they queue up until drained.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    /// A worker took the request into its queue (fired once per request).
+    Accepted {
+        /// The request.
+        request: RequestKey,
+        /// The worker that took it.
+        worker: WorkerKey,
+    },
+    /// A submit was refused, by one worker (`worker` is `Some`: a circuit
+    /// breaker vetoed it) or by the pool (`worker` is `None`: the final
+    /// refusal returned by `submit`).
+    Rejected {
+        /// The worker that refused, if the refusal was one worker's.
+        worker: Option<WorkerKey>,
+        /// Why.
+        reason: WorkerErrorCode,
+    },
+    /// A queued request moved to another worker (its worker was removed).
+    Requeued {
+        /// The request.
+        request: RequestKey,
+        /// Where it was.
+        from: WorkerKey,
+        /// Where it is now.
+        to: WorkerKey,
+    },
+    /// A worker's health status changed.
+    HealthChanged {
+        /// The worker.
+        worker: WorkerKey,
+        /// Its status before.
+        from: WorkerHealthStatus,
+        /// Its status now.
+        to: WorkerHealthStatus,
+        /// What caused the change.
+        cause: HealthCause,
+        /// When.
+        at: Time,
+    },
+    /// Shutdown finished: every request is answered, every worker stopped.
+    ShutdownComplete {
+        /// When.
+        at: Time,
+    },
+}

@@ -1,0 +1,1195 @@
+//! [`Pool`]: the sans-IO state machine that makes every decision of the pool.
+
+mod invariants;
+
+use std::collections::{BTreeMap, VecDeque};
+use std::fmt;
+use std::time::Duration;
+
+use serde_json::Value;
+use thiserror::Error;
+
+use crate::config::{ConfigError, PoolConfig};
+use crate::health::{Health, HealthCause};
+use crate::keys::{ProbeKey, RequestKey, Slab, WorkerKey};
+use crate::output::{Action, Answer, Event, Phase};
+use crate::protocol::{
+    WorkerErrorCode, WorkerHealth, WorkerHealthStatus, WorkerPoolError, WorkerProtocolError,
+    WorkerRequest,
+};
+use crate::routing::Router;
+use crate::stats::{Counters, Stats, WorkerStats};
+use crate::time::Time;
+use crate::timers::{Timer, TimerHeap, TimeoutReason};
+use crate::validate::validate_request;
+
+pub use invariants::InvariantViolation;
+
+/// The worker pool as a pure state machine: inputs in, decisions out.
+///
+/// `Pool` owns every policy of foreman — validation, admission and
+/// backpressure, routing, health, deadlines, probes, restarts, removal and
+/// drain — and performs no I/O. A driver (the tokio or async-std adapter, a
+/// simulator, a test) feeds it inputs and carries out what it asks.
+///
+/// # Inputs
+/// Every input takes `now`, the current [`Time`]:
+/// - [`submit`](Self::submit) / [`submit_with`](Self::submit_with): a new
+///   request, answered at once with a [`RequestKey`] or a [`Refused`] (invalid,
+///   queue full, no healthy worker, circuit open, shutting down);
+/// - [`cancel`](Self::cancel): the caller gave up on a request;
+/// - [`handle_completion`](Self::handle_completion): a handler finished;
+/// - [`handle_probe_result`](Self::handle_probe_result): a probe answered;
+/// - [`handle_timeout`](Self::handle_timeout): the instant from
+///   [`poll_timeout`](Self::poll_timeout) was reached (a spurious call is a
+///   no-op);
+/// - commands that can be refused return `Result`:
+///   [`add_worker`](Self::add_worker), [`remove_worker`](Self::remove_worker),
+///   [`restart_worker`](Self::restart_worker); and
+///   [`begin_shutdown`](Self::begin_shutdown).
+///
+/// Inputs naming something that no longer exists (a completion for an
+/// answered request, a stale probe, a double cancel) are ignored and return
+/// `false`. No input sequence makes the core panic.
+///
+/// # Outputs and the drain rule
+/// After every input, the driver drains [`poll_action`](Self::poll_action)
+/// until it returns `None` and carries the [`Action`]s out **in order** (an
+/// `Abort` precedes the `Answer` of the same request; a `RestartWorker`
+/// precedes the `Start`s on the fresh worker). It may drain
+/// [`poll_event`](Self::poll_event) for hooks and tracing; events queue up
+/// until drained. Then it asks [`poll_timeout`](Self::poll_timeout) when to
+/// call `handle_timeout` next; the answer changes only after an input.
+///
+/// # The time rule
+/// The core never reads a clock. Time only moves forward: an input whose
+/// `now` is earlier than one seen before is treated as happening at the
+/// latest instant seen. Every deadline is an absolute [`Time`]; a timer fires
+/// at the first `handle_timeout` whose `now` is at or after it, never before.
+///
+/// # Answers
+/// Every accepted request gets exactly one [`Action::Answer`]: its result,
+/// a worker error, `Timeout` (queue wait plus run time exceeded its budget;
+/// the handler is aborted and the timeout counts as one failure of the
+/// worker), `Cancelled`, or `ShuttingDown` once a drain deadline passes.
+///
+/// # Shutdown
+/// [`begin_shutdown`](Self::begin_shutdown) refuses new work with
+/// `ShuttingDown`, stops probing, and lets queued and running requests finish
+/// until the optional drain deadline; then it aborts and answers the rest.
+/// When nothing is left it emits [`Action::StopWorker`] for every worker and
+/// [`Event::ShutdownComplete`]; from then on every worker reports
+/// `Unavailable`.
+pub struct Pool<P> {
+    config: PoolConfig,
+    /// Requests one worker may hold: running plus queued.
+    capacity: usize,
+    now: Time,
+    requests: Slab<Request<P>>,
+    workers: Slab<Worker>,
+    ids: BTreeMap<String, WorkerKey>,
+    router: Router,
+    /// Workers that are schedulable (whether or not they have room).
+    schedulable: usize,
+    timers: TimerHeap,
+    actions: VecDeque<Action<P>>,
+    events: VecDeque<Event>,
+    lifecycle: Lifecycle,
+    next_probe: u64,
+    names_issued: u64,
+    counters: Counters,
+}
+
+/// A submit the pool refused; the payload comes back untouched.
+pub struct Refused<P> {
+    /// Why the request was refused.
+    pub error: WorkerPoolError,
+    /// The payload given to `submit`.
+    pub payload: P,
+}
+
+impl<P> fmt::Debug for Refused<P> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Refused").field("error", &self.error).finish_non_exhaustive()
+    }
+}
+
+/// A worker command the pool refused.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[non_exhaustive]
+pub enum CommandError {
+    /// No worker has that key (it never existed or was removed).
+    #[error("no worker with key {0}")]
+    UnknownWorker(WorkerKey),
+    /// The worker is being removed and takes no more commands.
+    #[error("worker {0} is being removed")]
+    WorkerRemoving(String),
+    /// Another worker already uses that identifier.
+    #[error("a worker named {0:?} already exists")]
+    DuplicateWorkerId(String),
+    /// The identifier is empty or too long.
+    #[error("invalid worker id: {reason}")]
+    InvalidWorkerId {
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The pool is shutting down (or has stopped) and takes no new workers.
+    #[error("the worker pool is shutting down")]
+    ShuttingDown,
+    /// The pool already holds the largest number of workers it can track.
+    #[error("too many workers")]
+    TooManyWorkers,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Lifecycle {
+    Running,
+    Draining { deadline: Option<Time> },
+    Stopped,
+}
+
+struct Request<P> {
+    worker: WorkerKey,
+    state: RequestState<P>,
+    accepted_at: Time,
+    deadline: Option<Time>,
+}
+
+enum RequestState<P> {
+    Queued(P),
+    Running { started_at: Time },
+}
+
+struct Worker {
+    id: String,
+    health: Health,
+    /// Cached `health.status(threshold)`, to notice changes.
+    status: WorkerHealthStatus,
+    /// Queued request keys in order; may hold stale keys (cancelled or timed
+    /// out while queued), swept once they outnumber the live ones.
+    queue: VecDeque<RequestKey>,
+    /// Live entries of `queue`.
+    queued: usize,
+    running: Vec<RequestKey>,
+    removing: bool,
+    /// Cached: takes new requests (not removing, status schedulable, pool
+    /// not stopped).
+    schedulable: bool,
+    /// Cached: schedulable and has room; mirrors the router's set.
+    eligible: bool,
+    probe: ProbeState,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ProbeState {
+    /// Not probing (removing, or the pool is shutting down).
+    Idle,
+    /// Next probe is due at this instant.
+    Due(Time),
+    /// A probe is running.
+    Outstanding {
+        key: ProbeKey,
+        sent_at: Time,
+        deadline: Time,
+        failure_seq: u64,
+    },
+}
+
+impl<P> Pool<P> {
+    /// Creates an empty pool; add workers with [`add_worker`](Self::add_worker).
+    ///
+    /// # Errors
+    /// Returns the first [`ConfigError`] of `config` (zero queue capacity,
+    /// zero probe interval, a default timeout above the policy maximum, …).
+    pub fn new(config: impl Into<PoolConfig>, now: Time) -> Result<Self, ConfigError> {
+        let config = config.into();
+        config.validate()?;
+        let capacity = config
+            .options
+            .queue_capacity
+            .saturating_add(config.max_concurrency_per_worker as usize);
+        Ok(Pool {
+            router: Router::new(config.routing),
+            config,
+            capacity,
+            now,
+            requests: Slab::new(),
+            workers: Slab::new(),
+            ids: BTreeMap::new(),
+            schedulable: 0,
+            timers: TimerHeap::new(),
+            actions: VecDeque::new(),
+            events: VecDeque::new(),
+            lifecycle: Lifecycle::Running,
+            next_probe: 0,
+            names_issued: 0,
+            counters: Counters::default(),
+        })
+    }
+
+    // ----- inputs -------------------------------------------------------
+
+    /// Submits a request; see [`submit_with`](Self::submit_with).
+    ///
+    /// # Errors
+    /// Returns [`Refused`] with the payload when the request is not accepted.
+    pub fn submit(
+        &mut self,
+        now: Time,
+        request: &WorkerRequest,
+        payload: P,
+    ) -> Result<RequestKey, Refused<P>> {
+        self.submit_with(now, request, payload, |_| true)
+    }
+
+    /// Submits a request, asking `allow` (a circuit breaker) about each
+    /// candidate worker by id before choosing it.
+    ///
+    /// On success the request is bound to a worker and queued there (and
+    /// started at once if the worker is free); its answer comes later as an
+    /// [`Action::Answer`].
+    ///
+    /// # Errors
+    /// Returns [`Refused`] with the payload and the reason: `ShuttingDown`
+    /// once shutdown began; `InvalidRequest` when the request breaks the
+    /// security policy; `QueueFull` when a schedulable worker exists but
+    /// every one with room was vetoed or none has room; `CircuitOpen` when
+    /// `allow` vetoed every worker with room; `NoHealthyWorker` when no
+    /// worker is schedulable.
+    pub fn submit_with(
+        &mut self,
+        now: Time,
+        request: &WorkerRequest,
+        payload: P,
+        mut allow: impl FnMut(&str) -> bool,
+    ) -> Result<RequestKey, Refused<P>> {
+        let now = self.observe(now);
+        self.counters.submitted += 1;
+        if self.lifecycle != Lifecycle::Running {
+            return Err(self.refuse(payload, WorkerPoolError::ShuttingDown));
+        }
+        if let Err(error) = validate_request(request, &self.config.options.security_policy) {
+            return Err(self.refuse(payload, error.into()));
+        }
+
+        let mut vetoed = false;
+        let mut chosen = None;
+        for candidate in self.router.candidates() {
+            let Some(worker) = self.workers.get(candidate.0) else {
+                debug_assert!(false, "router names a missing worker");
+                continue;
+            };
+            if allow(&worker.id) {
+                chosen = Some(candidate);
+                break;
+            }
+            vetoed = true;
+            self.events.push_back(Event::Rejected {
+                worker: Some(candidate),
+                reason: WorkerErrorCode::CircuitOpen,
+            });
+        }
+        let Some(worker) = chosen else {
+            let error = if self.schedulable > self.router.eligible_len() {
+                WorkerPoolError::QueueFull
+            } else if vetoed {
+                WorkerPoolError::CircuitOpen
+            } else {
+                WorkerPoolError::NoHealthyWorker
+            };
+            return Err(self.refuse(payload, error));
+        };
+
+        if !self.requests.has_room() {
+            return Err(self.refuse(payload, WorkerPoolError::QueueFull));
+        }
+        let timeout = match request.timeout_ms {
+            Some(ms) => Some(Duration::from_millis(ms)),
+            None => self.config.options.default_request_timeout,
+        };
+        let deadline = timeout.map(|budget| now + budget);
+        let key = RequestKey(self.requests.insert(Request {
+            worker,
+            state: RequestState::Queued(payload),
+            accepted_at: now,
+            deadline,
+        }));
+        if let Some(slot) = self.workers.get_mut(worker.0) {
+            slot.queue.push_back(key);
+            slot.queued += 1;
+        }
+        if let Some(at) = deadline {
+            self.arm(at, Timer::Request(key));
+        }
+        self.counters.accepted += 1;
+        self.router.picked(worker);
+        self.events.push_back(Event::Accepted {
+            request: key,
+            worker,
+        });
+        self.pump(worker);
+        self.refresh(worker, HealthCause::Success);
+        Ok(key)
+    }
+
+    /// The caller gave up on a request: it leaves its queue at once, or its
+    /// handler is aborted, and it is answered `Cancelled` (which does not
+    /// count against the worker).
+    ///
+    /// Returns `false` (and does nothing) if the request was already
+    /// answered or never existed.
+    pub fn cancel(&mut self, now: Time, request: RequestKey) -> bool {
+        self.observe(now);
+        let Some(entry) = self.requests.get(request.0) else {
+            return false;
+        };
+        let worker = entry.worker;
+        let error = WorkerPoolError::Worker(WorkerProtocolError::new(
+            WorkerErrorCode::Cancelled,
+            "request cancelled by the caller",
+            false,
+        ));
+        if matches!(entry.state, RequestState::Queued(_)) {
+            self.counters.cancelled_queued += 1;
+            self.finish_queued(request, Err(error));
+        } else {
+            self.counters.cancelled_running += 1;
+            self.actions.push_back(Action::Abort { request, worker });
+            self.finish_running(request, Err(error));
+        }
+        self.after_worker_change(worker, HealthCause::Success);
+        true
+    }
+
+    /// A handler finished the request it was started with.
+    ///
+    /// A success clears the worker's failure count; an error counts as one
+    /// failure. Returns `false` (and does nothing) when the request is not
+    /// running (already answered, aborted, or unknown).
+    pub fn handle_completion(
+        &mut self,
+        now: Time,
+        request: RequestKey,
+        result: Result<Value, WorkerProtocolError>,
+    ) -> bool {
+        self.observe(now);
+        let worker = match self.requests.get(request.0) {
+            Some(entry) if matches!(entry.state, RequestState::Running { .. }) => entry.worker,
+            _ => return false,
+        };
+        let cause = if result.is_ok() {
+            HealthCause::Success
+        } else {
+            HealthCause::Failure
+        };
+        if let Some(slot) = self.workers.get_mut(worker.0) {
+            match result {
+                Ok(_) => slot.health.on_success(),
+                Err(_) => slot.health.on_failure(),
+            }
+        }
+        match result {
+            Ok(_) => self.counters.succeeded += 1,
+            Err(_) => self.counters.failed += 1,
+        }
+        self.finish_running(request, result.map_err(WorkerPoolError::Worker));
+        self.after_worker_change(worker, cause);
+        true
+    }
+
+    /// A health probe answered with the worker's own view of its status.
+    ///
+    /// Returns `false` (and does nothing) for a probe that is no longer
+    /// outstanding (it timed out, the worker restarted or was removed).
+    pub fn handle_probe_result(
+        &mut self,
+        now: Time,
+        worker: WorkerKey,
+        probe: ProbeKey,
+        status: WorkerHealthStatus,
+    ) -> bool {
+        let now = self.observe(now);
+        let threshold = self.config.options.unavailable_after_failures;
+        let Some(slot) = self.workers.get_mut(worker.0) else {
+            return false;
+        };
+        let ProbeState::Outstanding {
+            key,
+            sent_at,
+            failure_seq,
+            ..
+        } = slot.probe
+        else {
+            return false;
+        };
+        if key != probe {
+            return false;
+        }
+        slot.health.on_probe(status, failure_seq, threshold, now);
+        self.schedule_next_probe(worker, sent_at);
+        self.refresh(worker, HealthCause::Probe);
+        true
+    }
+
+    /// Fires every timer due at or before `now`: request deadlines, probes
+    /// and probe timeouts, the drain deadline. Calling it early is harmless.
+    pub fn handle_timeout(&mut self, now: Time) {
+        let now = self.observe(now);
+        loop {
+            let (requests, workers, lifecycle) = (&self.requests, &self.workers, self.lifecycle);
+            let Some((at, timer)) = self
+                .timers
+                .pop_due(now, |at, timer| timer_is_live(requests, workers, lifecycle, at, timer))
+            else {
+                break;
+            };
+            match timer {
+                Timer::Request(key) => self.request_deadline(key),
+                Timer::ProbeDue(worker) => self.send_probe(worker),
+                Timer::ProbeTimeout(worker) => self.probe_deadline(worker),
+                Timer::Drain => {
+                    debug_assert!(at <= now);
+                    self.drain_deadline();
+                }
+            }
+        }
+    }
+
+    /// Adds a worker named `worker-N` (N counts the workers added so far,
+    /// skipping names in use) and starts probing it.
+    ///
+    /// # Errors
+    /// [`CommandError::ShuttingDown`] once shutdown began;
+    /// [`CommandError::TooManyWorkers`] past 2^32 workers.
+    pub fn add_worker(&mut self, now: Time) -> Result<WorkerKey, CommandError> {
+        loop {
+            let id = format!("worker-{}", self.names_issued);
+            self.names_issued += 1;
+            if !self.ids.contains_key(&id) {
+                return self.add_named_worker(now, id);
+            }
+        }
+    }
+
+    /// Adds a worker with the given identifier and starts probing it.
+    ///
+    /// # Errors
+    /// [`CommandError::InvalidWorkerId`] for an empty id or one longer than
+    /// the policy's identifier limit; [`CommandError::DuplicateWorkerId`];
+    /// [`CommandError::ShuttingDown`]; [`CommandError::TooManyWorkers`].
+    pub fn add_named_worker(
+        &mut self,
+        now: Time,
+        id: impl Into<String>,
+    ) -> Result<WorkerKey, CommandError> {
+        let now = self.observe(now);
+        let id = id.into();
+        if self.lifecycle != Lifecycle::Running {
+            return Err(CommandError::ShuttingDown);
+        }
+        let max = self.config.options.security_policy.max_identifier_length;
+        if id.is_empty() || id.len() > max {
+            return Err(CommandError::InvalidWorkerId {
+                reason: format!("worker id must be 1 to {max} bytes long, got {}", id.len()),
+            });
+        }
+        if self.ids.contains_key(&id) {
+            return Err(CommandError::DuplicateWorkerId(id));
+        }
+        let due = now + self.config.options.health_probe_interval;
+        let worker = Worker {
+            id: id.clone(),
+            health: Health::new(),
+            status: WorkerHealthStatus::Healthy,
+            queue: VecDeque::new(),
+            queued: 0,
+            running: Vec::new(),
+            removing: false,
+            schedulable: false,
+            eligible: false,
+            probe: ProbeState::Due(due),
+        };
+        if !self.workers.has_room() {
+            return Err(CommandError::TooManyWorkers);
+        }
+        let key = WorkerKey(self.workers.insert(worker));
+        self.ids.insert(id, key);
+        self.arm(due, Timer::ProbeDue(key));
+        self.refresh(key, HealthCause::Restart);
+        Ok(key)
+    }
+
+    /// Restarts a worker: its running requests are aborted and answered with
+    /// a `Cancelled` error saying so (retryable), its health is reset, the
+    /// driver is told to replace its execution context, and its queued
+    /// requests stay queued and run on the fresh worker.
+    ///
+    /// # Errors
+    /// [`CommandError::UnknownWorker`], [`CommandError::WorkerRemoving`], or
+    /// [`CommandError::ShuttingDown`] once the pool has stopped.
+    pub fn restart_worker(&mut self, now: Time, worker: WorkerKey) -> Result<(), CommandError> {
+        let now = self.observe(now);
+        if self.lifecycle == Lifecycle::Stopped {
+            return Err(CommandError::ShuttingDown);
+        }
+        let slot = self
+            .workers
+            .get_mut(worker.0)
+            .ok_or(CommandError::UnknownWorker(worker))?;
+        if slot.removing {
+            return Err(CommandError::WorkerRemoving(slot.id.clone()));
+        }
+        let message = format!(
+            "worker {} was restarted while running this request",
+            slot.id
+        );
+        let running = std::mem::take(&mut slot.running);
+        if let ProbeState::Outstanding { key, .. } = slot.probe {
+            self.actions.push_back(Action::AbortProbe { worker, probe: key });
+        }
+        for request in running {
+            self.actions.push_back(Action::Abort { request, worker });
+            self.counters.aborted_by_restart += 1;
+            let error = WorkerProtocolError::new(WorkerErrorCode::Cancelled, message.clone(), true);
+            self.answer_running(request, Err(WorkerPoolError::Worker(error)));
+        }
+        let probing = self.lifecycle == Lifecycle::Running;
+        if let Some(slot) = self.workers.get_mut(worker.0) {
+            slot.health.reset();
+            slot.probe = ProbeState::Idle;
+        }
+        self.actions.push_back(Action::RestartWorker { worker });
+        if probing {
+            let due = now + self.config.options.health_probe_interval;
+            self.set_probe_due(worker, due);
+        }
+        self.after_worker_change(worker, HealthCause::Restart);
+        Ok(())
+    }
+
+    /// Removes a worker: it takes no new requests, its queued requests move
+    /// to other workers (or are answered with a retryable `Unavailable`
+    /// error when none can take them), its running requests finish, and
+    /// then [`Action::StopWorker`] releases it.
+    ///
+    /// # Errors
+    /// [`CommandError::UnknownWorker`], or [`CommandError::WorkerRemoving`]
+    /// when removal is already under way.
+    pub fn remove_worker(&mut self, now: Time, worker: WorkerKey) -> Result<(), CommandError> {
+        self.observe(now);
+        let slot = self
+            .workers
+            .get_mut(worker.0)
+            .ok_or(CommandError::UnknownWorker(worker))?;
+        if slot.removing {
+            return Err(CommandError::WorkerRemoving(slot.id.clone()));
+        }
+        slot.removing = true;
+        if let ProbeState::Outstanding { key, .. } = slot.probe {
+            self.actions.push_back(Action::AbortProbe { worker, probe: key });
+        }
+        slot.probe = ProbeState::Idle;
+        let queue = std::mem::take(&mut slot.queue);
+        slot.queued = 0;
+        let worker_id = slot.id.clone();
+        self.refresh(worker, HealthCause::Stopped);
+        for request in queue {
+            if !self.is_queued_on(request, worker) {
+                continue;
+            }
+            self.requeue_or_answer(request, worker, &worker_id);
+        }
+        self.after_worker_change(worker, HealthCause::Stopped);
+        Ok(())
+    }
+
+    /// Begins a graceful shutdown: new submits are refused with
+    /// `ShuttingDown`, probing stops, and queued and running requests finish
+    /// until `drain` has passed (no limit when `None`); then the rest are
+    /// aborted and answered `ShuttingDown`. Calling it again can only bring
+    /// the deadline closer.
+    pub fn begin_shutdown(&mut self, now: Time, drain: Option<Duration>) {
+        let now = self.observe(now);
+        let requested = drain.map(|limit| now + limit);
+        let deadline = match self.lifecycle {
+            Lifecycle::Stopped => return,
+            Lifecycle::Running => {
+                let probing: Vec<(WorkerKey, ProbeKey)> = self
+                    .workers
+                    .iter()
+                    .filter_map(|(key, slot)| match slot.probe {
+                        ProbeState::Outstanding { key: probe, .. } => Some((WorkerKey(key), probe)),
+                        _ => None,
+                    })
+                    .collect();
+                for (worker, probe) in probing {
+                    self.actions.push_back(Action::AbortProbe { worker, probe });
+                }
+                let keys: Vec<WorkerKey> = self.workers.iter().map(|(key, _)| WorkerKey(key)).collect();
+                for key in keys {
+                    if let Some(slot) = self.workers.get_mut(key.0) {
+                        slot.probe = ProbeState::Idle;
+                    }
+                }
+                requested
+            }
+            Lifecycle::Draining { deadline } => match (deadline, requested) {
+                (Some(old), Some(new)) => Some(old.min(new)),
+                (old, new) => old.or(new),
+            },
+        };
+        self.lifecycle = Lifecycle::Draining { deadline };
+        if let Some(at) = deadline {
+            if at <= now {
+                self.drain_deadline();
+            } else {
+                self.arm(at, Timer::Drain);
+            }
+        }
+        self.maybe_finish_shutdown();
+    }
+
+    // ----- outputs ------------------------------------------------------
+
+    /// The next thing the driver must do, in order; `None` when there is
+    /// nothing left. See the drain rule in the type's docs.
+    pub fn poll_action(&mut self) -> Option<Action<P>> {
+        self.actions.pop_front()
+    }
+
+    /// The next event to report (hooks, tracing); `None` when there is
+    /// nothing left.
+    pub fn poll_event(&mut self) -> Option<Event> {
+        self.events.pop_front()
+    }
+
+    /// When to call [`handle_timeout`](Self::handle_timeout) next, and why;
+    /// `None` when no timer is armed.
+    pub fn poll_timeout(&mut self) -> Option<(Time, TimeoutReason)> {
+        let (requests, workers, lifecycle) = (&self.requests, &self.workers, self.lifecycle);
+        self.timers
+            .peek_live(|at, timer| timer_is_live(requests, workers, lifecycle, at, timer))
+            .map(|(at, timer)| (at, timer.reason()))
+    }
+
+    // ----- queries ------------------------------------------------------
+
+    /// Health of every worker, in worker order, in the reference's shape.
+    /// Workers being removed, and every worker once the pool has stopped,
+    /// report `Unavailable`.
+    pub fn health(&self) -> Vec<WorkerHealth> {
+        self.workers
+            .iter()
+            .map(|(_, slot)| self.health_of(slot))
+            .collect()
+    }
+
+    /// Health of one worker, if it exists.
+    pub fn worker_health(&self, worker: WorkerKey) -> Option<WorkerHealth> {
+        self.workers.get(worker.0).map(|slot| self.health_of(slot))
+    }
+
+    /// Counters, queue depths and in-flight requests.
+    pub fn stats(&self) -> Stats {
+        let mut stats = Stats {
+            counters: self.counters,
+            ..Stats::default()
+        };
+        for (key, slot) in self.workers.iter() {
+            stats.queued += slot.queued;
+            stats.running += slot.running.len();
+            stats.workers.push(WorkerStats {
+                worker: WorkerKey(key),
+                worker_id: slot.id.clone(),
+                status: self.reported_status(slot),
+                consecutive_failures: slot.health.failures(),
+                queued: slot.queued,
+                running: slot.running.len(),
+                removing: slot.removing,
+            });
+        }
+        stats
+    }
+
+    /// The counters alone (cheap: no allocation).
+    pub fn counters(&self) -> &Counters {
+        &self.counters
+    }
+
+    /// The key of the worker with this identifier.
+    pub fn worker_key(&self, id: &str) -> Option<WorkerKey> {
+        self.ids.get(id).copied()
+    }
+
+    /// The identifier of a worker.
+    pub fn worker_id(&self, worker: WorkerKey) -> Option<&str> {
+        self.workers.get(worker.0).map(|slot| slot.id.as_str())
+    }
+
+    /// Keys of every worker, in worker order.
+    pub fn workers(&self) -> impl Iterator<Item = WorkerKey> + '_ {
+        self.workers.iter().map(|(key, _)| WorkerKey(key))
+    }
+
+    /// Requests accepted and not yet answered.
+    pub fn pending(&self) -> usize {
+        self.requests.len()
+    }
+
+    /// Whether shutdown has begun (new submits are refused).
+    pub fn is_shutting_down(&self) -> bool {
+        self.lifecycle != Lifecycle::Running
+    }
+
+    /// Whether shutdown has completed: everything answered, workers stopped.
+    pub fn is_stopped(&self) -> bool {
+        self.lifecycle == Lifecycle::Stopped
+    }
+
+    /// The latest instant the core has seen.
+    pub fn now(&self) -> Time {
+        self.now
+    }
+
+    /// The configuration the pool runs with.
+    pub fn config(&self) -> &PoolConfig {
+        &self.config
+    }
+
+    // ----- internals ----------------------------------------------------
+
+    fn observe(&mut self, now: Time) -> Time {
+        if now > self.now {
+            self.now = now;
+        }
+        self.now
+    }
+
+    fn refuse(&mut self, payload: P, error: WorkerPoolError) -> Refused<P> {
+        let counter = match error {
+            WorkerPoolError::InvalidRequest { .. } => &mut self.counters.refused_invalid,
+            WorkerPoolError::QueueFull => &mut self.counters.refused_queue_full,
+            WorkerPoolError::CircuitOpen => &mut self.counters.refused_circuit_open,
+            WorkerPoolError::ShuttingDown => &mut self.counters.refused_shutting_down,
+            _ => &mut self.counters.refused_no_healthy_worker,
+        };
+        *counter += 1;
+        self.events.push_back(Event::Rejected {
+            worker: None,
+            reason: error.code(),
+        });
+        Refused { error, payload }
+    }
+
+    fn arm(&mut self, at: Time, timer: Timer) {
+        let (requests, workers, lifecycle) = (&self.requests, &self.workers, self.lifecycle);
+        self.timers
+            .arm(at, timer, |at, timer| timer_is_live(requests, workers, lifecycle, at, timer));
+    }
+
+    fn is_queued_on(&self, request: RequestKey, worker: WorkerKey) -> bool {
+        matches!(
+            self.requests.get(request.0),
+            Some(Request { worker: w, state: RequestState::Queued(_), .. }) if *w == worker
+        )
+    }
+
+    fn reported_status(&self, slot: &Worker) -> WorkerHealthStatus {
+        if slot.removing || self.lifecycle == Lifecycle::Stopped {
+            WorkerHealthStatus::Unavailable
+        } else {
+            slot.status
+        }
+    }
+
+    fn health_of(&self, slot: &Worker) -> WorkerHealth {
+        WorkerHealth {
+            worker_id: slot.id.clone(),
+            status: self.reported_status(slot),
+            consecutive_failures: slot.health.failures(),
+            last_probe_unix_ms: slot.health.last_probe.map(|at| {
+                self.config
+                    .unix_epoch_ms
+                    .saturating_add(at.as_nanos() / 1_000_000)
+            }),
+        }
+    }
+
+    /// Recomputes a worker's status and eligibility after any change,
+    /// reporting a status change with `cause`.
+    fn refresh(&mut self, worker: WorkerKey, cause: HealthCause) {
+        let threshold = self.config.options.unavailable_after_failures;
+        let stopped = self.lifecycle == Lifecycle::Stopped;
+        let capacity = self.capacity;
+        let now = self.now;
+        let Some(slot) = self.workers.get_mut(worker.0) else {
+            return;
+        };
+        let status = slot.health.status(threshold);
+        if status != slot.status {
+            self.events.push_back(Event::HealthChanged {
+                worker,
+                from: slot.status,
+                to: status,
+                cause,
+                at: now,
+            });
+            slot.status = status;
+        }
+        let schedulable = !slot.removing && !stopped && status.is_schedulable();
+        if schedulable != slot.schedulable {
+            slot.schedulable = schedulable;
+            if schedulable {
+                self.schedulable += 1;
+            } else {
+                self.schedulable -= 1;
+            }
+        }
+        let eligible = schedulable && slot.running.len() + slot.queued < capacity;
+        if eligible != slot.eligible {
+            slot.eligible = eligible;
+            self.router.set_eligible(worker, eligible);
+        }
+    }
+
+    /// Starts queued requests while the worker has free run slots.
+    fn pump(&mut self, worker: WorkerKey) {
+        let max = self.config.max_concurrency_per_worker as usize;
+        let now = self.now;
+        let Some(slot) = self.workers.get_mut(worker.0) else {
+            return;
+        };
+        while slot.running.len() < max {
+            let Some(request) = slot.queue.pop_front() else {
+                break;
+            };
+            let Some(entry) = self.requests.get_mut(request.0) else {
+                continue;
+            };
+            if entry.worker != worker || !matches!(entry.state, RequestState::Queued(_)) {
+                continue;
+            }
+            let RequestState::Queued(payload) =
+                std::mem::replace(&mut entry.state, RequestState::Running { started_at: now })
+            else {
+                continue;
+            };
+            slot.queued -= 1;
+            slot.running.push(request);
+            self.actions.push_back(Action::Start {
+                request,
+                worker,
+                payload,
+            });
+        }
+    }
+
+    /// Everything that follows a change to a worker's requests or health.
+    fn after_worker_change(&mut self, worker: WorkerKey, cause: HealthCause) {
+        self.pump(worker);
+        self.refresh(worker, cause);
+        self.maybe_release(worker);
+        self.maybe_finish_shutdown();
+    }
+
+    /// Answers a queued request and takes it off its worker's books.
+    fn finish_queued(&mut self, request: RequestKey, result: Result<Value, WorkerPoolError>) {
+        let Some(entry) = self.requests.remove(request.0) else {
+            return;
+        };
+        let RequestState::Queued(payload) = entry.state else {
+            unreachable_state();
+            return;
+        };
+        if let Some(slot) = self.workers.get_mut(entry.worker.0) {
+            slot.queued = slot.queued.saturating_sub(1);
+            if slot.queue.len() > slot.queued.saturating_mul(2).saturating_add(16) {
+                let requests = &self.requests;
+                let worker = entry.worker;
+                slot.queue.retain(|key| {
+                    matches!(
+                        requests.get(key.0),
+                        Some(Request { worker: w, state: RequestState::Queued(_), .. }) if *w == worker
+                    )
+                });
+            }
+        }
+        self.actions.push_back(Action::Answer(Answer {
+            request,
+            worker: entry.worker,
+            result,
+            phase: Phase::Queued,
+            queued_for: self.now - entry.accepted_at,
+            ran_for: None,
+            payload: Some(payload),
+        }));
+    }
+
+    /// Answers a running request and takes it off its worker's books.
+    fn finish_running(&mut self, request: RequestKey, result: Result<Value, WorkerPoolError>) {
+        let worker = match self.requests.get(request.0) {
+            Some(entry) => entry.worker,
+            None => return,
+        };
+        if let Some(slot) = self.workers.get_mut(worker.0) {
+            if let Some(position) = slot.running.iter().position(|key| *key == request) {
+                slot.running.swap_remove(position);
+            }
+        }
+        self.answer_running(request, result);
+    }
+
+    /// Answers a running request already taken off its worker's run list.
+    fn answer_running(&mut self, request: RequestKey, result: Result<Value, WorkerPoolError>) {
+        let Some(entry) = self.requests.remove(request.0) else {
+            return;
+        };
+        let RequestState::Running { started_at } = entry.state else {
+            unreachable_state();
+            return;
+        };
+        self.actions.push_back(Action::Answer(Answer {
+            request,
+            worker: entry.worker,
+            result,
+            phase: Phase::Running,
+            queued_for: started_at - entry.accepted_at,
+            ran_for: Some(self.now - started_at),
+            payload: None,
+        }));
+    }
+
+    fn request_deadline(&mut self, request: RequestKey) {
+        let Some(entry) = self.requests.get(request.0) else {
+            return;
+        };
+        let worker = entry.worker;
+        if matches!(entry.state, RequestState::Queued(_)) {
+            self.counters.timed_out_queued += 1;
+            if cfg!(feature = "planted-bug") {
+                // Planted bug (test-only feature): forget to answer a request
+                // that timed out while queued. The simulator must catch this.
+                if let Some(slot) = self.workers.get_mut(worker.0) {
+                    slot.queued = slot.queued.saturating_sub(1);
+                }
+                let _ = self.requests.remove(request.0);
+            } else {
+                self.finish_queued(request, Err(WorkerPoolError::Timeout));
+            }
+            self.after_worker_change(worker, HealthCause::Timeout);
+        } else {
+            self.counters.timed_out_running += 1;
+            self.actions.push_back(Action::Abort { request, worker });
+            if let Some(slot) = self.workers.get_mut(worker.0) {
+                slot.health.on_failure();
+            }
+            self.finish_running(request, Err(WorkerPoolError::Timeout));
+            self.after_worker_change(worker, HealthCause::Timeout);
+        }
+    }
+
+    fn send_probe(&mut self, worker: WorkerKey) {
+        let deadline = self.now + self.config.probe_timeout;
+        let now = self.now;
+        let Some(slot) = self.workers.get_mut(worker.0) else {
+            return;
+        };
+        let probe = ProbeKey(self.next_probe);
+        self.next_probe += 1;
+        slot.probe = ProbeState::Outstanding {
+            key: probe,
+            sent_at: now,
+            deadline,
+            failure_seq: slot.health.failure_seq(),
+        };
+        self.counters.probes_sent += 1;
+        self.actions.push_back(Action::RunProbe { worker, probe });
+        self.arm(deadline, Timer::ProbeTimeout(worker));
+    }
+
+    fn probe_deadline(&mut self, worker: WorkerKey) {
+        let now = self.now;
+        let Some(slot) = self.workers.get_mut(worker.0) else {
+            return;
+        };
+        let ProbeState::Outstanding { key, sent_at, .. } = slot.probe else {
+            return;
+        };
+        slot.health.on_probe_timeout(now);
+        self.counters.probes_timed_out += 1;
+        self.actions.push_back(Action::AbortProbe { worker, probe: key });
+        self.schedule_next_probe(worker, sent_at);
+        self.refresh(worker, HealthCause::ProbeTimeout);
+    }
+
+    /// After a probe ends: the next one is due one interval after the last
+    /// was sent, or now if that has passed (one probe at a time).
+    fn schedule_next_probe(&mut self, worker: WorkerKey, sent_at: Time) {
+        if self.lifecycle != Lifecycle::Running {
+            if let Some(slot) = self.workers.get_mut(worker.0) {
+                slot.probe = ProbeState::Idle;
+            }
+            return;
+        }
+        let due = (sent_at + self.config.options.health_probe_interval).max(self.now);
+        self.set_probe_due(worker, due);
+    }
+
+    fn set_probe_due(&mut self, worker: WorkerKey, due: Time) {
+        if let Some(slot) = self.workers.get_mut(worker.0) {
+            slot.probe = ProbeState::Due(due);
+            self.arm(due, Timer::ProbeDue(worker));
+        }
+    }
+
+    /// Moves a request off a removed worker, or answers it when no other
+    /// worker has room.
+    fn requeue_or_answer(&mut self, request: RequestKey, from: WorkerKey, from_id: &str) {
+        let target = self.router.candidates().find(|candidate| *candidate != from);
+        match target {
+            Some(to) => {
+                if let Some(entry) = self.requests.get_mut(request.0) {
+                    entry.worker = to;
+                }
+                if let Some(slot) = self.workers.get_mut(to.0) {
+                    slot.queue.push_back(request);
+                    slot.queued += 1;
+                }
+                self.counters.requeued += 1;
+                self.events.push_back(Event::Requeued { request, from, to });
+                self.pump(to);
+                self.refresh(to, HealthCause::Success);
+            }
+            None => {
+                // Put it back on the removed worker's books, then answer it.
+                if let Some(slot) = self.workers.get_mut(from.0) {
+                    slot.queued += 1;
+                }
+                self.counters.unroutable_after_removal += 1;
+                let error = WorkerProtocolError::new(
+                    WorkerErrorCode::Unavailable,
+                    format!("worker {from_id} was removed and no other worker could take the request"),
+                    true,
+                );
+                self.finish_queued(request, Err(WorkerPoolError::Worker(error)));
+            }
+        }
+    }
+
+    /// Releases a removed worker once its last running request is answered.
+    fn maybe_release(&mut self, worker: WorkerKey) {
+        let done = matches!(
+            self.workers.get(worker.0),
+            Some(slot) if slot.removing && slot.running.is_empty() && slot.queued == 0
+        );
+        if !done || self.lifecycle == Lifecycle::Stopped {
+            return;
+        }
+        if let Some(slot) = self.workers.remove(worker.0) {
+            if slot.schedulable {
+                self.schedulable -= 1;
+            }
+            if slot.eligible {
+                self.router.set_eligible(worker, false);
+            }
+            self.ids.remove(&slot.id);
+        }
+        self.actions.push_back(Action::StopWorker { worker });
+    }
+
+    fn drain_deadline(&mut self) {
+        if !matches!(self.lifecycle, Lifecycle::Draining { .. }) {
+            return;
+        }
+        let (queued, running): (Vec<_>, Vec<_>) = self
+            .requests
+            .iter()
+            .map(|(key, entry)| {
+                (
+                    RequestKey(key),
+                    entry.worker,
+                    matches!(entry.state, RequestState::Queued(_)),
+                )
+            })
+            .partition(|(_, _, queued)| *queued);
+        for (request, _, _) in queued {
+            self.counters.aborted_by_shutdown += 1;
+            self.finish_queued(request, Err(WorkerPoolError::ShuttingDown));
+        }
+        for (request, worker, _) in running {
+            self.counters.aborted_by_shutdown += 1;
+            self.actions.push_back(Action::Abort { request, worker });
+            self.finish_running(request, Err(WorkerPoolError::ShuttingDown));
+        }
+        let removed: Vec<WorkerKey> = self.workers().collect();
+        for worker in removed {
+            self.maybe_release(worker);
+        }
+        self.maybe_finish_shutdown();
+    }
+
+    fn maybe_finish_shutdown(&mut self) {
+        if !matches!(self.lifecycle, Lifecycle::Draining { .. }) || self.requests.len() > 0 {
+            return;
+        }
+        self.lifecycle = Lifecycle::Stopped;
+        let keys: Vec<WorkerKey> = self.workers().collect();
+        for worker in keys {
+            self.refresh(worker, HealthCause::Stopped);
+            if let Some(slot) = self.workers.get_mut(worker.0) {
+                slot.probe = ProbeState::Idle;
+                if slot.status != WorkerHealthStatus::Unavailable && !slot.removing {
+                    self.events.push_back(Event::HealthChanged {
+                        worker,
+                        from: slot.status,
+                        to: WorkerHealthStatus::Unavailable,
+                        cause: HealthCause::Stopped,
+                        at: self.now,
+                    });
+                }
+            }
+            self.actions.push_back(Action::StopWorker { worker });
+        }
+        self.events.push_back(Event::ShutdownComplete { at: self.now });
+    }
+}
+
+impl<P> fmt::Debug for Pool<P> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Pool")
+            .field("now", &self.now)
+            .field("lifecycle", &self.lifecycle)
+            .field("workers", &self.workers.len())
+            .field("pending", &self.requests.len())
+            .field("counters", &self.counters)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Whether a timer entry is still wanted by its owner.
+fn timer_is_live<P>(
+    requests: &Slab<Request<P>>,
+    workers: &Slab<Worker>,
+    lifecycle: Lifecycle,
+    at: Time,
+    timer: Timer,
+) -> bool {
+    match timer {
+        Timer::Request(key) => requests
+            .get(key.0)
+            .is_some_and(|entry| entry.deadline == Some(at)),
+        Timer::ProbeDue(key) => workers
+            .get(key.0)
+            .is_some_and(|slot| slot.probe == ProbeState::Due(at)),
+        Timer::ProbeTimeout(key) => workers.get(key.0).is_some_and(|slot| {
+            matches!(slot.probe, ProbeState::Outstanding { deadline, .. } if deadline == at)
+        }),
+        Timer::Drain => lifecycle == Lifecycle::Draining { deadline: Some(at) },
+    }
+}
+
+/// Marks a state the pool's own bookkeeping rules out; checked in debug
+/// builds (and by the simulator), ignored in release.
+fn unreachable_state() {
+    debug_assert!(false, "request state contradicts the pool's bookkeeping");
+}

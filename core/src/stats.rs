@@ -1,0 +1,103 @@
+//! Counters and the stats snapshot.
+
+use crate::keys::WorkerKey;
+use crate::protocol::WorkerHealthStatus;
+
+/// A point-in-time view of the pool, from [`crate::Pool::stats`].
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Stats {
+    /// Counters since the pool was created.
+    pub counters: Counters,
+    /// Requests waiting in queues now.
+    pub queued: usize,
+    /// Requests running now.
+    pub running: usize,
+    /// One entry per worker, in worker order.
+    pub workers: Vec<WorkerStats>,
+}
+
+/// Monotonic counters by outcome and refusal reason.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Counters {
+    /// Calls to `submit`.
+    pub submitted: u64,
+    /// Requests accepted (each gets exactly one answer).
+    pub accepted: u64,
+    /// Refused: the request broke the security policy.
+    pub refused_invalid: u64,
+    /// Refused: every eligible queue was full.
+    pub refused_queue_full: u64,
+    /// Refused: no schedulable worker.
+    pub refused_no_healthy_worker: u64,
+    /// Refused: circuit breakers vetoed every eligible worker.
+    pub refused_circuit_open: u64,
+    /// Refused: the pool is shutting down.
+    pub refused_shutting_down: u64,
+    /// Answered with the handler's output.
+    pub succeeded: u64,
+    /// Answered with the handler's error.
+    pub failed: u64,
+    /// Ran out of time while queued.
+    pub timed_out_queued: u64,
+    /// Ran out of time while running (the handler was aborted).
+    pub timed_out_running: u64,
+    /// Cancelled by the caller while queued.
+    pub cancelled_queued: u64,
+    /// Cancelled by the caller while running (the handler was aborted).
+    pub cancelled_running: u64,
+    /// Aborted because their worker was restarted.
+    pub aborted_by_restart: u64,
+    /// Answered `ShuttingDown` when the drain deadline passed.
+    pub aborted_by_shutdown: u64,
+    /// Answered because their worker was removed and no other could take them.
+    pub unroutable_after_removal: u64,
+    /// Moved to another worker because theirs was removed.
+    pub requeued: u64,
+    /// Health probes sent.
+    pub probes_sent: u64,
+    /// Health probes that did not answer in time.
+    pub probes_timed_out: u64,
+}
+
+impl Counters {
+    /// Requests answered so far, by any outcome.
+    pub fn answered(&self) -> u64 {
+        self.succeeded
+            + self.failed
+            + self.timed_out_queued
+            + self.timed_out_running
+            + self.cancelled_queued
+            + self.cancelled_running
+            + self.aborted_by_restart
+            + self.aborted_by_shutdown
+            + self.unroutable_after_removal
+    }
+
+    /// Submits refused, for any reason.
+    pub fn refused(&self) -> u64 {
+        self.refused_invalid
+            + self.refused_queue_full
+            + self.refused_no_healthy_worker
+            + self.refused_circuit_open
+            + self.refused_shutting_down
+    }
+}
+
+/// One worker's share of a [`Stats`] snapshot.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WorkerStats {
+    /// The worker's key.
+    pub worker: WorkerKey,
+    /// The worker's identifier.
+    pub worker_id: String,
+    /// Its health status.
+    pub status: WorkerHealthStatus,
+    /// Consecutive failures counted against it.
+    pub consecutive_failures: u32,
+    /// Requests waiting in its queue.
+    pub queued: usize,
+    /// Requests it is running.
+    pub running: usize,
+    /// Whether it is being removed (finishing its running requests).
+    pub removing: bool,
+}

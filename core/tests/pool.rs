@@ -1,0 +1,872 @@
+//! Unit tests of the pool's rules, with explicit times.
+
+use std::time::Duration;
+
+use foreman_core::{
+    Action, Answer, CommandError, ConfigError, Event, HealthCause, Phase, Pool, PoolConfig,
+    RequestKey, Time, TimeoutReason, WorkerErrorCode, WorkerHealthStatus, WorkerKey,
+    WorkerOperation, WorkerPoolError, WorkerPoolOptions, WorkerProtocolError, WorkerRequest,
+    WorkerSecurityPolicy,
+};
+use serde_json::{json, Value};
+
+fn ms(n: u64) -> Time {
+    Time::from_millis(n)
+}
+
+fn request(id: &str) -> WorkerRequest {
+    WorkerRequest {
+        request_id: id.to_string(),
+        workflow_name: "wf".to_string(),
+        node_id: "node-1".to_string(),
+        timeout_ms: None,
+        operation: WorkerOperation::Tool {
+            tool: "echo".to_string(),
+            input: json!({"x": 1}),
+            scoped_input: json!({}),
+        },
+    }
+}
+
+fn with_timeout(id: &str, timeout_ms: u64) -> WorkerRequest {
+    WorkerRequest {
+        timeout_ms: Some(timeout_ms),
+        ..request(id)
+    }
+}
+
+fn failure() -> WorkerProtocolError {
+    WorkerProtocolError::new(WorkerErrorCode::ExecutionFailed, "boom", true)
+}
+
+/// A test driver: applies inputs, checks invariants after each, and keeps
+/// every output for assertions.
+struct Harness {
+    pool: Pool<u32>,
+    actions: Vec<Action<u32>>,
+    events: Vec<Event>,
+    next_payload: u32,
+}
+
+impl Harness {
+    fn new(options: WorkerPoolOptions, workers: usize) -> Self {
+        Self::with_config(PoolConfig::new(options), workers)
+    }
+
+    fn with_config(config: PoolConfig, workers: usize) -> Self {
+        let mut pool = Pool::new(config, Time::ZERO).expect("valid config");
+        for _ in 0..workers {
+            pool.add_worker(Time::ZERO).expect("add worker");
+        }
+        let mut harness = Harness {
+            pool,
+            actions: Vec::new(),
+            events: Vec::new(),
+            next_payload: 0,
+        };
+        harness.drain();
+        harness
+    }
+
+    fn drain(&mut self) {
+        self.pool.check_invariants().expect("invariants hold");
+        while let Some(action) = self.pool.poll_action() {
+            self.actions.push(action);
+        }
+        while let Some(event) = self.pool.poll_event() {
+            self.events.push(event);
+        }
+    }
+
+    fn worker(&self, index: usize) -> WorkerKey {
+        self.pool.workers().nth(index).expect("worker exists")
+    }
+
+    fn submit(&mut self, now: Time, req: &WorkerRequest) -> Result<RequestKey, WorkerPoolError> {
+        self.next_payload += 1;
+        let payload = self.next_payload;
+        let result = self.pool.submit(now, req, payload).map_err(|refused| {
+            assert_eq!(refused.payload, payload, "refusal returns the payload");
+            refused.error
+        });
+        self.drain();
+        result
+    }
+
+    fn complete(&mut self, now: Time, key: RequestKey, result: Result<Value, WorkerProtocolError>) -> bool {
+        let applied = self.pool.handle_completion(now, key, result);
+        self.drain();
+        applied
+    }
+
+    fn tick(&mut self, now: Time) {
+        self.pool.handle_timeout(now);
+        self.drain();
+    }
+
+    fn take_actions(&mut self) -> Vec<Action<u32>> {
+        std::mem::take(&mut self.actions)
+    }
+
+    fn take_events(&mut self) -> Vec<Event> {
+        std::mem::take(&mut self.events)
+    }
+
+    fn started(&mut self) -> Vec<(RequestKey, WorkerKey)> {
+        self.actions
+            .iter()
+            .filter_map(|action| match action {
+                Action::Start { request, worker, .. } => Some((*request, *worker)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn answers(&mut self) -> Vec<Answer<u32>> {
+        let (answers, rest): (Vec<_>, Vec<_>) = self
+            .take_actions()
+            .into_iter()
+            .partition(|action| matches!(action, Action::Answer(_)));
+        self.actions = rest;
+        answers
+            .into_iter()
+            .filter_map(|action| match action {
+                Action::Answer(answer) => Some(answer),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn status(&self, index: usize) -> WorkerHealthStatus {
+        self.pool.health()[index].status
+    }
+}
+
+fn options() -> WorkerPoolOptions {
+    WorkerPoolOptions {
+        queue_capacity: 2,
+        health_probe_interval: Duration::from_secs(5),
+        unavailable_after_failures: 3,
+        default_request_timeout: Some(Duration::from_secs(30)),
+        security_policy: WorkerSecurityPolicy::default(),
+    }
+}
+
+// ----- configuration ------------------------------------------------------
+
+#[test]
+fn constructor_refuses_every_nonsense_value() {
+    let cases: Vec<(WorkerPoolOptions, ConfigError)> = vec![
+        (
+            WorkerPoolOptions { queue_capacity: 0, ..options() },
+            ConfigError::ZeroQueueCapacity,
+        ),
+        (
+            WorkerPoolOptions { health_probe_interval: Duration::ZERO, ..options() },
+            ConfigError::ZeroProbeInterval,
+        ),
+        (
+            WorkerPoolOptions { unavailable_after_failures: 0, ..options() },
+            ConfigError::ZeroFailureThreshold,
+        ),
+        (
+            WorkerPoolOptions { default_request_timeout: Some(Duration::ZERO), ..options() },
+            ConfigError::ZeroDefaultTimeout,
+        ),
+        (
+            WorkerPoolOptions { default_request_timeout: Some(Duration::from_secs(121)), ..options() },
+            ConfigError::DefaultTimeoutAboveMax { timeout_ms: 121_000, max_ms: 120_000 },
+        ),
+        (
+            WorkerPoolOptions {
+                security_policy: WorkerSecurityPolicy { max_request_timeout_ms: 0, ..Default::default() },
+                default_request_timeout: None,
+                ..options()
+            },
+            ConfigError::ZeroLimit { field: "security_policy.max_request_timeout_ms" },
+        ),
+        (
+            WorkerPoolOptions {
+                security_policy: WorkerSecurityPolicy { max_request_payload_bytes: 0, ..Default::default() },
+                ..options()
+            },
+            ConfigError::ZeroLimit { field: "security_policy.max_request_payload_bytes" },
+        ),
+        (
+            WorkerPoolOptions {
+                security_policy: WorkerSecurityPolicy { max_identifier_length: 0, ..Default::default() },
+                ..options()
+            },
+            ConfigError::ZeroLimit { field: "security_policy.max_identifier_length" },
+        ),
+    ];
+    for (options, expected) in cases {
+        let error = Pool::<()>::new(options, Time::ZERO).expect_err("must be refused");
+        assert_eq!(error, expected);
+        assert!(!error.to_string().is_empty());
+    }
+    let config = PoolConfig { probe_timeout: Duration::ZERO, ..PoolConfig::default() };
+    assert_eq!(Pool::<()>::new(config, Time::ZERO).unwrap_err(), ConfigError::ZeroProbeTimeout);
+    let config = PoolConfig { max_concurrency_per_worker: 0, ..PoolConfig::default() };
+    assert_eq!(Pool::<()>::new(config, Time::ZERO).unwrap_err(), ConfigError::ZeroConcurrency);
+    assert!(Pool::<()>::new(WorkerPoolOptions::default(), Time::ZERO).is_ok());
+    assert!(
+        Pool::<()>::new(WorkerPoolOptions { default_request_timeout: None, ..options() }, Time::ZERO).is_ok(),
+        "no default timeout is allowed"
+    );
+}
+
+#[test]
+fn config_error_messages_name_the_field() {
+    let error = Pool::<()>::new(WorkerPoolOptions { queue_capacity: 0, ..options() }, Time::ZERO).unwrap_err();
+    assert!(error.to_string().contains("queue_capacity"), "{error}");
+    let error = Pool::<()>::new(
+        WorkerPoolOptions { default_request_timeout: Some(Duration::from_secs(500)), ..options() },
+        Time::ZERO,
+    )
+    .unwrap_err();
+    assert!(error.to_string().contains("max_request_timeout_ms"), "{error}");
+}
+
+// ----- submit, start, complete --------------------------------------------
+
+#[test]
+fn a_request_runs_and_is_answered_with_queue_and_run_times() {
+    let mut h = Harness::new(options(), 1);
+    let key = h.submit(ms(10), &request("a")).unwrap();
+    let started = h.started();
+    assert_eq!(started, vec![(key, h.worker(0))]);
+    assert!(matches!(h.events.first(), Some(Event::Accepted { request, .. }) if *request == key));
+    h.take_actions();
+    assert!(h.complete(ms(25), key, Ok(json!({"ok": true}))));
+    let answers = h.answers();
+    assert_eq!(answers.len(), 1);
+    let answer = &answers[0];
+    assert_eq!(answer.request, key);
+    assert_eq!(answer.result, Ok(json!({"ok": true})));
+    assert_eq!(answer.phase, Phase::Running);
+    assert_eq!(answer.queued_for, Duration::ZERO);
+    assert_eq!(answer.ran_for, Some(Duration::from_millis(15)));
+    assert_eq!(answer.payload, None, "the payload moved to the driver at start");
+    assert_eq!(h.pool.pending(), 0);
+    assert_eq!(h.pool.counters().succeeded, 1);
+}
+
+#[test]
+fn start_hands_over_the_payload_and_queue_time_is_reported() {
+    let mut h = Harness::new(options(), 1);
+    let first = h.submit(ms(0), &request("a")).unwrap();
+    let second = h.submit(ms(1), &request("b")).unwrap();
+    let payloads: Vec<u32> = h
+        .take_actions()
+        .into_iter()
+        .filter_map(|action| match action {
+            Action::Start { payload, .. } => Some(payload),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(payloads, vec![1], "only the first starts: one request at a time per worker");
+    h.complete(ms(40), first, Ok(json!(1)));
+    let started: Vec<_> = h.started();
+    assert_eq!(started, vec![(second, h.worker(0))]);
+    h.take_actions();
+    h.complete(ms(50), second, Ok(json!(2)));
+    let answer = h.answers().pop().unwrap();
+    assert_eq!(answer.queued_for, Duration::from_millis(39));
+    assert_eq!(answer.ran_for, Some(Duration::from_millis(10)));
+}
+
+#[test]
+fn round_robin_spreads_requests_over_workers() {
+    let mut h = Harness::new(options(), 3);
+    let mut workers = Vec::new();
+    for i in 0..6 {
+        h.submit(ms(0), &request(&format!("r{i}"))).unwrap();
+    }
+    for event in h.take_events() {
+        if let Event::Accepted { worker, .. } = event {
+            workers.push(worker);
+        }
+    }
+    let (w0, w1, w2) = (h.worker(0), h.worker(1), h.worker(2));
+    assert_eq!(workers, vec![w0, w1, w2, w0, w1, w2]);
+}
+
+#[test]
+fn full_queues_fall_through_then_refuse_queue_full() {
+    // capacity per worker: 1 running + 2 queued.
+    let mut h = Harness::new(options(), 2);
+    for i in 0..6 {
+        h.submit(ms(0), &request(&format!("r{i}"))).unwrap();
+    }
+    assert_eq!(h.submit(ms(0), &request("overflow")), Err(WorkerPoolError::QueueFull));
+    assert_eq!(h.pool.counters().refused_queue_full, 1);
+    let stats = h.pool.stats();
+    assert_eq!(stats.queued, 4);
+    assert_eq!(stats.running, 2);
+    // Free one slot on worker 1 only: the next submit falls through to it.
+    let running_on_w1 = h
+        .started()
+        .into_iter()
+        .find(|(_, worker)| *worker == h.worker(1))
+        .unwrap()
+        .0;
+    h.complete(ms(5), running_on_w1, Ok(json!(null)));
+    h.take_events();
+    h.submit(ms(6), &request("fits")).unwrap();
+    assert!(h
+        .take_events()
+        .iter()
+        .any(|event| matches!(event, Event::Accepted { worker, .. } if *worker == h.worker(1))));
+}
+
+#[test]
+fn no_workers_means_no_healthy_worker() {
+    let mut h = Harness::new(options(), 0);
+    assert_eq!(h.submit(ms(0), &request("a")), Err(WorkerPoolError::NoHealthyWorker));
+    assert!(h
+        .events
+        .iter()
+        .any(|event| matches!(event, Event::Rejected { worker: None, reason: WorkerErrorCode::Unavailable })));
+}
+
+#[test]
+fn circuit_breaker_vetoes_are_reported_per_worker() {
+    let mut h = Harness::new(options(), 2);
+    let refused = h.pool.submit_with(ms(0), &request("a"), 7, |_| false).unwrap_err();
+    assert_eq!(refused.error, WorkerPoolError::CircuitOpen);
+    assert_eq!(refused.payload, 7);
+    h.drain();
+    let vetoes = h
+        .take_events()
+        .into_iter()
+        .filter(|event| matches!(event, Event::Rejected { worker: Some(_), reason: WorkerErrorCode::CircuitOpen }))
+        .count();
+    assert_eq!(vetoes, 2);
+    // Veto only worker-0: the request goes to worker-1 and is accepted once.
+    let key = h.pool.submit_with(ms(0), &request("b"), 8, |id| id != "worker-0").unwrap();
+    h.drain();
+    let events = h.take_events();
+    let accepted: Vec<_> = events.iter().filter(|e| matches!(e, Event::Accepted { .. })).collect();
+    assert_eq!(accepted, vec![&Event::Accepted { request: key, worker: h.worker(1) }]);
+    assert!(!events.iter().any(|e| matches!(e, Event::Rejected { worker: Some(w), .. } if *w == h.worker(1))));
+}
+
+#[test]
+fn queue_full_takes_precedence_over_circuit_open() {
+    let mut h = Harness::new(WorkerPoolOptions { queue_capacity: 1, ..options() }, 2);
+    h.pool.submit_with(ms(0), &request("a"), 1, |id| id == "worker-0").unwrap();
+    h.pool.submit_with(ms(0), &request("b"), 2, |id| id == "worker-0").unwrap();
+    h.drain();
+    // worker-0 is full; worker-1 has room but is vetoed.
+    let refused = h.pool.submit_with(ms(0), &request("c"), 3, |id| id == "worker-0").unwrap_err();
+    assert_eq!(refused.error, WorkerPoolError::QueueFull);
+    h.drain();
+}
+
+#[test]
+fn invalid_requests_are_refused_with_a_reason() {
+    let mut h = Harness::new(options(), 1);
+    let mut bad = request("");
+    let error = h.submit(ms(0), &bad).unwrap_err();
+    assert!(matches!(&error, WorkerPoolError::InvalidRequest { reason } if reason.contains("request_id")), "{error}");
+    bad = with_timeout("x", 120_001);
+    assert!(matches!(h.submit(ms(0), &bad), Err(WorkerPoolError::InvalidRequest { .. })));
+    assert_eq!(h.pool.counters().refused_invalid, 2);
+    assert_eq!(h.pool.pending(), 0);
+}
+
+// ----- health ---------------------------------------------------------------
+
+#[test]
+fn consecutive_failures_degrade_then_eject_and_success_restores() {
+    let mut h = Harness::new(options(), 1);
+    for round in 0..3 {
+        let key = h.submit(ms(round), &request("f")).unwrap();
+        h.complete(ms(round), key, Err(failure()));
+        let answer = h.answers().pop().unwrap();
+        assert_eq!(answer.result, Err(WorkerPoolError::Worker(failure())));
+        let expected = if round < 2 { WorkerHealthStatus::Degraded } else { WorkerHealthStatus::Unavailable };
+        assert_eq!(h.status(0), expected);
+    }
+    assert_eq!(h.pool.health()[0].consecutive_failures, 3);
+    assert_eq!(h.submit(ms(5), &request("x")), Err(WorkerPoolError::NoHealthyWorker));
+    let transitions: Vec<_> = h
+        .take_events()
+        .into_iter()
+        .filter_map(|event| match event {
+            Event::HealthChanged { from, to, cause, .. } => Some((from, to, cause)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        transitions,
+        vec![
+            (WorkerHealthStatus::Healthy, WorkerHealthStatus::Degraded, HealthCause::Failure),
+            (WorkerHealthStatus::Degraded, WorkerHealthStatus::Unavailable, HealthCause::Failure),
+        ]
+    );
+}
+
+#[test]
+fn routing_skips_unavailable_workers() {
+    let mut h = Harness::new(WorkerPoolOptions { unavailable_after_failures: 1, ..options() }, 2);
+    let key = h.submit(ms(0), &request("a")).unwrap();
+    h.complete(ms(1), key, Err(failure()));
+    assert_eq!(h.status(0), WorkerHealthStatus::Unavailable);
+    h.take_events();
+    for i in 0..3 {
+        let key = h.submit(ms(2), &request(&format!("b{i}"))).unwrap();
+        assert!(h.take_events().iter().any(
+            |e| matches!(e, Event::Accepted { request, worker } if *request == key && *worker == h.worker(1))
+        ));
+    }
+}
+
+// ----- deadlines ------------------------------------------------------------
+
+#[test]
+fn a_running_timeout_aborts_the_handler_and_counts_one_failure() {
+    let mut h = Harness::new(options(), 1);
+    let slow = h.submit(ms(0), &with_timeout("slow", 100)).unwrap();
+    let next = h.submit(ms(0), &request("next")).unwrap();
+    assert_eq!(h.pool.poll_timeout(), Some((ms(100), TimeoutReason::RequestDeadline)));
+    h.take_actions();
+    h.tick(ms(99));
+    assert!(h.actions.is_empty(), "a deadline never fires early");
+    h.tick(ms(100));
+    let actions = h.take_actions();
+    assert!(matches!(actions[0], Action::Abort { request, .. } if request == slow));
+    assert!(matches!(&actions[1], Action::Answer(a) if a.request == slow
+        && a.result == Err(WorkerPoolError::Timeout) && a.phase == Phase::Running));
+    assert!(matches!(actions[2], Action::Start { request, .. } if request == next), "the worker is free again");
+    assert_eq!(h.status(0), WorkerHealthStatus::Degraded, "one timeout is one failure, not an ejection");
+    assert!(!h.complete(ms(150), slow, Ok(json!(null))), "a late completion is ignored");
+    assert_eq!(h.pool.counters().timed_out_running, 1);
+}
+
+#[test]
+fn a_queued_timeout_answers_without_blaming_the_worker() {
+    let mut h = Harness::new(options(), 1);
+    let busy = h.submit(ms(0), &request("busy")).unwrap();
+    let waiting = h.submit(ms(0), &with_timeout("waiting", 50)).unwrap();
+    h.take_actions();
+    h.tick(ms(50));
+    let answers = h.answers();
+    assert_eq!(answers.len(), 1);
+    assert_eq!(answers[0].request, waiting);
+    assert_eq!(answers[0].result, Err(WorkerPoolError::Timeout));
+    assert_eq!(answers[0].phase, Phase::Queued);
+    assert_eq!(answers[0].payload, Some(2), "the payload comes back for a request that never started");
+    assert_eq!(answers[0].queued_for, Duration::from_millis(50));
+    assert_eq!(h.status(0), WorkerHealthStatus::Healthy);
+    h.complete(ms(60), busy, Ok(json!(null)));
+    assert!(h.started().is_empty(), "the timed-out request never starts");
+}
+
+#[test]
+fn the_default_timeout_applies_and_none_means_no_deadline() {
+    let mut h = Harness::new(WorkerPoolOptions { default_request_timeout: None, ..options() }, 1);
+    h.submit(ms(0), &request("forever")).unwrap();
+    assert_eq!(h.pool.poll_timeout().map(|(_, reason)| reason), Some(TimeoutReason::ProbeDue));
+    let mut h = Harness::new(options(), 1);
+    h.submit(ms(0), &request("default")).unwrap();
+    let mut h2 = h.pool.poll_timeout();
+    // The probe (5 s) comes before the default deadline (30 s).
+    assert_eq!(h2.take(), Some((ms(5_000), TimeoutReason::ProbeDue)));
+}
+
+// ----- cancellation ---------------------------------------------------------
+
+#[test]
+fn cancelling_a_queued_request_frees_its_place_at_once() {
+    let mut h = Harness::new(WorkerPoolOptions { queue_capacity: 1, ..options() }, 1);
+    h.submit(ms(0), &request("running")).unwrap();
+    let queued = h.submit(ms(0), &request("queued")).unwrap();
+    assert_eq!(h.submit(ms(0), &request("full")), Err(WorkerPoolError::QueueFull));
+    h.take_actions();
+    assert!(h.pool.cancel(ms(1), queued));
+    h.drain();
+    let answer = h.answers().pop().unwrap();
+    assert!(matches!(&answer.result, Err(WorkerPoolError::Worker(e)) if e.code == WorkerErrorCode::Cancelled));
+    assert_eq!(answer.payload, Some(2));
+    assert!(h.submit(ms(1), &request("now fits")).is_ok());
+    assert!(!h.pool.cancel(ms(2), queued), "a second cancel does nothing");
+}
+
+#[test]
+fn cancelling_a_running_request_aborts_it_without_blaming_the_worker() {
+    let mut h = Harness::new(options(), 1);
+    let key = h.submit(ms(0), &request("a")).unwrap();
+    let next = h.submit(ms(0), &request("b")).unwrap();
+    h.take_actions();
+    assert!(h.pool.cancel(ms(3), key));
+    h.drain();
+    let actions = h.take_actions();
+    assert!(matches!(actions[0], Action::Abort { request, .. } if request == key));
+    assert!(matches!(&actions[1], Action::Answer(a) if a.request == key && a.phase == Phase::Running));
+    assert!(matches!(actions[2], Action::Start { request, .. } if request == next));
+    assert_eq!(h.status(0), WorkerHealthStatus::Healthy);
+    assert!(!h.complete(ms(4), key, Ok(json!(null))));
+}
+
+// ----- restart, add, remove -------------------------------------------------
+
+#[test]
+fn restart_aborts_the_running_request_and_keeps_the_queue() {
+    let mut h = Harness::new(WorkerPoolOptions { unavailable_after_failures: 1, ..options() }, 1);
+    let failing = h.submit(ms(0), &request("f")).unwrap();
+    h.complete(ms(1), failing, Err(failure()));
+    assert_eq!(h.status(0), WorkerHealthStatus::Unavailable);
+    // Requests queued before the ejection are still held.
+    let mut h = Harness::new(options(), 1);
+    let running = h.submit(ms(0), &request("running")).unwrap();
+    let queued = h.submit(ms(0), &request("queued")).unwrap();
+    h.take_actions();
+    let worker = h.worker(0);
+    h.pool.restart_worker(ms(2), worker).unwrap();
+    h.drain();
+    let actions = h.take_actions();
+    assert!(matches!(actions[0], Action::Abort { request, .. } if request == running));
+    match &actions[1] {
+        Action::Answer(answer) => match &answer.result {
+            Err(WorkerPoolError::Worker(error)) => {
+                assert_eq!(error.code, WorkerErrorCode::Cancelled);
+                assert!(error.retryable);
+                assert!(error.message.contains("restarted"), "{}", error.message);
+            }
+            other => panic!("unexpected {other:?}"),
+        },
+        other => panic!("unexpected {other:?}"),
+    }
+    assert!(matches!(actions[2], Action::RestartWorker { worker: w } if w == worker));
+    assert!(matches!(actions[3], Action::Start { request, .. } if request == queued));
+    assert_eq!(h.pool.counters().aborted_by_restart, 1);
+    assert_eq!(
+        h.pool.restart_worker(ms(3), WorkerKey::from_u64(999)),
+        Err(CommandError::UnknownWorker(WorkerKey::from_u64(999)))
+    );
+}
+
+#[test]
+fn restart_resets_health() {
+    let mut h = Harness::new(WorkerPoolOptions { unavailable_after_failures: 1, ..options() }, 1);
+    let key = h.submit(ms(0), &request("f")).unwrap();
+    h.complete(ms(1), key, Err(failure()));
+    assert_eq!(h.status(0), WorkerHealthStatus::Unavailable);
+    let worker = h.worker(0);
+    h.pool.restart_worker(ms(2), worker).unwrap();
+    h.drain();
+    assert_eq!(h.status(0), WorkerHealthStatus::Healthy);
+    assert!(h.submit(ms(3), &request("ok")).is_ok());
+}
+
+#[test]
+fn removing_a_worker_requeues_its_queue_and_lets_the_running_request_finish() {
+    let mut h = Harness::new(options(), 2);
+    // worker-0 gets r0 (running) and r2 (queued); worker-1 gets r1, r3.
+    let keys: Vec<_> = (0..4).map(|i| h.submit(ms(0), &request(&format!("r{i}"))).unwrap()).collect();
+    h.take_actions();
+    h.take_events();
+    let (w0, w1) = (h.worker(0), h.worker(1));
+    h.pool.remove_worker(ms(1), w0).unwrap();
+    h.drain();
+    assert!(h.take_events().contains(&Event::Requeued { request: keys[2], from: w0, to: w1 }));
+    assert_eq!(h.status(0), WorkerHealthStatus::Unavailable, "a worker being removed takes no traffic");
+    assert_eq!(h.pool.remove_worker(ms(1), w0), Err(CommandError::WorkerRemoving("worker-0".into())));
+    assert!(h.take_actions().is_empty(), "nothing stops until its running request ends");
+    h.complete(ms(2), keys[0], Ok(json!(0)));
+    let actions = h.take_actions();
+    assert!(matches!(&actions[0], Action::Answer(a) if a.request == keys[0] && a.result.is_ok()));
+    assert!(matches!(actions[1], Action::StopWorker { worker } if worker == w0));
+    assert_eq!(h.pool.workers().count(), 1);
+    assert_eq!(h.pool.worker_key("worker-0"), None);
+}
+
+#[test]
+fn removal_answers_what_no_other_worker_can_take() {
+    let mut h = Harness::new(WorkerPoolOptions { queue_capacity: 1, ..options() }, 1);
+    h.submit(ms(0), &request("running")).unwrap();
+    let queued = h.submit(ms(0), &request("queued")).unwrap();
+    h.take_actions();
+    let worker = h.worker(0);
+    h.pool.remove_worker(ms(1), worker).unwrap();
+    h.drain();
+    let answer = h.answers().pop().unwrap();
+    assert_eq!(answer.request, queued);
+    match answer.result {
+        Err(WorkerPoolError::Worker(error)) => {
+            assert_eq!(error.code, WorkerErrorCode::Unavailable);
+            assert!(error.retryable);
+            assert!(error.message.contains("worker-0 was removed"), "{}", error.message);
+        }
+        other => panic!("unexpected {other:?}"),
+    }
+}
+
+#[test]
+fn added_workers_take_traffic_and_names_are_unique() {
+    let mut h = Harness::new(options(), 0);
+    let named = h.pool.add_named_worker(ms(0), "gpu-1").unwrap();
+    assert_eq!(h.pool.add_named_worker(ms(0), "gpu-1"), Err(CommandError::DuplicateWorkerId("gpu-1".into())));
+    assert!(matches!(h.pool.add_named_worker(ms(0), ""), Err(CommandError::InvalidWorkerId { .. })));
+    assert_eq!(h.pool.worker_key("gpu-1"), Some(named));
+    assert_eq!(h.pool.worker_id(named), Some("gpu-1"));
+    let auto = h.pool.add_worker(ms(0)).unwrap();
+    assert_eq!(h.pool.worker_id(auto), Some("worker-0"));
+    h.drain();
+    h.submit(ms(1), &request("a")).unwrap();
+}
+
+// ----- probes ---------------------------------------------------------------
+
+fn run_probe(h: &mut Harness) -> (WorkerKey, foreman_core::ProbeKey) {
+    h.take_actions()
+        .into_iter()
+        .find_map(|action| match action {
+            Action::RunProbe { worker, probe } => Some((worker, probe)),
+            _ => None,
+        })
+        .expect("a probe was started")
+}
+
+#[test]
+fn probes_run_every_interval_and_report_their_time() {
+    let mut config = PoolConfig::new(options());
+    config.unix_epoch_ms = 1_000_000;
+    let mut h = Harness::with_config(config, 1);
+    assert_eq!(h.pool.poll_timeout(), Some((ms(5_000), TimeoutReason::ProbeDue)));
+    h.tick(ms(5_000));
+    let (worker, probe) = run_probe(&mut h);
+    assert_eq!(h.pool.poll_timeout(), Some((ms(10_000), TimeoutReason::ProbeTimeout)));
+    assert!(h.pool.handle_probe_result(ms(5_010), worker, probe, WorkerHealthStatus::Healthy));
+    h.drain();
+    assert!(!h.pool.handle_probe_result(ms(5_011), worker, probe, WorkerHealthStatus::Unavailable), "answered once");
+    assert_eq!(h.pool.health()[0].last_probe_unix_ms, Some(1_005_010));
+    assert_eq!(h.pool.poll_timeout(), Some((ms(10_000), TimeoutReason::ProbeDue)));
+}
+
+#[test]
+fn a_hanging_probe_times_out_counts_as_failed_and_probing_goes_on() {
+    let mut config = PoolConfig::new(options());
+    config.probe_timeout = Duration::from_secs(1);
+    let mut h = Harness::with_config(config, 1);
+    h.tick(ms(5_000));
+    let (worker, probe) = run_probe(&mut h);
+    h.tick(ms(6_000));
+    let actions = h.take_actions();
+    assert!(matches!(actions[0], Action::AbortProbe { worker: w, probe: p } if w == worker && p == probe));
+    assert_eq!(h.status(0), WorkerHealthStatus::Unavailable);
+    assert_eq!(h.pool.counters().probes_timed_out, 1);
+    assert!(!h.pool.handle_probe_result(ms(6_001), worker, probe, WorkerHealthStatus::Healthy), "too late");
+    h.tick(ms(10_000));
+    let (worker, probe) = run_probe(&mut h);
+    h.pool.handle_probe_result(ms(10_001), worker, probe, WorkerHealthStatus::Healthy);
+    h.drain();
+    assert_eq!(h.status(0), WorkerHealthStatus::Healthy, "a later healthy probe restores it");
+}
+
+#[test]
+fn a_healthy_probe_gives_an_ejected_worker_one_trial_not_a_clean_slate() {
+    let mut h = Harness::new(options(), 1);
+    for i in 0..3 {
+        let key = h.submit(ms(i), &request("f")).unwrap();
+        h.complete(ms(i), key, Err(failure()));
+    }
+    assert_eq!(h.status(0), WorkerHealthStatus::Unavailable);
+    h.tick(ms(5_000));
+    let (worker, probe) = run_probe(&mut h);
+    h.pool.handle_probe_result(ms(5_001), worker, probe, WorkerHealthStatus::Healthy);
+    h.drain();
+    assert_eq!(h.status(0), WorkerHealthStatus::Degraded);
+    let key = h.submit(ms(5_002), &request("trial")).unwrap();
+    h.complete(ms(5_003), key, Err(failure()));
+    assert_eq!(h.status(0), WorkerHealthStatus::Unavailable, "one more failure ejects it again");
+}
+
+#[test]
+fn a_probe_cannot_erase_failures_that_happened_after_it_was_sent() {
+    let mut h = Harness::new(WorkerPoolOptions { unavailable_after_failures: 1, ..options() }, 1);
+    h.tick(ms(5_000));
+    let (worker, probe) = run_probe(&mut h);
+    let key = h.submit(ms(5_001), &request("f")).unwrap();
+    h.complete(ms(5_002), key, Err(failure()));
+    assert_eq!(h.status(0), WorkerHealthStatus::Unavailable);
+    h.pool.handle_probe_result(ms(5_003), worker, probe, WorkerHealthStatus::Healthy);
+    h.drain();
+    assert_eq!(h.status(0), WorkerHealthStatus::Unavailable);
+}
+
+#[test]
+fn a_probe_saying_unavailable_ejects_until_a_probe_says_otherwise() {
+    let mut h = Harness::new(options(), 1);
+    h.tick(ms(5_000));
+    let (worker, probe) = run_probe(&mut h);
+    h.pool.handle_probe_result(ms(5_001), worker, probe, WorkerHealthStatus::Unavailable);
+    h.drain();
+    assert_eq!(h.submit(ms(5_002), &request("x")), Err(WorkerPoolError::NoHealthyWorker));
+}
+
+// ----- shutdown -------------------------------------------------------------
+
+#[test]
+fn shutdown_refuses_new_work_and_drains_what_it_holds() {
+    let mut h = Harness::new(options(), 2);
+    let a = h.submit(ms(0), &request("a")).unwrap();
+    let b = h.submit(ms(0), &request("b")).unwrap();
+    let c = h.submit(ms(0), &request("c")).unwrap();
+    h.take_actions();
+    h.pool.begin_shutdown(ms(1), None);
+    h.drain();
+    assert!(h.pool.is_shutting_down());
+    assert_eq!(h.submit(ms(1), &request("late")), Err(WorkerPoolError::ShuttingDown));
+    h.complete(ms(2), a, Ok(json!("a")));
+    let started = h.started();
+    assert_eq!(started.len(), 1, "queued requests still run during the drain");
+    assert_eq!(started[0].0, c);
+    h.complete(ms(3), b, Ok(json!("b")));
+    assert!(!h.pool.is_stopped());
+    h.take_actions();
+    h.complete(ms(4), c, Ok(json!("c")));
+    let actions = h.take_actions();
+    let stops = actions.iter().filter(|a| matches!(a, Action::StopWorker { .. })).count();
+    assert_eq!(stops, 2);
+    assert!(h.pool.is_stopped());
+    assert!(h.events.iter().any(|e| matches!(e, Event::ShutdownComplete { .. })));
+    assert!(h.pool.health().iter().all(|w| w.status == WorkerHealthStatus::Unavailable));
+    assert_eq!(h.pool.poll_timeout(), None, "a stopped pool needs no wake-up");
+    assert_eq!(h.submit(ms(5), &request("after")), Err(WorkerPoolError::ShuttingDown));
+}
+
+#[test]
+fn the_drain_deadline_aborts_and_answers_the_rest() {
+    let mut h = Harness::new(options(), 1);
+    let running = h.submit(ms(0), &request("a")).unwrap();
+    let queued = h.submit(ms(0), &request("b")).unwrap();
+    h.take_actions();
+    h.pool.begin_shutdown(ms(10), Some(Duration::from_millis(100)));
+    h.drain();
+    assert_eq!(h.pool.poll_timeout(), Some((ms(110), TimeoutReason::DrainDeadline)));
+    h.tick(ms(110));
+    let actions = h.take_actions();
+    let mut answered = Vec::new();
+    for action in &actions {
+        if let Action::Answer(answer) = action {
+            assert_eq!(answer.result, Err(WorkerPoolError::ShuttingDown));
+            answered.push(answer.request);
+        }
+    }
+    answered.sort();
+    let mut expected = vec![running, queued];
+    expected.sort();
+    assert_eq!(answered, expected);
+    assert!(actions.iter().any(|a| matches!(a, Action::Abort { request, .. } if *request == running)));
+    assert!(h.pool.is_stopped());
+    assert_eq!(h.pool.counters().aborted_by_shutdown, 2);
+}
+
+#[test]
+fn shutdown_of_an_idle_pool_completes_at_once_and_a_zero_drain_aborts_at_once() {
+    let mut h = Harness::new(options(), 1);
+    h.pool.begin_shutdown(ms(0), None);
+    h.drain();
+    assert!(h.pool.is_stopped());
+    let mut h = Harness::new(options(), 1);
+    h.submit(ms(0), &request("a")).unwrap();
+    h.pool.begin_shutdown(ms(1), Some(Duration::ZERO));
+    h.drain();
+    assert!(h.pool.is_stopped());
+    assert_eq!(h.pool.pending(), 0);
+}
+
+#[test]
+fn a_second_shutdown_can_only_bring_the_deadline_closer() {
+    let mut h = Harness::new(options(), 1);
+    h.submit(ms(0), &request("a")).unwrap();
+    h.pool.begin_shutdown(ms(0), Some(Duration::from_secs(10)));
+    h.pool.begin_shutdown(ms(0), Some(Duration::from_secs(60)));
+    h.pool.begin_shutdown(ms(0), None);
+    h.drain();
+    assert_eq!(h.pool.poll_timeout(), Some((ms(10_000), TimeoutReason::DrainDeadline)));
+    h.pool.begin_shutdown(ms(0), Some(Duration::from_secs(1)));
+    h.drain();
+    assert_eq!(h.pool.poll_timeout(), Some((ms(1_000), TimeoutReason::DrainDeadline)));
+}
+
+// ----- robustness -----------------------------------------------------------
+
+#[test]
+fn time_going_backwards_is_treated_as_the_latest_instant() {
+    let mut h = Harness::new(options(), 1);
+    let key = h.submit(ms(1_000), &with_timeout("a", 100)).unwrap();
+    h.tick(ms(10));
+    assert!(h.answers().is_empty());
+    h.complete(ms(500), key, Ok(json!(null)));
+    let answer = h.answers().pop().unwrap();
+    assert_eq!(answer.ran_for, Some(Duration::ZERO));
+    assert_eq!(h.pool.now(), ms(1_000));
+}
+
+#[test]
+fn inputs_naming_unknown_things_are_ignored() {
+    let mut h = Harness::new(options(), 1);
+    let ghost = RequestKey::from_u64(u64::MAX);
+    assert!(!h.pool.cancel(ms(0), ghost));
+    assert!(!h.pool.handle_completion(ms(0), ghost, Ok(json!(null))));
+    let worker = h.worker(0);
+    h.tick(ms(5_000));
+    let (_, probe) = run_probe(&mut h);
+    assert!(!h.pool.handle_probe_result(ms(0), WorkerKey::from_u64(77), probe, WorkerHealthStatus::Healthy));
+    let key = h.submit(ms(5_000), &request("a")).unwrap();
+    // A completion for a queued (not running) request is ignored too.
+    let queued = h.submit(ms(5_000), &request("b")).unwrap();
+    assert!(!h.pool.handle_completion(ms(5_000), queued, Ok(json!(null))));
+    assert!(h.pool.handle_completion(ms(5_000), key, Ok(json!(null))));
+    assert!(!h.pool.handle_completion(ms(5_000), key, Ok(json!(null))), "a double completion is ignored");
+    h.drain();
+    let _ = worker;
+}
+
+#[test]
+fn stats_report_depth_in_flight_and_outcomes() {
+    let mut h = Harness::new(options(), 2);
+    for i in 0..3 {
+        h.submit(ms(0), &request(&format!("r{i}"))).unwrap();
+    }
+    let stats = h.pool.stats();
+    assert_eq!(stats.running, 2);
+    assert_eq!(stats.queued, 1);
+    assert_eq!(stats.workers.len(), 2);
+    assert_eq!(stats.workers[0].worker_id, "worker-0");
+    assert_eq!((stats.workers[0].running, stats.workers[0].queued), (1, 1));
+    assert_eq!((stats.workers[1].running, stats.workers[1].queued), (1, 0));
+    assert_eq!(stats.counters.accepted, 3);
+    assert_eq!(stats.counters.submitted, 3);
+}
+
+#[test]
+fn many_cancellations_do_not_grow_the_queue_without_bound() {
+    let mut h = Harness::new(WorkerPoolOptions { queue_capacity: 4, ..options() }, 1);
+    h.submit(ms(0), &request("blocker")).unwrap();
+    for i in 0..10_000u64 {
+        let key = h.submit(ms(i), &request("x")).unwrap();
+        assert!(h.pool.cancel(ms(i), key));
+        h.drain();
+        h.take_actions();
+        h.take_events();
+    }
+    assert_eq!(h.pool.stats().queued, 0);
+}
+
+#[test]
+fn concurrency_above_one_runs_several_requests_per_worker() {
+    let mut config = PoolConfig::new(options());
+    config.max_concurrency_per_worker = 3;
+    let mut h = Harness::with_config(config, 1);
+    for i in 0..5 {
+        h.submit(ms(0), &request(&format!("r{i}"))).unwrap();
+    }
+    assert_eq!(h.started().len(), 3);
+    assert_eq!(h.pool.stats().queued, 2);
+    assert_eq!(h.submit(ms(0), &request("full")), Err(WorkerPoolError::QueueFull));
+}
