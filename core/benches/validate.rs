@@ -84,20 +84,20 @@ fn string_at_limit() -> WorkerRequest {
     request
 }
 
-/// A tool request whose input is a structure of nested objects, padded so
-/// the whole request is exactly `LIMIT` bytes long.
-fn structured_at_limit() -> WorkerRequest {
-    let item = |i: u64| {
-        json!({
-            "id": i,
-            "name": format!("item-{i}"),
-            "score": i as f64 * 0.37,
-            "tags": ["alpha", "beta", "gamma"],
-            "attrs": {"enabled": i % 2 == 0, "weight": -(i as i64), "note": null,
-                      "nested": {"depth": 3, "path": ["a", "b", "c"]}},
-        })
-    };
-    let build = |items: Vec<Value>, pad: &str| WorkerRequest {
+/// One element of the structured payloads.
+fn item(i: u64) -> Value {
+    json!({
+        "id": i,
+        "name": format!("item-{i}"),
+        "score": i as f64 * 0.37,
+        "tags": ["alpha", "beta", "gamma"],
+        "attrs": {"enabled": i % 2 == 0, "weight": -(i as i64), "note": null,
+                  "nested": {"depth": 3, "path": ["a", "b", "c"]}},
+    })
+}
+
+fn structured(items: Vec<Value>, pad: &str) -> WorkerRequest {
+    WorkerRequest {
         request_id: "req-0002".into(),
         workflow_name: "catalog-sync".into(),
         node_id: "upsert".into(),
@@ -107,15 +107,20 @@ fn structured_at_limit() -> WorkerRequest {
             input: json!({"items": items, "pad": pad}),
             scoped_input: json!({"tenant": "acme"}),
         },
-    };
+    }
+}
+
+/// A tool request whose input is a structure of nested objects, padded so
+/// the whole request is exactly `LIMIT` bytes long.
+fn structured_at_limit() -> WorkerRequest {
     let mut items = Vec::new();
     let mut i = 0;
-    while size(&build(items.clone(), "")) < LIMIT - 2 * 1024 {
+    while size(&structured(items.clone(), "")) < LIMIT - 2 * 1024 {
         items.push(item(i));
         i += 1;
     }
-    let pad = "p".repeat(LIMIT - size(&build(items.clone(), "")));
-    let request = build(items, &pad);
+    let pad = "p".repeat(LIMIT - size(&structured(items.clone(), "")));
+    let request = structured(items, &pad);
     assert_eq!(size(&request), LIMIT);
     request
 }
@@ -127,12 +132,16 @@ fn bench(c: &mut Criterion) {
         ("string_at_limit", string_at_limit()),
         ("structured_at_limit", structured_at_limit()),
         ("string_100mb_refused", llm("x".repeat(100 * 1024 * 1024))),
+        (
+            "structured_10mb_refused",
+            structured((0..50_000).map(item).collect(), ""),
+        ),
     ];
     for (name, request) in &cases {
         let expected = reference_check(request, &policy).ok();
         assert_eq!(validate_request(request, &policy).ok(), expected);
         let mut group = c.benchmark_group(*name);
-        if name.contains("100mb") {
+        if name.contains("mb_refused") {
             // The reference takes tens of milliseconds per iteration here.
             group.sampling_mode(SamplingMode::Flat).sample_size(10);
         }

@@ -89,9 +89,7 @@ pub struct PoolConfig {
 impl PoolConfig {
     /// Wraps reference options with foreman's default tuning.
     pub fn new(options: WorkerPoolOptions) -> Self {
-        let probe_timeout = options
-            .health_probe_interval
-            .min(Duration::from_secs(5));
+        let probe_timeout = options.health_probe_interval.min(Duration::from_secs(5));
         Self {
             options,
             probe_timeout,
@@ -172,7 +170,9 @@ impl From<WorkerPoolOptions> for PoolConfig {
 #[non_exhaustive]
 pub enum ConfigError {
     /// `queue_capacity` was zero.
-    #[error("queue_capacity must be at least 1 (it is the number of requests that may wait per worker)")]
+    #[error(
+        "queue_capacity must be at least 1 (it is the number of requests that may wait per worker)"
+    )]
     ZeroQueueCapacity,
     /// `health_probe_interval` was zero.
     #[error("health_probe_interval must be greater than zero")]

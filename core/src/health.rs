@@ -90,7 +90,13 @@ impl Health {
 
     /// Applies a probe's answer; `seq_at_send` is [`Self::failure_seq`] when
     /// the probe was sent.
-    pub(crate) fn on_probe(&mut self, verdict: WorkerHealthStatus, seq_at_send: u64, threshold: u32, now: Time) {
+    pub(crate) fn on_probe(
+        &mut self,
+        verdict: WorkerHealthStatus,
+        seq_at_send: u64,
+        threshold: u32,
+        now: Time,
+    ) {
         self.verdict = verdict;
         self.last_probe = Some(now);
         if verdict == WorkerHealthStatus::Healthy
@@ -181,7 +187,11 @@ mod tests {
         health.on_probe(Unavailable, 0, 3, Time::ZERO);
         assert_eq!(health.status(3), Unavailable);
         health.on_success();
-        assert_eq!(health.status(3), Unavailable, "only a probe lifts a probe verdict");
+        assert_eq!(
+            health.status(3),
+            Unavailable,
+            "only a probe lifts a probe verdict"
+        );
         health.on_probe(Degraded, 0, 3, Time::ZERO);
         assert_eq!(health.status(3), Degraded);
         health.on_probe_timeout(Time::from_millis(1));

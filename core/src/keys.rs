@@ -37,7 +37,11 @@ macro_rules! key_common {
 
         impl fmt::Display for $ty {
             fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                write!(f, concat!($prefix, "{}.{}"), self.0.index, self.0.generation)
+                write!(
+                    f,
+                    concat!($prefix, "{}.{}"),
+                    self.0.index, self.0.generation
+                )
             }
         }
     };
@@ -184,16 +188,19 @@ impl<T> Slab<T> {
 
     /// Live entries in index order (deterministic).
     pub(crate) fn iter(&self) -> impl Iterator<Item = (SlabKey, &T)> {
-        self.slots.iter().enumerate().filter_map(|(index, slot)| match &slot.entry {
-            Entry::Occupied(value) => Some((
-                SlabKey {
-                    index: index as u32,
-                    generation: slot.generation,
-                },
-                value,
-            )),
-            Entry::Vacant { .. } => None,
-        })
+        self.slots
+            .iter()
+            .enumerate()
+            .filter_map(|(index, slot)| match &slot.entry {
+                Entry::Occupied(value) => Some((
+                    SlabKey {
+                        index: index as u32,
+                        generation: slot.generation,
+                    },
+                    value,
+                )),
+                Entry::Vacant { .. } => None,
+            })
     }
 }
 

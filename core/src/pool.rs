@@ -1,6 +1,7 @@
 //! [`Pool`]: the sans-IO state machine that makes every decision of the pool.
 
 mod invariants;
+mod run_list;
 
 use std::collections::{BTreeMap, VecDeque};
 use std::fmt;
@@ -20,8 +21,9 @@ use crate::protocol::{
 use crate::routing::Router;
 use crate::stats::{Counters, Stats, WorkerStats};
 use crate::time::Time;
-use crate::timers::{Timer, TimerHeap, TimeoutReason};
+use crate::timers::{TimeoutReason, Timer, TimerHeap};
 use crate::validate::validate_request;
+use run_list::RunList;
 
 pub use invariants::InvariantViolation;
 
@@ -110,7 +112,9 @@ pub struct Refused<P> {
 
 impl<P> fmt::Debug for Refused<P> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Refused").field("error", &self.error).finish_non_exhaustive()
+        f.debug_struct("Refused")
+            .field("error", &self.error)
+            .finish_non_exhaustive()
     }
 }
 
@@ -170,7 +174,7 @@ struct Worker {
     queue: VecDeque<RequestKey>,
     /// Live entries of `queue`.
     queued: usize,
-    running: Vec<RequestKey>,
+    running: RunList,
     removing: bool,
     /// Cached: takes new requests (not removing, status schedulable, pool
     /// not stopped).
@@ -308,15 +312,38 @@ impl<P> Pool<P> {
             None => self.config.options.default_request_timeout,
         };
         let deadline = timeout.map(|budget| now + budget);
+        let max_running = self.config.max_concurrency_per_worker as usize;
+        let Some(slot) = self.workers.get_mut(worker.0) else {
+            debug_assert!(false, "router chose a missing worker");
+            return Err(self.refuse(payload, WorkerPoolError::NoHealthyWorker));
+        };
+        // A free worker with nothing waiting starts the request at once,
+        // without a trip through its queue.
+        let start_now = slot.queued == 0 && slot.running.len() < max_running;
+        let (state, payload) = if start_now {
+            (RequestState::Running { started_at: now }, Some(payload))
+        } else {
+            (RequestState::Queued(payload), None)
+        };
         let key = RequestKey(self.requests.insert(Request {
             worker,
-            state: RequestState::Queued(payload),
+            state,
             accepted_at: now,
             deadline,
         }));
-        if let Some(slot) = self.workers.get_mut(worker.0) {
-            slot.queue.push_back(key);
-            slot.queued += 1;
+        match payload {
+            Some(payload) => {
+                slot.running.push(key);
+                self.actions.push_back(Action::Start {
+                    request: key,
+                    worker,
+                    payload,
+                });
+            }
+            None => {
+                slot.queue.push_back(key);
+                slot.queued += 1;
+            }
         }
         if let Some(at) = deadline {
             self.arm(at, Timer::Request(key));
@@ -327,7 +354,6 @@ impl<P> Pool<P> {
             request: key,
             worker,
         });
-        self.pump(worker);
         self.refresh(worker, HealthCause::Success);
         Ok(key)
     }
@@ -437,10 +463,9 @@ impl<P> Pool<P> {
         let now = self.observe(now);
         loop {
             let (requests, workers, lifecycle) = (&self.requests, &self.workers, self.lifecycle);
-            let Some((at, timer)) = self
-                .timers
-                .pop_due(now, |at, timer| timer_is_live(requests, workers, lifecycle, at, timer))
-            else {
+            let Some((at, timer)) = self.timers.pop_due(now, |at, timer| {
+                timer_is_live(requests, workers, lifecycle, at, timer)
+            }) else {
                 break;
             };
             match timer {
@@ -503,7 +528,7 @@ impl<P> Pool<P> {
             status: WorkerHealthStatus::Healthy,
             queue: VecDeque::new(),
             queued: 0,
-            running: Vec::new(),
+            running: RunList::default(),
             removing: false,
             schedulable: false,
             eligible: false,
@@ -545,7 +570,8 @@ impl<P> Pool<P> {
         );
         let running = std::mem::take(&mut slot.running);
         if let ProbeState::Outstanding { key, .. } = slot.probe {
-            self.actions.push_back(Action::AbortProbe { worker, probe: key });
+            self.actions
+                .push_back(Action::AbortProbe { worker, probe: key });
         }
         for request in running {
             self.actions.push_back(Action::Abort { request, worker });
@@ -586,7 +612,8 @@ impl<P> Pool<P> {
         }
         slot.removing = true;
         if let ProbeState::Outstanding { key, .. } = slot.probe {
-            self.actions.push_back(Action::AbortProbe { worker, probe: key });
+            self.actions
+                .push_back(Action::AbortProbe { worker, probe: key });
         }
         slot.probe = ProbeState::Idle;
         let queue = std::mem::take(&mut slot.queue);
@@ -625,7 +652,8 @@ impl<P> Pool<P> {
                 for (worker, probe) in probing {
                     self.actions.push_back(Action::AbortProbe { worker, probe });
                 }
-                let keys: Vec<WorkerKey> = self.workers.iter().map(|(key, _)| WorkerKey(key)).collect();
+                let keys: Vec<WorkerKey> =
+                    self.workers.iter().map(|(key, _)| WorkerKey(key)).collect();
                 for key in keys {
                     if let Some(slot) = self.workers.get_mut(key.0) {
                         slot.probe = ProbeState::Idle;
@@ -782,9 +810,28 @@ impl<P> Pool<P> {
     }
 
     fn arm(&mut self, at: Time, timer: Timer) {
-        let (requests, workers, lifecycle) = (&self.requests, &self.workers, self.lifecycle);
-        self.timers
-            .arm(at, timer, |at, timer| timer_is_live(requests, workers, lifecycle, at, timer));
+        if self.timers.arm(at, timer) {
+            let requests = self.requests.iter().filter_map(|(key, entry)| {
+                entry
+                    .deadline
+                    .map(|at| (at, Timer::Request(RequestKey(key))))
+            });
+            let probes = self
+                .workers
+                .iter()
+                .filter_map(|(key, slot)| match slot.probe {
+                    ProbeState::Due(at) => Some((at, Timer::ProbeDue(WorkerKey(key)))),
+                    ProbeState::Outstanding { deadline, .. } => {
+                        Some((deadline, Timer::ProbeTimeout(WorkerKey(key))))
+                    }
+                    ProbeState::Idle => None,
+                });
+            let drain = match self.lifecycle {
+                Lifecycle::Draining { deadline: Some(at) } => Some((at, Timer::Drain)),
+                _ => None,
+            };
+            self.timers.rebuild(requests.chain(probes).chain(drain));
+        }
     }
 
     fn is_queued_on(&self, request: RequestKey, worker: WorkerKey) -> bool {
@@ -932,9 +979,7 @@ impl<P> Pool<P> {
             None => return,
         };
         if let Some(slot) = self.workers.get_mut(worker.0) {
-            if let Some(position) = slot.running.iter().position(|key| *key == request) {
-                slot.running.swap_remove(position);
-            }
+            slot.running.remove(request);
         }
         self.answer_running(request, result);
     }
@@ -1017,7 +1062,8 @@ impl<P> Pool<P> {
         };
         slot.health.on_probe_timeout(now);
         self.counters.probes_timed_out += 1;
-        self.actions.push_back(Action::AbortProbe { worker, probe: key });
+        self.actions
+            .push_back(Action::AbortProbe { worker, probe: key });
         self.schedule_next_probe(worker, sent_at);
         self.refresh(worker, HealthCause::ProbeTimeout);
     }
@@ -1045,7 +1091,10 @@ impl<P> Pool<P> {
     /// Moves a request off a removed worker, or answers it when no other
     /// worker has room.
     fn requeue_or_answer(&mut self, request: RequestKey, from: WorkerKey, from_id: &str) {
-        let target = self.router.candidates().find(|candidate| *candidate != from);
+        let target = self
+            .router
+            .candidates()
+            .find(|candidate| *candidate != from);
         match target {
             Some(to) => {
                 if let Some(entry) = self.requests.get_mut(request.0) {
@@ -1068,7 +1117,9 @@ impl<P> Pool<P> {
                 self.counters.unroutable_after_removal += 1;
                 let error = WorkerProtocolError::new(
                     WorkerErrorCode::Unavailable,
-                    format!("worker {from_id} was removed and no other worker could take the request"),
+                    format!(
+                        "worker {from_id} was removed and no other worker could take the request"
+                    ),
                     true,
                 );
                 self.finish_queued(request, Err(WorkerPoolError::Worker(error)));
@@ -1150,7 +1201,8 @@ impl<P> Pool<P> {
             }
             self.actions.push_back(Action::StopWorker { worker });
         }
-        self.events.push_back(Event::ShutdownComplete { at: self.now });
+        self.events
+            .push_back(Event::ShutdownComplete { at: self.now });
     }
 }
 
@@ -1181,9 +1233,9 @@ fn timer_is_live<P>(
         Timer::ProbeDue(key) => workers
             .get(key.0)
             .is_some_and(|slot| slot.probe == ProbeState::Due(at)),
-        Timer::ProbeTimeout(key) => workers.get(key.0).is_some_and(|slot| {
-            matches!(slot.probe, ProbeState::Outstanding { deadline, .. } if deadline == at)
-        }),
+        Timer::ProbeTimeout(key) => workers.get(key.0).is_some_and(
+            |slot| matches!(slot.probe, ProbeState::Outstanding { deadline, .. } if deadline == at),
+        ),
         Timer::Drain => lifecycle == Lifecycle::Draining { deadline: Some(at) },
     }
 }

@@ -49,11 +49,11 @@ impl Router {
         match self.policy {
             RoutingPolicy::RoundRobin => {
                 let (after, before) = match self.cursor {
-                    Some(cursor) => (
-                        self.eligible.range(cursor..),
-                        self.eligible.range(..cursor),
+                    Some(cursor) => (self.eligible.range(cursor..), self.eligible.range(..cursor)),
+                    None => (
+                        self.eligible.range(..),
+                        self.eligible.range(..WorkerKey::MIN),
                     ),
-                    None => (self.eligible.range(..), self.eligible.range(..WorkerKey::MIN)),
                 };
                 after.chain(before).copied()
             }

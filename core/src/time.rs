@@ -85,7 +85,10 @@ mod tests {
         assert_eq!(Time::MAX + Duration::from_secs(1), Time::MAX);
         assert_eq!(Time::ZERO + Duration::MAX, Time::MAX);
         assert_eq!(Time::ZERO - Time::from_millis(5), Duration::ZERO);
-        assert_eq!(Time::from_millis(7) - Time::from_millis(5), Duration::from_millis(2));
+        assert_eq!(
+            Time::from_millis(7) - Time::from_millis(5),
+            Duration::from_millis(2)
+        );
         assert_eq!(Time::from_millis(u64::MAX), Time::MAX);
         assert_eq!(Time::from_duration(Duration::MAX), Time::MAX);
     }

@@ -2,8 +2,9 @@
 //!
 //! Arming is O(log n) (O(1) for the common case of deadlines that only grow);
 //! disarming is free: a timer whose owner no longer expects it is skipped
-//! when it surfaces. Stale entries are swept once they outnumber the live
-//! ones, so memory stays proportional to what is armed (amortised O(1)).
+//! when it surfaces. Once stale entries outnumber the live ones the owner
+//! rebuilds the heap from its own records with one sequential scan, so memory
+//! stays proportional to what is armed at amortised O(1) cost per timer.
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
@@ -57,18 +58,29 @@ impl TimerHeap {
         Self::default()
     }
 
-    /// Arms `timer` at `at`; `is_live` says which entries are still wanted,
-    /// for the occasional sweep.
-    pub(crate) fn arm(&mut self, at: Time, timer: Timer, is_live: impl Fn(Time, Timer) -> bool) {
+    /// Arms `timer` at `at`. Returns `true` when stale entries have piled
+    /// up enough that the owner should [`rebuild`](Self::rebuild) the heap
+    /// from its own records.
+    pub(crate) fn arm(&mut self, at: Time, timer: Timer) -> bool {
         self.heap.push(Reverse((at, timer)));
-        if self.heap.len() > self.swept_len.saturating_mul(2).saturating_add(64) {
-            self.heap.retain(|Reverse((at, timer))| is_live(*at, *timer));
-            self.swept_len = self.heap.len();
-        }
+        self.heap.len() > self.swept_len.saturating_mul(2).saturating_add(64)
+    }
+
+    /// Replaces the heap with exactly the live entries, enumerated by the
+    /// owner from its records (a sequential scan, O(live)).
+    pub(crate) fn rebuild(&mut self, live: impl Iterator<Item = (Time, Timer)>) {
+        let mut entries = std::mem::take(&mut self.heap).into_vec();
+        entries.clear();
+        entries.extend(live.map(Reverse));
+        self.heap = BinaryHeap::from(entries);
+        self.swept_len = self.heap.len();
     }
 
     /// The earliest live entry, discarding stale ones on top.
-    pub(crate) fn peek_live(&mut self, is_live: impl Fn(Time, Timer) -> bool) -> Option<(Time, Timer)> {
+    pub(crate) fn peek_live(
+        &mut self,
+        is_live: impl Fn(Time, Timer) -> bool,
+    ) -> Option<(Time, Timer)> {
         while let Some(Reverse((at, timer))) = self.heap.peek().copied() {
             if is_live(at, timer) {
                 return Some((at, timer));
@@ -79,7 +91,11 @@ impl TimerHeap {
     }
 
     /// Removes and returns the earliest live entry due at or before `now`.
-    pub(crate) fn pop_due(&mut self, now: Time, is_live: impl Fn(Time, Timer) -> bool) -> Option<(Time, Timer)> {
+    pub(crate) fn pop_due(
+        &mut self,
+        now: Time,
+        is_live: impl Fn(Time, Timer) -> bool,
+    ) -> Option<(Time, Timer)> {
         let (at, timer) = self.peek_live(is_live)?;
         if at > now {
             return None;

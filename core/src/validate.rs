@@ -61,9 +61,9 @@ pub fn validate_request(
 /// `limit` bytes, and `None` otherwise, without serialising the request.
 ///
 /// The walk adds up the compact JSON length field by field and stops as soon
-/// as the running total passes `limit`, so its cost is bounded by `limit`
-/// (plus the number of fields and array elements visited before that), not by
-/// the size of the request. Strings longer than the remaining budget are
+/// as the running total passes `limit`. Every value visited adds at least
+/// one byte, so the cost is O(`limit`), whatever the size of the request.
+/// Strings longer than the remaining budget are
 /// refused without being scanned; nested `serde_json::Value`s are walked with
 /// an explicit stack, so any nesting depth is safe. When the result is
 /// `Some(n)`, `n` equals the serialised length exactly.
@@ -217,7 +217,7 @@ const fn build_escape_table() -> [u8; 256] {
 /// Bytes `serde_json` adds when escaping `bytes` (see [`ESCAPE_EXTRA`]).
 ///
 /// Most text needs no escaping, so eight bytes at a time are first tested
-/// for any byte below 0x20, `"` or `\\` (the classic "has zero byte" word
+/// for any byte below 0x20, `"` or `\` (the classic "has zero byte" word
 /// tricks); only words that have one are added up through the table.
 fn escape_extra(bytes: &[u8]) -> usize {
     const ONES: u64 = u64::from_ne_bytes([0x01; 8]);

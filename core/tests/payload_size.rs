@@ -19,7 +19,7 @@ fn json_char() -> impl Strategy<Value = char> {
 }
 
 fn json_string() -> impl Strategy<Value = String> {
-    proptest::collection::vec(json_char(), 0..24).prop_map(String::from_iter)
+    proptest::collection::vec(json_char(), 0..20).prop_map(String::from_iter)
 }
 
 fn number() -> impl Strategy<Value = Value> {
@@ -45,7 +45,7 @@ fn value() -> impl Strategy<Value = Value> {
         number(),
         json_string().prop_map(Value::String),
     ];
-    leaf.prop_recursive(6, 64, 6, |inner| {
+    leaf.prop_recursive(5, 48, 6, |inner| {
         prop_oneof![
             proptest::collection::vec(inner.clone(), 0..6).prop_map(Value::Array),
             proptest::collection::vec((json_string(), inner), 0..6)

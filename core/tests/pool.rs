@@ -93,7 +93,12 @@ impl Harness {
         result
     }
 
-    fn complete(&mut self, now: Time, key: RequestKey, result: Result<Value, WorkerProtocolError>) -> bool {
+    fn complete(
+        &mut self,
+        now: Time,
+        key: RequestKey,
+        result: Result<Value, WorkerProtocolError>,
+    ) -> bool {
         let applied = self.pool.handle_completion(now, key, result);
         self.drain();
         applied
@@ -116,7 +121,9 @@ impl Harness {
         self.actions
             .iter()
             .filter_map(|action| match action {
-                Action::Start { request, worker, .. } => Some((*request, *worker)),
+                Action::Start {
+                    request, worker, ..
+                } => Some((*request, *worker)),
                 _ => None,
             })
             .collect()
@@ -158,46 +165,79 @@ fn options() -> WorkerPoolOptions {
 fn constructor_refuses_every_nonsense_value() {
     let cases: Vec<(WorkerPoolOptions, ConfigError)> = vec![
         (
-            WorkerPoolOptions { queue_capacity: 0, ..options() },
+            WorkerPoolOptions {
+                queue_capacity: 0,
+                ..options()
+            },
             ConfigError::ZeroQueueCapacity,
         ),
         (
-            WorkerPoolOptions { health_probe_interval: Duration::ZERO, ..options() },
+            WorkerPoolOptions {
+                health_probe_interval: Duration::ZERO,
+                ..options()
+            },
             ConfigError::ZeroProbeInterval,
         ),
         (
-            WorkerPoolOptions { unavailable_after_failures: 0, ..options() },
+            WorkerPoolOptions {
+                unavailable_after_failures: 0,
+                ..options()
+            },
             ConfigError::ZeroFailureThreshold,
         ),
         (
-            WorkerPoolOptions { default_request_timeout: Some(Duration::ZERO), ..options() },
+            WorkerPoolOptions {
+                default_request_timeout: Some(Duration::ZERO),
+                ..options()
+            },
             ConfigError::ZeroDefaultTimeout,
         ),
         (
-            WorkerPoolOptions { default_request_timeout: Some(Duration::from_secs(121)), ..options() },
-            ConfigError::DefaultTimeoutAboveMax { timeout_ms: 121_000, max_ms: 120_000 },
+            WorkerPoolOptions {
+                default_request_timeout: Some(Duration::from_secs(121)),
+                ..options()
+            },
+            ConfigError::DefaultTimeoutAboveMax {
+                timeout_ms: 121_000,
+                max_ms: 120_000,
+            },
         ),
         (
             WorkerPoolOptions {
-                security_policy: WorkerSecurityPolicy { max_request_timeout_ms: 0, ..Default::default() },
+                security_policy: WorkerSecurityPolicy {
+                    max_request_timeout_ms: 0,
+                    ..Default::default()
+                },
                 default_request_timeout: None,
                 ..options()
             },
-            ConfigError::ZeroLimit { field: "security_policy.max_request_timeout_ms" },
+            ConfigError::ZeroLimit {
+                field: "security_policy.max_request_timeout_ms",
+            },
         ),
         (
             WorkerPoolOptions {
-                security_policy: WorkerSecurityPolicy { max_request_payload_bytes: 0, ..Default::default() },
+                security_policy: WorkerSecurityPolicy {
+                    max_request_payload_bytes: 0,
+                    ..Default::default()
+                },
                 ..options()
             },
-            ConfigError::ZeroLimit { field: "security_policy.max_request_payload_bytes" },
+            ConfigError::ZeroLimit {
+                field: "security_policy.max_request_payload_bytes",
+            },
         ),
         (
             WorkerPoolOptions {
-                security_policy: WorkerSecurityPolicy { max_identifier_length: 0, ..Default::default() },
+                security_policy: WorkerSecurityPolicy {
+                    max_identifier_length: 0,
+                    ..Default::default()
+                },
                 ..options()
             },
-            ConfigError::ZeroLimit { field: "security_policy.max_identifier_length" },
+            ConfigError::ZeroLimit {
+                field: "security_policy.max_identifier_length",
+            },
         ),
     ];
     for (options, expected) in cases {
@@ -205,27 +245,59 @@ fn constructor_refuses_every_nonsense_value() {
         assert_eq!(error, expected);
         assert!(!error.to_string().is_empty());
     }
-    let config = PoolConfig { probe_timeout: Duration::ZERO, ..PoolConfig::default() };
-    assert_eq!(Pool::<()>::new(config, Time::ZERO).unwrap_err(), ConfigError::ZeroProbeTimeout);
-    let config = PoolConfig { max_concurrency_per_worker: 0, ..PoolConfig::default() };
-    assert_eq!(Pool::<()>::new(config, Time::ZERO).unwrap_err(), ConfigError::ZeroConcurrency);
+    let config = PoolConfig {
+        probe_timeout: Duration::ZERO,
+        ..PoolConfig::default()
+    };
+    assert_eq!(
+        Pool::<()>::new(config, Time::ZERO).unwrap_err(),
+        ConfigError::ZeroProbeTimeout
+    );
+    let config = PoolConfig {
+        max_concurrency_per_worker: 0,
+        ..PoolConfig::default()
+    };
+    assert_eq!(
+        Pool::<()>::new(config, Time::ZERO).unwrap_err(),
+        ConfigError::ZeroConcurrency
+    );
     assert!(Pool::<()>::new(WorkerPoolOptions::default(), Time::ZERO).is_ok());
     assert!(
-        Pool::<()>::new(WorkerPoolOptions { default_request_timeout: None, ..options() }, Time::ZERO).is_ok(),
+        Pool::<()>::new(
+            WorkerPoolOptions {
+                default_request_timeout: None,
+                ..options()
+            },
+            Time::ZERO
+        )
+        .is_ok(),
         "no default timeout is allowed"
     );
 }
 
 #[test]
 fn config_error_messages_name_the_field() {
-    let error = Pool::<()>::new(WorkerPoolOptions { queue_capacity: 0, ..options() }, Time::ZERO).unwrap_err();
-    assert!(error.to_string().contains("queue_capacity"), "{error}");
     let error = Pool::<()>::new(
-        WorkerPoolOptions { default_request_timeout: Some(Duration::from_secs(500)), ..options() },
+        WorkerPoolOptions {
+            queue_capacity: 0,
+            ..options()
+        },
         Time::ZERO,
     )
     .unwrap_err();
-    assert!(error.to_string().contains("max_request_timeout_ms"), "{error}");
+    assert!(error.to_string().contains("queue_capacity"), "{error}");
+    let error = Pool::<()>::new(
+        WorkerPoolOptions {
+            default_request_timeout: Some(Duration::from_secs(500)),
+            ..options()
+        },
+        Time::ZERO,
+    )
+    .unwrap_err();
+    assert!(
+        error.to_string().contains("max_request_timeout_ms"),
+        "{error}"
+    );
 }
 
 // ----- submit, start, complete --------------------------------------------
@@ -247,7 +319,10 @@ fn a_request_runs_and_is_answered_with_queue_and_run_times() {
     assert_eq!(answer.phase, Phase::Running);
     assert_eq!(answer.queued_for, Duration::ZERO);
     assert_eq!(answer.ran_for, Some(Duration::from_millis(15)));
-    assert_eq!(answer.payload, None, "the payload moved to the driver at start");
+    assert_eq!(
+        answer.payload, None,
+        "the payload moved to the driver at start"
+    );
     assert_eq!(h.pool.pending(), 0);
     assert_eq!(h.pool.counters().succeeded, 1);
 }
@@ -265,7 +340,11 @@ fn start_hands_over_the_payload_and_queue_time_is_reported() {
             _ => None,
         })
         .collect();
-    assert_eq!(payloads, vec![1], "only the first starts: one request at a time per worker");
+    assert_eq!(
+        payloads,
+        vec![1],
+        "only the first starts: one request at a time per worker"
+    );
     h.complete(ms(40), first, Ok(json!(1)));
     let started: Vec<_> = h.started();
     assert_eq!(started, vec![(second, h.worker(0))]);
@@ -299,7 +378,10 @@ fn full_queues_fall_through_then_refuse_queue_full() {
     for i in 0..6 {
         h.submit(ms(0), &request(&format!("r{i}"))).unwrap();
     }
-    assert_eq!(h.submit(ms(0), &request("overflow")), Err(WorkerPoolError::QueueFull));
+    assert_eq!(
+        h.submit(ms(0), &request("overflow")),
+        Err(WorkerPoolError::QueueFull)
+    );
     assert_eq!(h.pool.counters().refused_queue_full, 1);
     let stats = h.pool.stats();
     assert_eq!(stats.queued, 4);
@@ -323,43 +405,87 @@ fn full_queues_fall_through_then_refuse_queue_full() {
 #[test]
 fn no_workers_means_no_healthy_worker() {
     let mut h = Harness::new(options(), 0);
-    assert_eq!(h.submit(ms(0), &request("a")), Err(WorkerPoolError::NoHealthyWorker));
-    assert!(h
-        .events
-        .iter()
-        .any(|event| matches!(event, Event::Rejected { worker: None, reason: WorkerErrorCode::Unavailable })));
+    assert_eq!(
+        h.submit(ms(0), &request("a")),
+        Err(WorkerPoolError::NoHealthyWorker)
+    );
+    assert!(h.events.iter().any(|event| matches!(
+        event,
+        Event::Rejected {
+            worker: None,
+            reason: WorkerErrorCode::Unavailable
+        }
+    )));
 }
 
 #[test]
 fn circuit_breaker_vetoes_are_reported_per_worker() {
     let mut h = Harness::new(options(), 2);
-    let refused = h.pool.submit_with(ms(0), &request("a"), 7, |_| false).unwrap_err();
+    let refused = h
+        .pool
+        .submit_with(ms(0), &request("a"), 7, |_| false)
+        .unwrap_err();
     assert_eq!(refused.error, WorkerPoolError::CircuitOpen);
     assert_eq!(refused.payload, 7);
     h.drain();
     let vetoes = h
         .take_events()
         .into_iter()
-        .filter(|event| matches!(event, Event::Rejected { worker: Some(_), reason: WorkerErrorCode::CircuitOpen }))
+        .filter(|event| {
+            matches!(
+                event,
+                Event::Rejected {
+                    worker: Some(_),
+                    reason: WorkerErrorCode::CircuitOpen
+                }
+            )
+        })
         .count();
     assert_eq!(vetoes, 2);
     // Veto only worker-0: the request goes to worker-1 and is accepted once.
-    let key = h.pool.submit_with(ms(0), &request("b"), 8, |id| id != "worker-0").unwrap();
+    let key = h
+        .pool
+        .submit_with(ms(0), &request("b"), 8, |id| id != "worker-0")
+        .unwrap();
     h.drain();
     let events = h.take_events();
-    let accepted: Vec<_> = events.iter().filter(|e| matches!(e, Event::Accepted { .. })).collect();
-    assert_eq!(accepted, vec![&Event::Accepted { request: key, worker: h.worker(1) }]);
-    assert!(!events.iter().any(|e| matches!(e, Event::Rejected { worker: Some(w), .. } if *w == h.worker(1))));
+    let accepted: Vec<_> = events
+        .iter()
+        .filter(|e| matches!(e, Event::Accepted { .. }))
+        .collect();
+    assert_eq!(
+        accepted,
+        vec![&Event::Accepted {
+            request: key,
+            worker: h.worker(1)
+        }]
+    );
+    assert!(!events
+        .iter()
+        .any(|e| matches!(e, Event::Rejected { worker: Some(w), .. } if *w == h.worker(1))));
 }
 
 #[test]
 fn queue_full_takes_precedence_over_circuit_open() {
-    let mut h = Harness::new(WorkerPoolOptions { queue_capacity: 1, ..options() }, 2);
-    h.pool.submit_with(ms(0), &request("a"), 1, |id| id == "worker-0").unwrap();
-    h.pool.submit_with(ms(0), &request("b"), 2, |id| id == "worker-0").unwrap();
+    let mut h = Harness::new(
+        WorkerPoolOptions {
+            queue_capacity: 1,
+            ..options()
+        },
+        2,
+    );
+    h.pool
+        .submit_with(ms(0), &request("a"), 1, |id| id == "worker-0")
+        .unwrap();
+    h.pool
+        .submit_with(ms(0), &request("b"), 2, |id| id == "worker-0")
+        .unwrap();
     h.drain();
     // worker-0 is full; worker-1 has room but is vetoed.
-    let refused = h.pool.submit_with(ms(0), &request("c"), 3, |id| id == "worker-0").unwrap_err();
+    let refused = h
+        .pool
+        .submit_with(ms(0), &request("c"), 3, |id| id == "worker-0")
+        .unwrap_err();
     assert_eq!(refused.error, WorkerPoolError::QueueFull);
     h.drain();
 }
@@ -369,9 +495,15 @@ fn invalid_requests_are_refused_with_a_reason() {
     let mut h = Harness::new(options(), 1);
     let mut bad = request("");
     let error = h.submit(ms(0), &bad).unwrap_err();
-    assert!(matches!(&error, WorkerPoolError::InvalidRequest { reason } if reason.contains("request_id")), "{error}");
+    assert!(
+        matches!(&error, WorkerPoolError::InvalidRequest { reason } if reason.contains("request_id")),
+        "{error}"
+    );
     bad = with_timeout("x", 120_001);
-    assert!(matches!(h.submit(ms(0), &bad), Err(WorkerPoolError::InvalidRequest { .. })));
+    assert!(matches!(
+        h.submit(ms(0), &bad),
+        Err(WorkerPoolError::InvalidRequest { .. })
+    ));
     assert_eq!(h.pool.counters().refused_invalid, 2);
     assert_eq!(h.pool.pending(), 0);
 }
@@ -386,31 +518,54 @@ fn consecutive_failures_degrade_then_eject_and_success_restores() {
         h.complete(ms(round), key, Err(failure()));
         let answer = h.answers().pop().unwrap();
         assert_eq!(answer.result, Err(WorkerPoolError::Worker(failure())));
-        let expected = if round < 2 { WorkerHealthStatus::Degraded } else { WorkerHealthStatus::Unavailable };
+        let expected = if round < 2 {
+            WorkerHealthStatus::Degraded
+        } else {
+            WorkerHealthStatus::Unavailable
+        };
         assert_eq!(h.status(0), expected);
     }
     assert_eq!(h.pool.health()[0].consecutive_failures, 3);
-    assert_eq!(h.submit(ms(5), &request("x")), Err(WorkerPoolError::NoHealthyWorker));
+    assert_eq!(
+        h.submit(ms(5), &request("x")),
+        Err(WorkerPoolError::NoHealthyWorker)
+    );
     let transitions: Vec<_> = h
         .take_events()
         .into_iter()
         .filter_map(|event| match event {
-            Event::HealthChanged { from, to, cause, .. } => Some((from, to, cause)),
+            Event::HealthChanged {
+                from, to, cause, ..
+            } => Some((from, to, cause)),
             _ => None,
         })
         .collect();
     assert_eq!(
         transitions,
         vec![
-            (WorkerHealthStatus::Healthy, WorkerHealthStatus::Degraded, HealthCause::Failure),
-            (WorkerHealthStatus::Degraded, WorkerHealthStatus::Unavailable, HealthCause::Failure),
+            (
+                WorkerHealthStatus::Healthy,
+                WorkerHealthStatus::Degraded,
+                HealthCause::Failure
+            ),
+            (
+                WorkerHealthStatus::Degraded,
+                WorkerHealthStatus::Unavailable,
+                HealthCause::Failure
+            ),
         ]
     );
 }
 
 #[test]
 fn routing_skips_unavailable_workers() {
-    let mut h = Harness::new(WorkerPoolOptions { unavailable_after_failures: 1, ..options() }, 2);
+    let mut h = Harness::new(
+        WorkerPoolOptions {
+            unavailable_after_failures: 1,
+            ..options()
+        },
+        2,
+    );
     let key = h.submit(ms(0), &request("a")).unwrap();
     h.complete(ms(1), key, Err(failure()));
     assert_eq!(h.status(0), WorkerHealthStatus::Unavailable);
@@ -430,7 +585,10 @@ fn a_running_timeout_aborts_the_handler_and_counts_one_failure() {
     let mut h = Harness::new(options(), 1);
     let slow = h.submit(ms(0), &with_timeout("slow", 100)).unwrap();
     let next = h.submit(ms(0), &request("next")).unwrap();
-    assert_eq!(h.pool.poll_timeout(), Some((ms(100), TimeoutReason::RequestDeadline)));
+    assert_eq!(
+        h.pool.poll_timeout(),
+        Some((ms(100), TimeoutReason::RequestDeadline))
+    );
     h.take_actions();
     h.tick(ms(99));
     assert!(h.actions.is_empty(), "a deadline never fires early");
@@ -439,9 +597,19 @@ fn a_running_timeout_aborts_the_handler_and_counts_one_failure() {
     assert!(matches!(actions[0], Action::Abort { request, .. } if request == slow));
     assert!(matches!(&actions[1], Action::Answer(a) if a.request == slow
         && a.result == Err(WorkerPoolError::Timeout) && a.phase == Phase::Running));
-    assert!(matches!(actions[2], Action::Start { request, .. } if request == next), "the worker is free again");
-    assert_eq!(h.status(0), WorkerHealthStatus::Degraded, "one timeout is one failure, not an ejection");
-    assert!(!h.complete(ms(150), slow, Ok(json!(null))), "a late completion is ignored");
+    assert!(
+        matches!(actions[2], Action::Start { request, .. } if request == next),
+        "the worker is free again"
+    );
+    assert_eq!(
+        h.status(0),
+        WorkerHealthStatus::Degraded,
+        "one timeout is one failure, not an ejection"
+    );
+    assert!(
+        !h.complete(ms(150), slow, Ok(json!(null))),
+        "a late completion is ignored"
+    );
     assert_eq!(h.pool.counters().timed_out_running, 1);
 }
 
@@ -457,7 +625,11 @@ fn a_queued_timeout_answers_without_blaming_the_worker() {
     assert_eq!(answers[0].request, waiting);
     assert_eq!(answers[0].result, Err(WorkerPoolError::Timeout));
     assert_eq!(answers[0].phase, Phase::Queued);
-    assert_eq!(answers[0].payload, Some(2), "the payload comes back for a request that never started");
+    assert_eq!(
+        answers[0].payload,
+        Some(2),
+        "the payload comes back for a request that never started"
+    );
     assert_eq!(answers[0].queued_for, Duration::from_millis(50));
     assert_eq!(h.status(0), WorkerHealthStatus::Healthy);
     h.complete(ms(60), busy, Ok(json!(null)));
@@ -466,9 +638,18 @@ fn a_queued_timeout_answers_without_blaming_the_worker() {
 
 #[test]
 fn the_default_timeout_applies_and_none_means_no_deadline() {
-    let mut h = Harness::new(WorkerPoolOptions { default_request_timeout: None, ..options() }, 1);
+    let mut h = Harness::new(
+        WorkerPoolOptions {
+            default_request_timeout: None,
+            ..options()
+        },
+        1,
+    );
     h.submit(ms(0), &request("forever")).unwrap();
-    assert_eq!(h.pool.poll_timeout().map(|(_, reason)| reason), Some(TimeoutReason::ProbeDue));
+    assert_eq!(
+        h.pool.poll_timeout().map(|(_, reason)| reason),
+        Some(TimeoutReason::ProbeDue)
+    );
     let mut h = Harness::new(options(), 1);
     h.submit(ms(0), &request("default")).unwrap();
     let mut h2 = h.pool.poll_timeout();
@@ -480,18 +661,32 @@ fn the_default_timeout_applies_and_none_means_no_deadline() {
 
 #[test]
 fn cancelling_a_queued_request_frees_its_place_at_once() {
-    let mut h = Harness::new(WorkerPoolOptions { queue_capacity: 1, ..options() }, 1);
+    let mut h = Harness::new(
+        WorkerPoolOptions {
+            queue_capacity: 1,
+            ..options()
+        },
+        1,
+    );
     h.submit(ms(0), &request("running")).unwrap();
     let queued = h.submit(ms(0), &request("queued")).unwrap();
-    assert_eq!(h.submit(ms(0), &request("full")), Err(WorkerPoolError::QueueFull));
+    assert_eq!(
+        h.submit(ms(0), &request("full")),
+        Err(WorkerPoolError::QueueFull)
+    );
     h.take_actions();
     assert!(h.pool.cancel(ms(1), queued));
     h.drain();
     let answer = h.answers().pop().unwrap();
-    assert!(matches!(&answer.result, Err(WorkerPoolError::Worker(e)) if e.code == WorkerErrorCode::Cancelled));
+    assert!(
+        matches!(&answer.result, Err(WorkerPoolError::Worker(e)) if e.code == WorkerErrorCode::Cancelled)
+    );
     assert_eq!(answer.payload, Some(2));
     assert!(h.submit(ms(1), &request("now fits")).is_ok());
-    assert!(!h.pool.cancel(ms(2), queued), "a second cancel does nothing");
+    assert!(
+        !h.pool.cancel(ms(2), queued),
+        "a second cancel does nothing"
+    );
 }
 
 #[test]
@@ -504,7 +699,9 @@ fn cancelling_a_running_request_aborts_it_without_blaming_the_worker() {
     h.drain();
     let actions = h.take_actions();
     assert!(matches!(actions[0], Action::Abort { request, .. } if request == key));
-    assert!(matches!(&actions[1], Action::Answer(a) if a.request == key && a.phase == Phase::Running));
+    assert!(
+        matches!(&actions[1], Action::Answer(a) if a.request == key && a.phase == Phase::Running)
+    );
     assert!(matches!(actions[2], Action::Start { request, .. } if request == next));
     assert_eq!(h.status(0), WorkerHealthStatus::Healthy);
     assert!(!h.complete(ms(4), key, Ok(json!(null))));
@@ -514,7 +711,13 @@ fn cancelling_a_running_request_aborts_it_without_blaming_the_worker() {
 
 #[test]
 fn restart_aborts_the_running_request_and_keeps_the_queue() {
-    let mut h = Harness::new(WorkerPoolOptions { unavailable_after_failures: 1, ..options() }, 1);
+    let mut h = Harness::new(
+        WorkerPoolOptions {
+            unavailable_after_failures: 1,
+            ..options()
+        },
+        1,
+    );
     let failing = h.submit(ms(0), &request("f")).unwrap();
     h.complete(ms(1), failing, Err(failure()));
     assert_eq!(h.status(0), WorkerHealthStatus::Unavailable);
@@ -550,7 +753,13 @@ fn restart_aborts_the_running_request_and_keeps_the_queue() {
 
 #[test]
 fn restart_resets_health() {
-    let mut h = Harness::new(WorkerPoolOptions { unavailable_after_failures: 1, ..options() }, 1);
+    let mut h = Harness::new(
+        WorkerPoolOptions {
+            unavailable_after_failures: 1,
+            ..options()
+        },
+        1,
+    );
     let key = h.submit(ms(0), &request("f")).unwrap();
     h.complete(ms(1), key, Err(failure()));
     assert_eq!(h.status(0), WorkerHealthStatus::Unavailable);
@@ -565,16 +774,32 @@ fn restart_resets_health() {
 fn removing_a_worker_requeues_its_queue_and_lets_the_running_request_finish() {
     let mut h = Harness::new(options(), 2);
     // worker-0 gets r0 (running) and r2 (queued); worker-1 gets r1, r3.
-    let keys: Vec<_> = (0..4).map(|i| h.submit(ms(0), &request(&format!("r{i}"))).unwrap()).collect();
+    let keys: Vec<_> = (0..4)
+        .map(|i| h.submit(ms(0), &request(&format!("r{i}"))).unwrap())
+        .collect();
     h.take_actions();
     h.take_events();
     let (w0, w1) = (h.worker(0), h.worker(1));
     h.pool.remove_worker(ms(1), w0).unwrap();
     h.drain();
-    assert!(h.take_events().contains(&Event::Requeued { request: keys[2], from: w0, to: w1 }));
-    assert_eq!(h.status(0), WorkerHealthStatus::Unavailable, "a worker being removed takes no traffic");
-    assert_eq!(h.pool.remove_worker(ms(1), w0), Err(CommandError::WorkerRemoving("worker-0".into())));
-    assert!(h.take_actions().is_empty(), "nothing stops until its running request ends");
+    assert!(h.take_events().contains(&Event::Requeued {
+        request: keys[2],
+        from: w0,
+        to: w1
+    }));
+    assert_eq!(
+        h.status(0),
+        WorkerHealthStatus::Unavailable,
+        "a worker being removed takes no traffic"
+    );
+    assert_eq!(
+        h.pool.remove_worker(ms(1), w0),
+        Err(CommandError::WorkerRemoving("worker-0".into()))
+    );
+    assert!(
+        h.take_actions().is_empty(),
+        "nothing stops until its running request ends"
+    );
     h.complete(ms(2), keys[0], Ok(json!(0)));
     let actions = h.take_actions();
     assert!(matches!(&actions[0], Action::Answer(a) if a.request == keys[0] && a.result.is_ok()));
@@ -585,7 +810,13 @@ fn removing_a_worker_requeues_its_queue_and_lets_the_running_request_finish() {
 
 #[test]
 fn removal_answers_what_no_other_worker_can_take() {
-    let mut h = Harness::new(WorkerPoolOptions { queue_capacity: 1, ..options() }, 1);
+    let mut h = Harness::new(
+        WorkerPoolOptions {
+            queue_capacity: 1,
+            ..options()
+        },
+        1,
+    );
     h.submit(ms(0), &request("running")).unwrap();
     let queued = h.submit(ms(0), &request("queued")).unwrap();
     h.take_actions();
@@ -598,7 +829,11 @@ fn removal_answers_what_no_other_worker_can_take() {
         Err(WorkerPoolError::Worker(error)) => {
             assert_eq!(error.code, WorkerErrorCode::Unavailable);
             assert!(error.retryable);
-            assert!(error.message.contains("worker-0 was removed"), "{}", error.message);
+            assert!(
+                error.message.contains("worker-0 was removed"),
+                "{}",
+                error.message
+            );
         }
         other => panic!("unexpected {other:?}"),
     }
@@ -608,8 +843,14 @@ fn removal_answers_what_no_other_worker_can_take() {
 fn added_workers_take_traffic_and_names_are_unique() {
     let mut h = Harness::new(options(), 0);
     let named = h.pool.add_named_worker(ms(0), "gpu-1").unwrap();
-    assert_eq!(h.pool.add_named_worker(ms(0), "gpu-1"), Err(CommandError::DuplicateWorkerId("gpu-1".into())));
-    assert!(matches!(h.pool.add_named_worker(ms(0), ""), Err(CommandError::InvalidWorkerId { .. })));
+    assert_eq!(
+        h.pool.add_named_worker(ms(0), "gpu-1"),
+        Err(CommandError::DuplicateWorkerId("gpu-1".into()))
+    );
+    assert!(matches!(
+        h.pool.add_named_worker(ms(0), ""),
+        Err(CommandError::InvalidWorkerId { .. })
+    ));
     assert_eq!(h.pool.worker_key("gpu-1"), Some(named));
     assert_eq!(h.pool.worker_id(named), Some("gpu-1"));
     let auto = h.pool.add_worker(ms(0)).unwrap();
@@ -635,15 +876,30 @@ fn probes_run_every_interval_and_report_their_time() {
     let mut config = PoolConfig::new(options());
     config.unix_epoch_ms = 1_000_000;
     let mut h = Harness::with_config(config, 1);
-    assert_eq!(h.pool.poll_timeout(), Some((ms(5_000), TimeoutReason::ProbeDue)));
+    assert_eq!(
+        h.pool.poll_timeout(),
+        Some((ms(5_000), TimeoutReason::ProbeDue))
+    );
     h.tick(ms(5_000));
     let (worker, probe) = run_probe(&mut h);
-    assert_eq!(h.pool.poll_timeout(), Some((ms(10_000), TimeoutReason::ProbeTimeout)));
-    assert!(h.pool.handle_probe_result(ms(5_010), worker, probe, WorkerHealthStatus::Healthy));
+    assert_eq!(
+        h.pool.poll_timeout(),
+        Some((ms(10_000), TimeoutReason::ProbeTimeout))
+    );
+    assert!(h
+        .pool
+        .handle_probe_result(ms(5_010), worker, probe, WorkerHealthStatus::Healthy));
     h.drain();
-    assert!(!h.pool.handle_probe_result(ms(5_011), worker, probe, WorkerHealthStatus::Unavailable), "answered once");
+    assert!(
+        !h.pool
+            .handle_probe_result(ms(5_011), worker, probe, WorkerHealthStatus::Unavailable),
+        "answered once"
+    );
     assert_eq!(h.pool.health()[0].last_probe_unix_ms, Some(1_005_010));
-    assert_eq!(h.pool.poll_timeout(), Some((ms(10_000), TimeoutReason::ProbeDue)));
+    assert_eq!(
+        h.pool.poll_timeout(),
+        Some((ms(10_000), TimeoutReason::ProbeDue))
+    );
 }
 
 #[test]
@@ -655,15 +911,26 @@ fn a_hanging_probe_times_out_counts_as_failed_and_probing_goes_on() {
     let (worker, probe) = run_probe(&mut h);
     h.tick(ms(6_000));
     let actions = h.take_actions();
-    assert!(matches!(actions[0], Action::AbortProbe { worker: w, probe: p } if w == worker && p == probe));
+    assert!(
+        matches!(actions[0], Action::AbortProbe { worker: w, probe: p } if w == worker && p == probe)
+    );
     assert_eq!(h.status(0), WorkerHealthStatus::Unavailable);
     assert_eq!(h.pool.counters().probes_timed_out, 1);
-    assert!(!h.pool.handle_probe_result(ms(6_001), worker, probe, WorkerHealthStatus::Healthy), "too late");
+    assert!(
+        !h.pool
+            .handle_probe_result(ms(6_001), worker, probe, WorkerHealthStatus::Healthy),
+        "too late"
+    );
     h.tick(ms(10_000));
     let (worker, probe) = run_probe(&mut h);
-    h.pool.handle_probe_result(ms(10_001), worker, probe, WorkerHealthStatus::Healthy);
+    h.pool
+        .handle_probe_result(ms(10_001), worker, probe, WorkerHealthStatus::Healthy);
     h.drain();
-    assert_eq!(h.status(0), WorkerHealthStatus::Healthy, "a later healthy probe restores it");
+    assert_eq!(
+        h.status(0),
+        WorkerHealthStatus::Healthy,
+        "a later healthy probe restores it"
+    );
 }
 
 #[test]
@@ -676,23 +943,35 @@ fn a_healthy_probe_gives_an_ejected_worker_one_trial_not_a_clean_slate() {
     assert_eq!(h.status(0), WorkerHealthStatus::Unavailable);
     h.tick(ms(5_000));
     let (worker, probe) = run_probe(&mut h);
-    h.pool.handle_probe_result(ms(5_001), worker, probe, WorkerHealthStatus::Healthy);
+    h.pool
+        .handle_probe_result(ms(5_001), worker, probe, WorkerHealthStatus::Healthy);
     h.drain();
     assert_eq!(h.status(0), WorkerHealthStatus::Degraded);
     let key = h.submit(ms(5_002), &request("trial")).unwrap();
     h.complete(ms(5_003), key, Err(failure()));
-    assert_eq!(h.status(0), WorkerHealthStatus::Unavailable, "one more failure ejects it again");
+    assert_eq!(
+        h.status(0),
+        WorkerHealthStatus::Unavailable,
+        "one more failure ejects it again"
+    );
 }
 
 #[test]
 fn a_probe_cannot_erase_failures_that_happened_after_it_was_sent() {
-    let mut h = Harness::new(WorkerPoolOptions { unavailable_after_failures: 1, ..options() }, 1);
+    let mut h = Harness::new(
+        WorkerPoolOptions {
+            unavailable_after_failures: 1,
+            ..options()
+        },
+        1,
+    );
     h.tick(ms(5_000));
     let (worker, probe) = run_probe(&mut h);
     let key = h.submit(ms(5_001), &request("f")).unwrap();
     h.complete(ms(5_002), key, Err(failure()));
     assert_eq!(h.status(0), WorkerHealthStatus::Unavailable);
-    h.pool.handle_probe_result(ms(5_003), worker, probe, WorkerHealthStatus::Healthy);
+    h.pool
+        .handle_probe_result(ms(5_003), worker, probe, WorkerHealthStatus::Healthy);
     h.drain();
     assert_eq!(h.status(0), WorkerHealthStatus::Unavailable);
 }
@@ -702,9 +981,13 @@ fn a_probe_saying_unavailable_ejects_until_a_probe_says_otherwise() {
     let mut h = Harness::new(options(), 1);
     h.tick(ms(5_000));
     let (worker, probe) = run_probe(&mut h);
-    h.pool.handle_probe_result(ms(5_001), worker, probe, WorkerHealthStatus::Unavailable);
+    h.pool
+        .handle_probe_result(ms(5_001), worker, probe, WorkerHealthStatus::Unavailable);
     h.drain();
-    assert_eq!(h.submit(ms(5_002), &request("x")), Err(WorkerPoolError::NoHealthyWorker));
+    assert_eq!(
+        h.submit(ms(5_002), &request("x")),
+        Err(WorkerPoolError::NoHealthyWorker)
+    );
 }
 
 // ----- shutdown -------------------------------------------------------------
@@ -719,23 +1002,47 @@ fn shutdown_refuses_new_work_and_drains_what_it_holds() {
     h.pool.begin_shutdown(ms(1), None);
     h.drain();
     assert!(h.pool.is_shutting_down());
-    assert_eq!(h.submit(ms(1), &request("late")), Err(WorkerPoolError::ShuttingDown));
+    assert_eq!(
+        h.submit(ms(1), &request("late")),
+        Err(WorkerPoolError::ShuttingDown)
+    );
     h.complete(ms(2), a, Ok(json!("a")));
     let started = h.started();
-    assert_eq!(started.len(), 1, "queued requests still run during the drain");
+    assert_eq!(
+        started.len(),
+        1,
+        "queued requests still run during the drain"
+    );
     assert_eq!(started[0].0, c);
     h.complete(ms(3), b, Ok(json!("b")));
     assert!(!h.pool.is_stopped());
     h.take_actions();
     h.complete(ms(4), c, Ok(json!("c")));
     let actions = h.take_actions();
-    let stops = actions.iter().filter(|a| matches!(a, Action::StopWorker { .. })).count();
+    let stops = actions
+        .iter()
+        .filter(|a| matches!(a, Action::StopWorker { .. }))
+        .count();
     assert_eq!(stops, 2);
     assert!(h.pool.is_stopped());
-    assert!(h.events.iter().any(|e| matches!(e, Event::ShutdownComplete { .. })));
-    assert!(h.pool.health().iter().all(|w| w.status == WorkerHealthStatus::Unavailable));
-    assert_eq!(h.pool.poll_timeout(), None, "a stopped pool needs no wake-up");
-    assert_eq!(h.submit(ms(5), &request("after")), Err(WorkerPoolError::ShuttingDown));
+    assert!(h
+        .events
+        .iter()
+        .any(|e| matches!(e, Event::ShutdownComplete { .. })));
+    assert!(h
+        .pool
+        .health()
+        .iter()
+        .all(|w| w.status == WorkerHealthStatus::Unavailable));
+    assert_eq!(
+        h.pool.poll_timeout(),
+        None,
+        "a stopped pool needs no wake-up"
+    );
+    assert_eq!(
+        h.submit(ms(5), &request("after")),
+        Err(WorkerPoolError::ShuttingDown)
+    );
 }
 
 #[test]
@@ -744,9 +1051,13 @@ fn the_drain_deadline_aborts_and_answers_the_rest() {
     let running = h.submit(ms(0), &request("a")).unwrap();
     let queued = h.submit(ms(0), &request("b")).unwrap();
     h.take_actions();
-    h.pool.begin_shutdown(ms(10), Some(Duration::from_millis(100)));
+    h.pool
+        .begin_shutdown(ms(10), Some(Duration::from_millis(100)));
     h.drain();
-    assert_eq!(h.pool.poll_timeout(), Some((ms(110), TimeoutReason::DrainDeadline)));
+    assert_eq!(
+        h.pool.poll_timeout(),
+        Some((ms(110), TimeoutReason::DrainDeadline))
+    );
     h.tick(ms(110));
     let actions = h.take_actions();
     let mut answered = Vec::new();
@@ -760,7 +1071,9 @@ fn the_drain_deadline_aborts_and_answers_the_rest() {
     let mut expected = vec![running, queued];
     expected.sort();
     assert_eq!(answered, expected);
-    assert!(actions.iter().any(|a| matches!(a, Action::Abort { request, .. } if *request == running)));
+    assert!(actions
+        .iter()
+        .any(|a| matches!(a, Action::Abort { request, .. } if *request == running)));
     assert!(h.pool.is_stopped());
     assert_eq!(h.pool.counters().aborted_by_shutdown, 2);
 }
@@ -787,10 +1100,16 @@ fn a_second_shutdown_can_only_bring_the_deadline_closer() {
     h.pool.begin_shutdown(ms(0), Some(Duration::from_secs(60)));
     h.pool.begin_shutdown(ms(0), None);
     h.drain();
-    assert_eq!(h.pool.poll_timeout(), Some((ms(10_000), TimeoutReason::DrainDeadline)));
+    assert_eq!(
+        h.pool.poll_timeout(),
+        Some((ms(10_000), TimeoutReason::DrainDeadline))
+    );
     h.pool.begin_shutdown(ms(0), Some(Duration::from_secs(1)));
     h.drain();
-    assert_eq!(h.pool.poll_timeout(), Some((ms(1_000), TimeoutReason::DrainDeadline)));
+    assert_eq!(
+        h.pool.poll_timeout(),
+        Some((ms(1_000), TimeoutReason::DrainDeadline))
+    );
 }
 
 // ----- robustness -----------------------------------------------------------
@@ -816,13 +1135,21 @@ fn inputs_naming_unknown_things_are_ignored() {
     let worker = h.worker(0);
     h.tick(ms(5_000));
     let (_, probe) = run_probe(&mut h);
-    assert!(!h.pool.handle_probe_result(ms(0), WorkerKey::from_u64(77), probe, WorkerHealthStatus::Healthy));
+    assert!(!h.pool.handle_probe_result(
+        ms(0),
+        WorkerKey::from_u64(77),
+        probe,
+        WorkerHealthStatus::Healthy
+    ));
     let key = h.submit(ms(5_000), &request("a")).unwrap();
     // A completion for a queued (not running) request is ignored too.
     let queued = h.submit(ms(5_000), &request("b")).unwrap();
     assert!(!h.pool.handle_completion(ms(5_000), queued, Ok(json!(null))));
     assert!(h.pool.handle_completion(ms(5_000), key, Ok(json!(null))));
-    assert!(!h.pool.handle_completion(ms(5_000), key, Ok(json!(null))), "a double completion is ignored");
+    assert!(
+        !h.pool.handle_completion(ms(5_000), key, Ok(json!(null))),
+        "a double completion is ignored"
+    );
     h.drain();
     let _ = worker;
 }
@@ -846,7 +1173,13 @@ fn stats_report_depth_in_flight_and_outcomes() {
 
 #[test]
 fn many_cancellations_do_not_grow_the_queue_without_bound() {
-    let mut h = Harness::new(WorkerPoolOptions { queue_capacity: 4, ..options() }, 1);
+    let mut h = Harness::new(
+        WorkerPoolOptions {
+            queue_capacity: 4,
+            ..options()
+        },
+        1,
+    );
     h.submit(ms(0), &request("blocker")).unwrap();
     for i in 0..10_000u64 {
         let key = h.submit(ms(i), &request("x")).unwrap();
@@ -868,5 +1201,8 @@ fn concurrency_above_one_runs_several_requests_per_worker() {
     }
     assert_eq!(h.started().len(), 3);
     assert_eq!(h.pool.stats().queued, 2);
-    assert_eq!(h.submit(ms(0), &request("full")), Err(WorkerPoolError::QueueFull));
+    assert_eq!(
+        h.submit(ms(0), &request("full")),
+        Err(WorkerPoolError::QueueFull)
+    );
 }

@@ -40,7 +40,8 @@ impl<P> Pool<P> {
         let mut held: BTreeSet<RequestKey> = BTreeSet::new();
         let mut schedulable = 0usize;
         let threshold = self.config.options.unavailable_after_failures;
-        let armed: BTreeSet<(crate::time::Time, crate::timers::Timer)> = self.timers.entries().collect();
+        let armed: BTreeSet<(crate::time::Time, crate::timers::Timer)> =
+            self.timers.entries().collect();
         let timer_armed = |at, timer| armed.contains(&(at, timer));
         for (raw, slot) in self.workers.iter() {
             let worker = WorkerKey(raw);
@@ -74,13 +75,16 @@ impl<P> Pool<P> {
                 "{worker} has a free run slot while {} requests wait",
                 slot.queued
             );
-            for key in &slot.running {
+            for key in slot.running.iter() {
                 let running_here = matches!(
                     self.requests.get(key.0),
                     Some(entry) if entry.worker == worker && matches!(entry.state, RequestState::Running { .. })
                 );
-                ensure!(running_here, "{worker} lists {key} as running but it is not");
-                ensure!(held.insert(*key), "{key} held twice");
+                ensure!(
+                    running_here,
+                    "{worker} lists {key} as running but it is not"
+                );
+                ensure!(held.insert(key), "{key} held twice");
             }
             ensure!(
                 slot.status == slot.health.status(threshold),
@@ -89,13 +93,19 @@ impl<P> Pool<P> {
             let expect_schedulable = !slot.removing
                 && self.lifecycle != Lifecycle::Stopped
                 && slot.status.is_schedulable();
-            ensure!(slot.schedulable == expect_schedulable, "{worker} schedulable flag stale");
+            ensure!(
+                slot.schedulable == expect_schedulable,
+                "{worker} schedulable flag stale"
+            );
             if slot.schedulable {
                 schedulable += 1;
             }
             let expect_eligible =
                 expect_schedulable && slot.running.len() + slot.queued < self.capacity;
-            ensure!(slot.eligible == expect_eligible, "{worker} eligible flag stale");
+            ensure!(
+                slot.eligible == expect_eligible,
+                "{worker} eligible flag stale"
+            );
             ensure!(
                 self.router.is_eligible(worker) == expect_eligible,
                 "router disagrees about {worker}"
@@ -111,7 +121,10 @@ impl<P> Pool<P> {
                     );
                 }
                 ProbeState::Outstanding { deadline, .. } => {
-                    ensure!(probing, "{worker} has a probe outstanding while not probing");
+                    ensure!(
+                        probing,
+                        "{worker} has a probe outstanding while not probing"
+                    );
                     ensure!(
                         timer_armed(deadline, crate::timers::Timer::ProbeTimeout(worker)),
                         "{worker} probe deadline {deadline} has no timer"
@@ -136,7 +149,9 @@ impl<P> Pool<P> {
             self.schedulable
         );
         ensure!(
-            self.router.iter_eligible().all(|w| self.workers.get(w.0).is_some()),
+            self.router
+                .iter_eligible()
+                .all(|w| self.workers.get(w.0).is_some()),
             "router holds a missing worker"
         );
         ensure!(
@@ -147,7 +162,10 @@ impl<P> Pool<P> {
         );
         for (raw, entry) in self.requests.iter() {
             let key = RequestKey(raw);
-            ensure!(entry.accepted_at <= self.now, "{key} accepted in the future");
+            ensure!(
+                entry.accepted_at <= self.now,
+                "{key} accepted in the future"
+            );
             if let Some(at) = entry.deadline {
                 ensure!(at >= entry.accepted_at, "{key} deadline before acceptance");
                 ensure!(
@@ -156,7 +174,10 @@ impl<P> Pool<P> {
                 );
             }
             if let RequestState::Running { started_at } = entry.state {
-                ensure!(started_at >= entry.accepted_at, "{key} started before acceptance");
+                ensure!(
+                    started_at >= entry.accepted_at,
+                    "{key} started before acceptance"
+                );
             }
         }
         let counters = &self.counters;
