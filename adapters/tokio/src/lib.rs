@@ -1,4 +1,100 @@
-//! foreman-tokio: adapter driving foreman-core (under construction).
+//! foreman-tokio: the foreman worker pool on tokio.
+//!
+//! The API of `simple-agents-workflow`'s `worker` module — switch by
+//! changing `use` lines:
+//!
+//! ```
+//! use std::sync::Arc;
+//! use foreman_tokio::{
+//!     async_trait, WorkerHandler, WorkerOperation, WorkerPool, WorkerPoolOptions,
+//!     WorkerProtocolError, WorkerRequest,
+//! };
+//! use serde_json::{json, Value};
+//!
+//! struct Echo;
+//!
+//! #[async_trait]
+//! impl WorkerHandler for Echo {
+//!     async fn handle(&self, request: WorkerRequest) -> Result<Value, WorkerProtocolError> {
+//!         Ok(json!({ "node": request.node_id }))
+//!     }
+//! }
+//!
+//! # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+//! let pool = WorkerPool::new_inprocess(vec![Arc::new(Echo)], WorkerPoolOptions::default(), None)?;
+//! let response = pool
+//!     .submit(WorkerRequest {
+//!         request_id: "req-1".into(),
+//!         workflow_name: "demo".into(),
+//!         node_id: "node-1".into(),
+//!         timeout_ms: None,
+//!         operation: WorkerOperation::Tool {
+//!             tool: "echo".into(),
+//!             input: json!({}),
+//!             scoped_input: json!({}),
+//!         },
+//!     })
+//!     .await?;
+//! assert_eq!(response.worker_id, "worker-0");
+//! pool.shutdown().await;
+//! # Ok::<(), foreman_tokio::WorkerPoolError>(())
+//! # }).unwrap();
+//! ```
+//!
+//! Everything but [`TokioRuntime`] lives in `foreman-driver` (shared with
+//! the other adapters); every decision is `foreman-core`'s. This crate is
+//! only tokio's spawn, timer and clock.
 #![deny(missing_docs)]
+#![forbid(unsafe_code)]
 
-pub use foreman_core::*;
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+pub use foreman_driver::{
+    AsyncTimer, BuildError, CircuitBreakerHooks, Counters, HealthCause, HealthTransition,
+    PoolConfig, Runtime, Stats, WorkerErrorCode, WorkerHandler, WorkerHealth, WorkerHealthStatus,
+    WorkerOperation, WorkerPoolClient, WorkerPoolError, WorkerPoolOptions, WorkerProtocolError,
+    WorkerRequest, WorkerResponse, WorkerResult, WorkerSecurityPolicy, WorkerStats,
+};
+
+/// Re-exported so handlers and hooks can be written as in the reference.
+pub use foreman_driver::async_trait;
+
+/// The foreman worker pool on tokio (`foreman_driver::WorkerPool` with
+/// [`TokioRuntime`]); create it inside a tokio runtime.
+pub type WorkerPool = foreman_driver::WorkerPool<TokioRuntime>;
+
+/// Tokio's spawn, timer and clock. The clock is `tokio::time::Instant`, so
+/// a paused test runtime drives the pool's deadlines and probes too.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct TokioRuntime;
+
+impl Runtime for TokioRuntime {
+    fn spawn(&self, future: Pin<Box<dyn Future<Output = ()> + Send>>) {
+        drop(tokio::spawn(future));
+    }
+
+    fn new_timer(&self, deadline: Instant) -> Pin<Box<dyn AsyncTimer>> {
+        Box::pin(TokioTimer(Box::pin(tokio::time::sleep_until(deadline.into()))))
+    }
+
+    fn now(&self) -> Instant {
+        tokio::time::Instant::now().into_std()
+    }
+}
+
+/// A `tokio::time::Sleep` as an [`AsyncTimer`].
+#[derive(Debug)]
+struct TokioTimer(Pin<Box<tokio::time::Sleep>>);
+
+impl AsyncTimer for TokioTimer {
+    fn reset(mut self: Pin<&mut Self>, deadline: Instant) {
+        self.0.as_mut().reset(deadline.into());
+    }
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        self.0.as_mut().poll(cx)
+    }
+}

@@ -1,0 +1,687 @@
+//! [`WorkerPool`]: the reference's API, driving `foreman_core::Pool`.
+
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
+use std::pin::Pin;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, MutexGuard, PoisonError, Weak};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use async_trait::async_trait;
+use foreman_core::{
+    CommandError, ConfigError, HealthCause, Pool, PoolConfig, RequestKey, Stats, Time,
+    WorkerErrorCode, WorkerHealth, WorkerHealthStatus, WorkerPoolError, WorkerPoolOptions,
+    WorkerProtocolError, WorkerRequest, WorkerResponse, WorkerResult,
+};
+use futures_channel::oneshot;
+use futures_util::future::{poll_fn, Abortable};
+use futures_util::FutureExt;
+use serde_json::Value;
+use thiserror::Error;
+
+use crate::handler::{CircuitBreakerHooks, WorkerHandler, WorkerPoolClient};
+use crate::runtime::Runtime;
+use crate::state::{
+    Core, Delivered, FastMap, HookEvent, ProbeJob, Slot, Started, TimerState, WorkerEntry,
+};
+
+/// An in-process worker pool driven by `foreman-core`, generic over the
+/// async [`Runtime`] (adapters name it: `foreman_tokio::WorkerPool`).
+///
+/// Every decision — validation, admission, routing, health, deadlines,
+/// probes, restarts, drain — is the core's; this type runs handlers,
+/// delivers the core's answers and feeds it completions and the clock.
+pub struct WorkerPool<R: Runtime> {
+    shared: Arc<Shared<R>>,
+}
+
+/// Why a pool could not be built.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[non_exhaustive]
+pub enum BuildError {
+    /// No handler was given.
+    #[error("a worker pool needs at least one worker handler")]
+    NoWorkers,
+    /// The options make no sense.
+    #[error("invalid worker pool options: {0}")]
+    Config(#[from] ConfigError),
+    /// A worker could not be added.
+    #[error("cannot add worker: {0}")]
+    Worker(#[from] CommandError),
+}
+
+impl From<BuildError> for WorkerPoolError {
+    fn from(error: BuildError) -> Self {
+        match error {
+            BuildError::NoWorkers => WorkerPoolError::NoHealthyWorker,
+            other => WorkerPoolError::InvalidRequest {
+                reason: other.to_string(),
+            },
+        }
+    }
+}
+
+/// One health status change of a worker, as the core reported it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HealthTransition {
+    /// The worker.
+    pub worker_id: String,
+    /// Its status before.
+    pub from: WorkerHealthStatus,
+    /// Its status after.
+    pub to: WorkerHealthStatus,
+    /// What caused it.
+    pub cause: HealthCause,
+    /// When, since the pool was created.
+    pub at: Duration,
+}
+
+impl<R: Runtime + Default> WorkerPool<R> {
+    /// Creates a pool with one worker (`worker-0`, `worker-1`, …) per
+    /// handler, on the default instance of the runtime; call it from inside
+    /// that runtime (it spawns the pool's timer task).
+    ///
+    /// # Errors
+    /// `NoHealthyWorker` when `handlers` is empty; `InvalidRequest` naming
+    /// the field when `options` make no sense (a zero queue capacity or
+    /// probe interval, …).
+    pub fn new_inprocess(
+        handlers: Vec<Arc<dyn WorkerHandler>>,
+        options: WorkerPoolOptions,
+        hooks: Option<Arc<dyn CircuitBreakerHooks>>,
+    ) -> Result<Self, WorkerPoolError> {
+        Self::with_config(R::default(), handlers, PoolConfig::new(options), hooks)
+            .map_err(WorkerPoolError::from)
+    }
+}
+
+impl<R: Runtime> WorkerPool<R> {
+    /// Creates a pool with full control over the core's configuration.
+    ///
+    /// # Errors
+    /// [`BuildError`] when there is no handler or the configuration is
+    /// invalid.
+    pub fn with_config(
+        runtime: R,
+        handlers: Vec<Arc<dyn WorkerHandler>>,
+        mut config: PoolConfig,
+        hooks: Option<Arc<dyn CircuitBreakerHooks>>,
+    ) -> Result<Self, BuildError> {
+        if handlers.is_empty() {
+            return Err(BuildError::NoWorkers);
+        }
+        let epoch = runtime.now();
+        config.unix_epoch_ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |since| u64::try_from(since.as_millis()).unwrap_or(u64::MAX));
+        let drain_limit = Duration::from_millis(config.options.security_policy.max_request_timeout_ms);
+        let mut pool = Pool::new(config, Time::ZERO)?;
+        let mut workers = FastMap::default();
+        for handler in handlers {
+            let key = pool.add_worker(Time::ZERO)?;
+            let id: Arc<str> = Arc::from(pool.worker_id(key).unwrap_or_default());
+            workers.insert(
+                key,
+                WorkerEntry {
+                    id,
+                    handler,
+                    probe: None,
+                },
+            );
+        }
+        let core = Core {
+            pool,
+            workers,
+            running: FastMap::default(),
+            live: 0,
+            armed: Time::MAX,
+            health_log: Default::default(),
+            stop_waiters: Vec::new(),
+            stopped: false,
+        };
+        let shared = Arc::new(Shared {
+            timer: Arc::new(TimerState::new()),
+            core: std::sync::Mutex::new(core),
+            runtime,
+            epoch,
+            hooks,
+            drain_limit,
+        });
+        spawn_timer(&shared);
+        shared.input(|_, _| ());
+        Ok(WorkerPool { shared })
+    }
+
+    /// Submits one request and waits for its answer.
+    ///
+    /// The handler runs in the calling task once the core grants it a
+    /// worker. Dropping the returned future cancels the request: it leaves
+    /// its queue, or its handler is dropped.
+    ///
+    /// # Errors
+    /// A refusal (`InvalidRequest`, `QueueFull`, `NoHealthyWorker`,
+    /// `CircuitOpen`, `ShuttingDown`) or the request's answer: the worker's
+    /// error (`Worker`, also for a panic, a restart or a cancellation),
+    /// `Timeout` when its budget ran out while queued or running, or
+    /// `ShuttingDown` when a drain deadline cut it off.
+    pub async fn submit(&self, request: WorkerRequest) -> Result<WorkerResponse, WorkerPoolError> {
+        let shared = &self.shared;
+        let hooks = shared.hooks.as_deref();
+        let slot = Arc::new(Slot::default());
+        let mut hook_events = Vec::new();
+        let mut probes = Vec::new();
+        let (submitted, mut own) = {
+            let mut core = shared.lock();
+            let now = shared.now();
+            let submitted = core.pool.submit_with(now, &request, Arc::clone(&slot), |id| {
+                hooks.is_none_or(|hooks| hooks.allow_request(id, &request))
+            });
+            let key = submitted.as_ref().ok().copied();
+            let own = core.after_input(
+                key,
+                hooks.map(|_| &mut hook_events),
+                &mut probes,
+                &shared.timer,
+            );
+            (submitted.map_err(|refused| refused.error), own)
+        };
+        shared.spawn_probes(probes);
+        if let Some(hooks) = hooks {
+            fire_hooks(hooks, &request, hook_events).await;
+        }
+        let key = submitted?;
+        let mut guard = PendingGuard {
+            shared,
+            key,
+            slot: &slot,
+            done: false,
+        };
+
+        let started = match (own.start.take(), own.answer.take()) {
+            (Some(started), _) => Some(started),
+            (None, Some(answer)) => {
+                guard.answered_without_run();
+                return finish(hooks, answer, request.request_id).await;
+            }
+            (None, None) => match wait_for_start(&slot).await {
+                Wake::Started(started) => Some(started),
+                Wake::Answered(answer) => {
+                    guard.answered_without_run();
+                    return finish(hooks, answer, request.request_id).await;
+                }
+            },
+        };
+        let Some(Started { handler }) = started else {
+            return Err(lost_answer());
+        };
+        let request_id = request.request_id.clone();
+        let outcome = run_handler(handler.handle(request), &slot).await;
+        let answer = match outcome {
+            Some(result) => {
+                let mut probes = Vec::new();
+                let own = {
+                    let mut core = shared.lock();
+                    core.live = core.live.saturating_sub(1);
+                    let now = shared.now();
+                    core.pool.handle_completion(now, key, result);
+                    core.after_input(Some(key), None, &mut probes, &shared.timer)
+                };
+                guard.done = true;
+                shared.spawn_probes(probes);
+                own.answer.or_else(|| slot.lock().answer.take())
+            }
+            None => {
+                shared.lock().ended();
+                guard.done = true;
+                let answer = slot.lock().answer.take();
+                answer
+            }
+        };
+        match answer {
+            Some(answer) => finish(hooks, answer, request_id).await,
+            None => Err(lost_answer()),
+        }
+    }
+
+    /// Health of every worker, in worker order. Never waits for a handler.
+    pub async fn health_snapshot(&self) -> Vec<WorkerHealth> {
+        self.shared.lock().pool.health()
+    }
+
+    /// Counters by outcome and refusal reason, queue depths and per-worker
+    /// state. Never waits for a handler.
+    pub fn stats(&self) -> Stats {
+        self.shared.lock().pool.stats()
+    }
+
+    /// Every health status change so far (the latest 4096), oldest first.
+    pub fn health_history(&self) -> Vec<HealthTransition> {
+        self.shared.lock().health_log.iter().cloned().collect()
+    }
+
+    /// Restarts a worker: its running request is aborted (answered with a
+    /// retryable `Cancelled` error naming the restart), its health is reset,
+    /// and its queued requests stay queued and run next.
+    ///
+    /// # Errors
+    /// `NoHealthyWorker` for an unknown (or removed) worker id;
+    /// `ShuttingDown` once the pool has stopped.
+    pub async fn restart_worker(&self, worker_id: &str) -> Result<(), WorkerPoolError> {
+        self.command(|core, now| {
+            let key = core
+                .pool
+                .worker_key(worker_id)
+                .ok_or(WorkerPoolError::NoHealthyWorker)?;
+            core.pool.restart_worker(now, key).map_err(command_error)
+        })
+    }
+
+    /// Adds a worker running `handler`; returns its id.
+    ///
+    /// # Errors
+    /// `ShuttingDown` once shutdown began.
+    pub fn add_worker(&self, handler: Arc<dyn WorkerHandler>) -> Result<String, WorkerPoolError> {
+        self.command(|core, now| {
+            let key = core.pool.add_worker(now).map_err(command_error)?;
+            let id = core.pool.worker_id(key).unwrap_or_default().to_string();
+            core.workers.insert(
+                key,
+                WorkerEntry {
+                    id: Arc::from(id.as_str()),
+                    handler,
+                    probe: None,
+                },
+            );
+            Ok(id)
+        })
+    }
+
+    /// Removes a worker: it takes no new requests, its queued requests move
+    /// to other workers, its running request finishes.
+    ///
+    /// # Errors
+    /// `NoHealthyWorker` for an unknown worker id or one already being
+    /// removed.
+    pub fn remove_worker(&self, worker_id: &str) -> Result<(), WorkerPoolError> {
+        self.command(|core, now| {
+            let key = core
+                .pool
+                .worker_key(worker_id)
+                .ok_or(WorkerPoolError::NoHealthyWorker)?;
+            core.pool.remove_worker(now, key).map_err(command_error)
+        })
+    }
+
+    /// Graceful shutdown: new submits get `ShuttingDown` at once; queued and
+    /// running requests finish (for at most the security policy's maximum
+    /// request timeout, after which the rest are aborted and answered
+    /// `ShuttingDown`). Returns once every handler and probe has ended;
+    /// afterwards every worker reports `Unavailable`.
+    pub async fn shutdown(&self) {
+        self.shutdown_inner(self.shared.drain_limit).await;
+    }
+
+    /// Like [`shutdown`](Self::shutdown), with a drain deadline: requests
+    /// still queued or running after `drain` are aborted and answered
+    /// `ShuttingDown`. A zero `drain` aborts everything at once.
+    pub async fn shutdown_with_deadline(&self, drain: Duration) {
+        self.shutdown_inner(drain).await;
+    }
+
+    async fn shutdown_inner(&self, drain: Duration) {
+        let waiter = self.shared.input(|core, now| {
+            core.pool.begin_shutdown(now, Some(drain));
+            if core.stopped && core.live == 0 {
+                None
+            } else {
+                let (sender, receiver) = oneshot::channel();
+                core.stop_waiters.push(sender);
+                Some(receiver)
+            }
+        });
+        if let Some(waiter) = waiter {
+            let _ = waiter.await;
+        }
+    }
+
+    fn command<T>(
+        &self,
+        f: impl FnOnce(&mut Core, Time) -> Result<T, WorkerPoolError>,
+    ) -> Result<T, WorkerPoolError> {
+        self.shared.input(f)
+    }
+}
+
+#[async_trait]
+impl<R: Runtime> WorkerPoolClient for WorkerPool<R> {
+    async fn submit(&self, request: WorkerRequest) -> Result<WorkerResponse, WorkerPoolError> {
+        WorkerPool::submit(self, request).await
+    }
+
+    async fn health_snapshot(&self) -> Vec<WorkerHealth> {
+        WorkerPool::health_snapshot(self).await
+    }
+}
+
+impl<R: Runtime> std::fmt::Debug for WorkerPool<R> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WorkerPool")
+            .field("runtime", &self.shared.runtime)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<R: Runtime> Drop for WorkerPool<R> {
+    fn drop(&mut self) {
+        let mut core = self.shared.lock();
+        for entry in core.workers.values_mut() {
+            if let Some((_, handle)) = entry.probe.take() {
+                handle.abort();
+            }
+        }
+        self.shared.timer.close();
+    }
+}
+
+// ----- internals -----------------------------------------------------------
+
+pub(crate) struct Shared<R> {
+    core: std::sync::Mutex<Core>,
+    timer: Arc<TimerState>,
+    runtime: R,
+    epoch: Instant,
+    hooks: Option<Arc<dyn CircuitBreakerHooks>>,
+    drain_limit: Duration,
+}
+
+impl<R: Runtime> Shared<R> {
+    fn lock(&self) -> MutexGuard<'_, Core> {
+        self.core.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn now(&self) -> Time {
+        Time::from_duration(self.runtime.now().saturating_duration_since(self.epoch))
+    }
+
+    /// One input that names no request of the caller: lock, apply, carry
+    /// out the actions, unlock, spawn probes.
+    fn input<T>(self: &Arc<Self>, f: impl FnOnce(&mut Core, Time) -> T) -> T {
+        let mut probes = Vec::new();
+        let out = {
+            let mut core = self.lock();
+            let now = self.now();
+            let out = f(&mut core, now);
+            core.after_input(None, None, &mut probes, &self.timer);
+            out
+        };
+        self.spawn_probes(probes);
+        out
+    }
+
+    fn on_timer(self: &Arc<Self>) {
+        self.input(|core, now| {
+            core.armed = Time::MAX;
+            self.timer.target.store(u64::MAX, Ordering::Release);
+            core.pool.handle_timeout(now);
+        });
+    }
+
+    fn spawn_probes(self: &Arc<Self>, probes: Vec<ProbeJob>) {
+        for job in probes {
+            let weak = Arc::downgrade(self);
+            self.runtime.spawn(Box::pin(probe_task(weak, job)));
+        }
+    }
+}
+
+async fn probe_task<R: Runtime>(weak: Weak<Shared<R>>, job: ProbeJob) {
+    let ProbeJob {
+        worker,
+        probe,
+        handler,
+        registration,
+    } = job;
+    let probing = AssertUnwindSafe(handler.probe_health()).catch_unwind();
+    let outcome = Abortable::new(probing, registration).await;
+    let status = match outcome {
+        Ok(Ok(status)) => Some(status),
+        Ok(Err(_panic)) => Some(WorkerHealthStatus::Unavailable),
+        Err(_aborted) => None,
+    };
+    let Some(shared) = weak.upgrade() else {
+        return;
+    };
+    shared.input(|core, now| {
+        core.live = core.live.saturating_sub(1);
+        if let Some(entry) = core.workers.get_mut(&worker) {
+            if entry.probe.as_ref().is_some_and(|(key, _)| *key == probe) {
+                entry.probe = None;
+            }
+        }
+        if let Some(status) = status {
+            core.pool.handle_probe_result(now, worker, probe, status);
+        }
+    });
+}
+
+fn spawn_timer<R: Runtime>(shared: &Arc<Shared<R>>) {
+    let weak = Arc::downgrade(shared);
+    let state = Arc::clone(&shared.timer);
+    let epoch = shared.epoch;
+    let mut timer = shared.runtime.new_timer(epoch);
+    shared.runtime.spawn(Box::pin(async move {
+        let mut current = u64::MAX;
+        loop {
+            let fired = poll_fn(|cx| {
+                state.waker.register(cx.waker());
+                if state.closed.load(Ordering::Acquire) {
+                    return Poll::Ready(false);
+                }
+                let target = state.target.load(Ordering::Acquire);
+                if target != current {
+                    current = target;
+                    if target != u64::MAX {
+                        timer.as_mut().reset(epoch + Duration::from_nanos(target));
+                    }
+                }
+                if current == u64::MAX {
+                    return Poll::Pending;
+                }
+                timer.as_mut().poll(cx).map(|()| true)
+            })
+            .await;
+            if !fired {
+                return;
+            }
+            current = u64::MAX;
+            let Some(shared) = weak.upgrade() else {
+                return;
+            };
+            shared.on_timer();
+        }
+    }));
+}
+
+/// Cancels the request if `submit`'s future is dropped before its answer.
+struct PendingGuard<'a, R: Runtime> {
+    shared: &'a Arc<Shared<R>>,
+    key: RequestKey,
+    slot: &'a Arc<Slot>,
+    done: bool,
+}
+
+impl<R: Runtime> PendingGuard<'_, R> {
+    /// The request was answered before its handler ran (or after it was
+    /// started but before this task ran it).
+    fn answered_without_run(&mut self) {
+        if self.slot.lock().was_started {
+            self.shared.lock().ended();
+        }
+        self.done = true;
+    }
+}
+
+impl<R: Runtime> Drop for PendingGuard<'_, R> {
+    fn drop(&mut self) {
+        if self.done {
+            return;
+        }
+        let shared = self.shared;
+        let (slot, key) = (self.slot, self.key);
+        let mut probes = Vec::new();
+        let own = {
+            let mut core = shared.lock();
+            if slot.lock().was_started {
+                core.live = core.live.saturating_sub(1);
+            }
+            let now = shared.now();
+            core.pool.cancel(now, key);
+            core.after_input(Some(key), None, &mut probes, &shared.timer)
+        };
+        shared.spawn_probes(probes);
+        // The caller is gone, so its failure hook runs in a task of its own.
+        if let (Some(hooks), Some(answer)) = (shared.hooks.clone(), own.answer) {
+            if let Err(error) = answer.result {
+                let error = protocol_error(&error);
+                shared.runtime.spawn(Box::pin(async move {
+                    hooks.on_request_failure(&answer.worker_id, &error).await;
+                }));
+            }
+        }
+    }
+}
+
+enum Wake {
+    Started(Started),
+    Answered(Delivered),
+}
+
+fn wait_for_start(slot: &Slot) -> impl Future<Output = Wake> + '_ {
+    poll_fn(move |cx| {
+        let mut inner = slot.lock();
+        if let Some(answer) = inner.answer.take() {
+            return Poll::Ready(Wake::Answered(answer));
+        }
+        if let Some(started) = inner.started.take() {
+            return Poll::Ready(Wake::Started(started));
+        }
+        inner.register(cx.waker());
+        Poll::Pending
+    })
+}
+
+type HandlerFuture<'a> = Pin<Box<dyn Future<Output = Result<Value, WorkerProtocolError>> + Send + 'a>>;
+
+/// Runs the handler until it finishes (`Some`) or the core aborts it
+/// (`None`; the handler future is dropped before this returns).
+async fn run_handler(
+    future: HandlerFuture<'_>,
+    slot: &Slot,
+) -> Option<Result<Value, WorkerProtocolError>> {
+    let mut future = AssertUnwindSafe(future).catch_unwind();
+    poll_fn(move |cx: &mut Context<'_>| {
+        if let Poll::Ready(outcome) = future.poll_unpin(cx) {
+            return Poll::Ready(Some(outcome.unwrap_or_else(|panic| Err(panic_error(&*panic)))));
+        }
+        let mut inner = slot.lock();
+        if inner.aborted || inner.answer.is_some() {
+            return Poll::Ready(None);
+        }
+        inner.register(cx.waker());
+        Poll::Pending
+    })
+    .await
+}
+
+async fn fire_hooks(hooks: &dyn CircuitBreakerHooks, request: &WorkerRequest, events: Vec<HookEvent>) {
+    for event in events {
+        match event {
+            HookEvent::Accepted(worker_id) => hooks.on_request_accepted(&worker_id, request).await,
+            HookEvent::Rejected(worker_id, reason) => {
+                hooks
+                    .on_request_rejected(worker_id.as_deref(), request, reason)
+                    .await;
+            }
+        }
+    }
+}
+
+async fn finish(
+    hooks: Option<&dyn CircuitBreakerHooks>,
+    answer: Delivered,
+    request_id: String,
+) -> Result<WorkerResponse, WorkerPoolError> {
+    let queue_ms = millis(answer.queued_for);
+    let run_ms = answer.ran_for.map(millis);
+    match answer.result {
+        Ok(output) => {
+            let response = WorkerResponse {
+                request_id,
+                worker_id: answer.worker_id.to_string(),
+                result: WorkerResult::Success { output },
+                elapsed_ms: queue_ms.saturating_add(run_ms.unwrap_or(0)),
+                queue_ms: Some(queue_ms),
+                run_ms,
+            };
+            if let Some(hooks) = hooks {
+                hooks.on_request_success(&answer.worker_id, &response).await;
+            }
+            Ok(response)
+        }
+        Err(error) => {
+            if let Some(hooks) = hooks {
+                hooks
+                    .on_request_failure(&answer.worker_id, &protocol_error(&error))
+                    .await;
+            }
+            Err(error)
+        }
+    }
+}
+
+fn millis(duration: Duration) -> u64 {
+    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// The wire form of a pool error, for `on_request_failure`.
+fn protocol_error(error: &WorkerPoolError) -> WorkerProtocolError {
+    match error {
+        WorkerPoolError::Worker(inner) => inner.clone(),
+        other => WorkerProtocolError::new(other.code(), other.to_string(), other.code() != WorkerErrorCode::InvalidRequest),
+    }
+}
+
+fn panic_error(panic: &(dyn std::any::Any + Send)) -> WorkerProtocolError {
+    let detail = panic
+        .downcast_ref::<&str>()
+        .map(|text| (*text).to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "non-string panic payload".to_string());
+    WorkerProtocolError::new(
+        WorkerErrorCode::ExecutionFailed,
+        format!("worker handler panicked: {detail}"),
+        false,
+    )
+}
+
+fn lost_answer() -> WorkerPoolError {
+    debug_assert!(false, "a request ended without its answer");
+    WorkerPoolError::Worker(WorkerProtocolError::new(
+        WorkerErrorCode::Unavailable,
+        "the pool lost track of this request",
+        true,
+    ))
+}
+
+fn command_error(error: CommandError) -> WorkerPoolError {
+    match error {
+        CommandError::ShuttingDown => WorkerPoolError::ShuttingDown,
+        CommandError::UnknownWorker(_) | CommandError::WorkerRemoving(_) => {
+            WorkerPoolError::NoHealthyWorker
+        }
+        other => WorkerPoolError::InvalidRequest {
+            reason: other.to_string(),
+        },
+    }
+}

@@ -1,0 +1,34 @@
+//! The runtime layer: the only things the driver needs from an async
+//! runtime (spawn a task, a resettable timer, a monotonic clock).
+
+use std::fmt::Debug;
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+/// An async runtime the pool can run on: spawn, timers and a clock.
+///
+/// Implementations are small and policy-free (see `foreman-tokio`); the
+/// driver never names a runtime. Modelled on quinn's runtime layer.
+pub trait Runtime: Debug + Send + Sync + 'static {
+    /// Runs `future` to completion in the background (detached).
+    fn spawn(&self, future: Pin<Box<dyn Future<Output = ()> + Send>>);
+
+    /// A timer that completes at `deadline` and can be moved with
+    /// [`AsyncTimer::reset`].
+    fn new_timer(&self, deadline: Instant) -> Pin<Box<dyn AsyncTimer>>;
+
+    /// The runtime's monotonic clock (a runtime with a virtual clock, such
+    /// as tokio's paused test clock, returns its virtual time).
+    fn now(&self) -> Instant;
+}
+
+/// A resettable timer, as returned by [`Runtime::new_timer`].
+pub trait AsyncTimer: Debug + Send {
+    /// Moves the deadline to `deadline` (the timer may fire again).
+    fn reset(self: Pin<&mut Self>, deadline: Instant);
+
+    /// Completes once the deadline has passed.
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()>;
+}

@@ -1,0 +1,364 @@
+//! What the driver keeps beside the core, and how it carries out the core's
+//! actions. Everything here runs under the pool's lock and never awaits.
+
+use std::collections::{HashMap, VecDeque};
+use std::hash::{BuildHasherDefault, Hasher};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::task::Waker;
+use std::time::Duration;
+
+use foreman_core::{
+    Action, Event, Phase, Pool, ProbeKey, RequestKey, Time, WorkerErrorCode, WorkerKey,
+    WorkerPoolError,
+};
+use futures_channel::oneshot;
+use futures_util::future::AbortHandle;
+use futures_util::task::AtomicWaker;
+use serde_json::Value;
+
+use crate::handler::WorkerHandler;
+use crate::pool::HealthTransition;
+
+/// How many health transitions the pool remembers.
+pub(crate) const HEALTH_LOG_CAPACITY: usize = 4096;
+
+/// The driver's books, guarded together with the core by one mutex.
+pub(crate) struct Core {
+    pub(crate) pool: Pool<Arc<Slot>>,
+    pub(crate) workers: FastMap<WorkerKey, WorkerEntry>,
+    /// Slots of started requests, for `Abort` and payload-less `Answer`s.
+    pub(crate) running: FastMap<RequestKey, Arc<Slot>>,
+    /// Handler futures and probe tasks that have not ended yet.
+    pub(crate) live: usize,
+    /// The deadline the timer task was last told about (`Time::MAX`: none).
+    pub(crate) armed: Time,
+    pub(crate) health_log: VecDeque<HealthTransition>,
+    pub(crate) stop_waiters: Vec<oneshot::Sender<()>>,
+    pub(crate) stopped: bool,
+}
+
+/// A worker as the driver knows it.
+pub(crate) struct WorkerEntry {
+    pub(crate) id: Arc<str>,
+    pub(crate) handler: Arc<dyn WorkerHandler>,
+    pub(crate) probe: Option<(ProbeKey, AbortHandle)>,
+}
+
+/// A started request: which worker runs it and with what.
+pub(crate) struct Started {
+    pub(crate) handler: Arc<dyn WorkerHandler>,
+}
+
+/// The final answer of a request, with its worker's id resolved.
+pub(crate) struct Delivered {
+    pub(crate) worker_id: Arc<str>,
+    pub(crate) result: Result<Value, WorkerPoolError>,
+    pub(crate) queued_for: Duration,
+    pub(crate) ran_for: Option<Duration>,
+}
+
+/// What the input's own request got from one round of actions.
+#[derive(Default)]
+pub(crate) struct Own {
+    pub(crate) start: Option<Started>,
+    pub(crate) answer: Option<Delivered>,
+}
+
+/// A hook call to make once the lock is released.
+pub(crate) enum HookEvent {
+    Accepted(Arc<str>),
+    Rejected(Option<Arc<str>>, WorkerErrorCode),
+}
+
+/// A probe the driver must spawn once the actions are carried out.
+pub(crate) struct ProbeJob {
+    pub(crate) worker: WorkerKey,
+    pub(crate) probe: ProbeKey,
+    pub(crate) handler: Arc<dyn WorkerHandler>,
+    pub(crate) registration: futures_util::future::AbortRegistration,
+}
+
+/// Per-request wake-up: the core's payload. Written under the pool's lock,
+/// read by the request's own task under the slot's small lock.
+#[derive(Default)]
+pub(crate) struct Slot {
+    inner: Mutex<SlotInner>,
+}
+
+#[derive(Default)]
+pub(crate) struct SlotInner {
+    pub(crate) started: Option<Started>,
+    pub(crate) was_started: bool,
+    pub(crate) aborted: bool,
+    pub(crate) answer: Option<Delivered>,
+    waker: Option<Waker>,
+}
+
+/// Shared with the timer task: the next deadline and how to wake it.
+#[derive(Default)]
+pub(crate) struct TimerState {
+    pub(crate) target: AtomicU64,
+    pub(crate) waker: AtomicWaker,
+    pub(crate) closed: AtomicBool,
+}
+
+impl TimerState {
+    pub(crate) fn new() -> Self {
+        TimerState {
+            target: AtomicU64::new(u64::MAX),
+            waker: AtomicWaker::new(),
+            closed: AtomicBool::new(false),
+        }
+    }
+
+    pub(crate) fn close(&self) {
+        self.closed.store(true, Ordering::Release);
+        self.waker.wake();
+    }
+}
+
+impl Slot {
+    pub(crate) fn lock(&self) -> MutexGuard<'_, SlotInner> {
+        self.inner.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Updates the slot and wakes its task (outside the slot's lock).
+    fn update(&self, change: impl FnOnce(&mut SlotInner)) {
+        let waker = {
+            let mut inner = self.lock();
+            change(&mut inner);
+            inner.waker.take()
+        };
+        if let Some(waker) = waker {
+            waker.wake();
+        }
+    }
+}
+
+impl SlotInner {
+    /// Remembers the waker of the task waiting on the slot.
+    pub(crate) fn register(&mut self, waker: &Waker) {
+        match &self.waker {
+            Some(old) if old.will_wake(waker) => {}
+            _ => self.waker = Some(waker.clone()),
+        }
+    }
+}
+
+impl Core {
+    /// Carries out every pending action, drains events and re-arms the
+    /// timer. `own` names the request of the calling task (its start and
+    /// answer are returned instead of delivered); hook events are pushed to
+    /// `hooks` when it is `Some`; probes to spawn go to `probes`.
+    pub(crate) fn after_input(
+        &mut self,
+        own: Option<RequestKey>,
+        hooks: Option<&mut Vec<HookEvent>>,
+        probes: &mut Vec<ProbeJob>,
+        timer: &TimerState,
+    ) -> Own {
+        let mut mine = Own::default();
+        while let Some(action) = self.pool.poll_action() {
+            match action {
+                Action::Start {
+                    request,
+                    worker,
+                    payload,
+                } => {
+                    let Some(entry) = self.workers.get(&worker) else {
+                        debug_assert!(false, "start on an unknown worker");
+                        continue;
+                    };
+                    let started = Started {
+                        handler: Arc::clone(&entry.handler),
+                    };
+                    self.live += 1;
+                    if own == Some(request) {
+                        payload.lock().was_started = true;
+                        mine.start = Some(started);
+                    } else {
+                        payload.update(|inner| {
+                            inner.was_started = true;
+                            inner.started = Some(started);
+                        });
+                    }
+                    self.running.insert(request, payload);
+                }
+                Action::Abort { request, .. } => {
+                    if let Some(slot) = self.running.get(&request) {
+                        slot.update(|inner| inner.aborted = true);
+                    }
+                }
+                Action::Answer(answer) => {
+                    let slot = match answer.payload {
+                        Some(slot) => Some(slot),
+                        None => self.running.remove(&answer.request),
+                    };
+                    let worker_id = self
+                        .workers
+                        .get(&answer.worker)
+                        .map_or_else(|| Arc::from(""), |entry| Arc::clone(&entry.id));
+                    let delivered = Delivered {
+                        worker_id,
+                        result: answer.result,
+                        queued_for: answer.queued_for,
+                        ran_for: match answer.phase {
+                            Phase::Running => answer.ran_for,
+                            Phase::Queued => None,
+                        },
+                    };
+                    if own == Some(answer.request) {
+                        mine.answer = Some(delivered);
+                    } else if let Some(slot) = slot {
+                        slot.update(|inner| inner.answer = Some(delivered));
+                    }
+                }
+                Action::RunProbe { worker, probe } => {
+                    if let Some(entry) = self.workers.get_mut(&worker) {
+                        let (handle, registration) = AbortHandle::new_pair();
+                        if let Some((_, old)) = entry.probe.replace((probe, handle)) {
+                            old.abort();
+                        }
+                        self.live += 1;
+                        probes.push(ProbeJob {
+                            worker,
+                            probe,
+                            handler: Arc::clone(&entry.handler),
+                            registration,
+                        });
+                    }
+                }
+                Action::AbortProbe { worker, probe } => {
+                    if let Some(entry) = self.workers.get_mut(&worker) {
+                        if entry.probe.as_ref().is_some_and(|(key, _)| *key == probe) {
+                            if let Some((_, handle)) = entry.probe.take() {
+                                handle.abort();
+                            }
+                        }
+                    }
+                }
+                Action::RestartWorker { worker } => {
+                    // The core already aborted its running requests and its
+                    // probe; a handler is stateless from the pool's view, so
+                    // the fresh execution context is the next `Start`.
+                    let _ = worker;
+                }
+                Action::StopWorker { worker } => {
+                    if let Some(entry) = self.workers.remove(&worker) {
+                        if let Some((_, handle)) = entry.probe {
+                            handle.abort();
+                        }
+                    }
+                }
+            }
+        }
+        self.drain_events(hooks, timer);
+        self.rearm(timer);
+        self.settle();
+        mine
+    }
+
+    fn drain_events(&mut self, mut hooks: Option<&mut Vec<HookEvent>>, timer: &TimerState) {
+        while let Some(event) = self.pool.poll_event() {
+            match event {
+                Event::Accepted { worker, .. } => {
+                    if let Some(hooks) = hooks.as_deref_mut() {
+                        hooks.push(HookEvent::Accepted(self.id_of(worker)));
+                    }
+                }
+                Event::Rejected { worker, reason } => {
+                    if let Some(hooks) = hooks.as_deref_mut() {
+                        hooks.push(HookEvent::Rejected(worker.map(|w| self.id_of(w)), reason));
+                    }
+                }
+                Event::HealthChanged {
+                    worker,
+                    from,
+                    to,
+                    cause,
+                    at,
+                } => {
+                    if self.health_log.len() >= HEALTH_LOG_CAPACITY {
+                        self.health_log.pop_front();
+                    }
+                    self.health_log.push_back(HealthTransition {
+                        worker_id: self.id_of(worker).to_string(),
+                        from,
+                        to,
+                        cause,
+                        at: at.since_epoch(),
+                    });
+                }
+                Event::Requeued { .. } => {}
+                Event::ShutdownComplete { .. } => {
+                    self.stopped = true;
+                    timer.close();
+                }
+            }
+        }
+    }
+
+    fn id_of(&self, worker: WorkerKey) -> Arc<str> {
+        self.workers
+            .get(&worker)
+            .map_or_else(|| Arc::from(""), |entry| Arc::clone(&entry.id))
+    }
+
+    /// Tells the timer task about an earlier deadline.
+    pub(crate) fn rearm(&mut self, timer: &TimerState) {
+        if let Some((at, _)) = self.pool.poll_timeout() {
+            if at < self.armed {
+                self.armed = at;
+                timer.target.store(at.as_nanos(), Ordering::Release);
+                timer.waker.wake();
+            }
+        }
+    }
+
+    /// Releases `shutdown` callers once the pool stopped and nothing runs.
+    pub(crate) fn settle(&mut self) {
+        if self.stopped && self.live == 0 {
+            for waiter in self.stop_waiters.drain(..) {
+                let _ = waiter.send(());
+            }
+        }
+    }
+
+    /// One handler future or probe task ended.
+    pub(crate) fn ended(&mut self) {
+        self.live = self.live.saturating_sub(1);
+        self.settle();
+    }
+}
+
+/// A `HashMap` with a cheap hasher for the core's small integer keys.
+pub(crate) type FastMap<K, V> = HashMap<K, V, BuildHasherDefault<KeyHasher>>;
+
+/// Multiplicative hasher for keys that are already unique small integers.
+#[derive(Default)]
+pub(crate) struct KeyHasher(u64);
+
+impl Hasher for KeyHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for byte in bytes {
+            self.write_u64(u64::from(*byte));
+        }
+    }
+
+    fn write_u32(&mut self, value: u32) {
+        self.write_u64(u64::from(value));
+    }
+
+    fn write_u64(&mut self, value: u64) {
+        self.0 = (self.0.rotate_left(5) ^ value).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
+    }
+
+    fn write_usize(&mut self, value: usize) {
+        self.write_u64(value as u64);
+    }
+}
