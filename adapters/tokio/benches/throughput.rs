@@ -1,1 +1,340 @@
-fn main() {}
+//! Closed-loop end-to-end benchmark: foreman-tokio against a bare
+//! mpsc + oneshot pool (the floor) and tower's p2c `Balance` behind a
+//! `Buffer`, echo handler, N workers, C concurrent callers, multi-thread
+//! runtime with 2 workers. Also measures memory per queued request with a
+//! counting allocator.
+//!
+//! Run: `cargo bench -p foreman-tokio --bench throughput` (≈1 minute).
+//! Each cell runs the three pools in alternation, 3 rounds of 300 ms, and
+//! reports the median round; compare ratios from one run.
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicIsize, AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use foreman_tokio::{
+    async_trait, WorkerHandler, WorkerOperation, WorkerPool, WorkerPoolOptions,
+    WorkerProtocolError, WorkerRequest,
+};
+use serde_json::{json, Value};
+use tokio::sync::{mpsc, oneshot};
+use tower::{Service, ServiceExt};
+
+struct Counting;
+
+static ALLOCATED: AtomicIsize = AtomicIsize::new(0);
+
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        ALLOCATED.fetch_add(layout.size() as isize, Ordering::Relaxed);
+        unsafe { System.alloc(layout) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        ALLOCATED.fetch_sub(layout.size() as isize, Ordering::Relaxed);
+        unsafe { System.dealloc(ptr, layout) }
+    }
+}
+
+#[global_allocator]
+static GLOBAL: Counting = Counting;
+
+struct Echo;
+
+#[async_trait]
+impl WorkerHandler for Echo {
+    async fn handle(&self, request: WorkerRequest) -> Result<Value, WorkerProtocolError> {
+        Ok(Value::String(request.node_id))
+    }
+}
+
+fn template() -> WorkerRequest {
+    WorkerRequest {
+        request_id: "bench-request".into(),
+        workflow_name: "bench".into(),
+        node_id: "node".into(),
+        timeout_ms: None,
+        operation: WorkerOperation::Tool {
+            tool: "echo".into(),
+            input: json!({"x": 1}),
+            scoped_input: json!({}),
+        },
+    }
+}
+
+type BoxFut<T> = Pin<Box<dyn Future<Output = T> + Send>>;
+
+/// Something a caller can send a request through.
+trait Client: Send + Sync + 'static {
+    fn call(&self, request: WorkerRequest) -> BoxFut<bool>;
+}
+
+// ----- foreman ---------------------------------------------------------------
+
+struct Foreman(WorkerPool);
+
+impl Client for Arc<Foreman> {
+    fn call(&self, request: WorkerRequest) -> BoxFut<bool> {
+        let this = Arc::clone(self);
+        Box::pin(async move { this.0.submit(request).await.is_ok() })
+    }
+}
+
+// ----- floor: N tasks fed round-robin by bounded mpsc, oneshot reply ----------
+
+type Job = (WorkerRequest, oneshot::Sender<Result<Value, WorkerProtocolError>>);
+
+struct Floor {
+    senders: Vec<mpsc::Sender<Job>>,
+    next: AtomicUsize,
+}
+
+impl Floor {
+    fn new(n: usize) -> Self {
+        let senders = (0..n)
+            .map(|_| {
+                let (tx, mut rx) = mpsc::channel::<Job>(64);
+                let handler: Arc<dyn WorkerHandler> = Arc::new(Echo);
+                tokio::spawn(async move {
+                    while let Some((request, reply)) = rx.recv().await {
+                        let _ = reply.send(handler.handle(request).await);
+                    }
+                });
+                tx
+            })
+            .collect();
+        Floor { senders, next: AtomicUsize::new(0) }
+    }
+}
+
+impl Client for Arc<Floor> {
+    fn call(&self, request: WorkerRequest) -> BoxFut<bool> {
+        let this = Arc::clone(self);
+        Box::pin(async move {
+            let index = this.next.fetch_add(1, Ordering::Relaxed) % this.senders.len();
+            let (tx, rx) = oneshot::channel();
+            if this.senders[index].send((request, tx)).await.is_err() {
+                return false;
+            }
+            matches!(rx.await, Ok(Ok(_)))
+        })
+    }
+}
+
+// ----- tower: p2c Balance over PendingRequests, behind a Buffer ---------------
+
+#[derive(Clone)]
+struct EchoService(Arc<dyn WorkerHandler>);
+
+impl Service<WorkerRequest> for EchoService {
+    type Response = Value;
+    type Error = Infallible;
+    type Future = BoxFut<Result<Value, Infallible>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: WorkerRequest) -> Self::Future {
+        let handler = Arc::clone(&self.0);
+        Box::pin(async move { Ok(handler.handle(request).await.unwrap_or(Value::Null)) })
+    }
+}
+
+type TowerBuffer = tower::buffer::Buffer<WorkerRequest, <tower::balance::p2c::Balance<
+    tower::discover::ServiceList<Vec<tower::load::PendingRequests<EchoService>>>,
+    WorkerRequest,
+> as Service<WorkerRequest>>::Future>;
+
+struct Tower(TowerBuffer);
+
+impl Tower {
+    fn new(n: usize) -> Self {
+        let services: Vec<_> = (0..n)
+            .map(|_| {
+                tower::load::PendingRequests::new(
+                    EchoService(Arc::new(Echo)),
+                    tower::load::CompleteOnResponse::default(),
+                )
+            })
+            .collect();
+        let balance = tower::balance::p2c::Balance::new(tower::discover::ServiceList::new(services));
+        Tower(tower::buffer::Buffer::new(balance, 1024))
+    }
+}
+
+impl Client for Arc<Tower> {
+    fn call(&self, request: WorkerRequest) -> BoxFut<bool> {
+        let mut service = self.0.clone();
+        Box::pin(async move {
+            match service.ready().await {
+                Ok(ready) => ready.call(request).await.is_ok(),
+                Err(_) => false,
+            }
+        })
+    }
+}
+
+// ----- harness -----------------------------------------------------------------
+
+struct Round {
+    rps: f64,
+    p99: Duration,
+}
+
+async fn closed_loop<C: Client + Clone>(client: C, callers: usize, run: Duration) -> Round {
+    let stop = Arc::new(AtomicBool::new(false));
+    let measuring = Arc::new(AtomicBool::new(false));
+    let done = Arc::new(AtomicU64::new(0));
+    let mut tasks = Vec::new();
+    for _ in 0..callers {
+        let (client, stop, measuring, done) =
+            (client.clone(), Arc::clone(&stop), Arc::clone(&measuring), Arc::clone(&done));
+        tasks.push(tokio::spawn(async move {
+            let request = template();
+            let mut latencies = Vec::with_capacity(1 << 16);
+            while !stop.load(Ordering::Relaxed) {
+                let start = Instant::now();
+                let ok = client.call(request.clone()).await;
+                assert!(ok, "request failed");
+                if measuring.load(Ordering::Relaxed) {
+                    latencies.push(start.elapsed().as_nanos() as u64);
+                    done.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            latencies
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(60)).await;
+    measuring.store(true, Ordering::Relaxed);
+    let start = Instant::now();
+    tokio::time::sleep(run).await;
+    let count = done.load(Ordering::Relaxed);
+    let elapsed = start.elapsed();
+    measuring.store(false, Ordering::Relaxed);
+    stop.store(true, Ordering::Relaxed);
+    let mut all = Vec::new();
+    for task in tasks {
+        all.extend(task.await.expect("caller task"));
+    }
+    all.sort_unstable();
+    let p99 = all.get(all.len().saturating_sub(1) * 99 / 100).copied().unwrap_or(0);
+    Round { rps: count as f64 / elapsed.as_secs_f64(), p99: Duration::from_nanos(p99) }
+}
+
+fn median(mut rounds: Vec<Round>) -> Round {
+    rounds.sort_by(|a, b| a.rps.total_cmp(&b.rps));
+    let mid = rounds.len() / 2;
+    let rps = rounds[mid].rps;
+    let mut p99s: Vec<_> = rounds.iter().map(|r| r.p99).collect();
+    p99s.sort();
+    Round { rps, p99: p99s[mid] }
+}
+
+fn memory_per_queued_request(rt: &tokio::runtime::Runtime) {
+    const QUEUED: usize = 10_000;
+    struct Gate(tokio::sync::Semaphore);
+    #[async_trait]
+    impl WorkerHandler for Gate {
+        async fn handle(&self, _request: WorkerRequest) -> Result<Value, WorkerProtocolError> {
+            let _ = self.0.acquire().await;
+            Ok(Value::Null)
+        }
+    }
+    rt.block_on(async {
+        let gate = Arc::new(Gate(tokio::sync::Semaphore::new(0)));
+        let pool = Arc::new(
+            WorkerPool::new_inprocess(
+                vec![Arc::clone(&gate) as Arc<dyn WorkerHandler>],
+                WorkerPoolOptions { queue_capacity: QUEUED + 1, ..WorkerPoolOptions::default() },
+                None,
+            )
+            .expect("pool"),
+        );
+        // Warm the core's slabs and maps to this size once.
+        let requests: Vec<_> = (0..=QUEUED).map(|_| template()).collect();
+        let baseline_futures: Vec<_> = requests
+            .iter()
+            .map(|r| {
+                let pool = Arc::clone(&pool);
+                let r = r.clone();
+                Box::pin(async move { pool.submit(r).await })
+            })
+            .collect();
+        let future_size = std::mem::size_of_val(&*baseline_futures[0]);
+        let before = ALLOCATED.load(Ordering::Relaxed);
+        let mut handles = Vec::new();
+        for future in baseline_futures {
+            handles.push(tokio::spawn(future));
+        }
+        while pool.stats().queued < QUEUED {
+            tokio::task::yield_now().await;
+        }
+        let after = ALLOCATED.load(Ordering::Relaxed);
+        let per_request = (after - before) as f64 / QUEUED as f64;
+        println!(
+            "memory per queued request: {per_request:.0} bytes of heap beyond the caller's own boxed submit future \
+             (that future: {future_size} bytes, holding the WorkerRequest)"
+        );
+        gate.0.add_permits(QUEUED + 1);
+        for handle in handles {
+            let _ = handle.await;
+        }
+        pool.shutdown().await;
+    });
+}
+
+fn main() {
+    if std::env::args().any(|a| a == "--list") {
+        return;
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let run = Duration::from_millis(300);
+    println!("closed loop, echo handler, multi-thread runtime with 2 workers, median of 3 rounds of {run:?}");
+    println!(
+        "| N | C | foreman req/s | floor req/s | tower req/s | foreman/floor | foreman/tower | p99 foreman | p99 floor | p99 ratio |"
+    );
+    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    for n in [1usize, 16, 64] {
+        for c in [1usize, 16, 256] {
+            let (mut f, mut fl, mut tw) = (Vec::new(), Vec::new(), Vec::new());
+            for _ in 0..3 {
+                fl.push(rt.block_on(async { closed_loop(Arc::new(Floor::new(n)), c, run).await }));
+                tw.push(rt.block_on(async { closed_loop(Arc::new(Tower::new(n)), c, run).await }));
+                f.push(rt.block_on(async {
+                    let pool = WorkerPool::new_inprocess(
+                        (0..n).map(|_| Arc::new(Echo) as Arc<dyn WorkerHandler>).collect(),
+                        WorkerPoolOptions { queue_capacity: 1024, ..WorkerPoolOptions::default() },
+                        None,
+                    )
+                    .expect("pool");
+                    let pool = Arc::new(Foreman(pool));
+                    let round = closed_loop(Arc::clone(&pool), c, run).await;
+                    pool.0.shutdown().await;
+                    round
+                }));
+            }
+            let (f, fl, tw) = (median(f), median(fl), median(tw));
+            println!(
+                "| {n} | {c} | {:.0}k | {:.0}k | {:.0}k | {:.2} | {:.2} | {:?} | {:?} | {:.2} |",
+                f.rps / 1e3,
+                fl.rps / 1e3,
+                tw.rps / 1e3,
+                f.rps / fl.rps,
+                f.rps / tw.rps,
+                f.p99,
+                fl.p99,
+                f.p99.as_secs_f64() / fl.p99.as_secs_f64().max(1e-9),
+            );
+        }
+    }
+    memory_per_queued_request(&rt);
+}
