@@ -1,0 +1,183 @@
+//! The simulator's command line: runs seeds and prints one summary line.
+//!
+//! ```text
+//! sim --seeds N [--from S] [--requests R] [--jobs J] [--expect-failure]
+//! sim --seed S [--requests R] [--trace]
+//! sim --soak            (1 000 000 seeds, for long runs)
+//! ```
+//! The last line is always
+//! `seeds=N failures=F sim_requests=… sim_seconds=… wall_seconds=… requests_per_wall_second=…`;
+//! the exit code is non-zero when F > 0 (inverted by `--expect-failure`,
+//! used to prove that a planted bug is caught). Every 64th seed is run twice
+//! and its two trace hashes must match (the determinism self-check).
+
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::Instant;
+
+use foreman_tests::sim::{run_seed, SimOutcome, DEFAULT_REQUESTS};
+
+/// Failure reports printed in full; later failures get one line each.
+const FULL_REPORTS: usize = 3;
+
+struct Args {
+    from: u64,
+    seeds: u64,
+    requests: u64,
+    jobs: usize,
+    trace: bool,
+    single: bool,
+    expect_failure: bool,
+}
+
+fn parse() -> Result<Args, String> {
+    let mut args = Args {
+        from: 0,
+        seeds: 100,
+        requests: DEFAULT_REQUESTS,
+        jobs: std::thread::available_parallelism().map_or(1, |n| n.get()),
+        trace: false,
+        single: false,
+        expect_failure: false,
+    };
+    let mut it = std::env::args().skip(1);
+    let number = |value: Option<String>, flag: &str| -> Result<u64, String> {
+        value
+            .ok_or_else(|| format!("{flag} needs a value"))?
+            .replace('_', "")
+            .parse()
+            .map_err(|e| format!("{flag}: {e}"))
+    };
+    while let Some(flag) = it.next() {
+        match flag.as_str() {
+            "--seeds" => args.seeds = number(it.next(), "--seeds")?,
+            "--from" => args.from = number(it.next(), "--from")?,
+            "--seed" => {
+                args.from = number(it.next(), "--seed")?;
+                args.seeds = 1;
+                args.single = true;
+            }
+            "--requests" => args.requests = number(it.next(), "--requests")?,
+            "--jobs" => args.jobs = number(it.next(), "--jobs")?.max(1) as usize,
+            "--soak" => args.seeds = 1_000_000,
+            "--trace" => args.trace = true,
+            "--expect-failure" => args.expect_failure = true,
+            "--help" | "-h" => {
+                return Err(
+                    "usage: sim --seeds N [--from S] [--requests R] [--jobs J] [--expect-failure] \
+                            | --seed S [--requests R] [--trace] | --soak"
+                        .into(),
+                )
+            }
+            other => return Err(format!("unknown argument {other:?} (try --help)")),
+        }
+    }
+    Ok(args)
+}
+
+fn main() -> ExitCode {
+    let args = match parse() {
+        Ok(args) => args,
+        Err(message) => {
+            eprintln!("{message}");
+            return ExitCode::from(2);
+        }
+    };
+    let started = Instant::now();
+    let next = AtomicU64::new(0);
+    let results: Mutex<Vec<SimOutcome>> = Mutex::new(Vec::new());
+    let keep_trace = args.trace && args.single;
+    std::thread::scope(|scope| {
+        for _ in 0..args.jobs.min(args.seeds.max(1) as usize) {
+            scope.spawn(|| loop {
+                let index = next.fetch_add(1, Ordering::Relaxed);
+                if index >= args.seeds {
+                    break;
+                }
+                let seed = args.from.wrapping_add(index);
+                let mut outcome = run_seed(seed, args.requests, keep_trace);
+                if outcome.failure.is_none() && (seed % 64 == 0 || args.single) {
+                    let again = run_seed(seed, args.requests, false);
+                    if again.trace_hash != outcome.trace_hash {
+                        outcome.failure = Some(format!(
+                            "determinism: trace hash {:016x} then {:016x}",
+                            outcome.trace_hash, again.trace_hash
+                        ));
+                    }
+                }
+                results
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .push(outcome);
+            });
+        }
+    });
+    let wall = started.elapsed().as_secs_f64();
+    let mut results = results.into_inner().unwrap_or_else(|e| e.into_inner());
+    results.sort_by_key(|outcome| outcome.seed);
+
+    let mut failures = 0usize;
+    let mut sim_requests = 0u64;
+    let mut sim_seconds = 0f64;
+    for outcome in &results {
+        sim_requests += outcome.submitted;
+        sim_seconds += outcome.sim_time.as_secs_f64();
+        if args.single {
+            println!(
+                "seed {}: submitted {} accepted {} sim_time {:.3}s trace_hash {:016x}",
+                outcome.seed,
+                outcome.submitted,
+                outcome.accepted,
+                outcome.sim_time.as_secs_f64(),
+                outcome.trace_hash
+            );
+            println!("  scenario: {}", outcome.scenario);
+            if let Some(full) = &outcome.full {
+                for event in full {
+                    println!("    {event:?}");
+                }
+            }
+        }
+        if outcome.failure.is_some() {
+            failures += 1;
+            if failures <= FULL_REPORTS {
+                print!("{}", outcome.report());
+            } else {
+                println!(
+                    "seed {} FAILED: {} | replay: {}",
+                    outcome.seed,
+                    outcome.failure.as_deref().unwrap_or("-"),
+                    outcome.replay_command()
+                );
+            }
+        }
+    }
+    if let Some(first) = results.iter().find(|outcome| outcome.failure.is_some()) {
+        let position = results
+            .iter()
+            .position(|o| o.seed == first.seed)
+            .unwrap_or(0)
+            + 1;
+        println!(
+            "first failing seed: {} (after {position} seeds)",
+            first.seed
+        );
+    }
+    let rate = if wall > 0.0 {
+        sim_requests as f64 / wall
+    } else {
+        0.0
+    };
+    println!(
+        "seeds={} failures={failures} sim_requests={sim_requests} sim_seconds={sim_seconds:.1} \
+         wall_seconds={wall:.2} requests_per_wall_second={rate:.0}",
+        results.len()
+    );
+    let failed = failures > 0;
+    if failed != args.expect_failure {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    }
+}
