@@ -27,6 +27,8 @@ mod pool;
 mod runtime;
 mod state;
 
+#[cfg(feature = "demo")]
+pub mod demo;
 
 pub use handler::{CircuitBreakerHooks, WorkerHandler, WorkerPoolClient};
 pub use pool::{BuildError, HealthTransition, WorkerPool};

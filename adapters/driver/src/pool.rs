@@ -114,8 +114,11 @@ impl<R: Runtime> WorkerPool<R> {
         let epoch = runtime.now();
         config.unix_epoch_ms = SystemTime::now()
             .duration_since(UNIX_EPOCH)
-            .map_or(0, |since| u64::try_from(since.as_millis()).unwrap_or(u64::MAX));
-        let drain_limit = Duration::from_millis(config.options.security_policy.max_request_timeout_ms);
+            .map_or(0, |since| {
+                u64::try_from(since.as_millis()).unwrap_or(u64::MAX)
+            });
+        let drain_limit =
+            Duration::from_millis(config.options.security_policy.max_request_timeout_ms);
         let mut pool = Pool::new(config, Time::ZERO)?;
         let mut workers = FastMap::default();
         for handler in handlers {
@@ -174,9 +177,11 @@ impl<R: Runtime> WorkerPool<R> {
         let (submitted, mut own) = {
             let mut core = shared.lock();
             let now = shared.now();
-            let submitted = core.pool.submit_with(now, &request, Arc::clone(&slot), |id| {
-                hooks.is_none_or(|hooks| hooks.allow_request(id, &request))
-            });
+            let submitted = core
+                .pool
+                .submit_with(now, &request, Arc::clone(&slot), |id| {
+                    hooks.is_none_or(|hooks| hooks.allow_request(id, &request))
+                });
             let key = submitted.as_ref().ok().copied();
             let own = core.after_input(
                 key,
@@ -571,7 +576,8 @@ fn wait_for_start(slot: &Slot) -> impl Future<Output = Wake> + '_ {
     })
 }
 
-type HandlerFuture<'a> = Pin<Box<dyn Future<Output = Result<Value, WorkerProtocolError>> + Send + 'a>>;
+type HandlerFuture<'a> =
+    Pin<Box<dyn Future<Output = Result<Value, WorkerProtocolError>> + Send + 'a>>;
 
 /// Runs the handler until it finishes (`Some`) or the core aborts it
 /// (`None`; the handler future is dropped before this returns).
@@ -582,7 +588,9 @@ async fn run_handler(
     let mut future = AssertUnwindSafe(future).catch_unwind();
     poll_fn(move |cx: &mut Context<'_>| {
         if let Poll::Ready(outcome) = future.poll_unpin(cx) {
-            return Poll::Ready(Some(outcome.unwrap_or_else(|panic| Err(panic_error(&*panic)))));
+            return Poll::Ready(Some(
+                outcome.unwrap_or_else(|panic| Err(panic_error(&*panic))),
+            ));
         }
         let mut inner = slot.lock();
         if inner.aborted || inner.answer.is_some() {
@@ -594,7 +602,11 @@ async fn run_handler(
     .await
 }
 
-async fn fire_hooks(hooks: &dyn CircuitBreakerHooks, request: &WorkerRequest, events: Vec<HookEvent>) {
+async fn fire_hooks(
+    hooks: &dyn CircuitBreakerHooks,
+    request: &WorkerRequest,
+    events: Vec<HookEvent>,
+) {
     for event in events {
         match event {
             HookEvent::Accepted(worker_id) => hooks.on_request_accepted(&worker_id, request).await,
@@ -648,7 +660,11 @@ fn millis(duration: Duration) -> u64 {
 fn protocol_error(error: &WorkerPoolError) -> WorkerProtocolError {
     match error {
         WorkerPoolError::Worker(inner) => inner.clone(),
-        other => WorkerProtocolError::new(other.code(), other.to_string(), other.code() != WorkerErrorCode::InvalidRequest),
+        other => WorkerProtocolError::new(
+            other.code(),
+            other.to_string(),
+            other.code() != WorkerErrorCode::InvalidRequest,
+        ),
     }
 }
 

@@ -158,6 +158,8 @@ impl Core {
         probes: &mut Vec<ProbeJob>,
         timer: &TimerState,
     ) -> Own {
+        // Events first: a `StopWorker` below forgets the worker's id.
+        self.drain_events(hooks, timer);
         let mut mine = Own::default();
         while let Some(action) = self.pool.poll_action() {
             match action {
@@ -253,7 +255,6 @@ impl Core {
                 }
             }
         }
-        self.drain_events(hooks, timer);
         self.rearm(timer);
         self.settle();
         mine

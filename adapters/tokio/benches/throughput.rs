@@ -86,7 +86,10 @@ impl Client for Arc<Foreman> {
 
 // ----- floor: N tasks fed round-robin by bounded mpsc, oneshot reply ----------
 
-type Job = (WorkerRequest, oneshot::Sender<Result<Value, WorkerProtocolError>>);
+type Job = (
+    WorkerRequest,
+    oneshot::Sender<Result<Value, WorkerProtocolError>>,
+);
 
 struct Floor {
     senders: Vec<mpsc::Sender<Job>>,
@@ -107,7 +110,10 @@ impl Floor {
                 tx
             })
             .collect();
-        Floor { senders, next: AtomicUsize::new(0) }
+        Floor {
+            senders,
+            next: AtomicUsize::new(0),
+        }
     }
 }
 
@@ -145,10 +151,13 @@ impl Service<WorkerRequest> for EchoService {
     }
 }
 
-type TowerBuffer = tower::buffer::Buffer<WorkerRequest, <tower::balance::p2c::Balance<
-    tower::discover::ServiceList<Vec<tower::load::PendingRequests<EchoService>>>,
+type TowerBuffer = tower::buffer::Buffer<
     WorkerRequest,
-> as Service<WorkerRequest>>::Future>;
+    <tower::balance::p2c::Balance<
+        tower::discover::ServiceList<Vec<tower::load::PendingRequests<EchoService>>>,
+        WorkerRequest,
+    > as Service<WorkerRequest>>::Future,
+>;
 
 struct Tower(TowerBuffer);
 
@@ -162,7 +171,8 @@ impl Tower {
                 )
             })
             .collect();
-        let balance = tower::balance::p2c::Balance::new(tower::discover::ServiceList::new(services));
+        let balance =
+            tower::balance::p2c::Balance::new(tower::discover::ServiceList::new(services));
         Tower(tower::buffer::Buffer::new(balance, 1024))
     }
 }
@@ -192,8 +202,12 @@ async fn closed_loop<C: Client + Clone>(client: C, callers: usize, run: Duration
     let done = Arc::new(AtomicU64::new(0));
     let mut tasks = Vec::new();
     for _ in 0..callers {
-        let (client, stop, measuring, done) =
-            (client.clone(), Arc::clone(&stop), Arc::clone(&measuring), Arc::clone(&done));
+        let (client, stop, measuring, done) = (
+            client.clone(),
+            Arc::clone(&stop),
+            Arc::clone(&measuring),
+            Arc::clone(&done),
+        );
         tasks.push(tokio::spawn(async move {
             let request = template();
             let mut latencies = Vec::with_capacity(1 << 16);
@@ -222,8 +236,14 @@ async fn closed_loop<C: Client + Clone>(client: C, callers: usize, run: Duration
         all.extend(task.await.expect("caller task"));
     }
     all.sort_unstable();
-    let p99 = all.get(all.len().saturating_sub(1) * 99 / 100).copied().unwrap_or(0);
-    Round { rps: count as f64 / elapsed.as_secs_f64(), p99: Duration::from_nanos(p99) }
+    let p99 = all
+        .get(all.len().saturating_sub(1) * 99 / 100)
+        .copied()
+        .unwrap_or(0);
+    Round {
+        rps: count as f64 / elapsed.as_secs_f64(),
+        p99: Duration::from_nanos(p99),
+    }
 }
 
 fn median(mut rounds: Vec<Round>) -> Round {
@@ -232,7 +252,10 @@ fn median(mut rounds: Vec<Round>) -> Round {
     let rps = rounds[mid].rps;
     let mut p99s: Vec<_> = rounds.iter().map(|r| r.p99).collect();
     p99s.sort();
-    Round { rps, p99: p99s[mid] }
+    Round {
+        rps,
+        p99: p99s[mid],
+    }
 }
 
 fn memory_per_queued_request(rt: &tokio::runtime::Runtime) {
@@ -311,8 +334,13 @@ fn main() {
                 tw.push(rt.block_on(async { closed_loop(Arc::new(Tower::new(n)), c, run).await }));
                 f.push(rt.block_on(async {
                     let pool = WorkerPool::new_inprocess(
-                        (0..n).map(|_| Arc::new(Echo) as Arc<dyn WorkerHandler>).collect(),
-                        WorkerPoolOptions { queue_capacity: 1024, ..WorkerPoolOptions::default() },
+                        (0..n)
+                            .map(|_| Arc::new(Echo) as Arc<dyn WorkerHandler>)
+                            .collect(),
+                        WorkerPoolOptions {
+                            queue_capacity: 1024,
+                            ..WorkerPoolOptions::default()
+                        },
                         None,
                     )
                     .expect("pool");

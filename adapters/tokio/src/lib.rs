@@ -77,7 +77,9 @@ impl Runtime for TokioRuntime {
     }
 
     fn new_timer(&self, deadline: Instant) -> Pin<Box<dyn AsyncTimer>> {
-        Box::pin(TokioTimer(Box::pin(tokio::time::sleep_until(deadline.into()))))
+        Box::pin(TokioTimer(Box::pin(tokio::time::sleep_until(
+            deadline.into(),
+        ))))
     }
 
     fn now(&self) -> Instant {

@@ -24,28 +24,43 @@ fn options() -> WorkerPoolOptions {
 }
 
 fn pool_of(workers: &[Arc<TestWorker>], options: WorkerPoolOptions) -> WorkerPool {
-    let handlers = workers.iter().map(|w| Arc::clone(w) as Arc<dyn WorkerHandler>).collect();
+    let handlers = workers
+        .iter()
+        .map(|w| Arc::clone(w) as Arc<dyn WorkerHandler>)
+        .collect();
     WorkerPool::new_inprocess(handlers, options, None).expect("valid pool")
 }
 
-fn worker_error(result: &Result<foreman_tokio::WorkerResponse, WorkerPoolError>) -> WorkerErrorCode {
+fn worker_error(
+    result: &Result<foreman_tokio::WorkerResponse, WorkerPoolError>,
+) -> WorkerErrorCode {
     match result {
         Err(WorkerPoolError::Worker(error)) => error.code,
         other => panic!("expected a worker error, got {other:?}"),
     }
 }
 
-/// 1. Bad configuration is a clear error from the constructor, not a panic.
+/// Defect 1: Bad configuration is a clear error from the constructor, not a panic.
 async fn d01_bad_config_is_an_error() {
     let handlers = || vec![TestWorker::new() as Arc<dyn WorkerHandler>];
-    let zero_queue = WorkerPoolOptions { queue_capacity: 0, ..options() };
+    let zero_queue = WorkerPoolOptions {
+        queue_capacity: 0,
+        ..options()
+    };
     match WorkerPool::new_inprocess(handlers(), zero_queue, None) {
-        Err(WorkerPoolError::InvalidRequest { reason }) => assert!(reason.contains("queue_capacity"), "{reason}"),
+        Err(WorkerPoolError::InvalidRequest { reason }) => {
+            assert!(reason.contains("queue_capacity"), "{reason}")
+        }
         other => panic!("expected an error, got {other:?}"),
     }
-    let zero_probe = WorkerPoolOptions { health_probe_interval: Duration::ZERO, ..options() };
+    let zero_probe = WorkerPoolOptions {
+        health_probe_interval: Duration::ZERO,
+        ..options()
+    };
     match WorkerPool::new_inprocess(handlers(), zero_probe, None) {
-        Err(WorkerPoolError::InvalidRequest { reason }) => assert!(reason.contains("health_probe_interval"), "{reason}"),
+        Err(WorkerPoolError::InvalidRequest { reason }) => {
+            assert!(reason.contains("health_probe_interval"), "{reason}")
+        }
         other => panic!("expected an error, got {other:?}"),
     }
     assert!(matches!(
@@ -54,7 +69,7 @@ async fn d01_bad_config_is_an_error() {
     ));
 }
 
-/// 2. A panicking handler is answered ExecutionFailed, counts one failure,
+/// Defect 2: A panicking handler is answered ExecutionFailed, counts one failure,
 /// and the worker keeps serving, including the request queued behind it.
 async fn d02_panic_keeps_worker_serving() {
     let worker = TestWorker::new();
@@ -65,7 +80,10 @@ async fn d02_panic_keeps_worker_serving() {
     );
     assert_eq!(worker_error(&panicked), WorkerErrorCode::ExecutionFailed);
     assert!(format!("{panicked:?}").contains("panicked"));
-    assert_eq!(queued.expect("queued request survives").worker_id, "worker-0");
+    assert_eq!(
+        queued.expect("queued request survives").worker_id,
+        "worker-0"
+    );
     let stats = pool.stats();
     assert_eq!(stats.counters.failed, 1);
     assert_eq!(stats.counters.succeeded, 1);
@@ -78,20 +96,29 @@ async fn d02_panic_keeps_worker_serving() {
     pool.shutdown().await;
 }
 
-/// 3. Hooks fire once per event, after the fact; a request is never both
+/// Defect 3: Hooks fire once per event, after the fact; a request is never both
 /// accepted and rejected by one worker.
 async fn d03_hooks_fire_once_after_the_fact() {
     let hooks = Arc::new(RecordingHooks::default());
     hooks.open.lock().unwrap().push("worker-0".to_string());
     let workers = [TestWorker::new(), TestWorker::new()];
-    let handlers = workers.iter().map(|w| Arc::clone(w) as Arc<dyn WorkerHandler>).collect();
+    let handlers = workers
+        .iter()
+        .map(|w| Arc::clone(w) as Arc<dyn WorkerHandler>)
+        .collect();
     let pool = WorkerPool::new_inprocess(
         handlers,
-        WorkerPoolOptions { queue_capacity: 1, ..options() },
+        WorkerPoolOptions {
+            queue_capacity: 1,
+            ..options()
+        },
         Some(Arc::clone(&hooks) as Arc<dyn CircuitBreakerHooks>),
     )
     .expect("valid pool");
-    let response = pool.submit(request("r1", "echo")).await.expect("worker-1 serves");
+    let response = pool
+        .submit(request("r1", "echo"))
+        .await
+        .expect("worker-1 serves");
     assert_eq!(response.worker_id, "worker-1");
     assert_eq!(
         hooks.log(),
@@ -115,15 +142,32 @@ async fn d03_hooks_fire_once_after_the_fact() {
     assert!(g1.is_ok() && g2.is_ok());
     assert!(matches!(refused, Err(WorkerPoolError::QueueFull)));
     let log = hooks.log();
-    let about = |id: &str| log.iter().filter(|line| line.contains(&format!(" {id} "))).cloned().collect::<Vec<_>>();
-    assert_eq!(about("full"), vec!["rejected full worker-0 CircuitOpen".to_string(), "rejected full - QueueFull".to_string()]);
-    assert_eq!(about("g1").iter().filter(|l| l.starts_with("accepted")).count(), 1);
+    let about = |id: &str| {
+        log.iter()
+            .filter(|line| line.contains(&format!(" {id} ")))
+            .cloned()
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        about("full"),
+        vec![
+            "rejected full worker-0 CircuitOpen".to_string(),
+            "rejected full - QueueFull".to_string()
+        ]
+    );
+    assert_eq!(
+        about("g1")
+            .iter()
+            .filter(|l| l.starts_with("accepted"))
+            .count(),
+        1
+    );
     assert!(!log.iter().any(|line| line.starts_with("accepted full")));
     assert_eq!(log.iter().filter(|l| l.starts_with("success")).count(), 2);
     pool.shutdown().await;
 }
 
-/// 4. A timeout counts as one failure (not instant ejection) and drops the
+/// Defect 4: A timeout counts as one failure (not instant ejection) and drops the
 /// handler, so the worker is free at once.
 async fn d04_timeout_frees_worker_and_counts_once() {
     let worker = TestWorker::new();
@@ -136,12 +180,15 @@ async fn d04_timeout_frees_worker_and_counts_once() {
     let health = pool.health_snapshot().await;
     assert_eq!(health[0].status, WorkerHealthStatus::Degraded);
     assert_eq!(health[0].consecutive_failures, 1);
-    let next = pool.submit(request("next", "echo")).await.expect("worker is free");
+    let next = pool
+        .submit(request("next", "echo"))
+        .await
+        .expect("worker is free");
     assert_eq!(next.worker_id, "worker-0");
     pool.shutdown().await;
 }
 
-/// 5. Dropping the submit future cancels the request, queued or running.
+/// Defect 5: Dropping the submit future cancels the request, queued or running.
 async fn d05_dropping_submit_cancels() {
     let worker = TestWorker::new();
     let pool = pool_of(&[Arc::clone(&worker)], options());
@@ -170,7 +217,7 @@ async fn d05_dropping_submit_cancels() {
     pool.shutdown().await;
 }
 
-/// 6. restart_worker aborts the running handler with a clear error and
+/// Defect 6: restart_worker aborts the running handler with a clear error and
 /// keeps the queued requests, which then run.
 async fn d06_restart_keeps_queue() {
     let worker = TestWorker::new();
@@ -178,7 +225,10 @@ async fn d06_restart_keeps_queue() {
     let running = pool.submit(request("running", "hang"));
     let queued = pool.submit(request("queued", "echo"));
     let restart = async {
-        wait_until("both requests accepted", || pool.stats().counters.accepted == 2).await;
+        wait_until("both requests accepted", || {
+            pool.stats().counters.accepted == 2
+        })
+        .await;
         pool.restart_worker("worker-0").await
     };
     let (running, queued, restarted) = tokio::join!(running, queued, restart);
@@ -191,13 +241,21 @@ async fn d06_restart_keeps_queue() {
         }
         other => panic!("expected a restart error, got {other:?}"),
     }
-    assert_eq!(queued.expect("queued request runs after the restart").worker_id, "worker-0");
+    assert_eq!(
+        queued
+            .expect("queued request runs after the restart")
+            .worker_id,
+        "worker-0"
+    );
     assert_eq!(worker.dropped(), 1);
-    assert!(matches!(pool.restart_worker("nope").await, Err(WorkerPoolError::NoHealthyWorker)));
+    assert!(matches!(
+        pool.restart_worker("nope").await,
+        Err(WorkerPoolError::NoHealthyWorker)
+    ));
     pool.shutdown().await;
 }
 
-/// 7. shutdown is graceful: new submits get ShuttingDown at once, queued and
+/// Defect 7: shutdown is graceful: new submits get ShuttingDown at once, queued and
 /// running requests finish; with a drain deadline the rest are answered
 /// ShuttingDown; afterwards every worker is Unavailable.
 async fn d07_graceful_shutdown() {
@@ -218,7 +276,9 @@ async fn d07_graceful_shutdown() {
     let (a, b, c, ()) = tokio::join!(running, queued, queued2, shutdown);
     assert!(a.is_ok() && b.is_ok() && c.is_ok());
     let health = pool.health_snapshot().await;
-    assert!(health.iter().all(|h| h.status == WorkerHealthStatus::Unavailable));
+    assert!(health
+        .iter()
+        .all(|h| h.status == WorkerHealthStatus::Unavailable));
 
     let worker = TestWorker::new();
     let pool = pool_of(&[Arc::clone(&worker)], options());
@@ -231,16 +291,26 @@ async fn d07_graceful_shutdown() {
     let (hanging, queued, ()) = tokio::join!(hanging, queued, stop);
     assert!(matches!(hanging, Err(WorkerPoolError::ShuttingDown)));
     assert!(matches!(queued, Err(WorkerPoolError::ShuttingDown)));
-    assert_eq!(worker.dropped(), 1, "shutdown returned after the handler ended");
-    assert!(pool.health_snapshot().await.iter().all(|h| h.status == WorkerHealthStatus::Unavailable));
+    assert_eq!(
+        worker.dropped(),
+        1,
+        "shutdown returned after the handler ended"
+    );
+    assert!(pool
+        .health_snapshot()
+        .await
+        .iter()
+        .all(|h| h.status == WorkerHealthStatus::Unavailable));
 }
 
-/// 8. A Healthy probe cannot erase the failures of a worker that fails
+/// Defect 8: A Healthy probe cannot erase the failures of a worker that fails
 /// every request (one trial per probe), and a hanging probe times out
 /// without stopping probing.
 async fn d08_probes_cannot_whitewash_and_cannot_hang() {
     let worker = TestWorker::new();
-    worker.fail_all.store(true, std::sync::atomic::Ordering::SeqCst);
+    worker
+        .fail_all
+        .store(true, std::sync::atomic::Ordering::SeqCst);
     let pool = pool_of(
         &[Arc::clone(&worker)],
         WorkerPoolOptions {
@@ -252,16 +322,29 @@ async fn d08_probes_cannot_whitewash_and_cannot_hang() {
     for id in ["f1", "f2"] {
         let _ = pool.submit(request(id, "echo")).await;
     }
-    assert_eq!(pool.health_snapshot().await[0].status, WorkerHealthStatus::Unavailable);
+    assert_eq!(
+        pool.health_snapshot().await[0].status,
+        WorkerHealthStatus::Unavailable
+    );
     // Probes keep answering Healthy; each grants at most one trial request.
     for round in 0..3 {
         let probes = worker.probes.load(std::sync::atomic::Ordering::SeqCst);
-        wait_until("a probe", || worker.probes.load(std::sync::atomic::Ordering::SeqCst) > probes).await;
-        wait_until("probe applied", || pool.stats().workers[0].status != WorkerHealthStatus::Unavailable).await;
+        wait_until("a probe", || {
+            worker.probes.load(std::sync::atomic::Ordering::SeqCst) > probes
+        })
+        .await;
+        wait_until("probe applied", || {
+            pool.stats().workers[0].status != WorkerHealthStatus::Unavailable
+        })
+        .await;
         let trial = pool.submit(request(&format!("trial{round}"), "echo")).await;
         assert!(trial.is_err());
         let health = pool.health_snapshot().await;
-        assert_eq!(health[0].status, WorkerHealthStatus::Unavailable, "one failed trial ejects again");
+        assert_eq!(
+            health[0].status,
+            WorkerHealthStatus::Unavailable,
+            "one failed trial ejects again"
+        );
         assert!(health[0].consecutive_failures >= 2);
     }
     assert!(health_last_probe_is_real(&pool).await);
@@ -271,10 +354,19 @@ async fn d08_probes_cannot_whitewash_and_cannot_hang() {
     hanging.set_probe(ProbeMode::Hang);
     let pool = pool_of(
         &[Arc::clone(&hanging)],
-        WorkerPoolOptions { health_probe_interval: Duration::from_millis(10), ..options() },
+        WorkerPoolOptions {
+            health_probe_interval: Duration::from_millis(10),
+            ..options()
+        },
     );
-    wait_until("probes keep being sent", || pool.stats().counters.probes_timed_out >= 3).await;
-    assert_eq!(pool.health_snapshot().await[0].status, WorkerHealthStatus::Unavailable);
+    wait_until("probes keep being sent", || {
+        pool.stats().counters.probes_timed_out >= 3
+    })
+    .await;
+    assert_eq!(
+        pool.health_snapshot().await[0].status,
+        WorkerHealthStatus::Unavailable
+    );
     hanging.set_probe(ProbeMode::Healthy);
     wait_until("a later probe recovers the worker", || {
         pool.stats().workers[0].status == WorkerHealthStatus::Healthy
@@ -293,7 +385,7 @@ async fn health_last_probe_is_real(pool: &WorkerPool) -> bool {
         .is_some_and(|at| at + 60_000 > now_ms && at <= now_ms + 60_000)
 }
 
-/// 9. A 100 MB payload is refused with InvalidRequest (without running it).
+/// Defect 9: A 100 MB payload is refused with InvalidRequest (without running it).
 async fn d09_huge_payload_refused() {
     let worker = TestWorker::new();
     let pool = pool_of(&[Arc::clone(&worker)], options());
@@ -304,12 +396,15 @@ async fn d09_huge_payload_refused() {
         scoped_input: json!({}),
     };
     let result = pool.submit(huge).await;
-    assert!(matches!(result, Err(WorkerPoolError::InvalidRequest { .. })), "{result:?}");
+    assert!(
+        matches!(result, Err(WorkerPoolError::InvalidRequest { .. })),
+        "{result:?}"
+    );
     assert_eq!(worker.calls(), 0);
     pool.shutdown().await;
 }
 
-/// 10. Submit takes no per-worker lock: with 64 workers all busy, health
+/// Defect 10: Submit takes no per-worker lock: with 64 workers all busy, health
 /// and stats answer at once and a 65th request queues without waiting.
 async fn d10_no_per_worker_locks() {
     let workers: Vec<_> = (0..64).map(|_| TestWorker::new()).collect();
@@ -321,7 +416,10 @@ async fn d10_no_per_worker_locks() {
         busy.push(submit);
     }
     assert_eq!(pool.stats().running, 64);
-    let health = pool.health_snapshot().now_or_never().expect("health never waits for a handler");
+    let health = pool
+        .health_snapshot()
+        .now_or_never()
+        .expect("health never waits for a handler");
     assert_eq!(health.len(), 64);
     let mut extra = Box::pin(pool.submit(request("extra", "echo")));
     assert!(futures::poll!(extra.as_mut()).is_pending());
@@ -336,14 +434,14 @@ async fn d10_no_per_worker_locks() {
     pool.shutdown().await;
 }
 
-/// 11. Degraded workers get a smaller share and a slow worker does not
+/// Defect 11: Degraded workers get a smaller share and a slow worker does not
 /// hold its queue: needs the load-aware routing policy of a later issue
 /// (the core offers `RoutingPolicy::RoundRobin` only).
 #[test]
 #[ignore = "needs the core's load-aware routing policy (later issue)"]
 fn d11_degraded_and_slow_workers_get_less() {}
 
-/// 12. elapsed_ms includes the time spent queued; queue_ms and run_ms say
+/// Defect 12: elapsed_ms includes the time spent queued; queue_ms and run_ms say
 /// which is which.
 async fn d12_elapsed_includes_queue_time() {
     let worker = TestWorker::new();
@@ -353,10 +451,16 @@ async fn d12_elapsed_includes_queue_time() {
         pool.submit(request("second", "sleep:40")),
     );
     let (first, second) = (first.expect("ok"), second.expect("ok"));
-    assert!(first.queue_ms == Some(0) || first.queue_ms == Some(1), "{first:?}");
+    assert!(
+        first.queue_ms == Some(0) || first.queue_ms == Some(1),
+        "{first:?}"
+    );
     assert!(second.queue_ms.is_some_and(|q| q >= 40), "{second:?}");
     assert!(second.run_ms.is_some_and(|r| r >= 40), "{second:?}");
-    assert_eq!(second.elapsed_ms, second.queue_ms.unwrap_or(0) + second.run_ms.unwrap_or(0));
+    assert_eq!(
+        second.elapsed_ms,
+        second.queue_ms.unwrap_or(0) + second.run_ms.unwrap_or(0)
+    );
     assert!(second.elapsed_ms >= 80);
     pool.shutdown().await;
 }

@@ -100,9 +100,17 @@ async fn routes_requests_across_worker_pool() {
     )
     .expect("pool should initialize");
 
-    let response = pool.submit(sample_request("req-2")).await.expect("request should succeed");
+    let response = pool
+        .submit(sample_request("req-2"))
+        .await
+        .expect("request should succeed");
     assert_eq!(response.request_id, "req-2");
-    assert_eq!(response.result, WorkerResult::Success { output: json!({"node": "node-1"}) });
+    assert_eq!(
+        response.result,
+        WorkerResult::Success {
+            output: json!({"node": "node-1"})
+        }
+    );
 
     let health = pool.health_snapshot().await;
     assert_eq!(health.len(), 2);
@@ -113,7 +121,9 @@ async fn routes_requests_across_worker_pool() {
 
 async fn enforces_queue_backpressure_limits() {
     let pool = WorkerPool::new_inprocess(
-        vec![Arc::new(SlowWorker { delay: Duration::from_millis(80) })],
+        vec![Arc::new(SlowWorker {
+            delay: Duration::from_millis(80),
+        })],
         WorkerPoolOptions {
             queue_capacity: 1,
             health_probe_interval: Duration::from_millis(100),
@@ -170,21 +180,30 @@ async fn marks_worker_unavailable_after_failures_and_recovers_on_restart() {
     assert_eq!(health_before[0].status, WorkerHealthStatus::Unavailable);
 
     flaky.available.store(true, Ordering::Relaxed);
-    pool.restart_worker("worker-0").await.expect("restart should succeed");
+    pool.restart_worker("worker-0")
+        .await
+        .expect("restart should succeed");
 
     sleep(Duration::from_millis(25)).await;
     let response = pool
         .submit(sample_request("up"))
         .await
         .expect("request should succeed after restart");
-    assert_eq!(response.result, WorkerResult::Success { output: json!({"status": "up"}) });
+    assert_eq!(
+        response.result,
+        WorkerResult::Success {
+            output: json!({"status": "up"})
+        }
+    );
 
     pool.shutdown().await;
 }
 
 async fn returns_timeout_for_slow_worker() {
     let pool = WorkerPool::new_inprocess(
-        vec![Arc::new(SlowWorker { delay: Duration::from_millis(100) })],
+        vec![Arc::new(SlowWorker {
+            delay: Duration::from_millis(100),
+        })],
         WorkerPoolOptions {
             queue_capacity: 2,
             default_request_timeout: Some(Duration::from_millis(5)),
@@ -255,7 +274,8 @@ async fn handles_parallel_submissions_without_deadlock() {
     for idx in 0..32usize {
         let pool = Arc::clone(&pool);
         tasks.push(tokio::spawn(async move {
-            pool.submit(sample_request(&format!("parallel-{idx}"))).await
+            pool.submit(sample_request(&format!("parallel-{idx}")))
+                .await
         }));
     }
 

@@ -110,10 +110,17 @@ impl Drop for DropWatch<'_> {
 impl WorkerHandler for TestWorker {
     async fn handle(&self, request: WorkerRequest) -> Result<Value, WorkerProtocolError> {
         self.calls.fetch_add(1, Ordering::SeqCst);
-        let mut watch = DropWatch { worker: self, done: false };
+        let mut watch = DropWatch {
+            worker: self,
+            done: false,
+        };
         let node = request.node_id.as_str();
         let result = if self.fail_all.load(Ordering::SeqCst) || node == "fail" {
-            Err(WorkerProtocolError::new(WorkerErrorCode::ExecutionFailed, "failed on purpose", true))
+            Err(WorkerProtocolError::new(
+                WorkerErrorCode::ExecutionFailed,
+                "failed on purpose",
+                true,
+            ))
         } else if node == "panic" {
             panic!("handler exploded on purpose");
         } else if node == "hang" {
@@ -168,7 +175,12 @@ impl RecordingHooks {
 #[async_trait]
 impl CircuitBreakerHooks for RecordingHooks {
     fn allow_request(&self, worker_id: &str, _request: &WorkerRequest) -> bool {
-        !self.open.lock().unwrap().iter().any(|open| open == worker_id)
+        !self
+            .open
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|open| open == worker_id)
     }
 
     async fn on_request_accepted(&self, worker_id: &str, request: &WorkerRequest) {
@@ -189,7 +201,11 @@ impl CircuitBreakerHooks for RecordingHooks {
         request: &WorkerRequest,
         reason: WorkerErrorCode,
     ) {
-        self.push(format!("rejected {} {} {reason:?}", request.request_id, worker_id.unwrap_or("-")));
+        self.push(format!(
+            "rejected {} {} {reason:?}",
+            request.request_id,
+            worker_id.unwrap_or("-")
+        ));
     }
 }
 
@@ -198,7 +214,10 @@ impl CircuitBreakerHooks for RecordingHooks {
 pub async fn wait_until(what: &str, mut condition: impl FnMut() -> bool) {
     let start = tokio::time::Instant::now();
     while !condition() {
-        assert!(start.elapsed() < Duration::from_secs(10), "timed out waiting for {what}");
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "timed out waiting for {what}"
+        );
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
 }
