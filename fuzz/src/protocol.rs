@@ -1,0 +1,272 @@
+//! The `protocol` target: arbitrary bytes against every wire type.
+
+use std::fmt::Debug;
+
+use foreman_core::{
+    serialized_size_within, validate_request, RequestError, WorkerErrorCode, WorkerHealth,
+    WorkerHealthStatus, WorkerOperation, WorkerProtocolError, WorkerRequest, WorkerResponse,
+    WorkerResult, WorkerSecurityPolicy,
+};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use serde_json::Value;
+
+/// Largest input the harness parses, in bytes (larger inputs are skipped).
+///
+/// Parsing is linear in the input, so the cap does not hide any blow-up; it
+/// only bounds the time and memory of one execution (libFuzzer would
+/// otherwise spend its time copying and mutating megabyte inputs). 1 MiB is
+/// four times the default payload limit of 256 KiB, so requests on both
+/// sides of that limit stay reachable.
+pub const MAX_PROTOCOL_INPUT: usize = 1 << 20;
+
+/// The deepest nesting serde_json's recursion limit lets through (its
+/// counter starts at 128 and refuses when it reaches 0): deeper input must be
+/// refused with an error. `tests/replay.rs` pins this number.
+const SERDE_JSON_DEPTH_LIMIT: usize = 127;
+
+/// Parses `data` as each protocol type and checks every one that parses.
+///
+/// For each type: a parsed value serialises (compact and pretty) and parses
+/// back equal (floats within one ULP: see [`equivalent`]), and converts to a
+/// `Value` and back exactly. For requests,
+/// additionally: `validate_request` under the default, a tight and a
+/// size-derived policy agrees with an independent oracle that follows the
+/// documented check order, and `serialized_size_within` equals
+/// `serde_json::to_vec(..).len()` whenever it is within the limit (and is
+/// `None` exactly when the length exceeds it).
+///
+/// # Panics
+/// When any of these properties is broken, or when input nested deeper than
+/// serde_json's recursion limit (127 levels) parses successfully.
+pub fn protocol(data: &[u8]) {
+    if data.len() > MAX_PROTOCOL_INPUT {
+        return;
+    }
+    let value = serde_json::from_slice::<Value>(data);
+    if value.is_ok() {
+        let depth = json_depth(data);
+        assert!(
+            depth <= SERDE_JSON_DEPTH_LIMIT,
+            "input nested {depth} deep parsed; serde_json must refuse past {SERDE_JSON_DEPTH_LIMIT}"
+        );
+    }
+    if let Ok(value) = value {
+        roundtrip_value(&value);
+    }
+    if let Some(request) = roundtrip::<WorkerRequest>(data) {
+        check_request(&request);
+    }
+    roundtrip::<WorkerOperation>(data);
+    roundtrip::<WorkerResponse>(data);
+    roundtrip::<WorkerResult>(data);
+    roundtrip::<WorkerProtocolError>(data);
+    roundtrip::<WorkerErrorCode>(data);
+    roundtrip::<WorkerHealth>(data);
+    roundtrip::<WorkerHealthStatus>(data);
+}
+
+/// The maximum nesting of arrays and objects in `data`, read as JSON text
+/// (brackets inside strings do not count; the text need not be valid).
+pub fn json_depth(data: &[u8]) -> usize {
+    let (mut depth, mut max, mut in_string, mut escaped) = (0usize, 0usize, false, false);
+    for &byte in data {
+        if in_string {
+            match (escaped, byte) {
+                (true, _) => escaped = false,
+                (false, b'\\') => escaped = true,
+                (false, b'"') => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match byte {
+            b'"' => in_string = true,
+            b'[' | b'{' => {
+                depth += 1;
+                max = max.max(depth);
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    max
+}
+
+fn roundtrip<T>(data: &[u8]) -> Option<T>
+where
+    T: Serialize + DeserializeOwned + PartialEq + Debug,
+{
+    let parsed: T = serde_json::from_slice(data).ok()?;
+    let name = std::any::type_name::<T>();
+    let compact =
+        serde_json::to_vec(&parsed).unwrap_or_else(|e| panic!("{name} does not serialise: {e}"));
+    let again: T = serde_json::from_slice(&compact)
+        .unwrap_or_else(|e| panic!("{name} does not parse its own JSON: {e}"));
+    assert_equivalent(&parsed, &again, name, "compact");
+    let pretty = serde_json::to_vec_pretty(&parsed).expect("serialises pretty");
+    let from_pretty: T = serde_json::from_slice(&pretty)
+        .unwrap_or_else(|e| panic!("{name} does not parse its own pretty JSON: {e}"));
+    assert_equivalent(&parsed, &from_pretty, name, "pretty");
+    // Through a `Value` as well (what an adapter holding JSON values sees):
+    // no text involved, so this one must be exact.
+    let value = serde_json::to_value(&parsed).expect("converts to a Value");
+    let from_value: T = serde_json::from_value(value)
+        .unwrap_or_else(|e| panic!("{name} does not convert back from its Value: {e}"));
+    assert_eq!(parsed, from_value, "{name} changed through a Value");
+    Some(parsed)
+}
+
+fn roundtrip_value(value: &Value) {
+    let compact = serde_json::to_vec(value).expect("a Value serialises");
+    let again: Value = serde_json::from_slice(&compact).expect("a Value parses its own JSON");
+    assert!(
+        equivalent(value, &again),
+        "a Value changed in a round trip: {value:?} became {again:?}"
+    );
+}
+
+/// Asserts that a value and its re-parsed copy are equal, up to the float
+/// tolerance of [`equivalent`].
+fn assert_equivalent<T: Serialize + PartialEq + Debug>(before: &T, after: &T, name: &str, how: &str) {
+    if before == after {
+        return;
+    }
+    let (a, b) = (
+        serde_json::to_value(before).expect("converts to a Value"),
+        serde_json::to_value(after).expect("converts to a Value"),
+    );
+    assert!(
+        equivalent(&a, &b),
+        "{name} changed in a {how} round trip: {before:?} became {after:?}"
+    );
+}
+
+/// Structural equality in which two floats may differ by one unit in the
+/// last place.
+///
+/// Why the tolerance: without its `float_roundtrip` feature (which foreman
+/// does not enable), serde_json parses floats with a fast best-effort
+/// algorithm that can land one ULP away from the correctly rounded value, so
+/// `1.7976931348623157e65` can come back as `1.797693134862316e65` and then as
+/// `1.7976931348623161e65` (found by this target). Everything else (strings,
+/// integers, structure, key sets) must match exactly.
+fn equivalent(a: &Value, b: &Value) -> bool {
+    match (a, b) {
+        (Value::Number(x), Value::Number(y)) => {
+            if x == y {
+                return true;
+            }
+            match (x.is_f64() && y.is_f64(), x.as_f64(), y.as_f64()) {
+                (true, Some(x), Some(y)) => within_one_ulp(x, y),
+                _ => false,
+            }
+        }
+        (Value::Array(x), Value::Array(y)) => {
+            x.len() == y.len() && x.iter().zip(y).all(|(x, y)| equivalent(x, y))
+        }
+        (Value::Object(x), Value::Object(y)) => {
+            x.len() == y.len()
+                && x.iter().all(|(k, v)| y.get(k).is_some_and(|w| equivalent(v, w)))
+        }
+        _ => a == b,
+    }
+}
+
+fn within_one_ulp(x: f64, y: f64) -> bool {
+    if !x.is_finite() || !y.is_finite() || x.is_sign_negative() != y.is_sign_negative() {
+        return x == y;
+    }
+    x.to_bits().abs_diff(y.to_bits()) <= 1
+}
+
+fn check_request(request: &WorkerRequest) {
+    let exact = serde_json::to_vec(request).expect("serialises").len();
+    assert_eq!(
+        serialized_size_within(request, usize::MAX),
+        Some(exact),
+        "serialized_size_within without a limit must be the exact length"
+    );
+    let mut limits = vec![0, 1, 64, 256 * 1024, exact, exact + 1, exact / 2];
+    if exact > 0 {
+        limits.push(exact - 1);
+    }
+    for limit in limits {
+        let expected = (exact <= limit).then_some(exact);
+        assert_eq!(
+            serialized_size_within(request, limit),
+            expected,
+            "serialized_size_within(limit {limit}) for a request of {exact} bytes"
+        );
+    }
+
+    let default = WorkerSecurityPolicy::default();
+    let tight = WorkerSecurityPolicy {
+        max_request_timeout_ms: 1_000,
+        max_request_payload_bytes: 160,
+        max_identifier_length: 8,
+    };
+    // A policy whose limits sit right at this request's values.
+    let at_the_edge = WorkerSecurityPolicy {
+        max_request_timeout_ms: request.timeout_ms.unwrap_or(1).max(1),
+        max_request_payload_bytes: exact,
+        max_identifier_length: request
+            .request_id
+            .len()
+            .max(request.workflow_name.len())
+            .max(request.node_id.len())
+            .max(1),
+    };
+    let just_below = WorkerSecurityPolicy {
+        max_request_timeout_ms: at_the_edge.max_request_timeout_ms.saturating_sub(1).max(1),
+        max_request_payload_bytes: exact.saturating_sub(1).max(1),
+        max_identifier_length: at_the_edge.max_identifier_length.saturating_sub(1).max(1),
+    };
+    for policy in [&default, &tight, &at_the_edge, &just_below] {
+        let got = validate_request(request, policy);
+        let expected = oracle(request, policy, exact);
+        assert_eq!(got, expected, "validate_request under {policy:?}");
+    }
+}
+
+/// `validate_request` written out from its documentation, using the real
+/// serialised length.
+fn oracle(
+    request: &WorkerRequest,
+    policy: &WorkerSecurityPolicy,
+    exact: usize,
+) -> Result<usize, RequestError> {
+    let max = policy.max_identifier_length;
+    for (field, value) in [
+        ("request_id", &request.request_id),
+        ("workflow_name", &request.workflow_name),
+        ("node_id", &request.node_id),
+    ] {
+        if value.is_empty() {
+            return Err(RequestError::EmptyIdentifier { field });
+        }
+        if value.len() > max {
+            return Err(RequestError::IdentifierTooLong {
+                field,
+                len: value.len(),
+                max,
+            });
+        }
+    }
+    match request.timeout_ms {
+        Some(0) => return Err(RequestError::ZeroTimeout),
+        Some(timeout_ms) if timeout_ms > policy.max_request_timeout_ms => {
+            return Err(RequestError::TimeoutTooLong {
+                timeout_ms,
+                max_ms: policy.max_request_timeout_ms,
+            })
+        }
+        _ => {}
+    }
+    if exact > policy.max_request_payload_bytes {
+        return Err(RequestError::PayloadTooLarge {
+            max: policy.max_request_payload_bytes,
+        });
+    }
+    Ok(exact)
+}
