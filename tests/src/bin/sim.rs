@@ -20,6 +20,9 @@ use foreman_tests::sim::{run_seed, SimOutcome, DEFAULT_REQUESTS};
 
 /// Failure reports printed in full; later failures get one line each.
 const FULL_REPORTS: usize = 3;
+/// Failures after those get one line each, up to this many; the rest are
+/// only counted.
+const ONE_LINE_REPORTS: usize = 20;
 
 struct Args {
     from: u64,
@@ -143,6 +146,8 @@ fn main() -> ExitCode {
             failures += 1;
             if failures <= FULL_REPORTS {
                 print!("{}", outcome.report());
+            } else if failures > FULL_REPORTS + ONE_LINE_REPORTS {
+                continue;
             } else {
                 println!(
                     "seed {} FAILED: {} | replay: {}",

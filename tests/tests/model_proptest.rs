@@ -1,0 +1,525 @@
+//! proptest state machines over operation sequences.
+//!
+//! 1. `core_matches_reference`: under the reference-compatible policy
+//!    (round robin, one request at a time per worker, no default timeout,
+//!    probes far away), the core behaves exactly like a small,
+//!    obviously-correct model made of `VecDeque`s and counters: which worker
+//!    accepts, `QueueFull` / `NoHealthyWorker` refusals, which request starts
+//!    next, every answer, and each worker's health after failures, successes,
+//!    timeouts and restarts. On a mismatch proptest shrinks the sequence to a
+//!    minimal one (failures persist under `proptest-regressions/`).
+//! 2. `any_op_sequence_keeps_every_rule`: any sequence of [`Op`]s, on small
+//!    pools with varied options, passes every check of the shared
+//!    [`Harness`] after every step.
+//!
+//! With the `planted-bug` feature both properties are expected to fail
+//! (`should_panic`): they catch the core's planted bug too.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::time::Duration;
+
+use foreman_core::{
+    PoolConfig, RoutingPolicy, Time, WorkerHealthStatus, WorkerPoolOptions, WorkerSecurityPolicy,
+};
+use foreman_tests::model::{
+    AnswerKind, Harness, Op, Outcome, Refusal, Shape, TimeoutChoice, TraceEvent, Verdict,
+};
+use proptest::prelude::*;
+
+// ----- the reference model ----------------------------------------------------
+
+#[derive(Debug, Clone, Copy)]
+enum RefOp {
+    /// Submit; `Some(k)`: a timeout of `k` seconds plus the request's id in
+    /// milliseconds (so no two deadlines ever coincide).
+    Submit {
+        timeout: Option<u8>,
+    },
+    Complete {
+        index: u8,
+        ok: bool,
+    },
+    Cancel {
+        index: u8,
+    },
+    Advance {
+        secs: u8,
+    },
+    AddWorker,
+    Restart {
+        index: u8,
+    },
+}
+
+#[derive(Debug, Default)]
+struct RefWorker {
+    queue: VecDeque<u64>,
+    running: Option<u64>,
+    failures: u32,
+}
+
+#[derive(Debug)]
+struct RefRequest {
+    worker: usize,
+    deadline: Option<u64>,
+}
+
+/// What one step produced, in the order it happened.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct Step {
+    submit: Option<Result<u32, Refusal>>,
+    starts: Vec<(u64, u32)>,
+    answers: Vec<(u64, AnswerKind)>,
+}
+
+/// Round robin over workers in the order they were added; a worker takes a
+/// request when it is not Unavailable and holds fewer than `queue + 1`.
+#[derive(Debug)]
+struct Reference {
+    workers: Vec<RefWorker>,
+    cursor: usize,
+    queue_capacity: usize,
+    threshold: u32,
+    requests: BTreeMap<u64, RefRequest>,
+    now_ms: u64,
+}
+
+impl Reference {
+    fn status(&self, worker: usize) -> WorkerHealthStatus {
+        let failures = self.workers[worker].failures;
+        if failures == 0 {
+            WorkerHealthStatus::Healthy
+        } else if failures < self.threshold {
+            WorkerHealthStatus::Degraded
+        } else {
+            WorkerHealthStatus::Unavailable
+        }
+    }
+
+    fn held(&self, worker: usize) -> usize {
+        let w = &self.workers[worker];
+        w.queue.len() + usize::from(w.running.is_some())
+    }
+
+    fn pump(&mut self, worker: usize, step: &mut Step) {
+        let w = &mut self.workers[worker];
+        if w.running.is_none() {
+            if let Some(id) = w.queue.pop_front() {
+                w.running = Some(id);
+                step.starts.push((id, worker as u32));
+            }
+        }
+    }
+
+    fn submit(&mut self, id: u64, timeout_ms: Option<u64>, step: &mut Step) {
+        let n = self.workers.len();
+        let order = (self.cursor.min(n)..n).chain(0..self.cursor.min(n));
+        let mut chosen = None;
+        for worker in order {
+            if self.status(worker) != WorkerHealthStatus::Unavailable
+                && self.held(worker) < self.queue_capacity + 1
+            {
+                chosen = Some(worker);
+                break;
+            }
+        }
+        let Some(worker) = chosen else {
+            let any = (0..n).any(|w| self.status(w) != WorkerHealthStatus::Unavailable);
+            step.submit = Some(Err(if any {
+                Refusal::QueueFull
+            } else {
+                Refusal::NoHealthyWorker
+            }));
+            return;
+        };
+        self.cursor = worker + 1;
+        self.workers[worker].queue.push_back(id);
+        self.requests.insert(
+            id,
+            RefRequest {
+                worker,
+                deadline: timeout_ms.map(|ms| self.now_ms + ms),
+            },
+        );
+        step.submit = Some(Ok(worker as u32));
+        self.pump(worker, step);
+    }
+
+    /// Takes a request off its worker; returns (worker, was running).
+    fn take(&mut self, id: u64) -> Option<(usize, bool)> {
+        let request = self.requests.remove(&id)?;
+        let w = &mut self.workers[request.worker];
+        if w.running == Some(id) {
+            w.running = None;
+            Some((request.worker, true))
+        } else {
+            w.queue.retain(|queued| *queued != id);
+            Some((request.worker, false))
+        }
+    }
+
+    fn complete(&mut self, id: u64, ok: bool, step: &mut Step) {
+        let Some((worker, _)) = self.take(id) else {
+            return;
+        };
+        let w = &mut self.workers[worker];
+        if ok {
+            w.failures = 0;
+            step.answers.push((id, AnswerKind::Ok));
+        } else {
+            w.failures += 1;
+            step.answers
+                .push((id, AnswerKind::Failed { retryable: true }));
+        }
+        self.pump(worker, step);
+    }
+
+    fn cancel(&mut self, id: u64, step: &mut Step) {
+        let Some((worker, _)) = self.take(id) else {
+            return;
+        };
+        step.answers
+            .push((id, AnswerKind::Cancelled { retryable: false }));
+        self.pump(worker, step);
+    }
+
+    fn restart(&mut self, worker: usize, step: &mut Step) {
+        if let Some(id) = self.workers[worker].running {
+            self.take(id);
+            step.answers
+                .push((id, AnswerKind::Cancelled { retryable: true }));
+        }
+        self.workers[worker].failures = 0;
+        self.pump(worker, step);
+    }
+
+    fn advance(&mut self, to_ms: u64, step: &mut Step) {
+        loop {
+            let due = self
+                .requests
+                .iter()
+                .filter_map(|(id, r)| r.deadline.map(|d| (d, *id)))
+                .filter(|(d, _)| *d <= to_ms)
+                .min();
+            let Some((deadline, id)) = due else { break };
+            self.now_ms = deadline;
+            if let Some((worker, running)) = self.take(id) {
+                if running {
+                    self.workers[worker].failures += 1;
+                }
+                step.answers.push((id, AnswerKind::Timeout));
+                self.pump(worker, step);
+            }
+        }
+        self.now_ms = to_ms;
+    }
+}
+
+fn reference_config(queue_capacity: usize, threshold: u32) -> PoolConfig {
+    PoolConfig {
+        options: WorkerPoolOptions {
+            queue_capacity,
+            health_probe_interval: Duration::from_secs(3600),
+            unavailable_after_failures: threshold,
+            default_request_timeout: None,
+            security_policy: WorkerSecurityPolicy::default(),
+        },
+        probe_timeout: Duration::from_secs(5),
+        max_concurrency_per_worker: 1,
+        routing: RoutingPolicy::RoundRobin,
+        unix_epoch_ms: 0,
+    }
+}
+
+/// What the harness traced since `from`, as a [`Step`].
+fn observed(harness: &Harness, from: usize) -> Step {
+    let mut step = Step::default();
+    let full = harness.trace().full().expect("the full trace is kept");
+    for event in &full[from..] {
+        match *event {
+            TraceEvent::Submit { result, .. } => step.submit = Some(result),
+            TraceEvent::Start { id, worker } => step.starts.push((id, worker)),
+            TraceEvent::Answer { id, kind, .. } => step.answers.push((id, kind)),
+            _ => {}
+        }
+    }
+    step
+}
+
+fn run_against_reference(
+    workers: usize,
+    queue_capacity: usize,
+    threshold: u32,
+    ops: &[RefOp],
+) -> Result<(), TestCaseError> {
+    let mut harness = Harness::with_trace(reference_config(queue_capacity, threshold), true)
+        .expect("valid config");
+    let mut model = Reference {
+        workers: Vec::new(),
+        cursor: 0,
+        queue_capacity,
+        threshold,
+        requests: BTreeMap::new(),
+        now_ms: 0,
+    };
+    for _ in 0..workers {
+        harness.add_worker().map_err(|f| TestCaseError::fail(f.0))?;
+        model.workers.push(RefWorker::default());
+    }
+    let mut next_id = 1u64;
+    for (n, op) in ops.iter().enumerate() {
+        let mark = harness.trace().full().map_or(0, <[TraceEvent]>::len);
+        let mut expected = Step::default();
+        let result = match *op {
+            RefOp::Submit { timeout } => {
+                let id = next_id;
+                next_id += 1;
+                let timeout_ms = timeout.map(|k| u64::from(k) * 1000 + id);
+                model.submit(id, timeout_ms, &mut expected);
+                harness.submit(Shape::Tool, timeout_ms).map(drop)
+            }
+            RefOp::Complete { index, ok } => {
+                let running: Vec<u64> = model
+                    .workers
+                    .iter()
+                    .filter_map(|w| w.running)
+                    .collect::<std::collections::BTreeSet<_>>()
+                    .into_iter()
+                    .collect();
+                if running.is_empty() {
+                    continue;
+                }
+                let id = running[usize::from(index) % running.len()];
+                model.complete(id, ok, &mut expected);
+                let key = *harness
+                    .running()
+                    .iter()
+                    .find(|k| harness.request_id(**k) == Some(id))
+                    .ok_or_else(|| {
+                        TestCaseError::fail(format!("step {n}: #{id} is not running in the core"))
+                    })?;
+                let outcome = if ok {
+                    Outcome::Success
+                } else {
+                    Outcome::Failure { retryable: true }
+                };
+                harness.complete(key, outcome).map(drop)
+            }
+            RefOp::Cancel { index } => {
+                let live: Vec<u64> = model.requests.keys().copied().collect();
+                if live.is_empty() {
+                    continue;
+                }
+                let id = live[usize::from(index) % live.len()];
+                model.cancel(id, &mut expected);
+                let key = *harness
+                    .live()
+                    .iter()
+                    .find(|k| harness.request_id(**k) == Some(id))
+                    .ok_or_else(|| {
+                        TestCaseError::fail(format!("step {n}: #{id} is not pending in the core"))
+                    })?;
+                harness.cancel(key).map(drop)
+            }
+            RefOp::Advance { secs } => {
+                let target = harness.clock() + Duration::from_secs(u64::from(secs));
+                model.advance(target.as_nanos() / 1_000_000, &mut expected);
+                harness.advance(target)
+            }
+            RefOp::AddWorker => {
+                model.workers.push(RefWorker::default());
+                harness.add_worker().map(drop)
+            }
+            RefOp::Restart { index } => {
+                let worker = usize::from(index) % model.workers.len();
+                model.restart(worker, &mut expected);
+                let key = *harness
+                    .workers()
+                    .iter()
+                    .find(|k| harness.ordinal(**k) == Some(worker as u32))
+                    .expect("worker exists");
+                harness.restart_worker(key).map(drop)
+            }
+        };
+        result.map_err(|failure| {
+            TestCaseError::fail(format!("step {n} {op:?}: harness check failed: {failure}"))
+        })?;
+        let got = observed(&harness, mark);
+        prop_assert_eq!(
+            &got,
+            &expected,
+            "step {} {:?}: core and reference disagree",
+            n,
+            op
+        );
+        let health = harness.pool().health();
+        for (worker, h) in health.iter().enumerate() {
+            prop_assert_eq!(
+                h.status,
+                model.status(worker),
+                "step {} {:?}: status of worker {}",
+                n,
+                op,
+                worker
+            );
+            prop_assert_eq!(
+                h.consecutive_failures,
+                model.workers[worker].failures,
+                "step {} {:?}: failures of worker {}",
+                n,
+                op,
+                worker
+            );
+        }
+        prop_assert_eq!(harness.pending(), model.requests.len());
+    }
+    harness.check().map_err(|f| TestCaseError::fail(f.0))?;
+    Ok(())
+}
+
+fn ref_op() -> impl Strategy<Value = RefOp> {
+    prop_oneof![
+        5 => proptest::option::of(1u8..=5).prop_map(|timeout| RefOp::Submit { timeout }),
+        4 => (any::<u8>(), proptest::bool::weighted(0.6)).prop_map(|(index, ok)| RefOp::Complete { index, ok }),
+        1 => any::<u8>().prop_map(|index| RefOp::Cancel { index }),
+        2 => (1u8..=4).prop_map(|secs| RefOp::Advance { secs }),
+        1 => Just(RefOp::AddWorker),
+        1 => any::<u8>().prop_map(|index| RefOp::Restart { index }),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+    // With the core's planted bug this property must fail (the saved
+    // regression cases find it first).
+    #[test]
+    #[cfg_attr(feature = "planted-bug", should_panic)]
+    fn core_matches_reference(
+        workers in 1usize..=4,
+        queue_capacity in 1usize..=3,
+        threshold in 1u32..=3,
+        ops in proptest::collection::vec(ref_op(), 1..120),
+    ) {
+        run_against_reference(workers, queue_capacity, threshold, &ops)?;
+    }
+}
+
+#[test]
+fn reference_scenario_round_robin_and_threshold() {
+    use RefOp::*;
+    let ops = [
+        Submit { timeout: None },
+        Submit { timeout: None },
+        Submit { timeout: None },
+        Complete {
+            index: 0,
+            ok: false,
+        },
+        Complete {
+            index: 0,
+            ok: false,
+        },
+        Submit { timeout: Some(1) },
+        Advance { secs: 3 },
+        Restart { index: 1 },
+        Cancel { index: 0 },
+    ];
+    run_against_reference(2, 1, 2, &ops).expect("core matches the reference");
+}
+
+// ----- any operation sequence keeps every rule --------------------------------
+
+fn op() -> impl Strategy<Value = Op> {
+    let shape = prop_oneof![
+        8 => Just(Shape::Tool),
+        4 => Just(Shape::Llm),
+        1 => Just(Shape::EmptyRequestId),
+        1 => Just(Shape::LongIdentifier),
+        1 => Just(Shape::Oversized),
+    ];
+    let timeout = prop_oneof![
+        2 => Just(TimeoutChoice::Default),
+        3 => (0u32..5_000).prop_map(TimeoutChoice::Ms),
+        1 => any::<u32>().prop_map(TimeoutChoice::Ms),
+    ];
+    let outcome = prop_oneof![
+        3 => Just(Outcome::Success),
+        2 => any::<bool>().prop_map(|retryable| Outcome::Failure { retryable }),
+        1 => Just(Outcome::Panic),
+    ];
+    let verdict = prop_oneof![
+        Just(Verdict::Healthy),
+        Just(Verdict::Degraded),
+        Just(Verdict::Unavailable)
+    ];
+    prop_oneof![
+        8 => (shape, timeout).prop_map(|(shape, timeout)| Op::Submit { shape, timeout }),
+        2 => any::<u16>().prop_map(|index| Op::Cancel { index }),
+        6 => (any::<u16>(), outcome).prop_map(|(index, outcome)| Op::Complete { index, outcome }),
+        3 => (any::<u16>(), verdict).prop_map(|(index, verdict)| Op::ProbeResult { index, verdict }),
+        1 => Just(Op::AddWorker),
+        1 => any::<u16>().prop_map(|index| Op::RemoveWorker { index }),
+        1 => any::<u16>().prop_map(|index| Op::RestartWorker { index }),
+        1 => proptest::option::of(0u32..10_000).prop_map(|drain_ms| Op::Shutdown { drain_ms }),
+        4 => (0u32..3_000).prop_map(|ms| Op::Advance { ms }),
+        1 => (0u32..3_000).prop_map(|ms| Op::StepBack { ms }),
+        1 => Just(Op::Timeout),
+    ]
+}
+
+fn any_config() -> impl Strategy<Value = PoolConfig> {
+    (
+        1usize..=4,
+        1u32..=4,
+        proptest::option::of(1u64..3_000),
+        1u64..2_000,
+        1u64..2_000,
+        1u32..=3,
+    )
+        .prop_map(
+            |(queue_capacity, threshold, default_ms, probe_ms, probe_timeout_ms, concurrency)| {
+                PoolConfig {
+                    options: WorkerPoolOptions {
+                        queue_capacity,
+                        health_probe_interval: Duration::from_millis(probe_ms),
+                        unavailable_after_failures: threshold,
+                        default_request_timeout: default_ms.map(Duration::from_millis),
+                        security_policy: WorkerSecurityPolicy {
+                            max_request_timeout_ms: 4_000,
+                            max_request_payload_bytes: 1024,
+                            max_identifier_length: 32,
+                        },
+                    },
+                    probe_timeout: Duration::from_millis(probe_timeout_ms),
+                    max_concurrency_per_worker: concurrency,
+                    routing: RoutingPolicy::RoundRobin,
+                    unix_epoch_ms: 0,
+                }
+            },
+        )
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+    // With the core's planted bug this property must fail (the saved
+    // regression cases find it first).
+    #[test]
+    #[cfg_attr(feature = "planted-bug", should_panic)]
+    fn any_op_sequence_keeps_every_rule(
+        config in any_config(),
+        workers in 0usize..=4,
+        ops in proptest::collection::vec(op(), 1..150),
+    ) {
+        let mut harness = Harness::new(config).expect("valid config");
+        for _ in 0..workers {
+            harness.add_worker().map_err(|f| TestCaseError::fail(f.0))?;
+        }
+        for (n, op) in ops.iter().enumerate() {
+            harness.apply(*op).map_err(|f| TestCaseError::fail(format!("step {n} {op:?}: {f}")))?;
+        }
+        harness.check().map_err(|f| TestCaseError::fail(f.0))?;
+        prop_assert!(harness.now() >= Time::ZERO);
+    }
+}
