@@ -1,4 +1,108 @@
-//! foreman-async-std: adapter driving foreman-core (under construction).
+//! foreman-async-std: the foreman worker pool on async-std.
+//!
+//! **async-std is discontinued upstream** (1.13 is its last release; its
+//! maintainers send users to smol). This crate exists for code that already
+//! runs on async-std; new code should use `foreman-smol`, which has the same
+//! API and runs on the same parts (async-io's reactor and timers,
+//! async-executor).
+//!
+//! The API of `simple-agents-workflow`'s `worker` module, identical to
+//! `foreman-tokio`'s — switch by changing `use` lines:
+//!
+//! ```
+//! use std::sync::Arc;
+//! use foreman_async_std::{
+//!     async_trait, WorkerHandler, WorkerOperation, WorkerPool, WorkerPoolOptions,
+//!     WorkerProtocolError, WorkerRequest,
+//! };
+//! use serde_json::{json, Value};
+//!
+//! struct Echo;
+//!
+//! #[async_trait]
+//! impl WorkerHandler for Echo {
+//!     async fn handle(&self, request: WorkerRequest) -> Result<Value, WorkerProtocolError> {
+//!         Ok(json!({ "node": request.node_id }))
+//!     }
+//! }
+//!
+//! # async_std::task::block_on(async {
+//! let pool = WorkerPool::new_inprocess(vec![Arc::new(Echo)], WorkerPoolOptions::default(), None)?;
+//! let response = pool
+//!     .submit(WorkerRequest {
+//!         request_id: "req-1".into(),
+//!         workflow_name: "demo".into(),
+//!         node_id: "node-1".into(),
+//!         timeout_ms: None,
+//!         operation: WorkerOperation::Tool {
+//!             tool: "echo".into(),
+//!             input: json!({}),
+//!             scoped_input: json!({}),
+//!         },
+//!     })
+//!     .await?;
+//! assert_eq!(response.worker_id, "worker-0");
+//! pool.shutdown().await;
+//! # Ok::<(), foreman_async_std::WorkerPoolError>(())
+//! # }).unwrap();
+//! ```
+//!
+//! Everything but [`AsyncStdRuntime`] lives in `foreman-driver` (shared with
+//! the other adapters); every decision is `foreman-core`'s. This crate is
+//! only async-std's spawn, timer and clock.
 #![deny(missing_docs)]
+#![forbid(unsafe_code)]
 
-pub use foreman_core::*;
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+pub use foreman_driver::{
+    AsyncTimer, BuildError, CircuitBreakerHooks, Counters, HealthCause, HealthTransition,
+    PoolConfig, Runtime, Stats, WorkerErrorCode, WorkerHandler, WorkerHealth, WorkerHealthStatus,
+    WorkerOperation, WorkerPoolClient, WorkerPoolError, WorkerPoolOptions, WorkerProtocolError,
+    WorkerRequest, WorkerResponse, WorkerResult, WorkerSecurityPolicy, WorkerStats,
+};
+
+/// Re-exported so handlers and hooks can be written as in the reference.
+pub use foreman_driver::async_trait;
+
+/// The foreman worker pool on async-std (`foreman_driver::WorkerPool` with
+/// [`AsyncStdRuntime`]); it may be created from any thread.
+pub type WorkerPool = foreman_driver::WorkerPool<AsyncStdRuntime>;
+
+/// async-std's spawn (its global executor), timer (`async_io::Timer`, the
+/// timer behind `async_std::task::sleep`) and clock (`std::time::Instant`;
+/// async-std has no virtual time).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct AsyncStdRuntime;
+
+impl Runtime for AsyncStdRuntime {
+    fn spawn(&self, future: Pin<Box<dyn Future<Output = ()> + Send>>) {
+        // Dropping a `JoinHandle` detaches the task.
+        drop(async_std::task::spawn(future));
+    }
+
+    fn new_timer(&self, deadline: Instant) -> Pin<Box<dyn AsyncTimer>> {
+        Box::pin(Timer(async_io::Timer::at(deadline)))
+    }
+
+    fn now(&self) -> Instant {
+        Instant::now()
+    }
+}
+
+/// An `async_io::Timer` as an [`AsyncTimer`].
+#[derive(Debug)]
+struct Timer(async_io::Timer);
+
+impl AsyncTimer for Timer {
+    fn reset(mut self: Pin<&mut Self>, deadline: Instant) {
+        self.0.set_at(deadline);
+    }
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        Pin::new(&mut self.0).poll(cx).map(drop)
+    }
+}

@@ -1,0 +1,105 @@
+//! foreman-smol: the foreman worker pool on smol.
+//!
+//! The API of `simple-agents-workflow`'s `worker` module, identical to
+//! `foreman-tokio`'s — switch by changing `use` lines:
+//!
+//! ```
+//! use std::sync::Arc;
+//! use foreman_smol::{
+//!     async_trait, WorkerHandler, WorkerOperation, WorkerPool, WorkerPoolOptions,
+//!     WorkerProtocolError, WorkerRequest,
+//! };
+//! use serde_json::{json, Value};
+//!
+//! struct Echo;
+//!
+//! #[async_trait]
+//! impl WorkerHandler for Echo {
+//!     async fn handle(&self, request: WorkerRequest) -> Result<Value, WorkerProtocolError> {
+//!         Ok(json!({ "node": request.node_id }))
+//!     }
+//! }
+//!
+//! # smol::block_on(async {
+//! let pool = WorkerPool::new_inprocess(vec![Arc::new(Echo)], WorkerPoolOptions::default(), None)?;
+//! let response = pool
+//!     .submit(WorkerRequest {
+//!         request_id: "req-1".into(),
+//!         workflow_name: "demo".into(),
+//!         node_id: "node-1".into(),
+//!         timeout_ms: None,
+//!         operation: WorkerOperation::Tool {
+//!             tool: "echo".into(),
+//!             input: json!({}),
+//!             scoped_input: json!({}),
+//!         },
+//!     })
+//!     .await?;
+//! assert_eq!(response.worker_id, "worker-0");
+//! pool.shutdown().await;
+//! # Ok::<(), foreman_smol::WorkerPoolError>(())
+//! # }).unwrap();
+//! ```
+//!
+//! Background tasks (the pool's timer task and health probes) go to smol's
+//! global executor (`smol::spawn`; its thread count is `SMOL_THREADS`,
+//! default 1). Handlers run in the tasks that call `submit`, on whatever
+//! executor those run.
+//!
+//! Everything but [`SmolRuntime`] lives in `foreman-driver` (shared with
+//! the other adapters); every decision is `foreman-core`'s. This crate is
+//! only smol's spawn, timer and clock.
+#![deny(missing_docs)]
+#![forbid(unsafe_code)]
+
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+pub use foreman_driver::{
+    AsyncTimer, BuildError, CircuitBreakerHooks, Counters, HealthCause, HealthTransition,
+    PoolConfig, Runtime, Stats, WorkerErrorCode, WorkerHandler, WorkerHealth, WorkerHealthStatus,
+    WorkerOperation, WorkerPoolClient, WorkerPoolError, WorkerPoolOptions, WorkerProtocolError,
+    WorkerRequest, WorkerResponse, WorkerResult, WorkerSecurityPolicy, WorkerStats,
+};
+
+/// Re-exported so handlers and hooks can be written as in the reference.
+pub use foreman_driver::async_trait;
+
+/// The foreman worker pool on smol (`foreman_driver::WorkerPool` with
+/// [`SmolRuntime`]); it may be created from any thread.
+pub type WorkerPool = foreman_driver::WorkerPool<SmolRuntime>;
+
+/// smol's spawn (the global executor), timer (`smol::Timer`) and clock
+/// (`std::time::Instant`; smol has no virtual time).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SmolRuntime;
+
+impl Runtime for SmolRuntime {
+    fn spawn(&self, future: Pin<Box<dyn Future<Output = ()> + Send>>) {
+        smol::spawn(future).detach();
+    }
+
+    fn new_timer(&self, deadline: Instant) -> Pin<Box<dyn AsyncTimer>> {
+        Box::pin(Timer(smol::Timer::at(deadline)))
+    }
+
+    fn now(&self) -> Instant {
+        Instant::now()
+    }
+}
+
+/// A `smol::Timer` as an [`AsyncTimer`].
+#[derive(Debug)]
+struct Timer(smol::Timer);
+
+impl AsyncTimer for Timer {
+    fn reset(mut self: Pin<&mut Self>, deadline: Instant) {
+        self.0.set_at(deadline);
+    }
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        Pin::new(&mut self.0).poll(cx).map(drop)
+    }
+}
