@@ -5,6 +5,9 @@ use std::time::Duration;
 
 use thiserror::Error;
 
+use crate::protocol::WorkerRequest;
+use crate::validate::{validate_request, RequestError};
+
 /// Scheduling and lifecycle options, field for field the reference's.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct WorkerPoolOptions {
@@ -150,6 +153,51 @@ impl PoolConfig {
             return Err(ConfigError::ZeroConcurrency);
         }
         Ok(())
+    }
+}
+
+/// A request that passed the security policy, with its time budget resolved;
+/// made by [`PoolConfig::admit`] and consumed by
+/// [`crate::Pool::submit_checked`].
+///
+/// Validation needs only the configuration, so a driver can run it before it
+/// takes the lock around its pool and keep the critical section short.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Admission {
+    timeout: Option<Duration>,
+    serialized_size: usize,
+}
+
+impl Admission {
+    /// The request's time budget (queue wait plus run): its own
+    /// `timeout_ms`, or the pool's default; `None` means no deadline.
+    pub fn timeout(&self) -> Option<Duration> {
+        self.timeout
+    }
+
+    /// The request's size as compact JSON, in bytes.
+    pub fn serialized_size(&self) -> usize {
+        self.serialized_size
+    }
+}
+
+impl PoolConfig {
+    /// Checks a request against this configuration's security policy and
+    /// resolves its time budget.
+    ///
+    /// # Errors
+    /// The [`RequestError`] of the first check that fails (see
+    /// [`validate_request`]).
+    pub fn admit(&self, request: &WorkerRequest) -> Result<Admission, RequestError> {
+        let serialized_size = validate_request(request, &self.options.security_policy)?;
+        let timeout = match request.timeout_ms {
+            Some(ms) => Some(Duration::from_millis(ms)),
+            None => self.options.default_request_timeout,
+        };
+        Ok(Admission {
+            timeout,
+            serialized_size,
+        })
     }
 }
 

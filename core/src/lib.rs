@@ -90,7 +90,9 @@ mod time;
 mod timers;
 pub mod validate;
 
-pub use config::{ConfigError, PoolConfig, RoutingPolicy, WorkerPoolOptions, WorkerSecurityPolicy};
+pub use config::{
+    Admission, ConfigError, PoolConfig, RoutingPolicy, WorkerPoolOptions, WorkerSecurityPolicy,
+};
 pub use health::HealthCause;
 pub use keys::{ProbeKey, RequestKey, WorkerKey};
 pub use output::{Action, Answer, Event, Phase};

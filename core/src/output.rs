@@ -13,9 +13,9 @@ use crate::time::Time;
 /// [`crate::Pool::poll_action`].
 #[derive(Debug)]
 pub enum Action<P> {
-    /// Run the request on the worker. The payload given to `submit` moves to
-    /// the driver; report the outcome with
-    /// [`crate::Pool::handle_completion`].
+    /// Run the request on the worker and report the outcome with
+    /// [`crate::Pool::handle_completion`]. Carries a clone of the payload
+    /// given to `submit` (the core keeps the original until the answer).
     Start {
         /// The request to run.
         request: RequestKey,
@@ -25,8 +25,8 @@ pub enum Action<P> {
         payload: P,
     },
     /// Stop the running request now (drop its handler future). Its answer
-    /// follows as an [`Action::Answer`]; a completion that still arrives for
-    /// it is ignored.
+    /// always follows in the same batch as an [`Action::Answer`]; a
+    /// completion that still arrives for it is ignored.
     Abort {
         /// The request to stop.
         request: RequestKey,
@@ -81,9 +81,8 @@ pub struct Answer<P> {
     pub queued_for: Duration,
     /// Time the handler ran, if it started.
     pub ran_for: Option<Duration>,
-    /// The submit payload, returned when the request never started (it
-    /// moved to the driver with [`Action::Start`] otherwise).
-    pub payload: Option<P>,
+    /// The payload given to `submit`, handed back with the answer.
+    pub payload: P,
 }
 
 /// Where a request was when it was answered.

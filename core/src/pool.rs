@@ -10,7 +10,7 @@ use std::time::Duration;
 use serde_json::Value;
 use thiserror::Error;
 
-use crate::config::{ConfigError, PoolConfig};
+use crate::config::{Admission, ConfigError, PoolConfig};
 use crate::health::{Health, HealthCause};
 use crate::keys::{ProbeKey, RequestKey, Slab, WorkerKey};
 use crate::output::{Action, Answer, Event, Phase};
@@ -22,7 +22,7 @@ use crate::routing::Router;
 use crate::stats::{Counters, Stats, WorkerStats};
 use crate::time::Time;
 use crate::timers::{TimeoutReason, Timer, TimerHeap};
-use crate::validate::validate_request;
+use crate::validate::RequestError;
 use run_list::RunList;
 
 pub use invariants::InvariantViolation;
@@ -154,13 +154,16 @@ enum Lifecycle {
 
 struct Request<P> {
     worker: WorkerKey,
-    state: RequestState<P>,
+    state: RequestState,
+    /// The submit payload, held until the answer gives it back.
+    payload: P,
     accepted_at: Time,
     deadline: Option<Time>,
 }
 
-enum RequestState<P> {
-    Queued(P),
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum RequestState {
+    Queued,
     Running { started_at: Time },
 }
 
@@ -199,7 +202,7 @@ enum ProbeState {
     },
 }
 
-impl<P> Pool<P> {
+impl<P: Clone> Pool<P> {
     /// Creates an empty pool; add workers with [`add_worker`](Self::add_worker).
     ///
     /// # Errors
@@ -265,6 +268,25 @@ impl<P> Pool<P> {
         now: Time,
         request: &WorkerRequest,
         payload: P,
+        allow: impl FnMut(&str) -> bool,
+    ) -> Result<RequestKey, Refused<P>> {
+        let admission = self.config.admit(request);
+        self.submit_checked(now, admission, payload, allow)
+    }
+
+    /// Submits a request validated beforehand with [`PoolConfig::admit`] on
+    /// this pool's configuration ([`Pool::config`]); otherwise exactly like
+    /// [`submit_with`](Self::submit_with). Drivers use it to validate before
+    /// taking the lock around the pool.
+    ///
+    /// # Errors
+    /// As [`submit_with`](Self::submit_with); a failed admission is refused
+    /// with `InvalidRequest` (after `ShuttingDown`, which takes precedence).
+    pub fn submit_checked(
+        &mut self,
+        now: Time,
+        admission: Result<Admission, RequestError>,
+        payload: P,
         mut allow: impl FnMut(&str) -> bool,
     ) -> Result<RequestKey, Refused<P>> {
         let now = self.observe(now);
@@ -272,9 +294,10 @@ impl<P> Pool<P> {
         if self.lifecycle != Lifecycle::Running {
             return Err(self.refuse(payload, WorkerPoolError::ShuttingDown));
         }
-        if let Err(error) = validate_request(request, &self.config.options.security_policy) {
-            return Err(self.refuse(payload, error.into()));
-        }
+        let admission = match admission {
+            Ok(admission) => admission,
+            Err(error) => return Err(self.refuse(payload, error.into())),
+        };
 
         let mut vetoed = false;
         let mut chosen = None;
@@ -307,11 +330,7 @@ impl<P> Pool<P> {
         if !self.requests.has_room() {
             return Err(self.refuse(payload, WorkerPoolError::QueueFull));
         }
-        let timeout = match request.timeout_ms {
-            Some(ms) => Some(Duration::from_millis(ms)),
-            None => self.config.options.default_request_timeout,
-        };
-        let deadline = timeout.map(|budget| now + budget);
+        let deadline = admission.timeout().map(|budget| now + budget);
         let max_running = self.config.max_concurrency_per_worker as usize;
         let Some(slot) = self.workers.get_mut(worker.0) else {
             debug_assert!(false, "router chose a missing worker");
@@ -320,18 +339,20 @@ impl<P> Pool<P> {
         // A free worker with nothing waiting starts the request at once,
         // without a trip through its queue.
         let start_now = slot.queued == 0 && slot.running.len() < max_running;
-        let (state, payload) = if start_now {
-            (RequestState::Running { started_at: now }, Some(payload))
+        let state = if start_now {
+            RequestState::Running { started_at: now }
         } else {
-            (RequestState::Queued(payload), None)
+            RequestState::Queued
         };
+        let started = start_now.then(|| payload.clone());
         let key = RequestKey(self.requests.insert(Request {
             worker,
             state,
+            payload,
             accepted_at: now,
             deadline,
         }));
-        match payload {
+        match started {
             Some(payload) => {
                 slot.running.push(key);
                 self.actions.push_back(Action::Start {
@@ -375,7 +396,7 @@ impl<P> Pool<P> {
             "request cancelled by the caller",
             false,
         ));
-        if matches!(entry.state, RequestState::Queued(_)) {
+        if matches!(entry.state, RequestState::Queued) {
             self.counters.cancelled_queued += 1;
             self.finish_queued(request, Err(error));
         } else {
@@ -837,7 +858,7 @@ impl<P> Pool<P> {
     fn is_queued_on(&self, request: RequestKey, worker: WorkerKey) -> bool {
         matches!(
             self.requests.get(request.0),
-            Some(Request { worker: w, state: RequestState::Queued(_), .. }) if *w == worker
+            Some(Request { worker: w, state: RequestState::Queued, .. }) if *w == worker
         )
     }
 
@@ -913,14 +934,11 @@ impl<P> Pool<P> {
             let Some(entry) = self.requests.get_mut(request.0) else {
                 continue;
             };
-            if entry.worker != worker || !matches!(entry.state, RequestState::Queued(_)) {
+            if entry.worker != worker || entry.state != RequestState::Queued {
                 continue;
             }
-            let RequestState::Queued(payload) =
-                std::mem::replace(&mut entry.state, RequestState::Running { started_at: now })
-            else {
-                continue;
-            };
+            entry.state = RequestState::Running { started_at: now };
+            let payload = entry.payload.clone();
             slot.queued -= 1;
             slot.running.push(request);
             self.actions.push_back(Action::Start {
@@ -944,10 +962,9 @@ impl<P> Pool<P> {
         let Some(entry) = self.requests.remove(request.0) else {
             return;
         };
-        let RequestState::Queued(payload) = entry.state else {
+        if entry.state != RequestState::Queued {
             unreachable_state();
-            return;
-        };
+        }
         if let Some(slot) = self.workers.get_mut(entry.worker.0) {
             slot.queued = slot.queued.saturating_sub(1);
             if slot.queue.len() > slot.queued.saturating_mul(2).saturating_add(16) {
@@ -956,7 +973,7 @@ impl<P> Pool<P> {
                 slot.queue.retain(|key| {
                     matches!(
                         requests.get(key.0),
-                        Some(Request { worker: w, state: RequestState::Queued(_), .. }) if *w == worker
+                        Some(Request { worker: w, state: RequestState::Queued, .. }) if *w == worker
                     )
                 });
             }
@@ -968,7 +985,7 @@ impl<P> Pool<P> {
             phase: Phase::Queued,
             queued_for: self.now - entry.accepted_at,
             ran_for: None,
-            payload: Some(payload),
+            payload: entry.payload,
         }));
     }
 
@@ -1000,7 +1017,7 @@ impl<P> Pool<P> {
             phase: Phase::Running,
             queued_for: started_at - entry.accepted_at,
             ran_for: Some(self.now - started_at),
-            payload: None,
+            payload: entry.payload,
         }));
     }
 
@@ -1009,7 +1026,7 @@ impl<P> Pool<P> {
             return;
         };
         let worker = entry.worker;
-        if matches!(entry.state, RequestState::Queued(_)) {
+        if matches!(entry.state, RequestState::Queued) {
             self.counters.timed_out_queued += 1;
             if cfg!(feature = "planted-bug") {
                 // Planted bug (test-only feature): forget to answer a request
@@ -1159,7 +1176,7 @@ impl<P> Pool<P> {
                 (
                     RequestKey(key),
                     entry.worker,
-                    matches!(entry.state, RequestState::Queued(_)),
+                    matches!(entry.state, RequestState::Queued),
                 )
             })
             .partition(|(_, _, queued)| *queued);

@@ -319,10 +319,7 @@ fn a_request_runs_and_is_answered_with_queue_and_run_times() {
     assert_eq!(answer.phase, Phase::Running);
     assert_eq!(answer.queued_for, Duration::ZERO);
     assert_eq!(answer.ran_for, Some(Duration::from_millis(15)));
-    assert_eq!(
-        answer.payload, None,
-        "the payload moved to the driver at start"
-    );
+    assert_eq!(answer.payload, 1, "the payload comes back with the answer");
     assert_eq!(h.pool.pending(), 0);
     assert_eq!(h.pool.counters().succeeded, 1);
 }
@@ -626,9 +623,8 @@ fn a_queued_timeout_answers_without_blaming_the_worker() {
     assert_eq!(answers[0].result, Err(WorkerPoolError::Timeout));
     assert_eq!(answers[0].phase, Phase::Queued);
     assert_eq!(
-        answers[0].payload,
-        Some(2),
-        "the payload comes back for a request that never started"
+        answers[0].payload, 2,
+        "the payload comes back with the answer"
     );
     assert_eq!(answers[0].queued_for, Duration::from_millis(50));
     assert_eq!(h.status(0), WorkerHealthStatus::Healthy);
@@ -681,7 +677,7 @@ fn cancelling_a_queued_request_frees_its_place_at_once() {
     assert!(
         matches!(&answer.result, Err(WorkerPoolError::Worker(e)) if e.code == WorkerErrorCode::Cancelled)
     );
-    assert_eq!(answer.payload, Some(2));
+    assert_eq!(answer.payload, 2);
     assert!(h.submit(ms(1), &request("now fits")).is_ok());
     assert!(
         !h.pool.cancel(ms(2), queued),
@@ -1205,4 +1201,41 @@ fn concurrency_above_one_runs_several_requests_per_worker() {
         h.submit(ms(0), &request("full")),
         Err(WorkerPoolError::QueueFull)
     );
+}
+
+#[test]
+fn requests_validated_ahead_submit_like_any_other() {
+    let mut h = Harness::new(options(), 1);
+    let config = h.pool.config().clone();
+    let good = config.admit(&with_timeout("a", 250)).expect("valid");
+    assert_eq!(good.timeout(), Some(Duration::from_millis(250)));
+    assert_eq!(
+        good.serialized_size(),
+        serde_json::to_vec(&with_timeout("a", 250)).unwrap().len()
+    );
+    let key = h.pool.submit_checked(ms(0), Ok(good), 1, |_| true).unwrap();
+    h.drain();
+    assert_eq!(
+        h.pool.poll_timeout(),
+        Some((ms(250), TimeoutReason::RequestDeadline))
+    );
+    let bad = config.admit(&request(""));
+    let refused = h
+        .pool
+        .submit_checked(ms(0), bad.clone(), 2, |_| true)
+        .unwrap_err();
+    assert!(matches!(
+        refused.error,
+        WorkerPoolError::InvalidRequest { .. }
+    ));
+    h.pool.begin_shutdown(ms(1), None);
+    let refused = h.pool.submit_checked(ms(1), bad, 3, |_| true).unwrap_err();
+    assert_eq!(
+        refused.error,
+        WorkerPoolError::ShuttingDown,
+        "shutting down takes precedence"
+    );
+    h.drain();
+    h.complete(ms(2), key, Ok(json!(null)));
+    assert!(h.pool.is_stopped());
 }

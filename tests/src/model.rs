@@ -2131,8 +2131,8 @@ impl Harness {
         match (answer.phase, book.state) {
             (Phase::Queued, ReqState::Queued) => {
                 ensure!(
-                    answer.payload == Some(book.id),
-                    "queued answer of #{} returns payload {:?}",
+                    answer.payload == book.id,
+                    "queued answer of #{} returns payload {}",
                     book.id,
                     answer.payload
                 );
@@ -2156,9 +2156,10 @@ impl Harness {
                 },
             ) => {
                 ensure!(
-                    answer.payload.is_none(),
-                    "running answer of #{} returns a payload",
-                    book.id
+                    answer.payload == book.id,
+                    "running answer of #{} returns payload {}",
+                    book.id,
+                    answer.payload
                 );
                 ensure!(
                     answer.queued_for == started_at - book.accepted_at

@@ -136,7 +136,6 @@ impl<R: Runtime> WorkerPool<R> {
         let core = Core {
             pool,
             workers,
-            running: FastMap::default(),
             live: 0,
             armed: Time::MAX,
             health_log: Default::default(),
@@ -144,6 +143,7 @@ impl<R: Runtime> WorkerPool<R> {
             stopped: false,
         };
         let shared = Arc::new(Shared {
+            config: core.pool.config().clone(),
             timer: Arc::new(TimerState::new()),
             core: std::sync::Mutex::new(core),
             runtime,
@@ -174,12 +174,15 @@ impl<R: Runtime> WorkerPool<R> {
         let slot = Arc::new(Slot::default());
         let mut hook_events = Vec::new();
         let mut probes = Vec::new();
+        // Validation needs only the configuration: do it, and read the
+        // clock, before taking the lock.
+        let admission = shared.config.admit(&request);
+        let now = shared.now();
         let (submitted, mut own) = {
             let mut core = shared.lock();
-            let now = shared.now();
             let submitted = core
                 .pool
-                .submit_with(now, &request, Arc::clone(&slot), |id| {
+                .submit_checked(now, admission, Arc::clone(&slot), |id| {
                     hooks.is_none_or(|hooks| hooks.allow_request(id, &request))
                 });
             let key = submitted.as_ref().ok().copied();
@@ -225,10 +228,10 @@ impl<R: Runtime> WorkerPool<R> {
         let answer = match outcome {
             Some(result) => {
                 let mut probes = Vec::new();
+                let now = shared.now();
                 let own = {
                     let mut core = shared.lock();
                     core.live = core.live.saturating_sub(1);
-                    let now = shared.now();
                     core.pool.handle_completion(now, key, result);
                     core.after_input(Some(key), None, &mut probes, &shared.timer)
                 };
@@ -392,6 +395,8 @@ impl<R: Runtime> Drop for WorkerPool<R> {
 // ----- internals -----------------------------------------------------------
 
 pub(crate) struct Shared<R> {
+    /// The core's configuration, for validating requests outside the lock.
+    config: PoolConfig,
     core: std::sync::Mutex<Core>,
     timer: Arc<TimerState>,
     runtime: R,
@@ -593,7 +598,7 @@ async fn run_handler(
             ));
         }
         let mut inner = slot.lock();
-        if inner.aborted || inner.answer.is_some() {
+        if inner.answer.is_some() {
             return Poll::Ready(None);
         }
         inner.register(cx.waker());

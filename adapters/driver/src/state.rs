@@ -27,8 +27,6 @@ pub(crate) const HEALTH_LOG_CAPACITY: usize = 4096;
 pub(crate) struct Core {
     pub(crate) pool: Pool<Arc<Slot>>,
     pub(crate) workers: FastMap<WorkerKey, WorkerEntry>,
-    /// Slots of started requests, for `Abort` and payload-less `Answer`s.
-    pub(crate) running: FastMap<RequestKey, Arc<Slot>>,
     /// Handler futures and probe tasks that have not ended yet.
     pub(crate) live: usize,
     /// The deadline the timer task was last told about (`Time::MAX`: none).
@@ -90,7 +88,6 @@ pub(crate) struct Slot {
 pub(crate) struct SlotInner {
     pub(crate) started: Option<Started>,
     pub(crate) was_started: bool,
-    pub(crate) aborted: bool,
     pub(crate) answer: Option<Delivered>,
     waker: Option<Waker>,
 }
@@ -185,18 +182,12 @@ impl Core {
                             inner.started = Some(started);
                         });
                     }
-                    self.running.insert(request, payload);
                 }
-                Action::Abort { request, .. } => {
-                    if let Some(slot) = self.running.get(&request) {
-                        slot.update(|inner| inner.aborted = true);
-                    }
-                }
+                // The answer of an aborted request follows in the same batch
+                // and reaches its slot, which stops the handler.
+                Action::Abort { .. } => {}
                 Action::Answer(answer) => {
-                    let slot = match answer.payload {
-                        Some(slot) => Some(slot),
-                        None => self.running.remove(&answer.request),
-                    };
+                    let slot = answer.payload;
                     let worker_id = self
                         .workers
                         .get(&answer.worker)
@@ -212,7 +203,7 @@ impl Core {
                     };
                     if own == Some(answer.request) {
                         mine.answer = Some(delivered);
-                    } else if let Some(slot) = slot {
+                    } else {
                         slot.update(|inner| inner.answer = Some(delivered));
                     }
                 }

@@ -1,18 +1,17 @@
 //! Closed-loop end-to-end benchmark: foreman-tokio against a bare
 //! mpsc + oneshot pool (the floor) and tower's p2c `Balance` behind a
 //! `Buffer`, echo handler, N workers, C concurrent callers, multi-thread
-//! runtime with 2 workers. Also measures memory per queued request with a
-//! counting allocator.
+//! runtime with 2 workers. (Memory per queued request is measured by the
+//! `memory` bench, whose counting allocator would skew these timings.)
 //!
 //! Run: `cargo bench -p foreman-tokio --bench throughput` (≈1 minute).
 //! Each cell runs the three pools in alternation, 3 rounds of 300 ms, and
 //! reports the median round; compare ratios from one run.
 
-use std::alloc::{GlobalAlloc, Layout, System};
 use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicIsize, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -24,24 +23,6 @@ use foreman_tokio::{
 use serde_json::{json, Value};
 use tokio::sync::{mpsc, oneshot};
 use tower::{Service, ServiceExt};
-
-struct Counting;
-
-static ALLOCATED: AtomicIsize = AtomicIsize::new(0);
-
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        ALLOCATED.fetch_add(layout.size() as isize, Ordering::Relaxed);
-        unsafe { System.alloc(layout) }
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        ALLOCATED.fetch_sub(layout.size() as isize, Ordering::Relaxed);
-        unsafe { System.dealloc(ptr, layout) }
-    }
-}
-
-#[global_allocator]
-static GLOBAL: Counting = Counting;
 
 struct Echo;
 
@@ -258,59 +239,6 @@ fn median(mut rounds: Vec<Round>) -> Round {
     }
 }
 
-fn memory_per_queued_request(rt: &tokio::runtime::Runtime) {
-    const QUEUED: usize = 10_000;
-    struct Gate(tokio::sync::Semaphore);
-    #[async_trait]
-    impl WorkerHandler for Gate {
-        async fn handle(&self, _request: WorkerRequest) -> Result<Value, WorkerProtocolError> {
-            let _ = self.0.acquire().await;
-            Ok(Value::Null)
-        }
-    }
-    rt.block_on(async {
-        let gate = Arc::new(Gate(tokio::sync::Semaphore::new(0)));
-        let pool = Arc::new(
-            WorkerPool::new_inprocess(
-                vec![Arc::clone(&gate) as Arc<dyn WorkerHandler>],
-                WorkerPoolOptions { queue_capacity: QUEUED + 1, ..WorkerPoolOptions::default() },
-                None,
-            )
-            .expect("pool"),
-        );
-        // Warm the core's slabs and maps to this size once.
-        let requests: Vec<_> = (0..=QUEUED).map(|_| template()).collect();
-        let baseline_futures: Vec<_> = requests
-            .iter()
-            .map(|r| {
-                let pool = Arc::clone(&pool);
-                let r = r.clone();
-                Box::pin(async move { pool.submit(r).await })
-            })
-            .collect();
-        let future_size = std::mem::size_of_val(&*baseline_futures[0]);
-        let before = ALLOCATED.load(Ordering::Relaxed);
-        let mut handles = Vec::new();
-        for future in baseline_futures {
-            handles.push(tokio::spawn(future));
-        }
-        while pool.stats().queued < QUEUED {
-            tokio::task::yield_now().await;
-        }
-        let after = ALLOCATED.load(Ordering::Relaxed);
-        let per_request = (after - before) as f64 / QUEUED as f64;
-        println!(
-            "memory per queued request: {per_request:.0} bytes of heap beyond the caller's own boxed submit future \
-             (that future: {future_size} bytes, holding the WorkerRequest)"
-        );
-        gate.0.add_permits(QUEUED + 1);
-        for handle in handles {
-            let _ = handle.await;
-        }
-        pool.shutdown().await;
-    });
-}
-
 fn main() {
     if std::env::args().any(|a| a == "--list") {
         return;
@@ -364,5 +292,4 @@ fn main() {
             );
         }
     }
-    memory_per_queued_request(&rt);
 }

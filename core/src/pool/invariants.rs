@@ -21,7 +21,7 @@ macro_rules! ensure {
     };
 }
 
-impl<P> Pool<P> {
+impl<P: Clone> Pool<P> {
     /// Checks every internal rule; O(requests + workers + timers).
     ///
     /// The rules: every pending request is held by exactly one live worker,
