@@ -1,0 +1,1036 @@
+//! The cross-adapter conformance suite: one set of behaviour scenarios,
+//! written once against [`foreman_driver::Runtime`], run against every
+//! adapter (`foreman-tokio`, `foreman-async-std`, `foreman-smol`).
+//!
+//! An adapter test file implements [`Target`] (how to run an async body on
+//! its runtime) and invokes [`conformance_suite!`](crate::conformance_suite),
+//! which makes one `#[test]` per scenario:
+//!
+//! ```ignore
+//! struct Smol;
+//! impl foreman_tests::conformance::Target for Smol {
+//!     type Runtime = foreman_smol::SmolRuntime;
+//!     fn block_on(body: std::pin::Pin<Box<dyn std::future::Future<Output = ()> + '_>>) {
+//!         smol::block_on(body);
+//!     }
+//! }
+//! foreman_tests::conformance_suite!(Smol);
+//! ```
+//!
+//! The scenarios are the reference module's six tests and one test per
+//! defect of the brief (bad configuration, panics, hooks, timeouts,
+//! cancellation on drop, restart, graceful shutdown and drain, probes,
+//! payload size, health never blocks, queue time), plus a mixed-load
+//! scenario checking that every request gets exactly one answer.
+//!
+//! Timing rules, so the suite is exact on runtimes without virtual time
+//! (async-std, smol) and on tokio's paused clock alike: every wait is on a
+//! condition ([`wait_until`], a gate the test opens, a hanging future cut
+//! off by a deadline of a few ms); a test that needs a deadline to pass
+//! asserts only the outcome and ordering, never wall time. Each scenario
+//! runs under a 30 s watchdog of the runtime's clock, so a hang fails
+//! instead of blocking the test run.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::task::Poll;
+use std::time::Duration;
+
+use foreman_driver::{
+    async_trait, CircuitBreakerHooks, Runtime, WorkerErrorCode, WorkerHandler, WorkerHealthStatus,
+    WorkerOperation, WorkerPool, WorkerPoolError, WorkerPoolOptions, WorkerProtocolError,
+    WorkerRequest, WorkerResponse, WorkerResult, WorkerSecurityPolicy,
+};
+use futures::future::{self, Either};
+use futures::FutureExt;
+use serde_json::{json, Value};
+
+/// An adapter under test: its runtime type and how to run an async body on it.
+pub trait Target: 'static {
+    /// The adapter's runtime (`foreman_tokio::TokioRuntime`, …).
+    type Runtime: Runtime + Default + Clone;
+
+    /// Runs `body` to completion on the runtime, from a plain `#[test]`.
+    fn block_on(body: Pin<Box<dyn Future<Output = ()> + '_>>);
+}
+
+/// Defines one `#[test]` per conformance scenario for a [`Target`] type.
+#[macro_export]
+macro_rules! conformance_suite {
+    ($target:ty) => {
+        $crate::conformance_suite!(@each $target;
+            routes_requests_across_worker_pool,
+            enforces_queue_backpressure_limits,
+            marks_worker_unavailable_after_failures_and_recovers_on_restart,
+            returns_timeout_for_slow_worker,
+            rejects_request_when_security_contract_is_violated,
+            handles_parallel_submissions_without_deadlock,
+            d01_bad_config_is_an_error,
+            d02_panic_keeps_worker_serving,
+            d03_hooks_fire_once_after_the_fact,
+            d04_timeout_frees_worker_and_counts_once,
+            d05_dropping_submit_cancels,
+            d06_restart_keeps_queue,
+            d07_graceful_shutdown_and_drain,
+            d08_probes_cannot_whitewash_and_cannot_hang,
+            d09_huge_payload_refused,
+            d10_health_never_blocks,
+            d12_elapsed_includes_queue_time,
+            every_request_answered_once,
+        );
+    };
+    (@each $target:ty; $($name:ident),* $(,)?) => {$(
+        #[test]
+        fn $name() {
+            $crate::conformance::run::<$target, _>($crate::conformance::$name);
+        }
+    )*};
+}
+
+/// Runs one scenario on `T`'s runtime under the watchdog.
+pub fn run<T: Target, F: Future<Output = ()>>(scenario: fn(T::Runtime) -> F) {
+    T::block_on(Box::pin(async move {
+        // Made inside the runtime: a runtime may need its context for timers.
+        let rt = T::Runtime::default();
+        let watchdog = sleep(&rt, Duration::from_secs(30));
+        let body = scenario(rt.clone());
+        futures::pin_mut!(body, watchdog);
+        if let Either::Right(((), _)) = future::select(body, watchdog).await {
+            panic!("scenario still running after 30 s of runtime time");
+        }
+    }));
+}
+
+// ----- helpers ----------------------------------------------------------------
+
+/// Sleeps on the runtime's own timer.
+pub fn sleep<R: Runtime>(rt: &R, duration: Duration) -> impl Future<Output = ()> + Send {
+    let mut timer = rt.new_timer(rt.now() + duration);
+    future::poll_fn(move |cx| timer.as_mut().poll(cx))
+}
+
+/// Waits, in 1 ms steps of the runtime's clock, until `condition` holds;
+/// panics after 10 s.
+pub async fn wait_until<R: Runtime>(rt: &R, what: &str, mut condition: impl FnMut() -> bool) {
+    let start = rt.now();
+    while !condition() {
+        assert!(
+            rt.now().saturating_duration_since(start) < Duration::from_secs(10),
+            "timed out waiting for {what}"
+        );
+        sleep(rt, Duration::from_millis(1)).await;
+    }
+}
+
+/// Spawns `future` on the runtime; the returned future yields its output.
+pub fn spawn<R: Runtime, T: Send + 'static>(
+    rt: &R,
+    future: impl Future<Output = T> + Send + 'static,
+) -> impl Future<Output = T> {
+    let (tx, rx) = futures::channel::oneshot::channel();
+    rt.spawn(Box::pin(async move {
+        let _ = tx.send(future.await);
+    }));
+    rx.map(|joined| joined.unwrap_or_else(|_| panic!("spawned task ended without output")))
+}
+
+/// Polls `future` once; `true` if it is still pending.
+async fn pending_after_one_poll<F: Future + Unpin>(future: &mut F) -> bool {
+    let mut once = Some(());
+    future::poll_fn(|cx| {
+        if once.take().is_some() {
+            Poll::Ready(future.poll_unpin(cx).is_pending())
+        } else {
+            Poll::Ready(false)
+        }
+    })
+    .await
+}
+
+/// A tool request whose `node_id` tells [`TestWorker`] what to do.
+pub fn request(id: &str, node: &str) -> WorkerRequest {
+    WorkerRequest {
+        request_id: id.to_string(),
+        workflow_name: "wf".to_string(),
+        node_id: node.to_string(),
+        timeout_ms: None,
+        operation: WorkerOperation::Tool {
+            tool: "echo".to_string(),
+            input: json!({"x": 1}),
+            scoped_input: json!({"input": {}}),
+        },
+    }
+}
+
+/// How a [`TestWorker`]'s probe answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProbeMode {
+    /// Answers Healthy.
+    Healthy,
+    /// Never answers.
+    Hang,
+}
+
+/// A worker whose behaviour is chosen by the request's `node_id`: `echo`,
+/// `fail`, `panic`, `hang` (never finishes), `gate` (waits until the test
+/// opens its gate once), `sleep:<ms>` (sleeps on the runtime's timer).
+pub struct TestWorker<R> {
+    rt: R,
+    calls: AtomicUsize,
+    dropped: AtomicUsize,
+    probes: AtomicUsize,
+    gate: (async_channel::Sender<()>, async_channel::Receiver<()>),
+    probe_mode: Mutex<ProbeMode>,
+    fail_all: AtomicBool,
+}
+
+impl<R: Runtime + Clone> TestWorker<R> {
+    /// A new worker sleeping on `rt`'s timer.
+    pub fn new(rt: &R) -> Arc<Self> {
+        Arc::new(TestWorker {
+            rt: rt.clone(),
+            calls: AtomicUsize::new(0),
+            dropped: AtomicUsize::new(0),
+            probes: AtomicUsize::new(0),
+            gate: async_channel::unbounded(),
+            probe_mode: Mutex::new(ProbeMode::Healthy),
+            fail_all: AtomicBool::new(false),
+        })
+    }
+
+    /// Lets `count` more `gate` requests through.
+    pub fn open_gate(&self, count: usize) {
+        for _ in 0..count {
+            let _ = self.gate.0.try_send(());
+        }
+    }
+
+    /// Handler calls so far.
+    pub fn calls(&self) -> usize {
+        self.calls.load(Ordering::SeqCst)
+    }
+
+    /// Handler futures dropped before they finished.
+    pub fn dropped(&self) -> usize {
+        self.dropped.load(Ordering::SeqCst)
+    }
+
+    /// Probes so far.
+    pub fn probes(&self) -> usize {
+        self.probes.load(Ordering::SeqCst)
+    }
+}
+
+struct DropWatch<'a>(&'a AtomicUsize, bool);
+
+impl Drop for DropWatch<'_> {
+    fn drop(&mut self) {
+        if !self.1 {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+}
+
+#[async_trait]
+impl<R: Runtime + Clone> WorkerHandler for TestWorker<R> {
+    async fn handle(&self, request: WorkerRequest) -> Result<Value, WorkerProtocolError> {
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        let mut watch = DropWatch(&self.dropped, false);
+        let node = request.node_id.as_str();
+        let result = if self.fail_all.load(Ordering::SeqCst) || node == "fail" {
+            Err(WorkerProtocolError::new(
+                WorkerErrorCode::ExecutionFailed,
+                "failed on purpose",
+                true,
+            ))
+        } else if node == "panic" {
+            panic!("handler exploded on purpose");
+        } else if node == "hang" {
+            future::pending::<()>().await;
+            Ok(Value::Null)
+        } else if node == "gate" {
+            let _ = self.gate.1.recv().await;
+            Ok(json!({"gate": "passed"}))
+        } else if let Some(ms) = node.strip_prefix("sleep:") {
+            let ms: u64 = ms.parse().unwrap_or(0);
+            sleep(&self.rt, Duration::from_millis(ms)).await;
+            Ok(json!({"slept": ms}))
+        } else {
+            Ok(json!({"node": node}))
+        };
+        watch.1 = true;
+        result
+    }
+
+    async fn probe_health(&self) -> WorkerHealthStatus {
+        self.probes.fetch_add(1, Ordering::SeqCst);
+        let mode = *self
+            .probe_mode
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        match mode {
+            ProbeMode::Healthy => WorkerHealthStatus::Healthy,
+            ProbeMode::Hang => future::pending().await,
+        }
+    }
+}
+
+/// Hooks that record every call, with a per-worker open circuit.
+#[derive(Default)]
+pub struct RecordingHooks {
+    log: Mutex<Vec<String>>,
+    open: Mutex<Vec<String>>,
+}
+
+impl RecordingHooks {
+    /// Every hook call so far.
+    pub fn log(&self) -> Vec<String> {
+        self.log
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    fn push(&self, entry: String) {
+        self.log
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(entry);
+    }
+}
+
+#[async_trait]
+impl CircuitBreakerHooks for RecordingHooks {
+    fn allow_request(&self, worker_id: &str, _request: &WorkerRequest) -> bool {
+        let open = self.open.lock().unwrap_or_else(PoisonError::into_inner);
+        !open.iter().any(|id| id == worker_id)
+    }
+
+    async fn on_request_accepted(&self, worker_id: &str, request: &WorkerRequest) {
+        self.push(format!("accepted {} {worker_id}", request.request_id));
+    }
+
+    async fn on_request_success(&self, worker_id: &str, response: &WorkerResponse) {
+        self.push(format!("success {} {worker_id}", response.request_id));
+    }
+
+    async fn on_request_failure(&self, worker_id: &str, error: &WorkerProtocolError) {
+        self.push(format!("failure {worker_id} {:?}", error.code));
+    }
+
+    async fn on_request_rejected(
+        &self,
+        worker_id: Option<&str>,
+        request: &WorkerRequest,
+        reason: WorkerErrorCode,
+    ) {
+        let worker = worker_id.unwrap_or("-");
+        self.push(format!(
+            "rejected {} {worker} {reason:?}",
+            request.request_id
+        ));
+    }
+}
+
+fn options() -> WorkerPoolOptions {
+    WorkerPoolOptions {
+        queue_capacity: 4,
+        health_probe_interval: Duration::from_secs(60),
+        default_request_timeout: Some(Duration::from_secs(10)),
+        ..WorkerPoolOptions::default()
+    }
+}
+
+fn pool_of<R: Runtime + Default + Clone>(
+    workers: &[Arc<TestWorker<R>>],
+    options: WorkerPoolOptions,
+) -> WorkerPool<R> {
+    let handlers = workers
+        .iter()
+        .map(|w| Arc::clone(w) as Arc<dyn WorkerHandler>)
+        .collect();
+    match WorkerPool::new_inprocess(handlers, options, None) {
+        Ok(pool) => pool,
+        Err(error) => panic!("valid pool options refused: {error}"),
+    }
+}
+
+fn worker_error(result: &Result<WorkerResponse, WorkerPoolError>) -> WorkerErrorCode {
+    match result {
+        Err(WorkerPoolError::Worker(error)) => error.code,
+        other => panic!("expected a worker error, got {other:?}"),
+    }
+}
+
+// ----- the reference module's six scenarios -------------------------------------
+
+/// Reference: two echo workers answer, and both are schedulable.
+pub async fn routes_requests_across_worker_pool<R: Runtime + Default + Clone>(rt: R) {
+    let workers = [TestWorker::new(&rt), TestWorker::new(&rt)];
+    let pool = pool_of(
+        &workers,
+        WorkerPoolOptions {
+            queue_capacity: 4,
+            health_probe_interval: Duration::from_millis(10),
+            ..WorkerPoolOptions::default()
+        },
+    );
+    let response = pool.submit(request("req-2", "node-1")).await;
+    let response = response.unwrap_or_else(|e| panic!("request should succeed: {e}"));
+    assert_eq!(response.request_id, "req-2");
+    assert_eq!(
+        response.result,
+        WorkerResult::Success {
+            output: json!({"node": "node-1"})
+        }
+    );
+    let health = pool.health_snapshot().await;
+    assert_eq!(health.len(), 2);
+    assert!(health.iter().all(|entry| entry.is_schedulable()));
+    pool.shutdown().await;
+}
+
+/// Reference: with one busy worker and a queue of one, a third request is
+/// refused `QueueFull` (the busy handler waits on a gate, not on a timer).
+pub async fn enforces_queue_backpressure_limits<R: Runtime + Default + Clone>(rt: R) {
+    let worker = TestWorker::new(&rt);
+    let pool = pool_of(
+        &[Arc::clone(&worker)],
+        WorkerPoolOptions {
+            queue_capacity: 1,
+            default_request_timeout: Some(Duration::from_secs(10)),
+            ..options()
+        },
+    );
+    let first = pool.submit(request("q1", "gate"));
+    let second = pool.submit(request("q2", "gate"));
+    let third = async {
+        let refused = pool.submit(request("q3", "gate")).await;
+        worker.open_gate(2);
+        refused
+    };
+    let (first, second, third) = futures::join!(first, second, third);
+    let results = [&first, &second, &third];
+    let failures = results
+        .iter()
+        .filter(|result| matches!(result, Err(WorkerPoolError::QueueFull)))
+        .count();
+    let successes = results.iter().filter(|result| result.is_ok()).count();
+    assert_eq!((failures, successes), (1, 2), "{results:?}");
+    assert!(matches!(third, Err(WorkerPoolError::QueueFull)));
+    pool.shutdown().await;
+}
+
+/// Reference: one failure (threshold 1) makes the worker Unavailable; a
+/// restart brings it back and it serves again.
+pub async fn marks_worker_unavailable_after_failures_and_recovers_on_restart<
+    R: Runtime + Default + Clone,
+>(
+    rt: R,
+) {
+    let worker = TestWorker::new(&rt);
+    worker.fail_all.store(true, Ordering::SeqCst);
+    let pool = pool_of(
+        &[Arc::clone(&worker)],
+        WorkerPoolOptions {
+            queue_capacity: 2,
+            unavailable_after_failures: 1,
+            health_probe_interval: Duration::from_millis(15),
+            default_request_timeout: Some(Duration::from_secs(1)),
+            ..WorkerPoolOptions::default()
+        },
+    );
+    let error = pool.submit(request("down", "echo")).await;
+    assert!(
+        matches!(error, Err(WorkerPoolError::Worker(_))),
+        "{error:?}"
+    );
+    let health = pool.health_snapshot().await;
+    assert_eq!(health[0].status, WorkerHealthStatus::Unavailable);
+
+    worker.fail_all.store(false, Ordering::SeqCst);
+    let restarted = pool.restart_worker("worker-0").await;
+    assert!(restarted.is_ok(), "{restarted:?}");
+    wait_until(&rt, "the restarted worker is schedulable", || {
+        pool.stats().workers[0].status != WorkerHealthStatus::Unavailable
+    })
+    .await;
+    let response = pool.submit(request("up", "echo")).await;
+    let response = response.unwrap_or_else(|e| panic!("served after restart: {e}"));
+    assert_eq!(
+        response.result,
+        WorkerResult::Success {
+            output: json!({"node": "echo"})
+        }
+    );
+    pool.shutdown().await;
+}
+
+/// Reference: a handler that outlives the request's 5 ms budget answers
+/// `Timeout` (it hangs, so only the deadline can end it).
+pub async fn returns_timeout_for_slow_worker<R: Runtime + Default + Clone>(rt: R) {
+    let worker = TestWorker::new(&rt);
+    let pool = pool_of(
+        &[Arc::clone(&worker)],
+        WorkerPoolOptions {
+            queue_capacity: 2,
+            default_request_timeout: Some(Duration::from_millis(5)),
+            ..WorkerPoolOptions::default()
+        },
+    );
+    let error = pool.submit(request("timeout", "hang")).await;
+    assert!(matches!(error, Err(WorkerPoolError::Timeout)), "{error:?}");
+    pool.shutdown().await;
+}
+
+/// Reference: a request over the security policy's limits is refused.
+pub async fn rejects_request_when_security_contract_is_violated<R: Runtime + Default + Clone>(
+    rt: R,
+) {
+    let worker = TestWorker::new(&rt);
+    let pool = pool_of(
+        &[Arc::clone(&worker)],
+        WorkerPoolOptions {
+            security_policy: WorkerSecurityPolicy {
+                max_request_timeout_ms: 10,
+                max_request_payload_bytes: 256,
+                max_identifier_length: 12,
+            },
+            default_request_timeout: Some(Duration::from_millis(10)),
+            ..WorkerPoolOptions::default()
+        },
+    );
+    let mut too_large = request("req-too-large", "echo");
+    too_large.timeout_ms = Some(99);
+    too_large.operation = WorkerOperation::Tool {
+        tool: "echo".to_string(),
+        input: json!({"payload": "x".repeat(1024)}),
+        scoped_input: json!({"input": {}}),
+    };
+    let error = pool.submit(too_large).await;
+    assert!(
+        matches!(error, Err(WorkerPoolError::InvalidRequest { .. })),
+        "{error:?}"
+    );
+    assert_eq!(worker.calls(), 0);
+    pool.shutdown().await;
+}
+
+/// Reference: 32 submits from spawned tasks all succeed (a deadlock trips
+/// the watchdog).
+pub async fn handles_parallel_submissions_without_deadlock<R: Runtime + Default + Clone>(rt: R) {
+    let workers = [TestWorker::new(&rt), TestWorker::new(&rt)];
+    let pool = Arc::new(pool_of(
+        &workers,
+        WorkerPoolOptions {
+            queue_capacity: 32,
+            health_probe_interval: Duration::from_millis(5),
+            default_request_timeout: Some(Duration::from_secs(1)),
+            ..WorkerPoolOptions::default()
+        },
+    ));
+    let tasks: Vec<_> = (0..32)
+        .map(|idx| {
+            let pool = Arc::clone(&pool);
+            spawn(&rt, async move {
+                pool.submit(request(&format!("parallel-{idx}"), "echo"))
+                    .await
+            })
+        })
+        .collect();
+    for result in future::join_all(tasks).await {
+        assert!(result.is_ok(), "submit should succeed: {result:?}");
+    }
+    pool.shutdown().await;
+}
+
+// ----- one scenario per defect of the reference ---------------------------------
+
+/// Defect 1: bad configuration is a clear error from the constructor.
+pub async fn d01_bad_config_is_an_error<R: Runtime + Default + Clone>(rt: R) {
+    let handlers = || vec![TestWorker::new(&rt) as Arc<dyn WorkerHandler>];
+    let zero_queue = WorkerPoolOptions {
+        queue_capacity: 0,
+        ..options()
+    };
+    match WorkerPool::<R>::new_inprocess(handlers(), zero_queue, None) {
+        Err(WorkerPoolError::InvalidRequest { reason }) => {
+            assert!(reason.contains("queue_capacity"), "{reason}");
+        }
+        other => panic!("expected an error, got {other:?}"),
+    }
+    let zero_probe = WorkerPoolOptions {
+        health_probe_interval: Duration::ZERO,
+        ..options()
+    };
+    match WorkerPool::<R>::new_inprocess(handlers(), zero_probe, None) {
+        Err(WorkerPoolError::InvalidRequest { reason }) => {
+            assert!(reason.contains("health_probe_interval"), "{reason}");
+        }
+        other => panic!("expected an error, got {other:?}"),
+    }
+    assert!(matches!(
+        WorkerPool::<R>::new_inprocess(Vec::new(), options(), None),
+        Err(WorkerPoolError::NoHealthyWorker)
+    ));
+}
+
+/// Defect 2: a panicking handler is answered `ExecutionFailed`, counts one
+/// failure, and its worker keeps serving (the request queued behind it too).
+pub async fn d02_panic_keeps_worker_serving<R: Runtime + Default + Clone>(rt: R) {
+    let worker = TestWorker::new(&rt);
+    let pool = pool_of(&[Arc::clone(&worker)], options());
+    let (panicked, queued) = futures::join!(
+        pool.submit(request("boom", "panic")),
+        pool.submit(request("after", "echo")),
+    );
+    assert_eq!(worker_error(&panicked), WorkerErrorCode::ExecutionFailed);
+    assert!(format!("{panicked:?}").contains("panicked"));
+    let queued = queued.unwrap_or_else(|e| panic!("queued request survives: {e}"));
+    assert_eq!(queued.worker_id, "worker-0");
+    let stats = pool.stats();
+    assert_eq!((stats.counters.failed, stats.counters.succeeded), (1, 1));
+    let _ = pool.submit(request("boom2", "panic")).await;
+    let health = pool.health_snapshot().await;
+    assert_eq!(health[0].consecutive_failures, 1);
+    assert_eq!(health[0].status, WorkerHealthStatus::Degraded);
+    assert!(pool.submit(request("again", "echo")).await.is_ok());
+    pool.shutdown().await;
+}
+
+/// Defect 3: hooks fire once per event, after the fact; a request is never
+/// both accepted and rejected by one worker.
+pub async fn d03_hooks_fire_once_after_the_fact<R: Runtime + Default + Clone>(rt: R) {
+    let hooks = Arc::new(RecordingHooks::default());
+    hooks
+        .open
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .push("worker-0".to_string());
+    let workers = [TestWorker::new(&rt), TestWorker::new(&rt)];
+    let handlers = workers
+        .iter()
+        .map(|w| Arc::clone(w) as Arc<dyn WorkerHandler>)
+        .collect();
+    let pool = WorkerPool::<R>::new_inprocess(
+        handlers,
+        WorkerPoolOptions {
+            queue_capacity: 1,
+            ..options()
+        },
+        Some(Arc::clone(&hooks) as Arc<dyn CircuitBreakerHooks>),
+    )
+    .unwrap_or_else(|e| panic!("valid pool: {e}"));
+    let response = pool.submit(request("r1", "echo")).await;
+    let response = response.unwrap_or_else(|e| panic!("worker-1 serves: {e}"));
+    assert_eq!(response.worker_id, "worker-1");
+    assert_eq!(
+        hooks.log(),
+        [
+            "rejected r1 worker-0 CircuitOpen",
+            "accepted r1 worker-1",
+            "success r1 worker-1",
+        ]
+    );
+    hooks
+        .log
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .clear();
+    let gate1 = pool.submit(request("g1", "gate"));
+    let gate2 = pool.submit(request("g2", "gate"));
+    let full = async {
+        let refused = pool.submit(request("full", "echo")).await;
+        workers[1].open_gate(2);
+        refused
+    };
+    let (g1, g2, refused) = futures::join!(gate1, gate2, full);
+    assert!(g1.is_ok() && g2.is_ok(), "{g1:?} {g2:?}");
+    assert!(matches!(refused, Err(WorkerPoolError::QueueFull)));
+    let log = hooks.log();
+    let about = |id: &str| -> Vec<String> {
+        let needle = format!(" {id} ");
+        log.iter()
+            .filter(|l| l.contains(&needle))
+            .cloned()
+            .collect()
+    };
+    assert_eq!(
+        about("full"),
+        [
+            "rejected full worker-0 CircuitOpen",
+            "rejected full - QueueFull"
+        ]
+    );
+    let g1_accepted = about("g1");
+    assert_eq!(
+        g1_accepted
+            .iter()
+            .filter(|l| l.starts_with("accepted"))
+            .count(),
+        1
+    );
+    assert!(!log.iter().any(|line| line.starts_with("accepted full")));
+    assert_eq!(log.iter().filter(|l| l.starts_with("success")).count(), 2);
+    pool.shutdown().await;
+}
+
+/// Defect 4: a timeout counts as one failure and drops the handler, so the
+/// worker is free at once.
+pub async fn d04_timeout_frees_worker_and_counts_once<R: Runtime + Default + Clone>(rt: R) {
+    let worker = TestWorker::new(&rt);
+    let pool = pool_of(&[Arc::clone(&worker)], options());
+    let mut hang = request("hang", "hang");
+    hang.timeout_ms = Some(5);
+    let result = pool.submit(hang).await;
+    assert!(
+        matches!(result, Err(WorkerPoolError::Timeout)),
+        "{result:?}"
+    );
+    assert_eq!(worker.dropped(), 1, "the handler future was dropped");
+    let health = pool.health_snapshot().await;
+    assert_eq!(health[0].status, WorkerHealthStatus::Degraded);
+    assert_eq!(health[0].consecutive_failures, 1);
+    let next = pool.submit(request("next", "echo")).await;
+    let next = next.unwrap_or_else(|e| panic!("the worker is free: {e}"));
+    assert_eq!(next.worker_id, "worker-0");
+    pool.shutdown().await;
+}
+
+/// Defect 5: dropping the submit future cancels the request, running or queued.
+pub async fn d05_dropping_submit_cancels<R: Runtime + Default + Clone>(rt: R) {
+    let worker = TestWorker::new(&rt);
+    let pool = pool_of(&[Arc::clone(&worker)], options());
+    {
+        let mut running = Box::pin(pool.submit(request("run", "hang")));
+        assert!(pending_after_one_poll(&mut running).await);
+        assert_eq!(pool.stats().running, 1);
+    }
+    assert_eq!(worker.dropped(), 1);
+    assert_eq!(pool.stats().running, 0);
+    assert_eq!(pool.stats().counters.cancelled_running, 1);
+    let mut first = Box::pin(pool.submit(request("first", "gate")));
+    assert!(pending_after_one_poll(&mut first).await);
+    {
+        let mut queued = Box::pin(pool.submit(request("queued", "echo")));
+        assert!(pending_after_one_poll(&mut queued).await);
+        assert_eq!(pool.stats().queued, 1);
+    }
+    assert_eq!(pool.stats().queued, 0);
+    assert_eq!(pool.stats().counters.cancelled_queued, 1);
+    worker.open_gate(1);
+    assert!(first.await.is_ok());
+    assert_eq!(worker.calls(), 2, "the cancelled queued request never ran");
+    pool.shutdown().await;
+}
+
+/// Defect 6: `restart_worker` aborts the running handler with a clear,
+/// retryable error and keeps the queued requests, which then run.
+pub async fn d06_restart_keeps_queue<R: Runtime + Default + Clone>(rt: R) {
+    let worker = TestWorker::new(&rt);
+    let pool = pool_of(&[Arc::clone(&worker)], options());
+    let running = pool.submit(request("running", "hang"));
+    let queued = pool.submit(request("queued", "echo"));
+    let restart = async {
+        wait_until(&rt, "both requests accepted", || {
+            pool.stats().counters.accepted == 2
+        })
+        .await;
+        pool.restart_worker("worker-0").await
+    };
+    let (running, queued, restarted) = futures::join!(running, queued, restart);
+    assert!(restarted.is_ok(), "{restarted:?}");
+    match running {
+        Err(WorkerPoolError::Worker(error)) => {
+            assert_eq!(error.code, WorkerErrorCode::Cancelled);
+            assert!(error.message.contains("restarted"), "{}", error.message);
+            assert!(error.retryable);
+        }
+        other => panic!("expected a restart error, got {other:?}"),
+    }
+    let queued = queued.unwrap_or_else(|e| panic!("queued request runs after restart: {e}"));
+    assert_eq!(queued.worker_id, "worker-0");
+    assert_eq!(worker.dropped(), 1);
+    assert!(matches!(
+        pool.restart_worker("nope").await,
+        Err(WorkerPoolError::NoHealthyWorker)
+    ));
+    pool.shutdown().await;
+}
+
+/// Defect 7: shutdown is graceful (new submits get `ShuttingDown` at once,
+/// queued and running requests finish, it returns after they did); with a
+/// drain deadline the rest are answered `ShuttingDown`; afterwards every
+/// worker is Unavailable.
+pub async fn d07_graceful_shutdown_and_drain<R: Runtime + Default + Clone>(rt: R) {
+    let workers = [TestWorker::new(&rt), TestWorker::new(&rt)];
+    let pool = pool_of(&workers, options());
+    let running = pool.submit(request("running", "gate"));
+    let queued = pool.submit(request("queued", "gate"));
+    let queued2 = pool.submit(request("queued2", "gate"));
+    let shutdown = async {
+        wait_until(&rt, "accepted", || pool.stats().counters.accepted == 3).await;
+        let mut stop = Box::pin(pool.shutdown());
+        assert!(pending_after_one_poll(&mut stop).await);
+        let late = pool.submit(request("late", "echo")).now_or_never();
+        assert!(matches!(late, Some(Err(WorkerPoolError::ShuttingDown))));
+        for worker in &workers {
+            worker.open_gate(2);
+        }
+        stop.await;
+    };
+    let (a, b, c, ()) = futures::join!(running, queued, queued2, shutdown);
+    assert!(a.is_ok() && b.is_ok() && c.is_ok(), "{a:?} {b:?} {c:?}");
+    let health = pool.health_snapshot().await;
+    assert!(health
+        .iter()
+        .all(|h| h.status == WorkerHealthStatus::Unavailable));
+
+    let worker = TestWorker::new(&rt);
+    let pool = pool_of(&[Arc::clone(&worker)], options());
+    let hanging = pool.submit(request("hang", "hang"));
+    let queued = pool.submit(request("queued", "echo"));
+    let stop = async {
+        wait_until(&rt, "accepted", || pool.stats().counters.accepted == 2).await;
+        pool.shutdown_with_deadline(Duration::from_millis(5)).await;
+    };
+    let (hanging, queued, ()) = futures::join!(hanging, queued, stop);
+    assert!(matches!(hanging, Err(WorkerPoolError::ShuttingDown)));
+    assert!(matches!(queued, Err(WorkerPoolError::ShuttingDown)));
+    assert_eq!(
+        worker.dropped(),
+        1,
+        "shutdown returned after the handler ended"
+    );
+    assert!(pool
+        .health_snapshot()
+        .await
+        .iter()
+        .all(|h| h.status == WorkerHealthStatus::Unavailable));
+}
+
+/// Defect 8: a Healthy probe cannot erase the failures of a worker that
+/// fails every request (one trial per probe), and a hanging probe times
+/// out without stopping probing.
+pub async fn d08_probes_cannot_whitewash_and_cannot_hang<R: Runtime + Default + Clone>(rt: R) {
+    let worker = TestWorker::new(&rt);
+    worker.fail_all.store(true, Ordering::SeqCst);
+    let pool = pool_of(
+        &[Arc::clone(&worker)],
+        WorkerPoolOptions {
+            unavailable_after_failures: 2,
+            health_probe_interval: Duration::from_millis(10),
+            ..options()
+        },
+    );
+    for id in ["f1", "f2"] {
+        let _ = pool.submit(request(id, "echo")).await;
+    }
+    assert_eq!(
+        pool.health_snapshot().await[0].status,
+        WorkerHealthStatus::Unavailable
+    );
+    for round in 0..3 {
+        let probes = worker.probes();
+        wait_until(&rt, "a probe", || worker.probes() > probes).await;
+        wait_until(&rt, "the probe applied", || {
+            pool.stats().workers[0].status != WorkerHealthStatus::Unavailable
+        })
+        .await;
+        let trial = pool.submit(request(&format!("trial{round}"), "echo")).await;
+        assert!(trial.is_err());
+        let health = pool.health_snapshot().await;
+        assert_eq!(
+            health[0].status,
+            WorkerHealthStatus::Unavailable,
+            "one failed trial ejects again"
+        );
+        assert!(health[0].consecutive_failures >= 2);
+    }
+    pool.shutdown().await;
+
+    let hanging = TestWorker::new(&rt);
+    *hanging
+        .probe_mode
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner) = ProbeMode::Hang;
+    let pool = pool_of(
+        &[Arc::clone(&hanging)],
+        WorkerPoolOptions {
+            health_probe_interval: Duration::from_millis(10),
+            ..options()
+        },
+    );
+    wait_until(&rt, "probes keep being sent", || {
+        pool.stats().counters.probes_timed_out >= 3
+    })
+    .await;
+    assert_eq!(
+        pool.health_snapshot().await[0].status,
+        WorkerHealthStatus::Unavailable
+    );
+    *hanging
+        .probe_mode
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner) = ProbeMode::Healthy;
+    wait_until(&rt, "a later probe recovers the worker", || {
+        pool.stats().workers[0].status == WorkerHealthStatus::Healthy
+    })
+    .await;
+    pool.shutdown().await;
+}
+
+/// Defect 9: a 100 MB payload is refused `InvalidRequest` without running.
+pub async fn d09_huge_payload_refused<R: Runtime + Default + Clone>(rt: R) {
+    let worker = TestWorker::new(&rt);
+    let pool = pool_of(&[Arc::clone(&worker)], options());
+    let mut huge = request("huge", "echo");
+    huge.operation = WorkerOperation::Llm {
+        model: "m".into(),
+        prompt: "x".repeat(100 * 1024 * 1024),
+        scoped_input: json!({}),
+    };
+    let result = pool.submit(huge).await;
+    assert!(
+        matches!(result, Err(WorkerPoolError::InvalidRequest { .. })),
+        "{result:?}"
+    );
+    assert_eq!(worker.calls(), 0);
+    pool.shutdown().await;
+}
+
+/// Defect 10: with 64 workers all busy, health and stats answer at once
+/// and a 65th request queues without waiting.
+pub async fn d10_health_never_blocks<R: Runtime + Default + Clone>(rt: R) {
+    let workers: Vec<_> = (0..64).map(|_| TestWorker::new(&rt)).collect();
+    let pool = pool_of(&workers, options());
+    let mut busy = Vec::new();
+    for i in 0..64 {
+        let mut submit = Box::pin(pool.submit(request(&format!("b{i}"), "gate")));
+        assert!(pending_after_one_poll(&mut submit).await);
+        busy.push(submit);
+    }
+    assert_eq!(pool.stats().running, 64);
+    let health = pool.health_snapshot().now_or_never();
+    assert_eq!(health.map(|h| h.len()), Some(64), "health never waits");
+    let mut extra = Box::pin(pool.submit(request("extra", "echo")));
+    assert!(pending_after_one_poll(&mut extra).await);
+    assert_eq!(pool.stats().queued, 1);
+    for worker in &workers {
+        worker.open_gate(1);
+    }
+    for result in future::join_all(busy).await {
+        assert!(result.is_ok(), "{result:?}");
+    }
+    assert!(extra.await.is_ok());
+    pool.shutdown().await;
+}
+
+/// Defect 12: `elapsed_ms` includes the time spent queued, and `queue_ms`
+/// and `run_ms` say which is which. The second request queues behind a
+/// gated one while the test sleeps 20 ms, then sleeps 20 ms itself; only
+/// lower bounds are asserted (timers never fire early).
+pub async fn d12_elapsed_includes_queue_time<R: Runtime + Default + Clone>(rt: R) {
+    let worker = TestWorker::new(&rt);
+    let pool = pool_of(&[Arc::clone(&worker)], options());
+    let release = async {
+        wait_until(&rt, "the second request queued", || {
+            pool.stats().queued == 1
+        })
+        .await;
+        sleep(&rt, Duration::from_millis(20)).await;
+        worker.open_gate(1);
+    };
+    let (first, second, ()) = futures::join!(
+        pool.submit(request("first", "gate")),
+        pool.submit(request("second", "sleep:20")),
+        release,
+    );
+    let first = first.unwrap_or_else(|e| panic!("{e}"));
+    let second = second.unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(first.queue_ms, Some(0), "{first:?}");
+    assert!(first.run_ms.is_some_and(|r| r >= 20), "{first:?}");
+    assert!(second.queue_ms.is_some_and(|q| q >= 20), "{second:?}");
+    assert!(second.run_ms.is_some_and(|r| r >= 20), "{second:?}");
+    assert_eq!(
+        second.elapsed_ms,
+        second.queue_ms.unwrap_or(0) + second.run_ms.unwrap_or(0)
+    );
+    assert!(second.elapsed_ms >= 40);
+    pool.shutdown().await;
+}
+
+/// No request is lost: 200 requests of every kind (success, failure,
+/// panic, timeout, gate) from spawned callers, a restart and a caller that
+/// gives up mid-way, then a graceful shutdown; every submit returns exactly
+/// once and the core's counters account for every accepted request.
+pub async fn every_request_answered_once<R: Runtime + Default + Clone>(rt: R) {
+    let workers: Vec<_> = (0..4).map(|_| TestWorker::new(&rt)).collect();
+    let pool = Arc::new(pool_of(
+        &workers,
+        WorkerPoolOptions {
+            queue_capacity: 64,
+            unavailable_after_failures: 1000,
+            ..options()
+        },
+    ));
+    let kinds = ["echo", "fail", "panic", "hang", "gate", "sleep:1"];
+    let answered = Arc::new(AtomicUsize::new(0));
+    let mut callers = Vec::new();
+    for i in 0..200usize {
+        let (pool, answered) = (Arc::clone(&pool), Arc::clone(&answered));
+        let kind = kinds[i % kinds.len()];
+        callers.push(spawn(&rt, async move {
+            let mut req = request(&format!("r{i}"), kind);
+            if kind == "hang" {
+                req.timeout_ms = Some(5);
+            }
+            let result = pool.submit(req).await;
+            answered.fetch_add(1, Ordering::SeqCst);
+            result
+        }));
+    }
+    // One caller that gives up: it is cancelled, not lost.
+    {
+        let mut gone = Box::pin(pool.submit(request("gone", "hang")));
+        let _ = pending_after_one_poll(&mut gone).await;
+    }
+    wait_until(&rt, "every caller submitted", || {
+        let c = pool.stats().counters;
+        c.submitted >= 201
+    })
+    .await;
+    let _ = pool.restart_worker("worker-0").await;
+    for worker in &workers {
+        worker.open_gate(200);
+    }
+    let results = future::join_all(callers).await;
+    assert_eq!(answered.load(Ordering::SeqCst), 200);
+    assert_eq!(results.len(), 200);
+    pool.shutdown().await;
+    let c = pool.stats().counters;
+    let refused = c.refused_invalid
+        + c.refused_queue_full
+        + c.refused_no_healthy_worker
+        + c.refused_circuit_open
+        + c.refused_shutting_down;
+    assert_eq!(c.submitted, 201);
+    assert_eq!(c.accepted + refused, c.submitted, "{c:?}");
+    let ended = c.succeeded
+        + c.failed
+        + c.timed_out_queued
+        + c.timed_out_running
+        + c.cancelled_queued
+        + c.cancelled_running
+        + c.aborted_by_restart
+        + c.aborted_by_shutdown
+        + c.unroutable_after_removal;
+    assert_eq!(
+        ended, c.accepted,
+        "every accepted request ended once: {c:?}"
+    );
+    let ok = results.iter().filter(|r| r.is_ok()).count() as u64;
+    assert_eq!(ok, c.succeeded, "{c:?}");
+}
