@@ -434,12 +434,9 @@ async fn d10_no_per_worker_locks() {
     pool.shutdown().await;
 }
 
-/// Defect 11: Degraded workers get a smaller share and a slow worker does not
-/// hold its queue: needs the load-aware routing policy of a later issue
-/// (the core offers `RoutingPolicy::RoundRobin` only).
-#[test]
-#[ignore = "needs the core's load-aware routing policy (later issue)"]
-fn d11_degraded_and_slow_workers_get_less() {}
+// Defect 11 (Degraded workers get the same share, a slow worker keeps its
+// queue) needs the load-aware routing policy of a later issue: the core
+// offers `RoutingPolicy::RoundRobin` only, so there is no test for it yet.
 
 /// Defect 12: elapsed_ms includes the time spent queued; queue_ms and run_ms say
 /// which is which.
