@@ -1,0 +1,216 @@
+//! The closed-loop benchmark shared by foreman-smol's and foreman-async-std's
+//! benches (included with `#[path]`): foreman against its own runtime's bare
+//! channel floor, N tasks fed round-robin by a bounded async-channel (64)
+//! with a oneshot reply — no validation, no health, no timeout — echo
+//! handler, N = 1, 16, 64 workers, C = 1, 16, 256 callers. Each cell runs
+//! the two pools in alternation, 3 rounds of 300 ms after a 60 ms warm-up,
+//! and reports the median round; compare ratios from one run.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use foreman_driver::{
+    async_trait, Runtime, WorkerHandler, WorkerOperation, WorkerPool, WorkerPoolOptions,
+    WorkerProtocolError, WorkerRequest,
+};
+use futures::channel::oneshot;
+use serde_json::{json, Value};
+
+type BoxFut<T> = Pin<Box<dyn Future<Output = T> + Send>>;
+
+struct Echo;
+
+#[async_trait]
+impl WorkerHandler for Echo {
+    async fn handle(&self, request: WorkerRequest) -> Result<Value, WorkerProtocolError> {
+        Ok(Value::String(request.node_id))
+    }
+}
+
+fn template() -> WorkerRequest {
+    WorkerRequest {
+        request_id: "bench-request".into(),
+        workflow_name: "bench".into(),
+        node_id: "node".into(),
+        timeout_ms: None,
+        operation: WorkerOperation::Tool {
+            tool: "echo".into(),
+            input: json!({"x": 1}),
+            scoped_input: json!({}),
+        },
+    }
+}
+
+/// Something a caller can send a request through.
+trait Client: Clone + Send + Sync + 'static {
+    fn call(&self, request: WorkerRequest) -> BoxFut<bool>;
+}
+
+struct Foreman<R: Runtime>(Arc<WorkerPool<R>>);
+
+impl<R: Runtime> Clone for Foreman<R> {
+    fn clone(&self) -> Self {
+        Foreman(Arc::clone(&self.0))
+    }
+}
+
+impl<R: Runtime> Client for Foreman<R> {
+    fn call(&self, request: WorkerRequest) -> BoxFut<bool> {
+        let pool = Arc::clone(&self.0);
+        Box::pin(async move { pool.submit(request).await.is_ok() })
+    }
+}
+
+type Job = (
+    WorkerRequest,
+    oneshot::Sender<Result<Value, WorkerProtocolError>>,
+);
+
+/// The floor: N tasks fed round-robin by bounded async-channels.
+struct Floor {
+    senders: Vec<async_channel::Sender<Job>>,
+    next: AtomicUsize,
+}
+
+impl Floor {
+    fn new<R: Runtime>(rt: &R, n: usize) -> Arc<Self> {
+        let senders = (0..n)
+            .map(|_| {
+                let (tx, rx) = async_channel::bounded::<Job>(64);
+                let handler: Arc<dyn WorkerHandler> = Arc::new(Echo);
+                rt.spawn(Box::pin(async move {
+                    while let Ok((request, reply)) = rx.recv().await {
+                        let _ = reply.send(handler.handle(request).await);
+                    }
+                }));
+                tx
+            })
+            .collect();
+        Arc::new(Floor {
+            senders,
+            next: AtomicUsize::new(0),
+        })
+    }
+}
+
+impl Client for Arc<Floor> {
+    fn call(&self, request: WorkerRequest) -> BoxFut<bool> {
+        let this = Arc::clone(self);
+        Box::pin(async move {
+            let index = this.next.fetch_add(1, Ordering::Relaxed) % this.senders.len();
+            let (tx, rx) = oneshot::channel();
+            if this.senders[index].send((request, tx)).await.is_err() {
+                return false;
+            }
+            matches!(rx.await, Ok(Ok(_)))
+        })
+    }
+}
+
+struct Round {
+    rps: f64,
+    p99: Duration,
+}
+
+async fn sleep<R: Runtime>(rt: &R, duration: Duration) {
+    let mut timer = rt.new_timer(rt.now() + duration);
+    futures::future::poll_fn(|cx| timer.as_mut().poll(cx)).await;
+}
+
+async fn closed_loop<R: Runtime, C: Client>(rt: &R, client: C, callers: usize) -> Round {
+    let stop = Arc::new(AtomicBool::new(false));
+    let measuring = Arc::new(AtomicBool::new(false));
+    let done = Arc::new(AtomicU64::new(0));
+    let mut joins = Vec::new();
+    for _ in 0..callers {
+        let (client, stop, measuring, done) = (
+            client.clone(),
+            Arc::clone(&stop),
+            Arc::clone(&measuring),
+            Arc::clone(&done),
+        );
+        let (tx, rx) = oneshot::channel();
+        rt.spawn(Box::pin(async move {
+            let request = template();
+            let mut latencies = Vec::with_capacity(1 << 16);
+            while !stop.load(Ordering::Relaxed) {
+                let start = Instant::now();
+                assert!(client.call(request.clone()).await, "request failed");
+                if measuring.load(Ordering::Relaxed) {
+                    latencies.push(start.elapsed().as_nanos() as u64);
+                    done.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            let _ = tx.send(latencies);
+        }));
+        joins.push(rx);
+    }
+    sleep(rt, Duration::from_millis(60)).await;
+    measuring.store(true, Ordering::Relaxed);
+    let start = Instant::now();
+    sleep(rt, Duration::from_millis(300)).await;
+    let count = done.load(Ordering::Relaxed);
+    let elapsed = start.elapsed();
+    measuring.store(false, Ordering::Relaxed);
+    stop.store(true, Ordering::Relaxed);
+    let mut all = Vec::new();
+    for join in joins {
+        all.extend(join.await.expect("caller task"));
+    }
+    all.sort_unstable();
+    let p99 = all.get(all.len().saturating_sub(1) * 99 / 100).copied();
+    Round {
+        rps: count as f64 / elapsed.as_secs_f64(),
+        p99: Duration::from_nanos(p99.unwrap_or(0)),
+    }
+}
+
+fn median(mut rounds: Vec<Round>) -> Round {
+    rounds.sort_by(|a, b| a.rps.total_cmp(&b.rps));
+    let mid = rounds.len() / 2;
+    let mut p99s: Vec<_> = rounds.iter().map(|r| r.p99).collect();
+    p99s.sort();
+    Round {
+        rps: rounds[mid].rps,
+        p99: p99s[mid],
+    }
+}
+
+/// Runs every cell and prints the table (call inside the runtime).
+pub async fn run_all<R: Runtime + Default + Clone>(runtime: &str) {
+    let rt = R::default();
+    println!(
+        "{runtime}: closed loop, echo handler, 2 executor threads, median of 3 rounds of 300ms"
+    );
+    println!("| N | C | foreman req/s | floor req/s | foreman/floor | p99 foreman | p99 floor |");
+    println!("|---:|---:|---:|---:|---:|---:|---:|");
+    for n in [1usize, 16, 64] {
+        for c in [1usize, 16, 256] {
+            let (mut foreman, mut floor) = (Vec::new(), Vec::new());
+            for _ in 0..3 {
+                floor.push(closed_loop(&rt, Floor::new(&rt, n), c).await);
+                let handlers = (0..n).map(|_| Arc::new(Echo) as Arc<dyn WorkerHandler>);
+                let options = WorkerPoolOptions {
+                    queue_capacity: 1024,
+                    ..WorkerPoolOptions::default()
+                };
+                let pool = WorkerPool::<R>::new_inprocess(handlers.collect(), options, None);
+                let pool = Arc::new(pool.expect("pool"));
+                foreman.push(closed_loop(&rt, Foreman(Arc::clone(&pool)), c).await);
+                pool.shutdown().await;
+            }
+            let (f, fl) = (median(foreman), median(floor));
+            println!(
+                "| {n} | {c} | {:.0}k | {:.0}k | {:.2} | {:?} | {:?} |",
+                f.rps / 1e3,
+                fl.rps / 1e3,
+                f.rps / fl.rps,
+                f.p99,
+                fl.p99,
+            );
+        }
+    }
+}
