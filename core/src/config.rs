@@ -63,9 +63,14 @@ impl Default for WorkerSecurityPolicy {
 #[non_exhaustive]
 pub enum RoutingPolicy {
     /// The reference's rule: take workers in turn, skip unavailable ones and
-    /// fall through to the next when a queue is full.
-    #[default]
+    /// fall through to the next when a queue is full. A request can wait
+    /// behind a busy worker while another sits idle.
     RoundRobin,
+    /// Round robin over workers with a free run slot; only when every
+    /// schedulable worker is busy, round robin over those with queue room
+    /// (the default: no request queues while a worker is idle).
+    #[default]
+    IdleFirst,
 }
 
 /// Everything the core needs to know, before validation.
@@ -97,7 +102,7 @@ impl PoolConfig {
             options,
             probe_timeout,
             max_concurrency_per_worker: 1,
-            routing: RoutingPolicy::RoundRobin,
+            routing: RoutingPolicy::default(),
             unix_epoch_ms: 0,
         }
     }

@@ -184,6 +184,8 @@ struct Worker {
     schedulable: bool,
     /// Cached: schedulable and has room; mirrors the router's set.
     eligible: bool,
+    /// Cached: eligible and a run slot free; mirrors the router's set.
+    idle: bool,
     probe: ProbeState,
 }
 
@@ -553,6 +555,7 @@ impl<P: Clone> Pool<P> {
             removing: false,
             schedulable: false,
             eligible: false,
+            idle: false,
             probe: ProbeState::Due(due),
         };
         if !self.workers.has_room() {
@@ -831,6 +834,11 @@ impl<P: Clone> Pool<P> {
     }
 
     fn arm(&mut self, at: Time, timer: Timer) {
+        // `Time::MAX` is where saturated arithmetic lands: it means "never".
+        // Arming it would let a timer re-arm itself at the instant it fires.
+        if at == Time::MAX {
+            return;
+        }
         if self.timers.arm(at, timer) {
             let requests = self.requests.iter().filter_map(|(key, entry)| {
                 entry
@@ -889,6 +897,7 @@ impl<P: Clone> Pool<P> {
         let threshold = self.config.options.unavailable_after_failures;
         let stopped = self.lifecycle == Lifecycle::Stopped;
         let capacity = self.capacity;
+        let max_running = self.config.max_concurrency_per_worker as usize;
         let now = self.now;
         let Some(slot) = self.workers.get_mut(worker.0) else {
             return;
@@ -914,9 +923,11 @@ impl<P: Clone> Pool<P> {
             }
         }
         let eligible = schedulable && slot.running.len() + slot.queued < capacity;
-        if eligible != slot.eligible {
+        let idle = eligible && slot.running.len() < max_running;
+        if eligible != slot.eligible || idle != slot.idle {
             slot.eligible = eligible;
-            self.router.set_eligible(worker, eligible);
+            slot.idle = idle;
+            self.router.set(worker, eligible, idle);
         }
     }
 
@@ -1158,7 +1169,7 @@ impl<P: Clone> Pool<P> {
                 self.schedulable -= 1;
             }
             if slot.eligible {
-                self.router.set_eligible(worker, false);
+                self.router.set(worker, false, false);
             }
             self.ids.remove(&slot.id);
         }

@@ -1,11 +1,13 @@
 //! Routing: which worker a new request goes to.
 //!
 //! The router only knows which workers are *eligible* (active, schedulable
-//! and with room in their queue) and picks among them; the pool tells it when
-//! eligibility changes. Another policy replaces this module without touching
-//! the rest of the core.
+//! and with room in their queue) and which of those are *idle* (a free run
+//! slot), and picks among them; the pool tells it when either changes.
+//! Another policy replaces this module without touching the rest of the
+//! core.
 
 use std::collections::BTreeSet;
+use std::ops::Bound;
 
 use crate::config::RoutingPolicy;
 use crate::keys::WorkerKey;
@@ -14,9 +16,11 @@ use crate::keys::WorkerKey;
 pub(crate) struct Router {
     policy: RoutingPolicy,
     eligible: BTreeSet<WorkerKey>,
-    /// Round-robin position: the next pick starts at the first eligible
-    /// worker at or after this key.
-    cursor: Option<WorkerKey>,
+    /// Eligible workers with a free run slot (a subset of `eligible`).
+    idle: BTreeSet<WorkerKey>,
+    /// Round-robin position: the next pick starts at the first candidate at
+    /// or after this key.
+    cursor: WorkerKey,
 }
 
 impl Router {
@@ -24,20 +28,31 @@ impl Router {
         Router {
             policy,
             eligible: BTreeSet::new(),
-            cursor: None,
+            idle: BTreeSet::new(),
+            cursor: WorkerKey::MIN,
         }
     }
 
-    pub(crate) fn set_eligible(&mut self, worker: WorkerKey, eligible: bool) {
+    /// Records a worker's routing state (`idle` implies `eligible`).
+    pub(crate) fn set(&mut self, worker: WorkerKey, eligible: bool, idle: bool) {
         if eligible {
             self.eligible.insert(worker);
         } else {
             self.eligible.remove(&worker);
         }
+        if eligible && idle {
+            self.idle.insert(worker);
+        } else {
+            self.idle.remove(&worker);
+        }
     }
 
     pub(crate) fn is_eligible(&self, worker: WorkerKey) -> bool {
         self.eligible.contains(&worker)
+    }
+
+    pub(crate) fn is_idle(&self, worker: WorkerKey) -> bool {
+        self.idle.contains(&worker)
     }
 
     pub(crate) fn eligible_len(&self) -> usize {
@@ -46,26 +61,35 @@ impl Router {
 
     /// Eligible workers in the order the policy would try them.
     pub(crate) fn candidates(&self) -> impl Iterator<Item = WorkerKey> + '_ {
-        match self.policy {
-            RoutingPolicy::RoundRobin => {
-                let (after, before) = match self.cursor {
-                    Some(cursor) => (self.eligible.range(cursor..), self.eligible.range(..cursor)),
-                    None => (
-                        self.eligible.range(..),
-                        self.eligible.range(..WorkerKey::MIN),
-                    ),
-                };
-                after.chain(before).copied()
-            }
-        }
+        let busy_first = match self.policy {
+            RoutingPolicy::RoundRobin => None,
+            RoutingPolicy::IdleFirst => Some(rotate(&self.idle, self.cursor)),
+        };
+        let idle = &self.idle;
+        let skip_idle = busy_first.is_some();
+        busy_first.into_iter().flatten().chain(
+            rotate(&self.eligible, self.cursor)
+                .filter(move |worker| !(skip_idle && idle.contains(worker))),
+        )
     }
 
     /// Records that `worker` took a request, so the next pick moves on.
     pub(crate) fn picked(&mut self, worker: WorkerKey) {
-        self.cursor = Some(worker.successor());
+        self.cursor = worker.successor();
     }
 
     pub(crate) fn iter_eligible(&self) -> impl Iterator<Item = WorkerKey> + '_ {
         self.eligible.iter().copied()
     }
+
+    pub(crate) fn iter_idle(&self) -> impl Iterator<Item = WorkerKey> + '_ {
+        self.idle.iter().copied()
+    }
+}
+
+/// The set's members from `cursor` on, then those before it.
+fn rotate(set: &BTreeSet<WorkerKey>, cursor: WorkerKey) -> impl Iterator<Item = WorkerKey> + '_ {
+    set.range(cursor..)
+        .chain(set.range((Bound::Unbounded, Bound::Excluded(cursor))))
+        .copied()
 }

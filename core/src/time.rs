@@ -16,7 +16,8 @@ pub struct Time(u64);
 impl Time {
     /// The epoch.
     pub const ZERO: Time = Time(0);
-    /// The largest representable instant ("never").
+    /// The largest representable instant. The core treats a deadline that
+    /// lands here (by saturation) as "never": no timer fires at it.
     pub const MAX: Time = Time(u64::MAX);
 
     /// An instant `nanos` nanoseconds after the epoch.

@@ -1239,3 +1239,47 @@ fn requests_validated_ahead_submit_like_any_other() {
     h.complete(ms(2), key, Ok(json!(null)));
     assert!(h.pool.is_stopped());
 }
+
+#[test]
+fn idle_first_never_queues_behind_a_busy_worker_while_another_is_idle() {
+    let reference = PoolConfig {
+        routing: foreman_core::RoutingPolicy::RoundRobin,
+        ..PoolConfig::new(options())
+    };
+    for (config, expect_second_on) in [(PoolConfig::new(options()), 1usize), (reference, 0)] {
+        let mut h = Harness::with_config(config, 2);
+        // r0 -> worker-0, r1 -> worker-1; r1 finishes, worker-0 stays busy.
+        let r0 = h.submit(ms(0), &request("r0")).unwrap();
+        let r1 = h.submit(ms(0), &request("r1")).unwrap();
+        h.complete(ms(1), r1, Ok(json!(1)));
+        h.take_events();
+        // Round robin's turn is worker-0 (busy); idle-first picks worker-1.
+        let r2 = h.submit(ms(2), &request("r2")).unwrap();
+        let accepted_on = h.take_events().into_iter().find_map(|event| match event {
+            Event::Accepted { request, worker } if request == r2 => Some(worker),
+            _ => None,
+        });
+        assert_eq!(accepted_on, Some(h.worker(expect_second_on)));
+        let _ = r0;
+    }
+}
+
+#[test]
+fn the_end_of_time_is_never_and_does_not_livelock() {
+    // Found by the `config` fuzz target: at Time::MAX, probe deadlines
+    // saturate to `now` and used to re-arm themselves forever.
+    let mut h = Harness::new(options(), 1);
+    h.tick(Time::MAX);
+    assert!(h.actions.len() < 4, "bounded work: {:?}", h.actions);
+    let key = h.submit(Time::MAX, &with_timeout("late", 1)).unwrap();
+    h.tick(Time::MAX);
+    h.pool
+        .begin_shutdown(Time::MAX, Some(Duration::from_secs(1)));
+    h.drain();
+    assert!(
+        h.pool.poll_timeout().is_none(),
+        "nothing is due before the end of time"
+    );
+    h.complete(Time::MAX, key, Ok(json!(null)));
+    assert!(h.pool.is_stopped());
+}

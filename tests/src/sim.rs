@@ -251,7 +251,11 @@ impl Scenario {
             options,
             probe_timeout,
             max_concurrency_per_worker: concurrency,
-            routing: RoutingPolicy::RoundRobin,
+            routing: if rng.below(2) == 0 {
+                RoutingPolicy::RoundRobin
+            } else {
+                RoutingPolicy::IdleFirst
+            },
             unix_epoch_ms: 0,
         };
         let capacity_rate = workers as f64 * f64::from(concurrency) / mean_latency;

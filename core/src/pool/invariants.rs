@@ -42,7 +42,8 @@ impl<P: Clone> Pool<P> {
         let threshold = self.config.options.unavailable_after_failures;
         let armed: BTreeSet<(crate::time::Time, crate::timers::Timer)> =
             self.timers.entries().collect();
-        let timer_armed = |at, timer| armed.contains(&(at, timer));
+        // A timer due at `Time::MAX` ("never") is deliberately not armed.
+        let timer_armed = |at, timer| at == crate::time::Time::MAX || armed.contains(&(at, timer));
         for (raw, slot) in self.workers.iter() {
             let worker = WorkerKey(raw);
             let mut live_queued = 0usize;
@@ -110,6 +111,12 @@ impl<P: Clone> Pool<P> {
                 self.router.is_eligible(worker) == expect_eligible,
                 "router disagrees about {worker}"
             );
+            let expect_idle = expect_eligible && slot.running.len() < max_running;
+            ensure!(slot.idle == expect_idle, "{worker} idle flag stale");
+            ensure!(
+                self.router.is_idle(worker) == expect_idle,
+                "router disagrees about whether {worker} is idle"
+            );
             let probing = self.lifecycle == Lifecycle::Running && !slot.removing;
             match slot.probe {
                 ProbeState::Idle => ensure!(!probing, "{worker} is not being probed"),
@@ -153,6 +160,10 @@ impl<P: Clone> Pool<P> {
                 .iter_eligible()
                 .all(|w| self.workers.get(w.0).is_some()),
             "router holds a missing worker"
+        );
+        ensure!(
+            self.router.iter_idle().all(|w| self.router.is_eligible(w)),
+            "router holds an idle worker that is not eligible"
         );
         ensure!(
             held.len() == self.requests.len(),
