@@ -169,6 +169,15 @@ impl<R: Runtime> WorkerPool<R> {
     /// `Timeout` when its budget ran out while queued or running, or
     /// `ShuttingDown` when a drain deadline cut it off.
     pub async fn submit(&self, request: WorkerRequest) -> Result<WorkerResponse, WorkerPoolError> {
+        let outcome = self.submit_inner(request).await;
+        cooperate(&self.shared.runtime).await;
+        outcome
+    }
+
+    async fn submit_inner(
+        &self,
+        request: WorkerRequest,
+    ) -> Result<WorkerResponse, WorkerPoolError> {
         let shared = &self.shared;
         let hooks = shared.hooks.as_deref();
         let slot = Arc::new(Slot::default());
@@ -560,6 +569,25 @@ impl<R: Runtime> Drop for PendingGuard<'_, R> {
             }
         }
     }
+}
+
+/// Gives the runtime a chance to reschedule the task (see
+/// [`Runtime::poll_cooperate`]): after a `Pending`, the next poll proceeds.
+async fn cooperate<R: Runtime>(runtime: &R) {
+    let mut yielded = false;
+    poll_fn(|cx| {
+        if yielded {
+            return Poll::Ready(());
+        }
+        match runtime.poll_cooperate(cx) {
+            Poll::Ready(()) => Poll::Ready(()),
+            Poll::Pending => {
+                yielded = true;
+                Poll::Pending
+            }
+        }
+    })
+    .await;
 }
 
 enum Wake {

@@ -254,8 +254,19 @@ fn main() {
         "| N | C | foreman req/s | floor req/s | tower req/s | foreman/floor | foreman/tower | p99 foreman | p99 floor | p99 ratio |"
     );
     println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
-    for n in [1usize, 16, 64] {
-        for c in [1usize, 16, 256] {
+    let sizes = |var: &str, default: &[usize]| -> Vec<usize> {
+        std::env::var(var)
+            .ok()
+            .map(|list| {
+                list.split(',')
+                    .filter_map(|n| n.trim().parse().ok())
+                    .collect()
+            })
+            .unwrap_or_else(|| default.to_vec())
+    };
+    // FOREMAN_BENCH_N / FOREMAN_BENCH_C (comma-separated) pick other cells.
+    for n in sizes("FOREMAN_BENCH_N", &[1, 16, 64]) {
+        for c in sizes("FOREMAN_BENCH_C", &[1, 16, 256]) {
             let (mut f, mut fl, mut tw) = (Vec::new(), Vec::new(), Vec::new());
             for _ in 0..3 {
                 fl.push(rt.block_on(async { closed_loop(Arc::new(Floor::new(n)), c, run).await }));
