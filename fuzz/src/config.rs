@@ -39,7 +39,7 @@ pub fn decode_config(u: &mut Unstructured<'_>) -> (PoolConfig, Time) {
     config.unix_epoch_ms = pick_u64(u, 0);
     let now = match u.arbitrary::<u8>().unwrap_or(0) % 4 {
         0 => Time::ZERO,
-        // Not `Time::MAX` itself: see `END_OF_TIME`.
+        // The end of time itself (see `END_OF_TIME`).
         1 => END_OF_TIME,
         2 => Time::from_nanos(u64::MAX - 1_000_000_000),
         _ => Time::from_nanos(u.arbitrary().unwrap_or(0)).min(END_OF_TIME),

@@ -10,18 +10,13 @@ use foreman_core::{
 };
 use serde_json::json;
 
-/// The latest time the harnesses feed the core: one nanosecond before
-/// [`Time::MAX`].
+/// The latest time the harnesses feed the core: [`Time::MAX`] itself.
 ///
-/// KNOWN CORE BUG (found by the `config` target, reproducer in
-/// `tests/replay.rs::core_livelocks_at_the_end_of_time`): at `now ==
-/// Time::MAX` a probe's timeout (`now + probe_timeout`) saturates to `now`,
-/// so `handle_timeout` fires the probe timeout, re-arms the next probe at
-/// `now`, sends it, fires its timeout, … forever, pushing `RunProbe` and
-/// `AbortProbe` actions until memory runs out. Until the core is fixed the
-/// harnesses stop one nanosecond short of the end of time; everything up to
-/// there (saturated deadlines included) is still exercised.
-pub const END_OF_TIME: Time = Time::from_nanos(u64::MAX - 1);
+/// The `config` target once found the core livelocking there (a probe's
+/// timeout saturated to `now` and re-armed itself forever; reproducer in
+/// `tests/replay.rs::core_survives_the_end_of_time`). The core now treats a
+/// deadline at `Time::MAX` as "never", so the harnesses go all the way.
+pub const END_OF_TIME: Time = Time::MAX;
 
 /// Longest operation sequence one `core_ops` input runs (keeps one execution
 /// short; the fuzzer finds longer histories by running more inputs).
