@@ -205,17 +205,9 @@ impl<T> Slab<T> {
 }
 
 impl WorkerKey {
-    pub(crate) const MIN: WorkerKey = WorkerKey(SlabKey {
-        index: 0,
-        generation: 0,
-    });
-
-    /// The smallest key ordered after every key of this slot.
-    pub(crate) fn successor(self) -> WorkerKey {
-        WorkerKey(SlabKey {
-            index: self.0.index.saturating_add(1),
-            generation: 0,
-        })
+    /// The worker's slot index (unique among live workers).
+    pub(crate) fn index(self) -> u32 {
+        self.0.index
     }
 }
 

@@ -80,6 +80,7 @@
 
 pub mod config;
 mod health;
+mod index_set;
 mod keys;
 mod output;
 mod pool;

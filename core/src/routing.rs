@@ -4,55 +4,65 @@
 //! and with room in their queue) and which of those are *idle* (a free run
 //! slot), and picks among them; the pool tells it when either changes.
 //! Another policy replaces this module without touching the rest of the
-//! core.
-
-use std::collections::BTreeSet;
-use std::ops::Bound;
+//! core. Both sets are hierarchical bitsets over worker slot indices, so a
+//! pick or an update costs O(log64 n).
 
 use crate::config::RoutingPolicy;
+use crate::index_set::IndexSet;
 use crate::keys::WorkerKey;
 
 #[derive(Debug)]
 pub(crate) struct Router {
     policy: RoutingPolicy,
-    eligible: BTreeSet<WorkerKey>,
+    eligible: IndexSet,
     /// Eligible workers with a free run slot (a subset of `eligible`).
-    idle: BTreeSet<WorkerKey>,
+    idle: IndexSet,
+    /// The key of the worker at each slot index (while it is in a set).
+    keys: Vec<Option<WorkerKey>>,
     /// Round-robin position: the next pick starts at the first candidate at
-    /// or after this key.
-    cursor: WorkerKey,
+    /// or after this slot index.
+    cursor: u32,
 }
 
 impl Router {
     pub(crate) fn new(policy: RoutingPolicy) -> Self {
         Router {
             policy,
-            eligible: BTreeSet::new(),
-            idle: BTreeSet::new(),
-            cursor: WorkerKey::MIN,
+            eligible: IndexSet::default(),
+            idle: IndexSet::default(),
+            keys: Vec::new(),
+            cursor: 0,
         }
     }
 
     /// Records a worker's routing state (`idle` implies `eligible`).
     pub(crate) fn set(&mut self, worker: WorkerKey, eligible: bool, idle: bool) {
+        let index = worker.index();
         if eligible {
-            self.eligible.insert(worker);
+            let slot = index as usize;
+            if self.keys.len() <= slot {
+                self.keys.resize(slot + 1, None);
+            }
+            if let Some(key) = self.keys.get_mut(slot) {
+                *key = Some(worker);
+            }
+            self.eligible.insert(index);
         } else {
-            self.eligible.remove(&worker);
+            self.eligible.remove(index);
         }
         if eligible && idle {
-            self.idle.insert(worker);
+            self.idle.insert(index);
         } else {
-            self.idle.remove(&worker);
+            self.idle.remove(index);
         }
     }
 
     pub(crate) fn is_eligible(&self, worker: WorkerKey) -> bool {
-        self.eligible.contains(&worker)
+        self.eligible.contains(worker.index()) && self.key_at(worker.index()) == Some(worker)
     }
 
     pub(crate) fn is_idle(&self, worker: WorkerKey) -> bool {
-        self.idle.contains(&worker)
+        self.idle.contains(worker.index()) && self.key_at(worker.index()) == Some(worker)
     }
 
     pub(crate) fn eligible_len(&self) -> usize {
@@ -61,35 +71,34 @@ impl Router {
 
     /// Eligible workers in the order the policy would try them.
     pub(crate) fn candidates(&self) -> impl Iterator<Item = WorkerKey> + '_ {
-        let busy_first = match self.policy {
-            RoutingPolicy::RoundRobin => None,
-            RoutingPolicy::IdleFirst => Some(rotate(&self.idle, self.cursor)),
-        };
-        let idle = &self.idle;
-        let skip_idle = busy_first.is_some();
-        busy_first.into_iter().flatten().chain(
-            rotate(&self.eligible, self.cursor)
-                .filter(move |worker| !(skip_idle && idle.contains(worker))),
-        )
+        let idle_first = self.policy == RoutingPolicy::IdleFirst;
+        let idle = idle_first
+            .then(|| self.idle.rotate(self.cursor))
+            .into_iter()
+            .flatten();
+        // Built lazily: most picks end among the idle workers.
+        let busy = std::iter::once(()).flat_map(move |()| {
+            self.eligible
+                .rotate(self.cursor)
+                .filter(move |index| !(idle_first && self.idle.contains(*index)))
+        });
+        idle.chain(busy).filter_map(|index| self.key_at(index))
     }
 
     /// Records that `worker` took a request, so the next pick moves on.
     pub(crate) fn picked(&mut self, worker: WorkerKey) {
-        self.cursor = worker.successor();
+        self.cursor = worker.index().wrapping_add(1);
     }
 
     pub(crate) fn iter_eligible(&self) -> impl Iterator<Item = WorkerKey> + '_ {
-        self.eligible.iter().copied()
+        self.eligible.iter().filter_map(|index| self.key_at(index))
     }
 
     pub(crate) fn iter_idle(&self) -> impl Iterator<Item = WorkerKey> + '_ {
-        self.idle.iter().copied()
+        self.idle.iter().filter_map(|index| self.key_at(index))
     }
-}
 
-/// The set's members from `cursor` on, then those before it.
-fn rotate(set: &BTreeSet<WorkerKey>, cursor: WorkerKey) -> impl Iterator<Item = WorkerKey> + '_ {
-    set.range(cursor..)
-        .chain(set.range((Bound::Unbounded, Bound::Excluded(cursor))))
-        .copied()
+    fn key_at(&self, index: u32) -> Option<WorkerKey> {
+        self.keys.get(index as usize).copied().flatten()
+    }
 }
