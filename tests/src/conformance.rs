@@ -6,7 +6,7 @@
 //! its runtime) and invokes [`conformance_suite!`](crate::conformance_suite),
 //! which makes one `#[test]` per scenario:
 //!
-//! ```ignore
+//! ```text
 //! struct Smol;
 //! impl foreman_tests::conformance::Target for Smol {
 //!     type Runtime = foreman_smol::SmolRuntime;
