@@ -187,6 +187,14 @@ impl Admission {
 }
 
 impl PoolConfig {
+    /// The drain deadline of a graceful shutdown whose caller gives none:
+    /// the policy's longest request budget. By then every request that has
+    /// a budget would have timed out anyway; only requests without one (when
+    /// `default_request_timeout` is `None`) are cut off.
+    pub fn default_drain(&self) -> Duration {
+        Duration::from_millis(self.options.security_policy.max_request_timeout_ms)
+    }
+
     /// Checks a request against this configuration's security policy and
     /// resolves its time budget.
     ///

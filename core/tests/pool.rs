@@ -1283,3 +1283,9 @@ fn the_end_of_time_is_never_and_does_not_livelock() {
     h.complete(Time::MAX, key, Ok(json!(null)));
     assert!(h.pool.is_stopped());
 }
+
+#[test]
+fn the_default_drain_is_the_longest_request_budget() {
+    let config = PoolConfig::new(options());
+    assert_eq!(config.default_drain(), Duration::from_millis(120_000));
+}

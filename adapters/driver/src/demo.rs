@@ -19,6 +19,33 @@ use crate::{
     WorkerPoolError, WorkerPoolOptions, WorkerProtocolError, WorkerRequest,
 };
 
+/// A handler that answers at once with the request's `node_id`: the
+/// benchmarks' echo worker.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Echo;
+
+#[async_trait]
+impl WorkerHandler for Echo {
+    async fn handle(&self, request: WorkerRequest) -> Result<Value, WorkerProtocolError> {
+        Ok(Value::String(request.node_id))
+    }
+}
+
+/// The small tool request every benchmark sends.
+pub fn bench_request() -> WorkerRequest {
+    WorkerRequest {
+        request_id: "bench-request".into(),
+        workflow_name: "bench".into(),
+        node_id: "node".into(),
+        timeout_ms: None,
+        operation: WorkerOperation::Tool {
+            tool: "echo".into(),
+            input: json!({"x": 1}),
+            scoped_input: json!({}),
+        },
+    }
+}
+
 /// Real latencies are divided by this so the demo ends in seconds.
 pub const TIME_SCALE: u32 = 20;
 

@@ -117,8 +117,6 @@ impl<R: Runtime> WorkerPool<R> {
             .map_or(0, |since| {
                 u64::try_from(since.as_millis()).unwrap_or(u64::MAX)
             });
-        let drain_limit =
-            Duration::from_millis(config.options.security_policy.max_request_timeout_ms);
         let mut pool = Pool::new(config, Time::ZERO)?;
         let mut workers = FastMap::default();
         for handler in handlers {
@@ -149,7 +147,6 @@ impl<R: Runtime> WorkerPool<R> {
             runtime,
             epoch,
             hooks,
-            drain_limit,
         });
         spawn_timer(&shared);
         shared.input(|_, _| ());
@@ -342,7 +339,8 @@ impl<R: Runtime> WorkerPool<R> {
     /// `ShuttingDown`). Returns once every handler and probe has ended;
     /// afterwards every worker reports `Unavailable`.
     pub async fn shutdown(&self) {
-        self.shutdown_inner(self.shared.drain_limit).await;
+        self.shutdown_inner(self.shared.config.default_drain())
+            .await;
     }
 
     /// Like [`shutdown`](Self::shutdown), with a drain deadline: requests
@@ -417,7 +415,6 @@ pub(crate) struct Shared<R> {
     runtime: R,
     epoch: Instant,
     hooks: Option<Arc<dyn CircuitBreakerHooks>>,
-    drain_limit: Duration,
 }
 
 impl<R: Runtime> Shared<R> {

@@ -8,11 +8,11 @@ use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicIsize, Ordering};
 use std::sync::Arc;
 
+use foreman_driver::demo::bench_request;
 use foreman_tokio::{
-    async_trait, WorkerHandler, WorkerOperation, WorkerPool, WorkerPoolOptions,
-    WorkerProtocolError, WorkerRequest,
+    async_trait, WorkerHandler, WorkerPool, WorkerPoolOptions, WorkerProtocolError, WorkerRequest,
 };
-use serde_json::{json, Value};
+use serde_json::Value;
 
 struct Counting;
 
@@ -31,20 +31,6 @@ unsafe impl GlobalAlloc for Counting {
 
 #[global_allocator]
 static GLOBAL: Counting = Counting;
-
-fn template() -> WorkerRequest {
-    WorkerRequest {
-        request_id: "bench-request".into(),
-        workflow_name: "bench".into(),
-        node_id: "node".into(),
-        timeout_ms: None,
-        operation: WorkerOperation::Tool {
-            tool: "echo".into(),
-            input: json!({"x": 1}),
-            scoped_input: json!({}),
-        },
-    }
-}
 
 fn memory_per_queued_request(rt: &tokio::runtime::Runtime) {
     const QUEUED: usize = 10_000;
@@ -67,7 +53,7 @@ fn memory_per_queued_request(rt: &tokio::runtime::Runtime) {
             .expect("pool"),
         );
         // Warm the core's slabs and maps to this size once.
-        let requests: Vec<_> = (0..=QUEUED).map(|_| template()).collect();
+        let requests: Vec<_> = (0..=QUEUED).map(|_| bench_request()).collect();
         let baseline_futures: Vec<_> = requests
             .iter()
             .map(|r| {

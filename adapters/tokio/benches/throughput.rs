@@ -16,36 +16,13 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
+use foreman_driver::demo::{bench_request, Echo};
 use foreman_tokio::{
-    async_trait, WorkerHandler, WorkerOperation, WorkerPool, WorkerPoolOptions,
-    WorkerProtocolError, WorkerRequest,
+    WorkerHandler, WorkerPool, WorkerPoolOptions, WorkerProtocolError, WorkerRequest,
 };
-use serde_json::{json, Value};
+use serde_json::Value;
 use tokio::sync::{mpsc, oneshot};
 use tower::{Service, ServiceExt};
-
-struct Echo;
-
-#[async_trait]
-impl WorkerHandler for Echo {
-    async fn handle(&self, request: WorkerRequest) -> Result<Value, WorkerProtocolError> {
-        Ok(Value::String(request.node_id))
-    }
-}
-
-fn template() -> WorkerRequest {
-    WorkerRequest {
-        request_id: "bench-request".into(),
-        workflow_name: "bench".into(),
-        node_id: "node".into(),
-        timeout_ms: None,
-        operation: WorkerOperation::Tool {
-            tool: "echo".into(),
-            input: json!({"x": 1}),
-            scoped_input: json!({}),
-        },
-    }
-}
 
 type BoxFut<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 
@@ -190,7 +167,7 @@ async fn closed_loop<C: Client + Clone>(client: C, callers: usize, run: Duration
             Arc::clone(&done),
         );
         tasks.push(tokio::spawn(async move {
-            let request = template();
+            let request = bench_request();
             let mut latencies = Vec::with_capacity(1 << 16);
             while !stop.load(Ordering::Relaxed) {
                 let start = Instant::now();

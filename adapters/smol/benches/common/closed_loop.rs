@@ -12,37 +12,14 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use foreman_driver::demo::{bench_request, Echo};
 use foreman_driver::{
-    async_trait, Runtime, WorkerHandler, WorkerOperation, WorkerPool, WorkerPoolOptions,
-    WorkerProtocolError, WorkerRequest,
+    Runtime, WorkerHandler, WorkerPool, WorkerPoolOptions, WorkerProtocolError, WorkerRequest,
 };
 use futures::channel::oneshot;
-use serde_json::{json, Value};
+use serde_json::Value;
 
 type BoxFut<T> = Pin<Box<dyn Future<Output = T> + Send>>;
-
-struct Echo;
-
-#[async_trait]
-impl WorkerHandler for Echo {
-    async fn handle(&self, request: WorkerRequest) -> Result<Value, WorkerProtocolError> {
-        Ok(Value::String(request.node_id))
-    }
-}
-
-fn template() -> WorkerRequest {
-    WorkerRequest {
-        request_id: "bench-request".into(),
-        workflow_name: "bench".into(),
-        node_id: "node".into(),
-        timeout_ms: None,
-        operation: WorkerOperation::Tool {
-            tool: "echo".into(),
-            input: json!({"x": 1}),
-            scoped_input: json!({}),
-        },
-    }
-}
 
 /// Something a caller can send a request through.
 trait Client: Clone + Send + Sync + 'static {
@@ -134,7 +111,7 @@ async fn closed_loop<R: Runtime, C: Client>(rt: &R, client: C, callers: usize) -
         );
         let (tx, rx) = oneshot::channel();
         rt.spawn(Box::pin(async move {
-            let request = template();
+            let request = bench_request();
             let mut latencies = Vec::with_capacity(1 << 16);
             while !stop.load(Ordering::Relaxed) {
                 let start = Instant::now();
