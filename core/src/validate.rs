@@ -220,6 +220,10 @@ const fn build_escape_table() -> [u8; 256] {
 /// for any byte below 0x20, `"` or `\` (the classic "has zero byte" word
 /// tricks); only words that have one are added up through the table.
 fn escape_extra(bytes: &[u8]) -> usize {
+    if bytes.len() < 16 {
+        // Identifiers and keys: a plain table walk beats the word setup.
+        return table_extra(bytes);
+    }
     const ONES: u64 = u64::from_ne_bytes([0x01; 8]);
     const HIGHS: u64 = u64::from_ne_bytes([0x80; 8]);
     const QUOTES: u64 = u64::from_ne_bytes([b'"'; 8]);
@@ -261,6 +265,16 @@ fn decimal_len(n: u64) -> usize {
 /// Length of a JSON number exactly as `serde_json` writes it (`itoa` for
 /// integers, `ryu` for floats, the raw text with `arbitrary_precision`).
 fn number_len(number: &Number) -> Option<usize> {
+    // Integers, by far the most common, are counted directly. (With
+    // `arbitrary_precision` a number keeps its source text; text that
+    // parses as an integer is written back unchanged, and "-0", which
+    // would not be, is not below zero and takes the general path.)
+    if let Some(n) = number.as_u64() {
+        return Some(decimal_len(n));
+    }
+    if let Some(n) = number.as_i64().filter(|n| *n < 0) {
+        return Some(decimal_len(n.unsigned_abs()) + 1);
+    }
     let mut counter = ByteCounter(0);
     // Writing to a `ByteCounter` cannot fail and a `Number` always
     // serialises; should either ever happen, the size is unknown and the
@@ -295,6 +309,59 @@ enum Frame<'a> {
     Object(map::Iter<'a>),
 }
 
+/// How many frames [`Frames`] holds before it allocates.
+const INLINE_FRAMES: usize = 4;
+
+/// The walk's stack: the first [`INLINE_FRAMES`] levels live inline, so
+/// the usual shallow payload is measured without allocating.
+struct Frames<'a> {
+    inline: [Option<Frame<'a>>; INLINE_FRAMES],
+    depth: usize,
+    spill: Vec<Frame<'a>>,
+}
+
+impl<'a> Frames<'a> {
+    fn new() -> Self {
+        Frames {
+            inline: [None, None, None, None],
+            depth: 0,
+            spill: Vec::new(),
+        }
+    }
+
+    fn push(&mut self, frame: Frame<'a>) {
+        match self.inline.get_mut(self.depth) {
+            Some(slot) => *slot = Some(frame),
+            None => self.spill.push(frame),
+        }
+        self.depth += 1;
+    }
+
+    fn pop(&mut self) {
+        if self.depth > INLINE_FRAMES {
+            self.spill.pop();
+        } else if let Some(slot) = self
+            .depth
+            .checked_sub(1)
+            .and_then(|i| self.inline.get_mut(i))
+        {
+            *slot = None;
+        }
+        self.depth = self.depth.saturating_sub(1);
+    }
+
+    fn last_mut(&mut self) -> Option<&mut Frame<'a>> {
+        if self.depth > INLINE_FRAMES {
+            self.spill.last_mut()
+        } else {
+            self.depth
+                .checked_sub(1)
+                .and_then(|i| self.inline.get_mut(i))
+                .and_then(Option::as_mut)
+        }
+    }
+}
+
 impl Budget {
     fn new(limit: usize) -> Self {
         Self {
@@ -327,7 +394,7 @@ impl Budget {
     /// entered, so every level costs at least two bytes of budget and the
     /// stack can never hold more than `limit / 2` frames.
     fn add_value(&mut self, root: &Value) -> Option<()> {
-        let mut stack: Vec<Frame<'_>> = Vec::new();
+        let mut stack = Frames::new();
         let mut next = Some(root);
         loop {
             if let Some(value) = next.take() {

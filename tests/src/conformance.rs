@@ -79,6 +79,7 @@ macro_rules! conformance_suite {
             d10_health_never_blocks,
             d12_elapsed_includes_queue_time,
             every_request_answered_once,
+            queued_requests_run_by_the_finishing_task,
         );
     };
     (@each $target:ty; $($name:ident),* $(,)?) => {$(
@@ -1033,4 +1034,88 @@ pub async fn every_request_answered_once<R: Runtime + Default + Clone>(rt: R) {
     );
     let ok = results.iter().filter(|r| r.is_ok()).count() as u64;
     assert_eq!(ok, c.succeeded, "{c:?}");
+}
+
+/// The finishing task runs the next queued request (the driver's claim
+/// path): a claimed handler that has to wait is handed back to its own
+/// caller and finishes there; a claimed handler that panics is one failure
+/// and the next claimed one still runs; a handed-back handler is dropped
+/// when its caller gives up or its deadline passes, and the worker is free
+/// again at once. Each request's handler runs exactly once.
+pub async fn queued_requests_run_by_the_finishing_task<R: Runtime + Default + Clone>(rt: R) {
+    let worker = TestWorker::new(&rt);
+    let pool = pool_of(&[Arc::clone(&worker)], options());
+    let pool = &pool;
+    let accepted = |n: u64| move || pool.stats().counters.accepted == n;
+
+    // A claimed handler that waits is handed back and finishes.
+    let first = pool.submit(request("first", "gate"));
+    let waits = pool.submit(request("waits", "sleep:5"));
+    let open = async {
+        wait_until(&rt, "two accepted", accepted(2)).await;
+        worker.open_gate(1);
+    };
+    let (first, waits, ()) = futures::join!(first, waits, open);
+    assert!(first.is_ok(), "{first:?}");
+    let waits = waits.unwrap_or_else(|e| panic!("handed-back handler finishes: {e}"));
+    assert_eq!(
+        waits.result,
+        WorkerResult::Success {
+            output: json!({"slept": 5})
+        }
+    );
+    assert!(waits.run_ms.is_some_and(|ms| ms >= 5), "{waits:?}");
+    assert_eq!((worker.calls(), worker.dropped()), (2, 0));
+
+    // A claimed panic is one failure; the request behind it still runs.
+    let gate = pool.submit(request("gate", "gate"));
+    let boom = pool.submit(request("boom", "panic"));
+    let echo = pool.submit(request("echo", "echo"));
+    let open = async {
+        wait_until(&rt, "three more accepted", accepted(5)).await;
+        worker.open_gate(1);
+    };
+    let (gate, boom, echo, ()) = futures::join!(gate, boom, echo, open);
+    assert!(gate.is_ok(), "{gate:?}");
+    assert_eq!(worker_error(&boom), WorkerErrorCode::ExecutionFailed);
+    assert_eq!(echo.map(|r| r.worker_id).ok().as_deref(), Some("worker-0"));
+    let counters = pool.stats().counters;
+    assert_eq!((counters.succeeded, counters.failed), (4, 1));
+    // (The panic unwound through the handler: its watch counts a drop.)
+    assert_eq!((worker.calls(), worker.dropped()), (5, 1));
+
+    // A handed-back handler is dropped when its caller gives up.
+    let gate = pool.submit(request("gate2", "gate"));
+    let mut hangs = Box::pin(pool.submit(request("hangs", "hang")));
+    let open = async {
+        wait_until(&rt, "two more accepted", accepted(7)).await;
+        worker.open_gate(1);
+        wait_until(&rt, "the hanging handler started", || worker.calls() == 7).await;
+    };
+    match future::select(Box::pin(future::join(gate, open)), hangs.as_mut()).await {
+        Either::Left(((gate, ()), _)) => assert!(gate.is_ok(), "{gate:?}"),
+        Either::Right((hung, _)) => panic!("a hanging handler answered: {hung:?}"),
+    }
+    drop(hangs);
+    assert_eq!(worker.dropped(), 2);
+    assert_eq!(pool.stats().counters.cancelled_running, 1);
+    let free = pool.submit(request("free", "echo")).await;
+    assert!(free.is_ok(), "the worker is free again: {free:?}");
+
+    // A handed-back handler is dropped at its deadline.
+    let gate = pool.submit(request("gate3", "gate"));
+    let mut late = request("late", "hang");
+    late.timeout_ms = Some(50);
+    let late = pool.submit(late);
+    let open = async {
+        wait_until(&rt, "two more accepted", accepted(10)).await;
+        worker.open_gate(1);
+    };
+    let (gate, late, ()) = futures::join!(gate, late, open);
+    assert!(gate.is_ok(), "{gate:?}");
+    assert!(matches!(late, Err(WorkerPoolError::Timeout)), "{late:?}");
+    assert_eq!(worker.dropped(), 3);
+    assert_eq!(pool.stats().counters.timed_out_running, 1);
+    assert!(pool.submit(request("after", "echo")).await.is_ok());
+    pool.shutdown().await;
 }

@@ -4,7 +4,7 @@ use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, MutexGuard, PoisonError, Weak};
+use std::sync::{Arc, Weak};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -17,13 +17,15 @@ use foreman_core::{
 use futures_channel::oneshot;
 use futures_util::future::{poll_fn, Abortable};
 use futures_util::FutureExt;
+use parking_lot::{Mutex, MutexGuard};
 use serde_json::Value;
 use thiserror::Error;
 
 use crate::handler::{CircuitBreakerHooks, WorkerHandler, WorkerPoolClient};
 use crate::runtime::Runtime;
 use crate::state::{
-    Core, Delivered, FastMap, HookEvent, ProbeJob, Slot, Started, TimerState, WorkerEntry,
+    Claimed, Core, Delivered, FastMap, HookEvent, Own, OwnedHandlerFuture, ProbeJob, Run, Slot,
+    Started, TimerState, WorkerEntry,
 };
 
 /// An in-process worker pool driven by `foreman-core`, generic over the
@@ -143,7 +145,7 @@ impl<R: Runtime> WorkerPool<R> {
         let shared = Arc::new(Shared {
             config: core.pool.config().clone(),
             timer: Arc::new(TimerState::new()),
-            core: std::sync::Mutex::new(core),
+            core: Mutex::new(core),
             runtime,
             epoch,
             hooks,
@@ -166,102 +168,126 @@ impl<R: Runtime> WorkerPool<R> {
     /// `Timeout` when its budget ran out while queued or running, or
     /// `ShuttingDown` when a drain deadline cut it off.
     pub async fn submit(&self, request: WorkerRequest) -> Result<WorkerResponse, WorkerPoolError> {
-        let mut inner = std::pin::pin!(self.submit_inner(request));
-        let mut polls = 0u32;
-        let outcome = poll_fn(|cx| {
-            polls = polls.saturating_add(1);
-            inner.as_mut().poll(cx)
-        })
-        .await;
-        cooperate(polls > 1).await;
-        outcome
-    }
-
-    async fn submit_inner(
-        &self,
-        request: WorkerRequest,
-    ) -> Result<WorkerResponse, WorkerPoolError> {
-        let shared = &self.shared;
-        let hooks = shared.hooks.as_deref();
-        let slot = Arc::new(Slot::default());
-        let mut hook_events = Vec::new();
-        let mut probes = Vec::new();
-        // Validation needs only the configuration: do it, and read the
-        // clock, before taking the lock.
-        let admission = shared.config.admit(&request);
-        let now = shared.now();
-        let (submitted, mut own) = {
-            let mut core = shared.lock();
-            let submitted = core
-                .pool
-                .submit_checked(now, admission, Arc::clone(&slot), |id| {
-                    hooks.is_none_or(|hooks| hooks.allow_request(id, &request))
-                });
-            let key = submitted.as_ref().ok().copied();
-            let own = core.after_input(
+        // Whether this request ever waited (see `cooperate`).
+        let mut waited = false;
+        let outcome = 'done: {
+            let shared = &self.shared;
+            let hooks = shared.hooks.as_deref();
+            let slot = Arc::new(Slot::default());
+            let mut hook_events = Vec::new();
+            let mut probes = Vec::new();
+            // Validation needs only the configuration: do it, and read the
+            // clock, before taking the lock.
+            let admission = shared.config.admit(&request);
+            let now = shared.now();
+            let (submitted, mut own) = {
+                let mut core = shared.lock();
+                let submitted = core
+                    .pool
+                    .submit_checked(now, admission, Arc::clone(&slot), |id| {
+                        hooks.is_none_or(|hooks| hooks.allow_request(id, &request))
+                    });
+                let key = submitted.as_ref().ok().copied();
+                let own = core.after_input(
+                    key,
+                    hooks.map(|_| &mut hook_events),
+                    &mut probes,
+                    &shared.timer,
+                    0,
+                );
+                (submitted.map_err(|refused| refused.error), own)
+            };
+            own.wake_all();
+            shared.spawn_probes(probes);
+            if let Some(hooks) = hooks {
+                fire_hooks(hooks, &request, hook_events).await;
+            }
+            let key = match submitted {
+                Ok(key) => key,
+                // A refusal is answered at once, on the first poll, like the
+                // reference's; it neither counts nor yields.
+                Err(refused) => return Err(refused),
+            };
+            let mut guard = PendingGuard {
+                shared,
                 key,
-                hooks.map(|_| &mut hook_events),
-                &mut probes,
-                &shared.timer,
-            );
-            (submitted.map_err(|refused| refused.error), own)
-        };
-        shared.spawn_probes(probes);
-        if let Some(hooks) = hooks {
-            fire_hooks(hooks, &request, hook_events).await;
-        }
-        let key = submitted?;
-        let mut guard = PendingGuard {
-            shared,
-            key,
-            slot: &slot,
-            done: false,
-        };
+                slot: &slot,
+                done: false,
+            };
 
-        let started = match (own.start.take(), own.answer.take()) {
-            (Some(started), _) => Some(started),
-            (None, Some(answer)) => {
-                guard.answered_without_run();
-                return finish(hooks, answer, request.request_id).await;
-            }
-            (None, None) => match wait_for_start(&slot).await {
-                Wake::Started(started) => Some(started),
-                Wake::Answered(answer) => {
-                    guard.answered_without_run();
-                    return finish(hooks, answer, request.request_id).await;
-                }
-            },
-        };
-        let Some(Started { handler }) = started else {
-            return Err(lost_answer());
-        };
-        let request_id = request.request_id.clone();
-        let outcome = run_handler(handler.handle(request), &slot).await;
-        let answer = match outcome {
-            Some(result) => {
-                let mut probes = Vec::new();
-                let now = shared.now();
-                let own = {
-                    let mut core = shared.lock();
-                    core.live = core.live.saturating_sub(1);
-                    core.pool.handle_completion(now, key, result);
-                    core.after_input(Some(key), None, &mut probes, &shared.timer)
+            let (answer, request_id) = 'answered: {
+                let (future, request_id) = match (own.start.take(), own.answer.take()) {
+                    (Some(Started { handler }), _) => {
+                        let request_id = request.request_id.clone();
+                        (Running::Borrowed(handler, request), request_id)
+                    }
+                    (None, Some(answer)) => {
+                        guard.answered_without_run();
+                        break 'answered (Some(answer), request.request_id);
+                    }
+                    (None, None) => {
+                        // Queued: park the request in the slot, so the task that
+                        // frees a worker can run it without waking this one first.
+                        let request_id = request.request_id.clone();
+                        let mut local = Some(request);
+                        {
+                            let mut inner = slot.lock();
+                            if matches!(inner.run, Run::Waiting) && inner.answer.is_none() {
+                                inner.parked = local.take();
+                            }
+                        }
+                        waited = true;
+                        match wait_for_start(&slot).await {
+                            Wake::Started(Started { handler }) => {
+                                let Some(request) = local.or_else(|| slot.lock().parked.take())
+                                else {
+                                    break 'done Err(lost_answer());
+                                };
+                                (Running::Borrowed(handler, request), request_id)
+                            }
+                            Wake::Handed(future) => (Running::Owned(future), request_id),
+                            Wake::Answered(answer) => {
+                                guard.answered_without_run();
+                                break 'answered (Some(answer), request_id);
+                            }
+                        }
+                    }
                 };
-                guard.done = true;
-                shared.spawn_probes(probes);
-                own.answer.or_else(|| slot.lock().answer.take())
+                let outcome = match future {
+                    Running::Borrowed(handler, request) => {
+                        run_handler(handler.handle(request), &slot, &mut waited).await
+                    }
+                    Running::Owned(future) => run_handler(future, &slot, &mut waited).await,
+                };
+                let answer = match outcome {
+                    Some(result) => {
+                        let mut own = shared.complete(key, result, Some(key), CLAIM_BUDGET);
+                        guard.done = true;
+                        let answer = own.answer.take();
+                        shared.run_claimed(own.claimed);
+                        answer.or_else(|| slot.lock().answer.take())
+                    }
+                    None => {
+                        shared.lock().ended();
+                        guard.done = true;
+                        let answer = slot.lock().answer.take();
+                        answer
+                    }
+                };
+                (answer, request_id)
+            };
+            let Some(answer) = answer else {
+                break 'done Err(lost_answer());
+            };
+            let worker_id = Arc::clone(&answer.worker_id);
+            let outcome = respond(answer, request_id);
+            if let Some(hooks) = hooks {
+                notify(hooks, &worker_id, &outcome).await;
             }
-            None => {
-                shared.lock().ended();
-                guard.done = true;
-                let answer = slot.lock().answer.take();
-                answer
-            }
+            outcome
         };
-        match answer {
-            Some(answer) => finish(hooks, answer, request_id).await,
-            None => Err(lost_answer()),
-        }
+        cooperate(waited).await;
+        outcome
     }
 
     /// Health of every worker, in worker order. Never waits for a handler.
@@ -410,7 +436,7 @@ impl<R: Runtime> Drop for WorkerPool<R> {
 pub(crate) struct Shared<R> {
     /// The core's configuration, for validating requests outside the lock.
     config: PoolConfig,
-    core: std::sync::Mutex<Core>,
+    core: Mutex<Core>,
     timer: Arc<TimerState>,
     runtime: R,
     epoch: Instant,
@@ -419,7 +445,7 @@ pub(crate) struct Shared<R> {
 
 impl<R: Runtime> Shared<R> {
     fn lock(&self) -> MutexGuard<'_, Core> {
-        self.core.lock().unwrap_or_else(PoisonError::into_inner)
+        self.core.lock()
     }
 
     fn now(&self) -> Time {
@@ -430,13 +456,14 @@ impl<R: Runtime> Shared<R> {
     /// out the actions, unlock, spawn probes.
     fn input<T>(self: &Arc<Self>, f: impl FnOnce(&mut Core, Time) -> T) -> T {
         let mut probes = Vec::new();
-        let out = {
+        let (out, mut own) = {
             let mut core = self.lock();
             let now = self.now();
             let out = f(&mut core, now);
-            core.after_input(None, None, &mut probes, &self.timer);
-            out
+            let own = core.after_input(None, None, &mut probes, &self.timer, 0);
+            (out, own)
         };
+        own.wake_all();
         self.spawn_probes(probes);
         out
     }
@@ -447,6 +474,84 @@ impl<R: Runtime> Shared<R> {
             self.timer.target.store(u64::MAX, Ordering::Release);
             core.pool.handle_timeout(now);
         });
+    }
+
+    /// A handler finished: feeds its result to the core, carries out the
+    /// actions and wakes whom they concern. `own` is the calling task's own
+    /// request, if the handler was its; up to `claim` queued requests the
+    /// freed worker starts are claimed for this task to run.
+    fn complete(
+        self: &Arc<Self>,
+        key: RequestKey,
+        result: Result<Value, WorkerProtocolError>,
+        own: Option<RequestKey>,
+        claim: usize,
+    ) -> Own {
+        let mut probes = Vec::new();
+        let now = self.now();
+        let mut out = {
+            let mut core = self.lock();
+            core.live = core.live.saturating_sub(1);
+            core.pool.handle_completion(now, key, result);
+            core.after_input(own, None, &mut probes, &self.timer, claim)
+        };
+        out.wake_all();
+        self.spawn_probes(probes);
+        out
+    }
+
+    /// Runs requests of other callers that this task claimed when it freed
+    /// their worker: polls each handler once, in this task. A handler that
+    /// finishes is completed here (which may start and claim the next one,
+    /// up to [`CLAIM_BUDGET`] in all); one that has to wait is handed back
+    /// to its caller, whose waker it has already registered.
+    fn run_claimed(self: &Arc<Self>, claimed: Vec<Claimed>) {
+        let mut budget = CLAIM_BUDGET.saturating_sub(claimed.len());
+        let mut queue = claimed;
+        while let Some(job) = queue.pop() {
+            let Claimed {
+                key,
+                slot,
+                handler,
+                request,
+                waker,
+            } = job;
+            let mut future: OwnedHandlerFuture =
+                Box::pin(async move { handler.handle(request).await });
+            let waker = waker.unwrap_or_else(futures_util::task::noop_waker);
+            let polled = std::panic::catch_unwind(AssertUnwindSafe(|| {
+                future.as_mut().poll(&mut Context::from_waker(&waker))
+            }));
+            let result = match polled {
+                Ok(Poll::Pending) => {
+                    let (keep, wake) = {
+                        let mut inner = slot.lock();
+                        if inner.abandoned || inner.answer.is_some() {
+                            inner.run = Run::Ended;
+                            (Some(future), None)
+                        } else {
+                            inner.run = Run::Handed(future);
+                            (None, inner.take_waker())
+                        }
+                    };
+                    if let Some(dropped) = keep {
+                        drop(dropped);
+                        self.lock().ended();
+                    }
+                    if let Some(waker) = wake {
+                        waker.wake();
+                    }
+                    continue;
+                }
+                Ok(Poll::Ready(result)) => result,
+                Err(panic) => Err(panic_error(&*panic)),
+            };
+            drop(future);
+            slot.lock().run = Run::Ended;
+            let mut own = self.complete(key, result, None, budget);
+            budget = budget.saturating_sub(own.claimed.len());
+            queue.append(&mut own.claimed);
+        }
     }
 
     fn spawn_probes(self: &Arc<Self>, probes: Vec<ProbeJob>) {
@@ -537,10 +642,24 @@ impl<R: Runtime> PendingGuard<'_, R> {
     /// The request was answered before its handler ran (or after it was
     /// started but before this task ran it).
     fn answered_without_run(&mut self) {
-        if self.slot.lock().was_started {
+        self.done = true;
+        let (ends, handed) = {
+            let mut inner = self.slot.lock();
+            let ends = inner.run.caller_ends();
+            match std::mem::replace(&mut inner.run, Run::Ended) {
+                Run::Handed(future) => (ends, Some(future)),
+                Run::Claimed => {
+                    // The claiming task ends it.
+                    inner.run = Run::Claimed;
+                    (false, None)
+                }
+                _ => (ends, None),
+            }
+        };
+        drop(handed);
+        if ends {
             self.shared.lock().ended();
         }
-        self.done = true;
     }
 }
 
@@ -552,15 +671,26 @@ impl<R: Runtime> Drop for PendingGuard<'_, R> {
         let shared = self.shared;
         let (slot, key) = (self.slot, self.key);
         let mut probes = Vec::new();
-        let own = {
+        let mut handed = None;
+        let mut own = {
             let mut core = shared.lock();
-            if slot.lock().was_started {
-                core.live = core.live.saturating_sub(1);
+            {
+                let mut inner = slot.lock();
+                inner.abandoned = true;
+                inner.parked = None;
+                if inner.run.caller_ends() {
+                    core.live = core.live.saturating_sub(1);
+                    if let Run::Handed(future) = std::mem::replace(&mut inner.run, Run::Ended) {
+                        handed = Some(future);
+                    }
+                }
             }
             let now = shared.now();
             core.pool.cancel(now, key);
-            core.after_input(Some(key), None, &mut probes, &shared.timer)
+            core.after_input(Some(key), None, &mut probes, &shared.timer, 0)
         };
+        drop(handed);
+        own.wake_all();
         shared.spawn_probes(probes);
         // The caller is gone, so its failure hook runs in a task of its own.
         if let (Some(hooks), Some(answer)) = (shared.hooks.clone(), own.answer) {
@@ -574,9 +704,13 @@ impl<R: Runtime> Drop for PendingGuard<'_, R> {
     }
 }
 
+/// How many queued requests of other callers a task that frees a worker
+/// runs itself (one poll each) before it wakes the rest.
+const CLAIM_BUDGET: usize = 64;
+
 /// Requests a thread may finish without ever waiting before `submit`
 /// yields once to the scheduler.
-const COOPERATION_BUDGET: u32 = 32;
+const COOPERATION_BUDGET: u32 = 1;
 
 thread_local! {
     static INLINE_SINCE_YIELD: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
@@ -587,21 +721,21 @@ thread_local! {
 ///
 /// A handler that finishes at once never makes `submit` wait, so a caller
 /// looping on `submit` would otherwise never give its thread back and could
-/// starve other tasks and the runtime's own timers. A request that did wait
-/// (its handler awaited, or it queued) already yielded, so it resets the
-/// count: real workloads never pay for a forced yield. (tokio's own coop
-/// budget was measured and rejected: its forced yields park the task until
-/// the worker's next maintenance tick, which cut throughput 3x with 16 or
-/// more callers.)
+/// starve other tasks and the runtime's own timers; and callers sharing a
+/// thread would run in bursts, one caller's requests queued behind
+/// another's. A request that did wait (its handler awaited, or it queued)
+/// already yielded, so it resets the count: real workloads never pay for a
+/// forced yield. The yield comes after the answer, so the first poll of
+/// `submit` always submits (requests are queued in the order they were
+/// first polled). (tokio's own coop budget was measured and rejected: its
+/// forced yields park the task until the worker's next maintenance tick,
+/// which cut throughput 3x with 16 or more callers.)
 async fn cooperate(waited: bool) {
     let due = INLINE_SINCE_YIELD.with(|count| {
         let spent = if waited { 0 } else { count.get() + 1 };
-        count.set(if spent >= COOPERATION_BUDGET {
-            0
-        } else {
-            spent
-        });
-        spent >= COOPERATION_BUDGET
+        let due = spent >= COOPERATION_BUDGET;
+        count.set(if due { 0 } else { spent });
+        due
     });
     if !due {
         return;
@@ -621,7 +755,15 @@ async fn cooperate(waited: bool) {
 
 enum Wake {
     Started(Started),
+    Handed(OwnedHandlerFuture),
     Answered(Delivered),
+}
+
+/// A handler future the caller runs: created here from the handler, or
+/// handed over by a task that polled it first.
+enum Running {
+    Borrowed(Arc<dyn WorkerHandler>, WorkerRequest),
+    Owned(OwnedHandlerFuture),
 }
 
 fn wait_for_start(slot: &Slot) -> impl Future<Output = Wake> + '_ {
@@ -630,8 +772,10 @@ fn wait_for_start(slot: &Slot) -> impl Future<Output = Wake> + '_ {
         if let Some(answer) = inner.answer.take() {
             return Poll::Ready(Wake::Answered(answer));
         }
-        if let Some(started) = inner.started.take() {
-            return Poll::Ready(Wake::Started(started));
+        match std::mem::replace(&mut inner.run, Run::Caller) {
+            Run::Granted(started) => return Poll::Ready(Wake::Started(started)),
+            Run::Handed(future) => return Poll::Ready(Wake::Handed(future)),
+            other => inner.run = other,
         }
         inner.register(cx.waker());
         Poll::Pending
@@ -643,9 +787,11 @@ type HandlerFuture<'a> =
 
 /// Runs the handler until it finishes (`Some`) or the core aborts it
 /// (`None`; the handler future is dropped before this returns).
+/// (`waited` is set once the handler has returned `Pending`.)
 async fn run_handler(
     future: HandlerFuture<'_>,
     slot: &Slot,
+    waited: &mut bool,
 ) -> Option<Result<Value, WorkerProtocolError>> {
     let mut future = AssertUnwindSafe(future).catch_unwind();
     poll_fn(move |cx: &mut Context<'_>| {
@@ -654,6 +800,7 @@ async fn run_handler(
                 outcome.unwrap_or_else(|panic| Err(panic_error(&*panic))),
             ));
         }
+        *waited = true;
         let mut inner = slot.lock();
         if inner.answer.is_some() {
             return Poll::Ready(None);
@@ -681,35 +828,33 @@ async fn fire_hooks(
     }
 }
 
-async fn finish(
-    hooks: Option<&dyn CircuitBreakerHooks>,
-    answer: Delivered,
-    request_id: String,
-) -> Result<WorkerResponse, WorkerPoolError> {
+/// The caller's answer, from the core's.
+fn respond(answer: Delivered, request_id: String) -> Result<WorkerResponse, WorkerPoolError> {
     let queue_ms = millis(answer.queued_for);
     let run_ms = answer.ran_for.map(millis);
-    match answer.result {
-        Ok(output) => {
-            let response = WorkerResponse {
-                request_id,
-                worker_id: answer.worker_id.to_string(),
-                result: WorkerResult::Success { output },
-                elapsed_ms: queue_ms.saturating_add(run_ms.unwrap_or(0)),
-                queue_ms: Some(queue_ms),
-                run_ms,
-            };
-            if let Some(hooks) = hooks {
-                hooks.on_request_success(&answer.worker_id, &response).await;
-            }
-            Ok(response)
-        }
+    let output = answer.result?;
+    Ok(WorkerResponse {
+        request_id,
+        worker_id: String::from(&*answer.worker_id),
+        result: WorkerResult::Success { output },
+        elapsed_ms: queue_ms.saturating_add(run_ms.unwrap_or(0)),
+        queue_ms: Some(queue_ms),
+        run_ms,
+    })
+}
+
+/// Fires the success or failure hook of an answered request.
+async fn notify(
+    hooks: &dyn CircuitBreakerHooks,
+    worker_id: &str,
+    outcome: &Result<WorkerResponse, WorkerPoolError>,
+) {
+    match outcome {
+        Ok(response) => hooks.on_request_success(worker_id, response).await,
         Err(error) => {
-            if let Some(hooks) = hooks {
-                hooks
-                    .on_request_failure(&answer.worker_id, &protocol_error(&error))
-                    .await;
-            }
-            Err(error)
+            hooks
+                .on_request_failure(worker_id, &protocol_error(error))
+                .await;
         }
     }
 }

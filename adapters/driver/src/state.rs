@@ -2,19 +2,22 @@
 //! actions. Everything here runs under the pool's lock and never awaits.
 
 use std::collections::{HashMap, VecDeque};
+use std::future::Future;
 use std::hash::{BuildHasherDefault, Hasher};
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::Arc;
 use std::task::Waker;
 use std::time::Duration;
 
 use foreman_core::{
     Action, Event, Phase, Pool, ProbeKey, RequestKey, Time, WorkerErrorCode, WorkerKey,
-    WorkerPoolError,
+    WorkerPoolError, WorkerProtocolError, WorkerRequest,
 };
 use futures_channel::oneshot;
 use futures_util::future::AbortHandle;
 use futures_util::task::AtomicWaker;
+use parking_lot::{Mutex, MutexGuard};
 use serde_json::Value;
 
 use crate::handler::WorkerHandler;
@@ -56,12 +59,45 @@ pub(crate) struct Delivered {
     pub(crate) ran_for: Option<Duration>,
 }
 
-/// What the input's own request got from one round of actions.
+/// What one round of actions left for the calling task to do once it has
+/// released the lock: its own request's start or answer, tasks to wake,
+/// and queued requests it claimed to run itself.
 #[derive(Default)]
 pub(crate) struct Own {
     pub(crate) start: Option<Started>,
     pub(crate) answer: Option<Delivered>,
+    /// Waiting callers to wake (never woken under the lock).
+    pub(crate) wake: Vec<Waker>,
+    /// Started requests of other callers that this task runs (see
+    /// [`Claimed`]).
+    pub(crate) claimed: Vec<Claimed>,
 }
+
+impl Own {
+    /// Wakes the callers this round of actions concerned.
+    pub(crate) fn wake_all(&mut self) {
+        for waker in self.wake.drain(..) {
+            waker.wake();
+        }
+    }
+}
+
+/// A request another caller parked in its slot, started on a worker this
+/// task just freed: this task polls its handler once, in place of waking
+/// the caller to do it (which would put a task hop between every two
+/// requests of a busy worker).
+pub(crate) struct Claimed {
+    pub(crate) key: RequestKey,
+    pub(crate) slot: Arc<Slot>,
+    pub(crate) handler: Arc<dyn WorkerHandler>,
+    pub(crate) request: WorkerRequest,
+    /// The caller's waker, so a handler that has to wait registers it.
+    pub(crate) waker: Option<Waker>,
+}
+
+/// A handler future that owns its handler, so it can move between tasks.
+pub(crate) type OwnedHandlerFuture =
+    Pin<Box<dyn Future<Output = Result<Value, WorkerProtocolError>> + Send>>;
 
 /// A hook call to make once the lock is released.
 pub(crate) enum HookEvent {
@@ -86,10 +122,41 @@ pub(crate) struct Slot {
 
 #[derive(Default)]
 pub(crate) struct SlotInner {
-    pub(crate) started: Option<Started>,
-    pub(crate) was_started: bool,
+    /// The request, parked here by its caller while it waits, so the task
+    /// that frees a worker can run it (see [`Claimed`]).
+    pub(crate) parked: Option<WorkerRequest>,
+    pub(crate) run: Run,
     pub(crate) answer: Option<Delivered>,
+    /// The caller's `submit` future was dropped.
+    pub(crate) abandoned: bool,
     waker: Option<Waker>,
+}
+
+/// Where a request's handler is, and so who ends it (decrements
+/// [`Core::live`]) when it finishes or is dropped.
+#[derive(Default)]
+pub(crate) enum Run {
+    /// Not started.
+    #[default]
+    Waiting,
+    /// Started; the caller creates and runs the handler future.
+    Granted(Started),
+    /// Another task is polling the handler ([`Claimed`]); that task ends it.
+    Claimed,
+    /// The claiming task polled it once and handed it back; the caller
+    /// finishes (or drops) it.
+    Handed(OwnedHandlerFuture),
+    /// The caller holds the handler future and ends it.
+    Caller,
+    /// The claiming task ended it.
+    Ended,
+}
+
+impl Run {
+    /// Whether the caller is responsible for ending the handler.
+    pub(crate) fn caller_ends(&self) -> bool {
+        matches!(self, Run::Granted(_) | Run::Handed(_) | Run::Caller)
+    }
 }
 
 /// Shared with the timer task: the next deadline and how to wake it.
@@ -117,23 +184,25 @@ impl TimerState {
 
 impl Slot {
     pub(crate) fn lock(&self) -> MutexGuard<'_, SlotInner> {
-        self.inner.lock().unwrap_or_else(PoisonError::into_inner)
+        self.inner.lock()
     }
 
-    /// Updates the slot and wakes its task (outside the slot's lock).
-    fn update(&self, change: impl FnOnce(&mut SlotInner)) {
-        let waker = {
-            let mut inner = self.lock();
-            change(&mut inner);
-            inner.waker.take()
-        };
-        if let Some(waker) = waker {
-            waker.wake();
+    /// Updates the slot; its task's waker goes to `wake`.
+    fn update(&self, wake: &mut Vec<Waker>, change: impl FnOnce(&mut SlotInner)) {
+        let mut inner = self.lock();
+        change(&mut inner);
+        if let Some(waker) = inner.waker.take() {
+            wake.push(waker);
         }
     }
 }
 
 impl SlotInner {
+    /// Takes the waiting task's waker, to wake it once the lock is released.
+    pub(crate) fn take_waker(&mut self) -> Option<Waker> {
+        self.waker.take()
+    }
+
     /// Remembers the waker of the task waiting on the slot.
     pub(crate) fn register(&mut self, waker: &Waker) {
         match &self.waker {
@@ -148,12 +217,17 @@ impl Core {
     /// timer. `own` names the request of the calling task (its start and
     /// answer are returned instead of delivered); hook events are pushed to
     /// `hooks` when it is `Some`; probes to spawn go to `probes`.
+    ///
+    /// Up to `claim` started requests whose callers parked them are
+    /// claimed for the calling task to run ([`Own::claimed`]); the others'
+    /// callers are woken.
     pub(crate) fn after_input(
         &mut self,
         own: Option<RequestKey>,
         hooks: Option<&mut Vec<HookEvent>>,
         probes: &mut Vec<ProbeJob>,
         timer: &TimerState,
+        mut claim: usize,
     ) -> Own {
         // Events first: a `StopWorker` below forgets the worker's id.
         self.drain_events(hooks, timer);
@@ -174,13 +248,32 @@ impl Core {
                     };
                     self.live += 1;
                     if own == Some(request) {
-                        payload.lock().was_started = true;
+                        payload.lock().run = Run::Caller;
                         mine.start = Some(started);
-                    } else {
-                        payload.update(|inner| {
-                            inner.was_started = true;
-                            inner.started = Some(started);
-                        });
+                        continue;
+                    }
+                    let mut inner = payload.lock();
+                    match inner.parked.take() {
+                        Some(parked) if claim > 0 => {
+                            claim -= 1;
+                            inner.run = Run::Claimed;
+                            let waker = inner.waker.clone();
+                            drop(inner);
+                            mine.claimed.push(Claimed {
+                                key: request,
+                                slot: payload,
+                                handler: started.handler,
+                                request: parked,
+                                waker,
+                            });
+                        }
+                        parked => {
+                            inner.parked = parked;
+                            inner.run = Run::Granted(started);
+                            if let Some(waker) = inner.waker.take() {
+                                mine.wake.push(waker);
+                            }
+                        }
                     }
                 }
                 // The answer of an aborted request follows in the same batch
@@ -204,7 +297,7 @@ impl Core {
                     if own == Some(answer.request) {
                         mine.answer = Some(delivered);
                     } else {
-                        slot.update(|inner| inner.answer = Some(delivered));
+                        slot.update(&mut mine.wake, |inner| inner.answer = Some(delivered));
                     }
                 }
                 Action::RunProbe { worker, probe } => {

@@ -241,13 +241,21 @@ fn main() {
             })
             .unwrap_or_else(|| default.to_vec())
     };
-    // FOREMAN_BENCH_N / FOREMAN_BENCH_C (comma-separated) pick other cells.
+    // FOREMAN_BENCH_N / FOREMAN_BENCH_C (comma-separated) pick other cells;
+    // FOREMAN_BENCH_ONLY_FOREMAN=1 skips the peers (for profiling).
+    let only_foreman = std::env::var_os("FOREMAN_BENCH_ONLY_FOREMAN").is_some();
     for n in sizes("FOREMAN_BENCH_N", &[1, 16, 64]) {
         for c in sizes("FOREMAN_BENCH_C", &[1, 16, 256]) {
             let (mut f, mut fl, mut tw) = (Vec::new(), Vec::new(), Vec::new());
             for _ in 0..3 {
-                fl.push(rt.block_on(async { closed_loop(Arc::new(Floor::new(n)), c, run).await }));
-                tw.push(rt.block_on(async { closed_loop(Arc::new(Tower::new(n)), c, run).await }));
+                if !only_foreman {
+                    fl.push(
+                        rt.block_on(async { closed_loop(Arc::new(Floor::new(n)), c, run).await }),
+                    );
+                    tw.push(
+                        rt.block_on(async { closed_loop(Arc::new(Tower::new(n)), c, run).await }),
+                    );
+                }
                 f.push(rt.block_on(async {
                     let pool = WorkerPool::new_inprocess(
                         (0..n)
@@ -265,6 +273,15 @@ fn main() {
                     pool.0.shutdown().await;
                     round
                 }));
+            }
+            if only_foreman {
+                let f = median(f);
+                println!(
+                    "| {n} | {c} | {:.0}k | | | | | {:?} | | |",
+                    f.rps / 1e3,
+                    f.p99
+                );
+                continue;
             }
             let (f, fl, tw) = (median(f), median(fl), median(tw));
             println!(
