@@ -706,7 +706,7 @@ impl<R: Runtime> Drop for PendingGuard<'_, R> {
 
 /// How many queued requests of other callers a task that frees a worker
 /// runs itself (one poll each) before it wakes the rest.
-const CLAIM_BUDGET: usize = 64;
+const CLAIM_BUDGET: usize = 16;
 
 /// Requests a thread may finish without ever waiting before `submit`
 /// yields once to the scheduler.
