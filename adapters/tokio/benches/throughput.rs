@@ -242,19 +242,28 @@ fn main() {
             .unwrap_or_else(|| default.to_vec())
     };
     // FOREMAN_BENCH_N / FOREMAN_BENCH_C (comma-separated) pick other cells;
-    // FOREMAN_BENCH_ONLY_FOREMAN=1 skips the peers (for profiling).
-    let only_foreman = std::env::var_os("FOREMAN_BENCH_ONLY_FOREMAN").is_some();
+    // FOREMAN_BENCH_POOLS=foreman (or floor, tower; comma-separated) runs
+    // only those pools, for profiling; the table then shows throughput and
+    // p99 of the first one named.
+    let pools = std::env::var("FOREMAN_BENCH_POOLS").unwrap_or_default();
+    let run_pool = |name: &str| pools.is_empty() || pools.split(',').any(|p| p.trim() == name);
+    let only_some = !pools.is_empty();
     for n in sizes("FOREMAN_BENCH_N", &[1, 16, 64]) {
         for c in sizes("FOREMAN_BENCH_C", &[1, 16, 256]) {
             let (mut f, mut fl, mut tw) = (Vec::new(), Vec::new(), Vec::new());
             for _ in 0..3 {
-                if !only_foreman {
+                if run_pool("floor") {
                     fl.push(
                         rt.block_on(async { closed_loop(Arc::new(Floor::new(n)), c, run).await }),
                     );
+                }
+                if run_pool("tower") {
                     tw.push(
                         rt.block_on(async { closed_loop(Arc::new(Tower::new(n)), c, run).await }),
                     );
+                }
+                if !run_pool("foreman") {
+                    continue;
                 }
                 f.push(rt.block_on(async {
                     let pool = WorkerPool::new_inprocess(
@@ -274,8 +283,17 @@ fn main() {
                     round
                 }));
             }
-            if only_foreman {
-                let f = median(f);
+            if only_some {
+                let f = [f, fl, tw]
+                    .into_iter()
+                    .find(|rounds| !rounds.is_empty())
+                    .map_or(
+                        Round {
+                            rps: 0.0,
+                            p99: Duration::ZERO,
+                        },
+                        median,
+                    );
                 println!(
                     "| {n} | {c} | {:.0}k | | | | | {:?} | | |",
                     f.rps / 1e3,
