@@ -289,16 +289,64 @@ impl<P: Clone> Pool<P> {
         now: Time,
         admission: Result<Admission, RequestError>,
         payload: P,
+        allow: impl FnMut(&str) -> bool,
+    ) -> Result<RequestKey, Refused<P>> {
+        self.admit_request(now, admission, payload, allow, false)
+    }
+
+    /// Offers a request validated beforehand, for a driver that spreads its
+    /// workers over several pools ("lanes") and tries them in turn: exactly
+    /// like [`submit_checked`](Self::submit_checked), except that a refusal
+    /// for want of a worker (`QueueFull`, `NoHealthyWorker`, `CircuitOpen`)
+    /// is *declined*: it is not counted and emits no pool-level
+    /// [`Event::Rejected`] (a worker's own veto still emits its event), so
+    /// the request is counted once, by the pool that takes it or by the
+    /// last one tried (with `submit_checked`).
+    ///
+    /// # Errors
+    /// As [`submit_checked`](Self::submit_checked).
+    pub fn offer(
+        &mut self,
+        now: Time,
+        admission: Result<Admission, RequestError>,
+        payload: P,
+        allow: impl FnMut(&str) -> bool,
+    ) -> Result<RequestKey, Refused<P>> {
+        self.admit_request(now, admission, payload, allow, true)
+    }
+
+    /// Workers that would start a request at once (schedulable, with a free
+    /// run slot).
+    pub fn idle_workers(&self) -> usize {
+        self.router.idle_len()
+    }
+
+    /// Workers that would take a request (schedulable, with room).
+    pub fn eligible_workers(&self) -> usize {
+        self.router.eligible_len()
+    }
+
+    /// `submit_checked` and `offer`: `decline` says whether a refusal for
+    /// want of a worker is declined (uncounted) rather than final.
+    fn admit_request(
+        &mut self,
+        now: Time,
+        admission: Result<Admission, RequestError>,
+        payload: P,
         mut allow: impl FnMut(&str) -> bool,
+        decline: bool,
     ) -> Result<RequestKey, Refused<P>> {
         let now = self.observe(now);
-        self.counters.submitted += 1;
         if self.lifecycle != Lifecycle::Running {
+            self.counters.submitted += 1;
             return Err(self.refuse(payload, WorkerPoolError::ShuttingDown));
         }
         let admission = match admission {
             Ok(admission) => admission,
-            Err(error) => return Err(self.refuse(payload, error.into())),
+            Err(error) => {
+                self.counters.submitted += 1;
+                return Err(self.refuse(payload, error.into()));
+            }
         };
 
         let mut vetoed = false;
@@ -326,12 +374,13 @@ impl<P: Clone> Pool<P> {
             } else {
                 WorkerPoolError::NoHealthyWorker
             };
-            return Err(self.refuse(payload, error));
+            return Err(self.refuse_or_decline(payload, error, decline));
         };
 
         if !self.requests.has_room() {
-            return Err(self.refuse(payload, WorkerPoolError::QueueFull));
+            return Err(self.refuse_or_decline(payload, WorkerPoolError::QueueFull, decline));
         }
+        self.counters.submitted += 1;
         let deadline = admission.timeout().map(|budget| now + budget);
         let max_running = self.config.max_concurrency_per_worker as usize;
         let Some(slot) = self.workers.get_mut(worker.0) else {
@@ -815,6 +864,20 @@ impl<P: Clone> Pool<P> {
             self.now = now;
         }
         self.now
+    }
+
+    fn refuse_or_decline(
+        &mut self,
+        payload: P,
+        error: WorkerPoolError,
+        decline: bool,
+    ) -> Refused<P> {
+        if decline {
+            Refused { error, payload }
+        } else {
+            self.counters.submitted += 1;
+            self.refuse(payload, error)
+        }
     }
 
     fn refuse(&mut self, payload: P, error: WorkerPoolError) -> Refused<P> {

@@ -69,6 +69,10 @@ impl Router {
         self.eligible.len()
     }
 
+    pub(crate) fn idle_len(&self) -> usize {
+        self.idle.len()
+    }
+
     /// Eligible workers in the order the policy would try them.
     pub(crate) fn candidates(&self) -> impl Iterator<Item = WorkerKey> + '_ {
         let idle_first = self.policy == RoutingPolicy::IdleFirst;

@@ -60,6 +60,51 @@ pub struct Counters {
 }
 
 impl Counters {
+    /// Adds `other`'s counts to these (for a driver that runs several
+    /// pools as one).
+    pub fn add(&mut self, other: &Counters) {
+        let Counters {
+            submitted,
+            accepted,
+            refused_invalid,
+            refused_queue_full,
+            refused_no_healthy_worker,
+            refused_circuit_open,
+            refused_shutting_down,
+            succeeded,
+            failed,
+            timed_out_queued,
+            timed_out_running,
+            cancelled_queued,
+            cancelled_running,
+            aborted_by_restart,
+            aborted_by_shutdown,
+            unroutable_after_removal,
+            requeued,
+            probes_sent,
+            probes_timed_out,
+        } = *other;
+        self.submitted += submitted;
+        self.accepted += accepted;
+        self.refused_invalid += refused_invalid;
+        self.refused_queue_full += refused_queue_full;
+        self.refused_no_healthy_worker += refused_no_healthy_worker;
+        self.refused_circuit_open += refused_circuit_open;
+        self.refused_shutting_down += refused_shutting_down;
+        self.succeeded += succeeded;
+        self.failed += failed;
+        self.timed_out_queued += timed_out_queued;
+        self.timed_out_running += timed_out_running;
+        self.cancelled_queued += cancelled_queued;
+        self.cancelled_running += cancelled_running;
+        self.aborted_by_restart += aborted_by_restart;
+        self.aborted_by_shutdown += aborted_by_shutdown;
+        self.unroutable_after_removal += unroutable_after_removal;
+        self.requeued += requeued;
+        self.probes_sent += probes_sent;
+        self.probes_timed_out += probes_timed_out;
+    }
+
     /// Requests answered so far, by any outcome.
     pub fn answered(&self) -> u64 {
         self.succeeded

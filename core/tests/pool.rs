@@ -400,6 +400,60 @@ fn full_queues_fall_through_then_refuse_queue_full() {
 }
 
 #[test]
+fn an_offer_for_want_of_a_worker_is_declined_uncounted() {
+    // capacity: 1 running + 2 queued on one worker.
+    let mut h = Harness::new(options(), 1);
+    let config = h.pool.config().clone();
+    assert_eq!((h.pool.idle_workers(), h.pool.eligible_workers()), (1, 1));
+    let accepted = h
+        .pool
+        .offer(ms(0), config.admit(&request("a")), 1, |_| true)
+        .expect("an offer with room is taken");
+    h.drain();
+    assert_eq!(h.started(), [(accepted, h.worker(0))]);
+    assert_eq!((h.pool.idle_workers(), h.pool.eligible_workers()), (0, 1));
+    for i in 0..2 {
+        h.submit(ms(0), &request(&format!("q{i}"))).unwrap();
+    }
+    assert_eq!((h.pool.idle_workers(), h.pool.eligible_workers()), (0, 0));
+    h.take_events();
+    let before = *h.pool.counters();
+    let declined = h
+        .pool
+        .offer(ms(1), config.admit(&request("full")), 7, |_| true)
+        .expect_err("no room");
+    assert_eq!(
+        (declined.error, declined.payload),
+        (WorkerPoolError::QueueFull, 7)
+    );
+    h.drain();
+    assert_eq!(
+        *h.pool.counters(),
+        before,
+        "a declined offer is not counted"
+    );
+    assert!(h.take_events().is_empty(), "and reports no refusal");
+    // The last pool tried refuses for real, once.
+    assert_eq!(
+        h.submit(ms(1), &request("full")),
+        Err(WorkerPoolError::QueueFull)
+    );
+    let after = *h.pool.counters();
+    assert_eq!(after.submitted, before.submitted + 1);
+    assert_eq!(after.refused_queue_full, before.refused_queue_full + 1);
+    // Final refusals are counted by an offer too.
+    h.pool.begin_shutdown(ms(2), None);
+    h.drain();
+    let refused = h
+        .pool
+        .offer(ms(2), config.admit(&request("late")), 9, |_| true)
+        .expect_err("shutting down");
+    assert_eq!(refused.error, WorkerPoolError::ShuttingDown);
+    assert_eq!(h.pool.counters().refused_shutting_down, 1);
+    assert_eq!(h.pool.counters().submitted, after.submitted + 1);
+}
+
+#[test]
 fn no_workers_means_no_healthy_worker() {
     let mut h = Harness::new(options(), 0);
     assert_eq!(

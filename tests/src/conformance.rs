@@ -32,6 +32,7 @@
 //! instead of blocking the test run.
 
 use std::future::Future;
+use std::num::NonZeroUsize;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -39,9 +40,10 @@ use std::task::Poll;
 use std::time::Duration;
 
 use foreman_driver::{
-    async_trait, CircuitBreakerHooks, Runtime, WorkerErrorCode, WorkerHandler, WorkerHealthStatus,
-    WorkerOperation, WorkerPool, WorkerPoolError, WorkerPoolOptions, WorkerProtocolError,
-    WorkerRequest, WorkerResponse, WorkerResult, WorkerSecurityPolicy,
+    async_trait, CircuitBreakerHooks, PoolConfig, Runtime, WorkerErrorCode, WorkerHandler,
+    WorkerHealth, WorkerHealthStatus, WorkerOperation, WorkerPool, WorkerPoolError,
+    WorkerPoolOptions, WorkerProtocolError, WorkerRequest, WorkerResponse, WorkerResult,
+    WorkerSecurityPolicy,
 };
 use futures::future::{self, Either};
 use futures::FutureExt;
@@ -79,7 +81,9 @@ macro_rules! conformance_suite {
             d10_health_never_blocks,
             d12_elapsed_includes_queue_time,
             every_request_answered_once,
+            every_request_answered_once_in_two_lanes,
             queued_requests_run_by_the_finishing_task,
+            lanes_behave_as_one_pool,
         );
     };
     (@each $target:ty; $($name:ident),* $(,)?) => {$(
@@ -344,15 +348,36 @@ fn options() -> WorkerPoolOptions {
     }
 }
 
+fn handlers_of<R: Runtime + Clone>(workers: &[Arc<TestWorker<R>>]) -> Vec<Arc<dyn WorkerHandler>> {
+    workers
+        .iter()
+        .map(|w| Arc::clone(w) as Arc<dyn WorkerHandler>)
+        .collect()
+}
+
 fn pool_of<R: Runtime + Default + Clone>(
     workers: &[Arc<TestWorker<R>>],
     options: WorkerPoolOptions,
 ) -> WorkerPool<R> {
-    let handlers = workers
-        .iter()
-        .map(|w| Arc::clone(w) as Arc<dyn WorkerHandler>)
-        .collect();
-    match WorkerPool::new_inprocess(handlers, options, None) {
+    match WorkerPool::new_inprocess(handlers_of(workers), options, None) {
+        Ok(pool) => pool,
+        Err(error) => panic!("valid pool options refused: {error}"),
+    }
+}
+
+fn pool_in_lanes<R: Runtime + Default + Clone>(
+    workers: &[Arc<TestWorker<R>>],
+    options: WorkerPoolOptions,
+    lanes: usize,
+) -> WorkerPool<R> {
+    let lanes = NonZeroUsize::new(lanes).unwrap_or(NonZeroUsize::MIN);
+    match WorkerPool::with_lanes(
+        R::default(),
+        handlers_of(workers),
+        PoolConfig::new(options),
+        None,
+        lanes,
+    ) {
         Ok(pool) => pool,
         Err(error) => panic!("valid pool options refused: {error}"),
     }
@@ -968,14 +993,24 @@ pub async fn d12_elapsed_includes_queue_time<R: Runtime + Default + Clone>(rt: R
 /// gives up mid-way, then a graceful shutdown; every submit returns exactly
 /// once and the core's counters account for every accepted request.
 pub async fn every_request_answered_once<R: Runtime + Default + Clone>(rt: R) {
+    answered_once(rt, 1).await;
+}
+
+/// [`every_request_answered_once`] with the workers spread over two lanes.
+pub async fn every_request_answered_once_in_two_lanes<R: Runtime + Default + Clone>(rt: R) {
+    answered_once(rt, 2).await;
+}
+
+async fn answered_once<R: Runtime + Default + Clone>(rt: R, lanes: usize) {
     let workers: Vec<_> = (0..4).map(|_| TestWorker::new(&rt)).collect();
-    let pool = Arc::new(pool_of(
+    let pool = Arc::new(pool_in_lanes(
         &workers,
         WorkerPoolOptions {
             queue_capacity: 64,
             unavailable_after_failures: 1000,
             ..options()
         },
+        lanes,
     ));
     let kinds = ["echo", "fail", "panic", "hang", "gate", "sleep:1"];
     let answered = Arc::new(AtomicUsize::new(0));
@@ -1118,4 +1153,120 @@ pub async fn queued_requests_run_by_the_finishing_task<R: Runtime + Default + Cl
     assert_eq!(pool.stats().counters.timed_out_running, 1);
     assert!(pool.submit(request("after", "echo")).await.is_ok());
     pool.shutdown().await;
+}
+
+/// A pool whose workers are spread over two lanes behaves as one pool:
+/// worker order and ids, idle-first routing over every worker, a refusal
+/// counted once, restart, add and remove by id, merged stats, shutdown.
+pub async fn lanes_behave_as_one_pool<R: Runtime + Default + Clone>(rt: R) {
+    let workers: Vec<_> = (0..4).map(|_| TestWorker::new(&rt)).collect();
+    let pool = pool_in_lanes(
+        &workers,
+        WorkerPoolOptions {
+            queue_capacity: 1,
+            ..options()
+        },
+        2,
+    );
+    let ids = |health: Vec<WorkerHealth>| -> Vec<String> {
+        health.into_iter().map(|h| h.worker_id).collect()
+    };
+    let expected: Vec<String> = (0..4).map(|i| format!("worker-{i}")).collect();
+    assert_eq!(ids(pool.health_snapshot().await), expected);
+
+    // Four gated requests take the four workers (idle first, whatever the
+    // lane); four more queue one per worker; the ninth is refused, once.
+    let running: Vec<_> = (0..4)
+        .map(|i| pool.submit(request(&format!("run{i}"), "gate")))
+        .collect();
+    let queued: Vec<_> = (0..4)
+        .map(|i| pool.submit(request(&format!("queued{i}"), "echo")))
+        .collect();
+    let control = async {
+        wait_until(&rt, "eight accepted", || {
+            pool.stats().counters.accepted == 8
+        })
+        .await;
+        let stats = pool.stats();
+        assert_eq!((stats.running, stats.queued), (4, 4), "{stats:?}");
+        assert!(
+            stats
+                .workers
+                .iter()
+                .all(|w| w.running == 1 && w.queued == 1),
+            "{stats:?}"
+        );
+        assert_eq!(
+            stats
+                .workers
+                .iter()
+                .map(|w| w.worker_id.clone())
+                .collect::<Vec<_>>(),
+            expected
+        );
+        let refused = pool.submit(request("ninth", "echo")).await;
+        assert!(
+            matches!(refused, Err(WorkerPoolError::QueueFull)),
+            "{refused:?}"
+        );
+        let counters = pool.stats().counters;
+        assert_eq!(
+            (counters.submitted, counters.refused_queue_full),
+            (9, 1),
+            "a refusal is counted once over the lanes: {counters:?}"
+        );
+        // worker-3 lives in the second lane: restart it by id.
+        assert!(pool.restart_worker("worker-3").await.is_ok());
+        for worker in &workers {
+            worker.open_gate(1);
+        }
+    };
+    let (running, queued, ()) =
+        futures::join!(future::join_all(running), future::join_all(queued), control);
+    let restarted = running
+        .iter()
+        .filter(|r| matches!(r, Err(WorkerPoolError::Worker(e)) if e.code == WorkerErrorCode::Cancelled))
+        .count();
+    assert_eq!(restarted, 1, "{running:?}");
+    assert_eq!(running.iter().filter(|r| r.is_ok()).count(), 3);
+    assert!(queued.iter().all(Result::is_ok), "{queued:?}");
+
+    // Add and remove by id; ids keep counting; order is kept.
+    let added = pool
+        .add_worker(TestWorker::new(&rt))
+        .unwrap_or_else(|e| panic!("add: {e}"));
+    assert_eq!(added, "worker-4");
+    assert!(pool.remove_worker("worker-1").is_ok());
+    assert!(matches!(
+        pool.remove_worker("worker-9"),
+        Err(WorkerPoolError::NoHealthyWorker)
+    ));
+    wait_until(&rt, "worker-1 removed", || {
+        pool.stats()
+            .workers
+            .iter()
+            .all(|w| w.worker_id != "worker-1")
+    })
+    .await;
+    assert_eq!(
+        ids(pool.health_snapshot().await),
+        ["worker-0", "worker-2", "worker-3", "worker-4"]
+    );
+    let answered =
+        future::join_all((0..8).map(|i| pool.submit(request(&format!("e{i}"), "echo")))).await;
+    assert!(answered.iter().all(Result::is_ok), "{answered:?}");
+
+    pool.shutdown().await;
+    let counters = pool.stats().counters;
+    assert_eq!(counters.succeeded, 3 + 4 + 8);
+    assert_eq!(counters.accepted + counters.refused(), counters.submitted);
+    assert!(pool
+        .health_snapshot()
+        .await
+        .iter()
+        .all(|h| h.status == WorkerHealthStatus::Unavailable));
+    assert!(matches!(
+        pool.submit(request("late", "echo")).await,
+        Err(WorkerPoolError::ShuttingDown)
+    ));
 }

@@ -1,23 +1,25 @@
 //! [`WorkerPool`]: the reference's API, driving `foreman_core::Pool`.
 
+use std::collections::HashMap;
 use std::future::Future;
+use std::num::NonZeroUsize;
 use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
 use foreman_core::{
-    CommandError, ConfigError, HealthCause, Pool, PoolConfig, RequestKey, Stats, Time,
-    WorkerErrorCode, WorkerHealth, WorkerHealthStatus, WorkerPoolError, WorkerPoolOptions,
+    CommandError, ConfigError, HealthCause, Pool, PoolConfig, RequestKey, RoutingPolicy, Stats,
+    Time, WorkerErrorCode, WorkerHealth, WorkerHealthStatus, WorkerPoolError, WorkerPoolOptions,
     WorkerProtocolError, WorkerRequest, WorkerResponse, WorkerResult,
 };
 use futures_channel::oneshot;
 use futures_util::future::{poll_fn, Abortable};
 use futures_util::FutureExt;
-use parking_lot::{Mutex, MutexGuard};
+use parking_lot::Mutex;
 use serde_json::Value;
 use thiserror::Error;
 
@@ -107,8 +109,28 @@ impl<R: Runtime> WorkerPool<R> {
     pub fn with_config(
         runtime: R,
         handlers: Vec<Arc<dyn WorkerHandler>>,
+        config: PoolConfig,
+        hooks: Option<Arc<dyn CircuitBreakerHooks>>,
+    ) -> Result<Self, BuildError> {
+        let lanes = default_lanes(&config, handlers.len());
+        Self::with_lanes(runtime, handlers, config, hooks, lanes)
+    }
+
+    /// Creates a pool whose workers are spread over `lanes` cores (see the
+    /// crate docs: each lane is a `foreman_core::Pool` with its own lock;
+    /// [`with_config`](Self::with_config) picks one lane per CPU for pools
+    /// of at least 16 workers under idle-first routing, one lane otherwise).
+    /// Worker `worker-i` is in lane `i % lanes`.
+    ///
+    /// # Errors
+    /// [`BuildError`] when there is no handler or the configuration is
+    /// invalid.
+    pub fn with_lanes(
+        runtime: R,
+        handlers: Vec<Arc<dyn WorkerHandler>>,
         mut config: PoolConfig,
         hooks: Option<Arc<dyn CircuitBreakerHooks>>,
+        lanes: NonZeroUsize,
     ) -> Result<Self, BuildError> {
         if handlers.is_empty() {
             return Err(BuildError::NoWorkers);
@@ -119,39 +141,55 @@ impl<R: Runtime> WorkerPool<R> {
             .map_or(0, |since| {
                 u64::try_from(since.as_millis()).unwrap_or(u64::MAX)
             });
-        let mut pool = Pool::new(config, Time::ZERO)?;
-        let mut workers = FastMap::default();
+        let mut cores = Vec::with_capacity(lanes.get());
+        for _ in 0..lanes.get() {
+            cores.push(Core {
+                pool: Pool::new(config.clone(), Time::ZERO)?,
+                workers: FastMap::default(),
+                live: 0,
+                armed: Time::MAX,
+                health_log: Default::default(),
+                stop_waiters: Vec::new(),
+                stopped: false,
+            });
+        }
+        let mut names = Names::default();
         for handler in handlers {
-            let key = pool.add_worker(Time::ZERO)?;
-            let id: Arc<str> = Arc::from(pool.worker_id(key).unwrap_or_default());
-            workers.insert(
+            let lane = names.next % lanes.get();
+            let Some(core) = cores.get_mut(lane) else {
+                continue;
+            };
+            let id = names.add(lane);
+            let key = core.pool.add_named_worker(Time::ZERO, id.as_str())?;
+            core.workers.insert(
                 key,
                 WorkerEntry {
-                    id,
+                    id: Arc::from(id),
                     handler,
                     probe: None,
                 },
             );
         }
-        let core = Core {
-            pool,
-            workers,
-            live: 0,
-            armed: Time::MAX,
-            health_log: Default::default(),
-            stop_waiters: Vec::new(),
-            stopped: false,
-        };
         let shared = Arc::new(Shared {
-            config: core.pool.config().clone(),
-            timer: Arc::new(TimerState::new()),
-            core: Mutex::new(core),
+            config,
+            lanes: cores
+                .into_iter()
+                .map(|core| Lane {
+                    core: Mutex::new(core),
+                    signals: Arc::new(TimerState::new()),
+                })
+                .collect(),
+            id: NEXT_POOL_ID.fetch_add(1, Ordering::Relaxed),
+            next_home: AtomicUsize::new(0),
+            names: Mutex::new(names),
             runtime,
             epoch,
             hooks,
         });
-        spawn_timer(&shared);
-        shared.input(|_, _| ());
+        for lane in 0..shared.lanes.len() {
+            spawn_timer(&shared, lane);
+            shared.input(lane, |_, _| ());
+        }
         Ok(WorkerPool { shared })
     }
 
@@ -180,25 +218,45 @@ impl<R: Runtime> WorkerPool<R> {
             // clock, before taking the lock.
             let admission = shared.config.admit(&request);
             let now = shared.now();
-            let (submitted, mut own) = {
-                let mut core = shared.lock();
-                let submitted = core
-                    .pool
-                    .submit_checked(now, admission, Arc::clone(&slot), |id| {
-                        hooks.is_none_or(|hooks| hooks.allow_request(id, &request))
-                    });
+            // Offer the request to the lanes in turn (the home lane first
+            // unless another has an idle worker and it has none); the last
+            // one tried refuses for real.
+            let mut tries = shared.lane_order();
+            let (lane, submitted, mut own) = loop {
+                let (index, last) = tries.next_try();
+                let lane = shared.lane(index);
+                let allow = |id: &str| hooks.is_none_or(|hooks| hooks.allow_request(id, &request));
+                let mut core = lane.core.lock();
+                let submitted = if last {
+                    core.pool
+                        .submit_checked(now, admission.clone(), Arc::clone(&slot), allow)
+                } else {
+                    core.pool
+                        .offer(now, admission.clone(), Arc::clone(&slot), allow)
+                };
                 let key = submitted.as_ref().ok().copied();
                 let own = core.after_input(
                     key,
                     hooks.map(|_| &mut hook_events),
                     &mut probes,
-                    &shared.timer,
+                    &lane.signals,
                     0,
                 );
-                (submitted.map_err(|refused| refused.error), own)
+                drop(core);
+                match submitted {
+                    Err(refused) if !last && declinable(&refused.error) => {
+                        let mut own = own;
+                        own.wake_all();
+                        shared.spawn_probes(index, std::mem::take(&mut probes));
+                    }
+                    submitted => {
+                        break (index, submitted.map_err(|refused| refused.error), own);
+                    }
+                }
             };
             own.wake_all();
-            shared.spawn_probes(probes);
+            shared.spawn_probes(lane, probes);
+            let lane = shared.lane(lane);
             if let Some(hooks) = hooks {
                 fire_hooks(hooks, &request, hook_events).await;
             }
@@ -210,6 +268,7 @@ impl<R: Runtime> WorkerPool<R> {
             };
             let mut guard = PendingGuard {
                 shared,
+                lane,
                 key,
                 slot: &slot,
                 done: false,
@@ -261,14 +320,14 @@ impl<R: Runtime> WorkerPool<R> {
                 };
                 let answer = match outcome {
                     Some(result) => {
-                        let mut own = shared.complete(key, result, Some(key), CLAIM_BUDGET);
+                        let mut own = shared.complete(lane, key, result, Some(key), CLAIM_BUDGET);
                         guard.done = true;
                         let answer = own.answer.take();
-                        shared.run_claimed(own.claimed);
+                        shared.run_claimed(lane, own.claimed);
                         answer.or_else(|| slot.lock().answer.take())
                     }
                     None => {
-                        shared.lock().ended();
+                        lane.core.lock().ended();
                         guard.done = true;
                         let answer = slot.lock().answer.take();
                         answer
@@ -292,18 +351,40 @@ impl<R: Runtime> WorkerPool<R> {
 
     /// Health of every worker, in worker order. Never waits for a handler.
     pub async fn health_snapshot(&self) -> Vec<WorkerHealth> {
-        self.shared.lock().pool.health()
+        let mut all = Vec::new();
+        for lane in self.shared.lanes.iter() {
+            all.extend(lane.core.lock().pool.health());
+        }
+        self.shared.in_worker_order(all, |health| &health.worker_id)
     }
 
     /// Counters by outcome and refusal reason, queue depths and per-worker
-    /// state. Never waits for a handler.
+    /// state (in worker order). Never waits for a handler. With several
+    /// lanes, worker keys are per lane: tell workers apart by id.
     pub fn stats(&self) -> Stats {
-        self.shared.lock().pool.stats()
+        let mut total = Stats::default();
+        for lane in self.shared.lanes.iter() {
+            let stats = lane.core.lock().pool.stats();
+            total.counters.add(&stats.counters);
+            total.queued += stats.queued;
+            total.running += stats.running;
+            total.workers.extend(stats.workers);
+        }
+        total.workers = self
+            .shared
+            .in_worker_order(total.workers, |worker| &worker.worker_id);
+        total
     }
 
-    /// Every health status change so far (the latest 4096), oldest first.
+    /// Every health status change so far (the latest 4096 per lane),
+    /// oldest first.
     pub fn health_history(&self) -> Vec<HealthTransition> {
-        self.shared.lock().health_log.iter().cloned().collect()
+        let mut all: Vec<HealthTransition> = Vec::new();
+        for lane in self.shared.lanes.iter() {
+            all.extend(lane.core.lock().health_log.iter().cloned());
+        }
+        all.sort_by_key(|transition| transition.at);
+        all
     }
 
     /// Restarts a worker: its running request is aborted (answered with a
@@ -314,7 +395,7 @@ impl<R: Runtime> WorkerPool<R> {
     /// `NoHealthyWorker` for an unknown (or removed) worker id;
     /// `ShuttingDown` once the pool has stopped.
     pub async fn restart_worker(&self, worker_id: &str) -> Result<(), WorkerPoolError> {
-        self.command(|core, now| {
+        self.command(worker_id, |core, now| {
             let key = core
                 .pool
                 .worker_key(worker_id)
@@ -323,14 +404,23 @@ impl<R: Runtime> WorkerPool<R> {
         })
     }
 
-    /// Adds a worker running `handler`; returns its id.
+    /// Adds a worker running `handler` (to the lane with the fewest
+    /// workers); returns its id.
     ///
     /// # Errors
     /// `ShuttingDown` once shutdown began.
     pub fn add_worker(&self, handler: Arc<dyn WorkerHandler>) -> Result<String, WorkerPoolError> {
-        self.command(|core, now| {
-            let key = core.pool.add_worker(now).map_err(command_error)?;
-            let id = core.pool.worker_id(key).unwrap_or_default().to_string();
+        let shared = &self.shared;
+        let mut names = shared.names.lock();
+        let lane = (0..shared.lanes.len())
+            .min_by_key(|&lane| shared.lane(lane).core.lock().workers.len())
+            .unwrap_or(0);
+        let id = names.peek();
+        shared.input(lane, |core, now| {
+            let key = core
+                .pool
+                .add_named_worker(now, id.as_str())
+                .map_err(command_error)?;
             core.workers.insert(
                 key,
                 WorkerEntry {
@@ -339,18 +429,19 @@ impl<R: Runtime> WorkerPool<R> {
                     probe: None,
                 },
             );
-            Ok(id)
-        })
+            Ok::<(), WorkerPoolError>(())
+        })?;
+        Ok(names.add(lane))
     }
 
     /// Removes a worker: it takes no new requests, its queued requests move
-    /// to other workers, its running request finishes.
+    /// to other workers of its lane, its running request finishes.
     ///
     /// # Errors
     /// `NoHealthyWorker` for an unknown worker id or one already being
     /// removed.
     pub fn remove_worker(&self, worker_id: &str) -> Result<(), WorkerPoolError> {
-        self.command(|core, now| {
+        self.command(worker_id, |core, now| {
             let key = core
                 .pool
                 .worker_key(worker_id)
@@ -377,26 +468,38 @@ impl<R: Runtime> WorkerPool<R> {
     }
 
     async fn shutdown_inner(&self, drain: Duration) {
-        let waiter = self.shared.input(|core, now| {
-            core.pool.begin_shutdown(now, Some(drain));
-            if core.stopped && core.live == 0 {
-                None
-            } else {
-                let (sender, receiver) = oneshot::channel();
-                core.stop_waiters.push(sender);
-                Some(receiver)
-            }
-        });
-        if let Some(waiter) = waiter {
+        let mut waiters = Vec::new();
+        for lane in 0..self.shared.lanes.len() {
+            let waiter = self.shared.input(lane, |core, now| {
+                core.pool.begin_shutdown(now, Some(drain));
+                if core.stopped && core.live == 0 {
+                    None
+                } else {
+                    let (sender, receiver) = oneshot::channel();
+                    core.stop_waiters.push(sender);
+                    Some(receiver)
+                }
+            });
+            waiters.extend(waiter);
+        }
+        for waiter in waiters {
             let _ = waiter.await;
         }
     }
 
+    /// An input about one worker, in its lane.
     fn command<T>(
         &self,
+        worker_id: &str,
         f: impl FnOnce(&mut Core, Time) -> Result<T, WorkerPoolError>,
     ) -> Result<T, WorkerPoolError> {
-        self.shared.input(f)
+        let lane = self
+            .shared
+            .names
+            .lock()
+            .lane_of(worker_id)
+            .ok_or(WorkerPoolError::NoHealthyWorker)?;
+        self.shared.input(lane, f)
     }
 }
 
@@ -421,13 +524,15 @@ impl<R: Runtime> std::fmt::Debug for WorkerPool<R> {
 
 impl<R: Runtime> Drop for WorkerPool<R> {
     fn drop(&mut self) {
-        let mut core = self.shared.lock();
-        for entry in core.workers.values_mut() {
-            if let Some((_, handle)) = entry.probe.take() {
-                handle.abort();
+        for lane in self.shared.lanes.iter() {
+            let mut core = lane.core.lock();
+            for entry in core.workers.values_mut() {
+                if let Some((_, handle)) = entry.probe.take() {
+                    handle.abort();
+                }
             }
+            lane.signals.close();
         }
-        self.shared.timer.close();
     }
 }
 
@@ -436,16 +541,190 @@ impl<R: Runtime> Drop for WorkerPool<R> {
 pub(crate) struct Shared<R> {
     /// The core's configuration, for validating requests outside the lock.
     config: PoolConfig,
-    core: Mutex<Core>,
-    timer: Arc<TimerState>,
+    /// At least one.
+    lanes: Box<[Lane]>,
+    /// This pool's id, for [`HOME_LANE`].
+    id: u64,
+    /// The home lane of the next thread that submits.
+    next_home: AtomicUsize,
+    names: Mutex<Names>,
     runtime: R,
     epoch: Instant,
     hooks: Option<Arc<dyn CircuitBreakerHooks>>,
 }
 
+/// One core with its own lock, owning some of the pool's workers.
+struct Lane {
+    core: Mutex<Core>,
+    /// Its timer task's deadline, and its idle and eligible worker counts
+    /// for choosing a lane without its lock.
+    signals: Arc<TimerState>,
+}
+
+/// Worker ids, handed out in order (`worker-0`, `worker-1`, …), and the
+/// lane of each.
+#[derive(Default)]
+struct Names {
+    next: usize,
+    lanes: HashMap<String, usize>,
+    order: Vec<String>,
+}
+
+impl Names {
+    /// The id the next worker gets.
+    fn peek(&self) -> String {
+        format!("worker-{}", self.next)
+    }
+
+    /// Records the next worker, in `lane`; returns its id.
+    fn add(&mut self, lane: usize) -> String {
+        let id = self.peek();
+        self.next += 1;
+        self.lanes.insert(id.clone(), lane);
+        self.order.push(id.clone());
+        id
+    }
+
+    fn lane_of(&self, id: &str) -> Option<usize> {
+        self.lanes.get(id).copied()
+    }
+}
+
+/// Workers per lane below which a pool keeps a single lane.
+const MIN_WORKERS_PER_LANE: usize = 8;
+
+/// One lane per CPU, for pools of at least two lanes' worth of workers
+/// under idle-first routing (the reference's round-robin rule needs one
+/// rotation, so one lane).
+fn default_lanes(config: &PoolConfig, workers: usize) -> NonZeroUsize {
+    if config.routing != RoutingPolicy::IdleFirst {
+        return NonZeroUsize::MIN;
+    }
+    let cpus = std::thread::available_parallelism().map_or(1, NonZeroUsize::get);
+    NonZeroUsize::new(cpus.min(workers / MIN_WORKERS_PER_LANE)).unwrap_or(NonZeroUsize::MIN)
+}
+
+/// Whether a refusal only says this lane has no worker for the request.
+fn declinable(error: &WorkerPoolError) -> bool {
+    matches!(
+        error,
+        WorkerPoolError::QueueFull
+            | WorkerPoolError::NoHealthyWorker
+            | WorkerPoolError::CircuitOpen
+    )
+}
+
+thread_local! {
+    /// The pool this thread last submitted to, and its home lane there.
+    static HOME_LANE: std::cell::Cell<(u64, usize)> = const { std::cell::Cell::new((0, 0)) };
+}
+
+/// Pool ids for [`HOME_LANE`] (0 is never used).
+static NEXT_POOL_ID: AtomicU64 = AtomicU64::new(1);
+
+/// The lanes a submit tries, in order.
+struct LaneOrder {
+    first: usize,
+    count: usize,
+    tried: usize,
+}
+
+impl LaneOrder {
+    /// The next lane to try, and whether it is the last.
+    fn next_try(&mut self) -> (usize, bool) {
+        let lane = (self.first + self.tried) % self.count;
+        self.tried += 1;
+        (lane, self.tried >= self.count)
+    }
+}
+
 impl<R: Runtime> Shared<R> {
-    fn lock(&self) -> MutexGuard<'_, Core> {
-        self.core.lock()
+    fn lane(&self, index: usize) -> &Lane {
+        // `index` always comes from this pool (`< lanes.len()`, which is
+        // at least 1); the modulo only keeps the access in bounds.
+        &self.lanes[index % self.lanes.len()]
+    }
+
+    /// Where a submit starts: this thread's home lane if it has an idle
+    /// worker; else a lane with an idle worker; else the lane with room
+    /// and the fewest requests per worker (the home lane on a tie). The
+    /// counts are read without the lanes' locks, so this is a hint: the
+    /// chosen lane's core decides, and the others are tried after it.
+    fn lane_order(&self) -> LaneOrder {
+        let count = self.lanes.len();
+        let home = if count == 1 {
+            0
+        } else {
+            // Threads get home lanes in the order they first submit, so a
+            // runtime's worker threads spread over the lanes.
+            HOME_LANE.with(|cached| match cached.get() {
+                (pool, lane) if pool == self.id => lane,
+                _ => {
+                    let lane = self.next_home.fetch_add(1, Ordering::Relaxed) % count;
+                    cached.set((self.id, lane));
+                    lane
+                }
+            })
+        };
+        let mut first = home;
+        if count > 1 && self.lane(home).signals.idle.load(Ordering::Relaxed) == 0 {
+            let others = || (1..count).map(|step| (home + step) % count);
+            let signals = |lane: usize| &self.lane(lane).signals;
+            if let Some(idle) =
+                others().find(|&lane| signals(lane).idle.load(Ordering::Relaxed) > 0)
+            {
+                first = idle;
+            } else {
+                // Requests per worker, compared as cross products.
+                let load = |lane: usize| {
+                    let s = signals(lane);
+                    (
+                        s.pending.load(Ordering::Relaxed),
+                        s.workers.load(Ordering::Relaxed).max(1),
+                    )
+                };
+                let has_room = |lane: usize| signals(lane).eligible.load(Ordering::Relaxed) > 0;
+                let mut best = has_room(home).then(|| (home, load(home)));
+                for lane in others().filter(|&lane| has_room(lane)) {
+                    let (pending, workers) = load(lane);
+                    let lighter = best.is_none_or(|(_, (best_pending, best_workers))| {
+                        pending.saturating_mul(best_workers) < best_pending.saturating_mul(workers)
+                    });
+                    if lighter {
+                        best = Some((lane, (pending, workers)));
+                    }
+                }
+                if let Some((lane, _)) = best {
+                    first = lane;
+                }
+            }
+        }
+        LaneOrder {
+            first,
+            count,
+            tried: 0,
+        }
+    }
+
+    /// Puts per-lane items in worker order (by id).
+    fn in_worker_order<T>(&self, items: Vec<T>, id: impl Fn(&T) -> &String) -> Vec<T> {
+        if self.lanes.len() == 1 {
+            return items;
+        }
+        let names = self.names.lock();
+        let mut keyed: Vec<(usize, T)> = items
+            .into_iter()
+            .map(|item| {
+                let rank = names
+                    .order
+                    .iter()
+                    .position(|name| name == id(&item))
+                    .unwrap_or(usize::MAX);
+                (rank, item)
+            })
+            .collect();
+        keyed.sort_by_key(|(rank, _)| *rank);
+        keyed.into_iter().map(|(_, item)| item).collect()
     }
 
     fn now(&self) -> Time {
@@ -454,24 +733,26 @@ impl<R: Runtime> Shared<R> {
 
     /// One input that names no request of the caller: lock, apply, carry
     /// out the actions, unlock, spawn probes.
-    fn input<T>(self: &Arc<Self>, f: impl FnOnce(&mut Core, Time) -> T) -> T {
+    fn input<T>(self: &Arc<Self>, lane: usize, f: impl FnOnce(&mut Core, Time) -> T) -> T {
         let mut probes = Vec::new();
+        let signals = &self.lane(lane).signals;
         let (out, mut own) = {
-            let mut core = self.lock();
+            let mut core = self.lane(lane).core.lock();
             let now = self.now();
             let out = f(&mut core, now);
-            let own = core.after_input(None, None, &mut probes, &self.timer, 0);
+            let own = core.after_input(None, None, &mut probes, signals, 0);
             (out, own)
         };
         own.wake_all();
-        self.spawn_probes(probes);
+        self.spawn_probes(lane, probes);
         out
     }
 
-    fn on_timer(self: &Arc<Self>) {
-        self.input(|core, now| {
+    fn on_timer(self: &Arc<Self>, lane: usize) {
+        let signals = &self.lane(lane).signals;
+        self.input(lane, |core, now| {
             core.armed = Time::MAX;
-            self.timer.target.store(u64::MAX, Ordering::Release);
+            signals.target.store(u64::MAX, Ordering::Release);
             core.pool.handle_timeout(now);
         });
     }
@@ -482,6 +763,7 @@ impl<R: Runtime> Shared<R> {
     /// freed worker starts are claimed for this task to run.
     fn complete(
         self: &Arc<Self>,
+        lane: &Lane,
         key: RequestKey,
         result: Result<Value, WorkerProtocolError>,
         own: Option<RequestKey>,
@@ -490,14 +772,22 @@ impl<R: Runtime> Shared<R> {
         let mut probes = Vec::new();
         let now = self.now();
         let mut out = {
-            let mut core = self.lock();
+            let mut core = lane.core.lock();
             core.live = core.live.saturating_sub(1);
             core.pool.handle_completion(now, key, result);
-            core.after_input(own, None, &mut probes, &self.timer, claim)
+            core.after_input(own, None, &mut probes, &lane.signals, claim)
         };
         out.wake_all();
-        self.spawn_probes(probes);
+        self.spawn_probes(self.index_of(lane), probes);
         out
+    }
+
+    /// The index of one of this pool's lanes.
+    fn index_of(&self, lane: &Lane) -> usize {
+        self.lanes
+            .iter()
+            .position(|candidate| std::ptr::eq(candidate, lane))
+            .unwrap_or(0)
     }
 
     /// Runs requests of other callers that this task claimed when it freed
@@ -505,7 +795,7 @@ impl<R: Runtime> Shared<R> {
     /// finishes is completed here (which may start and claim the next one,
     /// up to [`CLAIM_BUDGET`] in all); one that has to wait is handed back
     /// to its caller, whose waker it has already registered.
-    fn run_claimed(self: &Arc<Self>, claimed: Vec<Claimed>) {
+    fn run_claimed(self: &Arc<Self>, lane: &Lane, claimed: Vec<Claimed>) {
         let mut budget = CLAIM_BUDGET.saturating_sub(claimed.len());
         let mut queue = claimed;
         while let Some(job) = queue.pop() {
@@ -536,7 +826,7 @@ impl<R: Runtime> Shared<R> {
                     };
                     if let Some(dropped) = keep {
                         drop(dropped);
-                        self.lock().ended();
+                        lane.core.lock().ended();
                     }
                     if let Some(waker) = wake {
                         waker.wake();
@@ -548,21 +838,21 @@ impl<R: Runtime> Shared<R> {
             };
             drop(future);
             slot.lock().run = Run::Ended;
-            let mut own = self.complete(key, result, None, budget);
+            let mut own = self.complete(lane, key, result, None, budget);
             budget = budget.saturating_sub(own.claimed.len());
             queue.append(&mut own.claimed);
         }
     }
 
-    fn spawn_probes(self: &Arc<Self>, probes: Vec<ProbeJob>) {
+    fn spawn_probes(self: &Arc<Self>, lane: usize, probes: Vec<ProbeJob>) {
         for job in probes {
             let weak = Arc::downgrade(self);
-            self.runtime.spawn(Box::pin(probe_task(weak, job)));
+            self.runtime.spawn(Box::pin(probe_task(weak, lane, job)));
         }
     }
 }
 
-async fn probe_task<R: Runtime>(weak: Weak<Shared<R>>, job: ProbeJob) {
+async fn probe_task<R: Runtime>(weak: Weak<Shared<R>>, lane: usize, job: ProbeJob) {
     let ProbeJob {
         worker,
         probe,
@@ -579,7 +869,7 @@ async fn probe_task<R: Runtime>(weak: Weak<Shared<R>>, job: ProbeJob) {
     let Some(shared) = weak.upgrade() else {
         return;
     };
-    shared.input(|core, now| {
+    shared.input(lane, |core, now| {
         core.live = core.live.saturating_sub(1);
         if let Some(entry) = core.workers.get_mut(&worker) {
             if entry.probe.as_ref().is_some_and(|(key, _)| *key == probe) {
@@ -592,9 +882,9 @@ async fn probe_task<R: Runtime>(weak: Weak<Shared<R>>, job: ProbeJob) {
     });
 }
 
-fn spawn_timer<R: Runtime>(shared: &Arc<Shared<R>>) {
+fn spawn_timer<R: Runtime>(shared: &Arc<Shared<R>>, lane: usize) {
     let weak = Arc::downgrade(shared);
-    let state = Arc::clone(&shared.timer);
+    let state = Arc::clone(&shared.lane(lane).signals);
     let epoch = shared.epoch;
     let mut timer = shared.runtime.new_timer(epoch);
     shared.runtime.spawn(Box::pin(async move {
@@ -625,7 +915,7 @@ fn spawn_timer<R: Runtime>(shared: &Arc<Shared<R>>) {
             let Some(shared) = weak.upgrade() else {
                 return;
             };
-            shared.on_timer();
+            shared.on_timer(lane);
         }
     }));
 }
@@ -633,6 +923,7 @@ fn spawn_timer<R: Runtime>(shared: &Arc<Shared<R>>) {
 /// Cancels the request if `submit`'s future is dropped before its answer.
 struct PendingGuard<'a, R: Runtime> {
     shared: &'a Arc<Shared<R>>,
+    lane: &'a Lane,
     key: RequestKey,
     slot: &'a Arc<Slot>,
     done: bool,
@@ -658,7 +949,7 @@ impl<R: Runtime> PendingGuard<'_, R> {
         };
         drop(handed);
         if ends {
-            self.shared.lock().ended();
+            self.lane.core.lock().ended();
         }
     }
 }
@@ -673,7 +964,7 @@ impl<R: Runtime> Drop for PendingGuard<'_, R> {
         let mut probes = Vec::new();
         let mut handed = None;
         let mut own = {
-            let mut core = shared.lock();
+            let mut core = self.lane.core.lock();
             {
                 let mut inner = slot.lock();
                 inner.abandoned = true;
@@ -687,11 +978,11 @@ impl<R: Runtime> Drop for PendingGuard<'_, R> {
             }
             let now = shared.now();
             core.pool.cancel(now, key);
-            core.after_input(Some(key), None, &mut probes, &shared.timer, 0)
+            core.after_input(Some(key), None, &mut probes, &self.lane.signals, 0)
         };
         drop(handed);
         own.wake_all();
-        shared.spawn_probes(probes);
+        shared.spawn_probes(shared.index_of(self.lane), probes);
         // The caller is gone, so its failure hook runs in a task of its own.
         if let (Some(hooks), Some(answer)) = (shared.hooks.clone(), own.answer) {
             if let Err(error) = answer.result {

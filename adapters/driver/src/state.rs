@@ -5,7 +5,7 @@ use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::hash::{BuildHasherDefault, Hasher};
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::Waker;
 use std::time::Duration;
@@ -159,20 +159,26 @@ impl Run {
     }
 }
 
-/// Shared with the timer task: the next deadline and how to wake it.
+/// A lane's signals, read without its lock: for its timer task, the next
+/// deadline and how to wake it; for choosing a lane, its idle and eligible
+/// worker counts after its last input.
 #[derive(Default)]
 pub(crate) struct TimerState {
     pub(crate) target: AtomicU64,
     pub(crate) waker: AtomicWaker,
     pub(crate) closed: AtomicBool,
+    pub(crate) idle: AtomicUsize,
+    pub(crate) eligible: AtomicUsize,
+    /// Requests queued or running in the lane, and its workers.
+    pub(crate) pending: AtomicUsize,
+    pub(crate) workers: AtomicUsize,
 }
 
 impl TimerState {
     pub(crate) fn new() -> Self {
         TimerState {
             target: AtomicU64::new(u64::MAX),
-            waker: AtomicWaker::new(),
-            closed: AtomicBool::new(false),
+            ..TimerState::default()
         }
     }
 
@@ -341,6 +347,14 @@ impl Core {
         }
         self.rearm(timer);
         self.settle();
+        timer
+            .idle
+            .store(self.pool.idle_workers(), Ordering::Relaxed);
+        timer
+            .eligible
+            .store(self.pool.eligible_workers(), Ordering::Relaxed);
+        timer.pending.store(self.pool.pending(), Ordering::Relaxed);
+        timer.workers.store(self.workers.len(), Ordering::Relaxed);
         mine
     }
 

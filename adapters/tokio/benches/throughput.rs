@@ -221,7 +221,12 @@ fn main() {
         return;
     }
     let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(std::env::var("FOREMAN_BENCH_THREADS").ok().and_then(|v| v.parse().ok()).unwrap_or(2))
+        .worker_threads(
+            std::env::var("FOREMAN_BENCH_THREADS")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(2),
+        )
         .enable_all()
         .build()
         .expect("runtime");
