@@ -205,148 +205,98 @@ impl<R: Runtime> WorkerPool<R> {
     /// error (`Worker`, also for a panic, a restart or a cancellation),
     /// `Timeout` when its budget ran out while queued or running, or
     /// `ShuttingDown` when a drain deadline cut it off.
-    pub async fn submit(&self, request: WorkerRequest) -> Result<WorkerResponse, WorkerPoolError> {
-        // Whether this request ever waited (see `cooperate`).
-        let mut waited = false;
-        let outcome = 'done: {
-            let shared = &self.shared;
-            let hooks = shared.hooks.as_deref();
-            let slot = Arc::new(Slot::default());
-            let mut hook_events = Vec::new();
-            let mut probes = Vec::new();
-            // Validation needs only the configuration: do it, and read the
-            // clock, before taking the lock.
-            let admission = shared.config.admit(&request);
-            let now = shared.now();
-            // Offer the request to the lanes in turn (the home lane first
-            // unless another has an idle worker and it has none); the last
-            // one tried refuses for real.
-            let mut tries = shared.lane_order();
-            let (lane, submitted, mut own) = loop {
-                let (index, last) = tries.next_try();
-                let lane = shared.lane(index);
-                let allow = |id: &str| hooks.is_none_or(|hooks| hooks.allow_request(id, &request));
-                let mut core = lane.core.lock();
-                let submitted = if last {
-                    core.pool
-                        .submit_checked(now, admission.clone(), Arc::clone(&slot), allow)
-                } else {
-                    core.pool
-                        .offer(now, admission.clone(), Arc::clone(&slot), allow)
-                };
-                let key = submitted.as_ref().ok().copied();
-                let own = core.after_input(
-                    key,
-                    hooks.map(|_| &mut hook_events),
-                    &mut probes,
-                    &lane.signals,
-                    0,
-                );
-                drop(core);
-                match submitted {
-                    Err(refused) if !last && declinable(&refused.error) => {
-                        let mut own = own;
-                        own.wake_all();
-                        shared.spawn_probes(index, std::mem::take(&mut probes));
-                    }
-                    submitted => {
-                        break (index, submitted.map_err(|refused| refused.error), own);
-                    }
-                }
-            };
-            own.wake_all();
-            shared.spawn_probes(lane, probes);
-            let lane = shared.lane(lane);
-            if let Some(hooks) = hooks {
-                fire_hooks(hooks, &request, hook_events).await;
-            }
-            let key = match submitted {
-                Ok(key) => key,
-                // A refusal is answered at once, on the first poll, like the
-                // reference's; it neither counts nor yields.
-                Err(refused) => return Err(refused),
-            };
-            let mut guard = PendingGuard {
-                shared,
-                lane,
-                key,
-                slot: &slot,
-                done: false,
-            };
-
-            let (answer, request_id) = 'answered: {
-                let (future, request_id) = match (own.start.take(), own.answer.take()) {
-                    (Some(Started { handler }), _) => {
-                        let request_id = request.request_id.clone();
-                        (Running::Borrowed(handler, request), request_id)
-                    }
-                    (None, Some(answer)) => {
-                        guard.answered_without_run();
-                        break 'answered (Some(answer), request.request_id);
-                    }
-                    (None, None) => {
-                        // Queued: park the request in the slot, so the task that
-                        // frees a worker can run it without waking this one first.
-                        let request_id = request.request_id.clone();
-                        let mut local = Some(request);
-                        {
-                            let mut inner = slot.lock();
-                            if matches!(inner.run, Run::Waiting) && inner.answer.is_none() {
-                                inner.parked = local.take();
-                            }
-                        }
-                        waited = true;
-                        match wait_for_start(&slot).await {
-                            Wake::Started(Started { handler }) => {
-                                let Some(request) = local.or_else(|| slot.lock().parked.take())
-                                else {
-                                    break 'done Err(lost_answer());
-                                };
-                                (Running::Borrowed(handler, request), request_id)
-                            }
-                            Wake::Handed(future) => (Running::Owned(future), request_id),
-                            Wake::Answered(answer) => {
-                                guard.answered_without_run();
-                                break 'answered (Some(answer), request_id);
-                            }
-                        }
-                    }
-                };
-                let outcome = match future {
-                    Running::Borrowed(handler, request) => {
-                        run_handler(handler.handle(request), &slot, &mut waited).await
-                    }
-                    Running::Owned(future) => run_handler(future, &slot, &mut waited).await,
-                };
-                let answer = match outcome {
-                    Some(result) => {
-                        let mut own = shared.complete(lane, key, result, Some(key), CLAIM_BUDGET);
-                        guard.done = true;
-                        let answer = own.answer.take();
-                        shared.run_claimed(lane, own.claimed);
-                        answer.or_else(|| slot.lock().answer.take())
-                    }
-                    None => {
-                        lane.core.lock().ended();
-                        guard.done = true;
-                        let answer = slot.lock().answer.take();
-                        answer
-                    }
-                };
-                (answer, request_id)
-            };
-            let Some(answer) = answer else {
-                break 'done Err(lost_answer());
-            };
-            let worker_id = Arc::clone(&answer.worker_id);
-            let outcome = respond(answer, request_id);
-            if let Some(hooks) = hooks {
-                notify(hooks, &worker_id, &outcome).await;
+    pub fn submit(
+        &self,
+        request: WorkerRequest,
+    ) -> impl Future<Output = Result<WorkerResponse, WorkerPoolError>> + Send + '_ {
+        // The request goes straight into its slot (the core's payload), so
+        // the future every caller holds carries a pointer, not the request.
+        let slot = Arc::new(Slot::default());
+        slot.lock().parked = Some(request);
+        async move {
+            // Whether this request ever waited (see `cooperate`).
+            let mut waited = false;
+            let outcome = self.run(slot, &mut waited).await;
+            // A refusal is answered at once, on the first poll, like the
+            // reference's; it neither counts nor yields.
+            let refused = matches!(&outcome, Err(error) if is_refusal(error));
+            if !refused {
+                cooperate(waited).await;
             }
             outcome
+        }
+    }
+
+    /// `submit` without the cooperative yield. The request, and its start
+    /// or answer, wait in the slot rather than in this future, which every
+    /// caller holds: it stays small.
+    async fn run(
+        &self,
+        slot: Arc<Slot>,
+        waited: &mut bool,
+    ) -> Result<WorkerResponse, WorkerPoolError> {
+        let shared = &self.shared;
+        let hooks = shared.hooks.as_deref();
+        // Everything up to the first await is one synchronous step, so
+        // none of its locals lives in this future.
+        let Entered {
+            lane,
+            submitted,
+            firing,
+            request_id,
+        } = shared.enter(&slot)?;
+        if let Some(firing) = firing {
+            let request = firing.await;
+            slot.lock().parked = Some(request);
+        }
+        let key = submitted?;
+        let lane = shared.lane(lane);
+        let mut guard = PendingGuard {
+            shared,
+            lane,
+            key,
+            slot: &slot,
+            done: false,
         };
-        cooperate(waited).await;
-        outcome
+        let handler: Arc<dyn WorkerHandler>;
+        let future: HandlerFuture<'_> = match wait_for_start(&slot, waited).await {
+            Wake::Started(Started { handler: granted }) => {
+                let Some(request) = slot.lock().parked.take() else {
+                    return Err(lost_answer());
+                };
+                handler = granted;
+                handler.handle(request)
+            }
+            Wake::Handed(future) => future,
+            Wake::Answered(answer) => {
+                guard.answered_without_run();
+                return match finish(hooks, answer, request_id) {
+                    Finish::Ready(outcome) => outcome,
+                    Finish::Notify(notifying) => notifying.await,
+                };
+            }
+        };
+        let answer = match run_handler(future, &slot, waited).await {
+            Some(result) => {
+                let own = shared.complete(lane, key, result, Some(key), CLAIM_BUDGET);
+                guard.done = true;
+                shared.run_claimed(lane, own.claimed);
+                slot.lock().answer.take()
+            }
+            None => {
+                lane.core.lock().ended();
+                guard.done = true;
+                let answer = slot.lock().answer.take();
+                answer
+            }
+        };
+        match answer {
+            Some(answer) => match finish(hooks, answer, request_id) {
+                Finish::Ready(outcome) => outcome,
+                Finish::Notify(notifying) => notifying.await,
+            },
+            None => Err(lost_answer()),
+        }
     }
 
     /// Health of every worker, in worker order. Never waits for a handler.
@@ -590,6 +540,19 @@ impl Names {
     }
 }
 
+/// What [`Shared::enter`] did with a request.
+struct Entered<'a> {
+    lane: usize,
+    submitted: Result<RequestKey, WorkerPoolError>,
+    /// The accept/reject hooks to run (boxed: hooks are the rare case);
+    /// it gives the request back for the slot.
+    firing: Option<Firing<'a>>,
+    request_id: String,
+}
+
+/// Hook calls that hold the request, and return it.
+type Firing<'a> = Pin<Box<dyn Future<Output = WorkerRequest> + Send + 'a>>;
+
 /// Workers per lane below which a pool keeps a single lane.
 const MIN_WORKERS_PER_LANE: usize = 8;
 
@@ -602,6 +565,20 @@ fn default_lanes(config: &PoolConfig, workers: usize) -> NonZeroUsize {
     }
     let cpus = std::thread::available_parallelism().map_or(1, NonZeroUsize::get);
     NonZeroUsize::new(cpus.min(workers / MIN_WORKERS_PER_LANE)).unwrap_or(NonZeroUsize::MIN)
+}
+
+/// Whether `submit` refused the request (it never reached a worker).
+/// A request's own answer can be `ShuttingDown` too (a drain deadline cut
+/// it off) — after it waited, which cooperation then ignores anyway.
+fn is_refusal(error: &WorkerPoolError) -> bool {
+    matches!(
+        error,
+        WorkerPoolError::InvalidRequest { .. }
+            | WorkerPoolError::QueueFull
+            | WorkerPoolError::NoHealthyWorker
+            | WorkerPoolError::CircuitOpen
+            | WorkerPoolError::ShuttingDown
+    )
 }
 
 /// Whether a refusal only says this lane has no worker for the request.
@@ -643,6 +620,71 @@ impl<R: Runtime> Shared<R> {
         // `index` always comes from this pool (`< lanes.len()`, which is
         // at least 1); the modulo only keeps the access in bounds.
         &self.lanes[index % self.lanes.len()]
+    }
+
+    /// Submits the request parked in `slot`, with the slot as its payload:
+    /// validates it, offers it to the lanes in turn (see
+    /// [`lane_order`](Self::lane_order); the last one tried refuses for
+    /// real), carries out the actions and wakes whom they concern. The
+    /// request goes back to the slot, unless hooks must see it first.
+    ///
+    /// # Errors
+    /// `lost_answer` if the slot holds no request (never happens).
+    fn enter<'a>(self: &'a Arc<Self>, slot: &Arc<Slot>) -> Result<Entered<'a>, WorkerPoolError> {
+        let Some(request) = slot.lock().parked.take() else {
+            return Err(lost_answer());
+        };
+        let request_id = request.request_id.clone();
+        let hooks = self.hooks.as_deref();
+        let mut hook_events = hooks.map(|_| Vec::new());
+        // Validation needs only the configuration: do it, and read the
+        // clock, before taking a lock.
+        let admission = self.config.admit(&request);
+        let now = self.now();
+        let mut tries = self.lane_order();
+        let (lane, submitted) = loop {
+            let (index, last) = tries.next_try();
+            let lane = self.lane(index);
+            let allow = |id: &str| hooks.is_none_or(|hooks| hooks.allow_request(id, &request));
+            let mut probes = Vec::new();
+            let mut core = lane.core.lock();
+            let submitted = if last {
+                core.pool
+                    .submit_checked(now, admission.clone(), Arc::clone(slot), allow)
+            } else {
+                core.pool
+                    .offer(now, admission.clone(), Arc::clone(slot), allow)
+            };
+            let key = submitted.as_ref().ok().copied();
+            let mut own =
+                core.after_input(key, hook_events.as_mut(), &mut probes, &lane.signals, 0);
+            drop(core);
+            own.wake_all();
+            self.spawn_probes(index, probes);
+            match submitted {
+                Err(refused) if !last && declinable(&refused.error) => {}
+                submitted => break (index, submitted.map_err(|refused| refused.error)),
+            }
+        };
+        let firing = match (hooks, hook_events) {
+            (Some(hooks), Some(events)) => {
+                let firing: Firing<'a> = Box::pin(async move {
+                    fire_hooks(hooks, &request, events).await;
+                    request
+                });
+                Some(firing)
+            }
+            _ => {
+                slot.lock().parked = Some(request);
+                None
+            }
+        };
+        Ok(Entered {
+            lane,
+            submitted,
+            firing,
+            request_id,
+        })
     }
 
     /// Where a submit starts: this thread's home lane if it has an idle
@@ -984,7 +1026,8 @@ impl<R: Runtime> Drop for PendingGuard<'_, R> {
         own.wake_all();
         shared.spawn_probes(shared.index_of(self.lane), probes);
         // The caller is gone, so its failure hook runs in a task of its own.
-        if let (Some(hooks), Some(answer)) = (shared.hooks.clone(), own.answer) {
+        let answer = slot.lock().answer.take();
+        if let (Some(hooks), Some(answer)) = (shared.hooks.clone(), answer) {
             if let Err(error) = answer.result {
                 let error = protocol_error(&error);
                 shared.runtime.spawn(Box::pin(async move {
@@ -1050,14 +1093,9 @@ enum Wake {
     Answered(Delivered),
 }
 
-/// A handler future the caller runs: created here from the handler, or
-/// handed over by a task that polled it first.
-enum Running {
-    Borrowed(Arc<dyn WorkerHandler>, WorkerRequest),
-    Owned(OwnedHandlerFuture),
-}
-
-fn wait_for_start(slot: &Slot) -> impl Future<Output = Wake> + '_ {
+/// Waits until the request is started or answered (`waited` is set if it
+/// had to).
+fn wait_for_start<'a>(slot: &'a Slot, waited: &'a mut bool) -> impl Future<Output = Wake> + 'a {
     poll_fn(move |cx| {
         let mut inner = slot.lock();
         if let Some(answer) = inner.answer.take() {
@@ -1068,6 +1106,7 @@ fn wait_for_start(slot: &Slot) -> impl Future<Output = Wake> + '_ {
             Run::Handed(future) => return Poll::Ready(Wake::Handed(future)),
             other => inner.run = other,
         }
+        *waited = true;
         inner.register(cx.waker());
         Poll::Pending
     })
@@ -1117,6 +1156,30 @@ async fn fire_hooks(
             }
         }
     }
+}
+
+/// The caller's answer, with its success or failure hook fired.
+fn finish(
+    hooks: Option<&dyn CircuitBreakerHooks>,
+    answer: Delivered,
+    request_id: String,
+) -> Finish<'_> {
+    let worker_id = Arc::clone(&answer.worker_id);
+    let outcome = respond(answer, request_id);
+    match hooks {
+        None => Finish::Ready(outcome),
+        Some(hooks) => Finish::Notify(Box::pin(async move {
+            notify(hooks, &worker_id, &outcome).await;
+            outcome
+        })),
+    }
+}
+
+/// A caller's answer: ready, or once its hook has run (boxed, so the
+/// common case adds nothing to the caller's future).
+enum Finish<'a> {
+    Ready(Result<WorkerResponse, WorkerPoolError>),
+    Notify(Pin<Box<dyn Future<Output = Result<WorkerResponse, WorkerPoolError>> + Send + 'a>>),
 }
 
 /// The caller's answer, from the core's.

@@ -60,12 +60,10 @@ pub(crate) struct Delivered {
 }
 
 /// What one round of actions left for the calling task to do once it has
-/// released the lock: its own request's start or answer, tasks to wake,
-/// and queued requests it claimed to run itself.
+/// released the lock: tasks to wake, and queued requests it claimed to run
+/// itself. (Its own request's start or answer is in its slot, unwoken.)
 #[derive(Default)]
 pub(crate) struct Own {
-    pub(crate) start: Option<Started>,
-    pub(crate) answer: Option<Delivered>,
     /// Waiting callers to wake (never woken under the lock).
     pub(crate) wake: Vec<Waker>,
     /// Started requests of other callers that this task runs (see
@@ -221,7 +219,7 @@ impl SlotInner {
 impl Core {
     /// Carries out every pending action, drains events and re-arms the
     /// timer. `own` names the request of the calling task (its start and
-    /// answer are returned instead of delivered); hook events are pushed to
+    /// answer go to its slot without a wake-up); hook events are pushed to
     /// `hooks` when it is `Some`; probes to spawn go to `probes`.
     ///
     /// Up to `claim` started requests whose callers parked them are
@@ -254,8 +252,7 @@ impl Core {
                     };
                     self.live += 1;
                     if own == Some(request) {
-                        payload.lock().run = Run::Caller;
-                        mine.start = Some(started);
+                        payload.lock().run = Run::Granted(started);
                         continue;
                     }
                     let mut inner = payload.lock();
@@ -301,7 +298,7 @@ impl Core {
                         },
                     };
                     if own == Some(answer.request) {
-                        mine.answer = Some(delivered);
+                        slot.lock().answer = Some(delivered);
                     } else {
                         slot.update(&mut mine.wake, |inner| inner.answer = Some(delivered));
                     }
