@@ -1042,46 +1042,61 @@ impl<R: Runtime> Drop for PendingGuard<'_, R> {
 /// runs itself (one poll each) before it wakes the rest.
 const CLAIM_BUDGET: usize = 16;
 
-/// Requests a thread may finish without ever waiting before `submit`
-/// yields once to the scheduler.
-const COOPERATION_BUDGET: u32 = 1;
+/// Requests a caller that has a thread to itself may finish in a row
+/// without ever waiting before `submit` yields once to the scheduler.
+const SOLO_BUDGET: u32 = 32;
 
 thread_local! {
-    static INLINE_SINCE_YIELD: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
+    /// The task that last finished a request on this thread (its waker's
+    /// data pointer), and how many requests in a row it finished without
+    /// waiting.
+    static LAST_INLINE: std::cell::Cell<(usize, u32)> = const { std::cell::Cell::new((0, 0)) };
 }
 
-/// Yields to the scheduler once every [`COOPERATION_BUDGET`] requests that a
-/// thread finished without waiting.
+/// Yields to the scheduler after a request that never waited, when
+/// another task finished a request on this thread since this one's last
+/// (callers sharing a thread then take turns request by request, as they
+/// would on a channel), or after [`SOLO_BUDGET`] such requests in a row by
+/// one task (so a caller alone on its thread still lets the runtime's
+/// timers and I/O run).
 ///
 /// A handler that finishes at once never makes `submit` wait, so a caller
 /// looping on `submit` would otherwise never give its thread back and could
-/// starve other tasks and the runtime's own timers; and callers sharing a
-/// thread would run in bursts, one caller's requests queued behind
-/// another's. A request that did wait (its handler awaited, or it queued)
-/// already yielded, so it resets the count: real workloads never pay for a
-/// forced yield. The yield comes after the answer, so the first poll of
-/// `submit` always submits (requests are queued in the order they were
-/// first polled). (tokio's own coop budget was measured and rejected: its
-/// forced yields park the task until the worker's next maintenance tick,
-/// which cut throughput 3x with 16 or more callers.)
+/// starve other tasks and the runtime itself, and callers sharing a thread
+/// would run in bursts, one caller's requests queued behind another's (a
+/// p99 latency tens of times the channel floor's). A request that did wait
+/// (its handler awaited, or it queued) already yielded: it resets the
+/// count, so real workloads never pay for a forced yield. The yield comes
+/// after the answer, so the first poll of `submit` always submits.
+/// (tokio's own coop budget was measured and rejected: its forced yields
+/// park the task until the worker's next maintenance tick, which cut
+/// throughput 3x with 16 or more callers.)
 async fn cooperate(waited: bool) {
-    let due = INLINE_SINCE_YIELD.with(|count| {
-        let spent = if waited { 0 } else { count.get() + 1 };
-        let due = spent >= COOPERATION_BUDGET;
-        count.set(if due { 0 } else { spent });
-        due
-    });
-    if !due {
-        return;
-    }
-    let mut yielded = false;
+    let mut decided = false;
     poll_fn(|cx| {
-        if yielded {
-            Poll::Ready(())
-        } else {
-            yielded = true;
+        if decided {
+            return Poll::Ready(());
+        }
+        decided = true;
+        // The waker's data pointer tells tasks apart (a task's wakers
+        // share it); nothing is ever read through it.
+        let task = cx.waker().data() as usize;
+        let due = LAST_INLINE.with(|last| {
+            let (previous, count) = last.get();
+            let count = if waited || previous != task {
+                0
+            } else {
+                count + 1
+            };
+            let due = !waited && (previous != task || count >= SOLO_BUDGET);
+            last.set((task, if due { 0 } else { count }));
+            due
+        });
+        if due {
             cx.waker().wake_by_ref();
             Poll::Pending
+        } else {
+            Poll::Ready(())
         }
     })
     .await;

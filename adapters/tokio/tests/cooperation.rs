@@ -62,3 +62,59 @@ async fn a_submit_loop_yields_to_other_tasks() {
     assert!(done.load(Ordering::Relaxed) >= 1_000);
     pool.shutdown().await;
 }
+
+/// Callers sharing a thread take turns request by request (as they would
+/// on a channel), so none waits behind another's burst; a caller alone
+/// runs a stretch of requests between yields.
+#[tokio::test(flavor = "current_thread")]
+async fn callers_sharing_a_thread_take_turns() {
+    let pool = Arc::new(
+        WorkerPool::new_inprocess(vec![Arc::new(Instant)], WorkerPoolOptions::default(), None)
+            .expect("pool"),
+    );
+    let order = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let callers: Vec<_> = (0..3u8)
+        .map(|caller| {
+            let (pool, order) = (Arc::clone(&pool), Arc::clone(&order));
+            tokio::spawn(async move {
+                for _ in 0..10 {
+                    pool.submit(request()).await.expect("echo succeeds");
+                    order.lock().expect("order").push(caller);
+                }
+            })
+        })
+        .collect();
+    for caller in callers {
+        caller.await.expect("caller ends");
+    }
+    let order = order.lock().expect("order").clone();
+    assert_eq!(order.len(), 30);
+    // After the first round (each caller's first request finds the others
+    // not yet started), no caller answers twice in a row.
+    let repeats = order.windows(2).skip(3).filter(|w| w[0] == w[1]).count();
+    assert_eq!(repeats, 0, "callers took turns: {order:?}");
+
+    // Alone, a caller is not forced to yield after every request.
+    let polls = Arc::new(AtomicU64::new(0));
+    let other = {
+        let polls = Arc::clone(&polls);
+        tokio::spawn(async move {
+            loop {
+                polls.fetch_add(1, Ordering::Relaxed);
+                tokio::task::yield_now().await;
+            }
+        })
+    };
+    tokio::task::yield_now().await;
+    let before = polls.load(Ordering::Relaxed);
+    for _ in 0..64 {
+        pool.submit(request()).await.expect("echo succeeds");
+    }
+    let yielded = polls.load(Ordering::Relaxed) - before;
+    other.abort();
+    assert!(
+        (1..=4).contains(&yielded),
+        "64 lone requests yielded {yielded} times (expected about 64 / 32)"
+    );
+    pool.shutdown().await;
+}
