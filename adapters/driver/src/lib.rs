@@ -6,19 +6,29 @@
 //! timer and a clock.
 //!
 //! # How a request runs
-//! The handler future runs **inside the submitting task**: `submit` locks
-//! the core, calls `submit_with`, and carries out the actions it produced.
-//! If its own request was started, it runs the handler at once; if it was
-//! queued, it waits on a per-request slot (the core's payload) until a
-//! finishing request's completion makes the core start it. No channel hop,
-//! no worker task: a worker is a slot in the core, and the core grants it.
-//! Actions for other requests (start, abort, answer) go through their slots;
-//! probes run as spawned tasks; one timer task sleeps until the core's next
-//! deadline.
+//! The handler future runs **inside the submitting task**: `submit` parks
+//! the request in a per-request slot (the core's payload), locks the core,
+//! submits, and carries out the actions it produced. If its own request was
+//! started, it runs the handler at once; if it was queued, it waits on its
+//! slot. When a finishing request frees a worker and the core starts a
+//! parked request, the finishing task runs that handler itself (one poll:
+//! a handler that has to wait is handed back to its caller), so a busy
+//! worker goes from request to request without a task hop. No channel, no
+//! worker task: a worker is a slot in the core, and the core grants it.
+//! Probes run as spawned tasks; one timer task per lane sleeps until its
+//! core's next deadline.
 //!
-//! The lock is never held across an `.await`, nor while a handler, a probe
-//! or an `on_*` hook runs, so `health_snapshot` and `stats` never wait
-//! behind a handler.
+//! # Lanes
+//! A pool of at least 16 workers under idle-first routing spreads them over
+//! one *lane* per CPU ([`WorkerPool::with_lanes`] chooses explicitly): each
+//! lane is a whole `foreman_core::Pool` with its own lock, so callers on
+//! different threads do not contend. A submit starts at its thread's home
+//! lane and offers the request lane by lane (`Pool::offer`), so it is
+//! counted once; health and stats are merged in worker order.
+//!
+//! The locks are never held across an `.await`, nor while a handler, a
+//! probe or an `on_*` hook runs, so `health_snapshot` and `stats` never
+//! wait behind a handler.
 #![deny(missing_docs)]
 #![forbid(unsafe_code)]
 
