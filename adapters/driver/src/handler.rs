@@ -14,6 +14,12 @@ use serde_json::Value;
 /// `handle` is caught and reported as `ExecutionFailed`; a handler that
 /// runs past its request's deadline, is cancelled or is restarted has its
 /// future dropped.
+///
+/// `handle` runs in the task of the caller that submitted the request, with
+/// one exception: a request that queued may get its first poll from the
+/// task that just freed its worker (it then moves, if it has to wait, to
+/// its caller's task). Do not rely on task-local values in `handle`; pass
+/// what it needs in the request.
 #[async_trait]
 pub trait WorkerHandler: Send + Sync {
     /// Handles one request.
