@@ -217,12 +217,9 @@ impl<R: Runtime> WorkerPool<R> {
             // Whether this request ever waited (see `cooperate`).
             let mut waited = false;
             let outcome = self.run(slot, &mut waited).await;
-            // A refusal is answered at once, on the first poll, like the
-            // reference's; it neither counts nor yields.
-            let refused = matches!(&outcome, Err(error) if is_refusal(error));
-            if !refused {
-                cooperate(waited).await;
-            }
+            // Refusals count too: a caller retrying on `QueueFull` must not
+            // keep its thread (and the pool's own timers) from running.
+            cooperate(waited).await;
             outcome
         }
     }
@@ -565,20 +562,6 @@ fn default_lanes(config: &PoolConfig, workers: usize) -> NonZeroUsize {
     }
     let cpus = std::thread::available_parallelism().map_or(1, NonZeroUsize::get);
     NonZeroUsize::new(cpus.min(workers / MIN_WORKERS_PER_LANE)).unwrap_or(NonZeroUsize::MIN)
-}
-
-/// Whether `submit` refused the request (it never reached a worker).
-/// A request's own answer can be `ShuttingDown` too (a drain deadline cut
-/// it off) — after it waited, which cooperation then ignores anyway.
-fn is_refusal(error: &WorkerPoolError) -> bool {
-    matches!(
-        error,
-        WorkerPoolError::InvalidRequest { .. }
-            | WorkerPoolError::QueueFull
-            | WorkerPoolError::NoHealthyWorker
-            | WorkerPoolError::CircuitOpen
-            | WorkerPoolError::ShuttingDown
-    )
 }
 
 /// Whether a refusal only says this lane has no worker for the request.

@@ -118,3 +118,57 @@ async fn callers_sharing_a_thread_take_turns() {
     );
     pool.shutdown().await;
 }
+
+struct Sleepy;
+
+#[async_trait]
+impl WorkerHandler for Sleepy {
+    async fn handle(&self, _request: WorkerRequest) -> Result<Value, WorkerProtocolError> {
+        tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+        Ok(Value::Null)
+    }
+}
+
+/// A caller that retries at once on `QueueFull` must not keep the thread
+/// (and the pool's timers) from the requests it is waiting behind: on a
+/// single thread it gets in once they finish. (Refusals used to skip the
+/// cooperative yield: this loop then spun forever.)
+#[tokio::test(flavor = "current_thread")]
+async fn retrying_on_queue_full_lets_the_queue_drain() {
+    let pool = Arc::new(
+        WorkerPool::new_inprocess(
+            vec![Arc::new(Sleepy)],
+            WorkerPoolOptions {
+                queue_capacity: 1,
+                ..WorkerPoolOptions::default()
+            },
+            None,
+        )
+        .expect("pool"),
+    );
+    let busy: Vec<_> = (0..2)
+        .map(|_| {
+            let pool = Arc::clone(&pool);
+            tokio::spawn(async move { pool.submit(request()).await })
+        })
+        .collect();
+    tokio::task::yield_now().await;
+    let mut refused = 0u64;
+    loop {
+        match pool.submit(request()).await {
+            Ok(_) => break,
+            Err(foreman_tokio::WorkerPoolError::QueueFull) => {
+                refused += 1;
+                // Without yields this never ends; a cap turns that into a
+                // failure instead of a hang.
+                assert!(refused < 50_000_000, "the retry loop starved the pool");
+            }
+            Err(other) => panic!("unexpected refusal: {other}"),
+        }
+    }
+    assert!(refused > 0, "the queue was full at first");
+    for request in busy {
+        assert!(request.await.expect("caller ends").is_ok());
+    }
+    pool.shutdown().await;
+}
