@@ -164,8 +164,9 @@ pub async fn run_all<R: Runtime + Default + Clone>(runtime: &str) {
     );
     println!("| N | C | foreman req/s | floor req/s | foreman/floor | p99 foreman | p99 floor |");
     println!("|---:|---:|---:|---:|---:|---:|---:|");
-    for n in [1usize, 16, 64] {
-        for c in [1usize, 16, 256] {
+    // FOREMAN_BENCH_N / FOREMAN_BENCH_C (comma-separated) pick other cells.
+    for n in sizes("FOREMAN_BENCH_N", &[1, 16, 64]) {
+        for c in sizes("FOREMAN_BENCH_C", &[1, 16, 256]) {
             let (mut foreman, mut floor) = (Vec::new(), Vec::new());
             for _ in 0..3 {
                 floor.push(closed_loop(&rt, Floor::new(&rt, n), c).await);
@@ -190,4 +191,16 @@ pub async fn run_all<R: Runtime + Default + Clone>(runtime: &str) {
             );
         }
     }
+}
+
+/// The comma-separated sizes in `var`, or `default`.
+fn sizes(var: &str, default: &[usize]) -> Vec<usize> {
+    std::env::var(var)
+        .ok()
+        .map(|list| {
+            list.split(',')
+                .filter_map(|n| n.trim().parse().ok())
+                .collect()
+        })
+        .unwrap_or_else(|| default.to_vec())
 }
