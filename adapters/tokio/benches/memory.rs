@@ -75,7 +75,7 @@ fn memory_per_queued_request(rt: &tokio::runtime::Runtime) {
         let per_request = (after - before) as f64 / QUEUED as f64;
         println!(
             "memory per queued request: {per_request:.0} bytes of heap beyond the caller's own boxed submit future \
-             (that future: {future_size} bytes, holding the WorkerRequest)"
+             (that future: {future_size} bytes; the WorkerRequest waits in the pool's slot)"
         );
         gate.0.add_permits(QUEUED + 1);
         for handle in handles {
