@@ -74,6 +74,7 @@ macro_rules! conformance_suite {
             d03_hooks_fire_once_after_the_fact,
             d04_timeout_frees_worker_and_counts_once,
             d05_dropping_submit_cancels,
+            d05_dropping_submit_while_hooks_run_cancels,
             d06_restart_keeps_queue,
             d07_graceful_shutdown_and_drain,
             d08_probes_cannot_whitewash_and_cannot_hang,
@@ -750,6 +751,43 @@ pub async fn d05_dropping_submit_cancels<R: Runtime + Default + Clone>(rt: R) {
     assert!(first.await.is_ok());
     assert_eq!(worker.calls(), 2, "the cancelled queued request never ran");
     pool.shutdown().await;
+}
+
+/// Hooks whose accept hook never returns for the request `stuck`.
+struct StuckHooks;
+
+#[async_trait]
+impl CircuitBreakerHooks for StuckHooks {
+    async fn on_request_accepted(&self, _worker_id: &str, request: &WorkerRequest) {
+        if request.request_id == "stuck" {
+            future::pending::<()>().await;
+        }
+    }
+}
+
+/// Defect 5, with hooks: dropping the `submit` future while its accept hook
+/// runs cancels the request too (it had been started on the worker), so
+/// the worker is free and shutdown does not wait for it.
+pub async fn d05_dropping_submit_while_hooks_run_cancels<R: Runtime + Default + Clone>(rt: R) {
+    let worker = TestWorker::new(&rt);
+    let pool = match WorkerPool::<R>::new_inprocess(
+        vec![Arc::clone(&worker) as Arc<dyn WorkerHandler>],
+        options(),
+        Some(Arc::new(StuckHooks) as Arc<dyn CircuitBreakerHooks>),
+    ) {
+        Ok(pool) => pool,
+        Err(error) => panic!("valid pool options refused: {error}"),
+    };
+    {
+        let mut stuck = Box::pin(pool.submit(request("stuck", "echo")));
+        assert!(pending_after_one_poll(&mut stuck).await);
+    }
+    let counters = pool.stats().counters;
+    assert_eq!(counters.cancelled_running, 1, "{counters:?}");
+    let after = pool.submit(request("after", "echo")).await;
+    assert!(after.is_ok(), "the worker is free: {after:?}");
+    pool.shutdown().await;
+    assert_eq!(worker.calls(), 1, "the dropped request's handler never ran");
 }
 
 /// Defect 6: `restart_worker` aborts the running handler with a clear,

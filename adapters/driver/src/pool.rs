@@ -242,12 +242,18 @@ impl<R: Runtime> WorkerPool<R> {
             firing,
             request_id,
         } = shared.enter(&slot)?;
-        if let Some(firing) = firing {
-            let request = firing.await;
-            slot.lock().parked = Some(request);
-        }
-        let key = submitted?;
+        let key = match submitted {
+            Ok(key) => key,
+            Err(refused) => {
+                if let Some(firing) = firing {
+                    firing.await;
+                }
+                return Err(refused);
+            }
+        };
         let lane = shared.lane(lane);
+        // From here on, dropping this future cancels the request, also
+        // while the hooks below run.
         let mut guard = PendingGuard {
             shared,
             lane,
@@ -255,6 +261,10 @@ impl<R: Runtime> WorkerPool<R> {
             slot: &slot,
             done: false,
         };
+        if let Some(firing) = firing {
+            let request = firing.await;
+            slot.lock().parked = Some(request);
+        }
         let handler: Arc<dyn WorkerHandler>;
         let future: HandlerFuture<'_> = match wait_for_start(&slot, waited).await {
             Wake::Started(Started { handler: granted }) => {
