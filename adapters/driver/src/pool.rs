@@ -519,12 +519,11 @@ struct Lane {
 }
 
 /// Worker ids, handed out in order (`worker-0`, `worker-1`, …), and the
-/// lane of each.
+/// lane and rank (the order of creation) of each.
 #[derive(Default)]
 struct Names {
     next: usize,
-    lanes: HashMap<String, usize>,
-    order: Vec<String>,
+    lanes: HashMap<String, (usize, usize)>,
 }
 
 impl Names {
@@ -536,14 +535,17 @@ impl Names {
     /// Records the next worker, in `lane`; returns its id.
     fn add(&mut self, lane: usize) -> String {
         let id = self.peek();
+        self.lanes.insert(id.clone(), (lane, self.next));
         self.next += 1;
-        self.lanes.insert(id.clone(), lane);
-        self.order.push(id.clone());
         id
     }
 
     fn lane_of(&self, id: &str) -> Option<usize> {
-        self.lanes.get(id).copied()
+        self.lanes.get(id).map(|&(lane, _)| lane)
+    }
+
+    fn rank_of(&self, id: &str) -> Option<usize> {
+        self.lanes.get(id).map(|&(_, rank)| rank)
     }
 }
 
@@ -749,14 +751,7 @@ impl<R: Runtime> Shared<R> {
         let names = self.names.lock();
         let mut keyed: Vec<(usize, T)> = items
             .into_iter()
-            .map(|item| {
-                let rank = names
-                    .order
-                    .iter()
-                    .position(|name| name == id(&item))
-                    .unwrap_or(usize::MAX);
-                (rank, item)
-            })
+            .map(|item| (names.rank_of(id(&item)).unwrap_or(usize::MAX), item))
             .collect();
         keyed.sort_by_key(|(rank, _)| *rank);
         keyed.into_iter().map(|(_, item)| item).collect()
