@@ -970,8 +970,10 @@ impl<R: Runtime> PendingGuard<'_, R> {
             match std::mem::replace(&mut inner.run, Run::Ended) {
                 Run::Handed(future) => (ends, Some(future)),
                 Run::Claimed => {
-                    // The claiming task ends it.
+                    // The claiming task ends it, and must not hand it back:
+                    // this caller has its answer and is gone.
                     inner.run = Run::Claimed;
+                    inner.abandoned = true;
                     (false, None)
                 }
                 _ => (ends, None),
