@@ -82,6 +82,7 @@ pub mod config;
 mod health;
 mod index_set;
 mod keys;
+pub mod lanes;
 mod output;
 mod pool;
 pub mod protocol;

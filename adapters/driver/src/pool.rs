@@ -12,8 +12,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
 use foreman_core::{
-    CommandError, ConfigError, HealthCause, Pool, PoolConfig, RequestKey, RoutingPolicy, Stats,
-    Time, WorkerErrorCode, WorkerHealth, WorkerHealthStatus, WorkerPoolError, WorkerPoolOptions,
+    lanes, CommandError, ConfigError, HealthCause, Pool, PoolConfig, RequestKey, Stats, Time,
+    WorkerErrorCode, WorkerHealth, WorkerHealthStatus, WorkerPoolError, WorkerPoolOptions,
     WorkerProtocolError, WorkerRequest, WorkerResponse, WorkerResult,
 };
 use futures_channel::oneshot;
@@ -112,7 +112,8 @@ impl<R: Runtime> WorkerPool<R> {
         config: PoolConfig,
         hooks: Option<Arc<dyn CircuitBreakerHooks>>,
     ) -> Result<Self, BuildError> {
-        let lanes = default_lanes(&config, handlers.len());
+        let cpus = std::thread::available_parallelism().map_or(1, NonZeroUsize::get);
+        let lanes = lanes::lane_count(&config, handlers.len(), cpus);
         Self::with_lanes(runtime, handlers, config, hooks, lanes)
     }
 
@@ -174,7 +175,9 @@ impl<R: Runtime> WorkerPool<R> {
             config,
             lanes: cores
                 .into_iter()
-                .map(|core| Lane {
+                .enumerate()
+                .map(|(index, core)| Lane {
+                    index,
                     core: Mutex::new(core),
                     signals: Arc::new(TimerState::new()),
                 })
@@ -512,6 +515,8 @@ pub(crate) struct Shared<R> {
 
 /// One core with its own lock, owning some of the pool's workers.
 struct Lane {
+    /// Its place in [`Shared::lanes`].
+    index: usize,
     core: Mutex<Core>,
     /// Its timer task's deadline, and its idle and eligible worker counts
     /// for choosing a lane without its lock.
@@ -561,30 +566,6 @@ struct Entered<'a> {
 
 /// Hook calls that hold the request, and return it.
 type Firing<'a> = Pin<Box<dyn Future<Output = WorkerRequest> + Send + 'a>>;
-
-/// Workers per lane below which a pool keeps a single lane.
-const MIN_WORKERS_PER_LANE: usize = 8;
-
-/// One lane per CPU, for pools of at least two lanes' worth of workers
-/// under idle-first routing (the reference's round-robin rule needs one
-/// rotation, so one lane).
-fn default_lanes(config: &PoolConfig, workers: usize) -> NonZeroUsize {
-    if config.routing != RoutingPolicy::IdleFirst {
-        return NonZeroUsize::MIN;
-    }
-    let cpus = std::thread::available_parallelism().map_or(1, NonZeroUsize::get);
-    NonZeroUsize::new(cpus.min(workers / MIN_WORKERS_PER_LANE)).unwrap_or(NonZeroUsize::MIN)
-}
-
-/// Whether a refusal only says this lane has no worker for the request.
-fn declinable(error: &WorkerPoolError) -> bool {
-    matches!(
-        error,
-        WorkerPoolError::QueueFull
-            | WorkerPoolError::NoHealthyWorker
-            | WorkerPoolError::CircuitOpen
-    )
-}
 
 thread_local! {
     /// The pool this thread last submitted to, and its home lane there.
@@ -657,7 +638,7 @@ impl<R: Runtime> Shared<R> {
             own.wake_all();
             self.spawn_probes(index, probes);
             match submitted {
-                Err(refused) if !last && declinable(&refused.error) => {}
+                Err(refused) if !last && lanes::try_next_lane(&refused.error) => {}
                 submitted => break (index, submitted.map_err(|refused| refused.error)),
             }
         };
@@ -703,39 +684,7 @@ impl<R: Runtime> Shared<R> {
                 }
             })
         };
-        let mut first = home;
-        if count > 1 && self.lane(home).signals.idle.load(Ordering::Relaxed) == 0 {
-            let others = || (1..count).map(|step| (home + step) % count);
-            let signals = |lane: usize| &self.lane(lane).signals;
-            if let Some(idle) =
-                others().find(|&lane| signals(lane).idle.load(Ordering::Relaxed) > 0)
-            {
-                first = idle;
-            } else {
-                // Requests per worker, compared as cross products.
-                let load = |lane: usize| {
-                    let s = signals(lane);
-                    (
-                        s.pending.load(Ordering::Relaxed),
-                        s.workers.load(Ordering::Relaxed).max(1),
-                    )
-                };
-                let has_room = |lane: usize| signals(lane).eligible.load(Ordering::Relaxed) > 0;
-                let mut best = has_room(home).then(|| (home, load(home)));
-                for lane in others().filter(|&lane| has_room(lane)) {
-                    let (pending, workers) = load(lane);
-                    let lighter = best.is_none_or(|(_, (best_pending, best_workers))| {
-                        pending.saturating_mul(best_workers) < best_pending.saturating_mul(workers)
-                    });
-                    if lighter {
-                        best = Some((lane, (pending, workers)));
-                    }
-                }
-                if let Some((lane, _)) = best {
-                    first = lane;
-                }
-            }
-        }
+        let first = lanes::first_lane(home, count, |lane| self.lane(lane).signals.load());
         LaneOrder {
             first,
             count,
@@ -808,16 +757,8 @@ impl<R: Runtime> Shared<R> {
             core.after_input(own, None, &mut probes, &lane.signals, claim)
         };
         out.wake_all();
-        self.spawn_probes(self.index_of(lane), probes);
+        self.spawn_probes(lane.index, probes);
         out
-    }
-
-    /// The index of one of this pool's lanes.
-    fn index_of(&self, lane: &Lane) -> usize {
-        self.lanes
-            .iter()
-            .position(|candidate| std::ptr::eq(candidate, lane))
-            .unwrap_or(0)
     }
 
     /// Runs requests of other callers that this task claimed when it freed
@@ -1014,7 +955,7 @@ impl<R: Runtime> Drop for PendingGuard<'_, R> {
         };
         drop(handed);
         own.wake_all();
-        shared.spawn_probes(shared.index_of(self.lane), probes);
+        shared.spawn_probes(self.lane.index, probes);
         // The caller is gone, so its failure hook runs in a task of its own.
         let answer = slot.lock().answer.take();
         if let (Some(hooks), Some(answer)) = (shared.hooks.clone(), answer) {

@@ -173,6 +173,16 @@ pub(crate) struct TimerState {
 }
 
 impl TimerState {
+    /// The lane's counts, as its last input left them.
+    pub(crate) fn load(&self) -> foreman_core::lanes::LaneLoad {
+        foreman_core::lanes::LaneLoad {
+            idle: self.idle.load(Ordering::Relaxed),
+            eligible: self.eligible.load(Ordering::Relaxed),
+            pending: self.pending.load(Ordering::Relaxed),
+            workers: self.workers.load(Ordering::Relaxed),
+        }
+    }
+
     pub(crate) fn new() -> Self {
         TimerState {
             target: AtomicU64::new(u64::MAX),
