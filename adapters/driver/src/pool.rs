@@ -214,8 +214,7 @@ impl<R: Runtime> WorkerPool<R> {
     ) -> impl Future<Output = Result<WorkerResponse, WorkerPoolError>> + Send + '_ {
         // The request goes straight into its slot (the core's payload), so
         // the future every caller holds carries a pointer, not the request.
-        let slot = Arc::new(Slot::default());
-        slot.lock().parked = Some(request);
+        let slot = Arc::new(Slot::parked(request));
         async move {
             // Whether this request ever waited (see `cooperate`).
             let mut waited = false;
@@ -238,13 +237,29 @@ impl<R: Runtime> WorkerPool<R> {
         let shared = &self.shared;
         let hooks = shared.hooks.as_deref();
         // Everything up to the first await is one synchronous step, so
-        // none of its locals lives in this future.
-        let Entered {
-            lane,
-            submitted,
-            firing,
-            request_id,
-        } = shared.enter(&slot)?;
+        // none of its locals lives in this future. A request started at
+        // once (with no hooks to wait for) gets its handler future here:
+        // the request never goes back to its slot, nor into this future.
+        let fast_handler: Arc<dyn WorkerHandler>;
+        let (
+            Entered {
+                lane,
+                submitted,
+                firing,
+                request_id,
+            },
+            started_at_once,
+        ) = {
+            let (entered, start) = shared.enter(&slot)?;
+            let future: Option<HandlerFuture<'_>> = match start {
+                Some((Started { handler: granted }, request)) => {
+                    fast_handler = granted;
+                    Some(fast_handler.handle(request))
+                }
+                None => None,
+            };
+            (entered, future)
+        };
         let key = match submitted {
             Ok(key) => key,
             Err(refused) => {
@@ -262,36 +277,46 @@ impl<R: Runtime> WorkerPool<R> {
             lane,
             key,
             slot: &slot,
+            runs_here: false,
             done: false,
         };
-        if let Some(firing) = firing {
-            let request = firing.await;
-            slot.lock().parked = Some(request);
-        }
         let handler: Arc<dyn WorkerHandler>;
-        let future: HandlerFuture<'_> = match wait_for_start(&slot, waited).await {
-            Wake::Started(Started { handler: granted }) => {
-                let Some(request) = slot.lock().parked.take() else {
-                    return Err(lost_answer());
-                };
-                handler = granted;
-                handler.handle(request)
+        let future: HandlerFuture<'_> = match started_at_once {
+            Some(future) => {
+                guard.runs_here = true;
+                future
             }
-            Wake::Handed(future) => future,
-            Wake::Answered(answer) => {
-                guard.answered_without_run();
-                return match finish(hooks, answer, request_id) {
-                    Finish::Ready(outcome) => outcome,
-                    Finish::Notify(notifying) => notifying.await,
-                };
+            None => {
+                if let Some(firing) = firing {
+                    let request = firing.await;
+                    slot.lock().parked = Some(request);
+                }
+                match wait_for_start(&slot, waited).await {
+                    Wake::Started(Started { handler: granted }) => {
+                        let Some(request) = slot.lock().parked.take() else {
+                            return Err(lost_answer());
+                        };
+                        handler = granted;
+                        handler.handle(request)
+                    }
+                    Wake::Handed(future) => future,
+                    Wake::Answered(answer) => {
+                        guard.answered_without_run();
+                        return match finish(hooks, answer, request_id) {
+                            Finish::Ready(outcome) => outcome,
+                            Finish::Notify(notifying) => notifying.await,
+                        };
+                    }
+                }
             }
         };
         let answer = match run_handler(future, &slot, waited).await {
             Some(result) => {
-                let own = shared.complete(lane, key, result, Some(key), CLAIM_BUDGET);
+                let mut own = shared.complete(lane, key, result, Some(key), CLAIM_BUDGET);
                 guard.done = true;
+                let answer = own.answer.take();
                 shared.run_claimed(lane, own.claimed);
-                slot.lock().answer.take()
+                answer.or_else(|| slot.lock().answer.take())
             }
             None => {
                 lane.core.lock().ended();
@@ -564,6 +589,10 @@ struct Entered<'a> {
     request_id: String,
 }
 
+/// A request its worker started at once, with no hooks to run first: the
+/// caller runs it straight away.
+type StartedAtOnce = Option<(Started, WorkerRequest)>;
+
 /// Hook calls that hold the request, and return it.
 type Firing<'a> = Pin<Box<dyn Future<Output = WorkerRequest> + Send + 'a>>;
 
@@ -606,7 +635,10 @@ impl<R: Runtime> Shared<R> {
     ///
     /// # Errors
     /// `lost_answer` if the slot holds no request (never happens).
-    fn enter<'a>(self: &'a Arc<Self>, slot: &Arc<Slot>) -> Result<Entered<'a>, WorkerPoolError> {
+    fn enter<'a>(
+        self: &'a Arc<Self>,
+        slot: &Arc<Slot>,
+    ) -> Result<(Entered<'a>, StartedAtOnce), WorkerPoolError> {
         let Some(request) = slot.lock().parked.take() else {
             return Err(lost_answer());
         };
@@ -618,6 +650,8 @@ impl<R: Runtime> Shared<R> {
         let admission = self.config.admit(&request);
         let now = self.now();
         let mut tries = self.lane_order();
+        let mut started = None;
+        let mut answered = None;
         let (lane, submitted) = loop {
             let (index, last) = tries.next_try();
             let lane = self.lane(index);
@@ -636,31 +670,46 @@ impl<R: Runtime> Shared<R> {
                 core.after_input(key, hook_events.as_mut(), &mut probes, &lane.signals, 0);
             drop(core);
             own.wake_all();
+            started = own.started.take().or(started);
+            answered = own.answer.take().or(answered);
             self.spawn_probes(index, probes);
             match submitted {
                 Err(refused) if !last && lanes::try_next_lane(&refused.error) => {}
                 submitted => break (index, submitted.map_err(|refused| refused.error)),
             }
         };
-        let firing = match (hooks, hook_events) {
+        // An answer this early (never in practice) waits in the slot.
+        if let Some(answer) = answered {
+            slot.lock().answer = Some(answer);
+        }
+        let (firing, start) = match (hooks, hook_events) {
             (Some(hooks), Some(events)) => {
+                if let Some(started) = started {
+                    slot.lock().run = Run::Granted(started);
+                }
                 let firing: Firing<'a> = Box::pin(async move {
                     fire_hooks(hooks, &request, events).await;
                     request
                 });
-                Some(firing)
+                (Some(firing), None)
             }
-            _ => {
-                slot.lock().parked = Some(request);
-                None
-            }
+            _ => match started {
+                Some(started) => (None, Some((started, request))),
+                None => {
+                    slot.lock().parked = Some(request);
+                    (None, None)
+                }
+            },
         };
-        Ok(Entered {
-            lane,
-            submitted,
-            firing,
-            request_id,
-        })
+        Ok((
+            Entered {
+                lane,
+                submitted,
+                firing,
+                request_id,
+            },
+            start,
+        ))
     }
 
     /// Where a submit starts: this thread's home lane if it has an idle
@@ -897,6 +946,8 @@ struct PendingGuard<'a, R: Runtime> {
     lane: &'a Lane,
     key: RequestKey,
     slot: &'a Arc<Slot>,
+    /// The caller runs the handler, started at once (the slot never saw it).
+    runs_here: bool,
     done: bool,
 }
 
@@ -942,7 +993,7 @@ impl<R: Runtime> Drop for PendingGuard<'_, R> {
                 let mut inner = slot.lock();
                 inner.abandoned = true;
                 inner.parked = None;
-                if inner.run.caller_ends() {
+                if self.runs_here || inner.run.caller_ends() {
                     core.live = core.live.saturating_sub(1);
                     if let Run::Handed(future) = std::mem::replace(&mut inner.run, Run::Ended) {
                         handed = Some(future);
@@ -953,11 +1004,12 @@ impl<R: Runtime> Drop for PendingGuard<'_, R> {
             core.pool.cancel(now, key);
             core.after_input(Some(key), None, &mut probes, &self.lane.signals, 0)
         };
+        let answer = own.answer.take();
         drop(handed);
         own.wake_all();
         shared.spawn_probes(self.lane.index, probes);
         // The caller is gone, so its failure hook runs in a task of its own.
-        let answer = slot.lock().answer.take();
+        let answer = answer.or_else(|| slot.lock().answer.take());
         if let (Some(hooks), Some(answer)) = (shared.hooks.clone(), answer) {
             if let Err(error) = answer.result {
                 let error = protocol_error(&error);

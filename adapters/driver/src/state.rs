@@ -60,10 +60,14 @@ pub(crate) struct Delivered {
 }
 
 /// What one round of actions left for the calling task to do once it has
-/// released the lock: tasks to wake, and queued requests it claimed to run
-/// itself. (Its own request's start or answer is in its slot, unwoken.)
+/// released the lock: its own request's start or answer, tasks to wake,
+/// and queued requests it claimed to run itself.
 #[derive(Default)]
 pub(crate) struct Own {
+    /// The calling task's own request was started: it runs the handler.
+    pub(crate) started: Option<Started>,
+    /// The calling task's own request was answered.
+    pub(crate) answer: Option<Delivered>,
     /// Waiting callers to wake (never woken under the lock).
     pub(crate) wake: Vec<Waker>,
     /// Started requests of other callers that this task runs (see
@@ -197,6 +201,16 @@ impl TimerState {
 }
 
 impl Slot {
+    /// A slot holding `request`, parked until its caller submits it.
+    pub(crate) fn parked(request: WorkerRequest) -> Self {
+        Slot {
+            inner: Mutex::new(SlotInner {
+                parked: Some(request),
+                ..SlotInner::default()
+            }),
+        }
+    }
+
     pub(crate) fn lock(&self) -> MutexGuard<'_, SlotInner> {
         self.inner.lock()
     }
@@ -229,7 +243,7 @@ impl SlotInner {
 impl Core {
     /// Carries out every pending action, drains events and re-arms the
     /// timer. `own` names the request of the calling task (its start and
-    /// answer go to its slot without a wake-up); hook events are pushed to
+    /// answer are returned in [`Own`], not put in its slot); hook events are pushed to
     /// `hooks` when it is `Some`; probes to spawn go to `probes`.
     ///
     /// Up to `claim` started requests whose callers parked them are
@@ -262,7 +276,7 @@ impl Core {
                     };
                     self.live += 1;
                     if own == Some(request) {
-                        payload.lock().run = Run::Granted(started);
+                        mine.started = Some(started);
                         continue;
                     }
                     let mut inner = payload.lock();
@@ -308,7 +322,7 @@ impl Core {
                         },
                     };
                     if own == Some(answer.request) {
-                        slot.lock().answer = Some(delivered);
+                        mine.answer = Some(delivered);
                     } else {
                         slot.update(&mut mine.wake, |inner| inner.answer = Some(delivered));
                     }
