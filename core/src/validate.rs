@@ -28,8 +28,9 @@ use crate::protocol::{WorkerOperation, WorkerPoolError, WorkerRequest};
 ///
 /// The size check costs O(`max_request_payload_bytes`) at most, whatever the
 /// size of the request: a string longer than what is left of the budget is
-/// refused without being scanned, and nested values are walked without
-/// recursion, so no nesting depth can overflow the stack.
+/// refused without being scanned, and values nested more than a few levels
+/// deep are walked without recursion, so no nesting depth can overflow the
+/// stack.
 ///
 /// # Errors
 ///
@@ -64,8 +65,8 @@ pub fn validate_request(
 /// as the running total passes `limit`. Every value visited adds at least
 /// one byte, so the cost is O(`limit`), whatever the size of the request.
 /// Strings longer than the remaining budget are
-/// refused without being scanned; nested `serde_json::Value`s are walked with
-/// an explicit stack, so any nesting depth is safe. When the result is
+/// refused without being scanned; `serde_json::Value`s nested deeper than a
+/// few levels are walked with an explicit stack, so any nesting depth is safe. When the result is
 /// `Some(n)`, `n` equals the serialised length exactly.
 #[must_use]
 pub fn serialized_size_within(request: &WorkerRequest, limit: usize) -> Option<usize> {
@@ -309,6 +310,11 @@ enum Frame<'a> {
     Object(map::Iter<'a>),
 }
 
+/// How many levels of a value [`Budget::add_value`] walks by recursion
+/// before it switches to the explicit stack (bounded, so no payload can
+/// overflow the stack).
+const SHALLOW_LEVELS: u32 = 8;
+
 /// How many frames [`Frames`] holds before it allocates.
 const INLINE_FRAMES: usize = 4;
 
@@ -389,11 +395,47 @@ impl Budget {
         self.add(escape_extra(bytes))
     }
 
+    /// Adds a JSON value. The first [`SHALLOW_LEVELS`] levels are walked
+    /// by (bounded) recursion, which is cheapest for the usual small
+    /// payload; anything nested deeper goes to [`add_deep`](Self::add_deep).
+    /// A container's brackets, commas and colons are added before its
+    /// children, so every value visited costs budget and the walk stops
+    /// as soon as the budget runs out.
+    fn add_value(&mut self, value: &Value) -> Option<()> {
+        self.add_shallow(value, SHALLOW_LEVELS)
+    }
+
+    /// [`add_value`](Self::add_value) with `levels` levels of recursion
+    /// left.
+    fn add_shallow(&mut self, value: &Value, levels: u32) -> Option<()> {
+        match value {
+            Value::Null | Value::Bool(true) => self.add(4),
+            Value::Bool(false) => self.add(5),
+            Value::Number(number) => self.add(number_len(number)?),
+            Value::String(s) => self.add_str(s),
+            Value::Array(_) | Value::Object(_) if levels == 0 => self.add_deep(value),
+            Value::Array(items) => {
+                self.add(items.len().saturating_sub(1).checked_add(2)?)?;
+                items
+                    .iter()
+                    .try_for_each(|item| self.add_shallow(item, levels - 1))
+            }
+            Value::Object(entries) => {
+                let n = entries.len();
+                self.add(n.saturating_sub(1).checked_add(2)?.checked_add(n)?)?;
+                entries.iter().try_for_each(|(key, item)| {
+                    self.add_str(key)?;
+                    self.add_shallow(item, levels - 1)
+                })
+            }
+        }
+    }
+
     /// Adds a JSON value, walking nested arrays and objects with an explicit
     /// stack. Brackets, commas and colons are added when a container is
     /// entered, so every level costs at least two bytes of budget and the
     /// stack can never hold more than `limit / 2` frames.
-    fn add_value(&mut self, root: &Value) -> Option<()> {
+    fn add_deep(&mut self, root: &Value) -> Option<()> {
         let mut stack = Frames::new();
         let mut next = Some(root);
         loop {
