@@ -27,7 +27,7 @@ use crate::handler::{CircuitBreakerHooks, WorkerHandler, WorkerPoolClient};
 use crate::runtime::Runtime;
 use crate::state::{
     Claimed, Core, Delivered, FastMap, HookEvent, Own, OwnedHandlerFuture, ProbeJob, Run, Slot,
-    Started, TimerState, WorkerEntry,
+    Started, TimerState, WorkerCell, WorkerEntry,
 };
 
 /// An in-process worker pool driven by `foreman-core`, generic over the
@@ -162,14 +162,7 @@ impl<R: Runtime> WorkerPool<R> {
             };
             let id = names.add(lane);
             let key = core.pool.add_named_worker(Time::ZERO, id.as_str())?;
-            core.workers.insert(
-                key,
-                WorkerEntry {
-                    id: Arc::from(id),
-                    handler,
-                    probe: None,
-                },
-            );
+            core.workers.insert(key, WorkerEntry::new(&id, handler));
         }
         let shared = Arc::new(Shared {
             config,
@@ -221,7 +214,7 @@ impl<R: Runtime> WorkerPool<R> {
             let outcome = self.run(slot, &mut waited).await;
             // Refusals count too: a caller retrying on `QueueFull` must not
             // keep its thread (and the pool's own timers) from running.
-            cooperate(waited).await;
+            cooperate(&self.shared.runtime, waited).await;
             outcome
         }
     }
@@ -240,7 +233,7 @@ impl<R: Runtime> WorkerPool<R> {
         // none of its locals lives in this future. A request started at
         // once (with no hooks to wait for) gets its handler future here:
         // the request never goes back to its slot, nor into this future.
-        let fast_handler: Arc<dyn WorkerHandler>;
+        let fast_worker: Arc<WorkerCell>;
         let (
             Entered {
                 lane,
@@ -252,9 +245,9 @@ impl<R: Runtime> WorkerPool<R> {
         ) = {
             let (entered, start) = shared.enter(&slot)?;
             let future: Option<HandlerFuture<'_>> = match start {
-                Some((Started { handler: granted }, request)) => {
-                    fast_handler = granted;
-                    Some(fast_handler.handle(request))
+                Some((Started { worker }, request)) => {
+                    fast_worker = worker;
+                    Some(fast_worker.handler.handle(request))
                 }
                 None => None,
             };
@@ -280,7 +273,7 @@ impl<R: Runtime> WorkerPool<R> {
             runs_here: false,
             done: false,
         };
-        let handler: Arc<dyn WorkerHandler>;
+        let worker: Arc<WorkerCell>;
         let future: HandlerFuture<'_> = match started_at_once {
             Some(future) => {
                 guard.runs_here = true;
@@ -292,12 +285,12 @@ impl<R: Runtime> WorkerPool<R> {
                     slot.lock().parked = Some(request);
                 }
                 match wait_for_start(&slot, waited).await {
-                    Wake::Started(Started { handler: granted }) => {
+                    Wake::Started(Started { worker: granted }) => {
                         let Some(request) = slot.lock().parked.take() else {
                             return Err(lost_answer());
                         };
-                        handler = granted;
-                        handler.handle(request)
+                        worker = granted;
+                        worker.handler.handle(request)
                     }
                     Wake::Handed(future) => future,
                     Wake::Answered(answer) => {
@@ -406,14 +399,7 @@ impl<R: Runtime> WorkerPool<R> {
                 .pool
                 .add_named_worker(now, id.as_str())
                 .map_err(command_error)?;
-            core.workers.insert(
-                key,
-                WorkerEntry {
-                    id: Arc::from(id.as_str()),
-                    handler,
-                    probe: None,
-                },
-            );
+            core.workers.insert(key, WorkerEntry::new(&id, handler));
             Ok::<(), WorkerPoolError>(())
         })?;
         Ok(names.add(lane))
@@ -822,12 +808,12 @@ impl<R: Runtime> Shared<R> {
             let Claimed {
                 key,
                 slot,
-                handler,
+                worker,
                 request,
                 waker,
             } = job;
             let mut future: OwnedHandlerFuture =
-                Box::pin(async move { handler.handle(request).await });
+                Box::pin(async move { worker.handler.handle(request).await });
             let waker = waker.unwrap_or_else(futures_util::task::noop_waker);
             let polled = std::panic::catch_unwind(AssertUnwindSafe(|| {
                 future.as_mut().poll(&mut Context::from_waker(&waker))
@@ -1011,10 +997,10 @@ impl<R: Runtime> Drop for PendingGuard<'_, R> {
         // The caller is gone, so its failure hook runs in a task of its own.
         let answer = answer.or_else(|| slot.lock().answer.take());
         if let (Some(hooks), Some(answer)) = (shared.hooks.clone(), answer) {
-            if let Err(error) = answer.result {
-                let error = protocol_error(&error);
+            if let Err(error) = &answer.result {
+                let error = protocol_error(error);
                 shared.runtime.spawn(Box::pin(async move {
-                    hooks.on_request_failure(&answer.worker_id, &error).await;
+                    hooks.on_request_failure(answer.worker_id(), &error).await;
                 }));
             }
         }
@@ -1026,8 +1012,12 @@ impl<R: Runtime> Drop for PendingGuard<'_, R> {
 const CLAIM_BUDGET: usize = 16;
 
 /// Requests a caller that has a thread to itself may finish in a row
-/// without ever waiting before `submit` yields once to the scheduler.
-const SOLO_BUDGET: u32 = 32;
+/// without ever waiting before `submit` yields once to the runtime: the
+/// number of ready operations tokio's own coop budget lets a task make.
+/// (A yield costs microseconds on a multi-threaded runtime, where it wakes
+/// another worker that steals the task: at 32, one yield every 32 requests
+/// made a lone caller's requests 35% slower than at 1024.)
+const SOLO_BUDGET: u32 = 128;
 
 thread_local! {
     /// The task that last finished a request on this thread (its waker's
@@ -1040,8 +1030,8 @@ thread_local! {
 /// another task finished a request on this thread since this one's last
 /// (callers sharing a thread then take turns request by request, as they
 /// would on a channel), or after [`SOLO_BUDGET`] such requests in a row by
-/// one task (so a caller alone on its thread still lets the runtime's
-/// timers and I/O run).
+/// one task, through [`Runtime::yield_now`] (so a caller alone on its
+/// thread still lets the runtime's timers and I/O run).
 ///
 /// A handler that finishes at once never makes `submit` wait, so a caller
 /// looping on `submit` would otherwise never give its thread back and could
@@ -1054,33 +1044,60 @@ thread_local! {
 /// (tokio's own coop budget was measured and rejected: its forced yields
 /// park the task until the worker's next maintenance tick, which cut
 /// throughput 3x with 16 or more callers.)
-async fn cooperate(waited: bool) {
-    let mut decided = false;
+async fn cooperate<R: Runtime>(runtime: &R, waited: bool) {
+    match poll_fn(|cx| Poll::Ready(turn(cx, waited))).await {
+        Turn::Keep => {}
+        Turn::Share => yield_once().await,
+        Turn::Solo => runtime.yield_now().await,
+    }
+}
+
+/// What [`cooperate`] does after a request.
+enum Turn {
+    /// Nothing: carry on.
+    Keep,
+    /// Another task finished a request on this thread since: let it run.
+    Share,
+    /// This task ran [`SOLO_BUDGET`] requests in a row alone: give the
+    /// runtime its thread back once.
+    Solo,
+}
+
+/// Decides the [`Turn`] of the task polling with `cx` (the waker's data
+/// pointer tells tasks apart: a task's wakers share it; nothing is ever
+/// read through it).
+fn turn(cx: &Context<'_>, waited: bool) -> Turn {
+    let task = cx.waker().data() as usize;
+    LAST_INLINE.with(|last| {
+        let (previous, count) = last.get();
+        if waited {
+            last.set((task, 0));
+            return Turn::Keep;
+        }
+        if previous != task {
+            last.set((task, 0));
+            return Turn::Share;
+        }
+        if count + 1 >= SOLO_BUDGET {
+            last.set((task, 0));
+            return Turn::Solo;
+        }
+        last.set((task, count + 1));
+        Turn::Keep
+    })
+}
+
+/// Returns `Pending` once, waking itself: the task goes to the back of its
+/// runtime's queue.
+async fn yield_once() {
+    let mut yielded = false;
     poll_fn(|cx| {
-        if decided {
+        if yielded {
             return Poll::Ready(());
         }
-        decided = true;
-        // The waker's data pointer tells tasks apart (a task's wakers
-        // share it); nothing is ever read through it.
-        let task = cx.waker().data() as usize;
-        let due = LAST_INLINE.with(|last| {
-            let (previous, count) = last.get();
-            let count = if waited || previous != task {
-                0
-            } else {
-                count + 1
-            };
-            let due = !waited && (previous != task || count >= SOLO_BUDGET);
-            last.set((task, if due { 0 } else { count }));
-            due
-        });
-        if due {
-            cx.waker().wake_by_ref();
-            Poll::Pending
-        } else {
-            Poll::Ready(())
-        }
+        yielded = true;
+        cx.waker().wake_by_ref();
+        Poll::Pending
     })
     .await;
 }
@@ -1162,14 +1179,17 @@ fn finish(
     answer: Delivered,
     request_id: String,
 ) -> Finish<'_> {
-    let worker_id = Arc::clone(&answer.worker_id);
-    let outcome = respond(answer, request_id);
     match hooks {
-        None => Finish::Ready(outcome),
-        Some(hooks) => Finish::Notify(Box::pin(async move {
-            notify(hooks, &worker_id, &outcome).await;
-            outcome
-        })),
+        None => Finish::Ready(respond(answer, request_id)),
+        Some(hooks) => {
+            let worker = answer.worker.clone();
+            let outcome = respond(answer, request_id);
+            Finish::Notify(Box::pin(async move {
+                let worker_id = worker.as_deref().map_or("", |worker| &*worker.id);
+                notify(hooks, worker_id, &outcome).await;
+                outcome
+            }))
+        }
     }
 }
 
@@ -1185,9 +1205,10 @@ fn respond(answer: Delivered, request_id: String) -> Result<WorkerResponse, Work
     let queue_ms = millis(answer.queued_for);
     let run_ms = answer.ran_for.map(millis);
     let output = answer.result?;
+    let worker_id = answer.worker.as_deref().map_or("", |worker| &*worker.id);
     Ok(WorkerResponse {
         request_id,
-        worker_id: String::from(&*answer.worker_id),
+        worker_id: String::from(worker_id),
         result: WorkerResult::Success { output },
         elapsed_ms: queue_ms.saturating_add(run_ms.unwrap_or(0)),
         queue_ms: Some(queue_ms),

@@ -22,6 +22,23 @@ pub trait Runtime: Debug + Send + Sync + 'static {
     /// The runtime's monotonic clock (a runtime with a virtual clock, such
     /// as tokio's paused test clock, returns its virtual time).
     fn now(&self) -> Instant;
+
+    /// Gives the thread back to the runtime once, so its other tasks, timers
+    /// and I/O run (a caller whose requests never wait does this now and
+    /// then). The default wakes the task and returns `Pending` once; a
+    /// runtime with its own yield (tokio's defers the task until its
+    /// driver has been polled, without waking another worker) overrides it.
+    fn yield_now(&self) -> impl Future<Output = ()> + Send {
+        let mut yielded = false;
+        std::future::poll_fn(move |cx| {
+            if yielded {
+                return Poll::Ready(());
+            }
+            yielded = true;
+            cx.waker().wake_by_ref();
+            Poll::Pending
+        })
+    }
 }
 
 /// A resettable timer, as returned by [`Runtime::new_timer`].

@@ -85,6 +85,10 @@ impl Runtime for TokioRuntime {
     fn now(&self) -> Instant {
         tokio::time::Instant::now().into_std()
     }
+
+    fn yield_now(&self) -> impl Future<Output = ()> + Send {
+        tokio::task::yield_now()
+    }
 }
 
 /// A `tokio::time::Sleep` as an [`AsyncTimer`].
