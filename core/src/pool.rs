@@ -350,22 +350,34 @@ impl<P: Clone> Pool<P> {
         };
 
         let mut vetoed = false;
-        let mut chosen = None;
-        for candidate in self.router.candidates() {
-            let Some(worker) = self.workers.get(candidate.0) else {
+        let workers = &self.workers;
+        let events = &mut self.events;
+        // Whether `candidate` may take the request; a veto is reported.
+        let mut take = |candidate: WorkerKey| {
+            let Some(worker) = workers.get(candidate.0) else {
                 debug_assert!(false, "router names a missing worker");
-                continue;
+                return false;
             };
             if allow(&worker.id) {
-                chosen = Some(candidate);
-                break;
+                return true;
             }
             vetoed = true;
-            self.events.push_back(Event::Rejected {
+            events.push_back(Event::Rejected {
                 worker: Some(candidate),
                 reason: WorkerErrorCode::CircuitOpen,
             });
-        }
+            false
+        };
+        // The policy's first choice is usually taken: try it without
+        // building the candidate iterator, then the rest in order.
+        let first = self.router.first_candidate();
+        let chosen = match first {
+            Some(candidate) if take(candidate) => Some(candidate),
+            _ => {
+                let skip = usize::from(first.is_some());
+                self.router.candidates().skip(skip).find(|&c| take(c))
+            }
+        };
         let Some(worker) = chosen else {
             let error = if self.schedulable > self.router.eligible_len() {
                 WorkerPoolError::QueueFull

@@ -89,6 +89,19 @@ impl Router {
         idle.chain(busy).filter_map(|index| self.key_at(index))
     }
 
+    /// The first of [`candidates`](Self::candidates), found without
+    /// building the iterator (the usual pick takes it). `None` also when
+    /// that first member has no key, which never happens; the caller then
+    /// falls back to the iterator.
+    pub(crate) fn first_candidate(&self) -> Option<WorkerKey> {
+        let first = |set: &IndexSet| set.next_from(self.cursor).or_else(|| set.next_from(0));
+        let index = match self.policy {
+            RoutingPolicy::IdleFirst => first(&self.idle).or_else(|| first(&self.eligible)),
+            _ => first(&self.eligible),
+        }?;
+        self.key_at(index)
+    }
+
     /// Records that `worker` took a request, so the next pick moves on.
     pub(crate) fn picked(&mut self, worker: WorkerKey) {
         self.cursor = worker.index().wrapping_add(1);

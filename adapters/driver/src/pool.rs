@@ -207,11 +207,12 @@ impl<R: Runtime> WorkerPool<R> {
     ) -> impl Future<Output = Result<WorkerResponse, WorkerPoolError>> + Send + '_ {
         // The request goes straight into its slot (the core's payload), so
         // the future every caller holds carries a pointer, not the request.
-        let slot = Arc::new(Slot::parked(request));
+        let slot = Slot::parked(request);
         async move {
             // Whether this request ever waited (see `cooperate`).
             let mut waited = false;
-            let outcome = self.run(slot, &mut waited).await;
+            let outcome = self.run(&slot, &mut waited).await;
+            Slot::recycle(slot);
             // Refusals count too: a caller retrying on `QueueFull` must not
             // keep its thread (and the pool's own timers) from running.
             cooperate(&self.shared.runtime, waited).await;
@@ -224,7 +225,7 @@ impl<R: Runtime> WorkerPool<R> {
     /// caller holds: it stays small.
     async fn run(
         &self,
-        slot: Arc<Slot>,
+        slot: &Arc<Slot>,
         waited: &mut bool,
     ) -> Result<WorkerResponse, WorkerPoolError> {
         let shared = &self.shared;
@@ -243,7 +244,7 @@ impl<R: Runtime> WorkerPool<R> {
             },
             started_at_once,
         ) = {
-            let (entered, start) = shared.enter(&slot)?;
+            let (entered, start) = shared.enter(slot)?;
             let future: Option<HandlerFuture<'_>> = match start {
                 Some((Started { worker }, request)) => {
                     fast_worker = worker;
@@ -269,7 +270,7 @@ impl<R: Runtime> WorkerPool<R> {
             shared,
             lane,
             key,
-            slot: &slot,
+            slot,
             runs_here: false,
             done: false,
         };
@@ -284,7 +285,7 @@ impl<R: Runtime> WorkerPool<R> {
                     let request = firing.await;
                     slot.lock().parked = Some(request);
                 }
-                match wait_for_start(&slot, waited).await {
+                match wait_for_start(slot, waited).await {
                     Wake::Started(Started { worker: granted }) => {
                         let Some(request) = slot.lock().parked.take() else {
                             return Err(lost_answer());
@@ -303,7 +304,7 @@ impl<R: Runtime> WorkerPool<R> {
                 }
             }
         };
-        let answer = match run_handler(future, &slot, waited).await {
+        let answer = match run_handler(future, slot, waited).await {
             Some(result) => {
                 let mut own = shared.complete(lane, key, result, Some(key), CLAIM_BUDGET);
                 guard.done = true;
@@ -850,7 +851,11 @@ impl<R: Runtime> Shared<R> {
         }
     }
 
+    #[inline]
     fn spawn_probes(self: &Arc<Self>, lane: usize, probes: Vec<ProbeJob>) {
+        if probes.is_empty() {
+            return;
+        }
         for job in probes {
             let weak = Arc::downgrade(self);
             self.runtime.spawn(Box::pin(probe_task(weak, lane, job)));

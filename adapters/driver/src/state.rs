@@ -1,6 +1,7 @@
 //! What the driver keeps beside the core, and how it carries out the core's
 //! actions. Everything here runs under the pool's lock and never awaits.
 
+use std::cell::Cell;
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::hash::{BuildHasherDefault, Hasher};
@@ -107,7 +108,11 @@ pub(crate) struct Own {
 
 impl Own {
     /// Wakes the callers this round of actions concerned.
+    #[inline]
     pub(crate) fn wake_all(&mut self) {
+        if self.wake.is_empty() {
+            return;
+        }
         for waker in self.wake.drain(..) {
             waker.wake();
         }
@@ -230,15 +235,44 @@ impl TimerState {
     }
 }
 
+thread_local! {
+    /// A slot its last request no longer needs, for this thread's next
+    /// request (see [`Slot::recycle`]).
+    static SPARE_SLOT: Cell<Option<Arc<Slot>>> = const { Cell::new(None) };
+}
+
 impl Slot {
-    /// A slot holding `request`, parked until its caller submits it.
-    pub(crate) fn parked(request: WorkerRequest) -> Self {
-        Slot {
+    /// A slot holding `request`, parked until its caller submits it: this
+    /// thread's spare slot if it has one, else a new one.
+    pub(crate) fn parked(request: WorkerRequest) -> Arc<Slot> {
+        if let Some(mut slot) = SPARE_SLOT.with(Cell::take) {
+            if let Some(unique) = Arc::get_mut(&mut slot) {
+                unique.inner.get_mut().parked = Some(request);
+                return slot;
+            }
+        }
+        Arc::new(Slot {
             inner: Mutex::new(SlotInner {
                 parked: Some(request),
                 ..SlotInner::default()
             }),
-        }
+        })
+    }
+
+    /// Keeps `slot` as this thread's spare if nothing else holds it (the
+    /// core let go of it when it answered), so a caller submitting again
+    /// and again allocates no slot per request.
+    pub(crate) fn recycle(mut slot: Arc<Slot>) {
+        let Some(unique) = Arc::get_mut(&mut slot) else {
+            return;
+        };
+        let inner = unique.inner.get_mut();
+        inner.parked = None;
+        inner.run = Run::Waiting;
+        inner.answer = None;
+        inner.abandoned = false;
+        inner.waker = None;
+        SPARE_SLOT.with(|spare| spare.set(Some(slot)));
     }
 
     pub(crate) fn lock(&self) -> MutexGuard<'_, SlotInner> {
