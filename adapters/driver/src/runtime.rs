@@ -1,5 +1,6 @@
 //! The runtime layer: the only things the driver needs from an async
-//! runtime (spawn a task, a resettable timer, a monotonic clock).
+//! runtime (spawn a task, a resettable timer, a monotonic clock, and a yield
+//! with a generic default).
 
 use std::fmt::Debug;
 use std::future::Future;
@@ -7,7 +8,7 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Instant;
 
-/// An async runtime the pool can run on: spawn, timers and a clock.
+/// An async runtime the pool can run on: spawn, timers, a clock and a yield.
 ///
 /// Implementations are small and policy-free (see `foreman-tokio`); the
 /// driver never names a runtime. Modelled on quinn's runtime layer.
