@@ -26,8 +26,8 @@ use thiserror::Error;
 use crate::handler::{CircuitBreakerHooks, WorkerHandler, WorkerPoolClient};
 use crate::runtime::Runtime;
 use crate::state::{
-    Claimed, Core, Delivered, FastMap, HookEvent, Own, OwnedHandlerFuture, ProbeJob, Run, Slot,
-    Started, TimerState, WorkerCell, WorkerEntry,
+    Claimed, Core, Delivered, FastMap, HookEvent, LaneSignals, Own, OwnedHandlerFuture, ProbeJob,
+    Run, Slot, Started, WorkerCell, WorkerEntry,
 };
 
 /// An in-process worker pool driven by `foreman-core`, generic over the
@@ -152,6 +152,7 @@ impl<R: Runtime> WorkerPool<R> {
                 health_log: Default::default(),
                 stop_waiters: Vec::new(),
                 stopped: false,
+                publish_load: lanes.get() > 1,
             });
         }
         let mut names = Names::default();
@@ -172,7 +173,7 @@ impl<R: Runtime> WorkerPool<R> {
                 .map(|(index, core)| Lane {
                     index,
                     core: Mutex::new(core),
-                    signals: Arc::new(TimerState::new()),
+                    signals: Arc::new(LaneSignals::new()),
                 })
                 .collect(),
             id: NEXT_POOL_ID.fetch_add(1, Ordering::Relaxed),
@@ -532,7 +533,7 @@ struct Lane {
     core: Mutex<Core>,
     /// Its timer task's deadline, and its idle and eligible worker counts
     /// for choosing a lane without its lock.
-    signals: Arc<TimerState>,
+    signals: Arc<LaneSignals>,
 }
 
 /// Worker ids, handed out in order (`worker-0`, `worker-1`, …), and the

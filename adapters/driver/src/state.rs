@@ -38,6 +38,9 @@ pub(crate) struct Core {
     pub(crate) health_log: VecDeque<HealthTransition>,
     pub(crate) stop_waiters: Vec<oneshot::Sender<()>>,
     pub(crate) stopped: bool,
+    /// Whether its lane's counts are published in [`LaneSignals`] (only
+    /// a pool of several lanes reads them).
+    pub(crate) publish_load: bool,
 }
 
 /// A worker as the driver knows it.
@@ -200,7 +203,7 @@ impl Run {
 /// deadline and how to wake it; for choosing a lane, its idle and eligible
 /// worker counts after its last input.
 #[derive(Default)]
-pub(crate) struct TimerState {
+pub(crate) struct LaneSignals {
     pub(crate) target: AtomicU64,
     pub(crate) waker: AtomicWaker,
     pub(crate) closed: AtomicBool,
@@ -211,7 +214,7 @@ pub(crate) struct TimerState {
     pub(crate) workers: AtomicUsize,
 }
 
-impl TimerState {
+impl LaneSignals {
     /// The lane's counts, as its last input left them.
     pub(crate) fn load(&self) -> foreman_core::lanes::LaneLoad {
         foreman_core::lanes::LaneLoad {
@@ -223,9 +226,9 @@ impl TimerState {
     }
 
     pub(crate) fn new() -> Self {
-        TimerState {
+        LaneSignals {
             target: AtomicU64::new(u64::MAX),
-            ..TimerState::default()
+            ..LaneSignals::default()
         }
     }
 
@@ -318,11 +321,11 @@ impl Core {
         own: Option<RequestKey>,
         hooks: Option<&mut Vec<HookEvent>>,
         probes: &mut Vec<ProbeJob>,
-        timer: &TimerState,
+        signals: &LaneSignals,
         mut claim: usize,
     ) -> Own {
         // Events first: a `StopWorker` below forgets the worker's id.
-        self.drain_events(hooks, timer);
+        self.drain_events(hooks, signals);
         let mut mine = Own::default();
         while let Some(action) = self.pool.poll_action() {
             match action {
@@ -430,20 +433,24 @@ impl Core {
                 }
             }
         }
-        self.rearm(timer);
+        self.rearm(signals);
         self.settle();
-        timer
-            .idle
-            .store(self.pool.idle_workers(), Ordering::Relaxed);
-        timer
-            .eligible
-            .store(self.pool.eligible_workers(), Ordering::Relaxed);
-        timer.pending.store(self.pool.pending(), Ordering::Relaxed);
-        timer.workers.store(self.workers.len(), Ordering::Relaxed);
+        if self.publish_load {
+            signals
+                .idle
+                .store(self.pool.idle_workers(), Ordering::Relaxed);
+            signals
+                .eligible
+                .store(self.pool.eligible_workers(), Ordering::Relaxed);
+            signals
+                .pending
+                .store(self.pool.pending(), Ordering::Relaxed);
+            signals.workers.store(self.workers.len(), Ordering::Relaxed);
+        }
         mine
     }
 
-    fn drain_events(&mut self, mut hooks: Option<&mut Vec<HookEvent>>, timer: &TimerState) {
+    fn drain_events(&mut self, mut hooks: Option<&mut Vec<HookEvent>>, signals: &LaneSignals) {
         while let Some(event) = self.pool.poll_event() {
             match event {
                 Event::Accepted { worker, .. } => {
@@ -477,7 +484,7 @@ impl Core {
                 Event::Requeued { .. } => {}
                 Event::ShutdownComplete { .. } => {
                     self.stopped = true;
-                    timer.close();
+                    signals.close();
                 }
             }
         }
@@ -490,12 +497,12 @@ impl Core {
     }
 
     /// Tells the timer task about an earlier deadline.
-    pub(crate) fn rearm(&mut self, timer: &TimerState) {
+    pub(crate) fn rearm(&mut self, signals: &LaneSignals) {
         if let Some((at, _)) = self.pool.poll_timeout() {
             if at < self.armed {
                 self.armed = at;
-                timer.target.store(at.as_nanos(), Ordering::Release);
-                timer.waker.wake();
+                signals.target.store(at.as_nanos(), Ordering::Release);
+                signals.waker.wake();
             }
         }
     }
