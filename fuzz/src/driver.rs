@@ -511,7 +511,7 @@ pub fn core_ops_outcome(data: &[u8]) -> Outcome {
         }
         match op {
             ModelOp::AddWorker => outcome.workers += 1,
-            ModelOp::Submit { .. } => outcome.refused += 1,
+            ModelOp::Submit { .. } | ModelOp::Offer { .. } => outcome.refused += 1,
             _ => {}
         }
         // No unbounded growth: nothing held that was not accepted, every

@@ -198,6 +198,15 @@ pub enum Op {
         /// Its timeout.
         timeout: TimeoutChoice,
     },
+    /// Offer a request (`Pool::offer`, as a driver of several lanes does):
+    /// like `Submit`, but a refusal for want of a worker is declined,
+    /// uncounted.
+    Offer {
+        /// Its shape.
+        shape: Shape,
+        /// Its timeout.
+        timeout: TimeoutChoice,
+    },
     /// Cancel the `index`-th pending request.
     Cancel {
         /// Which pending request.
@@ -1053,6 +1062,7 @@ impl Harness {
         }
         match op {
             Op::Submit { shape, timeout } => self.submit(shape, timeout.timeout_ms()).map(drop),
+            Op::Offer { shape, timeout } => self.offer(shape, timeout.timeout_ms()).map(drop),
             Op::Cancel { index } => {
                 let key = pick(&self.live, index).unwrap_or(self.stale_request);
                 self.cancel(key).map(drop)
@@ -1123,10 +1133,33 @@ impl Harness {
         shape: Shape,
         timeout_ms: Option<u64>,
     ) -> Result<Option<RequestKey>, Failure> {
+        self.enter(shape, timeout_ms, false)
+    }
+
+    /// Offers a request of `shape` with `timeout_ms` (`Pool::offer`): as
+    /// [`submit`](Self::submit), except that a refusal for want of a
+    /// worker is declined: not counted, no pool-level `Rejected` event.
+    ///
+    /// # Errors
+    /// The first broken rule.
+    pub fn offer(
+        &mut self,
+        shape: Shape,
+        timeout_ms: Option<u64>,
+    ) -> Result<Option<RequestKey>, Failure> {
+        self.enter(shape, timeout_ms, true)
+    }
+
+    fn enter(
+        &mut self,
+        shape: Shape,
+        timeout_ms: Option<u64>,
+        offer: bool,
+    ) -> Result<Option<RequestKey>, Failure> {
         self.begin_input()?;
         let id = self.next_id;
         self.next_id += 1;
-        self.submitted += 1;
+        let counters_before = *self.pool.counters();
         let timeout_valid = timeout_ms.is_none_or(|ms| ms >= 1 && ms <= self.max_timeout_ms);
         let valid = shape.is_valid() && timeout_valid;
         let expected = if self.lifecycle != Lifecycle::Running {
@@ -1161,9 +1194,20 @@ impl Harness {
         };
         let deadline = timeout.map(|budget| self.seen + budget);
         self.context = Context::Submit { id, deadline };
+        // An offer declines exactly the refusals for want of a worker.
+        let declined =
+            offer && matches!(expected, Err(Refusal::QueueFull | Refusal::NoHealthyWorker));
+        if !declined {
+            self.submitted += 1;
+        }
         let template = &mut self.templates[shape as usize];
         template.timeout_ms = timeout_ms;
-        let result = self.pool.submit(self.clock, template, id);
+        let result = if offer {
+            let admission = self.pool.config().admit(template);
+            self.pool.offer(self.clock, admission, id, |_| true)
+        } else {
+            self.pool.submit(self.clock, template, id)
+        };
         let (outcome, key) = match result {
             Ok(key) => (Ok(()), Some(key)),
             Err(refused) => {
@@ -1212,6 +1256,17 @@ impl Harness {
         }
         if key.is_some() {
             self.accepted += 1;
+        }
+        if declined {
+            let after = *self.pool.counters();
+            if after != counters_before {
+                return Err(self.fail(format!(
+                    "declined offer #{id} changed the counters: {counters_before:?} -> {after:?}"
+                )));
+            }
+            if self.outputs_this_input != 0 {
+                return Err(self.fail(format!("declined offer #{id} emitted outputs")));
+            }
         }
         self.finish_input()?;
         Ok(key)

@@ -572,7 +572,14 @@ impl Sim {
             };
             (shape, timeout)
         };
-        let key = self.harness.submit(shape, timeout_ms)?;
+        // Every fourth arrival is offered (`Pool::offer`, as a driver of
+        // several lanes does), decided without the RNG so a seed's
+        // scenario stays what it was.
+        let key = if self.submitted % 4 == 3 {
+            self.harness.offer(shape, timeout_ms)?
+        } else {
+            self.harness.submit(shape, timeout_ms)?
+        };
         self.react()?;
         if let Some(request) = key {
             if self.rng.chance(self.scenario.cancel) {

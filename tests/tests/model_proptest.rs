@@ -454,7 +454,8 @@ fn op() -> impl Strategy<Value = Op> {
         Just(Verdict::Unavailable)
     ];
     prop_oneof![
-        8 => (shape, timeout).prop_map(|(shape, timeout)| Op::Submit { shape, timeout }),
+        8 => (shape.clone(), timeout.clone()).prop_map(|(shape, timeout)| Op::Submit { shape, timeout }),
+        3 => (shape, timeout).prop_map(|(shape, timeout)| Op::Offer { shape, timeout }),
         2 => any::<u16>().prop_map(|index| Op::Cancel { index }),
         6 => (any::<u16>(), outcome).prop_map(|(index, outcome)| Op::Complete { index, outcome }),
         3 => (any::<u16>(), verdict).prop_map(|(index, verdict)| Op::ProbeResult { index, verdict }),
