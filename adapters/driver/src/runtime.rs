@@ -27,8 +27,8 @@ pub trait Runtime: Debug + Send + Sync + 'static {
     /// Gives the thread back to the runtime once, so its other tasks, timers
     /// and I/O run (a caller whose requests never wait does this now and
     /// then). The default wakes the task and returns `Pending` once; a
-    /// runtime with its own yield (tokio's defers the task until its
-    /// driver has been polled, without waking another worker) overrides it.
+    /// runtime with its own yield overrides it (tokio's defers the task
+    /// until its timers and I/O have been polled).
     fn yield_now(&self) -> impl Future<Output = ()> + Send {
         let mut yielded = false;
         std::future::poll_fn(move |cx| {
