@@ -46,6 +46,59 @@ pub fn bench_request() -> WorkerRequest {
     }
 }
 
+/// One timed round of a closed-loop benchmark: its throughput and p99
+/// latency (every adapter's throughput bench reports these).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Round {
+    /// Requests answered per second.
+    pub rps: f64,
+    /// 99th percentile of the requests' latencies.
+    pub p99: Duration,
+}
+
+impl Round {
+    /// The round that answered `count` requests in `elapsed`, whose
+    /// latencies in nanoseconds (in any order) are `latencies`.
+    pub fn new(count: u64, elapsed: Duration, mut latencies: Vec<u64>) -> Self {
+        latencies.sort_unstable();
+        let p99 = latencies
+            .get(latencies.len().saturating_sub(1) * 99 / 100)
+            .copied()
+            .unwrap_or(0);
+        Round {
+            rps: count as f64 / elapsed.as_secs_f64(),
+            p99: Duration::from_nanos(p99),
+        }
+    }
+
+    /// The median throughput of `rounds` and their median p99 (each taken
+    /// on its own); zero for no rounds.
+    pub fn median(rounds: &[Round]) -> Round {
+        let mid = rounds.len() / 2;
+        let mut rps: Vec<f64> = rounds.iter().map(|r| r.rps).collect();
+        rps.sort_by(f64::total_cmp);
+        let mut p99s: Vec<Duration> = rounds.iter().map(|r| r.p99).collect();
+        p99s.sort();
+        Round {
+            rps: rps.get(mid).copied().unwrap_or(0.0),
+            p99: p99s.get(mid).copied().unwrap_or_default(),
+        }
+    }
+}
+
+/// The benchmark cell sizes in the comma-separated environment variable
+/// `var` (such as `FOREMAN_BENCH_N`), or `default` when it is unset.
+pub fn bench_sizes(var: &str, default: &[usize]) -> Vec<usize> {
+    std::env::var(var)
+        .ok()
+        .map(|list| {
+            list.split(',')
+                .filter_map(|n| n.trim().parse().ok())
+                .collect()
+        })
+        .unwrap_or_else(|| default.to_vec())
+}
+
 /// Real latencies are divided by this so the demo ends in seconds.
 pub const TIME_SCALE: u32 = 20;
 

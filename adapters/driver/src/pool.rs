@@ -26,8 +26,8 @@ use thiserror::Error;
 use crate::handler::{CircuitBreakerHooks, WorkerHandler, WorkerPoolClient};
 use crate::runtime::Runtime;
 use crate::state::{
-    Claimed, Core, Delivered, FastMap, HookEvent, LaneSignals, Own, OwnedHandlerFuture, ProbeJob,
-    Run, Slot, Started, WorkerCell, WorkerEntry,
+    worker_id, Claimed, Core, Delivered, FastMap, HookEvent, LaneSignals, Own, OwnedHandlerFuture,
+    ProbeJob, Run, Slot, Started, WorkerCell, WorkerEntry,
 };
 
 /// An in-process worker pool driven by `foreman-core`, generic over the
@@ -1194,8 +1194,7 @@ fn finish(
             let worker = answer.worker.clone();
             let outcome = respond(answer, request_id);
             Finish::Notify(Box::pin(async move {
-                let worker_id = worker.as_deref().map_or("", |worker| &*worker.id);
-                notify(hooks, worker_id, &outcome).await;
+                notify(hooks, worker_id(worker.as_deref()), &outcome).await;
                 outcome
             }))
         }
@@ -1214,10 +1213,9 @@ fn respond(answer: Delivered, request_id: String) -> Result<WorkerResponse, Work
     let queue_ms = millis(answer.queued_for);
     let run_ms = answer.ran_for.map(millis);
     let output = answer.result?;
-    let worker_id = answer.worker.as_deref().map_or("", |worker| &*worker.id);
     Ok(WorkerResponse {
         request_id,
-        worker_id: String::from(worker_id),
+        worker_id: String::from(worker_id(answer.worker.as_deref())),
         result: WorkerResult::Success { output },
         elapsed_ms: queue_ms.saturating_add(run_ms.unwrap_or(0)),
         queue_ms: Some(queue_ms),

@@ -89,8 +89,13 @@ pub(crate) struct Delivered {
 impl Delivered {
     /// The id of the worker that answered ("" if it is gone).
     pub(crate) fn worker_id(&self) -> &str {
-        self.worker.as_deref().map_or("", |worker| &worker.id)
+        worker_id(self.worker.as_deref())
     }
+}
+
+/// The id of `worker` ("" if it is gone).
+pub(crate) fn worker_id(worker: Option<&WorkerCell>) -> &str {
+    worker.map_or("", |worker| &worker.id)
 }
 
 /// What one round of actions left for the calling task to do once it has
@@ -269,12 +274,7 @@ impl Slot {
         let Some(unique) = Arc::get_mut(&mut slot) else {
             return;
         };
-        let inner = unique.inner.get_mut();
-        inner.parked = None;
-        inner.run = Run::Waiting;
-        inner.answer = None;
-        inner.abandoned = false;
-        inner.waker = None;
+        *unique.inner.get_mut() = SlotInner::default();
         SPARE_SLOT.with(|spare| spare.set(Some(slot)));
     }
 

@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use foreman_driver::demo::{bench_request, Echo};
+use foreman_driver::demo::{bench_request, bench_sizes, Echo, Round};
 use foreman_tokio::{
     WorkerHandler, WorkerPool, WorkerPoolOptions, WorkerProtocolError, WorkerRequest,
 };
@@ -149,11 +149,6 @@ impl Client for Arc<Tower> {
 
 // ----- harness -----------------------------------------------------------------
 
-struct Round {
-    rps: f64,
-    p99: Duration,
-}
-
 async fn closed_loop<C: Client + Clone>(client: C, callers: usize, run: Duration) -> Round {
     let stop = Arc::new(AtomicBool::new(false));
     let measuring = Arc::new(AtomicBool::new(false));
@@ -193,27 +188,7 @@ async fn closed_loop<C: Client + Clone>(client: C, callers: usize, run: Duration
     for task in tasks {
         all.extend(task.await.expect("caller task"));
     }
-    all.sort_unstable();
-    let p99 = all
-        .get(all.len().saturating_sub(1) * 99 / 100)
-        .copied()
-        .unwrap_or(0);
-    Round {
-        rps: count as f64 / elapsed.as_secs_f64(),
-        p99: Duration::from_nanos(p99),
-    }
-}
-
-fn median(mut rounds: Vec<Round>) -> Round {
-    rounds.sort_by(|a, b| a.rps.total_cmp(&b.rps));
-    let mid = rounds.len() / 2;
-    let rps = rounds[mid].rps;
-    let mut p99s: Vec<_> = rounds.iter().map(|r| r.p99).collect();
-    p99s.sort();
-    Round {
-        rps,
-        p99: p99s[mid],
-    }
+    Round::new(count, elapsed, all)
 }
 
 fn main() {
@@ -236,16 +211,6 @@ fn main() {
         "| N | C | foreman req/s | floor req/s | tower req/s | foreman/floor | foreman/tower | p99 foreman | p99 floor | p99 ratio |"
     );
     println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
-    let sizes = |var: &str, default: &[usize]| -> Vec<usize> {
-        std::env::var(var)
-            .ok()
-            .map(|list| {
-                list.split(',')
-                    .filter_map(|n| n.trim().parse().ok())
-                    .collect()
-            })
-            .unwrap_or_else(|| default.to_vec())
-    };
     // FOREMAN_BENCH_N / FOREMAN_BENCH_C (comma-separated) pick other cells;
     // FOREMAN_BENCH_POOLS=foreman (or floor, tower; comma-separated) runs
     // only those pools, for profiling; the table then shows throughput and
@@ -253,8 +218,8 @@ fn main() {
     let pools = std::env::var("FOREMAN_BENCH_POOLS").unwrap_or_default();
     let run_pool = |name: &str| pools.is_empty() || pools.split(',').any(|p| p.trim() == name);
     let only_some = !pools.is_empty();
-    for n in sizes("FOREMAN_BENCH_N", &[1, 16, 64]) {
-        for c in sizes("FOREMAN_BENCH_C", &[1, 16, 256]) {
+    for n in bench_sizes("FOREMAN_BENCH_N", &[1, 16, 64]) {
+        for c in bench_sizes("FOREMAN_BENCH_C", &[1, 16, 256]) {
             let (mut f, mut fl, mut tw) = (Vec::new(), Vec::new(), Vec::new());
             for _ in 0..3 {
                 if run_pool("floor") {
@@ -292,13 +257,7 @@ fn main() {
                 let f = [f, fl, tw]
                     .into_iter()
                     .find(|rounds| !rounds.is_empty())
-                    .map_or(
-                        Round {
-                            rps: 0.0,
-                            p99: Duration::ZERO,
-                        },
-                        median,
-                    );
+                    .map_or_else(Round::default, |rounds| Round::median(&rounds));
                 println!(
                     "| {n} | {c} | {:.0}k | | | | | {:?} | | |",
                     f.rps / 1e3,
@@ -306,7 +265,7 @@ fn main() {
                 );
                 continue;
             }
-            let (f, fl, tw) = (median(f), median(fl), median(tw));
+            let (f, fl, tw) = (Round::median(&f), Round::median(&fl), Round::median(&tw));
             println!(
                 "| {n} | {c} | {:.0}k | {:.0}k | {:.0}k | {:.2} | {:.2} | {:?} | {:?} | {:.2} |",
                 f.rps / 1e3,

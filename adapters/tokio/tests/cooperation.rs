@@ -5,41 +5,18 @@
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
+use foreman_driver::demo::{bench_request, Echo};
 use foreman_tokio::{
-    async_trait, WorkerHandler, WorkerOperation, WorkerPool, WorkerPoolOptions,
-    WorkerProtocolError, WorkerRequest,
+    async_trait, WorkerHandler, WorkerPool, WorkerPoolOptions, WorkerProtocolError, WorkerRequest,
 };
-use serde_json::{json, Value};
-
-struct Instant;
-
-#[async_trait]
-impl WorkerHandler for Instant {
-    async fn handle(&self, _request: WorkerRequest) -> Result<Value, WorkerProtocolError> {
-        Ok(Value::Null)
-    }
-}
-
-fn request() -> WorkerRequest {
-    WorkerRequest {
-        request_id: "loop".into(),
-        workflow_name: "wf".into(),
-        node_id: "node".into(),
-        timeout_ms: None,
-        operation: WorkerOperation::Tool {
-            tool: "echo".into(),
-            input: json!({}),
-            scoped_input: json!({}),
-        },
-    }
-}
+use serde_json::Value;
 
 /// On a single-threaded runtime the looping caller and the test body share
 /// one thread: the body only runs again if `submit` yields now and then.
 #[tokio::test(flavor = "current_thread")]
 async fn a_submit_loop_yields_to_other_tasks() {
     let pool = Arc::new(
-        WorkerPool::new_inprocess(vec![Arc::new(Instant)], WorkerPoolOptions::default(), None)
+        WorkerPool::new_inprocess(vec![Arc::new(Echo)], WorkerPoolOptions::default(), None)
             .expect("pool"),
     );
     let stop = Arc::new(AtomicBool::new(false));
@@ -48,7 +25,7 @@ async fn a_submit_loop_yields_to_other_tasks() {
         let (pool, stop, done) = (Arc::clone(&pool), Arc::clone(&stop), Arc::clone(&done));
         tokio::spawn(async move {
             while !stop.load(Ordering::Relaxed) {
-                pool.submit(request()).await.expect("echo succeeds");
+                pool.submit(bench_request()).await.expect("echo succeeds");
                 done.fetch_add(1, Ordering::Relaxed);
             }
         })
@@ -69,7 +46,7 @@ async fn a_submit_loop_yields_to_other_tasks() {
 #[tokio::test(flavor = "current_thread")]
 async fn callers_sharing_a_thread_take_turns() {
     let pool = Arc::new(
-        WorkerPool::new_inprocess(vec![Arc::new(Instant)], WorkerPoolOptions::default(), None)
+        WorkerPool::new_inprocess(vec![Arc::new(Echo)], WorkerPoolOptions::default(), None)
             .expect("pool"),
     );
     let order = Arc::new(std::sync::Mutex::new(Vec::new()));
@@ -78,7 +55,7 @@ async fn callers_sharing_a_thread_take_turns() {
             let (pool, order) = (Arc::clone(&pool), Arc::clone(&order));
             tokio::spawn(async move {
                 for _ in 0..10 {
-                    pool.submit(request()).await.expect("echo succeeds");
+                    pool.submit(bench_request()).await.expect("echo succeeds");
                     order.lock().expect("order").push(caller);
                 }
             })
@@ -108,7 +85,7 @@ async fn callers_sharing_a_thread_take_turns() {
     tokio::task::yield_now().await;
     let before = polls.load(Ordering::Relaxed);
     for _ in 0..512 {
-        pool.submit(request()).await.expect("echo succeeds");
+        pool.submit(bench_request()).await.expect("echo succeeds");
     }
     let yielded = polls.load(Ordering::Relaxed) - before;
     other.abort();
@@ -151,13 +128,13 @@ async fn retrying_on_queue_full_lets_the_queue_drain() {
     let busy: Vec<_> = (0..2)
         .map(|_| {
             let pool = Arc::clone(&pool);
-            tokio::spawn(async move { pool.submit(request()).await })
+            tokio::spawn(async move { pool.submit(bench_request()).await })
         })
         .collect();
     tokio::task::yield_now().await;
     let mut refused = 0u64;
     loop {
-        match pool.submit(request()).await {
+        match pool.submit(bench_request()).await {
             Ok(_) => break,
             Err(foreman_tokio::WorkerPoolError::QueueFull) => {
                 refused += 1;

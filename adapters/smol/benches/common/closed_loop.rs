@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use foreman_driver::demo::{bench_request, Echo};
+use foreman_driver::demo::{bench_request, bench_sizes, Echo, Round};
 use foreman_driver::{
     Runtime, WorkerHandler, WorkerPool, WorkerPoolOptions, WorkerProtocolError, WorkerRequest,
 };
@@ -87,11 +87,6 @@ impl Client for Arc<Floor> {
     }
 }
 
-struct Round {
-    rps: f64,
-    p99: Duration,
-}
-
 async fn sleep<R: Runtime>(rt: &R, duration: Duration) {
     let mut timer = rt.new_timer(rt.now() + duration);
     futures::future::poll_fn(|cx| timer.as_mut().poll(cx)).await;
@@ -137,23 +132,7 @@ async fn closed_loop<R: Runtime, C: Client>(rt: &R, client: C, callers: usize) -
     for join in joins {
         all.extend(join.await.expect("caller task"));
     }
-    all.sort_unstable();
-    let p99 = all.get(all.len().saturating_sub(1) * 99 / 100).copied();
-    Round {
-        rps: count as f64 / elapsed.as_secs_f64(),
-        p99: Duration::from_nanos(p99.unwrap_or(0)),
-    }
-}
-
-fn median(mut rounds: Vec<Round>) -> Round {
-    rounds.sort_by(|a, b| a.rps.total_cmp(&b.rps));
-    let mid = rounds.len() / 2;
-    let mut p99s: Vec<_> = rounds.iter().map(|r| r.p99).collect();
-    p99s.sort();
-    Round {
-        rps: rounds[mid].rps,
-        p99: p99s[mid],
-    }
+    Round::new(count, elapsed, all)
 }
 
 /// Runs every cell and prints the table (call inside the runtime).
@@ -165,8 +144,8 @@ pub async fn run_all<R: Runtime + Default + Clone>(runtime: &str) {
     println!("| N | C | foreman req/s | floor req/s | foreman/floor | p99 foreman | p99 floor |");
     println!("|---:|---:|---:|---:|---:|---:|---:|");
     // FOREMAN_BENCH_N / FOREMAN_BENCH_C (comma-separated) pick other cells.
-    for n in sizes("FOREMAN_BENCH_N", &[1, 16, 64]) {
-        for c in sizes("FOREMAN_BENCH_C", &[1, 16, 256]) {
+    for n in bench_sizes("FOREMAN_BENCH_N", &[1, 16, 64]) {
+        for c in bench_sizes("FOREMAN_BENCH_C", &[1, 16, 256]) {
             let (mut foreman, mut floor) = (Vec::new(), Vec::new());
             for _ in 0..3 {
                 floor.push(closed_loop(&rt, Floor::new(&rt, n), c).await);
@@ -180,7 +159,7 @@ pub async fn run_all<R: Runtime + Default + Clone>(runtime: &str) {
                 foreman.push(closed_loop(&rt, Foreman(Arc::clone(&pool)), c).await);
                 pool.shutdown().await;
             }
-            let (f, fl) = (median(foreman), median(floor));
+            let (f, fl) = (Round::median(&foreman), Round::median(&floor));
             println!(
                 "| {n} | {c} | {:.0}k | {:.0}k | {:.2} | {:?} | {:?} |",
                 f.rps / 1e3,
@@ -191,16 +170,4 @@ pub async fn run_all<R: Runtime + Default + Clone>(runtime: &str) {
             );
         }
     }
-}
-
-/// The comma-separated sizes in `var`, or `default`.
-fn sizes(var: &str, default: &[usize]) -> Vec<usize> {
-    std::env::var(var)
-        .ok()
-        .map(|list| {
-            list.split(',')
-                .filter_map(|n| n.trim().parse().ok())
-                .collect()
-        })
-        .unwrap_or_else(|| default.to_vec())
 }
