@@ -66,9 +66,12 @@ pub enum RoutingPolicy {
     /// fall through to the next when a queue is full. A request can wait
     /// behind a busy worker while another sits idle.
     RoundRobin,
-    /// Round robin over workers with a free run slot; only when every
-    /// schedulable worker is busy, round robin over those with queue room
-    /// (the default: no request queues while a worker is idle).
+    /// Round robin over workers with a free run slot, Healthy ones before
+    /// Degraded ones; only when every schedulable worker is busy, round
+    /// robin over those with queue room (the default: no request queues
+    /// while a worker is idle). With [`PoolConfig::late_binding`], a queued
+    /// request then runs on the first schedulable worker to free up, in the
+    /// order requests arrived.
     #[default]
     IdleFirst,
 }
@@ -88,6 +91,14 @@ pub struct PoolConfig {
     pub max_concurrency_per_worker: u32,
     /// How requests are spread over workers.
     pub routing: RoutingPolicy,
+    /// Under [`RoutingPolicy::IdleFirst`], whether a queued request may be
+    /// run by whichever schedulable worker frees first rather than only by
+    /// the busy worker it was queued on (the default: no request waits
+    /// behind a slow worker while another is free). A request that a
+    /// circuit breaker (`allow`) vetoed for some worker always stays on the
+    /// worker it was queued on. Turn it off when `allow` must vet the worker
+    /// that runs every request.
+    pub late_binding: bool,
     /// Unix time in milliseconds of the core's epoch ([`crate::Time::ZERO`]),
     /// used only to report `last_probe_unix_ms`. The core never reads a clock:
     /// drivers that know the wall time set it; `0` reports times since epoch.
@@ -103,6 +114,7 @@ impl PoolConfig {
             probe_timeout,
             max_concurrency_per_worker: 1,
             routing: RoutingPolicy::default(),
+            late_binding: true,
             unix_epoch_ms: 0,
         }
     }

@@ -115,7 +115,8 @@ pub enum Event {
         /// Why.
         reason: WorkerErrorCode,
     },
-    /// A queued request moved to another worker (its worker was removed).
+    /// A queued request moved to another worker: its worker was removed, or
+    /// (late binding) another worker freed up first and runs it now.
     Requeued {
         /// The request.
         request: RequestKey,

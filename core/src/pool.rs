@@ -10,7 +10,7 @@ use std::time::Duration;
 use serde_json::Value;
 use thiserror::Error;
 
-use crate::config::{Admission, ConfigError, PoolConfig};
+use crate::config::{Admission, ConfigError, PoolConfig, RoutingPolicy};
 use crate::health::{Health, HealthCause};
 use crate::keys::{ProbeKey, RequestKey, Slab, WorkerKey};
 use crate::output::{Action, Answer, Event, Phase};
@@ -93,6 +93,14 @@ pub struct Pool<P> {
     router: Router,
     /// Workers that are schedulable (whether or not they have room).
     schedulable: usize,
+    /// Unpinned queued requests, which any schedulable worker may run (late
+    /// binding), in the order they arrived (each is also in its worker's
+    /// queue, for that worker to run should it stop being schedulable); may
+    /// hold stale keys (started, or answered while queued), swept once they
+    /// outnumber the live ones.
+    backlog: VecDeque<RequestKey>,
+    /// Live entries of `backlog`.
+    backlog_live: usize,
     timers: TimerHeap,
     actions: VecDeque<Action<P>>,
     events: VecDeque<Event>,
@@ -153,8 +161,12 @@ enum Lifecycle {
 }
 
 struct Request<P> {
+    /// The worker running it, or the one it is queued on (whose room it
+    /// takes up).
     worker: WorkerKey,
     state: RequestState,
+    /// Only its worker may run it (it is not in the backlog).
+    pinned: bool,
     /// The submit payload, held until the answer gives it back.
     payload: P,
     accepted_at: Time,
@@ -172,8 +184,9 @@ struct Worker {
     health: Health,
     /// Cached `health.status(threshold)`, to notice changes.
     status: WorkerHealthStatus,
-    /// Queued request keys in order; may hold stale keys (cancelled or timed
-    /// out while queued), swept once they outnumber the live ones.
+    /// Queued request keys in order; may hold stale keys (cancelled, timed
+    /// out, or run by another worker while queued), swept once they
+    /// outnumber the live ones.
     queue: VecDeque<RequestKey>,
     /// Live entries of `queue`.
     queued: usize,
@@ -186,6 +199,9 @@ struct Worker {
     eligible: bool,
     /// Cached: eligible and a run slot free; mirrors the router's set.
     idle: bool,
+    /// Cached: idle and Healthy (routed to before idle Degraded workers);
+    /// mirrors the router's set.
+    preferred: bool,
     probe: ProbeState,
 }
 
@@ -226,6 +242,8 @@ impl<P: Clone> Pool<P> {
             workers: Slab::new(),
             ids: BTreeMap::new(),
             schedulable: 0,
+            backlog: VecDeque::new(),
+            backlog_live: 0,
             timers: TimerHeap::new(),
             actions: VecDeque::new(),
             events: VecDeque::new(),
@@ -255,8 +273,9 @@ impl<P: Clone> Pool<P> {
     /// candidate worker by id before choosing it.
     ///
     /// On success the request is bound to a worker and queued there (and
-    /// started at once if the worker is free); its answer comes later as an
-    /// [`Action::Answer`].
+    /// started at once if the worker is free; with late binding, whichever
+    /// schedulable worker frees up first may run it); its answer comes
+    /// later as an [`Action::Answer`].
     ///
     /// # Errors
     /// Returns [`Refused`] with the payload and the reason: `ShuttingDown`
@@ -350,6 +369,7 @@ impl<P: Clone> Pool<P> {
         };
 
         let mut vetoed = false;
+        let late_binding = self.late_binding();
         let workers = &self.workers;
         let events = &mut self.events;
         // Whether `candidate` may take the request; a veto is reported.
@@ -408,9 +428,13 @@ impl<P: Clone> Pool<P> {
             RequestState::Queued
         };
         let started = start_now.then(|| payload.clone());
+        // A request some worker's circuit breaker vetoed stays on the
+        // worker that took it: another could be one the breaker refuses.
+        let pinned = !late_binding || vetoed;
         let key = RequestKey(self.requests.insert(Request {
             worker,
             state,
+            pinned,
             payload,
             accepted_at: now,
             deadline,
@@ -427,6 +451,10 @@ impl<P: Clone> Pool<P> {
             None => {
                 slot.queue.push_back(key);
                 slot.queued += 1;
+                if !pinned {
+                    self.backlog.push_back(key);
+                    self.backlog_live += 1;
+                }
             }
         }
         if let Some(at) = deadline {
@@ -537,7 +565,8 @@ impl<P: Clone> Pool<P> {
         }
         slot.health.on_probe(status, failure_seq, threshold, now);
         self.schedule_next_probe(worker, sent_at);
-        self.refresh(worker, HealthCause::Probe);
+        // A worker the probe brought back takes waiting requests.
+        self.settle(worker, HealthCause::Probe);
         true
     }
 
@@ -617,6 +646,7 @@ impl<P: Clone> Pool<P> {
             schedulable: false,
             eligible: false,
             idle: false,
+            preferred: false,
             probe: ProbeState::Due(due),
         };
         if !self.workers.has_room() {
@@ -625,14 +655,16 @@ impl<P: Clone> Pool<P> {
         let key = WorkerKey(self.workers.insert(worker));
         self.ids.insert(id, key);
         self.arm(due, Timer::ProbeDue(key));
-        self.refresh(key, HealthCause::Restart);
+        // A new worker takes waiting requests at once.
+        self.settle(key, HealthCause::Restart);
         Ok(key)
     }
 
     /// Restarts a worker: its running requests are aborted and answered with
     /// a `Cancelled` error saying so (retryable), its health is reset, the
     /// driver is told to replace its execution context, and its queued
-    /// requests stay queued and run on the fresh worker.
+    /// requests stay queued and run on the fresh worker (with late binding,
+    /// on whichever worker frees up first).
     ///
     /// # Errors
     /// [`CommandError::UnknownWorker`], [`CommandError::WorkerRemoving`], or
@@ -999,46 +1031,111 @@ impl<P: Clone> Pool<P> {
         }
         let eligible = schedulable && slot.running.len() + slot.queued < capacity;
         let idle = eligible && slot.running.len() < max_running;
-        if eligible != slot.eligible || idle != slot.idle {
+        let preferred = idle && status == WorkerHealthStatus::Healthy;
+        if eligible != slot.eligible || idle != slot.idle || preferred != slot.preferred {
             slot.eligible = eligible;
             slot.idle = idle;
-            self.router.set(worker, eligible, idle);
+            slot.preferred = preferred;
+            self.router.set(worker, eligible, idle, preferred);
         }
     }
 
-    /// Starts queued requests while the worker has free run slots.
+    /// Starts what the worker can take ([`pump`](Self::pump)) and brings
+    /// its status up to date, reporting a change with `cause` before any
+    /// request moves to it (its status decides whether it may take them).
+    fn settle(&mut self, worker: WorkerKey, cause: HealthCause) {
+        if self.backlog_live > 0 {
+            self.refresh(worker, cause);
+        }
+        self.pump(worker);
+        self.refresh(worker, cause);
+    }
+
+    /// Starts queued requests while the worker has free run slots: from its
+    /// own queue and, if it is schedulable, the backlog, oldest first.
+    /// (Its cached `schedulable` flag must be current when the backlog is
+    /// not empty: see [`settle`](Self::settle).)
     fn pump(&mut self, worker: WorkerKey) {
         let max = self.config.max_concurrency_per_worker as usize;
+        loop {
+            let Some(slot) = self.workers.get_mut(worker.0) else {
+                return;
+            };
+            if slot.running.len() >= max {
+                return;
+            }
+            let requests = &self.requests;
+            let own = live_head(&mut slot.queue, requests, |entry| entry.worker == worker);
+            let shared = (self.backlog_live > 0 && slot.schedulable)
+                .then(|| live_head(&mut self.backlog, requests, |_| true))
+                .flatten();
+            let from_backlog = match (own, shared) {
+                (None, None) => return,
+                (Some(_), None) => false,
+                (None, Some(_)) => true,
+                (Some((_, own_at)), Some((_, shared_at))) => shared_at < own_at,
+            };
+            let popped = if from_backlog {
+                self.backlog.pop_front()
+            } else {
+                slot.queue.pop_front()
+            };
+            let Some(request) = popped else {
+                return;
+            };
+            self.start_queued(request, worker, from_backlog);
+        }
+    }
+
+    /// Starts a queued request on `worker`, just taken off the front of
+    /// the backlog or of that worker's queue. Run by another worker than
+    /// the one it was queued on, it is reported `Requeued`.
+    fn start_queued(&mut self, request: RequestKey, worker: WorkerKey, from_backlog: bool) {
         let now = self.now;
-        let Some(slot) = self.workers.get_mut(worker.0) else {
+        let Some(entry) = self.requests.get_mut(request.0) else {
             return;
         };
-        while slot.running.len() < max {
-            let Some(request) = slot.queue.pop_front() else {
-                break;
-            };
-            let Some(entry) = self.requests.get_mut(request.0) else {
-                continue;
-            };
-            if entry.worker != worker || entry.state != RequestState::Queued {
-                continue;
-            }
-            entry.state = RequestState::Running { started_at: now };
-            let payload = entry.payload.clone();
-            slot.queued -= 1;
-            slot.running.push(request);
-            self.actions.push_back(Action::Start {
-                request,
-                worker,
-                payload,
-            });
+        let from = entry.worker;
+        entry.worker = worker;
+        entry.state = RequestState::Running { started_at: now };
+        let payload = entry.payload.clone();
+        if !entry.pinned {
+            // Its entry in the other queue is stale now.
+            self.backlog_live = self.backlog_live.saturating_sub(1);
         }
+        if let Some(origin) = self.workers.get_mut(from.0) {
+            origin.queued = origin.queued.saturating_sub(1);
+            if from_backlog {
+                sweep_queue(&mut origin.queue, origin.queued, &self.requests, from);
+            }
+        }
+        if from != worker {
+            self.counters.reassigned += 1;
+            self.events.push_back(Event::Requeued {
+                request,
+                from,
+                to: worker,
+            });
+            self.refresh(from, HealthCause::Success);
+        }
+        if let Some(slot) = self.workers.get_mut(worker.0) {
+            slot.running.push(request);
+        }
+        self.actions.push_back(Action::Start {
+            request,
+            worker,
+            payload,
+        });
+    }
+
+    /// Whether queued requests may run on another worker than their own.
+    fn late_binding(&self) -> bool {
+        self.config.late_binding && self.config.routing == RoutingPolicy::IdleFirst
     }
 
     /// Everything that follows a change to a worker's requests or health.
     fn after_worker_change(&mut self, worker: WorkerKey, cause: HealthCause) {
-        self.pump(worker);
-        self.refresh(worker, cause);
+        self.settle(worker, cause);
         self.maybe_release(worker);
         self.maybe_finish_shutdown();
     }
@@ -1051,18 +1148,24 @@ impl<P: Clone> Pool<P> {
         if entry.state != RequestState::Queued {
             unreachable_state();
         }
-        if let Some(slot) = self.workers.get_mut(entry.worker.0) {
-            slot.queued = slot.queued.saturating_sub(1);
-            if slot.queue.len() > slot.queued.saturating_mul(2).saturating_add(16) {
+        if !entry.pinned {
+            self.backlog_live = self.backlog_live.saturating_sub(1);
+            if self.backlog.len() > self.backlog_live.saturating_mul(2).saturating_add(16) {
                 let requests = &self.requests;
-                let worker = entry.worker;
-                slot.queue.retain(|key| {
+                self.backlog.retain(|key| {
                     matches!(
                         requests.get(key.0),
-                        Some(Request { worker: w, state: RequestState::Queued, .. }) if *w == worker
+                        Some(Request {
+                            state: RequestState::Queued,
+                            ..
+                        })
                     )
                 });
             }
+        }
+        if let Some(slot) = self.workers.get_mut(entry.worker.0) {
+            slot.queued = slot.queued.saturating_sub(1);
+            sweep_queue(&mut slot.queue, slot.queued, &self.requests, entry.worker);
         }
         self.actions.push_back(Action::Answer(Answer {
             request,
@@ -1203,6 +1306,7 @@ impl<P: Clone> Pool<P> {
                 if let Some(entry) = self.requests.get_mut(request.0) {
                     entry.worker = to;
                 }
+                // An unpinned request also keeps its place in the backlog.
                 if let Some(slot) = self.workers.get_mut(to.0) {
                     slot.queue.push_back(request);
                     slot.queued += 1;
@@ -1244,7 +1348,7 @@ impl<P: Clone> Pool<P> {
                 self.schedulable -= 1;
             }
             if slot.eligible {
-                self.router.set(worker, false, false);
+                self.router.set(worker, false, false, false);
             }
             self.ids.remove(&slot.id);
         }
@@ -1347,4 +1451,43 @@ fn timer_is_live<P>(
 /// builds (and by the simulator), ignored in release.
 fn unreachable_state() {
     debug_assert!(false, "request state contradicts the pool's bookkeeping");
+}
+
+/// The first live key of `queue` and its arrival time, after dropping the
+/// stale keys before it (requests no longer queued, or for which `mine`
+/// says no: queued on another worker since).
+fn live_head<P>(
+    queue: &mut VecDeque<RequestKey>,
+    requests: &Slab<Request<P>>,
+    mine: impl Fn(&Request<P>) -> bool,
+) -> Option<(RequestKey, Time)> {
+    while let Some(&key) = queue.front() {
+        match requests.get(key.0) {
+            Some(entry) if entry.state == RequestState::Queued && mine(entry) => {
+                return Some((key, entry.accepted_at));
+            }
+            _ => {
+                queue.pop_front();
+            }
+        }
+    }
+    None
+}
+
+/// Drops the stale keys of `worker`'s queue once they outnumber its `live`
+/// ones (amortised O(1) per request).
+fn sweep_queue<P>(
+    queue: &mut VecDeque<RequestKey>,
+    live: usize,
+    requests: &Slab<Request<P>>,
+    worker: WorkerKey,
+) {
+    if queue.len() > live.saturating_mul(2).saturating_add(16) {
+        queue.retain(|key| {
+            matches!(
+                requests.get(key.0),
+                Some(Request { worker: w, state: RequestState::Queued, .. }) if *w == worker
+            )
+        });
+    }
 }

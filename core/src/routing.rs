@@ -1,8 +1,9 @@
 //! Routing: which worker a new request goes to.
 //!
 //! The router only knows which workers are *eligible* (active, schedulable
-//! and with room in their queue) and which of those are *idle* (a free run
-//! slot), and picks among them; the pool tells it when either changes.
+//! and with room in their queue), which of those are *idle* (a free run
+//! slot) and which idle ones are *preferred* (Healthy, not Degraded), and
+//! picks among them; the pool tells it when any of these changes.
 //! Another policy replaces this module without touching the rest of the
 //! core. Both sets are hierarchical bitsets over worker slot indices, so a
 //! pick or an update costs O(log64 n).
@@ -17,6 +18,9 @@ pub(crate) struct Router {
     eligible: IndexSet,
     /// Eligible workers with a free run slot (a subset of `eligible`).
     idle: IndexSet,
+    /// Idle workers that are Healthy (a subset of `idle`): idle-first
+    /// routing tries them before idle Degraded ones.
+    preferred: IndexSet,
     /// The key of the worker at each slot index (while it is in a set).
     keys: Vec<Option<WorkerKey>>,
     /// Round-robin position: the next pick starts at the first candidate at
@@ -30,13 +34,15 @@ impl Router {
             policy,
             eligible: IndexSet::default(),
             idle: IndexSet::default(),
+            preferred: IndexSet::default(),
             keys: Vec::new(),
             cursor: 0,
         }
     }
 
-    /// Records a worker's routing state (`idle` implies `eligible`).
-    pub(crate) fn set(&mut self, worker: WorkerKey, eligible: bool, idle: bool) {
+    /// Records a worker's routing state (`preferred` implies `idle`, which
+    /// implies `eligible`).
+    pub(crate) fn set(&mut self, worker: WorkerKey, eligible: bool, idle: bool, preferred: bool) {
         let index = worker.index();
         if eligible {
             let slot = index as usize;
@@ -55,6 +61,11 @@ impl Router {
         } else {
             self.idle.remove(index);
         }
+        if eligible && idle && preferred {
+            self.preferred.insert(index);
+        } else {
+            self.preferred.remove(index);
+        }
     }
 
     pub(crate) fn is_eligible(&self, worker: WorkerKey) -> bool {
@@ -63,6 +74,10 @@ impl Router {
 
     pub(crate) fn is_idle(&self, worker: WorkerKey) -> bool {
         self.idle.contains(worker.index()) && self.key_at(worker.index()) == Some(worker)
+    }
+
+    pub(crate) fn is_preferred(&self, worker: WorkerKey) -> bool {
+        self.preferred.contains(worker.index()) && self.key_at(worker.index()) == Some(worker)
     }
 
     pub(crate) fn eligible_len(&self) -> usize {
@@ -76,10 +91,22 @@ impl Router {
     /// Eligible workers in the order the policy would try them.
     pub(crate) fn candidates(&self) -> impl Iterator<Item = WorkerKey> + '_ {
         let idle_first = self.policy == RoutingPolicy::IdleFirst;
-        let idle = idle_first
-            .then(|| self.idle.rotate(self.cursor))
+        let preferred = idle_first
+            .then(|| self.preferred.rotate(self.cursor))
             .into_iter()
             .flatten();
+        // Built lazily, like `busy`.
+        let degraded = std::iter::once(()).flat_map(move |()| {
+            idle_first
+                .then(|| {
+                    self.idle
+                        .rotate(self.cursor)
+                        .filter(move |index| !self.preferred.contains(*index))
+                })
+                .into_iter()
+                .flatten()
+        });
+        let idle = preferred.chain(degraded);
         // Built lazily: most picks end among the idle workers.
         let busy = std::iter::once(()).flat_map(move |()| {
             self.eligible
@@ -96,7 +123,9 @@ impl Router {
     pub(crate) fn first_candidate(&self) -> Option<WorkerKey> {
         let first = |set: &IndexSet| set.next_from(self.cursor).or_else(|| set.next_from(0));
         let index = match self.policy {
-            RoutingPolicy::IdleFirst => first(&self.idle).or_else(|| first(&self.eligible)),
+            RoutingPolicy::IdleFirst => first(&self.preferred)
+                .or_else(|| first(&self.idle))
+                .or_else(|| first(&self.eligible)),
             _ => first(&self.eligible),
         }?;
         self.key_at(index)

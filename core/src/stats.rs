@@ -53,6 +53,9 @@ pub struct Counters {
     pub unroutable_after_removal: u64,
     /// Moved to another worker because theirs was removed.
     pub requeued: u64,
+    /// Queued on a busy worker and run by another that freed up first (late
+    /// binding).
+    pub reassigned: u64,
     /// Health probes sent.
     pub probes_sent: u64,
     /// Health probes that did not answer in time.
@@ -81,6 +84,7 @@ impl Counters {
             aborted_by_shutdown,
             unroutable_after_removal,
             requeued,
+            reassigned,
             probes_sent,
             probes_timed_out,
         } = *other;
@@ -101,6 +105,7 @@ impl Counters {
         self.aborted_by_shutdown += aborted_by_shutdown;
         self.unroutable_after_removal += unroutable_after_removal;
         self.requeued += requeued;
+        self.reassigned += reassigned;
         self.probes_sent += probes_sent;
         self.probes_timed_out += probes_timed_out;
     }

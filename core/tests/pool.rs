@@ -370,8 +370,13 @@ fn round_robin_spreads_requests_over_workers() {
 
 #[test]
 fn full_queues_fall_through_then_refuse_queue_full() {
-    // capacity per worker: 1 running + 2 queued.
-    let mut h = Harness::new(options(), 2);
+    // capacity per worker: 1 running + 2 queued. Without late binding, each
+    // request waits for the worker it was queued on.
+    let config = PoolConfig {
+        late_binding: false,
+        ..PoolConfig::new(options())
+    };
+    let mut h = Harness::with_config(config, 2);
     for i in 0..6 {
         h.submit(ms(0), &request(&format!("r{i}"))).unwrap();
     }
@@ -1342,4 +1347,114 @@ fn the_end_of_time_is_never_and_does_not_livelock() {
 fn the_default_drain_is_the_longest_request_budget() {
     let config = PoolConfig::new(options());
     assert_eq!(config.default_drain(), Duration::from_millis(120_000));
+}
+
+/// Defect 11: a request queued behind a slow worker runs on the first
+/// worker that frees up, in arrival order, instead of waiting its turn.
+#[test]
+fn late_binding_runs_queued_requests_on_the_first_free_worker() {
+    let mut h = Harness::new(options(), 2);
+    let (w0, w1) = (h.worker(0), h.worker(1));
+    let slow = h.submit(ms(0), &request("slow")).unwrap();
+    let fast = h.submit(ms(0), &request("fast")).unwrap();
+    assert_eq!(h.started(), [(slow, w0), (fast, w1)]);
+    // Both busy: round robin queues them on w0 then w1.
+    let first = h.submit(ms(1), &request("first")).unwrap();
+    let second = h.submit(ms(2), &request("second")).unwrap();
+    let queued_on: Vec<WorkerKey> = h
+        .take_events()
+        .iter()
+        .filter_map(|event| match event {
+            Event::Accepted { worker, .. } => Some(*worker),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(queued_on[2..], [w0, w1]);
+    h.take_actions();
+    // The fast worker finishes: it takes `first` (queued on the slow w0,
+    // which keeps running) before its own `second`.
+    h.complete(ms(3), fast, Ok(json!(null)));
+    assert_eq!(h.started(), [(first, w1)]);
+    assert!(h.take_events().contains(&Event::Requeued {
+        request: first,
+        from: w0,
+        to: w1
+    }));
+    h.take_actions();
+    h.complete(ms(4), first, Ok(json!(null)));
+    assert_eq!(h.started(), [(second, w1)]);
+    let stats = h.pool.stats();
+    assert_eq!((stats.queued, stats.running), (0, 2));
+    assert_eq!(h.pool.counters().reassigned, 1);
+    // The slow worker's room came back when `first` left it.
+    assert_eq!(h.pool.eligible_workers(), 2);
+}
+
+/// A request a circuit breaker vetoed for some worker stays on the worker
+/// that took it: late binding never moves it to one the breaker may refuse.
+#[test]
+fn a_vetoed_request_stays_on_its_worker() {
+    let mut h = Harness::new(options(), 2);
+    let (w0, w1) = (h.worker(0), h.worker(1));
+    let a = h.submit(ms(0), &request("a")).unwrap();
+    let b = h.submit(ms(0), &request("b")).unwrap();
+    assert_eq!(h.started(), [(a, w0), (b, w1)]);
+    h.take_actions();
+    // Vetoed by w0 (asked first): queued on w1, and only w1 may run it.
+    let pinned = h
+        .pool
+        .submit_with(ms(1), &request("pinned"), 9, |id| id != "worker-0")
+        .unwrap();
+    h.drain();
+    assert!(h.take_events().contains(&Event::Rejected {
+        worker: Some(w0),
+        reason: WorkerErrorCode::CircuitOpen
+    }));
+    h.complete(ms(2), a, Ok(json!(null)));
+    assert_eq!(h.started(), [], "w0 must not take a request vetoed for it");
+    h.complete(ms(3), b, Ok(json!(null)));
+    assert_eq!(h.started(), [(pinned, w1)]);
+    assert_eq!(h.pool.counters().reassigned, 0);
+}
+
+/// Defect 11: idle Healthy workers are chosen before idle Degraded ones.
+#[test]
+fn idle_healthy_workers_are_chosen_before_degraded_ones() {
+    let mut h = Harness::new(options(), 3);
+    let w0 = h.worker(0);
+    let first = h.submit(ms(0), &request("fails")).unwrap();
+    assert_eq!(h.started(), [(first, w0)]);
+    h.take_actions();
+    h.complete(
+        ms(1),
+        first,
+        Err(WorkerProtocolError::new(
+            WorkerErrorCode::ExecutionFailed,
+            "boom",
+            false,
+        )),
+    );
+    assert_eq!(
+        h.pool.health().first().map(|health| health.status),
+        Some(WorkerHealthStatus::Degraded)
+    );
+    // Sequential requests on an otherwise idle pool never go to w0.
+    for i in 0..6 {
+        let key = h.submit(ms(2 + i), &request(&format!("r{i}"))).unwrap();
+        let started = h.started();
+        assert_eq!(started.len(), 1);
+        assert_ne!(
+            started[0].1, w0,
+            "a Degraded worker was chosen over idle Healthy ones"
+        );
+        h.take_actions();
+        h.complete(ms(2 + i), key, Ok(json!(null)));
+        h.take_actions();
+    }
+    // With the Healthy ones busy, the Degraded worker still serves.
+    let _ = h.submit(ms(10), &request("x")).unwrap();
+    let _ = h.submit(ms(10), &request("y")).unwrap();
+    h.take_actions();
+    let z = h.submit(ms(10), &request("z")).unwrap();
+    assert_eq!(h.started(), [(z, w0)]);
 }

@@ -80,6 +80,9 @@ macro_rules! conformance_suite {
             d08_probes_cannot_whitewash_and_cannot_hang,
             d09_huge_payload_refused,
             d10_health_never_blocks,
+            d11_slow_worker_does_not_hold_the_queue,
+            d11_degraded_workers_get_less_work,
+            d11_with_a_circuit_breaker_requests_stay_put,
             d12_elapsed_includes_queue_time,
             every_request_answered_once,
             every_request_answered_once_in_two_lanes,
@@ -989,6 +992,122 @@ pub async fn d10_health_never_blocks<R: Runtime + Default + Clone>(rt: R) {
         assert!(result.is_ok(), "{result:?}");
     }
     assert!(extra.await.is_ok());
+    pool.shutdown().await;
+}
+
+/// Defect 11: a slow worker does not keep its share of the queue. Both
+/// workers are busy (gated); two requests queue, one on each. When the
+/// fast worker frees up it runs both, oldest first — the one queued on the
+/// slow worker too — while the slow worker is still stuck.
+pub async fn d11_slow_worker_does_not_hold_the_queue<R: Runtime + Default + Clone>(rt: R) {
+    let slow = TestWorker::new(&rt);
+    let fast = TestWorker::new(&rt);
+    let pool = pool_of(&[Arc::clone(&slow), Arc::clone(&fast)], options());
+    let control = async {
+        wait_until(&rt, "two running and two queued", || {
+            let stats = pool.stats();
+            (stats.running, stats.queued) == (2, 2)
+        })
+        .await;
+        fast.open_gate(1);
+        wait_until(&rt, "the fast worker ran both queued requests", || {
+            pool.stats().counters.succeeded == 3
+        })
+        .await;
+        let stats = pool.stats();
+        // The slow worker still runs its first request: nothing waited for it.
+        assert_eq!((stats.running, stats.queued), (1, 0), "{stats:?}");
+        assert_eq!(slow.calls(), 1);
+        assert_eq!(stats.counters.reassigned, 1, "{:?}", stats.counters);
+        slow.open_gate(1);
+    };
+    let (stuck, freed, first, second, ()) = futures::join!(
+        pool.submit(request("stuck", "gate")),
+        pool.submit(request("freed", "gate")),
+        pool.submit(request("first", "echo")),
+        pool.submit(request("second", "echo")),
+        control,
+    );
+    let worker_of = |result: Result<WorkerResponse, WorkerPoolError>| match result {
+        Ok(response) => response.worker_id,
+        Err(error) => panic!("request failed: {error}"),
+    };
+    assert_eq!(worker_of(stuck), "worker-0");
+    assert_eq!(worker_of(freed), "worker-1");
+    assert_eq!(worker_of(first), "worker-1");
+    assert_eq!(worker_of(second), "worker-1");
+    pool.shutdown().await;
+}
+
+/// Defect 11: Degraded workers get less work. After one failure (of three
+/// allowed) worker-0 is Degraded: one request at a time goes to the idle
+/// Healthy workers only, where plain round robin would give it every third.
+pub async fn d11_degraded_workers_get_less_work<R: Runtime + Default + Clone>(rt: R) {
+    let workers = [
+        TestWorker::new(&rt),
+        TestWorker::new(&rt),
+        TestWorker::new(&rt),
+    ];
+    let pool = pool_of(&workers, options());
+    let failed = pool.submit(request("fails", "fail")).await;
+    assert!(failed.is_err(), "{failed:?}");
+    assert_eq!(pool.stats().workers[0].status, WorkerHealthStatus::Degraded);
+    for i in 0..6 {
+        let served = pool.submit(request(&format!("r{i}"), "echo")).await;
+        let served = served.unwrap_or_else(|e| panic!("{e}"));
+        assert_ne!(served.worker_id, "worker-0", "a Degraded worker was chosen");
+    }
+    assert_eq!(workers[0].calls(), 1);
+    pool.shutdown().await;
+}
+
+/// With a circuit breaker (hooks), a request runs on the worker whose
+/// `allow_request` approved it and that fired `on_request_accepted`: the
+/// free worker does not take the one queued on the busy worker.
+pub async fn d11_with_a_circuit_breaker_requests_stay_put<R: Runtime + Default + Clone>(rt: R) {
+    let busy = TestWorker::new(&rt);
+    let freed = TestWorker::new(&rt);
+    let hooks = Arc::new(RecordingHooks::default());
+    let pool = match WorkerPool::<R>::new_inprocess(
+        handlers_of(&[Arc::clone(&busy), Arc::clone(&freed)]),
+        options(),
+        Some(Arc::clone(&hooks) as Arc<dyn CircuitBreakerHooks>),
+    ) {
+        Ok(pool) => pool,
+        Err(error) => panic!("valid pool options refused: {error}"),
+    };
+    let control = async {
+        wait_until(&rt, "two running and one queued", || {
+            let stats = pool.stats();
+            (stats.running, stats.queued) == (2, 1)
+        })
+        .await;
+        freed.open_gate(1);
+        wait_until(&rt, "the freed worker's request answered", || {
+            pool.stats().counters.succeeded == 1
+        })
+        .await;
+        let stats = pool.stats();
+        assert_eq!((stats.running, stats.queued), (1, 1), "{stats:?}");
+        busy.open_gate(1);
+    };
+    let (first, _, queued, ()) = futures::join!(
+        pool.submit(request("busy", "gate")),
+        pool.submit(request("freed", "gate")),
+        pool.submit(request("queued", "echo")),
+        control,
+    );
+    assert!(first.is_ok(), "{first:?}");
+    let queued = queued.unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(queued.worker_id, "worker-0");
+    assert!(
+        hooks
+            .log()
+            .contains(&"accepted queued worker-0".to_string()),
+        "{:?}",
+        hooks.log()
+    );
+    assert_eq!(pool.stats().counters.reassigned, 0);
     pool.shutdown().await;
 }
 

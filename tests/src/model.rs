@@ -27,6 +27,13 @@
 //!      (not removing, not stopped, status not `Unavailable`) and had room at
 //!      the time of routing; `Start` only on a live, non-removing worker and
 //!      only for a request queued there;
+//!    - late binding (idle-first routing): a `Requeued` outside a removal
+//!      only moves an unpinned request (no circuit-breaker veto at its
+//!      submit) onto a schedulable worker, and that request starts there in
+//!      the same input; and once an input is done no unpinned
+//!      request waits while some schedulable worker has a free run slot (a
+//!      request never waits behind a slow worker while another is free:
+//!      defect 11);
 //!    - per worker, queued ≤ `queue_capacity` and running ≤
 //!      `max_concurrency_per_worker`;
 //!    - a submit's outcome is exactly the one the books predict:
@@ -715,6 +722,9 @@ struct ReqBook {
     id: u64,
     worker: WorkerKey,
     state: ReqState,
+    /// Only its worker may run it (late binding is off, or a circuit
+    /// breaker vetoed some worker at its submit).
+    pinned: bool,
     accepted_at: Time,
     deadline: Option<Time>,
     live_pos: usize,
@@ -843,6 +853,16 @@ pub struct Harness {
     probe_deadlines: BinaryHeap<Reverse<(Time, WorkerKey, ProbeKey)>>,
     schedulable: usize,
     open: usize,
+    /// Schedulable workers with a free run slot.
+    free: usize,
+    /// Whether queued requests may move to the first free worker.
+    late_binding: bool,
+    /// Queued requests that are not pinned.
+    unpinned_queued: usize,
+    /// A circuit breaker vetoed some worker during the current submit.
+    vetoed: bool,
+    /// Requests moved by late binding whose `Start` has not come yet.
+    stolen: Vec<RequestKey>,
     next_id: u64,
     next_ordinal: u32,
     accepted: u64,
@@ -916,6 +936,12 @@ impl Harness {
             probe_deadlines: BinaryHeap::new(),
             schedulable: 0,
             open: 0,
+            free: 0,
+            late_binding: config.late_binding
+                && config.routing == foreman_core::RoutingPolicy::IdleFirst,
+            unpinned_queued: 0,
+            vetoed: false,
+            stolen: Vec::new(),
             next_id: 1,
             next_ordinal: 0,
             accepted: 0,
@@ -1194,6 +1220,7 @@ impl Harness {
         };
         let deadline = timeout.map(|budget| self.seen + budget);
         self.context = Context::Submit { id, deadline };
+        self.vetoed = false;
         // An offer declines exactly the refusals for want of a worker.
         let declined =
             offer && matches!(expected, Err(Refusal::QueueFull | Refusal::NoHealthyWorker));
@@ -1405,9 +1432,10 @@ impl Harness {
                 }
                 self.next_ordinal += 1;
                 self.worker_list.push(key);
-                let (schedulable, open) = self.worker_flags(&book);
+                let (schedulable, open, free) = self.worker_flags(&book);
                 self.schedulable += usize::from(schedulable);
                 self.open += usize::from(open);
+                self.free += usize::from(free);
                 Some(key)
             }
             Err(CommandError::ShuttingDown) if !expect_ok => None,
@@ -1726,7 +1754,8 @@ impl Harness {
         self.since_full = u64::MAX / 2;
     }
 
-    fn worker_flags(&self, book: &WorkerBook) -> (bool, bool) {
+    /// Whether a worker is schedulable, has room, and has a free run slot.
+    fn worker_flags(&self, book: &WorkerBook) -> (bool, bool, bool) {
         let schedulable = !book.removing
             && !book.stopped
             && self.lifecycle != Lifecycle::Stopped
@@ -1734,6 +1763,7 @@ impl Harness {
         (
             schedulable,
             schedulable && book.queued + book.running < self.capacity,
+            schedulable && book.running < self.max_running,
         )
     }
 
@@ -1742,26 +1772,29 @@ impl Harness {
         let Some(book) = self.workers.get(worker.as_u64()).copied() else {
             return;
         };
-        let (s0, o0) = self.worker_flags(&book);
+        let (s0, o0, f0) = self.worker_flags(&book);
         let mut book = book;
         change(&mut book);
-        let (s1, o1) = self.worker_flags(&book);
+        let (s1, o1, f1) = self.worker_flags(&book);
         if let Some(slot) = self.workers.get_mut(worker.as_u64()) {
             *slot = book;
         }
         self.schedulable = self.schedulable + usize::from(s1) - usize::from(s0);
         self.open = self.open + usize::from(o1) - usize::from(o0);
+        self.free = self.free + usize::from(f1) - usize::from(f0);
     }
 
     fn recount_all(&mut self) {
         self.schedulable = 0;
         self.open = 0;
+        self.free = 0;
         for index in 0..self.worker_list.len() {
             let key = self.worker_list[index];
             if let Some(book) = self.workers.get(key.as_u64()).copied() {
-                let (s, o) = self.worker_flags(&book);
+                let (s, o, f) = self.worker_flags(&book);
                 self.schedulable += usize::from(s);
                 self.open += usize::from(o);
+                self.free += usize::from(f);
             }
         }
     }
@@ -1817,19 +1850,21 @@ impl Harness {
                     return Err(Failure(format!("Accepted {request} outside a submit")));
                 };
                 let book = self.worker_book(worker, "Accepted")?;
-                let (schedulable, open) = self.worker_flags(&book);
+                let (schedulable, open, _) = self.worker_flags(&book);
                 ensure!(
                     schedulable,
                     "#{id} accepted by unschedulable worker {worker}: {book:?}"
                 );
                 ensure!(open, "#{id} accepted by full worker {worker}: {book:?}");
                 let live_pos = self.live.len();
+                let pinned = !self.late_binding || self.vetoed;
                 let fresh = self.requests.insert(
                     request.as_u64(),
                     ReqBook {
                         id,
                         worker,
                         state: ReqState::Queued,
+                        pinned,
                         accepted_at: self.seen,
                         deadline,
                         live_pos,
@@ -1838,6 +1873,7 @@ impl Harness {
                 );
                 ensure!(fresh, "{request} reuses the key of a pending request");
                 self.live.push(request);
+                self.unpinned_queued += usize::from(!pinned);
                 if let Some(at) = deadline {
                     self.deadlines.push(Reverse((at, request)));
                 }
@@ -1849,10 +1885,6 @@ impl Harness {
                 });
             }
             Event::Requeued { request, from, to } => {
-                ensure!(
-                    self.context == Context::Remove { worker: from },
-                    "Requeued {request} from {from} outside its removal"
-                );
                 let Some(book) = self.requests.get(request.as_u64()).copied() else {
                     return Err(Failure(format!("Requeued unknown request {request}")));
                 };
@@ -1860,19 +1892,42 @@ impl Harness {
                     book.worker == from && book.state == ReqState::Queued,
                     "Requeued {request} from {from} but books say {book:?}"
                 );
-                ensure!(to != from, "Requeued {request} onto its removed worker");
+                ensure!(to != from, "Requeued {request} onto its own worker");
                 let target = self.worker_book(to, "Requeued")?;
-                let (schedulable, open) = self.worker_flags(&target);
-                ensure!(
-                    schedulable && open,
-                    "{request} requeued onto {to} without room: {target:?}"
-                );
+                let (schedulable, open, _) = self.worker_flags(&target);
+                // Outside its worker's removal, only late binding moves a
+                // request: onto a free worker, which starts it at once.
+                let removal = self.context == Context::Remove { worker: from };
+                if removal {
+                    ensure!(
+                        schedulable && open,
+                        "{request} requeued onto {to} without room: {target:?}"
+                    );
+                } else {
+                    ensure!(
+                        self.late_binding && !book.pinned,
+                        "Requeued {request} from {from} outside its removal (pinned {}, late binding {})",
+                        book.pinned,
+                        self.late_binding
+                    );
+                    // Its run slot may free up later in this input's
+                    // actions (events are drained first): `Start` checks it.
+                    ensure!(
+                        schedulable,
+                        "{request} moved onto unschedulable {to}: {target:?}"
+                    );
+                    self.stolen.push(request);
+                }
                 self.recount_worker(from, |b| b.queued -= 1);
-                self.recount_worker(to, |b| b.queued += 1);
+                if removal {
+                    self.recount_worker(to, |b| b.queued += 1);
+                }
                 if let Some(b) = self.requests.get_mut(request.as_u64()) {
                     b.worker = to;
                 }
-                self.check_limits(to)?;
+                if removal {
+                    self.check_limits(to)?;
+                }
                 let from_ordinal = self.ordinal(from).unwrap_or(u32::MAX);
                 self.trace.push(TraceEvent::Requeued {
                     id: book.id,
@@ -1949,7 +2004,11 @@ impl Harness {
                     cause,
                 });
             }
-            Event::Rejected { .. } => {}
+            Event::Rejected { worker, .. } => {
+                if worker.is_some() && matches!(self.context, Context::Submit { .. }) {
+                    self.vetoed = true;
+                }
+            }
             Event::ShutdownComplete { at } => {
                 ensure!(
                     matches!(self.lifecycle, Lifecycle::Draining { .. }),
@@ -2025,6 +2084,18 @@ impl Harness {
                     "Start on {worker} already running {}",
                     wbook.running
                 );
+                // (Whether the worker was schedulable then is not known
+                // here: this input's events, health changes included, were
+                // all drained before its actions.)
+                self.unpinned_queued -= usize::from(!book.pinned);
+                // A request late binding moved was taken off its old
+                // worker's books then, and never counted as queued on this
+                // one (this input's answers, which free run slots, are
+                // drained after its events).
+                let moved = self.stolen.iter().position(|stolen| *stolen == request);
+                if let Some(position) = moved {
+                    self.stolen.swap_remove(position);
+                }
                 let run_pos = self.running.len();
                 self.running.push(request);
                 if let Some(b) = self.requests.get_mut(request.as_u64()) {
@@ -2035,7 +2106,7 @@ impl Harness {
                     b.run_pos = run_pos;
                 }
                 self.recount_worker(worker, |b| {
-                    b.queued -= 1;
+                    b.queued -= usize::from(moved.is_none());
                     b.running += 1;
                 });
                 self.check_limits(worker)?;
@@ -2297,7 +2368,10 @@ impl Harness {
         );
         self.remove_live(&book);
         match book.state {
-            ReqState::Queued => self.recount_worker(book.worker, |b| b.queued -= 1),
+            ReqState::Queued => {
+                self.unpinned_queued -= usize::from(!book.pinned);
+                self.recount_worker(book.worker, |b| b.queued -= 1);
+            }
             ReqState::Running { .. } => {
                 self.remove_running(book.run_pos);
                 self.recount_worker(book.worker, |b| b.running -= 1);
@@ -2322,6 +2396,18 @@ impl Harness {
 
     fn check_step(&mut self) -> Result<(), Failure> {
         let now = self.seen;
+        ensure!(
+            self.stolen.is_empty(),
+            "requests moved by late binding but never started: {:?}",
+            self.stolen
+        );
+        // Late binding is work-conserving (defect 11).
+        ensure!(
+            !self.late_binding || self.unpinned_queued == 0 || self.free == 0,
+            "{} requests wait while {} schedulable workers have a free run slot",
+            self.unpinned_queued,
+            self.free
+        );
         // Deadlines never late: after settling nothing pending is past due.
         while let Some(Reverse((at, request))) = self.deadlines.peek().copied() {
             let live = self
@@ -2452,18 +2538,32 @@ impl Harness {
         }
         let mut schedulable = 0;
         let mut open = 0;
+        let mut free = 0;
         for key in &self.worker_list {
             if let Some(book) = self.workers.get(key.as_u64()) {
-                let (s, o) = self.worker_flags(book);
+                let (s, o, f) = self.worker_flags(book);
                 schedulable += usize::from(s);
                 open += usize::from(o);
+                free += usize::from(f);
             }
         }
         ensure!(
-            schedulable == self.schedulable && open == self.open,
-            "harness counts drifted: schedulable {} vs {schedulable}, open {} vs {open}",
+            schedulable == self.schedulable && open == self.open && free == self.free,
+            "harness counts drifted: schedulable {} vs {schedulable}, open {} vs {open}, free {} vs {free}",
             self.schedulable,
-            self.open
+            self.open,
+            self.free
+        );
+        let unpinned = self
+            .live
+            .iter()
+            .filter_map(|key| self.requests.get(key.as_u64()))
+            .filter(|book| book.state == ReqState::Queued && !book.pinned)
+            .count();
+        ensure!(
+            unpinned == self.unpinned_queued,
+            "harness counts {} unpinned queued requests, books hold {unpinned}",
+            self.unpinned_queued
         );
         Ok(())
     }

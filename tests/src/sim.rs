@@ -256,6 +256,9 @@ impl Scenario {
             } else {
                 RoutingPolicy::IdleFirst
             },
+            // Derived, not drawn, so each seed keeps its scenario: late
+            // binding in three idle-first pools of four.
+            late_binding: workers % 4 != 0,
             unix_epoch_ms: 0,
         };
         let capacity_rate = workers as f64 * f64::from(concurrency) / mean_latency;

@@ -227,6 +227,7 @@ fn reference_config(queue_capacity: usize, threshold: u32) -> PoolConfig {
         probe_timeout: Duration::from_secs(5),
         max_concurrency_per_worker: 1,
         routing: RoutingPolicy::RoundRobin,
+        late_binding: false,
         unix_epoch_ms: 0,
     }
 }
@@ -477,9 +478,18 @@ fn any_config() -> impl Strategy<Value = PoolConfig> {
         1u64..2_000,
         1u64..2_000,
         1u32..=3,
+        0u8..3,
     )
         .prop_map(
-            |(queue_capacity, threshold, default_ms, probe_ms, probe_timeout_ms, concurrency)| {
+            |(
+                queue_capacity,
+                threshold,
+                default_ms,
+                probe_ms,
+                probe_timeout_ms,
+                concurrency,
+                routing,
+            )| {
                 PoolConfig {
                     options: WorkerPoolOptions {
                         queue_capacity,
@@ -494,7 +504,14 @@ fn any_config() -> impl Strategy<Value = PoolConfig> {
                     },
                     probe_timeout: Duration::from_millis(probe_timeout_ms),
                     max_concurrency_per_worker: concurrency,
-                    routing: RoutingPolicy::RoundRobin,
+                    // Round robin, idle-first with late binding, idle-first
+                    // without.
+                    routing: if routing == 0 {
+                        RoutingPolicy::RoundRobin
+                    } else {
+                        RoutingPolicy::IdleFirst
+                    },
+                    late_binding: routing == 1,
                     unix_epoch_ms: 0,
                 }
             },

@@ -86,6 +86,13 @@ impl<R: Runtime + Default> WorkerPool<R> {
     /// handler, on the default instance of the runtime; call it from inside
     /// that runtime (it spawns the pool's timer task).
     ///
+    /// A queued request runs on the first worker to free up (late binding:
+    /// see `PoolConfig::late_binding`), except with `hooks`: then it runs
+    /// on the worker whose `allow_request` approved it and that
+    /// `on_request_accepted` named, as in the reference. Build the
+    /// configuration yourself and call [`with_config`](Self::with_config)
+    /// to choose otherwise.
+    ///
     /// # Errors
     /// `NoHealthyWorker` when `handlers` is empty; `InvalidRequest` naming
     /// the field when `options` make no sense (a zero queue capacity or
@@ -95,8 +102,11 @@ impl<R: Runtime + Default> WorkerPool<R> {
         options: WorkerPoolOptions,
         hooks: Option<Arc<dyn CircuitBreakerHooks>>,
     ) -> Result<Self, WorkerPoolError> {
-        Self::with_config(R::default(), handlers, PoolConfig::new(options), hooks)
-            .map_err(WorkerPoolError::from)
+        let config = PoolConfig {
+            late_binding: hooks.is_none(),
+            ..PoolConfig::new(options)
+        };
+        Self::with_config(R::default(), handlers, config, hooks).map_err(WorkerPoolError::from)
     }
 }
 

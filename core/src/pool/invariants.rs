@@ -25,9 +25,12 @@ impl<P: Clone> Pool<P> {
     /// Checks every internal rule; O(requests + workers + timers).
     ///
     /// The rules: every pending request is held by exactly one live worker,
-    /// queued there or running there; queue counters match the queues; no
+    /// queued there or running there; every unpinned queued request is in
+    /// the backlog once, and nothing else is; queue counters match the
+    /// queues; no
     /// worker runs more than its concurrency or holds more than its capacity;
-    /// no worker has a free run slot while requests wait in its queue; the
+    /// no worker has a free run slot while requests wait in its own queue,
+    /// nor a schedulable one while requests wait in the backlog; the
     /// router's eligible set is exactly the schedulable workers with room;
     /// every deadline has a timer; every probing worker has exactly one probe
     /// timer; the counters add up (accepted = answered + pending); a stopped
@@ -44,6 +47,21 @@ impl<P: Clone> Pool<P> {
             self.timers.entries().collect();
         // A timer due at `Time::MAX` ("never") is deliberately not armed.
         let timer_armed = |at, timer| at == crate::time::Time::MAX || armed.contains(&(at, timer));
+        let mut in_backlog = BTreeSet::new();
+        for key in &self.backlog {
+            if let Some(entry) = self.requests.get(key.0) {
+                if entry.state == RequestState::Queued {
+                    ensure!(!entry.pinned, "pinned {key} waits in the backlog");
+                    ensure!(in_backlog.insert(*key), "{key} twice in the backlog");
+                }
+            }
+        }
+        ensure!(
+            in_backlog.len() == self.backlog_live,
+            "backlog counts {} live requests but holds {}",
+            self.backlog_live,
+            in_backlog.len()
+        );
         for (raw, slot) in self.workers.iter() {
             let worker = WorkerKey(raw);
             let mut live_queued = 0usize;
@@ -52,6 +70,11 @@ impl<P: Clone> Pool<P> {
                 if self.is_queued_on(*key, worker) {
                     ensure!(seen.insert(*key), "{key} queued twice on {worker}");
                     ensure!(held.insert(*key), "{key} held by two workers");
+                    let pinned = self.requests.get(key.0).is_some_and(|entry| entry.pinned);
+                    ensure!(
+                        pinned || in_backlog.contains(key),
+                        "unpinned {key} queued on {worker} is missing from the backlog"
+                    );
                     live_queued += 1;
                 }
             }
@@ -73,7 +96,7 @@ impl<P: Clone> Pool<P> {
             );
             ensure!(
                 slot.queued == 0 || slot.running.len() == max_running,
-                "{worker} has a free run slot while {} requests wait",
+                "{worker} has a free run slot while {} requests wait in its queue",
                 slot.queued
             );
             for key in slot.running.iter() {
@@ -100,6 +123,11 @@ impl<P: Clone> Pool<P> {
             );
             if slot.schedulable {
                 schedulable += 1;
+                ensure!(
+                    self.backlog_live == 0 || slot.running.len() == max_running,
+                    "schedulable {worker} has a free run slot while {} requests wait in the backlog",
+                    self.backlog_live
+                );
             }
             let expect_eligible =
                 expect_schedulable && slot.running.len() + slot.queued < self.capacity;
@@ -116,6 +144,16 @@ impl<P: Clone> Pool<P> {
             ensure!(
                 self.router.is_idle(worker) == expect_idle,
                 "router disagrees about whether {worker} is idle"
+            );
+            let expect_preferred =
+                expect_idle && slot.status == crate::protocol::WorkerHealthStatus::Healthy;
+            ensure!(
+                slot.preferred == expect_preferred,
+                "{worker} preferred flag stale"
+            );
+            ensure!(
+                self.router.is_preferred(worker) == expect_preferred,
+                "router disagrees about whether {worker} is preferred"
             );
             let probing = self.lifecycle == Lifecycle::Running && !slot.removing;
             match slot.probe {
