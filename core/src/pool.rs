@@ -1100,8 +1100,7 @@ impl<P: Clone> Pool<P> {
         entry.state = RequestState::Running { started_at: now };
         let payload = entry.payload.clone();
         if !entry.pinned {
-            // Its entry in the other queue is stale now.
-            self.backlog_live = self.backlog_live.saturating_sub(1);
+            self.leave_backlog();
         }
         if let Some(origin) = self.workers.get_mut(from.0) {
             origin.queued = origin.queued.saturating_sub(1);
@@ -1128,6 +1127,25 @@ impl<P: Clone> Pool<P> {
         });
     }
 
+    /// An unpinned request stopped waiting (started or answered): one live
+    /// backlog entry fewer; stale entries are swept once they outnumber the
+    /// live ones (amortised O(1) per request).
+    fn leave_backlog(&mut self) {
+        self.backlog_live = self.backlog_live.saturating_sub(1);
+        if self.backlog.len() > self.backlog_live.saturating_mul(2).saturating_add(16) {
+            let requests = &self.requests;
+            self.backlog.retain(|key| {
+                matches!(
+                    requests.get(key.0),
+                    Some(Request {
+                        state: RequestState::Queued,
+                        ..
+                    })
+                )
+            });
+        }
+    }
+
     /// Whether queued requests may run on another worker than their own.
     fn late_binding(&self) -> bool {
         self.config.late_binding && self.config.routing == RoutingPolicy::IdleFirst
@@ -1149,19 +1167,7 @@ impl<P: Clone> Pool<P> {
             unreachable_state();
         }
         if !entry.pinned {
-            self.backlog_live = self.backlog_live.saturating_sub(1);
-            if self.backlog.len() > self.backlog_live.saturating_mul(2).saturating_add(16) {
-                let requests = &self.requests;
-                self.backlog.retain(|key| {
-                    matches!(
-                        requests.get(key.0),
-                        Some(Request {
-                            state: RequestState::Queued,
-                            ..
-                        })
-                    )
-                });
-            }
+            self.leave_backlog();
         }
         if let Some(slot) = self.workers.get_mut(entry.worker.0) {
             slot.queued = slot.queued.saturating_sub(1);
