@@ -18,7 +18,7 @@ use crate::protocol::{
     WorkerErrorCode, WorkerHealth, WorkerHealthStatus, WorkerPoolError, WorkerProtocolError,
     WorkerRequest,
 };
-use crate::routing::Router;
+use crate::routing::{Membership, Router};
 use crate::stats::{Counters, Stats, WorkerStats};
 use crate::time::Time;
 use crate::timers::{TimeoutReason, Timer, TimerHeap};
@@ -195,13 +195,10 @@ struct Worker {
     /// Cached: takes new requests (not removing, status schedulable, pool
     /// not stopped).
     schedulable: bool,
-    /// Cached: schedulable and has room; mirrors the router's set.
-    eligible: bool,
-    /// Cached: eligible and a run slot free; mirrors the router's set.
-    idle: bool,
-    /// Cached: idle and Healthy (routed to before idle Degraded workers);
-    /// mirrors the router's set.
-    preferred: bool,
+    /// Cached, as the router holds it: schedulable with room (eligible),
+    /// and a run slot free (idle), and Healthy (preferred: routed to
+    /// before idle Degraded workers).
+    membership: Membership,
     probe: ProbeState,
 }
 
@@ -644,9 +641,7 @@ impl<P: Clone> Pool<P> {
             running: RunList::default(),
             removing: false,
             schedulable: false,
-            eligible: false,
-            idle: false,
-            preferred: false,
+            membership: Membership::default(),
             probe: ProbeState::Due(due),
         };
         if !self.workers.has_room() {
@@ -1031,12 +1026,14 @@ impl<P: Clone> Pool<P> {
         }
         let eligible = schedulable && slot.running.len() + slot.queued < capacity;
         let idle = eligible && slot.running.len() < max_running;
-        let preferred = idle && status == WorkerHealthStatus::Healthy;
-        if eligible != slot.eligible || idle != slot.idle || preferred != slot.preferred {
-            slot.eligible = eligible;
-            slot.idle = idle;
-            slot.preferred = preferred;
-            self.router.set(worker, eligible, idle, preferred);
+        let now = Membership {
+            eligible,
+            idle,
+            preferred: idle && status == WorkerHealthStatus::Healthy,
+        };
+        if now != slot.membership {
+            self.router.set(worker, slot.membership, now);
+            slot.membership = now;
         }
     }
 
@@ -1061,7 +1058,7 @@ impl<P: Clone> Pool<P> {
             let Some(slot) = self.workers.get_mut(worker.0) else {
                 return;
             };
-            if slot.running.len() >= max {
+            if slot.running.len() >= max || (slot.queue.is_empty() && self.backlog_live == 0) {
                 return;
             }
             let requests = &self.requests;
@@ -1353,9 +1350,8 @@ impl<P: Clone> Pool<P> {
             if slot.schedulable {
                 self.schedulable -= 1;
             }
-            if slot.eligible {
-                self.router.set(worker, false, false, false);
-            }
+            self.router
+                .set(worker, slot.membership, Membership::default());
             self.ids.remove(&slot.id);
         }
         self.actions.push_back(Action::StopWorker { worker });

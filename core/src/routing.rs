@@ -16,11 +16,12 @@ use crate::keys::WorkerKey;
 pub(crate) struct Router {
     policy: RoutingPolicy,
     eligible: IndexSet,
-    /// Eligible workers with a free run slot (a subset of `eligible`).
-    idle: IndexSet,
-    /// Idle workers that are Healthy (a subset of `idle`): idle-first
-    /// routing tries them before idle Degraded ones.
-    preferred: IndexSet,
+    /// Eligible Healthy workers with a free run slot: idle-first routing
+    /// tries them first.
+    idle_healthy: IndexSet,
+    /// Eligible workers with a free run slot that are not Healthy
+    /// (Degraded): tried next. Disjoint from `idle_healthy`.
+    idle_degraded: IndexSet,
     /// The key of the worker at each slot index (while it is in a set).
     keys: Vec<Option<WorkerKey>>,
     /// Round-robin position: the next pick starts at the first candidate at
@@ -28,23 +29,45 @@ pub(crate) struct Router {
     cursor: u32,
 }
 
+/// A worker's place in the router's sets, as the pool sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub(crate) struct Membership {
+    /// Schedulable with room.
+    pub(crate) eligible: bool,
+    /// Eligible with a free run slot.
+    pub(crate) idle: bool,
+    /// Idle and Healthy.
+    pub(crate) preferred: bool,
+}
+
+impl Membership {
+    fn healthy(self) -> bool {
+        self.eligible && self.idle && self.preferred
+    }
+
+    fn degraded(self) -> bool {
+        self.eligible && self.idle && !self.preferred
+    }
+}
+
 impl Router {
     pub(crate) fn new(policy: RoutingPolicy) -> Self {
         Router {
             policy,
             eligible: IndexSet::default(),
-            idle: IndexSet::default(),
-            preferred: IndexSet::default(),
+            idle_healthy: IndexSet::default(),
+            idle_degraded: IndexSet::default(),
             keys: Vec::new(),
             cursor: 0,
         }
     }
 
-    /// Records a worker's routing state (`preferred` implies `idle`, which
-    /// implies `eligible`).
-    pub(crate) fn set(&mut self, worker: WorkerKey, eligible: bool, idle: bool, preferred: bool) {
+    /// Moves a worker from the sets of `was` to those of `now`, touching
+    /// only the sets whose membership changes (the usual change, a worker
+    /// becoming busy or free, touches one).
+    pub(crate) fn set(&mut self, worker: WorkerKey, was: Membership, now: Membership) {
         let index = worker.index();
-        if eligible {
+        if now.eligible && !was.eligible {
             let slot = index as usize;
             if self.keys.len() <= slot {
                 self.keys.resize(slot + 1, None);
@@ -52,20 +75,15 @@ impl Router {
             if let Some(key) = self.keys.get_mut(slot) {
                 *key = Some(worker);
             }
-            self.eligible.insert(index);
-        } else {
-            self.eligible.remove(index);
         }
-        if eligible && idle {
-            self.idle.insert(index);
-        } else {
-            self.idle.remove(index);
-        }
-        if eligible && idle && preferred {
-            self.preferred.insert(index);
-        } else {
-            self.preferred.remove(index);
-        }
+        update(&mut self.eligible, index, was.eligible, now.eligible);
+        update(&mut self.idle_healthy, index, was.healthy(), now.healthy());
+        update(
+            &mut self.idle_degraded,
+            index,
+            was.degraded(),
+            now.degraded(),
+        );
     }
 
     pub(crate) fn is_eligible(&self, worker: WorkerKey) -> bool {
@@ -73,11 +91,11 @@ impl Router {
     }
 
     pub(crate) fn is_idle(&self, worker: WorkerKey) -> bool {
-        self.idle.contains(worker.index()) && self.key_at(worker.index()) == Some(worker)
+        self.is_idle_index(worker.index()) && self.key_at(worker.index()) == Some(worker)
     }
 
     pub(crate) fn is_preferred(&self, worker: WorkerKey) -> bool {
-        self.preferred.contains(worker.index()) && self.key_at(worker.index()) == Some(worker)
+        self.idle_healthy.contains(worker.index()) && self.key_at(worker.index()) == Some(worker)
     }
 
     pub(crate) fn eligible_len(&self) -> usize {
@@ -85,33 +103,27 @@ impl Router {
     }
 
     pub(crate) fn idle_len(&self) -> usize {
-        self.idle.len()
+        self.idle_healthy.len() + self.idle_degraded.len()
     }
 
     /// Eligible workers in the order the policy would try them.
     pub(crate) fn candidates(&self) -> impl Iterator<Item = WorkerKey> + '_ {
         let idle_first = self.policy == RoutingPolicy::IdleFirst;
-        let preferred = idle_first
-            .then(|| self.preferred.rotate(self.cursor))
+        let idle = idle_first
+            .then(|| {
+                let cursor = self.cursor;
+                // Built lazily, like `busy`.
+                let degraded =
+                    std::iter::once(()).flat_map(move |()| self.idle_degraded.rotate(cursor));
+                self.idle_healthy.rotate(cursor).chain(degraded)
+            })
             .into_iter()
             .flatten();
-        // Built lazily, like `busy`.
-        let degraded = std::iter::once(()).flat_map(move |()| {
-            idle_first
-                .then(|| {
-                    self.idle
-                        .rotate(self.cursor)
-                        .filter(move |index| !self.preferred.contains(*index))
-                })
-                .into_iter()
-                .flatten()
-        });
-        let idle = preferred.chain(degraded);
         // Built lazily: most picks end among the idle workers.
         let busy = std::iter::once(()).flat_map(move |()| {
             self.eligible
                 .rotate(self.cursor)
-                .filter(move |index| !(idle_first && self.idle.contains(*index)))
+                .filter(move |index| !(idle_first && self.is_idle_index(*index)))
         });
         idle.chain(busy).filter_map(|index| self.key_at(index))
     }
@@ -123,8 +135,8 @@ impl Router {
     pub(crate) fn first_candidate(&self) -> Option<WorkerKey> {
         let first = |set: &IndexSet| set.next_from(self.cursor).or_else(|| set.next_from(0));
         let index = match self.policy {
-            RoutingPolicy::IdleFirst => first(&self.preferred)
-                .or_else(|| first(&self.idle))
+            RoutingPolicy::IdleFirst => first(&self.idle_healthy)
+                .or_else(|| first(&self.idle_degraded))
                 .or_else(|| first(&self.eligible)),
             _ => first(&self.eligible),
         }?;
@@ -141,10 +153,26 @@ impl Router {
     }
 
     pub(crate) fn iter_idle(&self) -> impl Iterator<Item = WorkerKey> + '_ {
-        self.idle.iter().filter_map(|index| self.key_at(index))
+        self.idle_healthy
+            .iter()
+            .chain(self.idle_degraded.iter())
+            .filter_map(|index| self.key_at(index))
+    }
+
+    fn is_idle_index(&self, index: u32) -> bool {
+        self.idle_healthy.contains(index) || self.idle_degraded.contains(index)
     }
 
     fn key_at(&self, index: u32) -> Option<WorkerKey> {
         self.keys.get(index as usize).copied().flatten()
+    }
+}
+
+/// Inserts or removes `index` when its membership of `set` changes.
+fn update(set: &mut IndexSet, index: u32, was: bool, now: bool) {
+    if now && !was {
+        set.insert(index);
+    } else if was && !now {
+        set.remove(index);
     }
 }

@@ -132,7 +132,7 @@ impl<P: Clone> Pool<P> {
             let expect_eligible =
                 expect_schedulable && slot.running.len() + slot.queued < self.capacity;
             ensure!(
-                slot.eligible == expect_eligible,
+                slot.membership.eligible == expect_eligible,
                 "{worker} eligible flag stale"
             );
             ensure!(
@@ -140,7 +140,10 @@ impl<P: Clone> Pool<P> {
                 "router disagrees about {worker}"
             );
             let expect_idle = expect_eligible && slot.running.len() < max_running;
-            ensure!(slot.idle == expect_idle, "{worker} idle flag stale");
+            ensure!(
+                slot.membership.idle == expect_idle,
+                "{worker} idle flag stale"
+            );
             ensure!(
                 self.router.is_idle(worker) == expect_idle,
                 "router disagrees about whether {worker} is idle"
@@ -148,7 +151,7 @@ impl<P: Clone> Pool<P> {
             let expect_preferred =
                 expect_idle && slot.status == crate::protocol::WorkerHealthStatus::Healthy;
             ensure!(
-                slot.preferred == expect_preferred,
+                slot.membership.preferred == expect_preferred,
                 "{worker} preferred flag stale"
             );
             ensure!(
