@@ -463,7 +463,7 @@ impl<P: Clone> Pool<P> {
             request: key,
             worker,
         });
-        self.refresh(worker, HealthCause::Success);
+        self.refresh_load(worker);
         Ok(key)
     }
 
@@ -998,8 +998,6 @@ impl<P: Clone> Pool<P> {
     fn refresh(&mut self, worker: WorkerKey, cause: HealthCause) {
         let threshold = self.config.options.unavailable_after_failures;
         let stopped = self.lifecycle == Lifecycle::Stopped;
-        let capacity = self.capacity;
-        let max_running = self.config.max_concurrency_per_worker as usize;
         let now = self.now;
         let Some(slot) = self.workers.get_mut(worker.0) else {
             return;
@@ -1024,12 +1022,23 @@ impl<P: Clone> Pool<P> {
                 self.schedulable -= 1;
             }
         }
-        let eligible = schedulable && slot.running.len() + slot.queued < capacity;
+        self.refresh_load(worker);
+    }
+
+    /// Recomputes a worker's eligibility after a change to its requests
+    /// only (its status is as cached).
+    fn refresh_load(&mut self, worker: WorkerKey) {
+        let capacity = self.capacity;
+        let max_running = self.config.max_concurrency_per_worker as usize;
+        let Some(slot) = self.workers.get_mut(worker.0) else {
+            return;
+        };
+        let eligible = slot.schedulable && slot.running.len() + slot.queued < capacity;
         let idle = eligible && slot.running.len() < max_running;
         let now = Membership {
             eligible,
             idle,
-            preferred: idle && status == WorkerHealthStatus::Healthy,
+            preferred: idle && slot.status == WorkerHealthStatus::Healthy,
         };
         if now != slot.membership {
             self.router.set(worker, slot.membership, now);
@@ -1112,7 +1121,7 @@ impl<P: Clone> Pool<P> {
                 from,
                 to: worker,
             });
-            self.refresh(from, HealthCause::Success);
+            self.refresh_load(from);
         }
         if let Some(slot) = self.workers.get_mut(worker.0) {
             slot.running.push(request);

@@ -482,7 +482,16 @@ pub fn core_ops_outcome(data: &[u8]) -> Outcome {
     // strings under AddressSanitizer held the target to ~13 exec/s.
     options.security_policy.max_request_payload_bytes = 4096;
     let mut config = PoolConfig::new(options);
-    config.max_concurrency_per_worker = u32::from(u.arbitrary::<u8>().unwrap_or(0) % 3) + 1;
+    // One byte picks the concurrency (its value mod 3) and the routing (the
+    // rest): idle-first with late binding (the default), idle-first
+    // without, or round robin; so older corpus files decode the same ops.
+    let pick = u.arbitrary::<u8>().unwrap_or(0);
+    config.max_concurrency_per_worker = u32::from(pick % 3) + 1;
+    match (pick / 3) % 3 {
+        0 => {}
+        1 => config.late_binding = false,
+        _ => config.routing = foreman_core::RoutingPolicy::RoundRobin,
+    }
     let capacity = config.options.queue_capacity;
     let concurrency = config.max_concurrency_per_worker as usize;
     let mut harness = Harness::new(config).expect("valid config");
