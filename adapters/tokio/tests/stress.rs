@@ -128,6 +128,8 @@ fn stress(workers: usize, lanes: usize) {
             c.succeeded > 0 && c.failed > 0 && c.timed_out_running > 0,
             "{c:?}"
         );
+        // Late binding ran: queued requests moved to the first free worker.
+        assert!(c.reassigned > 0, "{c:?}");
     });
 }
 
