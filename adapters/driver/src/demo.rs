@@ -424,13 +424,14 @@ fn report<R: Runtime>(pool: &WorkerPool<R>, outcomes: &[Outcome], elapsed: Durat
     }
     let counters = pool.stats().counters;
     println!(
-        "core counters: accepted {} succeeded {} failed {} timed out (queued/running) {}/{} refused {} probes {} (timed out {})",
+        "core counters: accepted {} succeeded {} failed {} timed out (queued/running) {}/{} refused {} run by the first free worker {} probes {} (timed out {})",
         counters.accepted,
         counters.succeeded,
         counters.failed,
         counters.timed_out_queued,
         counters.timed_out_running,
         counters.refused(),
+        counters.reassigned,
         counters.probes_sent,
         counters.probes_timed_out
     );
