@@ -86,16 +86,17 @@ impl Router {
         );
     }
 
-    pub(crate) fn is_eligible(&self, worker: WorkerKey) -> bool {
-        self.eligible.contains(worker.index()) && self.key_at(worker.index()) == Some(worker)
-    }
-
-    pub(crate) fn is_idle(&self, worker: WorkerKey) -> bool {
-        self.is_idle_index(worker.index()) && self.key_at(worker.index()) == Some(worker)
-    }
-
-    pub(crate) fn is_preferred(&self, worker: WorkerKey) -> bool {
-        self.idle_healthy.contains(worker.index()) && self.key_at(worker.index()) == Some(worker)
+    /// The sets `worker` is in, as a [`Membership`] (for invariant checks).
+    pub(crate) fn membership(&self, worker: WorkerKey) -> Membership {
+        let index = worker.index();
+        let known = self.key_at(index) == Some(worker);
+        let healthy = known && self.idle_healthy.contains(index);
+        let degraded = known && self.idle_degraded.contains(index);
+        Membership {
+            eligible: known && self.eligible.contains(index),
+            idle: healthy || degraded,
+            preferred: healthy,
+        }
     }
 
     pub(crate) fn eligible_len(&self) -> usize {
@@ -159,6 +160,7 @@ impl Router {
             .filter_map(|index| self.key_at(index))
     }
 
+    /// Whether slot `index` is in either idle set.
     fn is_idle_index(&self, index: u32) -> bool {
         self.idle_healthy.contains(index) || self.idle_degraded.contains(index)
     }

@@ -7,6 +7,7 @@ use thiserror::Error;
 
 use super::{Lifecycle, Pool, ProbeState, RequestState};
 use crate::keys::{RequestKey, WorkerKey};
+use crate::routing::Membership;
 
 /// A broken internal rule of [`Pool`], described for a bug report.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
@@ -129,34 +130,22 @@ impl<P: Clone> Pool<P> {
                     self.backlog_live
                 );
             }
-            let expect_eligible =
-                expect_schedulable && slot.running.len() + slot.queued < self.capacity;
+            let eligible = expect_schedulable && slot.running.len() + slot.queued < self.capacity;
+            let idle = eligible && slot.running.len() < max_running;
+            let expect = Membership {
+                eligible,
+                idle,
+                preferred: idle && slot.status == crate::protocol::WorkerHealthStatus::Healthy,
+            };
             ensure!(
-                slot.membership.eligible == expect_eligible,
-                "{worker} eligible flag stale"
+                slot.membership == expect,
+                "{worker} caches {:?}, expected {expect:?}",
+                slot.membership
             );
             ensure!(
-                self.router.is_eligible(worker) == expect_eligible,
-                "router disagrees about {worker}"
-            );
-            let expect_idle = expect_eligible && slot.running.len() < max_running;
-            ensure!(
-                slot.membership.idle == expect_idle,
-                "{worker} idle flag stale"
-            );
-            ensure!(
-                self.router.is_idle(worker) == expect_idle,
-                "router disagrees about whether {worker} is idle"
-            );
-            let expect_preferred =
-                expect_idle && slot.status == crate::protocol::WorkerHealthStatus::Healthy;
-            ensure!(
-                slot.membership.preferred == expect_preferred,
-                "{worker} preferred flag stale"
-            );
-            ensure!(
-                self.router.is_preferred(worker) == expect_preferred,
-                "router disagrees about whether {worker} is preferred"
+                self.router.membership(worker) == expect,
+                "router holds {worker} as {:?}, expected {expect:?}",
+                self.router.membership(worker)
             );
             let probing = self.lifecycle == Lifecycle::Running && !slot.removing;
             match slot.probe {
@@ -203,7 +192,9 @@ impl<P: Clone> Pool<P> {
             "router holds a missing worker"
         );
         ensure!(
-            self.router.iter_idle().all(|w| self.router.is_eligible(w)),
+            self.router
+                .iter_idle()
+                .all(|w| self.router.membership(w).eligible),
             "router holds an idle worker that is not eligible"
         );
         ensure!(
