@@ -996,6 +996,13 @@ impl<P: Clone> Pool<P> {
     /// Recomputes a worker's status and eligibility after any change,
     /// reporting a status change with `cause`.
     fn refresh(&mut self, worker: WorkerKey, cause: HealthCause) {
+        self.refresh_status(worker, cause);
+        self.refresh_load(worker);
+    }
+
+    /// Recomputes a worker's status and whether it is schedulable,
+    /// reporting a status change with `cause`.
+    fn refresh_status(&mut self, worker: WorkerKey, cause: HealthCause) {
         let threshold = self.config.options.unavailable_after_failures;
         let stopped = self.lifecycle == Lifecycle::Stopped;
         let now = self.now;
@@ -1022,7 +1029,6 @@ impl<P: Clone> Pool<P> {
                 self.schedulable -= 1;
             }
         }
-        self.refresh_load(worker);
     }
 
     /// Recomputes a worker's eligibility after a change to its requests
@@ -1051,7 +1057,7 @@ impl<P: Clone> Pool<P> {
     /// request moves to it (its status decides whether it may take them).
     fn settle(&mut self, worker: WorkerKey, cause: HealthCause) {
         if self.backlog_live > 0 {
-            self.refresh(worker, cause);
+            self.refresh_status(worker, cause);
         }
         self.pump(worker);
         self.refresh(worker, cause);
