@@ -31,6 +31,52 @@ impl WorkerHandler for Echo {
     }
 }
 
+/// [`Echo`] after returning `Pending` once (it wakes itself first), as a
+/// handler that waits on I/O would: a request then queues even on a
+/// one-thread runtime, and the benchmarks measure the queued path.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct YieldingEcho;
+
+#[async_trait]
+impl WorkerHandler for YieldingEcho {
+    async fn handle(&self, request: WorkerRequest) -> Result<Value, WorkerProtocolError> {
+        let mut yielded = false;
+        futures_util::future::poll_fn(|cx| {
+            if yielded {
+                return std::task::Poll::Ready(());
+            }
+            yielded = true;
+            cx.waker().wake_by_ref();
+            std::task::Poll::Pending
+        })
+        .await;
+        Echo.handle(request).await
+    }
+}
+
+/// The benchmarks' handler: [`Echo`], or [`YieldingEcho`] when the
+/// environment variable `FOREMAN_BENCH_HANDLER` is `yield`.
+pub fn bench_handler() -> Arc<dyn WorkerHandler> {
+    if bench_handler_yields() {
+        Arc::new(YieldingEcho)
+    } else {
+        Arc::new(Echo)
+    }
+}
+
+/// The name of [`bench_handler`]'s handler, for a benchmark's header.
+pub fn bench_handler_name() -> &'static str {
+    if bench_handler_yields() {
+        "yielding echo handler"
+    } else {
+        "echo handler"
+    }
+}
+
+fn bench_handler_yields() -> bool {
+    std::env::var("FOREMAN_BENCH_HANDLER").is_ok_and(|name| name == "yield")
+}
+
 /// The small tool request every benchmark sends.
 pub fn bench_request() -> WorkerRequest {
     WorkerRequest {

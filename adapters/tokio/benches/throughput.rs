@@ -3,6 +3,9 @@
 //! `Buffer`, echo handler, N workers, C concurrent callers, multi-thread
 //! runtime with 2 workers. (Memory per queued request is measured by the
 //! `memory` bench, whose counting allocator would skew these timings.)
+//! `FOREMAN_BENCH_HANDLER=yield` makes every handler return `Pending` once
+//! first, as one waiting on I/O would: requests then queue even with
+//! `FOREMAN_BENCH_THREADS=1`.
 //!
 //! Run: `cargo bench -p foreman-tokio --bench throughput` (≈1 minute).
 //! Each cell runs the three pools in alternation, 3 rounds of 300 ms, and
@@ -16,7 +19,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use foreman_driver::demo::{bench_request, bench_sizes, Echo, Round};
+use foreman_driver::demo::{bench_handler, bench_handler_name, bench_request, bench_sizes, Round};
 use foreman_tokio::{
     WorkerHandler, WorkerPool, WorkerPoolOptions, WorkerProtocolError, WorkerRequest,
 };
@@ -59,7 +62,7 @@ impl Floor {
         let senders = (0..n)
             .map(|_| {
                 let (tx, mut rx) = mpsc::channel::<Job>(64);
-                let handler: Arc<dyn WorkerHandler> = Arc::new(Echo);
+                let handler: Arc<dyn WorkerHandler> = bench_handler();
                 tokio::spawn(async move {
                     while let Some((request, reply)) = rx.recv().await {
                         let _ = reply.send(handler.handle(request).await);
@@ -124,7 +127,7 @@ impl Tower {
         let services: Vec<_> = (0..n)
             .map(|_| {
                 tower::load::PendingRequests::new(
-                    EchoService(Arc::new(Echo)),
+                    EchoService(bench_handler()),
                     tower::load::CompleteOnResponse::default(),
                 )
             })
@@ -206,7 +209,11 @@ fn main() {
         .build()
         .expect("runtime");
     let run = Duration::from_millis(300);
-    println!("closed loop, echo handler, multi-thread runtime with 2 workers, median of 3 rounds of {run:?}");
+    let threads = std::env::var("FOREMAN_BENCH_THREADS").unwrap_or_else(|_| "2".into());
+    println!(
+        "closed loop, {}, multi-thread runtime with {threads} workers, median of 3 rounds of {run:?}",
+        bench_handler_name()
+    );
     println!(
         "| N | C | foreman req/s | floor req/s | tower req/s | foreman/floor | foreman/tower | p99 foreman | p99 floor | p99 ratio |"
     );
@@ -237,9 +244,7 @@ fn main() {
                 }
                 f.push(rt.block_on(async {
                     let pool = WorkerPool::new_inprocess(
-                        (0..n)
-                            .map(|_| Arc::new(Echo) as Arc<dyn WorkerHandler>)
-                            .collect(),
+                        (0..n).map(|_| bench_handler()).collect(),
                         WorkerPoolOptions {
                             queue_capacity: 1024,
                             ..WorkerPoolOptions::default()

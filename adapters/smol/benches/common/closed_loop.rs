@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use foreman_driver::demo::{bench_request, bench_sizes, Echo, Round};
+use foreman_driver::demo::{bench_handler, bench_handler_name, bench_request, bench_sizes, Round};
 use foreman_driver::{
     Runtime, WorkerHandler, WorkerPool, WorkerPoolOptions, WorkerProtocolError, WorkerRequest,
 };
@@ -57,7 +57,7 @@ impl Floor {
         let senders = (0..n)
             .map(|_| {
                 let (tx, rx) = async_channel::bounded::<Job>(64);
-                let handler: Arc<dyn WorkerHandler> = Arc::new(Echo);
+                let handler: Arc<dyn WorkerHandler> = bench_handler();
                 rt.spawn(Box::pin(async move {
                     while let Ok((request, reply)) = rx.recv().await {
                         let _ = reply.send(handler.handle(request).await);
@@ -139,7 +139,8 @@ async fn closed_loop<R: Runtime, C: Client>(rt: &R, client: C, callers: usize) -
 pub async fn run_all<R: Runtime + Default + Clone>(runtime: &str) {
     let rt = R::default();
     println!(
-        "{runtime}: closed loop, echo handler, 2 executor threads, median of 3 rounds of 300ms"
+        "{runtime}: closed loop, {}, 2 executor threads, median of 3 rounds of 300ms",
+        bench_handler_name()
     );
     println!("| N | C | foreman req/s | floor req/s | foreman/floor | p99 foreman | p99 floor |");
     println!("|---:|---:|---:|---:|---:|---:|---:|");
@@ -149,7 +150,7 @@ pub async fn run_all<R: Runtime + Default + Clone>(runtime: &str) {
             let (mut foreman, mut floor) = (Vec::new(), Vec::new());
             for _ in 0..3 {
                 floor.push(closed_loop(&rt, Floor::new(&rt, n), c).await);
-                let handlers = (0..n).map(|_| Arc::new(Echo) as Arc<dyn WorkerHandler>);
+                let handlers = (0..n).map(|_| bench_handler());
                 let options = WorkerPoolOptions {
                     queue_capacity: 1024,
                     ..WorkerPoolOptions::default()
