@@ -409,25 +409,21 @@ impl Budget {
     /// left.
     fn add_shallow(&mut self, value: &Value, levels: u32) -> Option<()> {
         match value {
-            Value::Null | Value::Bool(true) => self.add(4),
-            Value::Bool(false) => self.add(5),
-            Value::Number(number) => self.add(number_len(number)?),
-            Value::String(s) => self.add_str(s),
             Value::Array(_) | Value::Object(_) if levels == 0 => self.add_deep(value),
             Value::Array(items) => {
-                self.add(items.len().saturating_sub(1).checked_add(2)?)?;
+                self.add(array_bytes(items.len())?)?;
                 items
                     .iter()
                     .try_for_each(|item| self.add_shallow(item, levels - 1))
             }
             Value::Object(entries) => {
-                let n = entries.len();
-                self.add(n.saturating_sub(1).checked_add(2)?.checked_add(n)?)?;
+                self.add(object_bytes(entries.len())?)?;
                 entries.iter().try_for_each(|(key, item)| {
                     self.add_str(key)?;
                     self.add_shallow(item, levels - 1)
                 })
             }
+            scalar => self.add_own(scalar),
         }
     }
 
@@ -440,23 +436,11 @@ impl Budget {
         let mut next = Some(root);
         loop {
             if let Some(value) = next.take() {
+                self.add_own(value)?;
                 match value {
-                    Value::Null => self.add(4)?,
-                    Value::Bool(true) => self.add(4)?,
-                    Value::Bool(false) => self.add(5)?,
-                    Value::Number(number) => self.add(number_len(number)?)?,
-                    Value::String(s) => self.add_str(s)?,
-                    Value::Array(items) => {
-                        // `[` `]` and a comma between neighbours.
-                        self.add(items.len().saturating_sub(1).checked_add(2)?)?;
-                        stack.push(Frame::Array(items.iter()));
-                    }
-                    Value::Object(entries) => {
-                        // `{` `}`, a comma between neighbours, a colon each.
-                        let n = entries.len();
-                        self.add(n.saturating_sub(1).checked_add(2)?.checked_add(n)?)?;
-                        stack.push(Frame::Object(entries.iter()));
-                    }
+                    Value::Array(items) => stack.push(Frame::Array(items.iter())),
+                    Value::Object(entries) => stack.push(Frame::Object(entries.iter())),
+                    _ => {}
                 }
             }
             match stack.last_mut() {
@@ -479,6 +463,32 @@ impl Budget {
             }
         }
     }
+
+    /// Adds a value's own bytes: all of a scalar; a container's brackets,
+    /// commas between neighbours and (objects) a colon per entry, without
+    /// its children, which the walks add.
+    #[inline]
+    fn add_own(&mut self, value: &Value) -> Option<()> {
+        match value {
+            Value::Null | Value::Bool(true) => self.add(4),
+            Value::Bool(false) => self.add(5),
+            Value::Number(number) => self.add(number_len(number)?),
+            Value::String(s) => self.add_str(s),
+            Value::Array(items) => self.add(array_bytes(items.len())?),
+            Value::Object(entries) => self.add(object_bytes(entries.len())?),
+        }
+    }
+}
+
+/// An array's own bytes: `[`, `]` and a comma between neighbours.
+fn array_bytes(items: usize) -> Option<usize> {
+    items.saturating_sub(1).checked_add(2)
+}
+
+/// An object's own bytes: `{`, `}`, a comma between neighbours and a colon
+/// per entry.
+fn object_bytes(entries: usize) -> Option<usize> {
+    array_bytes(entries)?.checked_add(entries)
 }
 
 #[cfg(test)]

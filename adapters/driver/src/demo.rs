@@ -40,16 +40,7 @@ pub struct YieldingEcho;
 #[async_trait]
 impl WorkerHandler for YieldingEcho {
     async fn handle(&self, request: WorkerRequest) -> Result<Value, WorkerProtocolError> {
-        let mut yielded = false;
-        futures_util::future::poll_fn(|cx| {
-            if yielded {
-                return std::task::Poll::Ready(());
-            }
-            yielded = true;
-            cx.waker().wake_by_ref();
-            std::task::Poll::Pending
-        })
-        .await;
+        crate::runtime::yield_once().await;
         Echo.handle(request).await
     }
 }

@@ -24,7 +24,7 @@ use serde_json::Value;
 use thiserror::Error;
 
 use crate::handler::{CircuitBreakerHooks, WorkerHandler, WorkerPoolClient};
-use crate::runtime::Runtime;
+use crate::runtime::{yield_once, Runtime};
 use crate::state::{
     worker_id, Claimed, Core, Delivered, FastMap, HookEvent, LaneSignals, Own, OwnedHandlerFuture,
     ProbeJob, Run, Slot, Started, WorkerCell, WorkerEntry,
@@ -1104,21 +1104,6 @@ fn turn(cx: &Context<'_>, waited: bool) -> Turn {
         last.set((task, count + 1));
         Turn::Keep
     })
-}
-
-/// Returns `Pending` once, waking itself: the task goes to the back of its
-/// runtime's queue.
-async fn yield_once() {
-    let mut yielded = false;
-    poll_fn(|cx| {
-        if yielded {
-            return Poll::Ready(());
-        }
-        yielded = true;
-        cx.waker().wake_by_ref();
-        Poll::Pending
-    })
-    .await;
 }
 
 enum Wake {

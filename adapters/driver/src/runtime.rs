@@ -30,16 +30,22 @@ pub trait Runtime: Debug + Send + Sync + 'static {
     /// runtime with its own yield overrides it (tokio's defers the task
     /// until its timers and I/O have been polled).
     fn yield_now(&self) -> impl Future<Output = ()> + Send {
-        let mut yielded = false;
-        std::future::poll_fn(move |cx| {
-            if yielded {
-                return Poll::Ready(());
-            }
-            yielded = true;
-            cx.waker().wake_by_ref();
-            Poll::Pending
-        })
+        yield_once()
     }
+}
+
+/// Returns `Pending` once, waking itself first: the task goes to the back
+/// of its runtime's queue.
+pub(crate) fn yield_once() -> impl Future<Output = ()> + Send {
+    let mut yielded = false;
+    std::future::poll_fn(move |cx| {
+        if yielded {
+            return Poll::Ready(());
+        }
+        yielded = true;
+        cx.waker().wake_by_ref();
+        Poll::Pending
+    })
 }
 
 /// A resettable timer, as returned by [`Runtime::new_timer`].

@@ -198,18 +198,16 @@ fn main() {
     if std::env::args().any(|a| a == "--list") {
         return;
     }
+    let threads: usize = std::env::var("FOREMAN_BENCH_THREADS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(2);
     let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(
-            std::env::var("FOREMAN_BENCH_THREADS")
-                .ok()
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(2),
-        )
+        .worker_threads(threads)
         .enable_all()
         .build()
         .expect("runtime");
     let run = Duration::from_millis(300);
-    let threads = std::env::var("FOREMAN_BENCH_THREADS").unwrap_or_else(|_| "2".into());
     println!(
         "closed loop, {}, multi-thread runtime with {threads} workers, median of 3 rounds of {run:?}",
         bench_handler_name()
