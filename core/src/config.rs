@@ -119,6 +119,17 @@ impl PoolConfig {
         }
     }
 
+    /// This configuration for a pool whose circuit breaker (the `allow` of
+    /// every submit) vets workers, if `vetted`: late binding is then off,
+    /// so the worker `allow` approved is the one that runs each request.
+    #[must_use]
+    pub fn vetted_by_breaker(self, vetted: bool) -> Self {
+        Self {
+            late_binding: self.late_binding && !vetted,
+            ..self
+        }
+    }
+
     /// Checks every value and explains the first one that makes no sense.
     ///
     /// # Errors

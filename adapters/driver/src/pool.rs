@@ -102,10 +102,7 @@ impl<R: Runtime + Default> WorkerPool<R> {
         options: WorkerPoolOptions,
         hooks: Option<Arc<dyn CircuitBreakerHooks>>,
     ) -> Result<Self, WorkerPoolError> {
-        let config = PoolConfig {
-            late_binding: hooks.is_none(),
-            ..PoolConfig::new(options)
-        };
+        let config = PoolConfig::new(options).vetted_by_breaker(hooks.is_some());
         Self::with_config(R::default(), handlers, config, hooks).map_err(WorkerPoolError::from)
     }
 }
