@@ -6,7 +6,7 @@ use std::time::Duration;
 use thiserror::Error;
 
 use crate::protocol::WorkerRequest;
-use crate::validate::{validate_request, RequestError};
+use crate::validate::{check_request, RequestError};
 
 /// Scheduling and lifecycle options, field for field the reference's.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -193,7 +193,6 @@ impl PoolConfig {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Admission {
     timeout: Option<Duration>,
-    serialized_size: usize,
 }
 
 impl Admission {
@@ -201,11 +200,6 @@ impl Admission {
     /// `timeout_ms`, or the pool's default; `None` means no deadline.
     pub fn timeout(&self) -> Option<Duration> {
         self.timeout
-    }
-
-    /// The request's size as compact JSON, in bytes.
-    pub fn serialized_size(&self) -> usize {
-        self.serialized_size
     }
 }
 
@@ -223,17 +217,14 @@ impl PoolConfig {
     ///
     /// # Errors
     /// The [`RequestError`] of the first check that fails (see
-    /// [`validate_request`]).
+    /// [`validate_request`](crate::validate_request)).
     pub fn admit(&self, request: &WorkerRequest) -> Result<Admission, RequestError> {
-        let serialized_size = validate_request(request, &self.options.security_policy)?;
+        check_request(request, &self.options.security_policy)?;
         let timeout = match request.timeout_ms {
             Some(ms) => Some(Duration::from_millis(ms)),
             None => self.options.default_request_timeout,
         };
-        Ok(Admission {
-            timeout,
-            serialized_size,
-        })
+        Ok(Admission { timeout })
     }
 }
 

@@ -106,4 +106,4 @@ pub use protocol::{
 pub use stats::{Counters, Stats, WorkerStats};
 pub use time::Time;
 pub use timers::TimeoutReason;
-pub use validate::{serialized_size_within, validate_request, RequestError};
+pub use validate::{check_request, serialized_size_within, validate_request, RequestError};

@@ -39,6 +39,48 @@ pub fn validate_request(
     request: &WorkerRequest,
     policy: &WorkerSecurityPolicy,
 ) -> Result<usize, RequestError> {
+    check_fields(request, policy)?;
+    let max = policy.max_request_payload_bytes;
+    serialized_size_within(request, max).ok_or(RequestError::PayloadTooLarge { max })
+}
+
+/// Runs the checks of [`validate_request`], with the same result, but
+/// without computing the exact serialised size when a cheaper bound shows
+/// that the request fits.
+///
+/// The bound counts every string byte as if it needed the longest escape
+/// (`\u00XX`); only a request whose bound passes the limit has its strings
+/// scanned. What [`PoolConfig::admit`](crate::PoolConfig::admit) runs.
+///
+/// # Errors
+///
+/// Returns the [`RequestError`] of the first check that fails, exactly as
+/// [`validate_request`] does.
+pub fn check_request(
+    request: &WorkerRequest,
+    policy: &WorkerSecurityPolicy,
+) -> Result<(), RequestError> {
+    check_fields(request, policy)?;
+    let max = policy.max_request_payload_bytes;
+    let mut budget = Budget::bounding(max);
+    let fits = match add_request(&mut budget, request) {
+        // Even without escapes the request is too large.
+        None => false,
+        Some(()) if budget.worst_escapes_fit() => true,
+        Some(()) => serialized_size_within(request, max).is_some(),
+    };
+    if fits {
+        Ok(())
+    } else {
+        Err(RequestError::PayloadTooLarge { max })
+    }
+}
+
+/// The identifier and timeout checks of [`validate_request`], in order.
+fn check_fields(
+    request: &WorkerRequest,
+    policy: &WorkerSecurityPolicy,
+) -> Result<(), RequestError> {
     let max_identifier = policy.max_identifier_length;
     check_identifier("request_id", &request.request_id, max_identifier)?;
     check_identifier("workflow_name", &request.workflow_name, max_identifier)?;
@@ -54,8 +96,7 @@ pub fn validate_request(
             });
         }
     }
-    let max = policy.max_request_payload_bytes;
-    serialized_size_within(request, max).ok_or(RequestError::PayloadTooLarge { max })
+    Ok(())
 }
 
 /// Returns the length of `serde_json::to_vec(request)` if it is at most
@@ -71,6 +112,12 @@ pub fn validate_request(
 #[must_use]
 pub fn serialized_size_within(request: &WorkerRequest, limit: usize) -> Option<usize> {
     let mut budget = Budget::new(limit);
+    add_request(&mut budget, request)?;
+    Some(budget.used())
+}
+
+/// Adds `request` as compact JSON to `budget`, field by field.
+fn add_request(budget: &mut Budget, request: &WorkerRequest) -> Option<()> {
     budget.add(r#"{"request_id":"#.len())?;
     budget.add_str(&request.request_id)?;
     budget.add(r#","workflow_name":"#.len())?;
@@ -110,8 +157,7 @@ pub fn serialized_size_within(request: &WorkerRequest, limit: usize) -> Option<u
         }
     }
     // Closing braces of the operation and of the request.
-    budget.add(2)?;
-    Some(budget.used())
+    budget.add(2)
 }
 
 /// Why a request was refused before it reached any worker.
@@ -299,10 +345,23 @@ impl io::Write for ByteCounter {
 }
 
 /// A running byte count that fails (returns `None`) once it passes its limit.
+///
+/// An exact budget scans every string for escapes. A bounding one
+/// ([`Budget::bounding`]) counts strings without their escapes (a lower
+/// bound, still checked against the limit) and keeps their total length,
+/// so [`Budget::worst_escapes_fit`] can tell whether the longest escape of
+/// every byte would still fit.
 struct Budget {
     limit: usize,
     remaining: usize,
+    /// Whether strings are scanned for escapes.
+    exact: bool,
+    /// Bytes of the strings added without a scan (bounding budgets only).
+    unscanned: usize,
 }
+
+/// The most bytes escaping adds to one byte (`\u00XX` for a control byte).
+const WORST_ESCAPE_EXTRA: usize = 5;
 
 /// A container whose remaining children are still to be walked.
 enum Frame<'a> {
@@ -373,7 +432,25 @@ impl Budget {
         Self {
             limit,
             remaining: limit,
+            exact: true,
+            unscanned: 0,
         }
+    }
+
+    /// A budget that does not scan strings (see [`Budget`]).
+    fn bounding(limit: usize) -> Self {
+        Self {
+            exact: false,
+            ..Self::new(limit)
+        }
+    }
+
+    /// Whether what was added would still fit if every unscanned byte
+    /// needed the longest escape.
+    fn worst_escapes_fit(&self) -> bool {
+        self.unscanned
+            .checked_mul(WORST_ESCAPE_EXTRA)
+            .is_some_and(|worst| worst <= self.remaining)
     }
 
     fn used(&self) -> usize {
@@ -392,7 +469,13 @@ impl Budget {
         // Escapes only ever add bytes, so a string whose raw bytes and quotes
         // do not fit is refused without being scanned.
         self.add(bytes.len().checked_add(2)?)?;
-        self.add(escape_extra(bytes))
+        if self.exact {
+            self.add(escape_extra(bytes))
+        } else {
+            // At most the bytes added so far, so it never saturates.
+            self.unscanned = self.unscanned.saturating_add(bytes.len());
+            Some(())
+        }
     }
 
     /// Adds a JSON value. The first [`SHALLOW_LEVELS`] levels are walked
@@ -649,6 +732,39 @@ mod tests {
                 max: 4
             })
         );
+    }
+
+    #[test]
+    fn check_request_agrees_with_validate_request_at_every_limit() {
+        // Plain text, where the bound is exact up to the escapes it
+        // assumes, and escape-heavy text, where it overshoots by 5x: at
+        // every limit around the exact size, the cheap check and the exact
+        // one agree.
+        let plain = llm("just some plain prompt text, nothing to escape");
+        let escaped = tool(json!({"k\u{1}": "\u{0}\u{1f}\"\\\n", "n": [1, -2, 3.5]}));
+        for request in [plain, escaped] {
+            let exact = exact_len(&request);
+            for max in [
+                1,
+                exact / 2,
+                exact - 1,
+                exact,
+                exact + 1,
+                5 * exact,
+                usize::MAX,
+            ] {
+                let policy = WorkerSecurityPolicy {
+                    max_request_payload_bytes: max,
+                    ..policy()
+                };
+                assert_eq!(
+                    check_request(&request, &policy),
+                    validate_request(&request, &policy).map(|_| ()),
+                    "limit {max}, exact size {exact}"
+                );
+                assert_eq!(check_request(&request, &policy).is_ok(), exact <= max);
+            }
+        }
     }
 
     #[test]

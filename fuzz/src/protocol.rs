@@ -30,7 +30,7 @@ const SERDE_JSON_DEPTH_LIMIT: usize = 127;
 /// For each type: a parsed value serialises (compact and pretty) and parses
 /// back equal (floats within one ULP: see [`equivalent`]), and converts to a
 /// `Value` and back exactly. For requests,
-/// additionally: `validate_request` under the default, a tight and a
+/// additionally: `validate_request` (and `check_request`, without the size) under the default, a tight and a
 /// size-derived policy agrees with an independent oracle that follows the
 /// documented check order, and `serialized_size_within` equals
 /// `serde_json::to_vec(..).len()` whenever it is within the limit (and is
@@ -226,6 +226,11 @@ fn check_request(request: &WorkerRequest) {
         let got = validate_request(request, policy);
         let expected = oracle(request, policy, exact);
         assert_eq!(got, expected, "validate_request under {policy:?}");
+        assert_eq!(
+            foreman_core::check_request(request, policy),
+            expected.map(|_| ()),
+            "check_request under {policy:?}"
+        );
     }
 }
 
