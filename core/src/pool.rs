@@ -61,7 +61,10 @@ pub use invariants::InvariantViolation;
 /// precedes the `Start`s on the fresh worker). It may drain
 /// [`poll_event`](Self::poll_event) for hooks and tracing; events queue up
 /// until drained. Then it asks [`poll_timeout`](Self::poll_timeout) when to
-/// call `handle_timeout` next; the answer changes only after an input.
+/// call `handle_timeout` next; the answer changes only after an input. A
+/// driver that keeps one timer may instead ask
+/// [`move_timer`](Self::move_timer), which is cheaper: its timer then fires
+/// early at worst (a spurious `handle_timeout`), never late.
 ///
 /// # The time rule
 /// The core never reads a clock. Time only moves forward: an input whose
@@ -810,6 +813,27 @@ impl<P: Clone> Pool<P> {
         self.timers
             .peek_live(|at, timer| timer_is_live(requests, workers, lifecycle, at, timer))
             .map(|(at, timer)| (at, timer.reason()))
+    }
+
+    /// Where a driver that keeps one timer must move it after an input:
+    /// `Some(at)` when `at` is earlier than `timer`, where the timer is set
+    /// now (`Time::MAX`: not set, or it just fired).
+    ///
+    /// Cheaper than [`poll_timeout`](Self::poll_timeout) on every input,
+    /// and never late: a set timer only moves earlier, to the earliest
+    /// deadline armed since the last call; one not set is set from
+    /// `poll_timeout`. A timer may then fire for a deadline that is no
+    /// longer live (its request was answered): `handle_timeout` does
+    /// nothing, and the next call, with `Time::MAX`, gives the exact next
+    /// deadline. Call it after every input.
+    pub fn move_timer(&mut self, timer: Time) -> Option<Time> {
+        let armed = self.timers.take_armed();
+        let next = if timer == Time::MAX {
+            self.poll_timeout().map(|(at, _)| at)
+        } else {
+            armed
+        };
+        next.filter(|&at| at < timer)
     }
 
     // ----- queries ------------------------------------------------------

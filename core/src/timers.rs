@@ -51,6 +51,9 @@ pub(crate) struct TimerHeap {
     /// Heap length right after the last sweep; the next sweep runs once the
     /// heap has doubled from it.
     swept_len: usize,
+    /// The earliest entry armed since [`take_armed`](Self::take_armed) last
+    /// ran.
+    armed_since: Option<Time>,
 }
 
 impl TimerHeap {
@@ -63,6 +66,7 @@ impl TimerHeap {
     /// from its own records.
     pub(crate) fn arm(&mut self, at: Time, timer: Timer) -> bool {
         self.heap.push(Reverse((at, timer)));
+        self.armed_since = Some(self.armed_since.map_or(at, |earliest| earliest.min(at)));
         self.heap.len() > self.swept_len.saturating_mul(2).saturating_add(64)
     }
 
@@ -88,6 +92,11 @@ impl TimerHeap {
             self.heap.pop();
         }
         None
+    }
+
+    /// The earliest entry armed since the last call (live or not by now).
+    pub(crate) fn take_armed(&mut self) -> Option<Time> {
+        self.armed_since.take()
     }
 
     /// Removes and returns the earliest live entry due at or before `now`.

@@ -712,6 +712,42 @@ fn the_default_timeout_applies_and_none_means_no_deadline() {
     assert_eq!(h2.take(), Some((ms(5_000), TimeoutReason::ProbeDue)));
 }
 
+#[test]
+fn a_one_timer_driver_moves_its_timer_only_earlier_and_never_late() {
+    let mut h = Harness::new(
+        WorkerPoolOptions {
+            default_request_timeout: None,
+            ..options()
+        },
+        2,
+    );
+    // Nothing set: the exact next deadline (the first probe, at 5 s).
+    let mut timer = h.pool.move_timer(Time::MAX).expect("a probe is due");
+    assert_eq!(timer, ms(5_000));
+    // A later deadline leaves the timer where it is.
+    h.submit(ms(1), &with_timeout("late", 9_000)).unwrap();
+    assert_eq!(h.pool.move_timer(timer), None);
+    // An earlier one moves it.
+    let early = h.submit(ms(2), &with_timeout("early", 100)).unwrap();
+    timer = h.pool.move_timer(timer).expect("an earlier deadline");
+    assert_eq!(timer, ms(102));
+    // Answered before its deadline: the timer stays, and fires early.
+    assert!(h.complete(ms(3), early, Ok(Value::Null)));
+    assert_eq!(h.pool.move_timer(timer), None);
+    h.take_actions();
+    h.tick(ms(102));
+    assert!(
+        h.take_actions().is_empty(),
+        "a spurious wake-up does nothing"
+    );
+    // Once it fired, the timer is set from the exact next deadline.
+    assert_eq!(h.pool.move_timer(Time::MAX), Some(ms(5_000)));
+    assert_eq!(
+        h.pool.poll_timeout(),
+        Some((ms(5_000), TimeoutReason::ProbeDue))
+    );
+}
+
 // ----- cancellation ---------------------------------------------------------
 
 #[test]

@@ -841,6 +841,10 @@ pub struct Harness {
     probe_timeout: Duration,
     clock: Time,
     seen: Time,
+    /// Where a driver that keeps one timer, moved by `Pool::move_timer`,
+    /// would have it (`Time::MAX`: not set, or just
+    /// fired); never later than `poll_timeout`.
+    driver_timer: Time,
     lifecycle: Lifecycle,
     drain_deadline: Option<Time>,
     requests: KeyTable<ReqBook>,
@@ -924,6 +928,7 @@ impl Harness {
             probe_timeout: config.probe_timeout,
             clock: Time::ZERO,
             seen: Time::ZERO,
+            driver_timer: Time::MAX,
             lifecycle: Lifecycle::Running,
             drain_deadline: None,
             requests: KeyTable::new(),
@@ -1603,6 +1608,7 @@ impl Harness {
             clock: self.clock,
             at: self.seen,
         });
+        self.driver_timer = Time::MAX;
         self.pool.handle_timeout(self.clock);
         self.drain()?;
         self.finish_input()
@@ -1650,6 +1656,7 @@ impl Harness {
             clock: self.clock,
             at: self.seen,
         });
+        self.driver_timer = Time::MAX;
         self.pool.handle_timeout(self.clock);
         self.drain()?;
         if !due && self.outputs_this_input > 0 {
@@ -1725,12 +1732,15 @@ impl Harness {
                         clock: self.clock,
                         at: self.seen,
                     });
+                    self.driver_timer = Time::MAX;
                     self.pool.handle_timeout(self.clock);
                     self.drain()?;
                 }
                 _ => break,
             }
         }
+        let result = self.rearm_driver_timer();
+        self.record(result)?;
         self.context = Context::Idle;
         self.inputs += 1;
         self.since_full += 1;
@@ -2393,6 +2403,21 @@ impl Harness {
     }
 
     // ----- checks --------------------------------------------------------
+
+    /// Moves the one-timer driver's timer as the adapters do
+    /// (`Pool::move_timer`) and checks it would not fire late.
+    fn rearm_driver_timer(&mut self) -> Result<(), Failure> {
+        if let Some(at) = self.pool.move_timer(self.driver_timer) {
+            self.driver_timer = at;
+        }
+        let exact = self.pool.poll_timeout().map_or(Time::MAX, |(at, _)| at);
+        ensure!(
+            exact >= self.driver_timer,
+            "a driver timer moved by move_timer sits at {}, after the next deadline {exact}",
+            self.driver_timer
+        );
+        Ok(())
+    }
 
     fn check_step(&mut self) -> Result<(), Failure> {
         let now = self.seen;

@@ -859,11 +859,17 @@ impl<R: Runtime> Shared<R> {
         }
     }
 
-    #[inline]
+    /// Spawns the probes an input asked for (usually none: the check is
+    /// inlined, the spawning is not).
+    #[inline(always)]
     fn spawn_probes(self: &Arc<Self>, lane: usize, probes: Vec<ProbeJob>) {
-        if probes.is_empty() {
-            return;
+        if !probes.is_empty() {
+            self.spawn_probe_jobs(lane, probes);
         }
+    }
+
+    #[inline(never)]
+    fn spawn_probe_jobs(self: &Arc<Self>, lane: usize, probes: Vec<ProbeJob>) {
         for job in probes {
             let weak = Arc::downgrade(self);
             self.runtime.spawn(Box::pin(probe_task(weak, lane, job)));

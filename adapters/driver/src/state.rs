@@ -498,12 +498,10 @@ impl Core {
 
     /// Tells the timer task about an earlier deadline.
     pub(crate) fn rearm(&mut self, signals: &LaneSignals) {
-        if let Some((at, _)) = self.pool.poll_timeout() {
-            if at < self.armed {
-                self.armed = at;
-                signals.target.store(at.as_nanos(), Ordering::Release);
-                signals.waker.wake();
-            }
+        if let Some(at) = self.pool.move_timer(self.armed) {
+            self.armed = at;
+            signals.target.store(at.as_nanos(), Ordering::Release);
+            signals.waker.wake();
         }
     }
 
