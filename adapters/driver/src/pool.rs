@@ -806,14 +806,17 @@ impl<R: Runtime> Shared<R> {
     }
 
     /// Runs requests of other callers that this task claimed when it freed
-    /// their worker: polls each handler once, in this task. A handler that
-    /// finishes is completed here (which may start and claim the next one,
-    /// up to [`CLAIM_BUDGET`] in all); one that has to wait is handed back
-    /// to its caller, whose waker it has already registered.
+    /// their worker: polls each handler once, in this task, which saves its
+    /// caller a wake-up. A handler that has to wait is handed back to its
+    /// caller, whose waker it has already registered. One that finishes is
+    /// completed here, but the request that starts next is left to its own
+    /// caller: this task's caller, whose answer is ready, waits for at most
+    /// one other request. (Chaining claims let one task run up to
+    /// [`CLAIM_BUDGET`] requests that finish at once before answering its
+    /// own: on tokio with one worker and 16 callers, a p99 latency 1.4–1.8x
+    /// the channel floor's, against 1.0–1.1x now.)
     fn run_claimed(self: &Arc<Self>, lane: &Lane, claimed: Vec<Claimed>) {
-        let mut budget = CLAIM_BUDGET.saturating_sub(claimed.len());
-        let mut queue = claimed;
-        while let Some(job) = queue.pop() {
+        for job in claimed {
             let Claimed {
                 key,
                 slot,
@@ -853,9 +856,9 @@ impl<R: Runtime> Shared<R> {
             };
             drop(future);
             slot.lock().run = Run::Ended;
-            let mut own = self.complete(lane, key, result, None, budget);
-            budget = budget.saturating_sub(own.claimed.len());
-            queue.append(&mut own.claimed);
+            // Claims nothing: with no claim budget, every request this
+            // completion starts is granted to its own caller.
+            self.complete(lane, key, result, None, 0);
         }
     }
 
@@ -1026,8 +1029,9 @@ impl<R: Runtime> Drop for PendingGuard<'_, R> {
     }
 }
 
-/// How many queued requests of other callers a task that frees a worker
-/// runs itself (one poll each) before it wakes the rest.
+/// How many of the queued requests that one completion starts the task
+/// that completed it claims (see [`Shared::run_claimed`]); the rest are
+/// granted to their callers.
 const CLAIM_BUDGET: usize = 16;
 
 /// Requests a caller that has a thread to itself may finish in a row

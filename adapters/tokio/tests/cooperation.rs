@@ -151,3 +151,74 @@ async fn retrying_on_queue_full_lets_the_queue_drain() {
     }
     pool.shutdown().await;
 }
+
+/// Logs each request it runs; the one named `gate` first waits for the
+/// gate to open.
+struct Logged {
+    log: Arc<std::sync::Mutex<Vec<String>>>,
+    gate: Arc<tokio::sync::Notify>,
+}
+
+#[async_trait]
+impl WorkerHandler for Logged {
+    async fn handle(&self, request: WorkerRequest) -> Result<Value, WorkerProtocolError> {
+        if request.request_id == "gate" {
+            self.gate.notified().await;
+        }
+        let entry = format!("run {}", request.request_id);
+        self.log.lock().expect("log").push(entry);
+        Ok(Value::Null)
+    }
+}
+
+/// The task whose request frees the worker may run the next queued request
+/// for its caller (saving a wake-up), but it answers its own caller before
+/// a second one runs: one task never runs a whole queue of requests that
+/// finish at once while its own answer waits.
+#[tokio::test(flavor = "current_thread")]
+async fn a_freed_worker_answers_its_own_caller_after_at_most_one_other_request() {
+    let log = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let gate = Arc::new(tokio::sync::Notify::new());
+    let handler = Logged {
+        log: Arc::clone(&log),
+        gate: Arc::clone(&gate),
+    };
+    let pool = Arc::new(
+        WorkerPool::new_inprocess(vec![Arc::new(handler)], WorkerPoolOptions::default(), None)
+            .expect("pool"),
+    );
+    let submit = |id: &str| {
+        let (pool, log) = (Arc::clone(&pool), Arc::clone(&log));
+        let request = WorkerRequest {
+            request_id: id.into(),
+            ..bench_request()
+        };
+        tokio::spawn(async move {
+            let id = request.request_id.clone();
+            pool.submit(request).await.expect("request succeeds");
+            log.lock().expect("log").push(format!("answered {id}"));
+        })
+    };
+    // `gate` takes the only worker; the others queue behind it.
+    let callers: Vec<_> = ["gate", "b", "c", "d"].into_iter().map(submit).collect();
+    while pool.stats().queued < 3 {
+        tokio::task::yield_now().await;
+    }
+    gate.notify_one();
+    for caller in callers {
+        caller.await.expect("caller ends");
+    }
+    let log = log.lock().expect("log").clone();
+    let at = |entry: &str| {
+        log.iter()
+            .position(|e| e == entry)
+            .unwrap_or_else(|| panic!("{entry} missing from {log:?}"))
+    };
+    assert_eq!(log.len(), 8, "{log:?}");
+    // The gate's task ran `b` for its caller (before `b`'s own task ran
+    // again), then answered its own caller before `c` ran.
+    assert!(at("run b") < at("answered gate"), "{log:?}");
+    assert!(at("answered gate") < at("run c"), "{log:?}");
+    assert!(at("run b") < at("answered b"), "{log:?}");
+    pool.shutdown().await;
+}
