@@ -1,7 +1,10 @@
 //! Closed-loop end-to-end benchmark: foreman-tokio against a bare
 //! mpsc + oneshot pool (the floor) and tower's p2c `Balance` behind a
 //! `Buffer`, echo handler, N workers, C concurrent callers, multi-thread
-//! runtime with 2 workers. (Memory per queued request is measured by the
+//! runtime with 2 workers. Tower runs twice: as issue 3 names it, whose N
+//! services each take any number of requests at once, and as `tower(1)`,
+//! whose services take one at a time (a `ConcurrencyLimit` of 1), as a
+//! foreman worker and a floor task do. (Memory per queued request is measured by the
 //! `memory` bench, whose counting allocator would skew these timings.)
 //! `FOREMAN_BENCH_HANDLER=yield` makes every handler return `Pending` once
 //! first, as one waiting on I/O would: requests then queue even with
@@ -112,22 +115,30 @@ impl Service<WorkerRequest> for EchoService {
     }
 }
 
-type TowerBuffer = tower::buffer::Buffer<
+/// The p2c balancer over `S`s, each tracked by its pending requests.
+type Balanced<S> = tower::balance::p2c::Balance<
+    tower::discover::ServiceList<Vec<tower::load::PendingRequests<S>>>,
     WorkerRequest,
-    <tower::balance::p2c::Balance<
-        tower::discover::ServiceList<Vec<tower::load::PendingRequests<EchoService>>>,
-        WorkerRequest,
-    > as Service<WorkerRequest>>::Future,
 >;
 
-struct Tower(TowerBuffer);
+struct Tower<S>(
+    tower::buffer::Buffer<WorkerRequest, <Balanced<S> as Service<WorkerRequest>>::Future>,
+)
+where
+    Balanced<S>: Service<WorkerRequest>;
 
-impl Tower {
-    fn new(n: usize) -> Self {
+impl<S> Tower<S>
+where
+    S: Service<WorkerRequest, Response = Value, Error = Infallible> + Send + 'static,
+    S::Future: Send,
+    Balanced<S>: Service<WorkerRequest, Response = Value, Error = tower::BoxError> + Send + 'static,
+    <Balanced<S> as Service<WorkerRequest>>::Future: Send,
+{
+    fn new(n: usize, service: impl Fn() -> S) -> Self {
         let services: Vec<_> = (0..n)
             .map(|_| {
                 tower::load::PendingRequests::new(
-                    EchoService(bench_handler()),
+                    service(),
                     tower::load::CompleteOnResponse::default(),
                 )
             })
@@ -138,7 +149,12 @@ impl Tower {
     }
 }
 
-impl Client for Arc<Tower> {
+impl<S> Client for Arc<Tower<S>>
+where
+    S: Send + 'static,
+    Balanced<S>: Service<WorkerRequest, Response = Value, Error = tower::BoxError> + Send + 'static,
+    <Balanced<S> as Service<WorkerRequest>>::Future: Send,
+{
     fn call(&self, request: WorkerRequest) -> BoxFut<bool> {
         let mut service = self.0.clone();
         Box::pin(async move {
@@ -148,6 +164,21 @@ impl Client for Arc<Tower> {
             }
         })
     }
+}
+
+/// Tower's pool as the issue names it: every service takes any number of
+/// requests at once (so with N = 1 the callers' handlers still run side by
+/// side).
+fn tower_pool(n: usize) -> Tower<EchoService> {
+    Tower::new(n, || EchoService(bench_handler()))
+}
+
+/// The same pool with one request at a time per service, as a foreman
+/// worker (and a floor task) runs them.
+fn tower_one_pool(n: usize) -> Tower<tower::limit::ConcurrencyLimit<EchoService>> {
+    Tower::new(n, || {
+        tower::limit::ConcurrencyLimit::new(EchoService(bench_handler()), 1)
+    })
 }
 
 // ----- harness -----------------------------------------------------------------
@@ -213,19 +244,19 @@ fn main() {
         bench_handler_name()
     );
     println!(
-        "| N | C | foreman req/s | floor req/s | tower req/s | foreman/floor | foreman/tower | p99 foreman | p99 floor | p99 ratio |"
+        "| N | C | foreman req/s | floor req/s | tower req/s | tower(1) req/s | foreman/floor | foreman/tower | foreman/tower(1) | p99 foreman | p99 floor | p99 ratio |"
     );
-    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     // FOREMAN_BENCH_N / FOREMAN_BENCH_C (comma-separated) pick other cells;
-    // FOREMAN_BENCH_POOLS=foreman (or floor, tower; comma-separated) runs
-    // only those pools, for profiling; the table then shows throughput and
-    // p99 of the first one named.
+    // FOREMAN_BENCH_POOLS=foreman (or floor, tower, tower1; comma-separated)
+    // runs only those pools, for profiling; the table then shows throughput
+    // and p99 of the first one named.
     let pools = std::env::var("FOREMAN_BENCH_POOLS").unwrap_or_default();
     let run_pool = |name: &str| pools.is_empty() || pools.split(',').any(|p| p.trim() == name);
     let only_some = !pools.is_empty();
     for n in bench_sizes("FOREMAN_BENCH_N", &[1, 16, 64]) {
         for c in bench_sizes("FOREMAN_BENCH_C", &[1, 16, 256]) {
-            let (mut f, mut fl, mut tw) = (Vec::new(), Vec::new(), Vec::new());
+            let (mut f, mut fl, mut tw, mut t1) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
             for _ in 0..3 {
                 if run_pool("floor") {
                     fl.push(
@@ -234,8 +265,13 @@ fn main() {
                 }
                 if run_pool("tower") {
                     tw.push(
-                        rt.block_on(async { closed_loop(Arc::new(Tower::new(n)), c, run).await }),
+                        rt.block_on(async { closed_loop(Arc::new(tower_pool(n)), c, run).await }),
                     );
+                }
+                if run_pool("tower1") {
+                    t1.push(rt.block_on(async {
+                        closed_loop(Arc::new(tower_one_pool(n)), c, run).await
+                    }));
                 }
                 if !run_pool("foreman") {
                     continue;
@@ -257,25 +293,27 @@ fn main() {
                 }));
             }
             if only_some {
-                let f = [f, fl, tw]
+                let f = [f, fl, tw, t1]
                     .into_iter()
                     .find(|rounds| !rounds.is_empty())
                     .map_or_else(Round::default, |rounds| Round::median(&rounds));
                 println!(
-                    "| {n} | {c} | {:.0}k | | | | | {:?} | | |",
+                    "| {n} | {c} | {:.0}k | | | | | | | {:?} | | |",
                     f.rps / 1e3,
                     f.p99
                 );
                 continue;
             }
-            let (f, fl, tw) = (Round::median(&f), Round::median(&fl), Round::median(&tw));
+            let [f, fl, tw, t1] = [f, fl, tw, t1].map(|rounds| Round::median(&rounds));
             println!(
-                "| {n} | {c} | {:.0}k | {:.0}k | {:.0}k | {:.2} | {:.2} | {:?} | {:?} | {:.2} |",
+                "| {n} | {c} | {:.0}k | {:.0}k | {:.0}k | {:.0}k | {:.2} | {:.2} | {:.2} | {:?} | {:?} | {:.2} |",
                 f.rps / 1e3,
                 fl.rps / 1e3,
                 tw.rps / 1e3,
+                t1.rps / 1e3,
                 f.rps / fl.rps,
                 f.rps / tw.rps,
+                f.rps / t1.rps,
                 f.p99,
                 fl.p99,
                 f.p99.as_secs_f64() / fl.p99.as_secs_f64().max(1e-9),
