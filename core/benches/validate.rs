@@ -1,5 +1,7 @@
-//! `validate_request` against the reference's approach (serialise the whole
-//! request with `serde_json::to_vec`, then compare its length).
+//! `validate_request` (exact size) and `check_request` (what admission runs:
+//! a worst-escape bound first, the exact walk only when the bound passes the
+//! limit) against the reference's approach (serialise the whole request with
+//! `serde_json::to_vec`, then compare its length).
 //!
 //! Run with
 //! `cargo bench -p foreman-core --bench validate -- --warm-up-time 1 --measurement-time 3`.
@@ -7,7 +9,9 @@
 use std::hint::black_box;
 
 use criterion::{criterion_group, criterion_main, Criterion, SamplingMode};
-use foreman_core::{validate_request, WorkerOperation, WorkerRequest, WorkerSecurityPolicy};
+use foreman_core::{
+    check_request, validate_request, WorkerOperation, WorkerRequest, WorkerSecurityPolicy,
+};
 use serde_json::{json, Value};
 
 const LIMIT: usize = 256 * 1024;
@@ -140,6 +144,7 @@ fn bench(c: &mut Criterion) {
     for (name, request) in &cases {
         let expected = reference_check(request, &policy).ok();
         assert_eq!(validate_request(request, &policy).ok(), expected);
+        assert_eq!(check_request(request, &policy).is_ok(), expected.is_some());
         let mut group = c.benchmark_group(*name);
         if name.contains("mb_refused") {
             // The reference takes tens of milliseconds per iteration here.
@@ -147,6 +152,9 @@ fn bench(c: &mut Criterion) {
         }
         group.bench_function("foreman", |b| {
             b.iter(|| validate_request(black_box(request), black_box(&policy)))
+        });
+        group.bench_function("foreman_check", |b| {
+            b.iter(|| check_request(black_box(request), black_box(&policy)))
         });
         group.bench_function("reference", |b| {
             b.iter(|| reference_check(black_box(request), black_box(&policy)))
