@@ -118,47 +118,51 @@ pub fn serialized_size_within(request: &WorkerRequest, limit: usize) -> Option<u
 
 /// Adds `request` as compact JSON to `budget`, field by field.
 fn add_request(budget: &mut Budget, request: &WorkerRequest) -> Option<()> {
-    budget.add(r#"{"request_id":"#.len())?;
+    // Keys and punctuation first, in one step; then the values.
+    let frame = match request.operation {
+        WorkerOperation::Llm { .. } => REQUEST_FRAME + LLM_FRAME,
+        WorkerOperation::Tool { .. } => REQUEST_FRAME + TOOL_FRAME,
+    };
+    budget.add(frame)?;
     budget.add_str(&request.request_id)?;
-    budget.add(r#","workflow_name":"#.len())?;
     budget.add_str(&request.workflow_name)?;
-    budget.add(r#","node_id":"#.len())?;
     budget.add_str(&request.node_id)?;
-    budget.add(r#","timeout_ms":"#.len())?;
     match request.timeout_ms {
         Some(timeout_ms) => budget.add(decimal_len(timeout_ms))?,
         None => budget.add("null".len())?,
     }
-    budget.add(r#","operation":"#.len())?;
     match &request.operation {
         WorkerOperation::Llm {
             model,
             prompt,
             scoped_input,
         } => {
-            budget.add(r#"{"kind":"llm","model":"#.len())?;
             budget.add_str(model)?;
-            budget.add(r#","prompt":"#.len())?;
             budget.add_str(prompt)?;
-            budget.add(r#","scoped_input":"#.len())?;
-            budget.add_value(scoped_input)?;
+            budget.add_value(scoped_input)
         }
         WorkerOperation::Tool {
             tool,
             input,
             scoped_input,
         } => {
-            budget.add(r#"{"kind":"tool","tool":"#.len())?;
             budget.add_str(tool)?;
-            budget.add(r#","input":"#.len())?;
             budget.add_value(input)?;
-            budget.add(r#","scoped_input":"#.len())?;
-            budget.add_value(scoped_input)?;
+            budget.add_value(scoped_input)
         }
     }
-    // Closing braces of the operation and of the request.
-    budget.add(2)
 }
+
+/// A serialised request without its values: its keys, punctuation and
+/// closing brace.
+const REQUEST_FRAME: usize =
+    r#"{"request_id":,"workflow_name":,"node_id":,"timeout_ms":,"operation":}"#.len();
+
+/// An LLM operation without its values.
+const LLM_FRAME: usize = r#"{"kind":"llm","model":,"prompt":,"scoped_input":}"#.len();
+
+/// A tool operation without its values.
+const TOOL_FRAME: usize = r#"{"kind":"tool","tool":,"input":,"scoped_input":}"#.len();
 
 /// Why a request was refused before it reached any worker.
 ///

@@ -314,7 +314,8 @@ impl<R: Runtime> WorkerPool<R> {
         };
         let answer = match run_handler(future, slot, waited).await {
             Some(result) => {
-                let mut own = shared.complete(lane, key, result, Some(key), CLAIM_BUDGET);
+                let mut own = Own::default();
+                shared.complete(lane, key, result, Some(key), CLAIM_BUDGET, &mut own);
                 guard.done = true;
                 let answer = own.answer.take();
                 shared.run_claimed(lane, own.claimed);
@@ -661,8 +662,15 @@ impl<R: Runtime> Shared<R> {
                     .offer(now, admission.clone(), Arc::clone(slot), allow)
             };
             let key = submitted.as_ref().ok().copied();
-            let mut own =
-                core.after_input(key, hook_events.as_mut(), &mut probes, &lane.signals, 0);
+            let mut own = Own::default();
+            core.after_input(
+                key,
+                &mut own,
+                hook_events.as_mut(),
+                &mut probes,
+                &lane.signals,
+                0,
+            );
             drop(core);
             own.wake_all();
             started = own.started.take().or(started);
@@ -759,12 +767,13 @@ impl<R: Runtime> Shared<R> {
     fn input<T>(self: &Arc<Self>, lane: usize, f: impl FnOnce(&mut Core, Time) -> T) -> T {
         let mut probes = Vec::new();
         let signals = &self.lane(lane).signals;
-        let (out, mut own) = {
+        let mut own = Own::default();
+        let out = {
             let mut core = self.lane(lane).core.lock();
             let now = self.now();
             let out = f(&mut core, now);
-            let own = core.after_input(None, None, &mut probes, signals, 0);
-            (out, own)
+            core.after_input(None, &mut own, None, &mut probes, signals, 0);
+            out
         };
         own.wake_all();
         self.spawn_probes(lane, probes);
@@ -783,7 +792,8 @@ impl<R: Runtime> Shared<R> {
     /// A handler finished: feeds its result to the core, carries out the
     /// actions and wakes whom they concern. `own` is the calling task's own
     /// request, if the handler was its; up to `claim` queued requests the
-    /// freed worker starts are claimed for this task to run.
+    /// freed worker starts are claimed for this task to run. What concerns
+    /// this task goes to `out`.
     fn complete(
         self: &Arc<Self>,
         lane: &Lane,
@@ -791,18 +801,18 @@ impl<R: Runtime> Shared<R> {
         result: Result<Value, WorkerProtocolError>,
         own: Option<RequestKey>,
         claim: usize,
-    ) -> Own {
+        out: &mut Own,
+    ) {
         let mut probes = Vec::new();
         let now = self.now();
-        let mut out = {
+        {
             let mut core = lane.core.lock();
             core.live = core.live.saturating_sub(1);
             core.pool.handle_completion(now, key, result);
-            core.after_input(own, None, &mut probes, &lane.signals, claim)
-        };
+            core.after_input(own, out, None, &mut probes, &lane.signals, claim);
+        }
         out.wake_all();
         self.spawn_probes(lane.index, probes);
-        out
     }
 
     /// Runs requests of other callers that this task claimed when it freed
@@ -858,7 +868,7 @@ impl<R: Runtime> Shared<R> {
             slot.lock().run = Run::Ended;
             // Claims nothing: with no claim budget, every request this
             // completion starts is granted to its own caller.
-            self.complete(lane, key, result, None, 0);
+            self.complete(lane, key, result, None, 0, &mut Own::default());
         }
     }
 
@@ -995,7 +1005,8 @@ impl<R: Runtime> Drop for PendingGuard<'_, R> {
         let (slot, key) = (self.slot, self.key);
         let mut probes = Vec::new();
         let mut handed = None;
-        let mut own = {
+        let mut own = Own::default();
+        {
             let mut core = self.lane.core.lock();
             {
                 let mut inner = slot.lock();
@@ -1010,8 +1021,15 @@ impl<R: Runtime> Drop for PendingGuard<'_, R> {
             }
             let now = shared.now();
             core.pool.cancel(now, key);
-            core.after_input(Some(key), None, &mut probes, &self.lane.signals, 0)
-        };
+            core.after_input(
+                Some(key),
+                &mut own,
+                None,
+                &mut probes,
+                &self.lane.signals,
+                0,
+            );
+        }
         let answer = own.answer.take();
         drop(handed);
         own.wake_all();

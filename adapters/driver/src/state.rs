@@ -309,24 +309,25 @@ impl SlotInner {
 
 impl Core {
     /// Carries out every pending action, drains events and re-arms the
-    /// timer. `own` names the request of the calling task (its start and
-    /// answer are returned in [`Own`], not put in its slot); hook events are pushed to
-    /// `hooks` when it is `Some`; probes to spawn go to `probes`.
+    /// timer. `own` names the request of the calling task: its start and
+    /// answer go to `mine`, not to its slot (`mine` is the caller's, so
+    /// nothing large is returned); hook events are pushed to `hooks` when
+    /// it is `Some`; probes to spawn go to `probes`.
     ///
     /// Up to `claim` started requests whose callers parked them are
     /// claimed for the calling task to run ([`Own::claimed`]); the others'
-    /// callers are woken.
+    /// callers are to be woken ([`Own::wake`]).
     pub(crate) fn after_input(
         &mut self,
         own: Option<RequestKey>,
+        mine: &mut Own,
         hooks: Option<&mut Vec<HookEvent>>,
         probes: &mut Vec<ProbeJob>,
         signals: &LaneSignals,
         mut claim: usize,
-    ) -> Own {
+    ) {
         // Events first: a `StopWorker` below forgets the worker's id.
         self.drain_events(hooks, signals);
-        let mut mine = Own::default();
         while let Some(action) = self.pool.poll_action() {
             match action {
                 Action::Start {
@@ -447,7 +448,6 @@ impl Core {
                 .store(self.pool.pending(), Ordering::Relaxed);
             signals.workers.store(self.workers.len(), Ordering::Relaxed);
         }
-        mine
     }
 
     fn drain_events(&mut self, mut hooks: Option<&mut Vec<HookEvent>>, signals: &LaneSignals) {
