@@ -50,7 +50,9 @@ pub fn validate_request(
 ///
 /// The bound counts every string byte as if it needed the longest escape
 /// (`\u00XX`); only a request whose bound passes the limit has its strings
-/// scanned. What [`PoolConfig::admit`](crate::PoolConfig::admit) runs.
+/// scanned. The bounding walk stops where its bound passes the limit, so a
+/// request costs at most that part of it plus one exact walk. What
+/// [`PoolConfig::admit`](crate::PoolConfig::admit) runs.
 ///
 /// # Errors
 ///
@@ -64,10 +66,12 @@ pub fn check_request(
     let max = policy.max_request_payload_bytes;
     let mut budget = Budget::bounding(max);
     let fits = match add_request(&mut budget, request) {
-        // Even without escapes the request is too large.
-        None => false,
         Some(()) if budget.worst_escapes_fit() => true,
-        Some(()) => serialized_size_within(request, max).is_some(),
+        // Even without escapes the request is too large.
+        None if !budget.gave_up => false,
+        // The bound passed the limit while what was counted still fits:
+        // only the exact walk can tell.
+        _ => serialized_size_within(request, max).is_some(),
     };
     if fits {
         Ok(())
@@ -352,9 +356,9 @@ impl io::Write for ByteCounter {
 ///
 /// An exact budget scans every string for escapes. A bounding one
 /// ([`Budget::bounding`]) counts strings without their escapes (a lower
-/// bound, still checked against the limit) and keeps their total length,
-/// so [`Budget::worst_escapes_fit`] can tell whether the longest escape of
-/// every byte would still fit.
+/// bound, still checked against the limit) and keeps their total length;
+/// it gives up as soon as the longest escape of every such byte would no
+/// longer fit ([`Budget::worst_escapes_fit`]).
 struct Budget {
     limit: usize,
     remaining: usize,
@@ -362,6 +366,9 @@ struct Budget {
     exact: bool,
     /// Bytes of the strings added without a scan (bounding budgets only).
     unscanned: usize,
+    /// A bounding budget stopped because its bound passed the limit while
+    /// the bytes counted so far still fit (see [`check_request`]).
+    gave_up: bool,
 }
 
 /// The most bytes escaping adds to one byte (`\u00XX` for a control byte).
@@ -438,6 +445,7 @@ impl Budget {
             remaining: limit,
             exact: true,
             unscanned: 0,
+            gave_up: false,
         }
     }
 
@@ -474,11 +482,16 @@ impl Budget {
         // do not fit is refused without being scanned.
         self.add(bytes.len().checked_add(2)?)?;
         if self.exact {
-            self.add(escape_extra(bytes))
-        } else {
-            // At most the bytes added so far, so it never saturates.
-            self.unscanned = self.unscanned.saturating_add(bytes.len());
+            return self.add(escape_extra(bytes));
+        }
+        // At most the bytes added so far, so it never saturates.
+        self.unscanned = self.unscanned.saturating_add(bytes.len());
+        if self.worst_escapes_fit() {
             Some(())
+        } else {
+            // Only the exact walk can tell now: stop here.
+            self.gave_up = true;
+            None
         }
     }
 
