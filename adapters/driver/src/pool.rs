@@ -535,6 +535,7 @@ pub(crate) struct Shared<R> {
 }
 
 /// One core with its own lock, owning some of the pool's workers.
+#[repr(align(128))]
 struct Lane {
     /// Its place in [`Shared::lanes`].
     index: usize,
