@@ -43,6 +43,9 @@ struct Steady {
     running: Vec<Option<RequestKey>>,
     workers: Vec<WorkerKey>,
     next_to_complete: usize,
+    /// Where a one-timer driver would have its timer (see
+    /// `Pool::move_timer`, which it calls after every input).
+    timer: Time,
 }
 
 impl Steady {
@@ -64,6 +67,7 @@ impl Steady {
             running: vec![None; workers],
             workers: keys.clone(),
             next_to_complete: 0,
+            timer: Time::MAX,
         };
         // One running request per worker when the queue is non-empty, then
         // `queued` waiting behind them.
@@ -88,7 +92,7 @@ impl Steady {
     }
 
     /// Submit one request, complete one running request, carry out the
-    /// actions.
+    /// actions and move the timer, as a driver does.
     fn cycle(&mut self) {
         self.now = self.now + Duration::from_nanos(100);
         let key = self
@@ -109,6 +113,9 @@ impl Steady {
     }
 
     fn apply_actions(&mut self) {
+        if let Some(at) = self.pool.move_timer(self.timer) {
+            self.timer = at;
+        }
         while let Some(action) = self.pool.poll_action() {
             match action {
                 Action::Start {

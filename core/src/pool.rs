@@ -966,26 +966,9 @@ impl<P: Clone> Pool<P> {
             return;
         }
         if self.timers.arm(at, timer) {
-            let requests = self.requests.iter().filter_map(|(key, entry)| {
-                entry
-                    .deadline
-                    .map(|at| (at, Timer::Request(RequestKey(key))))
-            });
-            let probes = self
-                .workers
-                .iter()
-                .filter_map(|(key, slot)| match slot.probe {
-                    ProbeState::Due(at) => Some((at, Timer::ProbeDue(WorkerKey(key)))),
-                    ProbeState::Outstanding { deadline, .. } => {
-                        Some((deadline, Timer::ProbeTimeout(WorkerKey(key))))
-                    }
-                    ProbeState::Idle => None,
-                });
-            let drain = match self.lifecycle {
-                Lifecycle::Draining { deadline: Some(at) } => Some((at, Timer::Drain)),
-                _ => None,
-            };
-            self.timers.rebuild(requests.chain(probes).chain(drain));
+            let (requests, workers, lifecycle) = (&self.requests, &self.workers, self.lifecycle);
+            self.timers
+                .sweep(|at, timer| timer_is_live(requests, workers, lifecycle, at, timer));
         }
     }
 

@@ -2,9 +2,11 @@
 //!
 //! Arming is O(log n) (O(1) for the common case of deadlines that only grow);
 //! disarming is free: a timer whose owner no longer expects it is skipped
-//! when it surfaces. Once stale entries outnumber the live ones the owner
-//! rebuilds the heap from its own records with one sequential scan, so memory
-//! stays proportional to what is armed at amortised O(1) cost per timer.
+//! when it surfaces, or dropped by a sweep once the heap has doubled since
+//! the last one (a pass over the heap itself, whatever the owner's number
+//! of workers or requests), so memory stays proportional to what is armed
+//! at amortised O(1) cost per timer. A driver that keeps one timer need
+//! not discard stale entries after each input (see `Pool::move_timer`).
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
@@ -61,22 +63,22 @@ impl TimerHeap {
         Self::default()
     }
 
-    /// Arms `timer` at `at`. Returns `true` when stale entries have piled
-    /// up enough that the owner should [`rebuild`](Self::rebuild) the heap
-    /// from its own records.
+    /// Arms `timer` at `at`. Returns `true` when the heap has more than
+    /// doubled since the last [`sweep`](Self::sweep): the owner should sweep
+    /// it now.
     pub(crate) fn arm(&mut self, at: Time, timer: Timer) -> bool {
         self.heap.push(Reverse((at, timer)));
         self.armed_since = Some(self.armed_since.map_or(at, |earliest| earliest.min(at)));
         self.heap.len() > self.swept_len.saturating_mul(2).saturating_add(64)
     }
 
-    /// Replaces the heap with exactly the live entries, enumerated by the
-    /// owner from its records (a sequential scan, O(live)).
-    pub(crate) fn rebuild(&mut self, live: impl Iterator<Item = (Time, Timer)>) {
-        let mut entries = std::mem::take(&mut self.heap).into_vec();
-        entries.clear();
-        entries.extend(live.map(Reverse));
-        self.heap = BinaryHeap::from(entries);
+    /// Drops every stale entry in one pass (O(heap length); called when
+    /// [`arm`](Self::arm) says the heap has more than doubled since the
+    /// last sweep, so O(1) amortised per timer armed, whatever the number
+    /// of workers or requests the owner has).
+    pub(crate) fn sweep(&mut self, is_live: impl Fn(Time, Timer) -> bool) {
+        self.heap
+            .retain(|Reverse((at, timer))| is_live(*at, *timer));
         self.swept_len = self.heap.len();
     }
 
