@@ -51,7 +51,8 @@ pub fn validate_request(
 /// The bound counts every string byte as if it needed the longest escape
 /// (`\u00XX`); only a request whose bound passes the limit has its strings
 /// scanned. The bounding walk stops where its bound passes the limit, so a
-/// request costs at most that part of it plus one exact walk. What
+/// request costs at most that part of it plus one exact walk (also one
+/// that is refused: the exact walk stops at the limit too). What
 /// [`PoolConfig::admit`](crate::PoolConfig::admit) runs.
 ///
 /// # Errors
@@ -64,15 +65,9 @@ pub fn check_request(
 ) -> Result<(), RequestError> {
     check_fields(request, policy)?;
     let max = policy.max_request_payload_bytes;
-    let mut budget = Budget::bounding(max);
-    let fits = match add_request(&mut budget, request) {
-        Some(()) if budget.worst_escapes_fit() => true,
-        // Even without escapes the request is too large.
-        None if !budget.gave_up => false,
-        // The bound passed the limit while what was counted still fits:
-        // only the exact walk can tell.
-        _ => serialized_size_within(request, max).is_some(),
-    };
+    // The bound first; where it passes the limit, the exact walk decides.
+    let fits = add_request(&mut Budget::bounding(max), request).is_some()
+        || serialized_size_within(request, max).is_some();
     if fits {
         Ok(())
     } else {
@@ -355,20 +350,14 @@ impl io::Write for ByteCounter {
 /// A running byte count that fails (returns `None`) once it passes its limit.
 ///
 /// An exact budget scans every string for escapes. A bounding one
-/// ([`Budget::bounding`]) counts strings without their escapes (a lower
-/// bound, still checked against the limit) and keeps their total length;
-/// it gives up as soon as the longest escape of every such byte would no
-/// longer fit ([`Budget::worst_escapes_fit`]).
+/// ([`Budget::bounding`]) counts every string byte at its longest escape
+/// instead: an upper bound, so the walk stops as soon as that bound passes
+/// the limit.
 struct Budget {
     limit: usize,
     remaining: usize,
     /// Whether strings are scanned for escapes.
     exact: bool,
-    /// Bytes of the strings added without a scan (bounding budgets only).
-    unscanned: usize,
-    /// A bounding budget stopped because its bound passed the limit while
-    /// the bytes counted so far still fit (see [`check_request`]).
-    gave_up: bool,
 }
 
 /// The most bytes escaping adds to one byte (`\u00XX` for a control byte).
@@ -444,8 +433,6 @@ impl Budget {
             limit,
             remaining: limit,
             exact: true,
-            unscanned: 0,
-            gave_up: false,
         }
     }
 
@@ -455,14 +442,6 @@ impl Budget {
             exact: false,
             ..Self::new(limit)
         }
-    }
-
-    /// Whether what was added would still fit if every unscanned byte
-    /// needed the longest escape.
-    fn worst_escapes_fit(&self) -> bool {
-        self.unscanned
-            .checked_mul(WORST_ESCAPE_EXTRA)
-            .is_some_and(|worst| worst <= self.remaining)
     }
 
     fn used(&self) -> usize {
@@ -482,16 +461,9 @@ impl Budget {
         // do not fit is refused without being scanned.
         self.add(bytes.len().checked_add(2)?)?;
         if self.exact {
-            return self.add(escape_extra(bytes));
-        }
-        // At most the bytes added so far, so it never saturates.
-        self.unscanned = self.unscanned.saturating_add(bytes.len());
-        if self.worst_escapes_fit() {
-            Some(())
+            self.add(escape_extra(bytes))
         } else {
-            // Only the exact walk can tell now: stop here.
-            self.gave_up = true;
-            None
+            self.add(bytes.len().checked_mul(WORST_ESCAPE_EXTRA)?)
         }
     }
 
