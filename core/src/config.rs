@@ -16,10 +16,12 @@ pub struct WorkerPoolOptions {
     pub queue_capacity: usize,
     /// Time between two health probes of a worker. Must be non-zero.
     pub health_probe_interval: Duration,
-    /// Consecutive failures that make a worker unavailable. Must be at least 1.
+    /// Consecutive failures that make a worker unavailable (0 acts as 1).
     pub unavailable_after_failures: u32,
     /// Time budget of a request that sets no `timeout_ms`; `None` means no
-    /// budget. Must be non-zero and within the security policy's maximum.
+    /// budget. It is not bounded by the security policy's maximum, which
+    /// limits only what a request asks for; zero times such requests out at
+    /// once.
     pub default_request_timeout: Option<Duration>,
     /// Limits every request must respect.
     pub security_policy: WorkerSecurityPolicy,
@@ -130,49 +132,29 @@ impl PoolConfig {
         }
     }
 
-    /// Checks every value and explains the first one that makes no sense.
+    /// Checks every value and explains the first one the pool cannot run
+    /// with.
+    ///
+    /// Every configuration the reference builds and runs is accepted with
+    /// the reference's behaviour: zero security-policy limits refuse the
+    /// requests they exclude, a default timeout above
+    /// `max_request_timeout_ms` applies to requests that set no
+    /// `timeout_ms` (the maximum bounds only what a request asks for), a
+    /// zero default timeout times those requests out at once, and
+    /// `unavailable_after_failures = 0` acts as 1. Only values the
+    /// reference cannot run (it panics on a zero queue capacity or probe
+    /// interval) and foreman's own tuning are refused.
     ///
     /// # Errors
     /// Returns a [`ConfigError`] naming the offending field and the allowed
     /// range.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let options = &self.options;
-        let policy = &options.security_policy;
         if options.queue_capacity == 0 {
             return Err(ConfigError::ZeroQueueCapacity);
         }
         if options.health_probe_interval.is_zero() {
             return Err(ConfigError::ZeroProbeInterval);
-        }
-        if options.unavailable_after_failures == 0 {
-            return Err(ConfigError::ZeroFailureThreshold);
-        }
-        if policy.max_request_timeout_ms == 0 {
-            return Err(ConfigError::ZeroLimit {
-                field: "security_policy.max_request_timeout_ms",
-            });
-        }
-        if policy.max_request_payload_bytes == 0 {
-            return Err(ConfigError::ZeroLimit {
-                field: "security_policy.max_request_payload_bytes",
-            });
-        }
-        if policy.max_identifier_length == 0 {
-            return Err(ConfigError::ZeroLimit {
-                field: "security_policy.max_identifier_length",
-            });
-        }
-        if let Some(timeout) = options.default_request_timeout {
-            if timeout.is_zero() {
-                return Err(ConfigError::ZeroDefaultTimeout);
-            }
-            let max = Duration::from_millis(policy.max_request_timeout_ms);
-            if timeout > max {
-                return Err(ConfigError::DefaultTimeoutAboveMax {
-                    timeout_ms: timeout.as_millis(),
-                    max_ms: policy.max_request_timeout_ms,
-                });
-            }
         }
         if self.probe_timeout.is_zero() {
             return Err(ConfigError::ZeroProbeTimeout);
@@ -181,6 +163,13 @@ impl PoolConfig {
             return Err(ConfigError::ZeroConcurrency);
         }
         Ok(())
+    }
+
+    /// Consecutive failures that make a worker unavailable: the options'
+    /// `unavailable_after_failures`, where 0 acts as 1 (the reference
+    /// treats every failure as reaching a threshold of 0).
+    pub fn failure_threshold(&self) -> u32 {
+        self.options.unavailable_after_failures.max(1)
     }
 }
 
@@ -205,11 +194,16 @@ impl Admission {
 
 impl PoolConfig {
     /// The drain deadline of a graceful shutdown whose caller gives none:
-    /// the policy's longest request budget. By then every request that has
+    /// the longest budget a request can have (the policy's maximum or the
+    /// default timeout, whichever is longer). By then every request that has
     /// a budget would have timed out anyway; only requests without one (when
     /// `default_request_timeout` is `None`) are cut off.
     pub fn default_drain(&self) -> Duration {
-        Duration::from_millis(self.options.security_policy.max_request_timeout_ms)
+        let longest_asked =
+            Duration::from_millis(self.options.security_policy.max_request_timeout_ms);
+        self.options
+            .default_request_timeout
+            .map_or(longest_asked, |default| default.max(longest_asked))
     }
 
     /// Checks a request against this configuration's security policy and
@@ -252,26 +246,6 @@ pub enum ConfigError {
     /// `health_probe_interval` was zero.
     #[error("health_probe_interval must be greater than zero")]
     ZeroProbeInterval,
-    /// `unavailable_after_failures` was zero.
-    #[error("unavailable_after_failures must be at least 1")]
-    ZeroFailureThreshold,
-    /// `default_request_timeout` was `Some(0)`.
-    #[error("default_request_timeout must be greater than zero (use None for no timeout)")]
-    ZeroDefaultTimeout,
-    /// `default_request_timeout` exceeded the policy's maximum.
-    #[error("default_request_timeout of {timeout_ms} ms exceeds security_policy.max_request_timeout_ms ({max_ms} ms)")]
-    DefaultTimeoutAboveMax {
-        /// The configured default, in milliseconds.
-        timeout_ms: u128,
-        /// The policy's maximum, in milliseconds.
-        max_ms: u64,
-    },
-    /// A security-policy limit was zero, which would refuse every request.
-    #[error("{field} must be greater than zero (zero would refuse every request)")]
-    ZeroLimit {
-        /// The offending field.
-        field: &'static str,
-    },
     /// `probe_timeout` was zero.
     #[error("probe_timeout must be greater than zero")]
     ZeroProbeTimeout,

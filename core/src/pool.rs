@@ -113,6 +113,10 @@ pub struct Pool<P> {
     counters: Counters,
 }
 
+/// The longest worker identifier [`Pool::add_named_worker`] takes, in bytes
+/// (room for an endpoint URL).
+pub const MAX_WORKER_ID_LEN: usize = 1024;
+
 /// A submit the pool refused; the payload comes back untouched.
 pub struct Refused<P> {
     /// Why the request was refused.
@@ -367,6 +371,12 @@ impl<P: Clone> Pool<P> {
                 return Err(self.refuse(payload, error.into()));
             }
         };
+        if admission.timeout() == Some(Duration::ZERO) {
+            // A zero budget has run out on arrival: no worker could finish
+            // in time, so none is asked and none is held responsible.
+            self.counters.submitted += 1;
+            return Err(self.refuse(payload, WorkerPoolError::Timeout));
+        }
 
         let mut vetoed = false;
         let late_binding = self.late_binding();
@@ -547,7 +557,7 @@ impl<P: Clone> Pool<P> {
         status: WorkerHealthStatus,
     ) -> bool {
         let now = self.observe(now);
-        let threshold = self.config.options.unavailable_after_failures;
+        let threshold = self.config.failure_threshold();
         let Some(slot) = self.workers.get_mut(worker.0) else {
             return false;
         };
@@ -613,7 +623,8 @@ impl<P: Clone> Pool<P> {
     ///
     /// # Errors
     /// [`CommandError::InvalidWorkerId`] for an empty id or one longer than
-    /// the policy's identifier limit; [`CommandError::DuplicateWorkerId`];
+    /// [`MAX_WORKER_ID_LEN`] bytes (the security policy bounds requests'
+    /// identifiers, not workers'); [`CommandError::DuplicateWorkerId`];
     /// [`CommandError::ShuttingDown`]; [`CommandError::TooManyWorkers`].
     pub fn add_named_worker(
         &mut self,
@@ -625,10 +636,12 @@ impl<P: Clone> Pool<P> {
         if self.lifecycle != Lifecycle::Running {
             return Err(CommandError::ShuttingDown);
         }
-        let max = self.config.options.security_policy.max_identifier_length;
-        if id.is_empty() || id.len() > max {
+        if id.is_empty() || id.len() > MAX_WORKER_ID_LEN {
             return Err(CommandError::InvalidWorkerId {
-                reason: format!("worker id must be 1 to {max} bytes long, got {}", id.len()),
+                reason: format!(
+                    "worker id must be 1 to {MAX_WORKER_ID_LEN} bytes long, got {}",
+                    id.len()
+                ),
             });
         }
         if self.ids.contains_key(&id) {
@@ -949,6 +962,7 @@ impl<P: Clone> Pool<P> {
             WorkerPoolError::QueueFull => &mut self.counters.refused_queue_full,
             WorkerPoolError::CircuitOpen => &mut self.counters.refused_circuit_open,
             WorkerPoolError::ShuttingDown => &mut self.counters.refused_shutting_down,
+            WorkerPoolError::Timeout => &mut self.counters.refused_no_budget,
             _ => &mut self.counters.refused_no_healthy_worker,
         };
         *counter += 1;
@@ -1010,7 +1024,7 @@ impl<P: Clone> Pool<P> {
     /// Recomputes a worker's status and whether it is schedulable,
     /// reporting a status change with `cause`.
     fn refresh_status(&mut self, worker: WorkerKey, cause: HealthCause) {
-        let threshold = self.config.options.unavailable_after_failures;
+        let threshold = self.config.failure_threshold();
         let stopped = self.lifecycle == Lifecycle::Stopped;
         let now = self.now;
         let Some(slot) = self.workers.get_mut(worker.0) else {

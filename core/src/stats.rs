@@ -33,6 +33,9 @@ pub struct Counters {
     pub refused_circuit_open: u64,
     /// Refused: the pool is shutting down.
     pub refused_shutting_down: u64,
+    /// Refused with `Timeout`: the request's time budget was zero, so it
+    /// ran out on arrival.
+    pub refused_no_budget: u64,
     /// Answered with the handler's output.
     pub succeeded: u64,
     /// Answered with the handler's error.
@@ -74,6 +77,7 @@ impl Counters {
             refused_no_healthy_worker,
             refused_circuit_open,
             refused_shutting_down,
+            refused_no_budget,
             succeeded,
             failed,
             timed_out_queued,
@@ -95,6 +99,7 @@ impl Counters {
         self.refused_no_healthy_worker += refused_no_healthy_worker;
         self.refused_circuit_open += refused_circuit_open;
         self.refused_shutting_down += refused_shutting_down;
+        self.refused_no_budget += refused_no_budget;
         self.succeeded += succeeded;
         self.failed += failed;
         self.timed_out_queued += timed_out_queued;
@@ -130,6 +135,7 @@ impl Counters {
             + self.refused_no_healthy_worker
             + self.refused_circuit_open
             + self.refused_shutting_down
+            + self.refused_no_budget
     }
 }
 

@@ -2,8 +2,8 @@
 //! the policy rather than by the request.
 //!
 //! [`validate_request`] applies the reference's checks (identifier lengths,
-//! timeout ceiling, serialised payload size) plus two of foreman's own (empty
-//! identifiers and a zero timeout are refused). The payload check never builds
+//! timeout ceiling, serialised payload size), in the reference's order and
+//! with its outcome for every request. The payload check never builds
 //! the JSON: [`serialized_size_within`] adds up what `serde_json` would write
 //! and stops as soon as the total passes the limit, so refusing a 100 MB
 //! payload costs no more than accepting one at the limit.
@@ -21,9 +21,10 @@ use crate::protocol::{WorkerOperation, WorkerPoolError, WorkerRequest};
 /// serialised size in bytes.
 ///
 /// The checks run in this order, and the first failure is reported:
-/// `request_id`, `workflow_name`, `node_id` (each: not empty, then at most
-/// `max_identifier_length` bytes); `timeout_ms` (if set: at least 1 and at
-/// most `max_request_timeout_ms`); then the size of the request serialised as
+/// `request_id`, `workflow_name`, `node_id` (each at most
+/// `max_identifier_length` bytes; empty is allowed, as in the reference);
+/// `timeout_ms` (if set: at most `max_request_timeout_ms`; zero passes and
+/// the pool answers it `Timeout` on arrival); then the size of the request serialised as
 /// compact JSON, which must not exceed `max_request_payload_bytes`.
 ///
 /// The size check costs O(`max_request_payload_bytes`) at most, whatever the
@@ -85,9 +86,6 @@ fn check_fields(
     check_identifier("workflow_name", &request.workflow_name, max_identifier)?;
     check_identifier("node_id", &request.node_id, max_identifier)?;
     if let Some(timeout_ms) = request.timeout_ms {
-        if timeout_ms == 0 {
-            return Err(RequestError::ZeroTimeout);
-        }
         if timeout_ms > policy.max_request_timeout_ms {
             return Err(RequestError::TimeoutTooLong {
                 timeout_ms,
@@ -170,12 +168,6 @@ const TOOL_FRAME: usize = r#"{"kind":"tool","tool":,"input":,"scoped_input":}"#.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 #[non_exhaustive]
 pub enum RequestError {
-    /// An identifier was the empty string.
-    #[error("{field} must not be empty: set it to a non-empty identifier")]
-    EmptyIdentifier {
-        /// The offending field: `request_id`, `workflow_name` or `node_id`.
-        field: &'static str,
-    },
     /// An identifier was longer than the policy allows.
     #[error(
         "{field} is {len} bytes long, over the limit of {max} bytes \
@@ -189,9 +181,6 @@ pub enum RequestError {
         /// The policy's limit in bytes.
         max: usize,
     },
-    /// `timeout_ms` was `Some(0)`, which would time the request out at once.
-    #[error("timeout_ms must be at least 1 (omit it to use the pool default)")]
-    ZeroTimeout,
     /// `timeout_ms` was above the policy's ceiling.
     #[error(
         "timeout_ms {timeout_ms} exceeds max {max_ms} \
@@ -229,9 +218,6 @@ impl From<RequestError> for WorkerPoolError {
 // ---------------------------------------------------------------------------
 
 fn check_identifier(field: &'static str, value: &str, max: usize) -> Result<(), RequestError> {
-    if value.is_empty() {
-        return Err(RequestError::EmptyIdentifier { field });
-    }
     let len = value.len();
     if len > max {
         return Err(RequestError::IdentifierTooLong { field, len, max });
@@ -631,36 +617,16 @@ mod tests {
     }
 
     #[test]
-    fn refuses_empty_identifiers_in_order() {
+    fn accepts_empty_identifiers_as_the_reference_does() {
         let mut request = llm("p");
         request.request_id.clear();
-        request.node_id.clear();
-        let err = validate_request(&request, &policy()).unwrap_err();
-        assert_eq!(
-            err,
-            RequestError::EmptyIdentifier {
-                field: "request_id"
-            }
-        );
-        assert_eq!(
-            err.to_string(),
-            "request_id must not be empty: set it to a non-empty identifier"
-        );
-
-        let mut request = llm("p");
         request.workflow_name.clear();
+        request.node_id.clear();
         assert_eq!(
             validate_request(&request, &policy()),
-            Err(RequestError::EmptyIdentifier {
-                field: "workflow_name"
-            })
+            Ok(exact_len(&request))
         );
-
-        let mut request = llm("p");
-        request.node_id.clear();
-        let err = validate_request(&request, &policy()).unwrap_err();
-        assert_eq!(err, RequestError::EmptyIdentifier { field: "node_id" });
-        assert!(err.to_string().starts_with("node_id must not be empty"));
+        assert_eq!(check_request(&request, &policy()), Ok(()));
     }
 
     #[test]
@@ -757,19 +723,26 @@ mod tests {
     }
 
     #[test]
-    fn refuses_zero_timeout() {
+    fn accepts_a_zero_timeout_which_the_pool_answers_as_timed_out() {
         let mut request = llm("p");
         request.timeout_ms = Some(0);
-        let err = validate_request(&request, &policy()).unwrap_err();
-        assert_eq!(err, RequestError::ZeroTimeout);
         assert_eq!(
-            err.to_string(),
-            "timeout_ms must be at least 1 (omit it to use the pool default)"
+            validate_request(&request, &policy()),
+            Ok(exact_len(&request))
         );
+        let zero_ceiling = WorkerSecurityPolicy {
+            max_request_timeout_ms: 0,
+            ..policy()
+        };
+        assert!(validate_request(&request, &zero_ceiling).is_ok());
         request.timeout_ms = Some(1);
-        assert!(validate_request(&request, &policy()).is_ok());
-        request.timeout_ms = None;
-        assert!(validate_request(&request, &policy()).is_ok());
+        assert_eq!(
+            validate_request(&request, &zero_ceiling),
+            Err(RequestError::TimeoutTooLong {
+                timeout_ms: 1,
+                max_ms: 0
+            })
+        );
     }
 
     #[test]
@@ -800,16 +773,23 @@ mod tests {
             ..policy()
         };
         let mut request = llm("p");
-        request.timeout_ms = Some(0);
-        request.node_id.clear();
+        request.timeout_ms = Some(120_001);
+        request.node_id = "n".repeat(129);
         assert_eq!(
             validate_request(&request, &policy),
-            Err(RequestError::EmptyIdentifier { field: "node_id" })
+            Err(RequestError::IdentifierTooLong {
+                field: "node_id",
+                len: 129,
+                max: 128
+            })
         );
         request.node_id = "n".into();
         assert_eq!(
             validate_request(&request, &policy),
-            Err(RequestError::ZeroTimeout)
+            Err(RequestError::TimeoutTooLong {
+                timeout_ms: 120_001,
+                max_ms: 120_000
+            })
         );
         request.timeout_ms = None;
         assert_eq!(
@@ -845,7 +825,7 @@ mod tests {
 
     #[test]
     fn converts_into_invalid_request() {
-        let err = RequestError::ZeroTimeout;
+        let err = RequestError::PayloadTooLarge { max: 10 };
         let pool_err = WorkerPoolError::from(err.clone());
         assert_eq!(
             pool_err,
@@ -855,7 +835,8 @@ mod tests {
         );
         assert_eq!(
             pool_err.to_string(),
-            "worker request rejected: timeout_ms must be at least 1 (omit it to use the pool default)"
+            "worker request rejected: request payload exceeds max 10 bytes when serialized \
+             as JSON (security_policy.max_request_payload_bytes): shrink the prompt or inputs"
         );
     }
 

@@ -162,7 +162,7 @@ fn options() -> WorkerPoolOptions {
 // ----- configuration ------------------------------------------------------
 
 #[test]
-fn constructor_refuses_every_nonsense_value() {
+fn constructor_refuses_what_the_reference_cannot_run() {
     let cases: Vec<(WorkerPoolOptions, ConfigError)> = vec![
         (
             WorkerPoolOptions {
@@ -177,67 +177,6 @@ fn constructor_refuses_every_nonsense_value() {
                 ..options()
             },
             ConfigError::ZeroProbeInterval,
-        ),
-        (
-            WorkerPoolOptions {
-                unavailable_after_failures: 0,
-                ..options()
-            },
-            ConfigError::ZeroFailureThreshold,
-        ),
-        (
-            WorkerPoolOptions {
-                default_request_timeout: Some(Duration::ZERO),
-                ..options()
-            },
-            ConfigError::ZeroDefaultTimeout,
-        ),
-        (
-            WorkerPoolOptions {
-                default_request_timeout: Some(Duration::from_secs(121)),
-                ..options()
-            },
-            ConfigError::DefaultTimeoutAboveMax {
-                timeout_ms: 121_000,
-                max_ms: 120_000,
-            },
-        ),
-        (
-            WorkerPoolOptions {
-                security_policy: WorkerSecurityPolicy {
-                    max_request_timeout_ms: 0,
-                    ..Default::default()
-                },
-                default_request_timeout: None,
-                ..options()
-            },
-            ConfigError::ZeroLimit {
-                field: "security_policy.max_request_timeout_ms",
-            },
-        ),
-        (
-            WorkerPoolOptions {
-                security_policy: WorkerSecurityPolicy {
-                    max_request_payload_bytes: 0,
-                    ..Default::default()
-                },
-                ..options()
-            },
-            ConfigError::ZeroLimit {
-                field: "security_policy.max_request_payload_bytes",
-            },
-        ),
-        (
-            WorkerPoolOptions {
-                security_policy: WorkerSecurityPolicy {
-                    max_identifier_length: 0,
-                    ..Default::default()
-                },
-                ..options()
-            },
-            ConfigError::ZeroLimit {
-                field: "security_policy.max_identifier_length",
-            },
         ),
     ];
     for (options, expected) in cases {
@@ -288,14 +227,14 @@ fn config_error_messages_name_the_field() {
     assert!(error.to_string().contains("queue_capacity"), "{error}");
     let error = Pool::<()>::new(
         WorkerPoolOptions {
-            default_request_timeout: Some(Duration::from_secs(500)),
+            health_probe_interval: Duration::ZERO,
             ..options()
         },
         Time::ZERO,
     )
     .unwrap_err();
     assert!(
-        error.to_string().contains("max_request_timeout_ms"),
+        error.to_string().contains("health_probe_interval"),
         "{error}"
     );
 }
@@ -549,7 +488,7 @@ fn queue_full_takes_precedence_over_circuit_open() {
 #[test]
 fn invalid_requests_are_refused_with_a_reason() {
     let mut h = Harness::new(options(), 1);
-    let mut bad = request("");
+    let mut bad = request(&"r".repeat(129));
     let error = h.submit(ms(0), &bad).unwrap_err();
     assert!(
         matches!(&error, WorkerPoolError::InvalidRequest { reason } if reason.contains("request_id")),
@@ -1310,7 +1249,7 @@ fn requests_validated_ahead_submit_like_any_other() {
         h.pool.poll_timeout(),
         Some((ms(250), TimeoutReason::RequestDeadline))
     );
-    let bad = config.admit(&request(""));
+    let bad = config.admit(&request(&"r".repeat(129)));
     let refused = h
         .pool
         .submit_checked(ms(0), bad.clone(), 2, |_| true)
@@ -1379,6 +1318,140 @@ fn the_end_of_time_is_never_and_does_not_livelock() {
 fn the_default_drain_is_the_longest_request_budget() {
     let config = PoolConfig::new(options());
     assert_eq!(config.default_drain(), Duration::from_millis(120_000));
+    let config = PoolConfig::new(WorkerPoolOptions {
+        security_policy: WorkerSecurityPolicy {
+            max_request_timeout_ms: 10,
+            ..WorkerSecurityPolicy::default()
+        },
+        ..options()
+    });
+    assert_eq!(config.default_drain(), Duration::from_secs(30));
+}
+
+// ----- configurations the reference runs --------------------------------
+
+/// The reference's own test configuration: a 10 ms ceiling on what a
+/// request may ask for beside the default 30 s default timeout. It builds;
+/// the ceiling bounds `timeout_ms`, and requests without one get 30 s.
+#[test]
+fn a_default_timeout_above_the_ceiling_applies_to_requests_without_one() {
+    let mut h = Harness::new(
+        WorkerPoolOptions {
+            security_policy: WorkerSecurityPolicy {
+                max_request_timeout_ms: 10,
+                max_request_payload_bytes: 256,
+                max_identifier_length: 12,
+            },
+            ..options()
+        },
+        1,
+    );
+    assert!(matches!(
+        h.submit(ms(0), &with_timeout("asks-99", 99)),
+        Err(WorkerPoolError::InvalidRequest { .. })
+    ));
+    let key = h.submit(ms(0), &request("default")).unwrap();
+    h.tick(ms(29_999));
+    assert!(h.answers().is_empty(), "the 30 s budget has not run out");
+    h.tick(ms(30_000));
+    let answers = h.answers();
+    assert_eq!(answers.len(), 1);
+    assert_eq!(answers[0].request, key);
+    assert_eq!(answers[0].result, Err(WorkerPoolError::Timeout));
+}
+
+/// A zero budget (`timeout_ms: 0`, or a zero default timeout) has run out
+/// on arrival: the request is answered `Timeout` at once, no worker runs
+/// it and none is held responsible.
+#[test]
+fn a_zero_budget_times_out_on_arrival_without_touching_a_worker() {
+    let mut h = Harness::new(
+        WorkerPoolOptions {
+            default_request_timeout: Some(Duration::ZERO),
+            ..options()
+        },
+        1,
+    );
+    assert_eq!(
+        h.submit(ms(1), &request("default-zero")),
+        Err(WorkerPoolError::Timeout)
+    );
+    assert_eq!(
+        h.submit(ms(2), &with_timeout("asks-zero", 0)),
+        Err(WorkerPoolError::Timeout)
+    );
+    assert!(h.started().is_empty(), "no handler ran");
+    assert_eq!(h.status(0), WorkerHealthStatus::Healthy);
+    assert_eq!(h.pool.health()[0].consecutive_failures, 0);
+    let counters = *h.pool.counters();
+    assert_eq!(counters.refused_no_budget, 2);
+    assert_eq!(counters.refused(), 2);
+    assert_eq!(counters.accepted, 0);
+    let key = h.submit(ms(3), &with_timeout("asks-one", 1)).unwrap();
+    assert_eq!(h.started(), vec![(key, h.worker(0))]);
+}
+
+/// `unavailable_after_failures = 0` builds and acts as 1, as in the
+/// reference (where every failure reaches a threshold of zero).
+#[test]
+fn a_zero_failure_threshold_acts_as_one() {
+    let mut h = Harness::new(
+        WorkerPoolOptions {
+            unavailable_after_failures: 0,
+            ..options()
+        },
+        1,
+    );
+    assert_eq!(h.status(0), WorkerHealthStatus::Healthy);
+    let key = h.submit(ms(0), &request("fails")).unwrap();
+    h.complete(ms(1), key, Err(failure()));
+    assert_eq!(h.status(0), WorkerHealthStatus::Unavailable);
+}
+
+/// Zero security-policy limits build, as in the reference, and refuse
+/// exactly the requests they exclude.
+#[test]
+fn zero_policy_limits_refuse_only_what_they_exclude() {
+    let zero = |policy: WorkerSecurityPolicy| {
+        Harness::new(
+            WorkerPoolOptions {
+                security_policy: policy,
+                ..options()
+            },
+            1,
+        )
+    };
+    let mut no_payload = zero(WorkerSecurityPolicy {
+        max_request_payload_bytes: 0,
+        ..WorkerSecurityPolicy::default()
+    });
+    assert!(matches!(
+        no_payload.submit(ms(0), &request("any")),
+        Err(WorkerPoolError::InvalidRequest { .. })
+    ));
+    let mut no_ids = zero(WorkerSecurityPolicy {
+        max_identifier_length: 0,
+        ..WorkerSecurityPolicy::default()
+    });
+    assert!(matches!(
+        no_ids.submit(ms(0), &request("named")),
+        Err(WorkerPoolError::InvalidRequest { .. })
+    ));
+    let unnamed = WorkerRequest {
+        workflow_name: String::new(),
+        node_id: String::new(),
+        ..request("")
+    };
+    assert!(no_ids.submit(ms(0), &unnamed).is_ok());
+    let mut no_timeouts = zero(WorkerSecurityPolicy {
+        max_request_timeout_ms: 0,
+        ..WorkerSecurityPolicy::default()
+    });
+    assert!(matches!(
+        no_timeouts.submit(ms(0), &with_timeout("asks", 1)),
+        Err(WorkerPoolError::InvalidRequest { .. })
+    ));
+    assert!(no_timeouts.submit(ms(0), &request("default")).is_ok());
 }
 
 /// Defect 11: a request queued behind a slow worker runs on the first

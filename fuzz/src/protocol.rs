@@ -191,9 +191,6 @@ fn oracle(
         ("workflow_name", &request.workflow_name),
         ("node_id", &request.node_id),
     ] {
-        if value.is_empty() {
-            return Err(RequestError::EmptyIdentifier { field });
-        }
         if value.len() > max {
             return Err(RequestError::IdentifierTooLong {
                 field,
@@ -203,7 +200,6 @@ fn oracle(
         }
     }
     match request.timeout_ms {
-        Some(0) => return Err(RequestError::ZeroTimeout),
         Some(timeout_ms) if timeout_ms > policy.max_request_timeout_ms => {
             return Err(RequestError::TimeoutTooLong {
                 timeout_ms,

@@ -90,8 +90,8 @@ pub enum Shape {
     Tool,
     /// A valid LLM call.
     Llm,
-    /// Invalid: empty `request_id`.
-    EmptyRequestId,
+    /// Valid: every identifier empty (the reference accepts them).
+    Unnamed,
     /// Invalid: a `workflow_name` longer than the identifier limit.
     LongIdentifier,
     /// Invalid: a payload larger than the policy's size limit.
@@ -103,7 +103,7 @@ impl Shape {
     pub const ALL: [Shape; 5] = [
         Shape::Tool,
         Shape::Llm,
-        Shape::EmptyRequestId,
+        Shape::Unnamed,
         Shape::LongIdentifier,
         Shape::Oversized,
     ];
@@ -111,7 +111,7 @@ impl Shape {
     /// Whether a request of this shape passes the policy (ignoring its
     /// timeout).
     pub fn is_valid(self) -> bool {
-        matches!(self, Shape::Tool | Shape::Llm)
+        matches!(self, Shape::Tool | Shape::Llm | Shape::Unnamed)
     }
 }
 
@@ -121,7 +121,8 @@ impl Shape {
 pub enum TimeoutChoice {
     /// `None`: the pool's default timeout applies.
     Default,
-    /// `Some(ms)`: `0` and values above the policy maximum are invalid.
+    /// `Some(ms)`: values above the policy maximum are invalid; `0` is
+    /// answered `Timeout` on arrival.
     Ms(u32),
 }
 
@@ -343,6 +344,8 @@ pub enum Refusal {
     ShuttingDown,
     /// `InvalidRequest`.
     Invalid,
+    /// `Timeout` on arrival: the request's budget was zero.
+    NoBudget,
     /// Anything else (`CircuitOpen`, …).
     Other,
 }
@@ -354,6 +357,7 @@ impl Refusal {
             WorkerPoolError::NoHealthyWorker => Refusal::NoHealthyWorker,
             WorkerPoolError::ShuttingDown => Refusal::ShuttingDown,
             WorkerPoolError::InvalidRequest { .. } => Refusal::Invalid,
+            WorkerPoolError::Timeout => Refusal::NoBudget,
             _ => Refusal::Other,
         }
     }
@@ -1191,12 +1195,18 @@ impl Harness {
         let id = self.next_id;
         self.next_id += 1;
         let counters_before = *self.pool.counters();
-        let timeout_valid = timeout_ms.is_none_or(|ms| ms >= 1 && ms <= self.max_timeout_ms);
+        let timeout_valid = timeout_ms.is_none_or(|ms| ms <= self.max_timeout_ms);
         let valid = shape.is_valid() && timeout_valid;
+        let no_budget = match timeout_ms {
+            Some(ms) => ms == 0,
+            None => self.default_timeout == Some(Duration::ZERO),
+        };
         let expected = if self.lifecycle != Lifecycle::Running {
             Err(Refusal::ShuttingDown)
         } else if !valid {
             Err(Refusal::Invalid)
+        } else if no_budget {
+            Err(Refusal::NoBudget)
         } else if self.open > 0 {
             Ok(())
         } else if self.schedulable > 0 {
@@ -2628,7 +2638,11 @@ fn build_templates(max_identifier: usize, max_payload: usize) -> Vec<WorkerReque
                         scoped_input: Value::Null,
                     };
                 }
-                Shape::EmptyRequestId => request.request_id.clear(),
+                Shape::Unnamed => {
+                    request.request_id.clear();
+                    request.workflow_name.clear();
+                    request.node_id.clear();
+                }
                 Shape::LongIdentifier => request.workflow_name = "w".repeat(max_identifier + 1),
                 Shape::Oversized => {
                     request.operation = WorkerOperation::Tool {

@@ -556,7 +556,7 @@ impl Sim {
         let (invalid, own_timeout, mean) = (s.invalid, s.own_timeout, s.mean_latency);
         let (shape, timeout_ms) = if self.rng.chance(invalid) {
             match self.rng.below(5) {
-                0 => (Shape::EmptyRequestId, None),
+                0 => (Shape::Unnamed, None),
                 1 => (Shape::LongIdentifier, None),
                 2 => (Shape::Oversized, None),
                 3 => (Shape::Tool, Some(0)),

@@ -435,7 +435,7 @@ fn op() -> impl Strategy<Value = Op> {
     let shape = prop_oneof![
         8 => Just(Shape::Tool),
         4 => Just(Shape::Llm),
-        1 => Just(Shape::EmptyRequestId),
+        1 => Just(Shape::Unnamed),
         1 => Just(Shape::LongIdentifier),
         1 => Just(Shape::Oversized),
     ];

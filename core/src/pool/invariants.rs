@@ -43,7 +43,7 @@ impl<P: Clone> Pool<P> {
         let max_running = self.config.max_concurrency_per_worker as usize;
         let mut held: BTreeSet<RequestKey> = BTreeSet::new();
         let mut schedulable = 0usize;
-        let threshold = self.config.options.unavailable_after_failures;
+        let threshold = self.config.failure_threshold();
         let armed: BTreeSet<(crate::time::Time, crate::timers::Timer)> =
             self.timers.entries().collect();
         // A timer due at `Time::MAX` ("never") is deliberately not armed.
