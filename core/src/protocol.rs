@@ -57,16 +57,9 @@ pub struct WorkerResponse {
     pub worker_id: String,
     /// What the worker produced.
     pub result: WorkerResult,
-    /// Milliseconds from acceptance to answer: queue wait plus run time.
+    /// Milliseconds from acceptance to answer: queue wait plus run time
+    /// (the split is in the driver's `Timings`).
     pub elapsed_ms: u64,
-    /// Milliseconds the request waited in a queue before it started
-    /// (foreman extension; absent in the reference's JSON).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub queue_ms: Option<u64>,
-    /// Milliseconds the handler ran (foreman extension; absent in the
-    /// reference's JSON).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub run_ms: Option<u64>,
 }
 
 /// Outcome carried by a [`WorkerResponse`], tagged by `status`.

@@ -8,10 +8,6 @@
 //!   with the same field names and serde attributes) does the same;
 //! - a foreman value and the same value built as the reference shape, field
 //!   by field, serialise identically.
-//!
-//! Fixtures named `response_extension_*` carry foreman's optional
-//! `queue_ms`/`run_ms`: the reference shape must still parse them, and
-//! without those fields foreman writes exactly what the reference writes.
 
 use std::collections::BTreeSet;
 use std::fmt::Debug;
@@ -302,13 +298,8 @@ fn every_fixture_round_trips_through_foreman_and_reference_shapes() {
                 (WorkerOperation::Tool { .. }, Some(_)) => "request tool timeout",
                 (WorkerOperation::Tool { .. }, None) => "request tool null",
             }
-        } else if name.starts_with("response_extension_") {
-            check_extension(&name, &text);
-            "response extension"
         } else if name.starts_with("response_") {
             let response: WorkerResponse = check(&name, &text);
-            assert_eq!(response.queue_ms, None, "{name}");
-            assert_eq!(response.run_ms, None, "{name}");
             match response.result {
                 WorkerResult::Success { .. } => "response success",
                 WorkerResult::Error { error } => {
@@ -340,7 +331,6 @@ fn every_fixture_round_trips_through_foreman_and_reference_shapes() {
         "request tool null",
         "response success",
         "response error",
-        "response extension",
         "code",
         "protocol error",
         "health",
@@ -368,40 +358,12 @@ fn every_fixture_round_trips_through_foreman_and_reference_shapes() {
     }
 }
 
-/// A response carrying foreman's extension fields: the reference shape reads
-/// it (serde ignores unknown fields), and without the extension fields the
-/// two shapes write the same JSON.
-fn check_extension(name: &str, text: &str) {
-    let ours: WorkerResponse = serde_json::from_str(text)
-        .unwrap_or_else(|e| panic!("{name}: foreman type does not parse it: {e}"));
-    assert_eq!(to_json(&ours), text, "{name}: foreman round trip");
-    assert!(
-        ours.queue_ms.is_some() || ours.run_ms.is_some(),
-        "{name}: an extension fixture must carry queue_ms or run_ms"
-    );
-
-    let theirs: reference::WorkerResponse = serde_json::from_str(text)
-        .unwrap_or_else(|e| panic!("{name}: reference shape does not parse it: {e}"));
-    assert_eq!(ours.to_reference(), theirs, "{name}: same core value");
-
-    let plain = WorkerResponse {
-        queue_ms: None,
-        run_ms: None,
-        ..ours
-    };
-    let plain_json = to_json(&plain);
-    assert_eq!(
-        plain_json,
-        to_json(&theirs),
-        "{name}: no extension, same JSON"
-    );
-    assert!(!plain_json.contains("queue_ms") && !plain_json.contains("run_ms"));
-}
-
+/// A response is built with exactly the reference's four fields and writes
+/// exactly the reference's four keys.
 #[test]
-fn old_response_json_parses_with_extension_fields_absent() {
+fn a_response_has_exactly_the_references_fields() {
     let old = r#"{"request_id":"r","worker_id":"w","result":{"status":"success","output":1},"elapsed_ms":5}"#;
-    let response: WorkerResponse = serde_json::from_str(old).expect("old JSON parses");
+    let response: WorkerResponse = serde_json::from_str(old).expect("reference JSON parses");
     assert_eq!(
         response,
         WorkerResponse {
@@ -411,8 +373,6 @@ fn old_response_json_parses_with_extension_fields_absent() {
                 output: serde_json::json!(1)
             },
             elapsed_ms: 5,
-            queue_ms: None,
-            run_ms: None,
         }
     );
     assert_eq!(to_json(&response), old);
@@ -429,8 +389,6 @@ fn constructed_values_serialise_like_the_reference() {
                 error: error.clone(),
             },
             elapsed_ms: u64::MAX,
-            queue_ms: None,
-            run_ms: None,
         },
         WorkerResponse {
             request_id: String::new(),
@@ -442,8 +400,6 @@ fn constructed_values_serialise_like_the_reference() {
                 output: serde_json::json!({"z": [1.5, -0.0, 1e300, 5e-324, -1e-7, null], "a": {}}),
             },
             elapsed_ms: 0,
-            queue_ms: None,
-            run_ms: None,
         },
     ];
     for response in &responses {

@@ -315,13 +315,13 @@ pub async fn run<R: Runtime + Clone>(
                 }
                 let request = demo_request(index, &mut rng);
                 let submitted = runtime2.now();
-                let result = pool.submit(request).await;
+                let timed = pool.submit_timed(request).await;
                 let total = runtime2.now().saturating_duration_since(submitted);
-                let outcome = match result {
-                    Ok(response) => Outcome {
+                let outcome = match timed.result {
+                    Ok(_) => Outcome {
                         label: "ok".into(),
-                        queue_ms: response.queue_ms,
-                        run_ms: response.run_ms,
+                        queue_ms: Some(millis(timed.timings.queued)),
+                        run_ms: timed.timings.ran.map(millis),
                         total,
                     },
                     Err(error) => Outcome {
@@ -483,4 +483,8 @@ fn report<R: Runtime>(pool: &WorkerPool<R>, outcomes: &[Outcome], elapsed: Durat
             change.cause
         );
     }
+}
+
+fn millis(duration: Duration) -> u64 {
+    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
 }

@@ -41,14 +41,14 @@ mod state;
 pub mod demo;
 
 pub use handler::{CircuitBreakerHooks, WorkerHandler, WorkerPoolClient};
-pub use pool::{BuildError, HealthTransition, WorkerPool};
+pub use pool::{BuildError, HealthTransition, Timed, Timings, WorkerPool};
 pub use runtime::{AsyncTimer, Runtime};
 
 /// The attribute macro handlers and hooks are written with.
 pub use async_trait::async_trait;
 
 pub use foreman_core::{
-    Counters, HealthCause, PoolConfig, Stats, WorkerErrorCode, WorkerHealth, WorkerHealthStatus,
-    WorkerOperation, WorkerPoolError, WorkerPoolOptions, WorkerProtocolError, WorkerRequest,
-    WorkerResponse, WorkerResult, WorkerSecurityPolicy, WorkerStats,
+    Counters, HealthCause, PoolConfig, RoutingPolicy, Stats, WorkerErrorCode, WorkerHealth,
+    WorkerHealthStatus, WorkerOperation, WorkerPoolError, WorkerPoolOptions, WorkerProtocolError,
+    WorkerRequest, WorkerResponse, WorkerResult, WorkerSecurityPolicy, WorkerStats,
 };

@@ -53,6 +53,10 @@ pub enum BuildError {
     /// A worker could not be added.
     #[error("cannot add worker: {0}")]
     Worker(#[from] CommandError),
+    /// The pool was built where its runtime cannot spawn tasks (for
+    /// foreman-tokio: outside a tokio runtime).
+    #[error("the worker pool cannot start: {0}")]
+    NoRuntime(String),
 }
 
 impl From<BuildError> for WorkerPoolError {
@@ -62,6 +66,43 @@ impl From<BuildError> for WorkerPoolError {
             other => WorkerPoolError::InvalidRequest {
                 reason: other.to_string(),
             },
+        }
+    }
+}
+
+/// How long a request waited for a worker and how long its handler ran, as
+/// the pool measured them on its runtime's clock.
+///
+/// A foreman extension: the reference's `WorkerResponse` carries only
+/// `elapsed_ms`, their sum. Returned by [`WorkerPool::submit_timed`], for
+/// errors too (a `Timeout` says where the budget went).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub struct Timings {
+    /// From acceptance until a worker started the request, or until it was
+    /// answered if it never started (zero for a refused request).
+    pub queued: Duration,
+    /// How long its handler ran, if it started.
+    pub ran: Option<Duration>,
+}
+
+/// A request's answer with its [`Timings`], from
+/// [`WorkerPool::submit_timed`].
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub struct Timed {
+    /// What [`WorkerPool::submit`] returns.
+    pub result: Result<WorkerResponse, WorkerPoolError>,
+    /// Where the request's time went.
+    pub timings: Timings,
+}
+
+impl Timed {
+    /// A request answered before it was accepted (zero timings).
+    fn refused(error: WorkerPoolError) -> Self {
+        Self {
+            result: Err(error),
+            timings: Timings::default(),
         }
     }
 }
@@ -111,8 +152,8 @@ impl<R: Runtime> WorkerPool<R> {
     /// Creates a pool with full control over the core's configuration.
     ///
     /// # Errors
-    /// [`BuildError`] when there is no handler or the configuration is
-    /// invalid.
+    /// [`BuildError`] when there is no handler, the configuration is
+    /// invalid, or the runtime cannot spawn tasks here.
     pub fn with_config(
         runtime: R,
         handlers: Vec<Arc<dyn WorkerHandler>>,
@@ -131,8 +172,8 @@ impl<R: Runtime> WorkerPool<R> {
     /// Worker `worker-i` is in lane `i % lanes`.
     ///
     /// # Errors
-    /// [`BuildError`] when there is no handler or the configuration is
-    /// invalid.
+    /// [`BuildError`] when there is no handler, the configuration is
+    /// invalid, or the runtime cannot spawn tasks here.
     pub fn with_lanes(
         runtime: R,
         handlers: Vec<Arc<dyn WorkerHandler>>,
@@ -142,6 +183,10 @@ impl<R: Runtime> WorkerPool<R> {
     ) -> Result<Self, BuildError> {
         if handlers.is_empty() {
             return Err(BuildError::NoWorkers);
+        }
+        config.validate()?;
+        if let Err(reason) = runtime.check_context() {
+            return Err(BuildError::NoRuntime(reason));
         }
         let epoch = runtime.now();
         config.unix_epoch_ms = SystemTime::now()
@@ -213,6 +258,17 @@ impl<R: Runtime> WorkerPool<R> {
         &self,
         request: WorkerRequest,
     ) -> impl Future<Output = Result<WorkerResponse, WorkerPoolError>> + Send + '_ {
+        let timed = self.submit_timed(request);
+        async move { timed.await.result }
+    }
+
+    /// Submits one request like [`submit`](Self::submit) and returns its
+    /// answer with the pool's [`Timings`]: how long it waited for a worker
+    /// and how long its handler ran (the reference's `elapsed_ms` is their
+    /// sum).
+    ///
+    /// A refused request has zero timings.
+    pub fn submit_timed(&self, request: WorkerRequest) -> impl Future<Output = Timed> + Send + '_ {
         // The request goes straight into its slot (the core's payload), so
         // the future every caller holds carries a pointer, not the request.
         let slot = Slot::parked(request);
@@ -231,11 +287,7 @@ impl<R: Runtime> WorkerPool<R> {
     /// `submit` without the cooperative yield. The request, and its start
     /// or answer, wait in the slot rather than in this future, which every
     /// caller holds: it stays small.
-    async fn run(
-        &self,
-        slot: &Arc<Slot>,
-        waited: &mut bool,
-    ) -> Result<WorkerResponse, WorkerPoolError> {
+    async fn run(&self, slot: &Arc<Slot>, waited: &mut bool) -> Timed {
         let shared = &self.shared;
         let hooks = shared.hooks.as_deref();
         // Everything up to the first await is one synchronous step, so
@@ -252,7 +304,10 @@ impl<R: Runtime> WorkerPool<R> {
             },
             started_at_once,
         ) = {
-            let (entered, start) = shared.enter(slot)?;
+            let (entered, start) = match shared.enter(slot) {
+                Ok(entered) => entered,
+                Err(error) => return Timed::refused(error),
+            };
             let future: Option<HandlerFuture<'_>> = match start {
                 Some((Started { worker }, request)) => {
                     fast_worker = worker;
@@ -268,7 +323,7 @@ impl<R: Runtime> WorkerPool<R> {
                 if let Some(firing) = firing {
                     firing.await;
                 }
-                return Err(refused);
+                return Timed::refused(refused);
             }
         };
         let lane = shared.lane(lane);
@@ -296,7 +351,7 @@ impl<R: Runtime> WorkerPool<R> {
                 match wait_for_start(slot, waited).await {
                     Wake::Started(Started { worker: granted }) => {
                         let Some(request) = slot.lock().parked.take() else {
-                            return Err(lost_answer());
+                            return Timed::refused(lost_answer());
                         };
                         worker = granted;
                         worker.handler.handle(request)
@@ -333,7 +388,7 @@ impl<R: Runtime> WorkerPool<R> {
                 Finish::Ready(outcome) => outcome,
                 Finish::Notify(notifying) => notifying.await,
             },
-            None => Err(lost_answer()),
+            None => Timed::refused(lost_answer()),
         }
     }
 
@@ -1213,10 +1268,10 @@ fn finish(
         None => Finish::Ready(respond(answer, request_id)),
         Some(hooks) => {
             let worker = answer.worker.clone();
-            let outcome = respond(answer, request_id);
+            let timed = respond(answer, request_id);
             Finish::Notify(Box::pin(async move {
-                notify(hooks, worker_id(worker.as_deref()), &outcome).await;
-                outcome
+                notify(hooks, worker_id(worker.as_deref()), &timed.result).await;
+                timed
             }))
         }
     }
@@ -1225,23 +1280,27 @@ fn finish(
 /// A caller's answer: ready, or once its hook has run (boxed, so the
 /// common case adds nothing to the caller's future).
 enum Finish<'a> {
-    Ready(Result<WorkerResponse, WorkerPoolError>),
-    Notify(Pin<Box<dyn Future<Output = Result<WorkerResponse, WorkerPoolError>> + Send + 'a>>),
+    Ready(Timed),
+    Notify(Pin<Box<dyn Future<Output = Timed> + Send + 'a>>),
 }
 
 /// The caller's answer, from the core's.
-fn respond(answer: Delivered, request_id: String) -> Result<WorkerResponse, WorkerPoolError> {
-    let queue_ms = millis(answer.queued_for);
-    let run_ms = answer.ran_for.map(millis);
-    let output = answer.result?;
-    Ok(WorkerResponse {
+fn respond(answer: Delivered, request_id: String) -> Timed {
+    let timings = Timings {
+        queued: answer.queued_for,
+        ran: answer.ran_for,
+    };
+    let result = answer.result.map(|output| WorkerResponse {
         request_id,
         worker_id: String::from(worker_id(answer.worker.as_deref())),
         result: WorkerResult::Success { output },
-        elapsed_ms: queue_ms.saturating_add(run_ms.unwrap_or(0)),
-        queue_ms: Some(queue_ms),
-        run_ms,
-    })
+        elapsed_ms: millis(
+            timings
+                .queued
+                .saturating_add(timings.ran.unwrap_or_default()),
+        ),
+    });
+    Timed { result, timings }
 }
 
 /// Fires the success or failure hook of an answered request.

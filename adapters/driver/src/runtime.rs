@@ -16,6 +16,17 @@ pub trait Runtime: Debug + Send + Sync + 'static {
     /// Runs `future` to completion in the background (detached).
     fn spawn(&self, future: Pin<Box<dyn Future<Output = ()> + Send>>);
 
+    /// Whether [`spawn`](Self::spawn) and [`new_timer`](Self::new_timer)
+    /// work from the calling thread, checked once when a pool is built.
+    ///
+    /// # Errors
+    /// What the user must change, e.g. "create the pool inside a tokio
+    /// runtime". The default (a runtime with a global executor) is always
+    /// `Ok`.
+    fn check_context(&self) -> Result<(), String> {
+        Ok(())
+    }
+
     /// A timer that completes at `deadline` and can be moved with
     /// [`AsyncTimer::reset`].
     fn new_timer(&self, deadline: Instant) -> Pin<Box<dyn AsyncTimer>>;

@@ -59,9 +59,10 @@ use std::time::Instant;
 
 pub use foreman_driver::{
     AsyncTimer, BuildError, CircuitBreakerHooks, Counters, HealthCause, HealthTransition,
-    PoolConfig, Runtime, Stats, WorkerErrorCode, WorkerHandler, WorkerHealth, WorkerHealthStatus,
-    WorkerOperation, WorkerPoolClient, WorkerPoolError, WorkerPoolOptions, WorkerProtocolError,
-    WorkerRequest, WorkerResponse, WorkerResult, WorkerSecurityPolicy, WorkerStats,
+    PoolConfig, RoutingPolicy, Runtime, Stats, Timed, Timings, WorkerErrorCode, WorkerHandler,
+    WorkerHealth, WorkerHealthStatus, WorkerOperation, WorkerPoolClient, WorkerPoolError,
+    WorkerPoolOptions, WorkerProtocolError, WorkerRequest, WorkerResponse, WorkerResult,
+    WorkerSecurityPolicy, WorkerStats,
 };
 
 /// Re-exported so handlers and hooks can be written as in the reference.

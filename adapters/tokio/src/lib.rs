@@ -54,16 +54,18 @@ use std::time::Instant;
 
 pub use foreman_driver::{
     AsyncTimer, BuildError, CircuitBreakerHooks, Counters, HealthCause, HealthTransition,
-    PoolConfig, Runtime, Stats, WorkerErrorCode, WorkerHandler, WorkerHealth, WorkerHealthStatus,
-    WorkerOperation, WorkerPoolClient, WorkerPoolError, WorkerPoolOptions, WorkerProtocolError,
-    WorkerRequest, WorkerResponse, WorkerResult, WorkerSecurityPolicy, WorkerStats,
+    PoolConfig, RoutingPolicy, Runtime, Stats, Timed, Timings, WorkerErrorCode, WorkerHandler,
+    WorkerHealth, WorkerHealthStatus, WorkerOperation, WorkerPoolClient, WorkerPoolError,
+    WorkerPoolOptions, WorkerProtocolError, WorkerRequest, WorkerResponse, WorkerResult,
+    WorkerSecurityPolicy, WorkerStats,
 };
 
 /// Re-exported so handlers and hooks can be written as in the reference.
 pub use foreman_driver::async_trait;
 
 /// The foreman worker pool on tokio (`foreman_driver::WorkerPool` with
-/// [`TokioRuntime`]); create it inside a tokio runtime.
+/// [`TokioRuntime`]); create it inside a tokio runtime (elsewhere the
+/// constructor returns an error saying so).
 pub type WorkerPool = foreman_driver::WorkerPool<TokioRuntime>;
 
 /// Tokio's spawn, timer and clock. The clock is `tokio::time::Instant`, so
@@ -74,6 +76,16 @@ pub struct TokioRuntime;
 impl Runtime for TokioRuntime {
     fn spawn(&self, future: Pin<Box<dyn Future<Output = ()> + Send>>) {
         drop(tokio::spawn(future));
+    }
+
+    fn check_context(&self) -> Result<(), String> {
+        tokio::runtime::Handle::try_current()
+            .map(drop)
+            .map_err(|_| {
+                "there is no tokio runtime on this thread: create the pool inside \
+             a tokio runtime (in async code, or after `Runtime::enter`)"
+                    .to_string()
+            })
     }
 
     fn new_timer(&self, deadline: Instant) -> Pin<Box<dyn AsyncTimer>> {
