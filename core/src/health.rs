@@ -4,9 +4,22 @@
 //! Rules (this module is the only place they live, so it can be replaced as
 //! a unit):
 //! - Request outcomes are the evidence. A success clears the failure count; a
-//!   failure (an error, a timeout, a panic) adds one. With `threshold` =
-//!   `unavailable_after_failures`: 0 failures is Healthy, 1..threshold is
-//!   Degraded, threshold or more is Unavailable.
+//!   failure (an error, a panic, a timeout that counts) adds one. With
+//!   `threshold` = `unavailable_after_failures`: 0 failures is Healthy,
+//!   1..threshold is Degraded, threshold or more is Unavailable.
+//! - A timeout counts against a worker only for the time the request spent
+//!   running on it ([`timeout_counts`]): a request whose budget runs out
+//!   while it is queued counts against no worker; one that runs out while
+//!   running counts as a failure of its worker only if the worker had at
+//!   least half of the request's budget (from its start to its deadline),
+//!   that is, only if the request waited for at most half of its budget. A
+//!   shorter run is no evidence against the worker: the request spent most
+//!   of its budget waiting, and a healthy worker may simply need longer than
+//!   what was left. So overload (long queues) never ejects a worker that
+//!   answers in less than half the budget, while a worker that holds a
+//!   request for half its budget or more without answering (hung, or too
+//!   slow for the budget callers give) is charged for it, and a request
+//!   that starts at once is always charged.
 //! - A probe is a vote. Its verdict is combined with the failure count: the
 //!   status is the worse of the two. A probe that times out votes
 //!   Unavailable.
@@ -18,6 +31,8 @@
 //!   threshold (only successes do), so a worker that fails every request
 //!   gets one request per probe interval instead of flapping back in full.
 
+use std::time::Duration;
+
 use crate::protocol::WorkerHealthStatus;
 use crate::time::Time;
 
@@ -28,7 +43,10 @@ pub enum HealthCause {
     Success,
     /// A request failed (handler error or panic).
     Failure,
-    /// A running request ran out of time.
+    /// A running request ran out of time after its worker had at least half
+    /// of its budget, which counts as a failure (a request that runs out of
+    /// time while queued, or after a shorter run, changes no worker's
+    /// health: see the "Answers" section of [`crate::Pool`]).
     Timeout,
     /// A probe answered.
     Probe,
@@ -38,6 +56,26 @@ pub enum HealthCause {
     Restart,
     /// The worker was removed or the pool stopped.
     Stopped,
+}
+
+/// Whether a request that ran out of time while running counts as a
+/// failure of the worker running it: `ran` is the time from its start to its
+/// deadline, `budget` the time from its acceptance to its deadline. It
+/// counts when the worker had at least half of the budget (`2 * ran >=
+/// budget`).
+///
+/// Why half: a request that timed out after running for `ran` shows only
+/// that its worker needed longer than `ran`. With `ran` at least half the
+/// budget, the worker used more than half of all the time the caller
+/// allowed (queueing included) without answering: evidence against it.
+/// With less, the request spent most of its budget waiting, and the same
+/// worker might well have answered it had it arrived sooner: no evidence.
+/// So a worker whose requests take less than half the budget is never
+/// charged for a timeout, however long the queues grow, and a hung worker
+/// is charged for every request that reaches it with half its budget left
+/// (every request it starts at once).
+pub(crate) fn timeout_counts(ran: Duration, budget: Duration) -> bool {
+    ran.saturating_mul(2) >= budget
 }
 
 #[derive(Debug, Clone)]
@@ -88,6 +126,17 @@ impl Health {
         self.failure_seq = self.failure_seq.wrapping_add(1);
     }
 
+    /// A request ran out of time while running on this worker, with `ran`
+    /// and `budget` as in [`timeout_counts`]; counts it as a failure when
+    /// that rule says so, and returns whether it did.
+    pub(crate) fn on_timeout(&mut self, ran: Duration, budget: Duration) -> bool {
+        let counts = timeout_counts(ran, budget);
+        if counts {
+            self.on_failure();
+        }
+        counts
+    }
+
     /// Applies a probe's answer; `seq_at_send` is [`Self::failure_seq`] when
     /// the probe was sent.
     pub(crate) fn on_probe(
@@ -136,6 +185,29 @@ mod tests {
         assert_eq!(health.status(3), Unavailable);
         health.on_success();
         assert_eq!(health.status(3), Healthy);
+    }
+
+    #[test]
+    fn a_timeout_counts_only_after_half_the_budget_on_the_worker() {
+        let ms = Duration::from_millis;
+        let mut health = Health::new();
+        assert!(!health.on_timeout(ms(59), ms(120)));
+        assert!(!health.on_timeout(Duration::ZERO, ms(120)));
+        assert_eq!(health.failures(), 0);
+        assert_eq!(health.status(3), Healthy);
+        assert!(health.on_timeout(ms(60), ms(120)));
+        assert!(health.on_timeout(ms(120), ms(120)));
+        assert_eq!(health.failures(), 2);
+        // Odd budgets: exactly half, rounded up, is enough.
+        assert!(!timeout_counts(
+            Duration::from_nanos(1),
+            Duration::from_nanos(3)
+        ));
+        assert!(timeout_counts(
+            Duration::from_nanos(2),
+            Duration::from_nanos(3)
+        ));
+        assert!(timeout_counts(Duration::MAX, Duration::MAX));
     }
 
     #[test]

@@ -74,9 +74,28 @@ pub use invariants::InvariantViolation;
 ///
 /// # Answers
 /// Every accepted request gets exactly one [`Action::Answer`]: its result,
-/// a worker error, `Timeout` (queue wait plus run time exceeded its budget;
-/// the handler is aborted and the timeout counts as one failure of the
-/// worker), `Cancelled`, or `ShuttingDown` once a drain deadline passes.
+/// a worker error, `Timeout` (queue wait plus run time exceeded its budget),
+/// `Cancelled`, or `ShuttingDown` once a drain deadline passes.
+///
+/// A timeout counts against a worker only for the time the request spent
+/// running on it. With the budget measured from acceptance to the deadline:
+/// - a request whose deadline comes while it is queued is answered
+///   `Timeout` ([`Phase::Queued`]) and counts against no worker. So is a
+///   queued request that a worker reaches with its budget spent (a worker
+///   can free up before the deadline's timer fires) or with less budget
+///   left than that worker's last successful request ran for: it is not
+///   started, since it could hardly finish, and under overload such runs
+///   (the oldest requests, which workers reach first) would hold every
+///   worker until their deadlines and leave no request to succeed;
+/// - a request whose deadline comes while it runs is aborted and answered
+///   `Timeout` ([`Phase::Running`]); it counts as one failure of its worker
+///   if that worker had at least half of its budget (from the request's
+///   start to its deadline: it waited for at most half of its budget), and
+///   changes nothing otherwise. A request that starts at once is charged
+///   in full; one that reaches a worker with less than half of its budget
+///   left is never held against it, so overload sheds load by expiry and
+///   backpressure (`QueueFull`) and never ejects a worker whose requests
+///   take under half the budget.
 ///
 /// # Shutdown
 /// [`begin_shutdown`](Self::begin_shutdown) refuses new work with
@@ -198,6 +217,10 @@ struct Worker {
     /// Live entries of `queue`.
     queued: usize,
     running: RunList,
+    /// How long its last successful request ran (since it was added or
+    /// restarted): a queued request with less budget left is not started
+    /// on it (see [`too_late_to_start`]).
+    last_run: Option<Duration>,
     removing: bool,
     /// Cached: takes new requests (not removing, status schedulable, pool
     /// not stopped).
@@ -520,9 +543,13 @@ impl<P: Clone> Pool<P> {
         request: RequestKey,
         result: Result<Value, WorkerProtocolError>,
     ) -> bool {
-        self.observe(now);
-        let worker = match self.requests.get(request.0) {
-            Some(entry) if matches!(entry.state, RequestState::Running { .. }) => entry.worker,
+        let now = self.observe(now);
+        let (worker, started_at) = match self.requests.get(request.0) {
+            Some(Request {
+                worker,
+                state: RequestState::Running { started_at },
+                ..
+            }) => (*worker, *started_at),
             _ => return false,
         };
         let cause = if result.is_ok() {
@@ -532,7 +559,10 @@ impl<P: Clone> Pool<P> {
         };
         if let Some(slot) = self.workers.get_mut(worker.0) {
             match result {
-                Ok(_) => slot.health.on_success(),
+                Ok(_) => {
+                    slot.health.on_success();
+                    slot.last_run = Some(now - started_at);
+                }
                 Err(_) => slot.health.on_failure(),
             }
         }
@@ -655,6 +685,7 @@ impl<P: Clone> Pool<P> {
             queue: VecDeque::new(),
             queued: 0,
             running: RunList::default(),
+            last_run: None,
             removing: false,
             schedulable: false,
             membership: Membership::default(),
@@ -710,6 +741,7 @@ impl<P: Clone> Pool<P> {
         let probing = self.lifecycle == Lifecycle::Running;
         if let Some(slot) = self.workers.get_mut(worker.0) {
             slot.health.reset();
+            slot.last_run = None;
             slot.probe = ProbeState::Idle;
         }
         self.actions.push_back(Action::RestartWorker { worker });
@@ -1085,7 +1117,9 @@ impl<P: Clone> Pool<P> {
     }
 
     /// Starts queued requests while the worker has free run slots: from its
-    /// own queue and, if it is schedulable, the backlog, oldest first.
+    /// own queue and, if it is schedulable, the backlog, oldest first; one
+    /// that is [too late to start](too_late_to_start) on this worker is
+    /// answered `Timeout` instead.
     /// (Its cached `schedulable` flag must be current when the backlog is
     /// not empty: see [`settle`](Self::settle).)
     fn pump(&mut self, worker: WorkerKey) {
@@ -1116,7 +1150,22 @@ impl<P: Clone> Pool<P> {
             let Some(request) = popped else {
                 return;
             };
-            self.start_queued(request, worker, from_backlog);
+            let last_run = slot.last_run;
+            let now = self.now;
+            let late = self
+                .requests
+                .get(request.0)
+                .filter(|entry| too_late_to_start(entry.deadline, now, last_run))
+                .map(|entry| entry.worker);
+            match late {
+                Some(origin) => {
+                    self.expire_queued(request);
+                    if origin != worker {
+                        self.refresh_load(origin);
+                    }
+                }
+                None => self.start_queued(request, worker, from_backlog),
+            }
         }
     }
 
@@ -1249,33 +1298,54 @@ impl<P: Clone> Pool<P> {
         }));
     }
 
+    /// A request's budget ran out: a queued one is answered `Timeout` and
+    /// charged to no worker; a running one is aborted, answered `Timeout`,
+    /// and counts as a failure of its worker only if that worker had at
+    /// least half of its budget (`Health::on_timeout`).
     fn request_deadline(&mut self, request: RequestKey) {
         let Some(entry) = self.requests.get(request.0) else {
             return;
         };
         let worker = entry.worker;
-        if matches!(entry.state, RequestState::Queued) {
-            self.counters.timed_out_queued += 1;
-            if cfg!(feature = "planted-bug") {
-                // Planted bug (test-only feature): forget to answer a request
-                // that timed out while queued. The simulator must catch this.
-                if let Some(slot) = self.workers.get_mut(worker.0) {
-                    slot.queued = slot.queued.saturating_sub(1);
+        match entry.state {
+            RequestState::Queued => {
+                if cfg!(feature = "planted-bug") {
+                    // Planted bug (test-only feature): forget to answer a
+                    // request that timed out while queued. The simulator
+                    // must catch this.
+                    self.counters.timed_out_queued += 1;
+                    if let Some(slot) = self.workers.get_mut(worker.0) {
+                        slot.queued = slot.queued.saturating_sub(1);
+                    }
+                    let _ = self.requests.remove(request.0);
+                } else {
+                    self.expire_queued(request);
                 }
-                let _ = self.requests.remove(request.0);
-            } else {
-                self.finish_queued(request, Err(WorkerPoolError::Timeout));
+                self.after_worker_change(worker, HealthCause::Timeout);
             }
-            self.after_worker_change(worker, HealthCause::Timeout);
-        } else {
-            self.counters.timed_out_running += 1;
-            self.actions.push_back(Action::Abort { request, worker });
-            if let Some(slot) = self.workers.get_mut(worker.0) {
-                slot.health.on_failure();
+            RequestState::Running { started_at } => {
+                // The deadline, not `now`: a timer that fires late does not
+                // lengthen the worker's share.
+                let deadline = entry.deadline.unwrap_or(self.now);
+                let ran = deadline - started_at;
+                let budget = deadline - entry.accepted_at;
+                self.counters.timed_out_running += 1;
+                self.actions.push_back(Action::Abort { request, worker });
+                if let Some(slot) = self.workers.get_mut(worker.0) {
+                    slot.health.on_timeout(ran, budget);
+                }
+                self.finish_running(request, Err(WorkerPoolError::Timeout));
+                self.after_worker_change(worker, HealthCause::Timeout);
             }
-            self.finish_running(request, Err(WorkerPoolError::Timeout));
-            self.after_worker_change(worker, HealthCause::Timeout);
         }
+    }
+
+    /// Answers `Timeout` to a queued request whose budget has run out (or
+    /// is too short to start it), charging no worker: time spent queued is
+    /// never held against one.
+    fn expire_queued(&mut self, request: RequestKey) {
+        self.counters.timed_out_queued += 1;
+        self.finish_queued(request, Err(WorkerPoolError::Timeout));
     }
 
     fn send_probe(&mut self, worker: WorkerKey) {
@@ -1483,6 +1553,22 @@ fn timer_is_live<P>(
         ),
         Timer::Drain => lifecycle == Lifecycle::Draining { deadline: Some(at) },
     }
+}
+
+/// Whether a queued request with this deadline is answered `Timeout` rather
+/// than started, at `now`, on a worker whose last successful request ran for
+/// `last_run`: when its budget is spent, or when less of it is left than
+/// that run took. Such a run would most likely end in a timeout, which
+/// under overload is what the oldest requests (the ones workers reach
+/// first) would all do: each would hold a worker until its deadline and
+/// none would succeed. Answering them at once leaves the workers to
+/// requests that can still finish. A worker with no successful run yet
+/// starts any request with budget left.
+fn too_late_to_start(deadline: Option<Time>, now: Time, last_run: Option<Duration>) -> bool {
+    deadline.is_some_and(|deadline| {
+        let left = deadline - now;
+        left.is_zero() || last_run.is_some_and(|run| left < run)
+    })
 }
 
 /// Marks a state the pool's own bookkeeping rules out; checked in debug

@@ -40,9 +40,12 @@ pub struct Counters {
     pub succeeded: u64,
     /// Answered with the handler's error.
     pub failed: u64,
-    /// Ran out of time while queued.
+    /// Answered `Timeout` while queued: the budget ran out, or a worker
+    /// reached the request with less budget left than its last successful
+    /// run took (never counted against a worker).
     pub timed_out_queued: u64,
-    /// Ran out of time while running (the handler was aborted).
+    /// Ran out of time while running (the handler was aborted; counted
+    /// against the worker only if it had at least half of the budget).
     pub timed_out_running: u64,
     /// Cancelled by the caller while queued.
     pub cancelled_queued: u64,

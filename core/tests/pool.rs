@@ -104,6 +104,12 @@ impl Harness {
         applied
     }
 
+    fn cancel(&mut self, now: Time, key: RequestKey) -> bool {
+        let applied = self.pool.cancel(now, key);
+        self.drain();
+        applied
+    }
+
     fn tick(&mut self, now: Time) {
         self.pool.handle_timeout(now);
         self.drain();
@@ -139,6 +145,20 @@ impl Harness {
             .into_iter()
             .filter_map(|action| match action {
                 Action::Answer(answer) => Some(answer),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// The health changes reported since events were last taken, as
+    /// (from, to, cause).
+    fn health_changes(&mut self) -> Vec<(WorkerHealthStatus, WorkerHealthStatus, HealthCause)> {
+        self.take_events()
+            .into_iter()
+            .filter_map(|event| match event {
+                Event::HealthChanged {
+                    from, to, cause, ..
+                } => Some((from, to, cause)),
                 _ => None,
             })
             .collect()
@@ -525,16 +545,7 @@ fn consecutive_failures_degrade_then_eject_and_success_restores() {
         h.submit(ms(5), &request("x")),
         Err(WorkerPoolError::NoHealthyWorker)
     );
-    let transitions: Vec<_> = h
-        .take_events()
-        .into_iter()
-        .filter_map(|event| match event {
-            Event::HealthChanged {
-                from, to, cause, ..
-            } => Some((from, to, cause)),
-            _ => None,
-        })
-        .collect();
+    let transitions = h.health_changes();
     assert_eq!(
         transitions,
         vec![
@@ -628,6 +639,202 @@ fn a_queued_timeout_answers_without_blaming_the_worker() {
     assert_eq!(h.status(0), WorkerHealthStatus::Healthy);
     h.complete(ms(60), busy, Ok(json!(null)));
     assert!(h.started().is_empty(), "the timed-out request never starts");
+}
+
+/// One worker that a single counted failure ejects (threshold 1).
+fn one_strict_worker() -> Harness {
+    Harness::new(
+        WorkerPoolOptions {
+            queue_capacity: 8,
+            unavailable_after_failures: 1,
+            ..options()
+        },
+        1,
+    )
+}
+
+#[test]
+fn requests_that_expire_while_queued_never_count_against_the_worker() {
+    let mut h = one_strict_worker();
+    let busy = h.submit(ms(0), &request("busy")).unwrap();
+    let waiting: Vec<_> = (0..4)
+        .map(|i| {
+            h.submit(ms(0), &with_timeout(&format!("w{i}"), 100 + i))
+                .unwrap()
+        })
+        .collect();
+    h.take_actions();
+    h.take_events();
+    for i in 0..3 {
+        h.tick(ms(100 + i));
+        let answers = h.answers();
+        assert_eq!(answers.len(), 1);
+        assert_eq!(answers[0].request, waiting[i as usize]);
+        assert_eq!(answers[0].result, Err(WorkerPoolError::Timeout));
+        assert_eq!(answers[0].phase, Phase::Queued);
+    }
+    // The busy request finishes at 103 ms, the last waiting request's
+    // deadline, before the driver's timer fired for it: its budget is
+    // spent, so it is answered, not started.
+    h.complete(ms(103), busy, Ok(json!(null)));
+    let answers = h.answers();
+    assert_eq!(answers.len(), 2, "the completion and the expiry");
+    let expired = answers
+        .iter()
+        .find(|answer| answer.request == waiting[3])
+        .expect("the last waiting request is answered");
+    assert_eq!(expired.result, Err(WorkerPoolError::Timeout));
+    assert_eq!(expired.phase, Phase::Queued);
+    assert_eq!(expired.ran_for, None);
+    assert!(h.started().is_empty(), "no expired request is started");
+    assert_eq!(h.pool.counters().timed_out_queued, 4);
+    assert_eq!(h.pool.counters().timed_out_running, 0);
+    assert_eq!(h.status(0), WorkerHealthStatus::Healthy);
+    assert_eq!(h.pool.health()[0].consecutive_failures, 0);
+    assert_eq!(h.health_changes(), vec![]);
+    h.tick(ms(200));
+    assert!(h.take_actions().is_empty(), "nothing left to fire");
+}
+
+#[test]
+fn a_short_run_at_the_end_of_a_mostly_queued_budget_does_not_count() {
+    let mut h = one_strict_worker();
+    let busy = h.submit(ms(0), &request("busy")).unwrap();
+    let late = h.submit(ms(0), &with_timeout("late", 120)).unwrap();
+    h.take_actions();
+    h.take_events();
+    // It waits 100 ms of its 120 ms budget, then runs for the last 20 (the
+    // busy request's caller gives up, so the worker has no successful run
+    // to judge the 20 ms by and starts it).
+    assert!(h.cancel(ms(100), busy));
+    assert_eq!(h.started(), vec![(late, h.worker(0))]);
+    h.take_actions();
+    h.tick(ms(120));
+    let actions = h.take_actions();
+    assert!(matches!(actions[0], Action::Abort { request, .. } if request == late));
+    assert!(matches!(&actions[1], Action::Answer(a) if a.request == late
+        && a.result == Err(WorkerPoolError::Timeout)
+        && a.phase == Phase::Running
+        && a.queued_for == Duration::from_millis(100)
+        && a.ran_for == Some(Duration::from_millis(20))));
+    assert_eq!(h.pool.counters().timed_out_running, 1);
+    assert_eq!(
+        h.status(0),
+        WorkerHealthStatus::Healthy,
+        "20 ms of a 120 ms budget is no evidence against the worker"
+    );
+    assert_eq!(h.pool.health()[0].consecutive_failures, 0);
+    assert_eq!(h.health_changes(), vec![]);
+    assert!(h.submit(ms(121), &request("next")).is_ok());
+}
+
+#[test]
+fn a_running_timeout_counts_once_the_worker_had_half_the_budget() {
+    // Queued 61 of 120 ms (ran 59): not counted. Queued 60 (ran 60,
+    // exactly half): counted.
+    for (queued, counted) in [(61, false), (60, true)] {
+        let mut h = one_strict_worker();
+        let busy = h.submit(ms(0), &request("busy")).unwrap();
+        let waiting = h.submit(ms(0), &with_timeout("waiting", 120)).unwrap();
+        h.take_actions();
+        assert!(h.cancel(ms(queued), busy));
+        assert_eq!(h.started(), vec![(waiting, h.worker(0))]);
+        h.take_actions();
+        h.take_events();
+        h.tick(ms(120));
+        let answers = h.answers();
+        assert_eq!(answers.len(), 1);
+        assert_eq!(answers[0].request, waiting);
+        assert_eq!(answers[0].phase, Phase::Running);
+        assert_eq!(
+            answers[0].ran_for,
+            Some(Duration::from_millis(120 - queued))
+        );
+        let expected = if counted {
+            vec![(
+                WorkerHealthStatus::Healthy,
+                WorkerHealthStatus::Unavailable,
+                HealthCause::Timeout,
+            )]
+        } else {
+            vec![]
+        };
+        assert_eq!(h.health_changes(), expected, "queued {queued} ms");
+        assert_eq!(h.pool.health()[0].consecutive_failures, u32::from(counted));
+    }
+}
+
+#[test]
+fn a_queued_request_with_less_budget_left_than_the_last_run_is_answered_not_started() {
+    let mut h = one_strict_worker();
+    let first = h.submit(ms(0), &request("first")).unwrap();
+    let fits = h.submit(ms(0), &with_timeout("fits", 120)).unwrap();
+    let short = h.submit(ms(0), &with_timeout("short", 140)).unwrap();
+    let next = h.submit(ms(0), &with_timeout("next", 300)).unwrap();
+    h.take_actions();
+    h.take_events();
+    // The first run takes 50 ms; `fits` has 70 ms left: it starts.
+    h.complete(ms(50), first, Ok(json!(null)));
+    assert_eq!(h.started(), vec![(fits, h.worker(0))]);
+    h.take_actions();
+    // It also takes 50 ms; `short` has 40 ms left, less than that: it is
+    // answered at once, and `next` (200 ms left) starts instead.
+    h.complete(ms(100), fits, Ok(json!(null)));
+    assert_eq!(h.started(), vec![(next, h.worker(0))]);
+    let answers = h.answers();
+    let shed = answers
+        .iter()
+        .find(|answer| answer.request == short)
+        .expect("the short request is answered");
+    assert_eq!(shed.result, Err(WorkerPoolError::Timeout));
+    assert_eq!(shed.phase, Phase::Queued);
+    assert_eq!(shed.queued_for, Duration::from_millis(100));
+    assert_eq!(h.pool.counters().timed_out_queued, 1);
+    assert_eq!(h.status(0), WorkerHealthStatus::Healthy);
+    assert_eq!(h.health_changes(), vec![]);
+    // A request submitted to an idle worker starts whatever its budget.
+    h.complete(ms(150), next, Ok(json!(null)));
+    h.take_actions();
+    let tiny = h.submit(ms(150), &with_timeout("tiny", 1)).unwrap();
+    assert_eq!(h.started(), vec![(tiny, h.worker(0))]);
+}
+
+#[test]
+fn a_hung_worker_that_runs_whole_budgets_is_ejected_after_the_threshold() {
+    let mut h = Harness::new(options(), 1);
+    h.take_events();
+    for round in 0..3u64 {
+        let start = round * 1_000;
+        let key = h.submit(ms(start), &with_timeout("hang", 100)).unwrap();
+        assert_eq!(h.started(), vec![(key, h.worker(0))], "starts at once");
+        h.take_actions();
+        // The handler never answers; its whole budget runs out on the worker.
+        h.tick(ms(start + 100));
+        let answers = h.answers();
+        assert_eq!(answers.len(), 1);
+        assert_eq!(answers[0].phase, Phase::Running);
+        assert_eq!(answers[0].ran_for, Some(Duration::from_millis(100)));
+        assert_eq!(h.pool.health()[0].consecutive_failures, round as u32 + 1);
+    }
+    assert_eq!(
+        h.health_changes(),
+        vec![
+            (
+                WorkerHealthStatus::Healthy,
+                WorkerHealthStatus::Degraded,
+                HealthCause::Timeout
+            ),
+            (
+                WorkerHealthStatus::Degraded,
+                WorkerHealthStatus::Unavailable,
+                HealthCause::Timeout
+            ),
+        ]
+    );
+    assert_eq!(
+        h.submit(ms(3_000), &request("x")),
+        Err(WorkerPoolError::NoHealthyWorker)
+    );
 }
 
 #[test]

@@ -41,13 +41,26 @@
 //!      that breaks the policy, acceptance when some schedulable worker has
 //!      room, `QueueFull` only when schedulable workers exist and none has
 //!      room, `NoHealthyWorker` only when none is schedulable;
-//!    - deadlines never fire early (a `Timeout` answer only at `seen ≥
+//!    - deadlines never fire early (a running `Timeout` answer only at `seen ≥
 //!      deadline`, a drain-deadline `ShuttingDown` only at `seen ≥ drain
 //!      deadline`) and never late (after settling, no pending request and no
 //!      outstanding probe has a deadline at or before `seen`);
 //!    - health changes only along the edges allowed for their cause (see
 //!      [`allowed_edge`]), and each change starts from the status the books
 //!      hold;
+//!    - health follows the rules exactly: the harness predicts each
+//!      worker's consecutive failures and status from what it saw (a
+//!      success clears the failures, a handler error or panic adds one, a
+//!      timeout adds one only if the worker had at least half of the
+//!      request's budget — [`timeout_counts`] — and a queued timeout adds
+//!      none; probe verdicts, trials and restarts as in the core) and,
+//!      after every input that changed a worker's predicted health,
+//!      compares its status and failure count with the core's;
+//!    - a queued request starts only with budget left and no less of it than
+//!      its worker's last successful run ([`too_late_to_start`]; a request
+//!      submitted to a free worker starts whatever its budget), and one
+//!      answered `Timeout` while queued had its budget spent or less of it
+//!      left than the longest run seen;
 //!    - every input's return value (`true`/`false`, `Ok`/`Err`) is the one
 //!      the books predict; a spurious `handle_timeout` produces nothing;
 //!    - the core's counters agree with the books (accepted, answered,
@@ -746,6 +759,72 @@ struct WorkerBook {
     probe: Option<(ProbeKey, Time)>,
     list_pos: usize,
     probe_pos: usize,
+    /// The health the rules predict (see [`HealthBook`]).
+    health: HealthBook,
+    /// How long its last successful request ran, since it was added or
+    /// restarted.
+    last_run: Option<Duration>,
+}
+
+/// A worker's health as the rules predict it, kept from the outcomes the
+/// harness sees: consecutive failures (a success clears them; a handler
+/// error or panic adds one; a timeout adds one only when the worker had at
+/// least half of the request's budget, see [`timeout_counts`]), the last
+/// probe verdict, and the failure sequence a probe's trial depends on.
+#[derive(Debug, Clone, Copy)]
+struct HealthBook {
+    failures: u32,
+    verdict: WorkerHealthStatus,
+    /// Counted failures so far (and restarts), as the core's `failure_seq`.
+    seq: u64,
+    /// `seq` when the outstanding probe was sent.
+    probe_seq: u64,
+}
+
+impl HealthBook {
+    const FRESH: HealthBook = HealthBook {
+        failures: 0,
+        verdict: WorkerHealthStatus::Healthy,
+        seq: 0,
+        probe_seq: 0,
+    };
+
+    fn fail(&mut self) {
+        self.failures += 1;
+        self.seq += 1;
+    }
+
+    fn status(&self, threshold: u32) -> WorkerHealthStatus {
+        let from_failures = if self.failures == 0 {
+            WorkerHealthStatus::Healthy
+        } else if self.failures < threshold {
+            WorkerHealthStatus::Degraded
+        } else {
+            WorkerHealthStatus::Unavailable
+        };
+        from_failures.max(self.verdict)
+    }
+}
+
+/// Whether a request that ran out of time while running counts as a
+/// failure of its worker: only when the worker had at least half of its
+/// budget, `2 × (deadline − start) ≥ deadline − acceptance` (time spent
+/// queued is never held against a worker).
+pub fn timeout_counts(accepted_at: Time, started_at: Time, deadline: Time) -> bool {
+    let ran = (deadline - started_at).as_nanos();
+    let budget = (deadline - accepted_at).as_nanos();
+    2 * ran >= budget
+}
+
+/// Whether a queued request with this deadline must be answered `Timeout`
+/// rather than started at `now` on a worker whose last successful request
+/// ran for `last_run`: its budget is spent, or less of it is left than that
+/// run took.
+pub fn too_late_to_start(deadline: Option<Time>, now: Time, last_run: Option<Duration>) -> bool {
+    deadline.is_some_and(|deadline| {
+        let left = deadline - now;
+        left.is_zero() || last_run.is_some_and(|run| left < run)
+    })
 }
 
 /// A table indexed by the dense slot index of a core key (the low 32 bits
@@ -843,6 +922,7 @@ pub struct Harness {
     max_timeout_ms: u64,
     default_timeout: Option<Duration>,
     probe_timeout: Duration,
+    threshold: u32,
     clock: Time,
     seen: Time,
     /// Where a driver that keeps one timer, moved by `Pool::move_timer`,
@@ -888,6 +968,14 @@ pub struct Harness {
     stale_request: RequestKey,
     outputs_this_input: usize,
     shutdown_completed: bool,
+    /// Workers whose predicted health changed during the current input:
+    /// their status is compared with the core's once the input is done.
+    health_touched: Vec<WorkerKey>,
+    /// The longest successful run seen (bounds when a queued request may
+    /// be answered for want of budget).
+    longest_run: Duration,
+    /// Changes to `Unavailable` for a health reason (not a shutdown).
+    ejections: u64,
 }
 
 impl fmt::Debug for Harness {
@@ -930,6 +1018,7 @@ impl Harness {
             max_timeout_ms: policy.max_request_timeout_ms,
             default_timeout: options.default_request_timeout,
             probe_timeout: config.probe_timeout,
+            threshold: options.unavailable_after_failures,
             clock: Time::ZERO,
             seen: Time::ZERO,
             driver_timer: Time::MAX,
@@ -971,6 +1060,9 @@ impl Harness {
             stale_request: RequestKey::from_u64(u64::MAX),
             outputs_this_input: 0,
             shutdown_completed: false,
+            health_touched: Vec::new(),
+            longest_run: Duration::ZERO,
+            ejections: 0,
         })
     }
 
@@ -1054,6 +1146,18 @@ impl Harness {
     /// The payload id of a pending request.
     pub fn request_id(&self, request: RequestKey) -> Option<u64> {
         self.requests.get(request.as_u64()).map(|book| book.id)
+    }
+
+    /// A worker's status as the core last reported it (`HealthChanged`
+    /// events), while the books hold the worker.
+    pub fn status(&self, worker: WorkerKey) -> Option<WorkerHealthStatus> {
+        self.workers.get(worker.as_u64()).map(|book| book.status)
+    }
+
+    /// Changes of a worker to `Unavailable` for a health reason (failures,
+    /// timeouts, probes), not counting the shutdown's.
+    pub fn ejections(&self) -> u64 {
+        self.ejections
     }
 
     /// Submits seen so far, accepted and answered.
@@ -1413,6 +1517,20 @@ impl Harness {
             )));
         }
         if applied {
+            let threshold = self.threshold;
+            if let Some(book) = self.workers.get_mut(worker.as_u64()) {
+                // A Healthy verdict gives an ejected worker one trial, unless
+                // a failure was counted since the probe was sent.
+                let health = &mut book.health;
+                health.verdict = verdict.status();
+                if verdict == Verdict::Healthy
+                    && health.probe_seq == health.seq
+                    && health.failures >= threshold
+                {
+                    health.failures = threshold - 1;
+                }
+            }
+            self.touch_health(worker);
             self.clear_probe(worker);
         }
         self.drain()?;
@@ -1441,6 +1559,8 @@ impl Harness {
                     probe: None,
                     list_pos: self.worker_list.len(),
                     probe_pos: usize::MAX,
+                    health: HealthBook::FRESH,
+                    last_run: None,
                 };
                 if !self.workers.insert(key.as_u64(), book) {
                     return Err(self.fail(format!("new worker {key} reuses a booked key")));
@@ -1751,6 +1871,8 @@ impl Harness {
         }
         let result = self.rearm_driver_timer();
         self.record(result)?;
+        let result = self.check_health();
+        self.record(result)?;
         self.context = Context::Idle;
         self.inputs += 1;
         self.since_full += 1;
@@ -2016,6 +2138,9 @@ impl Harness {
                     }
                     _ => {}
                 }
+                if to == WorkerHealthStatus::Unavailable && cause != HealthCause::Stopped {
+                    self.ejections += 1;
+                }
                 self.recount_worker(worker, |b| b.status = to);
                 self.trace.push(TraceEvent::Health {
                     worker: book.ordinal,
@@ -2054,6 +2179,76 @@ impl Harness {
     /// `ShutdownComplete`, so the pool's own flag is what counts).
     fn shutdown_completed_pending(&self) -> bool {
         self.pool.is_stopped()
+    }
+
+    /// Applies the outcome of a request that ran to its worker's predicted
+    /// health: a success clears the failures (and is the worker's last
+    /// run), a handler error or panic adds one, a timeout adds one only if
+    /// [`timeout_counts`]; a cancellation, restart or drain changes nothing.
+    fn book_outcome(&mut self, book: &ReqBook, kind: AnswerKind) {
+        let ReqState::Running { started_at, .. } = book.state else {
+            return;
+        };
+        let now = self.seen;
+        let Some(worker) = self.workers.get_mut(book.worker.as_u64()) else {
+            return;
+        };
+        match kind {
+            AnswerKind::Ok => {
+                let run = now - started_at;
+                worker.health.failures = 0;
+                worker.last_run = Some(run);
+                self.longest_run = self.longest_run.max(run);
+            }
+            AnswerKind::Failed { .. } => worker.health.fail(),
+            AnswerKind::Timeout => {
+                let counts = book
+                    .deadline
+                    .is_some_and(|deadline| timeout_counts(book.accepted_at, started_at, deadline));
+                if counts {
+                    worker.health.fail();
+                }
+            }
+            _ => return,
+        }
+        self.touch_health(book.worker);
+    }
+
+    fn touch_health(&mut self, worker: WorkerKey) {
+        if !self.health_touched.contains(&worker) {
+            self.health_touched.push(worker);
+        }
+    }
+
+    /// Once an input is done, every worker whose predicted health changed
+    /// has the status and failure count the rules predict.
+    fn check_health(&mut self) -> Result<(), Failure> {
+        let stopped = self.lifecycle == Lifecycle::Stopped;
+        while let Some(worker) = self.health_touched.pop() {
+            let Some(book) = self.workers.get(worker.as_u64()).copied() else {
+                continue;
+            };
+            if stopped || book.stopped {
+                continue;
+            }
+            let expected = book.health.status(self.threshold);
+            ensure!(
+                book.status == expected,
+                "{worker} is {:?} but the health rules predict {expected:?} from {:?}",
+                book.status,
+                book.health
+            );
+            let failures = self
+                .pool
+                .worker_health(worker)
+                .map(|health| health.consecutive_failures);
+            ensure!(
+                failures == Some(book.health.failures),
+                "{worker} has {failures:?} consecutive failures but the health rules predict {}",
+                book.health.failures
+            );
+        }
+        Ok(())
     }
 
     fn check_limits(&self, worker: WorkerKey) -> Result<(), Failure> {
@@ -2103,6 +2298,17 @@ impl Harness {
                     wbook.running < self.max_running,
                     "Start on {worker} already running {}",
                     wbook.running
+                );
+                // A queued request starts only with enough budget left (one
+                // submitted to a free worker starts whatever its budget).
+                let at_once = matches!(self.context, Context::Submit { id, .. } if id == book.id);
+                ensure!(
+                    at_once || !too_late_to_start(book.deadline, self.seen, wbook.last_run),
+                    "#{} started on {worker} at {} with deadline {:?}, but the worker's last run took {:?}",
+                    book.id,
+                    self.seen,
+                    book.deadline,
+                    wbook.last_run
                 );
                 // (Whether the worker was schedulable then is not known
                 // here: this input's events, health changes included, were
@@ -2173,6 +2379,7 @@ impl Harness {
                 if let Some(b) = self.workers.get_mut(worker.as_u64()) {
                     b.probe = Some((probe, deadline));
                     b.probe_pos = pos;
+                    b.health.probe_seq = b.health.seq;
                 }
                 self.probe_deadlines
                     .push(Reverse((deadline, worker, probe)));
@@ -2197,6 +2404,13 @@ impl Harness {
                         )));
                     }
                 }
+                if self.context == Context::Timeout {
+                    // A probe that times out votes Unavailable.
+                    if let Some(b) = self.workers.get_mut(worker.as_u64()) {
+                        b.health.verdict = WorkerHealthStatus::Unavailable;
+                    }
+                    self.touch_health(worker);
+                }
                 self.clear_probe(worker);
                 self.trace.push(TraceEvent::AbortProbe {
                     worker: book.ordinal,
@@ -2215,6 +2429,14 @@ impl Harness {
                     "RestartWorker {worker} while it runs {}",
                     book.running
                 );
+                if let Some(b) = self.workers.get_mut(worker.as_u64()) {
+                    b.health = HealthBook {
+                        seq: b.health.seq + 1,
+                        ..HealthBook::FRESH
+                    };
+                    b.last_run = None;
+                }
+                self.touch_health(worker);
                 self.trace.push(TraceEvent::RestartWorker {
                     worker: book.ordinal,
                 });
@@ -2359,15 +2581,33 @@ impl Harness {
             (Context::Remove { worker }, AnswerKind::Unavailable) => {
                 worker == book.worker && answer.phase == Phase::Queued
             }
-            (Context::Timeout, AnswerKind::Timeout) => {
-                ensure!(
-                    book.deadline.is_some_and(|d| d <= now),
-                    "#{} timed out early at {now}, deadline {:?}",
-                    book.id,
-                    book.deadline
-                );
-                true
-            }
+            (context, AnswerKind::Timeout) => match answer.phase {
+                // Aborted at its deadline (the `Abort` is checked above).
+                Phase::Running => {
+                    ensure!(
+                        context == Context::Timeout && book.deadline.is_some_and(|d| d <= now),
+                        "#{} timed out while running at {now} during {context:?}, deadline {:?}",
+                        book.id,
+                        book.deadline
+                    );
+                    true
+                }
+                // Expired in its queue, or reached by a worker with less
+                // budget left than that worker's last run (whatever frees a
+                // worker may answer it; a submit frees none).
+                Phase::Queued => {
+                    let left = book.deadline.map(|d| d - now);
+                    ensure!(
+                        !matches!(context, Context::Submit { .. })
+                            && left.is_some_and(|left| left.is_zero() || left < self.longest_run),
+                        "#{} answered Timeout while queued at {now} during {context:?} with {left:?} \
+                         of its budget left (longest run so far {:?})",
+                        book.id,
+                        self.longest_run
+                    );
+                    true
+                }
+            },
             (Context::Timeout | Context::Shutdown, AnswerKind::ShuttingDown) => {
                 let deadline = self.drain_deadline;
                 ensure!(
@@ -2386,6 +2626,7 @@ impl Harness {
             answer.result,
             self.context
         );
+        self.book_outcome(&book, kind);
         self.remove_live(&book);
         match book.state {
             ReqState::Queued => {
@@ -2555,6 +2796,13 @@ impl Harness {
                 w.queued,
                 w.running,
                 w.removing
+            );
+            ensure!(
+                stopped || book.stopped || w.consecutive_failures == book.health.failures,
+                "{} has {} consecutive failures but the health rules predict {}",
+                w.worker,
+                w.consecutive_failures,
+                book.health.failures
             );
             ensure!(
                 w.queued <= self.queue_capacity,

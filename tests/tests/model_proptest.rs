@@ -5,8 +5,11 @@
 //!    probes far away), the core behaves exactly like a small,
 //!    obviously-correct model made of `VecDeque`s and counters: which worker
 //!    accepts, `QueueFull` / `NoHealthyWorker` refusals, which request starts
-//!    next, every answer, and each worker's health after failures, successes,
-//!    timeouts and restarts. On a mismatch proptest shrinks the sequence to a
+//!    next (a queued request with less budget left than its worker's last
+//!    successful run is answered `Timeout` instead), every answer, and each
+//!    worker's health after failures, successes, timeouts and restarts (a
+//!    timeout counts only when the worker had at least half of the
+//!    request's budget). On a mismatch proptest shrinks the sequence to a
 //!    minimal one (failures persist under `proptest-regressions/`).
 //! 2. `any_op_sequence_keeps_every_rule`: any sequence of [`Op`]s, on small
 //!    pools with varied options, passes every check of the shared
@@ -56,11 +59,15 @@ struct RefWorker {
     queue: VecDeque<u64>,
     running: Option<u64>,
     failures: u32,
+    /// Milliseconds its last successful request ran.
+    last_run: Option<u64>,
 }
 
 #[derive(Debug)]
 struct RefRequest {
     worker: usize,
+    accepted: u64,
+    started: Option<u64>,
     deadline: Option<u64>,
 }
 
@@ -101,14 +108,36 @@ impl Reference {
         w.queue.len() + usize::from(w.running.is_some())
     }
 
+    /// Starts the worker's next queued request; one whose budget is spent,
+    /// or has less left than the worker's last successful run, is answered
+    /// `Timeout` instead.
     fn pump(&mut self, worker: usize, step: &mut Step) {
-        let w = &mut self.workers[worker];
-        if w.running.is_none() {
-            if let Some(id) = w.queue.pop_front() {
-                w.running = Some(id);
-                step.starts.push((id, worker as u32));
-            }
+        if self.workers[worker].running.is_some() {
+            return;
         }
+        while let Some(id) = self.workers[worker].queue.pop_front() {
+            let now = self.now_ms;
+            let last_run = self.workers[worker].last_run;
+            let deadline = self.requests.get(&id).and_then(|r| r.deadline);
+            let too_late = deadline.is_some_and(|deadline| {
+                deadline <= now || last_run.is_some_and(|run| deadline - now < run)
+            });
+            if too_late {
+                self.requests.remove(&id);
+                step.answers.push((id, AnswerKind::Timeout));
+                continue;
+            }
+            self.start(worker, id, step);
+            return;
+        }
+    }
+
+    fn start(&mut self, worker: usize, id: u64, step: &mut Step) {
+        self.workers[worker].running = Some(id);
+        if let Some(request) = self.requests.get_mut(&id) {
+            request.started = Some(self.now_ms);
+        }
+        step.starts.push((id, worker as u32));
     }
 
     fn submit(&mut self, id: u64, timeout_ms: Option<u64>, step: &mut Step) {
@@ -133,38 +162,45 @@ impl Reference {
             return;
         };
         self.cursor = worker + 1;
-        self.workers[worker].queue.push_back(id);
         self.requests.insert(
             id,
             RefRequest {
                 worker,
+                accepted: self.now_ms,
+                started: None,
                 deadline: timeout_ms.map(|ms| self.now_ms + ms),
             },
         );
         step.submit = Some(Ok(worker as u32));
-        self.pump(worker, step);
+        // A free worker starts it whatever its budget; a busy one queues it.
+        if self.workers[worker].running.is_none() {
+            self.start(worker, id, step);
+        } else {
+            self.workers[worker].queue.push_back(id);
+        }
     }
 
-    /// Takes a request off its worker; returns (worker, was running).
-    fn take(&mut self, id: u64) -> Option<(usize, bool)> {
+    /// Takes a request off its worker; returns its worker and the request.
+    fn take(&mut self, id: u64) -> Option<(usize, RefRequest)> {
         let request = self.requests.remove(&id)?;
         let w = &mut self.workers[request.worker];
         if w.running == Some(id) {
             w.running = None;
-            Some((request.worker, true))
         } else {
             w.queue.retain(|queued| *queued != id);
-            Some((request.worker, false))
         }
+        Some((request.worker, request))
     }
 
     fn complete(&mut self, id: u64, ok: bool, step: &mut Step) {
-        let Some((worker, _)) = self.take(id) else {
+        let Some((worker, request)) = self.take(id) else {
             return;
         };
+        let now = self.now_ms;
         let w = &mut self.workers[worker];
         if ok {
             w.failures = 0;
+            w.last_run = request.started.map(|started| now - started);
             step.answers.push((id, AnswerKind::Ok));
         } else {
             w.failures += 1;
@@ -190,6 +226,7 @@ impl Reference {
                 .push((id, AnswerKind::Cancelled { retryable: true }));
         }
         self.workers[worker].failures = 0;
+        self.workers[worker].last_run = None;
         self.pump(worker, step);
     }
 
@@ -203,9 +240,13 @@ impl Reference {
                 .min();
             let Some((deadline, id)) = due else { break };
             self.now_ms = deadline;
-            if let Some((worker, running)) = self.take(id) {
-                if running {
-                    self.workers[worker].failures += 1;
+            if let Some((worker, request)) = self.take(id) {
+                // A timeout counts only if the worker had at least half of
+                // the budget; one that expires queued counts against nobody.
+                if let Some(started) = request.started {
+                    if 2 * (deadline - started) >= deadline - request.accepted {
+                        self.workers[worker].failures += 1;
+                    }
                 }
                 step.answers.push((id, AnswerKind::Timeout));
                 self.pump(worker, step);

@@ -4,19 +4,23 @@
 //! sim --seeds N [--from S] [--requests R] [--jobs J] [--expect-failure]
 //! sim --seed S [--requests R] [--trace]
 //! sim --soak            (1 000 000 seeds, for long runs)
+//! sim --scenario NAME [--trace]   (a named scenario, e.g. overload-of-healthy-workers)
 //! ```
 //! The last line is always
 //! `seeds=N failures=F sim_requests=… sim_seconds=… wall_seconds=… requests_per_wall_second=…`;
 //! the exit code is non-zero when F > 0 (inverted by `--expect-failure`,
 //! used to prove that a planted bug is caught). Every 64th seed is run twice
 //! and its two trace hashes must match (the determinism self-check).
+//! A named scenario prints its figures on one line instead
+//! (`scenario=… ok=… timeouts=… refused_…=… ejections=…`), runs twice to
+//! check its trace hash, and fails on any broken rule.
 
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::Instant;
 
-use foreman_tests::sim::{run_seed, SimOutcome, DEFAULT_REQUESTS};
+use foreman_tests::sim::{run_closed_loop, run_seed, ClosedLoop, SimOutcome, DEFAULT_REQUESTS};
 
 /// Failure reports printed in full; later failures get one line each.
 const FULL_REPORTS: usize = 3;
@@ -32,6 +36,7 @@ struct Args {
     trace: bool,
     single: bool,
     expect_failure: bool,
+    scenario: Option<ClosedLoop>,
 }
 
 fn parse() -> Result<Args, String> {
@@ -43,6 +48,7 @@ fn parse() -> Result<Args, String> {
         trace: false,
         single: false,
         expect_failure: false,
+        scenario: None,
     };
     let mut it = std::env::args().skip(1);
     let number = |value: Option<String>, flag: &str| -> Result<u64, String> {
@@ -66,10 +72,18 @@ fn parse() -> Result<Args, String> {
             "--soak" => args.seeds = 1_000_000,
             "--trace" => args.trace = true,
             "--expect-failure" => args.expect_failure = true,
+            "--scenario" => {
+                let name = it.next().ok_or("--scenario needs a name")?;
+                let scenario = ClosedLoop::named(&name).ok_or_else(|| {
+                    let known: Vec<&str> = ClosedLoop::ALL.iter().map(|s| s.name).collect();
+                    format!("unknown scenario {name:?} (known: {})", known.join(", "))
+                })?;
+                args.scenario = Some(scenario);
+            }
             "--help" | "-h" => {
                 return Err(
                     "usage: sim --seeds N [--from S] [--requests R] [--jobs J] [--expect-failure] \
-                            | --seed S [--requests R] [--trace] | --soak"
+                            | --seed S [--requests R] [--trace] | --soak | --scenario NAME [--trace]"
                         .into(),
                 )
             }
@@ -87,6 +101,9 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if let Some(scenario) = &args.scenario {
+        return run_named(scenario, args.trace, args.expect_failure);
+    }
     let started = Instant::now();
     let next = AtomicU64::new(0);
     let results: Mutex<Vec<SimOutcome>> = Mutex::new(Vec::new());
@@ -181,6 +198,33 @@ fn main() -> ExitCode {
     );
     let failed = failures > 0;
     if failed != args.expect_failure {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    }
+}
+
+/// Runs a named scenario twice (the second time to check determinism) and
+/// prints its figures, its full trace when asked, and any failure.
+fn run_named(scenario: &ClosedLoop, trace: bool, expect_failure: bool) -> ExitCode {
+    let mut outcome = run_closed_loop(scenario, trace);
+    let again = run_closed_loop(scenario, false);
+    if outcome.failure.is_none() && again.trace_hash != outcome.trace_hash {
+        outcome.failure = Some(format!(
+            "determinism: trace hash {:016x} then {:016x}",
+            outcome.trace_hash, again.trace_hash
+        ));
+    }
+    if let Some(full) = &outcome.full {
+        for event in full {
+            println!("    {event:?}");
+        }
+    }
+    if let Some(failure) = &outcome.failure {
+        println!("scenario {} FAILED: {failure}", outcome.name);
+    }
+    println!("{}", outcome.figures());
+    if outcome.failure.is_some() != expect_failure {
         ExitCode::FAILURE
     } else {
         ExitCode::SUCCESS
