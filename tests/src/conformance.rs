@@ -40,10 +40,10 @@ use std::task::Poll;
 use std::time::Duration;
 
 use foreman_driver::{
-    async_trait, CircuitBreakerHooks, PoolConfig, Runtime, WorkerErrorCode, WorkerHandler,
-    WorkerHealth, WorkerHealthStatus, WorkerOperation, WorkerPool, WorkerPoolError,
-    WorkerPoolOptions, WorkerProtocolError, WorkerRequest, WorkerResponse, WorkerResult,
-    WorkerSecurityPolicy,
+    async_trait, CircuitBreakerHooks, DriverOptions, ExecutionMode, PoolConfig, Runtime,
+    WorkerErrorCode, WorkerHandler, WorkerHealth, WorkerHealthStatus, WorkerOperation, WorkerPool,
+    WorkerPoolError, WorkerPoolOptions, WorkerProtocolError, WorkerRequest, WorkerResponse,
+    WorkerResult, WorkerSecurityPolicy,
 };
 use futures::future::{self, Either};
 use futures::FutureExt;
@@ -365,6 +365,19 @@ fn pool_of<R: Runtime + Default + Clone>(
     options: WorkerPoolOptions,
 ) -> WorkerPool<R> {
     match WorkerPool::new_inprocess(handlers_of(workers), options, None) {
+        Ok(pool) => pool,
+        Err(error) => panic!("valid pool options refused: {error}"),
+    }
+}
+
+fn pool_with<R: Runtime + Default + Clone>(
+    workers: &[Arc<TestWorker<R>>],
+    options: WorkerPoolOptions,
+    driver: DriverOptions,
+) -> WorkerPool<R> {
+    let config = PoolConfig::new(options);
+    match WorkerPool::with_driver_options(R::default(), handlers_of(workers), config, None, driver)
+    {
         Ok(pool) => pool,
         Err(error) => panic!("valid pool options refused: {error}"),
     }
@@ -733,7 +746,8 @@ pub async fn d04_timeout_frees_worker_and_counts_once<R: Runtime + Default + Clo
         matches!(result, Err(WorkerPoolError::Timeout)),
         "{result:?}"
     );
-    assert_eq!(worker.dropped(), 1, "the handler future was dropped");
+    // The worker's task drops the handler future.
+    wait_until(&rt, "the handler future dropped", || worker.dropped() == 1).await;
     let health = pool.health_snapshot().await;
     assert_eq!(health[0].status, WorkerHealthStatus::Degraded);
     assert_eq!(health[0].consecutive_failures, 1);
@@ -751,9 +765,11 @@ pub async fn d05_dropping_submit_cancels<R: Runtime + Default + Clone>(rt: R) {
         let mut running = Box::pin(pool.submit(request("run", "hang")));
         assert!(pending_after_one_poll(&mut running).await);
         assert_eq!(pool.stats().running, 1);
+        wait_until(&rt, "the handler started", || worker.calls() == 1).await;
     }
-    assert_eq!(worker.dropped(), 1);
+    // The request is cancelled at once; its worker's task drops the future.
     assert_eq!(pool.stats().running, 0);
+    wait_until(&rt, "the handler future dropped", || worker.dropped() == 1).await;
     assert_eq!(pool.stats().counters.cancelled_running, 1);
     let mut first = Box::pin(pool.submit(request("first", "gate")));
     assert!(pending_after_one_poll(&mut first).await);
@@ -815,8 +831,8 @@ pub async fn d06_restart_keeps_queue<R: Runtime + Default + Clone>(rt: R) {
     let running = pool.submit(request("running", "hang"));
     let queued = pool.submit(request("queued", "echo"));
     let restart = async {
-        wait_until(&rt, "both requests accepted", || {
-            pool.stats().counters.accepted == 2
+        wait_until(&rt, "both requests accepted, the first one running", || {
+            pool.stats().counters.accepted == 2 && worker.calls() == 1
         })
         .await;
         pool.restart_worker("worker-0").await
@@ -833,7 +849,10 @@ pub async fn d06_restart_keeps_queue<R: Runtime + Default + Clone>(rt: R) {
     }
     let queued = queued.unwrap_or_else(|e| panic!("queued request runs after restart: {e}"));
     assert_eq!(queued.worker_id, "worker-0");
-    assert_eq!(worker.dropped(), 1);
+    wait_until(&rt, "the restarted handler dropped", || {
+        worker.dropped() == 1
+    })
+    .await;
     assert!(matches!(
         pool.restart_worker("nope").await,
         Err(WorkerPoolError::NoHealthyWorker)
@@ -1254,7 +1273,11 @@ async fn answered_once<R: Runtime + Default + Clone>(rt: R, lanes: usize) {
 /// again at once. Each request's handler runs exactly once.
 pub async fn queued_requests_run_by_the_finishing_task<R: Runtime + Default + Clone>(rt: R) {
     let worker = TestWorker::new(&rt);
-    let pool = pool_of(&[Arc::clone(&worker)], options());
+    let pool = pool_with(
+        &[Arc::clone(&worker)],
+        options(),
+        DriverOptions::default().execution(ExecutionMode::CallerTask),
+    );
     let pool = &pool;
     let accepted = |n: u64| move || pool.stats().counters.accepted == n;
 

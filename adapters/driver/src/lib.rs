@@ -33,16 +33,20 @@
 #![forbid(unsafe_code)]
 
 mod handler;
+mod live;
 mod pool;
 mod runtime;
 mod state;
+mod sync;
+mod worker;
 
 #[cfg(feature = "demo")]
 pub mod demo;
 
 pub use handler::{CircuitBreakerHooks, WorkerHandler, WorkerPoolClient};
-pub use pool::{BuildError, HealthTransition, Timed, Timings, WorkerPool};
+pub use pool::{BuildError, DriverOptions, HealthTransition, Timed, Timings, WorkerPool};
 pub use runtime::{AsyncTimer, Runtime};
+pub use worker::ExecutionMode;
 
 /// The attribute macro handlers and hooks are written with.
 pub use async_trait::async_trait;

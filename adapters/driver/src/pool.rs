@@ -16,7 +16,6 @@ use foreman_core::{
     WorkerErrorCode, WorkerHealth, WorkerHealthStatus, WorkerPoolError, WorkerPoolOptions,
     WorkerProtocolError, WorkerRequest, WorkerResponse, WorkerResult,
 };
-use futures_channel::oneshot;
 use futures_util::future::{poll_fn, Abortable};
 use futures_util::FutureExt;
 use parking_lot::Mutex;
@@ -24,11 +23,13 @@ use serde_json::Value;
 use thiserror::Error;
 
 use crate::handler::{CircuitBreakerHooks, WorkerHandler, WorkerPoolClient};
+use crate::live::{Live, LiveGuard};
 use crate::runtime::{yield_once, Runtime};
 use crate::state::{
     worker_id, Claimed, Core, Delivered, FastMap, HookEvent, LaneSignals, Own, OwnedHandlerFuture,
     ProbeJob, Run, Slot, Started, WorkerCell, WorkerEntry,
 };
+use crate::worker::{worker_task, Completer, ExecutionMode, Job};
 
 /// An in-process worker pool driven by `foreman-core`, generic over the
 /// async [`Runtime`] (adapters name it: `foreman_tokio::WorkerPool`).
@@ -107,6 +108,44 @@ impl Timed {
     }
 }
 
+/// The driver's own options (foreman additions, beside the core's
+/// [`PoolConfig`]): where handlers run and how many lanes the workers are
+/// spread over. Build with `DriverOptions::default()` and the setters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct DriverOptions {
+    /// Where handler futures run (default: [`ExecutionMode::PoolTasks`]).
+    pub execution: ExecutionMode,
+    /// How many lanes (cores with their own lock) the workers are spread
+    /// over (default: one; see [`WorkerPool::with_lanes`]).
+    pub lanes: NonZeroUsize,
+}
+
+impl Default for DriverOptions {
+    fn default() -> Self {
+        DriverOptions {
+            execution: ExecutionMode::default(),
+            lanes: NonZeroUsize::MIN,
+        }
+    }
+}
+
+impl DriverOptions {
+    /// Sets where handler futures run.
+    #[must_use]
+    pub fn execution(mut self, execution: ExecutionMode) -> Self {
+        self.execution = execution;
+        self
+    }
+
+    /// Sets how many lanes the workers are spread over.
+    #[must_use]
+    pub fn lanes(mut self, lanes: NonZeroUsize) -> Self {
+        self.lanes = lanes;
+        self
+    }
+}
+
 /// One health status change of a worker, as the core reported it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HealthTransition {
@@ -160,15 +199,12 @@ impl<R: Runtime> WorkerPool<R> {
         config: PoolConfig,
         hooks: Option<Arc<dyn CircuitBreakerHooks>>,
     ) -> Result<Self, BuildError> {
-        let cpus = std::thread::available_parallelism().map_or(1, NonZeroUsize::get);
-        let lanes = lanes::lane_count(&config, handlers.len(), cpus);
-        Self::with_lanes(runtime, handlers, config, hooks, lanes)
+        Self::with_driver_options(runtime, handlers, config, hooks, DriverOptions::default())
     }
 
     /// Creates a pool whose workers are spread over `lanes` cores (see the
     /// crate docs: each lane is a `foreman_core::Pool` with its own lock;
-    /// [`with_config`](Self::with_config) picks one lane per CPU for pools
-    /// of at least 16 workers under idle-first routing, one lane otherwise).
+    /// [`with_config`](Self::with_config) uses one lane).
     /// Worker `worker-i` is in lane `i % lanes`.
     ///
     /// # Errors
@@ -177,10 +213,29 @@ impl<R: Runtime> WorkerPool<R> {
     pub fn with_lanes(
         runtime: R,
         handlers: Vec<Arc<dyn WorkerHandler>>,
-        mut config: PoolConfig,
+        config: PoolConfig,
         hooks: Option<Arc<dyn CircuitBreakerHooks>>,
         lanes: NonZeroUsize,
     ) -> Result<Self, BuildError> {
+        let options = DriverOptions::default().lanes(lanes);
+        Self::with_driver_options(runtime, handlers, config, hooks, options)
+    }
+
+    /// Creates a pool with the core's configuration and the driver's own
+    /// [`DriverOptions`] (where handlers run, how many lanes).
+    ///
+    /// # Errors
+    /// [`BuildError`] when there is no handler, the configuration is
+    /// invalid, or the runtime cannot spawn tasks here.
+    pub fn with_driver_options(
+        runtime: R,
+        handlers: Vec<Arc<dyn WorkerHandler>>,
+        mut config: PoolConfig,
+        hooks: Option<Arc<dyn CircuitBreakerHooks>>,
+        options: DriverOptions,
+    ) -> Result<Self, BuildError> {
+        let lanes = options.lanes;
+        let pool_tasks = options.execution == ExecutionMode::PoolTasks;
         if handlers.is_empty() {
             return Err(BuildError::NoWorkers);
         }
@@ -199,11 +254,10 @@ impl<R: Runtime> WorkerPool<R> {
             cores.push(Core {
                 pool: Pool::new(config.clone(), Time::ZERO)?,
                 workers: FastMap::default(),
-                live: 0,
+                live: Arc::new(Live::default()),
                 armed: Time::MAX,
                 health_log: Default::default(),
-                stop_waiters: Vec::new(),
-                stopped: false,
+                pool_tasks,
                 publish_load: lanes.get() > 1,
             });
         }
@@ -215,7 +269,8 @@ impl<R: Runtime> WorkerPool<R> {
             };
             let id = names.add(lane);
             let key = core.pool.add_named_worker(Time::ZERO, id.as_str())?;
-            core.workers.insert(key, WorkerEntry::new(&id, handler));
+            core.workers
+                .insert(key, WorkerEntry::new(&id, key, handler));
         }
         let shared = Arc::new(Shared {
             config,
@@ -234,9 +289,19 @@ impl<R: Runtime> WorkerPool<R> {
             runtime,
             epoch,
             hooks,
+            pool_tasks,
         });
         for lane in 0..shared.lanes.len() {
             spawn_timer(&shared, lane);
+            if pool_tasks {
+                let cells: Vec<_> = {
+                    let core = shared.lane(lane).core.lock();
+                    core.workers.values().map(|e| Arc::clone(&e.cell)).collect()
+                };
+                for cell in cells {
+                    shared.spawn_worker(lane, cell);
+                }
+            }
             shared.input(lane, |_, _| ());
         }
         Ok(WorkerPool { shared })
@@ -292,9 +357,11 @@ impl<R: Runtime> WorkerPool<R> {
         let hooks = shared.hooks.as_deref();
         // Everything up to the first await is one synchronous step, so
         // none of its locals lives in this future. A request started at
-        // once (with no hooks to wait for) gets its handler future here:
-        // the request never goes back to its slot, nor into this future.
+        // once (with no hooks to wait for) gets its handler future here
+        // (caller-task mode) or is already on its worker's task: the
+        // request never goes back to its slot, nor into this future.
         let fast_worker: Arc<WorkerCell>;
+        let mut live: Option<LiveGuard> = None;
         let (
             Entered {
                 lane,
@@ -309,8 +376,15 @@ impl<R: Runtime> WorkerPool<R> {
                 Err(error) => return Timed::refused(error),
             };
             let future: Option<HandlerFuture<'_>> = match start {
-                Some((Started { worker }, request)) => {
+                Some((
+                    Started {
+                        worker,
+                        live: guard,
+                    },
+                    request,
+                )) => {
                     fast_worker = worker;
+                    live = Some(guard);
                     Some(fast_worker.handler.handle(request))
                 }
                 None => None,
@@ -334,29 +408,44 @@ impl<R: Runtime> WorkerPool<R> {
             lane,
             key,
             slot,
-            runs_here: false,
             done: false,
         };
+        if shared.pool_tasks {
+            if let Some(firing) = firing {
+                let request = firing.await;
+                slot.lock().parked = Some(request);
+            }
+            let answer = wait_for_answer(slot, key, waited).await;
+            guard.done = true;
+            return match finish(hooks, answer, request_id) {
+                Finish::Ready(outcome) => outcome,
+                Finish::Notify(notifying) => notifying.await,
+            };
+        }
         let worker: Arc<WorkerCell>;
         let future: HandlerFuture<'_> = match started_at_once {
-            Some(future) => {
-                guard.runs_here = true;
-                future
-            }
+            Some(future) => future,
             None => {
                 if let Some(firing) = firing {
                     let request = firing.await;
                     slot.lock().parked = Some(request);
                 }
                 match wait_for_start(slot, waited).await {
-                    Wake::Started(Started { worker: granted }) => {
+                    Wake::Started(Started {
+                        worker: granted,
+                        live: guard,
+                    }) => {
+                        live = Some(guard);
                         let Some(request) = slot.lock().parked.take() else {
                             return Timed::refused(lost_answer());
                         };
                         worker = granted;
                         worker.handler.handle(request)
                     }
-                    Wake::Handed(future) => future,
+                    Wake::Handed(future, guard) => {
+                        live = Some(guard);
+                        future
+                    }
                     Wake::Answered(answer) => {
                         guard.answered_without_run();
                         return match finish(hooks, answer, request_id) {
@@ -367,7 +456,10 @@ impl<R: Runtime> WorkerPool<R> {
                 }
             }
         };
-        let answer = match run_handler(future, slot, waited).await {
+        let ran = run_handler(future, slot, waited).await;
+        // The handler future is dropped: it no longer counts as live.
+        drop(live);
+        let answer = match ran {
             Some(result) => {
                 let mut own = Own::default();
                 shared.complete(lane, key, result, Some(key), CLAIM_BUDGET, &mut own);
@@ -377,7 +469,6 @@ impl<R: Runtime> WorkerPool<R> {
                 answer.or_else(|| slot.lock().answer.take())
             }
             None => {
-                lane.core.lock().ended();
                 guard.done = true;
                 let answer = slot.lock().answer.take();
                 answer
@@ -459,14 +550,20 @@ impl<R: Runtime> WorkerPool<R> {
             .min_by_key(|&lane| shared.lane(lane).core.lock().workers.len())
             .unwrap_or(0);
         let id = names.peek();
-        shared.input(lane, |core, now| {
+        let cell = shared.input(lane, |core, now| {
             let key = core
                 .pool
                 .add_named_worker(now, id.as_str())
                 .map_err(command_error)?;
-            core.workers.insert(key, WorkerEntry::new(&id, handler));
-            Ok::<(), WorkerPoolError>(())
+            let entry = WorkerEntry::new(&id, key, handler);
+            let cell = Arc::clone(&entry.cell);
+            core.workers.insert(key, entry);
+            Ok::<_, WorkerPoolError>(cell)
         })?;
+        // Requests the core started on it already wait in its inbox.
+        if shared.pool_tasks {
+            shared.spawn_worker(lane, cell);
+        }
         Ok(names.add(lane))
     }
 
@@ -506,20 +603,13 @@ impl<R: Runtime> WorkerPool<R> {
     async fn shutdown_inner(&self, drain: Duration) {
         let mut waiters = Vec::new();
         for lane in 0..self.shared.lanes.len() {
-            let waiter = self.shared.input(lane, |core, now| {
+            waiters.push(self.shared.input(lane, |core, now| {
                 core.pool.begin_shutdown(now, Some(drain));
-                if core.stopped && core.live == 0 {
-                    None
-                } else {
-                    let (sender, receiver) = oneshot::channel();
-                    core.stop_waiters.push(sender);
-                    Some(receiver)
-                }
-            });
-            waiters.extend(waiter);
+                Arc::clone(&core.live)
+            }));
         }
-        for waiter in waiters {
-            let _ = waiter.await;
+        for live in waiters {
+            poll_fn(|cx| live.poll_idle(cx.waker())).await;
         }
     }
 
@@ -562,12 +652,16 @@ impl<R: Runtime> Drop for WorkerPool<R> {
     fn drop(&mut self) {
         for lane in self.shared.lanes.iter() {
             let mut core = lane.core.lock();
+            let mut wake = Vec::new();
             for entry in core.workers.values_mut() {
                 if let Some((_, handle)) = entry.probe.take() {
                     handle.abort();
                 }
+                entry.cell.inbox.close(&mut wake);
             }
             lane.signals.close();
+            drop(core);
+            wake.into_iter().for_each(std::task::Waker::wake);
         }
     }
 }
@@ -587,6 +681,8 @@ pub(crate) struct Shared<R> {
     runtime: R,
     epoch: Instant,
     hooks: Option<Arc<dyn CircuitBreakerHooks>>,
+    /// Handlers run on worker tasks ([`ExecutionMode::PoolTasks`]).
+    pool_tasks: bool,
 }
 
 /// One core with its own lock, owning some of the pool's workers.
@@ -704,10 +800,15 @@ impl<R: Runtime> Shared<R> {
         let mut tries = self.lane_order();
         let mut started = None;
         let mut answered = None;
+        // The request, until a worker task takes it (pool-task mode).
+        let mut held = Some(request);
         let (lane, submitted) = loop {
             let (index, last) = tries.next_try();
             let lane = self.lane(index);
-            let allow = |id: &str| hooks.is_none_or(|hooks| hooks.allow_request(id, &request));
+            let Some(request) = held.as_ref() else {
+                return Err(lost_answer());
+            };
+            let allow = |id: &str| hooks.is_none_or(|hooks| hooks.allow_request(id, request));
             let mut probes = Vec::new();
             let mut core = lane.core.lock();
             let submitted = if last {
@@ -727,6 +828,16 @@ impl<R: Runtime> Shared<R> {
                 &lane.signals,
                 0,
             );
+            // Under the lock, so an abort of the request finds it on its
+            // worker's task.
+            if let (true, None, Some(key)) = (self.pool_tasks, hooks, key) {
+                if let Some(start) = own.started.take() {
+                    match held.take() {
+                        Some(request) => start.dispatch(key, request, &mut own.wake),
+                        None => own.started = Some(start),
+                    }
+                }
+            }
             drop(core);
             own.wake_all();
             started = own.started.take().or(started);
@@ -741,6 +852,18 @@ impl<R: Runtime> Shared<R> {
         if let Some(answer) = answered {
             slot.lock().answer = Some(answer);
         }
+        let Some(request) = held else {
+            // On its worker's task already.
+            return Ok((
+                Entered {
+                    lane,
+                    submitted,
+                    firing: None,
+                    request_id,
+                },
+                None,
+            ));
+        };
         let (firing, start) = match (hooks, hook_events) {
             (Some(hooks), Some(events)) => {
                 if let Some(started) = started {
@@ -863,7 +986,6 @@ impl<R: Runtime> Shared<R> {
         let now = self.now();
         {
             let mut core = lane.core.lock();
-            core.live = core.live.saturating_sub(1);
             core.pool.handle_completion(now, key, result);
             core.after_input(own, out, None, &mut probes, &lane.signals, claim);
         }
@@ -889,6 +1011,7 @@ impl<R: Runtime> Shared<R> {
                 worker,
                 request,
                 waker,
+                live,
             } = job;
             let mut future: OwnedHandlerFuture =
                 Box::pin(async move { worker.handler.handle(request).await });
@@ -902,15 +1025,16 @@ impl<R: Runtime> Shared<R> {
                         let mut inner = slot.lock();
                         if inner.abandoned || inner.answer.is_some() {
                             inner.run = Run::Ended;
-                            (Some(future), None)
+                            (Some((future, live)), None)
                         } else {
-                            inner.run = Run::Handed(future);
+                            inner.run = Run::Handed(future, live);
                             (None, inner.take_waker())
                         }
                     };
-                    if let Some(dropped) = keep {
+                    // Dropped with no lock held: the future before its guard.
+                    if let Some((dropped, live)) = keep {
                         drop(dropped);
-                        lane.core.lock().ended();
+                        drop(live);
                     }
                     if let Some(waker) = wake {
                         waker.wake();
@@ -921,11 +1045,18 @@ impl<R: Runtime> Shared<R> {
                 Err(panic) => Err(panic_error(&*panic)),
             };
             drop(future);
+            drop(live);
             slot.lock().run = Run::Ended;
             // Claims nothing: with no claim budget, every request this
             // completion starts is granted to its own caller.
             self.complete(lane, key, result, None, 0, &mut Own::default());
         }
+    }
+
+    /// Spawns the task of a worker ([`ExecutionMode::PoolTasks`]).
+    fn spawn_worker(self: &Arc<Self>, lane: usize, cell: Arc<WorkerCell>) {
+        let weak = Arc::downgrade(self);
+        self.runtime.spawn(Box::pin(worker_task(weak, lane, cell)));
     }
 
     /// Spawns the probes an input asked for (usually none: the check is
@@ -946,15 +1077,44 @@ impl<R: Runtime> Shared<R> {
     }
 }
 
+impl<R: Runtime> Completer for Shared<R> {
+    fn complete_on_worker(
+        self: &Arc<Self>,
+        lane: usize,
+        cell: &WorkerCell,
+        key: RequestKey,
+        result: Result<Value, WorkerProtocolError>,
+        next: &mut Vec<Job>,
+    ) {
+        let lane = self.lane(lane);
+        let mut own = Own {
+            here: Some(cell.key),
+            ..Own::default()
+        };
+        let mut probes = Vec::new();
+        let now = self.now();
+        {
+            let mut core = lane.core.lock();
+            core.pool.handle_completion(now, key, result);
+            core.after_input(None, &mut own, None, &mut probes, &lane.signals, 0);
+        }
+        own.wake_all();
+        next.append(&mut own.jobs);
+        self.spawn_probes(lane.index, probes);
+    }
+}
+
 async fn probe_task<R: Runtime>(weak: Weak<Shared<R>>, lane: usize, job: ProbeJob) {
     let ProbeJob {
         worker,
         probe,
         handler,
         registration,
+        live,
     } = job;
     let probing = AssertUnwindSafe(handler.probe_health()).catch_unwind();
     let outcome = Abortable::new(probing, registration).await;
+    drop(live);
     let status = match outcome {
         Ok(Ok(status)) => Some(status),
         Ok(Err(_panic)) => Some(WorkerHealthStatus::Unavailable),
@@ -964,7 +1124,6 @@ async fn probe_task<R: Runtime>(weak: Weak<Shared<R>>, lane: usize, job: ProbeJo
         return;
     };
     shared.input(lane, |core, now| {
-        core.live = core.live.saturating_sub(1);
         if let Some(entry) = core.workers.get_mut(&worker) {
             if entry.probe.as_ref().is_some_and(|(key, _)| *key == probe) {
                 entry.probe = None;
@@ -1020,8 +1179,6 @@ struct PendingGuard<'a, R: Runtime> {
     lane: &'a Lane,
     key: RequestKey,
     slot: &'a Arc<Slot>,
-    /// The caller runs the handler, started at once (the slot never saw it).
-    runs_here: bool,
     done: bool,
 }
 
@@ -1030,25 +1187,7 @@ impl<R: Runtime> PendingGuard<'_, R> {
     /// started but before this task ran it).
     fn answered_without_run(&mut self) {
         self.done = true;
-        let (ends, handed) = {
-            let mut inner = self.slot.lock();
-            let ends = inner.run.caller_ends();
-            match std::mem::replace(&mut inner.run, Run::Ended) {
-                Run::Handed(future) => (ends, Some(future)),
-                Run::Claimed => {
-                    // The claiming task ends it, and must not hand it back:
-                    // this caller has its answer and is gone.
-                    inner.run = Run::Claimed;
-                    inner.abandoned = true;
-                    (false, None)
-                }
-                _ => (ends, None),
-            }
-        };
-        drop(handed);
-        if ends {
-            self.lane.core.lock().ended();
-        }
+        drop(self.slot.lock().give_up());
     }
 }
 
@@ -1060,20 +1199,15 @@ impl<R: Runtime> Drop for PendingGuard<'_, R> {
         let shared = self.shared;
         let (slot, key) = (self.slot, self.key);
         let mut probes = Vec::new();
-        let mut handed = None;
+        let handed;
+        let parked;
         let mut own = Own::default();
         {
             let mut core = self.lane.core.lock();
             {
                 let mut inner = slot.lock();
-                inner.abandoned = true;
-                inner.parked = None;
-                if self.runs_here || inner.run.caller_ends() {
-                    core.live = core.live.saturating_sub(1);
-                    if let Run::Handed(future) = std::mem::replace(&mut inner.run, Run::Ended) {
-                        handed = Some(future);
-                    }
-                }
+                parked = inner.parked.take();
+                handed = inner.give_up();
             }
             let now = shared.now();
             core.pool.cancel(now, key);
@@ -1088,6 +1222,7 @@ impl<R: Runtime> Drop for PendingGuard<'_, R> {
         }
         let answer = own.answer.take();
         drop(handed);
+        drop(parked);
         own.wake_all();
         shared.spawn_probes(self.lane.index, probes);
         // The caller is gone, so its failure hook runs in a task of its own.
@@ -1189,8 +1324,42 @@ fn turn(cx: &Context<'_>, waited: bool) -> Turn {
 
 enum Wake {
     Started(Started),
-    Handed(OwnedHandlerFuture),
+    Handed(OwnedHandlerFuture, LiveGuard),
     Answered(Delivered),
+}
+
+/// Waits for the answer of a request whose handler runs on its worker's
+/// task ([`ExecutionMode::PoolTasks`]); `waited` is set if it had to. A
+/// request started while its caller ran its hooks is dispatched to its
+/// worker here, once the request is back in the slot.
+fn wait_for_answer<'a>(
+    slot: &'a Slot,
+    key: RequestKey,
+    waited: &'a mut bool,
+) -> impl Future<Output = Delivered> + 'a {
+    poll_fn(move |cx| {
+        let mut wake = Vec::new();
+        let polled = {
+            let mut inner = slot.lock();
+            if let Some(answer) = inner.answer.take() {
+                Poll::Ready(answer)
+            } else {
+                if matches!(inner.run, Run::Granted(_)) && inner.parked.is_some() {
+                    if let (Run::Granted(start), Some(request)) = (
+                        std::mem::replace(&mut inner.run, Run::Ended),
+                        inner.parked.take(),
+                    ) {
+                        start.dispatch(key, request, &mut wake);
+                    }
+                }
+                *waited = true;
+                inner.register(cx.waker());
+                Poll::Pending
+            }
+        };
+        wake.into_iter().for_each(std::task::Waker::wake);
+        polled
+    })
 }
 
 /// Waits until the request is started or answered (`waited` is set if it
@@ -1203,7 +1372,7 @@ fn wait_for_start<'a>(slot: &'a Slot, waited: &'a mut bool) -> impl Future<Outpu
         }
         match std::mem::replace(&mut inner.run, Run::Caller) {
             Run::Granted(started) => return Poll::Ready(Wake::Started(started)),
-            Run::Handed(future) => return Poll::Ready(Wake::Handed(future)),
+            Run::Handed(future, live) => return Poll::Ready(Wake::Handed(future, live)),
             other => inner.run = other,
         }
         *waited = true;
@@ -1335,7 +1504,7 @@ fn protocol_error(error: &WorkerPoolError) -> WorkerProtocolError {
     }
 }
 
-fn panic_error(panic: &(dyn std::any::Any + Send)) -> WorkerProtocolError {
+pub(crate) fn panic_error(panic: &(dyn std::any::Any + Send)) -> WorkerProtocolError {
     let detail = panic
         .downcast_ref::<&str>()
         .map(|text| (*text).to_string())

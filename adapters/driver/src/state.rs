@@ -15,14 +15,15 @@ use foreman_core::{
     Action, Event, Phase, Pool, ProbeKey, RequestKey, Time, WorkerErrorCode, WorkerKey,
     WorkerPoolError, WorkerProtocolError, WorkerRequest,
 };
-use futures_channel::oneshot;
 use futures_util::future::AbortHandle;
 use futures_util::task::AtomicWaker;
 use parking_lot::{Mutex, MutexGuard};
 use serde_json::Value;
 
 use crate::handler::WorkerHandler;
+use crate::live::{Live, LiveGuard};
 use crate::pool::HealthTransition;
+use crate::worker::{Inbox, Job};
 
 /// How many health transitions the pool remembers.
 pub(crate) const HEALTH_LOG_CAPACITY: usize = 4096;
@@ -31,13 +32,14 @@ pub(crate) const HEALTH_LOG_CAPACITY: usize = 4096;
 pub(crate) struct Core {
     pub(crate) pool: Pool<Arc<Slot>>,
     pub(crate) workers: FastMap<WorkerKey, WorkerEntry>,
-    /// Handler futures and probe tasks that have not ended yet.
-    pub(crate) live: usize,
+    /// Handler futures and probe tasks that have not ended yet, and the
+    /// `shutdown` callers waiting for them.
+    pub(crate) live: Arc<Live>,
     /// The deadline the timer task was last told about (`Time::MAX`: none).
     pub(crate) armed: Time,
     pub(crate) health_log: VecDeque<HealthTransition>,
-    pub(crate) stop_waiters: Vec<oneshot::Sender<()>>,
-    pub(crate) stopped: bool,
+    /// Handlers run on worker tasks ([`crate::ExecutionMode::PoolTasks`]).
+    pub(crate) pool_tasks: bool,
     /// Whether its lane's counts are published in [`LaneSignals`] (only
     /// a pool of several lanes reads them).
     pub(crate) publish_load: bool,
@@ -50,11 +52,13 @@ pub(crate) struct WorkerEntry {
 }
 
 impl WorkerEntry {
-    pub(crate) fn new(id: &str, handler: Arc<dyn WorkerHandler>) -> Self {
+    pub(crate) fn new(id: &str, key: WorkerKey, handler: Arc<dyn WorkerHandler>) -> Self {
         WorkerEntry {
             cell: Arc::new(WorkerCell {
                 id: Arc::from(id),
+                key,
                 handler,
+                inbox: Inbox::default(),
             }),
             probe: None,
         }
@@ -70,12 +74,27 @@ impl WorkerEntry {
 #[repr(align(128))]
 pub(crate) struct WorkerCell {
     pub(crate) id: Arc<str>,
+    /// Its key in its lane's core.
+    pub(crate) key: WorkerKey,
     pub(crate) handler: Arc<dyn WorkerHandler>,
+    /// Its task's mailbox (used by [`crate::ExecutionMode::PoolTasks`]).
+    pub(crate) inbox: Inbox,
 }
 
-/// A started request: which worker runs it.
+/// A started request: which worker runs it, and its place in the live
+/// count (whoever holds it ends the handler).
 pub(crate) struct Started {
     pub(crate) worker: Arc<WorkerCell>,
+    pub(crate) live: LiveGuard,
+}
+
+impl Started {
+    /// Hands the request to its worker's task
+    /// ([`crate::ExecutionMode::PoolTasks`]).
+    pub(crate) fn dispatch(self, key: RequestKey, request: WorkerRequest, wake: &mut Vec<Waker>) {
+        let Started { worker, live } = self;
+        worker.inbox.push(Job { key, request, live }, wake);
+    }
 }
 
 /// The final answer of a request, with its worker (if it still exists).
@@ -112,6 +131,11 @@ pub(crate) struct Own {
     /// Started requests of other callers that this task runs (see
     /// [`Claimed`]).
     pub(crate) claimed: Vec<Claimed>,
+    /// The worker whose task is carrying out this round: requests the core
+    /// starts on it go to [`jobs`](Self::jobs), not to its inbox.
+    pub(crate) here: Option<WorkerKey>,
+    /// Requests started on [`here`](Self::here).
+    pub(crate) jobs: Vec<Job>,
 }
 
 impl Own {
@@ -138,6 +162,7 @@ pub(crate) struct Claimed {
     pub(crate) request: WorkerRequest,
     /// The caller's waker, so a handler that has to wait registers it.
     pub(crate) waker: Option<Waker>,
+    pub(crate) live: LiveGuard,
 }
 
 /// A handler future that owns its handler, so it can move between tasks.
@@ -156,6 +181,7 @@ pub(crate) struct ProbeJob {
     pub(crate) probe: ProbeKey,
     pub(crate) handler: Arc<dyn WorkerHandler>,
     pub(crate) registration: futures_util::future::AbortRegistration,
+    pub(crate) live: LiveGuard,
 }
 
 /// Per-request wake-up: the core's payload. Written under the pool's lock,
@@ -177,8 +203,21 @@ pub(crate) struct SlotInner {
     waker: Option<Waker>,
 }
 
-/// Where a request's handler is, and so who ends it (decrements
-/// [`Core::live`]) when it finishes or is dropped.
+/// Where a request's handler is. Whoever holds the handler future holds
+/// its [`LiveGuard`] too, so it ends the handler by dropping both.
+///
+/// | state | handler future | guard held by | next |
+/// |---|---|---|---|
+/// | `Waiting` | none yet | nobody (not started) | `Granted`, `Claimed` or an answer |
+/// | `Granted` | not created | the slot | the caller takes it (`Caller`), or dispatches it to the worker task (`PoolTasks`) |
+/// | `Claimed` | polled by the task that freed the worker | that task | `Handed` or `Ended` |
+/// | `Handed` | in the slot | the slot | the caller takes it (`Caller`) |
+/// | `Caller` | in the caller's `submit` | the caller | answered |
+/// | `Ended` | dropped | nobody | — |
+///
+/// A cancelled caller replaces `Granted` and `Handed` by `Ended` (dropping
+/// what they hold); `Claimed` stays with its claiming task, which sees
+/// `abandoned` and drops the future instead of handing it back.
 #[derive(Default)]
 pub(crate) enum Run {
     /// Not started.
@@ -190,18 +229,11 @@ pub(crate) enum Run {
     Claimed,
     /// The claiming task polled it once and handed it back; the caller
     /// finishes (or drops) it.
-    Handed(OwnedHandlerFuture),
+    Handed(OwnedHandlerFuture, LiveGuard),
     /// The caller holds the handler future and ends it.
     Caller,
-    /// The claiming task ended it.
+    /// Ended, or never to run.
     Ended,
-}
-
-impl Run {
-    /// Whether the caller is responsible for ending the handler.
-    pub(crate) fn caller_ends(&self) -> bool {
-        matches!(self, Run::Granted(_) | Run::Handed(_) | Run::Caller)
-    }
 }
 
 /// A lane's signals, read without its lock: for its timer task, the next
@@ -301,6 +333,18 @@ impl SlotInner {
         self.waker.take()
     }
 
+    /// The caller gives up on the handler (it has its answer, or is
+    /// cancelled): a `Granted` or `Handed` run ends, returned to be dropped
+    /// once the locks are released; a `Claimed` one stays with its claiming
+    /// task, which sees `abandoned` and drops it instead of handing it back.
+    pub(crate) fn give_up(&mut self) -> Run {
+        self.abandoned = true;
+        match self.run {
+            Run::Claimed => Run::Ended,
+            _ => std::mem::replace(&mut self.run, Run::Ended),
+        }
+    }
+
     /// Remembers the waker of the task waiting on the slot.
     pub(crate) fn register(&mut self, waker: &Waker) {
         match &self.waker {
@@ -344,13 +388,39 @@ impl Core {
                     };
                     let started = Started {
                         worker: Arc::clone(&entry.cell),
+                        live: self.live.start(),
                     };
-                    self.live += 1;
                     if own == Some(request) {
                         mine.started = Some(started);
                         continue;
                     }
                     let mut inner = payload.lock();
+                    if self.pool_tasks {
+                        match inner.parked.take() {
+                            Some(parked) => {
+                                drop(inner);
+                                if mine.here == Some(worker) {
+                                    let Started { live, .. } = started;
+                                    mine.jobs.push(Job {
+                                        key: request,
+                                        request: parked,
+                                        live,
+                                    });
+                                } else {
+                                    started.dispatch(request, parked, &mut mine.wake);
+                                }
+                            }
+                            // Its caller holds the request while its hooks
+                            // run; it dispatches it once they are done.
+                            None => {
+                                inner.run = Run::Granted(started);
+                                if let Some(waker) = inner.waker.take() {
+                                    mine.wake.push(waker);
+                                }
+                            }
+                        }
+                        continue;
+                    }
                     match inner.parked.take() {
                         Some(parked) if claim > 0 => {
                             claim -= 1;
@@ -363,6 +433,7 @@ impl Core {
                                 worker: started.worker,
                                 request: parked,
                                 waker,
+                                live: started.live,
                             });
                         }
                         parked => {
@@ -375,8 +446,15 @@ impl Core {
                     }
                 }
                 // The answer of an aborted request follows in the same batch
-                // and reaches its slot, which stops the handler.
-                Action::Abort { .. } => {}
+                // and reaches its slot, which stops a handler its caller's
+                // task runs; a worker task is told through its inbox.
+                Action::Abort { request, worker } => {
+                    if self.pool_tasks {
+                        if let Some(entry) = self.workers.get(&worker) {
+                            entry.cell.inbox.abort(request, &mut mine.wake);
+                        }
+                    }
+                }
                 Action::Answer(answer) => {
                     let slot = answer.payload;
                     let worker = self
@@ -404,12 +482,12 @@ impl Core {
                         if let Some((_, old)) = entry.probe.replace((probe, handle)) {
                             old.abort();
                         }
-                        self.live += 1;
                         probes.push(ProbeJob {
                             worker,
                             probe,
                             handler: Arc::clone(&entry.cell.handler),
                             registration,
+                            live: self.live.start(),
                         });
                     }
                 }
@@ -433,12 +511,12 @@ impl Core {
                         if let Some((_, handle)) = entry.probe {
                             handle.abort();
                         }
+                        entry.cell.inbox.close(&mut mine.wake);
                     }
                 }
             }
         }
         self.rearm(signals);
-        self.settle();
         if self.publish_load {
             signals
                 .idle
@@ -486,7 +564,7 @@ impl Core {
                 }
                 Event::Requeued { .. } => {}
                 Event::ShutdownComplete { .. } => {
-                    self.stopped = true;
+                    self.live.mark_stopped();
                     signals.close();
                 }
             }
@@ -506,21 +584,6 @@ impl Core {
             signals.target.store(at.as_nanos(), Ordering::Release);
             signals.waker.wake();
         }
-    }
-
-    /// Releases `shutdown` callers once the pool stopped and nothing runs.
-    pub(crate) fn settle(&mut self) {
-        if self.stopped && self.live == 0 {
-            for waiter in self.stop_waiters.drain(..) {
-                let _ = waiter.send(());
-            }
-        }
-    }
-
-    /// One handler future or probe task ended.
-    pub(crate) fn ended(&mut self) {
-        self.live = self.live.saturating_sub(1);
-        self.settle();
     }
 }
 

@@ -1,0 +1,29 @@
+//! The synchronisation primitives of the modules that `loom` checks
+//! ([`crate::live`]): loom's under `cfg(loom)`, std's otherwise.
+
+#[cfg(loom)]
+pub(crate) use loom::sync::atomic::{AtomicUsize, Ordering};
+#[cfg(loom)]
+pub(crate) use loom::sync::{Arc, Mutex};
+
+#[cfg(not(loom))]
+pub(crate) use std::sync::atomic::{AtomicUsize, Ordering};
+#[cfg(not(loom))]
+pub(crate) use std::sync::{Arc, Mutex};
+
+/// Locks `mutex`, ignoring poisoning (nothing that holds these locks
+/// panics; the data stays consistent either way).
+pub(crate) fn lock<T>(mutex: &Mutex<T>) -> impl std::ops::DerefMut<Target = T> + '_ {
+    #[cfg(loom)]
+    {
+        mutex
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+    #[cfg(not(loom))]
+    {
+        mutex
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
