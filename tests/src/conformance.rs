@@ -89,6 +89,9 @@ macro_rules! conformance_suite {
             every_request_answered_once_in_two_lanes,
             queued_requests_run_by_the_finishing_task,
             lanes_behave_as_one_pool,
+            a_caller_that_stalls_after_one_poll_does_not_hold_its_worker,
+            a_slow_first_poll_does_not_delay_another_callers_answer,
+            slow_and_fast_workers_share_the_queue_as_in_one_lane,
         );
     };
     (@each $target:ty; $($name:ident),* $(,)?) => {$(
@@ -263,6 +266,10 @@ impl<R: Runtime + Clone> WorkerHandler for TestWorker<R> {
         } else if node == "gate" {
             let _ = self.gate.1.recv().await;
             Ok(json!({"gate": "passed"}))
+        } else if let Some(ms) = node.strip_prefix("block:") {
+            // CPU-bound: holds its thread without yielding.
+            std::thread::sleep(Duration::from_millis(ms.parse().unwrap_or(0)));
+            Ok(json!({"blocked": ms}))
         } else if let Some(ms) = node.strip_prefix("sleep:") {
             let ms: u64 = ms.parse().unwrap_or(0);
             sleep(&self.rt, Duration::from_millis(ms)).await;
@@ -1473,4 +1480,143 @@ pub async fn lanes_behave_as_one_pool<R: Runtime + Default + Clone>(rt: R) {
         pool.submit(request("late", "echo")).await,
         Err(WorkerPoolError::ShuttingDown)
     ));
+}
+
+/// A caller that polls `submit` once and then does other work (here: is
+/// not polled at all) does not hold its worker: its handler runs on the
+/// pool's runtime, and another caller's request queued behind it is
+/// answered while the first caller still stalls.
+pub async fn a_caller_that_stalls_after_one_poll_does_not_hold_its_worker<
+    R: Runtime + Default + Clone,
+>(
+    rt: R,
+) {
+    let worker = TestWorker::new(&rt);
+    let pool = pool_of(&[Arc::clone(&worker)], options());
+    let mut stalled = Box::pin(pool.submit(request("stalled", "sleep:10")));
+    assert!(pending_after_one_poll(&mut stalled).await);
+    let other = Box::pin(pool.submit(request("other", "sleep:10")));
+    let cutoff = Box::pin(sleep(&rt, Duration::from_secs(2)));
+    match future::select(other, cutoff).await {
+        Either::Left((answer, _)) => {
+            assert!(answer.is_ok(), "{answer:?}");
+        }
+        Either::Right(((), _)) => {
+            panic!("the other caller's request waited for the stalled caller to poll")
+        }
+    }
+    // The stalled caller's answer waited for it.
+    let answer = stalled.await;
+    assert!(answer.is_ok(), "{answer:?}");
+    pool.shutdown().await;
+}
+
+/// A caller's answer is not held back while another caller's handler,
+/// queued behind it on the same worker, makes a long CPU-bound first poll:
+/// the caller (here on its own thread and executor) has its answer before
+/// that handler finishes.
+pub async fn a_slow_first_poll_does_not_delay_another_callers_answer<
+    R: Runtime + Default + Clone,
+>(
+    rt: R,
+) {
+    let worker = TestWorker::new(&rt);
+    let pool = Arc::new(pool_of(&[Arc::clone(&worker)], options()));
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let push = |log: &Mutex<Vec<&'static str>>, entry| {
+        log.lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(entry);
+    };
+    let (first_pool, first_log) = (Arc::clone(&pool), Arc::clone(&log));
+    let first = std::thread::spawn(move || {
+        let answer = futures::executor::block_on(first_pool.submit(request("first", "sleep:20")));
+        push(&first_log, "first answered");
+        answer
+    });
+    wait_until(&rt, "the first request accepted", || {
+        pool.stats().counters.accepted == 1
+    })
+    .await;
+    let slow = pool.submit(request("slow", "block:250")).await;
+    push(&log, "slow answered");
+    assert!(slow.is_ok(), "{slow:?}");
+    let first = first
+        .join()
+        .unwrap_or_else(|_| panic!("the first caller panicked"));
+    assert!(first.is_ok(), "{first:?}");
+    let log = log.lock().unwrap_or_else(PoisonError::into_inner).clone();
+    assert_eq!(log, ["first answered", "slow answered"]);
+    pool.shutdown().await;
+}
+
+/// A worker that sleeps `delay` on the runtime's timer per request.
+struct Paced<R> {
+    rt: R,
+    delay: Duration,
+}
+
+#[async_trait]
+impl<R: Runtime + Clone> WorkerHandler for Paced<R> {
+    async fn handle(&self, _request: WorkerRequest) -> Result<Value, WorkerProtocolError> {
+        sleep(&self.rt, self.delay).await;
+        Ok(Value::Null)
+    }
+}
+
+/// Late binding holds across the whole pool as built by default: with 16
+/// workers, every other one slow, 200 requests finish within 1.2x the time
+/// of an explicit single lane (fast workers take the queue; before, a
+/// default split into lanes left one lane's share with its slow workers,
+/// ten times slower).
+pub async fn slow_and_fast_workers_share_the_queue_as_in_one_lane<R: Runtime + Default + Clone>(
+    rt: R,
+) {
+    let handlers = || -> Vec<Arc<dyn WorkerHandler>> {
+        (0..16)
+            .map(|i| {
+                let delay = if i % 2 == 0 { 400 } else { 10 };
+                Arc::new(Paced {
+                    rt: rt.clone(),
+                    delay: Duration::from_millis(delay),
+                }) as Arc<dyn WorkerHandler>
+            })
+            .collect()
+    };
+    let options = WorkerPoolOptions {
+        queue_capacity: 64,
+        health_probe_interval: Duration::from_secs(60),
+        default_request_timeout: Some(Duration::from_secs(30)),
+        ..WorkerPoolOptions::default()
+    };
+    let run = |pool: WorkerPool<R>| {
+        let rt = rt.clone();
+        async move {
+            let start = rt.now();
+            let requests = (0..200).map(|i| pool.submit(request(&format!("r{i}"), "paced")));
+            let answers = future::join_all(requests).await;
+            let took = rt.now().saturating_duration_since(start);
+            assert!(answers.iter().all(Result::is_ok));
+            pool.shutdown().await;
+            took
+        }
+    };
+    let default = match WorkerPool::new_inprocess(handlers(), options.clone(), None) {
+        Ok(pool) => run(pool).await,
+        Err(error) => panic!("valid pool options refused: {error}"),
+    };
+    let single = match WorkerPool::with_lanes(
+        R::default(),
+        handlers(),
+        PoolConfig::new(options),
+        None,
+        NonZeroUsize::MIN,
+    ) {
+        Ok(pool) => run(pool).await,
+        Err(error) => panic!("valid pool options refused: {error}"),
+    };
+    assert!(
+        default.as_secs_f64() <= 1.2 * single.as_secs_f64(),
+        "default pool took {default:?}, a single lane {single:?}"
+    );
 }
