@@ -79,6 +79,7 @@
 #![forbid(unsafe_code)]
 
 pub mod config;
+mod dismantle;
 mod health;
 mod index_set;
 mod keys;
@@ -95,6 +96,7 @@ pub mod validate;
 pub use config::{
     Admission, ConfigError, PoolConfig, RoutingPolicy, WorkerPoolOptions, WorkerSecurityPolicy,
 };
+pub use dismantle::{dismantle, dismantle_request};
 pub use health::HealthCause;
 pub use keys::{ProbeKey, RequestKey, WorkerKey};
 pub use output::{Action, Answer, Event, Phase};
