@@ -108,4 +108,7 @@ pub use protocol::{
 pub use stats::{Counters, Stats, WorkerStats};
 pub use time::Time;
 pub use timers::TimeoutReason;
-pub use validate::{check_request, serialized_size_within, validate_request, RequestError};
+pub use validate::{
+    check_request, serialized_size_within, validate_request, RequestError, RequestLimits,
+    DEFAULT_MAX_REQUEST_DEPTH,
+};
