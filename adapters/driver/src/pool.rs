@@ -26,8 +26,8 @@ use thiserror::Error;
 use crate::handler::{CircuitBreakerHooks, WorkerHandler, WorkerPoolClient};
 use crate::runtime::{yield_once, Runtime};
 use crate::state::{
-    worker_id, Claimed, Core, Delivered, FastMap, HookEvent, LaneSignals, Own, OwnedHandlerFuture,
-    ProbeJob, Run, Slot, Started, WorkerCell, WorkerEntry,
+    worker_id, Claimed, Core, Delivered, FastMap, HeldRequest, HookEvent, LaneSignals, Own,
+    OwnedHandlerFuture, ProbeJob, Run, Slot, Started, WorkerCell, WorkerEntry,
 };
 
 /// An in-process worker pool driven by `foreman-core`, generic over the
@@ -321,7 +321,8 @@ impl<R: Runtime> WorkerPool<R> {
             Ok(key) => key,
             Err(refused) => {
                 if let Some(firing) = firing {
-                    firing.await;
+                    // The refused request is dropped here, without recursion.
+                    drop(firing.await);
                 }
                 return Timed::refused(refused);
             }
@@ -346,7 +347,7 @@ impl<R: Runtime> WorkerPool<R> {
             None => {
                 if let Some(firing) = firing {
                     let request = firing.await;
-                    slot.lock().parked = Some(request);
+                    slot.lock().parked = request;
                 }
                 match wait_for_start(slot, waited).await {
                     Wake::Started(Started { worker: granted }) => {
@@ -646,7 +647,7 @@ struct Entered<'a> {
 type StartedAtOnce = Option<(Started, WorkerRequest)>;
 
 /// Hook calls that hold the request, and return it.
-type Firing<'a> = Pin<Box<dyn Future<Output = WorkerRequest> + Send + 'a>>;
+type Firing<'a> = Pin<Box<dyn Future<Output = HeldRequest> + Send + 'a>>;
 
 thread_local! {
     /// The pool this thread last submitted to, and its home lane there.
@@ -746,8 +747,13 @@ impl<R: Runtime> Shared<R> {
                 if let Some(started) = started {
                     slot.lock().run = Run::Granted(started);
                 }
+                // Held, so that it is dropped without recursion also if the
+                // caller gives up while the hooks run.
+                let request = HeldRequest::new(request);
                 let firing: Firing<'a> = Box::pin(async move {
-                    fire_hooks(hooks, &request, events).await;
+                    if let Some(request) = request.get() {
+                        fire_hooks(hooks, request, events).await;
+                    }
                     request
                 });
                 (Some(firing), None)
@@ -755,7 +761,7 @@ impl<R: Runtime> Shared<R> {
             _ => match started {
                 Some(started) => (None, Some((started, request))),
                 None => {
-                    slot.lock().parked = Some(request);
+                    slot.lock().parked = HeldRequest::new(request);
                     (None, None)
                 }
             },
@@ -1061,13 +1067,15 @@ impl<R: Runtime> Drop for PendingGuard<'_, R> {
         let (slot, key) = (self.slot, self.key);
         let mut probes = Vec::new();
         let mut handed = None;
+        let parked;
         let mut own = Own::default();
         {
             let mut core = self.lane.core.lock();
             {
                 let mut inner = slot.lock();
                 inner.abandoned = true;
-                inner.parked = None;
+                // Dropped once the locks are released.
+                parked = std::mem::take(&mut inner.parked);
                 if self.runs_here || inner.run.caller_ends() {
                     core.live = core.live.saturating_sub(1);
                     if let Run::Handed(future) = std::mem::replace(&mut inner.run, Run::Ended) {
@@ -1088,6 +1096,7 @@ impl<R: Runtime> Drop for PendingGuard<'_, R> {
         }
         let answer = own.answer.take();
         drop(handed);
+        drop(parked);
         own.wake_all();
         shared.spawn_probes(self.lane.index, probes);
         // The caller is gone, so its failure hook runs in a task of its own.
