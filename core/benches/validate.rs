@@ -10,7 +10,8 @@ use std::hint::black_box;
 
 use criterion::{criterion_group, criterion_main, Criterion, SamplingMode};
 use foreman_core::{
-    check_request, validate_request, WorkerOperation, WorkerRequest, WorkerSecurityPolicy,
+    check_request, validate_request, RequestLimits, WorkerOperation, WorkerRequest,
+    WorkerSecurityPolicy,
 };
 use serde_json::{json, Value};
 
@@ -131,6 +132,7 @@ fn structured_at_limit() -> WorkerRequest {
 
 fn bench(c: &mut Criterion) {
     let policy = WorkerSecurityPolicy::default();
+    let limits = RequestLimits::new(&policy);
     let cases = [
         ("small", llm("Classify this ticket.".into())),
         ("string_at_limit", string_at_limit()),
@@ -143,18 +145,18 @@ fn bench(c: &mut Criterion) {
     ];
     for (name, request) in &cases {
         let expected = reference_check(request, &policy).ok();
-        assert_eq!(validate_request(request, &policy).ok(), expected);
-        assert_eq!(check_request(request, &policy).is_ok(), expected.is_some());
+        assert_eq!(validate_request(request, limits).ok(), expected);
+        assert_eq!(check_request(request, limits).is_ok(), expected.is_some());
         let mut group = c.benchmark_group(*name);
         if name.contains("mb_refused") {
             // The reference takes tens of milliseconds per iteration here.
             group.sampling_mode(SamplingMode::Flat).sample_size(10);
         }
         group.bench_function("foreman", |b| {
-            b.iter(|| validate_request(black_box(request), black_box(&policy)))
+            b.iter(|| validate_request(black_box(request), black_box(limits)))
         });
         group.bench_function("foreman_check", |b| {
-            b.iter(|| check_request(black_box(request), black_box(&policy)))
+            b.iter(|| check_request(black_box(request), black_box(limits)))
         });
         group.bench_function("reference", |b| {
             b.iter(|| reference_check(black_box(request), black_box(&policy)))

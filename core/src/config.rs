@@ -6,7 +6,7 @@ use std::time::Duration;
 use thiserror::Error;
 
 use crate::protocol::WorkerRequest;
-use crate::validate::{check_request, RequestError};
+use crate::validate::{check_request, RequestError, RequestLimits, DEFAULT_MAX_REQUEST_DEPTH};
 
 /// Scheduling and lifecycle options, field for field the reference's.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -105,6 +105,13 @@ pub struct PoolConfig {
     /// used only to report `last_probe_unix_ms`. The core never reads a clock:
     /// drivers that know the wall time set it; `0` reports times since epoch.
     pub unix_epoch_ms: u64,
+    /// The deepest nesting of arrays and objects allowed in each JSON value
+    /// of a request (`input`, `scoped_input`): `{"a":[1]}` is 2 deep, a
+    /// scalar 0 (see [`crate::validate`]). A deeper request is refused with
+    /// `InvalidRequest` by the same walk that measures its size, so refusing
+    /// one nested a million levels deep costs no more than the limit.
+    /// Defaults to [`DEFAULT_MAX_REQUEST_DEPTH`] (128); must be at least 1.
+    pub max_request_depth: usize,
 }
 
 impl PoolConfig {
@@ -118,6 +125,7 @@ impl PoolConfig {
             routing: RoutingPolicy::default(),
             late_binding: true,
             unix_epoch_ms: 0,
+            max_request_depth: DEFAULT_MAX_REQUEST_DEPTH,
         }
     }
 
@@ -161,6 +169,9 @@ impl PoolConfig {
         }
         if self.max_concurrency_per_worker == 0 {
             return Err(ConfigError::ZeroConcurrency);
+        }
+        if self.max_request_depth == 0 {
+            return Err(ConfigError::ZeroRequestDepth);
         }
         Ok(())
     }
@@ -206,14 +217,24 @@ impl PoolConfig {
             .map_or(longest_asked, |default| default.max(longest_asked))
     }
 
-    /// Checks a request against this configuration's security policy and
-    /// resolves its time budget.
+    /// What requests are checked against: the security policy and
+    /// [`max_request_depth`](Self::max_request_depth).
+    pub fn request_limits(&self) -> RequestLimits<'_> {
+        RequestLimits {
+            policy: &self.options.security_policy,
+            max_depth: self.max_request_depth,
+        }
+    }
+
+    /// Checks a request against this configuration's
+    /// [`request_limits`](Self::request_limits) and resolves its time
+    /// budget.
     ///
     /// # Errors
     /// The [`RequestError`] of the first check that fails (see
     /// [`validate_request`](crate::validate_request)).
     pub fn admit(&self, request: &WorkerRequest) -> Result<Admission, RequestError> {
-        check_request(request, &self.options.security_policy)?;
+        check_request(request, self.request_limits())?;
         let timeout = match request.timeout_ms {
             Some(ms) => Some(Duration::from_millis(ms)),
             None => self.options.default_request_timeout,
@@ -252,4 +273,10 @@ pub enum ConfigError {
     /// `max_concurrency_per_worker` was zero.
     #[error("max_concurrency_per_worker must be at least 1")]
     ZeroConcurrency,
+    /// `max_request_depth` was zero.
+    #[error(
+        "max_request_depth must be at least 1 (the depth of [] or {{}}): \
+         0 would refuse every request whose input or scoped_input is an array or object"
+    )]
+    ZeroRequestDepth,
 }

@@ -79,6 +79,7 @@
 #![forbid(unsafe_code)]
 
 pub mod config;
+mod dismantle;
 mod health;
 mod index_set;
 mod keys;
@@ -95,6 +96,7 @@ pub mod validate;
 pub use config::{
     Admission, ConfigError, PoolConfig, RoutingPolicy, WorkerPoolOptions, WorkerSecurityPolicy,
 };
+pub use dismantle::{dismantle, dismantle_request};
 pub use health::HealthCause;
 pub use keys::{ProbeKey, RequestKey, WorkerKey};
 pub use output::{Action, Answer, Event, Phase};
@@ -106,4 +108,7 @@ pub use protocol::{
 pub use stats::{Counters, Stats, WorkerStats};
 pub use time::Time;
 pub use timers::TimeoutReason;
-pub use validate::{check_request, serialized_size_within, validate_request, RequestError};
+pub use validate::{
+    check_request, serialized_size_within, validate_request, RequestError, RequestLimits,
+    DEFAULT_MAX_REQUEST_DEPTH,
+};

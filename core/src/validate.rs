@@ -1,12 +1,23 @@
-//! Request validation: the security policy's checks, at a cost bounded by
-//! the policy rather than by the request.
+//! Request validation: the security policy's checks and foreman's nesting
+//! limit, at a cost bounded by the limits rather than by the request.
 //!
 //! [`validate_request`] applies the reference's checks (identifier lengths,
 //! timeout ceiling, serialised payload size), in the reference's order and
-//! with its outcome for every request. The payload check never builds
-//! the JSON: [`serialized_size_within`] adds up what `serde_json` would write
-//! and stops as soon as the total passes the limit, so refusing a 100 MB
-//! payload costs no more than accepting one at the limit.
+//! with its outcome for every request, plus foreman's own limit on nesting:
+//! a JSON value nested deeper than [`RequestLimits::max_depth`] is refused. The payload check never
+//! builds the JSON: one walk adds up what `serde_json` would write, measures
+//! how deep each value nests, and stops as soon as either passes its limit,
+//! so refusing a 100 MB payload or a value nested a million levels deep costs
+//! no more than accepting one at the limits.
+//!
+//! # Nesting depth
+//!
+//! A value's nesting depth is the number of arrays and objects on the
+//! deepest path from it down, itself included: a string, number, boolean or
+//! `null` has depth 0, `[]` and `{}` have depth 1, `{"a":[1]}` has depth 2.
+//! Each JSON value of a request (`operation.input`, `operation.scoped_input`)
+//! is measured on its own, without the request's and the operation's own
+//! objects around it.
 
 use std::io;
 
@@ -17,32 +28,67 @@ use thiserror::Error;
 use crate::config::WorkerSecurityPolicy;
 use crate::protocol::{WorkerOperation, WorkerPoolError, WorkerRequest};
 
-/// Checks a request against the security policy and returns its exact
-/// serialised size in bytes.
+/// The default of [`RequestLimits::max_depth`] and
+/// [`PoolConfig::max_request_depth`](crate::PoolConfig::max_request_depth):
+/// serde_json's recursion limit, so no request serde_json parsed from JSON
+/// text (where a request's values sit two objects deep) is refused for its
+/// depth.
+pub const DEFAULT_MAX_REQUEST_DEPTH: usize = 128;
+
+/// What a request is checked against: the reference's security policy and
+/// foreman's limit on how deep its JSON values nest.
+///
+/// [`PoolConfig::request_limits`](crate::PoolConfig::request_limits) gives a
+/// pool's; [`RequestLimits::new`] pairs a policy with the default depth.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RequestLimits<'a> {
+    /// Identifier lengths, timeout ceiling and payload size.
+    pub policy: &'a WorkerSecurityPolicy,
+    /// The deepest nesting (see the [module docs](self)) allowed in each of
+    /// a request's JSON values.
+    pub max_depth: usize,
+}
+
+impl<'a> RequestLimits<'a> {
+    /// `policy`, with the default depth limit
+    /// ([`DEFAULT_MAX_REQUEST_DEPTH`]).
+    #[must_use]
+    pub fn new(policy: &'a WorkerSecurityPolicy) -> Self {
+        Self {
+            policy,
+            max_depth: DEFAULT_MAX_REQUEST_DEPTH,
+        }
+    }
+}
+
+/// Checks a request against `limits` and returns its exact serialised size
+/// in bytes.
 ///
 /// The checks run in this order, and the first failure is reported:
 /// `request_id`, `workflow_name`, `node_id` (each at most
 /// `max_identifier_length` bytes; empty is allowed, as in the reference);
 /// `timeout_ms` (if set: at most `max_request_timeout_ms`; zero passes and
-/// the pool answers it `Timeout` on arrival); then the size of the request serialised as
-/// compact JSON, which must not exceed `max_request_payload_bytes`.
+/// the pool answers it `Timeout` on arrival); then one walk of the request in
+/// serialisation order, which checks both that the request serialised as
+/// compact JSON does not exceed `max_request_payload_bytes` and that no value
+/// nests deeper than `max_depth`, and reports whichever limit it passes
+/// first.
 ///
-/// The size check costs O(`max_request_payload_bytes`) at most, whatever the
-/// size of the request: a string longer than what is left of the budget is
-/// refused without being scanned, and values nested more than a few levels
-/// deep are walked without recursion, so no nesting depth can overflow the
-/// stack.
+/// The walk costs O(`max_request_payload_bytes`) at most, whatever the size
+/// or depth of the request: a string longer than what is left of the budget
+/// is refused without being scanned, every level costs budget, and values
+/// nested more than a few levels deep are walked without recursion, so no
+/// nesting depth can overflow the stack.
 ///
 /// # Errors
 ///
 /// Returns the [`RequestError`] of the first check that fails.
 pub fn validate_request(
     request: &WorkerRequest,
-    policy: &WorkerSecurityPolicy,
+    limits: RequestLimits<'_>,
 ) -> Result<usize, RequestError> {
-    check_fields(request, policy)?;
-    let max = policy.max_request_payload_bytes;
-    serialized_size_within(request, max).ok_or(RequestError::PayloadTooLarge { max })
+    check_fields(request, limits.policy)?;
+    Budget::new(limits.policy.max_request_payload_bytes, limits.max_depth).walk(request)
 }
 
 /// Runs the checks of [`validate_request`], with the same result, but
@@ -51,9 +97,10 @@ pub fn validate_request(
 ///
 /// The bound counts every string byte as if it needed the longest escape
 /// (`\u00XX`); only a request whose bound passes the limit has its strings
-/// scanned. The bounding walk stops where its bound passes the limit, so a
-/// request costs at most that part of it plus one exact walk (also one
-/// that is refused: the exact walk stops at the limit too). What
+/// scanned. The bounding walk checks the nesting depth as it goes and stops
+/// where its bound passes the size limit, so a request costs at most that
+/// part of it plus one exact walk (also one that is refused: the exact walk
+/// stops at the limits too). What
 /// [`PoolConfig::admit`](crate::PoolConfig::admit) runs.
 ///
 /// # Errors
@@ -62,17 +109,18 @@ pub fn validate_request(
 /// [`validate_request`] does.
 pub fn check_request(
     request: &WorkerRequest,
-    policy: &WorkerSecurityPolicy,
+    limits: RequestLimits<'_>,
 ) -> Result<(), RequestError> {
-    check_fields(request, policy)?;
-    let max = policy.max_request_payload_bytes;
-    // The bound first; where it passes the limit, the exact walk decides.
-    let fits = add_request(&mut Budget::bounding(max), request).is_some()
-        || serialized_size_within(request, max).is_some();
-    if fits {
-        Ok(())
-    } else {
-        Err(RequestError::PayloadTooLarge { max })
+    check_fields(request, limits.policy)?;
+    let max = limits.policy.max_request_payload_bytes;
+    let mut bound = Budget::bounding(max, limits.max_depth);
+    match add_request(&mut bound, request) {
+        Some(()) => Ok(()),
+        // Stopped on depth: the exact walk, whose total is never above the
+        // bound's at the same point, would stop there too.
+        None if bound.too_deep.is_some() => Err(bound.refusal()),
+        // Passed the size limit: the exact walk decides.
+        None => Budget::new(max, limits.max_depth).walk(request).map(|_| ()),
     }
 }
 
@@ -104,13 +152,12 @@ fn check_fields(
 /// one byte, so the cost is O(`limit`), whatever the size of the request.
 /// Strings longer than the remaining budget are
 /// refused without being scanned; `serde_json::Value`s nested deeper than a
-/// few levels are walked with an explicit stack, so any nesting depth is safe. When the result is
+/// few levels are walked with an explicit stack, so any nesting depth is safe
+/// (and none is refused: this measures size only). When the result is
 /// `Some(n)`, `n` equals the serialised length exactly.
 #[must_use]
 pub fn serialized_size_within(request: &WorkerRequest, limit: usize) -> Option<usize> {
-    let mut budget = Budget::new(limit);
-    add_request(&mut budget, request)?;
-    Some(budget.used())
+    Budget::new(limit, usize::MAX).walk(request).ok()
 }
 
 /// Adds `request` as compact JSON to `budget`, field by field.
@@ -136,7 +183,7 @@ fn add_request(budget: &mut Budget, request: &WorkerRequest) -> Option<()> {
         } => {
             budget.add_str(model)?;
             budget.add_str(prompt)?;
-            budget.add_value(scoped_input)
+            budget.add_value(scoped_input, "operation.scoped_input")
         }
         WorkerOperation::Tool {
             tool,
@@ -144,8 +191,8 @@ fn add_request(budget: &mut Budget, request: &WorkerRequest) -> Option<()> {
             scoped_input,
         } => {
             budget.add_str(tool)?;
-            budget.add_value(input)?;
-            budget.add_value(scoped_input)
+            budget.add_value(input, "operation.input")?;
+            budget.add_value(scoped_input, "operation.scoped_input")
         }
     }
 }
@@ -201,6 +248,18 @@ pub enum RequestError {
     )]
     PayloadTooLarge {
         /// The policy's limit in bytes.
+        max: usize,
+    },
+    /// A JSON value of the request nested arrays and objects deeper than
+    /// allowed (see the [module docs](self) for how depth is counted).
+    #[error(
+        "{field} nesting depth exceeds max {max} levels of arrays and objects \
+         (PoolConfig::max_request_depth): flatten it"
+    )]
+    NestedTooDeep {
+        /// The offending field: `operation.input` or `operation.scoped_input`.
+        field: &'static str,
+        /// The limit, in levels.
         max: usize,
     },
 }
@@ -333,7 +392,10 @@ impl io::Write for ByteCounter {
     }
 }
 
-/// A running byte count that fails (returns `None`) once it passes its limit.
+/// A running byte count that fails (returns `None`) once it passes its
+/// limit, and the depth limit its value walks check: a walk that finds a
+/// value nested too deep fails too, and records where in
+/// [`too_deep`](Self::too_deep).
 ///
 /// An exact budget scans every string for escapes. A bounding one
 /// ([`Budget::bounding`]) counts every string byte at its longest escape
@@ -342,6 +404,16 @@ impl io::Write for ByteCounter {
 struct Budget {
     limit: usize,
     remaining: usize,
+    /// The deepest nesting a value may have.
+    max_depth: usize,
+    /// How many levels the walk recurses: [`SHALLOW_LEVELS`], or
+    /// `max_depth` if lower.
+    shallow: usize,
+    /// The field whose value the walk is in.
+    field: &'static str,
+    /// The field whose value nested deeper than `max_depth`, once a walk
+    /// found one (and failed for it rather than for the size).
+    too_deep: Option<&'static str>,
     /// Whether strings are scanned for escapes.
     exact: bool,
 }
@@ -358,7 +430,7 @@ enum Frame<'a> {
 /// How many levels of a value [`Budget::add_value`] walks by recursion
 /// before it switches to the explicit stack (bounded, so no payload can
 /// overflow the stack).
-const SHALLOW_LEVELS: u32 = 8;
+const SHALLOW_LEVELS: usize = 8;
 
 /// How many frames [`Frames`] holds before it allocates.
 const INLINE_FRAMES: usize = 4;
@@ -414,25 +486,58 @@ impl<'a> Frames<'a> {
 }
 
 impl Budget {
-    fn new(limit: usize) -> Self {
+    fn new(limit: usize, max_depth: usize) -> Self {
         Self {
             limit,
             remaining: limit,
+            max_depth,
+            shallow: max_depth.min(SHALLOW_LEVELS),
+            field: "",
+            too_deep: None,
             exact: true,
         }
     }
 
     /// A budget that does not scan strings (see [`Budget`]).
-    fn bounding(limit: usize) -> Self {
+    fn bounding(limit: usize, max_depth: usize) -> Self {
         Self {
             exact: false,
-            ..Self::new(limit)
+            ..Self::new(limit, max_depth)
         }
     }
 
     fn used(&self) -> usize {
         // `remaining` only ever decreases from `limit`.
         self.limit.saturating_sub(self.remaining)
+    }
+
+    /// Walks `request`: its size as this budget counts it (exact, or an
+    /// upper bound for a [bounding](Self::bounding) budget), or why the walk
+    /// stopped.
+    fn walk(mut self, request: &WorkerRequest) -> Result<usize, RequestError> {
+        match add_request(&mut self, request) {
+            Some(()) => Ok(self.used()),
+            None => Err(self.refusal()),
+        }
+    }
+
+    /// Why a walk stopped: the value it found nested too deep, or else the
+    /// size.
+    fn refusal(&self) -> RequestError {
+        match self.too_deep {
+            Some(field) => RequestError::NestedTooDeep {
+                field,
+                max: self.max_depth,
+            },
+            None => RequestError::PayloadTooLarge { max: self.limit },
+        }
+    }
+
+    /// Fails the walk for a value nested too deep (in [`field`](Self::field)).
+    #[cold]
+    fn nested_too_deep(&mut self) -> Option<()> {
+        self.too_deep = Some(self.field);
+        None
     }
 
     fn add(&mut self, bytes: usize) -> Option<()> {
@@ -453,47 +558,64 @@ impl Budget {
         }
     }
 
-    /// Adds a JSON value. The first [`SHALLOW_LEVELS`] levels are walked
-    /// by (bounded) recursion, which is cheapest for the usual small
-    /// payload; anything nested deeper goes to [`add_deep`](Self::add_deep).
-    /// A container's brackets, commas and colons are added before its
-    /// children, so every value visited costs budget and the walk stops
-    /// as soon as the budget runs out.
-    fn add_value(&mut self, value: &Value) -> Option<()> {
-        self.add_shallow(value, SHALLOW_LEVELS)
+    /// Adds a JSON value, the request's `field`, and checks its nesting
+    /// depth. The first [`SHALLOW_LEVELS`] levels are walked by (bounded)
+    /// recursion, which is cheapest for the usual small payload; anything
+    /// nested deeper goes to [`add_deep`](Self::add_deep). A container's
+    /// depth is checked, then its brackets, commas and colons are added,
+    /// before its children, so every value visited costs budget and the
+    /// walk stops as soon as the budget runs out or a container is one
+    /// level too deep.
+    fn add_value(&mut self, value: &Value, field: &'static str) -> Option<()> {
+        self.field = field;
+        self.add_shallow(value, 0)
     }
 
-    /// [`add_value`](Self::add_value) with `levels` levels of recursion
-    /// left.
-    fn add_shallow(&mut self, value: &Value, levels: u32) -> Option<()> {
+    /// [`add_value`](Self::add_value) for a value inside `outer` arrays and
+    /// objects.
+    fn add_shallow(&mut self, value: &Value, outer: usize) -> Option<()> {
         match value {
-            Value::Array(_) | Value::Object(_) if levels == 0 => self.add_deep(value),
+            // One comparison on the usual path: `shallow` is at most
+            // `max_depth`.
+            Value::Array(_) | Value::Object(_) if outer >= self.shallow => {
+                if outer >= self.max_depth {
+                    self.nested_too_deep()
+                } else {
+                    self.add_deep(value, outer)
+                }
+            }
             Value::Array(items) => {
                 self.add(array_bytes(items.len())?)?;
                 items
                     .iter()
-                    .try_for_each(|item| self.add_shallow(item, levels - 1))
+                    .try_for_each(|item| self.add_shallow(item, outer + 1))
             }
             Value::Object(entries) => {
                 self.add(object_bytes(entries.len())?)?;
                 entries.iter().try_for_each(|(key, item)| {
                     self.add_str(key)?;
-                    self.add_shallow(item, levels - 1)
+                    self.add_shallow(item, outer + 1)
                 })
             }
             scalar => self.add_own(scalar),
         }
     }
 
-    /// Adds a JSON value, walking nested arrays and objects with an explicit
-    /// stack. Brackets, commas and colons are added when a container is
+    /// Adds a JSON value inside `outer` arrays and objects, walking nested
+    /// arrays and objects with an explicit stack. A container's depth is
+    /// checked and its brackets, commas and colons are added when it is
     /// entered, so every level costs at least two bytes of budget and the
-    /// stack can never hold more than `limit / 2` frames.
-    fn add_deep(&mut self, root: &Value) -> Option<()> {
+    /// stack can never hold more than `limit / 2` frames, nor more than the
+    /// depth limit allows.
+    fn add_deep(&mut self, root: &Value, outer: usize) -> Option<()> {
         let mut stack = Frames::new();
         let mut next = Some(root);
         loop {
             if let Some(value) = next.take() {
+                let container = matches!(value, Value::Array(_) | Value::Object(_));
+                if container && outer + stack.depth >= self.max_depth {
+                    return self.nested_too_deep();
+                }
                 self.add_own(value)?;
                 match value {
                     Value::Array(items) => stack.push(Frame::Array(items.iter())),
@@ -590,28 +712,58 @@ mod tests {
         serde_json::to_vec(request).map(|v| v.len()).unwrap_or(0)
     }
 
-    /// Drops a value without recursion (serde_json's own `Drop` recurses).
-    fn dismantle(value: Value) {
-        let mut pending = vec![value];
-        while let Some(value) = pending.pop() {
-            match value {
-                Value::Array(items) => pending.extend(items),
-                Value::Object(entries) => pending.extend(entries.into_iter().map(|(_, v)| v)),
-                _ => {}
-            }
+    /// A value `depth` levels deep, built without recursion: nested arrays
+    /// (`[[…[0]…]]`) or nested objects (`{"k":{"k":…{"k":0}…}}`).
+    fn nested(depth: usize, objects: bool) -> Value {
+        let mut value = json!(0);
+        for _ in 0..depth {
+            value = if objects {
+                let mut entries = serde_json::Map::new();
+                entries.insert("k".into(), value);
+                Value::Object(entries)
+            } else {
+                Value::Array(vec![value])
+            };
         }
+        value
+    }
+
+    fn llm_with_scoped(scoped_input: Value) -> WorkerRequest {
+        WorkerRequest {
+            operation: WorkerOperation::Llm {
+                model: "gpt".into(),
+                prompt: "p".into(),
+                scoped_input,
+            },
+            ..llm("p")
+        }
+    }
+
+    fn tool_with_scoped(scoped_input: Value) -> WorkerRequest {
+        WorkerRequest {
+            operation: WorkerOperation::Tool {
+                tool: "search".into(),
+                input: json!({}),
+                scoped_input,
+            },
+            ..tool(json!({}))
+        }
+    }
+
+    fn limits_with_depth(policy: &WorkerSecurityPolicy, max_depth: usize) -> RequestLimits<'_> {
+        RequestLimits { policy, max_depth }
     }
 
     #[test]
     fn accepts_a_valid_request_and_returns_its_exact_size() {
         let request = llm("hello");
         assert_eq!(
-            validate_request(&request, &policy()),
+            validate_request(&request, RequestLimits::new(&policy())),
             Ok(exact_len(&request))
         );
         let request = tool(json!({"q": "rust", "n": 10}));
         assert_eq!(
-            validate_request(&request, &policy()),
+            validate_request(&request, RequestLimits::new(&policy())),
             Ok(exact_len(&request))
         );
     }
@@ -623,10 +775,13 @@ mod tests {
         request.workflow_name.clear();
         request.node_id.clear();
         assert_eq!(
-            validate_request(&request, &policy()),
+            validate_request(&request, RequestLimits::new(&policy())),
             Ok(exact_len(&request))
         );
-        assert_eq!(check_request(&request, &policy()), Ok(()));
+        assert_eq!(
+            check_request(&request, RequestLimits::new(&policy())),
+            Ok(())
+        );
     }
 
     #[test]
@@ -639,7 +794,7 @@ mod tests {
         request.request_id = "abcd".into();
         request.workflow_name = "abcde".into();
         request.node_id = "n".into();
-        let err = validate_request(&request, &policy).unwrap_err();
+        let err = validate_request(&request, RequestLimits::new(&policy)).unwrap_err();
         assert_eq!(
             err,
             RequestError::IdentifierTooLong {
@@ -657,7 +812,7 @@ mod tests {
         request.workflow_name = "wf".into();
         request.node_id = "node-1".into();
         assert_eq!(
-            validate_request(&request, &policy),
+            validate_request(&request, RequestLimits::new(&policy)),
             Err(RequestError::IdentifierTooLong {
                 field: "node_id",
                 len: 6,
@@ -668,7 +823,7 @@ mod tests {
         // Length is in bytes, not characters.
         request.node_id = "ééé".into();
         assert_eq!(
-            validate_request(&request, &policy),
+            validate_request(&request, RequestLimits::new(&policy)),
             Err(RequestError::IdentifierTooLong {
                 field: "node_id",
                 len: 6,
@@ -676,11 +831,11 @@ mod tests {
             })
         );
 
-        // Empty beats too long: the first field is checked completely first.
+        // The first field is checked completely first.
         request.request_id = "toolong".into();
         request.node_id = String::new();
         assert_eq!(
-            validate_request(&request, &policy),
+            validate_request(&request, RequestLimits::new(&policy)),
             Err(RequestError::IdentifierTooLong {
                 field: "request_id",
                 len: 7,
@@ -713,11 +868,14 @@ mod tests {
                     ..policy()
                 };
                 assert_eq!(
-                    check_request(&request, &policy),
-                    validate_request(&request, &policy).map(|_| ()),
+                    check_request(&request, RequestLimits::new(&policy)),
+                    validate_request(&request, RequestLimits::new(&policy)).map(|_| ()),
                     "limit {max}, exact size {exact}"
                 );
-                assert_eq!(check_request(&request, &policy).is_ok(), exact <= max);
+                assert_eq!(
+                    check_request(&request, RequestLimits::new(&policy)).is_ok(),
+                    exact <= max
+                );
             }
         }
     }
@@ -727,17 +885,17 @@ mod tests {
         let mut request = llm("p");
         request.timeout_ms = Some(0);
         assert_eq!(
-            validate_request(&request, &policy()),
+            validate_request(&request, RequestLimits::new(&policy())),
             Ok(exact_len(&request))
         );
         let zero_ceiling = WorkerSecurityPolicy {
             max_request_timeout_ms: 0,
             ..policy()
         };
-        assert!(validate_request(&request, &zero_ceiling).is_ok());
+        assert!(validate_request(&request, RequestLimits::new(&zero_ceiling)).is_ok());
         request.timeout_ms = Some(1);
         assert_eq!(
-            validate_request(&request, &zero_ceiling),
+            validate_request(&request, RequestLimits::new(&zero_ceiling)),
             Err(RequestError::TimeoutTooLong {
                 timeout_ms: 1,
                 max_ms: 0
@@ -749,9 +907,9 @@ mod tests {
     fn refuses_timeout_above_the_ceiling() {
         let mut request = llm("p");
         request.timeout_ms = Some(120_000);
-        assert!(validate_request(&request, &policy()).is_ok());
+        assert!(validate_request(&request, RequestLimits::new(&policy())).is_ok());
         request.timeout_ms = Some(120_001);
-        let err = validate_request(&request, &policy()).unwrap_err();
+        let err = validate_request(&request, RequestLimits::new(&policy())).unwrap_err();
         assert_eq!(
             err,
             RequestError::TimeoutTooLong {
@@ -776,7 +934,7 @@ mod tests {
         request.timeout_ms = Some(120_001);
         request.node_id = "n".repeat(129);
         assert_eq!(
-            validate_request(&request, &policy),
+            validate_request(&request, RequestLimits::new(&policy)),
             Err(RequestError::IdentifierTooLong {
                 field: "node_id",
                 len: 129,
@@ -785,7 +943,7 @@ mod tests {
         );
         request.node_id = "n".into();
         assert_eq!(
-            validate_request(&request, &policy),
+            validate_request(&request, RequestLimits::new(&policy)),
             Err(RequestError::TimeoutTooLong {
                 timeout_ms: 120_001,
                 max_ms: 120_000
@@ -793,7 +951,7 @@ mod tests {
         );
         request.timeout_ms = None;
         assert_eq!(
-            validate_request(&request, &policy),
+            validate_request(&request, RequestLimits::new(&policy)),
             Err(RequestError::PayloadTooLarge { max: 10 })
         );
     }
@@ -806,12 +964,12 @@ mod tests {
             max_request_payload_bytes: n,
             ..policy()
         };
-        assert_eq!(validate_request(&request, &at), Ok(n));
+        assert_eq!(validate_request(&request, RequestLimits::new(&at)), Ok(n));
         let below = WorkerSecurityPolicy {
             max_request_payload_bytes: n - 1,
             ..policy()
         };
-        let err = validate_request(&request, &below).unwrap_err();
+        let err = validate_request(&request, RequestLimits::new(&below)).unwrap_err();
         assert_eq!(err, RequestError::PayloadTooLarge { max: n - 1 });
         assert_eq!(
             err.to_string(),
@@ -932,7 +1090,7 @@ mod tests {
         let request = llm(&huge);
         let start = std::time::Instant::now();
         assert_eq!(
-            validate_request(&request, &policy()),
+            validate_request(&request, RequestLimits::new(&policy())),
             Err(RequestError::PayloadTooLarge { max: 256 * 1024 })
         );
         // Generous bound: a full scan takes tens of milliseconds.
@@ -957,9 +1115,17 @@ mod tests {
             };
         }
         let request = tool(nested);
-        // Within a normal limit the walk stops long before the bottom.
+        // Within the default limits the walk stops at level 129; with no
+        // depth limit, at the size limit, long before the bottom.
         assert_eq!(
-            validate_request(&request, &policy()),
+            validate_request(&request, RequestLimits::new(&policy())),
+            Err(RequestError::NestedTooDeep {
+                field: "operation.input",
+                max: 128
+            })
+        );
+        assert_eq!(
+            validate_request(&request, limits_with_depth(&policy(), usize::MAX)),
             Err(RequestError::PayloadTooLarge { max: 256 * 1024 })
         );
         // With no limit it walks all the way and counts exactly:
@@ -968,9 +1134,242 @@ mod tests {
         let base = exact_len(&tool(Value::Null));
         let expected = base + (DEPTH - objects) * 2 + objects * 6;
         assert_eq!(serialized_size_within(&request, usize::MAX), Some(expected));
-        if let WorkerOperation::Tool { input, .. } = request.operation {
-            dismantle(input);
+        crate::dismantle_request(request);
+    }
+
+    #[test]
+    fn refuses_values_nested_past_the_depth_limit_at_the_boundary() {
+        type Build = fn(Value) -> WorkerRequest;
+        let fields: [(&str, Build); 3] = [
+            ("operation.input", tool),
+            ("operation.scoped_input", tool_with_scoped),
+            ("operation.scoped_input", llm_with_scoped),
+        ];
+        let policy = policy();
+        for (field, build) in fields {
+            for objects in [false, true] {
+                for depth in [127, 128, 129] {
+                    let request = build(nested(depth, objects));
+                    let expected = if depth <= 128 {
+                        Ok(exact_len(&request))
+                    } else {
+                        Err(RequestError::NestedTooDeep { field, max: 128 })
+                    };
+                    let limits = RequestLimits::new(&policy);
+                    let case = format!("{field}, {depth} levels, objects: {objects}");
+                    assert_eq!(validate_request(&request, limits), expected, "{case}");
+                    assert_eq!(
+                        check_request(&request, limits),
+                        expected.clone().map(|_| ()),
+                        "{case}"
+                    );
+                    assert_eq!(
+                        crate::PoolConfig::default().admit(&request).map(|_| ()),
+                        expected.map(|_| ()),
+                        "{case}"
+                    );
+                }
+            }
         }
+    }
+
+    #[test]
+    fn depth_counts_the_arrays_and_objects_on_the_deepest_path() {
+        let policy = policy();
+        // (value, its depth)
+        let cases = [
+            (json!(null), 0),
+            (json!("[[[{"), 0),
+            (json!([]), 1),
+            (json!({}), 1),
+            (json!([1, "two", null]), 1),
+            (json!({"a": [1]}), 2),
+            (json!([[], [[]], {}]), 3),
+            (json!({"a": 1, "b": {"c": {"d": []}}, "e": [[]]}), 4),
+        ];
+        for (value, depth) in cases {
+            let request = tool(value.clone());
+            for max_depth in 1..=5 {
+                let limits = limits_with_depth(&policy, max_depth);
+                let result = validate_request(&request, limits);
+                if depth <= max_depth {
+                    assert_eq!(
+                        result,
+                        Ok(exact_len(&request)),
+                        "{value} at max {max_depth}"
+                    );
+                } else {
+                    assert_eq!(
+                        result,
+                        Err(RequestError::NestedTooDeep {
+                            field: "operation.input",
+                            max: max_depth
+                        }),
+                        "{value} at max {max_depth}"
+                    );
+                }
+                assert_eq!(
+                    check_request(&request, limits),
+                    result.map(|_| ()),
+                    "{value} at max {max_depth}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn a_depth_refusal_names_the_field_and_the_limit() {
+        let err =
+            validate_request(&tool(nested(200, false)), RequestLimits::new(&policy())).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "operation.input nesting depth exceeds max 128 levels of arrays and objects \
+             (PoolConfig::max_request_depth): flatten it"
+        );
+        let request = tool_with_scoped(nested(3, true));
+        let pool_err = WorkerPoolError::from(
+            validate_request(&request, limits_with_depth(&policy(), 2)).unwrap_err(),
+        );
+        assert_eq!(
+            pool_err,
+            WorkerPoolError::InvalidRequest {
+                reason: "operation.scoped_input nesting depth exceeds max 2 levels of arrays \
+                         and objects (PoolConfig::max_request_depth): flatten it"
+                    .into()
+            }
+        );
+    }
+
+    #[test]
+    fn size_and_depth_are_checked_in_one_walk_in_serialisation_order() {
+        let policy = WorkerSecurityPolicy {
+            max_request_payload_bytes: 1024,
+            ..policy()
+        };
+        let limits = limits_with_depth(&policy, 4);
+        let big = json!("x".repeat(2048));
+        let deep = nested(5, false);
+        // `input` comes before `scoped_input`: whichever limit the walk
+        // passes first is the one reported.
+        let deep_first = WorkerRequest {
+            operation: WorkerOperation::Tool {
+                tool: "t".into(),
+                input: deep.clone(),
+                scoped_input: big.clone(),
+            },
+            ..tool(json!({}))
+        };
+        let big_first = WorkerRequest {
+            operation: WorkerOperation::Tool {
+                tool: "t".into(),
+                input: big,
+                scoped_input: deep,
+            },
+            ..tool(json!({}))
+        };
+        assert_eq!(
+            validate_request(&deep_first, limits),
+            Err(RequestError::NestedTooDeep {
+                field: "operation.input",
+                max: 4
+            })
+        );
+        assert_eq!(
+            validate_request(&big_first, limits),
+            Err(RequestError::PayloadTooLarge { max: 1024 })
+        );
+        // A deep value whose first levels already pass the size limit is
+        // refused for its size: the walk never reaches the deep part.
+        let wide_then_deep = tool(json!(["y".repeat(2048), nested(1_000, false)]));
+        assert_eq!(
+            validate_request(&wide_then_deep, limits),
+            Err(RequestError::PayloadTooLarge { max: 1024 })
+        );
+        for request in [&deep_first, &big_first, &wide_then_deep] {
+            assert_eq!(
+                check_request(request, limits),
+                validate_request(request, limits).map(|_| ())
+            );
+        }
+    }
+
+    #[test]
+    fn check_request_agrees_with_validate_request_on_size_and_depth() {
+        // Escape-heavy strings make the bound overshoot by up to 5x, so at
+        // limits between the exact size and the bound the bounding walk
+        // gives up on size and the exact walk decides; depth must come out
+        // the same either way.
+        let escapes = "\u{1}\"\n".repeat(20);
+        let requests = [
+            tool(json!([escapes, [[[[escapes]]]], {"k": [[[[[[1]]]]]]}])),
+            tool(json!({"a": nested(12, false), "s": escapes})),
+            tool_with_scoped(json!([[escapes], nested(20, false)])),
+            llm_with_scoped(json!({"deep": nested(40, true), "s": escapes})),
+        ];
+        for request in &requests {
+            let exact = exact_len(request);
+            for max in [1, exact / 3, exact - 1, exact, exact * 2, exact * 6] {
+                let policy = WorkerSecurityPolicy {
+                    max_request_payload_bytes: max,
+                    ..policy()
+                };
+                for max_depth in [1, 2, 5, 6, 7, 8, 9, 12, 13, 20, 21, 40, 41, 128] {
+                    let limits = limits_with_depth(&policy, max_depth);
+                    assert_eq!(
+                        check_request(request, limits),
+                        validate_request(request, limits).map(|_| ()),
+                        "size limit {max} (exact {exact}), depth limit {max_depth}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn pool_config_refuses_a_zero_depth_limit() {
+        let config = crate::PoolConfig {
+            max_request_depth: 0,
+            ..crate::PoolConfig::default()
+        };
+        let err = config.validate().unwrap_err();
+        assert_eq!(err, crate::ConfigError::ZeroRequestDepth);
+        assert_eq!(
+            err.to_string(),
+            "max_request_depth must be at least 1 (the depth of [] or {}): \
+             0 would refuse every request whose input or scoped_input is an array or object"
+        );
+        let config = crate::PoolConfig {
+            max_request_depth: 1,
+            ..crate::PoolConfig::default()
+        };
+        assert_eq!(config.validate(), Ok(()));
+        assert_eq!(crate::PoolConfig::default().max_request_depth, 128);
+    }
+
+    #[test]
+    fn pool_config_admits_with_its_own_depth_limit() {
+        let request = tool(nested(300, false));
+        assert!(crate::PoolConfig::default().admit(&request).is_err());
+        let config = crate::PoolConfig {
+            max_request_depth: 300,
+            ..crate::PoolConfig::default()
+        };
+        assert!(config.admit(&request).is_ok());
+        assert_eq!(
+            validate_request(&request, config.request_limits()),
+            Ok(exact_len(&request))
+        );
+        let config = crate::PoolConfig {
+            max_request_depth: 299,
+            ..config
+        };
+        assert_eq!(
+            config.admit(&request).map(|_| ()),
+            Err(RequestError::NestedTooDeep {
+                field: "operation.input",
+                max: 299
+            })
+        );
     }
 
     #[test]

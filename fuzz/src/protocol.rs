@@ -3,9 +3,9 @@
 use std::fmt::Debug;
 
 use foreman_core::{
-    serialized_size_within, validate_request, RequestError, WorkerErrorCode, WorkerHealth,
-    WorkerHealthStatus, WorkerOperation, WorkerProtocolError, WorkerRequest, WorkerResponse,
-    WorkerResult, WorkerSecurityPolicy,
+    serialized_size_within, validate_request, RequestError, RequestLimits, WorkerErrorCode,
+    WorkerHealth, WorkerHealthStatus, WorkerOperation, WorkerProtocolError, WorkerRequest,
+    WorkerResponse, WorkerResult, WorkerSecurityPolicy, DEFAULT_MAX_REQUEST_DEPTH,
 };
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -31,9 +31,11 @@ const SERDE_JSON_DEPTH_LIMIT: usize = 127;
 /// back equal (exactly: this crate builds serde_json with `float_roundtrip`,
 /// see `Cargo.toml`), and converts to a
 /// `Value` and back exactly. For requests,
-/// additionally: `validate_request` (and `check_request`, without the size) under the default, a tight and a
-/// size-derived policy agrees with an independent oracle that follows the
-/// documented check order, and `serialized_size_within` equals
+/// additionally: `validate_request` (and `check_request`, without the size)
+/// under the default, a tight and two request-derived policies, each with
+/// the default, a tight and two request-derived depth limits, agrees with an
+/// independent oracle that follows the documented check order, and
+/// `serialized_size_within` equals
 /// `serde_json::to_vec(..).len()` whenever it is within the limit (and is
 /// `None` exactly when the length exceeds it).
 ///
@@ -166,25 +168,96 @@ fn check_request(request: &WorkerRequest) {
         max_request_payload_bytes: exact.saturating_sub(1).max(1),
         max_identifier_length: at_the_edge.max_identifier_length.saturating_sub(1).max(1),
     };
+    // Depth limits: the default, the tightest, and this request's own
+    // depth and one below.
+    let depth = values(request)
+        .map(|(_, value)| value_depth(value))
+        .max()
+        .unwrap_or(0);
+    let depths = [
+        DEFAULT_MAX_REQUEST_DEPTH,
+        1,
+        depth.max(1),
+        depth.saturating_sub(1).max(1),
+    ];
     for policy in [&default, &tight, &at_the_edge, &just_below] {
-        let got = validate_request(request, policy);
-        let expected = oracle(request, policy, exact);
-        assert_eq!(got, expected, "validate_request under {policy:?}");
-        assert_eq!(
-            foreman_core::check_request(request, policy),
-            expected.map(|_| ()),
-            "check_request under {policy:?}"
-        );
+        for max_depth in depths {
+            let limits = RequestLimits { policy, max_depth };
+            let got = validate_request(request, limits);
+            let expected = oracle(request, limits, exact);
+            assert!(
+                expected.contains(&got),
+                "validate_request under {limits:?} gave {got:?}, expected one of {expected:?}"
+            );
+            assert_eq!(
+                foreman_core::check_request(request, limits),
+                got.map(|_| ()),
+                "check_request under {limits:?}"
+            );
+        }
+    }
+}
+
+/// A request's JSON values, in serialisation order, with their fields.
+fn values(request: &WorkerRequest) -> impl Iterator<Item = (&'static str, &Value)> {
+    let values = match &request.operation {
+        WorkerOperation::Llm { scoped_input, .. } => {
+            [Some(("operation.scoped_input", scoped_input)), None]
+        }
+        WorkerOperation::Tool {
+            input,
+            scoped_input,
+            ..
+        } => [
+            Some(("operation.input", input)),
+            Some(("operation.scoped_input", scoped_input)),
+        ],
+    };
+    values.into_iter().flatten()
+}
+
+/// The arrays and objects on the deepest path of `value`, itself included
+/// (recursive: a parsed value is at most 127 deep).
+fn value_depth(value: &Value) -> usize {
+    match value {
+        Value::Array(items) => 1 + items.iter().map(value_depth).max().unwrap_or(0),
+        Value::Object(entries) => 1 + entries.values().map(value_depth).max().unwrap_or(0),
+        _ => 0,
     }
 }
 
 /// `validate_request` written out from its documentation, using the real
-/// serialised length.
+/// serialised length and depths: the results it may give (two when the
+/// request is both too large and too deep, since the walk reports whichever
+/// limit it passes first in serialisation order).
 fn oracle(
     request: &WorkerRequest,
-    policy: &WorkerSecurityPolicy,
+    limits: RequestLimits<'_>,
     exact: usize,
-) -> Result<usize, RequestError> {
+) -> Vec<Result<usize, RequestError>> {
+    let policy = limits.policy;
+    let too_deep = values(request)
+        .find(|&(_, value)| value_depth(value) > limits.max_depth)
+        .map(|(field, _)| RequestError::NestedTooDeep {
+            field,
+            max: limits.max_depth,
+        });
+    let too_large =
+        (exact > policy.max_request_payload_bytes).then_some(RequestError::PayloadTooLarge {
+            max: policy.max_request_payload_bytes,
+        });
+    match fields_oracle(request, policy) {
+        Err(error) => vec![Err(error)],
+        Ok(()) if too_deep.is_none() && too_large.is_none() => vec![Ok(exact)],
+        Ok(()) => too_deep.into_iter().chain(too_large).map(Err).collect(),
+    }
+}
+
+/// The identifier and timeout checks of `validate_request`, in order.
+fn fields_oracle(
+    request: &WorkerRequest,
+    policy: &WorkerSecurityPolicy,
+) -> Result<(), RequestError> {
     let max = policy.max_identifier_length;
     for (field, value) in [
         ("request_id", &request.request_id),
@@ -208,10 +281,5 @@ fn oracle(
         }
         _ => {}
     }
-    if exact > policy.max_request_payload_bytes {
-        return Err(RequestError::PayloadTooLarge {
-            max: policy.max_request_payload_bytes,
-        });
-    }
-    Ok(exact)
+    Ok(())
 }

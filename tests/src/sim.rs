@@ -265,6 +265,7 @@ impl Scenario {
             // binding in three idle-first pools of four.
             late_binding: workers % 4 != 0,
             unix_epoch_ms: 0,
+            max_request_depth: foreman_core::DEFAULT_MAX_REQUEST_DEPTH,
         };
         let capacity_rate = workers as f64 * f64::from(concurrency) / mean_latency;
         let arrival = match rng.below(3) {

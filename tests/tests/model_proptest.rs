@@ -270,6 +270,7 @@ fn reference_config(queue_capacity: usize, threshold: u32) -> PoolConfig {
         routing: RoutingPolicy::RoundRobin,
         late_binding: false,
         unix_epoch_ms: 0,
+        max_request_depth: foreman_core::DEFAULT_MAX_REQUEST_DEPTH,
     }
 }
 
@@ -554,6 +555,7 @@ fn any_config() -> impl Strategy<Value = PoolConfig> {
                     },
                     late_binding: routing == 1,
                     unix_epoch_ms: 0,
+                    max_request_depth: foreman_core::DEFAULT_MAX_REQUEST_DEPTH,
                 }
             },
         )

@@ -26,8 +26,8 @@ use crate::handler::{CircuitBreakerHooks, WorkerHandler, WorkerPoolClient};
 use crate::live::{Live, LiveGuard};
 use crate::runtime::{yield_once, Runtime};
 use crate::state::{
-    worker_id, Claimed, Core, Delivered, FastMap, HookEvent, LaneSignals, Own, OwnedHandlerFuture,
-    ProbeJob, Run, Slot, Started, WorkerCell, WorkerEntry,
+    worker_id, Claimed, Core, Delivered, FastMap, HeldRequest, HookEvent, LaneSignals, Own,
+    OwnedHandlerFuture, ProbeJob, Run, Slot, Started, WorkerCell, WorkerEntry,
 };
 use crate::worker::{worker_task, Completer, ExecutionMode, Job};
 
@@ -395,7 +395,8 @@ impl<R: Runtime> WorkerPool<R> {
             Ok(key) => key,
             Err(refused) => {
                 if let Some(firing) = firing {
-                    firing.await;
+                    // The refused request is dropped here, without recursion.
+                    drop(firing.await);
                 }
                 return Timed::refused(refused);
             }
@@ -413,7 +414,7 @@ impl<R: Runtime> WorkerPool<R> {
         if shared.pool_tasks {
             if let Some(firing) = firing {
                 let request = firing.await;
-                slot.lock().parked = Some(request);
+                slot.lock().parked = request;
             }
             let answer = wait_for_answer(slot, key, waited).await;
             guard.done = true;
@@ -428,7 +429,7 @@ impl<R: Runtime> WorkerPool<R> {
             None => {
                 if let Some(firing) = firing {
                     let request = firing.await;
-                    slot.lock().parked = Some(request);
+                    slot.lock().parked = request;
                 }
                 match wait_for_start(slot, waited).await {
                     Wake::Started(Started {
@@ -742,7 +743,7 @@ struct Entered<'a> {
 type StartedAtOnce = Option<(Started, WorkerRequest)>;
 
 /// Hook calls that hold the request, and return it.
-type Firing<'a> = Pin<Box<dyn Future<Output = WorkerRequest> + Send + 'a>>;
+type Firing<'a> = Pin<Box<dyn Future<Output = HeldRequest> + Send + 'a>>;
 
 thread_local! {
     /// The pool this thread last submitted to, and its home lane there.
@@ -869,8 +870,13 @@ impl<R: Runtime> Shared<R> {
                 if let Some(started) = started {
                     slot.lock().run = Run::Granted(started);
                 }
+                // Held, so that it is dropped without recursion also if the
+                // caller gives up while the hooks run.
+                let request = HeldRequest::new(request);
                 let firing: Firing<'a> = Box::pin(async move {
-                    fire_hooks(hooks, &request, events).await;
+                    if let Some(request) = request.get() {
+                        fire_hooks(hooks, request, events).await;
+                    }
                     request
                 });
                 (Some(firing), None)
@@ -878,7 +884,7 @@ impl<R: Runtime> Shared<R> {
             _ => match started {
                 Some(started) => (None, Some((started, request))),
                 None => {
-                    slot.lock().parked = Some(request);
+                    slot.lock().parked = HeldRequest::new(request);
                     (None, None)
                 }
             },
@@ -1206,7 +1212,8 @@ impl<R: Runtime> Drop for PendingGuard<'_, R> {
             let mut core = self.lane.core.lock();
             {
                 let mut inner = slot.lock();
-                parked = inner.parked.take();
+                // Dropped once the locks are released.
+                parked = std::mem::take(&mut inner.parked);
                 handed = inner.give_up();
             }
             let now = shared.now();
@@ -1344,7 +1351,7 @@ fn wait_for_answer<'a>(
             if let Some(answer) = inner.answer.take() {
                 Poll::Ready(answer)
             } else {
-                if matches!(inner.run, Run::Granted(_)) && inner.parked.is_some() {
+                if matches!(inner.run, Run::Granted(_)) && inner.parked.get().is_some() {
                     if let (Run::Granted(start), Some(request)) = (
                         std::mem::replace(&mut inner.run, Run::Ended),
                         inner.parked.take(),

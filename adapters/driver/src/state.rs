@@ -184,6 +184,37 @@ pub(crate) struct ProbeJob {
     pub(crate) live: LiveGuard,
 }
 
+/// A request the driver holds, or none: dropping it takes its JSON values
+/// apart without recursion ([`foreman_core::dismantle_request`]), so no
+/// nesting depth can overflow the stack wherever the driver lets go of a
+/// request (a refused one may be nested arbitrarily deep).
+#[derive(Default)]
+pub(crate) struct HeldRequest(Option<WorkerRequest>);
+
+impl HeldRequest {
+    pub(crate) fn new(request: WorkerRequest) -> Self {
+        HeldRequest(Some(request))
+    }
+
+    /// The request, if still held.
+    pub(crate) fn get(&self) -> Option<&WorkerRequest> {
+        self.0.as_ref()
+    }
+
+    /// Takes the request out (for its handler, which then owns it).
+    pub(crate) fn take(&mut self) -> Option<WorkerRequest> {
+        self.0.take()
+    }
+}
+
+impl Drop for HeldRequest {
+    fn drop(&mut self) {
+        if let Some(request) = self.0.take() {
+            foreman_core::dismantle_request(request);
+        }
+    }
+}
+
 /// Per-request wake-up: the core's payload. Written under the pool's lock,
 /// read by the request's own task under the slot's small lock.
 #[derive(Default)]
@@ -195,7 +226,7 @@ pub(crate) struct Slot {
 pub(crate) struct SlotInner {
     /// The request, parked here by its caller while it waits, so the task
     /// that frees a worker can run it (see [`Claimed`]).
-    pub(crate) parked: Option<WorkerRequest>,
+    pub(crate) parked: HeldRequest,
     pub(crate) run: Run,
     pub(crate) answer: Option<Delivered>,
     /// The caller's `submit` future was dropped.
@@ -290,13 +321,13 @@ impl Slot {
     pub(crate) fn parked(request: WorkerRequest) -> Arc<Slot> {
         if let Some(mut slot) = SPARE_SLOT.with(Cell::take) {
             if let Some(unique) = Arc::get_mut(&mut slot) {
-                unique.inner.get_mut().parked = Some(request);
+                unique.inner.get_mut().parked = HeldRequest::new(request);
                 return slot;
             }
         }
         Arc::new(Slot {
             inner: Mutex::new(SlotInner {
-                parked: Some(request),
+                parked: HeldRequest::new(request),
                 ..SlotInner::default()
             }),
         })
@@ -421,8 +452,9 @@ impl Core {
                         }
                         continue;
                     }
-                    match inner.parked.take() {
-                        Some(parked) if claim > 0 => {
+                    let claimed = if claim > 0 { inner.parked.take() } else { None };
+                    match claimed {
+                        Some(parked) => {
                             claim -= 1;
                             inner.run = Run::Claimed;
                             let waker = inner.waker.clone();
@@ -436,8 +468,7 @@ impl Core {
                                 live: started.live,
                             });
                         }
-                        parked => {
-                            inner.parked = parked;
+                        None => {
                             inner.run = Run::Granted(started);
                             if let Some(waker) = inner.waker.take() {
                                 mine.wake.push(waker);
