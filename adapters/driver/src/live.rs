@@ -4,7 +4,8 @@
 //! zero once the lane's core has stopped.
 //!
 //! Written against [`crate::sync`], so `loom` explores its interleavings
-//! (`RUSTFLAGS="--cfg loom" cargo test -p foreman-driver --lib live`).
+//! (`RUSTFLAGS="--cfg loom" CARGO_TARGET_DIR=target/loom cargo test
+//! --release -p foreman-driver --lib live`, as `.ci/run` does).
 
 use std::task::{Poll, Waker};
 
@@ -37,12 +38,6 @@ impl Live {
         LiveGuard {
             live: Arc::clone(self),
         }
-    }
-
-    /// How many are live.
-    #[cfg(test)]
-    pub(crate) fn count(&self) -> usize {
-        self.count.load(Ordering::Acquire)
     }
 
     /// The lane's core stopped: waiters are released once the count is zero.
@@ -89,5 +84,77 @@ impl Drop for LiveGuard {
             }
         };
         wake.into_iter().for_each(Waker::wake);
+    }
+}
+
+#[cfg(all(test, loom))]
+mod loom_tests {
+    //! Every interleaving of handlers ending (on two worker tasks) with a
+    //! `shutdown` caller marking the lane stopped and waiting: `shutdown`
+    //! returns only once every handler ended, and never misses its wake-up
+    //! (loom reports a deadlock if it would wait forever).
+
+    use super::Live;
+    use crate::sync::{Arc, AtomicUsize, Ordering};
+    use loom::future::block_on;
+    use loom::thread;
+    use std::future::poll_fn;
+
+    /// Two handlers end on two worker tasks while the caller shuts down.
+    #[test]
+    fn shutdown_returns_after_every_handler_ended() {
+        loom::model(|| {
+            let live = Arc::new(Live::default());
+            let ended = Arc::new(AtomicUsize::new(0));
+            let workers: Vec<_> = (0..2)
+                .map(|_| {
+                    let guard = live.start();
+                    let ended = Arc::clone(&ended);
+                    thread::spawn(move || {
+                        // The handler future is dropped, then its guard.
+                        ended.fetch_add(1, Ordering::SeqCst);
+                        drop(guard);
+                    })
+                })
+                .collect();
+            live.mark_stopped();
+            block_on(poll_fn(|cx| live.poll_idle(cx.waker())));
+            assert_eq!(ended.load(Ordering::SeqCst), 2);
+            for worker in workers {
+                worker.join().expect("worker");
+            }
+        });
+    }
+
+    /// The core stops on a completing worker task (its completion answered
+    /// the last request) while another handler is still being dropped, and
+    /// the shutdown caller waits on a third thread.
+    #[test]
+    fn the_stop_and_the_last_handler_race_the_waiting_caller() {
+        loom::model(|| {
+            let live = Arc::new(Live::default());
+            let ended = Arc::new(AtomicUsize::new(0));
+            let completing = {
+                let (live, ended) = (Arc::clone(&live), Arc::clone(&ended));
+                let guard = live.start();
+                thread::spawn(move || {
+                    ended.fetch_add(1, Ordering::SeqCst);
+                    drop(guard);
+                    live.mark_stopped();
+                })
+            };
+            let aborted = {
+                let ended = Arc::clone(&ended);
+                let guard = live.start();
+                thread::spawn(move || {
+                    ended.fetch_add(1, Ordering::SeqCst);
+                    drop(guard);
+                })
+            };
+            block_on(poll_fn(|cx| live.poll_idle(cx.waker())));
+            assert_eq!(ended.load(Ordering::SeqCst), 2);
+            completing.join().expect("completing worker");
+            aborted.join().expect("aborting worker");
+        });
     }
 }

@@ -4,12 +4,15 @@
 #[cfg(loom)]
 pub(crate) use loom::sync::atomic::{AtomicUsize, Ordering};
 #[cfg(loom)]
-pub(crate) use loom::sync::{Arc, Mutex};
+pub(crate) use loom::sync::Mutex;
 
 #[cfg(not(loom))]
 pub(crate) use std::sync::atomic::{AtomicUsize, Ordering};
+/// Shared ownership stays std's: the rest of the driver holds lanes' live
+/// counts in `std::sync::Arc`, and loom checks the atomics and locks inside.
+pub(crate) use std::sync::Arc;
 #[cfg(not(loom))]
-pub(crate) use std::sync::{Arc, Mutex};
+pub(crate) use std::sync::Mutex;
 
 /// Locks `mutex`, ignoring poisoning (nothing that holds these locks
 /// panics; the data stays consistent either way).
