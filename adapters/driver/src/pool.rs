@@ -27,7 +27,7 @@ use crate::live::{Live, LiveGuard};
 use crate::runtime::{yield_once, Runtime};
 use crate::state::{
     worker_id, Claimed, Core, Delivered, FastMap, HeldRequest, HookEvent, LaneSignals, Own,
-    OwnedHandlerFuture, ProbeJob, Run, Slot, Started, WorkerCell, WorkerEntry,
+    OwnedHandlerFuture, ProbeJob, Run, Slot, Started, Wakers, WorkerCell, WorkerEntry,
 };
 use crate::worker::{worker_task, Completer, ExecutionMode, Job};
 
@@ -653,7 +653,7 @@ impl<R: Runtime> Drop for WorkerPool<R> {
     fn drop(&mut self) {
         for lane in self.shared.lanes.iter() {
             let mut core = lane.core.lock();
-            let mut wake = Vec::new();
+            let mut wake = Wakers::default();
             for entry in core.workers.values_mut() {
                 if let Some((_, handle)) = entry.probe.take() {
                     handle.abort();
@@ -662,7 +662,7 @@ impl<R: Runtime> Drop for WorkerPool<R> {
             }
             lane.signals.close();
             drop(core);
-            wake.into_iter().for_each(std::task::Waker::wake);
+            wake.wake_all();
         }
     }
 }
@@ -1093,8 +1093,10 @@ impl<R: Runtime> Completer for Shared<R> {
         next: &mut Vec<Job>,
     ) {
         let lane = self.lane(lane);
+        // `next` lends its capacity: no allocation per completion.
         let mut own = Own {
             here: Some(cell.key),
+            jobs: std::mem::take(next),
             ..Own::default()
         };
         let mut probes = Vec::new();
@@ -1105,7 +1107,7 @@ impl<R: Runtime> Completer for Shared<R> {
             core.after_input(None, &mut own, None, &mut probes, &lane.signals, 0);
         }
         own.wake_all();
-        next.append(&mut own.jobs);
+        *next = std::mem::take(&mut own.jobs);
         self.spawn_probes(lane.index, probes);
     }
 }
@@ -1345,7 +1347,7 @@ fn wait_for_answer<'a>(
     waited: &'a mut bool,
 ) -> impl Future<Output = Delivered> + 'a {
     poll_fn(move |cx| {
-        let mut wake = Vec::new();
+        let mut wake = Wakers::default();
         let polled = {
             let mut inner = slot.lock();
             if let Some(answer) = inner.answer.take() {
@@ -1364,7 +1366,7 @@ fn wait_for_answer<'a>(
                 Poll::Pending
             }
         };
-        wake.into_iter().for_each(std::task::Waker::wake);
+        wake.wake_all();
         polled
     })
 }

@@ -91,7 +91,7 @@ pub(crate) struct Started {
 impl Started {
     /// Hands the request to its worker's task
     /// ([`crate::ExecutionMode::PoolTasks`]).
-    pub(crate) fn dispatch(self, key: RequestKey, request: WorkerRequest, wake: &mut Vec<Waker>) {
+    pub(crate) fn dispatch(self, key: RequestKey, request: WorkerRequest, wake: &mut Wakers) {
         let Started { worker, live } = self;
         worker.inbox.push(Job { key, request, live }, wake);
     }
@@ -127,7 +127,7 @@ pub(crate) struct Own {
     /// The calling task's own request was answered.
     pub(crate) answer: Option<Delivered>,
     /// Waiting callers to wake (never woken under the lock).
-    pub(crate) wake: Vec<Waker>,
+    pub(crate) wake: Wakers,
     /// Started requests of other callers that this task runs (see
     /// [`Claimed`]).
     pub(crate) claimed: Vec<Claimed>,
@@ -142,10 +142,40 @@ impl Own {
     /// Wakes the callers this round of actions concerned.
     #[inline]
     pub(crate) fn wake_all(&mut self) {
-        if self.wake.is_empty() {
-            return;
+        self.wake.wake_all();
+    }
+}
+
+/// Tasks to wake once the locks are released: usually one (a caller or a
+/// worker task), kept inline so the common case allocates nothing.
+#[derive(Default)]
+pub(crate) struct Wakers {
+    first: Option<Waker>,
+    more: Vec<Waker>,
+}
+
+impl Wakers {
+    /// Adds a task to wake.
+    pub(crate) fn push(&mut self, waker: Waker) {
+        match self.first {
+            None => self.first = Some(waker),
+            Some(_) => self.more.push(waker),
         }
-        for waker in self.wake.drain(..) {
+    }
+
+    /// Adds a task to wake, if any.
+    pub(crate) fn extend(&mut self, waker: Option<Waker>) {
+        if let Some(waker) = waker {
+            self.push(waker);
+        }
+    }
+
+    /// Wakes them all.
+    pub(crate) fn wake_all(&mut self) {
+        if let Some(waker) = self.first.take() {
+            waker.wake();
+        }
+        for waker in self.more.drain(..) {
             waker.wake();
         }
     }
@@ -349,7 +379,7 @@ impl Slot {
     }
 
     /// Updates the slot; its task's waker goes to `wake`.
-    fn update(&self, wake: &mut Vec<Waker>, change: impl FnOnce(&mut SlotInner)) {
+    fn update(&self, wake: &mut Wakers, change: impl FnOnce(&mut SlotInner)) {
         let mut inner = self.lock();
         change(&mut inner);
         if let Some(waker) = inner.waker.take() {

@@ -14,7 +14,7 @@ use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
 use std::sync::Weak;
-use std::task::{Context, Poll, Waker};
+use std::task::{Context, Poll};
 
 use foreman_core::{RequestKey, WorkerProtocolError, WorkerRequest};
 use futures_util::future::poll_fn;
@@ -23,7 +23,7 @@ use parking_lot::Mutex;
 use serde_json::Value;
 
 use crate::live::LiveGuard;
-use crate::state::WorkerCell;
+use crate::state::{Wakers, WorkerCell};
 
 /// Where the driver runs handler futures (a foreman driver option, set
 /// with [`DriverOptions::execution`](crate::DriverOptions::execution)).
@@ -73,20 +73,20 @@ struct InboxState {
 impl Inbox {
     /// Queues `job`; the task's waker goes to `wake` (woken once the
     /// caller's locks are released).
-    pub(crate) fn push(&self, job: Job, wake: &mut Vec<Waker>) {
+    pub(crate) fn push(&self, job: Job, wake: &mut Wakers) {
         self.state.lock().jobs.push(job);
         wake.extend(self.waker.take());
     }
 
     /// Asks the task to drop the handler of `key` (a key that names no
     /// handler of this worker is ignored).
-    pub(crate) fn abort(&self, key: RequestKey, wake: &mut Vec<Waker>) {
+    pub(crate) fn abort(&self, key: RequestKey, wake: &mut Wakers) {
         self.state.lock().aborts.push(key);
         wake.extend(self.waker.take());
     }
 
     /// Tells the task to drop what it runs and end.
-    pub(crate) fn close(&self, wake: &mut Vec<Waker>) {
+    pub(crate) fn close(&self, wake: &mut Wakers) {
         self.state.lock().closed = true;
         wake.extend(self.waker.take());
     }

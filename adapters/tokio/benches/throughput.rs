@@ -253,8 +253,8 @@ fn main() {
     println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     // FOREMAN_BENCH_N / FOREMAN_BENCH_C (comma-separated) pick other cells;
     // FOREMAN_BENCH_POOLS=foreman (or caller, floor, tower, tower1; comma-separated)
-    // runs only those pools, for profiling; the table then shows throughput
-    // and p99 of the first one named.
+    // runs only those pools, for profiling; each row then lists the
+    // throughput and p99 of each pool that ran.
     let pools = std::env::var("FOREMAN_BENCH_POOLS").unwrap_or_default();
     let run_pool = |name: &str| pools.is_empty() || pools.split(',').any(|p| p.trim() == name);
     let only_some = !pools.is_empty();
@@ -305,15 +305,22 @@ fn main() {
                 }
             }
             if only_some {
-                let f = [f, ca, fl, tw, t1]
-                    .into_iter()
-                    .find(|rounds| !rounds.is_empty())
-                    .map_or_else(Round::default, |rounds| Round::median(&rounds));
-                println!(
-                    "| {n} | {c} | {:.0}k | | | | | | | {:?} | | |",
-                    f.rps / 1e3,
-                    f.p99
-                );
+                // The pools that ran, each as req/s and p99.
+                let cells: Vec<String> = [
+                    ("foreman", f),
+                    ("caller", ca),
+                    ("floor", fl),
+                    ("tower", tw),
+                    ("tower1", t1),
+                ]
+                .into_iter()
+                .filter(|(_, rounds)| !rounds.is_empty())
+                .map(|(name, rounds)| {
+                    let round = Round::median(&rounds);
+                    format!("{name} {:.0}k p99 {:?}", round.rps / 1e3, round.p99)
+                })
+                .collect();
+                println!("| {n} | {c} | {} |", cells.join(" | "));
                 continue;
             }
             let [f, ca, fl, tw, t1] = [f, ca, fl, tw, t1].map(|rounds| Round::median(&rounds));
