@@ -32,20 +32,25 @@
 #![deny(missing_docs)]
 #![forbid(unsafe_code)]
 
+mod answer;
+mod cooperate;
 mod handler;
 mod live;
 mod pool;
 mod runtime;
 mod state;
 mod sync;
+mod types;
+mod wakers;
 mod worker;
 
 #[cfg(feature = "demo")]
 pub mod demo;
 
 pub use handler::{CircuitBreakerHooks, WorkerHandler, WorkerPoolClient};
-pub use pool::{BuildError, DriverOptions, HealthTransition, Timed, Timings, WorkerPool};
+pub use pool::WorkerPool;
 pub use runtime::{AsyncTimer, Runtime};
+pub use types::{BuildError, DriverOptions, HealthTransition, Timed, Timings};
 pub use worker::ExecutionMode;
 
 /// The attribute macro handlers and hooks are written with.

@@ -12,24 +12,26 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
 use foreman_core::{
-    lanes, CommandError, ConfigError, HealthCause, Pool, PoolConfig, RequestKey, Stats, Time,
-    WorkerErrorCode, WorkerHealth, WorkerHealthStatus, WorkerPoolError, WorkerPoolOptions,
-    WorkerProtocolError, WorkerRequest, WorkerResponse, WorkerResult,
+    lanes, Pool, PoolConfig, RequestKey, Stats, Time, WorkerHealth, WorkerHealthStatus, WorkerKey,
+    WorkerPoolError, WorkerPoolOptions, WorkerProtocolError, WorkerRequest, WorkerResponse,
 };
 use futures_util::future::{poll_fn, Abortable};
 use futures_util::FutureExt;
 use parking_lot::Mutex;
 use serde_json::Value;
-use thiserror::Error;
 
+use crate::answer::{command_error, finish, fire_hooks, lost_answer, protocol_error, Finish};
+use crate::cooperate::cooperate;
 use crate::handler::{CircuitBreakerHooks, WorkerHandler, WorkerPoolClient};
 use crate::live::{Live, LiveGuard};
-use crate::runtime::{yield_once, Runtime};
+use crate::runtime::Runtime;
 use crate::state::{
-    worker_id, Claimed, Core, Delivered, FastMap, HeldRequest, HookEvent, LaneSignals, Own,
-    OwnedHandlerFuture, ProbeJob, Run, Slot, Started, Wakers, WorkerCell, WorkerEntry,
+    Claimed, Core, Delivered, FastMap, HeldRequest, LaneSignals, Own, OwnedHandlerFuture, ProbeJob,
+    Run, Slot, Started, WorkerCell, WorkerEntry,
 };
-use crate::worker::{worker_task, Completer, ExecutionMode, Job};
+use crate::types::{BuildError, DriverOptions, HealthTransition, Timed};
+use crate::wakers::Wakers;
+use crate::worker::{panic_error, worker_task, Completer, ExecutionMode, Job};
 
 /// An in-process worker pool driven by `foreman-core`, generic over the
 /// async [`Runtime`] (adapters name it: `foreman_tokio::WorkerPool`).
@@ -39,126 +41,6 @@ use crate::worker::{worker_task, Completer, ExecutionMode, Job};
 /// delivers the core's answers and feeds it completions and the clock.
 pub struct WorkerPool<R: Runtime> {
     shared: Arc<Shared<R>>,
-}
-
-/// Why a pool could not be built.
-#[derive(Debug, Clone, PartialEq, Eq, Error)]
-#[non_exhaustive]
-pub enum BuildError {
-    /// No handler was given.
-    #[error("a worker pool needs at least one worker handler")]
-    NoWorkers,
-    /// The options make no sense.
-    #[error("invalid worker pool options: {0}")]
-    Config(#[from] ConfigError),
-    /// A worker could not be added.
-    #[error("cannot add worker: {0}")]
-    Worker(#[from] CommandError),
-    /// The pool was built where its runtime cannot spawn tasks (for
-    /// foreman-tokio: outside a tokio runtime).
-    #[error("the worker pool cannot start: {0}")]
-    NoRuntime(String),
-}
-
-impl From<BuildError> for WorkerPoolError {
-    fn from(error: BuildError) -> Self {
-        match error {
-            BuildError::NoWorkers => WorkerPoolError::NoHealthyWorker,
-            other => WorkerPoolError::InvalidRequest {
-                reason: other.to_string(),
-            },
-        }
-    }
-}
-
-/// How long a request waited for a worker and how long its handler ran, as
-/// the pool measured them on its runtime's clock.
-///
-/// A foreman extension: the reference's `WorkerResponse` carries only
-/// `elapsed_ms`, their sum. Returned by [`WorkerPool::submit_timed`], for
-/// errors too (a `Timeout` says where the budget went).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-#[non_exhaustive]
-pub struct Timings {
-    /// From acceptance until a worker started the request, or until it was
-    /// answered if it never started (zero for a refused request).
-    pub queued: Duration,
-    /// How long its handler ran, if it started.
-    pub ran: Option<Duration>,
-}
-
-/// A request's answer with its [`Timings`], from
-/// [`WorkerPool::submit_timed`].
-#[derive(Debug, Clone, PartialEq)]
-#[non_exhaustive]
-pub struct Timed {
-    /// What [`WorkerPool::submit`] returns.
-    pub result: Result<WorkerResponse, WorkerPoolError>,
-    /// Where the request's time went.
-    pub timings: Timings,
-}
-
-impl Timed {
-    /// A request answered before it was accepted (zero timings).
-    fn refused(error: WorkerPoolError) -> Self {
-        Self {
-            result: Err(error),
-            timings: Timings::default(),
-        }
-    }
-}
-
-/// The driver's own options (foreman additions, beside the core's
-/// [`PoolConfig`]): where handlers run and how many lanes the workers are
-/// spread over. Build with `DriverOptions::default()` and the setters.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct DriverOptions {
-    /// Where handler futures run (default: [`ExecutionMode::PoolTasks`]).
-    pub execution: ExecutionMode,
-    /// How many lanes (cores with their own lock) the workers are spread
-    /// over (default: one; see [`WorkerPool::with_lanes`]).
-    pub lanes: NonZeroUsize,
-}
-
-impl Default for DriverOptions {
-    fn default() -> Self {
-        DriverOptions {
-            execution: ExecutionMode::default(),
-            lanes: NonZeroUsize::MIN,
-        }
-    }
-}
-
-impl DriverOptions {
-    /// Sets where handler futures run.
-    #[must_use]
-    pub fn execution(mut self, execution: ExecutionMode) -> Self {
-        self.execution = execution;
-        self
-    }
-
-    /// Sets how many lanes the workers are spread over.
-    #[must_use]
-    pub fn lanes(mut self, lanes: NonZeroUsize) -> Self {
-        self.lanes = lanes;
-        self
-    }
-}
-
-/// One health status change of a worker, as the core reported it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct HealthTransition {
-    /// The worker.
-    pub worker_id: String,
-    /// Its status before.
-    pub from: WorkerHealthStatus,
-    /// Its status after.
-    pub to: WorkerHealthStatus,
-    /// What caused it.
-    pub cause: HealthCause,
-    /// When, since the pool was created.
-    pub at: Duration,
 }
 
 impl<R: Runtime + Default> WorkerPool<R> {
@@ -1062,7 +944,9 @@ impl<R: Runtime> Shared<R> {
     /// Spawns the task of a worker ([`ExecutionMode::PoolTasks`]).
     fn spawn_worker(self: &Arc<Self>, lane: usize, cell: Arc<WorkerCell>) {
         let weak = Arc::downgrade(self);
-        self.runtime.spawn(Box::pin(worker_task(weak, lane, cell)));
+        let (handler, inbox) = (Arc::clone(&cell.handler), Arc::clone(&cell.inbox));
+        let task = worker_task(weak, lane, cell.key, handler, inbox);
+        self.runtime.spawn(Box::pin(task));
     }
 
     /// Spawns the probes an input asked for (usually none: the check is
@@ -1087,7 +971,7 @@ impl<R: Runtime> Completer for Shared<R> {
     fn complete_on_worker(
         self: &Arc<Self>,
         lane: usize,
-        cell: &WorkerCell,
+        worker: WorkerKey,
         key: RequestKey,
         result: Result<Value, WorkerProtocolError>,
         next: &mut Vec<Job>,
@@ -1095,7 +979,7 @@ impl<R: Runtime> Completer for Shared<R> {
         let lane = self.lane(lane);
         // `next` lends its capacity: no allocation per completion.
         let mut own = Own {
-            here: Some(cell.key),
+            here: Some(worker),
             jobs: std::mem::take(next),
             ..Own::default()
         };
@@ -1252,85 +1136,6 @@ impl<R: Runtime> Drop for PendingGuard<'_, R> {
 /// granted to their callers.
 const CLAIM_BUDGET: usize = 16;
 
-/// Requests a caller that has a thread to itself may finish in a row
-/// without ever waiting before `submit` yields once to the runtime: the
-/// number of ready operations tokio's own coop budget lets a task make.
-/// (A yield costs microseconds on a multi-threaded runtime, where it wakes
-/// another worker that steals the task: at 32, one yield every 32 requests
-/// made a lone caller's requests 35% slower than at 1024.)
-const SOLO_BUDGET: u32 = 128;
-
-thread_local! {
-    /// The task that last finished a request on this thread (its waker's
-    /// data pointer), and how many requests in a row it finished without
-    /// waiting.
-    static LAST_INLINE: std::cell::Cell<(usize, u32)> = const { std::cell::Cell::new((0, 0)) };
-}
-
-/// Yields to the scheduler after a request that never waited, when
-/// another task finished a request on this thread since this one's last
-/// (callers sharing a thread then take turns request by request, as they
-/// would on a channel), or after [`SOLO_BUDGET`] such requests in a row by
-/// one task, through [`Runtime::yield_now`] (so a caller alone on its
-/// thread still lets the runtime's timers and I/O run).
-///
-/// A handler that finishes at once never makes `submit` wait, so a caller
-/// looping on `submit` would otherwise never give its thread back and could
-/// starve other tasks and the runtime itself, and callers sharing a thread
-/// would run in bursts, one caller's requests queued behind another's (a
-/// p99 latency tens of times the channel floor's). A request that did wait
-/// (its handler awaited, or it queued) already yielded: it resets the
-/// count, so real workloads never pay for a forced yield. The yield comes
-/// after the answer, so the first poll of `submit` always submits.
-/// (tokio's own coop budget was measured and rejected: its forced yields
-/// park the task until the worker's next maintenance tick, which cut
-/// throughput 3x with 16 or more callers. The turn between callers sharing
-/// a thread is a plain self-wake for the same reason: tokio's deferred
-/// yield there put p99 at 2x the channel floor's with 64 workers and 16
-/// callers.)
-async fn cooperate<R: Runtime>(runtime: &R, waited: bool) {
-    match poll_fn(|cx| Poll::Ready(turn(cx, waited))).await {
-        Turn::Keep => {}
-        Turn::Share => yield_once().await,
-        Turn::Solo => runtime.yield_now().await,
-    }
-}
-
-/// What [`cooperate`] does after a request.
-enum Turn {
-    /// Nothing: carry on.
-    Keep,
-    /// Another task finished a request on this thread since: let it run.
-    Share,
-    /// This task ran [`SOLO_BUDGET`] requests in a row alone: give the
-    /// runtime its thread back once.
-    Solo,
-}
-
-/// Decides the [`Turn`] of the task polling with `cx` (the waker's data
-/// pointer tells tasks apart: a task's wakers share it; nothing is ever
-/// read through it).
-fn turn(cx: &Context<'_>, waited: bool) -> Turn {
-    let task = cx.waker().data() as usize;
-    LAST_INLINE.with(|last| {
-        let (previous, count) = last.get();
-        if waited {
-            last.set((task, 0));
-            return Turn::Keep;
-        }
-        if previous != task {
-            last.set((task, 0));
-            return Turn::Share;
-        }
-        if count + 1 >= SOLO_BUDGET {
-            last.set((task, 0));
-            return Turn::Solo;
-        }
-        last.set((task, count + 1));
-        Turn::Keep
-    })
-}
-
 enum Wake {
     Started(Started),
     Handed(OwnedHandlerFuture, LiveGuard),
@@ -1417,132 +1222,4 @@ async fn run_handler(
         Poll::Pending
     })
     .await
-}
-
-async fn fire_hooks(
-    hooks: &dyn CircuitBreakerHooks,
-    request: &WorkerRequest,
-    events: Vec<HookEvent>,
-) {
-    for event in events {
-        match event {
-            HookEvent::Accepted(worker_id) => hooks.on_request_accepted(&worker_id, request).await,
-            HookEvent::Rejected(worker_id, reason) => {
-                hooks
-                    .on_request_rejected(worker_id.as_deref(), request, reason)
-                    .await;
-            }
-        }
-    }
-}
-
-/// The caller's answer, with its success or failure hook fired.
-fn finish(
-    hooks: Option<&dyn CircuitBreakerHooks>,
-    answer: Delivered,
-    request_id: String,
-) -> Finish<'_> {
-    match hooks {
-        None => Finish::Ready(respond(answer, request_id)),
-        Some(hooks) => {
-            let worker = answer.worker.clone();
-            let timed = respond(answer, request_id);
-            Finish::Notify(Box::pin(async move {
-                notify(hooks, worker_id(worker.as_deref()), &timed.result).await;
-                timed
-            }))
-        }
-    }
-}
-
-/// A caller's answer: ready, or once its hook has run (boxed, so the
-/// common case adds nothing to the caller's future).
-enum Finish<'a> {
-    Ready(Timed),
-    Notify(Pin<Box<dyn Future<Output = Timed> + Send + 'a>>),
-}
-
-/// The caller's answer, from the core's.
-fn respond(answer: Delivered, request_id: String) -> Timed {
-    let timings = Timings {
-        queued: answer.queued_for,
-        ran: answer.ran_for,
-    };
-    let result = answer.result.map(|output| WorkerResponse {
-        request_id,
-        worker_id: String::from(worker_id(answer.worker.as_deref())),
-        result: WorkerResult::Success { output },
-        elapsed_ms: millis(
-            timings
-                .queued
-                .saturating_add(timings.ran.unwrap_or_default()),
-        ),
-    });
-    Timed { result, timings }
-}
-
-/// Fires the success or failure hook of an answered request.
-async fn notify(
-    hooks: &dyn CircuitBreakerHooks,
-    worker_id: &str,
-    outcome: &Result<WorkerResponse, WorkerPoolError>,
-) {
-    match outcome {
-        Ok(response) => hooks.on_request_success(worker_id, response).await,
-        Err(error) => {
-            hooks
-                .on_request_failure(worker_id, &protocol_error(error))
-                .await;
-        }
-    }
-}
-
-fn millis(duration: Duration) -> u64 {
-    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
-}
-
-/// The wire form of a pool error, for `on_request_failure`.
-fn protocol_error(error: &WorkerPoolError) -> WorkerProtocolError {
-    match error {
-        WorkerPoolError::Worker(inner) => inner.clone(),
-        other => WorkerProtocolError::new(
-            other.code(),
-            other.to_string(),
-            other.code() != WorkerErrorCode::InvalidRequest,
-        ),
-    }
-}
-
-pub(crate) fn panic_error(panic: &(dyn std::any::Any + Send)) -> WorkerProtocolError {
-    let detail = panic
-        .downcast_ref::<&str>()
-        .map(|text| (*text).to_string())
-        .or_else(|| panic.downcast_ref::<String>().cloned())
-        .unwrap_or_else(|| "non-string panic payload".to_string());
-    WorkerProtocolError::new(
-        WorkerErrorCode::ExecutionFailed,
-        format!("worker handler panicked: {detail}"),
-        false,
-    )
-}
-
-fn lost_answer() -> WorkerPoolError {
-    debug_assert!(false, "a request ended without its answer");
-    WorkerPoolError::Worker(WorkerProtocolError::new(
-        WorkerErrorCode::Unavailable,
-        "the pool lost track of this request",
-        true,
-    ))
-}
-
-fn command_error(error: CommandError) -> WorkerPoolError {
-    match error {
-        CommandError::ShuttingDown => WorkerPoolError::ShuttingDown,
-        CommandError::UnknownWorker(_) | CommandError::WorkerRemoving(_) => {
-            WorkerPoolError::NoHealthyWorker
-        }
-        other => WorkerPoolError::InvalidRequest {
-            reason: other.to_string(),
-        },
-    }
 }

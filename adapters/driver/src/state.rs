@@ -22,7 +22,8 @@ use serde_json::Value;
 
 use crate::handler::WorkerHandler;
 use crate::live::{Live, LiveGuard};
-use crate::pool::HealthTransition;
+use crate::types::HealthTransition;
+use crate::wakers::Wakers;
 use crate::worker::{Inbox, Job};
 
 /// How many health transitions the pool remembers.
@@ -58,7 +59,7 @@ impl WorkerEntry {
                 id: Arc::from(id),
                 key,
                 handler,
-                inbox: Inbox::default(),
+                inbox: Arc::new(Inbox::default()),
             }),
             probe: None,
         }
@@ -78,7 +79,7 @@ pub(crate) struct WorkerCell {
     pub(crate) key: WorkerKey,
     pub(crate) handler: Arc<dyn WorkerHandler>,
     /// Its task's mailbox (used by [`crate::ExecutionMode::PoolTasks`]).
-    pub(crate) inbox: Inbox,
+    pub(crate) inbox: Arc<Inbox>,
 }
 
 /// A started request: which worker runs it, and its place in the live
@@ -143,41 +144,6 @@ impl Own {
     #[inline]
     pub(crate) fn wake_all(&mut self) {
         self.wake.wake_all();
-    }
-}
-
-/// Tasks to wake once the locks are released: usually one (a caller or a
-/// worker task), kept inline so the common case allocates nothing.
-#[derive(Default)]
-pub(crate) struct Wakers {
-    first: Option<Waker>,
-    more: Vec<Waker>,
-}
-
-impl Wakers {
-    /// Adds a task to wake.
-    pub(crate) fn push(&mut self, waker: Waker) {
-        match self.first {
-            None => self.first = Some(waker),
-            Some(_) => self.more.push(waker),
-        }
-    }
-
-    /// Adds a task to wake, if any.
-    pub(crate) fn extend(&mut self, waker: Option<Waker>) {
-        if let Some(waker) = waker {
-            self.push(waker);
-        }
-    }
-
-    /// Wakes them all.
-    pub(crate) fn wake_all(&mut self) {
-        if let Some(waker) = self.first.take() {
-            waker.wake();
-        }
-        for waker in self.more.drain(..) {
-            waker.wake();
-        }
     }
 }
 

@@ -16,14 +16,15 @@ use std::pin::Pin;
 use std::sync::Weak;
 use std::task::{Context, Poll};
 
-use foreman_core::{RequestKey, WorkerProtocolError, WorkerRequest};
+use foreman_core::{RequestKey, WorkerErrorCode, WorkerKey, WorkerProtocolError, WorkerRequest};
 use futures_util::future::poll_fn;
 use futures_util::task::AtomicWaker;
 use parking_lot::Mutex;
 use serde_json::Value;
 
+use crate::handler::WorkerHandler;
 use crate::live::LiveGuard;
-use crate::state::{Wakers, WorkerCell};
+use crate::wakers::Wakers;
 
 /// Where the driver runs handler futures (a foreman driver option, set
 /// with [`DriverOptions::execution`](crate::DriverOptions::execution)).
@@ -103,9 +104,9 @@ struct Running {
 }
 
 impl Running {
-    fn new(cell: &WorkerCell, job: Job) -> Self {
+    fn new(handler: &std::sync::Arc<dyn WorkerHandler>, job: Job) -> Self {
         let Job { key, request, live } = job;
-        let handler = std::sync::Arc::clone(&cell.handler);
+        let handler = std::sync::Arc::clone(handler);
         Running {
             key,
             future: Box::pin(async move { handler.handle(request).await }),
@@ -121,7 +122,7 @@ pub(crate) trait Completer: Send + Sync + 'static {
     fn complete_on_worker(
         self: &std::sync::Arc<Self>,
         lane: usize,
-        cell: &WorkerCell,
+        worker: WorkerKey,
         key: RequestKey,
         result: Result<Value, WorkerProtocolError>,
         next: &mut Vec<Job>,
@@ -132,7 +133,9 @@ pub(crate) trait Completer: Send + Sync + 'static {
 pub(crate) async fn worker_task<C: Completer>(
     pool: Weak<C>,
     lane: usize,
-    cell: std::sync::Arc<WorkerCell>,
+    worker: WorkerKey,
+    handler: std::sync::Arc<dyn WorkerHandler>,
+    inbox: std::sync::Arc<Inbox>,
 ) {
     let mut running: Vec<Running> = Vec::new();
     let mut finished: Vec<(RequestKey, Result<Value, WorkerProtocolError>)> = Vec::new();
@@ -141,10 +144,10 @@ pub(crate) async fn worker_task<C: Completer>(
     poll_fn(move |cx: &mut Context<'_>| {
         let mut budget = WORKER_BUDGET;
         loop {
-            cell.inbox.waker.register(cx.waker());
+            inbox.waker.register(cx.waker());
             let closed = {
-                let mut state = cell.inbox.state.lock();
-                running.extend(state.jobs.drain(..).map(|job| Running::new(&cell, job)));
+                let mut state = inbox.state.lock();
+                running.extend(state.jobs.drain(..).map(|job| Running::new(&handler, job)));
                 for key in state.aborts.drain(..) {
                     if let Some(at) = running.iter().position(|run| run.key == key) {
                         aborted.push(running.swap_remove(at));
@@ -170,7 +173,7 @@ pub(crate) async fn worker_task<C: Completer>(
                         continue;
                     }
                     Ok(Poll::Ready(result)) => result,
-                    Err(panic) => Err(crate::pool::panic_error(&*panic)),
+                    Err(panic) => Err(panic_error(&*panic)),
                 };
                 let Running { key, future, live } = running.swap_remove(index);
                 drop(future);
@@ -183,12 +186,12 @@ pub(crate) async fn worker_task<C: Completer>(
             match pool.upgrade() {
                 Some(pool) => {
                     for (key, result) in finished.drain(..) {
-                        pool.complete_on_worker(lane, &cell, key, result, &mut next);
+                        pool.complete_on_worker(lane, worker, key, result, &mut next);
                     }
                 }
                 None => finished.clear(),
             }
-            running.extend(next.drain(..).map(|job| Running::new(&cell, job)));
+            running.extend(next.drain(..).map(|job| Running::new(&handler, job)));
             budget -= 1;
             if budget == 0 {
                 // Let the callers just answered (and the runtime) have the
@@ -212,4 +215,18 @@ fn drop_handlers(aborted: &mut Vec<Running>) {
         drop(future);
         drop(live);
     }
+}
+
+/// The `ExecutionFailed` error a panicking handler is answered with.
+pub(crate) fn panic_error(panic: &(dyn std::any::Any + Send)) -> WorkerProtocolError {
+    let detail = panic
+        .downcast_ref::<&str>()
+        .map(|text| (*text).to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "non-string panic payload".to_string());
+    WorkerProtocolError::new(
+        WorkerErrorCode::ExecutionFailed,
+        format!("worker handler panicked: {detail}"),
+        false,
+    )
 }
