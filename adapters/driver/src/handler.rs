@@ -15,11 +15,14 @@ use serde_json::Value;
 /// runs past its request's deadline, is cancelled or is restarted has its
 /// future dropped.
 ///
-/// `handle` runs in the task of the caller that submitted the request, with
-/// one exception: a request that queued may get its first poll from the
-/// task that just freed its worker (it then moves, if it has to wait, to
-/// its caller's task). Do not rely on task-local values in `handle`; pass
-/// what it needs in the request.
+/// Where `handle` runs depends on the pool's
+/// [`ExecutionMode`](crate::ExecutionMode): by default on its worker's task,
+/// on the pool's runtime (so it may use that runtime's timers and I/O
+/// whatever executor the caller is on, and it progresses whether or not the
+/// caller polls); in `CallerTask` mode in the task of the caller that
+/// submitted the request, except that a request that queued may get its
+/// first poll from the task that just freed its worker. Do not rely on
+/// task-local values in `handle`; pass what it needs in the request.
 #[async_trait]
 pub trait WorkerHandler: Send + Sync {
     /// Handles one request.

@@ -45,7 +45,7 @@ impl From<BuildError> for WorkerPoolError {
 /// the pool measured them on its runtime's clock.
 ///
 /// A foreman extension: the reference's `WorkerResponse` carries only
-/// `elapsed_ms`, their sum. Returned by [`WorkerPool::submit_timed`], for
+/// `elapsed_ms`, their sum. Returned by [`WorkerPool::submit_timed`](crate::WorkerPool::submit_timed), for
 /// errors too (a `Timeout` says where the budget went).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 #[non_exhaustive]
@@ -58,11 +58,11 @@ pub struct Timings {
 }
 
 /// A request's answer with its [`Timings`], from
-/// [`WorkerPool::submit_timed`].
+/// [`WorkerPool::submit_timed`](crate::WorkerPool::submit_timed).
 #[derive(Debug, Clone, PartialEq)]
 #[non_exhaustive]
 pub struct Timed {
-    /// What [`WorkerPool::submit`] returns.
+    /// What [`WorkerPool::submit`](crate::WorkerPool::submit) returns.
     pub result: Result<WorkerResponse, WorkerPoolError>,
     /// Where the request's time went.
     pub timings: Timings,
@@ -87,7 +87,7 @@ pub struct DriverOptions {
     /// Where handler futures run (default: [`ExecutionMode::PoolTasks`]).
     pub execution: ExecutionMode,
     /// How many lanes (cores with their own lock) the workers are spread
-    /// over (default: one; see [`WorkerPool::with_lanes`]).
+    /// over (default: one; see [`WorkerPool::with_lanes`](crate::WorkerPool::with_lanes)).
     pub lanes: NonZeroUsize,
 }
 
