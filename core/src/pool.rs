@@ -136,6 +136,9 @@ pub enum CommandError {
     /// No worker has that key (it never existed or was removed).
     #[error("no worker with key {0}")]
     UnknownWorker(WorkerKey),
+    /// No worker has that identifier (it never existed or was removed).
+    #[error("no worker named {0:?}")]
+    UnknownWorkerId(String),
     /// The worker is being removed and takes no more commands.
     #[error("worker {0} is being removed")]
     WorkerRemoving(String),
@@ -714,10 +717,14 @@ impl<P: Clone> Pool<P> {
     /// then [`Action::StopWorker`] releases it.
     ///
     /// # Errors
+    /// [`CommandError::ShuttingDown`] once the pool has stopped;
     /// [`CommandError::UnknownWorker`], or [`CommandError::WorkerRemoving`]
     /// when removal is already under way.
     pub fn remove_worker(&mut self, now: Time, worker: WorkerKey) -> Result<(), CommandError> {
         self.observe(now);
+        if self.lifecycle == Lifecycle::Stopped {
+            return Err(CommandError::ShuttingDown);
+        }
         let slot = self
             .workers
             .get_mut(worker.0)
@@ -883,6 +890,21 @@ impl<P: Clone> Pool<P> {
     /// The key of the worker with this identifier.
     pub fn worker_key(&self, id: &str) -> Option<WorkerKey> {
         self.ids.get(id).copied()
+    }
+
+    /// The key of the worker a command (restart, remove) names by
+    /// identifier, checked as the command itself would first.
+    ///
+    /// # Errors
+    /// [`CommandError::ShuttingDown`] once the pool has stopped (whatever
+    /// the identifier); [`CommandError::UnknownWorkerId`] when no worker
+    /// has it.
+    pub fn command_target(&self, id: &str) -> Result<WorkerKey, CommandError> {
+        if self.lifecycle == Lifecycle::Stopped {
+            return Err(CommandError::ShuttingDown);
+        }
+        self.worker_key(id)
+            .ok_or_else(|| CommandError::UnknownWorkerId(id.to_string()))
     }
 
     /// The identifier of a worker.

@@ -1490,3 +1490,21 @@ fn idle_healthy_workers_are_chosen_before_degraded_ones() {
     let z = h.submit(ms(10), &request("z")).unwrap();
     assert_eq!(h.started(), [(z, w0)]);
 }
+
+#[test]
+fn removing_a_worker_after_shutdown_is_refused() {
+    let mut h = Harness::new(options(), 2);
+    h.pool.begin_shutdown(ms(0), None);
+    h.drain();
+    assert!(h.pool.is_stopped());
+    let w0 = h.worker(0);
+    for _ in 0..2 {
+        assert_eq!(
+            h.pool.remove_worker(ms(1), w0),
+            Err(CommandError::ShuttingDown)
+        );
+    }
+    h.drain();
+    assert_eq!(h.pool.workers().count(), 2, "the worker stays listed");
+    assert!(h.pool.stats().workers.iter().all(|w| !w.removing));
+}

@@ -88,6 +88,7 @@ macro_rules! conformance_suite {
             every_request_answered_once_in_two_lanes,
             queued_requests_run_by_the_finishing_task,
             lanes_behave_as_one_pool,
+            commands_after_shutdown_answer_shutting_down,
         );
     };
     (@each $target:ty; $($name:ident),* $(,)?) => {$(
@@ -1426,4 +1427,38 @@ pub async fn lanes_behave_as_one_pool<R: Runtime + Default + Clone>(rt: R) {
         pool.submit(request("late", "echo")).await,
         Err(WorkerPoolError::ShuttingDown)
     ));
+}
+
+/// After shutdown every command answers `ShuttingDown`: remove (twice),
+/// restart, add, submit, for known and unknown worker ids alike; the
+/// workers stay listed.
+pub async fn commands_after_shutdown_answer_shutting_down<R: Runtime + Default + Clone>(rt: R) {
+    let workers: Vec<_> = (0..2).map(|_| TestWorker::new(&rt)).collect();
+    let pool = pool_of(&workers, options());
+    pool.shutdown().await;
+    let answers = [
+        ("remove", pool.remove_worker("worker-0")),
+        ("remove again", pool.remove_worker("worker-0")),
+        ("restart", pool.restart_worker("worker-1").await),
+        ("remove unknown", pool.remove_worker("worker-9")),
+        ("restart unknown", pool.restart_worker("worker-9").await),
+        ("add", pool.add_worker(TestWorker::new(&rt)).map(drop)),
+        (
+            "submit",
+            pool.submit(request("late", "echo")).await.map(drop),
+        ),
+    ];
+    for (command, answer) in answers {
+        assert!(
+            matches!(answer, Err(WorkerPoolError::ShuttingDown)),
+            "{command}: {answer:?}"
+        );
+    }
+    let ids: Vec<String> = pool
+        .health_snapshot()
+        .await
+        .into_iter()
+        .map(|h| h.worker_id)
+        .collect();
+    assert_eq!(ids, ["worker-0", "worker-1"]);
 }

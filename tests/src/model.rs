@@ -1494,13 +1494,13 @@ impl Harness {
     /// The first broken rule.
     pub fn remove_worker(&mut self, worker: WorkerKey) -> Result<bool, Failure> {
         let (book, result) = self.worker_command(worker, 1, Pool::remove_worker)?;
+        let stopped = self.is_stopped();
         let ok = match (&result, book) {
-            (Err(CommandError::UnknownWorker(_)), None) => false,
-            (Err(CommandError::UnknownWorker(_)), Some(b)) if b.stopped && !self.is_stopped() => {
-                false
-            }
-            (Err(CommandError::WorkerRemoving(_)), Some(b)) if b.removing => false,
-            (Ok(()), Some(b)) if !b.removing => true,
+            (Err(CommandError::ShuttingDown), _) if stopped => false,
+            (Err(CommandError::UnknownWorker(_)), None) if !stopped => false,
+            (Err(CommandError::UnknownWorker(_)), Some(b)) if b.stopped && !stopped => false,
+            (Err(CommandError::WorkerRemoving(_)), Some(b)) if b.removing && !stopped => false,
+            (Ok(()), Some(b)) if !b.removing && !stopped => true,
             _ => {
                 return Err(self.fail(format!(
                     "remove_worker({worker}) returned {result:?}, books: {book:?}"

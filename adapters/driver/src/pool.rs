@@ -13,8 +13,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use async_trait::async_trait;
 use foreman_core::{
     lanes, CommandError, ConfigError, HealthCause, Pool, PoolConfig, RequestKey, Stats, Time,
-    WorkerErrorCode, WorkerHealth, WorkerHealthStatus, WorkerPoolError, WorkerPoolOptions,
-    WorkerProtocolError, WorkerRequest, WorkerResponse, WorkerResult,
+    WorkerErrorCode, WorkerHealth, WorkerHealthStatus, WorkerKey, WorkerPoolError,
+    WorkerPoolOptions, WorkerProtocolError, WorkerRequest, WorkerResponse, WorkerResult,
 };
 use futures_channel::oneshot;
 use futures_util::future::{poll_fn, Abortable};
@@ -380,15 +380,11 @@ impl<R: Runtime> WorkerPool<R> {
     /// and its queued requests stay queued and run next.
     ///
     /// # Errors
-    /// `NoHealthyWorker` for an unknown (or removed) worker id;
-    /// `ShuttingDown` once the pool has stopped.
+    /// `ShuttingDown` once the pool has stopped; `NoHealthyWorker` for an
+    /// unknown (or removed) worker id.
     pub async fn restart_worker(&self, worker_id: &str) -> Result<(), WorkerPoolError> {
-        self.command(worker_id, |core, now| {
-            let key = core
-                .pool
-                .worker_key(worker_id)
-                .ok_or(WorkerPoolError::NoHealthyWorker)?;
-            core.pool.restart_worker(now, key).map_err(command_error)
+        self.command(worker_id, |core, now, key| {
+            core.pool.restart_worker(now, key)
         })
     }
 
@@ -419,15 +415,11 @@ impl<R: Runtime> WorkerPool<R> {
     /// to other workers of its lane, its running request finishes.
     ///
     /// # Errors
-    /// `NoHealthyWorker` for an unknown worker id or one already being
-    /// removed.
+    /// `ShuttingDown` once the pool has stopped; `NoHealthyWorker` for an
+    /// unknown worker id or one already being removed.
     pub fn remove_worker(&self, worker_id: &str) -> Result<(), WorkerPoolError> {
-        self.command(worker_id, |core, now| {
-            let key = core
-                .pool
-                .worker_key(worker_id)
-                .ok_or(WorkerPoolError::NoHealthyWorker)?;
-            core.pool.remove_worker(now, key).map_err(command_error)
+        self.command(worker_id, |core, now, key| {
+            core.pool.remove_worker(now, key)
         })
     }
 
@@ -468,19 +460,20 @@ impl<R: Runtime> WorkerPool<R> {
         }
     }
 
-    /// An input about one worker, in its lane.
-    fn command<T>(
+    /// A command about one worker, in its lane (an id no lane knows goes
+    /// to the first, whose core refuses it as it refuses any command).
+    fn command(
         &self,
         worker_id: &str,
-        f: impl FnOnce(&mut Core, Time) -> Result<T, WorkerPoolError>,
-    ) -> Result<T, WorkerPoolError> {
-        let lane = self
-            .shared
-            .names
-            .lock()
-            .lane_of(worker_id)
-            .ok_or(WorkerPoolError::NoHealthyWorker)?;
-        self.shared.input(lane, f)
+        f: impl FnOnce(&mut Core, Time, WorkerKey) -> Result<(), CommandError>,
+    ) -> Result<(), WorkerPoolError> {
+        let lane = self.shared.names.lock().lane_of(worker_id).unwrap_or(0);
+        self.shared
+            .input(lane, |core, now| {
+                let key = core.pool.command_target(worker_id)?;
+                f(core, now, key)
+            })
+            .map_err(command_error)
     }
 }
 
@@ -1301,9 +1294,9 @@ fn lost_answer() -> WorkerPoolError {
 fn command_error(error: CommandError) -> WorkerPoolError {
     match error {
         CommandError::ShuttingDown => WorkerPoolError::ShuttingDown,
-        CommandError::UnknownWorker(_) | CommandError::WorkerRemoving(_) => {
-            WorkerPoolError::NoHealthyWorker
-        }
+        CommandError::UnknownWorker(_)
+        | CommandError::UnknownWorkerId(_)
+        | CommandError::WorkerRemoving(_) => WorkerPoolError::NoHealthyWorker,
         other => WorkerPoolError::InvalidRequest {
             reason: other.to_string(),
         },
