@@ -98,7 +98,7 @@ pub use config::{
 pub use health::HealthCause;
 pub use keys::{ProbeKey, RequestKey, WorkerKey};
 pub use output::{Action, Answer, Event, Phase};
-pub use pool::{CommandError, InvariantViolation, Pool, Refused};
+pub use pool::{CommandError, InvariantViolation, Pool, Refused, Revetted, Vetted, Vetting};
 pub use protocol::{
     WorkerErrorCode, WorkerHealth, WorkerHealthStatus, WorkerOperation, WorkerPoolError,
     WorkerProtocolError, WorkerRequest, WorkerResponse, WorkerResult,
