@@ -43,10 +43,13 @@ pub trait WorkerHandler: Send + Sync {
 /// notifications, each fired exactly once per event.
 ///
 /// The hooks of a request run in the task of the caller that submitted it,
-/// one at a time, in the order below, and never under a lock of the pool:
-/// any hook may call the pool (`submit`, `stats`, `health_snapshot`,
-/// `health_history`, `add_worker`, `remove_worker`, `restart_worker`,
-/// `shutdown`).
+/// one at a time, in the order below, and never under a lock of the pool,
+/// so each may call the pool: the async hooks any method (`submit`,
+/// `stats`, `health_snapshot`, `health_history`, `add_worker`,
+/// `remove_worker`, `restart_worker`, `shutdown`); `allow_request`, which
+/// cannot await, those that answer at once (all but `submit` and
+/// `shutdown`; the async `health_snapshot` and `restart_worker` complete
+/// on their first poll).
 ///
 /// 1. **Choosing a worker.** `allow_request` is asked about the candidate
 ///    workers (schedulable, with queue room) in the pool's order (under the
