@@ -16,7 +16,9 @@
 //! worker goes from request to request without a task hop. No channel, no
 //! worker task: a worker is a slot in the core, and the core grants it.
 //! Probes run as spawned tasks; one timer task per lane sleeps until its
-//! core's next deadline.
+//! core's next deadline. In a pool with [`CircuitBreakerHooks`] each started
+//! handler runs as a task of its own instead, so that it makes progress
+//! while its caller runs the hooks (see the trait for their order).
 //!
 //! # Lanes
 //! A pool of at least 16 workers under idle-first routing spreads them over
@@ -27,8 +29,9 @@
 //! counted once; health and stats are merged in worker order.
 //!
 //! The locks are never held across an `.await`, nor while a handler, a
-//! probe or an `on_*` hook runs, so `health_snapshot` and `stats` never
-//! wait behind a handler.
+//! probe or any hook (`allow_request` included) runs, so `health_snapshot`
+//! and `stats` never wait behind a handler, and handlers, probes and hooks
+//! may call their own pool.
 #![deny(missing_docs)]
 #![forbid(unsafe_code)]
 

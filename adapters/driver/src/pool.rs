@@ -12,9 +12,10 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
 use foreman_core::{
-    lanes, CommandError, ConfigError, HealthCause, Pool, PoolConfig, RequestKey, Stats, Time,
-    WorkerErrorCode, WorkerHealth, WorkerHealthStatus, WorkerPoolError, WorkerPoolOptions,
-    WorkerProtocolError, WorkerRequest, WorkerResponse, WorkerResult,
+    lanes, Admission, CommandError, ConfigError, HealthCause, Pool, PoolConfig, RequestError,
+    RequestKey, Revetted, Stats, Time, Vetted, Vetting, WorkerErrorCode, WorkerHealth,
+    WorkerHealthStatus, WorkerKey, WorkerPoolError, WorkerPoolOptions, WorkerProtocolError,
+    WorkerRequest, WorkerResponse, WorkerResult,
 };
 use futures_channel::oneshot;
 use futures_util::future::{poll_fn, Abortable};
@@ -26,7 +27,7 @@ use thiserror::Error;
 use crate::handler::{CircuitBreakerHooks, WorkerHandler, WorkerPoolClient};
 use crate::runtime::{yield_once, Runtime};
 use crate::state::{
-    worker_id, Claimed, Core, Delivered, FastMap, HeldRequest, HookEvent, LaneSignals, Own,
+    worker_id, Claimed, Core, Delivered, FastMap, HandlerJob, HeldRequest, Job, LaneSignals, Own,
     OwnedHandlerFuture, ProbeJob, Run, Slot, Started, WorkerCell, WorkerEntry,
 };
 
@@ -205,6 +206,8 @@ impl<R: Runtime> WorkerPool<R> {
                 stop_waiters: Vec::new(),
                 stopped: false,
                 publish_load: lanes.get() > 1,
+                spawn_handlers: hooks.is_some(),
+                tasks: FastMap::default(),
             });
         }
         let mut names = Names::default();
@@ -245,8 +248,9 @@ impl<R: Runtime> WorkerPool<R> {
     /// Submits one request and waits for its answer.
     ///
     /// The handler runs in the calling task once the core grants it a
-    /// worker. Dropping the returned future cancels the request: it leaves
-    /// its queue, or its handler is dropped.
+    /// worker (in a pool with hooks, in a task of its own, so that it runs
+    /// while the caller runs the hooks). Dropping the returned future
+    /// cancels the request: it leaves its queue, or its handler is dropped.
     ///
     /// # Errors
     /// A refusal (`InvalidRequest`, `QueueFull`, `NoHealthyWorker`,
@@ -275,7 +279,14 @@ impl<R: Runtime> WorkerPool<R> {
         async move {
             // Whether this request ever waited (see `cooperate`).
             let mut waited = false;
-            let outcome = self.run(&slot, &mut waited).await;
+            let outcome = match self.shared.hooks.as_deref() {
+                None => self.run(&slot, &mut waited).await,
+                // Boxed: the future of a pool without hooks stays small.
+                Some(hooks) => {
+                    waited = true;
+                    Box::pin(self.run_hooked(&slot, hooks)).await
+                }
+            };
             Slot::recycle(slot);
             // Refusals count too: a caller retrying on `QueueFull` must not
             // keep its thread (and the pool's own timers) from running.
@@ -284,22 +295,20 @@ impl<R: Runtime> WorkerPool<R> {
         }
     }
 
-    /// `submit` without the cooperative yield. The request, and its start
-    /// or answer, wait in the slot rather than in this future, which every
-    /// caller holds: it stays small.
+    /// `submit` without hooks and without the cooperative yield. The
+    /// request, and its start or answer, wait in the slot rather than in
+    /// this future, which every caller holds: it stays small.
     async fn run(&self, slot: &Arc<Slot>, waited: &mut bool) -> Timed {
         let shared = &self.shared;
-        let hooks = shared.hooks.as_deref();
         // Everything up to the first await is one synchronous step, so
         // none of its locals lives in this future. A request started at
-        // once (with no hooks to wait for) gets its handler future here:
-        // the request never goes back to its slot, nor into this future.
+        // once gets its handler future here: the request never goes back
+        // to its slot, nor into this future.
         let fast_worker: Arc<WorkerCell>;
         let (
             Entered {
                 lane,
                 submitted,
-                firing,
                 request_id,
             },
             started_at_once,
@@ -319,54 +328,31 @@ impl<R: Runtime> WorkerPool<R> {
         };
         let key = match submitted {
             Ok(key) => key,
-            Err(refused) => {
-                if let Some(firing) = firing {
-                    // The refused request is dropped here, without recursion.
-                    drop(firing.await);
-                }
-                return Timed::refused(refused);
-            }
+            Err(refused) => return Timed::refused(refused),
         };
         let lane = shared.lane(lane);
-        // From here on, dropping this future cancels the request, also
-        // while the hooks below run.
-        let mut guard = PendingGuard {
-            shared,
-            lane,
-            key,
-            slot,
-            runs_here: false,
-            done: false,
-        };
+        // From here on, dropping this future cancels the request.
+        let mut guard = PendingGuard::new(shared, lane, key, slot);
         let worker: Arc<WorkerCell>;
         let future: HandlerFuture<'_> = match started_at_once {
             Some(future) => {
                 guard.runs_here = true;
                 future
             }
-            None => {
-                if let Some(firing) = firing {
-                    let request = firing.await;
-                    slot.lock().parked = request;
+            None => match wait_for_start(slot, waited).await {
+                Wake::Started(Started { worker: granted }) => {
+                    let Some(request) = slot.lock().parked.take() else {
+                        return Timed::refused(lost_answer());
+                    };
+                    worker = granted;
+                    worker.handler.handle(request)
                 }
-                match wait_for_start(slot, waited).await {
-                    Wake::Started(Started { worker: granted }) => {
-                        let Some(request) = slot.lock().parked.take() else {
-                            return Timed::refused(lost_answer());
-                        };
-                        worker = granted;
-                        worker.handler.handle(request)
-                    }
-                    Wake::Handed(future) => future,
-                    Wake::Answered(answer) => {
-                        guard.answered_without_run();
-                        return match finish(hooks, answer, request_id) {
-                            Finish::Ready(outcome) => outcome,
-                            Finish::Notify(notifying) => notifying.await,
-                        };
-                    }
+                Wake::Handed(future) => future,
+                Wake::Answered(answer) => {
+                    guard.answered_without_run();
+                    return respond(answer, request_id);
                 }
-            }
+            },
         };
         let answer = match run_handler(future, slot, waited).await {
             Some(result) => {
@@ -385,12 +371,85 @@ impl<R: Runtime> WorkerPool<R> {
             }
         };
         match answer {
-            Some(answer) => match finish(hooks, answer, request_id) {
-                Finish::Ready(outcome) => outcome,
-                Finish::Notify(notifying) => notifying.await,
-            },
+            Some(answer) => respond(answer, request_id),
             None => Timed::refused(lost_answer()),
         }
+    }
+
+    /// `submit` in a pool with hooks, in the reference's order: the
+    /// breaker is asked about the candidates in turn, with no lock held,
+    /// each veto reported (`on_request_rejected`) before the next question;
+    /// the worker that takes the request is reported
+    /// (`on_request_accepted`) while its handler runs in a task of its own;
+    /// should the worker be removed while the request waits there, the
+    /// breaker places it anew the same way; the answer is reported
+    /// (`on_request_success` or `on_request_failure`) before it is
+    /// returned. A refusal is reported as `on_request_rejected(None, …)`.
+    async fn run_hooked(&self, slot: &Arc<Slot>, hooks: &dyn CircuitBreakerHooks) -> Timed {
+        let shared = &self.shared;
+        // The slot keeps the handler's copy of the request (the handler
+        // may run while the hooks still read this one). A request that
+        // fails admission is not copied: it may be nested arbitrarily deep,
+        // and it is dropped without recursion.
+        let (admission, copy) = {
+            let mut inner = slot.lock();
+            let Some(parked) = inner.parked.get() else {
+                return Timed::refused(lost_answer());
+            };
+            let admission = shared.config.admit(parked);
+            let copy = match admission {
+                Ok(_) => HeldRequest::new(parked.clone()),
+                Err(_) => std::mem::take(&mut inner.parked),
+            };
+            (admission, copy)
+        };
+        let Some(request) = copy.get() else {
+            return Timed::refused(lost_answer());
+        };
+        let mut tries = shared.lane_order();
+        let (lane, key, accepted_by) = 'lanes: loop {
+            let (index, last) = tries.next_try();
+            let mut vetting = if last {
+                Vetting::new()
+            } else {
+                Vetting::offer()
+            };
+            loop {
+                match shared.vet(index, &admission, slot, &mut vetting) {
+                    VetStep::Ask(worker_id) => {
+                        let allowed = ask_breaker(hooks, &worker_id, request).await;
+                        vetting.answer(allowed);
+                    }
+                    VetStep::Accepted(key, worker_id) => break 'lanes (index, key, worker_id),
+                    VetStep::Refused(error) if !last && lanes::try_next_lane(&error) => break,
+                    VetStep::Refused(error) => {
+                        let parked = std::mem::take(&mut slot.lock().parked);
+                        drop(parked);
+                        hooks.on_request_rejected(None, request, error.code()).await;
+                        return Timed::refused(error);
+                    }
+                }
+            }
+        };
+        let lane = shared.lane(lane);
+        // From here on, dropping this future cancels the request (and
+        // aborts its handler task), also while the hooks below run.
+        let mut guard = HookedGuard {
+            pending: PendingGuard::new(shared, lane, key, slot),
+            request_id: &request.request_id,
+        };
+        hooks.on_request_accepted(&accepted_by, request).await;
+        let answer = loop {
+            match wait_for_notice(slot).await {
+                Notice::Answered(answer) => break answer,
+                Notice::Revet => shared.revet(lane, key, request, hooks).await,
+            }
+        };
+        guard.pending.done = true;
+        let worker = answer.worker.clone();
+        let timed = respond(answer, request.request_id.clone());
+        notify(hooks, worker_id(worker.as_deref()), &timed.result).await;
+        timed
     }
 
     /// Health of every worker, in worker order. Never waits for a handler.
@@ -436,15 +495,11 @@ impl<R: Runtime> WorkerPool<R> {
     /// and its queued requests stay queued and run next.
     ///
     /// # Errors
-    /// `NoHealthyWorker` for an unknown (or removed) worker id;
-    /// `ShuttingDown` once the pool has stopped.
+    /// `ShuttingDown` once the pool has stopped; `NoHealthyWorker` for an
+    /// unknown (or removed) worker id.
     pub async fn restart_worker(&self, worker_id: &str) -> Result<(), WorkerPoolError> {
-        self.command(worker_id, |core, now| {
-            let key = core
-                .pool
-                .worker_key(worker_id)
-                .ok_or(WorkerPoolError::NoHealthyWorker)?;
-            core.pool.restart_worker(now, key).map_err(command_error)
+        self.command(worker_id, |core, now, key| {
+            core.pool.restart_worker(now, key)
         })
     }
 
@@ -455,35 +510,35 @@ impl<R: Runtime> WorkerPool<R> {
     /// `ShuttingDown` once shutdown began.
     pub fn add_worker(&self, handler: Arc<dyn WorkerHandler>) -> Result<String, WorkerPoolError> {
         let shared = &self.shared;
+        // Refused, the handler is dropped (user code) with no lock held.
+        let mut handler = Some(handler);
         let mut names = shared.names.lock();
         let lane = (0..shared.lanes.len())
             .min_by_key(|&lane| shared.lane(lane).core.lock().workers.len())
             .unwrap_or(0);
         let id = names.peek();
-        shared.input(lane, |core, now| {
-            let key = core
-                .pool
-                .add_named_worker(now, id.as_str())
-                .map_err(command_error)?;
-            core.workers.insert(key, WorkerEntry::new(&id, handler));
-            Ok::<(), WorkerPoolError>(())
-        })?;
-        Ok(names.add(lane))
+        let added = shared.input(lane, |core, now| {
+            let key = core.pool.add_named_worker(now, id.as_str())?;
+            if let Some(handler) = handler.take() {
+                core.workers.insert(key, WorkerEntry::new(&id, handler));
+            }
+            Ok(())
+        });
+        let added = added.map(|()| names.add(lane)).map_err(command_error);
+        drop(names);
+        drop(handler);
+        added
     }
 
     /// Removes a worker: it takes no new requests, its queued requests move
     /// to other workers of its lane, its running request finishes.
     ///
     /// # Errors
-    /// `NoHealthyWorker` for an unknown worker id or one already being
-    /// removed.
+    /// `ShuttingDown` once the pool has stopped; `NoHealthyWorker` for an
+    /// unknown worker id or one already being removed.
     pub fn remove_worker(&self, worker_id: &str) -> Result<(), WorkerPoolError> {
-        self.command(worker_id, |core, now| {
-            let key = core
-                .pool
-                .worker_key(worker_id)
-                .ok_or(WorkerPoolError::NoHealthyWorker)?;
-            core.pool.remove_worker(now, key).map_err(command_error)
+        self.command(worker_id, |core, now, key| {
+            core.pool.remove_worker(now, key)
         })
     }
 
@@ -524,19 +579,20 @@ impl<R: Runtime> WorkerPool<R> {
         }
     }
 
-    /// An input about one worker, in its lane.
-    fn command<T>(
+    /// A command about one worker, in its lane (an id no lane knows goes
+    /// to the first, whose core refuses it as it refuses any command).
+    fn command(
         &self,
         worker_id: &str,
-        f: impl FnOnce(&mut Core, Time) -> Result<T, WorkerPoolError>,
-    ) -> Result<T, WorkerPoolError> {
-        let lane = self
-            .shared
-            .names
-            .lock()
-            .lane_of(worker_id)
-            .ok_or(WorkerPoolError::NoHealthyWorker)?;
-        self.shared.input(lane, f)
+        f: impl FnOnce(&mut Core, Time, WorkerKey) -> Result<(), CommandError>,
+    ) -> Result<(), WorkerPoolError> {
+        let lane = self.shared.names.lock().lane_of(worker_id).unwrap_or(0);
+        self.shared
+            .input(lane, |core, now| {
+                let key = core.pool.command_target(worker_id)?;
+                f(core, now, key)
+            })
+            .map_err(command_error)
     }
 }
 
@@ -567,6 +623,9 @@ impl<R: Runtime> Drop for WorkerPool<R> {
                 if let Some((_, handle)) = entry.probe.take() {
                     handle.abort();
                 }
+            }
+            for (_, task) in core.tasks.drain() {
+                task.abort();
             }
             lane.signals.close();
         }
@@ -633,21 +692,36 @@ impl Names {
 }
 
 /// What [`Shared::enter`] did with a request.
-struct Entered<'a> {
+struct Entered {
     lane: usize,
     submitted: Result<RequestKey, WorkerPoolError>,
-    /// The accept/reject hooks to run (boxed: hooks are the rare case);
-    /// it gives the request back for the slot.
-    firing: Option<Firing<'a>>,
     request_id: String,
 }
 
-/// A request its worker started at once, with no hooks to run first: the
-/// caller runs it straight away.
+/// A request its worker started at once: the caller runs it straight away.
 type StartedAtOnce = Option<(Started, WorkerRequest)>;
 
-/// Hook calls that hold the request, and return it.
-type Firing<'a> = Pin<Box<dyn Future<Output = HeldRequest> + Send + 'a>>;
+/// What one step of vetting a new request ([`Shared::vet`]) leaves to its
+/// caller.
+enum VetStep {
+    /// Ask the breaker about this worker.
+    Ask(Arc<str>),
+    /// The request was accepted by this worker.
+    Accepted(RequestKey, Arc<str>),
+    /// The lane refused (or declined) the request.
+    Refused(WorkerPoolError),
+}
+
+/// What one step of placing a request anew ([`Shared::revet`]) leaves to
+/// its caller.
+enum RevetStep {
+    /// Ask the breaker about this worker.
+    Ask(Arc<str>),
+    /// The request moved to this worker.
+    Moved(Arc<str>),
+    /// The request was answered (or had been): its answer is in its slot.
+    Done,
+}
 
 thread_local! {
     /// The pool this thread last submitted to, and its home lane there.
@@ -680,24 +754,22 @@ impl<R: Runtime> Shared<R> {
         &self.lanes[index % self.lanes.len()]
     }
 
-    /// Submits the request parked in `slot`, with the slot as its payload:
-    /// validates it, offers it to the lanes in turn (see
-    /// [`lane_order`](Self::lane_order); the last one tried refuses for
-    /// real), carries out the actions and wakes whom they concern. The
-    /// request goes back to the slot, unless hooks must see it first.
+    /// Submits the request parked in `slot`, with the slot as its payload
+    /// (a pool without hooks): validates it, offers it to the lanes in turn
+    /// (see [`lane_order`](Self::lane_order); the last one tried refuses
+    /// for real), carries out the actions and wakes whom they concern. The
+    /// request goes back to the slot, unless its worker started it at once.
     ///
     /// # Errors
     /// `lost_answer` if the slot holds no request (never happens).
-    fn enter<'a>(
-        self: &'a Arc<Self>,
+    fn enter(
+        self: &Arc<Self>,
         slot: &Arc<Slot>,
-    ) -> Result<(Entered<'a>, StartedAtOnce), WorkerPoolError> {
+    ) -> Result<(Entered, StartedAtOnce), WorkerPoolError> {
         let Some(request) = slot.lock().parked.take() else {
             return Err(lost_answer());
         };
         let request_id = request.request_id.clone();
-        let hooks = self.hooks.as_deref();
-        let mut hook_events = hooks.map(|_| Vec::new());
         // Validation needs only the configuration: do it, and read the
         // clock, before taking a lock.
         let admission = self.config.admit(&request);
@@ -708,31 +780,22 @@ impl<R: Runtime> Shared<R> {
         let (lane, submitted) = loop {
             let (index, last) = tries.next_try();
             let lane = self.lane(index);
-            let allow = |id: &str| hooks.is_none_or(|hooks| hooks.allow_request(id, &request));
-            let mut probes = Vec::new();
+            let mut jobs = Vec::new();
             let mut core = lane.core.lock();
             let submitted = if last {
                 core.pool
-                    .submit_checked(now, admission.clone(), Arc::clone(slot), allow)
+                    .submit_checked(now, admission.clone(), Arc::clone(slot))
             } else {
-                core.pool
-                    .offer(now, admission.clone(), Arc::clone(slot), allow)
+                core.pool.offer(now, admission.clone(), Arc::clone(slot))
             };
             let key = submitted.as_ref().ok().copied();
             let mut own = Own::default();
-            core.after_input(
-                key,
-                &mut own,
-                hook_events.as_mut(),
-                &mut probes,
-                &lane.signals,
-                0,
-            );
+            core.after_input(key, &mut own, &mut jobs, &lane.signals, 0);
             drop(core);
             own.wake_all();
             started = own.started.take().or(started);
             answered = own.answer.take().or(answered);
-            self.spawn_probes(index, probes);
+            self.spawn_jobs(index, jobs);
             match submitted {
                 Err(refused) if !last && lanes::try_next_lane(&refused.error) => {}
                 submitted => break (index, submitted.map_err(|refused| refused.error)),
@@ -742,39 +805,79 @@ impl<R: Runtime> Shared<R> {
         if let Some(answer) = answered {
             slot.lock().answer = Some(answer);
         }
-        let (firing, start) = match (hooks, hook_events) {
-            (Some(hooks), Some(events)) => {
-                if let Some(started) = started {
-                    slot.lock().run = Run::Granted(started);
-                }
-                // Held, so that it is dropped without recursion also if the
-                // caller gives up while the hooks run.
-                let request = HeldRequest::new(request);
-                let firing: Firing<'a> = Box::pin(async move {
-                    if let Some(request) = request.get() {
-                        fire_hooks(hooks, request, events).await;
-                    }
-                    request
-                });
-                (Some(firing), None)
+        let start = match started {
+            Some(started) => Some((started, request)),
+            None => {
+                slot.lock().parked = HeldRequest::new(request);
+                None
             }
-            _ => match started {
-                Some(started) => (None, Some((started, request))),
-                None => {
-                    slot.lock().parked = HeldRequest::new(request);
-                    (None, None)
-                }
-            },
         };
         Ok((
             Entered {
                 lane,
                 submitted,
-                firing,
                 request_id,
             },
             start,
         ))
+    }
+
+    /// One step of vetting a request (a pool with hooks) in lane `lane`:
+    /// the core proposes the next candidate, or commits the request to the
+    /// one the breaker approved (its answer is in `vetting`), or refuses.
+    /// The breaker is asked by the caller, with the lock released.
+    fn vet(
+        self: &Arc<Self>,
+        lane: usize,
+        admission: &Result<Admission, RequestError>,
+        slot: &Arc<Slot>,
+        vetting: &mut Vetting,
+    ) -> VetStep {
+        self.input(lane, |core, now| {
+            match core.pool.vet(now, admission, Arc::clone(slot), vetting) {
+                Vetted::Ask { worker, .. } => VetStep::Ask(core.id_of(worker)),
+                Vetted::Accepted { request, worker } => {
+                    VetStep::Accepted(request, core.id_of(worker))
+                }
+                Vetted::Refused(refused) => VetStep::Refused(refused.error),
+            }
+        })
+    }
+
+    /// Has the breaker place anew a request whose worker was removed while
+    /// it waited there (`Action::Revet`), as at submit: candidates in
+    /// turn, asked with no lock held, each veto reported before the next
+    /// question, the worker that takes it reported as accepting it. When
+    /// none does, the core answers the request (its answer reaches the
+    /// slot).
+    async fn revet(
+        self: &Arc<Self>,
+        lane: &Lane,
+        key: RequestKey,
+        request: &WorkerRequest,
+        hooks: &dyn CircuitBreakerHooks,
+    ) {
+        let mut vetting = Vetting::new();
+        loop {
+            let step = self.input(lane.index, |core, now| {
+                match core.pool.revet(now, key, &mut vetting) {
+                    Revetted::Ask(worker) => RevetStep::Ask(core.id_of(worker)),
+                    Revetted::Moved(worker) => RevetStep::Moved(core.id_of(worker)),
+                    Revetted::Answered | Revetted::Gone => RevetStep::Done,
+                }
+            });
+            match step {
+                RevetStep::Ask(worker_id) => {
+                    let allowed = ask_breaker(hooks, &worker_id, request).await;
+                    vetting.answer(allowed);
+                }
+                RevetStep::Moved(worker_id) => {
+                    hooks.on_request_accepted(&worker_id, request).await;
+                    return;
+                }
+                RevetStep::Done => return,
+            }
+        }
     }
 
     /// Where a submit starts: this thread's home lane if it has an idle
@@ -825,20 +928,20 @@ impl<R: Runtime> Shared<R> {
     }
 
     /// One input that names no request of the caller: lock, apply, carry
-    /// out the actions, unlock, spawn probes.
+    /// out the actions, unlock, wake, spawn probes and handler tasks.
     fn input<T>(self: &Arc<Self>, lane: usize, f: impl FnOnce(&mut Core, Time) -> T) -> T {
-        let mut probes = Vec::new();
+        let mut jobs = Vec::new();
         let signals = &self.lane(lane).signals;
         let mut own = Own::default();
         let out = {
             let mut core = self.lane(lane).core.lock();
             let now = self.now();
             let out = f(&mut core, now);
-            core.after_input(None, &mut own, None, &mut probes, signals, 0);
+            core.after_input(None, &mut own, &mut jobs, signals, 0);
             out
         };
         own.wake_all();
-        self.spawn_probes(lane, probes);
+        self.spawn_jobs(lane, jobs);
         out
     }
 
@@ -865,16 +968,16 @@ impl<R: Runtime> Shared<R> {
         claim: usize,
         out: &mut Own,
     ) {
-        let mut probes = Vec::new();
+        let mut jobs = Vec::new();
         let now = self.now();
         {
             let mut core = lane.core.lock();
             core.live = core.live.saturating_sub(1);
             core.pool.handle_completion(now, key, result);
-            core.after_input(own, out, None, &mut probes, &lane.signals, claim);
+            core.after_input(own, out, &mut jobs, &lane.signals, claim);
         }
         out.wake_all();
-        self.spawn_probes(lane.index, probes);
+        self.spawn_jobs(lane.index, jobs);
     }
 
     /// Runs requests of other callers that this task claimed when it freed
@@ -934,21 +1037,59 @@ impl<R: Runtime> Shared<R> {
         }
     }
 
-    /// Spawns the probes an input asked for (usually none: the check is
-    /// inlined, the spawning is not).
+    /// Spawns the probes and handler tasks an input asked for, and drops
+    /// the handlers of the workers it stopped (usually none: the check is
+    /// inlined, the rest is not).
     #[inline(always)]
-    fn spawn_probes(self: &Arc<Self>, lane: usize, probes: Vec<ProbeJob>) {
-        if !probes.is_empty() {
-            self.spawn_probe_jobs(lane, probes);
+    fn spawn_jobs(self: &Arc<Self>, lane: usize, jobs: Vec<Job>) {
+        if !jobs.is_empty() {
+            self.spawn_each(lane, jobs);
         }
     }
 
     #[inline(never)]
-    fn spawn_probe_jobs(self: &Arc<Self>, lane: usize, probes: Vec<ProbeJob>) {
-        for job in probes {
+    fn spawn_each(self: &Arc<Self>, lane: usize, jobs: Vec<Job>) {
+        for job in jobs {
             let weak = Arc::downgrade(self);
-            self.runtime.spawn(Box::pin(probe_task(weak, lane, job)));
+            match job {
+                Job::Probe(job) => self.runtime.spawn(Box::pin(probe_task(weak, lane, job))),
+                Job::Handler(job) => self.runtime.spawn(Box::pin(handler_task(weak, lane, job))),
+                Job::Release(worker) => drop(worker),
+            }
         }
+    }
+}
+
+/// Runs a started request's handler as a task of its own (a pool with
+/// hooks) and completes the request, unless the core aborted it first.
+async fn handler_task<R: Runtime>(weak: Weak<Shared<R>>, lane: usize, job: HandlerJob) {
+    let HandlerJob {
+        key,
+        worker,
+        request,
+        registration,
+    } = job;
+    let outcome = match request {
+        Some(request) => {
+            let running = AssertUnwindSafe(worker.handler.handle(request)).catch_unwind();
+            Abortable::new(running, registration)
+                .await
+                .map(|result| result.unwrap_or_else(|panic| Err(panic_error(&*panic))))
+        }
+        None => Ok(Err(lost_handler())),
+    };
+    drop(worker);
+    let Some(shared) = weak.upgrade() else {
+        return;
+    };
+    let lane = shared.lane(lane);
+    match outcome {
+        Ok(result) => {
+            // Finished: nothing to abort any more.
+            lane.core.lock().tasks.remove(&key);
+            shared.complete(lane, key, result, None, 0, &mut Own::default());
+        }
+        Err(_aborted) => lane.core.lock().ended(),
     }
 }
 
@@ -1031,7 +1172,62 @@ struct PendingGuard<'a, R: Runtime> {
     done: bool,
 }
 
-impl<R: Runtime> PendingGuard<'_, R> {
+impl<'a, R: Runtime> PendingGuard<'a, R> {
+    fn new(
+        shared: &'a Arc<Shared<R>>,
+        lane: &'a Lane,
+        key: RequestKey,
+        slot: &'a Arc<Slot>,
+    ) -> Self {
+        PendingGuard {
+            shared,
+            lane,
+            key,
+            slot,
+            runs_here: false,
+            done: false,
+        }
+    }
+
+    /// Cancels the request unless the caller is done with it; returns its
+    /// answer if the caller had not taken it.
+    fn cancel(&mut self) -> Option<Delivered> {
+        if self.done {
+            return None;
+        }
+        self.done = true;
+        let shared = self.shared;
+        let (slot, key) = (self.slot, self.key);
+        let mut jobs = Vec::new();
+        let mut handed = None;
+        let parked;
+        let mut own = Own::default();
+        {
+            let mut core = self.lane.core.lock();
+            {
+                let mut inner = slot.lock();
+                inner.abandoned = true;
+                // Dropped once the locks are released.
+                parked = std::mem::take(&mut inner.parked);
+                if self.runs_here || inner.run.caller_ends() {
+                    core.live = core.live.saturating_sub(1);
+                    if let Run::Handed(future) = std::mem::replace(&mut inner.run, Run::Ended) {
+                        handed = Some(future);
+                    }
+                }
+            }
+            let now = shared.now();
+            core.pool.cancel(now, key);
+            core.after_input(Some(key), &mut own, &mut jobs, &self.lane.signals, 0);
+        }
+        let answer = own.answer.take();
+        drop(handed);
+        drop(parked);
+        own.wake_all();
+        shared.spawn_jobs(self.lane.index, jobs);
+        answer.or_else(|| slot.lock().answer.take())
+    }
+
     /// The request was answered before its handler ran (or after it was
     /// started but before this task ran it).
     fn answered_without_run(&mut self) {
@@ -1060,55 +1256,33 @@ impl<R: Runtime> PendingGuard<'_, R> {
 
 impl<R: Runtime> Drop for PendingGuard<'_, R> {
     fn drop(&mut self) {
-        if self.done {
+        self.cancel();
+    }
+}
+
+/// [`PendingGuard`] of a pool with hooks: a caller that gives up after its
+/// request was accepted cancels it, and the request's last hook
+/// (`on_request_failure`, or `on_request_success` if it had just
+/// succeeded) runs in a task of its own.
+struct HookedGuard<'a, R: Runtime> {
+    pending: PendingGuard<'a, R>,
+    request_id: &'a str,
+}
+
+impl<R: Runtime> Drop for HookedGuard<'_, R> {
+    fn drop(&mut self) {
+        let Some(answer) = self.pending.cancel() else {
             return;
-        }
-        let shared = self.shared;
-        let (slot, key) = (self.slot, self.key);
-        let mut probes = Vec::new();
-        let mut handed = None;
-        let parked;
-        let mut own = Own::default();
-        {
-            let mut core = self.lane.core.lock();
-            {
-                let mut inner = slot.lock();
-                inner.abandoned = true;
-                // Dropped once the locks are released.
-                parked = std::mem::take(&mut inner.parked);
-                if self.runs_here || inner.run.caller_ends() {
-                    core.live = core.live.saturating_sub(1);
-                    if let Run::Handed(future) = std::mem::replace(&mut inner.run, Run::Ended) {
-                        handed = Some(future);
-                    }
-                }
-            }
-            let now = shared.now();
-            core.pool.cancel(now, key);
-            core.after_input(
-                Some(key),
-                &mut own,
-                None,
-                &mut probes,
-                &self.lane.signals,
-                0,
-            );
-        }
-        let answer = own.answer.take();
-        drop(handed);
-        drop(parked);
-        own.wake_all();
-        shared.spawn_probes(self.lane.index, probes);
-        // The caller is gone, so its failure hook runs in a task of its own.
-        let answer = answer.or_else(|| slot.lock().answer.take());
-        if let (Some(hooks), Some(answer)) = (shared.hooks.clone(), answer) {
-            if let Err(error) = &answer.result {
-                let error = protocol_error(error);
-                shared.runtime.spawn(Box::pin(async move {
-                    hooks.on_request_failure(answer.worker_id(), &error).await;
-                }));
-            }
-        }
+        };
+        let shared = self.pending.shared;
+        let Some(hooks) = shared.hooks.clone() else {
+            return;
+        };
+        let worker = answer.worker.clone();
+        let outcome = respond(answer, self.request_id.to_string()).result;
+        shared.runtime.spawn(Box::pin(async move {
+            notify(&*hooks, worker_id(worker.as_deref()), &outcome).await;
+        }));
     }
 }
 
@@ -1250,47 +1424,43 @@ async fn run_handler(
     .await
 }
 
-async fn fire_hooks(
+/// Asks the breaker whether the worker named `worker_id` may take the
+/// request; a veto is reported (`on_request_rejected`) before this returns.
+async fn ask_breaker(
     hooks: &dyn CircuitBreakerHooks,
+    worker_id: &str,
     request: &WorkerRequest,
-    events: Vec<HookEvent>,
-) {
-    for event in events {
-        match event {
-            HookEvent::Accepted(worker_id) => hooks.on_request_accepted(&worker_id, request).await,
-            HookEvent::Rejected(worker_id, reason) => {
-                hooks
-                    .on_request_rejected(worker_id.as_deref(), request, reason)
-                    .await;
-            }
-        }
+) -> bool {
+    let allowed = hooks.allow_request(worker_id, request);
+    if !allowed {
+        hooks
+            .on_request_rejected(Some(worker_id), request, WorkerErrorCode::CircuitOpen)
+            .await;
     }
+    allowed
 }
 
-/// The caller's answer, with its success or failure hook fired.
-fn finish(
-    hooks: Option<&dyn CircuitBreakerHooks>,
-    answer: Delivered,
-    request_id: String,
-) -> Finish<'_> {
-    match hooks {
-        None => Finish::Ready(respond(answer, request_id)),
-        Some(hooks) => {
-            let worker = answer.worker.clone();
-            let timed = respond(answer, request_id);
-            Finish::Notify(Box::pin(async move {
-                notify(hooks, worker_id(worker.as_deref()), &timed.result).await;
-                timed
-            }))
-        }
-    }
+/// What a caller in a pool with hooks waits for.
+enum Notice {
+    /// Its answer.
+    Answered(Delivered),
+    /// Its worker was removed: it has the breaker place the request anew.
+    Revet,
 }
 
-/// A caller's answer: ready, or once its hook has run (boxed, so the
-/// common case adds nothing to the caller's future).
-enum Finish<'a> {
-    Ready(Timed),
-    Notify(Pin<Box<dyn Future<Output = Timed> + Send + 'a>>),
+/// Waits until the request is answered or must be placed anew.
+fn wait_for_notice(slot: &Slot) -> impl Future<Output = Notice> + '_ {
+    poll_fn(move |cx| {
+        let mut inner = slot.lock();
+        if let Some(answer) = inner.answer.take() {
+            return Poll::Ready(Notice::Answered(answer));
+        }
+        if std::mem::take(&mut inner.revet) {
+            return Poll::Ready(Notice::Revet);
+        }
+        inner.register(cx.waker());
+        Poll::Pending
+    })
 }
 
 /// The caller's answer, from the core's.
@@ -1357,6 +1527,17 @@ fn panic_error(panic: &(dyn std::any::Any + Send)) -> WorkerProtocolError {
     )
 }
 
+/// The error of a started request whose handler lost its request (never
+/// happens).
+fn lost_handler() -> WorkerProtocolError {
+    debug_assert!(false, "a started request has no request for its handler");
+    WorkerProtocolError::new(
+        WorkerErrorCode::Unavailable,
+        "the pool lost this request before its handler ran",
+        true,
+    )
+}
+
 fn lost_answer() -> WorkerPoolError {
     debug_assert!(false, "a request ended without its answer");
     WorkerPoolError::Worker(WorkerProtocolError::new(
@@ -1369,9 +1550,9 @@ fn lost_answer() -> WorkerPoolError {
 fn command_error(error: CommandError) -> WorkerPoolError {
     match error {
         CommandError::ShuttingDown => WorkerPoolError::ShuttingDown,
-        CommandError::UnknownWorker(_) | CommandError::WorkerRemoving(_) => {
-            WorkerPoolError::NoHealthyWorker
-        }
+        CommandError::UnknownWorker(_)
+        | CommandError::UnknownWorkerId(_)
+        | CommandError::WorkerRemoving(_) => WorkerPoolError::NoHealthyWorker,
         other => WorkerPoolError::InvalidRequest {
             reason: other.to_string(),
         },

@@ -1,5 +1,7 @@
 //! What the driver keeps beside the core, and how it carries out the core's
-//! actions. Everything here runs under the pool's lock and never awaits.
+//! actions. Everything here runs under the pool's lock, never awaits and
+//! never calls user code (handlers, probes and hooks run from the jobs and
+//! wake-ups it leaves for after the lock).
 
 use std::cell::Cell;
 use std::collections::{HashMap, VecDeque};
@@ -12,11 +14,11 @@ use std::task::Waker;
 use std::time::Duration;
 
 use foreman_core::{
-    Action, Event, Phase, Pool, ProbeKey, RequestKey, Time, WorkerErrorCode, WorkerKey,
-    WorkerPoolError, WorkerProtocolError, WorkerRequest,
+    Action, Event, Phase, Pool, ProbeKey, RequestKey, Time, WorkerKey, WorkerPoolError,
+    WorkerProtocolError, WorkerRequest,
 };
 use futures_channel::oneshot;
-use futures_util::future::AbortHandle;
+use futures_util::future::{AbortHandle, AbortRegistration};
 use futures_util::task::AtomicWaker;
 use parking_lot::{Mutex, MutexGuard};
 use serde_json::Value;
@@ -41,6 +43,13 @@ pub(crate) struct Core {
     /// Whether its lane's counts are published in [`LaneSignals`] (only
     /// a pool of several lanes reads them).
     pub(crate) publish_load: bool,
+    /// Whether started handlers run as tasks of their own ([`HandlerJob`]):
+    /// in a pool with hooks, whose callers run hooks while the handler
+    /// runs.
+    pub(crate) spawn_handlers: bool,
+    /// The handler tasks of started requests ([`HandlerJob`]), to abort
+    /// when the core aborts their request.
+    pub(crate) tasks: FastMap<RequestKey, AbortHandle>,
 }
 
 /// A worker as the driver knows it.
@@ -84,13 +93,6 @@ pub(crate) struct Delivered {
     pub(crate) result: Result<Value, WorkerPoolError>,
     pub(crate) queued_for: Duration,
     pub(crate) ran_for: Option<Duration>,
-}
-
-impl Delivered {
-    /// The id of the worker that answered ("" if it is gone).
-    pub(crate) fn worker_id(&self) -> &str {
-        worker_id(self.worker.as_deref())
-    }
 }
 
 /// The id of `worker` ("" if it is gone).
@@ -144,18 +146,36 @@ pub(crate) struct Claimed {
 pub(crate) type OwnedHandlerFuture =
     Pin<Box<dyn Future<Output = Result<Value, WorkerProtocolError>> + Send>>;
 
-/// A hook call to make once the lock is released.
-pub(crate) enum HookEvent {
-    Accepted(Arc<str>),
-    Rejected(Option<Arc<str>>, WorkerErrorCode),
+/// What the driver must do once the actions are carried out and the lock
+/// released.
+pub(crate) enum Job {
+    /// Spawn a health probe.
+    Probe(ProbeJob),
+    /// Spawn a started request's handler (pools with hooks only).
+    Handler(HandlerJob),
+    /// Drop a stopped worker's handler (its `Drop` is user code).
+    Release(Arc<WorkerCell>),
 }
 
-/// A probe the driver must spawn once the actions are carried out.
+/// A probe to run.
 pub(crate) struct ProbeJob {
     pub(crate) worker: WorkerKey,
     pub(crate) probe: ProbeKey,
     pub(crate) handler: Arc<dyn WorkerHandler>,
-    pub(crate) registration: futures_util::future::AbortRegistration,
+    pub(crate) registration: AbortRegistration,
+}
+
+/// A started request whose handler runs as a task of its own, so that it
+/// makes progress while its caller runs hooks (which may wait for it, by
+/// submitting to the same worker or shutting the pool down). Aborted
+/// through [`Core::tasks`] when the core aborts the request.
+pub(crate) struct HandlerJob {
+    pub(crate) key: RequestKey,
+    pub(crate) worker: Arc<WorkerCell>,
+    /// The handler's copy of the request (`None` never happens: the
+    /// handler then fails the request).
+    pub(crate) request: Option<WorkerRequest>,
+    pub(crate) registration: AbortRegistration,
 }
 
 /// A request the driver holds, or none: dropping it takes its JSON values
@@ -205,6 +225,9 @@ pub(crate) struct SlotInner {
     pub(crate) answer: Option<Delivered>,
     /// The caller's `submit` future was dropped.
     pub(crate) abandoned: bool,
+    /// The request's worker was removed: its caller has the circuit
+    /// breaker place it anew (`Action::Revet`).
+    pub(crate) revet: bool,
     waker: Option<Waker>,
 }
 
@@ -345,23 +368,23 @@ impl Core {
     /// Carries out every pending action, drains events and re-arms the
     /// timer. `own` names the request of the calling task: its start and
     /// answer go to `mine`, not to its slot (`mine` is the caller's, so
-    /// nothing large is returned); hook events are pushed to `hooks` when
-    /// it is `Some`; probes to spawn go to `probes`.
+    /// nothing large is returned); probes and handler tasks to spawn go to
+    /// `jobs`.
     ///
     /// Up to `claim` started requests whose callers parked them are
     /// claimed for the calling task to run ([`Own::claimed`]); the others'
-    /// callers are to be woken ([`Own::wake`]).
+    /// callers are to be woken ([`Own::wake`]). In a pool with hooks every
+    /// started request runs as a task of its own ([`HandlerJob`]) instead.
     pub(crate) fn after_input(
         &mut self,
         own: Option<RequestKey>,
         mine: &mut Own,
-        hooks: Option<&mut Vec<HookEvent>>,
-        probes: &mut Vec<ProbeJob>,
+        jobs: &mut Vec<Job>,
         signals: &LaneSignals,
         mut claim: usize,
     ) {
         // Events first: a `StopWorker` below forgets the worker's id.
-        self.drain_events(hooks, signals);
+        self.drain_events(signals);
         while let Some(action) = self.pool.poll_action() {
             match action {
                 Action::Start {
@@ -377,6 +400,17 @@ impl Core {
                         worker: Arc::clone(&entry.cell),
                     };
                     self.live += 1;
+                    if self.spawn_handlers {
+                        let (handle, registration) = AbortHandle::new_pair();
+                        self.tasks.insert(request, handle);
+                        jobs.push(Job::Handler(HandlerJob {
+                            key: request,
+                            worker: started.worker,
+                            request: payload.lock().parked.take(),
+                            registration,
+                        }));
+                        continue;
+                    }
                     if own == Some(request) {
                         mine.started = Some(started);
                         continue;
@@ -406,8 +440,15 @@ impl Core {
                     }
                 }
                 // The answer of an aborted request follows in the same batch
-                // and reaches its slot, which stops the handler.
-                Action::Abort { .. } => {}
+                // and reaches its slot, which stops the handler; a handler
+                // running as a task of its own is aborted.
+                Action::Abort { request, .. } => {
+                    if self.spawn_handlers {
+                        if let Some(task) = self.tasks.remove(&request) {
+                            task.abort();
+                        }
+                    }
+                }
                 Action::Answer(answer) => {
                     let slot = answer.payload;
                     let worker = self
@@ -429,6 +470,10 @@ impl Core {
                         slot.update(&mut mine.wake, |inner| inner.answer = Some(delivered));
                     }
                 }
+                // Its caller has the breaker place it anew.
+                Action::Revet { payload, .. } => {
+                    payload.update(&mut mine.wake, |inner| inner.revet = true);
+                }
                 Action::RunProbe { worker, probe } => {
                     if let Some(entry) = self.workers.get_mut(&worker) {
                         let (handle, registration) = AbortHandle::new_pair();
@@ -436,12 +481,12 @@ impl Core {
                             old.abort();
                         }
                         self.live += 1;
-                        probes.push(ProbeJob {
+                        jobs.push(Job::Probe(ProbeJob {
                             worker,
                             probe,
                             handler: Arc::clone(&entry.cell.handler),
                             registration,
-                        });
+                        }));
                     }
                 }
                 Action::AbortProbe { worker, probe } => {
@@ -464,6 +509,7 @@ impl Core {
                         if let Some((_, handle)) = entry.probe {
                             handle.abort();
                         }
+                        jobs.push(Job::Release(entry.cell));
                     }
                 }
             }
@@ -484,19 +530,11 @@ impl Core {
         }
     }
 
-    fn drain_events(&mut self, mut hooks: Option<&mut Vec<HookEvent>>, signals: &LaneSignals) {
+    /// Logs health changes and notes the end of shutdown. (The hooks hear
+    /// of acceptance and refusal from the caller that asked the breaker.)
+    fn drain_events(&mut self, signals: &LaneSignals) {
         while let Some(event) = self.pool.poll_event() {
             match event {
-                Event::Accepted { worker, .. } => {
-                    if let Some(hooks) = hooks.as_deref_mut() {
-                        hooks.push(HookEvent::Accepted(self.id_of(worker)));
-                    }
-                }
-                Event::Rejected { worker, reason } => {
-                    if let Some(hooks) = hooks.as_deref_mut() {
-                        hooks.push(HookEvent::Rejected(worker.map(|w| self.id_of(w)), reason));
-                    }
-                }
                 Event::HealthChanged {
                     worker,
                     from,
@@ -515,7 +553,7 @@ impl Core {
                         at: at.since_epoch(),
                     });
                 }
-                Event::Requeued { .. } => {}
+                Event::Accepted { .. } | Event::Rejected { .. } | Event::Requeued { .. } => {}
                 Event::ShutdownComplete { .. } => {
                     self.stopped = true;
                     signals.close();
@@ -524,7 +562,8 @@ impl Core {
         }
     }
 
-    fn id_of(&self, worker: WorkerKey) -> Arc<str> {
+    /// The id of a worker ("" if it is gone).
+    pub(crate) fn id_of(&self, worker: WorkerKey) -> Arc<str> {
         self.workers
             .get(&worker)
             .map_or_else(|| Arc::from(""), |entry| Arc::clone(&entry.cell.id))
