@@ -100,7 +100,9 @@ pub use dismantle::{dismantle, dismantle_request};
 pub use health::HealthCause;
 pub use keys::{ProbeKey, RequestKey, WorkerKey};
 pub use output::{Action, Answer, Event, Phase};
-pub use pool::{CommandError, InvariantViolation, Pool, Refused, MAX_WORKER_ID_LEN};
+pub use pool::{
+    CommandError, InvariantViolation, Pool, Refused, Revetted, Vetted, Vetting, MAX_WORKER_ID_LEN,
+};
 pub use protocol::{
     WorkerErrorCode, WorkerHealth, WorkerHealthStatus, WorkerOperation, WorkerPoolError,
     WorkerProtocolError, WorkerRequest, WorkerResponse, WorkerResult,

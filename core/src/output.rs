@@ -36,6 +36,20 @@ pub enum Action<P> {
     /// Deliver the final answer of an accepted request. Every accepted
     /// request gets exactly one.
     Answer(Answer<P>),
+    /// Ask the circuit breaker again where a request may go: its worker
+    /// was removed while the request waited there, and the breaker chose
+    /// that worker for it, so it moves only to a worker the breaker
+    /// approves. Drive the choice with [`crate::Pool::revet`], now or
+    /// later: until then the request waits on no worker (its deadline still
+    /// runs; a cancel or the drain deadline still answers it).
+    Revet {
+        /// The request to place.
+        request: RequestKey,
+        /// The removed worker it waited on.
+        worker: WorkerKey,
+        /// The payload given to `submit` (a clone, as for `Start`).
+        payload: P,
+    },
     /// Run a health probe on the worker and report it with
     /// [`crate::Pool::handle_probe_result`].
     RunProbe {
@@ -115,8 +129,10 @@ pub enum Event {
         /// Why.
         reason: WorkerErrorCode,
     },
-    /// A queued request moved to another worker: its worker was removed, or
-    /// (late binding) another worker freed up first and runs it now.
+    /// A queued request moved to another worker: its worker was removed
+    /// (for a request a circuit breaker placed, once [`crate::Pool::revet`]
+    /// found a worker the breaker approves), or (late binding) another
+    /// worker freed up first and runs it now.
     Requeued {
         /// The request.
         request: RequestKey,

@@ -2,6 +2,7 @@
 
 mod invariants;
 mod run_list;
+mod vetting;
 
 use std::collections::{BTreeMap, VecDeque};
 use std::fmt;
@@ -26,6 +27,7 @@ use crate::validate::RequestError;
 use run_list::RunList;
 
 pub use invariants::InvariantViolation;
+pub use vetting::{Revetted, Vetted, Vetting};
 
 /// The worker pool as a pure state machine: inputs in, decisions out.
 ///
@@ -36,9 +38,15 @@ pub use invariants::InvariantViolation;
 ///
 /// # Inputs
 /// Every input takes `now`, the current [`Time`]:
-/// - [`submit`](Self::submit) / [`submit_with`](Self::submit_with): a new
-///   request, answered at once with a [`RequestKey`] or a [`Refused`] (invalid,
-///   queue full, no healthy worker, circuit open, shutting down);
+/// - [`submit`](Self::submit) / [`submit_checked`](Self::submit_checked) /
+///   [`offer`](Self::offer): a new request, answered at once with a
+///   [`RequestKey`] or a [`Refused`] (invalid, queue full, no healthy
+///   worker, shutting down);
+/// - [`vet`](Self::vet): a new request whose worker a circuit breaker
+///   approves, asked one candidate at a time (so a driver asks it outside
+///   its lock), and [`revet`](Self::revet): such a request whose worker was
+///   removed ([`Action::Revet`]); [`submit_with`](Self::submit_with) runs
+///   the steps of `vet` with a breaker that answers at once;
 /// - [`cancel`](Self::cancel): the caller gave up on a request;
 /// - [`handle_completion`](Self::handle_completion): a handler finished;
 /// - [`handle_probe_result`](Self::handle_probe_result): a probe answered;
@@ -159,6 +167,9 @@ pub enum CommandError {
     /// No worker has that key (it never existed or was removed).
     #[error("no worker with key {0}")]
     UnknownWorker(WorkerKey),
+    /// No worker has that identifier (it never existed or was removed).
+    #[error("no worker named {0:?}")]
+    UnknownWorkerId(String),
     /// The worker is being removed and takes no more commands.
     #[error("worker {0} is being removed")]
     WorkerRemoving(String),
@@ -193,6 +204,10 @@ struct Request<P> {
     state: RequestState,
     /// Only its worker may run it (it is not in the backlog).
     pinned: bool,
+    /// A circuit breaker chose its worker, and it is pinned there: should
+    /// that worker be removed while it waits, it moves only to a worker
+    /// the breaker approves ([`Action::Revet`], [`Pool::revet`]).
+    vetted: bool,
     /// The submit payload, held until the answer gives it back.
     payload: P,
     accepted_at: Time,
@@ -202,7 +217,19 @@ struct Request<P> {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum RequestState {
     Queued,
-    Running { started_at: Time },
+    /// Vetted, its worker removed: it waits on no worker's queue (its
+    /// removed worker counts it in `moving`) for [`Pool::revet`].
+    Moving,
+    Running {
+        started_at: Time,
+    },
+}
+
+impl RequestState {
+    /// Waiting for a run slot: queued, or moving off a removed worker.
+    fn is_waiting(self) -> bool {
+        matches!(self, RequestState::Queued | RequestState::Moving)
+    }
 }
 
 struct Worker {
@@ -216,6 +243,10 @@ struct Worker {
     queue: VecDeque<RequestKey>,
     /// Live entries of `queue`.
     queued: usize,
+    /// Requests that waited here when the worker was removed and wait for
+    /// a circuit breaker's approval of another ([`RequestState::Moving`]);
+    /// the worker is released only once they have moved or been answered.
+    moving: usize,
     running: RunList,
     /// How long its last successful request ran (since it was added or
     /// restarted): a queued request with less budget left is not started
@@ -283,7 +314,7 @@ impl<P: Clone> Pool<P> {
 
     // ----- inputs -------------------------------------------------------
 
-    /// Submits a request; see [`submit_with`](Self::submit_with).
+    /// Submits a request; see [`submit_checked`](Self::submit_checked).
     ///
     /// # Errors
     /// Returns [`Refused`] with the payload when the request is not accepted.
@@ -293,11 +324,47 @@ impl<P: Clone> Pool<P> {
         request: &WorkerRequest,
         payload: P,
     ) -> Result<RequestKey, Refused<P>> {
-        self.submit_with(now, request, payload, |_| true)
+        let admission = self.config.admit(request);
+        self.submit_checked(now, admission, payload)
     }
 
-    /// Submits a request, asking `allow` (a circuit breaker) about each
-    /// candidate worker by id before choosing it.
+    /// Submits a request, asking `allow` (a circuit breaker that answers at
+    /// once) about each candidate worker by id, in the pool's order, until
+    /// one allows: the steps of [`vet`](Self::vet) in one call. Its worker
+    /// is then the one `allow` approved (see [`vet`](Self::vet) for when it
+    /// may move, and [`Action::Revet`]).
+    ///
+    /// # Errors
+    /// As [`vet`](Self::vet) with [`Vetting::new`].
+    pub fn submit_with(
+        &mut self,
+        now: Time,
+        request: &WorkerRequest,
+        payload: P,
+        mut allow: impl FnMut(&str) -> bool,
+    ) -> Result<RequestKey, Refused<P>> {
+        let admission = self.config.admit(request);
+        let mut vetting = Vetting::new();
+        let mut payload = payload;
+        loop {
+            match self.vet(now, &admission, payload, &mut vetting) {
+                Vetted::Ask {
+                    worker,
+                    payload: back,
+                } => {
+                    payload = back;
+                    let allowed = self.worker_id(worker).is_some_and(&mut allow);
+                    vetting.answer(allowed);
+                }
+                Vetted::Accepted { request, .. } => return Ok(request),
+                Vetted::Refused(refused) => return Err(refused),
+            }
+        }
+    }
+
+    /// Submits a request validated beforehand with [`PoolConfig::admit`] on
+    /// this pool's configuration ([`Pool::config`]). Drivers use it to
+    /// validate before taking the lock around the pool.
     ///
     /// On success the request is bound to a worker and queued there (and
     /// started at once if the worker is free; with late binding, whichever
@@ -306,46 +373,23 @@ impl<P: Clone> Pool<P> {
     ///
     /// # Errors
     /// Returns [`Refused`] with the payload and the reason: `ShuttingDown`
-    /// once shutdown began; `InvalidRequest` when the request breaks the
-    /// security policy; `QueueFull` when a schedulable worker exists but
-    /// every one with room was vetoed or none has room; `CircuitOpen` when
-    /// `allow` vetoed every worker with room; `NoHealthyWorker` when no
-    /// worker is schedulable.
-    pub fn submit_with(
-        &mut self,
-        now: Time,
-        request: &WorkerRequest,
-        payload: P,
-        allow: impl FnMut(&str) -> bool,
-    ) -> Result<RequestKey, Refused<P>> {
-        let admission = self.config.admit(request);
-        self.submit_checked(now, admission, payload, allow)
-    }
-
-    /// Submits a request validated beforehand with [`PoolConfig::admit`] on
-    /// this pool's configuration ([`Pool::config`]); otherwise exactly like
-    /// [`submit_with`](Self::submit_with). Drivers use it to validate before
-    /// taking the lock around the pool.
-    ///
-    /// # Errors
-    /// As [`submit_with`](Self::submit_with); a failed admission is refused
-    /// with `InvalidRequest` (after `ShuttingDown`, which takes precedence).
+    /// once shutdown began; `InvalidRequest` when the admission failed;
+    /// `QueueFull` when a schedulable worker exists but none has room;
+    /// `NoHealthyWorker` when no worker is schedulable.
     pub fn submit_checked(
         &mut self,
         now: Time,
         admission: Result<Admission, RequestError>,
         payload: P,
-        allow: impl FnMut(&str) -> bool,
     ) -> Result<RequestKey, Refused<P>> {
-        self.admit_request(now, admission, payload, allow, false)
+        self.admit_request(now, admission, payload, false)
     }
 
     /// Offers a request validated beforehand, for a driver that spreads its
     /// workers over several pools ("lanes") and tries them in turn: exactly
     /// like [`submit_checked`](Self::submit_checked), except that a refusal
-    /// for want of a worker (`QueueFull`, `NoHealthyWorker`, `CircuitOpen`)
-    /// is *declined*: it is not counted and emits no pool-level
-    /// [`Event::Rejected`] (a worker's own veto still emits its event), so
+    /// for want of a worker (`QueueFull`, `NoHealthyWorker`) is *declined*:
+    /// it is not counted and emits no pool-level [`Event::Rejected`], so
     /// the request is counted once, by the pool that takes it or by the
     /// last one tried (with `submit_checked`).
     ///
@@ -356,9 +400,8 @@ impl<P: Clone> Pool<P> {
         now: Time,
         admission: Result<Admission, RequestError>,
         payload: P,
-        allow: impl FnMut(&str) -> bool,
     ) -> Result<RequestKey, Refused<P>> {
-        self.admit_request(now, admission, payload, allow, true)
+        self.admit_request(now, admission, payload, true)
     }
 
     /// Workers that would start a request at once (schedulable, with a free
@@ -379,79 +422,81 @@ impl<P: Clone> Pool<P> {
         now: Time,
         admission: Result<Admission, RequestError>,
         payload: P,
-        mut allow: impl FnMut(&str) -> bool,
         decline: bool,
     ) -> Result<RequestKey, Refused<P>> {
         let now = self.observe(now);
-        if self.lifecycle != Lifecycle::Running {
-            self.counters.submitted += 1;
-            return Err(self.refuse(payload, WorkerPoolError::ShuttingDown));
-        }
-        let admission = match admission {
+        let admission = match self.admissible(admission) {
             Ok(admission) => admission,
-            Err(error) => {
-                self.counters.submitted += 1;
-                return Err(self.refuse(payload, error.into()));
-            }
+            Err(error) => return Err(self.refuse_counted(payload, error)),
         };
-        if admission.timeout() == Some(Duration::ZERO) {
-            // A zero budget has run out on arrival: no worker could finish
-            // in time, so none is asked and none is held responsible.
-            self.counters.submitted += 1;
-            return Err(self.refuse(payload, WorkerPoolError::Timeout));
-        }
-
-        let mut vetoed = false;
-        let late_binding = self.late_binding();
-        let workers = &self.workers;
-        let events = &mut self.events;
-        // Whether `candidate` may take the request; a veto is reported.
-        let mut take = |candidate: WorkerKey| {
-            let Some(worker) = workers.get(candidate.0) else {
-                debug_assert!(false, "router names a missing worker");
-                return false;
-            };
-            if allow(&worker.id) {
-                return true;
-            }
-            vetoed = true;
-            events.push_back(Event::Rejected {
-                worker: Some(candidate),
-                reason: WorkerErrorCode::CircuitOpen,
-            });
-            false
-        };
-        // The policy's first choice is usually taken: try it without
-        // building the candidate iterator, then the rest in order.
-        let first = self.router.first_candidate();
-        let chosen = match first {
-            Some(candidate) if take(candidate) => Some(candidate),
-            _ => {
-                let skip = usize::from(first.is_some());
-                self.router.candidates().skip(skip).find(|&c| take(c))
-            }
-        };
+        // The policy's first choice is taken: found without building the
+        // candidate iterator, which is only the fallback.
+        let chosen = self
+            .router
+            .first_candidate()
+            .or_else(|| self.router.candidates().next());
         let Some(worker) = chosen else {
-            let error = if self.schedulable > self.router.eligible_len() {
-                WorkerPoolError::QueueFull
-            } else if vetoed {
-                WorkerPoolError::CircuitOpen
-            } else {
-                WorkerPoolError::NoHealthyWorker
-            };
+            let error = self.no_worker_error(false);
             return Err(self.refuse_or_decline(payload, error, decline));
         };
-
         if !self.requests.has_room() {
             return Err(self.refuse_or_decline(payload, WorkerPoolError::QueueFull, decline));
         }
-        self.counters.submitted += 1;
+        let pinned = !self.late_binding();
+        self.accept(now, worker, admission, payload, pinned, false)
+    }
+
+    /// Whether the pool takes new requests and the admission passed: its
+    /// checks that do not depend on workers, in their order of precedence.
+    fn admissible(
+        &self,
+        admission: Result<Admission, RequestError>,
+    ) -> Result<Admission, WorkerPoolError> {
+        if self.lifecycle != Lifecycle::Running {
+            return Err(WorkerPoolError::ShuttingDown);
+        }
+        let admission = admission.map_err(WorkerPoolError::from)?;
+        if admission.timeout() == Some(Duration::ZERO) {
+            // A zero budget has run out on arrival: no worker could finish
+            // in time, so none is asked and none is held responsible.
+            return Err(WorkerPoolError::Timeout);
+        }
+        Ok(admission)
+    }
+
+    /// Why no worker takes a request: `QueueFull` when some schedulable
+    /// worker has no room, else `CircuitOpen` when a breaker vetoed some
+    /// worker, else `NoHealthyWorker`.
+    fn no_worker_error(&self, vetoed: bool) -> WorkerPoolError {
+        if self.schedulable > self.router.eligible_len() {
+            WorkerPoolError::QueueFull
+        } else if vetoed {
+            WorkerPoolError::CircuitOpen
+        } else {
+            WorkerPoolError::NoHealthyWorker
+        }
+    }
+
+    /// Accepts a new request on `worker` (eligible; the request slab has
+    /// room): queues it there, and starts it at once if the worker is free.
+    /// `pinned`: only that worker may run it; `vetted`: a circuit breaker
+    /// chose the worker (see [`Request::vetted`]).
+    fn accept(
+        &mut self,
+        now: Time,
+        worker: WorkerKey,
+        admission: Admission,
+        payload: P,
+        pinned: bool,
+        vetted: bool,
+    ) -> Result<RequestKey, Refused<P>> {
         let deadline = admission.timeout().map(|budget| now + budget);
         let max_running = self.config.max_concurrency_per_worker as usize;
         let Some(slot) = self.workers.get_mut(worker.0) else {
             debug_assert!(false, "router chose a missing worker");
-            return Err(self.refuse(payload, WorkerPoolError::NoHealthyWorker));
+            return Err(self.refuse_counted(payload, WorkerPoolError::NoHealthyWorker));
         };
+        self.counters.submitted += 1;
         // A free worker with nothing waiting starts the request at once,
         // without a trip through its queue.
         let start_now = slot.queued == 0 && slot.running.len() < max_running;
@@ -461,13 +506,11 @@ impl<P: Clone> Pool<P> {
             RequestState::Queued
         };
         let started = start_now.then(|| payload.clone());
-        // A request some worker's circuit breaker vetoed stays on the
-        // worker that took it: another could be one the breaker refuses.
-        let pinned = !late_binding || vetoed;
         let key = RequestKey(self.requests.insert(Request {
             worker,
             state,
             pinned,
+            vetted,
             payload,
             accepted_at: now,
             deadline,
@@ -520,7 +563,7 @@ impl<P: Clone> Pool<P> {
             "request cancelled by the caller",
             false,
         ));
-        if matches!(entry.state, RequestState::Queued) {
+        if entry.state.is_waiting() {
             self.counters.cancelled_queued += 1;
             self.finish_queued(request, Err(error));
         } else {
@@ -684,6 +727,7 @@ impl<P: Clone> Pool<P> {
             status: WorkerHealthStatus::Healthy,
             queue: VecDeque::new(),
             queued: 0,
+            moving: 0,
             running: RunList::default(),
             last_run: None,
             removing: false,
@@ -756,13 +800,21 @@ impl<P: Clone> Pool<P> {
     /// Removes a worker: it takes no new requests, its queued requests move
     /// to other workers (or are answered with a retryable `Unavailable`
     /// error when none can take them), its running requests finish, and
-    /// then [`Action::StopWorker`] releases it.
+    /// then [`Action::StopWorker`] releases it. A queued request a circuit
+    /// breaker placed there ([`vet`](Self::vet)) is not moved here: an
+    /// [`Action::Revet`] asks the driver to have the breaker approve its
+    /// next worker ([`revet`](Self::revet)), and the worker is released
+    /// only once every such request has moved or been answered.
     ///
     /// # Errors
+    /// [`CommandError::ShuttingDown`] once the pool has stopped;
     /// [`CommandError::UnknownWorker`], or [`CommandError::WorkerRemoving`]
     /// when removal is already under way.
     pub fn remove_worker(&mut self, now: Time, worker: WorkerKey) -> Result<(), CommandError> {
         self.observe(now);
+        if self.lifecycle == Lifecycle::Stopped {
+            return Err(CommandError::ShuttingDown);
+        }
         let slot = self
             .workers
             .get_mut(worker.0)
@@ -784,7 +836,15 @@ impl<P: Clone> Pool<P> {
             if !self.is_queued_on(request, worker) {
                 continue;
             }
-            self.requeue_or_answer(request, worker, &worker_id);
+            if self
+                .requests
+                .get(request.0)
+                .is_some_and(|entry| entry.vetted)
+            {
+                self.await_revet(request, worker);
+            } else {
+                self.requeue_or_answer(request, worker, &worker_id);
+            }
         }
         self.after_worker_change(worker, HealthCause::Stopped);
         Ok(())
@@ -905,14 +965,15 @@ impl<P: Clone> Pool<P> {
             ..Stats::default()
         };
         for (key, slot) in self.workers.iter() {
-            stats.queued += slot.queued;
+            let waiting = slot.queued + slot.moving;
+            stats.queued += waiting;
             stats.running += slot.running.len();
             stats.workers.push(WorkerStats {
                 worker: WorkerKey(key),
                 worker_id: slot.id.clone(),
                 status: self.reported_status(slot),
                 consecutive_failures: slot.health.failures(),
-                queued: slot.queued,
+                queued: waiting,
                 running: slot.running.len(),
                 removing: slot.removing,
             });
@@ -928,6 +989,21 @@ impl<P: Clone> Pool<P> {
     /// The key of the worker with this identifier.
     pub fn worker_key(&self, id: &str) -> Option<WorkerKey> {
         self.ids.get(id).copied()
+    }
+
+    /// The key of the worker a command (restart, remove) names by
+    /// identifier, checked as the command itself would first.
+    ///
+    /// # Errors
+    /// [`CommandError::ShuttingDown`] once the pool has stopped (whatever
+    /// the identifier); [`CommandError::UnknownWorkerId`] when no worker
+    /// has it.
+    pub fn command_target(&self, id: &str) -> Result<WorkerKey, CommandError> {
+        if self.lifecycle == Lifecycle::Stopped {
+            return Err(CommandError::ShuttingDown);
+        }
+        self.worker_key(id)
+            .ok_or_else(|| CommandError::UnknownWorkerId(id.to_string()))
     }
 
     /// The identifier of a worker.
@@ -983,9 +1059,14 @@ impl<P: Clone> Pool<P> {
         if decline {
             Refused { error, payload }
         } else {
-            self.counters.submitted += 1;
-            self.refuse(payload, error)
+            self.refuse_counted(payload, error)
         }
+    }
+
+    /// Refuses a submit for good: counted once, reported.
+    fn refuse_counted(&mut self, payload: P, error: WorkerPoolError) -> Refused<P> {
+        self.counters.submitted += 1;
+        self.refuse(payload, error)
     }
 
     fn refuse(&mut self, payload: P, error: WorkerPoolError) -> Refused<P> {
@@ -1245,15 +1326,19 @@ impl<P: Clone> Pool<P> {
         let Some(entry) = self.requests.remove(request.0) else {
             return;
         };
-        if entry.state != RequestState::Queued {
+        if !entry.state.is_waiting() {
             unreachable_state();
         }
         if !entry.pinned {
             self.leave_backlog();
         }
         if let Some(slot) = self.workers.get_mut(entry.worker.0) {
-            slot.queued = slot.queued.saturating_sub(1);
-            sweep_queue(&mut slot.queue, slot.queued, &self.requests, entry.worker);
+            if entry.state == RequestState::Moving {
+                slot.moving = slot.moving.saturating_sub(1);
+            } else {
+                slot.queued = slot.queued.saturating_sub(1);
+                sweep_queue(&mut slot.queue, slot.queued, &self.requests, entry.worker);
+            }
         }
         self.actions.push_back(Action::Answer(Answer {
             request,
@@ -1307,37 +1392,30 @@ impl<P: Clone> Pool<P> {
             return;
         };
         let worker = entry.worker;
-        match entry.state {
-            RequestState::Queued => {
-                if cfg!(feature = "planted-bug") {
-                    // Planted bug (test-only feature): forget to answer a
-                    // request that timed out while queued. The simulator
-                    // must catch this.
-                    self.counters.timed_out_queued += 1;
-                    if let Some(slot) = self.workers.get_mut(worker.0) {
-                        slot.queued = slot.queued.saturating_sub(1);
-                    }
-                    let _ = self.requests.remove(request.0);
-                } else {
-                    self.expire_queued(request);
-                }
-                self.after_worker_change(worker, HealthCause::Timeout);
+        if let RequestState::Running { started_at } = entry.state {
+            // The deadline, not `now`: a timer that fires late does not
+            // lengthen the worker's share.
+            let deadline = entry.deadline.unwrap_or(self.now);
+            let ran = deadline - started_at;
+            let budget = deadline - entry.accepted_at;
+            self.counters.timed_out_running += 1;
+            self.actions.push_back(Action::Abort { request, worker });
+            if let Some(slot) = self.workers.get_mut(worker.0) {
+                slot.health.on_timeout(ran, budget);
             }
-            RequestState::Running { started_at } => {
-                // The deadline, not `now`: a timer that fires late does not
-                // lengthen the worker's share.
-                let deadline = entry.deadline.unwrap_or(self.now);
-                let ran = deadline - started_at;
-                let budget = deadline - entry.accepted_at;
-                self.counters.timed_out_running += 1;
-                self.actions.push_back(Action::Abort { request, worker });
-                if let Some(slot) = self.workers.get_mut(worker.0) {
-                    slot.health.on_timeout(ran, budget);
-                }
-                self.finish_running(request, Err(WorkerPoolError::Timeout));
-                self.after_worker_change(worker, HealthCause::Timeout);
+            self.finish_running(request, Err(WorkerPoolError::Timeout));
+        } else if cfg!(feature = "planted-bug") {
+            // Planted bug (test-only feature): forget to answer a request
+            // that timed out while waiting. The simulator must catch this.
+            self.counters.timed_out_queued += 1;
+            if let Some(slot) = self.workers.get_mut(worker.0) {
+                slot.queued = slot.queued.saturating_sub(1);
             }
+            let _ = self.requests.remove(request.0);
+        } else {
+            self.expire_queued(request);
         }
+        self.after_worker_change(worker, HealthCause::Timeout);
     }
 
     /// Answers `Timeout` to a queued request whose budget has run out (or
@@ -1411,43 +1489,70 @@ impl<P: Clone> Pool<P> {
             .candidates()
             .find(|candidate| *candidate != from);
         match target {
-            Some(to) => {
-                if let Some(entry) = self.requests.get_mut(request.0) {
-                    entry.worker = to;
-                }
-                // An unpinned request also keeps its place in the backlog.
-                if let Some(slot) = self.workers.get_mut(to.0) {
-                    slot.queue.push_back(request);
-                    slot.queued += 1;
-                }
-                self.counters.requeued += 1;
-                self.events.push_back(Event::Requeued { request, from, to });
-                self.pump(to);
-                self.refresh(to, HealthCause::Success);
-            }
+            Some(to) => self.requeue(request, from, to),
             None => {
                 // Put it back on the removed worker's books, then answer it.
                 if let Some(slot) = self.workers.get_mut(from.0) {
                     slot.queued += 1;
                 }
-                self.counters.unroutable_after_removal += 1;
-                let error = WorkerProtocolError::new(
-                    WorkerErrorCode::Unavailable,
-                    format!(
-                        "worker {from_id} was removed and no other worker could take the request"
-                    ),
-                    true,
-                );
-                self.finish_queued(request, Err(WorkerPoolError::Worker(error)));
+                self.unroutable(request, from_id, "no other worker could take the request");
             }
         }
+    }
+
+    /// Queues a request of removed worker `from` on `to` (eligible).
+    fn requeue(&mut self, request: RequestKey, from: WorkerKey, to: WorkerKey) {
+        if let Some(entry) = self.requests.get_mut(request.0) {
+            entry.worker = to;
+            entry.state = RequestState::Queued;
+        }
+        // An unpinned request also keeps its place in the backlog.
+        if let Some(slot) = self.workers.get_mut(to.0) {
+            slot.queue.push_back(request);
+            slot.queued += 1;
+        }
+        self.counters.requeued += 1;
+        self.events.push_back(Event::Requeued { request, from, to });
+        self.pump(to);
+        self.refresh(to, HealthCause::Success);
+    }
+
+    /// Answers a waiting request of a removed worker with a retryable
+    /// `Unavailable` error saying `why` it could not move.
+    fn unroutable(&mut self, request: RequestKey, from_id: &str, why: &str) {
+        self.counters.unroutable_after_removal += 1;
+        let error = WorkerProtocolError::new(
+            WorkerErrorCode::Unavailable,
+            format!("worker {from_id} was removed and {why}"),
+            true,
+        );
+        self.finish_queued(request, Err(WorkerPoolError::Worker(error)));
+    }
+
+    /// Takes a vetted request queued on removed worker `worker` off its
+    /// queue (the worker keeps counting it as `moving`) and asks the driver
+    /// to have the breaker approve its next worker.
+    fn await_revet(&mut self, request: RequestKey, worker: WorkerKey) {
+        let Some(entry) = self.requests.get_mut(request.0) else {
+            return;
+        };
+        entry.state = RequestState::Moving;
+        let payload = entry.payload.clone();
+        if let Some(slot) = self.workers.get_mut(worker.0) {
+            slot.moving += 1;
+        }
+        self.actions.push_back(Action::Revet {
+            request,
+            worker,
+            payload,
+        });
     }
 
     /// Releases a removed worker once its last running request is answered.
     fn maybe_release(&mut self, worker: WorkerKey) {
         let done = matches!(
             self.workers.get(worker.0),
-            Some(slot) if slot.removing && slot.running.is_empty() && slot.queued == 0
+            Some(slot) if slot.removing && slot.running.is_empty() && slot.queued == 0 && slot.moving == 0
         );
         if !done || self.lifecycle == Lifecycle::Stopped {
             return;
@@ -1470,13 +1575,7 @@ impl<P: Clone> Pool<P> {
         let (queued, running): (Vec<_>, Vec<_>) = self
             .requests
             .iter()
-            .map(|(key, entry)| {
-                (
-                    RequestKey(key),
-                    entry.worker,
-                    matches!(entry.state, RequestState::Queued),
-                )
-            })
+            .map(|(key, entry)| (RequestKey(key), entry.worker, entry.state.is_waiting()))
             .partition(|(_, _, queued)| *queued);
         for (request, _, _) in queued {
             self.counters.aborted_by_shutdown += 1;

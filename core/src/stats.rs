@@ -8,7 +8,8 @@ use crate::protocol::WorkerHealthStatus;
 pub struct Stats {
     /// Counters since the pool was created.
     pub counters: Counters,
-    /// Requests waiting in queues now.
+    /// Requests waiting for a run slot now: in queues, or moving off a
+    /// removed worker (see [`WorkerStats::queued`]).
     pub queued: usize,
     /// Requests running now.
     pub running: usize,
@@ -153,7 +154,9 @@ pub struct WorkerStats {
     pub status: WorkerHealthStatus,
     /// Consecutive failures counted against it.
     pub consecutive_failures: u32,
-    /// Requests waiting in its queue.
+    /// Requests waiting in its queue; for a worker being removed, those
+    /// that waited there and await a circuit breaker's approval of another
+    /// worker (`Action::Revet`).
     pub queued: usize,
     /// Requests it is running.
     pub running: usize,

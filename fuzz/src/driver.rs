@@ -376,8 +376,33 @@ impl Driver {
     /// Drains every output, checks it against what the driver knows, then
     /// checks the pool's own invariants and the growth bounds.
     fn settle(&mut self, after: &str) {
+        // Requests whose worker was removed while a breaker held them
+        // there, placed anew (by a breaker that allows every worker) once
+        // the actions of the input are carried out.
+        let mut revets = Vec::new();
+        loop {
+            for request in revets.drain(..) {
+                let _ = self.pool.revet_with(self.now, request, |_| true);
+            }
+            self.carry_out(&mut revets);
+            if revets.is_empty() {
+                break;
+            }
+        }
+        self.check(after);
+    }
+
+    /// Carries out the pending actions; the requests to place anew go to
+    /// `revets`.
+    fn carry_out(&mut self, revets: &mut Vec<RequestKey>) {
         while let Some(action) = self.pool.poll_action() {
             match action {
+                Action::Revet { request, worker, .. } => {
+                    assert!(self.pending.contains(&request), "revet of unknown {request}");
+                    assert!(!self.running.contains(&request), "revet of running {request}");
+                    assert!(!self.stopped_workers.contains(&worker), "revet off stopped {worker}");
+                    revets.push(request);
+                }
                 Action::Start { request, worker, .. } => {
                     assert!(self.pending.contains(&request), "start of unknown {request}");
                     assert!(self.running.insert(request), "{request} started twice");
@@ -418,6 +443,11 @@ impl Driver {
                 }
             }
         }
+    }
+
+    /// Drains the events, then checks the pool's own invariants and the
+    /// growth bounds.
+    fn check(&mut self, after: &str) {
         while let Some(event) = self.pool.poll_event() {
             if let foreman_core::Event::ShutdownComplete { .. } = event {
                 assert!(!self.shutdown_complete, "ShutdownComplete twice");

@@ -35,7 +35,7 @@ use std::future::Future;
 use std::num::NonZeroUsize;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError, Weak};
 use std::task::Poll;
 use std::time::Duration;
 
@@ -92,6 +92,16 @@ macro_rules! conformance_suite {
             a_caller_that_stalls_after_one_poll_does_not_hold_its_worker,
             a_slow_first_poll_does_not_delay_another_callers_answer,
             slow_and_fast_workers_share_the_queue_as_in_one_lane,
+            allow_request_may_call_the_pool,
+            on_request_accepted_may_call_the_pool,
+            every_other_hook_may_call_the_pool,
+            on_request_accepted_may_shut_the_pool_down,
+            handlers_and_probes_may_call_the_pool,
+            allow_request_is_asked_in_turn_until_one_allows,
+            a_moved_request_goes_only_where_the_breaker_allows,
+            a_moved_request_allowed_nowhere_is_answered,
+            a_breaker_over_two_lanes_counts_each_request_once,
+            commands_after_shutdown_answer_shutting_down,
         );
     };
     (@each $target:ty; $($name:ident),* $(,)?) => {$(
@@ -294,20 +304,50 @@ impl<R: Runtime + Clone> WorkerHandler for TestWorker<R> {
     }
 }
 
-/// Hooks that record every call, with a per-worker open circuit.
+/// Hooks that record every call, with a per-worker open circuit and
+/// per-request refusals.
 #[derive(Default)]
 pub struct RecordingHooks {
     log: Mutex<Vec<String>>,
     open: Mutex<Vec<String>>,
+    /// (request id, worker id) pairs `allow_request` refuses.
+    refuse: Mutex<Vec<(String, String)>>,
+    /// Whether `allow_request` records its questions too ("ask …").
+    log_asks: AtomicBool,
 }
 
 impl RecordingHooks {
+    /// Hooks that record the breaker's questions too.
+    pub fn asking() -> Self {
+        RecordingHooks {
+            log_asks: AtomicBool::new(true),
+            ..RecordingHooks::default()
+        }
+    }
+
     /// Every hook call so far.
     pub fn log(&self) -> Vec<String> {
         self.log
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .clone()
+    }
+
+    /// The calls about request `id`.
+    pub fn about(&self, id: &str) -> Vec<String> {
+        let needle = format!(" {id} ");
+        self.log()
+            .into_iter()
+            .filter(|line| line.contains(&needle))
+            .collect()
+    }
+
+    /// Makes `allow_request` refuse `worker_id` for request `request_id`.
+    pub fn refuse(&self, request_id: &str, worker_id: &str) {
+        self.refuse
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push((request_id.to_string(), worker_id.to_string()));
     }
 
     fn push(&self, entry: String) {
@@ -320,9 +360,16 @@ impl RecordingHooks {
 
 #[async_trait]
 impl CircuitBreakerHooks for RecordingHooks {
-    fn allow_request(&self, worker_id: &str, _request: &WorkerRequest) -> bool {
+    fn allow_request(&self, worker_id: &str, request: &WorkerRequest) -> bool {
+        if self.log_asks.load(Ordering::SeqCst) {
+            self.push(format!("ask {} {worker_id}", request.request_id));
+        }
         let open = self.open.lock().unwrap_or_else(PoisonError::into_inner);
+        let refuse = self.refuse.lock().unwrap_or_else(PoisonError::into_inner);
         !open.iter().any(|id| id == worker_id)
+            && !refuse
+                .iter()
+                .any(|(r, w)| *r == request.request_id && w == worker_id)
     }
 
     async fn on_request_accepted(&self, worker_id: &str, request: &WorkerRequest) {
@@ -406,6 +453,16 @@ fn pool_in_lanes<R: Runtime + Default + Clone>(
         Ok(pool) => pool,
         Err(error) => panic!("valid pool options refused: {error}"),
     }
+}
+
+/// Submits an echo request `id` and checks that `worker` served it.
+async fn assert_served_by<R: Runtime>(pool: &WorkerPool<R>, id: &str, worker: &str) {
+    let served = pool.submit(request(id, "echo")).await;
+    assert_eq!(
+        served.as_ref().map(|r| r.worker_id.as_str()).ok(),
+        Some(worker),
+        "{served:?}"
+    );
 }
 
 fn worker_error(result: &Result<WorkerResponse, WorkerPoolError>) -> WorkerErrorCode {
@@ -714,21 +771,14 @@ pub async fn d03_hooks_fire_once_after_the_fact<R: Runtime + Default + Clone>(rt
     assert!(g1.is_ok() && g2.is_ok(), "{g1:?} {g2:?}");
     assert!(matches!(refused, Err(WorkerPoolError::QueueFull)));
     let log = hooks.log();
-    let about = |id: &str| -> Vec<String> {
-        let needle = format!(" {id} ");
-        log.iter()
-            .filter(|l| l.contains(&needle))
-            .cloned()
-            .collect()
-    };
     assert_eq!(
-        about("full"),
+        hooks.about("full"),
         [
             "rejected full worker-0 CircuitOpen",
             "rejected full - QueueFull"
         ]
     );
-    let g1_accepted = about("g1");
+    let g1_accepted = hooks.about("g1");
     assert_eq!(
         g1_accepted
             .iter()
@@ -806,8 +856,9 @@ impl CircuitBreakerHooks for StuckHooks {
 }
 
 /// Defect 5, with hooks: dropping the `submit` future while its accept hook
-/// runs cancels the request too (it had been started on the worker), so
-/// the worker is free and shutdown does not wait for it.
+/// runs cancels the request too: its handler, started on the worker and
+/// running in a task of its own, is dropped, the worker is free, and
+/// shutdown does not wait for it.
 pub async fn d05_dropping_submit_while_hooks_run_cancels<R: Runtime + Default + Clone>(rt: R) {
     let worker = TestWorker::new(&rt);
     let pool = match WorkerPool::<R>::new_inprocess(
@@ -819,7 +870,7 @@ pub async fn d05_dropping_submit_while_hooks_run_cancels<R: Runtime + Default + 
         Err(error) => panic!("valid pool options refused: {error}"),
     };
     {
-        let mut stuck = Box::pin(pool.submit(request("stuck", "echo")));
+        let mut stuck = Box::pin(pool.submit(request("stuck", "hang")));
         assert!(pending_after_one_poll(&mut stuck).await);
     }
     let counters = pool.stats().counters;
@@ -827,7 +878,11 @@ pub async fn d05_dropping_submit_while_hooks_run_cancels<R: Runtime + Default + 
     let after = pool.submit(request("after", "echo")).await;
     assert!(after.is_ok(), "the worker is free: {after:?}");
     pool.shutdown().await;
-    assert_eq!(worker.calls(), 1, "the dropped request's handler never ran");
+    assert_eq!(
+        worker.calls() - 1,
+        worker.dropped(),
+        "the stuck request's handler, if it ever ran, was dropped"
+    );
 }
 
 /// Defect 6: `restart_worker` aborts the running handler with a clear,
@@ -1619,4 +1674,690 @@ pub async fn slow_and_fast_workers_share_the_queue_as_in_one_lane<R: Runtime + D
         default.as_secs_f64() <= 1.2 * single.as_secs_f64(),
         "default pool took {default:?}, a single lane {single:?}"
     );
+}
+
+// ----- re-entrant calls, the circuit breaker's say, commands after shutdown ------
+
+/// The pool a hook, handler or probe calls back into, set once the pool is
+/// built (held weakly: the pool holds the hook).
+pub struct PoolRef<R: Runtime>(OnceLock<Weak<WorkerPool<R>>>);
+
+impl<R: Runtime> Default for PoolRef<R> {
+    fn default() -> Self {
+        PoolRef(OnceLock::new())
+    }
+}
+
+impl<R: Runtime> PoolRef<R> {
+    /// Points at `pool`.
+    pub fn set(&self, pool: &Arc<WorkerPool<R>>) {
+        let _ = self.0.set(Arc::downgrade(pool));
+    }
+
+    fn get(&self) -> Arc<WorkerPool<R>> {
+        match self.0.get().and_then(Weak::upgrade) {
+            Some(pool) => pool,
+            None => panic!("the pool is gone or was never set"),
+        }
+    }
+}
+
+/// Calls the pool's synchronous methods, and its async ones that never
+/// wait (polled once), from code that cannot await (`allow_request`):
+/// stats, health history and snapshot, and add, restart and remove of a
+/// worker of its own. Says what each answered.
+fn call_the_pool_sync<R: Runtime + Clone>(pool: &WorkerPool<R>, rt: &R) -> Vec<String> {
+    let _ = pool.health_history();
+    let mut answers = vec![
+        format!("stats {}", pool.stats().workers.len()),
+        "history".to_string(),
+        format!(
+            "health {:?}",
+            pool.health_snapshot().now_or_never().map(|h| h.len())
+        ),
+    ];
+    match add_restart_remove(pool, rt).now_or_never() {
+        Some(mut steps) => answers.append(&mut steps),
+        None => answers.push("add, restart or remove waited".to_string()),
+    }
+    answers
+}
+
+/// Adds a worker, restarts it and removes it again; says what each
+/// answered.
+async fn add_restart_remove<R: Runtime + Clone>(pool: &WorkerPool<R>, rt: &R) -> Vec<String> {
+    match pool.add_worker(TestWorker::new(rt)) {
+        Ok(id) => vec![
+            "added".to_string(),
+            format!("restart {:?}", pool.restart_worker(&id).await),
+            format!("remove {:?}", pool.remove_worker(&id)),
+        ],
+        Err(error) => vec![format!("add {error:?}")],
+    }
+}
+
+/// Calls every pool method from a hook, handler or probe of the same
+/// pool: a nested `submit` (named `nested`), stats, health history and
+/// snapshot, and add, restart and remove of a worker of its own. Says what
+/// each answered.
+async fn call_the_pool<R: Runtime + Clone>(
+    pool: &WorkerPool<R>,
+    rt: &R,
+    nested: &str,
+) -> Vec<String> {
+    // The nested request first: the pool's own workers must serve it.
+    let submitted = pool.submit(request(nested, "echo")).await;
+    let _ = pool.health_history();
+    let mut answers = vec![
+        format!("submit {:?}", submitted.map(|r| r.worker_id)),
+        format!("stats {}", pool.stats().workers.len()),
+        "history".to_string(),
+        format!("health {}", pool.health_snapshot().await.len()),
+    ];
+    answers.append(&mut add_restart_remove(pool, rt).await);
+    answers
+}
+
+/// Which hook calls back into the pool next (once), and how.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Reenter {
+    /// `allow_request` calls [`call_the_pool_sync`].
+    Allow,
+    /// `on_request_accepted` calls [`call_the_pool`].
+    Accepted,
+    /// `on_request_success` calls [`call_the_pool`].
+    Success,
+    /// `on_request_failure` calls [`call_the_pool`].
+    Failure,
+    /// `on_request_rejected` calls [`call_the_pool`].
+    Rejected,
+    /// `on_request_accepted` shuts the pool down.
+    ShutdownOnAccepted,
+}
+
+/// Hooks that call back into their own pool from the hook armed with
+/// [`Reenter`] (once), and record every hook call (as [`RecordingHooks`]
+/// that log their questions) and what the pool answered.
+struct ReentrantHooks<R: Runtime> {
+    rt: R,
+    pool: PoolRef<R>,
+    armed: Mutex<Option<Reenter>>,
+    record: RecordingHooks,
+}
+
+impl<R: Runtime + Clone> ReentrantHooks<R> {
+    fn new(rt: &R) -> Arc<Self> {
+        Arc::new(ReentrantHooks {
+            rt: rt.clone(),
+            pool: PoolRef::default(),
+            armed: Mutex::new(None),
+            record: RecordingHooks::asking(),
+        })
+    }
+
+    fn arm(&self, hook: Reenter) {
+        *self.armed.lock().unwrap_or_else(PoisonError::into_inner) = Some(hook);
+    }
+
+    /// Whether `hook` is armed; disarms it.
+    fn fire(&self, hook: Reenter) -> bool {
+        let mut armed = self.armed.lock().unwrap_or_else(PoisonError::into_inner);
+        if *armed == Some(hook) {
+            *armed = None;
+            return true;
+        }
+        false
+    }
+
+    fn log(&self) -> Vec<String> {
+        self.record.log()
+    }
+
+    async fn reenter(&self, hook: Reenter) {
+        if self.fire(hook) {
+            let answers = call_the_pool(&self.pool.get(), &self.rt, "nested").await;
+            self.record
+                .push(format!("{hook:?}: {}", answers.join(", ")));
+        }
+    }
+}
+
+#[async_trait]
+impl<R: Runtime + Clone> CircuitBreakerHooks for ReentrantHooks<R> {
+    fn allow_request(&self, worker_id: &str, request: &WorkerRequest) -> bool {
+        let allowed = self.record.allow_request(worker_id, request);
+        if self.fire(Reenter::Allow) {
+            let answers = call_the_pool_sync(&self.pool.get(), &self.rt);
+            self.record.push(format!("Allow: {}", answers.join(", ")));
+        }
+        allowed
+    }
+
+    async fn on_request_accepted(&self, worker_id: &str, request: &WorkerRequest) {
+        self.record.on_request_accepted(worker_id, request).await;
+        if self.fire(Reenter::ShutdownOnAccepted) {
+            self.pool.get().shutdown().await;
+            self.record.push("shutdown returned".to_string());
+        }
+        self.reenter(Reenter::Accepted).await;
+    }
+
+    async fn on_request_success(&self, worker_id: &str, response: &WorkerResponse) {
+        self.record.on_request_success(worker_id, response).await;
+        self.reenter(Reenter::Success).await;
+    }
+
+    async fn on_request_failure(&self, worker_id: &str, error: &WorkerProtocolError) {
+        self.record.on_request_failure(worker_id, error).await;
+        self.reenter(Reenter::Failure).await;
+    }
+
+    async fn on_request_rejected(
+        &self,
+        worker_id: Option<&str>,
+        request: &WorkerRequest,
+        reason: WorkerErrorCode,
+    ) {
+        self.record
+            .on_request_rejected(worker_id, request, reason)
+            .await;
+        self.reenter(Reenter::Rejected).await;
+    }
+}
+
+/// A pool of `workers` echo workers with [`ReentrantHooks`], shared.
+fn reentrant_pool<R: Runtime + Default + Clone>(
+    rt: &R,
+    workers: usize,
+) -> (Arc<WorkerPool<R>>, Arc<ReentrantHooks<R>>) {
+    let hooks = ReentrantHooks::new(rt);
+    let workers: Vec<_> = (0..workers).map(|_| TestWorker::new(rt)).collect();
+    let pool = match WorkerPool::<R>::new_inprocess(
+        handlers_of(&workers),
+        WorkerPoolOptions {
+            // A nested submit that waited for a worker held by its own
+            // caller would end here, not hang.
+            default_request_timeout: Some(Duration::from_secs(1)),
+            ..options()
+        },
+        Some(Arc::clone(&hooks) as Arc<dyn CircuitBreakerHooks>),
+    ) {
+        Ok(pool) => Arc::new(pool),
+        Err(error) => panic!("valid pool options refused: {error}"),
+    };
+    hooks.pool.set(&pool);
+    (pool, hooks)
+}
+
+/// The answers of [`call_the_pool`] on a pool of `workers` (plus the one
+/// it adds) whose nested request ran on `nested_on`.
+fn called_the_pool(workers: usize, nested_on: &str) -> String {
+    format!(
+        "submit Ok({nested_on:?}), stats {workers}, history, health {workers}, added, \
+         restart Ok(()), remove Ok(())"
+    )
+}
+
+/// `allow_request` runs outside the pool's lock: it may call the pool's
+/// stats, health, and add, restart and remove workers (a call that took
+/// the pool's lock again would deadlock), and the request still goes to
+/// the worker it approved.
+pub async fn allow_request_may_call_the_pool<R: Runtime + Default + Clone>(rt: R) {
+    let (pool, hooks) = reentrant_pool(&rt, 2);
+    hooks.arm(Reenter::Allow);
+    assert_served_by(&pool, "outer", "worker-0").await;
+    assert_eq!(
+        hooks.log(),
+        [
+            "ask outer worker-0",
+            "Allow: stats 2, history, health Some(2), added, restart Ok(()), remove Ok(())",
+            "accepted outer worker-0",
+            "success outer worker-0",
+        ]
+    );
+    pool.shutdown().await;
+}
+
+/// `on_request_accepted` may submit to its own pool of one worker: the
+/// started handler of its request runs while the hook waits, so the
+/// nested request gets the worker next (it does not wait out its
+/// deadline). The hook may also call every other pool method; the hooks
+/// of each request still fire once each, accepted before success.
+pub async fn on_request_accepted_may_call_the_pool<R: Runtime + Default + Clone>(rt: R) {
+    let (pool, hooks) = reentrant_pool(&rt, 1);
+    hooks.arm(Reenter::Accepted);
+    assert_served_by(&pool, "outer", "worker-0").await;
+    let log = hooks.log();
+    let called = format!("Accepted: {}", called_the_pool(1, "worker-0"));
+    assert!(log.contains(&called), "{log:?}");
+    let outer: Vec<&String> = log.iter().filter(|l| l.contains(" outer ")).collect();
+    assert_eq!(
+        outer,
+        [
+            "ask outer worker-0",
+            "accepted outer worker-0",
+            "success outer worker-0"
+        ]
+    );
+    let nested: Vec<&String> = log.iter().filter(|l| l.contains(" nested ")).collect();
+    assert_eq!(
+        nested,
+        [
+            "ask nested worker-0",
+            "accepted nested worker-0",
+            "success nested worker-0"
+        ]
+    );
+    pool.shutdown().await;
+}
+
+/// `on_request_success`, `on_request_failure` and `on_request_rejected`
+/// may call every pool method, a nested submit included.
+pub async fn every_other_hook_may_call_the_pool<R: Runtime + Default + Clone>(rt: R) {
+    let (pool, hooks) = reentrant_pool(&rt, 1);
+    hooks.arm(Reenter::Success);
+    assert!(pool.submit(request("ok", "echo")).await.is_ok());
+    hooks.arm(Reenter::Failure);
+    let failed = pool.submit(request("fails", "fail")).await;
+    assert_eq!(worker_error(&failed), WorkerErrorCode::ExecutionFailed);
+    hooks.arm(Reenter::Rejected);
+    let refused = pool.submit(request(&"r".repeat(200), "echo")).await;
+    assert!(
+        matches!(refused, Err(WorkerPoolError::InvalidRequest { .. })),
+        "{refused:?}"
+    );
+    let log = hooks.log();
+    for hook in ["Success", "Failure", "Rejected"] {
+        let called = format!("{hook}: {}", called_the_pool(1, "worker-0"));
+        assert!(log.contains(&called), "{hook}: {log:?}");
+    }
+    pool.shutdown().await;
+}
+
+/// `on_request_accepted` may shut the pool down: the drain lets the
+/// hook's own request finish (its handler runs while the hook waits), and
+/// the request is answered with its output.
+pub async fn on_request_accepted_may_shut_the_pool_down<R: Runtime + Default + Clone>(rt: R) {
+    let (pool, hooks) = reentrant_pool(&rt, 1);
+    hooks.arm(Reenter::ShutdownOnAccepted);
+    assert_served_by(&pool, "outer", "worker-0").await;
+    assert_eq!(
+        hooks.log(),
+        [
+            "ask outer worker-0",
+            "accepted outer worker-0",
+            "shutdown returned",
+            "success outer worker-0",
+        ]
+    );
+    assert!(matches!(
+        pool.submit(request("late", "echo")).await,
+        Err(WorkerPoolError::ShuttingDown)
+    ));
+}
+
+/// A handler that calls back into its own pool (node `reenter`), and a
+/// probe that does so once.
+struct ReentrantWorker<R: Runtime> {
+    rt: R,
+    pool: PoolRef<R>,
+    probed: Mutex<Option<Vec<String>>>,
+    probe_armed: AtomicBool,
+}
+
+#[async_trait]
+impl<R: Runtime + Clone> WorkerHandler for ReentrantWorker<R> {
+    async fn handle(&self, request: WorkerRequest) -> Result<Value, WorkerProtocolError> {
+        if request.node_id != "reenter" {
+            return Ok(json!({"node": request.node_id}));
+        }
+        let answers = call_the_pool(&self.pool.get(), &self.rt, "nested").await;
+        Ok(json!(answers.join(", ")))
+    }
+
+    async fn probe_health(&self) -> WorkerHealthStatus {
+        if self.probe_armed.swap(false, Ordering::SeqCst) {
+            let answers = call_the_pool(&self.pool.get(), &self.rt, "probed").await;
+            *self.probed.lock().unwrap_or_else(PoisonError::into_inner) = Some(answers);
+        }
+        WorkerHealthStatus::Healthy
+    }
+}
+
+/// A handler and a probe may call every pool method of their own pool,
+/// a nested submit included (served by the other worker).
+pub async fn handlers_and_probes_may_call_the_pool<R: Runtime + Default + Clone>(rt: R) {
+    let reentrant = Arc::new(ReentrantWorker {
+        rt: rt.clone(),
+        pool: PoolRef::default(),
+        probed: Mutex::new(None),
+        probe_armed: AtomicBool::new(false),
+    });
+    let other = TestWorker::new(&rt);
+    // Probes every 10 ms, each with 5 s to answer (the re-entrant one
+    // submits and waits for the answer).
+    let config = PoolConfig {
+        probe_timeout: Duration::from_secs(5),
+        ..PoolConfig::new(WorkerPoolOptions {
+            health_probe_interval: Duration::from_millis(10),
+            ..options()
+        })
+    };
+    let pool = match WorkerPool::with_config(
+        R::default(),
+        vec![
+            Arc::clone(&reentrant) as Arc<dyn WorkerHandler>,
+            other as Arc<dyn WorkerHandler>,
+        ],
+        config,
+        None,
+    ) {
+        Ok(pool) => Arc::new(pool),
+        Err(error) => panic!("valid pool options refused: {error}"),
+    };
+    reentrant.pool.set(&pool);
+    let served = pool.submit(request("outer", "reenter")).await;
+    let served = served.unwrap_or_else(|e| panic!("the re-entrant handler answers: {e}"));
+    assert_eq!(served.worker_id, "worker-0");
+    let expected = called_the_pool(2, "worker-1");
+    assert_eq!(
+        served.result,
+        WorkerResult::Success {
+            output: json!(expected)
+        }
+    );
+    reentrant.probe_armed.store(true, Ordering::SeqCst);
+    wait_until(&rt, "the probe called the pool", || {
+        reentrant
+            .probed
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .is_some()
+    })
+    .await;
+    let probed = reentrant
+        .probed
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .take()
+        .unwrap_or_default();
+    assert!(
+        probed.first().is_some_and(|s| s.starts_with("submit Ok(")),
+        "{probed:?}"
+    );
+    assert_eq!(
+        probed.last().map(String::as_str),
+        Some("remove Ok(())"),
+        "{probed:?}"
+    );
+    pool.shutdown().await;
+}
+
+fn picky_pool<R: Runtime + Default + Clone>(
+    workers: &[Arc<TestWorker<R>>],
+    breaker: &Arc<RecordingHooks>,
+) -> WorkerPool<R> {
+    match WorkerPool::<R>::new_inprocess(
+        handlers_of(workers),
+        options(),
+        Some(Arc::clone(breaker) as Arc<dyn CircuitBreakerHooks>),
+    ) {
+        Ok(pool) => pool,
+        Err(error) => panic!("valid pool options refused: {error}"),
+    }
+}
+
+/// `allow_request` is asked about the candidates in the pool's order,
+/// one at a time, until one allows: a worker after the one that took the
+/// request is never asked; each veto is reported.
+pub async fn allow_request_is_asked_in_turn_until_one_allows<R: Runtime + Default + Clone>(rt: R) {
+    let workers: Vec<_> = (0..3).map(|_| TestWorker::new(&rt)).collect();
+    let breaker = Arc::new(RecordingHooks::asking());
+    breaker.refuse("r", "worker-0");
+    let pool = picky_pool(&workers, &breaker);
+    assert_served_by(&pool, "r", "worker-1").await;
+    assert_eq!(
+        breaker.about("r"),
+        [
+            "ask r worker-0",
+            "rejected r worker-0 CircuitOpen",
+            "ask r worker-1",
+            "accepted r worker-1",
+            "success r worker-1",
+        ]
+    );
+    for worker in ["worker-0", "worker-1", "worker-2"] {
+        breaker.refuse("nowhere", worker);
+    }
+    let refused = pool.submit(request("nowhere", "echo")).await;
+    assert!(
+        matches!(refused, Err(WorkerPoolError::CircuitOpen)),
+        "{refused:?}"
+    );
+    let counters = pool.stats().counters;
+    assert_eq!((counters.submitted, counters.refused_circuit_open), (2, 1));
+    pool.shutdown().await;
+}
+
+/// `count` workers and a breaker that refuses worker-1 for request `q`.
+fn busy_breaker_pool<R: Runtime + Default + Clone>(
+    rt: &R,
+    count: usize,
+) -> (Vec<Arc<TestWorker<R>>>, Arc<RecordingHooks>, WorkerPool<R>) {
+    let workers: Vec<_> = (0..count).map(|_| TestWorker::new(rt)).collect();
+    let breaker = Arc::new(RecordingHooks::asking());
+    breaker.refuse("q", "worker-1");
+    let pool = picky_pool(&workers, &breaker);
+    (workers, breaker, pool)
+}
+
+/// A caller's pending `submit`.
+type Pending<'a> =
+    Pin<Box<dyn Future<Output = Result<WorkerResponse, WorkerPoolError>> + Send + 'a>>;
+
+/// Once all `busy` workers run a request, queues `q` (an echo) on
+/// worker-0, the first candidate, and removes worker-0; returns `q`'s
+/// pending submit.
+async fn queue_q_then_remove_worker_0<'a, R: Runtime>(
+    rt: &R,
+    pool: &'a WorkerPool<R>,
+    busy: usize,
+) -> Pending<'a> {
+    wait_until(rt, "every worker busy", || pool.stats().running == busy).await;
+    let mut queued: Pending<'a> = Box::pin(pool.submit(request("q", "echo")));
+    assert!(pending_after_one_poll(&mut queued).await);
+    wait_until(rt, "q queued", || pool.stats().queued == 1).await;
+    assert!(pool.remove_worker("worker-0").is_ok());
+    queued
+}
+
+/// Three gated workers are busy; `q` is queued on worker-0, the only
+/// candidate asked. When worker-0 is removed, `q` moves only where the
+/// breaker allows: worker-1 (next in turn) refuses it, worker-2 takes it,
+/// and the hooks hear of each step.
+pub async fn a_moved_request_goes_only_where_the_breaker_allows<R: Runtime + Default + Clone>(
+    rt: R,
+) {
+    let (workers, breaker, pool) = busy_breaker_pool(&rt, 3);
+    let gated: Vec<_> = (0..3)
+        .map(|i| pool.submit(request(&format!("g{i}"), "gate")))
+        .collect();
+    let control = async {
+        let queued = queue_q_then_remove_worker_0(&rt, &pool, 3).await;
+        let moved = async {
+            wait_until(&rt, "q moved", || {
+                breaker
+                    .about("q")
+                    .iter()
+                    .any(|l| l.starts_with("accepted q worker-2"))
+            })
+            .await;
+            for worker in &workers {
+                worker.open_gate(1);
+            }
+        };
+        let (queued, ()) = futures::join!(queued, moved);
+        queued
+    };
+    let (gated, queued) = futures::join!(future::join_all(gated), control);
+    assert!(gated.iter().all(Result::is_ok), "{gated:?}");
+    assert_eq!(
+        queued.map(|r| r.worker_id).ok().as_deref(),
+        Some("worker-2")
+    );
+    assert_eq!(
+        breaker.about("q"),
+        [
+            "ask q worker-0",
+            "accepted q worker-0",
+            "ask q worker-1",
+            "rejected q worker-1 CircuitOpen",
+            "ask q worker-2",
+            "accepted q worker-2",
+            "success q worker-2",
+        ]
+    );
+    assert_eq!(pool.stats().counters.requeued, 1);
+    pool.shutdown().await;
+}
+
+/// A request queued on a removed worker that the breaker allows nowhere
+/// else is answered with a retryable `Unavailable`, and the veto reported.
+pub async fn a_moved_request_allowed_nowhere_is_answered<R: Runtime + Default + Clone>(rt: R) {
+    let (workers, breaker, pool) = busy_breaker_pool(&rt, 2);
+    let gated: Vec<_> = (0..2)
+        .map(|i| pool.submit(request(&format!("g{i}"), "gate")))
+        .collect();
+    let control = async {
+        let answered = queue_q_then_remove_worker_0(&rt, &pool, 2).await.await;
+        for worker in &workers {
+            worker.open_gate(1);
+        }
+        answered
+    };
+    let (gated, queued) = futures::join!(future::join_all(gated), control);
+    assert!(gated.iter().all(Result::is_ok), "{gated:?}");
+    match queued {
+        Err(WorkerPoolError::Worker(error)) => {
+            assert_eq!(error.code, WorkerErrorCode::Unavailable);
+            assert!(error.retryable);
+        }
+        other => panic!("expected Unavailable, got {other:?}"),
+    }
+    assert_eq!(
+        breaker.about("q"),
+        [
+            "ask q worker-0",
+            "accepted q worker-0",
+            "ask q worker-1",
+            "rejected q worker-1 CircuitOpen",
+        ]
+    );
+    let counters = pool.stats().counters;
+    assert_eq!(
+        (counters.requeued, counters.unroutable_after_removal),
+        (0, 1)
+    );
+    pool.shutdown().await;
+}
+
+/// With a breaker, a pool of two lanes asks each worker once, in turn
+/// over the lanes, and counts each request once.
+pub async fn a_breaker_over_two_lanes_counts_each_request_once<R: Runtime + Default + Clone>(
+    rt: R,
+) {
+    let workers: Vec<_> = (0..4).map(|_| TestWorker::new(&rt)).collect();
+    let breaker = Arc::new(RecordingHooks::asking());
+    for worker in ["worker-0", "worker-1", "worker-2"] {
+        breaker.refuse("r", worker);
+    }
+    for worker in ["worker-0", "worker-1", "worker-2", "worker-3"] {
+        breaker.refuse("none", worker);
+    }
+    let pool = match WorkerPool::with_lanes(
+        R::default(),
+        handlers_of(&workers),
+        PoolConfig::new(options()).vetted_by_breaker(true),
+        Some(Arc::clone(&breaker) as Arc<dyn CircuitBreakerHooks>),
+        NonZeroUsize::new(2).unwrap_or(NonZeroUsize::MIN),
+    ) {
+        Ok(pool) => pool,
+        Err(error) => panic!("valid pool options refused: {error}"),
+    };
+    assert_served_by(&pool, "r", "worker-3").await;
+    let mut asked: Vec<String> = breaker
+        .about("r")
+        .into_iter()
+        .filter(|l| l.starts_with("ask"))
+        .collect();
+    asked.sort();
+    assert_eq!(
+        asked,
+        [
+            "ask r worker-0",
+            "ask r worker-1",
+            "ask r worker-2",
+            "ask r worker-3"
+        ]
+    );
+    let refused = pool.submit(request("none", "echo")).await;
+    assert!(
+        matches!(refused, Err(WorkerPoolError::CircuitOpen)),
+        "{refused:?}"
+    );
+    let vetoes = breaker
+        .about("none")
+        .iter()
+        .filter(|l| l.ends_with("CircuitOpen") && !l.contains(" - "))
+        .count();
+    assert_eq!(vetoes, 4);
+    assert_eq!(
+        breaker.about("none").last().map(String::as_str),
+        Some("rejected none - CircuitOpen")
+    );
+    let counters = pool.stats().counters;
+    assert_eq!(
+        (
+            counters.submitted,
+            counters.accepted,
+            counters.refused_circuit_open
+        ),
+        (2, 1, 1),
+        "{counters:?}"
+    );
+    pool.shutdown().await;
+}
+
+/// After shutdown every command answers `ShuttingDown`: remove (twice),
+/// restart, add, submit, for known and unknown worker ids alike; the
+/// workers stay listed.
+pub async fn commands_after_shutdown_answer_shutting_down<R: Runtime + Default + Clone>(rt: R) {
+    let workers: Vec<_> = (0..2).map(|_| TestWorker::new(&rt)).collect();
+    let pool = pool_of(&workers, options());
+    pool.shutdown().await;
+    let answers = [
+        ("remove", pool.remove_worker("worker-0")),
+        ("remove again", pool.remove_worker("worker-0")),
+        ("restart", pool.restart_worker("worker-1").await),
+        ("remove unknown", pool.remove_worker("worker-9")),
+        ("restart unknown", pool.restart_worker("worker-9").await),
+        ("add", pool.add_worker(TestWorker::new(&rt)).map(drop)),
+        (
+            "submit",
+            pool.submit(request("late", "echo")).await.map(drop),
+        ),
+    ];
+    for (command, answer) in answers {
+        assert!(
+            matches!(answer, Err(WorkerPoolError::ShuttingDown)),
+            "{command}: {answer:?}"
+        );
+    }
+    let ids: Vec<String> = pool
+        .health_snapshot()
+        .await
+        .into_iter()
+        .map(|h| h.worker_id)
+        .collect();
+    assert_eq!(ids, ["worker-0", "worker-1"]);
 }

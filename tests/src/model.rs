@@ -27,6 +27,13 @@
 //!      (not removing, not stopped, status not `Unavailable`) and had room at
 //!      the time of routing; `Start` only on a live, non-removing worker and
 //!      only for a request queued there;
+//!    - a circuit breaker (a veto mask over worker ordinals, see
+//!      [`Op::SubmitVetted`] and [`Op::Revet`]) is asked about each
+//!      candidate at most once, only about schedulable workers with room,
+//!      and the request goes to the last one asked, which allowed it; a
+//!      request it placed and pinned is not moved by its worker's removal
+//!      but named by `Revet`, and moves (by [`Harness::revet`]) only to a
+//!      worker the breaker allows, or is answered `Unavailable`;
 //!    - late binding (idle-first routing): a `Requeued` outside a removal
 //!      only moves an unpinned request (no circuit-breaker veto at its
 //!      submit) onto a schedulable worker, and that request starts there in
@@ -82,8 +89,8 @@ use std::time::Duration;
 
 use foreman_core::{
     Action, Answer, CommandError, Event, HealthCause, Phase, Pool, PoolConfig, ProbeKey,
-    RequestKey, Time, WorkerErrorCode, WorkerHealthStatus, WorkerKey, WorkerOperation,
-    WorkerPoolError, WorkerProtocolError, WorkerRequest,
+    RequestKey, Revetted, Time, Vetted, Vetting, WorkerErrorCode, WorkerHealthStatus, WorkerKey,
+    WorkerOperation, WorkerPoolError, WorkerProtocolError, WorkerRequest,
 };
 use serde_json::{json, Value};
 
@@ -228,6 +235,26 @@ pub enum Op {
         /// Its timeout.
         timeout: TimeoutChoice,
     },
+    /// Submit a request through a circuit breaker (`Pool::vet`, asked one
+    /// candidate at a time) that vetoes the workers whose ordinal modulo 8
+    /// is a bit set in `veto`.
+    SubmitVetted {
+        /// Its shape.
+        shape: Shape,
+        /// Its timeout.
+        timeout: TimeoutChoice,
+        /// Workers the breaker refuses, by ordinal modulo 8.
+        veto: u8,
+    },
+    /// Place the `index`-th request whose worker was removed while a
+    /// circuit breaker held it there (`Action::Revet`), through
+    /// `Pool::revet`, with a breaker vetoing as in [`Op::SubmitVetted`].
+    Revet {
+        /// Which request awaiting its breaker.
+        index: u16,
+        /// Workers the breaker refuses, by ordinal modulo 8.
+        veto: u8,
+    },
     /// Cancel the `index`-th pending request.
     Cancel {
         /// Which pending request.
@@ -359,7 +386,9 @@ pub enum Refusal {
     Invalid,
     /// `Timeout` on arrival: the request's budget was zero.
     NoBudget,
-    /// Anything else (`CircuitOpen`, …).
+    /// `CircuitOpen`.
+    CircuitOpen,
+    /// Anything else.
     Other,
 }
 
@@ -371,6 +400,7 @@ impl Refusal {
             WorkerPoolError::ShuttingDown => Refusal::ShuttingDown,
             WorkerPoolError::InvalidRequest { .. } => Refusal::Invalid,
             WorkerPoolError::Timeout => Refusal::NoBudget,
+            WorkerPoolError::CircuitOpen => Refusal::CircuitOpen,
             _ => Refusal::Other,
         }
     }
@@ -457,6 +487,16 @@ pub enum TraceEvent {
         id: u64,
         /// The worker.
         worker: u32,
+    },
+    /// A request whose worker was removed was placed through its circuit
+    /// breaker: on worker `to`, or answered (`None`).
+    Revet {
+        /// When.
+        at: Time,
+        /// The request.
+        id: u64,
+        /// Where it went.
+        to: Option<u32>,
     },
     /// Output: a request moved from a removed worker.
     Requeued {
@@ -697,6 +737,12 @@ pub enum Output {
         /// The worker.
         worker: WorkerKey,
     },
+    /// Have the circuit breaker place `request` anew ([`Harness::revet`]):
+    /// its worker was removed.
+    Revet {
+        /// The request.
+        request: RequestKey,
+    },
 }
 
 /// Whether a health change `from → to` is allowed for `cause`.
@@ -731,7 +777,13 @@ enum Lifecycle {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum ReqState {
     Queued,
-    Running { started_at: Time, aborted: bool },
+    /// Its worker was removed; it awaits its circuit breaker (`Revet`),
+    /// still counted as queued on that worker.
+    Moving,
+    Running {
+        started_at: Time,
+        aborted: bool,
+    },
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -742,6 +794,9 @@ struct ReqBook {
     /// Only its worker may run it (late binding is off, or a circuit
     /// breaker vetoed some worker at its submit).
     pinned: bool,
+    /// A circuit breaker placed it and it is pinned: its worker's removal
+    /// hands it back to the breaker.
+    vetted: bool,
     accepted_at: Time,
     deadline: Option<Time>,
     live_pos: usize,
@@ -888,6 +943,10 @@ enum Context {
     Submit {
         id: u64,
         deadline: Option<Time>,
+        vetted: bool,
+    },
+    Revet {
+        request: RequestKey,
     },
     Complete {
         request: RequestKey,
@@ -949,6 +1008,13 @@ pub struct Harness {
     unpinned_queued: usize,
     /// A circuit breaker vetoed some worker during the current submit.
     vetoed: bool,
+    /// Per-worker vetoes reported (`Rejected` naming a worker) during the
+    /// current input.
+    vetoes_reported: usize,
+    /// Vetoes the breaker gave during the current submit.
+    vetoes_pending: usize,
+    /// Requests whose worker was removed, awaiting their breaker.
+    moving: Vec<RequestKey>,
     /// Requests moved by late binding whose `Start` has not come yet.
     stolen: Vec<RequestKey>,
     next_id: u64,
@@ -1039,6 +1105,9 @@ impl Harness {
                 && config.routing == foreman_core::RoutingPolicy::IdleFirst,
             unpinned_queued: 0,
             vetoed: false,
+            vetoes_reported: 0,
+            vetoes_pending: 0,
+            moving: Vec::new(),
             stolen: Vec::new(),
             next_id: 1,
             next_ordinal: 0,
@@ -1133,6 +1202,12 @@ impl Harness {
         &self.live
     }
 
+    /// Requests whose worker was removed and that await their circuit
+    /// breaker ([`Harness::revet`]), in no meaningful order.
+    pub fn moving(&self) -> &[RequestKey] {
+        &self.moving
+    }
+
     /// Live (not stopped) workers, in no meaningful order.
     pub fn workers(&self) -> &[WorkerKey] {
         &self.worker_list
@@ -1202,6 +1277,17 @@ impl Harness {
         match op {
             Op::Submit { shape, timeout } => self.submit(shape, timeout.timeout_ms()).map(drop),
             Op::Offer { shape, timeout } => self.offer(shape, timeout.timeout_ms()).map(drop),
+            Op::SubmitVetted {
+                shape,
+                timeout,
+                veto,
+            } => self
+                .submit_vetted(shape, timeout.timeout_ms(), veto)
+                .map(drop),
+            Op::Revet { index, veto } => match pick(&self.moving, index) {
+                Some(request) => self.revet(request, veto).map(drop),
+                None => Ok(()),
+            },
             Op::Cancel { index } => {
                 let key = pick(&self.live, index).unwrap_or(self.stale_request);
                 self.cancel(key).map(drop)
@@ -1256,6 +1342,7 @@ impl Harness {
         }
         self.outputs.clear();
         self.outputs_this_input = 0;
+        self.vetoes_reported = 0;
         if self.clock > self.seen {
             self.seen = self.clock;
         }
@@ -1272,7 +1359,7 @@ impl Harness {
         shape: Shape,
         timeout_ms: Option<u64>,
     ) -> Result<Option<RequestKey>, Failure> {
-        self.enter(shape, timeout_ms, false)
+        self.enter(shape, timeout_ms, false, None)
     }
 
     /// Offers a request of `shape` with `timeout_ms` (`Pool::offer`): as
@@ -1286,7 +1373,174 @@ impl Harness {
         shape: Shape,
         timeout_ms: Option<u64>,
     ) -> Result<Option<RequestKey>, Failure> {
-        self.enter(shape, timeout_ms, true)
+        self.enter(shape, timeout_ms, true, None)
+    }
+
+    /// Submits a request of `shape` with `timeout_ms` through a circuit
+    /// breaker (`Pool::vet`) that vetoes the workers whose ordinal modulo
+    /// 8 is a bit set in `veto`; returns its key when accepted.
+    ///
+    /// # Errors
+    /// The first broken rule.
+    pub fn submit_vetted(
+        &mut self,
+        shape: Shape,
+        timeout_ms: Option<u64>,
+        veto: u8,
+    ) -> Result<Option<RequestKey>, Failure> {
+        self.enter(shape, timeout_ms, false, Some(veto))
+    }
+
+    /// Whether a breaker with `veto` (see [`Op::SubmitVetted`]) refuses
+    /// `worker`.
+    fn vetoes(&self, veto: u8, worker: WorkerKey) -> bool {
+        let ordinal = self.ordinal(worker).unwrap_or(0);
+        veto & (1 << (ordinal % 8)) != 0
+    }
+
+    /// Schedulable workers with room that a breaker with `veto` allows.
+    fn allowed_open(&self, veto: u8) -> usize {
+        self.worker_list
+            .iter()
+            .filter(|&&worker| !self.vetoes(veto, worker))
+            .filter_map(|worker| self.workers.get(worker.as_u64()))
+            .filter(|book| self.worker_flags(book).1)
+            .count()
+    }
+
+    /// Checks one question of a vetting step: about a schedulable worker
+    /// with room, asked for the first time; returns the breaker's answer.
+    fn vet_question(
+        &mut self,
+        worker: WorkerKey,
+        asked: &mut Vec<WorkerKey>,
+        veto: u8,
+    ) -> Result<bool, Failure> {
+        let book = match self.worker_book(worker, "a breaker's question") {
+            Ok(book) => book,
+            Err(failure) => return Err(self.fail(failure.0)),
+        };
+        if asked.contains(&worker) {
+            return Err(self.fail(format!("the breaker was asked about {worker} twice")));
+        }
+        if !self.worker_flags(&book).1 {
+            return Err(self.fail(format!(
+                "the breaker was asked about {worker}, which takes no request: {book:?}"
+            )));
+        }
+        asked.push(worker);
+        Ok(!self.vetoes(veto, worker))
+    }
+
+    /// Places a request whose worker was removed (`Action::Revet`) through
+    /// its circuit breaker (`Pool::revet`), vetoing as
+    /// [`submit_vetted`](Self::submit_vetted); returns where it went
+    /// (`None`: answered `Unavailable`).
+    ///
+    /// # Errors
+    /// The first broken rule.
+    pub fn revet(&mut self, request: RequestKey, veto: u8) -> Result<Option<WorkerKey>, Failure> {
+        self.begin_input()?;
+        let Some(book) = self.requests.get(request.as_u64()).copied() else {
+            return Err(self.fail(format!("revet of {request}, which is not pending")));
+        };
+        if book.state != ReqState::Moving {
+            return Err(self.fail(format!("revet of {request}, which is not moving: {book:?}")));
+        }
+        let expect_moved = self.allowed_open(veto) > 0;
+        self.context = Context::Revet { request };
+        let mut vetting = Vetting::new();
+        let mut asked = Vec::new();
+        let mut vetoes = 0;
+        let done = loop {
+            match self.pool.revet(self.clock, request, &mut vetting) {
+                Revetted::Ask(worker) => {
+                    let allowed = self.vet_question(worker, &mut asked, veto)?;
+                    vetoes += usize::from(!allowed);
+                    vetting.answer(allowed);
+                }
+                done => break done,
+            }
+        };
+        let to = match done {
+            Revetted::Moved(to) if expect_moved && asked.last() == Some(&to) => Some(to),
+            Revetted::Answered if !expect_moved => None,
+            other => {
+                return Err(self.fail(format!(
+                    "revet of #{} ended {other:?} after asking {asked:?} (moves: {expect_moved})",
+                    book.id
+                )))
+            }
+        };
+        self.drain()?;
+        if self.vetoes_reported != vetoes {
+            return Err(self.fail(format!(
+                "revet of #{}: {vetoes} vetoes, {} reported",
+                book.id, self.vetoes_reported
+            )));
+        }
+        let placed = self.requests.get(request.as_u64()).copied();
+        match (to, placed) {
+            (Some(to), Some(after)) if after.worker == to && after.state != ReqState::Moving => {}
+            (None, None) => {}
+            _ => {
+                return Err(self.fail(format!(
+                    "revet of #{} to {to:?} left the books at {placed:?}",
+                    book.id
+                )))
+            }
+        }
+        let to_ordinal = to.map(|to| self.ordinal(to).unwrap_or(u32::MAX));
+        self.trace.push(TraceEvent::Revet {
+            at: self.seen,
+            id: book.id,
+            to: to_ordinal,
+        });
+        self.force_full_check();
+        self.finish_input()?;
+        Ok(to)
+    }
+
+    /// Runs the steps of `Pool::vet` for request `id`, asking a breaker
+    /// with `veto`; checks each question.
+    fn vet_loop(
+        &mut self,
+        shape: Shape,
+        id: u64,
+        veto: u8,
+    ) -> Result<Result<RequestKey, foreman_core::Refused<u64>>, Failure> {
+        let admission = self.pool.config().admit(&self.templates[shape as usize]);
+        let mut vetting = Vetting::new();
+        let mut asked = Vec::new();
+        let mut vetoes = 0;
+        let mut payload = id;
+        let result = loop {
+            match self.pool.vet(self.clock, &admission, payload, &mut vetting) {
+                Vetted::Ask {
+                    worker,
+                    payload: back,
+                } => {
+                    payload = back;
+                    let allowed = self.vet_question(worker, &mut asked, veto)?;
+                    vetoes += usize::from(!allowed);
+                    vetting.answer(allowed);
+                }
+                Vetted::Accepted { request, worker } => {
+                    if asked.last() != Some(&worker) || self.vetoes(veto, worker) {
+                        return Err(self.fail(format!(
+                            "#{id} accepted by {worker}, which the breaker did not approve last (asked {asked:?})"
+                        )));
+                    }
+                    break Ok(request);
+                }
+                Vetted::Refused(refused) => break Err(refused),
+            }
+        };
+        if vetting.vetoed() != (vetoes > 0) {
+            return Err(self.fail(format!("#{id}: {vetoes} vetoes, vetting says otherwise")));
+        }
+        self.vetoes_pending = vetoes;
+        Ok(result)
     }
 
     fn enter(
@@ -1294,6 +1548,7 @@ impl Harness {
         shape: Shape,
         timeout_ms: Option<u64>,
         offer: bool,
+        veto: Option<u8>,
     ) -> Result<Option<RequestKey>, Failure> {
         self.begin_input()?;
         let id = self.next_id;
@@ -1311,10 +1566,12 @@ impl Harness {
             Err(Refusal::Invalid)
         } else if no_budget {
             Err(Refusal::NoBudget)
-        } else if self.open > 0 {
+        } else if veto.map_or(self.open, |veto| self.allowed_open(veto)) > 0 {
             Ok(())
-        } else if self.schedulable > 0 {
+        } else if self.schedulable > self.open {
             Err(Refusal::QueueFull)
+        } else if self.open > 0 {
+            Err(Refusal::CircuitOpen)
         } else {
             Err(Refusal::NoHealthyWorker)
         };
@@ -1338,8 +1595,13 @@ impl Harness {
             None => self.default_timeout,
         };
         let deadline = timeout.map(|budget| self.seen + budget);
-        self.context = Context::Submit { id, deadline };
+        self.context = Context::Submit {
+            id,
+            deadline,
+            vetted: veto.is_some(),
+        };
         self.vetoed = false;
+        self.vetoes_pending = 0;
         // An offer declines exactly the refusals for want of a worker.
         let declined =
             offer && matches!(expected, Err(Refusal::QueueFull | Refusal::NoHealthyWorker));
@@ -1348,9 +1610,11 @@ impl Harness {
         }
         let template = &mut self.templates[shape as usize];
         template.timeout_ms = timeout_ms;
-        let result = if offer {
+        let result = if let Some(veto) = veto {
+            self.vet_loop(shape, id, veto)?
+        } else if offer {
             let admission = self.pool.config().admit(template);
-            self.pool.offer(self.clock, admission, id, |_| true)
+            self.pool.offer(self.clock, admission, id)
         } else {
             self.pool.submit(self.clock, template, id)
         };
@@ -1388,6 +1652,12 @@ impl Harness {
                 Err(outcome.unwrap_err())
             }
         };
+        if self.vetoes_reported != self.vetoes_pending {
+            return Err(self.fail(format!(
+                "submit #{id}: the breaker vetoed {} workers, {} vetoes reported",
+                self.vetoes_pending, self.vetoes_reported
+            )));
+        }
         self.trace.push(TraceEvent::Submit {
             at: self.seen,
             id,
@@ -1624,13 +1894,13 @@ impl Harness {
     /// The first broken rule.
     pub fn remove_worker(&mut self, worker: WorkerKey) -> Result<bool, Failure> {
         let (book, result) = self.worker_command(worker, 1, Pool::remove_worker)?;
+        let stopped = self.is_stopped();
         let ok = match (&result, book) {
-            (Err(CommandError::UnknownWorker(_)), None) => false,
-            (Err(CommandError::UnknownWorker(_)), Some(b)) if b.stopped && !self.is_stopped() => {
-                false
-            }
-            (Err(CommandError::WorkerRemoving(_)), Some(b)) if b.removing => false,
-            (Ok(()), Some(b)) if !b.removing => true,
+            (Err(CommandError::ShuttingDown), _) if stopped => false,
+            (Err(CommandError::UnknownWorker(_)), None) if !stopped => false,
+            (Err(CommandError::UnknownWorker(_)), Some(b)) if b.stopped && !stopped => false,
+            (Err(CommandError::WorkerRemoving(_)), Some(b)) if b.removing && !stopped => false,
+            (Ok(()), Some(b)) if !b.removing && !stopped => true,
             _ => {
                 return Err(self.fail(format!(
                     "remove_worker({worker}) returned {result:?}, books: {book:?}"
@@ -1643,10 +1913,16 @@ impl Harness {
         self.drain()?;
         if ok && !self.is_stopped() {
             if let Some(b) = self.workers.get(worker.as_u64()) {
-                if b.queued != 0 {
+                let moving = self
+                    .moving
+                    .iter()
+                    .filter_map(|key| self.requests.get(key.as_u64()))
+                    .filter(|book| book.worker == worker)
+                    .count();
+                if b.queued != moving {
                     let queued = b.queued;
                     return Err(self.fail(format!(
-                        "removed {worker} still holds {queued} queued requests"
+                        "removed {worker} still holds {queued} queued requests, {moving} of them awaiting their breaker"
                     )));
                 }
             }
@@ -1968,6 +2244,13 @@ impl Harness {
         }
     }
 
+    /// Drops `request` from the requests awaiting their breaker.
+    fn forget_moving(&mut self, request: RequestKey) {
+        if let Some(pos) = self.moving.iter().position(|key| *key == request) {
+            self.moving.swap_remove(pos);
+        }
+    }
+
     fn remove_running(&mut self, pos: usize) {
         self.running.swap_remove(pos);
         if let Some(&moved) = self.running.get(pos) {
@@ -1988,7 +2271,12 @@ impl Harness {
     fn on_event(&mut self, event: Event) -> Result<(), Failure> {
         match event {
             Event::Accepted { request, worker } => {
-                let Context::Submit { id, deadline } = self.context else {
+                let Context::Submit {
+                    id,
+                    deadline,
+                    vetted,
+                } = self.context
+                else {
                     return Err(Failure(format!("Accepted {request} outside a submit")));
                 };
                 let book = self.worker_book(worker, "Accepted")?;
@@ -2007,6 +2295,7 @@ impl Harness {
                         worker,
                         state: ReqState::Queued,
                         pinned,
+                        vetted: vetted && pinned,
                         accepted_at: self.seen,
                         deadline,
                         live_pos,
@@ -2030,8 +2319,13 @@ impl Harness {
                 let Some(book) = self.requests.get(request.as_u64()).copied() else {
                     return Err(Failure(format!("Requeued unknown request {request}")));
                 };
+                let state = if self.context == (Context::Revet { request }) {
+                    ReqState::Moving
+                } else {
+                    ReqState::Queued
+                };
                 ensure!(
-                    book.worker == from && book.state == ReqState::Queued,
+                    book.worker == from && book.state == state,
                     "Requeued {request} from {from} but books say {book:?}"
                 );
                 ensure!(to != from, "Requeued {request} onto its own worker");
@@ -2039,7 +2333,13 @@ impl Harness {
                 let (schedulable, open, _) = self.worker_flags(&target);
                 // Outside its worker's removal, only late binding moves a
                 // request: onto a free worker, which starts it at once.
-                let removal = self.context == Context::Remove { worker: from };
+                let removal = self.context == Context::Remove { worker: from }
+                    || self.context == Context::Revet { request };
+                ensure!(
+                    !book.vetted || self.context == Context::Revet { request },
+                    "{request}, placed by a circuit breaker, moved without it in {:?}",
+                    self.context
+                );
                 if removal {
                     ensure!(
                         schedulable && open,
@@ -2066,6 +2366,10 @@ impl Harness {
                 }
                 if let Some(b) = self.requests.get_mut(request.as_u64()) {
                     b.worker = to;
+                    b.state = ReqState::Queued;
+                }
+                if state == ReqState::Moving {
+                    self.forget_moving(request);
                 }
                 if removal {
                     self.check_limits(to)?;
@@ -2149,9 +2453,22 @@ impl Harness {
                     cause,
                 });
             }
-            Event::Rejected { worker, .. } => {
-                if worker.is_some() && matches!(self.context, Context::Submit { .. }) {
-                    self.vetoed = true;
+            Event::Rejected { worker, reason } => {
+                if let Some(worker) = worker {
+                    ensure!(
+                        reason == WorkerErrorCode::CircuitOpen,
+                        "{worker} refused a request with {reason:?}"
+                    );
+                    match self.context {
+                        Context::Submit { vetted: true, .. } => self.vetoed = true,
+                        Context::Revet { .. } => {}
+                        context => {
+                            return Err(Failure(format!(
+                                "veto of {worker} reported in {context:?}"
+                            )))
+                        }
+                    }
+                    self.vetoes_reported += 1;
                 }
             }
             Event::ShutdownComplete { at } => {
@@ -2365,6 +2682,32 @@ impl Harness {
                 self.outputs.push(Output::Abort { request });
             }
             Action::Answer(answer) => self.on_answer(answer)?,
+            Action::Revet {
+                request,
+                worker,
+                payload,
+            } => {
+                ensure!(
+                    self.context == Context::Remove { worker },
+                    "Revet of {request} off {worker} in {:?}",
+                    self.context
+                );
+                let Some(book) = self.requests.get_mut(request.as_u64()) else {
+                    return Err(Failure(format!("Revet of unknown request {request}")));
+                };
+                ensure!(
+                    book.worker == worker && book.state == ReqState::Queued && book.vetted,
+                    "Revet of {request} off {worker}, books: {book:?}"
+                );
+                ensure!(
+                    payload == book.id,
+                    "Revet of #{} carries payload {payload}",
+                    book.id
+                );
+                book.state = ReqState::Moving;
+                self.moving.push(request);
+                self.outputs.push(Output::Revet { request });
+            }
             Action::RunProbe { worker, probe } => {
                 let book = self.worker_book(worker, "RunProbe")?;
                 ensure!(!book.removing, "RunProbe on removing worker {worker}");
@@ -2497,7 +2840,7 @@ impl Harness {
         let now = self.seen;
         let elapsed = now - book.accepted_at;
         match (answer.phase, book.state) {
-            (Phase::Queued, ReqState::Queued) => {
+            (Phase::Queued, ReqState::Queued | ReqState::Moving) => {
                 ensure!(
                     answer.payload == book.id,
                     "queued answer of #{} returns payload {}",
@@ -2579,7 +2922,10 @@ impl Harness {
                 worker == book.worker && answer.phase == Phase::Running
             }
             (Context::Remove { worker }, AnswerKind::Unavailable) => {
-                worker == book.worker && answer.phase == Phase::Queued
+                worker == book.worker && answer.phase == Phase::Queued && !book.vetted
+            }
+            (Context::Revet { request: r }, AnswerKind::Unavailable) => {
+                r == request && book.state == ReqState::Moving
             }
             (context, AnswerKind::Timeout) => match answer.phase {
                 // Aborted at its deadline (the `Abort` is checked above).
@@ -2631,6 +2977,10 @@ impl Harness {
         match book.state {
             ReqState::Queued => {
                 self.unpinned_queued -= usize::from(!book.pinned);
+                self.recount_worker(book.worker, |b| b.queued -= 1);
+            }
+            ReqState::Moving => {
+                self.forget_moving(request);
                 self.recount_worker(book.worker, |b| b.queued -= 1);
             }
             ReqState::Running { .. } => {

@@ -351,12 +351,18 @@ impl Scenario {
     }
 }
 
+/// Veto masks of the simulated circuit breakers (bit `i`: workers whose
+/// ordinal modulo 8 is `i`): none, one in eight, some, most, all.
+const VETO_PATTERNS: [u8; 5] = [0, 0b1, 0b110, 0b1010_0101, 0xff];
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 enum Ev {
     Arrival,
     Complete(RequestKey, Outcome),
     ProbeReply(WorkerKey, ProbeKey, Verdict),
     Cancel(RequestKey),
+    /// A request whose worker was removed is placed through its breaker.
+    Revet(RequestKey),
     Chaos,
 }
 
@@ -485,6 +491,10 @@ impl Sim {
                     request, worker, ..
                 } => self.on_start(request, worker),
                 Output::RunProbe { worker, probe } => self.on_probe(worker, probe),
+                // The caller's task asks its breaker a moment later.
+                Output::Revet { request } => {
+                    self.schedule(self.now + Duration::from_millis(1), Ev::Revet(request));
+                }
                 _ => {}
             }
         }
@@ -582,10 +592,14 @@ impl Sim {
             (shape, timeout)
         };
         // Every fourth arrival is offered (`Pool::offer`, as a driver of
-        // several lanes does), decided without the RNG so a seed's
-        // scenario stays what it was.
+        // several lanes does) and every eighth goes through a circuit
+        // breaker (`Pool::vet`) with one of a few veto patterns, decided
+        // without the RNG so a seed's scenario stays what it was.
         let key = if self.submitted % 4 == 3 {
             self.harness.offer(shape, timeout_ms)?
+        } else if self.submitted % 8 == 5 {
+            let veto = VETO_PATTERNS[(self.submitted / 8 % 5) as usize];
+            self.harness.submit_vetted(shape, timeout_ms, veto)?
         } else {
             self.harness.submit(shape, timeout_ms)?
         };
@@ -756,6 +770,13 @@ impl Sim {
                 Ev::Cancel(request) => {
                     self.harness.cancel(request)?;
                     self.react()?;
+                }
+                Ev::Revet(request) => {
+                    if self.harness.moving().contains(&request) {
+                        let veto = VETO_PATTERNS[(request.as_u64() % 5) as usize];
+                        self.harness.revet(request, veto)?;
+                        self.react()?;
+                    }
                 }
                 Ev::Chaos => self.chaos()?,
             }

@@ -498,7 +498,10 @@ fn op() -> impl Strategy<Value = Op> {
     ];
     prop_oneof![
         8 => (shape.clone(), timeout.clone()).prop_map(|(shape, timeout)| Op::Submit { shape, timeout }),
-        3 => (shape, timeout).prop_map(|(shape, timeout)| Op::Offer { shape, timeout }),
+        3 => (shape.clone(), timeout.clone()).prop_map(|(shape, timeout)| Op::Offer { shape, timeout }),
+        3 => (shape, timeout, any::<u8>())
+            .prop_map(|(shape, timeout, veto)| Op::SubmitVetted { shape, timeout, veto }),
+        2 => (any::<u16>(), any::<u8>()).prop_map(|(index, veto)| Op::Revet { index, veto }),
         2 => any::<u16>().prop_map(|index| Op::Cancel { index }),
         6 => (any::<u16>(), outcome).prop_map(|(index, outcome)| Op::Complete { index, outcome }),
         3 => (any::<u16>(), verdict).prop_map(|(index, verdict)| Op::ProbeResult { index, verdict }),

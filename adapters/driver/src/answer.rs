@@ -1,8 +1,6 @@
 //! A caller's answer: built from the core's, with its success or failure
 //! hook; and the driver's error conversions.
 
-use std::future::Future;
-use std::pin::Pin;
 use std::time::Duration;
 
 use foreman_core::{
@@ -11,52 +9,23 @@ use foreman_core::{
 };
 
 use crate::handler::CircuitBreakerHooks;
-use crate::state::{worker_id, Delivered, HookEvent};
+use crate::state::{worker_id, Delivered};
 use crate::types::{Timed, Timings};
 
-pub(crate) async fn fire_hooks(
+/// Asks the breaker whether the worker named `worker_id` may take the
+/// request; a veto is reported (`on_request_rejected`) before this returns.
+pub(crate) async fn ask_breaker(
     hooks: &dyn CircuitBreakerHooks,
+    worker_id: &str,
     request: &WorkerRequest,
-    events: Vec<HookEvent>,
-) {
-    for event in events {
-        match event {
-            HookEvent::Accepted(worker_id) => hooks.on_request_accepted(&worker_id, request).await,
-            HookEvent::Rejected(worker_id, reason) => {
-                hooks
-                    .on_request_rejected(worker_id.as_deref(), request, reason)
-                    .await;
-            }
-        }
+) -> bool {
+    let allowed = hooks.allow_request(worker_id, request);
+    if !allowed {
+        hooks
+            .on_request_rejected(Some(worker_id), request, WorkerErrorCode::CircuitOpen)
+            .await;
     }
-}
-
-/// The caller's answer, with its success or failure hook fired.
-pub(crate) fn finish(
-    hooks: Option<&dyn CircuitBreakerHooks>,
-    answer: Delivered,
-    request_id: String,
-) -> Finish<'_> {
-    match hooks {
-        None => Finish::Ready(respond(answer, request_id)),
-        Some(hooks) => {
-            let worker = answer.worker.clone();
-            let timed = respond(answer, request_id);
-            Finish::Notify(Box::pin(async move {
-                notify(hooks, worker_id(worker.as_deref()), &timed.result).await;
-                timed
-            }))
-        }
-    }
-}
-
-/// A caller's answer: ready, or once its hook has run (boxed, so the
-/// common case adds nothing to the caller's future).
-pub(crate) enum Finish<'a> {
-    /// No hook to run.
-    Ready(Timed),
-    /// Once the hook has run.
-    Notify(Pin<Box<dyn Future<Output = Timed> + Send + 'a>>),
+    allowed
 }
 
 /// The caller's answer, from the core's.
@@ -122,9 +91,9 @@ pub(crate) fn lost_answer() -> WorkerPoolError {
 pub(crate) fn command_error(error: CommandError) -> WorkerPoolError {
     match error {
         CommandError::ShuttingDown => WorkerPoolError::ShuttingDown,
-        CommandError::UnknownWorker(_) | CommandError::WorkerRemoving(_) => {
-            WorkerPoolError::NoHealthyWorker
-        }
+        CommandError::UnknownWorker(_)
+        | CommandError::UnknownWorkerId(_)
+        | CommandError::WorkerRemoving(_) => WorkerPoolError::NoHealthyWorker,
         other => WorkerPoolError::InvalidRequest {
             reason: other.to_string(),
         },

@@ -43,10 +43,42 @@ pub trait WorkerHandler: Send + Sync {
 /// Circuit-breaker integration: a veto per worker and after-the-fact
 /// notifications, each fired exactly once per event.
 ///
-/// `allow_request` runs while the pool chooses a worker (keep it short: it
-/// runs under the pool's lock). The `on_*` hooks run after the event they
-/// report, in the submitting caller's task and before `submit` returns, so
-/// they are ordered per request (accepted before success or failure).
+/// The hooks of a request run in the task of the caller that submitted it,
+/// one at a time, in the order below, and never under a lock of the pool,
+/// so each may call the pool: the async hooks any method (`submit`,
+/// `stats`, `health_snapshot`, `health_history`, `add_worker`,
+/// `remove_worker`, `restart_worker`, `shutdown`); `allow_request`, which
+/// cannot await, those that answer at once (all but `submit` and
+/// `shutdown`; the async `health_snapshot` and `restart_worker` complete
+/// on their first poll).
+///
+/// 1. **Choosing a worker.** `allow_request` is asked about the candidate
+///    workers (schedulable, with queue room) in the pool's order (under the
+///    default idle-first routing: idle Healthy workers, then idle Degraded
+///    ones, then busy ones; with several lanes, lane by lane), one at a
+///    time, until one allows. Each veto is reported as
+///    `on_request_rejected(Some(worker), CircuitOpen)` before the next
+///    candidate is asked; a worker after the one that allows is never
+///    asked, nor is any worker asked twice in one choice. A candidate that
+///    allows but has filled up meanwhile is passed over for the next one.
+/// 2. **Accepted or refused.** The worker that allowed takes the request:
+///    `on_request_accepted(worker)`. The request runs on that worker only;
+///    its handler starts as soon as the worker is free, on the worker's
+///    task, and runs while this hook and the next ones do. If no candidate
+///    takes it, `on_request_rejected(None, reason)` reports the refusal
+///    (`CircuitOpen` when vetoes alone refused it) and `submit` returns it.
+/// 3. **Its worker removed.** Should that worker be removed while the
+///    request waits in its queue, the request moves only where the breaker
+///    allows: step 1 runs again over the other workers (vetoes reported as
+///    `on_request_rejected(Some(worker), CircuitOpen)`), and the worker
+///    that allows takes it: `on_request_accepted(worker)` again. If none
+///    does, the request is answered with a retryable `Unavailable` error.
+/// 4. **Answered.** `on_request_success` or `on_request_failure` with the
+///    answer, before `submit` returns it. A caller that drops `submit`
+///    cancels the request; its failure hook then runs in a task of its own.
+///
+/// `allow_request` is synchronous: keep it short, it runs between two
+/// steps of the pool's choice.
 #[async_trait]
 pub trait CircuitBreakerHooks: Send + Sync {
     /// Returns `false` to keep the request off this worker.

@@ -23,7 +23,9 @@
 //! runs each handler inside the submitting task instead: no task hop, the
 //! lowest latency for a lone caller, but a handler progresses only while
 //! its caller polls and runs in the caller's runtime context (see the
-//! variant's docs).
+//! variant's docs). A pool with [`CircuitBreakerHooks`] runs handlers on
+//! worker tasks in either mode, so a handler runs while its caller runs
+//! the hooks (see the trait for their order).
 //!
 //! Probes run as spawned tasks; one timer task per lane sleeps until its
 //! core's next deadline. `shutdown` returns once every handler future and
@@ -40,8 +42,9 @@
 //! request then waits for a worker of its own lane.
 //!
 //! The locks are never held across an `.await`, nor while a handler, a
-//! probe or an `on_*` hook runs, so `health_snapshot` and `stats` never
-//! wait behind a handler.
+//! probe or any hook (`allow_request` included) runs, so `health_snapshot`
+//! and `stats` never wait behind a handler, and handlers, probes and hooks
+//! may call their own pool.
 #![deny(missing_docs)]
 #![forbid(unsafe_code)]
 

@@ -12,22 +12,23 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
 use foreman_core::{
-    lanes, Pool, PoolConfig, RequestKey, Stats, Time, WorkerHealth, WorkerHealthStatus, WorkerKey,
-    WorkerPoolError, WorkerPoolOptions, WorkerProtocolError, WorkerRequest, WorkerResponse,
+    lanes, Admission, CommandError, Pool, PoolConfig, RequestError, RequestKey, Revetted, Stats,
+    Time, Vetted, Vetting, WorkerHealth, WorkerHealthStatus, WorkerKey, WorkerPoolError,
+    WorkerPoolOptions, WorkerProtocolError, WorkerRequest, WorkerResponse,
 };
 use futures_util::future::{poll_fn, Abortable};
 use futures_util::FutureExt;
 use parking_lot::Mutex;
 use serde_json::Value;
 
-use crate::answer::{command_error, finish, fire_hooks, lost_answer, protocol_error, Finish};
+use crate::answer::{ask_breaker, command_error, lost_answer, notify, respond};
 use crate::cooperate::cooperate;
 use crate::handler::{CircuitBreakerHooks, WorkerHandler, WorkerPoolClient};
 use crate::live::{Live, LiveGuard};
 use crate::runtime::Runtime;
 use crate::state::{
-    Claimed, Core, Delivered, FastMap, HeldRequest, LaneSignals, Own, OwnedHandlerFuture, ProbeJob,
-    Run, Slot, Started, WorkerCell, WorkerEntry,
+    worker_id, Claimed, Core, Delivered, FastMap, HeldRequest, LaneSignals, Own,
+    OwnedHandlerFuture, ProbeJob, Run, Slot, Started, WorkerCell, WorkerEntry,
 };
 use crate::types::{BuildError, DriverOptions, HealthTransition, Timed};
 use crate::wakers::Wakers;
@@ -117,7 +118,9 @@ impl<R: Runtime> WorkerPool<R> {
         options: DriverOptions,
     ) -> Result<Self, BuildError> {
         let lanes = options.lanes;
-        let pool_tasks = options.execution == ExecutionMode::PoolTasks;
+        // With hooks, handlers always run on worker tasks: the caller runs
+        // the hooks while its handler runs.
+        let pool_tasks = options.execution == ExecutionMode::PoolTasks || hooks.is_some();
         if handlers.is_empty() {
             return Err(BuildError::NoWorkers);
         }
@@ -222,7 +225,14 @@ impl<R: Runtime> WorkerPool<R> {
         async move {
             // Whether this request ever waited (see `cooperate`).
             let mut waited = false;
-            let outcome = self.run(&slot, &mut waited).await;
+            let outcome = match self.shared.hooks.as_deref() {
+                None => self.run(&slot, &mut waited).await,
+                // Boxed: the future of a pool without hooks stays small.
+                Some(hooks) => {
+                    waited = true;
+                    Box::pin(self.run_hooked(&slot, hooks)).await
+                }
+            };
             Slot::recycle(slot);
             // Refusals count too: a caller retrying on `QueueFull` must not
             // keep its thread (and the pool's own timers) from running.
@@ -236,7 +246,6 @@ impl<R: Runtime> WorkerPool<R> {
     /// caller holds: it stays small.
     async fn run(&self, slot: &Arc<Slot>, waited: &mut bool) -> Timed {
         let shared = &self.shared;
-        let hooks = shared.hooks.as_deref();
         // Everything up to the first await is one synchronous step, so
         // none of its locals lives in this future. A request started at
         // once (with no hooks to wait for) gets its handler future here
@@ -248,7 +257,6 @@ impl<R: Runtime> WorkerPool<R> {
             Entered {
                 lane,
                 submitted,
-                firing,
                 request_id,
             },
             started_at_once,
@@ -275,69 +283,41 @@ impl<R: Runtime> WorkerPool<R> {
         };
         let key = match submitted {
             Ok(key) => key,
-            Err(refused) => {
-                if let Some(firing) = firing {
-                    // The refused request is dropped here, without recursion.
-                    drop(firing.await);
-                }
-                return Timed::refused(refused);
-            }
+            Err(refused) => return Timed::refused(refused),
         };
         let lane = shared.lane(lane);
         // From here on, dropping this future cancels the request, also
         // while the hooks below run.
-        let mut guard = PendingGuard {
-            shared,
-            lane,
-            key,
-            slot,
-            done: false,
-        };
+        let mut guard = PendingGuard::new(shared, lane, key, slot);
         if shared.pool_tasks {
-            if let Some(firing) = firing {
-                let request = firing.await;
-                slot.lock().parked = request;
-            }
             let answer = wait_for_answer(slot, key, waited).await;
             guard.done = true;
-            return match finish(hooks, answer, request_id) {
-                Finish::Ready(outcome) => outcome,
-                Finish::Notify(notifying) => notifying.await,
-            };
+            return respond(answer, request_id);
         }
         let worker: Arc<WorkerCell>;
         let future: HandlerFuture<'_> = match started_at_once {
             Some(future) => future,
-            None => {
-                if let Some(firing) = firing {
-                    let request = firing.await;
-                    slot.lock().parked = request;
+            None => match wait_for_start(slot, waited).await {
+                Wake::Started(Started {
+                    worker: granted,
+                    live: guard,
+                }) => {
+                    live = Some(guard);
+                    let Some(request) = slot.lock().parked.take() else {
+                        return Timed::refused(lost_answer());
+                    };
+                    worker = granted;
+                    worker.handler.handle(request)
                 }
-                match wait_for_start(slot, waited).await {
-                    Wake::Started(Started {
-                        worker: granted,
-                        live: guard,
-                    }) => {
-                        live = Some(guard);
-                        let Some(request) = slot.lock().parked.take() else {
-                            return Timed::refused(lost_answer());
-                        };
-                        worker = granted;
-                        worker.handler.handle(request)
-                    }
-                    Wake::Handed(future, guard) => {
-                        live = Some(guard);
-                        future
-                    }
-                    Wake::Answered(answer) => {
-                        guard.answered_without_run();
-                        return match finish(hooks, answer, request_id) {
-                            Finish::Ready(outcome) => outcome,
-                            Finish::Notify(notifying) => notifying.await,
-                        };
-                    }
+                Wake::Handed(future, guard) => {
+                    live = Some(guard);
+                    future
                 }
-            }
+                Wake::Answered(answer) => {
+                    guard.answered_without_run();
+                    return respond(answer, request_id);
+                }
+            },
         };
         let ran = run_handler(future, slot, waited).await;
         // The handler future is dropped: it no longer counts as live.
@@ -358,12 +338,85 @@ impl<R: Runtime> WorkerPool<R> {
             }
         };
         match answer {
-            Some(answer) => match finish(hooks, answer, request_id) {
-                Finish::Ready(outcome) => outcome,
-                Finish::Notify(notifying) => notifying.await,
-            },
+            Some(answer) => respond(answer, request_id),
             None => Timed::refused(lost_answer()),
         }
+    }
+
+    /// `submit` in a pool with hooks, in the reference's order: the
+    /// breaker is asked about the candidates in turn, with no lock held,
+    /// each veto reported (`on_request_rejected`) before the next question;
+    /// the worker that takes the request is reported
+    /// (`on_request_accepted`) while its handler already runs on its
+    /// worker's task; should the worker be removed while the request waits
+    /// there, the breaker places it anew the same way; the answer is
+    /// reported (`on_request_success` or `on_request_failure`) before it
+    /// is returned. A refusal is reported as `on_request_rejected(None, …)`.
+    async fn run_hooked(&self, slot: &Arc<Slot>, hooks: &dyn CircuitBreakerHooks) -> Timed {
+        let shared = &self.shared;
+        // The slot keeps the handler's copy of the request (the handler
+        // may run while the hooks still read this one). A request that
+        // fails admission is not copied: it may be nested arbitrarily deep,
+        // and it is dropped without recursion.
+        let (admission, copy) = {
+            let mut inner = slot.lock();
+            let Some(parked) = inner.parked.get() else {
+                return Timed::refused(lost_answer());
+            };
+            let admission = shared.config.admit(parked);
+            let copy = match admission {
+                Ok(_) => HeldRequest::new(parked.clone()),
+                Err(_) => std::mem::take(&mut inner.parked),
+            };
+            (admission, copy)
+        };
+        let Some(request) = copy.get() else {
+            return Timed::refused(lost_answer());
+        };
+        let mut tries = shared.lane_order();
+        let (lane, key, accepted_by) = 'lanes: loop {
+            let (index, last) = tries.next_try();
+            let mut vetting = if last {
+                Vetting::new()
+            } else {
+                Vetting::offer()
+            };
+            loop {
+                match shared.vet(index, &admission, slot, &mut vetting) {
+                    VetStep::Ask(worker_id) => {
+                        let allowed = ask_breaker(hooks, &worker_id, request).await;
+                        vetting.answer(allowed);
+                    }
+                    VetStep::Accepted(key, worker_id) => break 'lanes (index, key, worker_id),
+                    VetStep::Refused(error) if !last && lanes::try_next_lane(&error) => break,
+                    VetStep::Refused(error) => {
+                        let parked = std::mem::take(&mut slot.lock().parked);
+                        drop(parked);
+                        hooks.on_request_rejected(None, request, error.code()).await;
+                        return Timed::refused(error);
+                    }
+                }
+            }
+        };
+        let lane = shared.lane(lane);
+        // From here on, dropping this future cancels the request (and
+        // aborts its handler), also while the hooks below run.
+        let mut guard = HookedGuard {
+            pending: PendingGuard::new(shared, lane, key, slot),
+            request_id: &request.request_id,
+        };
+        hooks.on_request_accepted(&accepted_by, request).await;
+        let answer = loop {
+            match wait_for_notice(slot).await {
+                Notice::Answered(answer) => break answer,
+                Notice::Revet => shared.revet(lane, key, request, hooks).await,
+            }
+        };
+        guard.pending.done = true;
+        let worker = answer.worker.clone();
+        let timed = respond(answer, request.request_id.clone());
+        notify(hooks, worker_id(worker.as_deref()), &timed.result).await;
+        timed
     }
 
     /// Health of every worker, in worker order. Never waits for a handler.
@@ -412,12 +465,8 @@ impl<R: Runtime> WorkerPool<R> {
     /// `NoHealthyWorker` for an unknown (or removed) worker id;
     /// `ShuttingDown` once the pool has stopped.
     pub async fn restart_worker(&self, worker_id: &str) -> Result<(), WorkerPoolError> {
-        self.command(worker_id, |core, now| {
-            let key = core
-                .pool
-                .worker_key(worker_id)
-                .ok_or(WorkerPoolError::NoHealthyWorker)?;
-            core.pool.restart_worker(now, key).map_err(command_error)
+        self.command(worker_id, |core, now, key| {
+            core.pool.restart_worker(now, key)
         })
     }
 
@@ -433,21 +482,31 @@ impl<R: Runtime> WorkerPool<R> {
             .min_by_key(|&lane| shared.lane(lane).core.lock().workers.len())
             .unwrap_or(0);
         let id = names.peek();
-        let cell = shared.input(lane, |core, now| {
-            let key = core
-                .pool
-                .add_named_worker(now, id.as_str())
-                .map_err(command_error)?;
-            let entry = WorkerEntry::new(&id, key, handler);
-            let cell = Arc::clone(&entry.cell);
-            core.workers.insert(key, entry);
-            Ok::<_, WorkerPoolError>(cell)
-        })?;
-        // Requests the core started on it already wait in its inbox.
-        if shared.pool_tasks {
-            shared.spawn_worker(lane, cell);
-        }
-        Ok(names.add(lane))
+        // Refused, the handler is dropped (user code) with no lock held.
+        let mut handler = Some(handler);
+        let added = shared.input(lane, |core, now| {
+            let key = core.pool.add_named_worker(now, id.as_str())?;
+            let cell = handler.take().map(|handler| {
+                let entry = WorkerEntry::new(&id, key, handler);
+                let cell = Arc::clone(&entry.cell);
+                core.workers.insert(key, entry);
+                cell
+            });
+            Ok(cell)
+        });
+        let added = match added {
+            Ok(cell) => {
+                // Requests the core started on it already wait in its inbox.
+                if let (true, Some(cell)) = (shared.pool_tasks, cell) {
+                    shared.spawn_worker(lane, cell);
+                }
+                Ok(names.add(lane))
+            }
+            Err(error) => Err(command_error(error)),
+        };
+        drop(names);
+        drop(handler);
+        added
     }
 
     /// Removes a worker: it takes no new requests, its queued requests move
@@ -457,12 +516,8 @@ impl<R: Runtime> WorkerPool<R> {
     /// `NoHealthyWorker` for an unknown worker id or one already being
     /// removed.
     pub fn remove_worker(&self, worker_id: &str) -> Result<(), WorkerPoolError> {
-        self.command(worker_id, |core, now| {
-            let key = core
-                .pool
-                .worker_key(worker_id)
-                .ok_or(WorkerPoolError::NoHealthyWorker)?;
-            core.pool.remove_worker(now, key).map_err(command_error)
+        self.command(worker_id, |core, now, key| {
+            core.pool.remove_worker(now, key)
         })
     }
 
@@ -497,18 +552,20 @@ impl<R: Runtime> WorkerPool<R> {
     }
 
     /// An input about one worker, in its lane.
-    fn command<T>(
+    fn command(
         &self,
         worker_id: &str,
-        f: impl FnOnce(&mut Core, Time) -> Result<T, WorkerPoolError>,
-    ) -> Result<T, WorkerPoolError> {
-        let lane = self
-            .shared
-            .names
-            .lock()
-            .lane_of(worker_id)
-            .ok_or(WorkerPoolError::NoHealthyWorker)?;
-        self.shared.input(lane, f)
+        f: impl FnOnce(&mut Core, Time, WorkerKey) -> Result<(), CommandError>,
+    ) -> Result<(), WorkerPoolError> {
+        // An id no lane knows goes to the first lane, whose core refuses it
+        // as it refuses any command (`ShuttingDown` once shutdown began).
+        let lane = self.shared.names.lock().lane_of(worker_id).unwrap_or(0);
+        self.shared
+            .input(lane, |core, now| {
+                let key = core.pool.command_target(worker_id)?;
+                f(core, now, key)
+            })
+            .map_err(command_error)
     }
 }
 
@@ -611,21 +668,37 @@ impl Names {
 }
 
 /// What [`Shared::enter`] did with a request.
-struct Entered<'a> {
+struct Entered {
     lane: usize,
     submitted: Result<RequestKey, WorkerPoolError>,
-    /// The accept/reject hooks to run (boxed: hooks are the rare case);
-    /// it gives the request back for the slot.
-    firing: Option<Firing<'a>>,
     request_id: String,
+}
+
+/// What one step of vetting a new request ([`Shared::vet`]) leaves to its
+/// caller.
+enum VetStep {
+    /// Ask the breaker about this worker.
+    Ask(Arc<str>),
+    /// The request was accepted by this worker.
+    Accepted(RequestKey, Arc<str>),
+    /// The lane refused (or declined) the request.
+    Refused(WorkerPoolError),
+}
+
+/// What one step of placing a request anew ([`Shared::revet`]) leaves to
+/// its caller.
+enum RevetStep {
+    /// Ask the breaker about this worker.
+    Ask(Arc<str>),
+    /// The request moved to this worker.
+    Moved(Arc<str>),
+    /// The request was answered (or had been): its answer is in its slot.
+    Done,
 }
 
 /// A request its worker started at once, with no hooks to run first: the
 /// caller runs it straight away.
 type StartedAtOnce = Option<(Started, WorkerRequest)>;
-
-/// Hook calls that hold the request, and return it.
-type Firing<'a> = Pin<Box<dyn Future<Output = HeldRequest> + Send + 'a>>;
 
 thread_local! {
     /// The pool this thread last submitted to, and its home lane there.
@@ -666,16 +739,14 @@ impl<R: Runtime> Shared<R> {
     ///
     /// # Errors
     /// `lost_answer` if the slot holds no request (never happens).
-    fn enter<'a>(
-        self: &'a Arc<Self>,
+    fn enter(
+        self: &Arc<Self>,
         slot: &Arc<Slot>,
-    ) -> Result<(Entered<'a>, StartedAtOnce), WorkerPoolError> {
+    ) -> Result<(Entered, StartedAtOnce), WorkerPoolError> {
         let Some(request) = slot.lock().parked.take() else {
             return Err(lost_answer());
         };
         let request_id = request.request_id.clone();
-        let hooks = self.hooks.as_deref();
-        let mut hook_events = hooks.map(|_| Vec::new());
         // Validation needs only the configuration: do it, and read the
         // clock, before taking a lock.
         let admission = self.config.admit(&request);
@@ -688,32 +759,20 @@ impl<R: Runtime> Shared<R> {
         let (lane, submitted) = loop {
             let (index, last) = tries.next_try();
             let lane = self.lane(index);
-            let Some(request) = held.as_ref() else {
-                return Err(lost_answer());
-            };
-            let allow = |id: &str| hooks.is_none_or(|hooks| hooks.allow_request(id, request));
             let mut probes = Vec::new();
             let mut core = lane.core.lock();
             let submitted = if last {
                 core.pool
-                    .submit_checked(now, admission.clone(), Arc::clone(slot), allow)
+                    .submit_checked(now, admission.clone(), Arc::clone(slot))
             } else {
-                core.pool
-                    .offer(now, admission.clone(), Arc::clone(slot), allow)
+                core.pool.offer(now, admission.clone(), Arc::clone(slot))
             };
             let key = submitted.as_ref().ok().copied();
             let mut own = Own::default();
-            core.after_input(
-                key,
-                &mut own,
-                hook_events.as_mut(),
-                &mut probes,
-                &lane.signals,
-                0,
-            );
+            core.after_input(key, &mut own, &mut probes, &lane.signals, 0);
             // Under the lock, so an abort of the request finds it on its
             // worker's task.
-            if let (true, None, Some(key)) = (self.pool_tasks, hooks, key) {
+            if let (true, Some(key)) = (self.pool_tasks, key) {
                 if let Some(start) = own.started.take() {
                     match held.take() {
                         Some(request) => start.dispatch(key, request, &mut own.wake),
@@ -735,51 +794,79 @@ impl<R: Runtime> Shared<R> {
         if let Some(answer) = answered {
             slot.lock().answer = Some(answer);
         }
-        let Some(request) = held else {
-            // On its worker's task already.
-            return Ok((
-                Entered {
-                    lane,
-                    submitted,
-                    firing: None,
-                    request_id,
-                },
-                None,
-            ));
+        let entered = Entered {
+            lane,
+            submitted,
+            request_id,
         };
-        let (firing, start) = match (hooks, hook_events) {
-            (Some(hooks), Some(events)) => {
-                if let Some(started) = started {
-                    slot.lock().run = Run::Granted(started);
-                }
-                // Held, so that it is dropped without recursion also if the
-                // caller gives up while the hooks run.
-                let request = HeldRequest::new(request);
-                let firing: Firing<'a> = Box::pin(async move {
-                    if let Some(request) = request.get() {
-                        fire_hooks(hooks, request, events).await;
-                    }
-                    request
-                });
-                (Some(firing), None)
+        // `None`: on its worker's task already.
+        let start = match (held, started) {
+            (Some(request), Some(started)) => Some((started, request)),
+            (Some(request), None) => {
+                slot.lock().parked = HeldRequest::new(request);
+                None
             }
-            _ => match started {
-                Some(started) => (None, Some((started, request))),
-                None => {
-                    slot.lock().parked = HeldRequest::new(request);
-                    (None, None)
-                }
-            },
+            (None, _) => None,
         };
-        Ok((
-            Entered {
-                lane,
-                submitted,
-                firing,
-                request_id,
-            },
-            start,
-        ))
+        Ok((entered, start))
+    }
+
+    /// One step of vetting a request (a pool with hooks) in lane `lane`:
+    /// the core proposes the next candidate, or commits the request to the
+    /// one the breaker approved (its answer is in `vetting`), or refuses.
+    /// The breaker is asked by the caller, with the lock released.
+    fn vet(
+        self: &Arc<Self>,
+        lane: usize,
+        admission: &Result<Admission, RequestError>,
+        slot: &Arc<Slot>,
+        vetting: &mut Vetting,
+    ) -> VetStep {
+        self.input(lane, |core, now| {
+            match core.pool.vet(now, admission, Arc::clone(slot), vetting) {
+                Vetted::Ask { worker, .. } => VetStep::Ask(core.id_of(worker)),
+                Vetted::Accepted { request, worker } => {
+                    VetStep::Accepted(request, core.id_of(worker))
+                }
+                Vetted::Refused(refused) => VetStep::Refused(refused.error),
+            }
+        })
+    }
+
+    /// Has the breaker place anew a request whose worker was removed while
+    /// it waited there (`Action::Revet`), as at submit: candidates in
+    /// turn, asked with no lock held, each veto reported before the next
+    /// question, the worker that takes it reported as accepting it. When
+    /// none does, the core answers the request (its answer reaches the
+    /// slot).
+    async fn revet(
+        self: &Arc<Self>,
+        lane: &Lane,
+        key: RequestKey,
+        request: &WorkerRequest,
+        hooks: &dyn CircuitBreakerHooks,
+    ) {
+        let mut vetting = Vetting::new();
+        loop {
+            let step = self.input(lane.index, |core, now| {
+                match core.pool.revet(now, key, &mut vetting) {
+                    Revetted::Ask(worker) => RevetStep::Ask(core.id_of(worker)),
+                    Revetted::Moved(worker) => RevetStep::Moved(core.id_of(worker)),
+                    Revetted::Answered | Revetted::Gone => RevetStep::Done,
+                }
+            });
+            match step {
+                RevetStep::Ask(worker_id) => {
+                    let allowed = ask_breaker(hooks, &worker_id, request).await;
+                    vetting.answer(allowed);
+                }
+                RevetStep::Moved(worker_id) => {
+                    hooks.on_request_accepted(&worker_id, request).await;
+                    return;
+                }
+                RevetStep::Done => return,
+            }
+        }
     }
 
     /// Where a submit starts: this thread's home lane if it has an idle
@@ -839,7 +926,7 @@ impl<R: Runtime> Shared<R> {
             let mut core = self.lane(lane).core.lock();
             let now = self.now();
             let out = f(&mut core, now);
-            core.after_input(None, &mut own, None, &mut probes, signals, 0);
+            core.after_input(None, &mut own, &mut probes, signals, 0);
             out
         };
         own.wake_all();
@@ -875,7 +962,7 @@ impl<R: Runtime> Shared<R> {
         {
             let mut core = lane.core.lock();
             core.pool.handle_completion(now, key, result);
-            core.after_input(own, out, None, &mut probes, &lane.signals, claim);
+            core.after_input(own, out, &mut probes, &lane.signals, claim);
         }
         out.wake_all();
         self.spawn_probes(lane.index, probes);
@@ -988,7 +1075,7 @@ impl<R: Runtime> Completer for Shared<R> {
         {
             let mut core = lane.core.lock();
             core.pool.handle_completion(now, key, result);
-            core.after_input(None, &mut own, None, &mut probes, &lane.signals, 0);
+            core.after_input(None, &mut own, &mut probes, &lane.signals, 0);
         }
         own.wake_all();
         *next = std::mem::take(&mut own.jobs);
@@ -1074,20 +1161,36 @@ struct PendingGuard<'a, R: Runtime> {
     done: bool,
 }
 
-impl<R: Runtime> PendingGuard<'_, R> {
+impl<'a, R: Runtime> PendingGuard<'a, R> {
+    fn new(
+        shared: &'a Arc<Shared<R>>,
+        lane: &'a Lane,
+        key: RequestKey,
+        slot: &'a Arc<Slot>,
+    ) -> Self {
+        PendingGuard {
+            shared,
+            lane,
+            key,
+            slot,
+            done: false,
+        }
+    }
+
     /// The request was answered before its handler ran (or after it was
     /// started but before this task ran it).
     fn answered_without_run(&mut self) {
         self.done = true;
         drop(self.slot.lock().give_up());
     }
-}
 
-impl<R: Runtime> Drop for PendingGuard<'_, R> {
-    fn drop(&mut self) {
+    /// Cancels the request unless the caller is done with it; returns its
+    /// answer if the caller had not taken it.
+    fn cancel(&mut self) -> Option<Delivered> {
         if self.done {
-            return;
+            return None;
         }
+        self.done = true;
         let shared = self.shared;
         let (slot, key) = (self.slot, self.key);
         let mut probes = Vec::new();
@@ -1104,31 +1207,71 @@ impl<R: Runtime> Drop for PendingGuard<'_, R> {
             }
             let now = shared.now();
             core.pool.cancel(now, key);
-            core.after_input(
-                Some(key),
-                &mut own,
-                None,
-                &mut probes,
-                &self.lane.signals,
-                0,
-            );
+            core.after_input(Some(key), &mut own, &mut probes, &self.lane.signals, 0);
         }
         let answer = own.answer.take();
         drop(handed);
         drop(parked);
         own.wake_all();
+        drop(std::mem::take(&mut own.release));
         shared.spawn_probes(self.lane.index, probes);
-        // The caller is gone, so its failure hook runs in a task of its own.
-        let answer = answer.or_else(|| slot.lock().answer.take());
-        if let (Some(hooks), Some(answer)) = (shared.hooks.clone(), answer) {
-            if let Err(error) = &answer.result {
-                let error = protocol_error(error);
-                shared.runtime.spawn(Box::pin(async move {
-                    hooks.on_request_failure(answer.worker_id(), &error).await;
-                }));
-            }
-        }
+        answer.or_else(|| slot.lock().answer.take())
     }
+}
+
+impl<R: Runtime> Drop for PendingGuard<'_, R> {
+    fn drop(&mut self) {
+        self.cancel();
+    }
+}
+
+/// [`PendingGuard`] of a pool with hooks: a caller that gives up after its
+/// request was accepted cancels it, and the request's last hook
+/// (`on_request_failure`, or `on_request_success` if it had just
+/// succeeded) runs in a task of its own.
+struct HookedGuard<'a, R: Runtime> {
+    pending: PendingGuard<'a, R>,
+    request_id: &'a str,
+}
+
+impl<R: Runtime> Drop for HookedGuard<'_, R> {
+    fn drop(&mut self) {
+        let Some(answer) = self.pending.cancel() else {
+            return;
+        };
+        let shared = self.pending.shared;
+        let Some(hooks) = shared.hooks.clone() else {
+            return;
+        };
+        let worker = answer.worker.clone();
+        let outcome = respond(answer, self.request_id.to_string()).result;
+        shared.runtime.spawn(Box::pin(async move {
+            notify(&*hooks, worker_id(worker.as_deref()), &outcome).await;
+        }));
+    }
+}
+
+/// What a caller in a pool with hooks waits for.
+enum Notice {
+    /// Its answer.
+    Answered(Delivered),
+    /// Its worker was removed: it has the breaker place the request anew.
+    Revet,
+}
+
+/// Waits until the request is answered or must be placed anew.
+fn wait_for_notice(slot: &Slot) -> impl Future<Output = Notice> + '_ {
+    poll_fn(move |cx| {
+        let mut inner = slot.lock();
+        if let Some(answer) = inner.answer.take() {
+            return Poll::Ready(Notice::Answered(answer));
+        }
+        if std::mem::take(&mut inner.revet) {
+            return Poll::Ready(Notice::Revet);
+        }
+        inner.register(cx.waker());
+        Poll::Pending
+    })
 }
 
 /// How many of the queued requests that one completion starts the task

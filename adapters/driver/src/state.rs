@@ -12,8 +12,8 @@ use std::task::Waker;
 use std::time::Duration;
 
 use foreman_core::{
-    Action, Event, Phase, Pool, ProbeKey, RequestKey, Time, WorkerErrorCode, WorkerKey,
-    WorkerPoolError, WorkerProtocolError, WorkerRequest,
+    Action, Event, Phase, Pool, ProbeKey, RequestKey, Time, WorkerKey, WorkerPoolError,
+    WorkerProtocolError, WorkerRequest,
 };
 use futures_util::future::AbortHandle;
 use futures_util::task::AtomicWaker;
@@ -106,13 +106,6 @@ pub(crate) struct Delivered {
     pub(crate) ran_for: Option<Duration>,
 }
 
-impl Delivered {
-    /// The id of the worker that answered ("" if it is gone).
-    pub(crate) fn worker_id(&self) -> &str {
-        worker_id(self.worker.as_deref())
-    }
-}
-
 /// The id of `worker` ("" if it is gone).
 pub(crate) fn worker_id(worker: Option<&WorkerCell>) -> &str {
     worker.map_or("", |worker| &worker.id)
@@ -137,6 +130,8 @@ pub(crate) struct Own {
     pub(crate) here: Option<WorkerKey>,
     /// Requests started on [`here`](Self::here).
     pub(crate) jobs: Vec<Job>,
+    /// Stopped workers, dropped once the lock is released.
+    pub(crate) release: Vec<Arc<WorkerCell>>,
 }
 
 impl Own {
@@ -164,12 +159,6 @@ pub(crate) struct Claimed {
 /// A handler future that owns its handler, so it can move between tasks.
 pub(crate) type OwnedHandlerFuture =
     Pin<Box<dyn Future<Output = Result<Value, WorkerProtocolError>> + Send>>;
-
-/// A hook call to make once the lock is released.
-pub(crate) enum HookEvent {
-    Accepted(Arc<str>),
-    Rejected(Option<Arc<str>>, WorkerErrorCode),
-}
 
 /// A probe the driver must spawn once the actions are carried out.
 pub(crate) struct ProbeJob {
@@ -227,6 +216,9 @@ pub(crate) struct SlotInner {
     pub(crate) answer: Option<Delivered>,
     /// The caller's `submit` future was dropped.
     pub(crate) abandoned: bool,
+    /// The request's worker was removed: its caller has the circuit
+    /// breaker place it anew (`Action::Revet`).
+    pub(crate) revet: bool,
     waker: Option<Waker>,
 }
 
@@ -345,7 +337,7 @@ impl Slot {
     }
 
     /// Updates the slot; its task's waker goes to `wake`.
-    fn update(&self, wake: &mut Wakers, change: impl FnOnce(&mut SlotInner)) {
+    pub(crate) fn update(&self, wake: &mut Wakers, change: impl FnOnce(&mut SlotInner)) {
         let mut inner = self.lock();
         change(&mut inner);
         if let Some(waker) = inner.waker.take() {
@@ -395,13 +387,12 @@ impl Core {
         &mut self,
         own: Option<RequestKey>,
         mine: &mut Own,
-        hooks: Option<&mut Vec<HookEvent>>,
         probes: &mut Vec<ProbeJob>,
         signals: &LaneSignals,
         mut claim: usize,
     ) {
         // Events first: a `StopWorker` below forgets the worker's id.
-        self.drain_events(hooks, signals);
+        self.drain_events(signals);
         while let Some(action) = self.pool.poll_action() {
             match action {
                 Action::Start {
@@ -533,12 +524,18 @@ impl Core {
                     // the fresh execution context is the next `Start`.
                     let _ = worker;
                 }
+                // The caller has the circuit breaker place its request anew.
+                Action::Revet { payload, .. } => {
+                    payload.update(&mut mine.wake, |inner| inner.revet = true);
+                }
                 Action::StopWorker { worker } => {
                     if let Some(entry) = self.workers.remove(&worker) {
                         if let Some((_, handle)) = entry.probe {
                             handle.abort();
                         }
                         entry.cell.inbox.close(&mut mine.wake);
+                        // Its handler's `Drop` is user code: after the lock.
+                        mine.release.push(entry.cell);
                     }
                 }
             }
@@ -558,19 +555,9 @@ impl Core {
         }
     }
 
-    fn drain_events(&mut self, mut hooks: Option<&mut Vec<HookEvent>>, signals: &LaneSignals) {
+    fn drain_events(&mut self, signals: &LaneSignals) {
         while let Some(event) = self.pool.poll_event() {
             match event {
-                Event::Accepted { worker, .. } => {
-                    if let Some(hooks) = hooks.as_deref_mut() {
-                        hooks.push(HookEvent::Accepted(self.id_of(worker)));
-                    }
-                }
-                Event::Rejected { worker, reason } => {
-                    if let Some(hooks) = hooks.as_deref_mut() {
-                        hooks.push(HookEvent::Rejected(worker.map(|w| self.id_of(w)), reason));
-                    }
-                }
                 Event::HealthChanged {
                     worker,
                     from,
@@ -589,7 +576,7 @@ impl Core {
                         at: at.since_epoch(),
                     });
                 }
-                Event::Requeued { .. } => {}
+                Event::Accepted { .. } | Event::Rejected { .. } | Event::Requeued { .. } => {}
                 Event::ShutdownComplete { .. } => {
                     self.live.mark_stopped();
                     signals.close();
@@ -598,7 +585,8 @@ impl Core {
         }
     }
 
-    fn id_of(&self, worker: WorkerKey) -> Arc<str> {
+    /// The id of a worker ("" if it is gone).
+    pub(crate) fn id_of(&self, worker: WorkerKey) -> Arc<str> {
         self.workers
             .get(&worker)
             .map_or_else(|| Arc::from(""), |entry| Arc::clone(&entry.cell.id))

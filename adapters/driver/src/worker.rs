@@ -46,6 +46,8 @@ pub enum ExecutionMode {
     /// caller's runtime context (a caller on another executor breaks
     /// handlers that need the pool's runtime), and a task that frees a
     /// worker polls another caller's handler once before answering its own.
+    /// A pool with circuit-breaker hooks runs handlers on worker tasks in
+    /// either mode (its callers run the hooks while their handlers run).
     CallerTask,
 }
 

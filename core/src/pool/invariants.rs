@@ -26,7 +26,9 @@ impl<P: Clone> Pool<P> {
     /// Checks every internal rule; O(requests + workers + timers).
     ///
     /// The rules: every pending request is held by exactly one live worker,
-    /// queued there or running there; every unpinned queued request is in
+    /// queued there or running there, or (moving off it, once it was
+    /// removed) counted as moving by it; a request a circuit breaker placed
+    /// is pinned, and only such a request moves; every unpinned queued request is in
     /// the backlog once, and nothing else is; queue counters match the
     /// queues; no
     /// worker runs more than its concurrency or holds more than its capacity;
@@ -49,6 +51,22 @@ impl<P: Clone> Pool<P> {
         // A timer due at `Time::MAX` ("never") is deliberately not armed.
         let timer_armed = |at, timer| at == crate::time::Time::MAX || armed.contains(&(at, timer));
         let mut in_backlog = BTreeSet::new();
+        let mut moving: std::collections::BTreeMap<WorkerKey, usize> = Default::default();
+        for (raw, entry) in self.requests.iter() {
+            let key = RequestKey(raw);
+            ensure!(!entry.vetted || entry.pinned, "vetted {key} is not pinned");
+            if entry.state == RequestState::Moving {
+                ensure!(entry.vetted, "{key} moves but was not vetted");
+                let removing = self.workers.get(entry.worker.0).is_some_and(|w| w.removing);
+                ensure!(
+                    removing,
+                    "{key} moves off {} which is not being removed",
+                    entry.worker
+                );
+                *moving.entry(entry.worker).or_default() += 1;
+                ensure!(held.insert(key), "{key} held twice");
+            }
+        }
         for key in &self.backlog {
             if let Some(entry) = self.requests.get(key.0) {
                 if entry.state == RequestState::Queued {
@@ -83,6 +101,12 @@ impl<P: Clone> Pool<P> {
                 live_queued == slot.queued,
                 "{worker} counts {} queued but holds {live_queued}",
                 slot.queued
+            );
+            let moving_off = moving.get(&worker).copied().unwrap_or(0);
+            ensure!(
+                moving_off == slot.moving,
+                "{worker} counts {} moving but {moving_off} requests move off it",
+                slot.moving
             );
             ensure!(
                 slot.running.len() <= max_running,
