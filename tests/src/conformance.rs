@@ -40,10 +40,10 @@ use std::task::Poll;
 use std::time::Duration;
 
 use foreman_driver::{
-    async_trait, CircuitBreakerHooks, PoolConfig, Runtime, WorkerErrorCode, WorkerHandler,
-    WorkerHealth, WorkerHealthStatus, WorkerOperation, WorkerPool, WorkerPoolError,
-    WorkerPoolOptions, WorkerProtocolError, WorkerRequest, WorkerResponse, WorkerResult,
-    WorkerSecurityPolicy,
+    async_trait, CircuitBreakerHooks, DriverOptions, ExecutionMode, PoolConfig, Runtime,
+    WorkerErrorCode, WorkerHandler, WorkerHealth, WorkerHealthStatus, WorkerOperation, WorkerPool,
+    WorkerPoolError, WorkerPoolOptions, WorkerProtocolError, WorkerRequest, WorkerResponse,
+    WorkerResult, WorkerSecurityPolicy,
 };
 use futures::future::{self, Either};
 use futures::FutureExt;
@@ -88,7 +88,11 @@ macro_rules! conformance_suite {
             every_request_answered_once,
             every_request_answered_once_in_two_lanes,
             queued_requests_run_by_the_finishing_task,
+            queued_requests_run_on_the_worker_task,
             lanes_behave_as_one_pool,
+            a_caller_that_stalls_after_one_poll_does_not_hold_its_worker,
+            a_slow_first_poll_does_not_delay_another_callers_answer,
+            slow_and_fast_workers_share_the_queue_as_in_one_lane,
             allow_request_may_call_the_pool,
             on_request_accepted_may_call_the_pool,
             every_other_hook_may_call_the_pool,
@@ -273,6 +277,10 @@ impl<R: Runtime + Clone> WorkerHandler for TestWorker<R> {
         } else if node == "gate" {
             let _ = self.gate.1.recv().await;
             Ok(json!({"gate": "passed"}))
+        } else if let Some(ms) = node.strip_prefix("block:") {
+            // CPU-bound: holds its thread without yielding.
+            std::thread::sleep(Duration::from_millis(ms.parse().unwrap_or(0)));
+            Ok(json!({"blocked": ms}))
         } else if let Some(ms) = node.strip_prefix("sleep:") {
             let ms: u64 = ms.parse().unwrap_or(0);
             sleep(&self.rt, Duration::from_millis(ms)).await;
@@ -412,6 +420,19 @@ fn pool_of<R: Runtime + Default + Clone>(
     options: WorkerPoolOptions,
 ) -> WorkerPool<R> {
     match WorkerPool::new_inprocess(handlers_of(workers), options, None) {
+        Ok(pool) => pool,
+        Err(error) => panic!("valid pool options refused: {error}"),
+    }
+}
+
+fn pool_with<R: Runtime + Default + Clone>(
+    workers: &[Arc<TestWorker<R>>],
+    options: WorkerPoolOptions,
+    driver: DriverOptions,
+) -> WorkerPool<R> {
+    let config = PoolConfig::new(options);
+    match WorkerPool::with_driver_options(R::default(), handlers_of(workers), config, None, driver)
+    {
         Ok(pool) => pool,
         Err(error) => panic!("valid pool options refused: {error}"),
     }
@@ -783,7 +804,8 @@ pub async fn d04_timeout_frees_worker_and_counts_once<R: Runtime + Default + Clo
         matches!(result, Err(WorkerPoolError::Timeout)),
         "{result:?}"
     );
-    assert_eq!(worker.dropped(), 1, "the handler future was dropped");
+    // The worker's task drops the handler future.
+    wait_until(&rt, "the handler future dropped", || worker.dropped() == 1).await;
     let health = pool.health_snapshot().await;
     assert_eq!(health[0].status, WorkerHealthStatus::Degraded);
     assert_eq!(health[0].consecutive_failures, 1);
@@ -801,9 +823,11 @@ pub async fn d05_dropping_submit_cancels<R: Runtime + Default + Clone>(rt: R) {
         let mut running = Box::pin(pool.submit(request("run", "hang")));
         assert!(pending_after_one_poll(&mut running).await);
         assert_eq!(pool.stats().running, 1);
+        wait_until(&rt, "the handler started", || worker.calls() == 1).await;
     }
-    assert_eq!(worker.dropped(), 1);
+    // The request is cancelled at once; its worker's task drops the future.
     assert_eq!(pool.stats().running, 0);
+    wait_until(&rt, "the handler future dropped", || worker.dropped() == 1).await;
     assert_eq!(pool.stats().counters.cancelled_running, 1);
     let mut first = Box::pin(pool.submit(request("first", "gate")));
     assert!(pending_after_one_poll(&mut first).await);
@@ -870,8 +894,8 @@ pub async fn d06_restart_keeps_queue<R: Runtime + Default + Clone>(rt: R) {
     let running = pool.submit(request("running", "hang"));
     let queued = pool.submit(request("queued", "echo"));
     let restart = async {
-        wait_until(&rt, "both requests accepted", || {
-            pool.stats().counters.accepted == 2
+        wait_until(&rt, "both requests accepted, the first one running", || {
+            pool.stats().counters.accepted == 2 && worker.calls() == 1
         })
         .await;
         pool.restart_worker("worker-0").await
@@ -888,7 +912,10 @@ pub async fn d06_restart_keeps_queue<R: Runtime + Default + Clone>(rt: R) {
     }
     let queued = queued.unwrap_or_else(|e| panic!("queued request runs after restart: {e}"));
     assert_eq!(queued.worker_id, "worker-0");
-    assert_eq!(worker.dropped(), 1);
+    wait_until(&rt, "the restarted handler dropped", || {
+        worker.dropped() == 1
+    })
+    .await;
     assert!(matches!(
         pool.restart_worker("nope").await,
         Err(WorkerPoolError::NoHealthyWorker)
@@ -1309,7 +1336,11 @@ async fn answered_once<R: Runtime + Default + Clone>(rt: R, lanes: usize) {
 /// again at once. Each request's handler runs exactly once.
 pub async fn queued_requests_run_by_the_finishing_task<R: Runtime + Default + Clone>(rt: R) {
     let worker = TestWorker::new(&rt);
-    let pool = pool_of(&[Arc::clone(&worker)], options());
+    let pool = pool_with(
+        &[Arc::clone(&worker)],
+        options(),
+        DriverOptions::default().execution(ExecutionMode::CallerTask),
+    );
     let pool = &pool;
     let accepted = |n: u64| move || pool.stats().counters.accepted == n;
 
@@ -1386,6 +1417,96 @@ pub async fn queued_requests_run_by_the_finishing_task<R: Runtime + Default + Cl
     assert!(gate.is_ok(), "{gate:?}");
     assert!(matches!(late, Err(WorkerPoolError::Timeout)), "{late:?}");
     assert_eq!(worker.dropped(), 3);
+    assert_eq!(pool.stats().counters.timed_out_running, 1);
+    assert!(pool.submit(request("after", "echo")).await.is_ok());
+    pool.shutdown().await;
+}
+
+/// The worker's task runs the queued requests (the default execution
+/// mode): a queued handler that waits finishes on it; a queued handler that
+/// panics is one failure and the request behind it still runs; a queued
+/// handler is dropped when its caller gives up or its deadline passes, and
+/// the worker is free again at once. Each request's handler runs exactly
+/// once.
+pub async fn queued_requests_run_on_the_worker_task<R: Runtime + Default + Clone>(rt: R) {
+    let worker = TestWorker::new(&rt);
+    let pool = pool_of(&[Arc::clone(&worker)], options());
+    let pool = &pool;
+    let accepted = |n: u64| move || pool.stats().counters.accepted == n;
+
+    // A claimed handler that waits is handed back and finishes.
+    let first = pool.submit(request("first", "gate"));
+    let waits = pool.submit_timed(request("waits", "sleep:5"));
+    let open = async {
+        wait_until(&rt, "two accepted", accepted(2)).await;
+        worker.open_gate(1);
+    };
+    let (first, waits, ()) = futures::join!(first, waits, open);
+    assert!(first.is_ok(), "{first:?}");
+    let ran = waits.timings.ran;
+    let waits = waits
+        .result
+        .unwrap_or_else(|e| panic!("handed-back handler finishes: {e}"));
+    assert_eq!(
+        waits.result,
+        WorkerResult::Success {
+            output: json!({"slept": 5})
+        }
+    );
+    assert!(
+        ran.is_some_and(|ran| ran >= Duration::from_millis(5)),
+        "{ran:?}"
+    );
+    assert_eq!((worker.calls(), worker.dropped()), (2, 0));
+
+    // A claimed panic is one failure; the request behind it still runs.
+    let gate = pool.submit(request("gate", "gate"));
+    let boom = pool.submit(request("boom", "panic"));
+    let echo = pool.submit(request("echo", "echo"));
+    let open = async {
+        wait_until(&rt, "three more accepted", accepted(5)).await;
+        worker.open_gate(1);
+    };
+    let (gate, boom, echo, ()) = futures::join!(gate, boom, echo, open);
+    assert!(gate.is_ok(), "{gate:?}");
+    assert_eq!(worker_error(&boom), WorkerErrorCode::ExecutionFailed);
+    assert_eq!(echo.map(|r| r.worker_id).ok().as_deref(), Some("worker-0"));
+    let counters = pool.stats().counters;
+    assert_eq!((counters.succeeded, counters.failed), (4, 1));
+    // (The panic unwound through the handler: its watch counts a drop.)
+    assert_eq!((worker.calls(), worker.dropped()), (5, 1));
+
+    // A handed-back handler is dropped when its caller gives up.
+    let gate = pool.submit(request("gate2", "gate"));
+    let mut hangs = Box::pin(pool.submit(request("hangs", "hang")));
+    let open = async {
+        wait_until(&rt, "two more accepted", accepted(7)).await;
+        worker.open_gate(1);
+        wait_until(&rt, "the hanging handler started", || worker.calls() == 7).await;
+    };
+    match future::select(Box::pin(future::join(gate, open)), hangs.as_mut()).await {
+        Either::Left(((gate, ()), _)) => assert!(gate.is_ok(), "{gate:?}"),
+        Either::Right((hung, _)) => panic!("a hanging handler answered: {hung:?}"),
+    }
+    drop(hangs);
+    wait_until(&rt, "the hanging handler dropped", || worker.dropped() == 2).await;
+    assert_eq!(pool.stats().counters.cancelled_running, 1);
+    let free = pool.submit(request("free", "echo")).await;
+    assert!(free.is_ok(), "the worker is free again: {free:?}");
+
+    // A handed-back handler is dropped at its deadline.
+    let gate = pool.submit(request("gate3", "gate"));
+    let mut late = request("late", "hang");
+    late.timeout_ms = Some(50);
+    let late = pool.submit(late);
+    let open = async {
+        wait_until(&rt, "two more accepted", accepted(10)).await;
+        worker.open_gate(1);
+    };
+    let (gate, late, ()) = futures::join!(gate, late, open);
+    assert!(gate.is_ok(), "{gate:?}");
+    assert!(matches!(late, Err(WorkerPoolError::Timeout)), "{late:?}");
+    wait_until(&rt, "the late handler dropped", || worker.dropped() == 3).await;
     assert_eq!(pool.stats().counters.timed_out_running, 1);
     assert!(pool.submit(request("after", "echo")).await.is_ok());
     pool.shutdown().await;
@@ -1505,6 +1626,145 @@ pub async fn lanes_behave_as_one_pool<R: Runtime + Default + Clone>(rt: R) {
         pool.submit(request("late", "echo")).await,
         Err(WorkerPoolError::ShuttingDown)
     ));
+}
+
+/// A caller that polls `submit` once and then does other work (here: is
+/// not polled at all) does not hold its worker: its handler runs on the
+/// pool's runtime, and another caller's request queued behind it is
+/// answered while the first caller still stalls.
+pub async fn a_caller_that_stalls_after_one_poll_does_not_hold_its_worker<
+    R: Runtime + Default + Clone,
+>(
+    rt: R,
+) {
+    let worker = TestWorker::new(&rt);
+    let pool = pool_of(&[Arc::clone(&worker)], options());
+    let mut stalled = Box::pin(pool.submit(request("stalled", "sleep:10")));
+    assert!(pending_after_one_poll(&mut stalled).await);
+    let other = Box::pin(pool.submit(request("other", "sleep:10")));
+    let cutoff = Box::pin(sleep(&rt, Duration::from_secs(2)));
+    match future::select(other, cutoff).await {
+        Either::Left((answer, _)) => {
+            assert!(answer.is_ok(), "{answer:?}");
+        }
+        Either::Right(((), _)) => {
+            panic!("the other caller's request waited for the stalled caller to poll")
+        }
+    }
+    // The stalled caller's answer waited for it.
+    let answer = stalled.await;
+    assert!(answer.is_ok(), "{answer:?}");
+    pool.shutdown().await;
+}
+
+/// A caller's answer is not held back while another caller's handler,
+/// queued behind it on the same worker, makes a long CPU-bound first poll:
+/// the caller (here on its own thread and executor) has its answer before
+/// that handler finishes.
+pub async fn a_slow_first_poll_does_not_delay_another_callers_answer<
+    R: Runtime + Default + Clone,
+>(
+    rt: R,
+) {
+    let worker = TestWorker::new(&rt);
+    let pool = Arc::new(pool_of(&[Arc::clone(&worker)], options()));
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let push = |log: &Mutex<Vec<&'static str>>, entry| {
+        log.lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(entry);
+    };
+    let (first_pool, first_log) = (Arc::clone(&pool), Arc::clone(&log));
+    let first = std::thread::spawn(move || {
+        let answer = futures::executor::block_on(first_pool.submit(request("first", "sleep:20")));
+        push(&first_log, "first answered");
+        answer
+    });
+    wait_until(&rt, "the first request accepted", || {
+        pool.stats().counters.accepted == 1
+    })
+    .await;
+    let slow = pool.submit(request("slow", "block:250")).await;
+    push(&log, "slow answered");
+    assert!(slow.is_ok(), "{slow:?}");
+    let first = first
+        .join()
+        .unwrap_or_else(|_| panic!("the first caller panicked"));
+    assert!(first.is_ok(), "{first:?}");
+    let log = log.lock().unwrap_or_else(PoisonError::into_inner).clone();
+    assert_eq!(log, ["first answered", "slow answered"]);
+    pool.shutdown().await;
+}
+
+/// A worker that sleeps `delay` on the runtime's timer per request.
+struct Paced<R> {
+    rt: R,
+    delay: Duration,
+}
+
+#[async_trait]
+impl<R: Runtime + Clone> WorkerHandler for Paced<R> {
+    async fn handle(&self, _request: WorkerRequest) -> Result<Value, WorkerProtocolError> {
+        sleep(&self.rt, self.delay).await;
+        Ok(Value::Null)
+    }
+}
+
+/// Late binding holds across the whole pool as built by default: with 16
+/// workers, every other one slow, 200 requests finish within 1.2x the time
+/// of an explicit single lane (fast workers take the queue; before, a
+/// default split into lanes left one lane's share with its slow workers,
+/// ten times slower).
+pub async fn slow_and_fast_workers_share_the_queue_as_in_one_lane<R: Runtime + Default + Clone>(
+    rt: R,
+) {
+    let handlers = || -> Vec<Arc<dyn WorkerHandler>> {
+        (0..16)
+            .map(|i| {
+                let delay = if i % 2 == 0 { 400 } else { 10 };
+                Arc::new(Paced {
+                    rt: rt.clone(),
+                    delay: Duration::from_millis(delay),
+                }) as Arc<dyn WorkerHandler>
+            })
+            .collect()
+    };
+    let options = WorkerPoolOptions {
+        queue_capacity: 64,
+        health_probe_interval: Duration::from_secs(60),
+        default_request_timeout: Some(Duration::from_secs(30)),
+        ..WorkerPoolOptions::default()
+    };
+    let run = |pool: WorkerPool<R>| {
+        let rt = rt.clone();
+        async move {
+            let start = rt.now();
+            let requests = (0..200).map(|i| pool.submit(request(&format!("r{i}"), "paced")));
+            let answers = future::join_all(requests).await;
+            let took = rt.now().saturating_duration_since(start);
+            assert!(answers.iter().all(Result::is_ok));
+            pool.shutdown().await;
+            took
+        }
+    };
+    let default = match WorkerPool::new_inprocess(handlers(), options.clone(), None) {
+        Ok(pool) => run(pool).await,
+        Err(error) => panic!("valid pool options refused: {error}"),
+    };
+    let single = match WorkerPool::with_lanes(
+        R::default(),
+        handlers(),
+        PoolConfig::new(options),
+        None,
+        NonZeroUsize::MIN,
+    ) {
+        Ok(pool) => run(pool).await,
+        Err(error) => panic!("valid pool options refused: {error}"),
+    };
+    assert!(
+        default.as_secs_f64() <= 1.2 * single.as_secs_f64(),
+        "default pool took {default:?}, a single lane {single:?}"
+    );
 }
 
 // ----- re-entrant calls, the circuit breaker's say, commands after shutdown ------

@@ -15,13 +15,14 @@ use serde_json::Value;
 /// runs past its request's deadline, is cancelled or is restarted has its
 /// future dropped.
 ///
-/// `handle` runs in the task of the caller that submitted the request, with
-/// two exceptions: a request that queued may get its first poll from the
-/// task that just freed its worker (it then moves, if it has to wait, to
-/// its caller's task), and in a pool with [`CircuitBreakerHooks`] every
-/// handler runs in a task of its own (so it makes progress while its
-/// caller runs the hooks). Do not rely on task-local values in `handle`;
-/// pass what it needs in the request.
+/// Where `handle` runs depends on the pool's
+/// [`ExecutionMode`](crate::ExecutionMode): by default on its worker's task,
+/// on the pool's runtime (so it may use that runtime's timers and I/O
+/// whatever executor the caller is on, and it progresses whether or not the
+/// caller polls); in `CallerTask` mode in the task of the caller that
+/// submitted the request, except that a request that queued may get its
+/// first poll from the task that just freed its worker. Do not rely on
+/// task-local values in `handle`; pass what it needs in the request.
 #[async_trait]
 pub trait WorkerHandler: Send + Sync {
     /// Handles one request.
@@ -62,8 +63,8 @@ pub trait WorkerHandler: Send + Sync {
 ///    allows but has filled up meanwhile is passed over for the next one.
 /// 2. **Accepted or refused.** The worker that allowed takes the request:
 ///    `on_request_accepted(worker)`. The request runs on that worker only;
-///    its handler starts as soon as the worker is free, in a task of its
-///    own, and runs while this hook and the next ones do. If no candidate
+///    its handler starts as soon as the worker is free, on the worker's
+///    task, and runs while this hook and the next ones do. If no candidate
 ///    takes it, `on_request_rejected(None, reason)` reports the refusal
 ///    (`CircuitOpen` when vetoes alone refused it) and `submit` returns it.
 /// 3. **Its worker removed.** Should that worker be removed while the

@@ -6,27 +6,40 @@
 //! timer and a clock.
 //!
 //! # How a request runs
-//! The handler future runs **inside the submitting task**: `submit` parks
-//! the request in a per-request slot (the core's payload), locks the core,
-//! submits, and carries out the actions it produced. If its own request was
-//! started, it runs the handler at once; if it was queued, it waits on its
-//! slot. When a finishing request frees a worker and the core starts a
-//! parked request, the finishing task runs that handler itself (one poll:
-//! a handler that has to wait is handed back to its caller), so a busy
-//! worker goes from request to request without a task hop. No channel, no
-//! worker task: a worker is a slot in the core, and the core grants it.
+//! By default ([`ExecutionMode::PoolTasks`]) every worker has a task on the
+//! pool's runtime: `submit` parks the request in a per-request slot (the
+//! core's payload), locks the core, submits, and, if the core started it,
+//! puts it into its worker's inbox; the worker's task runs the handler and
+//! feeds the completion back to the core, running the next request the core
+//! starts on that worker without a wake-up. The caller waits on its slot
+//! for the answer. So a handler progresses whether or not its caller polls,
+//! always runs in the pool's runtime context, and never waits for another
+//! caller. Dropping the `submit` future cancels the request wherever it is
+//! (its handler future is dropped by its worker's task); deadlines abort
+//! the same way.
+//!
+//! [`ExecutionMode::CallerTask`] (chosen with
+//! [`DriverOptions::execution`] and [`WorkerPool::with_driver_options`])
+//! runs each handler inside the submitting task instead: no task hop, the
+//! lowest latency for a lone caller, but a handler progresses only while
+//! its caller polls and runs in the caller's runtime context (see the
+//! variant's docs). A pool with [`CircuitBreakerHooks`] runs handlers on
+//! worker tasks in either mode, so a handler runs while its caller runs
+//! the hooks (see the trait for their order).
+//!
 //! Probes run as spawned tasks; one timer task per lane sleeps until its
-//! core's next deadline. In a pool with [`CircuitBreakerHooks`] each started
-//! handler runs as a task of its own instead, so that it makes progress
-//! while its caller runs the hooks (see the trait for their order).
+//! core's next deadline. `shutdown` returns once every handler future and
+//! probe has ended (each is counted by a guard whose drop is the only
+//! decrement).
 //!
 //! # Lanes
-//! A pool of at least 16 workers under idle-first routing spreads them over
-//! one *lane* per CPU ([`WorkerPool::with_lanes`] chooses explicitly): each
-//! lane is a whole `foreman_core::Pool` with its own lock, so callers on
-//! different threads do not contend. A submit starts at its thread's home
+//! A pool has one lane (one `foreman_core::Pool` behind one lock), so late
+//! binding spans every worker. [`WorkerPool::with_lanes`] spreads the
+//! workers over several lanes, each with its own lock, so callers on
+//! different threads do not contend; a submit starts at its thread's home
 //! lane and offers the request lane by lane (`Pool::offer`), so it is
-//! counted once; health and stats are merged in worker order.
+//! counted once; health and stats are merged in worker order. A queued
+//! request then waits for a worker of its own lane.
 //!
 //! The locks are never held across an `.await`, nor while a handler, a
 //! probe or any hook (`allow_request` included) runs, so `health_snapshot`
@@ -35,17 +48,28 @@
 #![deny(missing_docs)]
 #![forbid(unsafe_code)]
 
+mod answer;
+mod cooperate;
 mod handler;
+mod live;
 mod pool;
 mod runtime;
 mod state;
+mod submit;
+mod sync;
+mod tasks;
+mod types;
+mod wakers;
+mod worker;
 
 #[cfg(feature = "demo")]
 pub mod demo;
 
 pub use handler::{CircuitBreakerHooks, WorkerHandler, WorkerPoolClient};
-pub use pool::{BuildError, HealthTransition, Timed, Timings, WorkerPool};
+pub use pool::WorkerPool;
 pub use runtime::{AsyncTimer, Runtime};
+pub use types::{BuildError, DriverOptions, HealthTransition, Timed, Timings};
+pub use worker::ExecutionMode;
 
 /// The attribute macro handlers and hooks are written with.
 pub use async_trait::async_trait;

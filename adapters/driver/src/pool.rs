@@ -3,33 +3,28 @@
 use std::collections::HashMap;
 use std::future::Future;
 use std::num::NonZeroUsize;
-use std::panic::AssertUnwindSafe;
-use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Weak};
-use std::task::{Context, Poll};
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
 use foreman_core::{
-    lanes, Admission, CommandError, ConfigError, HealthCause, Pool, PoolConfig, RequestError,
-    RequestKey, Revetted, Stats, Time, Vetted, Vetting, WorkerErrorCode, WorkerHealth,
-    WorkerHealthStatus, WorkerKey, WorkerPoolError, WorkerPoolOptions, WorkerProtocolError,
-    WorkerRequest, WorkerResponse, WorkerResult,
+    lanes, CommandError, Pool, PoolConfig, RequestKey, Stats, Time, WorkerHealth, WorkerKey,
+    WorkerPoolError, WorkerPoolOptions, WorkerProtocolError, WorkerRequest, WorkerResponse,
 };
-use futures_channel::oneshot;
-use futures_util::future::{poll_fn, Abortable};
-use futures_util::FutureExt;
+use futures_util::future::poll_fn;
 use parking_lot::Mutex;
 use serde_json::Value;
-use thiserror::Error;
 
+use crate::answer::command_error;
+use crate::cooperate::cooperate;
 use crate::handler::{CircuitBreakerHooks, WorkerHandler, WorkerPoolClient};
-use crate::runtime::{yield_once, Runtime};
-use crate::state::{
-    worker_id, Claimed, Core, Delivered, FastMap, HandlerJob, HeldRequest, Job, LaneSignals, Own,
-    OwnedHandlerFuture, ProbeJob, Run, Slot, Started, WorkerCell, WorkerEntry,
-};
+use crate::live::Live;
+use crate::runtime::Runtime;
+use crate::state::{Core, FastMap, LaneSignals, Own, Slot, WorkerEntry};
+use crate::types::{BuildError, DriverOptions, HealthTransition, Timed};
+use crate::wakers::Wakers;
+use crate::worker::ExecutionMode;
 
 /// An in-process worker pool driven by `foreman-core`, generic over the
 /// async [`Runtime`] (adapters name it: `foreman_tokio::WorkerPool`).
@@ -38,89 +33,7 @@ use crate::state::{
 /// probes, restarts, drain — is the core's; this type runs handlers,
 /// delivers the core's answers and feeds it completions and the clock.
 pub struct WorkerPool<R: Runtime> {
-    shared: Arc<Shared<R>>,
-}
-
-/// Why a pool could not be built.
-#[derive(Debug, Clone, PartialEq, Eq, Error)]
-#[non_exhaustive]
-pub enum BuildError {
-    /// No handler was given.
-    #[error("a worker pool needs at least one worker handler")]
-    NoWorkers,
-    /// The options make no sense.
-    #[error("invalid worker pool options: {0}")]
-    Config(#[from] ConfigError),
-    /// A worker could not be added.
-    #[error("cannot add worker: {0}")]
-    Worker(#[from] CommandError),
-    /// The pool was built where its runtime cannot spawn tasks (for
-    /// foreman-tokio: outside a tokio runtime).
-    #[error("the worker pool cannot start: {0}")]
-    NoRuntime(String),
-}
-
-impl From<BuildError> for WorkerPoolError {
-    fn from(error: BuildError) -> Self {
-        match error {
-            BuildError::NoWorkers => WorkerPoolError::NoHealthyWorker,
-            other => WorkerPoolError::InvalidRequest {
-                reason: other.to_string(),
-            },
-        }
-    }
-}
-
-/// How long a request waited for a worker and how long its handler ran, as
-/// the pool measured them on its runtime's clock.
-///
-/// A foreman extension: the reference's `WorkerResponse` carries only
-/// `elapsed_ms`, their sum. Returned by [`WorkerPool::submit_timed`], for
-/// errors too (a `Timeout` says where the budget went).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-#[non_exhaustive]
-pub struct Timings {
-    /// From acceptance until a worker started the request, or until it was
-    /// answered if it never started (zero for a refused request).
-    pub queued: Duration,
-    /// How long its handler ran, if it started.
-    pub ran: Option<Duration>,
-}
-
-/// A request's answer with its [`Timings`], from
-/// [`WorkerPool::submit_timed`].
-#[derive(Debug, Clone, PartialEq)]
-#[non_exhaustive]
-pub struct Timed {
-    /// What [`WorkerPool::submit`] returns.
-    pub result: Result<WorkerResponse, WorkerPoolError>,
-    /// Where the request's time went.
-    pub timings: Timings,
-}
-
-impl Timed {
-    /// A request answered before it was accepted (zero timings).
-    fn refused(error: WorkerPoolError) -> Self {
-        Self {
-            result: Err(error),
-            timings: Timings::default(),
-        }
-    }
-}
-
-/// One health status change of a worker, as the core reported it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct HealthTransition {
-    /// The worker.
-    pub worker_id: String,
-    /// Its status before.
-    pub from: WorkerHealthStatus,
-    /// Its status after.
-    pub to: WorkerHealthStatus,
-    /// What caused it.
-    pub cause: HealthCause,
-    /// When, since the pool was created.
-    pub at: Duration,
+    pub(crate) shared: Arc<Shared<R>>,
 }
 
 impl<R: Runtime + Default> WorkerPool<R> {
@@ -161,15 +74,12 @@ impl<R: Runtime> WorkerPool<R> {
         config: PoolConfig,
         hooks: Option<Arc<dyn CircuitBreakerHooks>>,
     ) -> Result<Self, BuildError> {
-        let cpus = std::thread::available_parallelism().map_or(1, NonZeroUsize::get);
-        let lanes = lanes::lane_count(&config, handlers.len(), cpus);
-        Self::with_lanes(runtime, handlers, config, hooks, lanes)
+        Self::with_driver_options(runtime, handlers, config, hooks, DriverOptions::default())
     }
 
     /// Creates a pool whose workers are spread over `lanes` cores (see the
     /// crate docs: each lane is a `foreman_core::Pool` with its own lock;
-    /// [`with_config`](Self::with_config) picks one lane per CPU for pools
-    /// of at least 16 workers under idle-first routing, one lane otherwise).
+    /// [`with_config`](Self::with_config) uses one lane).
     /// Worker `worker-i` is in lane `i % lanes`.
     ///
     /// # Errors
@@ -178,10 +88,31 @@ impl<R: Runtime> WorkerPool<R> {
     pub fn with_lanes(
         runtime: R,
         handlers: Vec<Arc<dyn WorkerHandler>>,
-        mut config: PoolConfig,
+        config: PoolConfig,
         hooks: Option<Arc<dyn CircuitBreakerHooks>>,
         lanes: NonZeroUsize,
     ) -> Result<Self, BuildError> {
+        let options = DriverOptions::default().lanes(lanes);
+        Self::with_driver_options(runtime, handlers, config, hooks, options)
+    }
+
+    /// Creates a pool with the core's configuration and the driver's own
+    /// [`DriverOptions`] (where handlers run, how many lanes).
+    ///
+    /// # Errors
+    /// [`BuildError`] when there is no handler, the configuration is
+    /// invalid, or the runtime cannot spawn tasks here.
+    pub fn with_driver_options(
+        runtime: R,
+        handlers: Vec<Arc<dyn WorkerHandler>>,
+        mut config: PoolConfig,
+        hooks: Option<Arc<dyn CircuitBreakerHooks>>,
+        options: DriverOptions,
+    ) -> Result<Self, BuildError> {
+        let lanes = options.lanes;
+        // With hooks, handlers always run on worker tasks: the caller runs
+        // the hooks while its handler runs.
+        let pool_tasks = options.execution == ExecutionMode::PoolTasks || hooks.is_some();
         if handlers.is_empty() {
             return Err(BuildError::NoWorkers);
         }
@@ -200,14 +131,11 @@ impl<R: Runtime> WorkerPool<R> {
             cores.push(Core {
                 pool: Pool::new(config.clone(), Time::ZERO)?,
                 workers: FastMap::default(),
-                live: 0,
+                live: Arc::new(Live::default()),
                 armed: Time::MAX,
                 health_log: Default::default(),
-                stop_waiters: Vec::new(),
-                stopped: false,
+                pool_tasks,
                 publish_load: lanes.get() > 1,
-                spawn_handlers: hooks.is_some(),
-                tasks: FastMap::default(),
             });
         }
         let mut names = Names::default();
@@ -218,7 +146,8 @@ impl<R: Runtime> WorkerPool<R> {
             };
             let id = names.add(lane);
             let key = core.pool.add_named_worker(Time::ZERO, id.as_str())?;
-            core.workers.insert(key, WorkerEntry::new(&id, handler));
+            core.workers
+                .insert(key, WorkerEntry::new(&id, key, handler));
         }
         let shared = Arc::new(Shared {
             config,
@@ -237,9 +166,19 @@ impl<R: Runtime> WorkerPool<R> {
             runtime,
             epoch,
             hooks,
+            pool_tasks,
         });
         for lane in 0..shared.lanes.len() {
-            spawn_timer(&shared, lane);
+            shared.start_timer(lane);
+            if pool_tasks {
+                let cells: Vec<_> = {
+                    let core = shared.lane(lane).core.lock();
+                    core.workers.values().map(|e| Arc::clone(&e.cell)).collect()
+                };
+                for cell in cells {
+                    shared.spawn_worker(lane, cell);
+                }
+            }
             shared.input(lane, |_, _| ());
         }
         Ok(WorkerPool { shared })
@@ -248,9 +187,8 @@ impl<R: Runtime> WorkerPool<R> {
     /// Submits one request and waits for its answer.
     ///
     /// The handler runs in the calling task once the core grants it a
-    /// worker (in a pool with hooks, in a task of its own, so that it runs
-    /// while the caller runs the hooks). Dropping the returned future
-    /// cancels the request: it leaves its queue, or its handler is dropped.
+    /// worker. Dropping the returned future cancels the request: it leaves
+    /// its queue, or its handler is dropped.
     ///
     /// # Errors
     /// A refusal (`InvalidRequest`, `QueueFull`, `NoHealthyWorker`,
@@ -267,7 +205,7 @@ impl<R: Runtime> WorkerPool<R> {
     }
 
     /// Submits one request like [`submit`](Self::submit) and returns its
-    /// answer with the pool's [`Timings`]: how long it waited for a worker
+    /// answer with the pool's [`Timings`](crate::Timings): how long it waited for a worker
     /// and how long its handler ran (the reference's `elapsed_ms` is their
     /// sum).
     ///
@@ -293,163 +231,6 @@ impl<R: Runtime> WorkerPool<R> {
             cooperate(&self.shared.runtime, waited).await;
             outcome
         }
-    }
-
-    /// `submit` without hooks and without the cooperative yield. The
-    /// request, and its start or answer, wait in the slot rather than in
-    /// this future, which every caller holds: it stays small.
-    async fn run(&self, slot: &Arc<Slot>, waited: &mut bool) -> Timed {
-        let shared = &self.shared;
-        // Everything up to the first await is one synchronous step, so
-        // none of its locals lives in this future. A request started at
-        // once gets its handler future here: the request never goes back
-        // to its slot, nor into this future.
-        let fast_worker: Arc<WorkerCell>;
-        let (
-            Entered {
-                lane,
-                submitted,
-                request_id,
-            },
-            started_at_once,
-        ) = {
-            let (entered, start) = match shared.enter(slot) {
-                Ok(entered) => entered,
-                Err(error) => return Timed::refused(error),
-            };
-            let future: Option<HandlerFuture<'_>> = match start {
-                Some((Started { worker }, request)) => {
-                    fast_worker = worker;
-                    Some(fast_worker.handler.handle(request))
-                }
-                None => None,
-            };
-            (entered, future)
-        };
-        let key = match submitted {
-            Ok(key) => key,
-            Err(refused) => return Timed::refused(refused),
-        };
-        let lane = shared.lane(lane);
-        // From here on, dropping this future cancels the request.
-        let mut guard = PendingGuard::new(shared, lane, key, slot);
-        let worker: Arc<WorkerCell>;
-        let future: HandlerFuture<'_> = match started_at_once {
-            Some(future) => {
-                guard.runs_here = true;
-                future
-            }
-            None => match wait_for_start(slot, waited).await {
-                Wake::Started(Started { worker: granted }) => {
-                    let Some(request) = slot.lock().parked.take() else {
-                        return Timed::refused(lost_answer());
-                    };
-                    worker = granted;
-                    worker.handler.handle(request)
-                }
-                Wake::Handed(future) => future,
-                Wake::Answered(answer) => {
-                    guard.answered_without_run();
-                    return respond(answer, request_id);
-                }
-            },
-        };
-        let answer = match run_handler(future, slot, waited).await {
-            Some(result) => {
-                let mut own = Own::default();
-                shared.complete(lane, key, result, Some(key), CLAIM_BUDGET, &mut own);
-                guard.done = true;
-                let answer = own.answer.take();
-                shared.run_claimed(lane, own.claimed);
-                answer.or_else(|| slot.lock().answer.take())
-            }
-            None => {
-                lane.core.lock().ended();
-                guard.done = true;
-                let answer = slot.lock().answer.take();
-                answer
-            }
-        };
-        match answer {
-            Some(answer) => respond(answer, request_id),
-            None => Timed::refused(lost_answer()),
-        }
-    }
-
-    /// `submit` in a pool with hooks, in the reference's order: the
-    /// breaker is asked about the candidates in turn, with no lock held,
-    /// each veto reported (`on_request_rejected`) before the next question;
-    /// the worker that takes the request is reported
-    /// (`on_request_accepted`) while its handler runs in a task of its own;
-    /// should the worker be removed while the request waits there, the
-    /// breaker places it anew the same way; the answer is reported
-    /// (`on_request_success` or `on_request_failure`) before it is
-    /// returned. A refusal is reported as `on_request_rejected(None, …)`.
-    async fn run_hooked(&self, slot: &Arc<Slot>, hooks: &dyn CircuitBreakerHooks) -> Timed {
-        let shared = &self.shared;
-        // The slot keeps the handler's copy of the request (the handler
-        // may run while the hooks still read this one). A request that
-        // fails admission is not copied: it may be nested arbitrarily deep,
-        // and it is dropped without recursion.
-        let (admission, copy) = {
-            let mut inner = slot.lock();
-            let Some(parked) = inner.parked.get() else {
-                return Timed::refused(lost_answer());
-            };
-            let admission = shared.config.admit(parked);
-            let copy = match admission {
-                Ok(_) => HeldRequest::new(parked.clone()),
-                Err(_) => std::mem::take(&mut inner.parked),
-            };
-            (admission, copy)
-        };
-        let Some(request) = copy.get() else {
-            return Timed::refused(lost_answer());
-        };
-        let mut tries = shared.lane_order();
-        let (lane, key, accepted_by) = 'lanes: loop {
-            let (index, last) = tries.next_try();
-            let mut vetting = if last {
-                Vetting::new()
-            } else {
-                Vetting::offer()
-            };
-            loop {
-                match shared.vet(index, &admission, slot, &mut vetting) {
-                    VetStep::Ask(worker_id) => {
-                        let allowed = ask_breaker(hooks, &worker_id, request).await;
-                        vetting.answer(allowed);
-                    }
-                    VetStep::Accepted(key, worker_id) => break 'lanes (index, key, worker_id),
-                    VetStep::Refused(error) if !last && lanes::try_next_lane(&error) => break,
-                    VetStep::Refused(error) => {
-                        let parked = std::mem::take(&mut slot.lock().parked);
-                        drop(parked);
-                        hooks.on_request_rejected(None, request, error.code()).await;
-                        return Timed::refused(error);
-                    }
-                }
-            }
-        };
-        let lane = shared.lane(lane);
-        // From here on, dropping this future cancels the request (and
-        // aborts its handler task), also while the hooks below run.
-        let mut guard = HookedGuard {
-            pending: PendingGuard::new(shared, lane, key, slot),
-            request_id: &request.request_id,
-        };
-        hooks.on_request_accepted(&accepted_by, request).await;
-        let answer = loop {
-            match wait_for_notice(slot).await {
-                Notice::Answered(answer) => break answer,
-                Notice::Revet => shared.revet(lane, key, request, hooks).await,
-            }
-        };
-        guard.pending.done = true;
-        let worker = answer.worker.clone();
-        let timed = respond(answer, request.request_id.clone());
-        notify(hooks, worker_id(worker.as_deref()), &timed.result).await;
-        timed
     }
 
     /// Health of every worker, in worker order. Never waits for a handler.
@@ -495,8 +276,8 @@ impl<R: Runtime> WorkerPool<R> {
     /// and its queued requests stay queued and run next.
     ///
     /// # Errors
-    /// `ShuttingDown` once the pool has stopped; `NoHealthyWorker` for an
-    /// unknown (or removed) worker id.
+    /// `NoHealthyWorker` for an unknown (or removed) worker id;
+    /// `ShuttingDown` once the pool has stopped.
     pub async fn restart_worker(&self, worker_id: &str) -> Result<(), WorkerPoolError> {
         self.command(worker_id, |core, now, key| {
             core.pool.restart_worker(now, key)
@@ -510,21 +291,33 @@ impl<R: Runtime> WorkerPool<R> {
     /// `ShuttingDown` once shutdown began.
     pub fn add_worker(&self, handler: Arc<dyn WorkerHandler>) -> Result<String, WorkerPoolError> {
         let shared = &self.shared;
-        // Refused, the handler is dropped (user code) with no lock held.
-        let mut handler = Some(handler);
         let mut names = shared.names.lock();
         let lane = (0..shared.lanes.len())
             .min_by_key(|&lane| shared.lane(lane).core.lock().workers.len())
             .unwrap_or(0);
         let id = names.peek();
+        // Refused, the handler is dropped (user code) with no lock held.
+        let mut handler = Some(handler);
         let added = shared.input(lane, |core, now| {
             let key = core.pool.add_named_worker(now, id.as_str())?;
-            if let Some(handler) = handler.take() {
-                core.workers.insert(key, WorkerEntry::new(&id, handler));
-            }
-            Ok(())
+            let cell = handler.take().map(|handler| {
+                let entry = WorkerEntry::new(&id, key, handler);
+                let cell = Arc::clone(&entry.cell);
+                core.workers.insert(key, entry);
+                cell
+            });
+            Ok(cell)
         });
-        let added = added.map(|()| names.add(lane)).map_err(command_error);
+        let added = match added {
+            Ok(cell) => {
+                // Requests the core started on it already wait in its inbox.
+                if let (true, Some(cell)) = (shared.pool_tasks, cell) {
+                    shared.spawn_worker(lane, cell);
+                }
+                Ok(names.add(lane))
+            }
+            Err(error) => Err(command_error(error)),
+        };
         drop(names);
         drop(handler);
         added
@@ -534,8 +327,8 @@ impl<R: Runtime> WorkerPool<R> {
     /// to other workers of its lane, its running request finishes.
     ///
     /// # Errors
-    /// `ShuttingDown` once the pool has stopped; `NoHealthyWorker` for an
-    /// unknown worker id or one already being removed.
+    /// `NoHealthyWorker` for an unknown worker id or one already being
+    /// removed.
     pub fn remove_worker(&self, worker_id: &str) -> Result<(), WorkerPoolError> {
         self.command(worker_id, |core, now, key| {
             core.pool.remove_worker(now, key)
@@ -562,30 +355,24 @@ impl<R: Runtime> WorkerPool<R> {
     async fn shutdown_inner(&self, drain: Duration) {
         let mut waiters = Vec::new();
         for lane in 0..self.shared.lanes.len() {
-            let waiter = self.shared.input(lane, |core, now| {
+            waiters.push(self.shared.input(lane, |core, now| {
                 core.pool.begin_shutdown(now, Some(drain));
-                if core.stopped && core.live == 0 {
-                    None
-                } else {
-                    let (sender, receiver) = oneshot::channel();
-                    core.stop_waiters.push(sender);
-                    Some(receiver)
-                }
-            });
-            waiters.extend(waiter);
+                Arc::clone(&core.live)
+            }));
         }
-        for waiter in waiters {
-            let _ = waiter.await;
+        for live in waiters {
+            poll_fn(|cx| live.poll_idle(cx.waker())).await;
         }
     }
 
-    /// A command about one worker, in its lane (an id no lane knows goes
-    /// to the first, whose core refuses it as it refuses any command).
+    /// An input about one worker, in its lane.
     fn command(
         &self,
         worker_id: &str,
         f: impl FnOnce(&mut Core, Time, WorkerKey) -> Result<(), CommandError>,
     ) -> Result<(), WorkerPoolError> {
+        // An id no lane knows goes to the first lane, whose core refuses it
+        // as it refuses any command (`ShuttingDown` once shutdown began).
         let lane = self.shared.names.lock().lane_of(worker_id).unwrap_or(0);
         self.shared
             .input(lane, |core, now| {
@@ -619,15 +406,16 @@ impl<R: Runtime> Drop for WorkerPool<R> {
     fn drop(&mut self) {
         for lane in self.shared.lanes.iter() {
             let mut core = lane.core.lock();
+            let mut wake = Wakers::default();
             for entry in core.workers.values_mut() {
                 if let Some((_, handle)) = entry.probe.take() {
                     handle.abort();
                 }
-            }
-            for (_, task) in core.tasks.drain() {
-                task.abort();
+                entry.cell.inbox.close(&mut wake);
             }
             lane.signals.close();
+            drop(core);
+            wake.wake_all();
         }
     }
 }
@@ -636,28 +424,30 @@ impl<R: Runtime> Drop for WorkerPool<R> {
 
 pub(crate) struct Shared<R> {
     /// The core's configuration, for validating requests outside the lock.
-    config: PoolConfig,
+    pub(crate) config: PoolConfig,
     /// At least one.
-    lanes: Box<[Lane]>,
+    pub(crate) lanes: Box<[Lane]>,
     /// This pool's id, for [`HOME_LANE`].
-    id: u64,
+    pub(crate) id: u64,
     /// The home lane of the next thread that submits.
-    next_home: AtomicUsize,
+    pub(crate) next_home: AtomicUsize,
     names: Mutex<Names>,
-    runtime: R,
-    epoch: Instant,
-    hooks: Option<Arc<dyn CircuitBreakerHooks>>,
+    pub(crate) runtime: R,
+    pub(crate) epoch: Instant,
+    pub(crate) hooks: Option<Arc<dyn CircuitBreakerHooks>>,
+    /// Handlers run on worker tasks ([`ExecutionMode::PoolTasks`]).
+    pub(crate) pool_tasks: bool,
 }
 
 /// One core with its own lock, owning some of the pool's workers.
 #[repr(align(128))]
-struct Lane {
+pub(crate) struct Lane {
     /// Its place in [`Shared::lanes`].
-    index: usize,
-    core: Mutex<Core>,
+    pub(crate) index: usize,
+    pub(crate) core: Mutex<Core>,
     /// Its timer task's deadline, and its idle and eligible worker counts
     /// for choosing a lane without its lock.
-    signals: Arc<LaneSignals>,
+    pub(crate) signals: Arc<LaneSignals>,
 }
 
 /// Worker ids, handed out in order (`worker-0`, `worker-1`, …), and the
@@ -691,38 +481,6 @@ impl Names {
     }
 }
 
-/// What [`Shared::enter`] did with a request.
-struct Entered {
-    lane: usize,
-    submitted: Result<RequestKey, WorkerPoolError>,
-    request_id: String,
-}
-
-/// A request its worker started at once: the caller runs it straight away.
-type StartedAtOnce = Option<(Started, WorkerRequest)>;
-
-/// What one step of vetting a new request ([`Shared::vet`]) leaves to its
-/// caller.
-enum VetStep {
-    /// Ask the breaker about this worker.
-    Ask(Arc<str>),
-    /// The request was accepted by this worker.
-    Accepted(RequestKey, Arc<str>),
-    /// The lane refused (or declined) the request.
-    Refused(WorkerPoolError),
-}
-
-/// What one step of placing a request anew ([`Shared::revet`]) leaves to
-/// its caller.
-enum RevetStep {
-    /// Ask the breaker about this worker.
-    Ask(Arc<str>),
-    /// The request moved to this worker.
-    Moved(Arc<str>),
-    /// The request was answered (or had been): its answer is in its slot.
-    Done,
-}
-
 thread_local! {
     /// The pool this thread last submitted to, and its home lane there.
     static HOME_LANE: std::cell::Cell<(u64, usize)> = const { std::cell::Cell::new((0, 0)) };
@@ -732,7 +490,7 @@ thread_local! {
 static NEXT_POOL_ID: AtomicU64 = AtomicU64::new(1);
 
 /// The lanes a submit tries, in order.
-struct LaneOrder {
+pub(crate) struct LaneOrder {
     first: usize,
     count: usize,
     tried: usize,
@@ -740,7 +498,7 @@ struct LaneOrder {
 
 impl LaneOrder {
     /// The next lane to try, and whether it is the last.
-    fn next_try(&mut self) -> (usize, bool) {
+    pub(crate) fn next_try(&mut self) -> (usize, bool) {
         let lane = (self.first + self.tried) % self.count;
         self.tried += 1;
         (lane, self.tried >= self.count)
@@ -748,136 +506,10 @@ impl LaneOrder {
 }
 
 impl<R: Runtime> Shared<R> {
-    fn lane(&self, index: usize) -> &Lane {
+    pub(crate) fn lane(&self, index: usize) -> &Lane {
         // `index` always comes from this pool (`< lanes.len()`, which is
         // at least 1); the modulo only keeps the access in bounds.
         &self.lanes[index % self.lanes.len()]
-    }
-
-    /// Submits the request parked in `slot`, with the slot as its payload
-    /// (a pool without hooks): validates it, offers it to the lanes in turn
-    /// (see [`lane_order`](Self::lane_order); the last one tried refuses
-    /// for real), carries out the actions and wakes whom they concern. The
-    /// request goes back to the slot, unless its worker started it at once.
-    ///
-    /// # Errors
-    /// `lost_answer` if the slot holds no request (never happens).
-    fn enter(
-        self: &Arc<Self>,
-        slot: &Arc<Slot>,
-    ) -> Result<(Entered, StartedAtOnce), WorkerPoolError> {
-        let Some(request) = slot.lock().parked.take() else {
-            return Err(lost_answer());
-        };
-        let request_id = request.request_id.clone();
-        // Validation needs only the configuration: do it, and read the
-        // clock, before taking a lock.
-        let admission = self.config.admit(&request);
-        let now = self.now();
-        let mut tries = self.lane_order();
-        let mut started = None;
-        let mut answered = None;
-        let (lane, submitted) = loop {
-            let (index, last) = tries.next_try();
-            let lane = self.lane(index);
-            let mut jobs = Vec::new();
-            let mut core = lane.core.lock();
-            let submitted = if last {
-                core.pool
-                    .submit_checked(now, admission.clone(), Arc::clone(slot))
-            } else {
-                core.pool.offer(now, admission.clone(), Arc::clone(slot))
-            };
-            let key = submitted.as_ref().ok().copied();
-            let mut own = Own::default();
-            core.after_input(key, &mut own, &mut jobs, &lane.signals, 0);
-            drop(core);
-            own.wake_all();
-            started = own.started.take().or(started);
-            answered = own.answer.take().or(answered);
-            self.spawn_jobs(index, jobs);
-            match submitted {
-                Err(refused) if !last && lanes::try_next_lane(&refused.error) => {}
-                submitted => break (index, submitted.map_err(|refused| refused.error)),
-            }
-        };
-        // An answer this early (never in practice) waits in the slot.
-        if let Some(answer) = answered {
-            slot.lock().answer = Some(answer);
-        }
-        let start = match started {
-            Some(started) => Some((started, request)),
-            None => {
-                slot.lock().parked = HeldRequest::new(request);
-                None
-            }
-        };
-        Ok((
-            Entered {
-                lane,
-                submitted,
-                request_id,
-            },
-            start,
-        ))
-    }
-
-    /// One step of vetting a request (a pool with hooks) in lane `lane`:
-    /// the core proposes the next candidate, or commits the request to the
-    /// one the breaker approved (its answer is in `vetting`), or refuses.
-    /// The breaker is asked by the caller, with the lock released.
-    fn vet(
-        self: &Arc<Self>,
-        lane: usize,
-        admission: &Result<Admission, RequestError>,
-        slot: &Arc<Slot>,
-        vetting: &mut Vetting,
-    ) -> VetStep {
-        self.input(lane, |core, now| {
-            match core.pool.vet(now, admission, Arc::clone(slot), vetting) {
-                Vetted::Ask { worker, .. } => VetStep::Ask(core.id_of(worker)),
-                Vetted::Accepted { request, worker } => {
-                    VetStep::Accepted(request, core.id_of(worker))
-                }
-                Vetted::Refused(refused) => VetStep::Refused(refused.error),
-            }
-        })
-    }
-
-    /// Has the breaker place anew a request whose worker was removed while
-    /// it waited there (`Action::Revet`), as at submit: candidates in
-    /// turn, asked with no lock held, each veto reported before the next
-    /// question, the worker that takes it reported as accepting it. When
-    /// none does, the core answers the request (its answer reaches the
-    /// slot).
-    async fn revet(
-        self: &Arc<Self>,
-        lane: &Lane,
-        key: RequestKey,
-        request: &WorkerRequest,
-        hooks: &dyn CircuitBreakerHooks,
-    ) {
-        let mut vetting = Vetting::new();
-        loop {
-            let step = self.input(lane.index, |core, now| {
-                match core.pool.revet(now, key, &mut vetting) {
-                    Revetted::Ask(worker) => RevetStep::Ask(core.id_of(worker)),
-                    Revetted::Moved(worker) => RevetStep::Moved(core.id_of(worker)),
-                    Revetted::Answered | Revetted::Gone => RevetStep::Done,
-                }
-            });
-            match step {
-                RevetStep::Ask(worker_id) => {
-                    let allowed = ask_breaker(hooks, &worker_id, request).await;
-                    vetting.answer(allowed);
-                }
-                RevetStep::Moved(worker_id) => {
-                    hooks.on_request_accepted(&worker_id, request).await;
-                    return;
-                }
-                RevetStep::Done => return,
-            }
-        }
     }
 
     /// Where a submit starts: this thread's home lane if it has an idle
@@ -885,7 +517,7 @@ impl<R: Runtime> Shared<R> {
     /// and the fewest requests per worker (the home lane on a tie). The
     /// counts are read without the lanes' locks, so this is a hint: the
     /// chosen lane's core decides, and the others are tried after it.
-    fn lane_order(&self) -> LaneOrder {
+    pub(crate) fn lane_order(&self) -> LaneOrder {
         let count = self.lanes.len();
         let home = if count == 1 {
             0
@@ -910,7 +542,7 @@ impl<R: Runtime> Shared<R> {
     }
 
     /// Puts per-lane items in worker order (by id).
-    fn in_worker_order<T>(&self, items: Vec<T>, id: impl Fn(&T) -> &String) -> Vec<T> {
+    pub(crate) fn in_worker_order<T>(&self, items: Vec<T>, id: impl Fn(&T) -> &String) -> Vec<T> {
         if self.lanes.len() == 1 {
             return items;
         }
@@ -923,35 +555,30 @@ impl<R: Runtime> Shared<R> {
         keyed.into_iter().map(|(_, item)| item).collect()
     }
 
-    fn now(&self) -> Time {
+    pub(crate) fn now(&self) -> Time {
         Time::from_duration(self.runtime.now().saturating_duration_since(self.epoch))
     }
 
     /// One input that names no request of the caller: lock, apply, carry
-    /// out the actions, unlock, wake, spawn probes and handler tasks.
-    fn input<T>(self: &Arc<Self>, lane: usize, f: impl FnOnce(&mut Core, Time) -> T) -> T {
-        let mut jobs = Vec::new();
+    /// out the actions, unlock, spawn probes.
+    pub(crate) fn input<T>(
+        self: &Arc<Self>,
+        lane: usize,
+        f: impl FnOnce(&mut Core, Time) -> T,
+    ) -> T {
+        let mut probes = Vec::new();
         let signals = &self.lane(lane).signals;
         let mut own = Own::default();
         let out = {
             let mut core = self.lane(lane).core.lock();
             let now = self.now();
             let out = f(&mut core, now);
-            core.after_input(None, &mut own, &mut jobs, signals, 0);
+            core.after_input(None, &mut own, &mut probes, signals, 0);
             out
         };
         own.wake_all();
-        self.spawn_jobs(lane, jobs);
+        self.spawn_probes(lane, probes);
         out
-    }
-
-    fn on_timer(self: &Arc<Self>, lane: usize) {
-        let signals = &self.lane(lane).signals;
-        self.input(lane, |core, now| {
-            core.armed = Time::MAX;
-            signals.target.store(u64::MAX, Ordering::Release);
-            core.pool.handle_timeout(now);
-        });
     }
 
     /// A handler finished: feeds its result to the core, carries out the
@@ -959,7 +586,7 @@ impl<R: Runtime> Shared<R> {
     /// request, if the handler was its; up to `claim` queued requests the
     /// freed worker starts are claimed for this task to run. What concerns
     /// this task goes to `out`.
-    fn complete(
+    pub(crate) fn complete(
         self: &Arc<Self>,
         lane: &Lane,
         key: RequestKey,
@@ -968,593 +595,14 @@ impl<R: Runtime> Shared<R> {
         claim: usize,
         out: &mut Own,
     ) {
-        let mut jobs = Vec::new();
+        let mut probes = Vec::new();
         let now = self.now();
         {
             let mut core = lane.core.lock();
-            core.live = core.live.saturating_sub(1);
             core.pool.handle_completion(now, key, result);
-            core.after_input(own, out, &mut jobs, &lane.signals, claim);
+            core.after_input(own, out, &mut probes, &lane.signals, claim);
         }
         out.wake_all();
-        self.spawn_jobs(lane.index, jobs);
-    }
-
-    /// Runs requests of other callers that this task claimed when it freed
-    /// their worker: polls each handler once, in this task, which saves its
-    /// caller a wake-up. A handler that has to wait is handed back to its
-    /// caller, whose waker it has already registered. One that finishes is
-    /// completed here, but the request that starts next is left to its own
-    /// caller: this task's caller, whose answer is ready, waits for at most
-    /// one other request. (Chaining claims let one task run up to
-    /// [`CLAIM_BUDGET`] requests that finish at once before answering its
-    /// own: on tokio with one worker and 16 callers, a p99 latency 1.4–1.8x
-    /// the channel floor's, against 1.0–1.1x now.)
-    fn run_claimed(self: &Arc<Self>, lane: &Lane, claimed: Vec<Claimed>) {
-        for job in claimed {
-            let Claimed {
-                key,
-                slot,
-                worker,
-                request,
-                waker,
-            } = job;
-            let mut future: OwnedHandlerFuture =
-                Box::pin(async move { worker.handler.handle(request).await });
-            let waker = waker.unwrap_or_else(futures_util::task::noop_waker);
-            let polled = std::panic::catch_unwind(AssertUnwindSafe(|| {
-                future.as_mut().poll(&mut Context::from_waker(&waker))
-            }));
-            let result = match polled {
-                Ok(Poll::Pending) => {
-                    let (keep, wake) = {
-                        let mut inner = slot.lock();
-                        if inner.abandoned || inner.answer.is_some() {
-                            inner.run = Run::Ended;
-                            (Some(future), None)
-                        } else {
-                            inner.run = Run::Handed(future);
-                            (None, inner.take_waker())
-                        }
-                    };
-                    if let Some(dropped) = keep {
-                        drop(dropped);
-                        lane.core.lock().ended();
-                    }
-                    if let Some(waker) = wake {
-                        waker.wake();
-                    }
-                    continue;
-                }
-                Ok(Poll::Ready(result)) => result,
-                Err(panic) => Err(panic_error(&*panic)),
-            };
-            drop(future);
-            slot.lock().run = Run::Ended;
-            // Claims nothing: with no claim budget, every request this
-            // completion starts is granted to its own caller.
-            self.complete(lane, key, result, None, 0, &mut Own::default());
-        }
-    }
-
-    /// Spawns the probes and handler tasks an input asked for, and drops
-    /// the handlers of the workers it stopped (usually none: the check is
-    /// inlined, the rest is not).
-    #[inline(always)]
-    fn spawn_jobs(self: &Arc<Self>, lane: usize, jobs: Vec<Job>) {
-        if !jobs.is_empty() {
-            self.spawn_each(lane, jobs);
-        }
-    }
-
-    #[inline(never)]
-    fn spawn_each(self: &Arc<Self>, lane: usize, jobs: Vec<Job>) {
-        for job in jobs {
-            let weak = Arc::downgrade(self);
-            match job {
-                Job::Probe(job) => self.runtime.spawn(Box::pin(probe_task(weak, lane, job))),
-                Job::Handler(job) => self.runtime.spawn(Box::pin(handler_task(weak, lane, job))),
-                Job::Release(worker) => drop(worker),
-            }
-        }
-    }
-}
-
-/// Runs a started request's handler as a task of its own (a pool with
-/// hooks) and completes the request, unless the core aborted it first.
-async fn handler_task<R: Runtime>(weak: Weak<Shared<R>>, lane: usize, job: HandlerJob) {
-    let HandlerJob {
-        key,
-        worker,
-        request,
-        registration,
-    } = job;
-    let outcome = match request {
-        Some(request) => {
-            let running = AssertUnwindSafe(worker.handler.handle(request)).catch_unwind();
-            Abortable::new(running, registration)
-                .await
-                .map(|result| result.unwrap_or_else(|panic| Err(panic_error(&*panic))))
-        }
-        None => Ok(Err(lost_handler())),
-    };
-    drop(worker);
-    let Some(shared) = weak.upgrade() else {
-        return;
-    };
-    let lane = shared.lane(lane);
-    match outcome {
-        Ok(result) => {
-            // Finished: nothing to abort any more.
-            lane.core.lock().tasks.remove(&key);
-            shared.complete(lane, key, result, None, 0, &mut Own::default());
-        }
-        Err(_aborted) => lane.core.lock().ended(),
-    }
-}
-
-async fn probe_task<R: Runtime>(weak: Weak<Shared<R>>, lane: usize, job: ProbeJob) {
-    let ProbeJob {
-        worker,
-        probe,
-        handler,
-        registration,
-    } = job;
-    let probing = AssertUnwindSafe(handler.probe_health()).catch_unwind();
-    let outcome = Abortable::new(probing, registration).await;
-    let status = match outcome {
-        Ok(Ok(status)) => Some(status),
-        Ok(Err(_panic)) => Some(WorkerHealthStatus::Unavailable),
-        Err(_aborted) => None,
-    };
-    let Some(shared) = weak.upgrade() else {
-        return;
-    };
-    shared.input(lane, |core, now| {
-        core.live = core.live.saturating_sub(1);
-        if let Some(entry) = core.workers.get_mut(&worker) {
-            if entry.probe.as_ref().is_some_and(|(key, _)| *key == probe) {
-                entry.probe = None;
-            }
-        }
-        if let Some(status) = status {
-            core.pool.handle_probe_result(now, worker, probe, status);
-        }
-    });
-}
-
-fn spawn_timer<R: Runtime>(shared: &Arc<Shared<R>>, lane: usize) {
-    let weak = Arc::downgrade(shared);
-    let state = Arc::clone(&shared.lane(lane).signals);
-    let epoch = shared.epoch;
-    let mut timer = shared.runtime.new_timer(epoch);
-    shared.runtime.spawn(Box::pin(async move {
-        let mut current = u64::MAX;
-        loop {
-            let fired = poll_fn(|cx| {
-                state.waker.register(cx.waker());
-                if state.closed.load(Ordering::Acquire) {
-                    return Poll::Ready(false);
-                }
-                let target = state.target.load(Ordering::Acquire);
-                if target != current {
-                    current = target;
-                    if target != u64::MAX {
-                        timer.as_mut().reset(epoch + Duration::from_nanos(target));
-                    }
-                }
-                if current == u64::MAX {
-                    return Poll::Pending;
-                }
-                timer.as_mut().poll(cx).map(|()| true)
-            })
-            .await;
-            if !fired {
-                return;
-            }
-            current = u64::MAX;
-            let Some(shared) = weak.upgrade() else {
-                return;
-            };
-            shared.on_timer(lane);
-        }
-    }));
-}
-
-/// Cancels the request if `submit`'s future is dropped before its answer.
-struct PendingGuard<'a, R: Runtime> {
-    shared: &'a Arc<Shared<R>>,
-    lane: &'a Lane,
-    key: RequestKey,
-    slot: &'a Arc<Slot>,
-    /// The caller runs the handler, started at once (the slot never saw it).
-    runs_here: bool,
-    done: bool,
-}
-
-impl<'a, R: Runtime> PendingGuard<'a, R> {
-    fn new(
-        shared: &'a Arc<Shared<R>>,
-        lane: &'a Lane,
-        key: RequestKey,
-        slot: &'a Arc<Slot>,
-    ) -> Self {
-        PendingGuard {
-            shared,
-            lane,
-            key,
-            slot,
-            runs_here: false,
-            done: false,
-        }
-    }
-
-    /// Cancels the request unless the caller is done with it; returns its
-    /// answer if the caller had not taken it.
-    fn cancel(&mut self) -> Option<Delivered> {
-        if self.done {
-            return None;
-        }
-        self.done = true;
-        let shared = self.shared;
-        let (slot, key) = (self.slot, self.key);
-        let mut jobs = Vec::new();
-        let mut handed = None;
-        let parked;
-        let mut own = Own::default();
-        {
-            let mut core = self.lane.core.lock();
-            {
-                let mut inner = slot.lock();
-                inner.abandoned = true;
-                // Dropped once the locks are released.
-                parked = std::mem::take(&mut inner.parked);
-                if self.runs_here || inner.run.caller_ends() {
-                    core.live = core.live.saturating_sub(1);
-                    if let Run::Handed(future) = std::mem::replace(&mut inner.run, Run::Ended) {
-                        handed = Some(future);
-                    }
-                }
-            }
-            let now = shared.now();
-            core.pool.cancel(now, key);
-            core.after_input(Some(key), &mut own, &mut jobs, &self.lane.signals, 0);
-        }
-        let answer = own.answer.take();
-        drop(handed);
-        drop(parked);
-        own.wake_all();
-        shared.spawn_jobs(self.lane.index, jobs);
-        answer.or_else(|| slot.lock().answer.take())
-    }
-
-    /// The request was answered before its handler ran (or after it was
-    /// started but before this task ran it).
-    fn answered_without_run(&mut self) {
-        self.done = true;
-        let (ends, handed) = {
-            let mut inner = self.slot.lock();
-            let ends = inner.run.caller_ends();
-            match std::mem::replace(&mut inner.run, Run::Ended) {
-                Run::Handed(future) => (ends, Some(future)),
-                Run::Claimed => {
-                    // The claiming task ends it, and must not hand it back:
-                    // this caller has its answer and is gone.
-                    inner.run = Run::Claimed;
-                    inner.abandoned = true;
-                    (false, None)
-                }
-                _ => (ends, None),
-            }
-        };
-        drop(handed);
-        if ends {
-            self.lane.core.lock().ended();
-        }
-    }
-}
-
-impl<R: Runtime> Drop for PendingGuard<'_, R> {
-    fn drop(&mut self) {
-        self.cancel();
-    }
-}
-
-/// [`PendingGuard`] of a pool with hooks: a caller that gives up after its
-/// request was accepted cancels it, and the request's last hook
-/// (`on_request_failure`, or `on_request_success` if it had just
-/// succeeded) runs in a task of its own.
-struct HookedGuard<'a, R: Runtime> {
-    pending: PendingGuard<'a, R>,
-    request_id: &'a str,
-}
-
-impl<R: Runtime> Drop for HookedGuard<'_, R> {
-    fn drop(&mut self) {
-        let Some(answer) = self.pending.cancel() else {
-            return;
-        };
-        let shared = self.pending.shared;
-        let Some(hooks) = shared.hooks.clone() else {
-            return;
-        };
-        let worker = answer.worker.clone();
-        let outcome = respond(answer, self.request_id.to_string()).result;
-        shared.runtime.spawn(Box::pin(async move {
-            notify(&*hooks, worker_id(worker.as_deref()), &outcome).await;
-        }));
-    }
-}
-
-/// How many of the queued requests that one completion starts the task
-/// that completed it claims (see [`Shared::run_claimed`]); the rest are
-/// granted to their callers.
-const CLAIM_BUDGET: usize = 16;
-
-/// Requests a caller that has a thread to itself may finish in a row
-/// without ever waiting before `submit` yields once to the runtime: the
-/// number of ready operations tokio's own coop budget lets a task make.
-/// (A yield costs microseconds on a multi-threaded runtime, where it wakes
-/// another worker that steals the task: at 32, one yield every 32 requests
-/// made a lone caller's requests 35% slower than at 1024.)
-const SOLO_BUDGET: u32 = 128;
-
-thread_local! {
-    /// The task that last finished a request on this thread (its waker's
-    /// data pointer), and how many requests in a row it finished without
-    /// waiting.
-    static LAST_INLINE: std::cell::Cell<(usize, u32)> = const { std::cell::Cell::new((0, 0)) };
-}
-
-/// Yields to the scheduler after a request that never waited, when
-/// another task finished a request on this thread since this one's last
-/// (callers sharing a thread then take turns request by request, as they
-/// would on a channel), or after [`SOLO_BUDGET`] such requests in a row by
-/// one task, through [`Runtime::yield_now`] (so a caller alone on its
-/// thread still lets the runtime's timers and I/O run).
-///
-/// A handler that finishes at once never makes `submit` wait, so a caller
-/// looping on `submit` would otherwise never give its thread back and could
-/// starve other tasks and the runtime itself, and callers sharing a thread
-/// would run in bursts, one caller's requests queued behind another's (a
-/// p99 latency tens of times the channel floor's). A request that did wait
-/// (its handler awaited, or it queued) already yielded: it resets the
-/// count, so real workloads never pay for a forced yield. The yield comes
-/// after the answer, so the first poll of `submit` always submits.
-/// (tokio's own coop budget was measured and rejected: its forced yields
-/// park the task until the worker's next maintenance tick, which cut
-/// throughput 3x with 16 or more callers. The turn between callers sharing
-/// a thread is a plain self-wake for the same reason: tokio's deferred
-/// yield there put p99 at 2x the channel floor's with 64 workers and 16
-/// callers.)
-async fn cooperate<R: Runtime>(runtime: &R, waited: bool) {
-    match poll_fn(|cx| Poll::Ready(turn(cx, waited))).await {
-        Turn::Keep => {}
-        Turn::Share => yield_once().await,
-        Turn::Solo => runtime.yield_now().await,
-    }
-}
-
-/// What [`cooperate`] does after a request.
-enum Turn {
-    /// Nothing: carry on.
-    Keep,
-    /// Another task finished a request on this thread since: let it run.
-    Share,
-    /// This task ran [`SOLO_BUDGET`] requests in a row alone: give the
-    /// runtime its thread back once.
-    Solo,
-}
-
-/// Decides the [`Turn`] of the task polling with `cx` (the waker's data
-/// pointer tells tasks apart: a task's wakers share it; nothing is ever
-/// read through it).
-fn turn(cx: &Context<'_>, waited: bool) -> Turn {
-    let task = cx.waker().data() as usize;
-    LAST_INLINE.with(|last| {
-        let (previous, count) = last.get();
-        if waited {
-            last.set((task, 0));
-            return Turn::Keep;
-        }
-        if previous != task {
-            last.set((task, 0));
-            return Turn::Share;
-        }
-        if count + 1 >= SOLO_BUDGET {
-            last.set((task, 0));
-            return Turn::Solo;
-        }
-        last.set((task, count + 1));
-        Turn::Keep
-    })
-}
-
-enum Wake {
-    Started(Started),
-    Handed(OwnedHandlerFuture),
-    Answered(Delivered),
-}
-
-/// Waits until the request is started or answered (`waited` is set if it
-/// had to).
-fn wait_for_start<'a>(slot: &'a Slot, waited: &'a mut bool) -> impl Future<Output = Wake> + 'a {
-    poll_fn(move |cx| {
-        let mut inner = slot.lock();
-        if let Some(answer) = inner.answer.take() {
-            return Poll::Ready(Wake::Answered(answer));
-        }
-        match std::mem::replace(&mut inner.run, Run::Caller) {
-            Run::Granted(started) => return Poll::Ready(Wake::Started(started)),
-            Run::Handed(future) => return Poll::Ready(Wake::Handed(future)),
-            other => inner.run = other,
-        }
-        *waited = true;
-        inner.register(cx.waker());
-        Poll::Pending
-    })
-}
-
-type HandlerFuture<'a> =
-    Pin<Box<dyn Future<Output = Result<Value, WorkerProtocolError>> + Send + 'a>>;
-
-/// Runs the handler until it finishes (`Some`) or the core aborts it
-/// (`None`; the handler future is dropped before this returns).
-/// (`waited` is set once the handler has returned `Pending`.)
-async fn run_handler(
-    future: HandlerFuture<'_>,
-    slot: &Slot,
-    waited: &mut bool,
-) -> Option<Result<Value, WorkerProtocolError>> {
-    let mut future = AssertUnwindSafe(future).catch_unwind();
-    poll_fn(move |cx: &mut Context<'_>| {
-        if let Poll::Ready(outcome) = future.poll_unpin(cx) {
-            return Poll::Ready(Some(
-                outcome.unwrap_or_else(|panic| Err(panic_error(&*panic))),
-            ));
-        }
-        *waited = true;
-        let mut inner = slot.lock();
-        if inner.answer.is_some() {
-            return Poll::Ready(None);
-        }
-        inner.register(cx.waker());
-        Poll::Pending
-    })
-    .await
-}
-
-/// Asks the breaker whether the worker named `worker_id` may take the
-/// request; a veto is reported (`on_request_rejected`) before this returns.
-async fn ask_breaker(
-    hooks: &dyn CircuitBreakerHooks,
-    worker_id: &str,
-    request: &WorkerRequest,
-) -> bool {
-    let allowed = hooks.allow_request(worker_id, request);
-    if !allowed {
-        hooks
-            .on_request_rejected(Some(worker_id), request, WorkerErrorCode::CircuitOpen)
-            .await;
-    }
-    allowed
-}
-
-/// What a caller in a pool with hooks waits for.
-enum Notice {
-    /// Its answer.
-    Answered(Delivered),
-    /// Its worker was removed: it has the breaker place the request anew.
-    Revet,
-}
-
-/// Waits until the request is answered or must be placed anew.
-fn wait_for_notice(slot: &Slot) -> impl Future<Output = Notice> + '_ {
-    poll_fn(move |cx| {
-        let mut inner = slot.lock();
-        if let Some(answer) = inner.answer.take() {
-            return Poll::Ready(Notice::Answered(answer));
-        }
-        if std::mem::take(&mut inner.revet) {
-            return Poll::Ready(Notice::Revet);
-        }
-        inner.register(cx.waker());
-        Poll::Pending
-    })
-}
-
-/// The caller's answer, from the core's.
-fn respond(answer: Delivered, request_id: String) -> Timed {
-    let timings = Timings {
-        queued: answer.queued_for,
-        ran: answer.ran_for,
-    };
-    let result = answer.result.map(|output| WorkerResponse {
-        request_id,
-        worker_id: String::from(worker_id(answer.worker.as_deref())),
-        result: WorkerResult::Success { output },
-        elapsed_ms: millis(
-            timings
-                .queued
-                .saturating_add(timings.ran.unwrap_or_default()),
-        ),
-    });
-    Timed { result, timings }
-}
-
-/// Fires the success or failure hook of an answered request.
-async fn notify(
-    hooks: &dyn CircuitBreakerHooks,
-    worker_id: &str,
-    outcome: &Result<WorkerResponse, WorkerPoolError>,
-) {
-    match outcome {
-        Ok(response) => hooks.on_request_success(worker_id, response).await,
-        Err(error) => {
-            hooks
-                .on_request_failure(worker_id, &protocol_error(error))
-                .await;
-        }
-    }
-}
-
-fn millis(duration: Duration) -> u64 {
-    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
-}
-
-/// The wire form of a pool error, for `on_request_failure`.
-fn protocol_error(error: &WorkerPoolError) -> WorkerProtocolError {
-    match error {
-        WorkerPoolError::Worker(inner) => inner.clone(),
-        other => WorkerProtocolError::new(
-            other.code(),
-            other.to_string(),
-            other.code() != WorkerErrorCode::InvalidRequest,
-        ),
-    }
-}
-
-fn panic_error(panic: &(dyn std::any::Any + Send)) -> WorkerProtocolError {
-    let detail = panic
-        .downcast_ref::<&str>()
-        .map(|text| (*text).to_string())
-        .or_else(|| panic.downcast_ref::<String>().cloned())
-        .unwrap_or_else(|| "non-string panic payload".to_string());
-    WorkerProtocolError::new(
-        WorkerErrorCode::ExecutionFailed,
-        format!("worker handler panicked: {detail}"),
-        false,
-    )
-}
-
-/// The error of a started request whose handler lost its request (never
-/// happens).
-fn lost_handler() -> WorkerProtocolError {
-    debug_assert!(false, "a started request has no request for its handler");
-    WorkerProtocolError::new(
-        WorkerErrorCode::Unavailable,
-        "the pool lost this request before its handler ran",
-        true,
-    )
-}
-
-fn lost_answer() -> WorkerPoolError {
-    debug_assert!(false, "a request ended without its answer");
-    WorkerPoolError::Worker(WorkerProtocolError::new(
-        WorkerErrorCode::Unavailable,
-        "the pool lost track of this request",
-        true,
-    ))
-}
-
-fn command_error(error: CommandError) -> WorkerPoolError {
-    match error {
-        CommandError::ShuttingDown => WorkerPoolError::ShuttingDown,
-        CommandError::UnknownWorker(_)
-        | CommandError::UnknownWorkerId(_)
-        | CommandError::WorkerRemoving(_) => WorkerPoolError::NoHealthyWorker,
-        other => WorkerPoolError::InvalidRequest {
-            reason: other.to_string(),
-        },
+        self.spawn_probes(lane.index, probes);
     }
 }

@@ -1,7 +1,5 @@
 //! What the driver keeps beside the core, and how it carries out the core's
-//! actions. Everything here runs under the pool's lock, never awaits and
-//! never calls user code (handlers, probes and hooks run from the jobs and
-//! wake-ups it leaves for after the lock).
+//! actions. Everything here runs under the pool's lock and never awaits.
 
 use std::cell::Cell;
 use std::collections::{HashMap, VecDeque};
@@ -17,14 +15,16 @@ use foreman_core::{
     Action, Event, Phase, Pool, ProbeKey, RequestKey, Time, WorkerKey, WorkerPoolError,
     WorkerProtocolError, WorkerRequest,
 };
-use futures_channel::oneshot;
-use futures_util::future::{AbortHandle, AbortRegistration};
+use futures_util::future::AbortHandle;
 use futures_util::task::AtomicWaker;
 use parking_lot::{Mutex, MutexGuard};
 use serde_json::Value;
 
 use crate::handler::WorkerHandler;
-use crate::pool::HealthTransition;
+use crate::live::{Live, LiveGuard};
+use crate::types::HealthTransition;
+use crate::wakers::Wakers;
+use crate::worker::{Inbox, Job};
 
 /// How many health transitions the pool remembers.
 pub(crate) const HEALTH_LOG_CAPACITY: usize = 4096;
@@ -33,23 +33,17 @@ pub(crate) const HEALTH_LOG_CAPACITY: usize = 4096;
 pub(crate) struct Core {
     pub(crate) pool: Pool<Arc<Slot>>,
     pub(crate) workers: FastMap<WorkerKey, WorkerEntry>,
-    /// Handler futures and probe tasks that have not ended yet.
-    pub(crate) live: usize,
+    /// Handler futures and probe tasks that have not ended yet, and the
+    /// `shutdown` callers waiting for them.
+    pub(crate) live: Arc<Live>,
     /// The deadline the timer task was last told about (`Time::MAX`: none).
     pub(crate) armed: Time,
     pub(crate) health_log: VecDeque<HealthTransition>,
-    pub(crate) stop_waiters: Vec<oneshot::Sender<()>>,
-    pub(crate) stopped: bool,
+    /// Handlers run on worker tasks ([`crate::ExecutionMode::PoolTasks`]).
+    pub(crate) pool_tasks: bool,
     /// Whether its lane's counts are published in [`LaneSignals`] (only
     /// a pool of several lanes reads them).
     pub(crate) publish_load: bool,
-    /// Whether started handlers run as tasks of their own ([`HandlerJob`]):
-    /// in a pool with hooks, whose callers run hooks while the handler
-    /// runs.
-    pub(crate) spawn_handlers: bool,
-    /// The handler tasks of started requests ([`HandlerJob`]), to abort
-    /// when the core aborts their request.
-    pub(crate) tasks: FastMap<RequestKey, AbortHandle>,
 }
 
 /// A worker as the driver knows it.
@@ -59,11 +53,13 @@ pub(crate) struct WorkerEntry {
 }
 
 impl WorkerEntry {
-    pub(crate) fn new(id: &str, handler: Arc<dyn WorkerHandler>) -> Self {
+    pub(crate) fn new(id: &str, key: WorkerKey, handler: Arc<dyn WorkerHandler>) -> Self {
         WorkerEntry {
             cell: Arc::new(WorkerCell {
                 id: Arc::from(id),
+                key,
                 handler,
+                inbox: Arc::new(Inbox::default()),
             }),
             probe: None,
         }
@@ -79,12 +75,27 @@ impl WorkerEntry {
 #[repr(align(128))]
 pub(crate) struct WorkerCell {
     pub(crate) id: Arc<str>,
+    /// Its key in its lane's core.
+    pub(crate) key: WorkerKey,
     pub(crate) handler: Arc<dyn WorkerHandler>,
+    /// Its task's mailbox (used by [`crate::ExecutionMode::PoolTasks`]).
+    pub(crate) inbox: Arc<Inbox>,
 }
 
-/// A started request: which worker runs it.
+/// A started request: which worker runs it, and its place in the live
+/// count (whoever holds it ends the handler).
 pub(crate) struct Started {
     pub(crate) worker: Arc<WorkerCell>,
+    pub(crate) live: LiveGuard,
+}
+
+impl Started {
+    /// Hands the request to its worker's task
+    /// ([`crate::ExecutionMode::PoolTasks`]).
+    pub(crate) fn dispatch(self, key: RequestKey, request: WorkerRequest, wake: &mut Wakers) {
+        let Started { worker, live } = self;
+        worker.inbox.push(Job { key, request, live }, wake);
+    }
 }
 
 /// The final answer of a request, with its worker (if it still exists).
@@ -110,22 +121,24 @@ pub(crate) struct Own {
     /// The calling task's own request was answered.
     pub(crate) answer: Option<Delivered>,
     /// Waiting callers to wake (never woken under the lock).
-    pub(crate) wake: Vec<Waker>,
+    pub(crate) wake: Wakers,
     /// Started requests of other callers that this task runs (see
     /// [`Claimed`]).
     pub(crate) claimed: Vec<Claimed>,
+    /// The worker whose task is carrying out this round: requests the core
+    /// starts on it go to [`jobs`](Self::jobs), not to its inbox.
+    pub(crate) here: Option<WorkerKey>,
+    /// Requests started on [`here`](Self::here).
+    pub(crate) jobs: Vec<Job>,
+    /// Stopped workers, dropped once the lock is released.
+    pub(crate) release: Vec<Arc<WorkerCell>>,
 }
 
 impl Own {
     /// Wakes the callers this round of actions concerned.
     #[inline]
     pub(crate) fn wake_all(&mut self) {
-        if self.wake.is_empty() {
-            return;
-        }
-        for waker in self.wake.drain(..) {
-            waker.wake();
-        }
+        self.wake.wake_all();
     }
 }
 
@@ -140,42 +153,20 @@ pub(crate) struct Claimed {
     pub(crate) request: WorkerRequest,
     /// The caller's waker, so a handler that has to wait registers it.
     pub(crate) waker: Option<Waker>,
+    pub(crate) live: LiveGuard,
 }
 
 /// A handler future that owns its handler, so it can move between tasks.
 pub(crate) type OwnedHandlerFuture =
     Pin<Box<dyn Future<Output = Result<Value, WorkerProtocolError>> + Send>>;
 
-/// What the driver must do once the actions are carried out and the lock
-/// released.
-pub(crate) enum Job {
-    /// Spawn a health probe.
-    Probe(ProbeJob),
-    /// Spawn a started request's handler (pools with hooks only).
-    Handler(HandlerJob),
-    /// Drop a stopped worker's handler (its `Drop` is user code).
-    Release(Arc<WorkerCell>),
-}
-
-/// A probe to run.
+/// A probe the driver must spawn once the actions are carried out.
 pub(crate) struct ProbeJob {
     pub(crate) worker: WorkerKey,
     pub(crate) probe: ProbeKey,
     pub(crate) handler: Arc<dyn WorkerHandler>,
-    pub(crate) registration: AbortRegistration,
-}
-
-/// A started request whose handler runs as a task of its own, so that it
-/// makes progress while its caller runs hooks (which may wait for it, by
-/// submitting to the same worker or shutting the pool down). Aborted
-/// through [`Core::tasks`] when the core aborts the request.
-pub(crate) struct HandlerJob {
-    pub(crate) key: RequestKey,
-    pub(crate) worker: Arc<WorkerCell>,
-    /// The handler's copy of the request (`None` never happens: the
-    /// handler then fails the request).
-    pub(crate) request: Option<WorkerRequest>,
-    pub(crate) registration: AbortRegistration,
+    pub(crate) registration: futures_util::future::AbortRegistration,
+    pub(crate) live: LiveGuard,
 }
 
 /// A request the driver holds, or none: dropping it takes its JSON values
@@ -231,8 +222,21 @@ pub(crate) struct SlotInner {
     waker: Option<Waker>,
 }
 
-/// Where a request's handler is, and so who ends it (decrements
-/// [`Core::live`]) when it finishes or is dropped.
+/// Where a request's handler is. Whoever holds the handler future holds
+/// its [`LiveGuard`] too, so it ends the handler by dropping both.
+///
+/// | state | handler future | guard held by | next |
+/// |---|---|---|---|
+/// | `Waiting` | none yet | nobody (not started) | `Granted`, `Claimed` or an answer |
+/// | `Granted` | not created | the slot | the caller takes it (`Caller`), or dispatches it to the worker task (`PoolTasks`) |
+/// | `Claimed` | polled by the task that freed the worker | that task | `Handed` or `Ended` |
+/// | `Handed` | in the slot | the slot | the caller takes it (`Caller`) |
+/// | `Caller` | in the caller's `submit` | the caller | answered |
+/// | `Ended` | dropped | nobody | — |
+///
+/// A cancelled caller replaces `Granted` and `Handed` by `Ended` (dropping
+/// what they hold); `Claimed` stays with its claiming task, which sees
+/// `abandoned` and drops the future instead of handing it back.
 #[derive(Default)]
 pub(crate) enum Run {
     /// Not started.
@@ -244,18 +248,11 @@ pub(crate) enum Run {
     Claimed,
     /// The claiming task polled it once and handed it back; the caller
     /// finishes (or drops) it.
-    Handed(OwnedHandlerFuture),
+    Handed(OwnedHandlerFuture, LiveGuard),
     /// The caller holds the handler future and ends it.
     Caller,
-    /// The claiming task ended it.
+    /// Ended, or never to run.
     Ended,
-}
-
-impl Run {
-    /// Whether the caller is responsible for ending the handler.
-    pub(crate) fn caller_ends(&self) -> bool {
-        matches!(self, Run::Granted(_) | Run::Handed(_) | Run::Caller)
-    }
 }
 
 /// A lane's signals, read without its lock: for its timer task, the next
@@ -340,7 +337,7 @@ impl Slot {
     }
 
     /// Updates the slot; its task's waker goes to `wake`.
-    fn update(&self, wake: &mut Vec<Waker>, change: impl FnOnce(&mut SlotInner)) {
+    pub(crate) fn update(&self, wake: &mut Wakers, change: impl FnOnce(&mut SlotInner)) {
         let mut inner = self.lock();
         change(&mut inner);
         if let Some(waker) = inner.waker.take() {
@@ -353,6 +350,18 @@ impl SlotInner {
     /// Takes the waiting task's waker, to wake it once the lock is released.
     pub(crate) fn take_waker(&mut self) -> Option<Waker> {
         self.waker.take()
+    }
+
+    /// The caller gives up on the handler (it has its answer, or is
+    /// cancelled): a `Granted` or `Handed` run ends, returned to be dropped
+    /// once the locks are released; a `Claimed` one stays with its claiming
+    /// task, which sees `abandoned` and drops it instead of handing it back.
+    pub(crate) fn give_up(&mut self) -> Run {
+        self.abandoned = true;
+        match self.run {
+            Run::Claimed => Run::Ended,
+            _ => std::mem::replace(&mut self.run, Run::Ended),
+        }
     }
 
     /// Remembers the waker of the task waiting on the slot.
@@ -368,18 +377,17 @@ impl Core {
     /// Carries out every pending action, drains events and re-arms the
     /// timer. `own` names the request of the calling task: its start and
     /// answer go to `mine`, not to its slot (`mine` is the caller's, so
-    /// nothing large is returned); probes and handler tasks to spawn go to
-    /// `jobs`.
+    /// nothing large is returned); hook events are pushed to `hooks` when
+    /// it is `Some`; probes to spawn go to `probes`.
     ///
     /// Up to `claim` started requests whose callers parked them are
     /// claimed for the calling task to run ([`Own::claimed`]); the others'
-    /// callers are to be woken ([`Own::wake`]). In a pool with hooks every
-    /// started request runs as a task of its own ([`HandlerJob`]) instead.
+    /// callers are to be woken ([`Own::wake`]).
     pub(crate) fn after_input(
         &mut self,
         own: Option<RequestKey>,
         mine: &mut Own,
-        jobs: &mut Vec<Job>,
+        probes: &mut Vec<ProbeJob>,
         signals: &LaneSignals,
         mut claim: usize,
     ) {
@@ -398,24 +406,39 @@ impl Core {
                     };
                     let started = Started {
                         worker: Arc::clone(&entry.cell),
+                        live: self.live.start(),
                     };
-                    self.live += 1;
-                    if self.spawn_handlers {
-                        let (handle, registration) = AbortHandle::new_pair();
-                        self.tasks.insert(request, handle);
-                        jobs.push(Job::Handler(HandlerJob {
-                            key: request,
-                            worker: started.worker,
-                            request: payload.lock().parked.take(),
-                            registration,
-                        }));
-                        continue;
-                    }
                     if own == Some(request) {
                         mine.started = Some(started);
                         continue;
                     }
                     let mut inner = payload.lock();
+                    if self.pool_tasks {
+                        match inner.parked.take() {
+                            Some(parked) => {
+                                drop(inner);
+                                if mine.here == Some(worker) {
+                                    let Started { live, .. } = started;
+                                    mine.jobs.push(Job {
+                                        key: request,
+                                        request: parked,
+                                        live,
+                                    });
+                                } else {
+                                    started.dispatch(request, parked, &mut mine.wake);
+                                }
+                            }
+                            // Its caller holds the request while its hooks
+                            // run; it dispatches it once they are done.
+                            None => {
+                                inner.run = Run::Granted(started);
+                                if let Some(waker) = inner.waker.take() {
+                                    mine.wake.push(waker);
+                                }
+                            }
+                        }
+                        continue;
+                    }
                     let claimed = if claim > 0 { inner.parked.take() } else { None };
                     match claimed {
                         Some(parked) => {
@@ -429,6 +452,7 @@ impl Core {
                                 worker: started.worker,
                                 request: parked,
                                 waker,
+                                live: started.live,
                             });
                         }
                         None => {
@@ -440,12 +464,12 @@ impl Core {
                     }
                 }
                 // The answer of an aborted request follows in the same batch
-                // and reaches its slot, which stops the handler; a handler
-                // running as a task of its own is aborted.
-                Action::Abort { request, .. } => {
-                    if self.spawn_handlers {
-                        if let Some(task) = self.tasks.remove(&request) {
-                            task.abort();
+                // and reaches its slot, which stops a handler its caller's
+                // task runs; a worker task is told through its inbox.
+                Action::Abort { request, worker } => {
+                    if self.pool_tasks {
+                        if let Some(entry) = self.workers.get(&worker) {
+                            entry.cell.inbox.abort(request, &mut mine.wake);
                         }
                     }
                 }
@@ -470,23 +494,19 @@ impl Core {
                         slot.update(&mut mine.wake, |inner| inner.answer = Some(delivered));
                     }
                 }
-                // Its caller has the breaker place it anew.
-                Action::Revet { payload, .. } => {
-                    payload.update(&mut mine.wake, |inner| inner.revet = true);
-                }
                 Action::RunProbe { worker, probe } => {
                     if let Some(entry) = self.workers.get_mut(&worker) {
                         let (handle, registration) = AbortHandle::new_pair();
                         if let Some((_, old)) = entry.probe.replace((probe, handle)) {
                             old.abort();
                         }
-                        self.live += 1;
-                        jobs.push(Job::Probe(ProbeJob {
+                        probes.push(ProbeJob {
                             worker,
                             probe,
                             handler: Arc::clone(&entry.cell.handler),
                             registration,
-                        }));
+                            live: self.live.start(),
+                        });
                     }
                 }
                 Action::AbortProbe { worker, probe } => {
@@ -504,18 +524,23 @@ impl Core {
                     // the fresh execution context is the next `Start`.
                     let _ = worker;
                 }
+                // The caller has the circuit breaker place its request anew.
+                Action::Revet { payload, .. } => {
+                    payload.update(&mut mine.wake, |inner| inner.revet = true);
+                }
                 Action::StopWorker { worker } => {
                     if let Some(entry) = self.workers.remove(&worker) {
                         if let Some((_, handle)) = entry.probe {
                             handle.abort();
                         }
-                        jobs.push(Job::Release(entry.cell));
+                        entry.cell.inbox.close(&mut mine.wake);
+                        // Its handler's `Drop` is user code: after the lock.
+                        mine.release.push(entry.cell);
                     }
                 }
             }
         }
         self.rearm(signals);
-        self.settle();
         if self.publish_load {
             signals
                 .idle
@@ -530,8 +555,6 @@ impl Core {
         }
     }
 
-    /// Logs health changes and notes the end of shutdown. (The hooks hear
-    /// of acceptance and refusal from the caller that asked the breaker.)
     fn drain_events(&mut self, signals: &LaneSignals) {
         while let Some(event) = self.pool.poll_event() {
             match event {
@@ -555,7 +578,7 @@ impl Core {
                 }
                 Event::Accepted { .. } | Event::Rejected { .. } | Event::Requeued { .. } => {}
                 Event::ShutdownComplete { .. } => {
-                    self.stopped = true;
+                    self.live.mark_stopped();
                     signals.close();
                 }
             }
@@ -576,21 +599,6 @@ impl Core {
             signals.target.store(at.as_nanos(), Ordering::Release);
             signals.waker.wake();
         }
-    }
-
-    /// Releases `shutdown` callers once the pool stopped and nothing runs.
-    pub(crate) fn settle(&mut self) {
-        if self.stopped && self.live == 0 {
-            for waiter in self.stop_waiters.drain(..) {
-                let _ = waiter.send(());
-            }
-        }
-    }
-
-    /// One handler future or probe task ended.
-    pub(crate) fn ended(&mut self) {
-        self.live = self.live.saturating_sub(1);
-        self.settle();
     }
 }
 

@@ -58,11 +58,11 @@ use std::task::{Context, Poll};
 use std::time::Instant;
 
 pub use foreman_driver::{
-    AsyncTimer, BuildError, CircuitBreakerHooks, Counters, HealthCause, HealthTransition,
-    PoolConfig, RoutingPolicy, Runtime, Stats, Timed, Timings, WorkerErrorCode, WorkerHandler,
-    WorkerHealth, WorkerHealthStatus, WorkerOperation, WorkerPoolClient, WorkerPoolError,
-    WorkerPoolOptions, WorkerProtocolError, WorkerRequest, WorkerResponse, WorkerResult,
-    WorkerSecurityPolicy, WorkerStats,
+    AsyncTimer, BuildError, CircuitBreakerHooks, Counters, DriverOptions, ExecutionMode,
+    HealthCause, HealthTransition, PoolConfig, RoutingPolicy, Runtime, Stats, Timed, Timings,
+    WorkerErrorCode, WorkerHandler, WorkerHealth, WorkerHealthStatus, WorkerOperation,
+    WorkerPoolClient, WorkerPoolError, WorkerPoolOptions, WorkerProtocolError, WorkerRequest,
+    WorkerResponse, WorkerResult, WorkerSecurityPolicy, WorkerStats,
 };
 
 /// Re-exported so handlers and hooks can be written as in the reference.

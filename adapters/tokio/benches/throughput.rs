@@ -10,8 +10,11 @@
 //! first, as one waiting on I/O would: requests then queue even with
 //! `FOREMAN_BENCH_THREADS=1`.
 //!
-//! Run: `cargo bench -p foreman-tokio --bench throughput` (≈1 minute).
-//! Each cell runs the three pools in alternation, 3 rounds of 300 ms, and
+//! foreman runs in both execution modes: `foreman` is the default (handlers
+//! on per-worker tasks), `caller` runs handlers in the callers' tasks.
+//!
+//! Run: `cargo bench -p foreman-tokio --bench throughput` (≈2 minutes).
+//! Each cell runs the pools in alternation, 3 rounds of 300 ms, and
 //! reports the median round; compare ratios from one run.
 
 use std::convert::Infallible;
@@ -24,7 +27,8 @@ use std::time::{Duration, Instant};
 
 use foreman_driver::demo::{bench_handler, bench_handler_name, bench_request, bench_sizes, Round};
 use foreman_tokio::{
-    WorkerHandler, WorkerPool, WorkerPoolOptions, WorkerProtocolError, WorkerRequest,
+    DriverOptions, ExecutionMode, PoolConfig, TokioRuntime, WorkerHandler, WorkerPool,
+    WorkerPoolOptions, WorkerProtocolError, WorkerRequest,
 };
 use serde_json::Value;
 use tokio::sync::{mpsc, oneshot};
@@ -244,19 +248,20 @@ fn main() {
         bench_handler_name()
     );
     println!(
-        "| N | C | foreman req/s | floor req/s | tower req/s | tower(1) req/s | foreman/floor | foreman/tower | foreman/tower(1) | p99 foreman | p99 floor | p99 ratio |"
+        "| N | C | foreman req/s | caller req/s | floor req/s | tower req/s | tower(1) req/s | foreman/floor | caller/floor | foreman/tower | foreman/tower(1) | p99 foreman | p99 caller | p99 floor | p99 foreman/floor |"
     );
-    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     // FOREMAN_BENCH_N / FOREMAN_BENCH_C (comma-separated) pick other cells;
-    // FOREMAN_BENCH_POOLS=foreman (or floor, tower, tower1; comma-separated)
-    // runs only those pools, for profiling; the table then shows throughput
-    // and p99 of the first one named.
+    // FOREMAN_BENCH_POOLS=foreman (or caller, floor, tower, tower1; comma-separated)
+    // runs only those pools, for profiling; each row then lists the
+    // throughput and p99 of each pool that ran.
     let pools = std::env::var("FOREMAN_BENCH_POOLS").unwrap_or_default();
     let run_pool = |name: &str| pools.is_empty() || pools.split(',').any(|p| p.trim() == name);
     let only_some = !pools.is_empty();
     for n in bench_sizes("FOREMAN_BENCH_N", &[1, 16, 64]) {
         for c in bench_sizes("FOREMAN_BENCH_C", &[1, 16, 256]) {
-            let (mut f, mut fl, mut tw, mut t1) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+            let (mut f, mut ca, mut fl, mut tw, mut t1) =
+                (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
             for _ in 0..3 {
                 if run_pool("floor") {
                     fl.push(
@@ -273,48 +278,65 @@ fn main() {
                         closed_loop(Arc::new(tower_one_pool(n)), c, run).await
                     }));
                 }
-                if !run_pool("foreman") {
-                    continue;
+                for (name, mode, rounds) in [
+                    ("foreman", ExecutionMode::PoolTasks, &mut f),
+                    ("caller", ExecutionMode::CallerTask, &mut ca),
+                ] {
+                    if !run_pool(name) {
+                        continue;
+                    }
+                    rounds.push(rt.block_on(async {
+                        let pool = WorkerPool::with_driver_options(
+                            TokioRuntime,
+                            (0..n).map(|_| bench_handler()).collect(),
+                            PoolConfig::new(WorkerPoolOptions {
+                                queue_capacity: 1024,
+                                ..WorkerPoolOptions::default()
+                            }),
+                            None,
+                            DriverOptions::default().execution(mode),
+                        )
+                        .expect("pool");
+                        let pool = Arc::new(Foreman(pool));
+                        let round = closed_loop(Arc::clone(&pool), c, run).await;
+                        pool.0.shutdown().await;
+                        round
+                    }));
                 }
-                f.push(rt.block_on(async {
-                    let pool = WorkerPool::new_inprocess(
-                        (0..n).map(|_| bench_handler()).collect(),
-                        WorkerPoolOptions {
-                            queue_capacity: 1024,
-                            ..WorkerPoolOptions::default()
-                        },
-                        None,
-                    )
-                    .expect("pool");
-                    let pool = Arc::new(Foreman(pool));
-                    let round = closed_loop(Arc::clone(&pool), c, run).await;
-                    pool.0.shutdown().await;
-                    round
-                }));
             }
             if only_some {
-                let f = [f, fl, tw, t1]
-                    .into_iter()
-                    .find(|rounds| !rounds.is_empty())
-                    .map_or_else(Round::default, |rounds| Round::median(&rounds));
-                println!(
-                    "| {n} | {c} | {:.0}k | | | | | | | {:?} | | |",
-                    f.rps / 1e3,
-                    f.p99
-                );
+                // The pools that ran, each as req/s and p99.
+                let cells: Vec<String> = [
+                    ("foreman", f),
+                    ("caller", ca),
+                    ("floor", fl),
+                    ("tower", tw),
+                    ("tower1", t1),
+                ]
+                .into_iter()
+                .filter(|(_, rounds)| !rounds.is_empty())
+                .map(|(name, rounds)| {
+                    let round = Round::median(&rounds);
+                    format!("{name} {:.0}k p99 {:?}", round.rps / 1e3, round.p99)
+                })
+                .collect();
+                println!("| {n} | {c} | {} |", cells.join(" | "));
                 continue;
             }
-            let [f, fl, tw, t1] = [f, fl, tw, t1].map(|rounds| Round::median(&rounds));
+            let [f, ca, fl, tw, t1] = [f, ca, fl, tw, t1].map(|rounds| Round::median(&rounds));
             println!(
-                "| {n} | {c} | {:.0}k | {:.0}k | {:.0}k | {:.0}k | {:.2} | {:.2} | {:.2} | {:?} | {:?} | {:.2} |",
+                "| {n} | {c} | {:.0}k | {:.0}k | {:.0}k | {:.0}k | {:.0}k | {:.2} | {:.2} | {:.2} | {:.2} | {:?} | {:?} | {:?} | {:.2} |",
                 f.rps / 1e3,
+                ca.rps / 1e3,
                 fl.rps / 1e3,
                 tw.rps / 1e3,
                 t1.rps / 1e3,
                 f.rps / fl.rps,
+                ca.rps / fl.rps,
                 f.rps / tw.rps,
                 f.rps / t1.rps,
                 f.p99,
+                ca.p99,
                 fl.p99,
                 f.p99.as_secs_f64() / fl.p99.as_secs_f64().max(1e-9),
             );

@@ -7,8 +7,20 @@ use std::sync::Arc;
 
 use foreman_driver::demo::{bench_request, Echo};
 use foreman_tokio::{
-    async_trait, WorkerHandler, WorkerPool, WorkerPoolOptions, WorkerProtocolError, WorkerRequest,
+    async_trait, DriverOptions, ExecutionMode, PoolConfig, TokioRuntime, WorkerHandler, WorkerPool,
+    WorkerPoolOptions, WorkerProtocolError, WorkerRequest,
 };
+
+/// A pool that runs handlers in the callers' tasks, whose cooperation
+/// with the runtime these tests check.
+fn caller_task_pool(handler: Arc<dyn WorkerHandler>) -> Arc<WorkerPool> {
+    let options = DriverOptions::default().execution(ExecutionMode::CallerTask);
+    let config = PoolConfig::new(WorkerPoolOptions::default());
+    Arc::new(
+        WorkerPool::with_driver_options(TokioRuntime, vec![handler], config, None, options)
+            .expect("pool"),
+    )
+}
 use serde_json::Value;
 
 /// On a single-threaded runtime the looping caller and the test body share
@@ -40,15 +52,12 @@ async fn a_submit_loop_yields_to_other_tasks() {
     pool.shutdown().await;
 }
 
-/// Callers sharing a thread take turns request by request (as they would
+/// In caller-task mode, callers sharing a thread take turns request by request (as they would
 /// on a channel), so none waits behind another's burst; a caller alone
 /// runs a stretch of requests between yields.
 #[tokio::test(flavor = "current_thread")]
 async fn callers_sharing_a_thread_take_turns() {
-    let pool = Arc::new(
-        WorkerPool::new_inprocess(vec![Arc::new(Echo)], WorkerPoolOptions::default(), None)
-            .expect("pool"),
-    );
+    let pool = caller_task_pool(Arc::new(Echo));
     let order = Arc::new(std::sync::Mutex::new(Vec::new()));
     let callers: Vec<_> = (0..3u8)
         .map(|caller| {
@@ -171,7 +180,7 @@ impl WorkerHandler for Logged {
     }
 }
 
-/// The task whose request frees the worker may run the next queued request
+/// In caller-task mode, the task whose request frees the worker may run the next queued request
 /// for its caller (saving a wake-up), but it answers its own caller before
 /// a second one runs: one task never runs a whole queue of requests that
 /// finish at once while its own answer waits.
@@ -183,10 +192,7 @@ async fn a_freed_worker_answers_its_own_caller_after_at_most_one_other_request()
         log: Arc::clone(&log),
         gate: Arc::clone(&gate),
     };
-    let pool = Arc::new(
-        WorkerPool::new_inprocess(vec![Arc::new(handler)], WorkerPoolOptions::default(), None)
-            .expect("pool"),
-    );
+    let pool = caller_task_pool(Arc::new(handler));
     let submit = |id: &str| {
         let (pool, log) = (Arc::clone(&pool), Arc::clone(&log));
         let request = WorkerRequest {

@@ -2,9 +2,12 @@
 //! benches (included with `#[path]`): foreman against its own runtime's bare
 //! channel floor, N tasks fed round-robin by a bounded async-channel (64)
 //! with a oneshot reply — no validation, no health, no timeout — echo
-//! handler, N = 1, 16, 64 workers, C = 1, 16, 256 callers. Each cell runs
-//! the two pools in alternation, 3 rounds of 300 ms after a 60 ms warm-up,
-//! and reports the median round; compare ratios from one run.
+//! handler, N = 1, 16, 64 workers, C = 1, 16, 256 callers. foreman runs in
+//! both execution modes: `foreman` (the default, handlers on per-worker
+//! tasks) and `caller` (handlers in the callers' tasks). Each cell runs the
+//! pools in alternation, 3 rounds of 300 ms after a 60 ms warm-up, and
+//! reports the median round; compare ratios from one run.
+//! `FOREMAN_BENCH_POOLS=foreman,caller,floor` (any of them) picks pools.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -14,7 +17,8 @@ use std::time::{Duration, Instant};
 
 use foreman_driver::demo::{bench_handler, bench_handler_name, bench_request, bench_sizes, Round};
 use foreman_driver::{
-    Runtime, WorkerHandler, WorkerPool, WorkerPoolOptions, WorkerProtocolError, WorkerRequest,
+    DriverOptions, ExecutionMode, PoolConfig, Runtime, WorkerHandler, WorkerPool,
+    WorkerPoolOptions, WorkerProtocolError, WorkerRequest,
 };
 use futures::channel::oneshot;
 use serde_json::Value;
@@ -142,32 +146,64 @@ pub async fn run_all<R: Runtime + Default + Clone>(runtime: &str) {
         "{runtime}: closed loop, {}, 2 executor threads, median of 3 rounds of 300ms",
         bench_handler_name()
     );
-    println!("| N | C | foreman req/s | floor req/s | foreman/floor | p99 foreman | p99 floor |");
-    println!("|---:|---:|---:|---:|---:|---:|---:|");
+    println!(
+        "| N | C | foreman req/s | caller req/s | floor req/s | foreman/floor | caller/floor | p99 foreman | p99 caller | p99 floor | p99 foreman/floor |"
+    );
+    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    let pools = std::env::var("FOREMAN_BENCH_POOLS").unwrap_or_default();
+    let run_pool = |name: &str| pools.is_empty() || pools.split(',').any(|p| p.trim() == name);
     // FOREMAN_BENCH_N / FOREMAN_BENCH_C (comma-separated) pick other cells.
     for n in bench_sizes("FOREMAN_BENCH_N", &[1, 16, 64]) {
         for c in bench_sizes("FOREMAN_BENCH_C", &[1, 16, 256]) {
-            let (mut foreman, mut floor) = (Vec::new(), Vec::new());
+            let (mut foreman, mut caller, mut floor) = (Vec::new(), Vec::new(), Vec::new());
             for _ in 0..3 {
-                floor.push(closed_loop(&rt, Floor::new(&rt, n), c).await);
-                let handlers = (0..n).map(|_| bench_handler());
-                let options = WorkerPoolOptions {
-                    queue_capacity: 1024,
-                    ..WorkerPoolOptions::default()
-                };
-                let pool = WorkerPool::<R>::new_inprocess(handlers.collect(), options, None);
-                let pool = Arc::new(pool.expect("pool"));
-                foreman.push(closed_loop(&rt, Foreman(Arc::clone(&pool)), c).await);
-                pool.shutdown().await;
+                if run_pool("floor") {
+                    floor.push(closed_loop(&rt, Floor::new(&rt, n), c).await);
+                }
+                for (name, mode, rounds) in [
+                    ("foreman", ExecutionMode::PoolTasks, &mut foreman),
+                    ("caller", ExecutionMode::CallerTask, &mut caller),
+                ] {
+                    if !run_pool(name) {
+                        continue;
+                    }
+                    let handlers = (0..n).map(|_| bench_handler());
+                    let config = PoolConfig::new(WorkerPoolOptions {
+                        queue_capacity: 1024,
+                        ..WorkerPoolOptions::default()
+                    });
+                    let options = DriverOptions::default().execution(mode);
+                    let pool = WorkerPool::<R>::with_driver_options(
+                        R::default(),
+                        handlers.collect(),
+                        config,
+                        None,
+                        options,
+                    );
+                    let pool = Arc::new(pool.expect("pool"));
+                    rounds.push(closed_loop(&rt, Foreman(Arc::clone(&pool)), c).await);
+                    pool.shutdown().await;
+                }
             }
-            let (f, fl) = (Round::median(&foreman), Round::median(&floor));
+            let [f, ca, fl] = [foreman, caller, floor].map(|rounds| {
+                if rounds.is_empty() {
+                    Round::default()
+                } else {
+                    Round::median(&rounds)
+                }
+            });
+            let ratio = |a: f64, b: f64| if b > 0.0 { a / b } else { 0.0 };
             println!(
-                "| {n} | {c} | {:.0}k | {:.0}k | {:.2} | {:?} | {:?} |",
+                "| {n} | {c} | {:.0}k | {:.0}k | {:.0}k | {:.2} | {:.2} | {:?} | {:?} | {:?} | {:.2} |",
                 f.rps / 1e3,
+                ca.rps / 1e3,
                 fl.rps / 1e3,
-                f.rps / fl.rps,
+                ratio(f.rps, fl.rps),
+                ratio(ca.rps, fl.rps),
                 f.p99,
+                ca.p99,
                 fl.p99,
+                ratio(f.p99.as_secs_f64(), fl.p99.as_secs_f64()),
             );
         }
     }

@@ -1,0 +1,132 @@
+//! The driver's public value types: build errors, timings, options and
+//! health transitions.
+
+use std::num::NonZeroUsize;
+use std::time::Duration;
+
+use foreman_core::{
+    CommandError, ConfigError, HealthCause, WorkerHealthStatus, WorkerPoolError, WorkerResponse,
+};
+use thiserror::Error;
+
+use crate::worker::ExecutionMode;
+
+/// Why a pool could not be built.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[non_exhaustive]
+pub enum BuildError {
+    /// No handler was given.
+    #[error("a worker pool needs at least one worker handler")]
+    NoWorkers,
+    /// The options make no sense.
+    #[error("invalid worker pool options: {0}")]
+    Config(#[from] ConfigError),
+    /// A worker could not be added.
+    #[error("cannot add worker: {0}")]
+    Worker(#[from] CommandError),
+    /// The pool was built where its runtime cannot spawn tasks (for
+    /// foreman-tokio: outside a tokio runtime).
+    #[error("the worker pool cannot start: {0}")]
+    NoRuntime(String),
+}
+
+impl From<BuildError> for WorkerPoolError {
+    fn from(error: BuildError) -> Self {
+        match error {
+            BuildError::NoWorkers => WorkerPoolError::NoHealthyWorker,
+            other => WorkerPoolError::InvalidRequest {
+                reason: other.to_string(),
+            },
+        }
+    }
+}
+
+/// How long a request waited for a worker and how long its handler ran, as
+/// the pool measured them on its runtime's clock.
+///
+/// A foreman extension: the reference's `WorkerResponse` carries only
+/// `elapsed_ms`, their sum. Returned by [`WorkerPool::submit_timed`](crate::WorkerPool::submit_timed), for
+/// errors too (a `Timeout` says where the budget went).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub struct Timings {
+    /// From acceptance until a worker started the request, or until it was
+    /// answered if it never started (zero for a refused request).
+    pub queued: Duration,
+    /// How long its handler ran, if it started.
+    pub ran: Option<Duration>,
+}
+
+/// A request's answer with its [`Timings`], from
+/// [`WorkerPool::submit_timed`](crate::WorkerPool::submit_timed).
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub struct Timed {
+    /// What [`WorkerPool::submit`](crate::WorkerPool::submit) returns.
+    pub result: Result<WorkerResponse, WorkerPoolError>,
+    /// Where the request's time went.
+    pub timings: Timings,
+}
+
+impl Timed {
+    /// A request answered before it was accepted (zero timings).
+    pub(crate) fn refused(error: WorkerPoolError) -> Self {
+        Self {
+            result: Err(error),
+            timings: Timings::default(),
+        }
+    }
+}
+
+/// The driver's own options (foreman additions, beside the core's
+/// `PoolConfig`): where handlers run and how many lanes the workers are
+/// spread over. Build with `DriverOptions::default()` and the setters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct DriverOptions {
+    /// Where handler futures run (default: [`ExecutionMode::PoolTasks`]).
+    pub execution: ExecutionMode,
+    /// How many lanes (cores with their own lock) the workers are spread
+    /// over (default: one; see [`WorkerPool::with_lanes`](crate::WorkerPool::with_lanes)).
+    pub lanes: NonZeroUsize,
+}
+
+impl Default for DriverOptions {
+    fn default() -> Self {
+        DriverOptions {
+            execution: ExecutionMode::default(),
+            lanes: NonZeroUsize::MIN,
+        }
+    }
+}
+
+impl DriverOptions {
+    /// Sets where handler futures run.
+    #[must_use]
+    pub fn execution(mut self, execution: ExecutionMode) -> Self {
+        self.execution = execution;
+        self
+    }
+
+    /// Sets how many lanes the workers are spread over.
+    #[must_use]
+    pub fn lanes(mut self, lanes: NonZeroUsize) -> Self {
+        self.lanes = lanes;
+        self
+    }
+}
+
+/// One health status change of a worker, as the core reported it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HealthTransition {
+    /// The worker.
+    pub worker_id: String,
+    /// Its status before.
+    pub from: WorkerHealthStatus,
+    /// Its status after.
+    pub to: WorkerHealthStatus,
+    /// What caused it.
+    pub cause: HealthCause,
+    /// When, since the pool was created.
+    pub at: Duration,
+}

@@ -1,0 +1,234 @@
+//! Worker tasks: how [`ExecutionMode::PoolTasks`] runs handlers.
+//!
+//! Each worker has a task on the pool's runtime and an [`Inbox`]. Whoever
+//! carries out the core's `Start` for a request (the submitting caller, a
+//! completing worker task, the timer task, a command) puts a [`Job`] into
+//! the worker's inbox and wakes its task, which runs the handler: on the
+//! pool's runtime, whether or not the caller polls. A worker task that
+//! completes a request carries out the completion's actions itself, and a
+//! request the core starts next on the same worker is run at once, without
+//! a wake-up. The core's `Abort` reaches the task through the inbox too: it
+//! drops that handler future.
+
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
+use std::pin::Pin;
+use std::sync::Weak;
+use std::task::{Context, Poll};
+
+use foreman_core::{RequestKey, WorkerErrorCode, WorkerKey, WorkerProtocolError, WorkerRequest};
+use futures_util::future::poll_fn;
+use futures_util::task::AtomicWaker;
+use parking_lot::Mutex;
+use serde_json::Value;
+
+use crate::handler::WorkerHandler;
+use crate::live::LiveGuard;
+use crate::wakers::Wakers;
+
+/// Where the driver runs handler futures (a foreman driver option, set
+/// with [`DriverOptions::execution`](crate::DriverOptions::execution)).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum ExecutionMode {
+    /// Each worker has a task on the pool's runtime that runs the handlers
+    /// the core grants it (the default). A handler progresses whether or
+    /// not its caller polls, always runs in the pool's runtime context
+    /// (tokio timers and I/O work even when the caller is on another
+    /// executor), and never delays another caller's answer.
+    #[default]
+    PoolTasks,
+    /// The handler runs inside the task of the caller that submitted it
+    /// (or, for its first poll, of the task that freed its worker): no task
+    /// hop, so one caller alone gets the lowest latency. Caveats: a handler
+    /// progresses only while that task polls `submit` (a caller that polls
+    /// once and then does other work holds its worker), runs in the
+    /// caller's runtime context (a caller on another executor breaks
+    /// handlers that need the pool's runtime), and a task that frees a
+    /// worker polls another caller's handler once before answering its own.
+    /// A pool with circuit-breaker hooks runs handlers on worker tasks in
+    /// either mode (its callers run the hooks while their handlers run).
+    CallerTask,
+}
+
+/// A request granted to a worker, waiting in its inbox.
+pub(crate) struct Job {
+    pub(crate) key: RequestKey,
+    pub(crate) request: WorkerRequest,
+    /// Counts the handler as live until it ends.
+    pub(crate) live: LiveGuard,
+}
+
+/// A worker's mailbox: granted requests, aborts and its task's waker.
+#[derive(Default)]
+pub(crate) struct Inbox {
+    state: Mutex<InboxState>,
+    waker: AtomicWaker,
+}
+
+#[derive(Default)]
+struct InboxState {
+    jobs: Vec<Job>,
+    aborts: Vec<RequestKey>,
+    closed: bool,
+}
+
+impl Inbox {
+    /// Queues `job`; the task's waker goes to `wake` (woken once the
+    /// caller's locks are released).
+    pub(crate) fn push(&self, job: Job, wake: &mut Wakers) {
+        self.state.lock().jobs.push(job);
+        wake.extend(self.waker.take());
+    }
+
+    /// Asks the task to drop the handler of `key` (a key that names no
+    /// handler of this worker is ignored).
+    pub(crate) fn abort(&self, key: RequestKey, wake: &mut Wakers) {
+        self.state.lock().aborts.push(key);
+        wake.extend(self.waker.take());
+    }
+
+    /// Tells the task to drop what it runs and end.
+    pub(crate) fn close(&self, wake: &mut Wakers) {
+        self.state.lock().closed = true;
+        wake.extend(self.waker.take());
+    }
+}
+
+type HandlerFuture = Pin<Box<dyn Future<Output = Result<Value, WorkerProtocolError>> + Send>>;
+
+/// A handler the worker task is running.
+struct Running {
+    key: RequestKey,
+    future: HandlerFuture,
+    /// Dropped right after `future`.
+    live: LiveGuard,
+}
+
+impl Running {
+    fn new(handler: &std::sync::Arc<dyn WorkerHandler>, job: Job) -> Self {
+        let Job { key, request, live } = job;
+        let handler = std::sync::Arc::clone(handler);
+        Running {
+            key,
+            future: Box::pin(async move { handler.handle(request).await }),
+            live,
+        }
+    }
+}
+
+/// What a worker task needs from the pool: carrying out a completion.
+pub(crate) trait Completer: Send + Sync + 'static {
+    /// Feeds a finished handler's result to the core of `lane`; requests
+    /// the core starts next on this worker come back in `next`.
+    fn complete_on_worker(
+        self: &std::sync::Arc<Self>,
+        lane: usize,
+        worker: WorkerKey,
+        key: RequestKey,
+        result: Result<Value, WorkerProtocolError>,
+        next: &mut Vec<Job>,
+    );
+}
+
+/// The task of one worker: runs the jobs of its inbox until it is closed.
+pub(crate) async fn worker_task<C: Completer>(
+    pool: Weak<C>,
+    lane: usize,
+    worker: WorkerKey,
+    handler: std::sync::Arc<dyn WorkerHandler>,
+    inbox: std::sync::Arc<Inbox>,
+) {
+    let mut running: Vec<Running> = Vec::new();
+    let mut finished: Vec<(RequestKey, Result<Value, WorkerProtocolError>)> = Vec::new();
+    let mut next: Vec<Job> = Vec::new();
+    let mut aborted: Vec<Running> = Vec::new();
+    poll_fn(move |cx: &mut Context<'_>| {
+        let mut budget = WORKER_BUDGET;
+        loop {
+            inbox.waker.register(cx.waker());
+            let closed = {
+                let mut state = inbox.state.lock();
+                running.extend(state.jobs.drain(..).map(|job| Running::new(&handler, job)));
+                for key in state.aborts.drain(..) {
+                    if let Some(at) = running.iter().position(|run| run.key == key) {
+                        aborted.push(running.swap_remove(at));
+                    }
+                }
+                state.closed
+            };
+            // Handler futures are user code: dropped with no lock held.
+            if closed {
+                aborted.append(&mut running);
+            }
+            drop_handlers(&mut aborted);
+            if closed {
+                return Poll::Ready(());
+            }
+            let mut index = 0;
+            while let Some(run) = running.get_mut(index) {
+                let polled =
+                    std::panic::catch_unwind(AssertUnwindSafe(|| run.future.as_mut().poll(cx)));
+                let result = match polled {
+                    Ok(Poll::Pending) => {
+                        index += 1;
+                        continue;
+                    }
+                    Ok(Poll::Ready(result)) => result,
+                    Err(panic) => Err(panic_error(&*panic)),
+                };
+                let Running { key, future, live } = running.swap_remove(index);
+                drop(future);
+                drop(live);
+                finished.push((key, result));
+            }
+            if finished.is_empty() {
+                return Poll::Pending;
+            }
+            match pool.upgrade() {
+                Some(pool) => {
+                    for (key, result) in finished.drain(..) {
+                        pool.complete_on_worker(lane, worker, key, result, &mut next);
+                    }
+                }
+                None => finished.clear(),
+            }
+            running.extend(next.drain(..).map(|job| Running::new(&handler, job)));
+            budget -= 1;
+            if budget == 0 {
+                // Let the callers just answered (and the runtime) have the
+                // thread before the next stretch.
+                cx.waker().wake_by_ref();
+                return Poll::Pending;
+            }
+        }
+    })
+    .await;
+}
+
+/// Completions a worker task carries out in one poll before it yields to
+/// its runtime (tokio's coop budget, which also bounds how long a channel
+/// consumer task runs in one go).
+const WORKER_BUDGET: u32 = 128;
+
+/// Drops aborted handlers, each future before its live guard.
+fn drop_handlers(aborted: &mut Vec<Running>) {
+    for Running { future, live, .. } in aborted.drain(..) {
+        drop(future);
+        drop(live);
+    }
+}
+
+/// The `ExecutionFailed` error a panicking handler is answered with.
+pub(crate) fn panic_error(panic: &(dyn std::any::Any + Send)) -> WorkerProtocolError {
+    let detail = panic
+        .downcast_ref::<&str>()
+        .map(|text| (*text).to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "non-string panic payload".to_string());
+    WorkerProtocolError::new(
+        WorkerErrorCode::ExecutionFailed,
+        format!("worker handler panicked: {detail}"),
+        false,
+    )
+}
