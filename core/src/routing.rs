@@ -216,6 +216,16 @@ mod tests {
         workers.map(WorkerKey::index).collect()
     }
 
+    /// Asserts the order `candidates` tries workers in, and that
+    /// `first_candidate` is its first.
+    fn assert_order(router: &Router, expected: &[u32]) {
+        assert_eq!(indices(router.candidates()), expected);
+        assert_eq!(
+            router.first_candidate().map(WorkerKey::index),
+            expected.first().copied()
+        );
+    }
+
     /// Workers 0 busy, 1 Degraded and idle, 2 and 3 Healthy and idle.
     fn mixed(policy: RoutingPolicy) -> Router {
         let mut router = Router::new(policy);
@@ -246,8 +256,7 @@ mod tests {
     #[test]
     fn idle_first_tries_healthy_then_degraded_then_busy() {
         let router = mixed(RoutingPolicy::IdleFirst);
-        assert_eq!(indices(router.candidates()), vec![2, 3, 1, 0]);
-        assert_eq!(router.first_candidate(), Some(worker(2)));
+        assert_order(&router, &[2, 3, 1, 0]);
     }
 
     #[test]
@@ -255,33 +264,27 @@ mod tests {
         let mut router = mixed(RoutingPolicy::IdleFirst);
         router.set(worker(2), HEALTHY, BUSY);
         router.set(worker(3), HEALTHY, BUSY);
-        assert_eq!(indices(router.candidates()), vec![1, 0, 2, 3]);
-        assert_eq!(router.first_candidate(), Some(worker(1)));
+        assert_order(&router, &[1, 0, 2, 3]);
         router.set(worker(1), DEGRADED, BUSY);
         assert_eq!(router.idle_len(), 0);
-        assert_eq!(indices(router.candidates()), vec![0, 1, 2, 3]);
-        assert_eq!(router.first_candidate(), Some(worker(0)));
+        assert_order(&router, &[0, 1, 2, 3]);
     }
 
     #[test]
     fn a_pick_moves_the_next_pick_on_and_wraps() {
         let mut router = mixed(RoutingPolicy::IdleFirst);
         router.picked(worker(2));
-        assert_eq!(indices(router.candidates()), vec![3, 2, 1, 0]);
-        assert_eq!(router.first_candidate(), Some(worker(3)));
+        assert_order(&router, &[3, 2, 1, 0]);
         router.picked(worker(3));
-        assert_eq!(indices(router.candidates()), vec![2, 3, 1, 0]);
-        assert_eq!(router.first_candidate(), Some(worker(2)));
+        assert_order(&router, &[2, 3, 1, 0]);
     }
 
     #[test]
     fn round_robin_ignores_idleness_and_health() {
         let mut router = mixed(RoutingPolicy::RoundRobin);
-        assert_eq!(indices(router.candidates()), vec![0, 1, 2, 3]);
-        assert_eq!(router.first_candidate(), Some(worker(0)));
+        assert_order(&router, &[0, 1, 2, 3]);
         router.picked(worker(1));
-        assert_eq!(indices(router.candidates()), vec![2, 3, 0, 1]);
-        assert_eq!(router.first_candidate(), Some(worker(2)));
+        assert_order(&router, &[2, 3, 0, 1]);
     }
 
     #[test]
@@ -291,14 +294,13 @@ mod tests {
         router.set(worker(0), BUSY, OUT);
         assert_eq!(router.membership(worker(2)), OUT);
         assert_eq!(router.membership(worker(0)), OUT);
-        assert_eq!(indices(router.candidates()), vec![3, 1]);
+        assert_order(&router, &[3, 1]);
         assert_eq!(indices(router.iter_eligible()), vec![1, 3]);
         assert_eq!(indices(router.iter_idle()), vec![3, 1]);
         router.set(worker(3), HEALTHY, OUT);
         router.set(worker(1), DEGRADED, OUT);
         assert_eq!(router.eligible_len(), 0);
-        assert_eq!(router.candidates().next(), None);
-        assert_eq!(router.first_candidate(), None);
+        assert_order(&router, &[]);
     }
 
     #[test]
@@ -306,12 +308,12 @@ mod tests {
         let mut router = Router::new(RoutingPolicy::IdleFirst);
         router.set(worker(70), OUT, DEGRADED);
         router.set(worker(5), OUT, BUSY);
-        assert_eq!(router.first_candidate(), Some(worker(70)));
+        assert_order(&router, &[70, 5]);
         router.set(worker(70), DEGRADED, HEALTHY);
         assert_eq!(router.membership(worker(70)), HEALTHY);
         assert_eq!(router.idle_len(), 1);
         router.set(worker(5), BUSY, HEALTHY);
-        assert_eq!(indices(router.candidates()), vec![5, 70]);
+        assert_order(&router, &[5, 70]);
         router.set(worker(5), HEALTHY, HEALTHY);
         assert_eq!(router.membership(worker(5)), HEALTHY);
     }
