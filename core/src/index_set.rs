@@ -228,4 +228,19 @@ mod tests {
         assert_eq!(set.next_from(65), Some(4096));
         assert_eq!(set.next_from(u32::MAX), None);
     }
+
+    #[test]
+    fn levels_grow_to_the_largest_index_and_no_further() {
+        let mut set = IndexSet::default();
+        set.insert(0);
+        assert_eq!(set.levels.len(), 1, "one word needs no summary");
+        assert_eq!(set.levels.first().map(Vec::len), Some(1));
+        set.insert(4096);
+        // 4097 indices: 65 leaf words, summarised by 2 words, then by 1.
+        let widths: Vec<usize> = set.levels.iter().map(Vec::len).collect();
+        assert_eq!(widths, vec![65, 2, 1]);
+        set.insert(100);
+        let widths: Vec<usize> = set.levels.iter().map(Vec::len).collect();
+        assert_eq!(widths, vec![65, 2, 1], "a smaller index grows nothing");
+    }
 }

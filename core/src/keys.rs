@@ -224,9 +224,14 @@ mod tests {
         assert_eq!(a.index, b.index);
         assert_ne!(a.generation, b.generation);
         assert_eq!(slab.get(a), None);
+        assert_eq!(slab.get_mut(a), None);
         assert_eq!(slab.remove(a), None);
         assert_eq!(slab.get(b), Some(&"b"));
         assert_eq!(slab.len(), 1);
+        if let Some(value) = slab.get_mut(b) {
+            *value = "c";
+        }
+        assert_eq!(slab.get(b), Some(&"c"));
     }
 
     #[test]
@@ -237,5 +242,12 @@ mod tests {
         });
         assert_eq!(RequestKey::from_u64(key.as_u64()), key);
         assert_eq!(key.to_string(), "req#7.3");
+        assert_eq!(key.as_u64(), (3 << 32) | 7, "generation above index");
+    }
+
+    #[test]
+    fn a_probe_key_is_its_number() {
+        assert_eq!(ProbeKey(0).as_u64(), 0);
+        assert_eq!(ProbeKey(42).as_u64(), 42);
     }
 }

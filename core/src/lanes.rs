@@ -120,6 +120,18 @@ mod tests {
     }
 
     #[test]
+    fn an_idle_lane_wins_over_a_lighter_busy_one() {
+        // Lane 2 has an idle worker but more requests per worker than the
+        // busy lanes: a request starts at once there rather than wait.
+        let light_busy = load(0, 1, 1, 8);
+        let heavy_idle = load(1, 1, 40, 8);
+        assert_eq!(
+            first_lane(0, 3, lanes(&[light_busy, light_busy, heavy_idle])),
+            2
+        );
+    }
+
+    #[test]
     fn lane_count_needs_idle_first_and_enough_workers() {
         let config = PoolConfig::default();
         assert_eq!(lane_count(&config, 16, 2).get(), 2);

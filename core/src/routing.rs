@@ -178,3 +178,143 @@ fn update(set: &mut IndexSet, index: u32, was: bool, now: bool) {
         set.remove(index);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::keys::SlabKey;
+
+    const OUT: Membership = Membership {
+        eligible: false,
+        idle: false,
+        preferred: false,
+    };
+    const BUSY: Membership = Membership {
+        eligible: true,
+        idle: false,
+        preferred: false,
+    };
+    const DEGRADED: Membership = Membership {
+        eligible: true,
+        idle: true,
+        preferred: false,
+    };
+    const HEALTHY: Membership = Membership {
+        eligible: true,
+        idle: true,
+        preferred: true,
+    };
+
+    fn worker(index: u32) -> WorkerKey {
+        WorkerKey(SlabKey {
+            index,
+            generation: 0,
+        })
+    }
+
+    fn indices(workers: impl Iterator<Item = WorkerKey>) -> Vec<u32> {
+        workers.map(WorkerKey::index).collect()
+    }
+
+    /// Asserts the order `candidates` tries workers in, and that
+    /// `first_candidate` is its first.
+    fn assert_order(router: &Router, expected: &[u32]) {
+        assert_eq!(indices(router.candidates()), expected);
+        assert_eq!(
+            router.first_candidate().map(WorkerKey::index),
+            expected.first().copied()
+        );
+    }
+
+    /// Workers 0 busy, 1 Degraded and idle, 2 and 3 Healthy and idle.
+    fn mixed(policy: RoutingPolicy) -> Router {
+        let mut router = Router::new(policy);
+        for (index, membership) in [(0, BUSY), (1, DEGRADED), (2, HEALTHY), (3, HEALTHY)] {
+            router.set(worker(index), OUT, membership);
+        }
+        router
+    }
+
+    #[test]
+    fn membership_reads_back_what_was_set() {
+        let router = mixed(RoutingPolicy::IdleFirst);
+        assert_eq!(router.membership(worker(0)), BUSY);
+        assert_eq!(router.membership(worker(1)), DEGRADED);
+        assert_eq!(router.membership(worker(2)), HEALTHY);
+        assert_eq!(router.membership(worker(7)), OUT);
+        let other_generation = WorkerKey(SlabKey {
+            index: 2,
+            generation: 1,
+        });
+        assert_eq!(router.membership(other_generation), OUT);
+        assert_eq!(router.eligible_len(), 4);
+        assert_eq!(router.idle_len(), 3);
+        assert_eq!(indices(router.iter_eligible()), vec![0, 1, 2, 3]);
+        assert_eq!(indices(router.iter_idle()), vec![2, 3, 1]);
+    }
+
+    #[test]
+    fn idle_first_tries_healthy_then_degraded_then_busy() {
+        let router = mixed(RoutingPolicy::IdleFirst);
+        assert_order(&router, &[2, 3, 1, 0]);
+    }
+
+    #[test]
+    fn idle_first_falls_back_to_degraded_then_to_busy_workers() {
+        let mut router = mixed(RoutingPolicy::IdleFirst);
+        router.set(worker(2), HEALTHY, BUSY);
+        router.set(worker(3), HEALTHY, BUSY);
+        assert_order(&router, &[1, 0, 2, 3]);
+        router.set(worker(1), DEGRADED, BUSY);
+        assert_eq!(router.idle_len(), 0);
+        assert_order(&router, &[0, 1, 2, 3]);
+    }
+
+    #[test]
+    fn a_pick_moves_the_next_pick_on_and_wraps() {
+        let mut router = mixed(RoutingPolicy::IdleFirst);
+        router.picked(worker(2));
+        assert_order(&router, &[3, 2, 1, 0]);
+        router.picked(worker(3));
+        assert_order(&router, &[2, 3, 1, 0]);
+    }
+
+    #[test]
+    fn round_robin_ignores_idleness_and_health() {
+        let mut router = mixed(RoutingPolicy::RoundRobin);
+        assert_order(&router, &[0, 1, 2, 3]);
+        router.picked(worker(1));
+        assert_order(&router, &[2, 3, 0, 1]);
+    }
+
+    #[test]
+    fn a_worker_that_leaves_is_no_candidate() {
+        let mut router = mixed(RoutingPolicy::IdleFirst);
+        router.set(worker(2), HEALTHY, OUT);
+        router.set(worker(0), BUSY, OUT);
+        assert_eq!(router.membership(worker(2)), OUT);
+        assert_eq!(router.membership(worker(0)), OUT);
+        assert_order(&router, &[3, 1]);
+        assert_eq!(indices(router.iter_eligible()), vec![1, 3]);
+        assert_eq!(indices(router.iter_idle()), vec![3, 1]);
+        router.set(worker(3), HEALTHY, OUT);
+        router.set(worker(1), DEGRADED, OUT);
+        assert_eq!(router.eligible_len(), 0);
+        assert_order(&router, &[]);
+    }
+
+    #[test]
+    fn a_worker_can_join_at_a_high_slot_and_change_health_in_place() {
+        let mut router = Router::new(RoutingPolicy::IdleFirst);
+        router.set(worker(70), OUT, DEGRADED);
+        router.set(worker(5), OUT, BUSY);
+        assert_order(&router, &[70, 5]);
+        router.set(worker(70), DEGRADED, HEALTHY);
+        assert_eq!(router.membership(worker(70)), HEALTHY);
+        assert_eq!(router.idle_len(), 1);
+        router.set(worker(5), BUSY, HEALTHY);
+        assert_order(&router, &[5, 70]);
+        router.set(worker(5), HEALTHY, HEALTHY);
+        assert_eq!(router.membership(worker(5)), HEALTHY);
+    }
+}

@@ -163,3 +163,57 @@ pub struct WorkerStats {
     /// Whether it is being removed (finishing its running requests).
     pub removing: bool,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `scale` times a distinct power of two in every counter, so a sum
+    /// names its terms.
+    fn counters(scale: u64) -> Counters {
+        Counters {
+            submitted: scale,
+            accepted: scale << 1,
+            refused_invalid: scale << 2,
+            refused_queue_full: scale << 3,
+            refused_no_healthy_worker: scale << 4,
+            refused_circuit_open: scale << 5,
+            refused_shutting_down: scale << 6,
+            succeeded: scale << 7,
+            failed: scale << 8,
+            timed_out_queued: scale << 9,
+            timed_out_running: scale << 10,
+            cancelled_queued: scale << 11,
+            cancelled_running: scale << 12,
+            aborted_by_restart: scale << 13,
+            aborted_by_shutdown: scale << 14,
+            unroutable_after_removal: scale << 15,
+            requeued: scale << 16,
+            reassigned: scale << 17,
+            probes_sent: scale << 18,
+            probes_timed_out: scale << 19,
+        }
+    }
+
+    #[test]
+    fn add_sums_every_counter() {
+        let mut total = counters(1);
+        total.add(&counters(3));
+        assert_eq!(total, counters(4));
+        let mut from_zero = Counters::default();
+        from_zero.add(&counters(1));
+        assert_eq!(from_zero, counters(1));
+    }
+
+    #[test]
+    fn answered_and_refused_sum_their_own_counters_only() {
+        let counters = counters(1);
+        // Declaration order: the refusals are bits 2..=6 (`refused_invalid`
+        // to `refused_shutting_down`), the outcomes bits 7..=15 (`succeeded`
+        // to `unroutable_after_removal`).
+        assert_eq!(counters.refused(), (1 << 7) - (1 << 2));
+        assert_eq!(counters.answered(), (1 << 16) - (1 << 7));
+        assert_eq!(Counters::default().answered(), 0);
+        assert_eq!(Counters::default().refused(), 0);
+    }
+}

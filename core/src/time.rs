@@ -93,4 +93,10 @@ mod tests {
         assert_eq!(Time::from_millis(u64::MAX), Time::MAX);
         assert_eq!(Time::from_duration(Duration::MAX), Time::MAX);
     }
+
+    #[test]
+    fn displays_as_the_duration_since_the_epoch() {
+        assert_eq!(Time::from_millis(1500).to_string(), "1.5s");
+        assert_eq!(Time::from_nanos(250).to_string(), "250ns");
+    }
 }

@@ -123,3 +123,111 @@ impl TimerHeap {
         self.heap.iter().map(|Reverse(entry)| *entry)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::keys::SlabKey;
+
+    fn request(index: u32) -> Timer {
+        Timer::Request(RequestKey(SlabKey {
+            index,
+            generation: 0,
+        }))
+    }
+
+    fn at(millis: u64) -> Time {
+        Time::from_millis(millis)
+    }
+
+    #[test]
+    fn each_timer_reports_its_reason() {
+        let worker = WorkerKey(SlabKey {
+            index: 0,
+            generation: 0,
+        });
+        assert_eq!(request(0).reason(), TimeoutReason::RequestDeadline);
+        assert_eq!(Timer::ProbeDue(worker).reason(), TimeoutReason::ProbeDue);
+        assert_eq!(
+            Timer::ProbeTimeout(worker).reason(),
+            TimeoutReason::ProbeTimeout
+        );
+        assert_eq!(Timer::Drain.reason(), TimeoutReason::DrainDeadline);
+    }
+
+    #[test]
+    fn arm_asks_for_a_sweep_once_the_heap_has_more_than_doubled() {
+        let mut heap = TimerHeap::new();
+        // 64 entries of slack over twice the swept length (0 at first).
+        for index in 0..64 {
+            assert!(!heap.arm(at(1), request(index)), "entry {index}");
+        }
+        assert!(heap.arm(at(1), request(64)));
+        assert!(heap.arm(at(1), request(65)));
+        // Keep 10 of the 66: the next sweep is due past 2 * 10 + 64.
+        heap.sweep(|_, timer| matches!(timer, Timer::Request(key) if key.0.index < 10));
+        assert_eq!(heap.entries().count(), 10);
+        for index in 10..84 {
+            assert!(!heap.arm(at(1), request(index)), "entry {index}");
+        }
+        assert!(heap.arm(at(1), request(84)));
+    }
+
+    #[test]
+    fn sweep_drops_only_stale_entries() {
+        let mut heap = TimerHeap::new();
+        for index in 0..6 {
+            heap.arm(at(u64::from(index)), request(index));
+        }
+        heap.sweep(|_, timer| matches!(timer, Timer::Request(key) if key.0.index % 2 == 0));
+        let mut left: Vec<(Time, Timer)> = heap.entries().collect();
+        left.sort();
+        assert_eq!(
+            left,
+            vec![
+                (at(0), request(0)),
+                (at(2), request(2)),
+                (at(4), request(4))
+            ]
+        );
+    }
+
+    #[test]
+    fn peek_live_skips_and_discards_stale_entries_on_top() {
+        let mut heap = TimerHeap::new();
+        heap.arm(at(1), request(1));
+        heap.arm(at(2), request(2));
+        heap.arm(at(3), request(3));
+        let live = |_: Time, timer: Timer| timer != request(1);
+        assert_eq!(heap.peek_live(live), Some((at(2), request(2))));
+        assert_eq!(heap.entries().count(), 2, "the stale top is dropped");
+        assert_eq!(heap.peek_live(|_, _| false), None);
+        assert_eq!(heap.entries().count(), 0);
+    }
+
+    #[test]
+    fn pop_due_fires_at_the_instant_and_not_before() {
+        let mut heap = TimerHeap::new();
+        heap.arm(at(5), request(5));
+        heap.arm(at(7), request(7));
+        let live = |_: Time, _: Timer| true;
+        assert_eq!(heap.pop_due(at(4), live), None);
+        assert_eq!(heap.pop_due(at(5), live), Some((at(5), request(5))));
+        assert_eq!(heap.pop_due(at(5), live), None);
+        assert_eq!(heap.pop_due(at(9), live), Some((at(7), request(7))));
+        assert_eq!(heap.pop_due(at(9), live), None);
+    }
+
+    #[test]
+    fn take_armed_reports_the_earliest_armed_since_the_last_call() {
+        let mut heap = TimerHeap::new();
+        assert_eq!(heap.take_armed(), None);
+        heap.arm(at(8), request(0));
+        heap.arm(at(3), request(1));
+        heap.arm(at(5), request(2));
+        assert_eq!(heap.take_armed(), Some(at(3)));
+        assert_eq!(heap.take_armed(), None);
+        heap.arm(at(9), request(3));
+        assert_eq!(heap.take_armed(), Some(at(9)));
+    }
+}

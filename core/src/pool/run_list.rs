@@ -78,4 +78,20 @@ mod tests {
         let drained: Vec<_> = list.into_iter().collect();
         assert_eq!(drained.len(), 2);
     }
+
+    #[test]
+    fn empty_until_pushed_and_again_after_the_last_removal() {
+        let mut list = RunList::default();
+        assert!(list.is_empty());
+        assert_eq!(list.len(), 0);
+        let (a, b) = (RequestKey::from_u64(1), RequestKey::from_u64(2));
+        list.push(a);
+        list.push(b);
+        assert!(list.remove(a));
+        assert_eq!(list.iter().collect::<Vec<_>>(), vec![b]);
+        assert!(!list.is_empty());
+        assert!(list.remove(b));
+        assert!(list.is_empty());
+        assert_eq!(list.len(), 0);
+    }
 }
