@@ -1480,8 +1480,15 @@ impl Harness {
             )));
         }
         let placed = self.requests.get(request.as_u64()).copied();
+        // A request moved to a free worker that has less budget left than
+        // that worker's last run is answered `Timeout` in the same input
+        // (the answer itself was checked when it was drained).
+        let timed_out_on_arrival = self.outputs.iter().any(|output| {
+            matches!(output, Output::Answered { request: r, kind: AnswerKind::Timeout, .. } if *r == request)
+        });
         match (to, placed) {
             (Some(to), Some(after)) if after.worker == to && after.state != ReqState::Moving => {}
+            (Some(_), None) if timed_out_on_arrival => {}
             (None, None) => {}
             _ => {
                 return Err(self.fail(format!(
