@@ -92,7 +92,7 @@ pub enum Op {
 pub enum TimeoutPick {
     /// `None`: the pool's default.
     Default,
-    /// `Some(0)`: refused by validation.
+    /// `Some(0)`: answered `Timeout` on arrival.
     Zero,
     /// A short budget.
     Millis(u16),
@@ -332,7 +332,7 @@ impl Driver {
         let timeout_ms = match timeout {
             TimeoutPick::Default => None,
             TimeoutPick::Zero => Some(0),
-            TimeoutPick::Millis(ms) => Some(u64::from(ms).clamp(1, policy.max_request_timeout_ms)),
+            TimeoutPick::Millis(ms) => Some(u64::from(ms).max(1).min(policy.max_request_timeout_ms)),
             TimeoutPick::Max => Some(policy.max_request_timeout_ms),
             TimeoutPick::Huge => Some(u64::MAX),
         };
