@@ -2096,3 +2096,26 @@ fn removing_a_worker_after_shutdown_is_refused() {
     assert_eq!(h.pool.workers().count(), 2, "the worker stays listed");
     assert!(h.pool.stats().workers.iter().all(|w| !w.removing));
 }
+
+#[test]
+fn a_refusal_debugs_its_error_but_not_its_payload() {
+    let mut pool = Pool::<&str>::new(options(), Time::ZERO).expect("valid config");
+    let refused = pool
+        .submit(ms(0), &request("a"), "secret payload")
+        .expect_err("no worker");
+    let shown = format!("{refused:?}");
+    assert!(shown.starts_with("Refused"), "{shown}");
+    assert!(shown.contains("NoHealthyWorker"), "{shown}");
+    assert!(!shown.contains("secret payload"), "{shown}");
+}
+
+#[test]
+fn a_pool_debugs_its_clock_lifecycle_and_sizes() {
+    let mut h = Harness::new(options(), 2);
+    h.submit(ms(7), &request("a")).unwrap();
+    let shown = format!("{:?}", h.pool);
+    assert!(shown.starts_with("Pool"), "{shown}");
+    for part in ["now", "Running", "workers: 2", "pending: 1", "accepted: 1"] {
+        assert!(shown.contains(part), "{part} missing from {shown}");
+    }
+}
