@@ -2119,3 +2119,22 @@ fn a_pool_debugs_its_clock_lifecycle_and_sizes() {
         assert!(shown.contains(part), "{part} missing from {shown}");
     }
 }
+
+#[test]
+fn revet_leaves_a_request_that_is_not_waiting_for_a_breaker_alone() {
+    let mut h = breaker_pool();
+    let (q, running) = breaker_placed_request(&mut h);
+    let before = h.pool.stats();
+    // Queued on a worker that is still there, and running: neither moves.
+    for request in [q, running[0]] {
+        assert_eq!(
+            h.pool.revet(ms(1), request, &mut Vetting::new()),
+            Revetted::Gone
+        );
+        assert_eq!(h.pool.revet_with(ms(1), request, |_| true), Revetted::Gone);
+    }
+    h.drain();
+    assert!(h.take_actions().is_empty());
+    assert!(h.take_events().is_empty());
+    assert_eq!(h.pool.stats(), before);
+}
