@@ -2138,3 +2138,112 @@ fn revet_leaves_a_request_that_is_not_waiting_for_a_breaker_alone() {
     assert!(h.take_events().is_empty());
     assert_eq!(h.pool.stats(), before);
 }
+
+#[test]
+fn worker_ids_are_one_to_max_worker_id_len_bytes_long() {
+    let mut h = Harness::new(options(), 0);
+    let longest = "w".repeat(foreman_core::MAX_WORKER_ID_LEN);
+    let key = h.pool.add_named_worker(ms(0), longest.clone()).unwrap();
+    assert_eq!(h.pool.worker_id(key), Some(longest.as_str()));
+    let too_long = "w".repeat(foreman_core::MAX_WORKER_ID_LEN + 1);
+    match h.pool.add_named_worker(ms(0), too_long) {
+        Err(CommandError::InvalidWorkerId { reason }) => {
+            assert!(reason.contains("1 to 1024 bytes"), "{reason}");
+            assert!(reason.contains("1025"), "{reason}");
+        }
+        other => panic!("unexpected {other:?}"),
+    }
+    h.drain();
+    assert_eq!(h.pool.workers().count(), 1);
+}
+
+#[test]
+fn a_command_target_is_found_by_id_until_the_pool_stops() {
+    let mut h = Harness::new(options(), 2);
+    let w1 = h.worker(1);
+    assert_eq!(h.pool.command_target("worker-1"), Ok(w1));
+    assert_eq!(
+        h.pool.command_target("nope"),
+        Err(CommandError::UnknownWorkerId("nope".into()))
+    );
+    // Draining: commands still reach the workers.
+    let key = h.submit(ms(0), &request("a")).unwrap();
+    h.pool.begin_shutdown(ms(1), None);
+    h.drain();
+    assert!(!h.pool.is_stopped());
+    assert_eq!(h.pool.command_target("worker-1"), Ok(w1));
+    h.complete(ms(2), key, Ok(json!(1)));
+    assert!(h.pool.is_stopped());
+    assert_eq!(
+        h.pool.command_target("worker-1"),
+        Err(CommandError::ShuttingDown)
+    );
+}
+
+#[test]
+fn shutdown_restart_and_removal_abort_the_outstanding_probe() {
+    let mut h = Harness::new(options(), 3);
+    h.tick(ms(5_000));
+    let probes: Vec<_> = h
+        .take_actions()
+        .into_iter()
+        .filter_map(|action| match action {
+            Action::RunProbe { worker, probe } => Some((worker, probe)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(probes.len(), 3);
+    let aborted = |actions: &[Action<u32>]| -> Vec<_> {
+        actions
+            .iter()
+            .filter_map(|action| match action {
+                Action::AbortProbe { worker, probe } => Some((*worker, *probe)),
+                _ => None,
+            })
+            .collect()
+    };
+    h.pool.restart_worker(ms(5_001), probes[0].0).unwrap();
+    h.drain();
+    assert_eq!(aborted(&h.take_actions()), [probes[0]]);
+    h.pool.remove_worker(ms(5_002), probes[1].0).unwrap();
+    h.drain();
+    assert_eq!(aborted(&h.take_actions()), [probes[1]]);
+    h.pool.begin_shutdown(ms(5_003), None);
+    h.drain();
+    assert_eq!(aborted(&h.take_actions()), [probes[2]]);
+    for (worker, probe) in probes {
+        assert!(!h
+            .pool
+            .handle_probe_result(ms(5_004), worker, probe, WorkerHealthStatus::Healthy));
+    }
+}
+
+#[test]
+fn a_restarted_worker_is_probed_an_interval_later_while_the_pool_runs() {
+    let mut h = Harness::new(options(), 2);
+    let (w0, w1) = (h.worker(0), h.worker(1));
+    h.pool.restart_worker(ms(1_000), w0).unwrap();
+    h.drain();
+    h.tick(ms(5_000));
+    assert_eq!(run_probe(&mut h).0, w1);
+    h.take_actions();
+    h.tick(ms(6_000));
+    assert_eq!(run_probe(&mut h).0, w0);
+    // Once shutdown began, a restart schedules no probe.
+    let key = h.submit(ms(6_001), &request("a")).unwrap();
+    h.pool.begin_shutdown(ms(6_002), None);
+    h.pool.restart_worker(ms(6_003), w1).unwrap();
+    h.drain();
+    h.take_actions();
+    // Only the request's deadline is left to wait for, no probe.
+    assert_eq!(
+        h.pool.poll_timeout(),
+        Some((ms(36_001), TimeoutReason::RequestDeadline))
+    );
+    h.complete(ms(6_004), key, Ok(json!(1)));
+    assert!(h.pool.is_stopped());
+    assert!(!h
+        .take_actions()
+        .iter()
+        .any(|action| matches!(action, Action::RunProbe { .. })));
+}
