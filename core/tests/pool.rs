@@ -2247,3 +2247,37 @@ fn a_restarted_worker_is_probed_an_interval_later_while_the_pool_runs() {
         .iter()
         .any(|action| matches!(action, Action::RunProbe { .. })));
 }
+
+#[test]
+fn a_queued_request_with_exactly_the_last_runs_time_left_starts_and_one_with_none_left_does_not() {
+    let mut h = one_strict_worker();
+    let first = h.submit(ms(0), &request("first")).unwrap();
+    let exact = h.submit(ms(0), &with_timeout("exact", 100)).unwrap();
+    h.take_actions();
+    // The first run takes 50 ms; `exact` has 50 ms left: enough.
+    h.complete(ms(50), first, Ok(json!(null)));
+    assert_eq!(h.started(), vec![(exact, h.worker(0))]);
+
+    // A worker with no successful run yet (its first request failed).
+    let mut h = Harness::new(
+        WorkerPoolOptions {
+            queue_capacity: 8,
+            ..options()
+        },
+        1,
+    );
+    let first = h.submit(ms(0), &request("first")).unwrap();
+    let spent = h.submit(ms(0), &with_timeout("spent", 50)).unwrap();
+    let next = h.submit(ms(0), &request("next")).unwrap();
+    h.take_actions();
+    // `spent` reaches the worker at its deadline, before its timer fired:
+    // answered, not started, and `next` starts.
+    h.complete(ms(50), first, Err(failure()));
+    assert_eq!(h.started(), vec![(next, h.worker(0))]);
+    let answers = h.answers();
+    let shed = answers.iter().find(|a| a.request == spent).unwrap();
+    assert_eq!(
+        (&shed.result, shed.phase),
+        (&Err(WorkerPoolError::Timeout), Phase::Queued)
+    );
+}
