@@ -2281,3 +2281,40 @@ fn a_queued_request_with_exactly_the_last_runs_time_left_starts_and_one_with_non
         (&Err(WorkerPoolError::Timeout), Phase::Queued)
     );
 }
+
+#[test]
+fn a_freed_worker_runs_its_own_request_before_an_equally_old_one_of_another() {
+    let mut h = Harness::new(options(), 2);
+    let r0 = h.submit(ms(0), &request("r0")).unwrap();
+    let r1 = h.submit(ms(0), &request("r1")).unwrap();
+    let running: Vec<_> = h.started();
+    h.take_actions();
+    h.take_events();
+    // Both arrive at the same instant, `older` first, on different workers.
+    let older = h.submit(ms(1), &request("older")).unwrap();
+    let own = h.submit(ms(1), &request("own")).unwrap();
+    let queued_on = |events: &[Event], key| {
+        events.iter().find_map(|event| match event {
+            Event::Accepted { request, worker } if *request == key => Some(*worker),
+            _ => None,
+        })
+    };
+    let events = h.take_events();
+    let (older_on, own_on) = (
+        queued_on(&events, older).unwrap(),
+        queued_on(&events, own).unwrap(),
+    );
+    assert_ne!(older_on, own_on);
+    // The worker of `own` frees up first: it runs `own`, reassigning nothing.
+    let (freed, _) = [(r0, running[0].1), (r1, running[1].1)]
+        .into_iter()
+        .find(|(_, worker)| *worker == own_on)
+        .unwrap();
+    h.complete(ms(2), freed, Ok(json!(null)));
+    assert_eq!(h.started(), vec![(own, own_on)]);
+    assert!(!h
+        .take_events()
+        .iter()
+        .any(|event| matches!(event, Event::Requeued { .. })));
+    assert_eq!(h.pool.counters().reassigned, 0);
+}
