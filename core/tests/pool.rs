@@ -2318,3 +2318,67 @@ fn a_freed_worker_runs_its_own_request_before_an_equally_old_one_of_another() {
         .any(|event| matches!(event, Event::Requeued { .. })));
     assert_eq!(h.pool.counters().reassigned, 0);
 }
+
+#[test]
+fn a_completed_shutdown_reports_every_worker_not_yet_unavailable_as_stopped() {
+    let mut h = Harness::new(options(), 3);
+    let (w0, w1, w2) = (h.worker(0), h.worker(1), h.worker(2));
+    // Probes find worker-1 degraded and worker-2 unavailable.
+    h.tick(ms(5_000));
+    for action in h.take_actions() {
+        if let Action::RunProbe { worker, probe } = action {
+            let status = match worker {
+                w if w == w1 => WorkerHealthStatus::Degraded,
+                w if w == w2 => WorkerHealthStatus::Unavailable,
+                _ => WorkerHealthStatus::Healthy,
+            };
+            assert!(h.pool.handle_probe_result(ms(5_001), worker, probe, status));
+        }
+    }
+    h.drain();
+    assert_eq!(
+        [h.status(0), h.status(1), h.status(2)],
+        [
+            WorkerHealthStatus::Healthy,
+            WorkerHealthStatus::Degraded,
+            WorkerHealthStatus::Unavailable
+        ]
+    );
+    h.take_events();
+    h.pool.begin_shutdown(ms(5_010), None);
+    h.drain();
+    let events = h.take_events();
+    let stopped: Vec<_> = events
+        .iter()
+        .filter_map(|event| match event {
+            Event::HealthChanged {
+                worker,
+                from,
+                to,
+                cause,
+                at,
+            } => Some((*worker, *from, *to, *cause, *at)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        stopped,
+        [
+            (
+                w0,
+                WorkerHealthStatus::Healthy,
+                WorkerHealthStatus::Unavailable,
+                HealthCause::Stopped,
+                ms(5_010)
+            ),
+            (
+                w1,
+                WorkerHealthStatus::Degraded,
+                WorkerHealthStatus::Unavailable,
+                HealthCause::Stopped,
+                ms(5_010)
+            ),
+        ]
+    );
+    assert!(matches!(events.last(), Some(Event::ShutdownComplete { at }) if *at == ms(5_010)));
+}
