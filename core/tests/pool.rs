@@ -2382,3 +2382,29 @@ fn a_completed_shutdown_reports_every_worker_not_yet_unavailable_as_stopped() {
     );
     assert!(matches!(events.last(), Some(Event::ShutdownComplete { at }) if *at == ms(5_010)));
 }
+
+#[test]
+fn a_late_answer_to_a_timed_out_probe_is_ignored_while_the_next_one_runs() {
+    let mut config = PoolConfig::new(options());
+    config.probe_timeout = Duration::from_secs(1);
+    let mut h = Harness::with_config(config, 1);
+    h.tick(ms(5_000));
+    let (worker, first) = run_probe(&mut h);
+    h.tick(ms(6_000));
+    h.take_actions();
+    h.tick(ms(10_000));
+    let (_, second) = run_probe(&mut h);
+    assert_ne!(first, second, "every probe has its own key");
+    assert!(!h
+        .pool
+        .handle_probe_result(ms(10_001), worker, first, WorkerHealthStatus::Healthy));
+    h.drain();
+    assert_eq!(h.status(0), WorkerHealthStatus::Unavailable, "still");
+    assert!(h
+        .pool
+        .handle_probe_result(ms(10_002), worker, second, WorkerHealthStatus::Healthy));
+    h.drain();
+    assert_eq!(h.status(0), WorkerHealthStatus::Healthy);
+    let counters = h.pool.counters();
+    assert_eq!((counters.probes_sent, counters.probes_timed_out), (2, 1));
+}
