@@ -1140,14 +1140,21 @@ fn probes_run_every_interval_and_report_their_time() {
     );
 }
 
-#[test]
-fn a_hanging_probe_times_out_counts_as_failed_and_probing_goes_on() {
+/// One worker whose first probe (sent at 5 s) timed out at 6 s, its
+/// actions still in the harness.
+fn timed_out_probe() -> (Harness, WorkerKey, foreman_core::ProbeKey) {
     let mut config = PoolConfig::new(options());
     config.probe_timeout = Duration::from_secs(1);
     let mut h = Harness::with_config(config, 1);
     h.tick(ms(5_000));
     let (worker, probe) = run_probe(&mut h);
     h.tick(ms(6_000));
+    (h, worker, probe)
+}
+
+#[test]
+fn a_hanging_probe_times_out_counts_as_failed_and_probing_goes_on() {
+    let (mut h, worker, probe) = timed_out_probe();
     let actions = h.take_actions();
     assert!(
         matches!(actions[0], Action::AbortProbe { worker: w, probe: p } if w == worker && p == probe)
@@ -2385,12 +2392,7 @@ fn a_completed_shutdown_reports_every_worker_not_yet_unavailable_as_stopped() {
 
 #[test]
 fn a_late_answer_to_a_timed_out_probe_is_ignored_while_the_next_one_runs() {
-    let mut config = PoolConfig::new(options());
-    config.probe_timeout = Duration::from_secs(1);
-    let mut h = Harness::with_config(config, 1);
-    h.tick(ms(5_000));
-    let (worker, first) = run_probe(&mut h);
-    h.tick(ms(6_000));
+    let (mut h, worker, first) = timed_out_probe();
     h.take_actions();
     h.tick(ms(10_000));
     let (_, second) = run_probe(&mut h);
