@@ -280,3 +280,51 @@ pub enum ConfigError {
     )]
     ZeroRequestDepth,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_circuit_breaker_turns_late_binding_off_and_nothing_else() {
+        for late_binding in [false, true] {
+            let config = PoolConfig {
+                late_binding,
+                ..PoolConfig::default()
+            };
+            assert_eq!(config.clone().vetted_by_breaker(false), config);
+            assert_eq!(
+                config.clone().vetted_by_breaker(true),
+                PoolConfig {
+                    late_binding: false,
+                    ..config
+                }
+            );
+        }
+        let tuned = PoolConfig {
+            max_concurrency_per_worker: 3,
+            ..PoolConfig::new(WorkerPoolOptions {
+                queue_capacity: 7,
+                ..WorkerPoolOptions::default()
+            })
+        };
+        let vetted = tuned.clone().vetted_by_breaker(true);
+        assert_eq!(
+            (vetted.options, vetted.max_concurrency_per_worker),
+            (tuned.options, 3)
+        );
+    }
+
+    #[test]
+    fn the_options_become_a_config_with_foremans_defaults() {
+        let options = WorkerPoolOptions {
+            queue_capacity: 7,
+            health_probe_interval: Duration::from_secs(2),
+            ..WorkerPoolOptions::default()
+        };
+        let config = PoolConfig::from(options.clone());
+        assert_eq!(config, PoolConfig::new(options.clone()));
+        assert_eq!(config.options, options);
+        assert_eq!(config.probe_timeout, Duration::from_secs(2));
+    }
+}

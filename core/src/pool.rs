@@ -1714,3 +1714,78 @@ fn sweep_queue<P>(
         });
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::WorkerPoolOptions;
+    use crate::protocol::WorkerOperation;
+
+    fn request() -> WorkerRequest {
+        WorkerRequest {
+            request_id: "r".into(),
+            workflow_name: "w".into(),
+            node_id: "n".into(),
+            timeout_ms: None,
+            operation: WorkerOperation::Tool {
+                tool: "t".into(),
+                input: Value::Null,
+                scoped_input: Value::Null,
+            },
+        }
+    }
+
+    /// The stale keys a queue may hold for `live` live ones.
+    fn stale_bound(live: usize) -> usize {
+        2 * live + 16
+    }
+
+    #[test]
+    fn stale_queue_and_backlog_keys_are_swept_once_they_outnumber_the_live_ones() {
+        // One busy worker, late binding on: every queued request is both in
+        // the worker's queue and in the backlog. An odd count, so that the
+        // queue's length never equals the (even) sweep threshold.
+        let config = PoolConfig::new(WorkerPoolOptions {
+            queue_capacity: 101,
+            ..WorkerPoolOptions::default()
+        });
+        let mut pool = Pool::new(config, Time::ZERO).unwrap();
+        let worker = pool.add_worker(Time::ZERO).unwrap();
+        pool.submit(Time::ZERO, &request(), ()).unwrap();
+        let queued: Vec<RequestKey> = (0..101)
+            .map(|_| pool.submit(Time::ZERO, &request(), ()).unwrap())
+            .collect();
+        // Cancelled newest first, so that no stale key reaches a queue's
+        // front (where a pump would drop it): only the sweeps shorten them.
+        // A few stale keys are left in place (the sweep is amortised)...
+        let mut keys = queued.into_iter().rev();
+        for key in keys.by_ref().take(2) {
+            assert!(pool.cancel(Time::ZERO, key));
+        }
+        let slot = pool.workers.get(worker.0).unwrap();
+        assert_eq!((slot.queue.len(), slot.queued), (101, 99));
+        assert_eq!((pool.backlog.len(), pool.backlog_live), (101, 99));
+        // ... and never more than the live ones allow.
+        for key in keys {
+            assert!(pool.cancel(Time::ZERO, key));
+            pool.check_invariants().unwrap();
+            let slot = pool.workers.get(worker.0).unwrap();
+            assert!(
+                slot.queue.len() <= stale_bound(slot.queued),
+                "queue holds {} keys for {} live",
+                slot.queue.len(),
+                slot.queued
+            );
+            assert!(
+                pool.backlog.len() <= stale_bound(pool.backlog_live),
+                "backlog holds {} keys for {} live",
+                pool.backlog.len(),
+                pool.backlog_live
+            );
+        }
+        let slot = pool.workers.get(worker.0).unwrap();
+        assert_eq!((slot.queued, pool.backlog_live), (0, 0));
+        assert!(slot.queue.len() <= stale_bound(0));
+        assert!(pool.backlog.len() <= stale_bound(0));
+    }
+}

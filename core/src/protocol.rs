@@ -201,3 +201,49 @@ impl WorkerHealthStatus {
         !matches!(self, Self::Unavailable)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_pool_error_has_its_wire_code() {
+        let worker = WorkerProtocolError::new(WorkerErrorCode::ExecutionFailed, "boom", true);
+        let cases = [
+            (WorkerPoolError::QueueFull, WorkerErrorCode::QueueFull),
+            (
+                WorkerPoolError::NoHealthyWorker,
+                WorkerErrorCode::Unavailable,
+            ),
+            (WorkerPoolError::ShuttingDown, WorkerErrorCode::Unavailable),
+            (
+                WorkerPoolError::Worker(worker),
+                WorkerErrorCode::ExecutionFailed,
+            ),
+            (WorkerPoolError::Timeout, WorkerErrorCode::Timeout),
+            (WorkerPoolError::CircuitOpen, WorkerErrorCode::CircuitOpen),
+            (
+                WorkerPoolError::InvalidRequest { reason: "r".into() },
+                WorkerErrorCode::InvalidRequest,
+            ),
+        ];
+        for (error, code) in cases {
+            assert_eq!(error.code(), code, "{error:?}");
+        }
+    }
+
+    #[test]
+    fn only_unavailable_workers_are_not_schedulable() {
+        use WorkerHealthStatus::*;
+        for (status, schedulable) in [(Healthy, true), (Degraded, true), (Unavailable, false)] {
+            assert_eq!(status.is_schedulable(), schedulable, "{status:?}");
+            let health = WorkerHealth {
+                worker_id: "w".into(),
+                status,
+                consecutive_failures: 0,
+                last_probe_unix_ms: None,
+            };
+            assert_eq!(health.is_schedulable(), schedulable, "{status:?}");
+        }
+    }
+}

@@ -163,3 +163,59 @@ pub struct WorkerStats {
     /// Whether it is being removed (finishing its running requests).
     pub removing: bool,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::Counters;
+
+    /// Counters whose every field holds a distinct power of two times
+    /// `scale`, so that any sum of them names exactly the fields it took.
+    fn distinct(scale: u64) -> Counters {
+        Counters {
+            submitted: scale,
+            accepted: 2 * scale,
+            refused_invalid: 4 * scale,
+            refused_queue_full: 8 * scale,
+            refused_no_healthy_worker: 16 * scale,
+            refused_circuit_open: 32 * scale,
+            refused_shutting_down: 64 * scale,
+            refused_no_budget: 128 * scale,
+            succeeded: 256 * scale,
+            failed: 512 * scale,
+            timed_out_queued: 1024 * scale,
+            timed_out_running: 2048 * scale,
+            cancelled_queued: 4096 * scale,
+            cancelled_running: 8192 * scale,
+            aborted_by_restart: 16384 * scale,
+            aborted_by_shutdown: 32768 * scale,
+            unroutable_after_removal: 65536 * scale,
+            requeued: 131072 * scale,
+            reassigned: 262144 * scale,
+            probes_sent: 524288 * scale,
+            probes_timed_out: 1048576 * scale,
+        }
+    }
+
+    #[test]
+    fn add_sums_every_counter_field_by_field() {
+        let mut total = distinct(3);
+        total.add(&distinct(2));
+        assert_eq!(total, distinct(5));
+    }
+
+    #[test]
+    fn answered_sums_every_outcome_and_nothing_else() {
+        let counters = distinct(1);
+        // succeeded (256) through unroutable_after_removal (65536).
+        assert_eq!(counters.answered(), 131072 - 256);
+        assert_eq!(Counters::default().answered(), 0);
+    }
+
+    #[test]
+    fn refused_sums_every_refusal_reason_and_nothing_else() {
+        let counters = distinct(1);
+        // refused_invalid (4) through refused_no_budget (128).
+        assert_eq!(counters.refused(), 256 - 4);
+        assert_eq!(Counters::default().refused(), 0);
+    }
+}

@@ -1140,14 +1140,21 @@ fn probes_run_every_interval_and_report_their_time() {
     );
 }
 
-#[test]
-fn a_hanging_probe_times_out_counts_as_failed_and_probing_goes_on() {
+/// One worker whose first probe (sent at 5 s) timed out at 6 s, its
+/// actions still in the harness.
+fn timed_out_probe() -> (Harness, WorkerKey, foreman_core::ProbeKey) {
     let mut config = PoolConfig::new(options());
     config.probe_timeout = Duration::from_secs(1);
     let mut h = Harness::with_config(config, 1);
     h.tick(ms(5_000));
     let (worker, probe) = run_probe(&mut h);
     h.tick(ms(6_000));
+    (h, worker, probe)
+}
+
+#[test]
+fn a_hanging_probe_times_out_counts_as_failed_and_probing_goes_on() {
+    let (mut h, worker, probe) = timed_out_probe();
     let actions = h.take_actions();
     assert!(
         matches!(actions[0], Action::AbortProbe { worker: w, probe: p } if w == worker && p == probe)
@@ -2095,4 +2102,311 @@ fn removing_a_worker_after_shutdown_is_refused() {
     h.drain();
     assert_eq!(h.pool.workers().count(), 2, "the worker stays listed");
     assert!(h.pool.stats().workers.iter().all(|w| !w.removing));
+}
+
+#[test]
+fn a_refusal_debugs_its_error_but_not_its_payload() {
+    let mut pool = Pool::<&str>::new(options(), Time::ZERO).expect("valid config");
+    let refused = pool
+        .submit(ms(0), &request("a"), "secret payload")
+        .expect_err("no worker");
+    let shown = format!("{refused:?}");
+    assert!(shown.starts_with("Refused"), "{shown}");
+    assert!(shown.contains("NoHealthyWorker"), "{shown}");
+    assert!(!shown.contains("secret payload"), "{shown}");
+}
+
+#[test]
+fn a_pool_debugs_its_clock_lifecycle_and_sizes() {
+    let mut h = Harness::new(options(), 2);
+    h.submit(ms(7), &request("a")).unwrap();
+    let shown = format!("{:?}", h.pool);
+    assert!(shown.starts_with("Pool"), "{shown}");
+    for part in ["now", "Running", "workers: 2", "pending: 1", "accepted: 1"] {
+        assert!(shown.contains(part), "{part} missing from {shown}");
+    }
+}
+
+#[test]
+fn revet_leaves_a_request_that_is_not_waiting_for_a_breaker_alone() {
+    let mut h = breaker_pool();
+    let (q, running) = breaker_placed_request(&mut h);
+    let before = h.pool.stats();
+    // Queued on a worker that is still there, and running: neither moves.
+    for request in [q, running[0]] {
+        assert_eq!(
+            h.pool.revet(ms(1), request, &mut Vetting::new()),
+            Revetted::Gone
+        );
+        assert_eq!(h.pool.revet_with(ms(1), request, |_| true), Revetted::Gone);
+    }
+    h.drain();
+    assert!(h.take_actions().is_empty());
+    assert!(h.take_events().is_empty());
+    assert_eq!(h.pool.stats(), before);
+}
+
+#[test]
+fn worker_ids_are_one_to_max_worker_id_len_bytes_long() {
+    let mut h = Harness::new(options(), 0);
+    let longest = "w".repeat(foreman_core::MAX_WORKER_ID_LEN);
+    let key = h.pool.add_named_worker(ms(0), longest.clone()).unwrap();
+    assert_eq!(h.pool.worker_id(key), Some(longest.as_str()));
+    let too_long = "w".repeat(foreman_core::MAX_WORKER_ID_LEN + 1);
+    match h.pool.add_named_worker(ms(0), too_long) {
+        Err(CommandError::InvalidWorkerId { reason }) => {
+            assert!(reason.contains("1 to 1024 bytes"), "{reason}");
+            assert!(reason.contains("1025"), "{reason}");
+        }
+        other => panic!("unexpected {other:?}"),
+    }
+    h.drain();
+    assert_eq!(h.pool.workers().count(), 1);
+}
+
+#[test]
+fn a_command_target_is_found_by_id_until_the_pool_stops() {
+    let mut h = Harness::new(options(), 2);
+    let w1 = h.worker(1);
+    assert_eq!(h.pool.command_target("worker-1"), Ok(w1));
+    assert_eq!(
+        h.pool.command_target("nope"),
+        Err(CommandError::UnknownWorkerId("nope".into()))
+    );
+    // Draining: commands still reach the workers.
+    let key = h.submit(ms(0), &request("a")).unwrap();
+    h.pool.begin_shutdown(ms(1), None);
+    h.drain();
+    assert!(!h.pool.is_stopped());
+    assert_eq!(h.pool.command_target("worker-1"), Ok(w1));
+    h.complete(ms(2), key, Ok(json!(1)));
+    assert!(h.pool.is_stopped());
+    assert_eq!(
+        h.pool.command_target("worker-1"),
+        Err(CommandError::ShuttingDown)
+    );
+}
+
+#[test]
+fn shutdown_restart_and_removal_abort_the_outstanding_probe() {
+    let mut h = Harness::new(options(), 3);
+    h.tick(ms(5_000));
+    let probes: Vec<_> = h
+        .take_actions()
+        .into_iter()
+        .filter_map(|action| match action {
+            Action::RunProbe { worker, probe } => Some((worker, probe)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(probes.len(), 3);
+    let aborted = |actions: &[Action<u32>]| -> Vec<_> {
+        actions
+            .iter()
+            .filter_map(|action| match action {
+                Action::AbortProbe { worker, probe } => Some((*worker, *probe)),
+                _ => None,
+            })
+            .collect()
+    };
+    h.pool.restart_worker(ms(5_001), probes[0].0).unwrap();
+    h.drain();
+    assert_eq!(aborted(&h.take_actions()), [probes[0]]);
+    h.pool.remove_worker(ms(5_002), probes[1].0).unwrap();
+    h.drain();
+    assert_eq!(aborted(&h.take_actions()), [probes[1]]);
+    h.pool.begin_shutdown(ms(5_003), None);
+    h.drain();
+    assert_eq!(aborted(&h.take_actions()), [probes[2]]);
+    for (worker, probe) in probes {
+        assert!(!h
+            .pool
+            .handle_probe_result(ms(5_004), worker, probe, WorkerHealthStatus::Healthy));
+    }
+}
+
+#[test]
+fn a_restarted_worker_is_probed_an_interval_later_while_the_pool_runs() {
+    let mut h = Harness::new(options(), 2);
+    let (w0, w1) = (h.worker(0), h.worker(1));
+    h.pool.restart_worker(ms(1_000), w0).unwrap();
+    h.drain();
+    h.tick(ms(5_000));
+    assert_eq!(run_probe(&mut h).0, w1);
+    h.take_actions();
+    h.tick(ms(6_000));
+    assert_eq!(run_probe(&mut h).0, w0);
+    // Once shutdown began, a restart schedules no probe.
+    let key = h.submit(ms(6_001), &request("a")).unwrap();
+    h.pool.begin_shutdown(ms(6_002), None);
+    h.pool.restart_worker(ms(6_003), w1).unwrap();
+    h.drain();
+    h.take_actions();
+    // Only the request's deadline is left to wait for, no probe.
+    assert_eq!(
+        h.pool.poll_timeout(),
+        Some((ms(36_001), TimeoutReason::RequestDeadline))
+    );
+    h.complete(ms(6_004), key, Ok(json!(1)));
+    assert!(h.pool.is_stopped());
+    assert!(!h
+        .take_actions()
+        .iter()
+        .any(|action| matches!(action, Action::RunProbe { .. })));
+}
+
+#[test]
+fn a_queued_request_with_exactly_the_last_runs_time_left_starts_and_one_with_none_left_does_not() {
+    let mut h = one_strict_worker();
+    let first = h.submit(ms(0), &request("first")).unwrap();
+    let exact = h.submit(ms(0), &with_timeout("exact", 100)).unwrap();
+    h.take_actions();
+    // The first run takes 50 ms; `exact` has 50 ms left: enough.
+    h.complete(ms(50), first, Ok(json!(null)));
+    assert_eq!(h.started(), vec![(exact, h.worker(0))]);
+
+    // A worker with no successful run yet (its first request failed).
+    let mut h = Harness::new(
+        WorkerPoolOptions {
+            queue_capacity: 8,
+            ..options()
+        },
+        1,
+    );
+    let first = h.submit(ms(0), &request("first")).unwrap();
+    let spent = h.submit(ms(0), &with_timeout("spent", 50)).unwrap();
+    let next = h.submit(ms(0), &request("next")).unwrap();
+    h.take_actions();
+    // `spent` reaches the worker at its deadline, before its timer fired:
+    // answered, not started, and `next` starts.
+    h.complete(ms(50), first, Err(failure()));
+    assert_eq!(h.started(), vec![(next, h.worker(0))]);
+    let answers = h.answers();
+    let shed = answers.iter().find(|a| a.request == spent).unwrap();
+    assert_eq!(
+        (&shed.result, shed.phase),
+        (&Err(WorkerPoolError::Timeout), Phase::Queued)
+    );
+}
+
+#[test]
+fn a_freed_worker_runs_its_own_request_before_an_equally_old_one_of_another() {
+    let mut h = Harness::new(options(), 2);
+    let r0 = h.submit(ms(0), &request("r0")).unwrap();
+    let r1 = h.submit(ms(0), &request("r1")).unwrap();
+    let running: Vec<_> = h.started();
+    h.take_actions();
+    h.take_events();
+    // Both arrive at the same instant, `older` first, on different workers.
+    let older = h.submit(ms(1), &request("older")).unwrap();
+    let own = h.submit(ms(1), &request("own")).unwrap();
+    let queued_on = |events: &[Event], key| {
+        events.iter().find_map(|event| match event {
+            Event::Accepted { request, worker } if *request == key => Some(*worker),
+            _ => None,
+        })
+    };
+    let events = h.take_events();
+    let (older_on, own_on) = (
+        queued_on(&events, older).unwrap(),
+        queued_on(&events, own).unwrap(),
+    );
+    assert_ne!(older_on, own_on);
+    // The worker of `own` frees up first: it runs `own`, reassigning nothing.
+    let (freed, _) = [(r0, running[0].1), (r1, running[1].1)]
+        .into_iter()
+        .find(|(_, worker)| *worker == own_on)
+        .unwrap();
+    h.complete(ms(2), freed, Ok(json!(null)));
+    assert_eq!(h.started(), vec![(own, own_on)]);
+    assert!(!h
+        .take_events()
+        .iter()
+        .any(|event| matches!(event, Event::Requeued { .. })));
+    assert_eq!(h.pool.counters().reassigned, 0);
+}
+
+#[test]
+fn a_completed_shutdown_reports_every_worker_not_yet_unavailable_as_stopped() {
+    let mut h = Harness::new(options(), 3);
+    let (w0, w1, w2) = (h.worker(0), h.worker(1), h.worker(2));
+    // Probes find worker-1 degraded and worker-2 unavailable.
+    h.tick(ms(5_000));
+    for action in h.take_actions() {
+        if let Action::RunProbe { worker, probe } = action {
+            let status = match worker {
+                w if w == w1 => WorkerHealthStatus::Degraded,
+                w if w == w2 => WorkerHealthStatus::Unavailable,
+                _ => WorkerHealthStatus::Healthy,
+            };
+            assert!(h.pool.handle_probe_result(ms(5_001), worker, probe, status));
+        }
+    }
+    h.drain();
+    assert_eq!(
+        [h.status(0), h.status(1), h.status(2)],
+        [
+            WorkerHealthStatus::Healthy,
+            WorkerHealthStatus::Degraded,
+            WorkerHealthStatus::Unavailable
+        ]
+    );
+    h.take_events();
+    h.pool.begin_shutdown(ms(5_010), None);
+    h.drain();
+    let events = h.take_events();
+    let stopped: Vec<_> = events
+        .iter()
+        .filter_map(|event| match event {
+            Event::HealthChanged {
+                worker,
+                from,
+                to,
+                cause,
+                at,
+            } => Some((*worker, *from, *to, *cause, *at)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        stopped,
+        [
+            (
+                w0,
+                WorkerHealthStatus::Healthy,
+                WorkerHealthStatus::Unavailable,
+                HealthCause::Stopped,
+                ms(5_010)
+            ),
+            (
+                w1,
+                WorkerHealthStatus::Degraded,
+                WorkerHealthStatus::Unavailable,
+                HealthCause::Stopped,
+                ms(5_010)
+            ),
+        ]
+    );
+    assert!(matches!(events.last(), Some(Event::ShutdownComplete { at }) if *at == ms(5_010)));
+}
+
+#[test]
+fn a_late_answer_to_a_timed_out_probe_is_ignored_while_the_next_one_runs() {
+    let (mut h, worker, first) = timed_out_probe();
+    h.take_actions();
+    h.tick(ms(10_000));
+    let (_, second) = run_probe(&mut h);
+    assert_ne!(first, second, "every probe has its own key");
+    assert!(!h
+        .pool
+        .handle_probe_result(ms(10_001), worker, first, WorkerHealthStatus::Healthy));
+    h.drain();
+    assert_eq!(h.status(0), WorkerHealthStatus::Unavailable, "still");
+    assert!(h
+        .pool
+        .handle_probe_result(ms(10_002), worker, second, WorkerHealthStatus::Healthy));
+    h.drain();
+    assert_eq!(h.status(0), WorkerHealthStatus::Healthy);
+    let counters = h.pool.counters();
+    assert_eq!((counters.probes_sent, counters.probes_timed_out), (2, 1));
 }
