@@ -1335,91 +1335,8 @@ async fn answered_once<R: Runtime + Default + Clone>(rt: R, lanes: usize) {
 /// when its caller gives up or its deadline passes, and the worker is free
 /// again at once. Each request's handler runs exactly once.
 pub async fn queued_requests_run_by_the_finishing_task<R: Runtime + Default + Clone>(rt: R) {
-    let worker = TestWorker::new(&rt);
-    let pool = pool_with(
-        &[Arc::clone(&worker)],
-        options(),
-        DriverOptions::default().execution(ExecutionMode::CallerTask),
-    );
-    let pool = &pool;
-    let accepted = |n: u64| move || pool.stats().counters.accepted == n;
-
-    // A claimed handler that waits is handed back and finishes.
-    let first = pool.submit(request("first", "gate"));
-    let waits = pool.submit_timed(request("waits", "sleep:5"));
-    let open = async {
-        wait_until(&rt, "two accepted", accepted(2)).await;
-        worker.open_gate(1);
-    };
-    let (first, waits, ()) = futures::join!(first, waits, open);
-    assert!(first.is_ok(), "{first:?}");
-    let ran = waits.timings.ran;
-    let waits = waits
-        .result
-        .unwrap_or_else(|e| panic!("handed-back handler finishes: {e}"));
-    assert_eq!(
-        waits.result,
-        WorkerResult::Success {
-            output: json!({"slept": 5})
-        }
-    );
-    assert!(
-        ran.is_some_and(|ran| ran >= Duration::from_millis(5)),
-        "{ran:?}"
-    );
-    assert_eq!((worker.calls(), worker.dropped()), (2, 0));
-
-    // A claimed panic is one failure; the request behind it still runs.
-    let gate = pool.submit(request("gate", "gate"));
-    let boom = pool.submit(request("boom", "panic"));
-    let echo = pool.submit(request("echo", "echo"));
-    let open = async {
-        wait_until(&rt, "three more accepted", accepted(5)).await;
-        worker.open_gate(1);
-    };
-    let (gate, boom, echo, ()) = futures::join!(gate, boom, echo, open);
-    assert!(gate.is_ok(), "{gate:?}");
-    assert_eq!(worker_error(&boom), WorkerErrorCode::ExecutionFailed);
-    assert_eq!(echo.map(|r| r.worker_id).ok().as_deref(), Some("worker-0"));
-    let counters = pool.stats().counters;
-    assert_eq!((counters.succeeded, counters.failed), (4, 1));
-    // (The panic unwound through the handler: its watch counts a drop.)
-    assert_eq!((worker.calls(), worker.dropped()), (5, 1));
-
-    // A handed-back handler is dropped when its caller gives up.
-    let gate = pool.submit(request("gate2", "gate"));
-    let mut hangs = Box::pin(pool.submit(request("hangs", "hang")));
-    let open = async {
-        wait_until(&rt, "two more accepted", accepted(7)).await;
-        worker.open_gate(1);
-        wait_until(&rt, "the hanging handler started", || worker.calls() == 7).await;
-    };
-    match future::select(Box::pin(future::join(gate, open)), hangs.as_mut()).await {
-        Either::Left(((gate, ()), _)) => assert!(gate.is_ok(), "{gate:?}"),
-        Either::Right((hung, _)) => panic!("a hanging handler answered: {hung:?}"),
-    }
-    drop(hangs);
-    assert_eq!(worker.dropped(), 2);
-    assert_eq!(pool.stats().counters.cancelled_running, 1);
-    let free = pool.submit(request("free", "echo")).await;
-    assert!(free.is_ok(), "the worker is free again: {free:?}");
-
-    // A handed-back handler is dropped at its deadline.
-    let gate = pool.submit(request("gate3", "gate"));
-    let mut late = request("late", "hang");
-    late.timeout_ms = Some(50);
-    let late = pool.submit(late);
-    let open = async {
-        wait_until(&rt, "two more accepted", accepted(10)).await;
-        worker.open_gate(1);
-    };
-    let (gate, late, ()) = futures::join!(gate, late, open);
-    assert!(gate.is_ok(), "{gate:?}");
-    assert!(matches!(late, Err(WorkerPoolError::Timeout)), "{late:?}");
-    assert_eq!(worker.dropped(), 3);
-    assert_eq!(pool.stats().counters.timed_out_running, 1);
-    assert!(pool.submit(request("after", "echo")).await.is_ok());
-    pool.shutdown().await;
+    let caller_task = DriverOptions::default().execution(ExecutionMode::CallerTask);
+    queued_requests_run_once_each(rt, caller_task).await;
 }
 
 /// The worker's task runs the queued requests (the default execution
@@ -1429,8 +1346,13 @@ pub async fn queued_requests_run_by_the_finishing_task<R: Runtime + Default + Cl
 /// the worker is free again at once. Each request's handler runs exactly
 /// once.
 pub async fn queued_requests_run_on_the_worker_task<R: Runtime + Default + Clone>(rt: R) {
+    queued_requests_run_once_each(rt, DriverOptions::default()).await;
+}
+
+/// The scenario of the two tests above, in either execution mode.
+async fn queued_requests_run_once_each<R: Runtime + Default + Clone>(rt: R, driver: DriverOptions) {
     let worker = TestWorker::new(&rt);
-    let pool = pool_of(&[Arc::clone(&worker)], options());
+    let pool = pool_with(&[Arc::clone(&worker)], options(), driver);
     let pool = &pool;
     let accepted = |n: u64| move || pool.stats().counters.accepted == n;
 
