@@ -7,12 +7,8 @@
 //!   state machines and the fuzz targets.
 //! - [`sim`]: the seed-driven swarm simulator behind the `sim` binary
 //!   (`cargo run --release -p foreman-tests --bin sim -- --seeds N`).
-//! - `conformance` (feature `conformance`): the cross-adapter behaviour
-//!   suite, run by `tests/conformance_{tokio,async_std,smol}.rs`.
 #![deny(missing_docs)]
 #![forbid(unsafe_code)]
 
-#[cfg(feature = "conformance")]
-pub mod conformance;
 pub mod model;
 pub mod sim;

@@ -5,7 +5,7 @@ use std::future::Future;
 use std::pin::Pin;
 
 use foreman_async_std::AsyncStdRuntime;
-use foreman_tests::conformance::Target;
+use foreman_conformance::Target;
 
 struct AsyncStd;
 
@@ -17,4 +17,4 @@ impl Target for AsyncStd {
     }
 }
 
-foreman_tests::conformance_suite!(AsyncStd);
+foreman_conformance::conformance_suite!(AsyncStd);

@@ -5,7 +5,7 @@
 use std::future::Future;
 use std::pin::Pin;
 
-use foreman_tests::conformance::Target;
+use foreman_conformance::Target;
 use foreman_tokio::TokioRuntime;
 
 /// Current-thread runtime, paused clock.
@@ -41,9 +41,9 @@ impl Target for MultiThread {
 }
 
 mod current_thread_paused {
-    foreman_tests::conformance_suite!(super::Paused);
+    foreman_conformance::conformance_suite!(super::Paused);
 }
 
 mod multi_thread {
-    foreman_tests::conformance_suite!(super::MultiThread);
+    foreman_conformance::conformance_suite!(super::MultiThread);
 }

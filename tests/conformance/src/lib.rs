@@ -8,13 +8,13 @@
 //!
 //! ```text
 //! struct Smol;
-//! impl foreman_tests::conformance::Target for Smol {
+//! impl foreman_conformance::Target for Smol {
 //!     type Runtime = foreman_smol::SmolRuntime;
 //!     fn block_on(body: std::pin::Pin<Box<dyn std::future::Future<Output = ()> + '_>>) {
 //!         smol::block_on(body);
 //!     }
 //! }
-//! foreman_tests::conformance_suite!(Smol);
+//! foreman_conformance::conformance_suite!(Smol);
 //! ```
 //!
 //! The scenarios are the reference module's six tests and one test per
@@ -30,6 +30,9 @@
 //! asserts only the outcome and ordering, never wall time. Each scenario
 //! runs under a 30 s watchdog of the runtime's clock, so a hang fails
 //! instead of blocking the test run.
+
+#![deny(missing_docs)]
+#![forbid(unsafe_code)]
 
 use std::future::Future;
 use std::num::NonZeroUsize;
@@ -108,7 +111,7 @@ macro_rules! conformance_suite {
     (@each $target:ty; $($name:ident),* $(,)?) => {$(
         #[test]
         fn $name() {
-            $crate::conformance::run::<$target, _>($crate::conformance::$name);
+            $crate::run::<$target, _>($crate::$name);
         }
     )*};
 }

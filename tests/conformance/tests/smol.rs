@@ -5,8 +5,8 @@
 use std::future::Future;
 use std::pin::Pin;
 
+use foreman_conformance::Target;
 use foreman_smol::SmolRuntime;
-use foreman_tests::conformance::Target;
 
 struct Smol;
 
@@ -18,4 +18,4 @@ impl Target for Smol {
     }
 }
 
-foreman_tests::conformance_suite!(Smol);
+foreman_conformance::conformance_suite!(Smol);
