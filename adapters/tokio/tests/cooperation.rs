@@ -119,8 +119,8 @@ impl WorkerHandler for Sleepy {
 
 /// A caller that retries at once on `QueueFull` must not keep the thread
 /// (and the pool's timers) from the requests it is waiting behind: on a
-/// single thread it gets in once they finish. (Refusals used to skip the
-/// cooperative yield: this loop then spun forever.)
+/// single thread it gets in once they finish. (A refusal that skipped the
+/// cooperative yield would make this loop spin forever.)
 #[tokio::test(flavor = "current_thread")]
 async fn retrying_on_queue_full_lets_the_queue_drain() {
     let pool = Arc::new(
