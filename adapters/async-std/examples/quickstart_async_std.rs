@@ -5,7 +5,7 @@
 //! that panics) serving a few thousand requests from concurrent callers;
 //! prints a live progress line, then throughput, latency percentiles,
 //! outcomes and every health transition. The workload is
-//! `foreman_driver::demo`, shared with the other adapters' examples.
+//! `foreman_support::demo`, shared with the other adapters' examples.
 
 use foreman_async_std::AsyncStdRuntime;
 
@@ -13,5 +13,5 @@ use foreman_async_std::AsyncStdRuntime;
 async fn main() -> Result<(), foreman_async_std::WorkerPoolError> {
     // The panicking worker panics on purpose; keep its panics to one line.
     std::panic::set_hook(Box::new(|info| eprintln!("\n(caught) {info}")));
-    foreman_driver::demo::run(AsyncStdRuntime, 3000, 64).await
+    foreman_support::demo::run(AsyncStdRuntime, 3000, 64).await
 }

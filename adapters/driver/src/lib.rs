@@ -62,9 +62,6 @@ mod types;
 mod wakers;
 mod worker;
 
-#[cfg(feature = "demo")]
-pub mod demo;
-
 pub use handler::{CircuitBreakerHooks, WorkerHandler, WorkerPoolClient};
 pub use pool::WorkerPool;
 pub use runtime::{AsyncTimer, Runtime};

@@ -8,7 +8,7 @@ use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicIsize, Ordering};
 use std::sync::Arc;
 
-use foreman_driver::demo::bench_request;
+use foreman_support::bench::bench_request;
 use foreman_tokio::{
     async_trait, WorkerHandler, WorkerPool, WorkerPoolOptions, WorkerProtocolError, WorkerRequest,
 };

@@ -4,7 +4,7 @@
 //! that panics) serving a few thousand requests from concurrent callers;
 //! prints a live progress line, then throughput, latency percentiles,
 //! outcomes and every health transition. The workload lives in
-//! `foreman_driver::demo`, shared with the other adapters' examples.
+//! `foreman_support::demo`, shared with the other adapters' examples.
 
 use foreman_tokio::TokioRuntime;
 
@@ -12,5 +12,5 @@ use foreman_tokio::TokioRuntime;
 async fn main() -> Result<(), foreman_tokio::WorkerPoolError> {
     // The panicking worker panics on purpose; keep its panics to one line.
     std::panic::set_hook(Box::new(|info| eprintln!("\n(caught) {info}")));
-    foreman_driver::demo::run(TokioRuntime, 3000, 64).await
+    foreman_support::demo::run(TokioRuntime, 3000, 64).await
 }

@@ -5,7 +5,7 @@
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
-use foreman_driver::demo::{bench_request, Echo};
+use foreman_support::bench::{bench_request, Echo};
 use foreman_tokio::{
     async_trait, DriverOptions, ExecutionMode, PoolConfig, TokioRuntime, WorkerHandler, WorkerPool,
     WorkerPoolOptions, WorkerProtocolError, WorkerRequest,

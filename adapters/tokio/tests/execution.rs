@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use foreman_driver::demo::bench_request;
+use foreman_support::bench::bench_request;
 use foreman_tokio::{
     async_trait, PoolConfig, TokioRuntime, WorkerHandler, WorkerPool, WorkerPoolOptions,
     WorkerProtocolError, WorkerRequest,

@@ -2,174 +2,26 @@
 //! and tool-like workers with heavy-tailed latencies, a flaky one, one that
 //! hangs and one that panics, driven by concurrent callers; then a report.
 //!
-//! Deterministic (seeded PRNG), no network. Enabled by the `demo` feature.
+//! Deterministic workers (each has its own seeded [`Rng`]), no network;
+//! written against [`Runtime`], so it runs on every adapter's runtime.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use async_trait::async_trait;
-use futures_channel::mpsc;
-use futures_util::StreamExt;
+use foreman_driver::{
+    async_trait, Runtime, WorkerErrorCode, WorkerHandler, WorkerHealthStatus, WorkerOperation,
+    WorkerPool, WorkerPoolError, WorkerPoolOptions, WorkerProtocolError, WorkerRequest,
+};
+use futures::channel::mpsc;
+use futures::StreamExt;
 use serde_json::{json, Value};
 
-use crate::{
-    Runtime, WorkerErrorCode, WorkerHandler, WorkerHealthStatus, WorkerOperation, WorkerPool,
-    WorkerPoolError, WorkerPoolOptions, WorkerProtocolError, WorkerRequest,
-};
-
-/// A handler that answers at once with the request's `node_id`: the
-/// benchmarks' echo worker.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct Echo;
-
-#[async_trait]
-impl WorkerHandler for Echo {
-    async fn handle(&self, request: WorkerRequest) -> Result<Value, WorkerProtocolError> {
-        Ok(Value::String(request.node_id))
-    }
-}
-
-/// [`Echo`] after returning `Pending` once (it wakes itself first), as a
-/// handler that waits on I/O would: a request then queues even on a
-/// one-thread runtime, and the benchmarks measure the queued path.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct YieldingEcho;
-
-#[async_trait]
-impl WorkerHandler for YieldingEcho {
-    async fn handle(&self, request: WorkerRequest) -> Result<Value, WorkerProtocolError> {
-        crate::runtime::yield_once().await;
-        Echo.handle(request).await
-    }
-}
-
-/// The benchmarks' handler: [`Echo`], or [`YieldingEcho`] when the
-/// environment variable `FOREMAN_BENCH_HANDLER` is `yield`.
-pub fn bench_handler() -> Arc<dyn WorkerHandler> {
-    if bench_handler_yields() {
-        Arc::new(YieldingEcho)
-    } else {
-        Arc::new(Echo)
-    }
-}
-
-/// The name of [`bench_handler`]'s handler, for a benchmark's header.
-pub fn bench_handler_name() -> &'static str {
-    if bench_handler_yields() {
-        "yielding echo handler"
-    } else {
-        "echo handler"
-    }
-}
-
-fn bench_handler_yields() -> bool {
-    std::env::var("FOREMAN_BENCH_HANDLER").is_ok_and(|name| name == "yield")
-}
-
-/// The small tool request every benchmark sends.
-pub fn bench_request() -> WorkerRequest {
-    WorkerRequest {
-        request_id: "bench-request".into(),
-        workflow_name: "bench".into(),
-        node_id: "node".into(),
-        timeout_ms: None,
-        operation: WorkerOperation::Tool {
-            tool: "echo".into(),
-            input: json!({"x": 1}),
-            scoped_input: json!({}),
-        },
-    }
-}
-
-/// One timed round of a closed-loop benchmark: its throughput and p99
-/// latency (every adapter's throughput bench reports these).
-#[derive(Debug, Clone, Copy, Default, PartialEq)]
-pub struct Round {
-    /// Requests answered per second.
-    pub rps: f64,
-    /// 99th percentile of the requests' latencies.
-    pub p99: Duration,
-}
-
-impl Round {
-    /// The round that answered `count` requests in `elapsed`, whose
-    /// latencies in nanoseconds (in any order) are `latencies`.
-    pub fn new(count: u64, elapsed: Duration, mut latencies: Vec<u64>) -> Self {
-        latencies.sort_unstable();
-        let p99 = latencies
-            .get(latencies.len().saturating_sub(1) * 99 / 100)
-            .copied()
-            .unwrap_or(0);
-        Round {
-            rps: count as f64 / elapsed.as_secs_f64(),
-            p99: Duration::from_nanos(p99),
-        }
-    }
-
-    /// The median throughput of `rounds` and their median p99 (each taken
-    /// on its own); zero for no rounds.
-    pub fn median(rounds: &[Round]) -> Round {
-        let mid = rounds.len() / 2;
-        let mut rps: Vec<f64> = rounds.iter().map(|r| r.rps).collect();
-        rps.sort_by(f64::total_cmp);
-        let mut p99s: Vec<Duration> = rounds.iter().map(|r| r.p99).collect();
-        p99s.sort();
-        Round {
-            rps: rps.get(mid).copied().unwrap_or(0.0),
-            p99: p99s.get(mid).copied().unwrap_or_default(),
-        }
-    }
-}
-
-/// The benchmark cell sizes in the comma-separated environment variable
-/// `var` (such as `FOREMAN_BENCH_N`), or `default` when it is unset.
-pub fn bench_sizes(var: &str, default: &[usize]) -> Vec<usize> {
-    std::env::var(var)
-        .ok()
-        .map(|list| {
-            list.split(',')
-                .filter_map(|n| n.trim().parse().ok())
-                .collect()
-        })
-        .unwrap_or_else(|| default.to_vec())
-}
+use crate::{percentile, sleep, Rng};
 
 /// Real latencies are divided by this so the demo ends in seconds.
 pub const TIME_SCALE: u32 = 20;
-
-/// A small deterministic PRNG (splitmix64).
-#[derive(Debug, Clone)]
-pub struct Rng(u64);
-
-impl Rng {
-    /// A generator seeded with `seed`.
-    pub fn new(seed: u64) -> Self {
-        Rng(seed)
-    }
-
-    /// The next 64 random bits.
-    pub fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform in `[0, 1)`.
-    pub fn unit(&mut self) -> f64 {
-        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
-    }
-
-    /// Log-normal with the given median and shape (a heavy right tail).
-    pub fn lognormal(&mut self, median_ms: f64, sigma: f64) -> Duration {
-        let (u1, u2) = (self.unit().max(1e-12), self.unit());
-        let normal = (-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos();
-        Duration::from_secs_f64(median_ms * (sigma * normal).exp() / 1000.0)
-    }
-}
 
 /// What a demo worker does.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -206,12 +58,6 @@ impl<R: Runtime> DemoWorker<R> {
             calls: AtomicUsize::new(0),
         }
     }
-
-    async fn sleep(&self, real: Duration) {
-        let scaled = real / TIME_SCALE;
-        let mut timer = self.runtime.new_timer(self.runtime.now() + scaled);
-        futures_util::future::poll_fn(|cx| timer.as_mut().poll(cx)).await;
-    }
 }
 
 #[async_trait]
@@ -234,7 +80,7 @@ impl<R: Runtime> WorkerHandler for DemoWorker<R> {
             Behaviour::Panics if roll < 0.15 => panic!("tool crashed on {}", request.request_id),
             _ => {}
         }
-        self.sleep(latency).await;
+        sleep(&*self.runtime, latency / TIME_SCALE).await;
         if self.behaviour == Behaviour::Flaky && roll < 0.4 {
             return Err(WorkerProtocolError::new(
                 WorkerErrorCode::ExecutionFailed,
@@ -335,9 +181,7 @@ pub async fn run<R: Runtime + Clone>(
                     return;
                 }
                 // Think time between a caller's requests.
-                let pause = Duration::from_millis(rng.next_u64() % 20);
-                let mut timer = runtime2.new_timer(runtime2.now() + pause);
-                futures_util::future::poll_fn(|cx| timer.as_mut().poll(cx)).await;
+                sleep(&*runtime2, Duration::from_millis(rng.below(20))).await;
             }
         }));
     }
@@ -411,12 +255,7 @@ fn percentiles(mut values: Vec<u64>) -> String {
         return "-".into();
     }
     values.sort_unstable();
-    let at = |p: usize| {
-        values
-            .get((values.len() - 1) * p / 100)
-            .copied()
-            .unwrap_or(0)
-    };
+    let at = |p: usize| percentile(&values, p).unwrap_or(0);
     format!(
         "p50 {:>5} ms  p90 {:>5} ms  p99 {:>5} ms  max {:>5} ms",
         at(50),
