@@ -55,19 +55,11 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::task::{Context, Poll};
 use std::time::Instant;
 
-pub use foreman_driver::{
-    AsyncTimer, BuildError, CircuitBreakerHooks, Counters, DriverOptions, ExecutionMode,
-    HealthCause, HealthTransition, PoolConfig, RoutingPolicy, Runtime, Stats, Timed, Timings,
-    WorkerErrorCode, WorkerHandler, WorkerHealth, WorkerHealthStatus, WorkerOperation,
-    WorkerPoolClient, WorkerPoolError, WorkerPoolOptions, WorkerProtocolError, WorkerRequest,
-    WorkerResponse, WorkerResult, WorkerSecurityPolicy, WorkerStats,
-};
-
-/// Re-exported so handlers and hooks can be written as in the reference.
-pub use foreman_driver::async_trait;
+/// The reference's API and foreman's additions (`async_trait` included, so
+/// handlers and hooks are written as in the reference).
+pub use foreman_driver::api::*;
 
 /// The foreman worker pool on async-std (`foreman_driver::WorkerPool` with
 /// [`AsyncStdRuntime`]); it may be created from any thread.
@@ -86,24 +78,10 @@ impl Runtime for AsyncStdRuntime {
     }
 
     fn new_timer(&self, deadline: Instant) -> Pin<Box<dyn AsyncTimer>> {
-        Box::pin(Timer(async_io::Timer::at(deadline)))
+        Box::pin(foreman_driver::IoTimer::at(deadline))
     }
 
     fn now(&self) -> Instant {
         Instant::now()
-    }
-}
-
-/// An `async_io::Timer` as an [`AsyncTimer`].
-#[derive(Debug)]
-struct Timer(async_io::Timer);
-
-impl AsyncTimer for Timer {
-    fn reset(mut self: Pin<&mut Self>, deadline: Instant) {
-        self.0.set_at(deadline);
-    }
-
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
-        Pin::new(&mut self.0).poll(cx).map(drop)
     }
 }

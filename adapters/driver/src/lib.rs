@@ -62,6 +62,12 @@ mod types;
 mod wakers;
 mod worker;
 
+#[cfg(feature = "async-io")]
+mod io_timer;
+
+#[cfg(feature = "async-io")]
+pub use io_timer::IoTimer;
+
 pub use handler::{CircuitBreakerHooks, WorkerHandler, WorkerPoolClient};
 pub use pool::WorkerPool;
 pub use runtime::{AsyncTimer, Runtime};
@@ -76,3 +82,17 @@ pub use foreman_core::{
     WorkerHealthStatus, WorkerOperation, WorkerPoolError, WorkerPoolOptions, WorkerProtocolError,
     WorkerRequest, WorkerResponse, WorkerResult, WorkerSecurityPolicy, WorkerStats,
 };
+
+/// What every adapter crate re-exports (`pub use foreman_driver::api::*`):
+/// the reference's API, foreman's additions, and what a [`Runtime`] is
+/// built from. An adapter adds only its runtime type and its `WorkerPool`
+/// alias.
+pub mod api {
+    pub use crate::{
+        async_trait, AsyncTimer, BuildError, CircuitBreakerHooks, Counters, DriverOptions,
+        ExecutionMode, HealthCause, HealthTransition, PoolConfig, RoutingPolicy, Runtime, Stats,
+        Timed, Timings, WorkerErrorCode, WorkerHandler, WorkerHealth, WorkerHealthStatus,
+        WorkerOperation, WorkerPoolClient, WorkerPoolError, WorkerPoolOptions, WorkerProtocolError,
+        WorkerRequest, WorkerResponse, WorkerResult, WorkerSecurityPolicy, WorkerStats,
+    };
+}

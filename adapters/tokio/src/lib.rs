@@ -52,16 +52,9 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Instant;
 
-pub use foreman_driver::{
-    AsyncTimer, BuildError, CircuitBreakerHooks, Counters, DriverOptions, ExecutionMode,
-    HealthCause, HealthTransition, PoolConfig, RoutingPolicy, Runtime, Stats, Timed, Timings,
-    WorkerErrorCode, WorkerHandler, WorkerHealth, WorkerHealthStatus, WorkerOperation,
-    WorkerPoolClient, WorkerPoolError, WorkerPoolOptions, WorkerProtocolError, WorkerRequest,
-    WorkerResponse, WorkerResult, WorkerSecurityPolicy, WorkerStats,
-};
-
-/// Re-exported so handlers and hooks can be written as in the reference.
-pub use foreman_driver::async_trait;
+/// The reference's API and foreman's additions (`async_trait` included, so
+/// handlers and hooks are written as in the reference).
+pub use foreman_driver::api::*;
 
 /// The foreman worker pool on tokio (`foreman_driver::WorkerPool` with
 /// [`TokioRuntime`]); create it inside a tokio runtime (elsewhere the
