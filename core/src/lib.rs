@@ -100,9 +100,11 @@ pub use dismantle::{dismantle, dismantle_request};
 pub use health::HealthCause;
 pub use keys::{ProbeKey, RequestKey, WorkerKey};
 pub use output::{Action, Answer, Event, Phase};
-pub use pool::{
-    CommandError, InvariantViolation, Pool, Refused, Revetted, Vetted, Vetting, MAX_WORKER_ID_LEN,
-};
+pub use pool::admission::Refused;
+pub use pool::invariants::InvariantViolation;
+pub use pool::vetting::{Revetted, Vetted, Vetting};
+pub use pool::workers::{CommandError, MAX_WORKER_ID_LEN};
+pub use pool::Pool;
 pub use protocol::{
     WorkerErrorCode, WorkerHealth, WorkerHealthStatus, WorkerOperation, WorkerPoolError,
     WorkerProtocolError, WorkerRequest, WorkerResponse, WorkerResult,
