@@ -84,6 +84,7 @@ mod health;
 mod index_set;
 mod keys;
 pub mod lanes;
+mod options;
 mod output;
 mod pool;
 pub mod protocol;

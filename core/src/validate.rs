@@ -25,7 +25,7 @@ use serde_json::map;
 use serde_json::{Number, Value};
 use thiserror::Error;
 
-use crate::config::WorkerSecurityPolicy;
+use crate::options::WorkerSecurityPolicy;
 use crate::protocol::{WorkerOperation, WorkerPoolError, WorkerRequest};
 
 /// The default of [`RequestLimits::max_depth`] and
