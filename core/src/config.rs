@@ -233,7 +233,13 @@ pub enum ConfigError {
 
 #[cfg(test)]
 mod tests {
+    use serde_json::Value;
+
     use super::*;
+    use crate::validate::test_requests::{
+        exact_len, llm_with_scoped, nested, tool, tool_with_scoped,
+    };
+    use crate::validate::validate_request;
 
     #[test]
     fn a_circuit_breaker_turns_late_binding_off_and_nothing_else() {
@@ -276,5 +282,79 @@ mod tests {
         assert_eq!(config, PoolConfig::new(options.clone()));
         assert_eq!(config.options, options);
         assert_eq!(config.probe_timeout, Duration::from_secs(2));
+    }
+
+    #[test]
+    fn pool_config_refuses_a_zero_depth_limit() {
+        let config = PoolConfig {
+            max_request_depth: 0,
+            ..PoolConfig::default()
+        };
+        let err = config.validate().unwrap_err();
+        assert_eq!(err, ConfigError::ZeroRequestDepth);
+        assert_eq!(
+            err.to_string(),
+            "max_request_depth must be at least 1 (the depth of [] or {}): \
+             0 would refuse every request whose input or scoped_input is an array or object"
+        );
+        let config = PoolConfig {
+            max_request_depth: 1,
+            ..PoolConfig::default()
+        };
+        assert_eq!(config.validate(), Ok(()));
+        assert_eq!(PoolConfig::default().max_request_depth, 128);
+    }
+
+    #[test]
+    fn pool_config_admits_with_its_own_depth_limit() {
+        let request = tool(nested(300, false));
+        assert!(PoolConfig::default().admit(&request).is_err());
+        let config = PoolConfig {
+            max_request_depth: 300,
+            ..PoolConfig::default()
+        };
+        assert!(config.admit(&request).is_ok());
+        assert_eq!(
+            validate_request(&request, config.request_limits()),
+            Ok(exact_len(&request))
+        );
+        let config = PoolConfig {
+            max_request_depth: 299,
+            ..config
+        };
+        assert_eq!(
+            config.admit(&request).map(|_| ()),
+            Err(RequestError::NestedTooDeep {
+                field: "operation.input",
+                max: 299
+            })
+        );
+    }
+
+    #[test]
+    fn admit_refuses_values_nested_past_the_default_depth_limit() {
+        type Build = fn(Value) -> WorkerRequest;
+        let fields: [(&str, Build); 3] = [
+            ("operation.input", tool),
+            ("operation.scoped_input", tool_with_scoped),
+            ("operation.scoped_input", llm_with_scoped),
+        ];
+        for (field, build) in fields {
+            for objects in [false, true] {
+                for depth in [127, 128, 129] {
+                    let request = build(nested(depth, objects));
+                    let expected = if depth <= 128 {
+                        Ok(())
+                    } else {
+                        Err(RequestError::NestedTooDeep { field, max: 128 })
+                    };
+                    assert_eq!(
+                        PoolConfig::default().admit(&request).map(|_| ()),
+                        expected,
+                        "{field}, {depth} levels, objects: {objects}"
+                    );
+                }
+            }
+        }
     }
 }
