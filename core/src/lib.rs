@@ -89,6 +89,7 @@ mod output;
 mod pool;
 pub mod protocol;
 mod routing;
+mod slab;
 mod stats;
 mod time;
 mod timers;

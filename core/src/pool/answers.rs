@@ -33,7 +33,7 @@ impl<P: Clone> Pool<P> {
         ));
         if entry.state.is_waiting() {
             self.counters.cancelled_queued += 1;
-            self.finish_queued(request, Err(error));
+            self.finish_waiting(request, Err(error));
         } else {
             self.counters.cancelled_running += 1;
             self.actions.push_back(Action::Abort { request, worker });
@@ -88,13 +88,14 @@ impl<P: Clone> Pool<P> {
 
     /// Everything that follows a change to a worker's requests or health.
     pub(super) fn after_worker_change(&mut self, worker: WorkerKey, cause: HealthCause) {
-        self.settle(worker, cause);
+        self.refresh_and_pump(worker, cause);
         self.maybe_release(worker);
         self.maybe_finish_shutdown();
     }
 
-    /// Answers a queued request and takes it off its worker's books.
-    pub(super) fn finish_queued(
+    /// Answers a waiting request (queued, or moving off a removed worker)
+    /// and takes it off its worker's books.
+    pub(super) fn finish_waiting(
         &mut self,
         request: RequestKey,
         result: Result<Value, WorkerPoolError>,
@@ -207,7 +208,7 @@ impl<P: Clone> Pool<P> {
     /// never held against one.
     pub(super) fn expire_queued(&mut self, request: RequestKey) {
         self.counters.timed_out_queued += 1;
-        self.finish_queued(request, Err(WorkerPoolError::Timeout));
+        self.finish_waiting(request, Err(WorkerPoolError::Timeout));
     }
 }
 

@@ -39,10 +39,11 @@ use std::time::Duration;
 
 use crate::config::{ConfigError, PoolConfig};
 use crate::health::Health;
-use crate::keys::{ProbeKey, RequestKey, Slab, WorkerKey};
+use crate::keys::{ProbeKey, RequestKey, WorkerKey};
 use crate::output::{Action, Event};
 use crate::protocol::WorkerHealthStatus;
 use crate::routing::{Membership, Router};
+use crate::slab::Slab;
 use crate::stats::Counters;
 use crate::time::Time;
 use crate::timers::TimerHeap;

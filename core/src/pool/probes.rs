@@ -42,7 +42,7 @@ impl<P: Clone> Pool<P> {
         slot.health.on_probe(status, failure_seq, threshold, now);
         self.schedule_next_probe(worker, sent_at);
         // A worker the probe brought back takes waiting requests.
-        self.settle(worker, HealthCause::Probe);
+        self.refresh_and_pump(worker, HealthCause::Probe);
         true
     }
 

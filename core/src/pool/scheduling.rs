@@ -9,10 +9,11 @@ use std::time::Duration;
 use super::{Lifecycle, Pool, Request, RequestState};
 use crate::config::RoutingPolicy;
 use crate::health::HealthCause;
-use crate::keys::{RequestKey, Slab, WorkerKey};
+use crate::keys::{RequestKey, WorkerKey};
 use crate::output::{Action, Event};
 use crate::protocol::WorkerHealthStatus;
 use crate::routing::Membership;
+use crate::slab::Slab;
 use crate::time::Time;
 
 impl<P: Clone> Pool<P> {
@@ -75,10 +76,11 @@ impl<P: Clone> Pool<P> {
         }
     }
 
-    /// Starts what the worker can take ([`pump`](Self::pump)) and brings
-    /// its status up to date, reporting a change with `cause` before any
-    /// request moves to it (its status decides whether it may take them).
-    pub(super) fn settle(&mut self, worker: WorkerKey, cause: HealthCause) {
+    /// Brings a worker's status up to date and starts the waiting requests
+    /// it can take ([`pump`](Self::pump)), reporting a status change with
+    /// `cause` before any request moves to it (its status decides whether
+    /// it may take them).
+    pub(super) fn refresh_and_pump(&mut self, worker: WorkerKey, cause: HealthCause) {
         if self.backlog_live > 0 {
             self.refresh_status(worker, cause);
         }
@@ -91,7 +93,7 @@ impl<P: Clone> Pool<P> {
     /// that is [too late to start](too_late_to_start) on this worker is
     /// answered `Timeout` instead.
     /// (Its cached `schedulable` flag must be current when the backlog is
-    /// not empty: see [`settle`](Self::settle).)
+    /// not empty: see [`refresh_and_pump`](Self::refresh_and_pump).)
     pub(super) fn pump(&mut self, worker: WorkerKey) {
         let max = self.config.max_concurrency_per_worker as usize;
         loop {
@@ -102,15 +104,15 @@ impl<P: Clone> Pool<P> {
                 return;
             }
             let requests = &self.requests;
-            let own = live_head(&mut slot.queue, requests, |entry| entry.worker == worker);
-            let shared = (self.backlog_live > 0 && slot.schedulable)
+            let queue_head = live_head(&mut slot.queue, requests, |entry| entry.worker == worker);
+            let backlog_head = (self.backlog_live > 0 && slot.schedulable)
                 .then(|| live_head(&mut self.backlog, requests, |_| true))
                 .flatten();
-            let from_backlog = match (own, shared) {
+            let from_backlog = match (queue_head, backlog_head) {
                 (None, None) => return,
                 (Some(_), None) => false,
                 (None, Some(_)) => true,
-                (Some((_, own_at)), Some((_, shared_at))) => shared_at < own_at,
+                (Some((_, queued_at)), Some((_, backlogged_at))) => backlogged_at < queued_at,
             };
             let popped = if from_backlog {
                 self.backlog.pop_front()
@@ -221,16 +223,16 @@ fn too_late_to_start(deadline: Option<Time>, now: Time, last_run: Option<Duratio
 }
 
 /// The first live key of `queue` and its arrival time, after dropping the
-/// stale keys before it (requests no longer queued, or for which `mine`
+/// stale keys before it (requests no longer queued, or for which `belongs`
 /// says no: queued on another worker since).
 fn live_head<P>(
     queue: &mut VecDeque<RequestKey>,
     requests: &Slab<Request<P>>,
-    mine: impl Fn(&Request<P>) -> bool,
+    belongs: impl Fn(&Request<P>) -> bool,
 ) -> Option<(RequestKey, Time)> {
     while let Some(&key) = queue.front() {
         match requests.get(key.0) {
-            Some(entry) if entry.state == RequestState::Queued && mine(entry) => {
+            Some(entry) if entry.state == RequestState::Queued && belongs(entry) => {
                 return Some((key, entry.accepted_at));
             }
             _ => {

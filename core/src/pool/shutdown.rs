@@ -74,7 +74,7 @@ impl<P: Clone> Pool<P> {
             .partition(|(_, _, queued)| *queued);
         for (request, _, _) in queued {
             self.counters.aborted_by_shutdown += 1;
-            self.finish_queued(request, Err(WorkerPoolError::ShuttingDown));
+            self.finish_waiting(request, Err(WorkerPoolError::ShuttingDown));
         }
         for (request, worker, _) in running {
             self.counters.aborted_by_shutdown += 1;

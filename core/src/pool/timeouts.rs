@@ -4,7 +4,7 @@
 //! probe, a shutdown that ended) is not live and never fires.
 
 use super::{Lifecycle, Pool, ProbeState, Request, Worker};
-use crate::keys::Slab;
+use crate::slab::Slab;
 use crate::time::Time;
 use crate::timers::Timer;
 

@@ -116,7 +116,7 @@ impl<P: Clone> Pool<P> {
         self.ids.insert(id, key);
         self.arm(due, Timer::ProbeDue(key));
         // A new worker takes waiting requests at once.
-        self.settle(key, HealthCause::Restart);
+        self.refresh_and_pump(key, HealthCause::Restart);
         Ok(key)
     }
 
@@ -269,7 +269,7 @@ impl<P: Clone> Pool<P> {
             format!("worker {from_id} was removed and {why}"),
             true,
         );
-        self.finish_queued(request, Err(WorkerPoolError::Worker(error)));
+        self.finish_waiting(request, Err(WorkerPoolError::Worker(error)));
     }
 
     /// Takes a vetted request queued on removed worker `worker` off its

@@ -301,7 +301,7 @@ impl Budget {
                     self.add_shallow(item, outer + 1)
                 })
             }
-            scalar => self.add_own(scalar),
+            scalar => self.add_without_children(scalar),
         }
     }
 
@@ -320,7 +320,7 @@ impl Budget {
                 if container && outer + stack.depth >= self.max_depth {
                     return self.nested_too_deep();
                 }
-                self.add_own(value)?;
+                self.add_without_children(value)?;
                 match value {
                     Value::Array(items) => stack.push(Frame::Array(items.iter())),
                     Value::Object(entries) => stack.push(Frame::Object(entries.iter())),
@@ -348,11 +348,11 @@ impl Budget {
         }
     }
 
-    /// Adds a value's own bytes: all of a scalar; a container's brackets,
-    /// commas between neighbours and (objects) a colon per entry, without
-    /// its children, which the walks add.
+    /// Adds a value's bytes without its children's: all of a scalar; a
+    /// container's brackets, commas between neighbours and (objects) a colon
+    /// per entry (the walks add its children).
     #[inline]
-    fn add_own(&mut self, value: &Value) -> Option<()> {
+    fn add_without_children(&mut self, value: &Value) -> Option<()> {
         match value {
             Value::Null | Value::Bool(true) => self.add(4),
             Value::Bool(false) => self.add(5),
