@@ -12,6 +12,16 @@
 //! The wire types ([`WorkerRequest`], [`WorkerResponse`], …) serialise exactly
 //! like `simple-agents-workflow` 0.2.34's `worker` module.
 //!
+//! # What a program calls, and what only a driver needs
+//!
+//! Every program feeding a [`Pool`] calls the inputs, outputs and queries of
+//! its contract. What only a driver needs is kept apart: the
+//! [`lanes`] rules with [`Pool::offer`], [`Pool::idle_workers`] and
+//! [`Pool::eligible_workers`] (a driver with several pools),
+//! [`Pool::move_timer`] (a driver with one timer) and
+//! [`Pool::check_invariants`] (tests, simulators, fuzzers), documented
+//! together as "the driver's interface" on [`Pool`]'s page.
+//!
 //! # A tiny blocking driver
 //!
 //! A driver feeds inputs, carries out [`Action`]s in order, and wakes the

@@ -1,5 +1,5 @@
-//! The driver's interface: what only a driver needs, beside the inputs
-//! and outputs of the contract on [`Pool`].
+//! The driver's interface: the methods only a driver needs, beside the
+//! inputs, outputs and queries of the contract on [`Pool`].
 
 use super::admission::Refused;
 use super::Pool;
@@ -8,6 +8,20 @@ use crate::keys::RequestKey;
 use crate::time::Time;
 use crate::validate::RequestError;
 
+/// The driver's interface: what only a driver needs, beside the inputs,
+/// outputs and queries of the contract (see [`Pool`]) that every program
+/// feeding the pool calls.
+///
+/// - [`offer`](Pool::offer), [`idle_workers`](Pool::idle_workers) and
+///   [`eligible_workers`](Pool::eligible_workers), with the rules of
+///   [`lanes`](crate::lanes): for a driver that spreads its workers over
+///   several pools ("lanes");
+/// - [`move_timer`](Pool::move_timer): for a driver that keeps one timer
+///   instead of asking [`poll_timeout`](Pool::poll_timeout) after every
+///   input;
+/// - [`check_invariants`](Pool::check_invariants): the pool's bookkeeping
+///   rules, checked by tests, simulators and fuzzers after every input
+///   (defined with its checks, in `invariants.rs`).
 impl<P: Clone> Pool<P> {
     /// Offers a request validated beforehand, for a driver that spreads its
     /// workers over several pools ("lanes") and tries them in turn: exactly

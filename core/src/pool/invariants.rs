@@ -52,6 +52,8 @@ struct Tally {
 
 type Checked = Result<(), InvariantViolation>;
 
+/// Part of the driver's interface (listed with the rest of it in
+/// `driver_api.rs`): the check itself, beside the rules it checks.
 impl<P: Clone> Pool<P> {
     /// Checks every internal rule; O(requests + workers + timers).
     ///
