@@ -233,12 +233,8 @@ pub enum ConfigError {
 
 #[cfg(test)]
 mod tests {
-    use serde_json::Value;
-
     use super::*;
-    use crate::validate::test_requests::{
-        exact_len, llm_with_scoped, nested, tool, tool_with_scoped,
-    };
+    use crate::validate::test_requests::{exact_len, nested, tool, value_fields};
     use crate::validate::validate_request;
 
     #[test]
@@ -333,13 +329,7 @@ mod tests {
 
     #[test]
     fn admit_refuses_values_nested_past_the_default_depth_limit() {
-        type Build = fn(Value) -> WorkerRequest;
-        let fields: [(&str, Build); 3] = [
-            ("operation.input", tool),
-            ("operation.scoped_input", tool_with_scoped),
-            ("operation.scoped_input", llm_with_scoped),
-        ];
-        for (field, build) in fields {
+        for (field, build) in value_fields() {
             for objects in [false, true] {
                 for depth in [127, 128, 129] {
                     let request = build(nested(depth, objects));

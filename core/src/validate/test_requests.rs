@@ -87,3 +87,16 @@ pub(crate) fn limits_with_depth(
 ) -> RequestLimits<'_> {
     RequestLimits { policy, max_depth }
 }
+
+/// Builds a request around one JSON value.
+pub(crate) type Build = fn(Value) -> WorkerRequest;
+
+/// Each place a request holds a JSON value, named as a refusal names it,
+/// with a builder that puts a value there.
+pub(crate) fn value_fields() -> [(&'static str, Build); 3] {
+    [
+        ("operation.input", tool),
+        ("operation.scoped_input", tool_with_scoped),
+        ("operation.scoped_input", llm_with_scoped),
+    ]
+}

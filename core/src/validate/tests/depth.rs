@@ -7,6 +7,7 @@ use crate::options::WorkerSecurityPolicy;
 use crate::protocol::{WorkerOperation, WorkerPoolError, WorkerRequest};
 use crate::validate::test_requests::{
     exact_len, limits_with_depth, llm_with_scoped, nested, policy, tool, tool_with_scoped,
+    value_fields,
 };
 use crate::validate::{
     check_request, serialized_size_within, validate_request, RequestError, RequestLimits,
@@ -52,14 +53,8 @@ fn walks_a_million_levels_of_nesting_without_recursion() {
 
 #[test]
 fn refuses_values_nested_past_the_depth_limit_at_the_boundary() {
-    type Build = fn(Value) -> WorkerRequest;
-    let fields: [(&str, Build); 3] = [
-        ("operation.input", tool),
-        ("operation.scoped_input", tool_with_scoped),
-        ("operation.scoped_input", llm_with_scoped),
-    ];
     let policy = policy();
-    for (field, build) in fields {
+    for (field, build) in value_fields() {
         for objects in [false, true] {
             for depth in [127, 128, 129] {
                 let request = build(nested(depth, objects));
