@@ -131,25 +131,14 @@ impl<P: Clone> Pool<P> {
     /// [`CommandError::ShuttingDown`] once the pool has stopped.
     pub fn restart_worker(&mut self, now: Time, worker: WorkerKey) -> Result<(), CommandError> {
         let now = self.observe(now);
-        if self.lifecycle == Lifecycle::Stopped {
-            return Err(CommandError::ShuttingDown);
-        }
-        let slot = self
-            .workers
-            .get_mut(worker.0)
-            .ok_or(CommandError::UnknownWorker(worker))?;
-        if slot.removing {
-            return Err(CommandError::WorkerRemoving(slot.id.clone()));
-        }
+        let slot = self.commanded(worker)?;
         let message = format!(
             "worker {} was restarted while running this request",
             slot.id
         );
         let running = std::mem::take(&mut slot.running);
-        if let ProbeState::Outstanding { key, .. } = slot.probe {
-            self.actions
-                .push_back(Action::AbortProbe { worker, probe: key });
-        }
+        let probe = slot.probe;
+        self.abort_probe(worker, probe);
         for request in running {
             self.actions.push_back(Action::Abort { request, worker });
             self.counters.aborted_by_restart += 1;
@@ -186,25 +175,13 @@ impl<P: Clone> Pool<P> {
     /// when removal is already under way.
     pub fn remove_worker(&mut self, now: Time, worker: WorkerKey) -> Result<(), CommandError> {
         self.observe(now);
-        if self.lifecycle == Lifecycle::Stopped {
-            return Err(CommandError::ShuttingDown);
-        }
-        let slot = self
-            .workers
-            .get_mut(worker.0)
-            .ok_or(CommandError::UnknownWorker(worker))?;
-        if slot.removing {
-            return Err(CommandError::WorkerRemoving(slot.id.clone()));
-        }
+        let slot = self.commanded(worker)?;
         slot.removing = true;
-        if let ProbeState::Outstanding { key, .. } = slot.probe {
-            self.actions
-                .push_back(Action::AbortProbe { worker, probe: key });
-        }
-        slot.probe = ProbeState::Idle;
+        let probe = std::mem::replace(&mut slot.probe, ProbeState::Idle);
         let queue = std::mem::take(&mut slot.queue);
         slot.queued = 0;
         let worker_id = slot.id.clone();
+        self.abort_probe(worker, probe);
         self.refresh(worker, HealthCause::Stopped);
         for request in queue {
             if !self.is_queued_on(request, worker) {
@@ -222,6 +199,34 @@ impl<P: Clone> Pool<P> {
         }
         self.after_worker_change(worker, HealthCause::Stopped);
         Ok(())
+    }
+
+    /// The worker a command (restart, remove) names, if it takes commands.
+    ///
+    /// # Errors
+    /// [`CommandError::ShuttingDown`] once the pool has stopped;
+    /// [`CommandError::UnknownWorker`]; [`CommandError::WorkerRemoving`].
+    fn commanded(&mut self, worker: WorkerKey) -> Result<&mut Worker, CommandError> {
+        if self.lifecycle == Lifecycle::Stopped {
+            return Err(CommandError::ShuttingDown);
+        }
+        let slot = self
+            .workers
+            .get_mut(worker.0)
+            .ok_or(CommandError::UnknownWorker(worker))?;
+        if slot.removing {
+            return Err(CommandError::WorkerRemoving(slot.id.clone()));
+        }
+        Ok(slot)
+    }
+
+    /// Aborts a worker's probe, if `probe` (its state before the command)
+    /// was outstanding.
+    fn abort_probe(&mut self, worker: WorkerKey, probe: ProbeState) {
+        if let ProbeState::Outstanding { key, .. } = probe {
+            self.actions
+                .push_back(Action::AbortProbe { worker, probe: key });
+        }
     }
 
     /// Moves a request off a removed worker, or answers it when no other
