@@ -1,64 +1,14 @@
-//! Pool configuration: the reference's options plus foreman's tuning, and
-//! the validation that turns them into a [`PoolConfig`] the core trusts.
+//! Pool configuration: foreman's tuning around the reference's options
+//! (defined in `options.rs`, re-exported here), the validation that turns
+//! them into a [`PoolConfig`] the core trusts, and a request's admission.
 
 use std::time::Duration;
 
 use thiserror::Error;
 
+pub use crate::options::{WorkerPoolOptions, WorkerSecurityPolicy};
 use crate::protocol::WorkerRequest;
 use crate::validate::{check_request, RequestError, RequestLimits, DEFAULT_MAX_REQUEST_DEPTH};
-
-/// Scheduling and lifecycle options, field for field the reference's.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct WorkerPoolOptions {
-    /// How many requests may wait in each worker's queue (not counting the
-    /// ones it is running). Must be at least 1.
-    pub queue_capacity: usize,
-    /// Time between two health probes of a worker. Must be non-zero.
-    pub health_probe_interval: Duration,
-    /// Consecutive failures that make a worker unavailable (0 acts as 1).
-    pub unavailable_after_failures: u32,
-    /// Time budget of a request that sets no `timeout_ms`; `None` means no
-    /// budget. It is not bounded by the security policy's maximum, which
-    /// limits only what a request asks for; zero times such requests out at
-    /// once.
-    pub default_request_timeout: Option<Duration>,
-    /// Limits every request must respect.
-    pub security_policy: WorkerSecurityPolicy,
-}
-
-impl Default for WorkerPoolOptions {
-    fn default() -> Self {
-        Self {
-            queue_capacity: 64,
-            health_probe_interval: Duration::from_secs(5),
-            unavailable_after_failures: 3,
-            default_request_timeout: Some(Duration::from_secs(30)),
-            security_policy: WorkerSecurityPolicy::default(),
-        }
-    }
-}
-
-/// Limits that protect the pool from oversized or abusive requests.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct WorkerSecurityPolicy {
-    /// Largest `timeout_ms` a request may ask for.
-    pub max_request_timeout_ms: u64,
-    /// Largest serialised size of a request, in bytes.
-    pub max_request_payload_bytes: usize,
-    /// Longest `request_id`, `workflow_name` or `node_id`, in bytes.
-    pub max_identifier_length: usize,
-}
-
-impl Default for WorkerSecurityPolicy {
-    fn default() -> Self {
-        Self {
-            max_request_timeout_ms: 120_000,
-            max_request_payload_bytes: 256 * 1024,
-            max_identifier_length: 128,
-        }
-    }
-}
 
 /// How new requests are spread over workers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -284,6 +234,8 @@ pub enum ConfigError {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::validate::test_requests::{exact_len, nested, tool, value_fields};
+    use crate::validate::validate_request;
 
     #[test]
     fn a_circuit_breaker_turns_late_binding_off_and_nothing_else() {
@@ -326,5 +278,73 @@ mod tests {
         assert_eq!(config, PoolConfig::new(options.clone()));
         assert_eq!(config.options, options);
         assert_eq!(config.probe_timeout, Duration::from_secs(2));
+    }
+
+    #[test]
+    fn pool_config_refuses_a_zero_depth_limit() {
+        let config = PoolConfig {
+            max_request_depth: 0,
+            ..PoolConfig::default()
+        };
+        let err = config.validate().unwrap_err();
+        assert_eq!(err, ConfigError::ZeroRequestDepth);
+        assert_eq!(
+            err.to_string(),
+            "max_request_depth must be at least 1 (the depth of [] or {}): \
+             0 would refuse every request whose input or scoped_input is an array or object"
+        );
+        let config = PoolConfig {
+            max_request_depth: 1,
+            ..PoolConfig::default()
+        };
+        assert_eq!(config.validate(), Ok(()));
+        assert_eq!(PoolConfig::default().max_request_depth, 128);
+    }
+
+    #[test]
+    fn pool_config_admits_with_its_own_depth_limit() {
+        let request = tool(nested(300, false));
+        assert!(PoolConfig::default().admit(&request).is_err());
+        let config = PoolConfig {
+            max_request_depth: 300,
+            ..PoolConfig::default()
+        };
+        assert!(config.admit(&request).is_ok());
+        assert_eq!(
+            validate_request(&request, config.request_limits()),
+            Ok(exact_len(&request))
+        );
+        let config = PoolConfig {
+            max_request_depth: 299,
+            ..config
+        };
+        assert_eq!(
+            config.admit(&request).map(|_| ()),
+            Err(RequestError::NestedTooDeep {
+                field: "operation.input",
+                max: 299
+            })
+        );
+    }
+
+    #[test]
+    fn admit_refuses_values_nested_past_the_default_depth_limit() {
+        for (field, build) in value_fields() {
+            for objects in [false, true] {
+                for depth in [127, 128, 129] {
+                    let request = build(nested(depth, objects));
+                    let expected = if depth <= 128 {
+                        Ok(())
+                    } else {
+                        Err(RequestError::NestedTooDeep { field, max: 128 })
+                    };
+                    assert_eq!(
+                        PoolConfig::default().admit(&request).map(|_| ()),
+                        expected,
+                        "{field}, {depth} levels, objects: {objects}"
+                    );
+                }
+            }
+        }
     }
 }

@@ -1,5 +1,8 @@
 //! Lanes: the rules for a driver that runs several pools as one (each
-//! with its own lock, so callers on different threads do not contend).
+//! with its own lock, so callers on different threads do not contend);
+//! part of the driver's interface, with [`Pool::offer`](crate::Pool::offer),
+//! [`Pool::idle_workers`](crate::Pool::idle_workers) and
+//! [`Pool::eligible_workers`](crate::Pool::eligible_workers).
 //! How many lanes a pool gets, which lane a request is offered to first,
 //! and which refusals send it on to the next lane are decisions, so they
 //! live here; the driver only reads each lane's counts and follows them.

@@ -12,6 +12,16 @@
 //! The wire types ([`WorkerRequest`], [`WorkerResponse`], …) serialise exactly
 //! like `simple-agents-workflow` 0.2.34's `worker` module.
 //!
+//! # What a program calls, and what only a driver needs
+//!
+//! Every program feeding a [`Pool`] calls the inputs, outputs and queries of
+//! its contract. What only a driver needs is kept apart: the
+//! [`lanes`] rules with [`Pool::offer`], [`Pool::idle_workers`] and
+//! [`Pool::eligible_workers`] (a driver with several pools),
+//! [`Pool::move_timer`] (a driver with one timer) and
+//! [`Pool::check_invariants`] (tests, simulators, fuzzers), documented
+//! together as "the driver's interface" on [`Pool`]'s page.
+//!
 //! # A tiny blocking driver
 //!
 //! A driver feeds inputs, carries out [`Action`]s in order, and wakes the
@@ -84,10 +94,12 @@ mod health;
 mod index_set;
 mod keys;
 pub mod lanes;
+mod options;
 mod output;
 mod pool;
 pub mod protocol;
 mod routing;
+mod slab;
 mod stats;
 mod time;
 mod timers;
@@ -100,9 +112,11 @@ pub use dismantle::{dismantle, dismantle_request};
 pub use health::HealthCause;
 pub use keys::{ProbeKey, RequestKey, WorkerKey};
 pub use output::{Action, Answer, Event, Phase};
-pub use pool::{
-    CommandError, InvariantViolation, Pool, Refused, Revetted, Vetted, Vetting, MAX_WORKER_ID_LEN,
-};
+pub use pool::admission::Refused;
+pub use pool::invariants::InvariantViolation;
+pub use pool::vetting::{Revetted, Vetted, Vetting};
+pub use pool::workers::{CommandError, MAX_WORKER_ID_LEN};
+pub use pool::Pool;
 pub use protocol::{
     WorkerErrorCode, WorkerHealth, WorkerHealthStatus, WorkerOperation, WorkerPoolError,
     WorkerProtocolError, WorkerRequest, WorkerResponse, WorkerResult,

@@ -182,7 +182,7 @@ fn update(set: &mut IndexSet, index: u32, was: bool, now: bool) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::keys::SlabKey;
+    use crate::slab::SlabKey;
 
     const OUT: Membership = Membership {
         eligible: false,

@@ -127,7 +127,7 @@ impl TimerHeap {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::keys::SlabKey;
+    use crate::slab::SlabKey;
 
     fn request(index: u32) -> Timer {
         Timer::Request(RequestKey(SlabKey {

@@ -15,8 +15,8 @@
 //!    pools with varied options, passes every check of the shared
 //!    [`Harness`] after every step.
 //!
-//! With the `planted-bug` feature both properties are expected to fail
-//! (`should_panic`): they catch the core's planted bug too.
+//! Built with `--cfg foreman_planted_bug` both properties are expected to
+//! fail (`should_panic`): they catch the core's planted bug too.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::time::Duration;
@@ -437,7 +437,7 @@ proptest! {
     // With the core's planted bug this property must fail (the saved
     // regression cases find it first).
     #[test]
-    #[cfg_attr(feature = "planted-bug", should_panic)]
+    #[cfg_attr(foreman_planted_bug, should_panic)]
     fn core_matches_reference(
         workers in 1usize..=4,
         queue_capacity in 1usize..=3,
@@ -570,7 +570,7 @@ proptest! {
     // With the core's planted bug this property must fail (the saved
     // regression cases find it first).
     #[test]
-    #[cfg_attr(feature = "planted-bug", should_panic)]
+    #[cfg_attr(foreman_planted_bug, should_panic)]
     fn any_op_sequence_keeps_every_rule(
         config in any_config(),
         workers in 0usize..=4,

@@ -1,13 +1,13 @@
 //! The simulator under `cargo test`: 512 seeds, the determinism self-check,
-//! the named scenarios, and (with the `planted-bug` feature) proof that a
-//! planted bug is caught.
+//! the named scenarios, and (built with `--cfg foreman_planted_bug`) proof
+//! that a planted bug is caught.
 
 use foreman_tests::sim::{run_closed_loop, run_seed, ClosedLoop};
 
 /// Requests per seed, as in the CLI.
 const REQUESTS: u64 = foreman_tests::sim::DEFAULT_REQUESTS;
 
-#[cfg(not(feature = "planted-bug"))]
+#[cfg(not(foreman_planted_bug))]
 fn assert_all_pass(seeds: std::ops::Range<u64>) {
     let failed: Vec<String> = seeds
         .map(|seed| run_seed(seed, REQUESTS, false))
@@ -23,25 +23,25 @@ fn assert_all_pass(seeds: std::ops::Range<u64>) {
 }
 
 // 512 seeds in four tests, so the test harness runs them in parallel.
-#[cfg(not(feature = "planted-bug"))]
+#[cfg(not(foreman_planted_bug))]
 #[test]
 fn seeds_0_to_127_pass() {
     assert_all_pass(0..128);
 }
 
-#[cfg(not(feature = "planted-bug"))]
+#[cfg(not(foreman_planted_bug))]
 #[test]
 fn seeds_128_to_255_pass() {
     assert_all_pass(128..256);
 }
 
-#[cfg(not(feature = "planted-bug"))]
+#[cfg(not(foreman_planted_bug))]
 #[test]
 fn seeds_256_to_383_pass() {
     assert_all_pass(256..384);
 }
 
-#[cfg(not(feature = "planted-bug"))]
+#[cfg(not(foreman_planted_bug))]
 #[test]
 fn seeds_384_to_511_pass() {
     assert_all_pass(384..512);
@@ -79,7 +79,7 @@ fn different_seeds_pick_different_scenarios() {
 /// Two healthy 50 ms workers, eight closed-loop callers with a 120 ms
 /// budget, 10 s: the excess is shed by expiry, no worker is ever ejected
 /// (no change to `Unavailable`), and requests succeed in every second.
-#[cfg(not(feature = "planted-bug"))]
+#[cfg(not(foreman_planted_bug))]
 #[test]
 fn overload_of_healthy_workers_sheds_load_and_ejects_none() {
     let scenario = ClosedLoop::named("overload-of-healthy-workers").expect("named scenario");
@@ -117,7 +117,7 @@ fn a_failure_report_names_the_seed_and_the_replay_command() {
 
 /// With the core's planted bug (a request that times out while queued is
 /// never answered), the simulator must find a failing seed within 1 000.
-#[cfg(feature = "planted-bug")]
+#[cfg(foreman_planted_bug)]
 #[test]
 fn the_planted_bug_is_caught_within_1000_seeds() {
     let found = (0..1000u64)

@@ -1,13 +1,17 @@
 //! `Pool::check_invariants`: the rules the pool's bookkeeping must keep after
-//! every input, checked by tests and the simulator.
+//! every input, one check per rule, called in order by tests, the simulator
+//! and the fuzzers (part of the driver's interface, see `driver_api.rs`).
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use thiserror::Error;
 
-use super::{Lifecycle, Pool, ProbeState, RequestState};
+use super::{Lifecycle, Pool, ProbeState, RequestState, Worker};
 use crate::keys::{RequestKey, WorkerKey};
+use crate::protocol::WorkerHealthStatus;
 use crate::routing::Membership;
+use crate::time::Time;
+use crate::timers::Timer;
 
 /// A broken internal rule of [`Pool`], described for a bug report.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
@@ -22,36 +26,83 @@ macro_rules! ensure {
     };
 }
 
+/// The timers armed in the heap, to check that every deadline has one.
+struct Armed(BTreeSet<(Time, Timer)>);
+
+impl Armed {
+    /// Whether `timer` is armed at `at`. A timer due at `Time::MAX`
+    /// ("never") is deliberately not armed, and counts as armed.
+    fn has(&self, at: Time, timer: Timer) -> bool {
+        at == Time::MAX || self.0.contains(&(at, timer))
+    }
+}
+
+/// What the checks gather as they go, for the checks that follow.
+#[derive(Default)]
+struct Tally {
+    /// Requests some worker holds (queued, running or moving off it).
+    held: BTreeSet<RequestKey>,
+    /// Live entries of the backlog.
+    in_backlog: BTreeSet<RequestKey>,
+    /// How many requests move off each removed worker.
+    moving: BTreeMap<WorkerKey, usize>,
+    /// Workers found schedulable.
+    schedulable: usize,
+}
+
+type Checked = Result<(), InvariantViolation>;
+
+/// Part of the driver's interface (listed with the rest of it in
+/// `driver_api.rs`): the check itself, beside the rules it checks.
 impl<P: Clone> Pool<P> {
     /// Checks every internal rule; O(requests + workers + timers).
     ///
     /// The rules: every pending request is held by exactly one live worker,
     /// queued there or running there, or (moving off it, once it was
     /// removed) counted as moving by it; a request a circuit breaker placed
-    /// is pinned, and only such a request moves; every unpinned queued request is in
-    /// the backlog once, and nothing else is; queue counters match the
-    /// queues; no
-    /// worker runs more than its concurrency or holds more than its capacity;
-    /// no worker has a free run slot while requests wait in its own queue,
-    /// nor a schedulable one while requests wait in the backlog; the
-    /// router's eligible set is exactly the schedulable workers with room;
-    /// every deadline has a timer; every probing worker has exactly one probe
-    /// timer; the counters add up (accepted = answered + pending); a stopped
-    /// pool holds nothing.
+    /// is pinned, and only such a request moves; every unpinned queued
+    /// request is in the backlog once, and nothing else is; queue counters
+    /// match the queues; no worker runs more than its concurrency or holds
+    /// more than its capacity; no worker has a free run slot while requests
+    /// wait in its own queue, nor a schedulable one while requests wait in
+    /// the backlog; the router's eligible set is exactly the schedulable
+    /// workers with room; every deadline has a timer; every probing worker
+    /// has exactly one probe timer; the counters add up (accepted =
+    /// answered + pending); a stopped pool holds nothing.
     ///
     /// # Errors
     /// Returns the first broken rule found.
     pub fn check_invariants(&self) -> Result<(), InvariantViolation> {
-        let max_running = self.config.max_concurrency_per_worker as usize;
-        let mut held: BTreeSet<RequestKey> = BTreeSet::new();
-        let mut schedulable = 0usize;
-        let threshold = self.config.failure_threshold();
-        let armed: BTreeSet<(crate::time::Time, crate::timers::Timer)> =
-            self.timers.entries().collect();
-        // A timer due at `Time::MAX` ("never") is deliberately not armed.
-        let timer_armed = |at, timer| at == crate::time::Time::MAX || armed.contains(&(at, timer));
-        let mut in_backlog = BTreeSet::new();
-        let mut moving: std::collections::BTreeMap<WorkerKey, usize> = Default::default();
+        let armed = Armed(self.timers.entries().collect());
+        let mut tally = Tally::default();
+        self.check_moving_requests(&mut tally)?;
+        self.check_backlog(&mut tally)?;
+        for (raw, slot) in self.workers.iter() {
+            let worker = WorkerKey(raw);
+            self.check_queue(worker, slot, &mut tally)?;
+            self.check_moving_count(worker, slot, &tally)?;
+            self.check_load(worker, slot)?;
+            self.check_running(worker, slot, &mut tally)?;
+            self.check_cached_status(worker, slot)?;
+            if slot.schedulable {
+                tally.schedulable += 1;
+                self.check_backlog_is_served(worker, slot)?;
+            }
+            self.check_membership(worker, slot)?;
+            self.check_probe(worker, slot, &armed)?;
+            self.check_worker_id(worker, slot)?;
+        }
+        self.check_worker_counts(&tally)?;
+        self.check_router()?;
+        self.check_every_request_is_held(&tally)?;
+        self.check_request_times(&armed)?;
+        self.check_counters()?;
+        self.check_lifecycle(&armed)
+    }
+
+    /// A request a circuit breaker placed is pinned; only such a request
+    /// moves, and only off a worker being removed (which counts it).
+    fn check_moving_requests(&self, tally: &mut Tally) -> Checked {
         for (raw, entry) in self.requests.iter() {
             let key = RequestKey(raw);
             ensure!(!entry.vetted || entry.pinned, "vetted {key} is not pinned");
@@ -63,141 +114,202 @@ impl<P: Clone> Pool<P> {
                     "{key} moves off {} which is not being removed",
                     entry.worker
                 );
-                *moving.entry(entry.worker).or_default() += 1;
-                ensure!(held.insert(key), "{key} held twice");
+                *tally.moving.entry(entry.worker).or_default() += 1;
+                ensure!(tally.held.insert(key), "{key} held twice");
             }
         }
+        Ok(())
+    }
+
+    /// The backlog holds each unpinned queued request once, and counts its
+    /// live entries.
+    fn check_backlog(&self, tally: &mut Tally) -> Checked {
         for key in &self.backlog {
             if let Some(entry) = self.requests.get(key.0) {
                 if entry.state == RequestState::Queued {
                     ensure!(!entry.pinned, "pinned {key} waits in the backlog");
-                    ensure!(in_backlog.insert(*key), "{key} twice in the backlog");
+                    ensure!(tally.in_backlog.insert(*key), "{key} twice in the backlog");
                 }
             }
         }
         ensure!(
-            in_backlog.len() == self.backlog_live,
+            tally.in_backlog.len() == self.backlog_live,
             "backlog counts {} live requests but holds {}",
             self.backlog_live,
-            in_backlog.len()
+            tally.in_backlog.len()
         );
-        for (raw, slot) in self.workers.iter() {
-            let worker = WorkerKey(raw);
-            let mut live_queued = 0usize;
-            let mut seen = BTreeSet::new();
-            for key in &slot.queue {
-                if self.is_queued_on(*key, worker) {
-                    ensure!(seen.insert(*key), "{key} queued twice on {worker}");
-                    ensure!(held.insert(*key), "{key} held by two workers");
-                    let pinned = self.requests.get(key.0).is_some_and(|entry| entry.pinned);
-                    ensure!(
-                        pinned || in_backlog.contains(key),
-                        "unpinned {key} queued on {worker} is missing from the backlog"
-                    );
-                    live_queued += 1;
-                }
-            }
-            ensure!(
-                live_queued == slot.queued,
-                "{worker} counts {} queued but holds {live_queued}",
-                slot.queued
-            );
-            let moving_off = moving.get(&worker).copied().unwrap_or(0);
-            ensure!(
-                moving_off == slot.moving,
-                "{worker} counts {} moving but {moving_off} requests move off it",
-                slot.moving
-            );
-            ensure!(
-                slot.running.len() <= max_running,
-                "{worker} runs {} > {max_running}",
-                slot.running.len()
-            );
-            ensure!(
-                slot.running.len() + slot.queued <= self.capacity,
-                "{worker} holds {} > capacity {}",
-                slot.running.len() + slot.queued,
-                self.capacity
-            );
-            ensure!(
-                slot.queued == 0 || slot.running.len() == max_running,
-                "{worker} has a free run slot while {} requests wait in its queue",
-                slot.queued
-            );
-            for key in slot.running.iter() {
-                let running_here = matches!(
-                    self.requests.get(key.0),
-                    Some(entry) if entry.worker == worker && matches!(entry.state, RequestState::Running { .. })
-                );
+        Ok(())
+    }
+
+    /// A worker's queue holds each of its queued requests once, no other
+    /// worker holds them, the unpinned ones are in the backlog, and its
+    /// count matches.
+    fn check_queue(&self, worker: WorkerKey, slot: &Worker, tally: &mut Tally) -> Checked {
+        let mut live_queued = 0usize;
+        let mut seen = BTreeSet::new();
+        for key in &slot.queue {
+            if self.is_queued_on(*key, worker) {
+                ensure!(seen.insert(*key), "{key} queued twice on {worker}");
+                ensure!(tally.held.insert(*key), "{key} held by two workers");
+                let pinned = self.requests.get(key.0).is_some_and(|entry| entry.pinned);
                 ensure!(
-                    running_here,
-                    "{worker} lists {key} as running but it is not"
+                    pinned || tally.in_backlog.contains(key),
+                    "unpinned {key} queued on {worker} is missing from the backlog"
                 );
-                ensure!(held.insert(key), "{key} held twice");
+                live_queued += 1;
             }
-            ensure!(
-                slot.status == slot.health.status(threshold),
-                "{worker} caches a stale status"
-            );
-            let expect_schedulable = !slot.removing
-                && self.lifecycle != Lifecycle::Stopped
-                && slot.status.is_schedulable();
-            ensure!(
-                slot.schedulable == expect_schedulable,
-                "{worker} schedulable flag stale"
-            );
-            if slot.schedulable {
-                schedulable += 1;
-                ensure!(
-                    self.backlog_live == 0 || slot.running.len() == max_running,
-                    "schedulable {worker} has a free run slot while {} requests wait in the backlog",
-                    self.backlog_live
-                );
-            }
-            let eligible = expect_schedulable && slot.running.len() + slot.queued < self.capacity;
-            let idle = eligible && slot.running.len() < max_running;
-            let expect = Membership {
-                eligible,
-                idle,
-                preferred: idle && slot.status == crate::protocol::WorkerHealthStatus::Healthy,
-            };
-            ensure!(
-                slot.membership == expect,
-                "{worker} caches {:?}, expected {expect:?}",
-                slot.membership
-            );
-            ensure!(
-                self.router.membership(worker) == expect,
-                "router holds {worker} as {:?}, expected {expect:?}",
-                self.router.membership(worker)
-            );
-            let probing = self.lifecycle == Lifecycle::Running && !slot.removing;
-            match slot.probe {
-                ProbeState::Idle => ensure!(!probing, "{worker} is not being probed"),
-                ProbeState::Due(at) => {
-                    ensure!(probing, "{worker} has a probe due while not probing");
-                    ensure!(
-                        timer_armed(at, crate::timers::Timer::ProbeDue(worker)),
-                        "{worker} probe due at {at} has no timer"
-                    );
-                }
-                ProbeState::Outstanding { deadline, .. } => {
-                    ensure!(
-                        probing,
-                        "{worker} has a probe outstanding while not probing"
-                    );
-                    ensure!(
-                        timer_armed(deadline, crate::timers::Timer::ProbeTimeout(worker)),
-                        "{worker} probe deadline {deadline} has no timer"
-                    );
-                }
-            }
-            ensure!(
-                self.ids.get(&slot.id) == Some(&worker),
-                "{worker} is not found by its id {:?}",
-                slot.id
-            );
         }
+        ensure!(
+            live_queued == slot.queued,
+            "{worker} counts {} queued but holds {live_queued}",
+            slot.queued
+        );
+        Ok(())
+    }
+
+    /// A worker counts exactly the requests moving off it.
+    fn check_moving_count(&self, worker: WorkerKey, slot: &Worker, tally: &Tally) -> Checked {
+        let moving_off = tally.moving.get(&worker).copied().unwrap_or(0);
+        ensure!(
+            moving_off == slot.moving,
+            "{worker} counts {} moving but {moving_off} requests move off it",
+            slot.moving
+        );
+        Ok(())
+    }
+
+    /// No worker runs more than its concurrency, holds more than its
+    /// capacity, or has a free run slot while requests wait in its queue.
+    fn check_load(&self, worker: WorkerKey, slot: &Worker) -> Checked {
+        let max_running = self.config.max_concurrency_per_worker as usize;
+        ensure!(
+            slot.running.len() <= max_running,
+            "{worker} runs {} > {max_running}",
+            slot.running.len()
+        );
+        ensure!(
+            slot.running.len() + slot.queued <= self.capacity,
+            "{worker} holds {} > capacity {}",
+            slot.running.len() + slot.queued,
+            self.capacity
+        );
+        ensure!(
+            slot.queued == 0 || slot.running.len() == max_running,
+            "{worker} has a free run slot while {} requests wait in its queue",
+            slot.queued
+        );
+        Ok(())
+    }
+
+    /// Every request a worker lists as running runs there, and no other
+    /// worker holds it.
+    fn check_running(&self, worker: WorkerKey, slot: &Worker, tally: &mut Tally) -> Checked {
+        for key in slot.running.iter() {
+            let running_here = matches!(
+                self.requests.get(key.0),
+                Some(entry) if entry.worker == worker && matches!(entry.state, RequestState::Running { .. })
+            );
+            ensure!(
+                running_here,
+                "{worker} lists {key} as running but it is not"
+            );
+            ensure!(tally.held.insert(key), "{key} held twice");
+        }
+        Ok(())
+    }
+
+    /// A worker's cached status and schedulable flag match its health,
+    /// removal and the pool's lifecycle.
+    fn check_cached_status(&self, worker: WorkerKey, slot: &Worker) -> Checked {
+        let threshold = self.config.failure_threshold();
+        ensure!(
+            slot.status == slot.health.status(threshold),
+            "{worker} caches a stale status"
+        );
+        ensure!(
+            slot.schedulable == self.expect_schedulable(slot),
+            "{worker} schedulable flag stale"
+        );
+        Ok(())
+    }
+
+    /// A schedulable worker has no free run slot while requests wait in
+    /// the backlog.
+    fn check_backlog_is_served(&self, worker: WorkerKey, slot: &Worker) -> Checked {
+        let max_running = self.config.max_concurrency_per_worker as usize;
+        ensure!(
+            self.backlog_live == 0 || slot.running.len() == max_running,
+            "schedulable {worker} has a free run slot while {} requests wait in the backlog",
+            self.backlog_live
+        );
+        Ok(())
+    }
+
+    /// A worker's cached membership, and the router's, are exactly what its
+    /// status and load make them: eligible when schedulable with room, idle
+    /// when also a run slot is free, preferred when also Healthy.
+    fn check_membership(&self, worker: WorkerKey, slot: &Worker) -> Checked {
+        let max_running = self.config.max_concurrency_per_worker as usize;
+        let eligible =
+            self.expect_schedulable(slot) && slot.running.len() + slot.queued < self.capacity;
+        let idle = eligible && slot.running.len() < max_running;
+        let expect = Membership {
+            eligible,
+            idle,
+            preferred: idle && slot.status == WorkerHealthStatus::Healthy,
+        };
+        ensure!(
+            slot.membership == expect,
+            "{worker} caches {:?}, expected {expect:?}",
+            slot.membership
+        );
+        ensure!(
+            self.router.membership(worker) == expect,
+            "router holds {worker} as {:?}, expected {expect:?}",
+            self.router.membership(worker)
+        );
+        Ok(())
+    }
+
+    /// A worker is probed exactly while the pool runs and it is not being
+    /// removed, and its due probe or outstanding probe has its timer.
+    fn check_probe(&self, worker: WorkerKey, slot: &Worker, armed: &Armed) -> Checked {
+        let probing = self.lifecycle == Lifecycle::Running && !slot.removing;
+        match slot.probe {
+            ProbeState::Idle => ensure!(!probing, "{worker} is not being probed"),
+            ProbeState::Due(at) => {
+                ensure!(probing, "{worker} has a probe due while not probing");
+                ensure!(
+                    armed.has(at, Timer::ProbeDue(worker)),
+                    "{worker} probe due at {at} has no timer"
+                );
+            }
+            ProbeState::Outstanding { deadline, .. } => {
+                ensure!(
+                    probing,
+                    "{worker} has a probe outstanding while not probing"
+                );
+                ensure!(
+                    armed.has(deadline, Timer::ProbeTimeout(worker)),
+                    "{worker} probe deadline {deadline} has no timer"
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// A worker is found by its identifier.
+    fn check_worker_id(&self, worker: WorkerKey, slot: &Worker) -> Checked {
+        ensure!(
+            self.ids.get(&slot.id) == Some(&worker),
+            "{worker} is not found by its id {:?}",
+            slot.id
+        );
+        Ok(())
+    }
+
+    /// One identifier per worker, and the schedulable count matches.
+    fn check_worker_counts(&self, tally: &Tally) -> Checked {
         ensure!(
             self.ids.len() == self.workers.len(),
             "{} ids for {} workers",
@@ -205,10 +317,16 @@ impl<P: Clone> Pool<P> {
             self.workers.len()
         );
         ensure!(
-            schedulable == self.schedulable,
-            "schedulable count {} but {schedulable} workers are",
-            self.schedulable
+            tally.schedulable == self.schedulable,
+            "schedulable count {} but {} workers are",
+            self.schedulable,
+            tally.schedulable
         );
+        Ok(())
+    }
+
+    /// The router holds only live workers, and only eligible ones as idle.
+    fn check_router(&self) -> Checked {
         ensure!(
             self.router
                 .iter_eligible()
@@ -221,12 +339,24 @@ impl<P: Clone> Pool<P> {
                 .all(|w| self.router.membership(w).eligible),
             "router holds an idle worker that is not eligible"
         );
+        Ok(())
+    }
+
+    /// Every pending request is held by a worker.
+    fn check_every_request_is_held(&self, tally: &Tally) -> Checked {
         ensure!(
-            held.len() == self.requests.len(),
+            tally.held.len() == self.requests.len(),
             "{} requests pending but {} held by workers",
             self.requests.len(),
-            held.len()
+            tally.held.len()
         );
+        Ok(())
+    }
+
+    /// No request was accepted in the future, started before it was
+    /// accepted, or has a deadline before its acceptance or without a
+    /// timer.
+    fn check_request_times(&self, armed: &Armed) -> Checked {
         for (raw, entry) in self.requests.iter() {
             let key = RequestKey(raw);
             ensure!(
@@ -236,7 +366,7 @@ impl<P: Clone> Pool<P> {
             if let Some(at) = entry.deadline {
                 ensure!(at >= entry.accepted_at, "{key} deadline before acceptance");
                 ensure!(
-                    timer_armed(at, crate::timers::Timer::Request(key)),
+                    armed.has(at, Timer::Request(key)),
                     "{key} deadline {at} has no timer"
                 );
             }
@@ -247,6 +377,12 @@ impl<P: Clone> Pool<P> {
                 );
             }
         }
+        Ok(())
+    }
+
+    /// The counters add up: accepted = answered + pending, submitted =
+    /// accepted + refused.
+    fn check_counters(&self) -> Checked {
         let counters = &self.counters;
         ensure!(
             counters.accepted == counters.answered() + self.requests.len() as u64,
@@ -262,19 +398,28 @@ impl<P: Clone> Pool<P> {
             counters.accepted,
             counters.refused()
         );
+        Ok(())
+    }
+
+    /// A stopped pool holds no request and routes none; a drain deadline
+    /// has its timer.
+    fn check_lifecycle(&self, armed: &Armed) -> Checked {
         match self.lifecycle {
             Lifecycle::Stopped => {
                 ensure!(self.requests.len() == 0, "stopped pool holds requests");
                 ensure!(self.router.eligible_len() == 0, "stopped pool routes");
             }
             Lifecycle::Draining { deadline: Some(at) } => {
-                ensure!(
-                    timer_armed(at, crate::timers::Timer::Drain),
-                    "drain deadline has no timer"
-                );
+                ensure!(armed.has(at, Timer::Drain), "drain deadline has no timer");
             }
             _ => {}
         }
         Ok(())
+    }
+
+    /// Whether a worker should be schedulable: not being removed, the pool
+    /// not stopped, and its status schedulable.
+    fn expect_schedulable(&self, slot: &Worker) -> bool {
+        !slot.removing && self.lifecycle != Lifecycle::Stopped && slot.status.is_schedulable()
     }
 }

@@ -11,12 +11,13 @@
 
 use std::collections::BTreeSet;
 
-use super::{Pool, Refused, RequestState};
+use super::admission::Refused;
+use super::{Pool, RequestState};
 use crate::config::Admission;
 use crate::health::HealthCause;
 use crate::keys::{RequestKey, WorkerKey};
 use crate::output::Event;
-use crate::protocol::{WorkerErrorCode, WorkerPoolError};
+use crate::protocol::{WorkerErrorCode, WorkerPoolError, WorkerRequest};
 use crate::time::Time;
 use crate::validate::RequestError;
 
@@ -233,6 +234,40 @@ impl<P: Clone> Pool<P> {
         self.unroutable(request, &from_id, why);
         self.after_worker_change(from, HealthCause::Stopped);
         Revetted::Answered
+    }
+
+    /// Submits a request, asking `allow` (a circuit breaker that answers at
+    /// once) about each candidate worker by id, in the pool's order, until
+    /// one allows: the steps of [`vet`](Self::vet) in one call. Its worker
+    /// is then the one `allow` approved (see [`vet`](Self::vet) for when it
+    /// may move, and [`Action::Revet`](crate::Action::Revet)).
+    ///
+    /// # Errors
+    /// As [`vet`](Self::vet) with [`Vetting::new`].
+    pub fn submit_with(
+        &mut self,
+        now: Time,
+        request: &WorkerRequest,
+        payload: P,
+        mut allow: impl FnMut(&str) -> bool,
+    ) -> Result<RequestKey, Refused<P>> {
+        let admission = self.config.admit(request);
+        let mut vetting = Vetting::new();
+        let mut payload = payload;
+        loop {
+            match self.vet(now, &admission, payload, &mut vetting) {
+                Vetted::Ask {
+                    worker,
+                    payload: back,
+                } => {
+                    payload = back;
+                    let allowed = self.worker_id(worker).is_some_and(&mut allow);
+                    vetting.answer(allowed);
+                }
+                Vetted::Accepted { request, .. } => return Ok(request),
+                Vetted::Refused(refused) => return Err(refused),
+            }
+        }
     }
 
     /// [`revet`](Self::revet) with a breaker that answers at once: asks

@@ -1,0 +1,221 @@
+//! How a request ends: its handler completes, its caller cancels it, or
+//! its deadline passes; each ends in its one [`Action::Answer`], which
+//! takes the request off its worker's books.
+
+use serde_json::Value;
+
+use super::scheduling::sweep_queue;
+use super::{Pool, Request, RequestState};
+use crate::health::HealthCause;
+use crate::keys::RequestKey;
+use crate::keys::WorkerKey;
+use crate::output::{Action, Answer, Phase};
+use crate::protocol::{WorkerErrorCode, WorkerPoolError, WorkerProtocolError};
+use crate::time::Time;
+
+impl<P: Clone> Pool<P> {
+    /// The caller gave up on a request: it leaves its queue at once, or its
+    /// handler is aborted, and it is answered `Cancelled` (which does not
+    /// count against the worker).
+    ///
+    /// Returns `false` (and does nothing) if the request was already
+    /// answered or never existed.
+    pub fn cancel(&mut self, now: Time, request: RequestKey) -> bool {
+        self.observe(now);
+        let Some(entry) = self.requests.get(request.0) else {
+            return false;
+        };
+        let worker = entry.worker;
+        let error = WorkerPoolError::Worker(WorkerProtocolError::new(
+            WorkerErrorCode::Cancelled,
+            "request cancelled by the caller",
+            false,
+        ));
+        if entry.state.is_waiting() {
+            self.counters.cancelled_queued += 1;
+            self.finish_waiting(request, Err(error));
+        } else {
+            self.counters.cancelled_running += 1;
+            self.actions.push_back(Action::Abort { request, worker });
+            self.finish_running(request, Err(error));
+        }
+        self.after_worker_change(worker, HealthCause::Success);
+        true
+    }
+
+    /// A handler finished the request it was started with.
+    ///
+    /// A success clears the worker's failure count; an error counts as one
+    /// failure. Returns `false` (and does nothing) when the request is not
+    /// running (already answered, aborted, or unknown).
+    pub fn handle_completion(
+        &mut self,
+        now: Time,
+        request: RequestKey,
+        result: Result<Value, WorkerProtocolError>,
+    ) -> bool {
+        let now = self.observe(now);
+        let (worker, started_at) = match self.requests.get(request.0) {
+            Some(Request {
+                worker,
+                state: RequestState::Running { started_at },
+                ..
+            }) => (*worker, *started_at),
+            _ => return false,
+        };
+        let cause = if result.is_ok() {
+            HealthCause::Success
+        } else {
+            HealthCause::Failure
+        };
+        if let Some(slot) = self.workers.get_mut(worker.0) {
+            match result {
+                Ok(_) => {
+                    slot.health.on_success();
+                    slot.last_run = Some(now - started_at);
+                }
+                Err(_) => slot.health.on_failure(),
+            }
+        }
+        match result {
+            Ok(_) => self.counters.succeeded += 1,
+            Err(_) => self.counters.failed += 1,
+        }
+        self.finish_running(request, result.map_err(WorkerPoolError::Worker));
+        self.after_worker_change(worker, cause);
+        true
+    }
+
+    /// Everything that follows a change to a worker's requests or health.
+    pub(super) fn after_worker_change(&mut self, worker: WorkerKey, cause: HealthCause) {
+        self.refresh_and_pump(worker, cause);
+        self.maybe_release(worker);
+        self.maybe_finish_shutdown();
+    }
+
+    /// Answers a waiting request (queued, or moving off a removed worker)
+    /// and takes it off its worker's books.
+    pub(super) fn finish_waiting(
+        &mut self,
+        request: RequestKey,
+        result: Result<Value, WorkerPoolError>,
+    ) {
+        let Some(entry) = self.requests.remove(request.0) else {
+            return;
+        };
+        if !entry.state.is_waiting() {
+            unreachable_state();
+        }
+        if !entry.pinned {
+            self.leave_backlog();
+        }
+        if let Some(slot) = self.workers.get_mut(entry.worker.0) {
+            if entry.state == RequestState::Moving {
+                slot.moving = slot.moving.saturating_sub(1);
+            } else {
+                slot.queued = slot.queued.saturating_sub(1);
+                sweep_queue(&mut slot.queue, slot.queued, &self.requests, entry.worker);
+            }
+        }
+        self.actions.push_back(Action::Answer(Answer {
+            request,
+            worker: entry.worker,
+            result,
+            phase: Phase::Queued,
+            queued_for: self.now - entry.accepted_at,
+            ran_for: None,
+            payload: entry.payload,
+        }));
+    }
+
+    /// Answers a running request and takes it off its worker's books.
+    pub(super) fn finish_running(
+        &mut self,
+        request: RequestKey,
+        result: Result<Value, WorkerPoolError>,
+    ) {
+        let worker = match self.requests.get(request.0) {
+            Some(entry) => entry.worker,
+            None => return,
+        };
+        if let Some(slot) = self.workers.get_mut(worker.0) {
+            slot.running.remove(request);
+        }
+        self.answer_running(request, result);
+    }
+
+    /// Answers a running request already taken off its worker's run list.
+    pub(super) fn answer_running(
+        &mut self,
+        request: RequestKey,
+        result: Result<Value, WorkerPoolError>,
+    ) {
+        let Some(entry) = self.requests.remove(request.0) else {
+            return;
+        };
+        let RequestState::Running { started_at } = entry.state else {
+            unreachable_state();
+            return;
+        };
+        self.actions.push_back(Action::Answer(Answer {
+            request,
+            worker: entry.worker,
+            result,
+            phase: Phase::Running,
+            queued_for: started_at - entry.accepted_at,
+            ran_for: Some(self.now - started_at),
+            payload: entry.payload,
+        }));
+    }
+
+    /// A request's budget ran out: a queued one is answered `Timeout` and
+    /// charged to no worker; a running one is aborted, answered `Timeout`,
+    /// and counts as a failure of its worker only if that worker had at
+    /// least half of its budget (`Health::on_timeout`).
+    pub(super) fn request_deadline(&mut self, request: RequestKey) {
+        let Some(entry) = self.requests.get(request.0) else {
+            return;
+        };
+        let worker = entry.worker;
+        if let RequestState::Running { started_at } = entry.state {
+            // The deadline, not `now`: a timer that fires late does not
+            // lengthen the worker's share.
+            let deadline = entry.deadline.unwrap_or(self.now);
+            let ran = deadline - started_at;
+            let budget = deadline - entry.accepted_at;
+            self.counters.timed_out_running += 1;
+            self.actions.push_back(Action::Abort { request, worker });
+            if let Some(slot) = self.workers.get_mut(worker.0) {
+                slot.health.on_timeout(ran, budget);
+            }
+            self.finish_running(request, Err(WorkerPoolError::Timeout));
+        } else if cfg!(foreman_planted_bug) {
+            // Planted bug (test-only, built with
+            // `RUSTFLAGS="--cfg foreman_planted_bug"`): forget to answer a
+            // request that timed out while waiting. The simulator must catch
+            // this.
+            self.counters.timed_out_queued += 1;
+            if let Some(slot) = self.workers.get_mut(worker.0) {
+                slot.queued = slot.queued.saturating_sub(1);
+            }
+            let _ = self.requests.remove(request.0);
+        } else {
+            self.expire_queued(request);
+        }
+        self.after_worker_change(worker, HealthCause::Timeout);
+    }
+
+    /// Answers `Timeout` to a queued request whose budget has run out (or
+    /// is too short to start it), charging no worker: time spent queued is
+    /// never held against one.
+    pub(super) fn expire_queued(&mut self, request: RequestKey) {
+        self.counters.timed_out_queued += 1;
+        self.finish_waiting(request, Err(WorkerPoolError::Timeout));
+    }
+}
+
+/// Marks a state the pool's own bookkeeping rules out; checked in debug
+/// builds (and by the simulator), ignored in release.
+fn unreachable_state() {
+    debug_assert!(false, "request state contradicts the pool's bookkeeping");
+}

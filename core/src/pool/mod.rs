@@ -1,0 +1,296 @@
+//! [`Pool`]: the sans-IO state machine that makes every decision of the pool.
+//!
+//! This file holds the type, its contract and the state it keeps; each
+//! part of the state machine adds its methods from its own file:
+//!
+//! | file | holds |
+//! |---|---|
+//! | `admission.rs` | submits: admission, the first worker, acceptance, refusals |
+//! | `vetting.rs` | a circuit breaker's say in a request's worker (`vet`, `revet`) |
+//! | `scheduling.rs` | which waiting request a worker runs: the late-binding backlog, status and load refreshes |
+//! | `answers.rs` | how a request ends: completion, cancellation, its deadline, its answer |
+//! | `workers.rs` | adding, restarting and removing workers, moving a removed worker's requests |
+//! | `probes.rs` | health probes: sending, their answers and timeouts |
+//! | `shutdown.rs` | the drain: `begin_shutdown`, the drain deadline, the stop |
+//! | `timeouts.rs` | the time rule and the timers: `handle_timeout`, arming, which timers are live |
+//! | `outputs.rs` | what the driver polls: `poll_action`, `poll_event`, `poll_timeout` |
+//! | `queries.rs` | read-only views: health, stats, identifiers, lifecycle |
+//! | `driver_api.rs` | the driver's interface: what only a driver needs |
+//! | `invariants.rs` | `check_invariants`: the bookkeeping rules, one check per rule |
+//! | `run_list.rs` | the requests one worker is running |
+
+pub(crate) mod admission;
+mod answers;
+mod driver_api;
+pub(crate) mod invariants;
+mod outputs;
+mod probes;
+mod queries;
+mod run_list;
+mod scheduling;
+mod shutdown;
+mod timeouts;
+pub(crate) mod vetting;
+pub(crate) mod workers;
+
+use std::collections::{BTreeMap, VecDeque};
+use std::fmt;
+use std::time::Duration;
+
+use crate::config::{ConfigError, PoolConfig};
+use crate::health::Health;
+use crate::keys::{ProbeKey, RequestKey, WorkerKey};
+use crate::output::{Action, Event};
+use crate::protocol::WorkerHealthStatus;
+use crate::routing::{Membership, Router};
+use crate::slab::Slab;
+use crate::stats::Counters;
+use crate::time::Time;
+use crate::timers::TimerHeap;
+use run_list::RunList;
+
+/// The worker pool as a pure state machine: inputs in, decisions out.
+///
+/// `Pool` owns every policy of foreman — validation, admission and
+/// backpressure, routing, health, deadlines, probes, restarts, removal and
+/// drain — and performs no I/O. A driver (the tokio or async-std adapter, a
+/// simulator, a test) feeds it inputs and carries out what it asks.
+///
+/// # Inputs
+/// Every input takes `now`, the current [`Time`]:
+/// - [`submit`](Self::submit) / [`submit_checked`](Self::submit_checked) /
+///   [`offer`](Self::offer): a new request, answered at once with a
+///   [`RequestKey`] or a [`Refused`](crate::Refused) (invalid, queue full, no healthy
+///   worker, shutting down);
+/// - [`vet`](Self::vet): a new request whose worker a circuit breaker
+///   approves, asked one candidate at a time (so a driver asks it outside
+///   its lock), and [`revet`](Self::revet): such a request whose worker was
+///   removed ([`Action::Revet`]); [`submit_with`](Self::submit_with) runs
+///   the steps of `vet` with a breaker that answers at once;
+/// - [`cancel`](Self::cancel): the caller gave up on a request;
+/// - [`handle_completion`](Self::handle_completion): a handler finished;
+/// - [`handle_probe_result`](Self::handle_probe_result): a probe answered;
+/// - [`handle_timeout`](Self::handle_timeout): the instant from
+///   [`poll_timeout`](Self::poll_timeout) was reached (a spurious call is a
+///   no-op);
+/// - commands that can be refused return `Result`:
+///   [`add_worker`](Self::add_worker), [`remove_worker`](Self::remove_worker),
+///   [`restart_worker`](Self::restart_worker); and
+///   [`begin_shutdown`](Self::begin_shutdown).
+///
+/// Inputs naming something that no longer exists (a completion for an
+/// answered request, a stale probe, a double cancel) are ignored and return
+/// `false`. No input sequence makes the core panic.
+///
+/// # Outputs and the drain rule
+/// After every input, the driver drains [`poll_action`](Self::poll_action)
+/// until it returns `None` and carries the [`Action`]s out **in order** (an
+/// `Abort` precedes the `Answer` of the same request; a `RestartWorker`
+/// precedes the `Start`s on the fresh worker). It may drain
+/// [`poll_event`](Self::poll_event) for hooks and tracing; events queue up
+/// until drained. Then it asks [`poll_timeout`](Self::poll_timeout) when to
+/// call `handle_timeout` next; the answer changes only after an input. A
+/// driver that keeps one timer may instead ask
+/// [`move_timer`](Self::move_timer), which is cheaper: its timer then fires
+/// early at worst (a spurious `handle_timeout`), never late.
+///
+/// # The time rule
+/// The core never reads a clock. Time only moves forward: an input whose
+/// `now` is earlier than one seen before is treated as happening at the
+/// latest instant seen. Every deadline is an absolute [`Time`]; a timer fires
+/// at the first `handle_timeout` whose `now` is at or after it, never before.
+///
+/// # Answers
+/// Every accepted request gets exactly one [`Action::Answer`]: its result,
+/// a worker error, `Timeout` (queue wait plus run time exceeded its budget),
+/// `Cancelled`, or `ShuttingDown` once a drain deadline passes.
+///
+/// A timeout counts against a worker only for the time the request spent
+/// running on it. With the budget measured from acceptance to the deadline:
+/// - a request whose deadline comes while it is queued is answered
+///   `Timeout` ([`Phase::Queued`](crate::Phase::Queued)) and counts against no worker. So is a
+///   queued request that a worker reaches with its budget spent (a worker
+///   can free up before the deadline's timer fires) or with less budget
+///   left than that worker's last successful request ran for: it is not
+///   started, since it could hardly finish, and under overload such runs
+///   (the oldest requests, which workers reach first) would hold every
+///   worker until their deadlines and leave no request to succeed;
+/// - a request whose deadline comes while it runs is aborted and answered
+///   `Timeout` ([`Phase::Running`](crate::Phase::Running)); it counts as one failure of its worker
+///   if that worker had at least half of its budget (from the request's
+///   start to its deadline: it waited for at most half of its budget), and
+///   changes nothing otherwise. A request that starts at once is charged
+///   in full; one that reaches a worker with less than half of its budget
+///   left is never held against it, so overload sheds load by expiry and
+///   backpressure (`QueueFull`) and never ejects a worker whose requests
+///   take under half the budget.
+///
+/// # Shutdown
+/// [`begin_shutdown`](Self::begin_shutdown) refuses new work with
+/// `ShuttingDown`, stops probing, and lets queued and running requests finish
+/// until the optional drain deadline; then it aborts and answers the rest.
+/// When nothing is left it emits [`Action::StopWorker`] for every worker and
+/// [`Event::ShutdownComplete`]; from then on every worker reports
+/// `Unavailable`.
+pub struct Pool<P> {
+    config: PoolConfig,
+    /// Requests one worker may hold: running plus queued.
+    capacity: usize,
+    now: Time,
+    requests: Slab<Request<P>>,
+    workers: Slab<Worker>,
+    ids: BTreeMap<String, WorkerKey>,
+    router: Router,
+    /// Workers that are schedulable (whether or not they have room).
+    schedulable: usize,
+    /// Unpinned queued requests, which any schedulable worker may run (late
+    /// binding), in the order they arrived (each is also in its worker's
+    /// queue, for that worker to run should it stop being schedulable); may
+    /// hold stale keys (started, or answered while queued), swept once they
+    /// outnumber the live ones.
+    backlog: VecDeque<RequestKey>,
+    /// Live entries of `backlog`.
+    backlog_live: usize,
+    timers: TimerHeap,
+    actions: VecDeque<Action<P>>,
+    events: VecDeque<Event>,
+    lifecycle: Lifecycle,
+    next_probe: u64,
+    names_issued: u64,
+    counters: Counters,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Lifecycle {
+    Running,
+    Draining { deadline: Option<Time> },
+    Stopped,
+}
+
+struct Request<P> {
+    /// The worker running it, or the one it is queued on (whose room it
+    /// takes up).
+    worker: WorkerKey,
+    state: RequestState,
+    /// Only its worker may run it (it is not in the backlog).
+    pinned: bool,
+    /// A circuit breaker chose its worker, and it is pinned there: should
+    /// that worker be removed while it waits, it moves only to a worker
+    /// the breaker approves ([`Action::Revet`], [`Pool::revet`]).
+    vetted: bool,
+    /// The submit payload, held until the answer gives it back.
+    payload: P,
+    accepted_at: Time,
+    deadline: Option<Time>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum RequestState {
+    Queued,
+    /// Vetted, its worker removed: it waits on no worker's queue (its
+    /// removed worker counts it in `moving`) for [`Pool::revet`].
+    Moving,
+    Running {
+        started_at: Time,
+    },
+}
+
+impl RequestState {
+    /// Waiting for a run slot: queued, or moving off a removed worker.
+    fn is_waiting(self) -> bool {
+        matches!(self, RequestState::Queued | RequestState::Moving)
+    }
+}
+
+struct Worker {
+    id: String,
+    health: Health,
+    /// Cached `health.status(threshold)`, to notice changes.
+    status: WorkerHealthStatus,
+    /// Queued request keys in order; may hold stale keys (cancelled, timed
+    /// out, or run by another worker while queued), swept once they
+    /// outnumber the live ones.
+    queue: VecDeque<RequestKey>,
+    /// Live entries of `queue`.
+    queued: usize,
+    /// Requests that waited here when the worker was removed and wait for
+    /// a circuit breaker's approval of another ([`RequestState::Moving`]);
+    /// the worker is released only once they have moved or been answered.
+    moving: usize,
+    running: RunList,
+    /// How long its last successful request ran (since it was added or
+    /// restarted): a queued request with less budget left is not started
+    /// on it (see [`too_late_to_start`](scheduling::too_late_to_start)).
+    last_run: Option<Duration>,
+    removing: bool,
+    /// Cached: takes new requests (not removing, status schedulable, pool
+    /// not stopped).
+    schedulable: bool,
+    /// Cached, as the router holds it: schedulable with room (eligible),
+    /// and a run slot free (idle), and Healthy (preferred: routed to
+    /// before idle Degraded workers).
+    membership: Membership,
+    probe: ProbeState,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ProbeState {
+    /// Not probing (removing, or the pool is shutting down).
+    Idle,
+    /// Next probe is due at this instant.
+    Due(Time),
+    /// A probe is running.
+    Outstanding {
+        key: ProbeKey,
+        sent_at: Time,
+        deadline: Time,
+        failure_seq: u64,
+    },
+}
+
+impl<P: Clone> Pool<P> {
+    /// Creates an empty pool; add workers with [`add_worker`](Self::add_worker).
+    ///
+    /// # Errors
+    /// Returns the first [`ConfigError`] of `config` (zero queue capacity,
+    /// zero probe interval, a default timeout above the policy maximum, …).
+    pub fn new(config: impl Into<PoolConfig>, now: Time) -> Result<Self, ConfigError> {
+        let config = config.into();
+        config.validate()?;
+        let capacity = config
+            .options
+            .queue_capacity
+            .saturating_add(config.max_concurrency_per_worker as usize);
+        Ok(Pool {
+            router: Router::new(config.routing),
+            config,
+            capacity,
+            now,
+            requests: Slab::new(),
+            workers: Slab::new(),
+            ids: BTreeMap::new(),
+            schedulable: 0,
+            backlog: VecDeque::new(),
+            backlog_live: 0,
+            timers: TimerHeap::new(),
+            actions: VecDeque::new(),
+            events: VecDeque::new(),
+            lifecycle: Lifecycle::Running,
+            next_probe: 0,
+            names_issued: 0,
+            counters: Counters::default(),
+        })
+    }
+}
+
+impl<P> fmt::Debug for Pool<P> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Pool")
+            .field("now", &self.now)
+            .field("lifecycle", &self.lifecycle)
+            .field("workers", &self.workers.len())
+            .field("pending", &self.requests.len())
+            .field("counters", &self.counters)
+            .finish_non_exhaustive()
+    }
+}

@@ -1,0 +1,34 @@
+//! What the driver polls after every input: the actions to carry out in
+//! order, the events to report, and when to wake the core.
+
+use super::timeouts::timer_is_live;
+use super::Pool;
+use crate::output::{Action, Event};
+use crate::time::Time;
+use crate::timers::TimeoutReason;
+
+impl<P: Clone> Pool<P> {
+    /// The next thing the driver must do, in order; `None` when there is
+    /// nothing left. See the drain rule in the type's docs.
+    #[must_use]
+    pub fn poll_action(&mut self) -> Option<Action<P>> {
+        self.actions.pop_front()
+    }
+
+    /// The next event to report (hooks, tracing); `None` when there is
+    /// nothing left.
+    #[must_use]
+    pub fn poll_event(&mut self) -> Option<Event> {
+        self.events.pop_front()
+    }
+
+    /// When to call [`handle_timeout`](Self::handle_timeout) next, and why;
+    /// `None` when no timer is armed.
+    #[must_use]
+    pub fn poll_timeout(&mut self) -> Option<(Time, TimeoutReason)> {
+        let (requests, workers, lifecycle) = (&self.requests, &self.workers, self.lifecycle);
+        self.timers
+            .peek_live(|at, timer| timer_is_live(requests, workers, lifecycle, at, timer))
+            .map(|(at, timer)| (at, timer.reason()))
+    }
+}

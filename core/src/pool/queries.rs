@@ -1,0 +1,134 @@
+//! Read-only views of the pool: health in the reference's shape, stats,
+//! identifiers, the lifecycle and the configuration.
+
+use super::workers::CommandError;
+use super::{Lifecycle, Pool, Worker};
+use crate::config::PoolConfig;
+use crate::keys::WorkerKey;
+use crate::protocol::{WorkerHealth, WorkerHealthStatus};
+use crate::stats::{Counters, Stats, WorkerStats};
+use crate::time::Time;
+
+impl<P: Clone> Pool<P> {
+    /// Health of every worker, in worker order, in the reference's shape.
+    /// Workers being removed, and every worker once the pool has stopped,
+    /// report `Unavailable`.
+    pub fn health(&self) -> Vec<WorkerHealth> {
+        self.workers
+            .iter()
+            .map(|(_, slot)| self.health_of(slot))
+            .collect()
+    }
+
+    /// Health of one worker, if it exists.
+    pub fn worker_health(&self, worker: WorkerKey) -> Option<WorkerHealth> {
+        self.workers.get(worker.0).map(|slot| self.health_of(slot))
+    }
+
+    /// Counters, queue depths and in-flight requests.
+    pub fn stats(&self) -> Stats {
+        let mut stats = Stats {
+            counters: self.counters,
+            ..Stats::default()
+        };
+        for (key, slot) in self.workers.iter() {
+            let waiting = slot.queued + slot.moving;
+            stats.queued += waiting;
+            stats.running += slot.running.len();
+            stats.workers.push(WorkerStats {
+                worker: WorkerKey(key),
+                worker_id: slot.id.clone(),
+                status: self.reported_status(slot),
+                consecutive_failures: slot.health.failures(),
+                queued: waiting,
+                running: slot.running.len(),
+                removing: slot.removing,
+            });
+        }
+        stats
+    }
+
+    /// The counters alone (cheap: no allocation).
+    pub fn counters(&self) -> &Counters {
+        &self.counters
+    }
+
+    /// The key of the worker with this identifier.
+    pub fn worker_key(&self, id: &str) -> Option<WorkerKey> {
+        self.ids.get(id).copied()
+    }
+
+    /// The key of the worker a command (restart, remove) names by
+    /// identifier, checked as the command itself would first.
+    ///
+    /// # Errors
+    /// [`CommandError::ShuttingDown`] once the pool has stopped (whatever
+    /// the identifier); [`CommandError::UnknownWorkerId`] when no worker
+    /// has it.
+    pub fn command_target(&self, id: &str) -> Result<WorkerKey, CommandError> {
+        if self.lifecycle == Lifecycle::Stopped {
+            return Err(CommandError::ShuttingDown);
+        }
+        self.worker_key(id)
+            .ok_or_else(|| CommandError::UnknownWorkerId(id.to_string()))
+    }
+
+    /// The identifier of a worker.
+    pub fn worker_id(&self, worker: WorkerKey) -> Option<&str> {
+        self.workers.get(worker.0).map(|slot| slot.id.as_str())
+    }
+
+    /// Keys of every worker, in worker order.
+    pub fn workers(&self) -> impl Iterator<Item = WorkerKey> + '_ {
+        self.workers.iter().map(|(key, _)| WorkerKey(key))
+    }
+
+    /// Requests accepted and not yet answered.
+    pub fn pending(&self) -> usize {
+        self.requests.len()
+    }
+
+    /// Whether shutdown has begun (new submits are refused).
+    pub fn is_shutting_down(&self) -> bool {
+        self.lifecycle != Lifecycle::Running
+    }
+
+    /// Whether shutdown has completed: everything answered, workers stopped.
+    pub fn is_stopped(&self) -> bool {
+        self.lifecycle == Lifecycle::Stopped
+    }
+
+    /// The latest instant the core has seen.
+    pub fn now(&self) -> Time {
+        self.now
+    }
+
+    /// The configuration the pool runs with.
+    pub fn config(&self) -> &PoolConfig {
+        &self.config
+    }
+
+    /// A worker's status as reported: `Unavailable` while it is being
+    /// removed or once the pool has stopped.
+    fn reported_status(&self, slot: &Worker) -> WorkerHealthStatus {
+        if slot.removing || self.lifecycle == Lifecycle::Stopped {
+            WorkerHealthStatus::Unavailable
+        } else {
+            slot.status
+        }
+    }
+
+    /// A worker's health in the reference's shape.
+    fn health_of(&self, slot: &Worker) -> WorkerHealth {
+        WorkerHealth {
+            worker_id: slot.id.clone(),
+            status: self.reported_status(slot),
+            consecutive_failures: slot.health.failures(),
+            last_probe_unix_ms: slot.health.last_probe.map(|at| {
+                self.config
+                    .unix_epoch_ms
+                    .saturating_add(at.as_nanos() / 1_000_000)
+            }),
+        }
+    }
+}

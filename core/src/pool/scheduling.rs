@@ -1,0 +1,341 @@
+//! Scheduling: which waiting request a worker runs next (its own queue,
+//! or the late-binding backlog shared by every schedulable worker, oldest
+//! first), and the refreshes that keep a worker's cached status and the
+//! router's sets current after every change.
+
+use std::collections::VecDeque;
+use std::time::Duration;
+
+use super::{Lifecycle, Pool, Request, RequestState};
+use crate::config::RoutingPolicy;
+use crate::health::HealthCause;
+use crate::keys::{RequestKey, WorkerKey};
+use crate::output::{Action, Event};
+use crate::protocol::WorkerHealthStatus;
+use crate::routing::Membership;
+use crate::slab::Slab;
+use crate::time::Time;
+
+impl<P: Clone> Pool<P> {
+    /// Recomputes a worker's status and eligibility after any change,
+    /// reporting a status change with `cause`.
+    pub(super) fn refresh(&mut self, worker: WorkerKey, cause: HealthCause) {
+        self.refresh_status(worker, cause);
+        self.refresh_load(worker);
+    }
+
+    /// Recomputes a worker's status and whether it is schedulable,
+    /// reporting a status change with `cause`.
+    pub(super) fn refresh_status(&mut self, worker: WorkerKey, cause: HealthCause) {
+        let threshold = self.config.failure_threshold();
+        let stopped = self.lifecycle == Lifecycle::Stopped;
+        let now = self.now;
+        let Some(slot) = self.workers.get_mut(worker.0) else {
+            return;
+        };
+        let status = slot.health.status(threshold);
+        if status != slot.status {
+            self.events.push_back(Event::HealthChanged {
+                worker,
+                from: slot.status,
+                to: status,
+                cause,
+                at: now,
+            });
+            slot.status = status;
+        }
+        let schedulable = !slot.removing && !stopped && status.is_schedulable();
+        if schedulable != slot.schedulable {
+            slot.schedulable = schedulable;
+            if schedulable {
+                self.schedulable += 1;
+            } else {
+                self.schedulable -= 1;
+            }
+        }
+    }
+
+    /// Recomputes a worker's eligibility after a change to its requests
+    /// only (its status is as cached).
+    pub(super) fn refresh_load(&mut self, worker: WorkerKey) {
+        let capacity = self.capacity;
+        let max_running = self.config.max_concurrency_per_worker as usize;
+        let Some(slot) = self.workers.get_mut(worker.0) else {
+            return;
+        };
+        let eligible = slot.schedulable && slot.running.len() + slot.queued < capacity;
+        let idle = eligible && slot.running.len() < max_running;
+        let now = Membership {
+            eligible,
+            idle,
+            preferred: idle && slot.status == WorkerHealthStatus::Healthy,
+        };
+        if now != slot.membership {
+            self.router.set(worker, slot.membership, now);
+            slot.membership = now;
+        }
+    }
+
+    /// Brings a worker's status up to date and starts the waiting requests
+    /// it can take ([`pump`](Self::pump)), reporting a status change with
+    /// `cause` before any request moves to it (its status decides whether
+    /// it may take them).
+    pub(super) fn refresh_and_pump(&mut self, worker: WorkerKey, cause: HealthCause) {
+        if self.backlog_live > 0 {
+            self.refresh_status(worker, cause);
+        }
+        self.pump(worker);
+        self.refresh(worker, cause);
+    }
+
+    /// Starts queued requests while the worker has free run slots: from its
+    /// own queue and, if it is schedulable, the backlog, oldest first; one
+    /// that is [too late to start](too_late_to_start) on this worker is
+    /// answered `Timeout` instead.
+    /// (Its cached `schedulable` flag must be current when the backlog is
+    /// not empty: see [`refresh_and_pump`](Self::refresh_and_pump).)
+    pub(super) fn pump(&mut self, worker: WorkerKey) {
+        let max = self.config.max_concurrency_per_worker as usize;
+        loop {
+            let Some(slot) = self.workers.get_mut(worker.0) else {
+                return;
+            };
+            if slot.running.len() >= max || (slot.queue.is_empty() && self.backlog_live == 0) {
+                return;
+            }
+            let requests = &self.requests;
+            let queue_head = live_head(&mut slot.queue, requests, |entry| entry.worker == worker);
+            let backlog_head = (self.backlog_live > 0 && slot.schedulable)
+                .then(|| live_head(&mut self.backlog, requests, |_| true))
+                .flatten();
+            let from_backlog = match (queue_head, backlog_head) {
+                (None, None) => return,
+                (Some(_), None) => false,
+                (None, Some(_)) => true,
+                (Some((_, queued_at)), Some((_, backlogged_at))) => backlogged_at < queued_at,
+            };
+            let popped = if from_backlog {
+                self.backlog.pop_front()
+            } else {
+                slot.queue.pop_front()
+            };
+            let Some(request) = popped else {
+                return;
+            };
+            let last_run = slot.last_run;
+            let now = self.now;
+            let late = self
+                .requests
+                .get(request.0)
+                .filter(|entry| too_late_to_start(entry.deadline, now, last_run))
+                .map(|entry| entry.worker);
+            match late {
+                Some(origin) => {
+                    self.expire_queued(request);
+                    if origin != worker {
+                        self.refresh_load(origin);
+                    }
+                }
+                None => self.start_queued(request, worker, from_backlog),
+            }
+        }
+    }
+
+    /// Starts a queued request on `worker`, just taken off the front of
+    /// the backlog or of that worker's queue. Run by another worker than
+    /// the one it was queued on, it is reported `Requeued`.
+    fn start_queued(&mut self, request: RequestKey, worker: WorkerKey, from_backlog: bool) {
+        let now = self.now;
+        let Some(entry) = self.requests.get_mut(request.0) else {
+            return;
+        };
+        let from = entry.worker;
+        entry.worker = worker;
+        entry.state = RequestState::Running { started_at: now };
+        let payload = entry.payload.clone();
+        if !entry.pinned {
+            self.leave_backlog();
+        }
+        if let Some(origin) = self.workers.get_mut(from.0) {
+            origin.queued = origin.queued.saturating_sub(1);
+            if from_backlog {
+                sweep_queue(&mut origin.queue, origin.queued, &self.requests, from);
+            }
+        }
+        if from != worker {
+            self.counters.reassigned += 1;
+            self.events.push_back(Event::Requeued {
+                request,
+                from,
+                to: worker,
+            });
+            self.refresh_load(from);
+        }
+        if let Some(slot) = self.workers.get_mut(worker.0) {
+            slot.running.push(request);
+        }
+        self.actions.push_back(Action::Start {
+            request,
+            worker,
+            payload,
+        });
+    }
+
+    /// An unpinned request stopped waiting (started or answered): one live
+    /// backlog entry fewer; stale entries are swept once they outnumber the
+    /// live ones (amortised O(1) per request).
+    pub(super) fn leave_backlog(&mut self) {
+        self.backlog_live = self.backlog_live.saturating_sub(1);
+        if self.backlog.len() > self.backlog_live.saturating_mul(2).saturating_add(16) {
+            let requests = &self.requests;
+            self.backlog.retain(|key| {
+                matches!(
+                    requests.get(key.0),
+                    Some(Request {
+                        state: RequestState::Queued,
+                        ..
+                    })
+                )
+            });
+        }
+    }
+
+    /// Whether queued requests may run on another worker than their own.
+    pub(super) fn late_binding(&self) -> bool {
+        self.config.late_binding && self.config.routing == RoutingPolicy::IdleFirst
+    }
+}
+
+/// Whether a queued request with this deadline is answered `Timeout` rather
+/// than started, at `now`, on a worker whose last successful request ran for
+/// `last_run`: when its budget is spent, or when less of it is left than
+/// that run took. Such a run would most likely end in a timeout, which
+/// under overload is what the oldest requests (the ones workers reach
+/// first) would all do: each would hold a worker until its deadline and
+/// none would succeed. Answering them at once leaves the workers to
+/// requests that can still finish. A worker with no successful run yet
+/// starts any request with budget left.
+fn too_late_to_start(deadline: Option<Time>, now: Time, last_run: Option<Duration>) -> bool {
+    deadline.is_some_and(|deadline| {
+        let left = deadline - now;
+        left.is_zero() || last_run.is_some_and(|run| left < run)
+    })
+}
+
+/// The first live key of `queue` and its arrival time, after dropping the
+/// stale keys before it (requests no longer queued, or for which `belongs`
+/// says no: queued on another worker since).
+fn live_head<P>(
+    queue: &mut VecDeque<RequestKey>,
+    requests: &Slab<Request<P>>,
+    belongs: impl Fn(&Request<P>) -> bool,
+) -> Option<(RequestKey, Time)> {
+    while let Some(&key) = queue.front() {
+        match requests.get(key.0) {
+            Some(entry) if entry.state == RequestState::Queued && belongs(entry) => {
+                return Some((key, entry.accepted_at));
+            }
+            _ => {
+                queue.pop_front();
+            }
+        }
+    }
+    None
+}
+
+/// Drops the stale keys of `worker`'s queue once they outnumber its `live`
+/// ones (amortised O(1) per request).
+pub(super) fn sweep_queue<P>(
+    queue: &mut VecDeque<RequestKey>,
+    live: usize,
+    requests: &Slab<Request<P>>,
+    worker: WorkerKey,
+) {
+    if queue.len() > live.saturating_mul(2).saturating_add(16) {
+        queue.retain(|key| {
+            matches!(
+                requests.get(key.0),
+                Some(Request { worker: w, state: RequestState::Queued, .. }) if *w == worker
+            )
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::Value;
+
+    use crate::config::{PoolConfig, WorkerPoolOptions};
+    use crate::keys::RequestKey;
+    use crate::protocol::{WorkerOperation, WorkerRequest};
+    use crate::time::Time;
+    use crate::Pool;
+
+    fn request() -> WorkerRequest {
+        WorkerRequest {
+            request_id: "r".into(),
+            workflow_name: "w".into(),
+            node_id: "n".into(),
+            timeout_ms: None,
+            operation: WorkerOperation::Tool {
+                tool: "t".into(),
+                input: Value::Null,
+                scoped_input: Value::Null,
+            },
+        }
+    }
+
+    /// The stale keys a queue may hold for `live` live ones.
+    fn stale_bound(live: usize) -> usize {
+        2 * live + 16
+    }
+
+    #[test]
+    fn stale_queue_and_backlog_keys_are_swept_once_they_outnumber_the_live_ones() {
+        // One busy worker, late binding on: every queued request is both in
+        // the worker's queue and in the backlog. An odd count, so that the
+        // queue's length never equals the (even) sweep threshold.
+        let config = PoolConfig::new(WorkerPoolOptions {
+            queue_capacity: 101,
+            ..WorkerPoolOptions::default()
+        });
+        let mut pool = Pool::new(config, Time::ZERO).unwrap();
+        let worker = pool.add_worker(Time::ZERO).unwrap();
+        pool.submit(Time::ZERO, &request(), ()).unwrap();
+        let queued: Vec<RequestKey> = (0..101)
+            .map(|_| pool.submit(Time::ZERO, &request(), ()).unwrap())
+            .collect();
+        // Cancelled newest first, so that no stale key reaches a queue's
+        // front (where a pump would drop it): only the sweeps shorten them.
+        // A few stale keys are left in place (the sweep is amortised)...
+        let mut keys = queued.into_iter().rev();
+        for key in keys.by_ref().take(2) {
+            assert!(pool.cancel(Time::ZERO, key));
+        }
+        let slot = pool.workers.get(worker.0).unwrap();
+        assert_eq!((slot.queue.len(), slot.queued), (101, 99));
+        assert_eq!((pool.backlog.len(), pool.backlog_live), (101, 99));
+        // ... and never more than the live ones allow.
+        for key in keys {
+            assert!(pool.cancel(Time::ZERO, key));
+            pool.check_invariants().unwrap();
+            let slot = pool.workers.get(worker.0).unwrap();
+            assert!(
+                slot.queue.len() <= stale_bound(slot.queued),
+                "queue holds {} keys for {} live",
+                slot.queue.len(),
+                slot.queued
+            );
+            assert!(
+                pool.backlog.len() <= stale_bound(pool.backlog_live),
+                "backlog holds {} keys for {} live",
+                pool.backlog.len(),
+                pool.backlog_live
+            );
+        }
+        let slot = pool.workers.get(worker.0).unwrap();
+        assert_eq!((slot.queued, pool.backlog_live), (0, 0));
+        assert!(slot.queue.len() <= stale_bound(0));
+        assert!(pool.backlog.len() <= stale_bound(0));
+    }
+}

@@ -1,0 +1,80 @@
+//! The time rule and the timers: `now` only moves forward, every timer
+//! fires at the first `handle_timeout` at or after its instant, and a
+//! timer whose owner no longer wants it (an answered request, a changed
+//! probe, a shutdown that ended) is not live and never fires.
+
+use super::{Lifecycle, Pool, ProbeState, Request, Worker};
+use crate::slab::Slab;
+use crate::time::Time;
+use crate::timers::Timer;
+
+impl<P: Clone> Pool<P> {
+    /// Fires every timer due at or before `now`: request deadlines, probes
+    /// and probe timeouts, the drain deadline. Calling it early is harmless.
+    pub fn handle_timeout(&mut self, now: Time) {
+        let now = self.observe(now);
+        loop {
+            let (requests, workers, lifecycle) = (&self.requests, &self.workers, self.lifecycle);
+            let Some((at, timer)) = self.timers.pop_due(now, |at, timer| {
+                timer_is_live(requests, workers, lifecycle, at, timer)
+            }) else {
+                break;
+            };
+            match timer {
+                Timer::Request(key) => self.request_deadline(key),
+                Timer::ProbeDue(worker) => self.send_probe(worker),
+                Timer::ProbeTimeout(worker) => self.probe_deadline(worker),
+                Timer::Drain => {
+                    debug_assert!(at <= now);
+                    self.drain_deadline();
+                }
+            }
+        }
+    }
+
+    /// Applies the time rule to an input's `now`: returns the latest
+    /// instant seen, `now` itself unless it is earlier.
+    pub(super) fn observe(&mut self, now: Time) -> Time {
+        if now > self.now {
+            self.now = now;
+        }
+        self.now
+    }
+
+    /// Arms `timer` at `at`, and sweeps the heap's stale entries once it has
+    /// doubled since the last sweep.
+    pub(super) fn arm(&mut self, at: Time, timer: Timer) {
+        // `Time::MAX` is where saturated arithmetic lands: it means "never".
+        // Arming it would let a timer re-arm itself at the instant it fires.
+        if at == Time::MAX {
+            return;
+        }
+        if self.timers.arm(at, timer) {
+            let (requests, workers, lifecycle) = (&self.requests, &self.workers, self.lifecycle);
+            self.timers
+                .sweep(|at, timer| timer_is_live(requests, workers, lifecycle, at, timer));
+        }
+    }
+}
+
+/// Whether a timer entry is still wanted by its owner.
+pub(super) fn timer_is_live<P>(
+    requests: &Slab<Request<P>>,
+    workers: &Slab<Worker>,
+    lifecycle: Lifecycle,
+    at: Time,
+    timer: Timer,
+) -> bool {
+    match timer {
+        Timer::Request(key) => requests
+            .get(key.0)
+            .is_some_and(|entry| entry.deadline == Some(at)),
+        Timer::ProbeDue(key) => workers
+            .get(key.0)
+            .is_some_and(|slot| slot.probe == ProbeState::Due(at)),
+        Timer::ProbeTimeout(key) => workers.get(key.0).is_some_and(
+            |slot| matches!(slot.probe, ProbeState::Outstanding { deadline, .. } if deadline == at),
+        ),
+        Timer::Drain => lifecycle == Lifecycle::Draining { deadline: Some(at) },
+    }
+}

@@ -1,0 +1,5 @@
+//! Tests of the request checks, by subject.
+
+mod depth;
+mod fields;
+mod size;
