@@ -74,3 +74,41 @@ impl<P: Clone> Pool<P> {
         next.filter(|&at| at < timer)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use serde_json::Value;
+
+    use crate::config::{PoolConfig, WorkerPoolOptions};
+    use crate::protocol::{WorkerOperation, WorkerRequest};
+    use crate::time::Time;
+    use crate::Pool;
+
+    fn request(timeout_ms: u64) -> WorkerRequest {
+        WorkerRequest {
+            request_id: "r".into(),
+            workflow_name: "w".into(),
+            node_id: "n".into(),
+            timeout_ms: Some(timeout_ms),
+            operation: WorkerOperation::Tool {
+                tool: "t".into(),
+                input: Value::Null,
+                scoped_input: Value::Null,
+            },
+        }
+    }
+
+    #[test]
+    fn a_timer_already_at_the_next_deadline_stays_where_it_is() {
+        let mut pool = Pool::new(PoolConfig::new(WorkerPoolOptions::default()), Time::ZERO)
+            .expect("the default options are valid");
+        pool.add_worker(Time::ZERO).expect("a worker");
+        let timer = pool.move_timer(Time::MAX).expect("a probe is due");
+        // A request whose deadline falls exactly where the timer is set.
+        pool.submit(Time::ZERO, &request(timer.as_nanos() / 1_000_000), ())
+            .expect("accepted");
+        assert_eq!(pool.move_timer(timer), None, "nothing earlier was armed");
+        // A timer not set is set from the exact next deadline: that instant.
+        assert_eq!(pool.move_timer(Time::MAX), Some(timer));
+    }
+}
