@@ -132,3 +132,42 @@ impl<P: Clone> Pool<P> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use serde_json::Value;
+
+    use crate::config::{PoolConfig, WorkerPoolOptions};
+    use crate::protocol::{WorkerOperation, WorkerRequest};
+    use crate::time::Time;
+    use crate::Pool;
+
+    #[test]
+    fn shutting_down_from_begin_shutdown_on_and_stopped_once_drained() {
+        let mut pool: Pool<()> =
+            Pool::new(PoolConfig::new(WorkerPoolOptions::default()), Time::ZERO)
+                .expect("the default options are valid");
+        pool.add_worker(Time::ZERO).expect("a worker");
+        let request = WorkerRequest {
+            request_id: "r".into(),
+            workflow_name: "w".into(),
+            node_id: "n".into(),
+            timeout_ms: None,
+            operation: WorkerOperation::Tool {
+                tool: "t".into(),
+                input: Value::Null,
+                scoped_input: Value::Null,
+            },
+        };
+        let running = pool.submit(Time::ZERO, &request, ()).expect("accepted");
+        assert!(!pool.is_shutting_down(), "a running pool");
+        pool.begin_shutdown(Time::ZERO, Some(Duration::from_secs(1)));
+        assert!(pool.is_shutting_down(), "draining");
+        assert!(!pool.is_stopped(), "a request is still running");
+        assert!(pool.handle_completion(Time::from_millis(1), running, Ok(Value::Null)));
+        assert!(pool.is_shutting_down());
+        assert!(pool.is_stopped(), "drained");
+    }
+}
