@@ -40,29 +40,35 @@ pub(super) fn escape_extra(bytes: &[u8]) -> usize {
         // Identifiers and keys: a plain table walk beats the word setup.
         return table_extra(bytes);
     }
+    let mut words = bytes.chunks_exact(8);
+    let mut extra = 0;
+    for word in &mut words {
+        // `chunks_exact(8)` only yields 8-byte slices; the fallback is dead.
+        let x = u64::from_ne_bytes(<[u8; 8]>::try_from(word).unwrap_or([0; 8]));
+        if needs_escape(x) {
+            extra += table_extra(word);
+        }
+    }
+    extra + table_extra(words.remainder())
+}
+
+/// Whether some byte of the word `x` is escaped: below 0x20, `"` or `\`
+/// (exactly: no false positives, so plain text skips the table).
+fn needs_escape(x: u64) -> bool {
     const ONES: u64 = u64::from_ne_bytes([0x01; 8]);
     const HIGHS: u64 = u64::from_ne_bytes([0x80; 8]);
     const QUOTES: u64 = u64::from_ne_bytes([b'"'; 8]);
     const BACKSLASHES: u64 = u64::from_ne_bytes([b'\\'; 8]);
     const CONTROL_BOUND: u64 = u64::from_ne_bytes([0x20; 8]);
 
-    let mut words = bytes.chunks_exact(8);
-    let mut extra = 0;
-    for word in &mut words {
-        // `chunks_exact(8)` only yields 8-byte slices; the fallback is dead.
-        let x = u64::from_ne_bytes(<[u8; 8]>::try_from(word).unwrap_or([0; 8]));
-        let quote = x ^ QUOTES;
-        let backslash = x ^ BACKSLASHES;
-        // High bit set in some byte iff some byte of `x` is below 0x20, or
-        // some byte of `quote` / `backslash` is zero.
-        let special = (x.wrapping_sub(CONTROL_BOUND) & !x)
-            | (quote.wrapping_sub(ONES) & !quote)
-            | (backslash.wrapping_sub(ONES) & !backslash);
-        if special & HIGHS != 0 {
-            extra += table_extra(word);
-        }
-    }
-    extra + table_extra(words.remainder())
+    let quote = x ^ QUOTES;
+    let backslash = x ^ BACKSLASHES;
+    // High bit set in some byte iff some byte of `x` is below 0x20, or
+    // some byte of `quote` / `backslash` is zero.
+    let special = (x.wrapping_sub(CONTROL_BOUND) & !x)
+        | (quote.wrapping_sub(ONES) & !quote)
+        | (backslash.wrapping_sub(ONES) & !backslash);
+    special & HIGHS != 0
 }
 
 /// [`escape_extra`] byte by byte, through the table.
@@ -100,5 +106,26 @@ mod tests {
         }
         let mixed: Vec<u8> = (0..4096u32).map(|i| (i * 37 % 256) as u8).collect();
         assert_eq!(escape_extra(&mixed), table_extra(&mixed));
+    }
+
+    #[test]
+    fn the_word_test_flags_exactly_the_words_with_a_byte_to_escape() {
+        // Every byte at every position, among fillers on both sides of the
+        // bounds the test uses (0x20, 0x7f/0x80, the quote, the backslash).
+        for filler in [b'a', 0x20, b'!', b'#', b'[', b']', 0x7f, 0x80, 0xff] {
+            for special in 0u8..=255 {
+                for position in 0..8 {
+                    let mut word = [filler; 8];
+                    if let Some(slot) = word.get_mut(position) {
+                        *slot = special;
+                    }
+                    assert_eq!(
+                        needs_escape(u64::from_ne_bytes(word)),
+                        table_extra(&word) > 0,
+                        "byte {special:#x} at {position} among {filler:#x}"
+                    );
+                }
+            }
+        }
     }
 }
