@@ -190,15 +190,7 @@ impl<P: Clone> Pool<P> {
             }
             self.finish_running(request, Err(WorkerPoolError::Timeout));
         } else if cfg!(foreman_planted_bug) {
-            // Planted bug (test-only, built with
-            // `RUSTFLAGS="--cfg foreman_planted_bug"`): forget to answer a
-            // request that timed out while waiting. The simulator must catch
-            // this.
-            self.counters.timed_out_queued += 1;
-            if let Some(slot) = self.workers.get_mut(worker.0) {
-                slot.queued = slot.queued.saturating_sub(1);
-            }
-            let _ = self.requests.remove(request.0);
+            self.forget_expired(request, worker);
         } else {
             self.expire_queued(request);
         }

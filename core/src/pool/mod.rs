@@ -24,6 +24,7 @@ mod answers;
 mod driver_api;
 pub(crate) mod invariants;
 mod outputs;
+mod planted_bug;
 mod probes;
 mod queries;
 mod run_list;

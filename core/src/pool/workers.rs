@@ -305,10 +305,9 @@ impl<P: Clone> Pool<P> {
         if !done || self.lifecycle == Lifecycle::Stopped {
             return;
         }
+        // A worker being removed is no longer schedulable (`remove_worker`
+        // refreshed it), so the schedulable count needs no change here.
         if let Some(slot) = self.workers.remove(worker.0) {
-            if slot.schedulable {
-                self.schedulable -= 1;
-            }
             self.router
                 .set(worker, slot.membership, Membership::default());
             self.ids.remove(&slot.id);

@@ -385,4 +385,35 @@ mod tests {
             assert_eq!(decimal_len(n), n.to_string().len());
         }
     }
+
+    /// The frames held after each push and pop: the inline slots in use and
+    /// the spilled frames.
+    fn held(frames: &Frames<'_>) -> (usize, usize) {
+        let inline = frames.inline.iter().filter(|slot| slot.is_some()).count();
+        (inline, frames.spill.len())
+    }
+
+    #[test]
+    fn popping_a_frame_releases_it_inline_and_spilled_alike() {
+        let items: Vec<serde_json::Value> = Vec::new();
+        let mut frames = Frames::new();
+        let deepest = INLINE_FRAMES + 2;
+        for depth in 1..=deepest {
+            frames.push(Frame::Array(items.iter()));
+            let expected = (
+                depth.min(INLINE_FRAMES),
+                depth.saturating_sub(INLINE_FRAMES),
+            );
+            assert_eq!(held(&frames), expected, "after push to depth {depth}");
+        }
+        for depth in (0..deepest).rev() {
+            frames.pop();
+            let expected = (
+                depth.min(INLINE_FRAMES),
+                depth.saturating_sub(INLINE_FRAMES),
+            );
+            assert_eq!(held(&frames), expected, "after pop to depth {depth}");
+        }
+        assert!(frames.last_mut().is_none());
+    }
 }
