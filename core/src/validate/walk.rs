@@ -204,10 +204,9 @@ impl Budget {
 
     /// A budget that does not scan strings (see [`Budget`]).
     pub(super) fn bounding(limit: usize, max_depth: usize) -> Self {
-        Self {
-            exact: false,
-            ..Self::new(limit, max_depth)
-        }
+        let mut budget = Self::new(limit, max_depth);
+        budget.exact = false;
+        budget
     }
 
     fn used(&self) -> usize {
