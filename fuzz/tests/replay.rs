@@ -9,6 +9,8 @@ use std::fs;
 use std::panic;
 use std::path::{Path, PathBuf};
 
+use foreman_tests::rng::Rng;
+
 type Harness = fn(&[u8]);
 
 const TARGETS: [(&str, Harness); 3] = [
@@ -83,20 +85,9 @@ fn oversized_input_is_skipped_not_parsed() {
     foreman_fuzz::protocol(&huge);
 }
 
-/// A tiny deterministic generator (xorshift64*), so seeds are reproducible.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-
-    fn bytes(&mut self, len: usize) -> Vec<u8> {
-        (0..len).map(|_| self.next() as u8).collect()
-    }
+/// `len` bytes from the shared seeded generator.
+fn random_bytes(rng: &mut Rng, len: usize) -> Vec<u8> {
+    (0..len).map(|_| rng.next_u64() as u8).collect()
 }
 
 fn bucket(n: u64) -> u32 {
@@ -111,7 +102,7 @@ fn bucket(n: u64) -> u32 {
 #[test]
 #[ignore = "rewrites corpus files; run by hand"]
 fn generate_seeds() {
-    let mut rng = Rng(0x666f_7265_6d61_6e21);
+    let mut rng = Rng::new(0x666f_7265_6d61_6e21);
     for (target, limit, len) in [("config", 24, 96usize), ("core_ops", 24, 512)] {
         let dir = corpus_dir(target);
         for old in fs::read_dir(&dir).expect("corpus dir") {
@@ -125,8 +116,8 @@ fn generate_seeds() {
             if seen.len() >= limit {
                 break;
             }
-            let size = 1 + (rng.next() as usize) % len;
-            let data = rng.bytes(size);
+            let size = 1 + (rng.below(len as u64) as usize);
+            let data = random_bytes(&mut rng, size);
             let signature = match target {
                 "config" => match foreman_fuzz::config_outcome(&data) {
                     Err(error) => format!("{error:?}").split([' ', '{']).next().unwrap_or("").to_string(),

@@ -7,15 +7,15 @@
 //! `arbitrary::Arbitrary` for [`Op`] and its parts).
 //!
 //! # What the harness does on every input
-//! 1. It calls one input of [`Pool`] with its own clock (which may have been
+//! 1. It calls one input of [`Pool`](foreman_core::Pool) with its own clock (which may have been
 //!    stepped backwards: the core must then act at the latest instant it has
 //!    seen, which the harness mirrors as `seen`).
 //! 2. It drains every output — events first, then actions — and keeps its own
 //!    books from them: which requests are pending and where, which are
 //!    running, which probes are outstanding, each worker's status as told by
 //!    `HealthChanged` events, whether a worker is being removed or stopped.
-//! 3. It *settles*: while [`Pool::poll_timeout`] names an instant at or
-//!    before `seen`, it calls [`Pool::handle_timeout`] (a driver sleeping
+//! 3. It *settles*: while [`Pool::poll_timeout`](foreman_core::Pool::poll_timeout) names an instant at or
+//!    before `seen`, it calls [`Pool::handle_timeout`](foreman_core::Pool::handle_timeout) (a driver sleeping
 //!    zero seconds). So the harness always wakes the core exactly when it
 //!    asked, and time only advances through [`Harness::advance`] /
 //!    [`Harness::wake`], which stop at every wake-up on the way.
@@ -73,8 +73,8 @@
 //!    - the core's counters agree with the books (accepted, answered,
 //!      pending), and once shutdown completed nothing is pending.
 //! 5. Every `full_check_every` inputs (default: every input) it also runs
-//!    the core's O(n) [`Pool::check_invariants`] and compares
-//!    [`Pool::stats`] worker by worker with its books; the simulator raises
+//!    the core's O(n) [`Pool::check_invariants`](foreman_core::Pool::check_invariants) and compares
+//!    [`Pool::stats`](foreman_core::Pool::stats) worker by worker with its books; the simulator raises
 //!    the period for speed and forces a full check after every worker
 //!    command and at the end of a run.
 //!
