@@ -4,7 +4,7 @@
 
 use std::cmp::Reverse;
 
-use foreman_core::{Action, ProbeKey, RequestKey, WorkerHealthStatus, WorkerKey};
+use foreman_core::{Action, ProbeKey, RequestKey, Time, WorkerHealthStatus, WorkerKey};
 
 use super::bookkeeping::{too_late_to_start, Context, HealthBook, Lifecycle, ReqState};
 use super::harness::{Harness, Output};
@@ -59,7 +59,7 @@ impl Harness {
             "Start of {request} on {worker} but books say {book:?}"
         );
         ensure!(
-            wbook.running < self.max_running,
+            wbook.running < self.limits.max_running,
             "Start on {worker} already running {}",
             wbook.running
         );
@@ -174,7 +174,7 @@ impl Harness {
             "RunProbe during shutdown"
         );
         ensure!(book.probe.is_none(), "second probe on {worker}");
-        let deadline = self.seen + self.probe_timeout;
+        let deadline = self.seen + self.limits.probe_timeout;
         let pos = self.probes.len();
         self.probes.push(worker);
         if let Some(b) = self.workers.get_mut(worker.as_u64()) {
@@ -182,8 +182,11 @@ impl Harness {
             b.probe_pos = pos;
             b.health.probe_seq = b.health.seq;
         }
-        self.probe_deadlines
-            .push(Reverse((deadline, worker, probe)));
+        // A deadline at `Time::MAX` is never (see `on_accepted`).
+        if deadline != Time::MAX {
+            self.probe_deadlines
+                .push(Reverse((deadline, worker, probe)));
+        }
         self.trace.push(TraceEvent::RunProbe {
             worker: book.ordinal,
         });
@@ -279,8 +282,9 @@ impl Harness {
             }
         }
         if book.removing && self.lifecycle != Lifecycle::Stopped {
-            // Released for good: the core may reuse the slot.
+            // Released for good: the core may reuse the slot and the name.
             self.workers.remove(worker.as_u64());
+            self.names.retain(|&(named, _)| named != worker);
         }
         self.trace.push(TraceEvent::StopWorker {
             worker: book.ordinal,

@@ -3,12 +3,48 @@
 
 use std::time::Duration;
 
-use foreman_core::{ProbeKey, RequestKey, Time, WorkerHealthStatus, WorkerKey};
+use foreman_core::{
+    PoolConfig, ProbeKey, RequestKey, RoutingPolicy, Time, WorkerHealthStatus, WorkerKey,
+};
 
 use super::harness::Harness;
 use super::operations::Outcome;
 use super::trace::AnswerKind;
 use super::Failure;
+
+/// What a pool's configuration allows, as the harness's checks use it.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Limits {
+    /// Requests a worker may hold: its queue plus its run slots.
+    pub(super) capacity: usize,
+    pub(super) queue_capacity: usize,
+    pub(super) max_running: usize,
+    pub(super) max_timeout_ms: u64,
+    pub(super) default_timeout: Option<Duration>,
+    pub(super) probe_timeout: Duration,
+    /// Consecutive failures that make a worker unavailable (a threshold of
+    /// zero acts as one).
+    pub(super) threshold: u32,
+    /// Whether queued requests may move to the first free worker.
+    pub(super) late_binding: bool,
+}
+
+impl Limits {
+    pub(super) fn new(config: &PoolConfig) -> Self {
+        let options = &config.options;
+        let max_running = config.max_concurrency_per_worker as usize;
+        Limits {
+            capacity: options.queue_capacity.saturating_add(max_running),
+            queue_capacity: options.queue_capacity,
+            max_running,
+            max_timeout_ms: options.security_policy.max_request_timeout_ms,
+            default_timeout: options.default_request_timeout,
+            probe_timeout: config.probe_timeout,
+            threshold: options.unavailable_after_failures.max(1),
+            late_binding: config.late_binding && config.routing == RoutingPolicy::IdleFirst,
+        }
+    }
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Lifecycle {
@@ -222,8 +258,8 @@ impl Harness {
             && book.status != WorkerHealthStatus::Unavailable;
         (
             schedulable,
-            schedulable && book.queued + book.running < self.capacity,
-            schedulable && book.running < self.max_running,
+            schedulable && book.queued + book.running < self.limits.capacity,
+            schedulable && book.running < self.limits.max_running,
         )
     }
 
@@ -345,6 +381,13 @@ impl Harness {
             _ => return,
         }
         self.touch_health(book.worker);
+    }
+
+    /// Notes that `worker`'s queue grew during the current input.
+    pub(super) fn queue_grew(&mut self, worker: WorkerKey) {
+        if !self.queues_grown.contains(&worker) {
+            self.queues_grown.push(worker);
+        }
     }
 
     pub(super) fn touch_health(&mut self, worker: WorkerKey) {

@@ -4,7 +4,7 @@
 
 use std::cmp::Reverse;
 
-use foreman_core::{HealthCause, WorkerHealthStatus, WorkerKey};
+use foreman_core::{HealthCause, Time, WorkerHealthStatus, WorkerKey};
 
 use super::bookkeeping::{Lifecycle, ReqState};
 use super::harness::Harness;
@@ -44,7 +44,7 @@ impl Harness {
             if stopped || book.stopped {
                 continue;
             }
-            let expected = book.health.status(self.threshold);
+            let expected = book.health.status(self.limits.threshold);
             ensure!(
                 book.status == expected,
                 "{worker} is {:?} but the health rules predict {expected:?} from {:?}",
@@ -64,22 +64,42 @@ impl Harness {
         Ok(())
     }
 
+    /// Once an input is done, every worker whose queue grew during it
+    /// queues no more than the queue capacity. (While an input's outputs
+    /// are drained a queue may pass it: a request accepted onto a free
+    /// worker is queued by its `Accepted` event, then started by its
+    /// `Start` action; a queue only grows during an input, so checking the
+    /// ones that grew is checking them all.)
+    pub(super) fn check_queues(&mut self) -> Result<(), Failure> {
+        while let Some(worker) = self.queues_grown.pop() {
+            if let Some(book) = self.workers.get(worker.as_u64()) {
+                ensure!(
+                    book.queued <= self.limits.queue_capacity,
+                    "{worker} queues {} > {}",
+                    book.queued,
+                    self.limits.queue_capacity
+                );
+            }
+        }
+        Ok(())
+    }
+
     /// A worker holds no more than its capacity and runs no more than its
     /// concurrency.
     pub(super) fn check_limits(&self, worker: WorkerKey) -> Result<(), Failure> {
         if let Some(book) = self.workers.get(worker.as_u64()) {
             ensure!(
-                book.running + book.queued <= self.capacity,
+                book.running + book.queued <= self.limits.capacity,
                 "{worker} holds {} + {} > capacity {}",
                 book.running,
                 book.queued,
-                self.capacity
+                self.limits.capacity
             );
             ensure!(
-                book.running <= self.max_running,
+                book.running <= self.limits.max_running,
                 "{worker} runs {} > {}",
                 book.running,
-                self.max_running
+                self.limits.max_running
             );
         }
         Ok(())
@@ -112,7 +132,7 @@ impl Harness {
         );
         // Late binding is work-conserving (defect 11).
         ensure!(
-            !self.late_binding || self.unpinned_queued == 0 || self.free == 0,
+            !self.limits.late_binding || self.unpinned_queued == 0 || self.free == 0,
             "{} requests wait while {} schedulable workers have a free run slot",
             self.unpinned_queued,
             self.free
@@ -162,11 +182,12 @@ impl Harness {
     }
 
     /// A drain deadline never passes unnoticed, and a stopped pool holds
-    /// nothing.
-    fn check_lifecycle(&self) -> Result<(), Failure> {
+    /// nothing and wants no wake-up.
+    fn check_lifecycle(&mut self) -> Result<(), Failure> {
         let now = self.seen;
         match self.lifecycle {
-            Lifecycle::Draining { deadline: Some(at) } => {
+            // A drain deadline at `Time::MAX` is never.
+            Lifecycle::Draining { deadline: Some(at) } if at != Time::MAX => {
                 ensure!(
                     at > now,
                     "drain deadline {at} passed at {now} but the pool has not stopped"
@@ -182,6 +203,11 @@ impl Harness {
                     self.pool.pending() == 0,
                     "stopped pool reports {} pending",
                     self.pool.pending()
+                );
+                let next = self.pool.poll_timeout();
+                ensure!(
+                    next.is_none(),
+                    "stopped pool still wants a wake-up: {next:?}"
                 );
             }
             _ => {}
@@ -269,11 +295,11 @@ impl Harness {
                 book.health.failures
             );
             ensure!(
-                w.queued <= self.queue_capacity,
+                w.queued <= self.limits.queue_capacity,
                 "{} queues {} > {}",
                 w.worker,
                 w.queued,
-                self.queue_capacity
+                self.limits.queue_capacity
             );
         }
         if !stopped {

@@ -3,11 +3,14 @@
 
 use std::time::Duration;
 
-use foreman_core::{CommandError, Pool, ProbeKey, RequestKey, Time, WorkerHealthStatus, WorkerKey};
+use foreman_core::{
+    CommandError, Pool, ProbeKey, RequestKey, Time, WorkerHealthStatus, WorkerKey,
+    MAX_WORKER_ID_LEN,
+};
 
 use super::bookkeeping::{Context, HealthBook, Lifecycle, ReqBook, ReqState, WorkerBook};
-use super::harness::{Harness, MAX_WAKES_PER_ADVANCE};
-use super::operations::{Outcome, Verdict};
+use super::harness::Harness;
+use super::operations::{worker_name, Outcome, RawInput, Verdict};
 use super::trace::TraceEvent;
 use super::Failure;
 
@@ -108,7 +111,7 @@ impl Harness {
             )));
         }
         if applied {
-            let threshold = self.threshold;
+            let threshold = self.limits.threshold;
             if let Some(book) = self.workers.get_mut(worker.as_u64()) {
                 // A Healthy verdict gives an ejected worker one trial, unless
                 // a failure was counted since the probe was sent.
@@ -134,44 +137,41 @@ impl Harness {
     /// # Errors
     /// The first broken rule.
     pub fn add_worker(&mut self) -> Result<Option<WorkerKey>, Failure> {
+        self.add(None)
+    }
+
+    /// Adds a worker named [`worker_name`]`(name)`; returns its key when
+    /// the pool took it.
+    ///
+    /// # Errors
+    /// The first broken rule.
+    pub fn add_named_worker(&mut self, name: u8) -> Result<Option<WorkerKey>, Failure> {
+        self.add(Some(name))
+    }
+
+    fn add(&mut self, name: Option<u8>) -> Result<Option<WorkerKey>, Failure> {
         self.begin_input()?;
         self.context = Context::Add;
-        let result = self.pool.add_worker(self.clock);
-        let expect_ok = self.lifecycle == Lifecycle::Running;
-        let key = match result {
-            Ok(key) => {
-                let book = WorkerBook {
-                    ordinal: self.next_ordinal,
-                    status: WorkerHealthStatus::Healthy,
-                    removing: false,
-                    stopped: false,
-                    queued: 0,
-                    running: 0,
-                    probe: None,
-                    list_pos: self.worker_list.len(),
-                    probe_pos: usize::MAX,
-                    health: HealthBook::FRESH,
-                    last_run: None,
-                };
-                if !self.workers.insert(key.as_u64(), book) {
-                    return Err(self.fail(format!("new worker {key} reuses a booked key")));
-                }
-                self.next_ordinal += 1;
-                self.worker_list.push(key);
-                let (schedulable, open, free) = self.worker_flags(&book);
-                self.schedulable += usize::from(schedulable);
-                self.open += usize::from(open);
-                self.free += usize::from(free);
-                Some(key)
-            }
-            Err(CommandError::ShuttingDown) if !expect_ok => None,
-            Err(error) => {
-                return Err(self.fail(format!("add_worker refused unexpectedly: {error}")))
+        let (result, expected) = match name {
+            None => (self.pool.add_worker(self.clock), self.expected_add(None)),
+            Some(name) => {
+                let id = worker_name(name);
+                let expected = self.expected_add(Some((name, &id)));
+                (self.pool.add_named_worker(self.clock, id), expected)
             }
         };
-        if key.is_some() != expect_ok {
-            return Err(self.fail("add_worker accepted during shutdown".into()));
-        }
+        let key = match (result, expected) {
+            (Ok(key), None) => {
+                self.book_worker(key, name)?;
+                Some(key)
+            }
+            (Err(error), Some(refusal)) if refusal.is(&error) => None,
+            (result, expected) => {
+                return Err(self.fail(format!(
+                    "adding worker {name:?} returned {result:?}; the books expect {expected:?}"
+                )))
+            }
+        };
         self.trace.push(TraceEvent::Command {
             at: self.seen,
             kind: 0,
@@ -181,6 +181,70 @@ impl Harness {
         self.drain()?;
         self.finish_input()?;
         Ok(key)
+    }
+
+    /// Why the books expect an add to be refused, if they do: shutdown
+    /// began, the name (choice and text) is empty or too long, or a worker
+    /// of that name is in the pool.
+    fn expected_add(&self, name: Option<(u8, &str)>) -> Option<AddRefusal> {
+        if self.lifecycle != Lifecycle::Running {
+            return Some(AddRefusal::ShuttingDown);
+        }
+        let (choice, id) = name?;
+        if id.is_empty() || id.len() > MAX_WORKER_ID_LEN {
+            Some(AddRefusal::InvalidId)
+        } else if self.names.iter().any(|&(_, taken)| taken == choice) {
+            Some(AddRefusal::DuplicateId)
+        } else {
+            None
+        }
+    }
+
+    /// Books a worker the pool just added.
+    fn book_worker(&mut self, key: WorkerKey, name: Option<u8>) -> Result<(), Failure> {
+        let book = WorkerBook {
+            ordinal: self.next_ordinal,
+            status: WorkerHealthStatus::Healthy,
+            removing: false,
+            stopped: false,
+            queued: 0,
+            running: 0,
+            probe: None,
+            list_pos: self.worker_list.len(),
+            probe_pos: usize::MAX,
+            health: HealthBook::FRESH,
+            last_run: None,
+        };
+        if !self.workers.insert(key.as_u64(), book) {
+            return Err(self.fail(format!("new worker {key} reuses a booked key")));
+        }
+        self.next_ordinal += 1;
+        self.worker_list.push(key);
+        if let Some(name) = name {
+            self.names.push((key, name));
+        }
+        let (schedulable, open, free) = self.worker_flags(&book);
+        self.schedulable += usize::from(schedulable);
+        self.open += usize::from(open);
+        self.free += usize::from(free);
+        Ok(())
+    }
+
+    /// Gives the pool an input naming `raw` as a request or worker key
+    /// ([`Op::RawKey`](super::Op::RawKey)); the books say whether it names
+    /// anything.
+    ///
+    /// # Errors
+    /// The first broken rule.
+    pub fn raw_key(&mut self, raw: u64, input: RawInput) -> Result<(), Failure> {
+        match input {
+            RawInput::Cancel => self.cancel(RequestKey::from_u64(raw)).map(drop),
+            RawInput::Complete => self
+                .complete(RequestKey::from_u64(raw), Outcome::Success)
+                .map(drop),
+            RawInput::Restart => self.restart_worker(WorkerKey::from_u64(raw)).map(drop),
+            RawInput::Remove => self.remove_worker(WorkerKey::from_u64(raw)).map(drop),
+        }
     }
 
     /// Runs a remove (`kind` 1) or restart (`kind` 2) command on the pool
@@ -248,7 +312,10 @@ impl Harness {
                 }
             }
         }
-        self.force_full_check();
+        if ok {
+            // A refused command changed nothing the cheap checks miss.
+            self.force_full_check();
+        }
         self.finish_input()?;
         Ok(ok)
     }
@@ -276,13 +343,17 @@ impl Harness {
             let running = self.workers.get(worker.as_u64()).map_or(0, |b| b.running);
             let queued = self.workers.get(worker.as_u64()).map_or(0, |b| b.queued);
             // Queued requests move onto the fresh worker's free slots.
-            if running > self.max_running || (queued > 0 && running < self.max_running) {
+            if running > self.limits.max_running
+                || (queued > 0 && running < self.limits.max_running)
+            {
                 return Err(self.fail(format!(
                     "after restart {worker} runs {running} with {queued} queued"
                 )));
             }
         }
-        self.force_full_check();
+        if ok {
+            self.force_full_check();
+        }
         self.finish_input()?;
         Ok(ok)
     }
@@ -342,13 +413,15 @@ impl Harness {
     }
 
     /// Moves the driver's clock forward to `target`, waking the core at
-    /// every `poll_timeout` on the way (at most [`MAX_WAKES_PER_ADVANCE`]
-    /// times; then the clock stops at the last wake-up).
+    /// every `poll_timeout` on the way (at most
+    /// [`set_max_wakes_per_advance`](Self::set_max_wakes_per_advance)
+    /// times, [`super::MAX_WAKES_PER_ADVANCE`] unless set; then the clock
+    /// stops at the last wake-up).
     ///
     /// # Errors
     /// The first broken rule.
     pub fn advance(&mut self, target: Time) -> Result<(), Failure> {
-        for _ in 0..MAX_WAKES_PER_ADVANCE {
+        for _ in 0..self.max_wakes_per_advance {
             match self.next_timeout() {
                 Some(at) if at <= target => {
                     let at = at.max(self.clock);
@@ -408,5 +481,25 @@ impl Harness {
             self.failure = Some(failure.clone());
         }
         result
+    }
+}
+
+/// Why an add is refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum AddRefusal {
+    ShuttingDown,
+    InvalidId,
+    DuplicateId,
+}
+
+impl AddRefusal {
+    /// Whether the pool's `error` is this refusal.
+    fn is(self, error: &CommandError) -> bool {
+        matches!(
+            (self, error),
+            (AddRefusal::ShuttingDown, CommandError::ShuttingDown)
+                | (AddRefusal::InvalidId, CommandError::InvalidWorkerId { .. })
+                | (AddRefusal::DuplicateId, CommandError::DuplicateWorkerId(_))
+        )
     }
 }

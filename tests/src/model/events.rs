@@ -49,7 +49,7 @@ impl Harness {
         );
         ensure!(open, "#{id} accepted by full worker {worker}: {book:?}");
         let live_pos = self.live.len();
-        let pinned = !self.late_binding || self.vetoed;
+        let pinned = !self.limits.late_binding || self.vetoed;
         let fresh = self.requests.insert(
             request.as_u64(),
             ReqBook {
@@ -67,10 +67,13 @@ impl Harness {
         ensure!(fresh, "{request} reuses the key of a pending request");
         self.live.push(request);
         self.unpinned_queued += usize::from(!pinned);
-        if let Some(at) = deadline {
+        // A deadline at `Time::MAX` (where saturated arithmetic lands) is
+        // never: the core arms no timer for it.
+        if let Some(at) = deadline.filter(|at| *at != Time::MAX) {
             self.deadlines.push(Reverse((at, request)));
         }
         self.recount_worker(worker, |b| b.queued += 1);
+        self.queue_grew(worker);
         self.check_limits(worker)?;
         self.trace.push(TraceEvent::Accepted {
             id,
@@ -118,10 +121,10 @@ impl Harness {
             );
         } else {
             ensure!(
-                self.late_binding && !book.pinned,
+                self.limits.late_binding && !book.pinned,
                 "Requeued {request} from {from} outside its removal (pinned {}, late binding {})",
                 book.pinned,
-                self.late_binding
+                self.limits.late_binding
             );
             // Its run slot may free up later in this input's
             // actions (events are drained first): `Start` checks it.
@@ -134,6 +137,7 @@ impl Harness {
         self.recount_worker(from, |b| b.queued -= 1);
         if removal {
             self.recount_worker(to, |b| b.queued += 1);
+            self.queue_grew(to);
         }
         if let Some(b) = self.requests.get_mut(request.as_u64()) {
             b.worker = to;
@@ -278,7 +282,6 @@ impl Harness {
             self.seen
         );
         self.lifecycle = Lifecycle::Stopped;
-        self.shutdown_completed = true;
         self.recount_all();
         self.trace.push(TraceEvent::ShutdownComplete { at });
         Ok(())

@@ -6,12 +6,11 @@ use std::collections::BinaryHeap;
 use std::fmt;
 use std::time::Duration;
 
-use foreman_core::{
-    Pool, PoolConfig, ProbeKey, RequestKey, Time, WorkerHealthStatus, WorkerKey, WorkerRequest,
-};
+use foreman_core::{Pool, PoolConfig, ProbeKey, RequestKey, Time, WorkerHealthStatus, WorkerKey};
 
-use super::bookkeeping::{Context, KeyTable, Lifecycle, ReqBook, WorkerBook};
-use super::operations::{build_templates, pick, Op};
+use super::bookkeeping::{Context, KeyTable, Lifecycle, Limits, ReqBook, WorkerBook};
+use super::operations::{pick, Op};
+use super::requests::Templates;
 use super::trace::{AnswerKind, Trace, TraceEvent};
 use super::Failure;
 
@@ -87,13 +86,8 @@ pub enum Output {
 /// checks.
 pub struct Harness {
     pub(super) pool: Pool<u64>,
-    pub(super) capacity: usize,
-    pub(super) queue_capacity: usize,
-    pub(super) max_running: usize,
-    pub(super) max_timeout_ms: u64,
-    pub(super) default_timeout: Option<Duration>,
-    pub(super) probe_timeout: Duration,
-    pub(super) threshold: u32,
+    /// What the configuration allows.
+    pub(super) limits: Limits,
     pub(super) clock: Time,
     pub(super) seen: Time,
     /// Where a driver that keeps one timer, moved by `Pool::move_timer`,
@@ -107,6 +101,9 @@ pub struct Harness {
     pub(super) running: Vec<RequestKey>,
     pub(super) workers: KeyTable<WorkerBook>,
     pub(super) worker_list: Vec<WorkerKey>,
+    /// Workers added by name ([`Op::AddNamedWorker`]) and still in the
+    /// pool, with the name's choice.
+    pub(super) names: Vec<(WorkerKey, u8)>,
     pub(super) probes: Vec<WorkerKey>,
     pub(super) deadlines: BinaryHeap<Reverse<(Time, RequestKey)>>,
     pub(super) probe_deadlines: BinaryHeap<Reverse<(Time, WorkerKey, ProbeKey)>>,
@@ -114,8 +111,6 @@ pub struct Harness {
     pub(super) open: usize,
     /// Schedulable workers with a free run slot.
     pub(super) free: usize,
-    /// Whether queued requests may move to the first free worker.
-    pub(super) late_binding: bool,
     /// Queued requests that are not pinned.
     pub(super) unpinned_queued: usize,
     /// A circuit breaker vetoed some worker during the current submit.
@@ -134,7 +129,7 @@ pub struct Harness {
     pub(super) accepted: u64,
     pub(super) answered: u64,
     pub(super) submitted: u64,
-    pub(super) templates: Vec<WorkerRequest>,
+    pub(super) templates: Templates,
     pub(super) context: Context,
     pub(super) outputs: Vec<Output>,
     pub(super) trace: Trace,
@@ -143,12 +138,16 @@ pub struct Harness {
     pub(super) full_check_every: u64,
     pub(super) adaptive: bool,
     pub(super) since_full: u64,
+    /// Most wake-ups per [`Op::Advance`].
+    pub(super) max_wakes_per_advance: usize,
     pub(super) stale_request: RequestKey,
     pub(super) outputs_this_input: usize,
-    pub(super) shutdown_completed: bool,
     /// Workers whose predicted health changed during the current input:
     /// their status is compared with the core's once the input is done.
     pub(super) health_touched: Vec<WorkerKey>,
+    /// Workers whose queue grew during the current input: their queue is
+    /// compared with its capacity once the input is done.
+    pub(super) queues_grown: Vec<WorkerKey>,
     /// The longest successful run seen (bounds when a queued request may
     /// be answered for want of budget).
     pub(super) longest_run: Duration,
@@ -173,7 +172,7 @@ impl Harness {
     /// # Errors
     /// The pool's [`foreman_core::ConfigError`] for a nonsense config.
     pub fn new(config: PoolConfig) -> Result<Self, foreman_core::ConfigError> {
-        Self::with_trace(config, false)
+        Self::build(config, Time::ZERO, false)
     }
 
     /// Like [`Harness::new`], keeping the whole trace when `keep_trace`.
@@ -184,21 +183,29 @@ impl Harness {
         config: PoolConfig,
         keep_trace: bool,
     ) -> Result<Self, foreman_core::ConfigError> {
-        let pool = Pool::new(config.clone(), Time::ZERO)?;
-        let options = &config.options;
-        let policy = &options.security_policy;
-        let max_running = config.max_concurrency_per_worker as usize;
+        Self::build(config, Time::ZERO, keep_trace)
+    }
+
+    /// Like [`Harness::new`], with the pool created (and the driver's
+    /// clock set) at `now`, which may be as late as `Time::MAX`.
+    ///
+    /// # Errors
+    /// The pool's [`foreman_core::ConfigError`] for a nonsense config.
+    pub fn starting_at(config: PoolConfig, now: Time) -> Result<Self, foreman_core::ConfigError> {
+        Self::build(config, now, false)
+    }
+
+    fn build(
+        config: PoolConfig,
+        now: Time,
+        keep_trace: bool,
+    ) -> Result<Self, foreman_core::ConfigError> {
+        let pool = Pool::new(config.clone(), now)?;
         Ok(Harness {
             pool,
-            capacity: options.queue_capacity.saturating_add(max_running),
-            queue_capacity: options.queue_capacity,
-            max_running,
-            max_timeout_ms: policy.max_request_timeout_ms,
-            default_timeout: options.default_request_timeout,
-            probe_timeout: config.probe_timeout,
-            threshold: options.unavailable_after_failures,
-            clock: Time::ZERO,
-            seen: Time::ZERO,
+            limits: Limits::new(&config),
+            clock: now,
+            seen: now,
             driver_timer: Time::MAX,
             lifecycle: Lifecycle::Running,
             drain_deadline: None,
@@ -207,14 +214,13 @@ impl Harness {
             running: Vec::new(),
             workers: KeyTable::new(),
             worker_list: Vec::new(),
+            names: Vec::new(),
             probes: Vec::new(),
             deadlines: BinaryHeap::new(),
             probe_deadlines: BinaryHeap::new(),
             schedulable: 0,
             open: 0,
             free: 0,
-            late_binding: config.late_binding
-                && config.routing == foreman_core::RoutingPolicy::IdleFirst,
             unpinned_queued: 0,
             vetoed: false,
             vetoes_reported: 0,
@@ -226,10 +232,7 @@ impl Harness {
             accepted: 0,
             answered: 0,
             submitted: 0,
-            templates: build_templates(
-                policy.max_identifier_length,
-                policy.max_request_payload_bytes,
-            ),
+            templates: Templates::new(&config),
             context: Context::Idle,
             outputs: Vec::new(),
             trace: Trace::new(keep_trace),
@@ -238,13 +241,26 @@ impl Harness {
             full_check_every: 1,
             adaptive: false,
             since_full: 0,
+            max_wakes_per_advance: MAX_WAKES_PER_ADVANCE,
             stale_request: RequestKey::from_u64(u64::MAX),
             outputs_this_input: 0,
-            shutdown_completed: false,
             health_touched: Vec::new(),
+            queues_grown: Vec::new(),
             longest_run: Duration::ZERO,
             ejections: 0,
         })
+    }
+
+    /// Wakes the core at most `wakes` times (at least 1) per
+    /// [`Op::Advance`] (default [`MAX_WAKES_PER_ADVANCE`]): a fuzzer's
+    /// bound on the cost of one input over a long stretch of time.
+    pub fn set_max_wakes_per_advance(&mut self, wakes: usize) {
+        self.max_wakes_per_advance = wakes.max(1);
+    }
+
+    /// Inputs the pool has been given so far (wake-ups included).
+    pub fn inputs(&self) -> u64 {
+        self.inputs
     }
 
     /// Runs the full O(n) checks only every `every` inputs (at least 1).
@@ -386,16 +402,42 @@ impl Harness {
         if let Some(failure) = &self.failure {
             return Err(failure.clone());
         }
+        let max_ms = self.limits.max_timeout_ms;
         match op {
-            Op::Submit { shape, timeout } => self.submit(shape, timeout.timeout_ms()).map(drop),
-            Op::Offer { shape, timeout } => self.offer(shape, timeout.timeout_ms()).map(drop),
+            Op::Submit { shape, timeout } => {
+                self.submit(shape, timeout.timeout_ms(max_ms)).map(drop)
+            }
+            Op::Offer { shape, timeout } => self.offer(shape, timeout.timeout_ms(max_ms)).map(drop),
             Op::SubmitVetted {
                 shape,
                 timeout,
                 veto,
             } => self
-                .submit_vetted(shape, timeout.timeout_ms(), veto)
+                .submit_vetted(shape, timeout.timeout_ms(max_ms), veto)
                 .map(drop),
+            Op::AddWorker => self.add_worker().map(drop),
+            Op::AddNamedWorker { name } => self.add_named_worker(name).map(drop),
+            Op::RawKey { raw, input } => self.raw_key(raw, input),
+            Op::Shutdown { drain_ms } => {
+                self.begin_shutdown(drain_ms.map(|ms| Duration::from_millis(u64::from(ms))))
+            }
+            Op::Advance { .. }
+            | Op::StepBack { .. }
+            | Op::Timeout
+            | Op::Leap { .. }
+            | Op::NextTimer => self.apply_time(op),
+            Op::Revet { .. }
+            | Op::Cancel { .. }
+            | Op::Complete { .. }
+            | Op::ProbeResult { .. }
+            | Op::RemoveWorker { .. }
+            | Op::RestartWorker { .. } => self.apply_picked(op),
+        }
+    }
+
+    /// Applies an op that names what it acts on by index.
+    fn apply_picked(&mut self, op: Op) -> Result<(), Failure> {
+        match op {
             Op::Revet { index, veto } => match pick(&self.moving, index) {
                 Some(request) => self.revet(request, veto).map(drop),
                 None => Ok(()),
@@ -422,7 +464,6 @@ impl Harness {
                 }
                 None => Ok(()),
             },
-            Op::AddWorker => self.add_worker().map(drop),
             Op::RemoveWorker { index } => match pick(&self.worker_list, index) {
                 Some(worker) => self.remove_worker(worker).map(drop),
                 None => Ok(()),
@@ -431,9 +472,13 @@ impl Harness {
                 Some(worker) => self.restart_worker(worker).map(drop),
                 None => Ok(()),
             },
-            Op::Shutdown { drain_ms } => {
-                self.begin_shutdown(drain_ms.map(|ms| Duration::from_millis(u64::from(ms))))
-            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Applies an op that moves the clock or wakes the core.
+    fn apply_time(&mut self, op: Op) -> Result<(), Failure> {
+        match op {
             Op::Advance { ms } => {
                 let target = self.clock + Duration::from_millis(u64::from(ms));
                 self.advance(target)
@@ -443,6 +488,12 @@ impl Harness {
                 Ok(())
             }
             Op::Timeout => self.spurious_timeout(),
+            Op::Leap { by } => self.wake(self.clock + by.duration()),
+            Op::NextTimer => match self.next_timeout() {
+                Some(at) => self.wake(at.max(self.clock)),
+                None => Ok(()),
+            },
+            _ => Ok(()),
         }
     }
 
@@ -519,7 +570,7 @@ impl Harness {
         }
         let result = self.rearm_driver_timer();
         self.record(result)?;
-        let result = self.check_health();
+        let result = self.check_health().and_then(|()| self.check_queues());
         self.record(result)?;
         self.context = Context::Idle;
         self.inputs += 1;

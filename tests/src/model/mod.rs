@@ -17,8 +17,10 @@
 //! 3. It *settles*: while [`Pool::poll_timeout`](foreman_core::Pool::poll_timeout) names an instant at or
 //!    before `seen`, it calls [`Pool::handle_timeout`](foreman_core::Pool::handle_timeout) (a driver sleeping
 //!    zero seconds). So the harness always wakes the core exactly when it
-//!    asked, and time only advances through [`Harness::advance`] /
-//!    [`Harness::wake`], which stop at every wake-up on the way.
+//!    asked, and time only advances through [`Harness::advance`], which
+//!    stops at every wake-up on the way, and [`Harness::wake`], which is
+//!    also a late driver's wake-up ([`Op::Leap`]: everything due since
+//!    fires in one call).
 //! 4. It checks, cheaply (O(1) or O(log n)), after every input:
 //!    - every accepted request is answered exactly once: an `Answer` for a
 //!      request the books do not hold is a double answer; a request still
@@ -41,17 +43,20 @@
 //!      request waits while some schedulable worker has a free run slot (a
 //!      request never waits behind a slow worker while another is free:
 //!      defect 11);
-//!    - per worker, queued ≤ `queue_capacity` and running ≤
-//!      `max_concurrency_per_worker`;
+//!    - per worker, queued ≤ `queue_capacity` once an input is done (checked
+//!      for the workers whose queue grew) and running ≤
+//!      `max_concurrency_per_worker` after every start;
 //!    - a submit's outcome is exactly the one the books predict:
 //!      `ShuttingDown` after shutdown began, `InvalidRequest` for a request
-//!      that breaks the policy, acceptance when some schedulable worker has
+//!      that breaks the policy (predicted from the policy's limits, see
+//!      [`Shape`]), acceptance when some schedulable worker has
 //!      room, `QueueFull` only when schedulable workers exist and none has
 //!      room, `NoHealthyWorker` only when none is schedulable;
 //!    - deadlines never fire early (a running `Timeout` answer only at `seen ≥
 //!      deadline`, a drain-deadline `ShuttingDown` only at `seen ≥ drain
 //!      deadline`) and never late (after settling, no pending request and no
-//!      outstanding probe has a deadline at or before `seen`);
+//!      outstanding probe has a deadline at or before `seen`); a deadline
+//!      that saturates at `Time::MAX` is never, as in the core;
 //!    - health changes only along the edges allowed for their cause (see
 //!      [`allowed_edge`]), and each change starts from the status the books
 //!      hold;
@@ -69,21 +74,27 @@
 //!      answered `Timeout` while queued had its budget spent or less of it
 //!      left than the longest run seen;
 //!    - every input's return value (`true`/`false`, `Ok`/`Err`) is the one
-//!      the books predict; a spurious `handle_timeout` produces nothing;
+//!      the books predict (keys the harness never handed out included:
+//!      [`Op::RawKey`]; worker names: [`Op::AddNamedWorker`]); a spurious
+//!      `handle_timeout` produces nothing;
 //!    - the core's counters agree with the books (accepted, answered,
-//!      pending), and once shutdown completed nothing is pending.
+//!      pending), and once shutdown completed nothing is pending and the
+//!      pool wants no wake-up.
 //! 5. Every `full_check_every` inputs (default: every input) it also runs
 //!    the core's O(n) [`Pool::check_invariants`](foreman_core::Pool::check_invariants) and compares
-//!    [`Pool::stats`](foreman_core::Pool::stats) worker by worker with its books; the simulator raises
-//!    the period for speed and forces a full check after every worker
-//!    command and at the end of a run.
+//!    [`Pool::stats`](foreman_core::Pool::stats) worker by worker with its books; the simulator and
+//!    the fuzz targets raise the period for speed
+//!    ([`Harness::set_full_check_amortised`]); a full check also runs after
+//!    every worker command the pool took, every revet and every shutdown,
+//!    and [`Harness::check`] runs one at the end of a run.
 //!
 //! Everything is deterministic: books are indexed by the core's dense key
 //! indices or kept in vectors and binary heaps, never iterated in hash order.
 //!
 //! # Files
-//! - `operations`: the inputs as data ([`Op`] and its parts) and the
-//!   requests each [`Shape`] submits;
+//! - `operations`: the inputs as data ([`Op`] and its parts);
+//! - `requests`: the request each [`Shape`] submits and whether the
+//!   pool's policy admits it;
 //! - `trace`: what the harness records ([`Trace`], [`TraceEvent`]);
 //! - `bookkeeping`: what the harness remembers of requests and workers,
 //!   and the health the rules predict;
@@ -125,11 +136,12 @@ mod commands;
 mod events;
 mod harness;
 mod operations;
+mod requests;
 mod submit;
 mod trace;
 
 pub use bookkeeping::{timeout_counts, too_late_to_start};
 pub use checks::allowed_edge;
 pub use harness::{Harness, Output, MAX_WAKES_PER_ADVANCE};
-pub use operations::{Op, Outcome, Shape, TimeoutChoice, Verdict};
+pub use operations::{worker_name, Distance, Op, Outcome, RawInput, Shape, TimeoutChoice, Verdict};
 pub use trace::{AnswerKind, Refusal, Trace, TraceEvent, TRACE_TAIL};

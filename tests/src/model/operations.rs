@@ -1,12 +1,13 @@
-//! The inputs of the model as data: [`Op`] and its parts, and the request
-//! each [`Shape`] submits.
+//! The inputs of the model as data: [`Op`] and its parts.
 
-use foreman_core::{
-    WorkerErrorCode, WorkerHealthStatus, WorkerOperation, WorkerProtocolError, WorkerRequest,
-};
-use serde_json::{json, Value};
+use std::time::Duration;
 
-/// The shape of a submitted request: valid ones and the ways to be invalid.
+use foreman_core::{WorkerErrorCode, WorkerHealthStatus, WorkerProtocolError, MAX_WORKER_ID_LEN};
+use serde_json::Value;
+
+/// The shape of a submitted request: valid ones and the ways to be invalid
+/// (whether the pool admits each depends on its security policy: the
+/// harness predicts it from the policy's limits).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 #[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
 pub enum Shape {
@@ -23,7 +24,7 @@ pub enum Shape {
 }
 
 impl Shape {
-    /// Every shape, valid ones first.
+    /// Every shape, the ones valid under the default policy first.
     pub const ALL: [Shape; 5] = [
         Shape::Tool,
         Shape::Llm,
@@ -31,12 +32,6 @@ impl Shape {
         Shape::LongIdentifier,
         Shape::Oversized,
     ];
-
-    /// Whether a request of this shape passes the policy (ignoring its
-    /// timeout).
-    pub fn is_valid(self) -> bool {
-        matches!(self, Shape::Tool | Shape::Llm | Shape::Unnamed)
-    }
 }
 
 /// The `timeout_ms` of a submitted request.
@@ -48,14 +43,21 @@ pub enum TimeoutChoice {
     /// `Some(ms)`: values above the policy maximum are invalid; `0` is
     /// answered `Timeout` on arrival.
     Ms(u32),
+    /// `Some` of the policy's maximum.
+    Max,
+    /// `Some(u64::MAX)`: invalid unless the policy allows any timeout.
+    Huge,
 }
 
 impl TimeoutChoice {
-    /// The request field this choice sets.
-    pub fn timeout_ms(self) -> Option<u64> {
+    /// The request field this choice sets, under a policy whose maximum
+    /// timeout is `max_ms`.
+    pub fn timeout_ms(self, max_ms: u64) -> Option<u64> {
         match self {
             TimeoutChoice::Default => None,
             TimeoutChoice::Ms(ms) => Some(u64::from(ms)),
+            TimeoutChoice::Max => Some(max_ms),
+            TimeoutChoice::Huge => Some(u64::MAX),
         }
     }
 }
@@ -196,12 +198,14 @@ pub enum Op {
         drain_ms: Option<u32>,
     },
     /// Move the clock forward by `ms`, waking the core at every
-    /// `poll_timeout` on the way (at most [`super::MAX_WAKES_PER_ADVANCE`]).
+    /// `poll_timeout` on the way (at most
+    /// [`Harness::set_max_wakes_per_advance`](super::Harness::set_max_wakes_per_advance)
+    /// times, [`super::MAX_WAKES_PER_ADVANCE`] unless set).
     Advance {
         /// Milliseconds to move forward.
         ms: u32,
     },
-    /// Step the driver's clock backwards by `ms` (the core must keep its
+    /// Distance the driver's clock backwards by `ms` (the core must keep its
     /// own notion of time monotonic).
     StepBack {
         /// Milliseconds to step back.
@@ -209,6 +213,79 @@ pub enum Op {
     },
     /// Call `handle_timeout` now (spurious after settling: must do nothing).
     Timeout,
+    /// Add a worker named by [`worker_name`]: empty, overlong, or `w<n>`
+    /// (refused while a worker of that name is in the pool).
+    AddNamedWorker {
+        /// Which name.
+        name: u8,
+    },
+    /// An input naming a key the harness did not pick (usually unknown:
+    /// the core must ignore it, or refuse it as unknown).
+    RawKey {
+        /// The key, as `RequestKey::from_u64` / `WorkerKey::from_u64`.
+        raw: u64,
+        /// Which input.
+        input: RawInput,
+    },
+    /// A late driver: move the clock forward `by`, then wake the core once
+    /// (everything due on the way fires in that one call).
+    Leap {
+        /// How far.
+        by: Distance,
+    },
+    /// Move the clock to the core's next wake-up and wake it there.
+    NextTimer,
+}
+
+/// The inputs of [`Op::RawKey`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
+pub enum RawInput {
+    /// `cancel` of the request key.
+    Cancel,
+    /// `handle_completion` (a success) of the request key.
+    Complete,
+    /// `restart_worker` of the worker key.
+    Restart,
+    /// `remove_worker` of the worker key.
+    Remove,
+}
+
+/// How far an [`Op::Leap`] moves the clock.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
+pub enum Distance {
+    /// Nanoseconds.
+    Nanos(u16),
+    /// Milliseconds.
+    Millis(u16),
+    /// Seconds.
+    Secs(u16),
+    /// To the end of time (`Time::MAX`).
+    ToTheEnd,
+}
+
+impl Distance {
+    /// The distance.
+    pub fn duration(self) -> Duration {
+        match self {
+            Distance::Nanos(n) => Duration::from_nanos(n.into()),
+            Distance::Millis(n) => Duration::from_millis(n.into()),
+            Distance::Secs(n) => Duration::from_secs(n.into()),
+            Distance::ToTheEnd => Duration::MAX,
+        }
+    }
+}
+
+/// The name [`Op::AddNamedWorker`] gives: `0` is empty and `255` one byte
+/// longer than [`MAX_WORKER_ID_LEN`] (both refused), any other `n` is
+/// `w<n>`.
+pub fn worker_name(name: u8) -> String {
+    match name {
+        0 => String::new(),
+        255 => "w".repeat(MAX_WORKER_ID_LEN + 1),
+        n => format!("w{n}"),
+    }
 }
 
 pub(super) fn pick<T: Copy>(items: &[T], index: u16) -> Option<T> {
@@ -217,49 +294,4 @@ pub(super) fn pick<T: Copy>(items: &[T], index: u16) -> Option<T> {
     } else {
         Some(items[usize::from(index) % items.len()])
     }
-}
-
-/// One request per [`Shape`], built once and reused for every submit (the
-/// core only borrows the request; the harness sets `timeout_ms` in place).
-pub(super) fn build_templates(max_identifier: usize, max_payload: usize) -> Vec<WorkerRequest> {
-    Shape::ALL
-        .iter()
-        .map(|shape| {
-            let mut request = WorkerRequest {
-                request_id: "req".to_string(),
-                workflow_name: "sim".to_string(),
-                node_id: "node".to_string(),
-                timeout_ms: None,
-                operation: WorkerOperation::Tool {
-                    tool: "echo".to_string(),
-                    input: json!({"n": 1}),
-                    scoped_input: json!({}),
-                },
-            };
-            match shape {
-                Shape::Tool => {}
-                Shape::Llm => {
-                    request.operation = WorkerOperation::Llm {
-                        model: "model".to_string(),
-                        prompt: "say hi".to_string(),
-                        scoped_input: Value::Null,
-                    };
-                }
-                Shape::Unnamed => {
-                    request.request_id.clear();
-                    request.workflow_name.clear();
-                    request.node_id.clear();
-                }
-                Shape::LongIdentifier => request.workflow_name = "w".repeat(max_identifier + 1),
-                Shape::Oversized => {
-                    request.operation = WorkerOperation::Tool {
-                        tool: "echo".to_string(),
-                        input: Value::String("x".repeat(max_payload.min(1 << 20) + 1)),
-                        scoped_input: json!({}),
-                    };
-                }
-            }
-            request
-        })
-        .collect()
 }

@@ -4,7 +4,10 @@
 
 use std::time::Duration;
 
-use foreman_core::{Refused, RequestKey, Revetted, Vetted, Vetting, WorkerHealthStatus, WorkerKey};
+use foreman_core::{
+    Admission, Refused, RequestError, RequestKey, Revetted, Vetted, Vetting, WorkerHealthStatus,
+    WorkerKey,
+};
 
 use super::bookkeeping::{Context, Lifecycle, ReqState};
 use super::harness::{Harness, Output};
@@ -172,15 +175,15 @@ impl Harness {
         Ok(to)
     }
 
-    /// Runs the steps of `Pool::vet` for request `id`, asking a breaker
-    /// with `veto`; checks each question.
+    /// Runs the steps of `Pool::vet` for request `id` (admitted or not as
+    /// `admission` says), asking a breaker with `veto`; checks each
+    /// question.
     fn vet_loop(
         &mut self,
-        shape: Shape,
+        admission: Result<Admission, RequestError>,
         id: u64,
         veto: u8,
-    ) -> Result<Result<RequestKey, foreman_core::Refused<u64>>, Failure> {
-        let admission = self.pool.config().admit(&self.templates[shape as usize]);
+    ) -> Result<Result<RequestKey, Refused<u64>>, Failure> {
         let mut vetting = Vetting::new();
         let mut asked = Vec::new();
         let mut vetoes = 0;
@@ -231,7 +234,7 @@ impl Harness {
         }
         let timeout = match timeout_ms {
             Some(ms) => Some(Duration::from_millis(ms)),
-            None => self.default_timeout,
+            None => self.limits.default_timeout,
         };
         let deadline = timeout.map(|budget| self.seen + budget);
         self.context = Context::Submit {
@@ -270,16 +273,15 @@ impl Harness {
     /// The outcome the books predict for a submit (through a breaker with
     /// `veto`, if any).
     fn expected_submit(
-        &self,
+        &mut self,
         shape: Shape,
         timeout_ms: Option<u64>,
         veto: Option<u8>,
     ) -> Result<(), Refusal> {
-        let timeout_valid = timeout_ms.is_none_or(|ms| ms <= self.max_timeout_ms);
-        let valid = shape.is_valid() && timeout_valid;
+        let valid = self.templates.admits(shape, timeout_ms);
         let no_budget = match timeout_ms {
             Some(ms) => ms == 0,
-            None => self.default_timeout == Some(Duration::ZERO),
+            None => self.limits.default_timeout == Some(Duration::ZERO),
         };
         if self.lifecycle != Lifecycle::Running {
             Err(Refusal::ShuttingDown)
@@ -305,7 +307,7 @@ impl Harness {
         let room = stats.workers.iter().any(|w| {
             w.status != WorkerHealthStatus::Unavailable
                 && !w.removing
-                && w.queued + w.running < self.capacity
+                && w.queued + w.running < self.limits.capacity
         });
         if room != (self.open > 0) {
             return Err(self.fail(format!(
@@ -326,15 +328,15 @@ impl Harness {
         offer: bool,
         veto: Option<u8>,
     ) -> Result<Result<RequestKey, Refused<u64>>, Failure> {
-        let template = &mut self.templates[shape as usize];
-        template.timeout_ms = timeout_ms;
+        let request = self.templates.request(shape, timeout_ms);
         Ok(if let Some(veto) = veto {
-            self.vet_loop(shape, id, veto)?
+            let admission = self.pool.config().admit(request);
+            self.vet_loop(admission, id, veto)?
         } else if offer {
-            let admission = self.pool.config().admit(template);
+            let admission = self.pool.config().admit(request);
             self.pool.offer(self.clock, admission, id)
         } else {
-            self.pool.submit(self.clock, template, id)
+            self.pool.submit(self.clock, request, id)
         })
     }
 
