@@ -312,12 +312,7 @@ impl Harness {
                 }
             }
         }
-        if ok {
-            // A refused command changed nothing the cheap checks miss.
-            self.force_full_check();
-        }
-        self.finish_input()?;
-        Ok(ok)
+        self.finish_command(ok)
     }
 
     /// Restarts a worker; returns whether the pool took the command.
@@ -351,6 +346,13 @@ impl Harness {
                 )));
             }
         }
+        self.finish_command(ok)
+    }
+
+    /// Finishes a worker command's input; after one the pool took, the
+    /// O(n) checks run too (a refused command changed nothing the cheap
+    /// checks miss).
+    fn finish_command(&mut self, ok: bool) -> Result<bool, Failure> {
         if ok {
             self.force_full_check();
         }
@@ -401,14 +403,7 @@ impl Harness {
     pub fn wake(&mut self, at: Time) -> Result<(), Failure> {
         self.clock = at;
         self.begin_input()?;
-        self.context = Context::Timeout;
-        self.trace.push(TraceEvent::Wake {
-            clock: self.clock,
-            at: self.seen,
-        });
-        self.driver_timer = Time::MAX;
-        self.pool.handle_timeout(self.clock);
-        self.drain()?;
+        self.fire_timeout()?;
         self.finish_input()
     }
 
@@ -451,14 +446,7 @@ impl Harness {
     pub fn spurious_timeout(&mut self) -> Result<(), Failure> {
         self.begin_input()?;
         let due = self.next_timeout().is_some_and(|at| at <= self.seen);
-        self.context = Context::Timeout;
-        self.trace.push(TraceEvent::Wake {
-            clock: self.clock,
-            at: self.seen,
-        });
-        self.driver_timer = Time::MAX;
-        self.pool.handle_timeout(self.clock);
-        self.drain()?;
+        self.fire_timeout()?;
         if !due && self.outputs_this_input > 0 {
             return Err(self.fail(format!(
                 "a spurious handle_timeout at {} produced {} outputs",

@@ -543,6 +543,19 @@ impl Harness {
         Ok(())
     }
 
+    /// Calls `handle_timeout` at the driver's clock (the one timer a
+    /// driver keeps has fired) and drains its outputs.
+    pub(super) fn fire_timeout(&mut self) -> Result<(), Failure> {
+        self.context = Context::Timeout;
+        self.trace.push(TraceEvent::Wake {
+            clock: self.clock,
+            at: self.seen,
+        });
+        self.driver_timer = Time::MAX;
+        self.pool.handle_timeout(self.clock);
+        self.drain()
+    }
+
     /// Settles (wakes the core for every timer already due) and checks.
     pub(super) fn finish_input(&mut self) -> Result<(), Failure> {
         let mut rounds = 0;
@@ -556,14 +569,7 @@ impl Harness {
                             self.seen
                         )));
                     }
-                    self.context = Context::Timeout;
-                    self.trace.push(TraceEvent::Wake {
-                        clock: self.clock,
-                        at: self.seen,
-                    });
-                    self.driver_timer = Time::MAX;
-                    self.pool.handle_timeout(self.clock);
-                    self.drain()?;
+                    self.fire_timeout()?;
                 }
                 _ => break,
             }

@@ -216,14 +216,13 @@ mod tests {
                     let size = templates.template(shape).size;
                     let request = templates.request(shape, timeout_ms).clone();
                     let serialised = serde_json::to_vec(&request).map(|json| json.len());
-                    let null_size = serialised.as_ref().map_or(0, |n| {
-                        n - timeout_ms.map_or(4, decimal_len) + "null".len()
-                    });
+                    let null_size = serialised
+                        .as_ref()
+                        .map_or(0, |n| n - timeout_ms.map_or(4, decimal_len) + "null".len());
                     assert_eq!(null_size, size, "{shape:?} {timeout_ms:?}");
                     let core = validate_request(&request, config.request_limits()).is_ok();
                     assert_eq!(
-                        admits,
-                        core,
+                        admits, core,
                         "{shape:?} {timeout_ms:?} under {:?}",
                         config.options.security_policy
                     );
