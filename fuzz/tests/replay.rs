@@ -20,7 +20,9 @@ const TARGETS: [(&str, Harness); 3] = [
 ];
 
 fn corpus_dir(target: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("corpus").join(target)
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("corpus")
+        .join(target)
 }
 
 fn corpus_files(target: &str) -> Vec<PathBuf> {
@@ -57,7 +59,10 @@ fn serde_json_refuses_deep_nesting_with_an_error() {
         for depth in [128, 1_000, 100_000] {
             let text = format!("{}null{}", open.repeat(depth), close.repeat(depth));
             let error = serde_json::from_str::<serde_json::Value>(&text).unwrap_err();
-            assert!(error.to_string().contains("recursion limit exceeded"), "{error}");
+            assert!(
+                error.to_string().contains("recursion limit exceeded"),
+                "{error}"
+            );
             foreman_fuzz::protocol(text.as_bytes());
         }
     }
@@ -74,7 +79,10 @@ fn serde_json_refuses_deep_nesting_with_an_error() {
         )
     };
     let error = serde_json::from_str::<foreman_core::WorkerRequest>(&request(200)).unwrap_err();
-    assert!(error.to_string().contains("recursion limit exceeded"), "{error}");
+    assert!(
+        error.to_string().contains("recursion limit exceeded"),
+        "{error}"
+    );
     assert!(serde_json::from_str::<foreman_core::WorkerRequest>(&request(100)).is_ok());
 }
 
@@ -107,7 +115,10 @@ fn generate_seeds() {
         let dir = corpus_dir(target);
         for old in fs::read_dir(&dir).expect("corpus dir") {
             let old = old.expect("entry").path();
-            if old.file_name().is_some_and(|n| n.to_string_lossy().starts_with("gen-")) {
+            if old
+                .file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with("gen-"))
+            {
                 fs::remove_file(old).expect("remove old seed");
             }
         }
@@ -120,7 +131,11 @@ fn generate_seeds() {
             let data = random_bytes(&mut rng, size);
             let signature = match target {
                 "config" => match foreman_fuzz::config_outcome(&data) {
-                    Err(error) => format!("{error:?}").split([' ', '{']).next().unwrap_or("").to_string(),
+                    Err(error) => format!("{error:?}")
+                        .split([' ', '{'])
+                        .next()
+                        .unwrap_or("")
+                        .to_string(),
                     Ok(o) => format!(
                         "ok-a{}-s{}-n{}-r{}-w{}",
                         bucket(o.accepted).min(2),
