@@ -118,6 +118,8 @@ fn small_config(u: &mut Unstructured<'_>) -> PoolConfig {
 /// With the model's description of the first broken rule.
 pub(crate) fn run_ops(harness: &mut Harness, u: &mut Unstructured<'_>, max_ops: usize) -> u64 {
     harness.set_max_wakes_per_advance(MAX_WAKES_PER_ADVANCE);
+    // A failure is reported by its message; the trace would only cost.
+    harness.stop_tracing();
     let mut workers = 0;
     for n in 0..max_ops {
         if u.is_empty() || harness.inputs() >= MAX_INPUTS {

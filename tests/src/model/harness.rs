@@ -258,6 +258,12 @@ impl Harness {
         self.max_wakes_per_advance = wakes.max(1);
     }
 
+    /// Stops recording the trace: what a fuzz target, which reads only the
+    /// [`Failure`], does to save the hashing and copying of every event.
+    pub fn stop_tracing(&mut self) {
+        self.trace.stop();
+    }
+
     /// Inputs the pool has been given so far (wake-ups included).
     pub fn inputs(&self) -> u64 {
         self.inputs

@@ -269,6 +269,8 @@ pub struct Trace {
     next: usize,
     len: u64,
     full: Option<Vec<TraceEvent>>,
+    /// Whether events are recorded at all.
+    recording: bool,
 }
 
 impl Trace {
@@ -279,11 +281,20 @@ impl Trace {
             next: 0,
             len: 0,
             full: keep_all.then(Vec::new),
+            recording: true,
         }
     }
 
-    /// Records one event.
+    /// Stops recording: later events leave no trace (and cost nothing).
+    pub(super) fn stop(&mut self) {
+        self.recording = false;
+    }
+
+    /// Records one event (unless recording stopped).
     pub fn push(&mut self, event: TraceEvent) {
+        if !self.recording {
+            return;
+        }
         let mut hasher = WordHasher(self.hash);
         event.hash(&mut hasher);
         self.hash = hasher.0;
