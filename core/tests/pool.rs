@@ -39,8 +39,13 @@ fn failure() -> WorkerProtocolError {
     WorkerProtocolError::new(WorkerErrorCode::ExecutionFailed, "boom", true)
 }
 
-/// A test driver: applies inputs, checks invariants after each, and keeps
-/// every output for assertions.
+/// The explicit-time helper of these unit tests: applies inputs at the
+/// instants a test names, checks the pool's own invariants after each, and
+/// keeps every output for the test's assertions. It predicts nothing: the
+/// checking harness of the simulator, the proptests and the fuzz targets
+/// (`foreman_tests::model::Harness`) is not used here because foreman-tests
+/// depends on foreman-core, and a dev-dependency of the core on it would be
+/// a cycle.
 struct Harness {
     pool: Pool<u32>,
     actions: Vec<Action<u32>>,

@@ -1,12 +1,21 @@
 //! The `config` target: arbitrary options against `Pool::new`, then a short
-//! run on every accepted configuration.
+//! run of the operation model on every accepted configuration.
 
 use std::time::Duration;
 
-use arbitrary::{Arbitrary, Unstructured};
-use foreman_core::{Pool, PoolConfig, Time, WorkerPoolOptions, WorkerSecurityPolicy};
+use arbitrary::Unstructured;
+use foreman_core::{PoolConfig, Time, WorkerPoolOptions, WorkerSecurityPolicy};
+use foreman_tests::model::Harness;
 
-use crate::driver::{Driver, Op, Outcome, END_OF_TIME};
+use crate::core_ops::{finish, run_ops, Outcome};
+
+/// The latest time the harnesses feed the core: [`Time::MAX`] itself.
+///
+/// The `config` target once found the core livelocking there (a probe's
+/// timeout saturated to `now` and re-armed itself forever; reproducer in
+/// `tests/replay.rs::core_survives_the_end_of_time`). The core treats a
+/// deadline at `Time::MAX` as "never", so the harnesses go all the way.
+pub const END_OF_TIME: Time = Time::MAX;
 
 /// Longest operation sequence run on an accepted configuration.
 const MAX_OPS: usize = 32;
@@ -47,11 +56,14 @@ pub fn decode_config(u: &mut Unstructured<'_>) -> (PoolConfig, Time) {
     (config, now)
 }
 
-/// `Pool::new` on an arbitrary configuration must return `Ok` exactly when
+/// `Pool::new` on an arbitrary configuration (through the model's
+/// [`Harness::starting_at`]) must return `Ok` exactly when
 /// `config.validate()` does (and the same error otherwise), never panic; an
-/// accepted configuration must survive up to 32 operations (workers added,
-/// submits, completions, probes, timeouts, shutdown) with every rule checked
-/// after each, and a final zero-drain shutdown must answer everything.
+/// accepted configuration must survive up to 32 operations of the model
+/// (workers added, submits, completions, probes, timeouts, shutdown, keys
+/// it never handed out, clock leaps to the end of time) with every rule
+/// checked after each, and a final zero-drain shutdown must answer
+/// everything.
 pub fn config(data: &[u8]) {
     let _ = config_outcome(data);
 }
@@ -61,33 +73,40 @@ pub fn config_outcome(data: &[u8]) -> Result<Outcome, foreman_core::ConfigError>
     let mut u = Unstructured::new(data);
     let (config, now) = decode_config(&mut u);
     let validated = config.validate();
-    let pool = match Pool::<u64>::new(config.clone(), now) {
-        Ok(pool) => {
-            assert_eq!(validated, Ok(()), "Pool::new accepted a config validate() refuses");
-            pool
+    let mut harness = match Harness::starting_at(config.clone(), now) {
+        Ok(harness) => {
+            assert_eq!(
+                validated,
+                Ok(()),
+                "Pool::new accepted a config validate() refuses"
+            );
+            harness
         }
         Err(error) => {
-            assert_eq!(validated, Err(error.clone()), "Pool::new and validate() disagree");
+            assert_eq!(
+                validated,
+                Err(error.clone()),
+                "Pool::new and validate() disagree"
+            );
             // Every refusal explains itself.
             assert!(!error.to_string().is_empty());
             return Err(error);
         }
     };
-    assert_eq!(pool.config(), &config);
-    assert_eq!(pool.now(), now);
-    let mut driver = Driver::new(pool, now);
+    assert_eq!(harness.pool().config(), &config);
+    assert_eq!(harness.pool().now(), now);
+    // The O(n) checks as in `core_ops`: amortised, after every worker
+    // command the pool takes and at the end.
+    harness.set_full_check_amortised(32);
     // Start with a worker or two so submits have somewhere to go.
     let workers = u.int_in_range(0..=2u8).unwrap_or(1);
     for _ in 0..workers {
-        driver.apply(&Op::AddWorker);
+        if let Err(failure) = harness.add_worker() {
+            panic!("adding a first worker: {failure}");
+        }
     }
-    let mut ops = 0;
-    while ops < MAX_OPS && !u.is_empty() {
-        let Ok(op) = Op::arbitrary(&mut u) else { break };
-        driver.apply(&op);
-        ops += 1;
-    }
-    Ok(driver.finish())
+    let added = run_ops(&mut harness, &mut u, MAX_OPS);
+    Ok(finish(harness, u64::from(workers) + added))
 }
 
 fn pick_u64(u: &mut Unstructured<'_>, default: u64) -> u64 {

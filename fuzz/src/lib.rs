@@ -11,14 +11,19 @@
 //! - [`core_ops`]: bytes → a sequence of core inputs on a pool, invariants
 //!   checked after each one.
 //!
+//! Both `config` and `core_ops` drive the pool through the operation model
+//! of `foreman-tests` (`foreman_tests::model`: the [`Op`](foreman_tests::model::Op)s
+//! and the checking `Harness` the simulator and the proptests use), not a
+//! driver of their own.
+//!
 //! A broken property panics (libFuzzer reports it as a crash).
 
 #![forbid(unsafe_code)]
 
 mod config;
-mod driver;
+mod core_ops;
 mod protocol;
 
-pub use config::{config, config_outcome, decode_config};
-pub use driver::{core_ops, core_ops_outcome, Driver, END_OF_TIME, Op, Outcome, Step, TimeoutPick};
+pub use config::{config, config_outcome, decode_config, END_OF_TIME};
+pub use core_ops::{core_ops, core_ops_outcome, Outcome};
 pub use protocol::{json_depth, protocol, MAX_PROTOCOL_INPUT};

@@ -9,6 +9,8 @@ use std::fs;
 use std::panic;
 use std::path::{Path, PathBuf};
 
+use foreman_tests::rng::Rng;
+
 type Harness = fn(&[u8]);
 
 const TARGETS: [(&str, Harness); 3] = [
@@ -18,7 +20,9 @@ const TARGETS: [(&str, Harness); 3] = [
 ];
 
 fn corpus_dir(target: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("corpus").join(target)
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("corpus")
+        .join(target)
 }
 
 fn corpus_files(target: &str) -> Vec<PathBuf> {
@@ -55,7 +59,10 @@ fn serde_json_refuses_deep_nesting_with_an_error() {
         for depth in [128, 1_000, 100_000] {
             let text = format!("{}null{}", open.repeat(depth), close.repeat(depth));
             let error = serde_json::from_str::<serde_json::Value>(&text).unwrap_err();
-            assert!(error.to_string().contains("recursion limit exceeded"), "{error}");
+            assert!(
+                error.to_string().contains("recursion limit exceeded"),
+                "{error}"
+            );
             foreman_fuzz::protocol(text.as_bytes());
         }
     }
@@ -72,7 +79,10 @@ fn serde_json_refuses_deep_nesting_with_an_error() {
         )
     };
     let error = serde_json::from_str::<foreman_core::WorkerRequest>(&request(200)).unwrap_err();
-    assert!(error.to_string().contains("recursion limit exceeded"), "{error}");
+    assert!(
+        error.to_string().contains("recursion limit exceeded"),
+        "{error}"
+    );
     assert!(serde_json::from_str::<foreman_core::WorkerRequest>(&request(100)).is_ok());
 }
 
@@ -83,20 +93,9 @@ fn oversized_input_is_skipped_not_parsed() {
     foreman_fuzz::protocol(&huge);
 }
 
-/// A tiny deterministic generator (xorshift64*), so seeds are reproducible.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-
-    fn bytes(&mut self, len: usize) -> Vec<u8> {
-        (0..len).map(|_| self.next() as u8).collect()
-    }
+/// `len` bytes from the shared seeded generator.
+fn random_bytes(rng: &mut Rng, len: usize) -> Vec<u8> {
+    (0..len).map(|_| rng.next_u64() as u8).collect()
 }
 
 fn bucket(n: u64) -> u32 {
@@ -111,12 +110,15 @@ fn bucket(n: u64) -> u32 {
 #[test]
 #[ignore = "rewrites corpus files; run by hand"]
 fn generate_seeds() {
-    let mut rng = Rng(0x666f_7265_6d61_6e21);
+    let mut rng = Rng::new(0x666f_7265_6d61_6e21);
     for (target, limit, len) in [("config", 24, 96usize), ("core_ops", 24, 512)] {
         let dir = corpus_dir(target);
         for old in fs::read_dir(&dir).expect("corpus dir") {
             let old = old.expect("entry").path();
-            if old.file_name().is_some_and(|n| n.to_string_lossy().starts_with("gen-")) {
+            if old
+                .file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with("gen-"))
+            {
                 fs::remove_file(old).expect("remove old seed");
             }
         }
@@ -125,11 +127,15 @@ fn generate_seeds() {
             if seen.len() >= limit {
                 break;
             }
-            let size = 1 + (rng.next() as usize) % len;
-            let data = rng.bytes(size);
+            let size = 1 + (rng.below(len as u64) as usize);
+            let data = random_bytes(&mut rng, size);
             let signature = match target {
                 "config" => match foreman_fuzz::config_outcome(&data) {
-                    Err(error) => format!("{error:?}").split([' ', '{']).next().unwrap_or("").to_string(),
+                    Err(error) => format!("{error:?}")
+                        .split([' ', '{'])
+                        .next()
+                        .unwrap_or("")
+                        .to_string(),
                     Ok(o) => format!(
                         "ok-a{}-s{}-n{}-r{}-w{}",
                         bucket(o.accepted).min(2),

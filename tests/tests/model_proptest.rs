@@ -25,7 +25,8 @@ use foreman_core::{
     PoolConfig, RoutingPolicy, Time, WorkerHealthStatus, WorkerPoolOptions, WorkerSecurityPolicy,
 };
 use foreman_tests::model::{
-    AnswerKind, Harness, Op, Outcome, Refusal, Shape, TimeoutChoice, TraceEvent, Verdict,
+    AnswerKind, Distance, Harness, Op, Outcome, RawInput, Refusal, Shape, TimeoutChoice,
+    TraceEvent, Verdict,
 };
 use proptest::prelude::*;
 
@@ -482,9 +483,11 @@ fn op() -> impl Strategy<Value = Op> {
         1 => Just(Shape::Oversized),
     ];
     let timeout = prop_oneof![
-        2 => Just(TimeoutChoice::Default),
-        3 => (0u32..5_000).prop_map(TimeoutChoice::Ms),
-        1 => any::<u32>().prop_map(TimeoutChoice::Ms),
+        4 => Just(TimeoutChoice::Default),
+        6 => (0u32..5_000).prop_map(TimeoutChoice::Ms),
+        2 => any::<u32>().prop_map(TimeoutChoice::Ms),
+        1 => Just(TimeoutChoice::Max),
+        1 => Just(TimeoutChoice::Huge),
     ];
     let outcome = prop_oneof![
         3 => Just(Outcome::Success),
@@ -512,6 +515,29 @@ fn op() -> impl Strategy<Value = Op> {
         4 => (0u32..3_000).prop_map(|ms| Op::Advance { ms }),
         1 => (0u32..3_000).prop_map(|ms| Op::StepBack { ms }),
         1 => Just(Op::Timeout),
+        1 => prop_oneof![Just(1u8), Just(2), Just(0), Just(255)]
+            .prop_map(|name| Op::AddNamedWorker { name }),
+        1 => (any::<u64>(), raw_input()).prop_map(|(raw, input)| Op::RawKey { raw, input }),
+        1 => distance().prop_map(|by| Op::Leap { by }),
+        1 => Just(Op::NextTimer),
+    ]
+}
+
+fn raw_input() -> impl Strategy<Value = RawInput> {
+    prop_oneof![
+        Just(RawInput::Cancel),
+        Just(RawInput::Complete),
+        Just(RawInput::Restart),
+        Just(RawInput::Remove),
+    ]
+}
+
+fn distance() -> impl Strategy<Value = Distance> {
+    prop_oneof![
+        4 => any::<u16>().prop_map(Distance::Nanos),
+        4 => (0u16..5_000).prop_map(Distance::Millis),
+        2 => (0u16..60).prop_map(Distance::Secs),
+        1 => Just(Distance::ToTheEnd),
     ]
 }
 

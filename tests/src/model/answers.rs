@@ -1,0 +1,231 @@
+//! What the harness checks and books for each answer: one per accepted
+//! request, with the times the books hold, of a kind the current input may
+//! produce.
+
+use foreman_core::{Answer, Phase};
+
+use super::bookkeeping::{Context, ReqBook, ReqState};
+use super::harness::{Harness, Output};
+use super::operations::Outcome;
+use super::trace::{AnswerKind, TraceEvent};
+use super::Failure;
+
+impl Harness {
+    pub(super) fn on_answer(&mut self, answer: Answer<u64>) -> Result<(), Failure> {
+        let request = answer.request;
+        let Some(book) = self.requests.remove(request.as_u64()) else {
+            return Err(Failure(format!(
+                "Answer for {request} which is not pending (answered twice or never accepted): {:?}",
+                answer.result
+            )));
+        };
+        let kind = AnswerKind::of(&answer.result);
+        ensure!(
+            answer.worker == book.worker,
+            "{request} answered by {} but bound to {}",
+            answer.worker,
+            book.worker
+        );
+        self.check_answer_times(&answer, &book)?;
+        self.check_answer_allowed(&answer, &book, kind)?;
+        self.book_outcome(&book, kind);
+        self.remove_live(&book);
+        match book.state {
+            ReqState::Queued => {
+                self.unpinned_queued -= usize::from(!book.pinned);
+                self.recount_worker(book.worker, |b| b.queued -= 1);
+            }
+            ReqState::Moving => {
+                self.forget_moving(request);
+                self.recount_worker(book.worker, |b| b.queued -= 1);
+            }
+            ReqState::Running { .. } => {
+                self.remove_running(book.run_pos);
+                self.recount_worker(book.worker, |b| b.running -= 1);
+            }
+        }
+        self.answered += 1;
+        self.stale_request = request;
+        self.trace.push(TraceEvent::Answer {
+            id: book.id,
+            phase: answer.phase,
+            kind,
+        });
+        self.outputs.push(Output::Answered {
+            request,
+            id: book.id,
+            kind,
+        });
+        Ok(())
+    }
+
+    /// The answer's phase, payload and times agree with the books: a queued
+    /// answer carries the time since acceptance, a running one the queue
+    /// and run times, and came from a completion or after an `Abort`.
+    fn check_answer_times(&self, answer: &Answer<u64>, book: &ReqBook) -> Result<(), Failure> {
+        let request = answer.request;
+        let now = self.seen;
+        let elapsed = now - book.accepted_at;
+        match (answer.phase, book.state) {
+            (Phase::Queued, ReqState::Queued | ReqState::Moving) => {
+                ensure!(
+                    answer.payload == book.id,
+                    "queued answer of #{} returns payload {}",
+                    book.id,
+                    answer.payload
+                );
+                ensure!(
+                    answer.ran_for.is_none(),
+                    "queued answer of #{} has a run time",
+                    book.id
+                );
+                ensure!(
+                    answer.queued_for == elapsed,
+                    "#{} queued_for {:?} != {elapsed:?}",
+                    book.id,
+                    answer.queued_for
+                );
+            }
+            (
+                Phase::Running,
+                ReqState::Running {
+                    started_at,
+                    aborted,
+                },
+            ) => {
+                ensure!(
+                    answer.payload == book.id,
+                    "running answer of #{} returns payload {}",
+                    book.id,
+                    answer.payload
+                );
+                ensure!(
+                    answer.queued_for == started_at - book.accepted_at
+                        && answer.ran_for == Some(now - started_at),
+                    "#{} times queued {:?} ran {:?} disagree with the books",
+                    book.id,
+                    answer.queued_for,
+                    answer.ran_for
+                );
+                let completed =
+                    matches!(self.context, Context::Complete { request: r, .. } if r == request);
+                ensure!(
+                    completed || aborted,
+                    "#{} answered while running without Abort or completion",
+                    book.id
+                );
+                ensure!(
+                    !(completed && aborted),
+                    "#{} completed after it was aborted",
+                    book.id
+                );
+            }
+            (phase, state) => {
+                return Err(Failure(format!(
+                    "#{} answered in phase {phase:?} but books say {state:?}",
+                    book.id
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// Which answers the current input may produce.
+    fn check_answer_allowed(
+        &self,
+        answer: &Answer<u64>,
+        book: &ReqBook,
+        kind: AnswerKind,
+    ) -> Result<(), Failure> {
+        let request = answer.request;
+        let now = self.seen;
+        let allowed = match (self.context, kind) {
+            (
+                Context::Complete {
+                    request: r,
+                    outcome,
+                },
+                _,
+            ) if r == request => {
+                kind == match outcome {
+                    Outcome::Success => AnswerKind::Ok,
+                    Outcome::Failure { retryable } => AnswerKind::Failed { retryable },
+                    Outcome::Panic => AnswerKind::Failed { retryable: false },
+                }
+            }
+            (Context::Cancel { request: r }, AnswerKind::Cancelled { retryable: false }) => {
+                r == request
+            }
+            (Context::Restart { worker }, AnswerKind::Cancelled { retryable: true }) => {
+                worker == book.worker && answer.phase == Phase::Running
+            }
+            (Context::Remove { worker }, AnswerKind::Unavailable) => {
+                worker == book.worker && answer.phase == Phase::Queued && !book.vetted
+            }
+            (Context::Revet { request: r }, AnswerKind::Unavailable) => {
+                r == request && book.state == ReqState::Moving
+            }
+            (context, AnswerKind::Timeout) => {
+                self.check_timeout_answer(context, answer.phase, book)?;
+                true
+            }
+            (Context::Timeout | Context::Shutdown, AnswerKind::ShuttingDown) => {
+                let deadline = self.drain_deadline;
+                ensure!(
+                    deadline.is_some_and(|d| d <= now),
+                    "#{} answered ShuttingDown at {now} before the drain deadline {deadline:?}",
+                    book.id
+                );
+                true
+            }
+            _ => false,
+        };
+        ensure!(
+            allowed,
+            "#{} answered {kind:?} ({:?}) during {:?}",
+            book.id,
+            answer.result,
+            self.context
+        );
+        Ok(())
+    }
+
+    /// A `Timeout` answer neither early nor out of place: a running request
+    /// only at a wake-up at or after its deadline; a queued one (expired,
+    /// or reached by a worker with less budget left than that worker's last
+    /// run) by whatever frees a worker, never by a submit.
+    fn check_timeout_answer(
+        &self,
+        context: Context,
+        phase: Phase,
+        book: &ReqBook,
+    ) -> Result<(), Failure> {
+        let now = self.seen;
+        match phase {
+            // Aborted at its deadline (the `Abort` is checked above).
+            Phase::Running => {
+                ensure!(
+                    context == Context::Timeout && book.deadline.is_some_and(|d| d <= now),
+                    "#{} timed out while running at {now} during {context:?}, deadline {:?}",
+                    book.id,
+                    book.deadline
+                );
+            }
+            // Expired in its queue, or reached by a worker with less
+            // budget left than that worker's last run (whatever frees a
+            // worker may answer it; a submit frees none).
+            Phase::Queued => {
+                let left = book.deadline.map(|d| d - now);
+                ensure!(
+                    !matches!(context, Context::Submit { .. })
+                        && left.is_some_and(|left| left.is_zero() || left < self.longest_run),
+                    "#{} answered Timeout while queued at {now} during {context:?} with {left:?} \
+                     of its budget left (longest run so far {:?})",
+                    book.id,
+                    self.longest_run
+                );
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,350 @@
+//! The rules checked once an input is done: cheap ones after every input
+//! (deadlines, late binding, counters, predicted health, the one-timer
+//! driver), the O(n) ones ([`Harness::check`]) when due.
+
+use std::cmp::Reverse;
+
+use foreman_core::{HealthCause, Time, WorkerHealthStatus, WorkerKey};
+
+use super::bookkeeping::{Lifecycle, ReqState};
+use super::harness::Harness;
+use super::Failure;
+
+/// Whether a health change `from → to` is allowed for `cause`.
+///
+/// - `Success`: only an improvement (a success clears failures; a probe's
+///   worse verdict may keep the status from improving, never worsen it).
+/// - `Failure`, `Timeout`: only a worsening.
+/// - `Probe`: any change, but never to a status better than the verdict
+///   (checked separately, since the verdict is not part of the edge).
+/// - `ProbeTimeout`, `Stopped`: only to `Unavailable`.
+/// - `Restart`: only to `Healthy` (health is reset).
+pub fn allowed_edge(cause: HealthCause, from: WorkerHealthStatus, to: WorkerHealthStatus) -> bool {
+    from != to
+        && match cause {
+            HealthCause::Success => to < from,
+            HealthCause::Failure | HealthCause::Timeout => to > from,
+            HealthCause::Probe => true,
+            HealthCause::ProbeTimeout | HealthCause::Stopped => {
+                to == WorkerHealthStatus::Unavailable
+            }
+            HealthCause::Restart => to == WorkerHealthStatus::Healthy,
+        }
+}
+
+impl Harness {
+    /// Once an input is done, every worker whose predicted health changed
+    /// has the status and failure count the rules predict.
+    pub(super) fn check_health(&mut self) -> Result<(), Failure> {
+        let stopped = self.lifecycle == Lifecycle::Stopped;
+        while let Some(worker) = self.health_touched.pop() {
+            let Some(book) = self.workers.get(worker.as_u64()).copied() else {
+                continue;
+            };
+            if stopped || book.stopped {
+                continue;
+            }
+            let expected = book.health.status(self.limits.threshold);
+            ensure!(
+                book.status == expected,
+                "{worker} is {:?} but the health rules predict {expected:?} from {:?}",
+                book.status,
+                book.health
+            );
+            let failures = self
+                .pool
+                .worker_health(worker)
+                .map(|health| health.consecutive_failures);
+            ensure!(
+                failures == Some(book.health.failures),
+                "{worker} has {failures:?} consecutive failures but the health rules predict {}",
+                book.health.failures
+            );
+        }
+        Ok(())
+    }
+
+    /// Once an input is done, every worker whose queue grew during it
+    /// queues no more than the queue capacity. (While an input's outputs
+    /// are drained a queue may pass it: a request accepted onto a free
+    /// worker is queued by its `Accepted` event, then started by its
+    /// `Start` action; a queue only grows during an input, so checking the
+    /// ones that grew is checking them all.)
+    pub(super) fn check_queues(&mut self) -> Result<(), Failure> {
+        while let Some(worker) = self.queues_grown.pop() {
+            if let Some(book) = self.workers.get(worker.as_u64()) {
+                ensure!(
+                    book.queued <= self.limits.queue_capacity,
+                    "{worker} queues {} > {}",
+                    book.queued,
+                    self.limits.queue_capacity
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// A worker holds no more than its capacity and runs no more than its
+    /// concurrency.
+    pub(super) fn check_limits(&self, worker: WorkerKey) -> Result<(), Failure> {
+        if let Some(book) = self.workers.get(worker.as_u64()) {
+            ensure!(
+                book.running + book.queued <= self.limits.capacity,
+                "{worker} holds {} + {} > capacity {}",
+                book.running,
+                book.queued,
+                self.limits.capacity
+            );
+            ensure!(
+                book.running <= self.limits.max_running,
+                "{worker} runs {} > {}",
+                book.running,
+                self.limits.max_running
+            );
+        }
+        Ok(())
+    }
+
+    /// Moves the one-timer driver's timer as the adapters do
+    /// (`Pool::move_timer`) and checks it would not fire late.
+    pub(super) fn rearm_driver_timer(&mut self) -> Result<(), Failure> {
+        if let Some(at) = self.pool.move_timer(self.driver_timer) {
+            self.driver_timer = at;
+        }
+        let exact = self
+            .pool
+            .poll_timeout()
+            .map_or(foreman_core::Time::MAX, |(at, _)| at);
+        ensure!(
+            exact >= self.driver_timer,
+            "a driver timer moved by move_timer sits at {}, after the next deadline {exact}",
+            self.driver_timer
+        );
+        Ok(())
+    }
+
+    /// The cheap checks, after every input.
+    pub(super) fn check_step(&mut self) -> Result<(), Failure> {
+        ensure!(
+            self.stolen.is_empty(),
+            "requests moved by late binding but never started: {:?}",
+            self.stolen
+        );
+        // Late binding is work-conserving (defect 11).
+        ensure!(
+            !self.limits.late_binding || self.unpinned_queued == 0 || self.free == 0,
+            "{} requests wait while {} schedulable workers have a free run slot",
+            self.unpinned_queued,
+            self.free
+        );
+        self.check_deadlines()?;
+        self.check_lifecycle()?;
+        self.check_counters()
+    }
+
+    /// Deadlines never late: after settling, no pending request and no
+    /// outstanding probe is past its deadline (stale heap entries are
+    /// dropped on the way).
+    fn check_deadlines(&mut self) -> Result<(), Failure> {
+        let now = self.seen;
+        while let Some(Reverse((at, request))) = self.deadlines.peek().copied() {
+            let live = self
+                .requests
+                .get(request.as_u64())
+                .is_some_and(|book| book.deadline == Some(at));
+            if !live {
+                self.deadlines.pop();
+                continue;
+            }
+            ensure!(
+                at > now,
+                "request #{} is still pending at {now}, past its deadline {at} (lost or late)",
+                self.request_id(request).unwrap_or(0)
+            );
+            break;
+        }
+        while let Some(Reverse((at, worker, probe))) = self.probe_deadlines.peek().copied() {
+            let live = self
+                .workers
+                .get(worker.as_u64())
+                .is_some_and(|book| book.probe == Some((probe, at)));
+            if !live {
+                self.probe_deadlines.pop();
+                continue;
+            }
+            ensure!(
+                at > now,
+                "probe of {worker} still outstanding at {now}, past its deadline {at}"
+            );
+            break;
+        }
+        Ok(())
+    }
+
+    /// A drain deadline never passes unnoticed, and a stopped pool holds
+    /// nothing and wants no wake-up.
+    fn check_lifecycle(&mut self) -> Result<(), Failure> {
+        let now = self.seen;
+        match self.lifecycle {
+            // A drain deadline at `Time::MAX` is never.
+            Lifecycle::Draining { deadline: Some(at) } if at != Time::MAX => {
+                ensure!(
+                    at > now,
+                    "drain deadline {at} passed at {now} but the pool has not stopped"
+                );
+            }
+            Lifecycle::Stopped => {
+                ensure!(
+                    self.live.is_empty(),
+                    "shutdown completed with {} requests pending",
+                    self.live.len()
+                );
+                ensure!(
+                    self.pool.pending() == 0,
+                    "stopped pool reports {} pending",
+                    self.pool.pending()
+                );
+                let next = self.pool.poll_timeout();
+                ensure!(
+                    next.is_none(),
+                    "stopped pool still wants a wake-up: {next:?}"
+                );
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// The core's pending count, counters and stopped flag agree with the
+    /// books.
+    fn check_counters(&self) -> Result<(), Failure> {
+        ensure!(
+            self.pool.pending() == self.live.len(),
+            "pool has {} pending, books {}",
+            self.pool.pending(),
+            self.live.len()
+        );
+        let counters = *self.pool.counters();
+        ensure!(
+            counters.submitted == self.submitted
+                && counters.accepted == self.accepted
+                && counters.answered() == self.answered,
+            "counters (submitted {}, accepted {}, answered {}) disagree with books ({}, {}, {})",
+            counters.submitted,
+            counters.accepted,
+            counters.answered(),
+            self.submitted,
+            self.accepted,
+            self.answered
+        );
+        ensure!(
+            self.pool.is_stopped() == (self.lifecycle == Lifecycle::Stopped),
+            "pool stopped={} but books say {:?}",
+            self.pool.is_stopped(),
+            self.lifecycle
+        );
+        Ok(())
+    }
+
+    /// The O(n) checks: the core's own invariants, its stats against the
+    /// books, and the books' running counts against a recount.
+    pub(super) fn check_full(&mut self) -> Result<(), Failure> {
+        if let Err(violation) = self.pool.check_invariants() {
+            return Err(Failure(violation.to_string()));
+        }
+        self.check_stats()?;
+        self.check_recount()
+    }
+
+    /// [`foreman_core::Pool::stats`], worker by worker, agrees with the
+    /// books.
+    fn check_stats(&self) -> Result<(), Failure> {
+        let stats = self.pool.stats();
+        let stopped = self.lifecycle == Lifecycle::Stopped;
+        let mut count = 0;
+        for w in &stats.workers {
+            let Some(book) = self.workers.get(w.worker.as_u64()) else {
+                return Err(Failure(format!(
+                    "stats list {} which the books released",
+                    w.worker
+                )));
+            };
+            if !stopped {
+                count += 1;
+                ensure!(!book.stopped, "stats list stopped worker {}", w.worker);
+            }
+            let reported = if book.removing || stopped {
+                WorkerHealthStatus::Unavailable
+            } else {
+                book.status
+            };
+            ensure!(
+                w.queued == book.queued && w.running == book.running && w.status == reported && w.removing == book.removing,
+                "stats of {} ({:?}, {} queued, {} running, removing {}) disagree with books {book:?}",
+                w.worker,
+                w.status,
+                w.queued,
+                w.running,
+                w.removing
+            );
+            ensure!(
+                stopped || book.stopped || w.consecutive_failures == book.health.failures,
+                "{} has {} consecutive failures but the health rules predict {}",
+                w.worker,
+                w.consecutive_failures,
+                book.health.failures
+            );
+            ensure!(
+                w.queued <= self.limits.queue_capacity,
+                "{} queues {} > {}",
+                w.worker,
+                w.queued,
+                self.limits.queue_capacity
+            );
+        }
+        if !stopped {
+            ensure!(
+                count == self.worker_list.len(),
+                "stats list {count} workers, books {}",
+                self.worker_list.len()
+            );
+        }
+        Ok(())
+    }
+
+    /// The counts the books keep up to date (schedulable workers, with
+    /// room, with a free run slot; unpinned queued requests) match a
+    /// recount.
+    fn check_recount(&self) -> Result<(), Failure> {
+        let mut schedulable = 0;
+        let mut open = 0;
+        let mut free = 0;
+        for key in &self.worker_list {
+            if let Some(book) = self.workers.get(key.as_u64()) {
+                let (s, o, f) = self.worker_flags(book);
+                schedulable += usize::from(s);
+                open += usize::from(o);
+                free += usize::from(f);
+            }
+        }
+        ensure!(
+            schedulable == self.schedulable && open == self.open && free == self.free,
+            "harness counts drifted: schedulable {} vs {schedulable}, open {} vs {open}, free {} vs {free}",
+            self.schedulable,
+            self.open,
+            self.free
+        );
+        let unpinned = self
+            .live
+            .iter()
+            .filter_map(|key| self.requests.get(key.as_u64()))
+            .filter(|book| book.state == ReqState::Queued && !book.pinned)
+            .count();
+        ensure!(
+            unpinned == self.unpinned_queued,
+            "harness counts {} unpinned queued requests, books hold {unpinned}",
+            self.unpinned_queued
+        );
+        Ok(())
+    }
+}

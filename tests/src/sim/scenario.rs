@@ -1,0 +1,316 @@
+//! What a seed decides before the run ([`Scenario`]): the pool's
+//! configuration, the workers' latencies, the arrival pattern and which
+//! faults are on, and how often.
+
+use std::time::Duration;
+
+use foreman_core::{PoolConfig, RoutingPolicy, WorkerPoolOptions, WorkerSecurityPolicy};
+
+use crate::rng::Rng;
+
+/// Longest simulated handler latency (heavy tails are capped here).
+pub(super) const MAX_LATENCY: Duration = Duration::from_secs(600);
+
+/// `s` seconds as a duration, clamped to `0 ..= 1e9` seconds.
+pub(super) fn secs(s: f64) -> Duration {
+    Duration::from_secs_f64(s.clamp(0.0, 1e9))
+}
+
+/// A worker's handler latency distribution.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Latency {
+    /// Always this many seconds.
+    Fixed(f64),
+    /// Uniform between two bounds, in seconds.
+    Uniform(f64, f64),
+    /// Pareto with this minimum (seconds) and shape: LLM-like heavy tail.
+    HeavyTail {
+        /// Scale (minimum latency), seconds.
+        scale: f64,
+        /// Shape (smaller is heavier).
+        alpha: f64,
+    },
+}
+
+impl Latency {
+    pub(super) fn sample(self, rng: &mut Rng) -> Duration {
+        let s = match self {
+            Latency::Fixed(s) => s,
+            Latency::Uniform(lo, hi) => rng.uniform(lo, hi),
+            Latency::HeavyTail { scale, alpha } => scale / (1.0 - rng.unit()).powf(1.0 / alpha),
+        };
+        secs(s).min(MAX_LATENCY)
+    }
+}
+
+/// How callers submit requests.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Arrival {
+    /// Exponential gaps with this mean (seconds): below capacity.
+    Steady(f64),
+    /// Bursts of `size` requests at one instant, bursts `gap` seconds apart.
+    Bursts {
+        /// Requests per burst.
+        size: u64,
+        /// Mean seconds between bursts.
+        gap: f64,
+    },
+    /// Exponential gaps far below the service time: far above capacity.
+    Overload(f64),
+}
+
+/// Which chaos the scenario unleashes, and how often.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Chaos {
+    /// Mean seconds between chaos events; `None`: no chaos.
+    pub mean_gap: Option<f64>,
+    /// Restart a random worker.
+    pub restarts: bool,
+    /// Add a worker.
+    pub additions: bool,
+    /// Remove a random worker.
+    pub removals: bool,
+    /// Step the driver's clock backwards for a few inputs.
+    pub clock_steps: bool,
+}
+
+/// Everything a seed decides before the run.
+#[derive(Debug, Clone)]
+pub struct Scenario {
+    /// The pool's configuration.
+    pub config: PoolConfig,
+    /// Initial workers.
+    pub workers: usize,
+    /// Mean handler latency in seconds (the scenario's time scale).
+    pub mean_latency: f64,
+    /// Arrival pattern.
+    pub arrival: Arrival,
+    /// Latency kinds workers draw from (0 fixed, 1 uniform, 2 heavy-tailed).
+    pub latency_kinds: Vec<u8>,
+    /// Share of slow workers (10× the mean latency).
+    pub slow_workers: f64,
+    /// Handler failure probability.
+    pub fail: f64,
+    /// Share of failures that are retryable.
+    pub retryable: f64,
+    /// Handler panic probability.
+    pub panic: f64,
+    /// Handler hang probability (never completes until the quiet phase).
+    pub hang: f64,
+    /// Probe replies slower than the probe timeout.
+    pub slow_probe: f64,
+    /// Probe replies with a random verdict.
+    pub lying_probe: f64,
+    /// Callers that cancel.
+    pub cancel: f64,
+    /// Invalid submits.
+    pub invalid: f64,
+    /// Share of requests with their own `timeout_ms` (else the default).
+    pub own_timeout: f64,
+    /// Chaos events.
+    pub chaos: Chaos,
+    /// Begin shutdown after this many submits, with this drain limit.
+    pub shutdown: Option<(u64, Option<Duration>)>,
+}
+impl Scenario {
+    /// The scenario a seed picks (swarm testing: each fault is on or off,
+    /// and its rate is drawn, per seed).
+    pub fn generate(rng: &mut Rng, requests: u64) -> Scenario {
+        let workers = match rng.below(10) {
+            0..=3 => rng.range(1, 4),
+            4..=7 => rng.range(5, 32),
+            _ => rng.range(33, 256),
+        } as usize;
+        // Time scale: mean latency log-uniform in 1 ms .. 2 s.
+        let mean_latency = 0.001 * 2000f64.powf(rng.unit());
+        let config = draw_config(rng, workers, mean_latency);
+        let concurrency = config.max_concurrency_per_worker;
+        let arrival = draw_arrival(rng, workers, concurrency, mean_latency);
+        let mut latency_kinds: Vec<u8> = (0..3).filter(|_| rng.chance(0.6)).collect();
+        if latency_kinds.is_empty() {
+            latency_kinds.push(rng.below(3) as u8);
+        }
+        let rate = |rng: &mut Rng, on: f64, max: f64| {
+            if rng.chance(on) {
+                rng.uniform(0.0, max)
+            } else {
+                0.0
+            }
+        };
+        let fail = rate(rng, 0.5, 0.5);
+        let retryable = rng.unit();
+        let panic = rate(rng, 0.3, 0.1);
+        let hang = rate(rng, 0.3, 0.05);
+        let slow_probe = rate(rng, 0.4, 0.5);
+        let lying_probe = rate(rng, 0.4, 0.5);
+        let cancel = rate(rng, 0.4, 0.3);
+        let invalid = rate(rng, 0.4, 0.1);
+        let slow_workers = rate(rng, 0.3, 0.3);
+        let own_timeout = rng.unit();
+        let chaos = draw_chaos(rng, requests, workers, concurrency, mean_latency);
+        let shutdown = draw_shutdown(rng, requests, mean_latency);
+        Scenario {
+            config,
+            workers,
+            mean_latency,
+            arrival,
+            latency_kinds,
+            slow_workers,
+            fail,
+            retryable,
+            panic,
+            hang,
+            slow_probe,
+            lying_probe,
+            cancel,
+            invalid,
+            own_timeout,
+            chaos,
+            shutdown,
+        }
+    }
+
+    /// The scenario on one line, for failure reports.
+    pub fn describe(&self) -> String {
+        format!(
+            "workers={} mean_latency={:.4}s queue={} conc={} threshold={} timeout={:?} probe={:?}/{:?} \
+             arrival={:?} kinds={:?} fail={:.2} retryable={:.2} panic={:.2} hang={:.3} slow_probe={:.2} \
+             lying_probe={:.2} cancel={:.2} invalid={:.2} chaos={:?} shutdown={:?}",
+            self.workers,
+            self.mean_latency,
+            self.config.options.queue_capacity,
+            self.config.max_concurrency_per_worker,
+            self.config.options.unavailable_after_failures,
+            self.config.options.default_request_timeout,
+            self.config.options.health_probe_interval,
+            self.config.probe_timeout,
+            self.arrival,
+            self.latency_kinds,
+            self.fail,
+            self.retryable,
+            self.panic,
+            self.hang,
+            self.slow_probe,
+            self.lying_probe,
+            self.cancel,
+            self.invalid,
+            self.chaos,
+            self.shutdown,
+        )
+    }
+}
+
+/// The pool's configuration: queue capacity, concurrency, failure
+/// threshold, default timeout, probe interval and timeout, policy limits
+/// and routing.
+fn draw_config(rng: &mut Rng, workers: usize, mean_latency: f64) -> PoolConfig {
+    let queue_capacity = [1usize, 2, 4, 8, 16, 64, 256][rng.below(7) as usize];
+    let concurrency = if rng.chance(0.6) {
+        1
+    } else {
+        rng.range(2, 8) as u32
+    };
+    let threshold = rng.range(1, 5) as u32;
+    let max_timeout_ms = 120_000u64;
+    let default_timeout = if rng.chance(0.3) {
+        None
+    } else {
+        let s = mean_latency * rng.uniform(1.0, 30.0);
+        Some(Duration::from_millis(
+            ((s * 1000.0) as u64).clamp(1, max_timeout_ms),
+        ))
+    };
+    let interval = secs(mean_latency * rng.uniform(2.0, 50.0)).max(Duration::from_millis(1));
+    let probe_timeout =
+        secs(interval.as_secs_f64() * rng.uniform(0.05, 1.0)).max(Duration::from_micros(100));
+    let tight = rng.chance(0.5);
+    let options = WorkerPoolOptions {
+        queue_capacity,
+        health_probe_interval: interval,
+        unavailable_after_failures: threshold,
+        default_request_timeout: default_timeout,
+        security_policy: WorkerSecurityPolicy {
+            max_request_timeout_ms: max_timeout_ms,
+            max_request_payload_bytes: if tight { 2048 } else { 256 * 1024 },
+            max_identifier_length: if tight { 32 } else { 128 },
+        },
+    };
+    PoolConfig {
+        options,
+        probe_timeout,
+        max_concurrency_per_worker: concurrency,
+        routing: if rng.below(2) == 0 {
+            RoutingPolicy::RoundRobin
+        } else {
+            RoutingPolicy::IdleFirst
+        },
+        // Derived, not drawn, so each seed keeps its scenario: late
+        // binding in three idle-first pools of four.
+        late_binding: workers % 4 != 0,
+        unix_epoch_ms: 0,
+        max_request_depth: foreman_core::DEFAULT_MAX_REQUEST_DEPTH,
+    }
+}
+
+/// How callers submit, scaled to the pool's capacity.
+fn draw_arrival(rng: &mut Rng, workers: usize, concurrency: u32, mean_latency: f64) -> Arrival {
+    let capacity_rate = workers as f64 * f64::from(concurrency) / mean_latency;
+    match rng.below(3) {
+        0 => Arrival::Steady(1.0 / (capacity_rate * rng.uniform(0.2, 0.95))),
+        1 => {
+            let size = rng.range(2, 200);
+            Arrival::Bursts {
+                size,
+                gap: size as f64 / (capacity_rate * rng.uniform(0.3, 1.5)),
+            }
+        }
+        _ => Arrival::Overload(1.0 / (capacity_rate * rng.uniform(2.0, 20.0))),
+    }
+}
+
+/// Whether chaos is on, how often, and of which kinds.
+fn draw_chaos(
+    rng: &mut Rng,
+    requests: u64,
+    workers: usize,
+    concurrency: u32,
+    mean_latency: f64,
+) -> Chaos {
+    if rng.chance(0.6) {
+        let span = requests as f64 * mean_latency / (workers as f64 * f64::from(concurrency));
+        Chaos {
+            mean_gap: Some(span.max(mean_latency) / rng.uniform(2.0, 60.0)),
+            restarts: rng.chance(0.6),
+            additions: rng.chance(0.6),
+            removals: rng.chance(0.6),
+            clock_steps: rng.chance(0.5),
+        }
+    } else {
+        Chaos {
+            mean_gap: None,
+            restarts: false,
+            additions: false,
+            removals: false,
+            clock_steps: false,
+        }
+    }
+}
+
+/// Whether shutdown begins, after how many submits, with what drain limit.
+fn draw_shutdown(
+    rng: &mut Rng,
+    requests: u64,
+    mean_latency: f64,
+) -> Option<(u64, Option<Duration>)> {
+    if rng.chance(0.3) {
+        let at = rng.below(requests.max(1));
+        let drain = if rng.chance(0.5) {
+            Some(secs(mean_latency * rng.uniform(0.0, 20.0)))
+        } else {
+            None
+        };
+        Some((at, drain))
+    } else {
+        None
+    }
+}
