@@ -87,13 +87,13 @@ pub struct SimOutcome {
 impl SimOutcome {
     /// The one-line command that replays this seed with its full trace.
     pub fn replay_command(&self) -> String {
-        let features = if cfg!(feature = "planted-bug") {
-            " --features planted-bug"
+        let planted = if cfg!(foreman_planted_bug) {
+            "RUSTFLAGS=\"--cfg foreman_planted_bug\" CARGO_TARGET_DIR=target/planted "
         } else {
             ""
         };
         format!(
-            "cargo run --release -p foreman-tests{features} --bin sim -- --seed {} --requests {} --trace",
+            "{planted}cargo run --release -p foreman-tests --bin sim -- --seed {} --requests {} --trace",
             self.seed, self.requests
         )
     }
