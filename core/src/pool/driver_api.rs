@@ -77,25 +77,14 @@ impl<P: Clone> Pool<P> {
 
 #[cfg(test)]
 mod tests {
-    use serde_json::Value;
 
     use crate::config::{PoolConfig, WorkerPoolOptions};
-    use crate::protocol::{WorkerOperation, WorkerRequest};
+    use crate::protocol::WorkerRequest;
     use crate::time::Time;
     use crate::Pool;
 
     fn request(timeout_ms: u64) -> WorkerRequest {
-        WorkerRequest {
-            request_id: "r".into(),
-            workflow_name: "w".into(),
-            node_id: "n".into(),
-            timeout_ms: Some(timeout_ms),
-            operation: WorkerOperation::Tool {
-                tool: "t".into(),
-                input: Value::Null,
-                scoped_input: Value::Null,
-            },
-        }
+        super::super::test_request(Some(timeout_ms))
     }
 
     #[test]

@@ -295,3 +295,20 @@ impl<P> fmt::Debug for Pool<P> {
             .finish_non_exhaustive()
     }
 }
+
+/// What the pool's unit tests submit: a tool call with `timeout_ms`.
+#[cfg(test)]
+pub(crate) fn test_request(timeout_ms: Option<u64>) -> crate::protocol::WorkerRequest {
+    use crate::protocol::{WorkerOperation, WorkerRequest};
+    WorkerRequest {
+        request_id: "r".into(),
+        workflow_name: "w".into(),
+        node_id: "n".into(),
+        timeout_ms,
+        operation: WorkerOperation::Tool {
+            tool: "t".into(),
+            input: serde_json::Value::Null,
+            scoped_input: serde_json::Value::Null,
+        },
+    }
+}

@@ -140,7 +140,6 @@ mod tests {
     use serde_json::Value;
 
     use crate::config::{PoolConfig, WorkerPoolOptions};
-    use crate::protocol::{WorkerOperation, WorkerRequest};
     use crate::time::Time;
     use crate::Pool;
 
@@ -150,17 +149,7 @@ mod tests {
             Pool::new(PoolConfig::new(WorkerPoolOptions::default()), Time::ZERO)
                 .expect("the default options are valid");
         pool.add_worker(Time::ZERO).expect("a worker");
-        let request = WorkerRequest {
-            request_id: "r".into(),
-            workflow_name: "w".into(),
-            node_id: "n".into(),
-            timeout_ms: None,
-            operation: WorkerOperation::Tool {
-                tool: "t".into(),
-                input: Value::Null,
-                scoped_input: Value::Null,
-            },
-        };
+        let request = super::super::test_request(None);
         let running = pool.submit(Time::ZERO, &request, ()).expect("accepted");
         assert!(!pool.is_shutting_down(), "a running pool");
         pool.begin_shutdown(Time::ZERO, Some(Duration::from_secs(1)));

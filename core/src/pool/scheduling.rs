@@ -263,26 +263,15 @@ pub(super) fn sweep_queue<P>(
 
 #[cfg(test)]
 mod tests {
-    use serde_json::Value;
 
     use crate::config::{PoolConfig, WorkerPoolOptions};
     use crate::keys::RequestKey;
-    use crate::protocol::{WorkerOperation, WorkerRequest};
+    use crate::protocol::WorkerRequest;
     use crate::time::Time;
     use crate::Pool;
 
     fn request() -> WorkerRequest {
-        WorkerRequest {
-            request_id: "r".into(),
-            workflow_name: "w".into(),
-            node_id: "n".into(),
-            timeout_ms: None,
-            operation: WorkerOperation::Tool {
-                tool: "t".into(),
-                input: Value::Null,
-                scoped_input: Value::Null,
-            },
-        }
+        super::super::test_request(None)
     }
 
     /// The stale keys a queue may hold for `live` live ones.
