@@ -52,13 +52,16 @@ mod answer;
 mod cooperate;
 mod handler;
 mod live;
+mod names;
 mod pool;
 mod runtime;
+mod slot;
 mod state;
 mod submit;
 mod sync;
 mod tasks;
 mod types;
+mod wait;
 mod wakers;
 mod worker;
 

@@ -1,6 +1,5 @@
 //! [`WorkerPool`]: the reference's API, driving `foreman_core::Pool`.
 
-use std::collections::HashMap;
 use std::future::Future;
 use std::num::NonZeroUsize;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -20,8 +19,10 @@ use crate::answer::command_error;
 use crate::cooperate::cooperate;
 use crate::handler::{CircuitBreakerHooks, WorkerHandler, WorkerPoolClient};
 use crate::live::Live;
+use crate::names::Names;
 use crate::runtime::Runtime;
-use crate::state::{Core, FastMap, LaneSignals, Own, Slot, WorkerEntry};
+use crate::slot::Slot;
+use crate::state::{Core, FastMap, LaneSignals, Own, WorkerEntry};
 use crate::types::{BuildError, DriverOptions, HealthTransition, Timed};
 use crate::wakers::Wakers;
 use crate::worker::ExecutionMode;
@@ -140,7 +141,7 @@ impl<R: Runtime> WorkerPool<R> {
         }
         let mut names = Names::default();
         for handler in handlers {
-            let lane = names.next % lanes.get();
+            let lane = names.count() % lanes.get();
             let Some(core) = cores.get_mut(lane) else {
                 continue;
             };
@@ -448,37 +449,6 @@ pub(crate) struct Lane {
     /// Its timer task's deadline, and its idle and eligible worker counts
     /// for choosing a lane without its lock.
     pub(crate) signals: Arc<LaneSignals>,
-}
-
-/// Worker ids, handed out in order (`worker-0`, `worker-1`, …), and the
-/// lane and rank (the order of creation) of each.
-#[derive(Default)]
-struct Names {
-    next: usize,
-    lanes: HashMap<String, (usize, usize)>,
-}
-
-impl Names {
-    /// The id the next worker gets.
-    fn peek(&self) -> String {
-        format!("worker-{}", self.next)
-    }
-
-    /// Records the next worker, in `lane`; returns its id.
-    fn add(&mut self, lane: usize) -> String {
-        let id = self.peek();
-        self.lanes.insert(id.clone(), (lane, self.next));
-        self.next += 1;
-        id
-    }
-
-    fn lane_of(&self, id: &str) -> Option<usize> {
-        self.lanes.get(id).map(|&(lane, _)| lane)
-    }
-
-    fn rank_of(&self, id: &str) -> Option<usize> {
-        self.lanes.get(id).map(|&(_, rank)| rank)
-    }
 }
 
 thread_local! {

@@ -1,7 +1,6 @@
 //! What the driver keeps beside the core, and how it carries out the core's
 //! actions. Everything here runs under the pool's lock and never awaits.
 
-use std::cell::Cell;
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::hash::{BuildHasherDefault, Hasher};
@@ -17,11 +16,11 @@ use foreman_core::{
 };
 use futures_util::future::AbortHandle;
 use futures_util::task::AtomicWaker;
-use parking_lot::{Mutex, MutexGuard};
 use serde_json::Value;
 
 use crate::handler::WorkerHandler;
 use crate::live::{Live, LiveGuard};
+use crate::slot::{Run, Slot};
 use crate::types::HealthTransition;
 use crate::wakers::Wakers;
 use crate::worker::{Inbox, Job};
@@ -169,92 +168,6 @@ pub(crate) struct ProbeJob {
     pub(crate) live: LiveGuard,
 }
 
-/// A request the driver holds, or none: dropping it takes its JSON values
-/// apart without recursion ([`foreman_core::dismantle_request`]), so no
-/// nesting depth can overflow the stack wherever the driver lets go of a
-/// request (a refused one may be nested arbitrarily deep).
-#[derive(Default)]
-pub(crate) struct HeldRequest(Option<WorkerRequest>);
-
-impl HeldRequest {
-    pub(crate) fn new(request: WorkerRequest) -> Self {
-        HeldRequest(Some(request))
-    }
-
-    /// The request, if still held.
-    pub(crate) fn get(&self) -> Option<&WorkerRequest> {
-        self.0.as_ref()
-    }
-
-    /// Takes the request out (for its handler, which then owns it).
-    pub(crate) fn take(&mut self) -> Option<WorkerRequest> {
-        self.0.take()
-    }
-}
-
-impl Drop for HeldRequest {
-    fn drop(&mut self) {
-        if let Some(request) = self.0.take() {
-            foreman_core::dismantle_request(request);
-        }
-    }
-}
-
-/// Per-request wake-up: the core's payload. Written under the pool's lock,
-/// read by the request's own task under the slot's small lock.
-#[derive(Default)]
-pub(crate) struct Slot {
-    inner: Mutex<SlotInner>,
-}
-
-#[derive(Default)]
-pub(crate) struct SlotInner {
-    /// The request, parked here by its caller while it waits, so the task
-    /// that frees a worker can run it (see [`Claimed`]).
-    pub(crate) parked: HeldRequest,
-    pub(crate) run: Run,
-    pub(crate) answer: Option<Delivered>,
-    /// The caller's `submit` future was dropped.
-    pub(crate) abandoned: bool,
-    /// The request's worker was removed: its caller has the circuit
-    /// breaker place it anew (`Action::Revet`).
-    pub(crate) revet: bool,
-    waker: Option<Waker>,
-}
-
-/// Where a request's handler is. Whoever holds the handler future holds
-/// its [`LiveGuard`] too, so it ends the handler by dropping both.
-///
-/// | state | handler future | guard held by | next |
-/// |---|---|---|---|
-/// | `Waiting` | none yet | nobody (not started) | `Granted`, `Claimed` or an answer |
-/// | `Granted` | not created | the slot | the caller takes it (`Caller`), or dispatches it to the worker task (`PoolTasks`) |
-/// | `Claimed` | polled by the task that freed the worker | that task | `Handed` or `Ended` |
-/// | `Handed` | in the slot | the slot | the caller takes it (`Caller`) |
-/// | `Caller` | in the caller's `submit` | the caller | answered |
-/// | `Ended` | dropped | nobody | — |
-///
-/// A cancelled caller replaces `Granted` and `Handed` by `Ended` (dropping
-/// what they hold); `Claimed` stays with its claiming task, which sees
-/// `abandoned` and drops the future instead of handing it back.
-#[derive(Default)]
-pub(crate) enum Run {
-    /// Not started.
-    #[default]
-    Waiting,
-    /// Started; the caller creates and runs the handler future.
-    Granted(Started),
-    /// Another task is polling the handler ([`Claimed`]); that task ends it.
-    Claimed,
-    /// The claiming task polled it once and handed it back; the caller
-    /// finishes (or drops) it.
-    Handed(OwnedHandlerFuture, LiveGuard),
-    /// The caller holds the handler future and ends it.
-    Caller,
-    /// Ended, or never to run.
-    Ended,
-}
-
 /// A lane's signals, read without its lock: for its timer task, the next
 /// deadline and how to wake it; for choosing a lane, its idle and eligible
 /// worker counts after its last input. Aligned to 128 bytes (two cache
@@ -294,82 +207,6 @@ impl LaneSignals {
     pub(crate) fn close(&self) {
         self.closed.store(true, Ordering::Release);
         self.waker.wake();
-    }
-}
-
-thread_local! {
-    /// A slot its last request no longer needs, for this thread's next
-    /// request (see [`Slot::recycle`]).
-    static SPARE_SLOT: Cell<Option<Arc<Slot>>> = const { Cell::new(None) };
-}
-
-impl Slot {
-    /// A slot holding `request`, parked until its caller submits it: this
-    /// thread's spare slot if it has one, else a new one.
-    pub(crate) fn parked(request: WorkerRequest) -> Arc<Slot> {
-        if let Some(mut slot) = SPARE_SLOT.with(Cell::take) {
-            if let Some(unique) = Arc::get_mut(&mut slot) {
-                unique.inner.get_mut().parked = HeldRequest::new(request);
-                return slot;
-            }
-        }
-        Arc::new(Slot {
-            inner: Mutex::new(SlotInner {
-                parked: HeldRequest::new(request),
-                ..SlotInner::default()
-            }),
-        })
-    }
-
-    /// Keeps `slot` as this thread's spare if nothing else holds it (the
-    /// core let go of it when it answered), so a caller submitting again
-    /// and again allocates no slot per request.
-    pub(crate) fn recycle(mut slot: Arc<Slot>) {
-        let Some(unique) = Arc::get_mut(&mut slot) else {
-            return;
-        };
-        *unique.inner.get_mut() = SlotInner::default();
-        SPARE_SLOT.with(|spare| spare.set(Some(slot)));
-    }
-
-    pub(crate) fn lock(&self) -> MutexGuard<'_, SlotInner> {
-        self.inner.lock()
-    }
-
-    /// Updates the slot; its task's waker goes to `wake`.
-    pub(crate) fn update(&self, wake: &mut Wakers, change: impl FnOnce(&mut SlotInner)) {
-        let mut inner = self.lock();
-        change(&mut inner);
-        if let Some(waker) = inner.waker.take() {
-            wake.push(waker);
-        }
-    }
-}
-
-impl SlotInner {
-    /// Takes the waiting task's waker, to wake it once the lock is released.
-    pub(crate) fn take_waker(&mut self) -> Option<Waker> {
-        self.waker.take()
-    }
-
-    /// The caller gives up on the handler (it has its answer, or is
-    /// cancelled): a `Granted` or `Handed` run ends, returned to be dropped
-    /// once the locks are released; a `Claimed` one stays with its claiming
-    /// task, which sees `abandoned` and drops it instead of handing it back.
-    pub(crate) fn give_up(&mut self) -> Run {
-        self.abandoned = true;
-        match self.run {
-            Run::Claimed => Run::Ended,
-            _ => std::mem::replace(&mut self.run, Run::Ended),
-        }
-    }
-
-    /// Remembers the waker of the task waiting on the slot.
-    pub(crate) fn register(&mut self, waker: &Waker) {
-        match &self.waker {
-            Some(old) if old.will_wake(waker) => {}
-            _ => self.waker = Some(waker.clone()),
-        }
     }
 }
 
@@ -432,7 +269,7 @@ impl Core {
                             // run; it dispatches it once they are done.
                             None => {
                                 inner.run = Run::Granted(started);
-                                if let Some(waker) = inner.waker.take() {
+                                if let Some(waker) = inner.take_waker() {
                                     mine.wake.push(waker);
                                 }
                             }
@@ -444,7 +281,7 @@ impl Core {
                         Some(parked) => {
                             claim -= 1;
                             inner.run = Run::Claimed;
-                            let waker = inner.waker.clone();
+                            let waker = inner.waker();
                             drop(inner);
                             mine.claimed.push(Claimed {
                                 key: request,
@@ -457,7 +294,7 @@ impl Core {
                         }
                         None => {
                             inner.run = Run::Granted(started);
-                            if let Some(waker) = inner.waker.take() {
+                            if let Some(waker) = inner.take_waker() {
                                 mine.wake.push(waker);
                             }
                         }

@@ -3,31 +3,26 @@
 //! breaker and hooks), entering the core, and the guards that cancel a
 //! request whose `submit` future is dropped.
 
-use std::future::Future;
 use std::panic::AssertUnwindSafe;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use foreman_core::{
     lanes, Admission, RequestError, RequestKey, Revetted, Vetted, Vetting, WorkerPoolError,
-    WorkerProtocolError, WorkerRequest,
+    WorkerRequest,
 };
-use futures_util::future::poll_fn;
-use futures_util::FutureExt;
-use serde_json::Value;
 
 use crate::answer::{ask_breaker, lost_answer, notify, respond};
 use crate::handler::CircuitBreakerHooks;
 use crate::live::LiveGuard;
 use crate::pool::{Lane, Shared, WorkerPool};
 use crate::runtime::Runtime;
-use crate::state::{
-    worker_id, Claimed, Delivered, HeldRequest, Own, OwnedHandlerFuture, Run, Slot, Started,
-    WorkerCell,
-};
+use crate::slot::{HeldRequest, Run, Slot};
+use crate::state::{worker_id, Claimed, Delivered, Own, OwnedHandlerFuture, Started, WorkerCell};
 use crate::types::Timed;
-use crate::wakers::Wakers;
+use crate::wait::{
+    run_handler, wait_for_answer, wait_for_notice, wait_for_start, HandlerFuture, Notice, Wake,
+};
 use crate::worker::panic_error;
 
 /// What [`Shared::enter`] did with a request.
@@ -546,118 +541,7 @@ impl<R: Runtime> Drop for HookedGuard<'_, R> {
     }
 }
 
-/// What a caller in a pool with hooks waits for.
-enum Notice {
-    /// Its answer.
-    Answered(Delivered),
-    /// Its worker was removed: it has the breaker place the request anew.
-    Revet,
-}
-
-/// Waits until the request is answered or must be placed anew.
-fn wait_for_notice(slot: &Slot) -> impl Future<Output = Notice> + '_ {
-    poll_fn(move |cx| {
-        let mut inner = slot.lock();
-        if let Some(answer) = inner.answer.take() {
-            return Poll::Ready(Notice::Answered(answer));
-        }
-        if std::mem::take(&mut inner.revet) {
-            return Poll::Ready(Notice::Revet);
-        }
-        inner.register(cx.waker());
-        Poll::Pending
-    })
-}
-
 /// How many of the queued requests that one completion starts the task
 /// that completed it claims (see [`Shared::run_claimed`]); the rest are
 /// granted to their callers.
 const CLAIM_BUDGET: usize = 16;
-
-enum Wake {
-    Started(Started),
-    Handed(OwnedHandlerFuture, LiveGuard),
-    Answered(Delivered),
-}
-
-/// Waits for the answer of a request whose handler runs on its worker's
-/// task ([`ExecutionMode::PoolTasks`]); `waited` is set if it had to. A
-/// request started while its caller ran its hooks is dispatched to its
-/// worker here, once the request is back in the slot.
-fn wait_for_answer<'a>(
-    slot: &'a Slot,
-    key: RequestKey,
-    waited: &'a mut bool,
-) -> impl Future<Output = Delivered> + 'a {
-    poll_fn(move |cx| {
-        let mut wake = Wakers::default();
-        let polled = {
-            let mut inner = slot.lock();
-            if let Some(answer) = inner.answer.take() {
-                Poll::Ready(answer)
-            } else {
-                if matches!(inner.run, Run::Granted(_)) && inner.parked.get().is_some() {
-                    if let (Run::Granted(start), Some(request)) = (
-                        std::mem::replace(&mut inner.run, Run::Ended),
-                        inner.parked.take(),
-                    ) {
-                        start.dispatch(key, request, &mut wake);
-                    }
-                }
-                *waited = true;
-                inner.register(cx.waker());
-                Poll::Pending
-            }
-        };
-        wake.wake_all();
-        polled
-    })
-}
-
-/// Waits until the request is started or answered (`waited` is set if it
-/// had to).
-fn wait_for_start<'a>(slot: &'a Slot, waited: &'a mut bool) -> impl Future<Output = Wake> + 'a {
-    poll_fn(move |cx| {
-        let mut inner = slot.lock();
-        if let Some(answer) = inner.answer.take() {
-            return Poll::Ready(Wake::Answered(answer));
-        }
-        match std::mem::replace(&mut inner.run, Run::Caller) {
-            Run::Granted(started) => return Poll::Ready(Wake::Started(started)),
-            Run::Handed(future, live) => return Poll::Ready(Wake::Handed(future, live)),
-            other => inner.run = other,
-        }
-        *waited = true;
-        inner.register(cx.waker());
-        Poll::Pending
-    })
-}
-
-type HandlerFuture<'a> =
-    Pin<Box<dyn Future<Output = Result<Value, WorkerProtocolError>> + Send + 'a>>;
-
-/// Runs the handler until it finishes (`Some`) or the core aborts it
-/// (`None`; the handler future is dropped before this returns).
-/// (`waited` is set once the handler has returned `Pending`.)
-async fn run_handler(
-    future: HandlerFuture<'_>,
-    slot: &Slot,
-    waited: &mut bool,
-) -> Option<Result<Value, WorkerProtocolError>> {
-    let mut future = AssertUnwindSafe(future).catch_unwind();
-    poll_fn(move |cx: &mut Context<'_>| {
-        if let Poll::Ready(outcome) = future.poll_unpin(cx) {
-            return Poll::Ready(Some(
-                outcome.unwrap_or_else(|panic| Err(panic_error(&*panic))),
-            ));
-        }
-        *waited = true;
-        let mut inner = slot.lock();
-        if inner.answer.is_some() {
-            return Poll::Ready(None);
-        }
-        inner.register(cx.waker());
-        Poll::Pending
-    })
-    .await
-}

@@ -4,8 +4,9 @@
 
 use foreman_core::{Answer, Phase};
 
+use super::actions::Output;
 use super::bookkeeping::{Context, ReqBook, ReqState};
-use super::harness::{Harness, Output};
+use super::harness::Harness;
 use super::operations::Outcome;
 use super::trace::{AnswerKind, TraceEvent};
 use super::Failure;

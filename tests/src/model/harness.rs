@@ -8,10 +8,11 @@ use std::time::Duration;
 
 use foreman_core::{Pool, PoolConfig, ProbeKey, RequestKey, Time, WorkerHealthStatus, WorkerKey};
 
+use super::actions::Output;
 use super::bookkeeping::{Context, KeyTable, Lifecycle, Limits, ReqBook, WorkerBook};
 use super::operations::{pick, Op};
 use super::requests::Templates;
-use super::trace::{AnswerKind, Trace, TraceEvent};
+use super::trace::{Trace, TraceEvent};
 use super::Failure;
 
 /// Most wake-ups one [`Op::Advance`] performs before it stops early (keeps a
@@ -21,65 +22,6 @@ pub const MAX_WAKES_PER_ADVANCE: usize = 4096;
 /// Most consecutive `handle_timeout` calls while settling before the harness
 /// declares the core stuck (its `poll_timeout` keeps naming the past).
 const MAX_SETTLE_ROUNDS: usize = 100_000;
-
-/// What the last input asked the driver to do, for a simulator to act on
-/// (the harness has already checked and booked it).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Output {
-    /// Run `request` on `worker` (payload `id`).
-    Start {
-        /// The request.
-        request: RequestKey,
-        /// Its payload id.
-        id: u64,
-        /// The worker.
-        worker: WorkerKey,
-    },
-    /// Stop the handler of `request`.
-    Abort {
-        /// The request.
-        request: RequestKey,
-    },
-    /// `request` (payload `id`) got its answer.
-    Answered {
-        /// The request.
-        request: RequestKey,
-        /// Its payload id.
-        id: u64,
-        /// How it ended.
-        kind: AnswerKind,
-    },
-    /// Run a probe.
-    RunProbe {
-        /// The worker.
-        worker: WorkerKey,
-        /// The probe.
-        probe: ProbeKey,
-    },
-    /// Stop a probe.
-    AbortProbe {
-        /// The worker.
-        worker: WorkerKey,
-        /// The probe.
-        probe: ProbeKey,
-    },
-    /// Replace the worker's execution context.
-    RestartWorker {
-        /// The worker.
-        worker: WorkerKey,
-    },
-    /// Release the worker for good.
-    StopWorker {
-        /// The worker.
-        worker: WorkerKey,
-    },
-    /// Have the circuit breaker place `request` anew ([`Harness::revet`]):
-    /// its worker was removed.
-    Revet {
-        /// The request.
-        request: RequestKey,
-    },
-}
 
 /// Drives a [`Pool<u64>`] input by input, drains every output, keeps its own
 /// books and checks the pool after every input. See the module docs for the

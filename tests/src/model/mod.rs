@@ -140,8 +140,9 @@ mod requests;
 mod submit;
 mod trace;
 
+pub use actions::Output;
 pub use bookkeeping::{timeout_counts, too_late_to_start};
 pub use checks::allowed_edge;
-pub use harness::{Harness, Output, MAX_WAKES_PER_ADVANCE};
+pub use harness::{Harness, MAX_WAKES_PER_ADVANCE};
 pub use operations::{worker_name, Distance, Op, Outcome, RawInput, Shape, TimeoutChoice, Verdict};
 pub use trace::{AnswerKind, Refusal, Trace, TraceEvent, TRACE_TAIL};

@@ -9,8 +9,9 @@ use foreman_core::{
     WorkerKey,
 };
 
+use super::actions::Output;
 use super::bookkeeping::{Context, Lifecycle, ReqState};
-use super::harness::{Harness, Output};
+use super::harness::Harness;
 use super::operations::Shape;
 use super::trace::{AnswerKind, Refusal, TraceEvent};
 use super::Failure;
