@@ -10,6 +10,9 @@
 //!   environment; see [`bench::Knobs`].
 //! - [`Rng`]: the one random number generator of both, always built from a
 //!   seed.
+//! - the `bench_table` binary: prints the markdown tables of
+//!   `docs/BENCHMARKS.md` from criterion's results and the throughput
+//!   benches' output.
 //!
 //! The adapters use this crate as a dev-dependency only; it is not
 //! published.
