@@ -9,7 +9,7 @@ use foreman_core::{
 };
 
 use crate::handler::CircuitBreakerHooks;
-use crate::state::{worker_id, Delivered};
+use crate::started::{worker_id, Delivered};
 use crate::types::{Timed, Timings};
 
 /// Asks the breaker whether the worker named `worker_id` may take the

@@ -56,6 +56,7 @@ mod names;
 mod pool;
 mod runtime;
 mod slot;
+mod started;
 mod state;
 mod submit;
 mod sync;

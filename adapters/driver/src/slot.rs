@@ -10,7 +10,7 @@ use foreman_core::WorkerRequest;
 use parking_lot::{Mutex, MutexGuard};
 
 use crate::live::LiveGuard;
-use crate::state::{Delivered, OwnedHandlerFuture, Started};
+use crate::started::{Delivered, OwnedHandlerFuture, Started};
 use crate::wakers::Wakers;
 
 /// A request the driver holds, or none: dropping it takes its JSON values

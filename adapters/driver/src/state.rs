@@ -2,25 +2,21 @@
 //! actions. Everything here runs under the pool's lock and never awaits.
 
 use std::collections::{HashMap, VecDeque};
-use std::future::Future;
 use std::hash::{BuildHasherDefault, Hasher};
-use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::Waker;
-use std::time::Duration;
 
 use foreman_core::{
-    Action, Event, Phase, Pool, ProbeKey, RequestKey, Time, WorkerKey, WorkerPoolError,
-    WorkerProtocolError, WorkerRequest,
+    Action, Event, Phase, Pool, ProbeKey, RequestKey, Time, WorkerKey, WorkerRequest,
 };
 use futures_util::future::AbortHandle;
 use futures_util::task::AtomicWaker;
-use serde_json::Value;
 
 use crate::handler::WorkerHandler;
 use crate::live::{Live, LiveGuard};
 use crate::slot::{Run, Slot};
+use crate::started::{Delivered, Started, WorkerCell};
 use crate::types::HealthTransition;
 use crate::wakers::Wakers;
 use crate::worker::{Inbox, Job};
@@ -63,51 +59,6 @@ impl WorkerEntry {
             probe: None,
         }
     }
-}
-
-/// A worker's id and handler. Each request the worker runs and answers
-/// holds a reference, so the count changes with every request: the cell
-/// has cache lines to itself, or workers of different lanes (run by
-/// different threads) would share one. (Two handlers that are small
-/// allocations side by side did: the count updates were a quarter of the
-/// time spent carrying out the core's actions with two lanes.)
-#[repr(align(128))]
-pub(crate) struct WorkerCell {
-    pub(crate) id: Arc<str>,
-    /// Its key in its lane's core.
-    pub(crate) key: WorkerKey,
-    pub(crate) handler: Arc<dyn WorkerHandler>,
-    /// Its task's mailbox (used by [`crate::ExecutionMode::PoolTasks`]).
-    pub(crate) inbox: Arc<Inbox>,
-}
-
-/// A started request: which worker runs it, and its place in the live
-/// count (whoever holds it ends the handler).
-pub(crate) struct Started {
-    pub(crate) worker: Arc<WorkerCell>,
-    pub(crate) live: LiveGuard,
-}
-
-impl Started {
-    /// Hands the request to its worker's task
-    /// ([`crate::ExecutionMode::PoolTasks`]).
-    pub(crate) fn dispatch(self, key: RequestKey, request: WorkerRequest, wake: &mut Wakers) {
-        let Started { worker, live } = self;
-        worker.inbox.push(Job { key, request, live }, wake);
-    }
-}
-
-/// The final answer of a request, with its worker (if it still exists).
-pub(crate) struct Delivered {
-    pub(crate) worker: Option<Arc<WorkerCell>>,
-    pub(crate) result: Result<Value, WorkerPoolError>,
-    pub(crate) queued_for: Duration,
-    pub(crate) ran_for: Option<Duration>,
-}
-
-/// The id of `worker` ("" if it is gone).
-pub(crate) fn worker_id(worker: Option<&WorkerCell>) -> &str {
-    worker.map_or("", |worker| &worker.id)
 }
 
 /// What one round of actions left for the calling task to do once it has
@@ -154,10 +105,6 @@ pub(crate) struct Claimed {
     pub(crate) waker: Option<Waker>,
     pub(crate) live: LiveGuard,
 }
-
-/// A handler future that owns its handler, so it can move between tasks.
-pub(crate) type OwnedHandlerFuture =
-    Pin<Box<dyn Future<Output = Result<Value, WorkerProtocolError>> + Send>>;
 
 /// A probe the driver must spawn once the actions are carried out.
 pub(crate) struct ProbeJob {

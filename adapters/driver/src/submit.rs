@@ -18,7 +18,8 @@ use crate::live::LiveGuard;
 use crate::pool::{Lane, Shared, WorkerPool};
 use crate::runtime::Runtime;
 use crate::slot::{HeldRequest, Run, Slot};
-use crate::state::{worker_id, Claimed, Delivered, Own, OwnedHandlerFuture, Started, WorkerCell};
+use crate::started::{worker_id, Delivered, OwnedHandlerFuture, Started, WorkerCell};
+use crate::state::{Claimed, Own};
 use crate::types::Timed;
 use crate::wait::{
     run_handler, wait_for_answer, wait_for_notice, wait_for_start, HandlerFuture, Notice, Wake,

@@ -14,7 +14,8 @@ use serde_json::Value;
 
 use crate::pool::Shared;
 use crate::runtime::Runtime;
-use crate::state::{Own, ProbeJob, WorkerCell};
+use crate::started::WorkerCell;
+use crate::state::{Own, ProbeJob};
 use crate::worker::{worker_task, Completer, Job};
 
 impl<R: Runtime> Shared<R> {

@@ -14,7 +14,7 @@ use serde_json::Value;
 
 use crate::live::LiveGuard;
 use crate::slot::{Run, Slot};
-use crate::state::{Delivered, OwnedHandlerFuture, Started};
+use crate::started::{Delivered, OwnedHandlerFuture, Started};
 use crate::wakers::Wakers;
 use crate::worker::panic_error;
 
