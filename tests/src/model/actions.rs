@@ -6,69 +6,11 @@ use std::cmp::Reverse;
 
 use foreman_core::{Action, ProbeKey, RequestKey, Time, WorkerHealthStatus, WorkerKey};
 
-use super::bookkeeping::{too_late_to_start, Context, HealthBook, Lifecycle, ReqState};
+use super::books::{too_late_to_start, Context, HealthBook, Lifecycle, ReqState};
 use super::harness::Harness;
-use super::trace::{AnswerKind, TraceEvent};
+use super::output::Output;
+use super::trace::TraceEvent;
 use super::Failure;
-
-/// What the last input asked the driver to do, for a simulator to act on
-/// (the harness has already checked and booked it).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Output {
-    /// Run `request` on `worker` (payload `id`).
-    Start {
-        /// The request.
-        request: RequestKey,
-        /// Its payload id.
-        id: u64,
-        /// The worker.
-        worker: WorkerKey,
-    },
-    /// Stop the handler of `request`.
-    Abort {
-        /// The request.
-        request: RequestKey,
-    },
-    /// `request` (payload `id`) got its answer.
-    Answered {
-        /// The request.
-        request: RequestKey,
-        /// Its payload id.
-        id: u64,
-        /// How it ended.
-        kind: AnswerKind,
-    },
-    /// Run a probe.
-    RunProbe {
-        /// The worker.
-        worker: WorkerKey,
-        /// The probe.
-        probe: ProbeKey,
-    },
-    /// Stop a probe.
-    AbortProbe {
-        /// The worker.
-        worker: WorkerKey,
-        /// The probe.
-        probe: ProbeKey,
-    },
-    /// Replace the worker's execution context.
-    RestartWorker {
-        /// The worker.
-        worker: WorkerKey,
-    },
-    /// Release the worker for good.
-    StopWorker {
-        /// The worker.
-        worker: WorkerKey,
-    },
-    /// Have the circuit breaker place `request` anew ([`Harness::revet`]):
-    /// its worker was removed.
-    Revet {
-        /// The request.
-        request: RequestKey,
-    },
-}
 
 impl Harness {
     pub(super) fn on_action(&mut self, action: Action<u64>) -> Result<(), Failure> {

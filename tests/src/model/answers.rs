@@ -4,10 +4,10 @@
 
 use foreman_core::{Answer, Phase};
 
-use super::actions::Output;
-use super::bookkeeping::{Context, ReqBook, ReqState};
+use super::books::{Context, ReqBook, ReqState};
 use super::harness::Harness;
 use super::operations::Outcome;
+use super::output::Output;
 use super::trace::{AnswerKind, TraceEvent};
 use super::Failure;
 

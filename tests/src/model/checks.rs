@@ -6,7 +6,7 @@ use std::cmp::Reverse;
 
 use foreman_core::{HealthCause, Time, WorkerHealthStatus, WorkerKey};
 
-use super::bookkeeping::{Lifecycle, ReqState};
+use super::books::{Lifecycle, ReqState};
 use super::harness::Harness;
 use super::Failure;
 

@@ -8,7 +8,7 @@ use foreman_core::{
     MAX_WORKER_ID_LEN,
 };
 
-use super::bookkeeping::{Context, HealthBook, Lifecycle, ReqBook, ReqState, WorkerBook};
+use super::books::{Context, HealthBook, Lifecycle, ReqBook, ReqState, WorkerBook};
 use super::harness::Harness;
 use super::operations::{worker_name, Outcome, RawInput, Verdict};
 use super::trace::TraceEvent;

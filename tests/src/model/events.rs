@@ -7,7 +7,7 @@ use foreman_core::{
     Event, HealthCause, RequestKey, Time, WorkerErrorCode, WorkerHealthStatus, WorkerKey,
 };
 
-use super::bookkeeping::{Context, Lifecycle, ReqBook, ReqState};
+use super::books::{Context, Lifecycle, ReqBook, ReqState};
 use super::checks::allowed_edge;
 use super::harness::Harness;
 use super::trace::TraceEvent;

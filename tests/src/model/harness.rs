@@ -8,9 +8,9 @@ use std::time::Duration;
 
 use foreman_core::{Pool, PoolConfig, ProbeKey, RequestKey, Time, WorkerHealthStatus, WorkerKey};
 
-use super::actions::Output;
-use super::bookkeeping::{Context, KeyTable, Lifecycle, Limits, ReqBook, WorkerBook};
+use super::books::{Context, KeyTable, Lifecycle, Limits, ReqBook, WorkerBook};
 use super::operations::{pick, Op};
+use super::output::Output;
 use super::requests::Templates;
 use super::trace::{Trace, TraceEvent};
 use super::Failure;

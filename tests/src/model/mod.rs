@@ -96,8 +96,10 @@
 //! - `requests`: the request each [`Shape`] submits and whether the
 //!   pool's policy admits it;
 //! - `trace`: what the harness records ([`Trace`], [`TraceEvent`]);
-//! - `bookkeeping`: what the harness remembers of requests and workers,
-//!   and the health the rules predict;
+//! - `books`: what the harness remembers of requests and workers, and the
+//!   health the rules predict; `bookkeeping`: how the harness keeps those
+//!   books up to date;
+//! - `output`: what the harness tells a simulator to do ([`Output`]);
 //! - `harness`: the [`Harness`] itself, applying ops and draining outputs;
 //! - `submit`, `commands`: one input each (submits and circuit breakers;
 //!   completions, probes, worker commands, shutdown, time);
@@ -131,18 +133,20 @@ macro_rules! ensure {
 mod actions;
 mod answers;
 mod bookkeeping;
+mod books;
 mod checks;
 mod commands;
 mod events;
 mod harness;
 mod operations;
+mod output;
 mod requests;
 mod submit;
 mod trace;
 
-pub use actions::Output;
-pub use bookkeeping::{timeout_counts, too_late_to_start};
+pub use books::{timeout_counts, too_late_to_start};
 pub use checks::allowed_edge;
 pub use harness::{Harness, MAX_WAKES_PER_ADVANCE};
 pub use operations::{worker_name, Distance, Op, Outcome, RawInput, Shape, TimeoutChoice, Verdict};
+pub use output::Output;
 pub use trace::{AnswerKind, Refusal, Trace, TraceEvent, TRACE_TAIL};

@@ -9,10 +9,10 @@ use foreman_core::{
     WorkerKey,
 };
 
-use super::actions::Output;
-use super::bookkeeping::{Context, Lifecycle, ReqState};
+use super::books::{Context, Lifecycle, ReqState};
 use super::harness::Harness;
 use super::operations::Shape;
+use super::output::Output;
 use super::trace::{AnswerKind, Refusal, TraceEvent};
 use super::Failure;
 
