@@ -82,17 +82,42 @@ fn keys_of(table: &toml::Table) -> Vec<String> {
     paths
 }
 
-/// The error `text` is refused with, and its message.
-fn refusal(text: &str) -> (ConfigFileError, String) {
-    let error = PoolSettings::from_toml_str(text).expect_err("refused");
-    let message = error.to_string();
-    (error, message)
+/// The key a parse error names (`None` for other errors).
+fn parse_error_key(error: &ConfigFileError) -> Option<&str> {
+    match error {
+        ConfigFileError::Toml { key, .. } | ConfigFileError::Json { key, .. } => Some(key),
+        _ => None,
+    }
 }
 
-fn assert_names(message: &str, words: &[&str]) {
-    for word in words {
-        assert!(message.contains(word), "{word:?} missing from:\n{message}");
+/// The message `load` refuses `text` with, having checked that the error
+/// is a parse error at `key` and that its message names that key and each
+/// of `words`.
+fn refused_at(
+    load: fn(&str) -> Result<PoolSettings, ConfigFileError>,
+    text: &str,
+    key: &str,
+    words: &[&str],
+) -> String {
+    let error = load(text).expect_err(text);
+    assert_eq!(parse_error_key(&error), Some(key), "{text}: {error:?}");
+    let message = error.to_string();
+    if !key.is_empty() {
+        assert_contains(&message, &[&format!("at `{key}`")]);
     }
+    assert_contains(&message, words);
+    message
+}
+
+fn assert_contains(text: &str, words: &[&str]) {
+    for word in words {
+        assert!(text.contains(word), "{word:?} missing from:\n{text}");
+    }
+}
+
+/// [`refused_at`] for TOML.
+fn toml_refused_at(text: &str, key: &str, words: &[&str]) -> String {
+    refused_at(PoolSettings::from_toml_str, text, key, words)
 }
 
 #[test]
@@ -142,7 +167,7 @@ fn the_defaults_and_changed_settings_survive_a_round_trip_through_toml() {
         );
     }
     let text = toml::to_string(&PoolSettings::default()).expect("the defaults serialize");
-    assert_names(
+    assert_contains(
         &text,
         &[
             "health_probe_interval = \"5s\"",
@@ -154,7 +179,7 @@ fn the_defaults_and_changed_settings_survive_a_round_trip_through_toml() {
         ],
     );
     let text = toml::to_string(&changed()).expect("the settings serialize");
-    assert_names(
+    assert_contains(
         &text,
         &[
             "default_request_timeout = false",
@@ -219,109 +244,81 @@ fn an_automatic_probe_timeout_is_the_probe_interval_capped_at_five_seconds() {
 
 #[test]
 fn an_unknown_key_is_refused_by_name() {
-    let (error, message) = refusal("queue_capacty = 3");
-    assert!(
-        matches!(&error, ConfigFileError::Toml { key, .. } if key == "queue_capacty"),
-        "{error:?}"
-    );
-    assert_names(
-        &message,
+    toml_refused_at(
+        "queue_capacty = 3",
+        "queue_capacty",
         &[
-            "at `queue_capacty`",
             "unknown field `queue_capacty`",
+            "`queue_capacity`",
             "line 1",
         ],
     );
-
-    let (error, message) = refusal("[driver]\nlane = 2");
-    assert!(
-        matches!(&error, ConfigFileError::Toml { key, .. } if key == "driver.lane"),
-        "{error:?}"
+    toml_refused_at(
+        "[driver]\nlane = 2",
+        "driver.lane",
+        &["unknown field `lane`", "`lanes`", "line 2"],
     );
-    assert_names(
-        &message,
-        &[
-            "at `driver.lane`",
-            "unknown field `lane`",
-            "`lanes`",
-            "line 2",
-        ],
+    toml_refused_at(
+        "[retries]\nattempts = 3",
+        "retries",
+        &["unknown field `retries`"],
     );
-
-    let (_, message) = refusal("[retries]\nattempts = 3");
-    assert_names(&message, &["unknown field `retries`"]);
 }
 
 #[test]
 fn a_value_of_the_wrong_type_is_refused_naming_its_key() {
-    let (error, message) = refusal("queue_capacity = \"many\"");
-    assert!(
-        matches!(&error, ConfigFileError::Toml { key, .. } if key == "queue_capacity"),
-        "{error:?}"
-    );
-    assert_names(&message, &["at `queue_capacity`", "\"many\"", "usize"]);
-
-    let (_, message) = refusal("health_probe_interval = 5");
-    assert_names(
-        &message,
-        &[
-            "at `health_probe_interval`",
-            "integer `5`",
-            "a duration such as",
-        ],
-    );
-
-    let (_, message) = refusal("default_request_timeout = true");
-    assert_names(
-        &message,
-        &[
-            "at `default_request_timeout`",
-            "boolean `true`",
-            "false for none",
-        ],
-    );
-
-    let (_, message) = refusal("routing = \"fastest\"");
-    assert_names(
-        &message,
-        &[
-            "at `routing`",
-            "\"fastest\"",
-            "\"idle_first\" or \"round_robin\"",
-        ],
-    );
-
-    let (_, message) = refusal("[driver]\nexecution = \"threads\"");
-    assert_names(
-        &message,
-        &["at `driver.execution`", "\"pool_tasks\" or \"caller_task\""],
-    );
+    let cases: [(&str, &str, &[&str]); 5] = [
+        (
+            "queue_capacity = \"many\"",
+            "queue_capacity",
+            &["\"many\"", "usize"],
+        ),
+        (
+            "health_probe_interval = 5",
+            "health_probe_interval",
+            &["integer `5`", "a duration such as"],
+        ),
+        (
+            "default_request_timeout = true",
+            "default_request_timeout",
+            &["boolean `true`", "false for none"],
+        ),
+        (
+            "routing = \"fastest\"",
+            "routing",
+            &["\"fastest\"", "\"idle_first\" or \"round_robin\""],
+        ),
+        (
+            "[driver]\nexecution = \"threads\"",
+            "driver.execution",
+            &["\"threads\"", "\"pool_tasks\" or \"caller_task\""],
+        ),
+    ];
+    for (text, key, words) in cases {
+        toml_refused_at(text, key, words);
+    }
 }
 
 #[test]
 fn a_bad_duration_is_refused_naming_its_key_and_value() {
-    let (error, message) = refusal("health_probe_interval = \"5 parsecs\"");
-    assert!(
-        matches!(&error, ConfigFileError::Toml { key, .. } if key == "health_probe_interval"),
-        "{error:?}"
-    );
-    assert_names(
-        &message,
-        &["at `health_probe_interval`", "\"5 parsecs\"", "parsecs"],
-    );
-
-    let (_, message) = refusal("[security_policy]\nmax_request_timeout = \"1500us\"");
-    assert_names(
-        &message,
+    toml_refused_at(
+        "health_probe_interval = \"5 parsecs\"",
+        "health_probe_interval",
         &[
-            "at `security_policy.max_request_timeout`",
-            "\"1500us\"",
-            "finer than a millisecond",
+            "invalid duration \"5 parsecs\"",
+            "unknown time unit \"parsecs\"",
         ],
     );
-
-    let (_, message) = refusal("probe_timeout = \"automatic\"");
-    assert_names(&message, &["at `probe_timeout`", "\"automatic\""]);
+    toml_refused_at(
+        "[security_policy]\nmax_request_timeout = \"1500us\"",
+        "security_policy.max_request_timeout",
+        &["\"1500us\"", "finer than a millisecond"],
+    );
+    toml_refused_at(
+        "probe_timeout = \"automatic\"",
+        "probe_timeout",
+        &["\"automatic\"", "or \"auto\""],
+    );
 }
 
 #[test]
@@ -342,7 +339,7 @@ fn a_value_the_pool_cannot_run_with_is_refused_naming_its_key() {
         ("max_request_depth = 0", "max_request_depth", "0"),
     ];
     for (text, expected_key, expected_value) in cases {
-        let (error, message) = refusal(text);
+        let error = PoolSettings::from_toml_str(text).expect_err(text);
         match &error {
             ConfigFileError::Invalid { key, value, .. } => {
                 assert_eq!(*key, Some(expected_key), "{text}");
@@ -350,76 +347,61 @@ fn a_value_the_pool_cannot_run_with_is_refused_naming_its_key() {
             }
             other => panic!("{text}: expected Invalid, got {other:?}"),
         }
-        assert!(
-            message.starts_with(&format!(
-                "invalid setting `{expected_key} = {expected_value}`: "
-            )),
-            "{message}"
-        );
+        let message = error.to_string();
+        let start = format!("invalid setting `{expected_key} = {expected_value}`: ");
+        assert!(message.starts_with(&start), "{message}");
     }
-    let (_, message) = refusal("queue_capacity = 0");
     assert_eq!(
-        message,
+        PoolSettings::from_toml_str("queue_capacity = 0")
+            .expect_err("zero capacity")
+            .to_string(),
         "invalid setting `queue_capacity = 0`: queue_capacity must be at least 1 \
          (it is the number of requests that may wait per worker)"
     );
-
-    let (error, message) = refusal("[driver]\nlanes = 0");
-    assert!(
-        matches!(&error, ConfigFileError::Toml { key, .. } if key == "driver.lanes"),
-        "{error:?}"
-    );
-    assert_names(&message, &["at `driver.lanes`", "nonzero"]);
+    // Lanes are a `NonZeroUsize`: zero is refused while reading the file.
+    toml_refused_at("[driver]\nlanes = 0", "driver.lanes", &["nonzero"]);
 }
 
 #[test]
-fn malformed_files_and_missing_files_are_refused_with_where() {
-    let (error, message) = refusal("queue_capacity = 1\nlate_binding =");
-    assert!(
-        matches!(&error, ConfigFileError::Toml { key, .. } if key.is_empty()),
-        "{error:?}"
+fn malformed_files_and_missing_files_are_refused_saying_where() {
+    toml_refused_at(
+        "queue_capacity = 1\nlate_binding =",
+        "",
+        &["invalid TOML settings", "line 2"],
     );
-    assert_names(&message, &["invalid TOML settings", "line 2"]);
 
     let missing = example_path().with_file_name("no-such-settings.toml");
     let error = PoolSettings::from_toml_file(&missing).expect_err("no such file");
     assert!(matches!(error, ConfigFileError::Io { .. }), "{error:?}");
-    assert_names(&error.to_string(), &["no-such-settings.toml"]);
+    assert!(
+        error.to_string().contains("no-such-settings.toml"),
+        "{error}"
+    );
 }
 
 #[test]
 fn bad_json_is_refused_naming_its_key() {
-    let error =
-        PoolSettings::from_json_str(r#"{"security_policy": {"max_request_timeout": "5 parsecs"}}"#)
-            .expect_err("a bad duration");
+    let json = PoolSettings::from_json_str;
+    refused_at(
+        json,
+        r#"{"security_policy": {"max_request_timeout": "5 parsecs"}}"#,
+        "security_policy.max_request_timeout",
+        &["invalid JSON settings", "parsecs", "line 1"],
+    );
+    refused_at(
+        json,
+        r#"{"driver": {"lanes": 2, "cores": 1}}"#,
+        "driver.cores",
+        &["unknown field `cores`"],
+    );
+    refused_at(json, "{} {}", "", &["trailing characters"]);
+    let error = json(r#"{"queue_capacity": 0}"#).expect_err("zero capacity");
     assert!(
-        matches!(&error, ConfigFileError::Json { key, .. }
-            if key == "security_policy.max_request_timeout"),
-        "{error:?}"
+        error
+            .to_string()
+            .starts_with("invalid setting `queue_capacity = 0`: "),
+        "{error}"
     );
-    assert_names(&error.to_string(), &["invalid JSON settings", "parsecs"]);
-
-    let error = PoolSettings::from_json_str(r#"{"driver": {"lanes": 2, "cores": 1}}"#)
-        .expect_err("an unknown key");
-    assert_names(
-        &error.to_string(),
-        &["at `driver.cores`", "unknown field `cores`"],
-    );
-
-    let error = PoolSettings::from_json_str(r#"{"queue_capacity": 0}"#).expect_err("zero");
-    assert!(
-        matches!(
-            &error,
-            ConfigFileError::Invalid {
-                key: Some("queue_capacity"),
-                ..
-            }
-        ),
-        "{error:?}"
-    );
-
-    let error = PoolSettings::from_json_str("{} {}").expect_err("trailing characters");
-    assert!(matches!(error, ConfigFileError::Json { .. }), "{error:?}");
 }
 
 /// Sleeps for the request's `input.ms` milliseconds, then answers.

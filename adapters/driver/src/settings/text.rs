@@ -143,15 +143,31 @@ pub(super) fn write_duration<S: Serializer>(
     serializer.collect_str(&humantime::format_duration(*duration))
 }
 
+impl DurationVisitor<Option<Duration>> {
+    /// Writes `duration`, or what stands for none in this field.
+    fn write<S: Serializer>(
+        &self,
+        duration: &Option<Duration>,
+        serializer: S,
+    ) -> Result<S::Ok, S::Error> {
+        match (duration, self.absent) {
+            (Some(duration), _) => write_duration(duration, serializer),
+            (None, Some((Absent::Word(word), _))) => serializer.serialize_str(word),
+            (None, Some((Absent::False, _))) => serializer.serialize_bool(false),
+            (None, None) => Err(S::Error::custom(format_args!(
+                "no duration, where {} is expected",
+                self.expecting
+            ))),
+        }
+    }
+}
+
 /// Writes a duration, or `false` for none.
 pub(super) fn write_duration_or_false<S: Serializer>(
     duration: &Option<Duration>,
     serializer: S,
 ) -> Result<S::Ok, S::Error> {
-    match duration {
-        Some(duration) => write_duration(duration, serializer),
-        None => serializer.serialize_bool(false),
-    }
+    OR_FALSE.write(duration, serializer)
 }
 
 /// Writes a duration, or `"auto"` for none.
@@ -159,10 +175,7 @@ pub(super) fn write_duration_or_auto<S: Serializer>(
     duration: &Option<Duration>,
     serializer: S,
 ) -> Result<S::Ok, S::Error> {
-    match duration {
-        Some(duration) => write_duration(duration, serializer),
-        None => serializer.serialize_str("auto"),
-    }
+    OR_AUTO.write(duration, serializer)
 }
 
 /// Reads any duration.
