@@ -4,14 +4,15 @@
 //! settings round-trip through TOML and read the same from JSON, each key
 //! reaches the pool, and a bad file is refused with the offending key named.
 
+use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use foreman_tokio::{
-    async_trait, BuildError, ConfigFileError, DriverOptions, ExecutionMode, PoolConfig,
-    PoolSettings, RoutingPolicy, TokioRuntime, WorkerHandler, WorkerOperation, WorkerPool,
-    WorkerPoolError, WorkerProtocolError, WorkerRequest, WorkerResult,
+    async_trait, BuildError, CircuitBreakerHooks, ConfigFileError, DriverOptions, ExecutionMode,
+    PoolConfig, PoolSettings, RoutingPolicy, TokioRuntime, WorkerHandler, WorkerOperation,
+    WorkerPool, WorkerPoolError, WorkerProtocolError, WorkerRequest, WorkerResult,
 };
 use serde_json::{json, Value};
 
@@ -494,4 +495,54 @@ async fn settings_changed_in_code_are_checked_by_the_pool_constructor() {
         ),
         "{error:?}"
     );
+}
+
+/// Records the worker each request was accepted by.
+#[derive(Default)]
+struct AcceptedBy(Mutex<HashMap<String, String>>);
+
+#[async_trait]
+impl CircuitBreakerHooks for AcceptedBy {
+    async fn on_request_accepted(&self, worker_id: &str, request: &WorkerRequest) {
+        if let Ok(mut accepted) = self.0.lock() {
+            accepted.insert(request.request_id.clone(), worker_id.to_string());
+        }
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_pool_built_from_settings_with_hooks_runs_each_request_where_it_was_accepted() {
+    // late_binding = true in the file: a pool with hooks still runs every
+    // request on the worker `on_request_accepted` named, as new_inprocess.
+    let settings = PoolSettings::from_toml_str("late_binding = true").expect("the settings load");
+    let hooks = Arc::new(AcceptedBy::default());
+    let handlers: Vec<Arc<dyn WorkerHandler>> = vec![Arc::new(Sleeper), Arc::new(Sleeper)];
+    let breaker: Arc<dyn CircuitBreakerHooks> = hooks.clone();
+    let pool = WorkerPool::from_settings(TokioRuntime, handlers, &settings, Some(breaker))
+        .expect("the pool builds");
+    // worker-0 runs the slow request; worker-1 frees up first, while a
+    // request waits on worker-0's queue.
+    let requests = [
+        ("slow", 1_000),
+        ("fast", 100),
+        ("queued-1", 100),
+        ("queued-2", 100),
+    ];
+    let answers =
+        futures::future::join_all(requests.map(|(id, ms)| pool.submit(sleep_for(id, ms)))).await;
+    let accepted = hooks
+        .0
+        .lock()
+        .map(|accepted| accepted.clone())
+        .unwrap_or_default();
+    for answer in answers {
+        let answer = answer.expect("answered");
+        assert_eq!(
+            accepted.get(&answer.request_id),
+            Some(&answer.worker_id),
+            "{answer:?}"
+        );
+    }
+    assert_eq!(accepted.len(), 4);
+    pool.shutdown().await;
 }
