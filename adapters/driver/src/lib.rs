@@ -45,6 +45,12 @@
 //! probe or any hook (`allow_request` included) runs, so `health_snapshot`
 //! and `stats` never wait behind a handler, and handlers, probes and hooks
 //! may call their own pool.
+//!
+//! # Settings files
+//! With the `config` feature, `PoolSettings` reads every option above from
+//! a TOML or JSON file (durations written as `"30s"`), checks it with
+//! `PoolConfig::validate` and names the key of a bad value;
+//! `WorkerPool::from_settings` builds the pool from it.
 #![deny(missing_docs)]
 #![forbid(unsafe_code)]
 
@@ -68,9 +74,13 @@ mod worker;
 
 #[cfg(feature = "async-io")]
 mod io_timer;
+#[cfg(feature = "config")]
+mod settings;
 
 #[cfg(feature = "async-io")]
 pub use io_timer::IoTimer;
+#[cfg(feature = "config")]
+pub use settings::{ConfigFileError, DriverSettings, PoolSettings, SecurityPolicySettings};
 
 pub use handler::{CircuitBreakerHooks, WorkerHandler, WorkerPoolClient};
 pub use pool::WorkerPool;
@@ -99,4 +109,8 @@ pub mod api {
         WorkerOperation, WorkerPoolClient, WorkerPoolError, WorkerPoolOptions, WorkerProtocolError,
         WorkerRequest, WorkerResponse, WorkerResult, WorkerSecurityPolicy, WorkerStats,
     };
+
+    /// Settings files (the `config` feature).
+    #[cfg(feature = "config")]
+    pub use crate::{ConfigFileError, DriverSettings, PoolSettings, SecurityPolicySettings};
 }

@@ -1,0 +1,431 @@
+//! Settings files (the `config` feature): [`PoolSettings`], its loaders,
+//! its errors and [`WorkerPool::from_settings`].
+
+mod text;
+
+use std::num::NonZeroUsize;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use foreman_core::{
+    ConfigError, PoolConfig, RoutingPolicy, WorkerPoolOptions, WorkerSecurityPolicy,
+};
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+use crate::handler::{CircuitBreakerHooks, WorkerHandler};
+use crate::pool::WorkerPool;
+use crate::runtime::Runtime;
+use crate::types::{BuildError, DriverOptions};
+use crate::worker::ExecutionMode;
+
+/// Every option of a pool as a settings file holds it (the `config`
+/// feature), read from TOML or JSON and checked by the check the pool's
+/// constructors run, with errors that name the key.
+///
+/// A file holds the reference's options ([`WorkerPoolOptions`] at the top
+/// level, its [`WorkerSecurityPolicy`] as `[security_policy]`), foreman's
+/// tuning ([`PoolConfig`], at the top level) and the driver's
+/// [`DriverOptions`] (`[driver]`), each key named after the field it sets.
+/// Every key may be left out: [`PoolSettings::default()`] is the code's
+/// defaults, and so is an empty file. A key the settings do not have is an
+/// error. `examples/foreman.toml` at the workspace root lists every key
+/// with its meaning and default.
+///
+/// Where a key differs from the field it sets:
+///
+/// | key | field | written |
+/// |---|---|---|
+/// | `health_probe_interval`, `probe_timeout` | the same | `"5s"`; `probe_timeout = "auto"`: the probe interval capped at 5 s, as [`PoolConfig::new`] derives it |
+/// | `default_request_timeout` | the same | `"30s"`, or `false` for no default timeout (`None`) |
+/// | `security_policy.max_request_timeout` | `max_request_timeout_ms` | `"2m"`, a whole number of milliseconds |
+/// | `routing` | [`RoutingPolicy`] | `"idle_first"` or `"round_robin"` |
+/// | `driver.execution` | [`ExecutionMode`] | `"pool_tasks"` or `"caller_task"` |
+///
+/// Durations are parsed and printed by `humantime`: `"250ms"`, `"30s"`,
+/// `"1h 30m"` (units `ns`, `us`, `ms`, `s`, `m`, `h`, `d`, `w` and their
+/// long forms). Sizes are integers in bytes (TOML allows `262_144`).
+///
+/// ```
+/// use foreman_driver::{PoolSettings, Runtime, WorkerHandler, WorkerPool};
+/// use std::sync::Arc;
+///
+/// // One call loads and checks a file; one more builds the pool.
+/// fn pool_from_file<R: Runtime>(
+///     runtime: R,
+///     handlers: Vec<Arc<dyn WorkerHandler>>,
+/// ) -> Result<WorkerPool<R>, Box<dyn std::error::Error>> {
+///     let settings = PoolSettings::from_toml_file("foreman.toml")?;
+///     Ok(WorkerPool::from_settings(runtime, handlers, &settings, None)?)
+/// }
+///
+/// let settings = PoolSettings::from_toml_str(
+///     r#"
+///     queue_capacity = 16
+///     default_request_timeout = "10s"
+///
+///     [driver]
+///     lanes = 2
+///     "#,
+/// )?;
+/// let (config, driver) = settings.to_parts();
+/// assert_eq!(config.options.queue_capacity, 16);
+/// assert_eq!(config.options.default_request_timeout, Some(std::time::Duration::from_secs(10)));
+/// assert_eq!(driver.lanes.get(), 2);
+///
+/// let error = PoolSettings::from_toml_str("queue_capacity = 0").unwrap_err();
+/// assert!(error.to_string().contains("`queue_capacity = 0`"), "{error}");
+/// # Ok::<(), foreman_driver::ConfigFileError>(())
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+#[non_exhaustive]
+pub struct PoolSettings {
+    /// Requests that may wait in each worker's queue
+    /// ([`WorkerPoolOptions::queue_capacity`]; at least 1).
+    pub queue_capacity: usize,
+    /// Time between two health probes of a worker
+    /// ([`WorkerPoolOptions::health_probe_interval`]; non-zero).
+    #[serde(
+        serialize_with = "text::write_duration",
+        deserialize_with = "text::read_duration"
+    )]
+    pub health_probe_interval: Duration,
+    /// Consecutive failures that make a worker unavailable (0 acts as 1).
+    pub unavailable_after_failures: u32,
+    /// Time budget of a request that sets no `timeout_ms`; `None` (written
+    /// `false`) means no budget.
+    #[serde(
+        serialize_with = "text::write_duration_or_false",
+        deserialize_with = "text::read_duration_or_false"
+    )]
+    pub default_request_timeout: Option<Duration>,
+    /// How long a health probe may take ([`PoolConfig::probe_timeout`]);
+    /// `None` (written `"auto"`) derives it as [`PoolConfig::new`] does:
+    /// the probe interval, capped at 5 s.
+    #[serde(
+        serialize_with = "text::write_duration_or_auto",
+        deserialize_with = "text::read_duration_or_auto"
+    )]
+    pub probe_timeout: Option<Duration>,
+    /// Requests one worker runs at the same time (at least 1).
+    pub max_concurrency_per_worker: u32,
+    /// How requests are spread over workers.
+    #[serde(with = "text::named")]
+    pub routing: RoutingPolicy,
+    /// Whether a queued request may run on whichever worker frees first
+    /// ([`PoolConfig::late_binding`]; a pool with circuit-breaker hooks
+    /// turns it off).
+    pub late_binding: bool,
+    /// The deepest nesting of arrays and objects in a request's JSON
+    /// values ([`PoolConfig::max_request_depth`]; at least 1).
+    pub max_request_depth: usize,
+    /// The limits every request must respect (`[security_policy]`).
+    pub security_policy: SecurityPolicySettings,
+    /// The driver's own options (`[driver]`).
+    pub driver: DriverSettings,
+}
+
+/// The `[security_policy]` section: [`WorkerSecurityPolicy`] with its
+/// timeout written as a duration.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+#[non_exhaustive]
+pub struct SecurityPolicySettings {
+    /// Largest `timeout_ms` a request may ask for
+    /// ([`WorkerSecurityPolicy::max_request_timeout_ms`]); a file gives a
+    /// whole number of milliseconds, and a value built in code is counted
+    /// in whole milliseconds (rounded down).
+    #[serde(
+        serialize_with = "text::write_duration",
+        deserialize_with = "text::read_millis"
+    )]
+    pub max_request_timeout: Duration,
+    /// Largest serialised size of a request, in bytes.
+    pub max_request_payload_bytes: usize,
+    /// Longest `request_id`, `workflow_name` or `node_id`, in bytes.
+    pub max_identifier_length: usize,
+}
+
+/// The `[driver]` section: [`DriverOptions`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+#[non_exhaustive]
+pub struct DriverSettings {
+    /// Where handler futures run.
+    #[serde(with = "text::named")]
+    pub execution: ExecutionMode,
+    /// How many lanes (cores with their own lock) the workers are spread
+    /// over (at least 1).
+    pub lanes: NonZeroUsize,
+}
+
+impl Default for PoolSettings {
+    fn default() -> Self {
+        let config = PoolConfig::default();
+        let options = config.options;
+        PoolSettings {
+            queue_capacity: options.queue_capacity,
+            health_probe_interval: options.health_probe_interval,
+            unavailable_after_failures: options.unavailable_after_failures,
+            default_request_timeout: options.default_request_timeout,
+            probe_timeout: None,
+            max_concurrency_per_worker: config.max_concurrency_per_worker,
+            routing: config.routing,
+            late_binding: config.late_binding,
+            max_request_depth: config.max_request_depth,
+            security_policy: SecurityPolicySettings::default(),
+            driver: DriverSettings::default(),
+        }
+    }
+}
+
+impl Default for SecurityPolicySettings {
+    fn default() -> Self {
+        let policy = WorkerSecurityPolicy::default();
+        SecurityPolicySettings {
+            max_request_timeout: Duration::from_millis(policy.max_request_timeout_ms),
+            max_request_payload_bytes: policy.max_request_payload_bytes,
+            max_identifier_length: policy.max_identifier_length,
+        }
+    }
+}
+
+impl Default for DriverSettings {
+    fn default() -> Self {
+        let options = DriverOptions::default();
+        DriverSettings {
+            execution: options.execution,
+            lanes: options.lanes,
+        }
+    }
+}
+
+impl PoolSettings {
+    /// Reads, parses and checks a TOML settings file.
+    ///
+    /// # Errors
+    /// [`ConfigFileError::Io`] naming the path when the file cannot be
+    /// read; otherwise as [`from_toml_str`](Self::from_toml_str).
+    pub fn from_toml_file(path: impl AsRef<Path>) -> Result<Self, ConfigFileError> {
+        let path = path.as_ref();
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigFileError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Self::from_toml_str(&text)
+    }
+
+    /// Parses and checks TOML settings.
+    ///
+    /// # Errors
+    /// [`ConfigFileError::Toml`] naming the key (and the line) of a value
+    /// that is not TOML, has the wrong type, is not a duration, or of a key
+    /// the settings do not have; [`ConfigFileError::Invalid`] naming the key
+    /// of a value the pool cannot run with (see [`validate`](Self::validate)).
+    pub fn from_toml_str(text: &str) -> Result<Self, ConfigFileError> {
+        let settings: Self = toml::Deserializer::parse(text)
+            .map_err(|source| ConfigFileError::Toml {
+                key: String::new(),
+                source,
+            })
+            .and_then(|document| {
+                serde_path_to_error::deserialize(document).map_err(|error| ConfigFileError::Toml {
+                    key: key_path(error.path()),
+                    source: error.into_inner(),
+                })
+            })?;
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    /// Parses and checks JSON settings: the same keys and values as TOML,
+    /// sections as objects (`{"driver": {"lanes": 2}}`).
+    ///
+    /// # Errors
+    /// [`ConfigFileError::Json`] naming the key (and the line) of a value
+    /// that is not JSON, has the wrong type, is not a duration, or of a key
+    /// the settings do not have; [`ConfigFileError::Invalid`] as for TOML.
+    pub fn from_json_str(text: &str) -> Result<Self, ConfigFileError> {
+        let mut document = serde_json::Deserializer::from_str(text);
+        let settings: Self = serde_path_to_error::deserialize(&mut document).map_err(|error| {
+            ConfigFileError::Json {
+                key: key_path(error.path()),
+                source: error.into_inner(),
+            }
+        })?;
+        document.end().map_err(|source| ConfigFileError::Json {
+            key: String::new(),
+            source,
+        })?;
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    /// The core's configuration and the driver's options these settings
+    /// stand for (what [`WorkerPool::with_driver_options`] takes), without
+    /// checking them.
+    pub fn to_parts(&self) -> (PoolConfig, DriverOptions) {
+        let max_request_timeout_ms =
+            u64::try_from(self.security_policy.max_request_timeout.as_millis()).unwrap_or(u64::MAX);
+        let options = WorkerPoolOptions {
+            queue_capacity: self.queue_capacity,
+            health_probe_interval: self.health_probe_interval,
+            unavailable_after_failures: self.unavailable_after_failures,
+            default_request_timeout: self.default_request_timeout,
+            security_policy: WorkerSecurityPolicy {
+                max_request_timeout_ms,
+                max_request_payload_bytes: self.security_policy.max_request_payload_bytes,
+                max_identifier_length: self.security_policy.max_identifier_length,
+            },
+        };
+        let derived = PoolConfig::new(options);
+        let config = PoolConfig {
+            probe_timeout: self.probe_timeout.unwrap_or(derived.probe_timeout),
+            max_concurrency_per_worker: self.max_concurrency_per_worker,
+            routing: self.routing,
+            late_binding: self.late_binding,
+            max_request_depth: self.max_request_depth,
+            ..derived
+        };
+        let driver = DriverOptions::default()
+            .execution(self.driver.execution)
+            .lanes(self.driver.lanes);
+        (config, driver)
+    }
+
+    /// Runs [`PoolConfig::validate`], the check every pool constructor
+    /// runs, on these settings.
+    ///
+    /// # Errors
+    /// [`ConfigFileError::Invalid`] naming the key and value it refuses
+    /// (`queue_capacity = 0`).
+    pub fn validate(&self) -> Result<(), ConfigFileError> {
+        let (config, _) = self.to_parts();
+        config.validate().map_err(|source| {
+            let (key, value) = self.key_of(&source).unzip();
+            ConfigFileError::Invalid { key, value, source }
+        })
+    }
+
+    /// The key of the setting `error` is about, and its value as the file
+    /// writes it.
+    fn key_of(&self, error: &ConfigError) -> Option<(&'static str, String)> {
+        Some(match error {
+            ConfigError::ZeroQueueCapacity => ("queue_capacity", self.queue_capacity.to_string()),
+            ConfigError::ZeroProbeInterval => (
+                "health_probe_interval",
+                text::quoted(self.health_probe_interval),
+            ),
+            ConfigError::ZeroProbeTimeout => (
+                "probe_timeout",
+                self.probe_timeout
+                    .map_or_else(|| "\"auto\"".to_string(), text::quoted),
+            ),
+            ConfigError::ZeroConcurrency => (
+                "max_concurrency_per_worker",
+                self.max_concurrency_per_worker.to_string(),
+            ),
+            ConfigError::ZeroRequestDepth => {
+                ("max_request_depth", self.max_request_depth.to_string())
+            }
+            _ => return None,
+        })
+    }
+}
+
+/// A key path as `serde_path_to_error` records it, empty for the whole
+/// document (`"."`).
+fn key_path(path: &serde_path_to_error::Path) -> String {
+    let path = path.to_string();
+    if path == "." {
+        String::new()
+    } else {
+        path
+    }
+}
+
+impl<R: Runtime> WorkerPool<R> {
+    /// Creates a pool from settings: [`PoolSettings::to_parts`], then
+    /// [`with_driver_options`](Self::with_driver_options). As with
+    /// `new_inprocess`, a pool given `hooks` runs each request on the
+    /// worker its circuit breaker approved (late binding off).
+    ///
+    /// # Errors
+    /// [`BuildError`] when there is no handler, the settings are invalid
+    /// (settings read with [`PoolSettings::from_toml_file`] and the other
+    /// loaders were checked already), or the runtime cannot spawn tasks
+    /// here.
+    pub fn from_settings(
+        runtime: R,
+        handlers: Vec<Arc<dyn WorkerHandler>>,
+        settings: &PoolSettings,
+        hooks: Option<Arc<dyn CircuitBreakerHooks>>,
+    ) -> Result<Self, BuildError> {
+        let (config, driver) = settings.to_parts();
+        let config = config.vetted_by_breaker(hooks.is_some());
+        Self::with_driver_options(runtime, handlers, config, hooks, driver)
+    }
+}
+
+/// Why settings could not be loaded, naming the file, the key or both.
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum ConfigFileError {
+    /// The file could not be read.
+    #[error("cannot read the settings file {}: {source}", path.display())]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The TOML is malformed, or a key or value does not fit the settings.
+    #[error("invalid TOML settings{}: {source}", at(key))]
+    Toml {
+        /// The key path of the offending value (`security_policy.max_request_timeout`),
+        /// empty when the error is not about one value (malformed TOML, or
+        /// an unknown key at the top level, which the message names).
+        key: String,
+        /// The parser's error: the message and the line.
+        source: toml::de::Error,
+    },
+    /// The JSON is malformed, or a key or value does not fit the settings.
+    #[error("invalid JSON settings{}: {source}", at(key))]
+    Json {
+        /// The key path of the offending value, as for TOML.
+        key: String,
+        /// The parser's error: the message, the line and the column.
+        source: serde_json::Error,
+    },
+    /// A value the pool cannot run with, refused by
+    /// [`PoolConfig::validate`].
+    #[error("{}: {source}", setting(*key, value.as_deref()))]
+    Invalid {
+        /// The key of the setting (`queue_capacity`), or `None` for a check
+        /// the settings map to no key (the message names the field).
+        key: Option<&'static str>,
+        /// The value as the file writes it (`0`, `"0s"`).
+        value: Option<String>,
+        /// What `PoolConfig::validate` said.
+        source: ConfigError,
+    },
+}
+
+/// ` at `key``, or nothing for no key.
+fn at(key: &str) -> String {
+    if key.is_empty() {
+        String::new()
+    } else {
+        format!(" at `{key}`")
+    }
+}
+
+/// The start of an [`ConfigFileError::Invalid`] message.
+fn setting(key: Option<&str>, value: Option<&str>) -> String {
+    match (key, value) {
+        (Some(key), Some(value)) => format!("invalid setting `{key} = {value}`"),
+        _ => "invalid settings".to_string(),
+    }
+}
