@@ -1,0 +1,196 @@
+//! tower middleware in front of the pool (feature `tower`), on tokio's
+//! paused clock: a timeout, a concurrency limit, and readiness woken by
+//! what frees room (a queued request's deadline, a worker added).
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::task::Poll;
+use std::time::Duration;
+
+use foreman_support::bench::bench_request;
+use foreman_tokio::{
+    handler_fn, WorkerHandler, WorkerPool, WorkerPoolError, WorkerPoolOptions, WorkerProtocolError,
+    WorkerRequest,
+};
+use serde_json::{json, Value};
+use tokio::sync::Semaphore;
+use tower::{Service, ServiceBuilder, ServiceExt};
+use tower_test::mock::Spawn;
+
+/// Counts handler futures dropped before they finished.
+struct DropWatch(Arc<AtomicUsize>, bool);
+
+impl Drop for DropWatch {
+    fn drop(&mut self) {
+        if !self.1 {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+}
+
+/// A handler whose requests wait for a permit of `gate` (`node_id`
+/// "gate") or never finish ("hang"); dropped runs are counted in `dropped`.
+fn gated_handler(gate: &Arc<Semaphore>, dropped: &Arc<AtomicUsize>) -> Arc<dyn WorkerHandler> {
+    let (gate, dropped) = (Arc::clone(gate), Arc::clone(dropped));
+    handler_fn(move |request: WorkerRequest| {
+        let (gate, dropped) = (Arc::clone(&gate), Arc::clone(&dropped));
+        async move {
+            let mut watch = DropWatch(dropped, false);
+            match request.node_id.as_str() {
+                "hang" => std::future::pending::<()>().await,
+                "gate" => {
+                    if let Ok(permit) = gate.acquire().await {
+                        permit.forget();
+                    }
+                }
+                _ => {}
+            }
+            watch.1 = true;
+            Ok::<Value, WorkerProtocolError>(json!({ "node": request.node_id }))
+        }
+    })
+    .into_arc()
+}
+
+fn request(id: &str, node: &str, timeout_ms: Option<u64>) -> WorkerRequest {
+    WorkerRequest {
+        request_id: id.into(),
+        node_id: node.into(),
+        timeout_ms,
+        ..bench_request()
+    }
+}
+
+fn pool(workers: usize, queue_capacity: usize) -> (WorkerPool, Arc<Semaphore>, Arc<AtomicUsize>) {
+    let gate = Arc::new(Semaphore::new(0));
+    let dropped = Arc::new(AtomicUsize::new(0));
+    let handlers = (0..workers)
+        .map(|_| gated_handler(&gate, &dropped))
+        .collect();
+    let options = WorkerPoolOptions {
+        queue_capacity,
+        health_probe_interval: Duration::from_secs(60),
+        default_request_timeout: Some(Duration::from_secs(10)),
+        ..WorkerPoolOptions::default()
+    };
+    let pool = WorkerPool::new_inprocess(handlers, options, None).expect("valid options");
+    (pool, gate, dropped)
+}
+
+/// A `tower::timeout::Timeout` in front of the pool: a handler that hangs
+/// is cut off at the timeout's deadline (virtual time), and dropping the
+/// response future cancels the request in the pool and drops its handler.
+#[tokio::test(start_paused = true)]
+async fn a_timeout_in_front_of_the_pool_cancels_a_hanging_request() {
+    let (pool, _gate, dropped) = pool(1, 4);
+    let service = ServiceBuilder::new()
+        .timeout(Duration::from_millis(50))
+        .service(pool.service());
+    let start = tokio::time::Instant::now();
+    let timed_out = service.oneshot(request("slow", "hang", None)).await;
+    let error = timed_out.expect_err("cut off by the timeout");
+    assert!(
+        error.is::<tower::timeout::error::Elapsed>(),
+        "the timeout's own error: {error}"
+    );
+    assert_eq!(start.elapsed(), Duration::from_millis(50));
+    // The cancellation reached the worker's task: its handler was dropped.
+    while dropped.load(Ordering::SeqCst) == 0 {
+        tokio::task::yield_now().await;
+    }
+    let counters = pool.stats().counters;
+    assert_eq!(counters.cancelled_running, 1);
+    // The worker is free again: an echo through the same stack succeeds.
+    let service = ServiceBuilder::new()
+        .timeout(Duration::from_millis(50))
+        .service(pool.service());
+    let echoed = service.oneshot(request("quick", "echo", None)).await;
+    assert_eq!(echoed.expect("served").request_id, "quick");
+    pool.shutdown().await;
+}
+
+/// A `ConcurrencyLimit` of 1 in front of a pool with room for more: the
+/// limit, not the pool, holds the second caller back, and its task is
+/// woken when the first answer releases the permit.
+#[tokio::test(start_paused = true)]
+async fn a_concurrency_limit_in_front_of_the_pool_holds_callers_back() {
+    let (pool, gate, _dropped) = pool(2, 4);
+    let limited = ServiceBuilder::new()
+        .concurrency_limit(1)
+        .service(pool.service());
+    let mut first = Spawn::new(limited.clone());
+    let mut second = Spawn::new(limited);
+    assert!(matches!(first.poll_ready(), Poll::Ready(Ok(()))));
+    let running = first.call(request("first", "gate", None));
+    assert!(
+        second.poll_ready().is_pending(),
+        "the limit's one permit is taken"
+    );
+    assert_eq!(pool.stats().running, 1);
+    gate.add_permits(1);
+    let answered = running.await.expect("served");
+    assert_eq!(answered.request_id, "first");
+    assert!(
+        second.is_woken(),
+        "the released permit wakes the second caller"
+    );
+    assert!(matches!(second.poll_ready(), Poll::Ready(Ok(()))));
+    let echoed = second.call(request("second", "echo", None)).await;
+    assert_eq!(echoed.expect("served").request_id, "second");
+    pool.shutdown().await;
+}
+
+/// A full pool's `poll_ready` is woken when a queued request's deadline
+/// frees its place (virtual time: no wall-clock wait).
+#[tokio::test(start_paused = true)]
+async fn readiness_is_woken_when_a_queued_request_times_out() {
+    let (pool, gate, _dropped) = pool(1, 1);
+    let mut service = Spawn::new(pool.service());
+    assert!(matches!(service.poll_ready(), Poll::Ready(Ok(()))));
+    let running = service.call(request("running", "gate", None));
+    let queued = service.call(request("queued", "gate", Some(100)));
+    assert!(service.poll_ready().is_pending());
+    assert!(!service.is_woken());
+    let expired = queued.await;
+    assert!(
+        matches!(expired, Err(WorkerPoolError::Timeout)),
+        "{expired:?}"
+    );
+    assert!(service.is_woken(), "the expired request's place is free");
+    assert!(matches!(service.poll_ready(), Poll::Ready(Ok(()))));
+    gate.add_permits(1);
+    assert!(running.await.is_ok());
+    pool.shutdown().await;
+}
+
+/// A full pool's `poll_ready` is woken when a worker is added, and with
+/// several lanes it is Ready while any lane has room.
+#[tokio::test(start_paused = true)]
+async fn readiness_is_woken_when_a_worker_is_added() {
+    let (pool, gate, dropped) = pool(1, 1);
+    let mut service = Spawn::new(pool.service());
+    let running = service.call(request("running", "gate", None));
+    let queued = service.call(request("queued", "gate", None));
+    assert!(service.poll_ready().is_pending());
+    pool.add_worker(gated_handler(&gate, &dropped))
+        .expect("added");
+    assert!(service.is_woken(), "the new worker has room");
+    assert!(matches!(service.poll_ready(), Poll::Ready(Ok(()))));
+    gate.add_permits(2);
+    assert!(running.await.is_ok() && queued.await.is_ok());
+    pool.shutdown().await;
+}
+
+/// The pool itself is a service (not Clone): `ready` then `call` on it.
+#[tokio::test(start_paused = true)]
+async fn the_pool_itself_is_a_service() {
+    let (mut pool, _gate, _dropped) = pool(1, 1);
+    let answer = pool
+        .ready()
+        .await
+        .expect("ready")
+        .call(request("direct", "echo", None))
+        .await;
+    assert_eq!(answer.expect("served").request_id, "direct");
+    pool.shutdown().await;
+}
