@@ -48,7 +48,7 @@
 //!
 //! # Handlers without a trait impl, and tower
 //! A handler is anything implementing [`WorkerHandler`] (written with
-//! [`async_trait`]), or a closure: [`handler_fn`] makes one of an
+//! [`macro@async_trait`]), or a closure: [`handler_fn`] makes one of an
 //! `async` closure, with an optional probe closure
 //! ([`HandlerFn::with_probe`]).
 //!
