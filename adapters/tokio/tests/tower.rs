@@ -1,6 +1,7 @@
 //! tower middleware in front of the pool (feature `tower`), on tokio's
-//! paused clock: a timeout, a concurrency limit, and readiness woken by
-//! what frees room (a queued request's deadline, a worker added).
+//! paused clock: a timeout, a concurrency limit, a buffer, load shedding,
+//! and readiness woken by what frees room (a queued request's deadline, a
+//! worker added).
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -192,5 +193,53 @@ async fn the_pool_itself_is_a_service() {
         .call(request("direct", "echo", None))
         .await;
     assert_eq!(answer.expect("served").request_id, "direct");
+    pool.shutdown().await;
+}
+
+/// A `Buffer` in front of the pool (its worker task needs the service and
+/// its futures `Send + 'static`): more callers than the pool holds wait in
+/// the buffer for readiness instead of being refused `QueueFull`.
+#[tokio::test(start_paused = true)]
+async fn a_buffer_in_front_of_the_pool_holds_callers_instead_of_refusing_them() {
+    let (pool, gate, _dropped) = pool(1, 1);
+    let buffered = ServiceBuilder::new().buffer(16).service(pool.service());
+    let calls: Vec<_> = (0..6)
+        .map(|i| {
+            let caller = buffered.clone();
+            tokio::spawn(caller.oneshot(request(&format!("b{i}"), "gate", None)))
+        })
+        .collect();
+    // Two are in the pool (one running, one queued); the rest wait.
+    while pool.stats().queued < 1 {
+        tokio::task::yield_now().await;
+    }
+    gate.add_permits(6);
+    for call in calls {
+        let answer = call.await.expect("the task ran");
+        assert!(answer.is_ok(), "{answer:?}");
+    }
+    assert_eq!(pool.stats().counters.refused_queue_full, 0);
+    pool.shutdown().await;
+}
+
+/// `LoadShed` in front of the pool turns a Pending `poll_ready` (the pool
+/// is full) into an immediate `Overloaded` error, without submitting.
+#[tokio::test(start_paused = true)]
+async fn load_shedding_in_front_of_a_full_pool_refuses_at_once() {
+    let (pool, gate, _dropped) = pool(1, 1);
+    let mut service = Spawn::new(pool.service());
+    let running = service.call(request("running", "gate", None));
+    let queued = service.call(request("queued", "gate", None));
+    let shed = ServiceBuilder::new()
+        .load_shed()
+        .service(pool.service())
+        .oneshot(request("shed", "echo", None))
+        .await;
+    let error = shed.expect_err("the pool is full");
+    assert!(error.is::<tower::load_shed::error::Overloaded>(), "{error}");
+    let counters = pool.stats().counters;
+    assert_eq!((counters.submitted, counters.refused_queue_full), (2, 0));
+    gate.add_permits(2);
+    assert!(running.await.is_ok() && queued.await.is_ok());
     pool.shutdown().await;
 }
