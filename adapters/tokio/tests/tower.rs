@@ -10,8 +10,8 @@ use std::time::Duration;
 
 use foreman_support::bench::bench_request;
 use foreman_tokio::{
-    handler_fn, WorkerHandler, WorkerPool, WorkerPoolError, WorkerPoolOptions, WorkerProtocolError,
-    WorkerRequest,
+    handler_fn, PoolConfig, TokioRuntime, WorkerHandler, WorkerPool, WorkerPoolError,
+    WorkerPoolOptions, WorkerProtocolError, WorkerRequest,
 };
 use serde_json::{json, Value};
 use tokio::sync::Semaphore;
@@ -51,6 +51,18 @@ fn gated_handler(gate: &Arc<Semaphore>, dropped: &Arc<AtomicUsize>) -> Arc<dyn W
         }
     })
     .into_arc()
+}
+
+/// Lets the pool's tasks run (no time passes) until `condition` holds;
+/// panics if it does not within 1000 turns.
+async fn yield_until(what: &str, mut condition: impl FnMut() -> bool) {
+    for _ in 0..1000 {
+        if condition() {
+            return;
+        }
+        tokio::task::yield_now().await;
+    }
+    panic!("still waiting for {what}");
 }
 
 fn request(id: &str, node: &str, timeout_ms: Option<u64>) -> WorkerRequest {
@@ -96,9 +108,10 @@ async fn a_timeout_in_front_of_the_pool_cancels_a_hanging_request() {
     );
     assert_eq!(start.elapsed(), Duration::from_millis(50));
     // The cancellation reached the worker's task: its handler was dropped.
-    while dropped.load(Ordering::SeqCst) == 0 {
-        tokio::task::yield_now().await;
-    }
+    yield_until("the handler to be dropped", || {
+        dropped.load(Ordering::SeqCst) == 1
+    })
+    .await;
     let counters = pool.stats().counters;
     assert_eq!(counters.cancelled_running, 1);
     // The worker is free again: an echo through the same stack succeeds.
@@ -210,9 +223,7 @@ async fn a_buffer_in_front_of_the_pool_holds_callers_instead_of_refusing_them() 
         })
         .collect();
     // Two are in the pool (one running, one queued); the rest wait.
-    while pool.stats().queued < 1 {
-        tokio::task::yield_now().await;
-    }
+    yield_until("a request to queue", || pool.stats().queued == 1).await;
     gate.add_permits(6);
     for call in calls {
         let answer = call.await.expect("the task ran");
@@ -241,5 +252,51 @@ async fn load_shedding_in_front_of_a_full_pool_refuses_at_once() {
     assert_eq!((counters.submitted, counters.refused_queue_full), (2, 0));
     gate.add_permits(2);
     assert!(running.await.is_ok() && queued.await.is_ok());
+    pool.shutdown().await;
+}
+
+/// With two lanes, `poll_ready` is Ready while either lane has room,
+/// Pending once both are full, and woken when either frees a place.
+#[tokio::test(start_paused = true)]
+async fn readiness_spans_every_lane() {
+    let gate = Arc::new(Semaphore::new(0));
+    let dropped = Arc::new(AtomicUsize::new(0));
+    let handlers = vec![
+        gated_handler(&gate, &dropped),
+        gated_handler(&gate, &dropped),
+    ];
+    let options = WorkerPoolOptions {
+        queue_capacity: 1,
+        health_probe_interval: Duration::from_secs(60),
+        ..WorkerPoolOptions::default()
+    };
+    let lanes = std::num::NonZeroUsize::new(2).expect("two");
+    let pool = WorkerPool::with_lanes(
+        TokioRuntime,
+        handlers,
+        PoolConfig::new(options),
+        None,
+        lanes,
+    )
+    .expect("valid options");
+    let mut service = Spawn::new(pool.service());
+    let mut calls = Vec::new();
+    for i in 0..4 {
+        assert!(
+            matches!(service.poll_ready(), Poll::Ready(Ok(()))),
+            "place {i} of 4"
+        );
+        calls.push(service.call(request(&format!("l{i}"), "gate", None)));
+    }
+    let stats = pool.stats();
+    assert_eq!((stats.running, stats.queued), (2, 2), "both lanes full");
+    assert!(service.poll_ready().is_pending());
+    gate.add_permits(1);
+    yield_until("the freed place to wake the task", || service.is_woken()).await;
+    assert!(matches!(service.poll_ready(), Poll::Ready(Ok(()))));
+    gate.add_permits(3);
+    for call in calls {
+        assert!(call.await.is_ok());
+    }
     pool.shutdown().await;
 }
