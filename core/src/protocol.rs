@@ -79,7 +79,12 @@ pub enum WorkerResult {
 }
 
 /// A structured error reported by a worker or by the pool.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+///
+/// It is a `std::error::Error` (displayed as `ExecutionFailed: message`), so
+/// it travels boxed through error types such as tower's `BoxError` and can
+/// be recovered by downcasting.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Error)]
+#[error("{code:?}: {message}")]
 pub struct WorkerProtocolError {
     /// Machine-readable error code.
     pub code: WorkerErrorCode,

@@ -51,16 +51,36 @@
 //! a TOML or JSON file (durations written as `"30s"`), checks it with
 //! `PoolConfig::validate` and names the key of a bad value;
 //! `WorkerPool::from_settings` builds the pool from it.
+//!
+//! # Handlers without a trait impl, and tower
+//! A handler is anything implementing [`WorkerHandler`] (written with
+//! [`macro@async_trait`]), or a closure: [`handler_fn`] makes one of an
+//! `async` closure, with an optional probe closure
+//! ([`HandlerFn::with_probe`]).
+//!
+//! With the feature `tower` (forwarded by each adapter's feature of the
+//! same name) the pool and tower meet both ways:
+//! - `WorkerPool::service` returns a `PoolService`, a cloneable
+//!   `tower::Service<WorkerRequest>` (so is the pool itself), for tower
+//!   middleware in front of the pool; its `poll_ready` is Ready while the
+//!   pool would admit a request and Pending, woken when room frees, while
+//!   it would not (admission is still decided at `call`: see
+//!   `PoolService`);
+//! - `ServiceHandler` makes any `tower::Service<WorkerRequest>` answering
+//!   JSON a worker handler.
 #![deny(missing_docs)]
 #![forbid(unsafe_code)]
 
 mod answer;
+mod closure;
 mod cooperate;
 mod handler;
 mod live;
 mod names;
 mod pool;
 mod runtime;
+#[cfg(feature = "tower")]
+mod service;
 mod slot;
 mod started;
 mod state;
@@ -82,9 +102,12 @@ pub use io_timer::IoTimer;
 #[cfg(feature = "config")]
 pub use settings::{ConfigFileError, DriverSettings, PoolSettings, SecurityPolicySettings};
 
+pub use closure::{handler_fn, HandlerFn, HealthyProbe};
 pub use handler::{CircuitBreakerHooks, WorkerHandler, WorkerPoolClient};
 pub use pool::WorkerPool;
 pub use runtime::{AsyncTimer, Runtime};
+#[cfg(feature = "tower")]
+pub use service::{PoolService, PoolServiceFuture, ServiceHandler};
 pub use types::{BuildError, DriverOptions, HealthTransition, Timed, Timings};
 pub use worker::ExecutionMode;
 
@@ -110,7 +133,12 @@ pub mod api {
         WorkerRequest, WorkerResponse, WorkerResult, WorkerSecurityPolicy, WorkerStats,
     };
 
+    pub use crate::{handler_fn, HandlerFn, HealthyProbe};
+
     /// Settings files (the `config` feature).
     #[cfg(feature = "config")]
     pub use crate::{ConfigFileError, DriverSettings, PoolSettings, SecurityPolicySettings};
+
+    #[cfg(feature = "tower")]
+    pub use crate::{PoolService, PoolServiceFuture, ServiceHandler};
 }

@@ -135,6 +135,7 @@ impl<R: Runtime> WorkerPool<R> {
                 live: Arc::new(Live::default()),
                 armed: Time::MAX,
                 health_log: Default::default(),
+                room_waiters: Vec::new(),
                 pool_tasks,
                 publish_load: lanes.get() > 1,
             });
@@ -162,6 +163,7 @@ impl<R: Runtime> WorkerPool<R> {
                 })
                 .collect(),
             id: NEXT_POOL_ID.fetch_add(1, Ordering::Relaxed),
+            owners: AtomicUsize::new(1),
             next_home: AtomicUsize::new(0),
             names: Mutex::new(names),
             runtime,
@@ -404,7 +406,13 @@ impl<R: Runtime> std::fmt::Debug for WorkerPool<R> {
 }
 
 impl<R: Runtime> Drop for WorkerPool<R> {
+    /// Closes the pool (its worker, probe and timer tasks end) when the
+    /// last owner of its state goes: this `WorkerPool`, or the last
+    /// service handle on it (feature `tower`).
     fn drop(&mut self) {
+        if self.shared.owners.fetch_sub(1, Ordering::AcqRel) != 1 {
+            return;
+        }
         for lane in self.shared.lanes.iter() {
             let mut core = lane.core.lock();
             let mut wake = Wakers::default();
@@ -430,6 +438,9 @@ pub(crate) struct Shared<R> {
     pub(crate) lanes: Box<[Lane]>,
     /// This pool's id, for [`HOME_LANE`].
     pub(crate) id: u64,
+    /// The `WorkerPool` values sharing this state (the user's and the
+    /// service handles'); the last one dropped closes the pool.
+    pub(crate) owners: AtomicUsize,
     /// The home lane of the next thread that submits.
     pub(crate) next_home: AtomicUsize,
     names: Mutex<Names>,

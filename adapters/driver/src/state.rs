@@ -34,6 +34,9 @@ pub(crate) struct Core {
     /// The deadline the timer task was last told about (`Time::MAX`: none).
     pub(crate) armed: Time,
     pub(crate) health_log: VecDeque<HealthTransition>,
+    /// Tasks told the lane had no room (a service's `poll_ready`), woken
+    /// after the first input that leaves it admitting or shutting down.
+    pub(crate) room_waiters: Vec<Waker>,
     /// Handlers run on worker tasks ([`crate::ExecutionMode::PoolTasks`]).
     pub(crate) pool_tasks: bool,
     /// Whether its lane's counts are published in [`LaneSignals`] (only
@@ -325,6 +328,13 @@ impl Core {
             }
         }
         self.rearm(signals);
+        if !self.room_waiters.is_empty()
+            && (self.pool.would_admit() || self.pool.is_shutting_down())
+        {
+            for waker in self.room_waiters.drain(..) {
+                mine.wake.push(waker);
+            }
+        }
         if self.publish_load {
             signals
                 .idle

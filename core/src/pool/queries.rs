@@ -88,6 +88,21 @@ impl<P: Clone> Pool<P> {
         self.requests.len()
     }
 
+    /// Whether a valid request submitted now would be accepted: the pool
+    /// has not begun shutting down, a schedulable worker has room (a free
+    /// run slot or queue room), and the request table has room.
+    ///
+    /// It describes the pool as it is, and reserves nothing: the next
+    /// input may change it. A request can still be refused for itself
+    /// (`InvalidRequest`, or `Timeout` for a zero budget), and in a pool
+    /// whose workers a circuit breaker vets ([`vet`](Self::vet)) by the
+    /// breaker's vetoes (`CircuitOpen`).
+    pub fn would_admit(&self) -> bool {
+        self.lifecycle == Lifecycle::Running
+            && self.router.eligible_len() > 0
+            && self.requests.has_room()
+    }
+
     /// Whether shutdown has begun (new submits are refused).
     pub fn is_shutting_down(&self) -> bool {
         self.lifecycle != Lifecycle::Running
@@ -142,6 +157,63 @@ mod tests {
     use crate::config::{PoolConfig, WorkerPoolOptions};
     use crate::time::Time;
     use crate::Pool;
+
+    fn pool_of_one_worker(queue_capacity: usize) -> Pool<()> {
+        let options = WorkerPoolOptions {
+            queue_capacity,
+            ..WorkerPoolOptions::default()
+        };
+        let mut pool: Pool<()> =
+            Pool::new(PoolConfig::new(options), Time::ZERO).expect("valid options");
+        pool.add_worker(Time::ZERO).expect("a worker");
+        pool
+    }
+
+    #[test]
+    fn would_admit_says_whether_the_next_submit_is_accepted() {
+        // One run slot and one queue place: two requests, then `QueueFull`.
+        let mut pool = pool_of_one_worker(1);
+        let request = super::super::test_request(None);
+        let mut accepted = Vec::new();
+        for _ in 0..3 {
+            let predicted = pool.would_admit();
+            let submitted = pool.submit(Time::ZERO, &request, ());
+            assert_eq!(predicted, submitted.is_ok(), "{submitted:?}");
+            accepted.extend(submitted.ok());
+        }
+        assert_eq!(accepted.len(), 2);
+        assert!(!pool.would_admit(), "the queue is full");
+        // A completion frees a place: the queued request starts, and the
+        // queue has room again.
+        assert!(pool.handle_completion(Time::from_millis(1), accepted[0], Ok(Value::Null)));
+        assert!(pool.would_admit());
+        assert!(pool.submit(Time::from_millis(1), &request, ()).is_ok());
+        assert!(!pool.would_admit());
+        assert!(pool.check_invariants().is_ok());
+    }
+
+    #[test]
+    fn would_admit_nothing_without_a_schedulable_worker() {
+        let mut pool = pool_of_one_worker(1);
+        let worker = pool.workers().next().expect("a worker");
+        assert!(pool.would_admit());
+        pool.remove_worker(Time::ZERO, worker).expect("removable");
+        assert!(!pool.would_admit(), "a worker being removed takes nothing");
+        let refused = pool.submit(Time::ZERO, &super::super::test_request(None), ());
+        assert!(refused.is_err());
+        // A new worker makes room again.
+        pool.add_worker(Time::ZERO).expect("a worker");
+        assert!(pool.would_admit());
+    }
+
+    #[test]
+    fn would_admit_nothing_once_shutdown_began() {
+        let mut pool = pool_of_one_worker(4);
+        assert!(pool.would_admit());
+        pool.begin_shutdown(Time::ZERO, None);
+        assert!(!pool.would_admit());
+        assert!(pool.is_shutting_down());
+    }
 
     #[test]
     fn shutting_down_from_begin_shutdown_on_and_stopped_once_drained() {

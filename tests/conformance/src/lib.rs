@@ -43,12 +43,18 @@ use std::sync::{Arc, Mutex, OnceLock, PoisonError, Weak};
 use std::task::Poll;
 use std::time::Duration;
 
+pub use closures::*;
 use foreman_driver::{
     async_trait, CircuitBreakerHooks, DriverOptions, ExecutionMode, HealthCause, PoolConfig,
     Runtime, WorkerErrorCode, WorkerHandler, WorkerHealth, WorkerHealthStatus, WorkerOperation,
     WorkerPool, WorkerPoolError, WorkerPoolOptions, WorkerProtocolError, WorkerRequest,
     WorkerResponse, WorkerResult, WorkerSecurityPolicy,
 };
+pub use service::*;
+
+mod closures;
+mod service;
+
 use futures::future::{self, Either};
 use futures::FutureExt;
 use serde_json::{json, Value};
@@ -107,6 +113,15 @@ macro_rules! conformance_suite {
             a_moved_request_allowed_nowhere_is_answered,
             a_breaker_over_two_lanes_counts_each_request_once,
             commands_after_shutdown_answer_shutting_down,
+        );
+        $crate::conformance_suite!(@each $target;
+            a_closure_handler_and_its_probe_serve_the_pool,
+            a_panicking_closure_handler_is_answered_execution_failed,
+            the_pool_service_waits_for_room_and_is_woken_when_it_frees,
+            a_call_that_raced_past_poll_ready_gets_the_pools_refusal,
+            call_all_through_the_pool_service_never_overflows_its_queue,
+            a_service_handle_keeps_its_pool_running,
+            a_tower_service_serves_as_a_worker_handler,
         );
     };
     (@each $target:ty; $($name:ident),* $(,)?) => {$(
