@@ -129,7 +129,7 @@ fn draw_latency(
     let low = buckets.iter().map(|b| ms(b.p50)).fold(high, f64::min) / 1.5;
     let mut chart = ChartBuilder::on(area)
         .caption(
-            format!("request latency, submit to answer (p50, p99 per 1/{BUCKETS} of the run)"),
+            format!("request latency in ms, submit to answer: p50 and p99 per 1/{BUCKETS} of the run (log scale)"),
             (FONT, 17),
         )
         .margin(12)
@@ -139,7 +139,6 @@ fn draw_latency(
     chart
         .configure_mesh()
         .x_desc("seconds")
-        .y_desc("ms (log scale)")
         .label_style((FONT, 12))
         .draw()?;
     for (name, color, pick) in [
@@ -156,7 +155,7 @@ fn draw_latency(
     }
     chart
         .configure_series_labels()
-        .position(SeriesLabelPosition::UpperRight)
+        .position(SeriesLabelPosition::LowerRight)
         .background_style(WHITE.mix(0.8))
         .border_style(BLACK)
         .label_font((FONT, 12))
