@@ -151,7 +151,17 @@ pub enum DemoError {
 /// written.
 pub async fn run<R: Runtime + Clone>(runtime: R, args: &Args) -> Result<(), DemoError> {
     let _quiet = QuietPanics::install();
-    let data = drive(runtime, args).await?;
+    let roles = layout(args.workers);
+    println!(
+        "foreman quickstart: {} workers ({}), {} callers, {} requests, {} routing, seed {}",
+        roles.len(),
+        census(&roles),
+        args.callers,
+        args.requests,
+        args.routing.name(),
+        args.seed
+    );
+    let data = drive(runtime, args, Progress::new(args.requests)).await?;
     println!();
     print!("{}", report::render(&data));
     chart::write_svg(&data, &args.svg)?;
@@ -159,9 +169,18 @@ pub async fn run<R: Runtime + Clone>(runtime: R, args: &Args) -> Result<(), Demo
     Ok(())
 }
 
-/// Builds the pool, runs the callers with the progress bar, and returns
-/// the run's records, health transitions and workers.
-async fn drive<R: Runtime + Clone>(runtime: R, args: &Args) -> Result<RunData, DemoError> {
+/// Builds the pool of the scenario `args` describes on `runtime`, runs its
+/// callers while `progress` shows how far they are, shuts the pool down
+/// and returns the run's records, health transitions and workers. Call it
+/// inside the runtime.
+///
+/// # Errors
+/// [`DemoError::Build`] if the pool cannot be built.
+pub async fn drive<R: Runtime + Clone>(
+    runtime: R,
+    args: &Args,
+    mut progress: Progress,
+) -> Result<RunData, DemoError> {
     let shared_rt = Arc::new(runtime.clone());
     let roles = layout(args.workers);
     let ran_on = Arc::new(RanOn::default());
@@ -201,15 +220,6 @@ async fn drive<R: Runtime + Clone>(runtime: R, args: &Args) -> Result<RunData, D
         .into_iter()
         .map(|w| w.worker_id)
         .collect();
-    println!(
-        "foreman quickstart: {} workers ({}), {} callers, {} requests, {} routing, seed {}",
-        roles.len(),
-        census(&roles),
-        args.callers,
-        args.requests,
-        args.routing.name(),
-        args.seed
-    );
 
     let next = Arc::new(AtomicUsize::new(0));
     let (tx, mut rx) = mpsc::unbounded::<Record>();
@@ -255,7 +265,6 @@ async fn drive<R: Runtime + Clone>(runtime: R, args: &Args) -> Result<RunData, D
     }
     drop(tx);
 
-    let mut progress = Progress::new(args.requests);
     let mut records = Vec::with_capacity(args.requests);
     let mut errors = 0;
     while let Some(record) = rx.next().await {

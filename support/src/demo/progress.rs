@@ -39,6 +39,12 @@ impl Progress {
         Self::with_target(total, ProgressDrawTarget::stdout())
     }
 
+    /// No bar, only the plain lines (for a run whose output is not
+    /// watched, such as a test's).
+    pub fn plain(total: usize) -> Self {
+        Self::with_target(total, ProgressDrawTarget::hidden())
+    }
+
     /// A bar drawn to `target`; a hidden target (indicatif's choice for a
     /// stdout that is not a terminal) gives plain lines.
     pub fn with_target(total: usize, target: ProgressDrawTarget) -> Self {
