@@ -1,329 +1,332 @@
-//! The quickstart's workload, shared by every adapter's example: LLM-like
-//! and tool-like workers with heavy-tailed latencies, a flaky one, one that
-//! hangs and one that panics, driven by concurrent callers; then a report.
+//! The quickstart, shared by every adapter's example: LLM-like and
+//! tool-like workers with heavy-tailed latencies, a flaky one, one that
+//! hangs and one that panics, driven by concurrent callers; a live progress
+//! bar, then a per-worker report and an SVG chart of the run.
 //!
 //! Deterministic workers (each has its own seeded [`Rng`]), no network;
 //! written against [`Runtime`], so it runs on every adapter's runtime.
+//!
+//! - [`workload`]: the workers, the requests, the panic-hook filter;
+//! - [`report`]: the records of a run and the report printed from them;
+//! - [`chart`]: the SVG picture;
+//! - [`progress`]: the live progress bar.
 
-use std::collections::BTreeMap;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Duration;
 
+use clap::{Parser, ValueEnum};
 use foreman_driver::{
-    async_trait, Runtime, WorkerErrorCode, WorkerHandler, WorkerHealthStatus, WorkerOperation,
-    WorkerPool, WorkerPoolError, WorkerPoolOptions, WorkerProtocolError, WorkerRequest,
+    BuildError, PoolConfig, RoutingPolicy, Runtime, WorkerHandler, WorkerPool, WorkerPoolOptions,
 };
 use futures::channel::mpsc;
 use futures::StreamExt;
-use serde_json::{json, Value};
+use thiserror::Error;
 
-use crate::{percentile, sleep, Rng};
+use crate::{sleep, Rng};
 
-/// Real latencies are divided by this so the demo ends in seconds.
-pub const TIME_SCALE: u32 = 20;
+pub mod chart;
+pub mod progress;
+pub mod report;
+pub mod workload;
 
-/// What a demo worker does.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Behaviour {
-    /// Tuned for LLM calls: median 600 ms (tool calls 40 ms), heavy tail.
-    Llm,
-    /// Tuned for tool calls: median 40 ms (LLM calls 900 ms).
-    Tool,
-    /// A tool that fails 40% of its calls.
-    Flaky,
-    /// A tool that hangs on every call after its 20th (the pool's deadline
-    /// stops it).
-    Hangs,
-    /// A tool that panics on 15% of its calls.
-    Panics,
+#[cfg(test)]
+mod tests;
+
+use progress::{Counts, Progress};
+use report::{Change, Outcome, Record, RunData, WorkerInfo};
+use workload::{demo_request, layout, DemoWorker, QuietPanics, RanOn};
+
+/// The quickstart's scenario, from the command line (`--help` lists it).
+#[derive(Debug, Clone, PartialEq, Eq, Parser)]
+#[command(
+    name = "quickstart",
+    about = "foreman's quickstart: a pool of LLM-like and tool workers (one flaky, one that \
+             hangs, one that panics) under concurrent callers, with a live progress bar, a \
+             per-worker report and an SVG chart of the run"
+)]
+pub struct Args {
+    /// Workers in the pool: from 4 on, one flaky, one hanging and one
+    /// panicking worker per 10 (rounded up), the rest LLM and tool workers,
+    /// 4 to 3.
+    #[arg(long, default_value_t = 10, value_parser = at_least_one)]
+    pub workers: usize,
+    /// Concurrent callers, each submitting one request at a time.
+    #[arg(long, default_value_t = 64, value_parser = at_least_one)]
+    pub callers: usize,
+    /// Requests in all.
+    #[arg(long, default_value_t = 2000, value_parser = at_least_one)]
+    pub requests: usize,
+    /// How the pool picks a worker for each request.
+    #[arg(long, value_enum, default_value_t = Routing::IdleFirst)]
+    pub routing: Routing,
+    /// Seed of the workers' latencies and failures and of the callers'
+    /// requests: the same seed gives the same workload.
+    #[arg(long, default_value_t = 0x5eed)]
+    pub seed: u64,
+    /// Where to write the SVG chart of the run.
+    #[arg(long, default_value = "target/foreman-quickstart.svg")]
+    pub svg: PathBuf,
 }
 
-/// A simulated worker, sleeping on the runtime's timer.
-#[derive(Debug)]
-pub struct DemoWorker<R: Runtime> {
-    runtime: Arc<R>,
-    behaviour: Behaviour,
-    rng: Mutex<Rng>,
-    calls: AtomicUsize,
+impl Args {
+    /// The scenario from the process's command line; prints the usage and
+    /// exits on `--help` or a bad flag.
+    pub fn from_env() -> Self {
+        Self::parse()
+    }
 }
 
-impl<R: Runtime> DemoWorker<R> {
-    /// A worker with the given behaviour and seed.
-    pub fn new(runtime: Arc<R>, behaviour: Behaviour, seed: u64) -> Self {
-        DemoWorker {
-            runtime,
-            behaviour,
-            rng: Mutex::new(Rng::new(seed)),
-            calls: AtomicUsize::new(0),
+impl Default for Args {
+    fn default() -> Self {
+        Self::parse_from(["quickstart"])
+    }
+}
+
+fn at_least_one(text: &str) -> Result<usize, String> {
+    match text.parse::<usize>() {
+        Ok(0) => Err("must be at least 1".into()),
+        Ok(value) => Ok(value),
+        Err(error) => Err(error.to_string()),
+    }
+}
+
+/// The routing policies the quickstart offers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Routing {
+    /// An idle worker first, Healthy before Degraded; a queued request runs
+    /// on the first worker to free up (foreman's default).
+    #[value(name = "idle_first", alias = "idle-first")]
+    IdleFirst,
+    /// Workers in turn, as the reference routes.
+    #[value(name = "round_robin", alias = "round-robin")]
+    RoundRobin,
+}
+
+impl Routing {
+    /// Its name on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            Routing::IdleFirst => "idle_first",
+            Routing::RoundRobin => "round_robin",
+        }
+    }
+
+    /// The core's policy.
+    pub fn policy(self) -> RoutingPolicy {
+        match self {
+            Routing::IdleFirst => RoutingPolicy::IdleFirst,
+            Routing::RoundRobin => RoutingPolicy::RoundRobin,
         }
     }
 }
 
-#[async_trait]
-impl<R: Runtime> WorkerHandler for DemoWorker<R> {
-    async fn handle(&self, request: WorkerRequest) -> Result<Value, WorkerProtocolError> {
-        let call = self.calls.fetch_add(1, Ordering::Relaxed);
-        let (latency, roll) = {
-            let mut rng = self.rng.lock().unwrap_or_else(PoisonError::into_inner);
-            let slow = matches!(request.operation, WorkerOperation::Llm { .. });
-            let latency = match (slow, self.behaviour) {
-                (true, Behaviour::Llm) => rng.lognormal(600.0, 0.6),
-                (true, _) => rng.lognormal(900.0, 0.6),
-                (false, Behaviour::Tool) => rng.lognormal(40.0, 0.9),
-                (false, _) => rng.lognormal(80.0, 0.9),
-            };
-            (latency, rng.unit())
-        };
-        match self.behaviour {
-            Behaviour::Hangs if call >= 20 => std::future::pending::<()>().await,
-            Behaviour::Panics if roll < 0.15 => panic!("tool crashed on {}", request.request_id),
-            _ => {}
-        }
-        sleep(&*self.runtime, latency / TIME_SCALE).await;
-        if self.behaviour == Behaviour::Flaky && roll < 0.4 {
-            return Err(WorkerProtocolError::new(
-                WorkerErrorCode::ExecutionFailed,
-                "upstream 503",
-                true,
-            ));
-        }
-        Ok(json!({"request": request.request_id, "latency_ms": latency.as_millis() as u64}))
-    }
-
-    async fn probe_health(&self) -> WorkerHealthStatus {
-        WorkerHealthStatus::Healthy
-    }
+/// Why the quickstart stopped.
+#[derive(Debug, Error)]
+pub enum DemoError {
+    /// The pool could not be built.
+    #[error("the demo pool could not be built: {0}")]
+    Build(#[from] BuildError),
+    /// plotters could not draw the chart.
+    #[error("cannot draw the chart: {0}")]
+    Chart(String),
+    /// The chart could not be written.
+    #[error("cannot write the chart to {}: {source}", path.display())]
+    Write {
+        /// Where it was to go.
+        path: PathBuf,
+        /// Why it could not.
+        source: std::io::Error,
+    },
 }
 
-/// Builds the demo pool, runs `requests` requests from `callers` concurrent
-/// callers, and prints a live progress line (stderr) and the report
-/// (stdout). Call it inside the runtime.
+/// Runs the scenario `args` describes on `runtime`, with a live progress
+/// bar, then prints the report and writes the chart (stdout). Call it
+/// inside the runtime. While it runs, the panic hook passes over the
+/// demo's own deliberate panics ([`QuietPanics`]).
 ///
 /// # Errors
-/// Returns the pool's error if it cannot be built.
-pub async fn run<R: Runtime + Clone>(
+/// [`DemoError`] if the pool cannot be built or the chart cannot be
+/// written.
+pub async fn run<R: Runtime + Clone>(runtime: R, args: &Args) -> Result<(), DemoError> {
+    let _quiet = QuietPanics::install();
+    let roles = layout(args.workers);
+    println!(
+        "foreman quickstart: {} workers ({}), {} callers, {} requests, {} routing, seed {}",
+        roles.len(),
+        census(&roles),
+        args.callers,
+        args.requests,
+        args.routing.name(),
+        args.seed
+    );
+    let data = drive(runtime, args, Progress::new(args.requests)).await?;
+    println!();
+    print!("{}", report::render(&data));
+    chart::write_svg(&data, &args.svg)?;
+    println!("\nchart: {}", args.svg.display());
+    Ok(())
+}
+
+/// Builds the pool of the scenario `args` describes on `runtime`, runs its
+/// callers while `progress` shows how far they are, shuts the pool down
+/// and returns the run's records, health transitions and workers. Call it
+/// inside the runtime.
+///
+/// # Errors
+/// [`DemoError::Build`] if the pool cannot be built.
+pub async fn drive<R: Runtime + Clone>(
     runtime: R,
-    requests: usize,
-    callers: usize,
-) -> Result<(), WorkerPoolError> {
+    args: &Args,
+    mut progress: Progress,
+) -> Result<RunData, DemoError> {
     let shared_rt = Arc::new(runtime.clone());
-    let layout = [
-        (Behaviour::Llm, 4),
-        (Behaviour::Tool, 3),
-        (Behaviour::Flaky, 1),
-        (Behaviour::Hangs, 1),
-        (Behaviour::Panics, 1),
-    ];
-    let mut handlers: Vec<Arc<dyn WorkerHandler>> = Vec::new();
-    let mut kinds = Vec::new();
-    for (behaviour, count) in layout {
-        for _ in 0..count {
-            let seed = 0x5eed_u64 + handlers.len() as u64;
-            handlers.push(Arc::new(DemoWorker::new(
+    let roles = layout(args.workers);
+    let ran_on = Arc::new(RanOn::default());
+    let handlers: Vec<Arc<dyn WorkerHandler>> = roles
+        .iter()
+        .enumerate()
+        .map(|(index, &behaviour)| {
+            let seed = args.seed.wrapping_add(index as u64);
+            let worker = DemoWorker::new(
                 Arc::clone(&shared_rt),
                 behaviour,
+                index,
+                Arc::clone(&ran_on),
                 seed,
-            )));
-            kinds.push(behaviour);
-        }
-    }
+            );
+            Arc::new(worker) as Arc<dyn WorkerHandler>
+        })
+        .collect();
     let options = WorkerPoolOptions {
         queue_capacity: 16,
         health_probe_interval: Duration::from_millis(500),
         default_request_timeout: Some(Duration::from_millis(500)),
         ..WorkerPoolOptions::default()
     };
-    let pool = Arc::new(
-        WorkerPool::with_config(runtime.clone(), handlers, options.into(), None)
-            .map_err(WorkerPoolError::from)?,
-    );
-    for (index, kind) in kinds.iter().enumerate() {
-        eprintln!("worker-{index}: {kind:?}");
-    }
+    let mut config = PoolConfig::new(options);
+    config.routing = args.routing.policy();
+    let origin = runtime.now();
+    let pool = Arc::new(WorkerPool::with_config(
+        runtime.clone(),
+        handlers,
+        config,
+        None,
+    )?);
+    let ids: Vec<String> = pool
+        .stats()
+        .workers
+        .into_iter()
+        .map(|w| w.worker_id)
+        .collect();
 
-    let started = Instant::now();
     let next = Arc::new(AtomicUsize::new(0));
-    let (tx, mut rx) = mpsc::unbounded::<Outcome>();
-    for caller in 0..callers {
-        let (pool, next, tx, runtime2) = (
+    let (tx, mut rx) = mpsc::unbounded::<Record>();
+    for caller in 0..args.callers {
+        let (pool, next, tx, rt, ran_on) = (
             Arc::clone(&pool),
             Arc::clone(&next),
             tx.clone(),
             Arc::clone(&shared_rt),
+            Arc::clone(&ran_on),
         );
+        let (requests, seed) = (args.requests, args.seed);
         runtime.spawn(Box::pin(async move {
-            let mut rng = Rng::new(caller as u64 + 1);
+            let mut rng = Rng::new(seed.rotate_left(17) ^ (caller as u64 + 1));
             loop {
                 let index = next.fetch_add(1, Ordering::Relaxed);
                 if index >= requests {
                     return;
                 }
                 let request = demo_request(index, &mut rng);
-                let submitted = runtime2.now();
+                let request_id = request.request_id.clone();
+                let submitted = rt.now();
                 let timed = pool.submit_timed(request).await;
-                let total = runtime2.now().saturating_duration_since(submitted);
-                let outcome = match timed.result {
-                    Ok(_) => Outcome {
-                        label: "ok".into(),
-                        queue_ms: Some(millis(timed.timings.queued)),
-                        run_ms: timed.timings.ran.map(millis),
-                        total,
+                let answered = rt.now();
+                let record = Record {
+                    worker: ran_on.take(&request_id),
+                    outcome: match &timed.result {
+                        Ok(_) => Outcome::Ok,
+                        Err(error) => Outcome::of_error(error),
                     },
-                    Err(error) => Outcome {
-                        label: label(&error),
-                        queue_ms: None,
-                        run_ms: None,
-                        total,
-                    },
+                    answered: answered.saturating_duration_since(origin),
+                    queued: timed.timings.queued,
+                    ran: timed.timings.ran,
+                    total: answered.saturating_duration_since(submitted),
                 };
-                if tx.unbounded_send(outcome).is_err() {
+                if tx.unbounded_send(record).is_err() {
                     return;
                 }
                 // Think time between a caller's requests.
-                sleep(&*runtime2, Duration::from_millis(rng.below(20))).await;
+                sleep(&*rt, Duration::from_millis(rng.below(20))).await;
             }
         }));
     }
     drop(tx);
 
-    let mut outcomes = Vec::with_capacity(requests);
-    while let Some(outcome) = rx.next().await {
-        outcomes.push(outcome);
-        if outcomes.len() % 50 == 0 || outcomes.len() == requests {
-            let stats = pool.stats();
-            eprint!(
-                "\r{:>5}/{requests} answered  running {:>2}  queued {:>3}  {:>5.1}s ",
-                outcomes.len(),
-                stats.running,
-                stats.queued,
-                started.elapsed().as_secs_f64()
-            );
-        }
+    let mut records = Vec::with_capacity(args.requests);
+    let mut errors = 0;
+    while let Some(record) = rx.next().await {
+        errors += usize::from(record.outcome != Outcome::Ok);
+        records.push(record);
+        let stats = pool.stats();
+        progress.update(Counts {
+            answered: records.len(),
+            running: stats.running,
+            queued: stats.queued,
+            errors,
+        });
     }
-    eprintln!();
-    let elapsed = started.elapsed();
+    progress.finish();
+    let end = runtime.now().saturating_duration_since(origin);
+    let stats = pool.stats();
+    let history = pool.health_history();
     pool.shutdown().await;
-    report(&pool, &outcomes, elapsed);
-    Ok(())
+
+    let index_of = |id: &str| ids.iter().position(|known| known == id);
+    let changes = history
+        .into_iter()
+        .filter_map(|t| {
+            Some(Change {
+                worker: index_of(&t.worker_id)?,
+                at: t.at,
+                from: t.from,
+                to: t.to,
+            })
+        })
+        .collect();
+    let workers = stats
+        .workers
+        .into_iter()
+        .zip(&roles)
+        .map(|(worker, role)| WorkerInfo {
+            id: worker.worker_id,
+            role: role.name(),
+            state: worker.status,
+        })
+        .collect();
+    Ok(RunData {
+        workers,
+        records,
+        changes,
+        start: Duration::ZERO,
+        end,
+    })
 }
 
-struct Outcome {
-    label: String,
-    queue_ms: Option<u64>,
-    run_ms: Option<u64>,
-    total: Duration,
-}
-
-fn demo_request(index: usize, rng: &mut Rng) -> WorkerRequest {
-    let operation = if rng.unit() < 0.4 {
-        WorkerOperation::Llm {
-            model: "demo-llm".into(),
-            prompt: format!("step {index}"),
-            scoped_input: json!({}),
+/// `4 llm, 3 tool, 1 flaky, …`: how many workers have each role.
+fn census(roles: &[workload::Behaviour]) -> String {
+    let mut counts: Vec<(&str, usize)> = Vec::new();
+    for role in roles {
+        match counts.iter_mut().find(|(name, _)| *name == role.name()) {
+            Some((_, count)) => *count += 1,
+            None => counts.push((role.name(), 1)),
         }
-    } else {
-        WorkerOperation::Tool {
-            tool: "search".into(),
-            input: json!({"q": index}),
-            scoped_input: json!({}),
-        }
-    };
-    WorkerRequest {
-        request_id: format!("req-{index}"),
-        workflow_name: "quickstart".into(),
-        node_id: format!("node-{}", index % 7),
-        timeout_ms: None,
-        operation,
     }
-}
-
-fn label(error: &WorkerPoolError) -> String {
-    match error {
-        WorkerPoolError::Worker(inner) => format!("worker error: {:?}", inner.code),
-        WorkerPoolError::InvalidRequest { .. } => "refused: InvalidRequest".into(),
-        WorkerPoolError::QueueFull => "refused: QueueFull".into(),
-        WorkerPoolError::NoHealthyWorker => "refused: NoHealthyWorker".into(),
-        WorkerPoolError::CircuitOpen => "refused: CircuitOpen".into(),
-        WorkerPoolError::ShuttingDown => "ShuttingDown".into(),
-        WorkerPoolError::Timeout => "timeout".into(),
-    }
-}
-
-fn percentiles(mut values: Vec<u64>) -> String {
-    if values.is_empty() {
-        return "-".into();
-    }
-    values.sort_unstable();
-    let at = |p: usize| percentile(&values, p).unwrap_or(0);
-    format!(
-        "p50 {:>5} ms  p90 {:>5} ms  p99 {:>5} ms  max {:>5} ms",
-        at(50),
-        at(90),
-        at(99),
-        at(100)
-    )
-}
-
-fn report<R: Runtime>(pool: &WorkerPool<R>, outcomes: &[Outcome], elapsed: Duration) {
-    println!("== foreman quickstart report ==");
-    println!(
-        "{} requests in {:.2} s: {:.0} requests/s (latencies are real ones divided by {TIME_SCALE})",
-        outcomes.len(),
-        elapsed.as_secs_f64(),
-        outcomes.len() as f64 / elapsed.as_secs_f64()
-    );
-    println!(
-        "queued   {}",
-        percentiles(outcomes.iter().filter_map(|o| o.queue_ms).collect())
-    );
-    println!(
-        "running  {}",
-        percentiles(outcomes.iter().filter_map(|o| o.run_ms).collect())
-    );
-    println!(
-        "total    {}",
-        percentiles(
-            outcomes
-                .iter()
-                .map(|o| o.total.as_millis() as u64)
-                .collect()
-        )
-    );
-    let mut by_label = BTreeMap::<&str, usize>::new();
-    for outcome in outcomes {
-        *by_label.entry(outcome.label.as_str()).or_default() += 1;
-    }
-    println!("outcomes:");
-    for (label, count) in by_label {
-        println!("  {label:<28} {count:>6}");
-    }
-    let counters = pool.stats().counters;
-    println!(
-        "core counters: accepted {} succeeded {} failed {} timed out (queued/running) {}/{} refused {} run by the first free worker {} probes {} (timed out {})",
-        counters.accepted,
-        counters.succeeded,
-        counters.failed,
-        counters.timed_out_queued,
-        counters.timed_out_running,
-        counters.refused(),
-        counters.reassigned,
-        counters.probes_sent,
-        counters.probes_timed_out
-    );
-    println!("health transitions:");
-    for change in pool.health_history() {
-        println!(
-            "  {:>8.3} s  {:<9} {:?} -> {:?} ({:?})",
-            change.at.as_secs_f64(),
-            change.worker_id,
-            change.from,
-            change.to,
-            change.cause
-        );
-    }
-}
-
-fn millis(duration: Duration) -> u64 {
-    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
+    let parts: Vec<String> = counts
+        .iter()
+        .map(|(name, n)| format!("{n} {name}"))
+        .collect();
+    parts.join(", ")
 }

@@ -1,9 +1,9 @@
 //! foreman-support: what foreman's examples and benches share, kept out of
 //! the library crates.
 //!
-//! - [`demo`]: the quickstart's workload (LLM-like and tool-like workers,
-//!   concurrent callers, a report), run by every adapter's `quickstart`
-//!   example.
+//! - [`demo`]: the quickstart (LLM-like and tool-like workers, concurrent
+//!   callers, a live progress bar, a per-worker report, an SVG chart, the
+//!   command-line flags), run by every adapter's `quickstart` example.
 //! - [`bench`](mod@bench): the benches' handlers and request, and the one closed-loop
 //!   throughput harness that every adapter's throughput bench runs on its
 //!   own runtime. The harness reads its knobs (`FOREMAN_BENCH_*`) from the
