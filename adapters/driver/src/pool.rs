@@ -473,10 +473,11 @@ impl<R: Runtime> WorkerPool<R> {
 
     /// Health of every worker, in worker order. Never waits for a handler.
     ///
-    /// A worker is `Healthy` with no failure counted, `Degraded` with
-    /// fewer than the options' `unavailable_after_failures` consecutive
-    /// failures, `Unavailable` (given no new work) from there on, or when
-    /// its last probe said so, and after shutdown.
+    /// A worker's status is the worse of two verdicts: its consecutive
+    /// failures (none: `Healthy`; fewer than the options'
+    /// `unavailable_after_failures`: `Degraded`; that many: `Unavailable`,
+    /// given no new work) and its last probe's answer. After shutdown every
+    /// worker is `Unavailable`.
     ///
     /// # Examples
     /// ```
