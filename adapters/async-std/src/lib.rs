@@ -47,6 +47,19 @@
 //! # }).unwrap();
 //! ```
 //!
+//! Every entry point has a runnable example in its own docs, written for
+//! foreman-tokio (the same code runs here with this crate's `use` lines and
+//! runtime): building a pool ([`WorkerPool::new_inprocess`],
+//! [`WorkerPool::with_config`] with a [`PoolConfig`] and a
+//! [`RoutingPolicy`]), running requests
+//! ([`WorkerPool::submit`], [`WorkerPool::submit_timed`]), watching the
+//! pool ([`WorkerPool::stats`], [`WorkerPool::health_snapshot`],
+//! [`WorkerPool::health_history`]), changing its workers
+//! ([`WorkerPool::restart_worker`], with `add_worker` and
+//! `remove_worker`), stopping it ([`WorkerPool::shutdown_with_deadline`]),
+//! and the traits you implement ([`WorkerHandler`],
+//! [`CircuitBreakerHooks`]).
+//!
 //! Everything but [`AsyncStdRuntime`] lives in `foreman-driver` (shared with
 //! the other adapters); every decision is `foreman-core`'s. This crate is
 //! only async-std's spawn, timer and clock.

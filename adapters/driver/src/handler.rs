@@ -23,6 +23,71 @@ use serde_json::Value;
 /// submitted the request, except that a request that queued may get its
 /// first poll from the task that just freed its worker. Do not rely on
 /// task-local values in `handle`; pass what it needs in the request.
+///
+/// # Examples
+/// A handler for LLM calls, with its own health probe; the pool gets one
+/// `Arc` per worker (here two workers sharing one client):
+///
+/// ```
+/// use std::sync::atomic::{AtomicBool, Ordering};
+/// use std::sync::Arc;
+/// use foreman_tokio::{
+///     async_trait, WorkerErrorCode, WorkerHandler, WorkerHealthStatus, WorkerOperation,
+///     WorkerPool, WorkerPoolOptions, WorkerProtocolError, WorkerRequest,
+/// };
+/// use serde_json::{json, Value};
+///
+/// struct Llm {
+///     /// Stands for a connection to a model server.
+///     reachable: AtomicBool,
+/// }
+///
+/// #[async_trait]
+/// impl WorkerHandler for Llm {
+///     async fn handle(&self, request: WorkerRequest) -> Result<Value, WorkerProtocolError> {
+///         match request.operation {
+///             WorkerOperation::Llm { model, prompt, .. } => {
+///                 Ok(json!({ "model": model, "completion": format!("echo: {prompt}") }))
+///             }
+///             WorkerOperation::Tool { tool, .. } => Err(WorkerProtocolError::new(
+///                 WorkerErrorCode::ExecutionFailed,
+///                 format!("this worker runs no tools ({tool})"),
+///                 false, // the same request would fail again
+///             )),
+///         }
+///     }
+///
+///     async fn probe_health(&self) -> WorkerHealthStatus {
+///         if self.reachable.load(Ordering::Relaxed) {
+///             WorkerHealthStatus::Healthy
+///         } else {
+///             WorkerHealthStatus::Unavailable
+///         }
+///     }
+/// }
+///
+/// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+/// let llm = Arc::new(Llm { reachable: AtomicBool::new(true) });
+/// let handlers: Vec<Arc<dyn WorkerHandler>> = vec![llm.clone(), llm];
+/// let pool = WorkerPool::new_inprocess(handlers, WorkerPoolOptions::default(), None)?;
+/// let response = pool
+///     .submit(WorkerRequest {
+///         request_id: "req-1".into(),
+///         workflow_name: "demo".into(),
+///         node_id: "summarise".into(),
+///         timeout_ms: None,
+///         operation: WorkerOperation::Llm {
+///             model: "small".into(),
+///             prompt: "hello".into(),
+///             scoped_input: json!({}),
+///         },
+///     })
+///     .await?;
+/// assert_eq!(response.worker_id, "worker-0");
+/// pool.shutdown().await;
+/// # Ok::<(), foreman_tokio::WorkerPoolError>(())
+/// # }).unwrap();
+/// ```
 #[async_trait]
 pub trait WorkerHandler: Send + Sync {
     /// Handles one request.
@@ -79,6 +144,82 @@ pub trait WorkerHandler: Send + Sync {
 ///
 /// `allow_request` is synchronous: keep it short, it runs between two
 /// steps of the pool's choice.
+///
+/// # Examples
+/// A breaker that opens a worker's circuit after two failures in a row
+/// and closes it on the next success; here it starts with `worker-0`'s
+/// circuit open, so `worker-1` serves:
+///
+/// ```
+/// use std::collections::HashMap;
+/// use std::sync::{Arc, Mutex};
+/// use foreman_tokio::{
+///     async_trait, CircuitBreakerHooks, WorkerHandler, WorkerPool, WorkerPoolOptions,
+///     WorkerProtocolError, WorkerRequest, WorkerResponse,
+/// };
+/// # use serde_json::{json, Value};
+/// # struct Echo;
+/// # #[async_trait]
+/// # impl WorkerHandler for Echo {
+/// #     async fn handle(&self, _: WorkerRequest) -> Result<Value, WorkerProtocolError> {
+/// #         Ok(json!(null))
+/// #     }
+/// # }
+/// # fn request(id: &str) -> foreman_tokio::WorkerRequest {
+/// #     foreman_tokio::WorkerRequest {
+/// #         request_id: id.into(),
+/// #         workflow_name: "demo".into(),
+/// #         node_id: "node".into(),
+/// #         timeout_ms: None,
+/// #         operation: foreman_tokio::WorkerOperation::Tool {
+/// #             tool: "echo".into(),
+/// #             input: serde_json::json!({}),
+/// #             scoped_input: serde_json::json!({}),
+/// #         },
+/// #     }
+/// # }
+///
+/// #[derive(Default)]
+/// struct Breaker {
+///     /// Consecutive failures per worker id.
+///     failures: Mutex<HashMap<String, u32>>,
+/// }
+///
+/// impl Breaker {
+///     fn set(&self, worker_id: &str, failures: u32) {
+///         self.failures.lock().unwrap().insert(worker_id.to_owned(), failures);
+///     }
+/// }
+///
+/// #[async_trait]
+/// impl CircuitBreakerHooks for Breaker {
+///     fn allow_request(&self, worker_id: &str, _request: &WorkerRequest) -> bool {
+///         self.failures.lock().unwrap().get(worker_id).copied().unwrap_or(0) < 2
+///     }
+///
+///     async fn on_request_success(&self, worker_id: &str, _response: &WorkerResponse) {
+///         self.set(worker_id, 0);
+///     }
+///
+///     async fn on_request_failure(&self, worker_id: &str, _error: &WorkerProtocolError) {
+///         *self.failures.lock().unwrap().entry(worker_id.to_owned()).or_default() += 1;
+///     }
+/// }
+///
+/// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+/// let breaker = Breaker::default();
+/// breaker.set("worker-0", 2); // open
+/// let hooks: Arc<dyn CircuitBreakerHooks> = Arc::new(breaker);
+/// let handlers: Vec<Arc<dyn WorkerHandler>> = vec![Arc::new(Echo), Arc::new(Echo)];
+/// let pool = WorkerPool::new_inprocess(handlers, WorkerPoolOptions::default(), Some(hooks))?;
+///
+/// let response = pool.submit(request("req-1")).await?;
+/// assert_eq!(response.worker_id, "worker-1");
+/// assert_eq!(pool.stats().counters.succeeded, 1);
+/// pool.shutdown().await;
+/// # Ok::<(), foreman_tokio::WorkerPoolError>(())
+/// # }).unwrap();
+/// ```
 #[async_trait]
 pub trait CircuitBreakerHooks: Send + Sync {
     /// Returns `false` to keep the request off this worker.
@@ -108,6 +249,49 @@ pub trait CircuitBreakerHooks: Send + Sync {
 }
 
 /// What a workflow runtime needs from a worker pool.
+///
+/// Every adapter's `WorkerPool` implements it; code that takes a
+/// `&dyn WorkerPoolClient` runs on any of them, or on a stand-in of its
+/// own in tests.
+///
+/// # Examples
+/// ```
+/// # use std::sync::Arc;
+/// # use foreman_tokio::{async_trait, WorkerHandler, WorkerProtocolError, WorkerRequest};
+/// # use serde_json::{json, Value};
+/// # struct Echo;
+/// # #[async_trait]
+/// # impl WorkerHandler for Echo {
+/// #     async fn handle(&self, _: WorkerRequest) -> Result<Value, WorkerProtocolError> {
+/// #         Ok(json!(null))
+/// #     }
+/// # }
+/// # fn request(id: &str) -> foreman_tokio::WorkerRequest {
+/// #     foreman_tokio::WorkerRequest {
+/// #         request_id: id.into(),
+/// #         workflow_name: "demo".into(),
+/// #         node_id: "node".into(),
+/// #         timeout_ms: None,
+/// #         operation: foreman_tokio::WorkerOperation::Tool {
+/// #             tool: "echo".into(),
+/// #             input: serde_json::json!({}),
+/// #             scoped_input: serde_json::json!({}),
+/// #         },
+/// #     }
+/// # }
+/// use foreman_tokio::{WorkerPool, WorkerPoolClient, WorkerPoolError, WorkerPoolOptions};
+///
+/// async fn run_node(client: &dyn WorkerPoolClient) -> Result<String, WorkerPoolError> {
+///     Ok(client.submit(request("req-1")).await?.worker_id)
+/// }
+///
+/// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+/// let pool = WorkerPool::new_inprocess(vec![Arc::new(Echo)], WorkerPoolOptions::default(), None)?;
+/// assert_eq!(run_node(&pool).await?, "worker-0");
+/// pool.shutdown().await;
+/// # Ok::<(), WorkerPoolError>(())
+/// # }).unwrap();
+/// ```
 #[async_trait]
 pub trait WorkerPoolClient: Send + Sync {
     /// Submits one request and waits for its answer.

@@ -2,8 +2,29 @@
 //!
 //! [`WorkerPool`] puts `foreman_core::Pool` behind a short-held lock and
 //! carries out what it decides; it is written once, on `futures` alone, and
-//! each adapter (`foreman-tokio`, …) only supplies a [`Runtime`]: spawn, a
-//! timer and a clock.
+//! each adapter (`foreman-tokio`, `foreman-smol`, `foreman-async-std`) only
+//! supplies a [`Runtime`]: spawn, a timer and a clock. Applications use an
+//! adapter, whose `WorkerPool` is this type on its runtime and which
+//! re-exports everything below ([`api`]).
+//!
+//! # Where to start
+//! The driver has no runtime of its own, so every example here runs on
+//! foreman-tokio; the same code runs on the other adapters with their
+//! `use` lines.
+//!
+//! | to | see |
+//! |---|---|
+//! | write the code a worker runs | [`WorkerHandler`] |
+//! | build a pool from the reference's options | [`WorkerPool::new_inprocess`] |
+//! | choose the routing policy, requests per worker, probe timeout | [`WorkerPool::with_config`] with a [`PoolConfig`] |
+//! | run a request | [`WorkerPool::submit`]; with queue and run times, [`WorkerPool::submit_timed`] |
+//! | watch the pool | [`WorkerPool::stats`], [`WorkerPool::health_snapshot`], [`WorkerPool::health_history`] |
+//! | change the workers | [`WorkerPool::add_worker`], [`WorkerPool::restart_worker`], [`WorkerPool::remove_worker`] |
+//! | stop | [`WorkerPool::shutdown`], [`WorkerPool::shutdown_with_deadline`] |
+//! | veto workers, hear of every outcome | [`CircuitBreakerHooks`] |
+//! | run callers' handlers in their own tasks, split the lock | [`DriverOptions`], [`WorkerPool::with_driver_options`], [`WorkerPool::with_lanes`] |
+//! | write code that takes any pool | [`WorkerPoolClient`] |
+//! | put the pool on another runtime | [`Runtime`] |
 //!
 //! # How a request runs
 //! By default ([`ExecutionMode::PoolTasks`]) every worker has a task on the

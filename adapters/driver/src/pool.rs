@@ -52,7 +52,43 @@ impl<R: Runtime + Default> WorkerPool<R> {
     /// # Errors
     /// `NoHealthyWorker` when `handlers` is empty; `InvalidRequest` naming
     /// the field when `options` make no sense (a zero queue capacity or
-    /// probe interval, …).
+    /// probe interval, …), or saying so when the runtime cannot spawn tasks
+    /// here (for foreman-tokio: outside a tokio runtime).
+    ///
+    /// # Examples
+    /// Every example in this crate runs on foreman-tokio, whose
+    /// `WorkerPool` is this type on tokio; the other adapters' are the
+    /// same.
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use foreman_tokio::{
+    ///     async_trait, WorkerHandler, WorkerPool, WorkerPoolError, WorkerPoolOptions,
+    ///     WorkerProtocolError, WorkerRequest,
+    /// };
+    /// use serde_json::{json, Value};
+    ///
+    /// struct Echo;
+    ///
+    /// #[async_trait]
+    /// impl WorkerHandler for Echo {
+    ///     async fn handle(&self, request: WorkerRequest) -> Result<Value, WorkerProtocolError> {
+    ///         Ok(json!({ "node": request.node_id }))
+    ///     }
+    /// }
+    ///
+    /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+    /// let handlers: Vec<Arc<dyn WorkerHandler>> = vec![Arc::new(Echo), Arc::new(Echo)];
+    /// let pool = WorkerPool::new_inprocess(handlers, WorkerPoolOptions::default(), None)?;
+    /// assert_eq!(pool.stats().workers.len(), 2); // worker-0 and worker-1
+    /// pool.shutdown().await;
+    ///
+    /// // No handler, no pool.
+    /// let none = WorkerPool::new_inprocess(Vec::new(), WorkerPoolOptions::default(), None);
+    /// assert!(matches!(none, Err(WorkerPoolError::NoHealthyWorker)));
+    /// # Ok::<(), WorkerPoolError>(())
+    /// # }).unwrap();
+    /// ```
     pub fn new_inprocess(
         handlers: Vec<Arc<dyn WorkerHandler>>,
         options: WorkerPoolOptions,
@@ -66,9 +102,55 @@ impl<R: Runtime + Default> WorkerPool<R> {
 impl<R: Runtime> WorkerPool<R> {
     /// Creates a pool with full control over the core's configuration.
     ///
+    /// [`PoolConfig::new`] wraps the reference's options with foreman's
+    /// defaults; set its fields to choose the routing policy, late binding,
+    /// requests per worker, the probe timeout or the nesting limit. Unlike
+    /// [`new_inprocess`](Self::new_inprocess), the configuration is used as
+    /// given: with `hooks`, call [`PoolConfig::vetted_by_breaker`] to have
+    /// each request run on the worker that `allow_request` approved.
+    ///
     /// # Errors
     /// [`BuildError`] when there is no handler, the configuration is
     /// invalid, or the runtime cannot spawn tasks here.
+    ///
+    /// # Examples
+    /// ```
+    /// # use std::sync::Arc;
+    /// # use foreman_tokio::{async_trait, WorkerHandler, WorkerProtocolError, WorkerRequest};
+    /// # use serde_json::{json, Value};
+    /// # struct Echo;
+    /// # #[async_trait]
+    /// # impl WorkerHandler for Echo {
+    /// #     async fn handle(&self, _: WorkerRequest) -> Result<Value, WorkerProtocolError> {
+    /// #         Ok(json!(null))
+    /// #     }
+    /// # }
+    /// use std::time::Duration;
+    /// use foreman_tokio::{
+    ///     BuildError, PoolConfig, RoutingPolicy, TokioRuntime, WorkerPool, WorkerPoolOptions,
+    /// };
+    ///
+    /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+    /// let mut options = WorkerPoolOptions::default();
+    /// options.queue_capacity = 16;
+    /// options.default_request_timeout = Some(Duration::from_secs(10));
+    ///
+    /// let mut config = PoolConfig::new(options);
+    /// config.routing = RoutingPolicy::RoundRobin; // the reference's rule
+    /// config.max_concurrency_per_worker = 2;
+    /// config.probe_timeout = Duration::from_secs(1);
+    ///
+    /// let handlers: Vec<Arc<dyn WorkerHandler>> = vec![Arc::new(Echo), Arc::new(Echo)];
+    /// let pool = WorkerPool::with_config(TokioRuntime, handlers, config.clone(), None)?;
+    /// pool.shutdown().await;
+    ///
+    /// // A configuration the pool cannot run with is refused, naming the field.
+    /// config.max_concurrency_per_worker = 0;
+    /// let refused = WorkerPool::with_config(TokioRuntime, vec![Arc::new(Echo)], config, None);
+    /// assert!(matches!(refused, Err(BuildError::Config(_))));
+    /// # Ok::<(), BuildError>(())
+    /// # }).unwrap();
+    /// ```
     pub fn with_config(
         runtime: R,
         handlers: Vec<Arc<dyn WorkerHandler>>,
@@ -86,6 +168,31 @@ impl<R: Runtime> WorkerPool<R> {
     /// # Errors
     /// [`BuildError`] when there is no handler, the configuration is
     /// invalid, or the runtime cannot spawn tasks here.
+    ///
+    /// # Examples
+    /// ```
+    /// # use std::sync::Arc;
+    /// # use foreman_tokio::{async_trait, WorkerHandler, WorkerProtocolError, WorkerRequest};
+    /// # use serde_json::{json, Value};
+    /// # struct Echo;
+    /// # #[async_trait]
+    /// # impl WorkerHandler for Echo {
+    /// #     async fn handle(&self, _: WorkerRequest) -> Result<Value, WorkerProtocolError> {
+    /// #         Ok(json!(null))
+    /// #     }
+    /// # }
+    /// use std::num::NonZeroUsize;
+    /// use foreman_tokio::{PoolConfig, TokioRuntime, WorkerPool};
+    ///
+    /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+    /// let handlers: Vec<Arc<dyn WorkerHandler>> = (0..4).map(|_| Arc::new(Echo) as _).collect();
+    /// let lanes = NonZeroUsize::new(2).expect("two lanes");
+    /// let pool = WorkerPool::with_lanes(TokioRuntime, handlers, PoolConfig::default(), None, lanes)?;
+    /// assert_eq!(pool.stats().workers.len(), 4);
+    /// pool.shutdown().await;
+    /// # Ok::<(), foreman_tokio::BuildError>(())
+    /// # }).unwrap();
+    /// ```
     pub fn with_lanes(
         runtime: R,
         handlers: Vec<Arc<dyn WorkerHandler>>,
@@ -103,6 +210,35 @@ impl<R: Runtime> WorkerPool<R> {
     /// # Errors
     /// [`BuildError`] when there is no handler, the configuration is
     /// invalid, or the runtime cannot spawn tasks here.
+    ///
+    /// # Examples
+    /// ```
+    /// # use std::sync::Arc;
+    /// # use foreman_tokio::{async_trait, WorkerHandler, WorkerProtocolError, WorkerRequest};
+    /// # use serde_json::{json, Value};
+    /// # struct Echo;
+    /// # #[async_trait]
+    /// # impl WorkerHandler for Echo {
+    /// #     async fn handle(&self, _: WorkerRequest) -> Result<Value, WorkerProtocolError> {
+    /// #         Ok(json!(null))
+    /// #     }
+    /// # }
+    /// use foreman_tokio::{DriverOptions, ExecutionMode, PoolConfig, TokioRuntime, WorkerPool};
+    ///
+    /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+    /// // Handlers run inside the callers' tasks (see `ExecutionMode::CallerTask`'s caveats).
+    /// let options = DriverOptions::default().execution(ExecutionMode::CallerTask);
+    /// let pool = WorkerPool::with_driver_options(
+    ///     TokioRuntime,
+    ///     vec![Arc::new(Echo)],
+    ///     PoolConfig::default(),
+    ///     None,
+    ///     options,
+    /// )?;
+    /// pool.shutdown().await;
+    /// # Ok::<(), foreman_tokio::BuildError>(())
+    /// # }).unwrap();
+    /// ```
     pub fn with_driver_options(
         runtime: R,
         handlers: Vec<Arc<dyn WorkerHandler>>,
@@ -189,9 +325,13 @@ impl<R: Runtime> WorkerPool<R> {
 
     /// Submits one request and waits for its answer.
     ///
-    /// The handler runs in the calling task once the core grants it a
-    /// worker. Dropping the returned future cancels the request: it leaves
-    /// its queue, or its handler is dropped.
+    /// The request is checked against the security policy, then runs on
+    /// the worker the core grants it: on that worker's task by default, or
+    /// inside the calling task under [`ExecutionMode::CallerTask`]. Its
+    /// time budget (its `timeout_ms`, or the options'
+    /// `default_request_timeout`) covers its wait in a queue and its run.
+    /// Dropping the returned future cancels the request: it leaves its
+    /// queue, or its handler future is dropped.
     ///
     /// # Errors
     /// A refusal (`InvalidRequest`, `QueueFull`, `NoHealthyWorker`,
@@ -199,6 +339,62 @@ impl<R: Runtime> WorkerPool<R> {
     /// error (`Worker`, also for a panic, a restart or a cancellation),
     /// `Timeout` when its budget ran out while queued or running, or
     /// `ShuttingDown` when a drain deadline cut it off.
+    ///
+    /// # Examples
+    /// ```
+    /// use std::sync::Arc;
+    /// use foreman_tokio::{
+    ///     async_trait, WorkerErrorCode, WorkerHandler, WorkerOperation, WorkerPool,
+    ///     WorkerPoolError, WorkerPoolOptions, WorkerProtocolError, WorkerRequest, WorkerResult,
+    /// };
+    /// use serde_json::{json, Value};
+    ///
+    /// /// Runs the `upper` tool; every other tool fails.
+    /// struct Tools;
+    ///
+    /// #[async_trait]
+    /// impl WorkerHandler for Tools {
+    ///     async fn handle(&self, request: WorkerRequest) -> Result<Value, WorkerProtocolError> {
+    ///         match request.operation {
+    ///             WorkerOperation::Tool { tool, input, .. } if tool == "upper" => {
+    ///                 Ok(json!(input.as_str().unwrap_or_default().to_uppercase()))
+    ///             }
+    ///             _ => Err(WorkerProtocolError::new(
+    ///                 WorkerErrorCode::ExecutionFailed,
+    ///                 "unknown tool",
+    ///                 false,
+    ///             )),
+    ///         }
+    ///     }
+    /// }
+    ///
+    /// fn tool_call(id: &str, tool: &str, input: Value) -> WorkerRequest {
+    ///     WorkerRequest {
+    ///         request_id: id.into(),
+    ///         workflow_name: "demo".into(),
+    ///         node_id: "node-1".into(),
+    ///         timeout_ms: Some(5_000), // queue wait plus run
+    ///         operation: WorkerOperation::Tool { tool: tool.into(), input, scoped_input: json!({}) },
+    ///     }
+    /// }
+    ///
+    /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+    /// let pool = WorkerPool::new_inprocess(vec![Arc::new(Tools)], WorkerPoolOptions::default(), None)?;
+    ///
+    /// let response = pool.submit(tool_call("req-1", "upper", json!("hi"))).await?;
+    /// assert_eq!(response.request_id, "req-1");
+    /// assert_eq!(response.worker_id, "worker-0");
+    /// assert_eq!(response.result, WorkerResult::Success { output: json!("HI") });
+    ///
+    /// // The handler's error is the request's answer.
+    /// match pool.submit(tool_call("req-2", "grep", json!("hi"))).await {
+    ///     Err(WorkerPoolError::Worker(error)) => assert_eq!(error.code, WorkerErrorCode::ExecutionFailed),
+    ///     other => panic!("expected the worker's error, got {other:?}"),
+    /// }
+    /// pool.shutdown().await;
+    /// # Ok::<(), foreman_tokio::WorkerPoolError>(())
+    /// # }).unwrap();
+    /// ```
     pub fn submit(
         &self,
         request: WorkerRequest,
@@ -212,7 +408,48 @@ impl<R: Runtime> WorkerPool<R> {
     /// and how long its handler ran (the reference's `elapsed_ms` is their
     /// sum).
     ///
-    /// A refused request has zero timings.
+    /// A refused request has zero timings. `submit_timed` itself cannot
+    /// fail: its [`Timed::result`] holds what [`submit`](Self::submit)
+    /// returns, errors included.
+    ///
+    /// # Examples
+    /// ```
+    /// # use std::sync::Arc;
+    /// # use foreman_tokio::{async_trait, WorkerHandler, WorkerProtocolError, WorkerRequest};
+    /// # use serde_json::{json, Value};
+    /// # struct Echo;
+    /// # #[async_trait]
+    /// # impl WorkerHandler for Echo {
+    /// #     async fn handle(&self, _: WorkerRequest) -> Result<Value, WorkerProtocolError> {
+    /// #         Ok(json!(null))
+    /// #     }
+    /// # }
+    /// # fn request(id: &str) -> foreman_tokio::WorkerRequest {
+    /// #     foreman_tokio::WorkerRequest {
+    /// #         request_id: id.into(),
+    /// #         workflow_name: "demo".into(),
+    /// #         node_id: "node".into(),
+    /// #         timeout_ms: None,
+    /// #         operation: foreman_tokio::WorkerOperation::Tool {
+    /// #             tool: "echo".into(),
+    /// #             input: serde_json::json!({}),
+    /// #             scoped_input: serde_json::json!({}),
+    /// #         },
+    /// #     }
+    /// # }
+    /// use foreman_tokio::{WorkerPool, WorkerPoolOptions};
+    ///
+    /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+    /// let pool = WorkerPool::new_inprocess(vec![Arc::new(Echo)], WorkerPoolOptions::default(), None)?;
+    /// let timed = pool.submit_timed(request("req-1")).await;
+    /// let response = timed.result?;
+    /// // The reference's `elapsed_ms` is the sum of the two.
+    /// let total = timed.timings.queued + timed.timings.ran.unwrap_or_default();
+    /// assert_eq!(response.elapsed_ms, total.as_millis() as u64);
+    /// pool.shutdown().await;
+    /// # Ok::<(), foreman_tokio::WorkerPoolError>(())
+    /// # }).unwrap();
+    /// ```
     pub fn submit_timed(&self, request: WorkerRequest) -> impl Future<Output = Timed> + Send + '_ {
         // The request goes straight into its slot (the core's payload), so
         // the future every caller holds carries a pointer, not the request.
@@ -237,6 +474,39 @@ impl<R: Runtime> WorkerPool<R> {
     }
 
     /// Health of every worker, in worker order. Never waits for a handler.
+    ///
+    /// A worker's status is the worse of two verdicts: its consecutive
+    /// failures (none: `Healthy`; fewer than the options'
+    /// `unavailable_after_failures`: `Degraded`; that many: `Unavailable`,
+    /// given no new work) and its last probe's answer. After shutdown every
+    /// worker is `Unavailable`.
+    ///
+    /// # Examples
+    /// ```
+    /// # use std::sync::Arc;
+    /// # use foreman_tokio::{async_trait, WorkerHandler, WorkerProtocolError, WorkerRequest};
+    /// # use serde_json::{json, Value};
+    /// # struct Echo;
+    /// # #[async_trait]
+    /// # impl WorkerHandler for Echo {
+    /// #     async fn handle(&self, _: WorkerRequest) -> Result<Value, WorkerProtocolError> {
+    /// #         Ok(json!(null))
+    /// #     }
+    /// # }
+    /// use foreman_tokio::{WorkerHealthStatus, WorkerPool, WorkerPoolOptions};
+    ///
+    /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+    /// let pool = WorkerPool::new_inprocess(vec![Arc::new(Echo)], WorkerPoolOptions::default(), None)?;
+    /// for health in pool.health_snapshot().await {
+    ///     assert_eq!(health.worker_id, "worker-0");
+    ///     assert_eq!(health.status, WorkerHealthStatus::Healthy);
+    ///     assert_eq!(health.consecutive_failures, 0);
+    /// }
+    /// pool.shutdown().await;
+    /// assert!(pool.health_snapshot().await.iter().all(|h| h.status == WorkerHealthStatus::Unavailable));
+    /// # Ok::<(), foreman_tokio::WorkerPoolError>(())
+    /// # }).unwrap();
+    /// ```
     pub async fn health_snapshot(&self) -> Vec<WorkerHealth> {
         let mut all = Vec::new();
         for lane in self.shared.lanes.iter() {
@@ -248,6 +518,45 @@ impl<R: Runtime> WorkerPool<R> {
     /// Counters by outcome and refusal reason, queue depths and per-worker
     /// state (in worker order). Never waits for a handler. With several
     /// lanes, worker keys are per lane: tell workers apart by id.
+    ///
+    /// # Examples
+    /// ```
+    /// # use std::sync::Arc;
+    /// # use foreman_tokio::{async_trait, WorkerHandler, WorkerProtocolError, WorkerRequest};
+    /// # use serde_json::{json, Value};
+    /// # struct Echo;
+    /// # #[async_trait]
+    /// # impl WorkerHandler for Echo {
+    /// #     async fn handle(&self, _: WorkerRequest) -> Result<Value, WorkerProtocolError> {
+    /// #         Ok(json!(null))
+    /// #     }
+    /// # }
+    /// # fn request(id: &str) -> foreman_tokio::WorkerRequest {
+    /// #     foreman_tokio::WorkerRequest {
+    /// #         request_id: id.into(),
+    /// #         workflow_name: "demo".into(),
+    /// #         node_id: "node".into(),
+    /// #         timeout_ms: None,
+    /// #         operation: foreman_tokio::WorkerOperation::Tool {
+    /// #             tool: "echo".into(),
+    /// #             input: serde_json::json!({}),
+    /// #             scoped_input: serde_json::json!({}),
+    /// #         },
+    /// #     }
+    /// # }
+    /// use foreman_tokio::{WorkerPool, WorkerPoolOptions};
+    ///
+    /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+    /// let pool = WorkerPool::new_inprocess(vec![Arc::new(Echo)], WorkerPoolOptions::default(), None)?;
+    /// pool.submit(request("req-1")).await?;
+    /// let stats = pool.stats();
+    /// assert_eq!((stats.counters.accepted, stats.counters.succeeded), (1, 1));
+    /// assert_eq!((stats.queued, stats.running), (0, 0));
+    /// assert_eq!(stats.workers[0].worker_id, "worker-0");
+    /// pool.shutdown().await;
+    /// # Ok::<(), foreman_tokio::WorkerPoolError>(())
+    /// # }).unwrap();
+    /// ```
     pub fn stats(&self) -> Stats {
         let mut total = Stats::default();
         for lane in self.shared.lanes.iter() {
@@ -265,6 +574,50 @@ impl<R: Runtime> WorkerPool<R> {
 
     /// Every health status change so far (the latest 4096 per lane),
     /// oldest first.
+    ///
+    /// # Examples
+    /// ```
+    /// use std::sync::Arc;
+    /// use foreman_tokio::{
+    ///     async_trait, HealthCause, WorkerErrorCode, WorkerHandler, WorkerHealthStatus,
+    ///     WorkerPool, WorkerPoolOptions, WorkerProtocolError, WorkerRequest,
+    /// };
+    /// use serde_json::Value;
+    /// # fn request(id: &str) -> WorkerRequest {
+    /// #     WorkerRequest {
+    /// #         request_id: id.into(),
+    /// #         workflow_name: "demo".into(),
+    /// #         node_id: "node".into(),
+    /// #         timeout_ms: None,
+    /// #         operation: foreman_tokio::WorkerOperation::Tool {
+    /// #             tool: "echo".into(),
+    /// #             input: serde_json::json!({}),
+    /// #             scoped_input: serde_json::json!({}),
+    /// #         },
+    /// #     }
+    /// # }
+    ///
+    /// struct Failing;
+    ///
+    /// #[async_trait]
+    /// impl WorkerHandler for Failing {
+    ///     async fn handle(&self, _: WorkerRequest) -> Result<Value, WorkerProtocolError> {
+    ///         Err(WorkerProtocolError::new(WorkerErrorCode::ExecutionFailed, "down", true))
+    ///     }
+    /// }
+    ///
+    /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+    /// let pool = WorkerPool::new_inprocess(vec![Arc::new(Failing)], WorkerPoolOptions::default(), None)?;
+    /// assert!(pool.submit(request("req-1")).await.is_err());
+    ///
+    /// let history = pool.health_history();
+    /// let first = &history[0];
+    /// assert_eq!((first.worker_id.as_str(), first.cause), ("worker-0", HealthCause::Failure));
+    /// assert_eq!((first.from, first.to), (WorkerHealthStatus::Healthy, WorkerHealthStatus::Degraded));
+    /// pool.shutdown().await;
+    /// # Ok::<(), foreman_tokio::WorkerPoolError>(())
+    /// # }).unwrap();
+    /// ```
     pub fn health_history(&self) -> Vec<HealthTransition> {
         let mut all: Vec<HealthTransition> = Vec::new();
         for lane in self.shared.lanes.iter() {
@@ -281,6 +634,39 @@ impl<R: Runtime> WorkerPool<R> {
     /// # Errors
     /// `NoHealthyWorker` for an unknown (or removed) worker id;
     /// `ShuttingDown` once the pool has stopped.
+    ///
+    /// # Examples
+    /// Adding, restarting and removing a worker:
+    ///
+    /// ```
+    /// # use std::sync::Arc;
+    /// # use foreman_tokio::{async_trait, WorkerHandler, WorkerProtocolError, WorkerRequest};
+    /// # use serde_json::{json, Value};
+    /// # struct Echo;
+    /// # #[async_trait]
+    /// # impl WorkerHandler for Echo {
+    /// #     async fn handle(&self, _: WorkerRequest) -> Result<Value, WorkerProtocolError> {
+    /// #         Ok(json!(null))
+    /// #     }
+    /// # }
+    /// use foreman_tokio::{WorkerPool, WorkerPoolError, WorkerPoolOptions};
+    ///
+    /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+    /// let pool = WorkerPool::new_inprocess(vec![Arc::new(Echo)], WorkerPoolOptions::default(), None)?;
+    /// let id = pool.add_worker(Arc::new(Echo))?;
+    /// assert_eq!(id, "worker-1");
+    ///
+    /// pool.restart_worker(&id).await?; // health reset, queue kept
+    /// pool.remove_worker(&id)?; // its queue moves to worker-0
+    /// assert_eq!(pool.stats().workers.len(), 1);
+    ///
+    /// // An id the pool does not know (any more).
+    /// assert_eq!(pool.restart_worker(&id).await, Err(WorkerPoolError::NoHealthyWorker));
+    /// pool.shutdown().await;
+    /// assert_eq!(pool.add_worker(Arc::new(Echo)), Err(WorkerPoolError::ShuttingDown));
+    /// # Ok::<(), foreman_tokio::WorkerPoolError>(())
+    /// # }).unwrap();
+    /// ```
     pub async fn restart_worker(&self, worker_id: &str) -> Result<(), WorkerPoolError> {
         self.command(worker_id, |core, now, key| {
             core.pool.restart_worker(now, key)
@@ -288,10 +674,15 @@ impl<R: Runtime> WorkerPool<R> {
     }
 
     /// Adds a worker running `handler` (to the lane with the fewest
-    /// workers); returns its id.
+    /// workers); returns its id (`worker-N`, the next unused number). It
+    /// takes new requests at once and is probed like the others.
     ///
     /// # Errors
-    /// `ShuttingDown` once shutdown began.
+    /// `ShuttingDown` once shutdown began; `InvalidRequest` when the pool
+    /// already tracks the largest number of workers it can (2^32).
+    ///
+    /// # Examples
+    /// See [`restart_worker`](Self::restart_worker).
     pub fn add_worker(&self, handler: Arc<dyn WorkerHandler>) -> Result<String, WorkerPoolError> {
         let shared = &self.shared;
         let mut names = shared.names.lock();
@@ -329,9 +720,17 @@ impl<R: Runtime> WorkerPool<R> {
     /// Removes a worker: it takes no new requests, its queued requests move
     /// to other workers of its lane, its running request finishes.
     ///
+    /// A queued request no other worker can take is answered with a
+    /// retryable `Unavailable` error. In a pool with hooks, a request the
+    /// circuit breaker placed on the removed worker moves only to a worker
+    /// whose `allow_request` approves it (see [`CircuitBreakerHooks`]).
+    ///
     /// # Errors
     /// `NoHealthyWorker` for an unknown worker id or one already being
-    /// removed.
+    /// removed; `ShuttingDown` once the pool has stopped.
+    ///
+    /// # Examples
+    /// See [`restart_worker`](Self::restart_worker).
     pub fn remove_worker(&self, worker_id: &str) -> Result<(), WorkerPoolError> {
         self.command(worker_id, |core, now, key| {
             core.pool.remove_worker(now, key)
@@ -343,6 +742,9 @@ impl<R: Runtime> WorkerPool<R> {
     /// request timeout, after which the rest are aborted and answered
     /// `ShuttingDown`). Returns once every handler and probe has ended;
     /// afterwards every worker reports `Unavailable`.
+    ///
+    /// # Examples
+    /// See [`shutdown_with_deadline`](Self::shutdown_with_deadline).
     pub async fn shutdown(&self) {
         self.shutdown_inner(self.shared.config.default_drain())
             .await;
@@ -351,6 +753,64 @@ impl<R: Runtime> WorkerPool<R> {
     /// Like [`shutdown`](Self::shutdown), with a drain deadline: requests
     /// still queued or running after `drain` are aborted and answered
     /// `ShuttingDown`. A zero `drain` aborts everything at once.
+    ///
+    /// # Examples
+    /// A request that would run for a minute, cut off by a one-second
+    /// drain (on tokio's paused test clock, so the example takes no time):
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use std::time::Duration;
+    /// use foreman_tokio::{
+    ///     async_trait, WorkerHandler, WorkerOperation, WorkerPool, WorkerPoolError,
+    ///     WorkerPoolOptions, WorkerProtocolError, WorkerRequest,
+    /// };
+    /// use serde_json::{json, Value};
+    ///
+    /// struct Slow;
+    ///
+    /// #[async_trait]
+    /// impl WorkerHandler for Slow {
+    ///     async fn handle(&self, _: WorkerRequest) -> Result<Value, WorkerProtocolError> {
+    ///         tokio::time::sleep(Duration::from_secs(60)).await;
+    ///         Ok(json!("done"))
+    ///     }
+    /// }
+    /// # fn request(id: &str) -> WorkerRequest {
+    /// #     WorkerRequest {
+    /// #         request_id: id.into(),
+    /// #         workflow_name: "demo".into(),
+    /// #         node_id: "node".into(),
+    /// #         timeout_ms: None,
+    /// #         operation: WorkerOperation::Tool {
+    /// #             tool: "slow".into(),
+    /// #             input: json!({}),
+    /// #             scoped_input: json!({}),
+    /// #         },
+    /// #     }
+    /// # }
+    ///
+    /// # tokio::runtime::Builder::new_current_thread().enable_all().start_paused(true).build().unwrap().block_on(async {
+    /// let pool = Arc::new(WorkerPool::new_inprocess(
+    ///     vec![Arc::new(Slow)],
+    ///     WorkerPoolOptions::default(),
+    ///     None,
+    /// )?);
+    /// let caller = {
+    ///     let pool = Arc::clone(&pool);
+    ///     tokio::spawn(async move { pool.submit(request("req-1")).await })
+    /// };
+    /// while pool.stats().running == 0 {
+    ///     tokio::task::yield_now().await; // let the request start
+    /// }
+    ///
+    /// pool.shutdown_with_deadline(Duration::from_secs(1)).await;
+    /// assert_eq!(caller.await.unwrap(), Err(WorkerPoolError::ShuttingDown));
+    /// assert_eq!(pool.submit(request("req-2")).await, Err(WorkerPoolError::ShuttingDown));
+    /// assert_eq!(pool.stats().counters.aborted_by_shutdown, 1);
+    /// # Ok::<(), foreman_tokio::WorkerPoolError>(())
+    /// # }).unwrap();
+    /// ```
     pub async fn shutdown_with_deadline(&self, drain: Duration) {
         self.shutdown_inner(drain).await;
     }

@@ -11,7 +11,17 @@ use thiserror::Error;
 
 use crate::worker::ExecutionMode;
 
-/// Why a pool could not be built.
+/// Why a pool could not be built, from [`WorkerPool::with_config`],
+/// [`WorkerPool::with_lanes`] and [`WorkerPool::with_driver_options`]
+/// (whose examples show one). [`WorkerPool::new_inprocess`] turns it into
+/// the reference's [`WorkerPoolError`]: `NoHealthyWorker` for
+/// [`NoWorkers`](Self::NoWorkers), `InvalidRequest` with this message for
+/// the others.
+///
+/// [`WorkerPool::with_config`]: crate::WorkerPool::with_config
+/// [`WorkerPool::with_lanes`]: crate::WorkerPool::with_lanes
+/// [`WorkerPool::with_driver_options`]: crate::WorkerPool::with_driver_options
+/// [`WorkerPool::new_inprocess`]: crate::WorkerPool::new_inprocess
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 #[non_exhaustive]
 pub enum BuildError {
@@ -45,8 +55,10 @@ impl From<BuildError> for WorkerPoolError {
 /// the pool measured them on its runtime's clock.
 ///
 /// A foreman extension: the reference's `WorkerResponse` carries only
-/// `elapsed_ms`, their sum. Returned by [`WorkerPool::submit_timed`](crate::WorkerPool::submit_timed), for
-/// errors too (a `Timeout` says where the budget went).
+/// `elapsed_ms`, their sum. Returned by
+/// [`WorkerPool::submit_timed`](crate::WorkerPool::submit_timed), for
+/// errors too (a `Timeout` says where the budget went), whose example
+/// adds them up to `elapsed_ms`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 #[non_exhaustive]
 pub struct Timings {
@@ -80,7 +92,9 @@ impl Timed {
 
 /// The driver's own options (foreman additions, beside the core's
 /// `PoolConfig`): where handlers run and how many lanes the workers are
-/// spread over. Build with `DriverOptions::default()` and the setters.
+/// spread over. Build with `DriverOptions::default()` and the setters,
+/// and pass to [`WorkerPool::with_driver_options`](crate::WorkerPool::with_driver_options)
+/// (whose example sets [`ExecutionMode::CallerTask`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct DriverOptions {
@@ -116,7 +130,9 @@ impl DriverOptions {
     }
 }
 
-/// One health status change of a worker, as the core reported it.
+/// One health status change of a worker, as the core reported it; listed
+/// by [`WorkerPool::health_history`](crate::WorkerPool::health_history)
+/// (whose example reads one).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HealthTransition {
     /// The worker.

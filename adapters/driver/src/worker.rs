@@ -27,7 +27,9 @@ use crate::live::LiveGuard;
 use crate::wakers::Wakers;
 
 /// Where the driver runs handler futures (a foreman driver option, set
-/// with [`DriverOptions::execution`](crate::DriverOptions::execution)).
+/// with [`DriverOptions::execution`](crate::DriverOptions::execution);
+/// [`WorkerPool::with_driver_options`](crate::WorkerPool::with_driver_options)
+/// shows it).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 #[non_exhaustive]
 pub enum ExecutionMode {

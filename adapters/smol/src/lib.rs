@@ -41,10 +41,25 @@
 //! # }).unwrap();
 //! ```
 //!
-//! Background tasks (the pool's timer task and health probes) go to smol's
-//! global executor (`smol::spawn`; its thread count is `SMOL_THREADS`,
-//! default 1). Handlers run in the tasks that call `submit`, on whatever
-//! executor those run.
+//! Every entry point has a runnable example in its own docs, written for
+//! foreman-tokio (the same code runs here with this crate's `use` lines and
+//! runtime): building a pool ([`WorkerPool::new_inprocess`],
+//! [`WorkerPool::with_config`] with a [`PoolConfig`] and a
+//! [`RoutingPolicy`]), running requests
+//! ([`WorkerPool::submit`], [`WorkerPool::submit_timed`]), watching the
+//! pool ([`WorkerPool::stats`], [`WorkerPool::health_snapshot`],
+//! [`WorkerPool::health_history`]), changing its workers
+//! ([`WorkerPool::restart_worker`], with `add_worker` and
+//! `remove_worker`), stopping it ([`WorkerPool::shutdown_with_deadline`]),
+//! and the traits you implement ([`WorkerHandler`],
+//! [`CircuitBreakerHooks`]).
+//!
+//! The pool's tasks (each worker's task, which runs its handlers, the
+//! timer task and the health probes) go to smol's global executor
+//! (`smol::spawn`; its thread count is `SMOL_THREADS`, default 1, so by
+//! default every handler shares one thread). Under
+//! [`ExecutionMode::CallerTask`] handlers run in the tasks that call
+//! `submit` instead, on whatever executor those run.
 //!
 //! Everything but [`SmolRuntime`] lives in `foreman-driver` (shared with
 //! the other adapters); every decision is `foreman-core`'s. This crate is
