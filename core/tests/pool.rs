@@ -209,18 +209,12 @@ fn constructor_refuses_what_the_reference_cannot_run() {
         assert_eq!(error, expected);
         assert!(!error.to_string().is_empty());
     }
-    let config = PoolConfig {
-        probe_timeout: Duration::ZERO,
-        ..PoolConfig::default()
-    };
+    let config = PoolConfig::default().with_probe_timeout(Duration::ZERO);
     assert_eq!(
         Pool::<()>::new(config, Time::ZERO).unwrap_err(),
         ConfigError::ZeroProbeTimeout
     );
-    let config = PoolConfig {
-        max_concurrency_per_worker: 0,
-        ..PoolConfig::default()
-    };
+    let config = PoolConfig::default().with_max_concurrency_per_worker(0);
     assert_eq!(
         Pool::<()>::new(config, Time::ZERO).unwrap_err(),
         ConfigError::ZeroConcurrency
@@ -336,10 +330,7 @@ fn round_robin_spreads_requests_over_workers() {
 fn full_queues_fall_through_then_refuse_queue_full() {
     // capacity per worker: 1 running + 2 queued. Without late binding, each
     // request waits for the worker it was queued on.
-    let config = PoolConfig {
-        late_binding: false,
-        ..PoolConfig::new(options())
-    };
+    let config = PoolConfig::new(options()).with_late_binding(false);
     let mut h = Harness::with_config(config, 2);
     for i in 0..6 {
         h.submit(ms(0), &request(&format!("r{i}"))).unwrap();
@@ -1489,10 +1480,8 @@ fn requests_validated_ahead_submit_like_any_other() {
 
 #[test]
 fn idle_first_never_queues_behind_a_busy_worker_while_another_is_idle() {
-    let reference = PoolConfig {
-        routing: foreman_core::RoutingPolicy::RoundRobin,
-        ..PoolConfig::new(options())
-    };
+    let reference =
+        PoolConfig::new(options()).with_routing(foreman_core::RoutingPolicy::RoundRobin);
     for (config, expect_second_on) in [(PoolConfig::new(options()), 1usize), (reference, 0)] {
         let mut h = Harness::with_config(config, 2);
         // r0 -> worker-0, r1 -> worker-1; r1 finishes, worker-0 stays busy.

@@ -258,21 +258,16 @@ impl Reference {
 }
 
 fn reference_config(queue_capacity: usize, threshold: u32) -> PoolConfig {
-    PoolConfig {
-        options: WorkerPoolOptions {
-            queue_capacity,
-            health_probe_interval: Duration::from_secs(3600),
-            unavailable_after_failures: threshold,
-            default_request_timeout: None,
-            security_policy: WorkerSecurityPolicy::default(),
-        },
-        probe_timeout: Duration::from_secs(5),
-        max_concurrency_per_worker: 1,
-        routing: RoutingPolicy::RoundRobin,
-        late_binding: false,
-        unix_epoch_ms: 0,
-        max_request_depth: foreman_core::DEFAULT_MAX_REQUEST_DEPTH,
-    }
+    // The probe timeout is the default's 5 s (the interval, capped).
+    PoolConfig::new(WorkerPoolOptions {
+        queue_capacity,
+        health_probe_interval: Duration::from_secs(3600),
+        unavailable_after_failures: threshold,
+        default_request_timeout: None,
+        security_policy: WorkerSecurityPolicy::default(),
+    })
+    .with_routing(RoutingPolicy::RoundRobin)
+    .with_late_binding(false)
 }
 
 /// What the harness traced since `from`, as a [`Step`].
@@ -561,31 +556,27 @@ fn any_config() -> impl Strategy<Value = PoolConfig> {
                 concurrency,
                 routing,
             )| {
-                PoolConfig {
-                    options: WorkerPoolOptions {
-                        queue_capacity,
-                        health_probe_interval: Duration::from_millis(probe_ms),
-                        unavailable_after_failures: threshold,
-                        default_request_timeout: default_ms.map(Duration::from_millis),
-                        security_policy: WorkerSecurityPolicy {
-                            max_request_timeout_ms: 4_000,
-                            max_request_payload_bytes: 1024,
-                            max_identifier_length: 32,
-                        },
+                PoolConfig::new(WorkerPoolOptions {
+                    queue_capacity,
+                    health_probe_interval: Duration::from_millis(probe_ms),
+                    unavailable_after_failures: threshold,
+                    default_request_timeout: default_ms.map(Duration::from_millis),
+                    security_policy: WorkerSecurityPolicy {
+                        max_request_timeout_ms: 4_000,
+                        max_request_payload_bytes: 1024,
+                        max_identifier_length: 32,
                     },
-                    probe_timeout: Duration::from_millis(probe_timeout_ms),
-                    max_concurrency_per_worker: concurrency,
-                    // Round robin, idle-first with late binding, idle-first
-                    // without.
-                    routing: if routing == 0 {
-                        RoutingPolicy::RoundRobin
-                    } else {
-                        RoutingPolicy::IdleFirst
-                    },
-                    late_binding: routing == 1,
-                    unix_epoch_ms: 0,
-                    max_request_depth: foreman_core::DEFAULT_MAX_REQUEST_DEPTH,
-                }
+                })
+                .with_probe_timeout(Duration::from_millis(probe_timeout_ms))
+                .with_max_concurrency_per_worker(concurrency)
+                // Round robin, idle-first with late binding, idle-first
+                // without.
+                .with_routing(if routing == 0 {
+                    RoutingPolicy::RoundRobin
+                } else {
+                    RoutingPolicy::IdleFirst
+                })
+                .with_late_binding(routing == 1)
             },
         )
 }

@@ -118,6 +118,7 @@ impl DriverOptions {
 
 /// One health status change of a worker, as the core reported it.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct HealthTransition {
     /// The worker.
     pub worker_id: String,

@@ -2064,13 +2064,11 @@ pub async fn handlers_and_probes_may_call_the_pool<R: Runtime + Default + Clone>
     let other = TestWorker::new(&rt);
     // Probes every 10 ms, each with 5 s to answer (the re-entrant one
     // submits and waits for the answer).
-    let config = PoolConfig {
-        probe_timeout: Duration::from_secs(5),
-        ..PoolConfig::new(WorkerPoolOptions {
-            health_probe_interval: Duration::from_millis(10),
-            ..options()
-        })
-    };
+    let config = PoolConfig::new(WorkerPoolOptions {
+        health_probe_interval: Duration::from_millis(10),
+        ..options()
+    })
+    .with_probe_timeout(Duration::from_secs(5));
     let pool = match WorkerPool::with_config(
         R::default(),
         vec![
