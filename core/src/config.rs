@@ -30,9 +30,23 @@ pub enum RoutingPolicy {
 
 /// Everything the core needs to know, before validation.
 ///
-/// Built from [`WorkerPoolOptions`] with [`PoolConfig::new`]; the extra
-/// fields have defaults that keep the reference's behaviour.
+/// Built from [`WorkerPoolOptions`] with [`PoolConfig::new`] (or
+/// [`Default`]); the extra fields have defaults that keep the reference's
+/// behaviour and are set with the `with_*` builders, or read and assigned
+/// as fields. The struct is `#[non_exhaustive]`, so that foreman can add
+/// tuning without breaking its users: outside foreman-core it cannot be
+/// built by a struct literal, with or without `..` (use the builders).
+///
+/// ```compile_fail
+/// use foreman_core::PoolConfig;
+///
+/// let config = PoolConfig {
+///     max_concurrency_per_worker: 2,
+///     ..PoolConfig::default()
+/// };
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct PoolConfig {
     /// The reference-compatible options.
     pub options: WorkerPoolOptions,
@@ -66,6 +80,32 @@ pub struct PoolConfig {
 
 impl PoolConfig {
     /// Wraps reference options with foreman's default tuning.
+    ///
+    /// The defaults: a probe timeout of the probe interval capped at 5 s,
+    /// one request at a time per worker, [`RoutingPolicy::IdleFirst`] with
+    /// late binding, epoch 0 and a depth limit of
+    /// [`DEFAULT_MAX_REQUEST_DEPTH`]. Each has a builder:
+    ///
+    /// ```
+    /// use std::time::Duration;
+    ///
+    /// use foreman_core::{PoolConfig, RoutingPolicy, WorkerPoolOptions};
+    ///
+    /// let options = WorkerPoolOptions {
+    ///     queue_capacity: 16,
+    ///     ..WorkerPoolOptions::default()
+    /// };
+    /// let config = PoolConfig::new(options)
+    ///     .with_probe_timeout(Duration::from_secs(1))
+    ///     .with_max_concurrency_per_worker(4)
+    ///     .with_routing(RoutingPolicy::RoundRobin)
+    ///     .with_late_binding(false)
+    ///     .with_unix_epoch_ms(1_700_000_000_000)
+    ///     .with_max_request_depth(64);
+    /// assert_eq!(config.options.queue_capacity, 16);
+    /// assert_eq!(config.max_concurrency_per_worker, 4);
+    /// assert_eq!(config.validate(), Ok(()));
+    /// ```
     pub fn new(options: WorkerPoolOptions) -> Self {
         let probe_timeout = options.health_probe_interval.min(Duration::from_secs(5));
         Self {
@@ -79,15 +119,63 @@ impl PoolConfig {
         }
     }
 
+    /// Sets [`probe_timeout`](Self::probe_timeout): how long a health
+    /// probe may take before it counts as failed (non-zero).
+    #[must_use]
+    pub fn with_probe_timeout(mut self, probe_timeout: Duration) -> Self {
+        self.probe_timeout = probe_timeout;
+        self
+    }
+
+    /// Sets [`max_concurrency_per_worker`](Self::max_concurrency_per_worker):
+    /// how many requests one worker runs at the same time (at least 1).
+    #[must_use]
+    pub fn with_max_concurrency_per_worker(mut self, max_concurrency_per_worker: u32) -> Self {
+        self.max_concurrency_per_worker = max_concurrency_per_worker;
+        self
+    }
+
+    /// Sets [`routing`](Self::routing): how requests are spread over
+    /// workers.
+    #[must_use]
+    pub fn with_routing(mut self, routing: RoutingPolicy) -> Self {
+        self.routing = routing;
+        self
+    }
+
+    /// Sets [`late_binding`](Self::late_binding): whether a queued request
+    /// may run on whichever schedulable worker frees up first.
+    #[must_use]
+    pub fn with_late_binding(mut self, late_binding: bool) -> Self {
+        self.late_binding = late_binding;
+        self
+    }
+
+    /// Sets [`unix_epoch_ms`](Self::unix_epoch_ms): the Unix time in
+    /// milliseconds of the core's epoch, used only to report
+    /// `last_probe_unix_ms`.
+    #[must_use]
+    pub fn with_unix_epoch_ms(mut self, unix_epoch_ms: u64) -> Self {
+        self.unix_epoch_ms = unix_epoch_ms;
+        self
+    }
+
+    /// Sets [`max_request_depth`](Self::max_request_depth): the deepest
+    /// nesting of arrays and objects allowed in a request's JSON values (at
+    /// least 1).
+    #[must_use]
+    pub fn with_max_request_depth(mut self, max_request_depth: usize) -> Self {
+        self.max_request_depth = max_request_depth;
+        self
+    }
+
     /// This configuration for a pool whose circuit breaker (the `allow` of
     /// every submit) vets workers, if `vetted`: late binding is then off,
     /// so the worker `allow` approved is the one that runs each request.
     #[must_use]
-    pub fn vetted_by_breaker(self, vetted: bool) -> Self {
-        Self {
-            late_binding: self.late_binding && !vetted,
-            ..self
-        }
+    pub fn vetted_by_breaker(mut self, vetted: bool) -> Self {
+        self.late_binding = self.late_binding && !vetted;
+        self
     }
 
     /// Checks every value and explains the first one the pool cannot run
@@ -265,6 +353,55 @@ mod tests {
             (vetted.options, vetted.max_concurrency_per_worker),
             (tuned.options, 3)
         );
+    }
+
+    /// A configuration whose every field differs from the default, so that
+    /// a builder that set another field, or returned the default, shows.
+    fn tuned() -> PoolConfig {
+        let mut config = PoolConfig::new(WorkerPoolOptions {
+            queue_capacity: 7,
+            ..WorkerPoolOptions::default()
+        });
+        config.probe_timeout = Duration::from_millis(1_500);
+        config.max_concurrency_per_worker = 3;
+        config.routing = RoutingPolicy::RoundRobin;
+        config.late_binding = false;
+        config.unix_epoch_ms = 42;
+        config.max_request_depth = 9;
+        config
+    }
+
+    #[test]
+    fn each_builder_sets_its_own_field_and_no_other() {
+        let base = tuned();
+        assert_ne!(base, PoolConfig::default());
+        let mut expected = base.clone();
+        expected.probe_timeout = Duration::from_millis(250);
+        let built = base.clone().with_probe_timeout(Duration::from_millis(250));
+        assert_eq!(built, expected);
+
+        let mut expected = base.clone();
+        expected.max_concurrency_per_worker = 5;
+        assert_eq!(base.clone().with_max_concurrency_per_worker(5), expected);
+
+        let mut expected = base.clone();
+        expected.routing = RoutingPolicy::IdleFirst;
+        assert_eq!(
+            base.clone().with_routing(RoutingPolicy::IdleFirst),
+            expected
+        );
+
+        let mut expected = base.clone();
+        expected.late_binding = true;
+        assert_eq!(base.clone().with_late_binding(true), expected);
+
+        let mut expected = base.clone();
+        expected.unix_epoch_ms = 1_700_000_000_000;
+        assert_eq!(base.clone().with_unix_epoch_ms(1_700_000_000_000), expected);
+
+        let mut expected = base.clone();
+        expected.max_request_depth = 300;
+        assert_eq!(base.clone().with_max_request_depth(300), expected);
     }
 
     #[test]

@@ -38,6 +38,7 @@ use crate::time::Time;
 
 /// What caused a health change, reported with [`crate::Event::HealthChanged`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[non_exhaustive]
 pub enum HealthCause {
     /// A request succeeded.
     Success,

@@ -11,7 +11,12 @@ use crate::time::Time;
 
 /// Something the driver must do, drained in order with
 /// [`crate::Pool::poll_action`].
+///
+/// New kinds of action may be added: a match on it outside foreman-core
+/// needs a wildcard arm, which a driver built with the exact version of
+/// the core it was written for never reaches.
 #[derive(Debug)]
+#[non_exhaustive]
 pub enum Action<P> {
     /// Run the request on the worker and report the outcome with
     /// [`crate::Pool::handle_completion`]. Carries a clone of the payload
@@ -82,6 +87,7 @@ pub enum Action<P> {
 
 /// The final answer to an accepted request.
 #[derive(Debug)]
+#[non_exhaustive]
 pub struct Answer<P> {
     /// The request answered.
     pub request: RequestKey,
@@ -110,8 +116,10 @@ pub enum Phase {
 
 /// Something that happened, for hooks, tracing and reports; drained with
 /// [`crate::Pool::poll_event`]. The pool's correctness does not depend on
-/// anyone reading them, but they queue up until drained.
+/// anyone reading them, but they queue up until drained. New kinds of
+/// event may be added (a match on it needs a wildcard arm).
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Event {
     /// A worker took the request into its queue (fired once per request).
     Accepted {

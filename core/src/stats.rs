@@ -5,6 +5,7 @@ use crate::protocol::WorkerHealthStatus;
 
 /// A point-in-time view of the pool, from [`crate::Pool::stats`].
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[non_exhaustive]
 pub struct Stats {
     /// Counters since the pool was created.
     pub counters: Counters,
@@ -19,6 +20,7 @@ pub struct Stats {
 
 /// Monotonic counters by outcome and refusal reason.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
 pub struct Counters {
     /// Calls to `submit`.
     pub submitted: u64,
@@ -145,6 +147,7 @@ impl Counters {
 
 /// One worker's share of a [`Stats`] snapshot.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct WorkerStats {
     /// The worker's key.
     pub worker: WorkerKey,

@@ -16,6 +16,7 @@ use crate::time::Time;
 
 /// Why the core wants to be woken; the reason of [`crate::Pool::poll_timeout`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[non_exhaustive]
 pub enum TimeoutReason {
     /// A request's time budget runs out.
     RequestDeadline,

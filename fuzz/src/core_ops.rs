@@ -88,20 +88,12 @@ fn small_config(u: &mut Unstructured<'_>) -> PoolConfig {
         ..defaults
     };
     let pick = u.arbitrary::<u8>().unwrap_or(0);
-    let config = PoolConfig {
-        max_concurrency_per_worker: u32::from(pick % 3) + 1,
-        ..PoolConfig::new(options)
-    };
+    let config =
+        PoolConfig::new(options).with_max_concurrency_per_worker(u32::from(pick % 3) + 1);
     match (pick / 3) % 3 {
         0 => config,
-        1 => PoolConfig {
-            late_binding: false,
-            ..config
-        },
-        _ => PoolConfig {
-            routing: RoutingPolicy::RoundRobin,
-            ..config
-        },
+        1 => config.with_late_binding(false),
+        _ => config.with_routing(RoutingPolicy::RoundRobin),
     }
 }
 

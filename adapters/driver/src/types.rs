@@ -134,6 +134,7 @@ impl DriverOptions {
 /// by [`WorkerPool::health_history`](crate::WorkerPool::health_history)
 /// (whose example reads one).
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct HealthTransition {
     /// The worker.
     pub worker_id: String,

@@ -195,10 +195,7 @@ fn gated_pool(gate: &Arc<Gate>) -> WorkerPool {
         },
         ..WorkerPoolOptions::default()
     };
-    let config = PoolConfig {
-        max_request_depth: 2 * HUNDRED_THOUSAND,
-        ..PoolConfig::new(options)
-    };
+    let config = PoolConfig::new(options).with_max_request_depth(2 * HUNDRED_THOUSAND);
     let handler: Arc<dyn WorkerHandler> = gate.clone();
     WorkerPool::with_config(TokioRuntime, vec![handler], config, None).expect("pool")
 }

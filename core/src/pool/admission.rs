@@ -16,6 +16,7 @@ use crate::timers::Timer;
 use crate::validate::RequestError;
 
 /// A submit the pool refused; the payload comes back untouched.
+#[non_exhaustive]
 pub struct Refused<P> {
     /// Why the request was refused.
     pub error: WorkerPoolError,

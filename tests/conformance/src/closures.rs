@@ -10,7 +10,7 @@ use foreman_driver::{
 };
 use serde_json::json;
 
-use crate::{request, wait_until, worker_error};
+use crate::support::{request, wait_until, worker_error};
 
 /// A closure handler serves requests (its output and its errors reach the
 /// caller), and its probe closure is what the pool's probes run: its
@@ -87,7 +87,7 @@ pub async fn a_panicking_closure_handler_is_answered_execution_failed<
             }
             Ok::<_, WorkerProtocolError>(json!({ "closure": request.node_id }))
         }));
-    let written_worker = crate::TestWorker::new(&rt);
+    let written_worker = crate::support::TestWorker::new(&rt);
     let written = Arc::clone(&written_worker) as Arc<dyn WorkerHandler>;
     let options = WorkerPoolOptions {
         queue_capacity: 4,

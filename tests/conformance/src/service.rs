@@ -16,7 +16,9 @@ use serde_json::{json, Value};
 use tower::ServiceExt;
 use tower_test::mock::{self, Spawn};
 
-use crate::{options, pool_of, request, wait_until, worker_error, TestWorker};
+use crate::support::{
+    options, pending_after_one_poll, pool_of, request, wait_until, worker_error, TestWorker,
+};
 
 fn one_place_in_queue() -> WorkerPoolOptions {
     WorkerPoolOptions {
@@ -224,7 +226,7 @@ pub async fn a_tower_service_serves_as_a_worker_handler<R: Runtime + Default + C
     handle.allow(0);
     let held = pool.submit(request("m4", "held"));
     futures::pin_mut!(held);
-    assert!(crate::pending_after_one_poll(&mut held).await);
+    assert!(pending_after_one_poll(&mut held).await);
     wait_until(&rt, "the request to start", || pool.stats().running == 1).await;
     assert!(
         handle.poll_request().is_pending(),

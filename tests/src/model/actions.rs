@@ -31,6 +31,12 @@ impl Harness {
             Action::AbortProbe { worker, probe } => self.on_abort_probe(worker, probe),
             Action::RestartWorker { worker } => self.on_restart_worker(worker),
             Action::StopWorker { worker } => self.on_stop_worker(worker),
+            // `Action` is `#[non_exhaustive]`; the workspace pins
+            // foreman-core at its exact version, so an action the model has
+            // no rule for is a core change the model was not taught: fail.
+            unknown => Err(Failure(format!(
+                "the model has no rule for the action {unknown:?}"
+            ))),
         }
     }
 

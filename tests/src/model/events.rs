@@ -27,6 +27,12 @@ impl Harness {
             } => self.on_health_changed(worker, from, to, cause, at),
             Event::Rejected { worker, reason } => self.on_rejected(worker, reason),
             Event::ShutdownComplete { at } => self.on_shutdown_complete(at),
+            // `Event` is `#[non_exhaustive]`; the workspace pins foreman-core
+            // at its exact version, so an event the model has no rule for is
+            // a core change the model was not taught: fail.
+            unknown => Err(Failure(format!(
+                "the model has no rule for the event {unknown:?}"
+            ))),
         }
     }
 

@@ -2,7 +2,7 @@
 //! applies them ([`Harness`]), and every external check of the pool.
 //!
 //! One module serves the simulator ([`crate::sim`]), the proptest state
-//! machines (`tests/tests/model_proptest.rs`) and the fuzz targets
+//! machines (`tests/tests/model_proptest/`) and the fuzz targets
 //! (`fuzz/`, through the `arbitrary` feature, which derives
 //! `arbitrary::Arbitrary` for [`Op`] and its parts).
 //!

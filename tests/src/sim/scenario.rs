@@ -235,21 +235,17 @@ fn draw_config(rng: &mut Rng, workers: usize, mean_latency: f64) -> PoolConfig {
             max_identifier_length: if tight { 32 } else { 128 },
         },
     };
-    PoolConfig {
-        options,
-        probe_timeout,
-        max_concurrency_per_worker: concurrency,
-        routing: if rng.below(2) == 0 {
+    PoolConfig::new(options)
+        .with_probe_timeout(probe_timeout)
+        .with_max_concurrency_per_worker(concurrency)
+        .with_routing(if rng.below(2) == 0 {
             RoutingPolicy::RoundRobin
         } else {
             RoutingPolicy::IdleFirst
-        },
+        })
         // Derived, not drawn, so each seed keeps its scenario: late
         // binding in three idle-first pools of four.
-        late_binding: workers % 4 != 0,
-        unix_epoch_ms: 0,
-        max_request_depth: foreman_core::DEFAULT_MAX_REQUEST_DEPTH,
-    }
+        .with_late_binding(workers % 4 != 0)
 }
 
 /// How callers submit, scaled to the pool's capacity.

@@ -281,14 +281,13 @@ impl PoolSettings {
             },
         };
         let derived = PoolConfig::new(options);
-        let config = PoolConfig {
-            probe_timeout: self.probe_timeout.unwrap_or(derived.probe_timeout),
-            max_concurrency_per_worker: self.max_concurrency_per_worker,
-            routing: self.routing,
-            late_binding: self.late_binding,
-            max_request_depth: self.max_request_depth,
-            ..derived
-        };
+        let probe_timeout = self.probe_timeout.unwrap_or(derived.probe_timeout);
+        let config = derived
+            .with_probe_timeout(probe_timeout)
+            .with_max_concurrency_per_worker(self.max_concurrency_per_worker)
+            .with_routing(self.routing)
+            .with_late_binding(self.late_binding)
+            .with_max_request_depth(self.max_request_depth);
         let driver = DriverOptions::default()
             .execution(self.driver.execution)
             .lanes(self.driver.lanes);

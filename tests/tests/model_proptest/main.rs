@@ -18,261 +18,30 @@
 //! Built with `--cfg foreman_planted_bug` both properties are expected to
 //! fail (`should_panic`): they catch the core's planted bug too.
 
-use std::collections::{BTreeMap, VecDeque};
+mod reference;
+
+use std::collections::BTreeMap;
 use std::time::Duration;
 
-use foreman_core::{
-    PoolConfig, RoutingPolicy, Time, WorkerHealthStatus, WorkerPoolOptions, WorkerSecurityPolicy,
-};
+use foreman_core::{PoolConfig, RoutingPolicy, Time, WorkerPoolOptions, WorkerSecurityPolicy};
 use foreman_tests::model::{
-    AnswerKind, Distance, Harness, Op, Outcome, RawInput, Refusal, Shape, TimeoutChoice,
-    TraceEvent, Verdict,
+    Distance, Harness, Op, Outcome, RawInput, Shape, TimeoutChoice, TraceEvent, Verdict,
 };
 use proptest::prelude::*;
 
-// ----- the reference model ----------------------------------------------------
-
-#[derive(Debug, Clone, Copy)]
-enum RefOp {
-    /// Submit; `Some(k)`: a timeout of `k` seconds plus the request's id in
-    /// milliseconds (so no two deadlines ever coincide).
-    Submit {
-        timeout: Option<u8>,
-    },
-    Complete {
-        index: u8,
-        ok: bool,
-    },
-    Cancel {
-        index: u8,
-    },
-    Advance {
-        secs: u8,
-    },
-    AddWorker,
-    Restart {
-        index: u8,
-    },
-}
-
-#[derive(Debug, Default)]
-struct RefWorker {
-    queue: VecDeque<u64>,
-    running: Option<u64>,
-    failures: u32,
-    /// Milliseconds its last successful request ran.
-    last_run: Option<u64>,
-}
-
-#[derive(Debug)]
-struct RefRequest {
-    worker: usize,
-    accepted: u64,
-    started: Option<u64>,
-    deadline: Option<u64>,
-}
-
-/// What one step produced, in the order it happened.
-#[derive(Debug, Default, PartialEq, Eq)]
-struct Step {
-    submit: Option<Result<u32, Refusal>>,
-    starts: Vec<(u64, u32)>,
-    answers: Vec<(u64, AnswerKind)>,
-}
-
-/// Round robin over workers in the order they were added; a worker takes a
-/// request when it is not Unavailable and holds fewer than `queue + 1`.
-#[derive(Debug)]
-struct Reference {
-    workers: Vec<RefWorker>,
-    cursor: usize,
-    queue_capacity: usize,
-    threshold: u32,
-    requests: BTreeMap<u64, RefRequest>,
-    now_ms: u64,
-}
-
-impl Reference {
-    fn status(&self, worker: usize) -> WorkerHealthStatus {
-        let failures = self.workers[worker].failures;
-        if failures == 0 {
-            WorkerHealthStatus::Healthy
-        } else if failures < self.threshold {
-            WorkerHealthStatus::Degraded
-        } else {
-            WorkerHealthStatus::Unavailable
-        }
-    }
-
-    fn held(&self, worker: usize) -> usize {
-        let w = &self.workers[worker];
-        w.queue.len() + usize::from(w.running.is_some())
-    }
-
-    /// Starts the worker's next queued request; one whose budget is spent,
-    /// or has less left than the worker's last successful run, is answered
-    /// `Timeout` instead.
-    fn pump(&mut self, worker: usize, step: &mut Step) {
-        if self.workers[worker].running.is_some() {
-            return;
-        }
-        while let Some(id) = self.workers[worker].queue.pop_front() {
-            let now = self.now_ms;
-            let last_run = self.workers[worker].last_run;
-            let deadline = self.requests.get(&id).and_then(|r| r.deadline);
-            let too_late = deadline.is_some_and(|deadline| {
-                deadline <= now || last_run.is_some_and(|run| deadline - now < run)
-            });
-            if too_late {
-                self.requests.remove(&id);
-                step.answers.push((id, AnswerKind::Timeout));
-                continue;
-            }
-            self.start(worker, id, step);
-            return;
-        }
-    }
-
-    fn start(&mut self, worker: usize, id: u64, step: &mut Step) {
-        self.workers[worker].running = Some(id);
-        if let Some(request) = self.requests.get_mut(&id) {
-            request.started = Some(self.now_ms);
-        }
-        step.starts.push((id, worker as u32));
-    }
-
-    fn submit(&mut self, id: u64, timeout_ms: Option<u64>, step: &mut Step) {
-        let n = self.workers.len();
-        let order = (self.cursor.min(n)..n).chain(0..self.cursor.min(n));
-        let mut chosen = None;
-        for worker in order {
-            if self.status(worker) != WorkerHealthStatus::Unavailable
-                && self.held(worker) < self.queue_capacity + 1
-            {
-                chosen = Some(worker);
-                break;
-            }
-        }
-        let Some(worker) = chosen else {
-            let any = (0..n).any(|w| self.status(w) != WorkerHealthStatus::Unavailable);
-            step.submit = Some(Err(if any {
-                Refusal::QueueFull
-            } else {
-                Refusal::NoHealthyWorker
-            }));
-            return;
-        };
-        self.cursor = worker + 1;
-        self.requests.insert(
-            id,
-            RefRequest {
-                worker,
-                accepted: self.now_ms,
-                started: None,
-                deadline: timeout_ms.map(|ms| self.now_ms + ms),
-            },
-        );
-        step.submit = Some(Ok(worker as u32));
-        // A free worker starts it whatever its budget; a busy one queues it.
-        if self.workers[worker].running.is_none() {
-            self.start(worker, id, step);
-        } else {
-            self.workers[worker].queue.push_back(id);
-        }
-    }
-
-    /// Takes a request off its worker; returns its worker and the request.
-    fn take(&mut self, id: u64) -> Option<(usize, RefRequest)> {
-        let request = self.requests.remove(&id)?;
-        let w = &mut self.workers[request.worker];
-        if w.running == Some(id) {
-            w.running = None;
-        } else {
-            w.queue.retain(|queued| *queued != id);
-        }
-        Some((request.worker, request))
-    }
-
-    fn complete(&mut self, id: u64, ok: bool, step: &mut Step) {
-        let Some((worker, request)) = self.take(id) else {
-            return;
-        };
-        let now = self.now_ms;
-        let w = &mut self.workers[worker];
-        if ok {
-            w.failures = 0;
-            w.last_run = request.started.map(|started| now - started);
-            step.answers.push((id, AnswerKind::Ok));
-        } else {
-            w.failures += 1;
-            step.answers
-                .push((id, AnswerKind::Failed { retryable: true }));
-        }
-        self.pump(worker, step);
-    }
-
-    fn cancel(&mut self, id: u64, step: &mut Step) {
-        let Some((worker, _)) = self.take(id) else {
-            return;
-        };
-        step.answers
-            .push((id, AnswerKind::Cancelled { retryable: false }));
-        self.pump(worker, step);
-    }
-
-    fn restart(&mut self, worker: usize, step: &mut Step) {
-        if let Some(id) = self.workers[worker].running {
-            self.take(id);
-            step.answers
-                .push((id, AnswerKind::Cancelled { retryable: true }));
-        }
-        self.workers[worker].failures = 0;
-        self.workers[worker].last_run = None;
-        self.pump(worker, step);
-    }
-
-    fn advance(&mut self, to_ms: u64, step: &mut Step) {
-        loop {
-            let due = self
-                .requests
-                .iter()
-                .filter_map(|(id, r)| r.deadline.map(|d| (d, *id)))
-                .filter(|(d, _)| *d <= to_ms)
-                .min();
-            let Some((deadline, id)) = due else { break };
-            self.now_ms = deadline;
-            if let Some((worker, request)) = self.take(id) {
-                // A timeout counts only if the worker had at least half of
-                // the budget; one that expires queued counts against nobody.
-                if let Some(started) = request.started {
-                    if 2 * (deadline - started) >= deadline - request.accepted {
-                        self.workers[worker].failures += 1;
-                    }
-                }
-                step.answers.push((id, AnswerKind::Timeout));
-                self.pump(worker, step);
-            }
-        }
-        self.now_ms = to_ms;
-    }
-}
+use crate::reference::{RefOp, RefWorker, Reference, Step};
 
 fn reference_config(queue_capacity: usize, threshold: u32) -> PoolConfig {
-    PoolConfig {
-        options: WorkerPoolOptions {
-            queue_capacity,
-            health_probe_interval: Duration::from_secs(3600),
-            unavailable_after_failures: threshold,
-            default_request_timeout: None,
-            security_policy: WorkerSecurityPolicy::default(),
-        },
-        probe_timeout: Duration::from_secs(5),
-        max_concurrency_per_worker: 1,
-        routing: RoutingPolicy::RoundRobin,
-        late_binding: false,
-        unix_epoch_ms: 0,
-        max_request_depth: foreman_core::DEFAULT_MAX_REQUEST_DEPTH,
-    }
+    // The probe timeout is the default's 5 s (the interval, capped).
+    PoolConfig::new(WorkerPoolOptions {
+        queue_capacity,
+        health_probe_interval: Duration::from_secs(3600),
+        unavailable_after_failures: threshold,
+        default_request_timeout: None,
+        security_policy: WorkerSecurityPolicy::default(),
+    })
+    .with_routing(RoutingPolicy::RoundRobin)
+    .with_late_binding(false)
 }
 
 /// What the harness traced since `from`, as a [`Step`].
@@ -472,8 +241,6 @@ fn reference_scenario_round_robin_and_threshold() {
     run_against_reference(2, 1, 2, &ops).expect("core matches the reference");
 }
 
-// ----- any operation sequence keeps every rule --------------------------------
-
 fn op() -> impl Strategy<Value = Op> {
     let shape = prop_oneof![
         8 => Just(Shape::Tool),
@@ -561,31 +328,27 @@ fn any_config() -> impl Strategy<Value = PoolConfig> {
                 concurrency,
                 routing,
             )| {
-                PoolConfig {
-                    options: WorkerPoolOptions {
-                        queue_capacity,
-                        health_probe_interval: Duration::from_millis(probe_ms),
-                        unavailable_after_failures: threshold,
-                        default_request_timeout: default_ms.map(Duration::from_millis),
-                        security_policy: WorkerSecurityPolicy {
-                            max_request_timeout_ms: 4_000,
-                            max_request_payload_bytes: 1024,
-                            max_identifier_length: 32,
-                        },
+                PoolConfig::new(WorkerPoolOptions {
+                    queue_capacity,
+                    health_probe_interval: Duration::from_millis(probe_ms),
+                    unavailable_after_failures: threshold,
+                    default_request_timeout: default_ms.map(Duration::from_millis),
+                    security_policy: WorkerSecurityPolicy {
+                        max_request_timeout_ms: 4_000,
+                        max_request_payload_bytes: 1024,
+                        max_identifier_length: 32,
                     },
-                    probe_timeout: Duration::from_millis(probe_timeout_ms),
-                    max_concurrency_per_worker: concurrency,
-                    // Round robin, idle-first with late binding, idle-first
-                    // without.
-                    routing: if routing == 0 {
-                        RoutingPolicy::RoundRobin
-                    } else {
-                        RoutingPolicy::IdleFirst
-                    },
-                    late_binding: routing == 1,
-                    unix_epoch_ms: 0,
-                    max_request_depth: foreman_core::DEFAULT_MAX_REQUEST_DEPTH,
-                }
+                })
+                .with_probe_timeout(Duration::from_millis(probe_timeout_ms))
+                .with_max_concurrency_per_worker(concurrency)
+                // Round robin, idle-first with late binding, idle-first
+                // without.
+                .with_routing(if routing == 0 {
+                    RoutingPolicy::RoundRobin
+                } else {
+                    RoutingPolicy::IdleFirst
+                })
+                .with_late_binding(routing == 1)
             },
         )
 }
