@@ -144,6 +144,40 @@ impl<R: Runtime> WorkerPool<R> {
     /// A cloneable handle on this pool that is a
     /// `tower::Service<WorkerRequest>` (see [`PoolService`] for what its
     /// readiness means).
+    ///
+    /// ```
+    /// use foreman_tokio::{handler_fn, WorkerOperation, WorkerPool, WorkerPoolOptions};
+    /// use foreman_tokio::{WorkerProtocolError, WorkerRequest};
+    /// use serde_json::json;
+    /// use tower::{Service, ServiceBuilder, ServiceExt};
+    ///
+    /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+    /// let echo = handler_fn(|request: WorkerRequest| async move {
+    ///     Ok::<_, WorkerProtocolError>(json!({ "node": request.node_id }))
+    /// });
+    /// let pool = WorkerPool::new_inprocess(vec![echo.into_arc()], WorkerPoolOptions::default(), None)?;
+    ///
+    /// // Any tower middleware goes in front: here, at most 4 requests in flight.
+    /// let mut service = ServiceBuilder::new()
+    ///     .concurrency_limit(4)
+    ///     .service(pool.service());
+    /// let request = WorkerRequest {
+    ///     request_id: "req-1".into(),
+    ///     workflow_name: "demo".into(),
+    ///     node_id: "node-1".into(),
+    ///     timeout_ms: Some(5_000),
+    ///     operation: WorkerOperation::Tool {
+    ///         tool: "echo".into(),
+    ///         input: json!({}),
+    ///         scoped_input: json!({}),
+    ///     },
+    /// };
+    /// let response = service.ready().await?.call(request).await?;
+    /// assert_eq!(response.worker_id, "worker-0");
+    /// pool.shutdown().await;
+    /// # Ok::<(), foreman_tokio::WorkerPoolError>(())
+    /// # }).unwrap();
+    /// ```
     pub fn service(&self) -> PoolService<R> {
         PoolService {
             pool: self.handle(),
@@ -255,6 +289,43 @@ impl Core {
 ///
 /// The probe answers Healthy unless one is given with
 /// [`with_probe`](Self::with_probe).
+///
+/// ```
+/// use std::sync::Arc;
+///
+/// use foreman_tokio::{ServiceHandler, WorkerOperation, WorkerPool, WorkerPoolOptions};
+/// use foreman_tokio::{WorkerProtocolError, WorkerRequest, WorkerResult};
+/// use serde_json::{json, Value};
+///
+/// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+/// // A tower service answering JSON: here one made of a closure.
+/// let service = tower::service_fn(|request: WorkerRequest| async move {
+///     Ok::<Value, WorkerProtocolError>(json!({ "served": request.node_id }))
+/// });
+/// let pool = WorkerPool::new_inprocess(
+///     vec![Arc::new(ServiceHandler::new(service))],
+///     WorkerPoolOptions::default(),
+///     None,
+/// )?;
+/// let response = pool
+///     .submit(WorkerRequest {
+///         request_id: "req-1".into(),
+///         workflow_name: "demo".into(),
+///         node_id: "node-1".into(),
+///         timeout_ms: None,
+///         operation: WorkerOperation::Tool {
+///             tool: "echo".into(),
+///             input: json!({}),
+///             scoped_input: json!({}),
+///         },
+///     })
+///     .await?;
+/// let WorkerResult::Success { output } = response.result else { panic!("not a success") };
+/// assert_eq!(output, json!({ "served": "node-1" }));
+/// pool.shutdown().await;
+/// # Ok::<(), foreman_tokio::WorkerPoolError>(())
+/// # }).unwrap();
+/// ```
 #[derive(Clone)]
 pub struct ServiceHandler<S, P = HealthyProbe> {
     service: S,
