@@ -18,7 +18,8 @@ use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
 use foreman_driver::{
-    BuildError, PoolConfig, RoutingPolicy, Runtime, WorkerHandler, WorkerPool, WorkerPoolOptions,
+    handler_fn, BuildError, PoolConfig, RoutingPolicy, Runtime, WorkerHandler, WorkerPool,
+    WorkerPoolOptions,
 };
 use futures::channel::mpsc;
 use futures::StreamExt;
@@ -189,14 +190,19 @@ pub async fn drive<R: Runtime + Clone>(
         .enumerate()
         .map(|(index, &behaviour)| {
             let seed = args.seed.wrapping_add(index as u64);
-            let worker = DemoWorker::new(
+            let worker = Arc::new(DemoWorker::new(
                 Arc::clone(&shared_rt),
                 behaviour,
                 index,
                 Arc::clone(&ran_on),
                 seed,
-            );
-            Arc::new(worker) as Arc<dyn WorkerHandler>
+            ));
+            // A closure is a handler: no trait impl needed.
+            handler_fn(move |request| {
+                let worker = Arc::clone(&worker);
+                async move { worker.handle(request).await }
+            })
+            .into_arc()
         })
         .collect();
     let options = WorkerPoolOptions {

@@ -8,8 +8,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use foreman_driver::{
-    async_trait, Runtime, WorkerErrorCode, WorkerHandler, WorkerHealthStatus, WorkerOperation,
-    WorkerProtocolError, WorkerRequest,
+    Runtime, WorkerErrorCode, WorkerOperation, WorkerProtocolError, WorkerRequest,
 };
 use serde_json::{json, Value};
 
@@ -134,9 +133,13 @@ impl<R: Runtime> DemoWorker<R> {
     }
 }
 
-#[async_trait]
-impl<R: Runtime> WorkerHandler for DemoWorker<R> {
-    async fn handle(&self, request: WorkerRequest) -> Result<Value, WorkerProtocolError> {
+impl<R: Runtime> DemoWorker<R> {
+    /// Handles one request as this worker's behaviour says (the quickstart
+    /// makes it a handler with `handler_fn`).
+    ///
+    /// # Errors
+    /// The flaky worker's `ExecutionFailed` ("upstream 503").
+    pub async fn handle(&self, request: WorkerRequest) -> Result<Value, WorkerProtocolError> {
         self.ran_on.record(&request.request_id, self.index);
         let call = self.calls.fetch_add(1, Ordering::Relaxed);
         let (latency, roll) = {
@@ -166,10 +169,6 @@ impl<R: Runtime> WorkerHandler for DemoWorker<R> {
             ));
         }
         Ok(json!({"request": request.request_id, "latency_ms": latency.as_millis() as u64}))
-    }
-
-    async fn probe_health(&self) -> WorkerHealthStatus {
-        WorkerHealthStatus::Healthy
     }
 }
 
