@@ -84,7 +84,7 @@ pub use health::{
     a_panicking_handler_leaves_its_worker_serving, a_timeout_frees_the_worker_and_counts_once,
     probes_cannot_whitewash_failures_and_cannot_hang, restart_keeps_the_queued_requests,
 };
-pub use lanes::{lanes_behave_as_one_pool, slow_and_fast_workers_share_the_queue_as_in_one_lane};
+pub use lanes::{fast_workers_take_the_queue_from_slow_ones, lanes_behave_as_one_pool};
 pub use reentrancy::{
     allow_request_may_call_the_pool, every_other_hook_may_call_the_pool,
     handlers_and_probes_may_call_the_pool, on_request_accepted_may_call_the_pool,
@@ -149,7 +149,7 @@ macro_rules! conformance_suite {
             lanes_behave_as_one_pool,
             a_caller_that_stalls_after_one_poll_does_not_hold_its_worker,
             a_slow_first_poll_does_not_delay_another_callers_answer,
-            slow_and_fast_workers_share_the_queue_as_in_one_lane,
+            fast_workers_take_the_queue_from_slow_ones,
             allow_request_may_call_the_pool,
             on_request_accepted_may_call_the_pool,
             every_other_hook_may_call_the_pool,
