@@ -11,8 +11,8 @@ use std::task::Waker;
 use std::time::Duration;
 
 use foreman_core::{
-    Action, Event, Phase, Pool, ProbeKey, RequestKey, Time, WorkerKey, WorkerPoolError,
-    WorkerProtocolError, WorkerRequest,
+    Action, Event, Phase, Pool, ProbeKey, RequestKey, Time, WorkerHealthStatus, WorkerKey,
+    WorkerPoolError, WorkerProtocolError, WorkerRequest,
 };
 use futures_util::future::AbortHandle;
 use futures_util::task::AtomicWaker;
@@ -20,7 +20,10 @@ use serde_json::Value;
 
 use crate::handler::WorkerHandler;
 use crate::live::{Live, LiveGuard};
+use crate::meter::{PoolMeter, WorkerMeter};
+use crate::notes::Notes;
 use crate::slot::{Run, Slot};
+use crate::trace::{Attempt, RequestSpan};
 use crate::types::HealthTransition;
 use crate::wakers::Wakers;
 use crate::worker::{Inbox, Job};
@@ -43,24 +46,37 @@ pub(crate) struct Core {
     /// Whether its lane's counts are published in [`LaneSignals`] (only
     /// a pool of several lanes reads them).
     pub(crate) publish_load: bool,
+    /// The pool's metric handles (the `metrics` feature).
+    pub(crate) meter: Arc<PoolMeter>,
 }
 
 /// A worker as the driver knows it.
 pub(crate) struct WorkerEntry {
     pub(crate) cell: Arc<WorkerCell>,
     pub(crate) probe: Option<(ProbeKey, AbortHandle)>,
+    /// Its health status, as the core's last `HealthChanged` said.
+    pub(crate) status: WorkerHealthStatus,
 }
 
 impl WorkerEntry {
-    pub(crate) fn new(id: &str, key: WorkerKey, handler: Arc<dyn WorkerHandler>) -> Self {
+    /// A new worker; its gauges (`meter`) are registered before any lock
+    /// is taken.
+    pub(crate) fn new(
+        id: &str,
+        key: WorkerKey,
+        handler: Arc<dyn WorkerHandler>,
+        meter: WorkerMeter,
+    ) -> Self {
         WorkerEntry {
             cell: Arc::new(WorkerCell {
                 id: Arc::from(id),
                 key,
                 handler,
                 inbox: Arc::new(Inbox::default()),
+                meter,
             }),
             probe: None,
+            status: WorkerHealthStatus::Healthy,
         }
     }
 }
@@ -79,6 +95,8 @@ pub(crate) struct WorkerCell {
     pub(crate) handler: Arc<dyn WorkerHandler>,
     /// Its task's mailbox (used by [`crate::ExecutionMode::PoolTasks`]).
     pub(crate) inbox: Arc<Inbox>,
+    /// Its gauges (the `metrics` feature).
+    pub(crate) meter: WorkerMeter,
 }
 
 /// A started request: which worker runs it, and its place in the live
@@ -86,14 +104,34 @@ pub(crate) struct WorkerCell {
 pub(crate) struct Started {
     pub(crate) worker: Arc<WorkerCell>,
     pub(crate) live: LiveGuard,
+    /// Which start of the request this is.
+    pub(crate) attempt: Attempt,
 }
 
 impl Started {
     /// Hands the request to its worker's task
-    /// ([`crate::ExecutionMode::PoolTasks`]).
-    pub(crate) fn dispatch(self, key: RequestKey, request: WorkerRequest, wake: &mut Wakers) {
-        let Started { worker, live } = self;
-        worker.inbox.push(Job { key, request, live }, wake);
+    /// ([`crate::ExecutionMode::PoolTasks`]), with the span its handler
+    /// runs in.
+    pub(crate) fn dispatch(
+        self,
+        key: RequestKey,
+        request: WorkerRequest,
+        span: RequestSpan,
+        wake: &mut Wakers,
+    ) {
+        let Started {
+            worker,
+            live,
+            attempt,
+        } = self;
+        let job = Job {
+            key,
+            request,
+            live,
+            span,
+            attempt,
+        };
+        worker.inbox.push(job, wake);
     }
 }
 
@@ -103,6 +141,10 @@ pub(crate) struct Delivered {
     pub(crate) result: Result<Value, WorkerPoolError>,
     pub(crate) queued_for: Duration,
     pub(crate) ran_for: Option<Duration>,
+    /// Where the request was when it was answered.
+    pub(crate) phase: Phase,
+    /// The core aborted its handler just before answering it.
+    pub(crate) aborted: bool,
 }
 
 /// The id of `worker` ("" if it is gone).
@@ -131,12 +173,17 @@ pub(crate) struct Own {
     pub(crate) jobs: Vec<Job>,
     /// Stopped workers, dropped once the lock is released.
     pub(crate) release: Vec<Arc<WorkerCell>>,
+    /// What the `tracing` and `metrics` features tell once the lock is
+    /// released.
+    pub(crate) notes: Notes,
 }
 
 impl Own {
-    /// Wakes the callers this round of actions concerned.
+    /// Tells this round's notes, then wakes the callers it concerned
+    /// (called once the lock is released).
     #[inline]
     pub(crate) fn wake_all(&mut self) {
+        self.notes.emit();
         self.wake.wake_all();
     }
 }
@@ -153,6 +200,9 @@ pub(crate) struct Claimed {
     /// The caller's waker, so a handler that has to wait registers it.
     pub(crate) waker: Option<Waker>,
     pub(crate) live: LiveGuard,
+    /// The span the handler runs in, and which start of the request this is.
+    pub(crate) span: RequestSpan,
+    pub(crate) attempt: Attempt,
 }
 
 /// A handler future that owns its handler, so it can move between tasks.
@@ -229,7 +279,10 @@ impl Core {
         mut claim: usize,
     ) {
         // Events first: a `StopWorker` below forgets the worker's id.
-        self.drain_events(signals);
+        self.drain_events(signals, &mut mine.notes);
+        // The request whose `Abort` was the last action (its answer comes
+        // next).
+        let mut aborted = None;
         while let Some(action) = self.pool.poll_action() {
             match action {
                 Action::Start {
@@ -241,9 +294,11 @@ impl Core {
                         debug_assert!(false, "start on an unknown worker");
                         continue;
                     };
+                    mine.notes.started(&entry.cell.meter);
                     let started = Started {
                         worker: Arc::clone(&entry.cell),
                         live: self.live.start(),
+                        attempt: payload.next_attempt(),
                     };
                     if own == Some(request) {
                         mine.started = Some(started);
@@ -253,16 +308,19 @@ impl Core {
                     if self.pool_tasks {
                         match inner.parked.take() {
                             Some(parked) => {
+                                let span = inner.take_span();
                                 drop(inner);
                                 if mine.here == Some(worker) {
-                                    let Started { live, .. } = started;
+                                    let Started { live, attempt, .. } = started;
                                     mine.jobs.push(Job {
                                         key: request,
                                         request: parked,
                                         live,
+                                        span,
+                                        attempt,
                                     });
                                 } else {
-                                    started.dispatch(request, parked, &mut mine.wake);
+                                    started.dispatch(request, parked, span, &mut mine.wake);
                                 }
                             }
                             // Its caller holds the request while its hooks
@@ -282,6 +340,7 @@ impl Core {
                             claim -= 1;
                             inner.run = Run::Claimed;
                             let waker = inner.waker();
+                            let span = inner.take_span();
                             drop(inner);
                             mine.claimed.push(Claimed {
                                 key: request,
@@ -290,6 +349,8 @@ impl Core {
                                 request: parked,
                                 waker,
                                 live: started.live,
+                                span,
+                                attempt: started.attempt,
                             });
                         }
                         None => {
@@ -304,6 +365,7 @@ impl Core {
                 // and reaches its slot, which stops a handler its caller's
                 // task runs; a worker task is told through its inbox.
                 Action::Abort { request, worker } => {
+                    aborted = Some(request);
                     if self.pool_tasks {
                         if let Some(entry) = self.workers.get(&worker) {
                             entry.cell.inbox.abort(request, &mut mine.wake);
@@ -316,6 +378,9 @@ impl Core {
                         .workers
                         .get(&answer.worker)
                         .map(|entry| Arc::clone(&entry.cell));
+                    if let Some(worker) = &worker {
+                        mine.notes.answered(&worker.meter, answer.phase);
+                    }
                     let delivered = Delivered {
                         worker,
                         result: answer.result,
@@ -324,6 +389,8 @@ impl Core {
                             Phase::Running => answer.ran_for,
                             Phase::Queued => None,
                         },
+                        phase: answer.phase,
+                        aborted: aborted.take() == Some(answer.request),
                     };
                     if own == Some(answer.request) {
                         mine.answer = Some(delivered);
@@ -367,6 +434,7 @@ impl Core {
                 }
                 Action::StopWorker { worker } => {
                     if let Some(entry) = self.workers.remove(&worker) {
+                        mine.notes.stopped(&self.meter, entry.status);
                         if let Some((_, handle)) = entry.probe {
                             handle.abort();
                         }
@@ -392,7 +460,7 @@ impl Core {
         }
     }
 
-    fn drain_events(&mut self, signals: &LaneSignals) {
+    fn drain_events(&mut self, signals: &LaneSignals, notes: &mut Notes) {
         while let Some(event) = self.pool.poll_event() {
             match event {
                 Event::HealthChanged {
@@ -405,21 +473,64 @@ impl Core {
                     if self.health_log.len() >= HEALTH_LOG_CAPACITY {
                         self.health_log.pop_front();
                     }
+                    let id = self.id_of(worker);
+                    notes.health(&self.meter, &id, from, to, cause);
+                    if let Some(entry) = self.workers.get_mut(&worker) {
+                        entry.status = to;
+                    }
                     self.health_log.push_back(HealthTransition {
-                        worker_id: self.id_of(worker).to_string(),
+                        worker_id: id.to_string(),
                         from,
                         to,
                         cause,
                         at: at.since_epoch(),
                     });
                 }
-                Event::Accepted { .. } | Event::Rejected { .. } | Event::Requeued { .. } => {}
+                Event::Accepted { worker, .. } => self.note_accepted(worker, notes),
+                Event::Requeued { request, from, to } => {
+                    self.note_requeued(request, from, to, notes);
+                }
+                Event::Rejected { .. } => {}
                 Event::ShutdownComplete { .. } => {
                     self.live.mark_stopped();
                     signals.close();
                 }
             }
         }
+    }
+
+    /// Notes that a request was queued on `worker` (its gauge; nothing
+    /// without the `metrics` feature, not even the look-up).
+    #[inline]
+    fn note_accepted(&self, worker: WorkerKey, notes: &mut Notes) {
+        #[cfg(feature = "metrics")]
+        if let Some(entry) = self.workers.get(&worker) {
+            notes.accepted(&entry.cell.meter);
+        }
+        #[cfg(not(feature = "metrics"))]
+        let _ = (worker, notes);
+    }
+
+    /// Notes that a queued request moved between workers (nothing, not
+    /// even the look-ups, without the `tracing` and `metrics` features).
+    #[inline]
+    fn note_requeued(
+        &self,
+        request: RequestKey,
+        from: WorkerKey,
+        to: WorkerKey,
+        notes: &mut Notes,
+    ) {
+        #[cfg(any(feature = "tracing", feature = "metrics"))]
+        if let (Some(from), Some(to)) = (self.workers.get(&from), self.workers.get(&to)) {
+            notes.requeued(
+                request,
+                (&from.cell.id, &from.cell.meter),
+                (&to.cell.id, &to.cell.meter),
+            );
+        }
+        #[cfg(not(any(feature = "tracing", feature = "metrics")))]
+        let _ = (request, from, to, notes);
     }
 
     /// The id of a worker ("" if it is gone).

@@ -53,6 +53,10 @@ use futures::future::{self, Either};
 use futures::FutureExt;
 use serde_json::{json, Value};
 
+mod observability;
+
+pub use observability::{metrics_count_each_outcome_and_follow_the_queues, Reading, Readings};
+
 /// An adapter under test: its runtime type and how to run an async body on it.
 pub trait Target: 'static {
     /// The adapter's runtime (`foreman_tokio::TokioRuntime`, …).
@@ -107,6 +111,7 @@ macro_rules! conformance_suite {
             a_moved_request_allowed_nowhere_is_answered,
             a_breaker_over_two_lanes_counts_each_request_once,
             commands_after_shutdown_answer_shutting_down,
+            metrics_count_each_outcome_and_follow_the_queues,
         );
     };
     (@each $target:ty; $($name:ident),* $(,)?) => {$(
