@@ -337,58 +337,33 @@ fn health_transitions_and_restarts_are_events_with_their_cause() {
         pool.shutdown().await;
     });
     let events = capture.events();
-    let changes: Vec<(
-        Level,
-        Option<&str>,
-        Option<&str>,
-        Option<&str>,
-        Option<&str>,
-    )> = events
+    let changes: Vec<(Level, String)> = events
         .iter()
         .filter(|event| event.message() == "worker health changed")
         .map(|event| {
-            (
-                event.level,
-                event.field("worker"),
-                event.field("from"),
-                event.field("to"),
-                event.field("cause"),
-            )
+            let field = |name| event.field(name).unwrap_or("?");
+            let change = format!(
+                "{} {} -> {} ({})",
+                field("worker"),
+                field("from"),
+                field("to"),
+                field("cause")
+            );
+            (event.level, change)
         })
         .collect();
-    let w = Some("worker-0");
+    let changes: Vec<(Level, &str)> = changes
+        .iter()
+        .map(|(level, change)| (*level, change.as_str()))
+        .collect();
     assert_eq!(
         changes,
         vec![
-            (
-                Level::WARN,
-                w,
-                Some("healthy"),
-                Some("degraded"),
-                Some("failure")
-            ),
-            (
-                Level::WARN,
-                w,
-                Some("degraded"),
-                Some("unavailable"),
-                Some("failure")
-            ),
-            (
-                Level::INFO,
-                w,
-                Some("unavailable"),
-                Some("healthy"),
-                Some("restart")
-            ),
+            (Level::WARN, "worker-0 healthy -> degraded (failure)"),
+            (Level::WARN, "worker-0 degraded -> unavailable (failure)"),
+            (Level::INFO, "worker-0 unavailable -> healthy (restart)"),
             // Shutdown stops it.
-            (
-                Level::INFO,
-                w,
-                Some("healthy"),
-                Some("unavailable"),
-                Some("stopped")
-            ),
+            (Level::INFO, "worker-0 healthy -> unavailable (stopped)"),
         ]
     );
     let restarted = events
