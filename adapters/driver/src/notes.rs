@@ -47,6 +47,15 @@ thread_local! {
     static SPARE: std::cell::Cell<Vec<Note>> = const { std::cell::Cell::new(Vec::new()) };
 }
 
+/// Whether any subscriber may want events at `level`: the facade's
+/// global maximum, read without asking a subscriber (which would run user
+/// code under the lock).
+#[cfg(feature = "tracing")]
+#[inline]
+fn wanted(level: tracing::Level) -> bool {
+    level <= tracing::level_filters::LevelFilter::current()
+}
+
 impl Notes {
     #[cfg(any(feature = "tracing", feature = "metrics"))]
     fn push(&mut self, note: Note) {
@@ -108,11 +117,13 @@ impl Notes {
             self.push(Note::Gauge(to.1.queued.clone(), 1.0));
         }
         #[cfg(feature = "tracing")]
-        self.push(Note::Requeued {
-            request,
-            from: Arc::clone(from.0),
-            to: Arc::clone(to.0),
-        });
+        if wanted(tracing::Level::DEBUG) {
+            self.push(Note::Requeued {
+                request,
+                from: Arc::clone(from.0),
+                to: Arc::clone(to.0),
+            });
+        }
         #[cfg(not(feature = "tracing"))]
         let _ = (request, from.0, to.0);
         #[cfg(not(feature = "metrics"))]
@@ -135,12 +146,14 @@ impl Notes {
             self.push(Note::Gauge(meter.workers(to), 1.0));
         }
         #[cfg(feature = "tracing")]
-        self.push(Note::Health {
-            worker: Arc::clone(worker),
-            from,
-            to,
-            cause,
-        });
+        if wanted(tracing::Level::INFO) {
+            self.push(Note::Health {
+                worker: Arc::clone(worker),
+                from,
+                to,
+                cause,
+            });
+        }
         #[cfg(not(feature = "metrics"))]
         let _ = meter;
         #[cfg(not(feature = "tracing"))]
