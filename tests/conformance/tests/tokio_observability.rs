@@ -245,7 +245,8 @@ fn the_request_span_holds_its_fields_and_the_handler() {
 
 /// A refusal is a `debug` event of the request's span with its reason; a
 /// timeout while queued is `debug`, one while running `warn`, with the
-/// worker; a cancellation is `debug` with its phase.
+/// worker; a cancellation is `debug` with its phase; an abort at the
+/// drain deadline is `info` with its phase.
 #[test]
 fn refusals_timeouts_and_cancellations_are_events_of_the_request() {
     let capture = Capture::default();
@@ -270,7 +271,13 @@ fn refusals_timeouts_and_cancellations_are_events_of_the_request() {
             let cut = tokio::time::timeout(Duration::from_millis(5), cancelled).await;
             assert!(cut.is_err(), "the hanging request was still running");
         }
-        pool.shutdown().await;
+        let drained = pool.submit(request("drained", "hang"));
+        let shutdown = async {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+            pool.shutdown_with_deadline(Duration::ZERO).await;
+        };
+        let (drained, ()) = futures::join!(drained, shutdown);
+        assert!(matches!(drained, Err(WorkerPoolError::ShuttingDown)));
     });
     let events = capture.events();
     let of = |id: &str, message: &str| -> Seen {
@@ -295,6 +302,12 @@ fn refusals_timeouts_and_cancellations_are_events_of_the_request() {
     let cancelled = of("cancelled", "request cancelled by its caller");
     assert_eq!(cancelled.level, Level::DEBUG);
     assert_eq!(cancelled.field("phase"), Some("running"));
+    let drained = of(
+        "drained",
+        "request aborted: the shutdown's drain deadline passed",
+    );
+    assert_eq!(drained.level, Level::INFO);
+    assert_eq!(drained.field("phase"), Some("running"));
 }
 
 /// Every health transition is an event with the worker, both states and
