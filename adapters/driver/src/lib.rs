@@ -86,7 +86,7 @@
 //!
 //! | name | type | labels | meaning |
 //! |---|---|---|---|
-//! | `foreman_requests_accepted_total` | counter | — | requests accepted (each ends in exactly one of the five counters below) |
+//! | `foreman_requests_accepted_total` | counter | — | requests accepted (each is then counted once more, as succeeded, failed, timed out, cancelled or aborted) |
 //! | `foreman_requests_refused_total` | counter | `reason`: `invalid_request`, `queue_full`, `no_healthy_worker`, `circuit_open`, `shutting_down`, `timeout` (a zero time budget) | submits refused |
 //! | `foreman_requests_succeeded_total` | counter | — | answered with the handler's output |
 //! | `foreman_requests_failed_total` | counter | — | answered with the handler's error or panic |
