@@ -91,12 +91,15 @@ impl RequestSpan {
         handler
     }
 
-    /// Runs a boxed handler future inside the span (without the feature,
-    /// the same box).
+    /// Runs a boxed handler future inside the span (the same box when the
+    /// span is disabled: no subscriber wants it, or no feature).
     #[inline]
     pub(crate) fn instrument_boxed<'a>(self, handler: HandlerFuture<'a>) -> HandlerFuture<'a> {
         #[cfg(feature = "tracing")]
         {
+            if self.span.is_disabled() {
+                return handler;
+            }
             Box::pin(tracing::Instrument::instrument(handler, self.span))
         }
         #[cfg(not(feature = "tracing"))]
