@@ -60,7 +60,8 @@ impl Notes {
     #[cfg(any(feature = "tracing", feature = "metrics"))]
     fn push(&mut self, note: Note) {
         if self.items.capacity() == 0 {
-            self.items = SPARE.with(std::cell::Cell::take);
+            // (During the thread's teardown there is no spare: a new list.)
+            self.items = SPARE.try_with(std::cell::Cell::take).unwrap_or_default();
         }
         self.items.push(note);
     }
@@ -201,6 +202,6 @@ impl Notes {
                 }
             }
         }
-        SPARE.with(|spare| spare.set(items));
+        let _ = SPARE.try_with(|spare| spare.set(items));
     }
 }
