@@ -57,6 +57,19 @@ fn wanted(level: tracing::Level) -> bool {
 }
 
 impl Notes {
+    /// Whether a move between workers is noted at all: always for the
+    /// gauges (`metrics`), else only when a subscriber may want its event.
+    #[cfg(any(feature = "tracing", feature = "metrics"))]
+    #[inline]
+    pub(crate) fn wants_moves() -> bool {
+        #[cfg(feature = "metrics")]
+        {
+            true
+        }
+        #[cfg(not(feature = "metrics"))]
+        wanted(tracing::Level::DEBUG)
+    }
+
     #[cfg(any(feature = "tracing", feature = "metrics"))]
     fn push(&mut self, note: Note) {
         if self.items.capacity() == 0 {

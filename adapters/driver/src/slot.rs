@@ -153,16 +153,20 @@ impl Slot {
     }
 
     /// Counts a start of the request (`Action::Start`) and says which it
-    /// is.
+    /// is (counted only while request spans are wanted: nobody reads it
+    /// otherwise).
     #[inline]
     pub(crate) fn next_attempt(&self) -> Attempt {
-        Attempt {
-            #[cfg(feature = "tracing")]
-            number: self
-                .starts
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
-                .saturating_add(1),
+        #[cfg(feature = "tracing")]
+        if crate::trace::spans_wanted() {
+            return Attempt {
+                number: self
+                    .starts
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+                    .saturating_add(1),
+            };
         }
+        Attempt::default()
     }
 
     pub(crate) fn lock(&self) -> MutexGuard<'_, SlotInner> {

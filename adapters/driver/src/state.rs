@@ -522,6 +522,10 @@ impl Core {
         notes: &mut Notes,
     ) {
         #[cfg(any(feature = "tracing", feature = "metrics"))]
+        if !Notes::wants_moves() {
+            return;
+        }
+        #[cfg(any(feature = "tracing", feature = "metrics"))]
         if let (Some(from), Some(to)) = (self.workers.get(&from), self.workers.get(&to)) {
             notes.requeued(
                 request,

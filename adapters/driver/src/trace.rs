@@ -39,11 +39,21 @@ impl Default for RequestSpan {
 }
 
 /// Which start of its request a handler run is (1 for the first), counted
-/// from the core's `Action::Start`s for the request.
+/// from the core's `Action::Start`s for the request while request spans
+/// are wanted (`spans_wanted`).
 #[derive(Clone, Copy, Default)]
 pub(crate) struct Attempt {
     #[cfg(feature = "tracing")]
     pub(crate) number: u32,
+}
+
+/// Whether a subscriber may want request spans (level `INFO`): tracing's
+/// global maximum level, read without asking a subscriber, so it may be
+/// called under a lock.
+#[cfg(feature = "tracing")]
+#[inline]
+pub(crate) fn spans_wanted() -> bool {
+    tracing::level_enabled!(tracing::Level::INFO)
 }
 
 impl RequestSpan {
@@ -72,7 +82,7 @@ impl RequestSpan {
     #[inline]
     pub(crate) fn start(&self, worker: &str, attempt: Attempt) {
         #[cfg(feature = "tracing")]
-        {
+        if !self.span.is_disabled() {
             self.span.record("worker", worker);
             self.span.record("attempt", attempt.number);
         }
