@@ -22,20 +22,14 @@ use crate::wait::HandlerFuture;
 /// The span of one request (`request`, target `foreman`), with fields
 /// `request_id`, `workflow`, `node`, and `worker` and `attempt` recorded
 /// when its handler starts. Events about the request are its children.
-#[derive(Clone)]
+///
+/// Boxed, and absent when no subscriber wants it: it travels with the
+/// request (slot, worker inbox, handler future), which then grows by a
+/// pointer only.
+#[derive(Clone, Default)]
 pub(crate) struct RequestSpan {
     #[cfg(feature = "tracing")]
-    span: tracing::Span,
-}
-
-impl Default for RequestSpan {
-    /// No span (what a slot holds once its span was taken).
-    fn default() -> Self {
-        RequestSpan {
-            #[cfg(feature = "tracing")]
-            span: tracing::Span::none(),
-        }
-    }
+    span: Option<Box<tracing::Span>>,
 }
 
 /// Which start of its request a handler run is (1 for the first), counted
@@ -61,11 +55,9 @@ impl RequestSpan {
     /// it).
     #[inline]
     pub(crate) fn new(request: &WorkerRequest) -> Self {
-        #[cfg(not(feature = "tracing"))]
-        let _ = request;
-        RequestSpan {
-            #[cfg(feature = "tracing")]
-            span: tracing::info_span!(
+        #[cfg(feature = "tracing")]
+        {
+            let span = tracing::info_span!(
                 target: "foreman",
                 "request",
                 request_id = request.request_id.as_str(),
@@ -73,8 +65,23 @@ impl RequestSpan {
                 node = request.node_id.as_str(),
                 worker = tracing::field::Empty,
                 attempt = tracing::field::Empty,
-            ),
+            );
+            RequestSpan {
+                span: (!span.is_disabled()).then(|| Box::new(span)),
+            }
         }
+        #[cfg(not(feature = "tracing"))]
+        {
+            let _ = request;
+            RequestSpan {}
+        }
+    }
+
+    /// The span's id, for its events' `parent:` (none: they have no
+    /// parent, as events of a disabled span).
+    #[cfg(feature = "tracing")]
+    fn id(&self) -> Option<tracing::Id> {
+        self.span.as_ref().and_then(|span| span.id())
     }
 
     /// Records the worker that starts the request's handler and which
@@ -82,9 +89,9 @@ impl RequestSpan {
     #[inline]
     pub(crate) fn start(&self, worker: &str, attempt: Attempt) {
         #[cfg(feature = "tracing")]
-        if !self.span.is_disabled() {
-            self.span.record("worker", worker);
-            self.span.record("attempt", attempt.number);
+        if let Some(span) = &self.span {
+            span.record("worker", worker);
+            span.record("attempt", attempt.number);
         }
         #[cfg(not(feature = "tracing"))]
         let _ = (worker, attempt);
@@ -95,7 +102,8 @@ impl RequestSpan {
     pub(crate) fn instrument<F: Future>(self, handler: F) -> impl Future<Output = F::Output> {
         #[cfg(feature = "tracing")]
         {
-            tracing::Instrument::instrument(handler, self.span)
+            let span = self.span.map_or_else(tracing::Span::none, |span| *span);
+            tracing::Instrument::instrument(handler, span)
         }
         #[cfg(not(feature = "tracing"))]
         handler
@@ -106,11 +114,9 @@ impl RequestSpan {
     #[inline]
     pub(crate) fn instrument_boxed<'a>(self, handler: HandlerFuture<'a>) -> HandlerFuture<'a> {
         #[cfg(feature = "tracing")]
-        {
-            if self.span.is_disabled() {
-                return handler;
-            }
-            Box::pin(tracing::Instrument::instrument(handler, self.span))
+        match self.span {
+            Some(span) => Box::pin(tracing::Instrument::instrument(handler, *span)),
+            None => handler,
         }
         #[cfg(not(feature = "tracing"))]
         handler
@@ -122,7 +128,7 @@ impl RequestSpan {
         #[cfg(feature = "tracing")]
         tracing::debug!(
             target: "foreman",
-            parent: &self.span,
+            parent: self.id(),
             reason = refusal_reason(error),
             "request refused"
         );
@@ -136,7 +142,7 @@ impl RequestSpan {
         #[cfg(feature = "tracing")]
         tracing::debug!(
             target: "foreman",
-            parent: &self.span,
+            parent: self.id(),
             worker,
             "circuit breaker vetoed the worker"
         );
@@ -153,7 +159,7 @@ impl RequestSpan {
     pub(crate) fn ended(&self, ending: Ending, worker: &str) {
         #[cfg(feature = "tracing")]
         {
-            let span = &self.span;
+            let span = self.id();
             match ending {
                 Ending::Succeeded => {}
                 Ending::Failed => tracing::debug!(
