@@ -89,6 +89,61 @@
 //!   `PoolService`);
 //! - `ServiceHandler` makes any `tower::Service<WorkerRequest>` answering
 //!   JSON a worker handler.
+//!
+//! # Observability
+//! [`WorkerPool::stats`] (counters by outcome and refusal reason, queue
+//! depths, per-worker state) and [`WorkerPool::health_history`] are always
+//! there. Two cargo features (off by default; the adapter crates forward
+//! them under the same names) report through the ecosystem's facades. They
+//! emit what the core's outputs say (its answers, refusals, `Start`s,
+//! moves and health transitions with their [`HealthCause`]), never from
+//! under a foreman lock: a subscriber or a recorder is user code, so what
+//! the core reports under a lane's lock is told once the lock is released.
+//!
+//! **`tracing`**: each request gets a span `request` (target `foreman`,
+//! level `INFO`) with the fields `request_id`, `workflow`, `node`, and
+//! `worker` and `attempt` recorded when its handler starts (`attempt`
+//! counts the core's starts of the request: the core starts a request at
+//! most once, so it is 1). The handler's future runs inside the span,
+//! whichever task polls it, so a handler's own spans and events nest under
+//! it. Events of the span: a refusal (`debug`, field `reason`, as the
+//! metric's label below), a circuit breaker's veto (`debug`, `worker`), a
+//! handler's failure (`debug`), a timeout while queued (`debug`, `phase`)
+//! or while running (`warn`, `phase`, `worker`), a cancellation by the
+//! caller (`debug`, `phase`), an abort by a restart (`info`, `worker`) or
+//! by the shutdown's drain deadline (`info`, `phase`), and a request
+//! answered `Unavailable` because its removed worker could hand it to
+//! nobody (`info`, `worker`). Events outside request spans: every health
+//! transition (fields `worker`, `from`, `to`, `cause`; `warn` when the
+//! worker got worse on evidence: failures, timeouts, probes; `info` when
+//! it became Healthy or was restarted, removed or stopped by shutdown) and
+//! every queued request moved
+//! to another worker (`debug`; `request` (the core's request key),
+//! `from`, `to`). Everything goes through tracing's macros, which ask the
+//! subscriber's interest before formatting anything.
+//!
+//! **`metrics`**: the pool registers the metrics below with the recorder
+//! in effect when it is built (a worker's gauges: when the worker is
+//! added), so install the recorder first (or build the pool inside
+//! `metrics::with_local_recorder`); emitting is then a call on a
+//! registered handle, with no key built and no label allocated.
+//!
+//! | name | type | labels | meaning |
+//! |---|---|---|---|
+//! | `foreman_requests_accepted_total` | counter | — | requests accepted (each is then counted once more, as succeeded, failed, timed out, cancelled or aborted) |
+//! | `foreman_requests_refused_total` | counter | `reason`: `invalid_request`, `queue_full`, `no_healthy_worker`, `circuit_open`, `shutting_down`, `timeout` (a zero time budget) | submits refused |
+//! | `foreman_requests_succeeded_total` | counter | — | answered with the handler's output |
+//! | `foreman_requests_failed_total` | counter | — | answered with the handler's error or panic |
+//! | `foreman_requests_timed_out_total` | counter | `phase`: `queued`, `running` | the time budget ran out |
+//! | `foreman_requests_cancelled_total` | counter | — | the caller dropped its `submit` future |
+//! | `foreman_requests_aborted_total` | counter | `cause`: `restart`, `shutdown` (the drain deadline), `worker_removed` (no other worker could take it) | aborted by the pool |
+//! | `foreman_request_queue_seconds` | histogram | — | from acceptance to start, or to the answer for a request that never started; one sample per answer |
+//! | `foreman_request_run_seconds` | histogram | — | how long a started request's handler ran, until its answer or abort |
+//! | `foreman_worker_queued` | gauge | `worker` | requests waiting in the worker's queue (as in [`Stats`]) |
+//! | `foreman_worker_in_flight` | gauge | `worker` | requests the worker is running |
+//! | `foreman_workers` | gauge | `state`: `healthy`, `degraded`, `unavailable` | workers by health status, as the core's health machine has it (a removed or stopped worker leaves) |
+//!
+//! The gauges move by increments, so several pools on one recorder add up.
 #![deny(missing_docs)]
 #![forbid(unsafe_code)]
 
@@ -97,7 +152,10 @@ mod closure;
 mod cooperate;
 mod handler;
 mod live;
+mod meter;
 mod names;
+mod notes;
+mod outcome;
 mod pool;
 mod runtime;
 #[cfg(feature = "tower")]
@@ -108,6 +166,7 @@ mod state;
 mod submit;
 mod sync;
 mod tasks;
+mod trace;
 mod types;
 mod wait;
 mod wakers;

@@ -19,10 +19,12 @@ use crate::answer::command_error;
 use crate::cooperate::cooperate;
 use crate::handler::{CircuitBreakerHooks, WorkerHandler, WorkerPoolClient};
 use crate::live::Live;
+use crate::meter::{PoolMeter, WorkerMeter};
 use crate::names::Names;
 use crate::runtime::Runtime;
 use crate::slot::Slot;
 use crate::state::{Core, FastMap, LaneSignals, Own, WorkerEntry};
+use crate::trace::RequestSpan;
 use crate::types::{BuildError, DriverOptions, HealthTransition, Timed};
 use crate::wakers::Wakers;
 use crate::worker::ExecutionMode;
@@ -263,6 +265,8 @@ impl<R: Runtime> WorkerPool<R> {
             .map_or(0, |since| {
                 u64::try_from(since.as_millis()).unwrap_or(u64::MAX)
             });
+        // Registered with the recorder in effect here (`metrics` feature).
+        let meter = Arc::new(PoolMeter::new());
         let mut cores = Vec::with_capacity(lanes.get());
         for _ in 0..lanes.get() {
             cores.push(Core {
@@ -274,6 +278,7 @@ impl<R: Runtime> WorkerPool<R> {
                 room_waiters: Vec::new(),
                 pool_tasks,
                 publish_load: lanes.get() > 1,
+                meter: Arc::clone(&meter),
             });
         }
         let mut names = Names::default();
@@ -284,9 +289,10 @@ impl<R: Runtime> WorkerPool<R> {
             };
             let id = names.add(lane);
             let key = core.pool.add_named_worker(Time::ZERO, id.as_str())?;
-            core.workers
-                .insert(key, WorkerEntry::new(&id, key, handler));
+            let entry = WorkerEntry::new(&id, key, handler, WorkerMeter::new(&id));
+            core.workers.insert(key, entry);
         }
+        meter.workers_added(names.count());
         let shared = Arc::new(Shared {
             config,
             lanes: cores
@@ -306,6 +312,7 @@ impl<R: Runtime> WorkerPool<R> {
             epoch,
             hooks,
             pool_tasks,
+            meter,
         });
         for lane in 0..shared.lanes.len() {
             shared.start_timer(lane);
@@ -452,17 +459,20 @@ impl<R: Runtime> WorkerPool<R> {
     /// ```
     pub fn submit_timed(&self, request: WorkerRequest) -> impl Future<Output = Timed> + Send + '_ {
         // The request goes straight into its slot (the core's payload), so
-        // the future every caller holds carries a pointer, not the request.
-        let slot = Slot::parked(request);
+        // the future every caller holds carries a pointer, not the request;
+        // with it goes a copy of its span (`tracing` feature), for the task
+        // that starts its handler.
+        let span = RequestSpan::new(&request);
+        let slot = Slot::parked(request, span.clone());
         async move {
             // Whether this request ever waited (see `cooperate`).
             let mut waited = false;
             let outcome = match self.shared.hooks.as_deref() {
-                None => self.run(&slot, &mut waited).await,
+                None => self.run(&slot, &mut waited, &span).await,
                 // Boxed: the future of a pool without hooks stays small.
                 Some(hooks) => {
                     waited = true;
-                    Box::pin(self.run_hooked(&slot, hooks)).await
+                    Box::pin(self.run_hooked(&slot, hooks, &span)).await
                 }
             };
             Slot::recycle(slot);
@@ -690,12 +700,15 @@ impl<R: Runtime> WorkerPool<R> {
             .min_by_key(|&lane| shared.lane(lane).core.lock().workers.len())
             .unwrap_or(0);
         let id = names.peek();
-        // Refused, the handler is dropped (user code) with no lock held.
+        // Refused, the handler is dropped (user code) with no lock held; so
+        // are its gauges, registered here (a recorder is user code too),
+        // when this function returns.
         let mut handler = Some(handler);
+        let mut meter = Some(WorkerMeter::new(&id));
         let added = shared.input(lane, |core, now| {
             let key = core.pool.add_named_worker(now, id.as_str())?;
-            let cell = handler.take().map(|handler| {
-                let entry = WorkerEntry::new(&id, key, handler);
+            let cell = handler.take().zip(meter.take()).map(|(handler, meter)| {
+                let entry = WorkerEntry::new(&id, key, handler, meter);
                 let cell = Arc::clone(&entry.cell);
                 core.workers.insert(key, entry);
                 cell
@@ -704,6 +717,7 @@ impl<R: Runtime> WorkerPool<R> {
         });
         let added = match added {
             Ok(cell) => {
+                shared.meter.workers_added(1);
                 // Requests the core started on it already wait in its inbox.
                 if let (true, Some(cell)) = (shared.pool_tasks, cell) {
                     shared.spawn_worker(lane, cell);
@@ -876,14 +890,19 @@ impl<R: Runtime> Drop for WorkerPool<R> {
         for lane in self.shared.lanes.iter() {
             let mut core = lane.core.lock();
             let mut wake = Wakers::default();
+            let mut notes = crate::notes::Notes::default();
+            let meter = Arc::clone(&core.meter);
             for entry in core.workers.values_mut() {
                 if let Some((_, handle)) = entry.probe.take() {
                     handle.abort();
                 }
                 entry.cell.inbox.close(&mut wake);
+                // Its workers leave the health-state gauges with it.
+                notes.stopped(&meter, entry.status);
             }
             lane.signals.close();
             drop(core);
+            notes.emit();
             wake.wake_all();
         }
     }
@@ -909,6 +928,9 @@ pub(crate) struct Shared<R> {
     pub(crate) hooks: Option<Arc<dyn CircuitBreakerHooks>>,
     /// Handlers run on worker tasks ([`ExecutionMode::PoolTasks`]).
     pub(crate) pool_tasks: bool,
+    /// The pool's metric handles (`metrics` feature; each lane's core
+    /// holds them too).
+    pub(crate) meter: Arc<PoolMeter>,
 }
 
 /// One core with its own lock, owning some of the pool's workers.

@@ -11,6 +11,7 @@ use parking_lot::{Mutex, MutexGuard};
 
 use crate::live::LiveGuard;
 use crate::started::{Delivered, OwnedHandlerFuture, Started};
+use crate::trace::{Attempt, RequestSpan};
 use crate::wakers::Wakers;
 
 /// A request the driver holds, or none: dropping it takes its JSON values
@@ -49,6 +50,10 @@ impl Drop for HeldRequest {
 #[derive(Default)]
 pub(crate) struct Slot {
     inner: Mutex<SlotInner>,
+    /// How many times the core started the request (the `tracing`
+    /// feature's `attempt`).
+    #[cfg(feature = "tracing")]
+    starts: std::sync::atomic::AtomicU32,
 }
 
 #[derive(Default)]
@@ -63,6 +68,9 @@ pub(crate) struct SlotInner {
     /// The request's worker was removed: its caller has the circuit
     /// breaker place it anew (`Action::Revet`).
     pub(crate) revet: bool,
+    /// The span the request's handler runs in, for whoever starts it; it
+    /// goes with the parked request.
+    span: RequestSpan,
     waker: Option<Waker>,
 }
 
@@ -106,20 +114,26 @@ thread_local! {
 }
 
 impl Slot {
-    /// A slot holding `request`, parked until its caller submits it: this
-    /// thread's spare slot if it has one, else a new one.
-    pub(crate) fn parked(request: WorkerRequest) -> Arc<Slot> {
+    /// A slot holding `request`, parked until its caller submits it, with
+    /// the span its handler is to run in: this thread's spare slot if it
+    /// has one, else a new one.
+    pub(crate) fn parked(request: WorkerRequest, span: RequestSpan) -> Arc<Slot> {
         if let Some(mut slot) = SPARE_SLOT.with(Cell::take) {
             if let Some(unique) = Arc::get_mut(&mut slot) {
-                unique.inner.get_mut().parked = HeldRequest::new(request);
+                let inner = unique.inner.get_mut();
+                inner.parked = HeldRequest::new(request);
+                inner.span = span;
                 return slot;
             }
         }
         Arc::new(Slot {
             inner: Mutex::new(SlotInner {
                 parked: HeldRequest::new(request),
+                span,
                 ..SlotInner::default()
             }),
+            #[cfg(feature = "tracing")]
+            starts: std::sync::atomic::AtomicU32::new(0),
         })
     }
 
@@ -131,7 +145,28 @@ impl Slot {
             return;
         };
         *unique.inner.get_mut() = SlotInner::default();
+        #[cfg(feature = "tracing")]
+        {
+            *unique.starts.get_mut() = 0;
+        }
         SPARE_SLOT.with(|spare| spare.set(Some(slot)));
+    }
+
+    /// Counts a start of the request (`Action::Start`) and says which it
+    /// is (counted only while request spans are wanted: nobody reads it
+    /// otherwise).
+    #[inline]
+    pub(crate) fn next_attempt(&self) -> Attempt {
+        #[cfg(feature = "tracing")]
+        if crate::trace::spans_wanted() {
+            return Attempt {
+                number: self
+                    .starts
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+                    .saturating_add(1),
+            };
+        }
+        Attempt::default()
     }
 
     pub(crate) fn lock(&self) -> MutexGuard<'_, SlotInner> {
@@ -152,6 +187,18 @@ impl SlotInner {
     /// The waiting task's waker, for a task that polls on its behalf.
     pub(crate) fn waker(&self) -> Option<Waker> {
         self.waker.clone()
+    }
+
+    /// Takes the span the handler runs in (for whoever starts the parked
+    /// request; moved, not cloned, since a span's clone and drop call its
+    /// subscriber, which must not run under a lock).
+    pub(crate) fn take_span(&mut self) -> RequestSpan {
+        std::mem::take(&mut self.span)
+    }
+
+    /// Puts back the span with the parked request.
+    pub(crate) fn put_span(&mut self, span: RequestSpan) {
+        self.span = span;
     }
 
     /// Takes the waiting task's waker, to wake it once the lock is released.

@@ -7,11 +7,15 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use foreman_core::{RequestKey, WorkerKey, WorkerPoolError, WorkerProtocolError, WorkerRequest};
+use foreman_core::{
+    Phase, RequestKey, WorkerKey, WorkerPoolError, WorkerProtocolError, WorkerRequest,
+};
 use serde_json::Value;
 
 use crate::handler::WorkerHandler;
 use crate::live::LiveGuard;
+use crate::meter::WorkerMeter;
+use crate::trace::{Attempt, RequestSpan};
 use crate::wakers::Wakers;
 use crate::worker::{Inbox, Job};
 
@@ -29,6 +33,8 @@ pub(crate) struct WorkerCell {
     pub(crate) handler: Arc<dyn WorkerHandler>,
     /// Its task's mailbox (used by [`crate::ExecutionMode::PoolTasks`]).
     pub(crate) inbox: Arc<Inbox>,
+    /// Its gauges (the `metrics` feature).
+    pub(crate) meter: WorkerMeter,
 }
 
 /// A started request: which worker runs it, and its place in the live
@@ -36,14 +42,34 @@ pub(crate) struct WorkerCell {
 pub(crate) struct Started {
     pub(crate) worker: Arc<WorkerCell>,
     pub(crate) live: LiveGuard,
+    /// Which start of the request this is.
+    pub(crate) attempt: Attempt,
 }
 
 impl Started {
     /// Hands the request to its worker's task
-    /// ([`crate::ExecutionMode::PoolTasks`]).
-    pub(crate) fn dispatch(self, key: RequestKey, request: WorkerRequest, wake: &mut Wakers) {
-        let Started { worker, live } = self;
-        worker.inbox.push(Job { key, request, live }, wake);
+    /// ([`crate::ExecutionMode::PoolTasks`]), with the span its handler
+    /// runs in.
+    pub(crate) fn dispatch(
+        self,
+        key: RequestKey,
+        request: WorkerRequest,
+        span: RequestSpan,
+        wake: &mut Wakers,
+    ) {
+        let Started {
+            worker,
+            live,
+            attempt,
+        } = self;
+        let job = Job {
+            key,
+            request,
+            live,
+            span,
+            attempt,
+        };
+        worker.inbox.push(job, wake);
     }
 }
 
@@ -53,6 +79,10 @@ pub(crate) struct Delivered {
     pub(crate) result: Result<Value, WorkerPoolError>,
     pub(crate) queued_for: Duration,
     pub(crate) ran_for: Option<Duration>,
+    /// Where the request was when it was answered.
+    pub(crate) phase: Phase,
+    /// The core aborted its handler just before answering it.
+    pub(crate) aborted: bool,
 }
 
 /// The id of `worker` ("" if it is gone).

@@ -8,15 +8,19 @@ use std::sync::Arc;
 use std::task::Waker;
 
 use foreman_core::{
-    Action, Event, Phase, Pool, ProbeKey, RequestKey, Time, WorkerKey, WorkerRequest,
+    Action, Event, Phase, Pool, ProbeKey, RequestKey, Time, WorkerHealthStatus, WorkerKey,
+    WorkerRequest,
 };
 use futures_util::future::AbortHandle;
 use futures_util::task::AtomicWaker;
 
 use crate::handler::WorkerHandler;
 use crate::live::{Live, LiveGuard};
+use crate::meter::{PoolMeter, WorkerMeter};
+use crate::notes::Notes;
 use crate::slot::{Run, Slot};
 use crate::started::{Delivered, Started, WorkerCell};
+use crate::trace::{Attempt, RequestSpan};
 use crate::types::HealthTransition;
 use crate::wakers::Wakers;
 use crate::worker::{Inbox, Job};
@@ -42,24 +46,37 @@ pub(crate) struct Core {
     /// Whether its lane's counts are published in [`LaneSignals`] (only
     /// a pool of several lanes reads them).
     pub(crate) publish_load: bool,
+    /// The pool's metric handles (the `metrics` feature).
+    pub(crate) meter: Arc<PoolMeter>,
 }
 
 /// A worker as the driver knows it.
 pub(crate) struct WorkerEntry {
     pub(crate) cell: Arc<WorkerCell>,
     pub(crate) probe: Option<(ProbeKey, AbortHandle)>,
+    /// Its health status, as the core's last `HealthChanged` said.
+    pub(crate) status: WorkerHealthStatus,
 }
 
 impl WorkerEntry {
-    pub(crate) fn new(id: &str, key: WorkerKey, handler: Arc<dyn WorkerHandler>) -> Self {
+    /// A new worker; its gauges (`meter`) are registered before any lock
+    /// is taken.
+    pub(crate) fn new(
+        id: &str,
+        key: WorkerKey,
+        handler: Arc<dyn WorkerHandler>,
+        meter: WorkerMeter,
+    ) -> Self {
         WorkerEntry {
             cell: Arc::new(WorkerCell {
                 id: Arc::from(id),
                 key,
                 handler,
                 inbox: Arc::new(Inbox::default()),
+                meter,
             }),
             probe: None,
+            status: WorkerHealthStatus::Healthy,
         }
     }
 }
@@ -85,12 +102,17 @@ pub(crate) struct Own {
     pub(crate) jobs: Vec<Job>,
     /// Stopped workers, dropped once the lock is released.
     pub(crate) release: Vec<Arc<WorkerCell>>,
+    /// What the `tracing` and `metrics` features tell once the lock is
+    /// released.
+    pub(crate) notes: Notes,
 }
 
 impl Own {
-    /// Wakes the callers this round of actions concerned.
+    /// Tells this round's notes, then wakes the callers it concerned
+    /// (called once the lock is released).
     #[inline]
     pub(crate) fn wake_all(&mut self) {
+        self.notes.emit();
         self.wake.wake_all();
     }
 }
@@ -107,6 +129,9 @@ pub(crate) struct Claimed {
     /// The caller's waker, so a handler that has to wait registers it.
     pub(crate) waker: Option<Waker>,
     pub(crate) live: LiveGuard,
+    /// The span the handler runs in, and which start of the request this is.
+    pub(crate) span: RequestSpan,
+    pub(crate) attempt: Attempt,
 }
 
 /// A probe the driver must spawn once the actions are carried out.
@@ -179,7 +204,10 @@ impl Core {
         mut claim: usize,
     ) {
         // Events first: a `StopWorker` below forgets the worker's id.
-        self.drain_events(signals);
+        self.drain_events(signals, &mut mine.notes);
+        // The request whose `Abort` was the last action (its answer comes
+        // next).
+        let mut aborted = None;
         while let Some(action) = self.pool.poll_action() {
             match action {
                 Action::Start {
@@ -191,9 +219,11 @@ impl Core {
                         debug_assert!(false, "start on an unknown worker");
                         continue;
                     };
+                    mine.notes.started(&entry.cell.meter);
                     let started = Started {
                         worker: Arc::clone(&entry.cell),
                         live: self.live.start(),
+                        attempt: payload.next_attempt(),
                     };
                     if own == Some(request) {
                         mine.started = Some(started);
@@ -203,16 +233,19 @@ impl Core {
                     if self.pool_tasks {
                         match inner.parked.take() {
                             Some(parked) => {
+                                let span = inner.take_span();
                                 drop(inner);
                                 if mine.here == Some(worker) {
-                                    let Started { live, .. } = started;
+                                    let Started { live, attempt, .. } = started;
                                     mine.jobs.push(Job {
                                         key: request,
                                         request: parked,
                                         live,
+                                        span,
+                                        attempt,
                                     });
                                 } else {
-                                    started.dispatch(request, parked, &mut mine.wake);
+                                    started.dispatch(request, parked, span, &mut mine.wake);
                                 }
                             }
                             // Its caller holds the request while its hooks
@@ -232,6 +265,7 @@ impl Core {
                             claim -= 1;
                             inner.run = Run::Claimed;
                             let waker = inner.waker();
+                            let span = inner.take_span();
                             drop(inner);
                             mine.claimed.push(Claimed {
                                 key: request,
@@ -240,6 +274,8 @@ impl Core {
                                 request: parked,
                                 waker,
                                 live: started.live,
+                                span,
+                                attempt: started.attempt,
                             });
                         }
                         None => {
@@ -254,6 +290,7 @@ impl Core {
                 // and reaches its slot, which stops a handler its caller's
                 // task runs; a worker task is told through its inbox.
                 Action::Abort { request, worker } => {
+                    aborted = Some(request);
                     if self.pool_tasks {
                         if let Some(entry) = self.workers.get(&worker) {
                             entry.cell.inbox.abort(request, &mut mine.wake);
@@ -266,6 +303,9 @@ impl Core {
                         .workers
                         .get(&answer.worker)
                         .map(|entry| Arc::clone(&entry.cell));
+                    if let Some(worker) = &worker {
+                        mine.notes.answered(&worker.meter, answer.phase);
+                    }
                     let delivered = Delivered {
                         worker,
                         result: answer.result,
@@ -274,6 +314,8 @@ impl Core {
                             Phase::Running => answer.ran_for,
                             Phase::Queued => None,
                         },
+                        phase: answer.phase,
+                        aborted: aborted.take() == Some(answer.request),
                     };
                     if own == Some(answer.request) {
                         mine.answer = Some(delivered);
@@ -317,6 +359,7 @@ impl Core {
                 }
                 Action::StopWorker { worker } => {
                     if let Some(entry) = self.workers.remove(&worker) {
+                        mine.notes.stopped(&self.meter, entry.status);
                         if let Some((_, handle)) = entry.probe {
                             handle.abort();
                         }
@@ -355,7 +398,7 @@ impl Core {
         }
     }
 
-    fn drain_events(&mut self, signals: &LaneSignals) {
+    fn drain_events(&mut self, signals: &LaneSignals, notes: &mut Notes) {
         while let Some(event) = self.pool.poll_event() {
             match event {
                 Event::HealthChanged {
@@ -368,15 +411,24 @@ impl Core {
                     if self.health_log.len() >= HEALTH_LOG_CAPACITY {
                         self.health_log.pop_front();
                     }
+                    let id = self.id_of(worker);
+                    notes.health(&self.meter, &id, from, to, cause);
+                    if let Some(entry) = self.workers.get_mut(&worker) {
+                        entry.status = to;
+                    }
                     self.health_log.push_back(HealthTransition {
-                        worker_id: self.id_of(worker).to_string(),
+                        worker_id: id.to_string(),
                         from,
                         to,
                         cause,
                         at: at.since_epoch(),
                     });
                 }
-                Event::Accepted { .. } | Event::Rejected { .. } | Event::Requeued { .. } => {}
+                Event::Accepted { worker, .. } => self.note_accepted(worker, notes),
+                Event::Requeued { request, from, to } => {
+                    self.note_requeued(request, from, to, notes);
+                }
+                Event::Rejected { .. } => {}
                 Event::ShutdownComplete { .. } => {
                     self.live.mark_stopped();
                     signals.close();
@@ -389,6 +441,44 @@ impl Core {
                 _ => {}
             }
         }
+    }
+
+    /// Notes that a request was queued on `worker` (its gauge; nothing
+    /// without the `metrics` feature, not even the look-up).
+    #[inline]
+    fn note_accepted(&self, worker: WorkerKey, notes: &mut Notes) {
+        #[cfg(feature = "metrics")]
+        if let Some(entry) = self.workers.get(&worker) {
+            notes.accepted(&entry.cell.meter);
+        }
+        #[cfg(not(feature = "metrics"))]
+        let _ = (worker, notes);
+    }
+
+    /// Notes that a queued request moved between workers (nothing, not
+    /// even the look-ups, without the `tracing` and `metrics` features).
+    #[inline]
+    fn note_requeued(
+        &self,
+        request: RequestKey,
+        from: WorkerKey,
+        to: WorkerKey,
+        notes: &mut Notes,
+    ) {
+        #[cfg(any(feature = "tracing", feature = "metrics"))]
+        if !Notes::wants_moves() {
+            return;
+        }
+        #[cfg(any(feature = "tracing", feature = "metrics"))]
+        if let (Some(from), Some(to)) = (self.workers.get(&from), self.workers.get(&to)) {
+            notes.requeued(
+                request,
+                (&from.cell.id, &from.cell.meter),
+                (&to.cell.id, &to.cell.meter),
+            );
+        }
+        #[cfg(not(any(feature = "tracing", feature = "metrics")))]
+        let _ = (request, from, to, notes);
     }
 
     /// The id of a worker ("" if it is gone).

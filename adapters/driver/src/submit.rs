@@ -15,11 +15,13 @@ use foreman_core::{
 use crate::answer::{ask_breaker, lost_answer, notify, respond};
 use crate::handler::CircuitBreakerHooks;
 use crate::live::LiveGuard;
+use crate::outcome::Ending;
 use crate::pool::{Lane, Shared, WorkerPool};
 use crate::runtime::Runtime;
 use crate::slot::{HeldRequest, Run, Slot};
 use crate::started::{worker_id, Delivered, OwnedHandlerFuture, Started, WorkerCell};
 use crate::state::{Claimed, Own};
+use crate::trace::RequestSpan;
 use crate::types::Timed;
 use crate::wait::{
     run_handler, wait_for_answer, wait_for_notice, wait_for_start, HandlerFuture, Notice, Wake,
@@ -55,15 +57,20 @@ enum RevetStep {
     Done,
 }
 
-/// A request its worker started at once, with no hooks to run first: the
-/// caller runs it straight away.
-type StartedAtOnce = Option<(Started, WorkerRequest)>;
+/// A request its worker started at once, with no hooks to run first, and
+/// the span its handler runs in: the caller runs it straight away.
+type StartedAtOnce = Option<(Started, WorkerRequest, RequestSpan)>;
 
 impl<R: Runtime> WorkerPool<R> {
     /// `submit` without the cooperative yield. The request, and its start
     /// or answer, wait in the slot rather than in this future, which every
     /// caller holds: it stays small.
-    pub(crate) async fn run(&self, slot: &Arc<Slot>, waited: &mut bool) -> Timed {
+    pub(crate) async fn run(
+        &self,
+        slot: &Arc<Slot>,
+        waited: &mut bool,
+        span: &RequestSpan,
+    ) -> Timed {
         let shared = &self.shared;
         // Everything up to the first await is one synchronous step, so
         // none of its locals lives in this future. A request started at
@@ -89,12 +96,15 @@ impl<R: Runtime> WorkerPool<R> {
                     Started {
                         worker,
                         live: guard,
+                        attempt,
                     },
                     request,
+                    handler_span,
                 )) => {
                     fast_worker = worker;
                     live = Some(guard);
-                    Some(fast_worker.handler.handle(request))
+                    handler_span.start(&fast_worker.id, attempt);
+                    Some(handler_span.instrument_boxed(fast_worker.handler.handle(request)))
                 }
                 None => None,
             };
@@ -102,15 +112,17 @@ impl<R: Runtime> WorkerPool<R> {
         };
         let key = match submitted {
             Ok(key) => key,
-            Err(refused) => return Timed::refused(refused),
+            Err(refused) => return shared.refused(span, refused),
         };
+        shared.meter.accepted();
         let lane = shared.lane(lane);
         // From here on, dropping this future cancels the request, also
         // while the hooks below run.
-        let mut guard = PendingGuard::new(shared, lane, key, slot);
+        let mut guard = PendingGuard::new(shared, lane, key, slot, span);
         if shared.pool_tasks {
             let answer = wait_for_answer(slot, key, waited).await;
             guard.done = true;
+            shared.ended(span, &answer, false);
             return respond(answer, request_id);
         }
         let worker: Arc<WorkerCell>;
@@ -120,13 +132,19 @@ impl<R: Runtime> WorkerPool<R> {
                 Wake::Started(Started {
                     worker: granted,
                     live: guard,
+                    attempt,
                 }) => {
                     live = Some(guard);
-                    let Some(request) = slot.lock().parked.take() else {
+                    let (parked, handler_span) = {
+                        let mut inner = slot.lock();
+                        (inner.parked.take(), inner.take_span())
+                    };
+                    let Some(request) = parked else {
                         return Timed::refused(lost_answer());
                     };
                     worker = granted;
-                    worker.handler.handle(request)
+                    handler_span.start(&worker.id, attempt);
+                    handler_span.instrument_boxed(worker.handler.handle(request))
                 }
                 Wake::Handed(future, guard) => {
                     live = Some(guard);
@@ -134,6 +152,7 @@ impl<R: Runtime> WorkerPool<R> {
                 }
                 Wake::Answered(answer) => {
                     guard.answered_without_run();
+                    shared.ended(span, &answer, false);
                     return respond(answer, request_id);
                 }
             },
@@ -157,7 +176,10 @@ impl<R: Runtime> WorkerPool<R> {
             }
         };
         match answer {
-            Some(answer) => respond(answer, request_id),
+            Some(answer) => {
+                shared.ended(span, &answer, false);
+                respond(answer, request_id)
+            }
             None => Timed::refused(lost_answer()),
         }
     }
@@ -175,6 +197,7 @@ impl<R: Runtime> WorkerPool<R> {
         &self,
         slot: &Arc<Slot>,
         hooks: &dyn CircuitBreakerHooks,
+        span: &RequestSpan,
     ) -> Timed {
         let shared = &self.shared;
         // The slot keeps the handler's copy of the request (the handler
@@ -208,6 +231,9 @@ impl<R: Runtime> WorkerPool<R> {
                 match shared.vet(index, &admission, slot, &mut vetting) {
                     VetStep::Ask(worker_id) => {
                         let allowed = ask_breaker(hooks, &worker_id, request).await;
+                        if !allowed {
+                            span.vetoed(&worker_id);
+                        }
                         vetting.answer(allowed);
                     }
                     VetStep::Accepted(key, worker_id) => break 'lanes (index, key, worker_id),
@@ -215,17 +241,20 @@ impl<R: Runtime> WorkerPool<R> {
                     VetStep::Refused(error) => {
                         let parked = std::mem::take(&mut slot.lock().parked);
                         drop(parked);
+                        shared.meter.refused(&error);
+                        span.refused(&error);
                         hooks.on_request_rejected(None, request, error.code()).await;
                         return Timed::refused(error);
                     }
                 }
             }
         };
+        shared.meter.accepted();
         let lane = shared.lane(lane);
         // From here on, dropping this future cancels the request (and
         // aborts its handler), also while the hooks below run.
         let mut guard = HookedGuard {
-            pending: PendingGuard::new(shared, lane, key, slot),
+            pending: PendingGuard::new(shared, lane, key, slot, span),
             request_id: &request.request_id,
         };
         hooks.on_request_accepted(&accepted_by, request).await;
@@ -236,6 +265,7 @@ impl<R: Runtime> WorkerPool<R> {
             }
         };
         guard.pending.done = true;
+        shared.ended(span, &answer, false);
         let worker = answer.worker.clone();
         let timed = respond(answer, request.request_id.clone());
         notify(hooks, worker_id(worker.as_deref()), &timed.result).await;
@@ -244,6 +274,23 @@ impl<R: Runtime> WorkerPool<R> {
 }
 
 impl<R: Runtime> Shared<R> {
+    /// A refused submit: counted and traced (`metrics`, `tracing`).
+    fn refused(&self, span: &RequestSpan, error: WorkerPoolError) -> Timed {
+        self.meter.refused(&error);
+        span.refused(&error);
+        Timed::refused(error)
+    }
+
+    /// An accepted request's answer reached its caller (or the guard of a
+    /// caller that gave up, `cancelled` if the core answered it because of
+    /// that): counted, timed and traced (`metrics`, `tracing`).
+    #[inline]
+    fn ended(&self, span: &RequestSpan, answer: &Delivered, cancelled: bool) {
+        let ending = Ending::of(answer, cancelled);
+        self.meter.ended(ending, answer.queued_for, answer.ran_for);
+        span.ended(ending, worker_id(answer.worker.as_deref()));
+    }
+
     /// Submits the request parked in `slot`, with the slot as its payload:
     /// validates it, offers it to the lanes in turn (see
     /// [`lane_order`](Self::lane_order); the last one tried refuses for
@@ -256,7 +303,11 @@ impl<R: Runtime> Shared<R> {
         self: &Arc<Self>,
         slot: &Arc<Slot>,
     ) -> Result<(Entered, StartedAtOnce), WorkerPoolError> {
-        let Some(request) = slot.lock().parked.take() else {
+        let (parked, span) = {
+            let mut inner = slot.lock();
+            (inner.parked.take(), inner.take_span())
+        };
+        let Some(request) = parked else {
             return Err(lost_answer());
         };
         let request_id = request.request_id.clone();
@@ -267,8 +318,9 @@ impl<R: Runtime> Shared<R> {
         let mut tries = self.lane_order();
         let mut started = None;
         let mut answered = None;
-        // The request, until a worker task takes it (pool-task mode).
-        let mut held = Some(request);
+        // The request and its handler's span, until a worker task takes
+        // them (pool-task mode).
+        let mut held = Some((request, span));
         let (lane, submitted) = loop {
             let (index, last) = tries.next_try();
             let lane = self.lane(index);
@@ -288,7 +340,7 @@ impl<R: Runtime> Shared<R> {
             if let (true, Some(key)) = (self.pool_tasks, key) {
                 if let Some(start) = own.started.take() {
                     match held.take() {
-                        Some(request) => start.dispatch(key, request, &mut own.wake),
+                        Some((request, span)) => start.dispatch(key, request, span, &mut own.wake),
                         None => own.started = Some(start),
                     }
                 }
@@ -314,9 +366,11 @@ impl<R: Runtime> Shared<R> {
         };
         // `None`: on its worker's task already.
         let start = match (held, started) {
-            (Some(request), Some(started)) => Some((started, request)),
-            (Some(request), None) => {
-                slot.lock().parked = HeldRequest::new(request);
+            (Some((request, span)), Some(started)) => Some((started, request, span)),
+            (Some((request, span)), None) => {
+                let mut inner = slot.lock();
+                inner.parked = HeldRequest::new(request);
+                inner.put_span(span);
                 None
             }
             (None, _) => None,
@@ -401,9 +455,12 @@ impl<R: Runtime> Shared<R> {
                 request,
                 waker,
                 live,
+                span,
+                attempt,
             } = job;
+            span.start(&worker.id, attempt);
             let mut future: OwnedHandlerFuture =
-                Box::pin(async move { worker.handler.handle(request).await });
+                Box::pin(span.instrument(async move { worker.handler.handle(request).await }));
             let waker = waker.unwrap_or_else(futures_util::task::noop_waker);
             let polled = std::panic::catch_unwind(AssertUnwindSafe(|| {
                 future.as_mut().poll(&mut Context::from_waker(&waker))
@@ -449,6 +506,7 @@ struct PendingGuard<'a, R: Runtime> {
     lane: &'a Lane,
     key: RequestKey,
     slot: &'a Arc<Slot>,
+    span: &'a RequestSpan,
     done: bool,
 }
 
@@ -458,12 +516,14 @@ impl<'a, R: Runtime> PendingGuard<'a, R> {
         lane: &'a Lane,
         key: RequestKey,
         slot: &'a Arc<Slot>,
+        span: &'a RequestSpan,
     ) -> Self {
         PendingGuard {
             shared,
             lane,
             key,
             slot,
+            span,
             done: false,
         }
     }
@@ -487,6 +547,7 @@ impl<'a, R: Runtime> PendingGuard<'a, R> {
         let mut probes = Vec::new();
         let handed;
         let parked;
+        let cancelled;
         let mut own = Own::default();
         {
             let mut core = self.lane.core.lock();
@@ -497,7 +558,7 @@ impl<'a, R: Runtime> PendingGuard<'a, R> {
                 handed = inner.give_up();
             }
             let now = shared.now();
-            core.pool.cancel(now, key);
+            cancelled = core.pool.cancel(now, key);
             core.after_input(Some(key), &mut own, &mut probes, &self.lane.signals, 0);
         }
         let answer = own.answer.take();
@@ -506,7 +567,11 @@ impl<'a, R: Runtime> PendingGuard<'a, R> {
         own.wake_all();
         drop(std::mem::take(&mut own.release));
         shared.spawn_probes(self.lane.index, probes);
-        answer.or_else(|| slot.lock().answer.take())
+        let answer = answer.or_else(|| slot.lock().answer.take());
+        if let Some(answer) = &answer {
+            shared.ended(self.span, answer, cancelled);
+        }
+        answer
     }
 }
 

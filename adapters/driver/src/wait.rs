@@ -69,7 +69,8 @@ pub(crate) fn wait_for_answer<'a>(
                         std::mem::replace(&mut inner.run, Run::Ended),
                         inner.parked.take(),
                     ) {
-                        start.dispatch(key, request, &mut wake);
+                        let span = inner.take_span();
+                        start.dispatch(key, request, span, &mut wake);
                     }
                 }
                 *waited = true;

@@ -24,6 +24,7 @@ use serde_json::Value;
 
 use crate::handler::WorkerHandler;
 use crate::live::LiveGuard;
+use crate::trace::{Attempt, RequestSpan};
 use crate::wakers::Wakers;
 
 /// Where the driver runs handler futures (a foreman driver option, set
@@ -59,6 +60,9 @@ pub(crate) struct Job {
     pub(crate) request: WorkerRequest,
     /// Counts the handler as live until it ends.
     pub(crate) live: LiveGuard,
+    /// The span the handler runs in, and which start of the request this is.
+    pub(crate) span: RequestSpan,
+    pub(crate) attempt: Attempt,
 }
 
 /// A worker's mailbox: granted requests, aborts and its task's waker.
@@ -108,12 +112,23 @@ struct Running {
 }
 
 impl Running {
-    fn new(handler: &std::sync::Arc<dyn WorkerHandler>, job: Job) -> Self {
-        let Job { key, request, live } = job;
+    /// The handler future of `job` on the worker named `id`, in the
+    /// request's span (created with no lock held: recording the worker in
+    /// the span calls its subscriber).
+    fn new(handler: &std::sync::Arc<dyn WorkerHandler>, id: &str, job: Job) -> Self {
+        let Job {
+            key,
+            request,
+            live,
+            span,
+            attempt,
+        } = job;
         let handler = std::sync::Arc::clone(handler);
+        span.start(id, attempt);
+        let future = span.instrument(async move { handler.handle(request).await });
         Running {
             key,
-            future: Box::pin(async move { handler.handle(request).await }),
+            future: Box::pin(future),
             live,
         }
     }
@@ -137,11 +152,16 @@ pub(crate) trait Completer: Send + Sync + 'static {
 pub(crate) async fn worker_task<C: Completer>(
     pool: Weak<C>,
     lane: usize,
-    worker: WorkerKey,
+    worker: (WorkerKey, std::sync::Arc<str>),
     handler: std::sync::Arc<dyn WorkerHandler>,
     inbox: std::sync::Arc<Inbox>,
 ) {
+    let (worker, id) = worker;
     let mut running: Vec<Running> = Vec::new();
+    // Jobs and aborts taken from the inbox, carried out once its lock is
+    // released.
+    let mut arrived: Vec<Job> = Vec::new();
+    let mut aborts: Vec<RequestKey> = Vec::new();
     let mut finished: Vec<(RequestKey, Result<Value, WorkerProtocolError>)> = Vec::new();
     let mut next: Vec<Job> = Vec::new();
     let mut aborted: Vec<Running> = Vec::new();
@@ -151,14 +171,22 @@ pub(crate) async fn worker_task<C: Completer>(
             inbox.waker.register(cx.waker());
             let closed = {
                 let mut state = inbox.state.lock();
-                running.extend(state.jobs.drain(..).map(|job| Running::new(&handler, job)));
-                for key in state.aborts.drain(..) {
-                    if let Some(at) = running.iter().position(|run| run.key == key) {
-                        aborted.push(running.swap_remove(at));
-                    }
-                }
+                std::mem::swap(&mut state.jobs, &mut arrived);
+                std::mem::swap(&mut state.aborts, &mut aborts);
                 state.closed
             };
+            // Started with no lock held; the aborts were taken with the
+            // jobs, so each finds its job.
+            running.extend(
+                arrived
+                    .drain(..)
+                    .map(|job| Running::new(&handler, &id, job)),
+            );
+            for key in aborts.drain(..) {
+                if let Some(at) = running.iter().position(|run| run.key == key) {
+                    aborted.push(running.swap_remove(at));
+                }
+            }
             // Handler futures are user code: dropped with no lock held.
             if closed {
                 aborted.append(&mut running);
@@ -195,7 +223,7 @@ pub(crate) async fn worker_task<C: Completer>(
                 }
                 None => finished.clear(),
             }
-            running.extend(next.drain(..).map(|job| Running::new(&handler, job)));
+            running.extend(next.drain(..).map(|job| Running::new(&handler, &id, job)));
             budget -= 1;
             if budget == 0 {
                 // Let the callers just answered (and the runtime) have the

@@ -46,6 +46,7 @@ mod closures;
 mod execution;
 mod health;
 mod lanes;
+mod observability;
 mod reentrancy;
 mod reference;
 mod scheduling;
@@ -85,6 +86,7 @@ pub use health::{
     probes_cannot_whitewash_failures_and_cannot_hang, restart_keeps_the_queued_requests,
 };
 pub use lanes::{fast_workers_take_the_queue_from_slow_ones, lanes_behave_as_one_pool};
+pub use observability::{metrics_count_each_outcome_and_follow_the_queues, Reading, Readings};
 pub use reentrancy::{
     allow_request_may_call_the_pool, every_other_hook_may_call_the_pool,
     handlers_and_probes_may_call_the_pool, on_request_accepted_may_call_the_pool,
@@ -160,6 +162,7 @@ macro_rules! conformance_suite {
             a_moved_request_allowed_nowhere_is_answered,
             a_breaker_over_two_lanes_counts_each_request_once,
             commands_after_shutdown_answer_shutting_down,
+            metrics_count_each_outcome_and_follow_the_queues,
         );
         $crate::conformance_suite!(@each $target;
             a_closure_handler_and_its_probe_serve_the_pool,

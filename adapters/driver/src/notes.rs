@@ -1,0 +1,220 @@
+//! What the core reported under a lane's lock that the `tracing` and
+//! `metrics` features tell once the lock is released (a subscriber or a
+//! recorder is user code): gauge moves, health transitions, moved
+//! requests. Without either feature, [`Notes`] is empty and every method
+//! does nothing.
+
+#[cfg(feature = "tracing")]
+use std::sync::Arc;
+
+#[cfg(any(feature = "tracing", feature = "metrics"))]
+use foreman_core::RequestKey;
+use foreman_core::{HealthCause, Phase, WorkerHealthStatus};
+
+use crate::meter::{PoolMeter, WorkerMeter};
+
+/// The notes of one round of actions, told by [`Notes::emit`].
+#[derive(Default)]
+pub(crate) struct Notes {
+    #[cfg(any(feature = "tracing", feature = "metrics"))]
+    items: Vec<Note>,
+}
+
+#[cfg(any(feature = "tracing", feature = "metrics"))]
+enum Note {
+    /// Move a gauge by this much.
+    #[cfg(feature = "metrics")]
+    Gauge(metrics::Gauge, f64),
+    #[cfg(feature = "tracing")]
+    Health {
+        worker: Arc<str>,
+        from: WorkerHealthStatus,
+        to: WorkerHealthStatus,
+        cause: HealthCause,
+    },
+    #[cfg(feature = "tracing")]
+    Requeued {
+        request: RequestKey,
+        from: Arc<str>,
+        to: Arc<str>,
+    },
+}
+
+#[cfg(any(feature = "tracing", feature = "metrics"))]
+thread_local! {
+    /// The note list of this thread's last round, kept for its next one,
+    /// so a round allocates none.
+    static SPARE: std::cell::Cell<Vec<Note>> = const { std::cell::Cell::new(Vec::new()) };
+}
+
+/// Whether any subscriber may want events at `level`: the facade's
+/// global maximum, read without asking a subscriber (which would run user
+/// code under the lock).
+#[cfg(feature = "tracing")]
+#[inline]
+fn wanted(level: tracing::Level) -> bool {
+    level <= tracing::level_filters::LevelFilter::current()
+}
+
+impl Notes {
+    /// Whether a move between workers is noted at all: always for the
+    /// gauges (`metrics`), else only when a subscriber may want its event.
+    #[cfg(any(feature = "tracing", feature = "metrics"))]
+    #[inline]
+    pub(crate) fn wants_moves() -> bool {
+        #[cfg(feature = "metrics")]
+        {
+            true
+        }
+        #[cfg(not(feature = "metrics"))]
+        wanted(tracing::Level::DEBUG)
+    }
+
+    #[cfg(any(feature = "tracing", feature = "metrics"))]
+    fn push(&mut self, note: Note) {
+        if self.items.capacity() == 0 {
+            // (During the thread's teardown there is no spare: a new list.)
+            self.items = SPARE.try_with(std::cell::Cell::take).unwrap_or_default();
+        }
+        self.items.push(note);
+    }
+
+    /// A request was queued on the worker (`Event::Accepted`).
+    #[cfg(feature = "metrics")]
+    #[inline]
+    pub(crate) fn accepted(&mut self, worker: &WorkerMeter) {
+        self.push(Note::Gauge(worker.queued.clone(), 1.0));
+    }
+
+    /// The worker started a request queued on it (`Action::Start`; a
+    /// request another worker held is first moved here by its
+    /// `Event::Requeued`).
+    #[inline]
+    pub(crate) fn started(&mut self, worker: &WorkerMeter) {
+        #[cfg(feature = "metrics")]
+        {
+            self.push(Note::Gauge(worker.queued.clone(), -1.0));
+            self.push(Note::Gauge(worker.in_flight.clone(), 1.0));
+        }
+        #[cfg(not(feature = "metrics"))]
+        let _ = worker;
+    }
+
+    /// A request of the worker was answered in `phase` (`Action::Answer`).
+    #[inline]
+    pub(crate) fn answered(&mut self, worker: &WorkerMeter, phase: Phase) {
+        #[cfg(feature = "metrics")]
+        {
+            let gauge = match phase {
+                Phase::Queued => &worker.queued,
+                Phase::Running => &worker.in_flight,
+            };
+            self.push(Note::Gauge(gauge.clone(), -1.0));
+        }
+        #[cfg(not(feature = "metrics"))]
+        let _ = (worker, phase);
+    }
+
+    /// A queued request moved between workers (`Event::Requeued`), each
+    /// given by its id and gauges.
+    #[cfg(any(feature = "tracing", feature = "metrics"))]
+    #[inline]
+    pub(crate) fn requeued(
+        &mut self,
+        request: RequestKey,
+        from: (&std::sync::Arc<str>, &WorkerMeter),
+        to: (&std::sync::Arc<str>, &WorkerMeter),
+    ) {
+        #[cfg(feature = "metrics")]
+        {
+            self.push(Note::Gauge(from.1.queued.clone(), -1.0));
+            self.push(Note::Gauge(to.1.queued.clone(), 1.0));
+        }
+        #[cfg(feature = "tracing")]
+        if wanted(tracing::Level::DEBUG) {
+            self.push(Note::Requeued {
+                request,
+                from: Arc::clone(from.0),
+                to: Arc::clone(to.0),
+            });
+        }
+        #[cfg(not(feature = "tracing"))]
+        let _ = (request, from.0, to.0);
+        #[cfg(not(feature = "metrics"))]
+        let _ = (from.1, to.1);
+    }
+
+    /// A worker's health changed (`Event::HealthChanged`).
+    #[inline]
+    pub(crate) fn health(
+        &mut self,
+        meter: &PoolMeter,
+        worker: &std::sync::Arc<str>,
+        from: WorkerHealthStatus,
+        to: WorkerHealthStatus,
+        cause: HealthCause,
+    ) {
+        #[cfg(feature = "metrics")]
+        {
+            self.push(Note::Gauge(meter.workers(from), -1.0));
+            self.push(Note::Gauge(meter.workers(to), 1.0));
+        }
+        #[cfg(feature = "tracing")]
+        if wanted(tracing::Level::INFO) {
+            self.push(Note::Health {
+                worker: Arc::clone(worker),
+                from,
+                to,
+                cause,
+            });
+        }
+        #[cfg(not(feature = "metrics"))]
+        let _ = meter;
+        #[cfg(not(feature = "tracing"))]
+        let _ = (worker, cause);
+        #[cfg(not(any(feature = "tracing", feature = "metrics")))]
+        let _ = (from, to);
+    }
+
+    /// A worker in `status` is gone (`Action::StopWorker`).
+    #[inline]
+    pub(crate) fn stopped(&mut self, meter: &PoolMeter, status: WorkerHealthStatus) {
+        #[cfg(feature = "metrics")]
+        self.push(Note::Gauge(meter.workers(status), -1.0));
+        #[cfg(not(feature = "metrics"))]
+        let _ = (meter, status);
+    }
+
+    /// Tells every note, in order; called with no lock held.
+    #[inline]
+    pub(crate) fn emit(&mut self) {
+        #[cfg(any(feature = "tracing", feature = "metrics"))]
+        if !self.items.is_empty() {
+            self.emit_all();
+        }
+    }
+
+    #[cfg(any(feature = "tracing", feature = "metrics"))]
+    #[inline(never)]
+    fn emit_all(&mut self) {
+        let mut items = std::mem::take(&mut self.items);
+        for note in items.drain(..) {
+            match note {
+                #[cfg(feature = "metrics")]
+                Note::Gauge(gauge, delta) => gauge.increment(delta),
+                #[cfg(feature = "tracing")]
+                Note::Health {
+                    worker,
+                    from,
+                    to,
+                    cause,
+                } => crate::trace::health_changed(&worker, from, to, cause),
+                #[cfg(feature = "tracing")]
+                Note::Requeued { request, from, to } => {
+                    crate::trace::requeued(request, &from, &to);
+                }
+            }
+        }
+        let _ = SPARE.try_with(|spare| spare.set(items));
+    }
+}

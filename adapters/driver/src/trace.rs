@@ -1,0 +1,261 @@
+//! The `tracing` feature: a span per request, in which its handler runs,
+//! and the events of refusals, endings, health transitions and moves.
+//! Without the feature every type here is empty and every function does
+//! nothing.
+//!
+//! Everything goes through tracing's macros, which ask the subscriber's
+//! interest before they format anything, and runs with no foreman lock
+//! held (a subscriber is user code): what the core reports under the lock
+//! is written down as [`Notes`](crate::notes::Notes) and told afterwards.
+
+use std::future::Future;
+
+#[cfg(feature = "tracing")]
+use foreman_core::{HealthCause, Phase, RequestKey, WorkerHealthStatus};
+use foreman_core::{WorkerPoolError, WorkerRequest};
+
+use crate::outcome::Ending;
+#[cfg(feature = "tracing")]
+use crate::outcome::{cause_name, phase_name, refusal_reason, status_name};
+use crate::wait::HandlerFuture;
+
+/// The span of one request (`request`, target `foreman`), with fields
+/// `request_id`, `workflow`, `node`, and `worker` and `attempt` recorded
+/// when its handler starts. Events about the request are its children.
+///
+/// Boxed, and absent when no subscriber wants it: it travels with the
+/// request (slot, worker inbox, handler future), which then grows by a
+/// pointer only.
+#[derive(Clone, Default)]
+pub(crate) struct RequestSpan {
+    #[cfg(feature = "tracing")]
+    span: Option<Box<tracing::Span>>,
+}
+
+/// Which start of its request a handler run is (1 for the first), counted
+/// from the core's `Action::Start`s for the request while request spans
+/// are wanted (`spans_wanted`).
+#[derive(Clone, Copy, Default)]
+pub(crate) struct Attempt {
+    #[cfg(feature = "tracing")]
+    pub(crate) number: u32,
+}
+
+/// Whether a subscriber may want request spans (level `INFO`): tracing's
+/// global maximum level, read without asking a subscriber, so it may be
+/// called under a lock.
+#[cfg(feature = "tracing")]
+#[inline]
+pub(crate) fn spans_wanted() -> bool {
+    tracing::level_enabled!(tracing::Level::INFO)
+}
+
+impl RequestSpan {
+    /// A new request's span (disabled, and free, when no subscriber wants
+    /// it).
+    #[inline]
+    pub(crate) fn new(request: &WorkerRequest) -> Self {
+        #[cfg(feature = "tracing")]
+        {
+            let span = tracing::info_span!(
+                target: "foreman",
+                "request",
+                request_id = request.request_id.as_str(),
+                workflow = request.workflow_name.as_str(),
+                node = request.node_id.as_str(),
+                worker = tracing::field::Empty,
+                attempt = tracing::field::Empty,
+            );
+            RequestSpan {
+                span: (!span.is_disabled()).then(|| Box::new(span)),
+            }
+        }
+        #[cfg(not(feature = "tracing"))]
+        {
+            let _ = request;
+            RequestSpan {}
+        }
+    }
+
+    /// The span's id, for its events' `parent:` (none: they have no
+    /// parent, as events of a disabled span).
+    #[cfg(feature = "tracing")]
+    fn id(&self) -> Option<tracing::Id> {
+        self.span.as_ref().and_then(|span| span.id())
+    }
+
+    /// Records the worker that starts the request's handler and which
+    /// start it is. Called with no lock held.
+    #[inline]
+    pub(crate) fn start(&self, worker: &str, attempt: Attempt) {
+        #[cfg(feature = "tracing")]
+        if let Some(span) = &self.span {
+            span.record("worker", worker);
+            span.record("attempt", attempt.number);
+        }
+        #[cfg(not(feature = "tracing"))]
+        let _ = (worker, attempt);
+    }
+
+    /// Runs `handler` inside the span.
+    #[inline]
+    pub(crate) fn instrument<F: Future>(self, handler: F) -> impl Future<Output = F::Output> {
+        #[cfg(feature = "tracing")]
+        {
+            let span = self.span.map_or_else(tracing::Span::none, |span| *span);
+            tracing::Instrument::instrument(handler, span)
+        }
+        #[cfg(not(feature = "tracing"))]
+        handler
+    }
+
+    /// Runs a boxed handler future inside the span (the same box when the
+    /// span is disabled: no subscriber wants it, or no feature).
+    #[inline]
+    pub(crate) fn instrument_boxed<'a>(self, handler: HandlerFuture<'a>) -> HandlerFuture<'a> {
+        #[cfg(feature = "tracing")]
+        match self.span {
+            Some(span) => Box::pin(tracing::Instrument::instrument(handler, *span)),
+            None => handler,
+        }
+        #[cfg(not(feature = "tracing"))]
+        handler
+    }
+
+    /// The request was refused (`debug`, with the reason).
+    #[inline]
+    pub(crate) fn refused(&self, error: &WorkerPoolError) {
+        #[cfg(feature = "tracing")]
+        tracing::debug!(
+            target: "foreman",
+            parent: self.id(),
+            reason = refusal_reason(error),
+            "request refused"
+        );
+        #[cfg(not(feature = "tracing"))]
+        let _ = error;
+    }
+
+    /// A circuit breaker vetoed `worker` for the request (`debug`).
+    #[inline]
+    pub(crate) fn vetoed(&self, worker: &str) {
+        #[cfg(feature = "tracing")]
+        tracing::debug!(
+            target: "foreman",
+            parent: self.id(),
+            worker,
+            "circuit breaker vetoed the worker"
+        );
+        #[cfg(not(feature = "tracing"))]
+        let _ = worker;
+    }
+
+    /// The request ended: nothing for a success; `debug` for a handler's
+    /// failure, a cancellation or a timeout while queued (load shed);
+    /// `warn` for a timeout while running (its handler was cut off);
+    /// `info` for aborts by a restart or the drain deadline and for a
+    /// request its removed worker could hand to nobody.
+    #[inline]
+    pub(crate) fn ended(&self, ending: Ending, worker: &str) {
+        #[cfg(feature = "tracing")]
+        {
+            let span = self.id();
+            match ending {
+                Ending::Succeeded => {}
+                Ending::Failed => tracing::debug!(
+                    target: "foreman",
+                    parent: span,
+                    worker,
+                    "handler failed"
+                ),
+                Ending::TimedOut(Phase::Queued) => tracing::debug!(
+                    target: "foreman",
+                    parent: span,
+                    phase = "queued",
+                    "request timed out while queued"
+                ),
+                Ending::TimedOut(Phase::Running) => tracing::warn!(
+                    target: "foreman",
+                    parent: span,
+                    phase = "running",
+                    worker,
+                    "request timed out while running; its handler was aborted"
+                ),
+                Ending::Cancelled(phase) => tracing::debug!(
+                    target: "foreman",
+                    parent: span,
+                    phase = phase_name(phase),
+                    "request cancelled by its caller"
+                ),
+                Ending::Restarted => tracing::info!(
+                    target: "foreman",
+                    parent: span,
+                    worker,
+                    "request aborted: its worker was restarted"
+                ),
+                Ending::ShutDown(phase) => tracing::info!(
+                    target: "foreman",
+                    parent: span,
+                    phase = phase_name(phase),
+                    "request aborted: the shutdown's drain deadline passed"
+                ),
+                Ending::Unroutable => tracing::info!(
+                    target: "foreman",
+                    parent: span,
+                    worker,
+                    "request answered Unavailable: its worker was removed and no other could take it"
+                ),
+            }
+        }
+        #[cfg(not(feature = "tracing"))]
+        let _ = (ending, worker);
+    }
+}
+
+/// A worker's health changed, with its cause: `warn` when it got worse
+/// on evidence (failures, timeouts, probes), `info` when it became
+/// Healthy or changed because it was restarted or stopped.
+#[cfg(feature = "tracing")]
+pub(crate) fn health_changed(
+    worker: &str,
+    from: WorkerHealthStatus,
+    to: WorkerHealthStatus,
+    cause: HealthCause,
+) {
+    {
+        let (from, cause_name) = (status_name(from), cause_name(cause));
+        let deliberate = matches!(cause, HealthCause::Restart | HealthCause::Stopped);
+        if to == WorkerHealthStatus::Healthy || deliberate {
+            tracing::info!(
+                target: "foreman",
+                worker,
+                from,
+                to = status_name(to),
+                cause = cause_name,
+                "worker health changed"
+            );
+        } else {
+            tracing::warn!(
+                target: "foreman",
+                worker,
+                from,
+                to = status_name(to),
+                cause = cause_name,
+                "worker health changed"
+            );
+        }
+    }
+}
+
+/// A queued request moved from one worker to another (`debug`): a free
+/// worker took it (late binding), or its worker was removed.
+#[cfg(feature = "tracing")]
+pub(crate) fn requeued(request: RequestKey, from: &str, to: &str) {
+    tracing::debug!(
+        target: "foreman",
+        request = request.as_u64(),
+        from,
+        to,
+        "queued request moved to another worker"
+    );
+}
