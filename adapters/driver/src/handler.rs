@@ -1,12 +1,23 @@
 //! The user-facing traits: worker handlers, circuit-breaker hooks and the
 //! client trait, with the reference's names, methods and defaults.
 
+use std::future::Future;
+use std::pin::Pin;
+
 use async_trait::async_trait;
 use foreman_core::{
     WorkerErrorCode, WorkerHealth, WorkerHealthStatus, WorkerPoolError, WorkerProtocolError,
     WorkerRequest, WorkerResponse,
 };
 use serde_json::Value;
+
+/// A handler's future, boxed (`'static`: it owns its handler, so it can
+/// move between tasks; else borrowed from its caller).
+pub(crate) type HandlerFuture<'a> =
+    Pin<Box<dyn Future<Output = Result<Value, WorkerProtocolError>> + Send + 'a>>;
+
+/// A handler future that owns its handler, so it can move between tasks.
+pub(crate) type OwnedHandlerFuture = HandlerFuture<'static>;
 
 /// The code a worker runs for each request (one per worker of the pool).
 ///

@@ -12,8 +12,6 @@
 
 use foreman_core::{HealthCause, Phase, WorkerHealthStatus, WorkerPoolError};
 
-use crate::started::Delivered;
-
 /// How an accepted request ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Ending {
@@ -32,25 +30,6 @@ pub(crate) enum Ending {
     /// Its worker was removed while it waited and no other worker could
     /// take it.
     Unroutable,
-}
-
-impl Ending {
-    /// The ending of `answer`; `cancelled` says that the core answered it
-    /// because its caller cancelled it.
-    pub(crate) fn of(answer: &Delivered, cancelled: bool) -> Self {
-        let phase = answer.phase;
-        match &answer.result {
-            Ok(_) => Ending::Succeeded,
-            Err(WorkerPoolError::Timeout) => Ending::TimedOut(phase),
-            Err(WorkerPoolError::ShuttingDown) => Ending::ShutDown(phase),
-            Err(_) if cancelled => Ending::Cancelled(phase),
-            Err(_) if answer.aborted => Ending::Restarted,
-            Err(_) => match phase {
-                Phase::Running => Ending::Failed,
-                Phase::Queued => Ending::Unroutable,
-            },
-        }
-    }
 }
 
 /// The label of a refusal: `invalid_request`, `queue_full`,

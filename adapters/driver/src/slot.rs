@@ -9,8 +9,9 @@ use std::task::Waker;
 use foreman_core::WorkerRequest;
 use parking_lot::{Mutex, MutexGuard};
 
+use crate::handler::OwnedHandlerFuture;
 use crate::live::LiveGuard;
-use crate::started::{Delivered, OwnedHandlerFuture, Started};
+use crate::started::{Delivered, Started};
 use crate::trace::{Attempt, RequestSpan};
 use crate::wakers::Wakers;
 

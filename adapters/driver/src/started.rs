@@ -2,19 +2,16 @@
 //! its worker's task: the worker's cell, the start (with its place in the
 //! live count), the handler future and the final answer.
 
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use foreman_core::{
-    Phase, RequestKey, WorkerKey, WorkerPoolError, WorkerProtocolError, WorkerRequest,
-};
+use foreman_core::{Phase, RequestKey, WorkerKey, WorkerPoolError, WorkerRequest};
 use serde_json::Value;
 
 use crate::handler::WorkerHandler;
 use crate::live::LiveGuard;
 use crate::meter::WorkerMeter;
+use crate::outcome::Ending;
 use crate::trace::{Attempt, RequestSpan};
 use crate::wakers::Wakers;
 use crate::worker::{Inbox, Job};
@@ -85,11 +82,26 @@ pub(crate) struct Delivered {
     pub(crate) aborted: bool,
 }
 
+impl Delivered {
+    /// How this answer ended its request; `cancelled` says that the core
+    /// answered it because its caller cancelled it.
+    pub(crate) fn ending(&self, cancelled: bool) -> Ending {
+        let phase = self.phase;
+        match &self.result {
+            Ok(_) => Ending::Succeeded,
+            Err(WorkerPoolError::Timeout) => Ending::TimedOut(phase),
+            Err(WorkerPoolError::ShuttingDown) => Ending::ShutDown(phase),
+            Err(_) if cancelled => Ending::Cancelled(phase),
+            Err(_) if self.aborted => Ending::Restarted,
+            Err(_) => match phase {
+                Phase::Running => Ending::Failed,
+                Phase::Queued => Ending::Unroutable,
+            },
+        }
+    }
+}
+
 /// The id of `worker` ("" if it is gone).
 pub(crate) fn worker_id(worker: Option<&WorkerCell>) -> &str {
     worker.map_or("", |worker| &worker.id)
 }
-
-/// A handler future that owns its handler, so it can move between tasks.
-pub(crate) type OwnedHandlerFuture =
-    Pin<Box<dyn Future<Output = Result<Value, WorkerProtocolError>> + Send>>;

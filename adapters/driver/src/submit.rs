@@ -14,18 +14,16 @@ use foreman_core::{
 
 use crate::answer::{ask_breaker, lost_answer, notify, respond};
 use crate::handler::CircuitBreakerHooks;
+use crate::handler::{HandlerFuture, OwnedHandlerFuture};
 use crate::live::LiveGuard;
-use crate::outcome::Ending;
 use crate::pool::{Lane, Shared, WorkerPool};
 use crate::runtime::Runtime;
 use crate::slot::{HeldRequest, Run, Slot};
-use crate::started::{worker_id, Delivered, OwnedHandlerFuture, Started, WorkerCell};
+use crate::started::{worker_id, Delivered, Started, WorkerCell};
 use crate::state::{Claimed, Own};
 use crate::trace::RequestSpan;
 use crate::types::Timed;
-use crate::wait::{
-    run_handler, wait_for_answer, wait_for_notice, wait_for_start, HandlerFuture, Notice, Wake,
-};
+use crate::wait::{run_handler, wait_for_answer, wait_for_notice, wait_for_start, Notice, Wake};
 use crate::worker::panic_error;
 
 /// What [`Shared::enter`] did with a request.
@@ -286,7 +284,7 @@ impl<R: Runtime> Shared<R> {
     /// that): counted, timed and traced (`metrics`, `tracing`).
     #[inline]
     fn ended(&self, span: &RequestSpan, answer: &Delivered, cancelled: bool) {
-        let ending = Ending::of(answer, cancelled);
+        let ending = answer.ending(cancelled);
         self.meter.ended(ending, answer.queued_for, answer.ran_for);
         span.ended(ending, worker_id(answer.worker.as_deref()));
     }

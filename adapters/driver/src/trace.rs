@@ -14,10 +14,10 @@ use std::future::Future;
 use foreman_core::{HealthCause, Phase, RequestKey, WorkerHealthStatus};
 use foreman_core::{WorkerPoolError, WorkerRequest};
 
+use crate::handler::HandlerFuture;
 use crate::outcome::Ending;
 #[cfg(feature = "tracing")]
 use crate::outcome::{cause_name, phase_name, refusal_reason, status_name};
-use crate::wait::HandlerFuture;
 
 /// The span of one request (`request`, target `foreman`), with fields
 /// `request_id`, `workflow`, `node`, and `worker` and `attempt` recorded

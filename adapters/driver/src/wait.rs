@@ -4,7 +4,6 @@
 
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
-use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use foreman_core::{RequestKey, WorkerProtocolError};
@@ -12,9 +11,10 @@ use futures_util::future::poll_fn;
 use futures_util::FutureExt;
 use serde_json::Value;
 
+use crate::handler::{HandlerFuture, OwnedHandlerFuture};
 use crate::live::LiveGuard;
 use crate::slot::{Run, Slot};
-use crate::started::{Delivered, OwnedHandlerFuture, Started};
+use crate::started::{Delivered, Started};
 use crate::wakers::Wakers;
 use crate::worker::panic_error;
 
@@ -104,10 +104,6 @@ pub(crate) fn wait_for_start<'a>(
         Poll::Pending
     })
 }
-
-/// A handler future borrowed from its caller.
-pub(crate) type HandlerFuture<'a> =
-    Pin<Box<dyn Future<Output = Result<Value, WorkerProtocolError>> + Send + 'a>>;
 
 /// Runs the handler until it finishes (`Some`) or the core aborts it
 /// (`None`; the handler future is dropped before this returns).

@@ -10,9 +10,7 @@
 //! a wake-up. The core's `Abort` reaches the task through the inbox too: it
 //! drops that handler future.
 
-use std::future::Future;
 use std::panic::AssertUnwindSafe;
-use std::pin::Pin;
 use std::sync::Weak;
 use std::task::{Context, Poll};
 
@@ -22,7 +20,7 @@ use futures_util::task::AtomicWaker;
 use parking_lot::Mutex;
 use serde_json::Value;
 
-use crate::handler::WorkerHandler;
+use crate::handler::{OwnedHandlerFuture, WorkerHandler};
 use crate::live::LiveGuard;
 use crate::trace::{Attempt, RequestSpan};
 use crate::wakers::Wakers;
@@ -101,12 +99,10 @@ impl Inbox {
     }
 }
 
-type HandlerFuture = Pin<Box<dyn Future<Output = Result<Value, WorkerProtocolError>> + Send>>;
-
 /// A handler the worker task is running.
 struct Running {
     key: RequestKey,
-    future: HandlerFuture,
+    future: OwnedHandlerFuture,
     /// Dropped right after `future`.
     live: LiveGuard,
 }
