@@ -149,6 +149,7 @@
 
 mod answer;
 mod closure;
+mod commands;
 mod cooperate;
 mod handler;
 mod live;
@@ -160,6 +161,7 @@ mod pool;
 mod runtime;
 #[cfg(feature = "tower")]
 mod service;
+mod shared;
 mod slot;
 mod started;
 mod state;
@@ -168,6 +170,7 @@ mod sync;
 mod tasks;
 mod trace;
 mod types;
+mod view;
 mod wait;
 mod wakers;
 mod worker;

@@ -20,8 +20,9 @@ use tower_service::Service;
 
 use crate::closure::{healthy, HealthyProbe};
 use crate::handler::WorkerHandler;
-use crate::pool::{Shared, WorkerPool};
+use crate::pool::WorkerPool;
 use crate::runtime::Runtime;
+use crate::shared::Shared;
 use crate::state::Core;
 
 /// The boxed error tower's middleware speaks.

@@ -12,8 +12,8 @@ use futures_util::future::{poll_fn, Abortable};
 use futures_util::FutureExt;
 use serde_json::Value;
 
-use crate::pool::Shared;
 use crate::runtime::Runtime;
+use crate::shared::Shared;
 use crate::started::WorkerCell;
 use crate::state::{Own, ProbeJob};
 use crate::worker::{worker_task, Completer, Job};
