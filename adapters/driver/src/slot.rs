@@ -7,10 +7,10 @@ use std::sync::Arc;
 use std::task::Waker;
 
 use foreman_core::WorkerRequest;
-use parking_lot::{Mutex, MutexGuard};
 
 use crate::live::LiveGuard;
 use crate::started::{Delivered, OwnedHandlerFuture, Started};
+use crate::sync::{FastMutex, FastMutexGuard};
 use crate::wakers::Wakers;
 
 /// A request the driver holds, or none: dropping it takes its JSON values
@@ -48,7 +48,7 @@ impl Drop for HeldRequest {
 /// read by the request's own task under the slot's small lock.
 #[derive(Default)]
 pub(crate) struct Slot {
-    inner: Mutex<SlotInner>,
+    inner: FastMutex<SlotInner>,
 }
 
 #[derive(Default)]
@@ -99,6 +99,35 @@ pub(crate) enum Run {
     Ended,
 }
 
+/// What became of a handler its claiming task handed back
+/// ([`SlotInner::hand_back`]); [`HandBack::finish`] it once the slot's lock
+/// is released.
+#[must_use = "the caller's waker or the ended handler waits to be finished"]
+pub(crate) enum HandBack {
+    /// The caller finishes the handler; its waker, if it waits.
+    Handed(Option<Waker>),
+    /// The run ended: the handler future and its guard, to drop.
+    Ended(OwnedHandlerFuture, LiveGuard),
+}
+
+impl HandBack {
+    /// Wakes the caller, or drops the ended handler: the future, then its
+    /// guard. Call it with no lock held.
+    pub(crate) fn finish(self) {
+        match self {
+            HandBack::Handed(waker) => {
+                if let Some(waker) = waker {
+                    waker.wake();
+                }
+            }
+            HandBack::Ended(future, live) => {
+                drop(future);
+                drop(live);
+            }
+        }
+    }
+}
+
 thread_local! {
     /// A slot its last request no longer needs, for this thread's next
     /// request (see [`Slot::recycle`]).
@@ -116,7 +145,7 @@ impl Slot {
             }
         }
         Arc::new(Slot {
-            inner: Mutex::new(SlotInner {
+            inner: FastMutex::new(SlotInner {
                 parked: HeldRequest::new(request),
                 ..SlotInner::default()
             }),
@@ -134,7 +163,7 @@ impl Slot {
         SPARE_SLOT.with(|spare| spare.set(Some(slot)));
     }
 
-    pub(crate) fn lock(&self) -> MutexGuard<'_, SlotInner> {
+    pub(crate) fn lock(&self) -> FastMutexGuard<'_, SlotInner> {
         self.inner.lock()
     }
 
@@ -168,6 +197,20 @@ impl SlotInner {
         match self.run {
             Run::Claimed => Run::Ended,
             _ => std::mem::replace(&mut self.run, Run::Ended),
+        }
+    }
+
+    /// The claiming task hands back a handler that has to wait, for its
+    /// caller to finish (`Handed`), unless the caller gave up or the core
+    /// answered: then the run ends and the future and its guard come back,
+    /// to be dropped once the lock is released.
+    pub(crate) fn hand_back(&mut self, future: OwnedHandlerFuture, live: LiveGuard) -> HandBack {
+        if self.abandoned || self.answer.is_some() {
+            self.run = Run::Ended;
+            HandBack::Ended(future, live)
+        } else {
+            self.run = Run::Handed(future, live);
+            HandBack::Handed(self.waker.take())
         }
     }
 
