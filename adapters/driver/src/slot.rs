@@ -1,6 +1,11 @@
 //! A request's slot: where its caller waits, where the core's answer and
 //! the started handler are left for it, and the request itself while it is
 //! parked (see [`Run`] for who holds a started handler).
+//!
+//! Its lock is [`crate::sync`]'s, so `loom` explores the answer's delivery,
+//! the hand-back and the caller's wait and cancellation (`RUSTFLAGS="--cfg
+//! loom" CARGO_TARGET_DIR=target/loom cargo test --release -p
+//! foreman-driver --lib loom_tests`, as `.ci/run` does).
 
 use std::cell::Cell;
 use std::sync::Arc;
@@ -222,3 +227,6 @@ impl SlotInner {
         }
     }
 }
+
+#[cfg(all(test, loom))]
+mod loom_tests;
