@@ -5,7 +5,7 @@
 //!
 //! Written against [`crate::sync`], so `loom` explores its interleavings
 //! (`RUSTFLAGS="--cfg loom" CARGO_TARGET_DIR=target/loom cargo test
-//! --release -p foreman-driver --lib live`, as `.ci/run` does).
+//! --release -p foreman-driver --lib loom_tests`, as `.ci/run` does).
 
 use std::task::{Poll, Waker};
 

@@ -1,17 +1,22 @@
 //! A request's slot: where its caller waits, where the core's answer and
 //! the started handler are left for it, and the request itself while it is
 //! parked (see [`Run`] for who holds a started handler).
+//!
+//! Its lock is [`crate::sync`]'s, so `loom` explores the answer's delivery,
+//! the hand-back and the caller's wait and cancellation (`RUSTFLAGS="--cfg
+//! loom" CARGO_TARGET_DIR=target/loom cargo test --release -p
+//! foreman-driver --lib loom_tests`, as `.ci/run` does).
 
 use std::cell::Cell;
 use std::sync::Arc;
 use std::task::Waker;
 
 use foreman_core::WorkerRequest;
-use parking_lot::{Mutex, MutexGuard};
 
 use crate::handler::OwnedHandlerFuture;
 use crate::live::LiveGuard;
 use crate::started::{Delivered, Started};
+use crate::sync::{FastMutex, FastMutexGuard};
 use crate::trace::{Attempt, RequestSpan};
 use crate::wakers::Wakers;
 
@@ -50,7 +55,7 @@ impl Drop for HeldRequest {
 /// read by the request's own task under the slot's small lock.
 #[derive(Default)]
 pub(crate) struct Slot {
-    inner: Mutex<SlotInner>,
+    inner: FastMutex<SlotInner>,
     /// How many times the core started the request (the `tracing`
     /// feature's `attempt`).
     #[cfg(feature = "tracing")]
@@ -108,6 +113,35 @@ pub(crate) enum Run {
     Ended,
 }
 
+/// What became of a handler its claiming task handed back
+/// ([`SlotInner::hand_back`]); [`HandBack::finish`] it once the slot's lock
+/// is released.
+#[must_use = "the caller's waker or the ended handler waits to be finished"]
+pub(crate) enum HandBack {
+    /// The caller finishes the handler; its waker, if it waits.
+    Handed(Option<Waker>),
+    /// The run ended: the handler future and its guard, to drop.
+    Ended(OwnedHandlerFuture, LiveGuard),
+}
+
+impl HandBack {
+    /// Wakes the caller, or drops the ended handler: the future, then its
+    /// guard. Call it with no lock held.
+    pub(crate) fn finish(self) {
+        match self {
+            HandBack::Handed(waker) => {
+                if let Some(waker) = waker {
+                    waker.wake();
+                }
+            }
+            HandBack::Ended(future, live) => {
+                drop(future);
+                drop(live);
+            }
+        }
+    }
+}
+
 thread_local! {
     /// A slot its last request no longer needs, for this thread's next
     /// request (see [`Slot::recycle`]).
@@ -128,7 +162,7 @@ impl Slot {
             }
         }
         Arc::new(Slot {
-            inner: Mutex::new(SlotInner {
+            inner: FastMutex::new(SlotInner {
                 parked: HeldRequest::new(request),
                 span,
                 ..SlotInner::default()
@@ -170,7 +204,7 @@ impl Slot {
         Attempt::default()
     }
 
-    pub(crate) fn lock(&self) -> MutexGuard<'_, SlotInner> {
+    pub(crate) fn lock(&self) -> FastMutexGuard<'_, SlotInner> {
         self.inner.lock()
     }
 
@@ -219,6 +253,20 @@ impl SlotInner {
         }
     }
 
+    /// The claiming task hands back a handler that has to wait, for its
+    /// caller to finish (`Handed`), unless the caller gave up or the core
+    /// answered: then the run ends and the future and its guard come back,
+    /// to be dropped once the lock is released.
+    pub(crate) fn hand_back(&mut self, future: OwnedHandlerFuture, live: LiveGuard) -> HandBack {
+        if self.abandoned || self.answer.is_some() {
+            self.run = Run::Ended;
+            HandBack::Ended(future, live)
+        } else {
+            self.run = Run::Handed(future, live);
+            HandBack::Handed(self.waker.take())
+        }
+    }
+
     /// Remembers the waker of the task waiting on the slot.
     pub(crate) fn register(&mut self, waker: &Waker) {
         match &self.waker {
@@ -227,3 +275,6 @@ impl SlotInner {
         }
     }
 }
+
+#[cfg(all(test, loom))]
+mod loom_tests;

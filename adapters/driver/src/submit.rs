@@ -466,24 +466,8 @@ impl<R: Runtime> Shared<R> {
             }));
             let result = match polled {
                 Ok(Poll::Pending) => {
-                    let (keep, wake) = {
-                        let mut inner = slot.lock();
-                        if inner.abandoned || inner.answer.is_some() {
-                            inner.run = Run::Ended;
-                            (Some((future, live)), None)
-                        } else {
-                            inner.run = Run::Handed(future, live);
-                            (None, inner.take_waker())
-                        }
-                    };
-                    // Dropped with no lock held: the future before its guard.
-                    if let Some((dropped, live)) = keep {
-                        drop(dropped);
-                        drop(live);
-                    }
-                    if let Some(waker) = wake {
-                        waker.wake();
-                    }
+                    let back = slot.lock().hand_back(future, live);
+                    back.finish();
                     continue;
                 }
                 Ok(Poll::Ready(result)) => result,

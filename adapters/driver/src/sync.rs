@@ -1,5 +1,6 @@
 //! The synchronisation primitives of the modules that `loom` checks
-//! ([`crate::live`]): loom's under `cfg(loom)`, std's otherwise.
+//! ([`crate::live`], [`crate::slot`]): loom's under `cfg(loom)`, std's and
+//! parking_lot's otherwise.
 
 #[cfg(loom)]
 pub(crate) use loom::sync::atomic::{AtomicUsize, Ordering};
@@ -28,5 +29,41 @@ pub(crate) fn lock<T>(mutex: &Mutex<T>) -> impl std::ops::DerefMut<Target = T> +
         mutex
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+/// A lock that does not poison, for hot paths: parking_lot's outside loom.
+#[cfg(not(loom))]
+pub(crate) use parking_lot::{Mutex as FastMutex, MutexGuard as FastMutexGuard};
+
+/// The guard of a [`FastMutex`].
+#[cfg(loom)]
+pub(crate) type FastMutexGuard<'a, T> = loom::sync::MutexGuard<'a, T>;
+
+/// A lock that does not poison, for hot paths: loom's under `cfg(loom)`,
+/// with parking_lot's methods.
+#[cfg(loom)]
+#[derive(Default)]
+pub(crate) struct FastMutex<T>(loom::sync::Mutex<T>);
+
+#[cfg(loom)]
+impl<T> FastMutex<T> {
+    /// A lock holding `value`.
+    pub(crate) fn new(value: T) -> Self {
+        FastMutex(loom::sync::Mutex::new(value))
+    }
+
+    /// Locks it, ignoring poisoning.
+    pub(crate) fn lock(&self) -> FastMutexGuard<'_, T> {
+        self.0
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Its value, through a unique reference (no locking).
+    pub(crate) fn get_mut(&mut self) -> &mut T {
+        self.0
+            .get_mut()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }
