@@ -11,6 +11,12 @@
 //!     from the throughput benches' printed tables (one file per run): a
 //!     row per cell (N, C) with the median over runs of each ratio column
 //!     (`foreman/floor`, …) before and after
+//! bench_table pools <before-file>[,...] <after-file>[,...] <pool> <peer>
+//!     from the throughput benches' output with `FOREMAN_BENCH_POOLS` set
+//!     (each row lists `name 512k p99 …` per pool): a row per cell with
+//!     the median over runs of `pool`'s throughput over `peer`'s, before
+//!     and after, and the median and range of after/before of `pool`'s
+//!     throughput in runs paired in order (before 1 with after 1, …)
 //! ```
 //!
 //! A `<criterion-dir>` is a `target/criterion` directory or any directory
@@ -50,6 +56,11 @@ fn main() -> ExitCode {
             let after = load_throughput(&split_dirs(after)?)?;
             Ok(compare_throughput(&before, &after))
         }),
+        ["pools", before, after, pool, peer] => split_dirs(before).and_then(|before| {
+            let before = load_pools(&before)?;
+            let after = load_pools(&split_dirs(after)?)?;
+            Ok(compare_pools(&before, &after, pool, peer))
+        }),
         _ => Err(USAGE.to_string()),
     };
     match result {
@@ -66,7 +77,8 @@ fn main() -> ExitCode {
 
 const USAGE: &str = "usage: bench_table grid <criterion-dir>... | \
      bench_table compare <before-dir>[,<dir>...] <after-dir>[,<dir>...] | \
-     bench_table throughput <before-file>[,<file>...] <after-file>[,<file>...]";
+     bench_table throughput <before-file>[,<file>...] <after-file>[,<file>...] | \
+     bench_table pools <before-file>[,<file>...] <after-file>[,<file>...] <pool> <peer>";
 
 /// One benchmark's identity: criterion's group, function id and parameter.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
@@ -369,6 +381,99 @@ fn compare_throughput(before: &Throughput, after: &Throughput) -> String {
     out
 }
 
+/// Each run's throughput (requests per second) of each pool in each cell:
+/// one map per file, `(N, C)` → pool → requests per second.
+type PoolRuns = Vec<BTreeMap<(u64, u64), BTreeMap<String, f64>>>;
+
+fn load_pools(files: &[PathBuf]) -> Result<PoolRuns, String> {
+    let mut runs = PoolRuns::new();
+    for file in files {
+        let text = std::fs::read_to_string(file)
+            .map_err(|error| format!("cannot read {}: {error}", file.display()))?;
+        let mut cells = BTreeMap::new();
+        for line in text.lines() {
+            let fields: Vec<&str> = line
+                .trim()
+                .trim_matches('|')
+                .split('|')
+                .map(str::trim)
+                .collect();
+            let (Some(n), Some(c)) = (
+                fields.first().and_then(|n| n.parse::<u64>().ok()),
+                fields.get(1).and_then(|c| c.parse::<u64>().ok()),
+            ) else {
+                continue;
+            };
+            let mut pools = BTreeMap::new();
+            for field in fields.iter().skip(2) {
+                let mut words = field.split_whitespace();
+                if let (Some(name), Some(rate)) = (words.next(), words.next()) {
+                    if let Some(thousands) =
+                        rate.strip_suffix('k').and_then(|k| k.parse::<f64>().ok())
+                    {
+                        pools.insert(name.to_string(), thousands * 1e3);
+                    }
+                }
+            }
+            if !pools.is_empty() {
+                cells.insert((n, c), pools);
+            }
+        }
+        if cells.is_empty() {
+            return Err(format!(
+                "no per-pool rows (`name 512k p99 …`) in {}",
+                file.display()
+            ));
+        }
+        runs.push(cells);
+    }
+    Ok(runs)
+}
+
+fn compare_pools(before: &PoolRuns, after: &PoolRuns, pool: &str, peer: &str) -> String {
+    let rate =
+        |run: &BTreeMap<(u64, u64), BTreeMap<String, f64>>, cell: &(u64, u64), name: &str| {
+            run.get(cell).and_then(|pools| pools.get(name)).copied()
+        };
+    let ratios = |runs: &PoolRuns, cell: &(u64, u64)| -> Vec<f64> {
+        runs.iter()
+            .filter_map(|run| Some(rate(run, cell, pool)? / rate(run, cell, peer)?))
+            .collect()
+    };
+    let mut cells: Vec<(u64, u64)> = after.iter().flat_map(|run| run.keys().copied()).collect();
+    cells.sort_unstable();
+    cells.dedup();
+    let mut out = format!(
+        "(before: {} run(s), after: {} run(s); runs paired in order)\n\n\
+         | N | C | {pool}/{peer} before | {pool}/{peer} after | after / before | {pool} after / before, paired runs: median | range |\n\
+         |---:|---:|---:|---:|---:|---:|---:|\n",
+        before.len(),
+        after.len()
+    );
+    for cell in cells {
+        let (was, is) = (
+            median(&ratios(before, &cell)),
+            median(&ratios(after, &cell)),
+        );
+        let paired: Vec<f64> = before
+            .iter()
+            .zip(after)
+            .filter_map(|(b, a)| Some(rate(a, &cell, pool)? / rate(b, &cell, pool)?))
+            .collect();
+        let low = paired.iter().copied().fold(f64::INFINITY, f64::min);
+        let high = paired.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+        let _ = writeln!(
+            out,
+            "| {} | {} | {was:.2} | {is:.2} | {:.2} | {:.2} | {low:.2}–{high:.2} |",
+            cell.0,
+            cell.1,
+            is / was,
+            median(&paired)
+        );
+    }
+    out
+}
+
 fn run_count(runs: &Runs) -> usize {
     runs.values().map(Vec::len).max().unwrap_or(0)
 }
@@ -466,6 +571,20 @@ mod tests {
             "{table}"
         );
         assert!(table.contains("| 1 | 16 | 0.50 | 0.70 |"), "{table}");
+        let subset = "| 1 | 1 | foreman 500k p99 9µs | floor 1000k p99 7µs |\n";
+        let (off, on) = (root.join("off.txt"), root.join("on.txt"));
+        std::fs::write(&off, subset).unwrap();
+        std::fs::write(&on, subset.replace("500k", "450k")).unwrap();
+        let table = compare_pools(
+            &load_pools(std::slice::from_ref(&off)).unwrap(),
+            &load_pools(std::slice::from_ref(&on)).unwrap(),
+            "foreman",
+            "floor",
+        );
+        assert!(
+            table.contains("| 1 | 1 | 0.50 | 0.45 | 0.90 | 0.90 | 0.90–0.90 |"),
+            "{table}"
+        );
         std::fs::write(&was, "no table here").unwrap();
         assert!(load_throughput(&[was]).is_err());
         std::fs::remove_dir_all(&root).unwrap();
