@@ -222,28 +222,13 @@ pub(crate) fn health_changed(
     to: WorkerHealthStatus,
     cause: HealthCause,
 ) {
-    {
-        let (from, cause_name) = (status_name(from), cause_name(cause));
-        let deliberate = matches!(cause, HealthCause::Restart | HealthCause::Stopped);
-        if to == WorkerHealthStatus::Healthy || deliberate {
-            tracing::info!(
-                target: "foreman",
-                worker,
-                from,
-                to = status_name(to),
-                cause = cause_name,
-                "worker health changed"
-            );
-        } else {
-            tracing::warn!(
-                target: "foreman",
-                worker,
-                from,
-                to = status_name(to),
-                cause = cause_name,
-                "worker health changed"
-            );
-        }
+    let (from, to_name, cause_name) = (status_name(from), status_name(to), cause_name(cause));
+    let deliberate = matches!(cause, HealthCause::Restart | HealthCause::Stopped);
+    // tracing's levels are per call site, so each level is its own macro.
+    if to == WorkerHealthStatus::Healthy || deliberate {
+        tracing::info!(target: "foreman", worker, from, to = to_name, cause = cause_name, "worker health changed");
+    } else {
+        tracing::warn!(target: "foreman", worker, from, to = to_name, cause = cause_name, "worker health changed");
     }
 }
 

@@ -334,8 +334,9 @@ fn time_going_backwards_is_treated_as_the_latest_instant() {
 
 #[test]
 fn the_end_of_time_is_never_and_does_not_livelock() {
-    // Found by the `config` fuzz target: at Time::MAX, probe deadlines
-    // saturate to `now` and used to re-arm themselves forever.
+    // At Time::MAX, probe deadlines saturate to `now`: such a deadline
+    // means never, so it must not re-arm itself at the same instant
+    // forever (the `config` fuzz target's finding, kept in its corpus).
     let mut h = Harness::new(options(), 1);
     h.tick(Time::MAX);
     assert!(h.actions.len() < 4, "bounded work: {:?}", h.actions);

@@ -298,25 +298,16 @@ type Throughput = BTreeMap<(u64, u64), BTreeMap<String, Vec<f64>>>;
 fn load_throughput(files: &[PathBuf]) -> Result<Throughput, String> {
     let mut cells = Throughput::new();
     for file in files {
-        let text = std::fs::read_to_string(file)
-            .map_err(|error| format!("cannot read {}: {error}", file.display()))?;
+        let text = read_text(file)?;
         let mut header: Vec<String> = Vec::new();
         let mut rows = 0;
         for line in text.lines() {
-            let fields: Vec<String> = line
-                .trim()
-                .trim_matches('|')
-                .split('|')
-                .map(|field| field.trim().to_string())
-                .collect();
-            if fields.first().is_some_and(|first| first == "N") {
-                header = fields;
+            let fields = table_fields(line);
+            if fields.first() == Some(&"N") {
+                header = fields.iter().map(|field| field.to_string()).collect();
                 continue;
             }
-            let (Some(n), Some(c)) = (
-                fields.first().and_then(|n| n.parse::<u64>().ok()),
-                fields.get(1).and_then(|c| c.parse::<u64>().ok()),
-            ) else {
+            let Some((n, c)) = cell_of(&fields) else {
                 continue;
             };
             rows += 1;
@@ -388,20 +379,11 @@ type PoolRuns = Vec<BTreeMap<(u64, u64), BTreeMap<String, f64>>>;
 fn load_pools(files: &[PathBuf]) -> Result<PoolRuns, String> {
     let mut runs = PoolRuns::new();
     for file in files {
-        let text = std::fs::read_to_string(file)
-            .map_err(|error| format!("cannot read {}: {error}", file.display()))?;
+        let text = read_text(file)?;
         let mut cells = BTreeMap::new();
         for line in text.lines() {
-            let fields: Vec<&str> = line
-                .trim()
-                .trim_matches('|')
-                .split('|')
-                .map(str::trim)
-                .collect();
-            let (Some(n), Some(c)) = (
-                fields.first().and_then(|n| n.parse::<u64>().ok()),
-                fields.get(1).and_then(|c| c.parse::<u64>().ok()),
-            ) else {
+            let fields = table_fields(line);
+            let Some((n, c)) = cell_of(&fields) else {
                 continue;
             };
             let mut pools = BTreeMap::new();
@@ -472,6 +454,26 @@ fn compare_pools(before: &PoolRuns, after: &PoolRuns, pool: &str, peer: &str) ->
         );
     }
     out
+}
+
+/// The text of a benches' output file.
+fn read_text(file: &Path) -> Result<String, String> {
+    std::fs::read_to_string(file)
+        .map_err(|error| format!("cannot read {}: {error}", file.display()))
+}
+
+/// The fields of a markdown table row, trimmed.
+fn table_fields(line: &str) -> Vec<&str> {
+    line.trim()
+        .trim_matches('|')
+        .split('|')
+        .map(str::trim)
+        .collect()
+}
+
+/// The cell `(N, C)` a throughput row names in its first two fields.
+fn cell_of(fields: &[&str]) -> Option<(u64, u64)> {
+    Some((fields.first()?.parse().ok()?, fields.get(1)?.parse().ok()?))
 }
 
 fn run_count(runs: &Runs) -> usize {
