@@ -76,6 +76,10 @@ pub struct PoolConfig {
     /// one nested a million levels deep costs no more than the limit.
     /// Defaults to [`DEFAULT_MAX_REQUEST_DEPTH`] (128); must be at least 1.
     pub max_request_depth: usize,
+    /// The seed of the core's [`Rng`](crate::Rng), the only source of its
+    /// random choices: two pools with the same configuration fed the same
+    /// inputs at the same instants decide the same. Defaults to `0`.
+    pub seed: u64,
 }
 
 impl PoolConfig {
@@ -83,8 +87,8 @@ impl PoolConfig {
     ///
     /// The defaults: a probe timeout of the probe interval capped at 5 s,
     /// one request at a time per worker, [`RoutingPolicy::IdleFirst`] with
-    /// late binding, epoch 0 and a depth limit of
-    /// [`DEFAULT_MAX_REQUEST_DEPTH`]. Each has a builder:
+    /// late binding, epoch 0, a depth limit of
+    /// [`DEFAULT_MAX_REQUEST_DEPTH`] and seed 0. Each has a builder:
     ///
     /// ```
     /// use std::time::Duration;
@@ -101,7 +105,8 @@ impl PoolConfig {
     ///     .with_routing(RoutingPolicy::RoundRobin)
     ///     .with_late_binding(false)
     ///     .with_unix_epoch_ms(1_700_000_000_000)
-    ///     .with_max_request_depth(64);
+    ///     .with_max_request_depth(64)
+    ///     .with_seed(42);
     /// assert_eq!(config.options.queue_capacity, 16);
     /// assert_eq!(config.max_concurrency_per_worker, 4);
     /// assert_eq!(config.validate(), Ok(()));
@@ -116,6 +121,7 @@ impl PoolConfig {
             late_binding: true,
             unix_epoch_ms: 0,
             max_request_depth: DEFAULT_MAX_REQUEST_DEPTH,
+            seed: 0,
         }
     }
 
@@ -166,6 +172,13 @@ impl PoolConfig {
     #[must_use]
     pub fn with_max_request_depth(mut self, max_request_depth: usize) -> Self {
         self.max_request_depth = max_request_depth;
+        self
+    }
+
+    /// Sets [`seed`](Self::seed): the seed of the core's random choices.
+    #[must_use]
+    pub fn with_seed(mut self, seed: u64) -> Self {
+        self.seed = seed;
         self
     }
 

@@ -98,6 +98,7 @@ mod options;
 mod output;
 mod pool;
 pub mod protocol;
+mod rng;
 mod routing;
 mod slab;
 mod stats;
@@ -121,6 +122,7 @@ pub use protocol::{
     WorkerErrorCode, WorkerHealth, WorkerHealthStatus, WorkerOperation, WorkerPoolError,
     WorkerProtocolError, WorkerRequest, WorkerResponse, WorkerResult,
 };
+pub use rng::Rng;
 pub use stats::{Counters, Stats, WorkerStats};
 pub use time::Time;
 pub use timers::TimeoutReason;

@@ -5,30 +5,25 @@
 //! through this type (no OS seeding, no global state), so every run is its
 //! own replay.
 
-/// SplitMix64 (Steele, Lea and Flood, 2014): a 64-bit state incremented by
-/// a fixed odd constant and passed through a bijective mixer. Small, fast,
-/// statistically solid for simulation, and fully determined by its seed.
+/// The core's SplitMix64 generator ([`foreman_core::Rng`]) with the
+/// draws a simulation needs on top of it.
 #[derive(Debug, Clone)]
-pub struct Rng(u64);
+pub struct Rng(foreman_core::Rng);
 
 impl Rng {
     /// A generator seeded with `seed`.
     pub fn new(seed: u64) -> Self {
-        Rng(seed)
+        Rng(foreman_core::Rng::new(seed))
     }
 
     /// The next 64 random bits.
     pub fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
+        self.0.next_u64()
     }
 
-    /// A uniform value in `0..n` (`n > 0`), by multiply-shift.
+    /// A uniform value in `0..n` (`n > 0`).
     pub fn below(&mut self, n: u64) -> u64 {
-        ((u128::from(self.next_u64()) * u128::from(n)) >> 64) as u64
+        self.0.below(n)
     }
 
     /// A uniform value in `lo..=hi`.
@@ -38,7 +33,7 @@ impl Rng {
 
     /// A uniform float in `[0, 1)`.
     pub fn unit(&mut self) -> f64 {
-        (self.next_u64() >> 11) as f64 * (1.0 / (1u64 << 53) as f64)
+        self.0.unit()
     }
 
     /// A uniform float in `[lo, hi)`.

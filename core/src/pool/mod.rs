@@ -43,6 +43,7 @@ use crate::health::Health;
 use crate::keys::{ProbeKey, RequestKey, WorkerKey};
 use crate::output::{Action, Event};
 use crate::protocol::WorkerHealthStatus;
+use crate::rng::Rng;
 use crate::routing::{Membership, Router};
 use crate::slab::Slab;
 use crate::stats::Counters;
@@ -159,6 +160,9 @@ pub struct Pool<P> {
     next_probe: u64,
     names_issued: u64,
     counters: Counters,
+    /// The source of every random choice, seeded from the configuration.
+    #[expect(dead_code, reason = "no policy draws from it yet")]
+    rng: Rng,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -264,6 +268,7 @@ impl<P: Clone> Pool<P> {
             .saturating_add(config.max_concurrency_per_worker as usize);
         Ok(Pool {
             router: Router::new(config.routing),
+            rng: Rng::new(config.seed),
             config,
             capacity,
             now,

@@ -121,6 +121,8 @@ pub struct PoolSettings {
     /// The deepest nesting of arrays and objects in a request's JSON
     /// values ([`PoolConfig::max_request_depth`]; at least 1).
     pub max_request_depth: usize,
+    /// The seed of the core's random choices ([`PoolConfig::seed`]).
+    pub seed: u64,
     /// The limits every request must respect (`[security_policy]`).
     pub security_policy: SecurityPolicySettings,
     /// The driver's own options (`[driver]`).
@@ -175,6 +177,7 @@ impl Default for PoolSettings {
             routing: config.routing,
             late_binding: config.late_binding,
             max_request_depth: config.max_request_depth,
+            seed: config.seed,
             security_policy: SecurityPolicySettings::default(),
             driver: DriverSettings::default(),
         }
@@ -287,7 +290,8 @@ impl PoolSettings {
             .with_max_concurrency_per_worker(self.max_concurrency_per_worker)
             .with_routing(self.routing)
             .with_late_binding(self.late_binding)
-            .with_max_request_depth(self.max_request_depth);
+            .with_max_request_depth(self.max_request_depth)
+            .with_seed(self.seed);
         let driver = DriverOptions::default()
             .execution(self.driver.execution)
             .lanes(self.driver.lanes);
