@@ -11,6 +11,7 @@ use foreman_core::{
     Pool, PoolConfig, Time, WorkerHealth, WorkerPoolError, WorkerPoolOptions, WorkerRequest,
     WorkerResponse,
 };
+use futures_util::FutureExt as _;
 use parking_lot::Mutex;
 
 use crate::cooperate::cooperate;
@@ -404,8 +405,10 @@ impl<R: Runtime> WorkerPool<R> {
         &self,
         request: WorkerRequest,
     ) -> impl Future<Output = Result<WorkerResponse, WorkerPoolError>> + Send + '_ {
-        let timed = self.submit_timed(request);
-        async move { timed.await.result }
+        // A map, not an `async` block awaiting `submit_timed`: such a block
+        // would hold the inner future twice (as its capture and as the
+        // future it awaits), doubling what every caller stores and moves.
+        self.submit_timed(request).map(|timed| timed.result)
     }
 
     /// Submits one request like [`submit`](Self::submit) and returns its

@@ -14,7 +14,7 @@ use foreman_core::{
 
 use crate::answer::{ask_breaker, lost_answer, notify, respond};
 use crate::handler::CircuitBreakerHooks;
-use crate::handler::{HandlerFuture, OwnedHandlerFuture};
+use crate::handler::HandlerFuture;
 use crate::live::LiveGuard;
 use crate::pool::WorkerPool;
 use crate::runtime::Runtime;
@@ -458,8 +458,8 @@ impl<R: Runtime> Shared<R> {
                 attempt,
             } = job;
             span.start(&worker.id, attempt);
-            let mut future: OwnedHandlerFuture =
-                Box::pin(span.instrument(async move { worker.handler.handle(request).await }));
+            let mut future =
+                span.instrument_owned(async move { worker.handler.handle(request).await });
             let waker = waker.unwrap_or_else(futures_util::task::noop_waker);
             let polled = std::panic::catch_unwind(AssertUnwindSafe(|| {
                 future.as_mut().poll(&mut Context::from_waker(&waker))

@@ -12,9 +12,9 @@ use std::future::Future;
 
 #[cfg(feature = "tracing")]
 use foreman_core::{HealthCause, Phase, RequestKey, WorkerHealthStatus};
-use foreman_core::{WorkerPoolError, WorkerRequest};
+use foreman_core::{WorkerPoolError, WorkerProtocolError, WorkerRequest};
 
-use crate::handler::HandlerFuture;
+use crate::handler::{HandlerFuture, OwnedHandlerFuture};
 use crate::outcome::Ending;
 #[cfg(feature = "tracing")]
 use crate::outcome::{cause_name, phase_name, refusal_reason, status_name};
@@ -97,16 +97,20 @@ impl RequestSpan {
         let _ = (worker, attempt);
     }
 
-    /// Runs `handler` inside the span.
+    /// Boxes `handler` to run inside the span: one box, with no wrapper
+    /// at all when the span is disabled (no subscriber wants it, or no
+    /// feature), so a pool nobody traces polls and moves the handler
+    /// future exactly as it would without the feature.
     #[inline]
-    pub(crate) fn instrument<F: Future>(self, handler: F) -> impl Future<Output = F::Output> {
+    pub(crate) fn instrument_owned<F>(self, handler: F) -> OwnedHandlerFuture
+    where
+        F: Future<Output = Result<serde_json::Value, WorkerProtocolError>> + Send + 'static,
+    {
         #[cfg(feature = "tracing")]
-        {
-            let span = self.span.map_or_else(tracing::Span::none, |span| *span);
-            tracing::Instrument::instrument(handler, span)
+        if let Some(span) = self.span {
+            return Box::pin(tracing::Instrument::instrument(handler, *span));
         }
-        #[cfg(not(feature = "tracing"))]
-        handler
+        Box::pin(handler)
     }
 
     /// Runs a boxed handler future inside the span (the same box when the

@@ -121,12 +121,8 @@ impl Running {
         } = job;
         let handler = std::sync::Arc::clone(handler);
         span.start(id, attempt);
-        let future = span.instrument(async move { handler.handle(request).await });
-        Running {
-            key,
-            future: Box::pin(future),
-            live,
-        }
+        let future = span.instrument_owned(async move { handler.handle(request).await });
+        Running { key, future, live }
     }
 }
 
