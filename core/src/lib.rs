@@ -98,6 +98,7 @@ mod options;
 mod output;
 mod pool;
 pub mod protocol;
+mod retry_budget;
 mod rng;
 mod routing;
 mod slab;
@@ -122,6 +123,7 @@ pub use protocol::{
     WorkerErrorCode, WorkerHealth, WorkerHealthStatus, WorkerOperation, WorkerPoolError,
     WorkerProtocolError, WorkerRequest, WorkerResponse, WorkerResult,
 };
+pub use retry_budget::RetryBudget;
 pub use rng::Rng;
 pub use stats::{Counters, Stats, WorkerStats};
 pub use time::Time;
