@@ -8,6 +8,7 @@ use thiserror::Error;
 
 pub use crate::options::{WorkerPoolOptions, WorkerSecurityPolicy};
 use crate::protocol::WorkerRequest;
+use crate::retries::RetryPolicy;
 use crate::validate::{check_request, RequestError, RequestLimits, DEFAULT_MAX_REQUEST_DEPTH};
 
 /// How new requests are spread over workers.
@@ -80,6 +81,10 @@ pub struct PoolConfig {
     /// random choices: two pools with the same configuration fed the same
     /// inputs at the same instants decide the same. Defaults to `0`.
     pub seed: u64,
+    /// Which failed requests run again on another worker, within what
+    /// budget ([`RetryPolicy`]); `None` (the default, the reference's
+    /// behaviour) answers every failure.
+    pub retries: Option<RetryPolicy>,
 }
 
 impl PoolConfig {
@@ -122,6 +127,7 @@ impl PoolConfig {
             unix_epoch_ms: 0,
             max_request_depth: DEFAULT_MAX_REQUEST_DEPTH,
             seed: 0,
+            retries: None,
         }
     }
 
@@ -182,6 +188,14 @@ impl PoolConfig {
         self
     }
 
+    /// Sets [`retries`](Self::retries): which failed requests run again,
+    /// within what budget (`None`: none).
+    #[must_use]
+    pub fn with_retries(mut self, retries: Option<RetryPolicy>) -> Self {
+        self.retries = retries;
+        self
+    }
+
     /// This configuration for a pool whose circuit breaker (the `allow` of
     /// every submit) vets workers, if `vetted`: late binding is then off,
     /// so the worker `allow` approved is the one that runs each request.
@@ -224,6 +238,14 @@ impl PoolConfig {
         if self.max_request_depth == 0 {
             return Err(ConfigError::ZeroRequestDepth);
         }
+        if let Some(retries) = &self.retries {
+            if retries.max_attempts == 0 {
+                return Err(ConfigError::ZeroRetryAttempts);
+            }
+            if retries.budget.window < Duration::from_millis(1) {
+                return Err(ConfigError::RetryWindowTooShort);
+            }
+        }
         Ok(())
     }
 
@@ -244,6 +266,7 @@ impl PoolConfig {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Admission {
     timeout: Option<Duration>,
+    retry: bool,
 }
 
 impl Admission {
@@ -251,6 +274,12 @@ impl Admission {
     /// `timeout_ms`, or the pool's default; `None` means no deadline.
     pub fn timeout(&self) -> Option<Duration> {
         self.timeout
+    }
+
+    /// Whether the pool's [`RetryPolicy`] covers the request's operation
+    /// kind (a retryable failure may then run it again).
+    pub fn retry(&self) -> bool {
+        self.retry
     }
 }
 
@@ -290,7 +319,10 @@ impl PoolConfig {
             Some(ms) => Some(Duration::from_millis(ms)),
             None => self.options.default_request_timeout,
         };
-        Ok(Admission { timeout })
+        let retry = self
+            .retries
+            .is_some_and(|policy| policy.covers(&request.operation));
+        Ok(Admission { timeout, retry })
     }
 }
 
@@ -330,6 +362,18 @@ pub enum ConfigError {
          0 would refuse every request whose input or scoped_input is an array or object"
     )]
     ZeroRequestDepth,
+    /// A retry policy allows no attempt at all.
+    #[error(
+        "retries.max_attempts must be at least 1 (the first attempt; 2 or more retry): \
+         0 would never run a request"
+    )]
+    ZeroRetryAttempts,
+    /// A retry budget's window is under a millisecond.
+    #[error(
+        "retries.budget.window must be at least 1ms: the budget counts requests and retries \
+         over that window"
+    )]
+    RetryWindowTooShort,
 }
 
 #[cfg(test)]

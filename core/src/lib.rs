@@ -98,7 +98,7 @@ mod options;
 mod output;
 mod pool;
 pub mod protocol;
-mod retry_budget;
+mod retries;
 mod rng;
 mod routing;
 mod slab;
@@ -123,7 +123,7 @@ pub use protocol::{
     WorkerErrorCode, WorkerHealth, WorkerHealthStatus, WorkerOperation, WorkerPoolError,
     WorkerProtocolError, WorkerRequest, WorkerResponse, WorkerResult,
 };
-pub use retry_budget::RetryBudget;
+pub use retries::{RetryBudget, RetryPolicy};
 pub use rng::Rng;
 pub use stats::{Counters, Stats, WorkerStats};
 pub use time::Time;

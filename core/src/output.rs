@@ -28,6 +28,11 @@ pub enum Action<P> {
         worker: WorkerKey,
         /// The payload given to `submit`.
         payload: P,
+        /// Whether this attempt's failure may run the request again (the
+        /// pool's [`RetryPolicy`](crate::RetryPolicy) covers it and it has
+        /// attempts left): the driver then keeps what it needs to start it
+        /// once more. `false` for every start of a pool without retries.
+        may_retry: bool,
     },
     /// Stop the running request now (drop its handler future). Its answer
     /// always follows in the same batch as an [`Action::Answer`]; a
@@ -99,8 +104,11 @@ pub struct Answer<P> {
     pub phase: Phase,
     /// Time from acceptance to start (or to the answer, if it never started).
     pub queued_for: Duration,
-    /// Time the handler ran, if it started.
+    /// Time the handler ran, if it started (its last attempt's run).
     pub ran_for: Option<Duration>,
+    /// Times the request was started: 0 if it never ran, 1 without a
+    /// retry.
+    pub attempts: u32,
     /// The payload given to `submit`, handed back with the answer.
     pub payload: P,
 }
@@ -148,6 +156,18 @@ pub enum Event {
         from: WorkerKey,
         /// Where it is now.
         to: WorkerKey,
+    },
+    /// A running request failed retryably and runs again on another
+    /// worker ([`RetryPolicy`](crate::RetryPolicy)).
+    Retried {
+        /// The request.
+        request: RequestKey,
+        /// The worker whose attempt failed.
+        from: WorkerKey,
+        /// The worker that runs the next attempt.
+        to: WorkerKey,
+        /// Which attempt comes next (2 for the first retry).
+        attempt: u32,
     },
     /// A worker's health status changed.
     HealthChanged {

@@ -65,6 +65,12 @@ pub struct Counters {
     /// Queued on a busy worker and run by another that freed up first (late
     /// binding).
     pub reassigned: u64,
+    /// Running requests that failed retryably and ran again on another
+    /// worker ([`RetryPolicy`](crate::RetryPolicy)).
+    pub retried: u64,
+    /// Retries the budget refused (the request was answered with its
+    /// failure).
+    pub retries_over_budget: u64,
     /// Health probes sent.
     pub probes_sent: u64,
     /// Health probes that did not answer in time.
@@ -95,6 +101,8 @@ impl Counters {
             unroutable_after_removal,
             requeued,
             reassigned,
+            retried,
+            retries_over_budget,
             probes_sent,
             probes_timed_out,
         } = *other;
@@ -117,6 +125,8 @@ impl Counters {
         self.unroutable_after_removal += unroutable_after_removal;
         self.requeued += requeued;
         self.reassigned += reassigned;
+        self.retried += retried;
+        self.retries_over_budget += retries_over_budget;
         self.probes_sent += probes_sent;
         self.probes_timed_out += probes_timed_out;
     }
@@ -194,8 +204,10 @@ mod tests {
             unroutable_after_removal: 65536 * scale,
             requeued: 131072 * scale,
             reassigned: 262144 * scale,
-            probes_sent: 524288 * scale,
-            probes_timed_out: 1048576 * scale,
+            retried: 524288 * scale,
+            retries_over_budget: 1048576 * scale,
+            probes_sent: 2097152 * scale,
+            probes_timed_out: 4194304 * scale,
         }
     }
 

@@ -33,6 +33,7 @@ pub(crate) fn respond(answer: Delivered, request_id: String) -> Timed {
     let timings = Timings {
         queued: answer.queued_for,
         ran: answer.ran_for,
+        attempts: answer.attempts,
     };
     let result = answer.result.map(|output| WorkerResponse {
         request_id,

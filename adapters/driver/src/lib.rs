@@ -198,10 +198,10 @@ pub use worker::ExecutionMode;
 pub use async_trait::async_trait;
 
 pub use foreman_core::{
-    ConfigError, Counters, HealthCause, PoolConfig, RoutingPolicy, Stats, WorkerErrorCode,
-    WorkerHealth, WorkerHealthStatus, WorkerOperation, WorkerPoolError, WorkerPoolOptions,
-    WorkerProtocolError, WorkerRequest, WorkerResponse, WorkerResult, WorkerSecurityPolicy,
-    WorkerStats,
+    ConfigError, Counters, HealthCause, PoolConfig, RetryBudget, RetryPolicy, RoutingPolicy, Stats,
+    WorkerErrorCode, WorkerHealth, WorkerHealthStatus, WorkerOperation, WorkerPoolError,
+    WorkerPoolOptions, WorkerProtocolError, WorkerRequest, WorkerResponse, WorkerResult,
+    WorkerSecurityPolicy, WorkerStats,
 };
 
 /// What every adapter crate re-exports (`pub use foreman_driver::api::*`):
@@ -211,11 +211,11 @@ pub use foreman_core::{
 pub mod api {
     pub use crate::{
         async_trait, AsyncTimer, BuildError, CircuitBreakerHooks, ConfigError, Counters,
-        DriverOptions, ExecutionMode, HealthCause, HealthTransition, PoolConfig, RoutingPolicy,
-        Runtime, Stats, Timed, Timings, WorkerErrorCode, WorkerHandler, WorkerHealth,
-        WorkerHealthStatus, WorkerOperation, WorkerPoolClient, WorkerPoolError, WorkerPoolOptions,
-        WorkerProtocolError, WorkerRequest, WorkerResponse, WorkerResult, WorkerSecurityPolicy,
-        WorkerStats,
+        DriverOptions, ExecutionMode, HealthCause, HealthTransition, PoolConfig, RetryBudget,
+        RetryPolicy, RoutingPolicy, Runtime, Stats, Timed, Timings, WorkerErrorCode, WorkerHandler,
+        WorkerHealth, WorkerHealthStatus, WorkerOperation, WorkerPoolClient, WorkerPoolError,
+        WorkerPoolOptions, WorkerProtocolError, WorkerRequest, WorkerResponse, WorkerResult,
+        WorkerSecurityPolicy, WorkerStats,
     };
 
     pub use crate::{handler_fn, HandlerFn, HealthyProbe};

@@ -255,6 +255,9 @@ impl<R: Runtime> WorkerPool<R> {
             return Err(BuildError::NoWorkers);
         }
         config.validate()?;
+        if config.retries.is_some() && !pool_tasks {
+            return Err(BuildError::RetriesNeedPoolTasks);
+        }
         if let Err(reason) = runtime.check_context() {
             return Err(BuildError::NoRuntime(reason));
         }

@@ -41,6 +41,17 @@ impl HeldRequest {
     pub(crate) fn take(&mut self) -> Option<WorkerRequest> {
         self.0.take()
     }
+
+    /// The request for an attempt: a copy if `again` (the attempt may fail
+    /// into a retry, which needs the request once more), else the request
+    /// itself.
+    pub(crate) fn take_or_copy(&mut self, again: bool) -> Option<WorkerRequest> {
+        if again {
+            self.0.clone()
+        } else {
+            self.0.take()
+        }
+    }
 }
 
 impl Drop for HeldRequest {

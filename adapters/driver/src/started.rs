@@ -41,6 +41,9 @@ pub(crate) struct Started {
     pub(crate) live: LiveGuard,
     /// Which start of the request this is.
     pub(crate) attempt: Attempt,
+    /// This attempt's failure may start the request again (`Action::Start`'s
+    /// `may_retry`): whoever hands out the request keeps a copy in its slot.
+    pub(crate) may_retry: bool,
 }
 
 impl Started {
@@ -58,6 +61,7 @@ impl Started {
             worker,
             live,
             attempt,
+            ..
         } = self;
         let job = Job {
             key,
@@ -76,6 +80,8 @@ pub(crate) struct Delivered {
     pub(crate) result: Result<Value, WorkerPoolError>,
     pub(crate) queued_for: Duration,
     pub(crate) ran_for: Option<Duration>,
+    /// Times its handler was started.
+    pub(crate) attempts: u32,
     /// Where the request was when it was answered.
     pub(crate) phase: Phase,
     /// The core aborted its handler just before answering it.

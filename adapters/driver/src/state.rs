@@ -214,6 +214,8 @@ impl Core {
                     request,
                     worker,
                     payload,
+                    may_retry,
+                    ..
                 } => {
                     let Some(entry) = self.workers.get(&worker) else {
                         debug_assert!(false, "start on an unknown worker");
@@ -224,6 +226,7 @@ impl Core {
                         worker: Arc::clone(&entry.cell),
                         live: self.live.start(),
                         attempt: payload.next_attempt(),
+                        may_retry,
                     };
                     if own == Some(request) {
                         mine.started = Some(started);
@@ -231,7 +234,7 @@ impl Core {
                     }
                     let mut inner = payload.lock();
                     if self.pool_tasks {
-                        match inner.parked.take() {
+                        match inner.parked.take_or_copy(may_retry) {
                             Some(parked) => {
                                 let span = inner.take_span();
                                 drop(inner);
@@ -314,6 +317,7 @@ impl Core {
                             Phase::Running => answer.ran_for,
                             Phase::Queued => None,
                         },
+                        attempts: answer.attempts,
                         phase: answer.phase,
                         aborted: aborted.take() == Some(answer.request),
                     };

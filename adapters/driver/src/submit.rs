@@ -96,6 +96,7 @@ impl<R: Runtime> WorkerPool<R> {
                         worker,
                         live: guard,
                         attempt,
+                        ..
                     },
                     request,
                     handler_span,
@@ -132,6 +133,7 @@ impl<R: Runtime> WorkerPool<R> {
                     worker: granted,
                     live: guard,
                     attempt,
+                    ..
                 }) => {
                     live = Some(guard);
                     let (parked, handler_span) = {
@@ -339,7 +341,12 @@ impl<R: Runtime> Shared<R> {
             if let (true, Some(key)) = (self.pool_tasks, key) {
                 if let Some(start) = own.started.take() {
                     match held.take() {
-                        Some((request, span)) => start.dispatch(key, request, span, &mut own.wake),
+                        Some((request, span)) => {
+                            if start.may_retry {
+                                slot.lock().parked = HeldRequest::new(request.clone());
+                            }
+                            start.dispatch(key, request, span, &mut own.wake);
+                        }
                         None => own.started = Some(start),
                     }
                 }

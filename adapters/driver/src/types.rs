@@ -38,6 +38,13 @@ pub enum BuildError {
     /// foreman-tokio: outside a tokio runtime).
     #[error("the worker pool cannot start: {0}")]
     NoRuntime(String),
+    /// Retries were asked of a pool whose handlers run in their callers'
+    /// tasks.
+    #[error(
+        "retries need handlers on the pool's own tasks: use ExecutionMode::PoolTasks (the \
+         default) or set PoolConfig::retries to None"
+    )]
+    RetriesNeedPoolTasks,
 }
 
 impl From<BuildError> for WorkerPoolError {
@@ -65,8 +72,12 @@ pub struct Timings {
     /// From acceptance until a worker started the request, or until it was
     /// answered if it never started (zero for a refused request).
     pub queued: Duration,
-    /// How long its handler ran, if it started.
+    /// How long its handler ran, if it started (its last attempt, when
+    /// it was retried).
     pub ran: Option<Duration>,
+    /// How many times its handler was started: 0 if it never started, 1
+    /// unless a [`RetryPolicy`](foreman_core::RetryPolicy) ran it again.
+    pub attempts: u32,
 }
 
 /// A request's answer with its [`Timings`], from

@@ -148,6 +148,8 @@ impl<P: Clone> Pool<P> {
     ) -> Result<RequestKey, Refused<P>> {
         let deadline = admission.timeout().map(|budget| now + budget);
         let max_running = self.config.max_concurrency_per_worker as usize;
+        let retry = admission.retry() && !vetted;
+        let may_retry = self.may_run_again(retry, 1);
         let Some(slot) = self.workers.get_mut(worker.0) else {
             debug_assert!(false, "router chose a missing worker");
             return Err(self.refuse_counted(payload, WorkerPoolError::NoHealthyWorker));
@@ -170,6 +172,8 @@ impl<P: Clone> Pool<P> {
             payload,
             accepted_at: now,
             deadline,
+            attempts: u32::from(start_now),
+            retry,
         }));
         match started {
             Some(payload) => {
@@ -178,6 +182,7 @@ impl<P: Clone> Pool<P> {
                     request: key,
                     worker,
                     payload,
+                    may_retry,
                 });
             }
             None => {
@@ -193,6 +198,9 @@ impl<P: Clone> Pool<P> {
             self.arm(at, Timer::Request(key));
         }
         self.counters.accepted += 1;
+        if let Some(ledger) = &mut self.retry_ledger {
+            ledger.deposit(now);
+        }
         self.router.picked(worker);
         self.events.push_back(Event::Accepted {
             request: key,

@@ -77,6 +77,12 @@ impl<P: Clone> Pool<P> {
                 Err(_) => slot.health.on_failure(),
             }
         }
+        if let Err(error) = &result {
+            if self.retry_elsewhere(request, worker, error) {
+                self.after_worker_change(worker, cause);
+                return true;
+            }
+        }
         match result {
             Ok(_) => self.counters.succeeded += 1,
             Err(_) => self.counters.failed += 1,
@@ -124,6 +130,7 @@ impl<P: Clone> Pool<P> {
             phase: Phase::Queued,
             queued_for: self.now - entry.accepted_at,
             ran_for: None,
+            attempts: entry.attempts,
             payload: entry.payload,
         }));
     }
@@ -164,6 +171,7 @@ impl<P: Clone> Pool<P> {
             phase: Phase::Running,
             queued_for: started_at - entry.accepted_at,
             ran_for: Some(self.now - started_at),
+            attempts: entry.attempts,
             payload: entry.payload,
         }));
     }

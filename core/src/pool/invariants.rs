@@ -67,8 +67,10 @@ impl<P: Clone> Pool<P> {
     /// wait in its own queue, nor a schedulable one while requests wait in
     /// the backlog; the router's eligible set is exactly the schedulable
     /// workers with room; every deadline has a timer; every probing worker
-    /// has exactly one probe timer; the counters add up (accepted =
-    /// answered + pending); a stopped pool holds nothing.
+    /// has exactly one probe timer; a request runs at most the retry
+    /// policy's attempts, and one that ran before and waits again is a
+    /// retry, pinned; the counters add up (accepted = answered + pending);
+    /// a stopped pool holds nothing.
     ///
     /// # Errors
     /// Returns the first broken rule found.
@@ -96,6 +98,7 @@ impl<P: Clone> Pool<P> {
         self.check_router()?;
         self.check_every_request_is_held(&tally)?;
         self.check_request_times(&armed)?;
+        self.check_attempts()?;
         self.check_counters()?;
         self.check_lifecycle(&armed)
     }
@@ -375,6 +378,38 @@ impl<P: Clone> Pool<P> {
                     started_at >= entry.accepted_at,
                     "{key} started before acceptance"
                 );
+            }
+        }
+        Ok(())
+    }
+
+    /// A running request has been started at least once; no request has
+    /// been started more often than the retry policy allows (once without
+    /// one); a request started before that waits again is a retry the
+    /// policy covers, pinned to its new worker.
+    fn check_attempts(&self) -> Checked {
+        let most = self
+            .config
+            .retries
+            .map_or(1, |policy| policy.max_attempts.max(1));
+        for (raw, entry) in self.requests.iter() {
+            let key = RequestKey(raw);
+            ensure!(
+                entry.attempts <= most,
+                "{key} started {} times, more than the {most} allowed",
+                entry.attempts
+            );
+            match entry.state {
+                RequestState::Running { .. } => {
+                    ensure!(entry.attempts >= 1, "{key} runs but was never started");
+                }
+                RequestState::Queued | RequestState::Moving => {
+                    ensure!(
+                        entry.attempts == 0 || (entry.retry && entry.pinned),
+                        "{key} waits after {} attempts without being a pinned retry",
+                        entry.attempts
+                    );
+                }
             }
         }
         Ok(())

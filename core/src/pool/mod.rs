@@ -9,6 +9,7 @@
 //! | `vetting.rs` | a circuit breaker's say in a request's worker (`vet`, `revet`) |
 //! | `scheduling.rs` | which waiting request a worker runs: the late-binding backlog, status and load refreshes |
 //! | `answers.rs` | how a request ends: completion, cancellation, its deadline, its answer |
+//! | `retrying.rs` | a retryable failure running again on another worker, within the budget |
 //! | `workers.rs` | adding, restarting and removing workers, moving a removed worker's requests |
 //! | `probes.rs` | health probes: sending, their answers and timeouts |
 //! | `shutdown.rs` | the drain: `begin_shutdown`, the drain deadline, the stop |
@@ -27,6 +28,7 @@ mod outputs;
 mod planted_bug;
 mod probes;
 mod queries;
+mod retrying;
 mod run_list;
 mod scheduling;
 mod shutdown;
@@ -43,6 +45,7 @@ use crate::health::Health;
 use crate::keys::{ProbeKey, RequestKey, WorkerKey};
 use crate::output::{Action, Event};
 use crate::protocol::WorkerHealthStatus;
+use crate::retries::RetryLedger;
 use crate::rng::Rng;
 use crate::routing::{Membership, Router};
 use crate::slab::Slab;
@@ -163,6 +166,8 @@ pub struct Pool<P> {
     /// The source of every random choice, seeded from the configuration.
     #[expect(dead_code, reason = "no policy draws from it yet")]
     rng: Rng,
+    /// The retry budget's account, when the pool retries.
+    retry_ledger: Option<RetryLedger>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -187,6 +192,10 @@ struct Request<P> {
     payload: P,
     accepted_at: Time,
     deadline: Option<Time>,
+    /// Times it was started (its attempts so far).
+    attempts: u32,
+    /// The retry policy covers it ([`Admission::retry`](crate::Admission::retry)).
+    retry: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -269,6 +278,7 @@ impl<P: Clone> Pool<P> {
         Ok(Pool {
             router: Router::new(config.routing),
             rng: Rng::new(config.seed),
+            retry_ledger: config.retries.map(|policy| RetryLedger::new(policy.budget)),
             config,
             capacity,
             now,

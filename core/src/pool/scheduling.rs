@@ -152,6 +152,8 @@ impl<P: Clone> Pool<P> {
         let from = entry.worker;
         entry.worker = worker;
         entry.state = RequestState::Running { started_at: now };
+        entry.attempts = entry.attempts.saturating_add(1);
+        let may_retry = (entry.retry, entry.attempts);
         let payload = entry.payload.clone();
         if !entry.pinned {
             self.leave_backlog();
@@ -174,10 +176,12 @@ impl<P: Clone> Pool<P> {
         if let Some(slot) = self.workers.get_mut(worker.0) {
             slot.running.push(request);
         }
+        let may_retry = self.may_run_again(may_retry.0, may_retry.1);
         self.actions.push_back(Action::Start {
             request,
             worker,
             payload,
+            may_retry,
         });
     }
 

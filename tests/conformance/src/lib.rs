@@ -49,6 +49,7 @@ mod lanes;
 mod observability;
 mod reentrancy;
 mod reference;
+mod retries;
 mod scheduling;
 mod service;
 mod shutdown;
@@ -97,6 +98,10 @@ pub use reference::{
     marks_worker_unavailable_after_failures_and_recovers_on_restart,
     rejects_request_when_security_contract_is_violated, returns_timeout_for_slow_worker,
     routes_requests_across_worker_pool, worker_protocol_roundtrip,
+};
+pub use retries::{
+    retries_in_caller_task_mode_are_refused_at_build,
+    retryable_llm_failures_run_again_on_another_worker,
 };
 pub use scheduling::{
     a_slow_worker_does_not_hold_the_queue, degraded_workers_get_less_work,
@@ -172,6 +177,8 @@ macro_rules! conformance_suite {
             call_all_through_the_pool_service_never_overflows_its_queue,
             a_service_handle_keeps_its_pool_running,
             a_tower_service_serves_as_a_worker_handler,
+            retryable_llm_failures_run_again_on_another_worker,
+            retries_in_caller_task_mode_are_refused_at_build,
         );
     };
     (@each $target:ty; $($name:ident),* $(,)?) => {$(

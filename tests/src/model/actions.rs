@@ -15,10 +15,19 @@ use super::Failure;
 impl Harness {
     pub(super) fn on_action(&mut self, action: Action<u64>) -> Result<(), Failure> {
         match action {
+            // The model's pools never retry: no start may expect one.
+            Action::Start {
+                request,
+                may_retry: true,
+                ..
+            } => Err(Failure(format!(
+                "Start of {request} may retry, but the pool has no retry policy"
+            ))),
             Action::Start {
                 request,
                 worker,
                 payload,
+                ..
             } => self.on_start(request, worker, payload),
             Action::Abort { request, worker } => self.on_abort(request, worker),
             Action::Answer(answer) => self.on_answer(answer),

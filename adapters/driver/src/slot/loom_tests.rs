@@ -34,6 +34,7 @@ fn answer() -> Delivered {
         result: Ok(Value::Null),
         queued_for: Duration::ZERO,
         ran_for: None,
+        attempts: 1,
         phase: Phase::Running,
         aborted: false,
     }

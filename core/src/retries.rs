@@ -1,6 +1,19 @@
-//! The retry budget: how many extra attempts (retries and hedges) the pool
-//! may spend, as a share of its recent requests plus a small reserve, over
-//! a sliding window (Finagle's retry budget).
+//! Retries: which failed requests run again ([`RetryPolicy`]) and how many
+//! extra attempts the pool may spend on them ([`RetryBudget`]: a share of
+//! its recent requests plus a small reserve, over a sliding window, as
+//! Finagle's retry budget).
+//!
+//! A request is retried when all of these hold: the pool has a
+//! [`RetryPolicy`] and its operation kind is one the policy retries; the
+//! handler's error is marked `retryable`; the request has run fewer than
+//! [`RetryPolicy::max_attempts`] times; the pool is not shutting down, no
+//! circuit breaker chose its worker (a breaker must approve the worker of
+//! every attempt, so such requests are never retried); another worker
+//! than the one that failed can take it; its deadline has not passed; and
+//! the budget grants an extra attempt. The failure still counts against
+//! the worker that failed. The retry is pinned to the other worker (so the
+//! failed one never runs it again) and keeps the request's deadline: the
+//! overall budget covers every attempt.
 //!
 //! Every first attempt deposits `share_percent` % of a token; every extra
 //! attempt withdraws one whole token, and is allowed only while the balance
@@ -21,7 +34,91 @@
 
 use std::time::Duration;
 
+use crate::protocol::WorkerOperation;
 use crate::time::Time;
+
+/// Which failed requests the pool runs again on another worker, and how
+/// many extra attempts it may spend on them.
+///
+/// Off unless set ([`PoolConfig::retries`](crate::PoolConfig::retries) is
+/// `None` by default: the reference answers every failure, and a pool that
+/// replaces it answers the same). The default policy retries LLM calls,
+/// which are idempotent, and not tool calls, whose side effects may not be:
+///
+/// ```
+/// use foreman_core::{PoolConfig, RetryBudget, RetryPolicy};
+///
+/// let config = PoolConfig::default().with_retries(Some(
+///     RetryPolicy::default()
+///         .with_max_attempts(3)
+///         .with_tools(false)
+///         .with_budget(RetryBudget::default().with_share_percent(10)),
+/// ));
+/// assert_eq!(config.validate(), Ok(()));
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub struct RetryPolicy {
+    /// The most times one request runs, its first attempt included (at
+    /// least 1; 1 never retries).
+    pub max_attempts: u32,
+    /// Whether LLM calls are retried (default: yes).
+    pub llm: bool,
+    /// Whether tool calls are retried (default: no).
+    pub tools: bool,
+    /// How many extra attempts the pool may spend.
+    pub budget: RetryBudget,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        Self {
+            max_attempts: 2,
+            llm: true,
+            tools: false,
+            budget: RetryBudget::default(),
+        }
+    }
+}
+
+impl RetryPolicy {
+    /// Sets [`max_attempts`](Self::max_attempts).
+    #[must_use]
+    pub fn with_max_attempts(mut self, max_attempts: u32) -> Self {
+        self.max_attempts = max_attempts;
+        self
+    }
+
+    /// Sets [`llm`](Self::llm).
+    #[must_use]
+    pub fn with_llm(mut self, llm: bool) -> Self {
+        self.llm = llm;
+        self
+    }
+
+    /// Sets [`tools`](Self::tools).
+    #[must_use]
+    pub fn with_tools(mut self, tools: bool) -> Self {
+        self.tools = tools;
+        self
+    }
+
+    /// Sets [`budget`](Self::budget).
+    #[must_use]
+    pub fn with_budget(mut self, budget: RetryBudget) -> Self {
+        self.budget = budget;
+        self
+    }
+
+    /// Whether a request running `operation` may be retried at all.
+    pub fn covers(&self, operation: &WorkerOperation) -> bool {
+        self.max_attempts > 1
+            && match operation {
+                WorkerOperation::Llm { .. } => self.llm,
+                WorkerOperation::Tool { .. } => self.tools,
+            }
+    }
+}
 
 /// How many extra attempts (retries and hedges) the pool may spend: a
 /// share of its recent requests plus a reserve, over a sliding window.
