@@ -134,6 +134,7 @@
 //! | `foreman_requests_refused_total` | counter | `reason`: `invalid_request`, `queue_full`, `no_healthy_worker`, `circuit_open`, `shutting_down`, `timeout` (a zero time budget) | submits refused |
 //! | `foreman_requests_succeeded_total` | counter | — | answered with the handler's output |
 //! | `foreman_requests_failed_total` | counter | — | answered with the handler's error or panic |
+//! | `foreman_requests_retried_total` | counter | — | failed attempts that ran again on another worker (a [`RetryPolicy`]); not answers |
 //! | `foreman_requests_timed_out_total` | counter | `phase`: `queued`, `running` | the time budget ran out |
 //! | `foreman_requests_cancelled_total` | counter | — | the caller dropped its `submit` future |
 //! | `foreman_requests_aborted_total` | counter | `cause`: `restart`, `shutdown` (the drain deadline), `worker_removed` (no other worker could take it) | aborted by the pool |
@@ -183,7 +184,10 @@ mod settings;
 #[cfg(feature = "async-io")]
 pub use io_timer::IoTimer;
 #[cfg(feature = "config")]
-pub use settings::{ConfigFileError, DriverSettings, PoolSettings, SecurityPolicySettings};
+pub use settings::{
+    ConfigFileError, DriverSettings, PoolSettings, RetryBudgetSettings, RetrySettings,
+    SecurityPolicySettings,
+};
 
 pub use closure::{handler_fn, HandlerFn, HealthyProbe};
 pub use handler::{CircuitBreakerHooks, WorkerHandler, WorkerPoolClient};
@@ -222,7 +226,10 @@ pub mod api {
 
     /// Settings files (the `config` feature).
     #[cfg(feature = "config")]
-    pub use crate::{ConfigFileError, DriverSettings, PoolSettings, SecurityPolicySettings};
+    pub use crate::{
+        ConfigFileError, DriverSettings, PoolSettings, RetryBudgetSettings, RetrySettings,
+        SecurityPolicySettings,
+    };
 
     #[cfg(feature = "tower")]
     pub use crate::{PoolService, PoolServiceFuture, ServiceHandler};

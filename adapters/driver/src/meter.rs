@@ -39,6 +39,7 @@ struct PoolHandles {
     refused_no_budget: Counter,
     succeeded: Counter,
     failed: Counter,
+    retried: Counter,
     timed_out_queued: Counter,
     timed_out_running: Counter,
     cancelled: Counter,
@@ -88,6 +89,7 @@ impl PoolMeter {
                     refused_no_budget: refused(WorkerPoolError::Timeout),
                     succeeded: metrics::counter!("foreman_requests_succeeded_total"),
                     failed: metrics::counter!("foreman_requests_failed_total"),
+                    retried: metrics::counter!("foreman_requests_retried_total"),
                     timed_out_queued: timed_out(Phase::Queued),
                     timed_out_running: timed_out(Phase::Running),
                     cancelled: metrics::counter!("foreman_requests_cancelled_total"),
@@ -159,6 +161,12 @@ impl PoolMeter {
         let _ = (ending, queued, ran);
     }
 
+    /// The counter of retries, for a note to move.
+    #[cfg(feature = "metrics")]
+    pub(crate) fn retried(&self) -> Counter {
+        self.handles.retried.clone()
+    }
+
     /// `count` workers were added (a new worker is Healthy).
     #[inline]
     pub(crate) fn workers_added(&self, count: usize) {
@@ -219,6 +227,10 @@ fn describe() {
     describe_counter!(
         "foreman_requests_failed_total",
         "Requests answered with their handler's error or panic."
+    );
+    describe_counter!(
+        "foreman_requests_retried_total",
+        "Failed attempts that ran again on another worker (RetryPolicy)."
     );
     describe_counter!(
         "foreman_requests_timed_out_total",

@@ -25,6 +25,9 @@ enum Note {
     /// Move a gauge by this much.
     #[cfg(feature = "metrics")]
     Gauge(metrics::Gauge, f64),
+    /// Count one more.
+    #[cfg(feature = "metrics")]
+    Count(metrics::Counter),
     #[cfg(feature = "tracing")]
     Health {
         worker: Arc<str>,
@@ -37,6 +40,13 @@ enum Note {
         request: RequestKey,
         from: Arc<str>,
         to: Arc<str>,
+    },
+    #[cfg(feature = "tracing")]
+    Retried {
+        request: RequestKey,
+        from: Arc<str>,
+        to: Arc<str>,
+        attempt: u32,
     },
 }
 
@@ -144,6 +154,39 @@ impl Notes {
         let _ = (from.1, to.1);
     }
 
+    /// A failed attempt runs again on another worker (`Event::Retried`):
+    /// its run moves from one worker's in-flight gauge to the other's
+    /// (whose `Start` raises it), and the retry is counted and traced.
+    #[cfg(any(feature = "tracing", feature = "metrics"))]
+    #[inline]
+    pub(crate) fn retried(
+        &mut self,
+        meter: &PoolMeter,
+        request: RequestKey,
+        from: (&std::sync::Arc<str>, &WorkerMeter),
+        to: &std::sync::Arc<str>,
+        attempt: u32,
+    ) {
+        #[cfg(feature = "metrics")]
+        {
+            self.push(Note::Gauge(from.1.in_flight.clone(), -1.0));
+            self.push(Note::Count(meter.retried()));
+        }
+        #[cfg(feature = "tracing")]
+        if wanted(tracing::Level::DEBUG) {
+            self.push(Note::Retried {
+                request,
+                from: Arc::clone(from.0),
+                to: Arc::clone(to),
+                attempt,
+            });
+        }
+        #[cfg(not(feature = "tracing"))]
+        let _ = (request, from.0, to, attempt);
+        #[cfg(not(feature = "metrics"))]
+        let _ = (meter, from.1);
+    }
+
     /// A worker's health changed (`Event::HealthChanged`).
     #[inline]
     pub(crate) fn health(
@@ -202,6 +245,8 @@ impl Notes {
             match note {
                 #[cfg(feature = "metrics")]
                 Note::Gauge(gauge, delta) => gauge.increment(delta),
+                #[cfg(feature = "metrics")]
+                Note::Count(counter) => counter.increment(1),
                 #[cfg(feature = "tracing")]
                 Note::Health {
                     worker,
@@ -213,6 +258,13 @@ impl Notes {
                 Note::Requeued { request, from, to } => {
                     crate::trace::requeued(request, &from, &to);
                 }
+                #[cfg(feature = "tracing")]
+                Note::Retried {
+                    request,
+                    from,
+                    to,
+                    attempt,
+                } => crate::trace::retried(request, &from, &to, attempt),
             }
         }
         let _ = SPARE.try_with(|spare| spare.set(items));

@@ -432,6 +432,12 @@ impl Core {
                 Event::Requeued { request, from, to } => {
                     self.note_requeued(request, from, to, notes);
                 }
+                Event::Retried {
+                    request,
+                    from,
+                    to,
+                    attempt,
+                } => self.note_retried(request, from, to, attempt, notes),
                 Event::Rejected { .. } => {}
                 Event::ShutdownComplete { .. } => {
                     self.live.mark_stopped();
@@ -483,6 +489,29 @@ impl Core {
         }
         #[cfg(not(any(feature = "tracing", feature = "metrics")))]
         let _ = (request, from, to, notes);
+    }
+
+    /// Notes a retry for the `tracing` and `metrics` features.
+    fn note_retried(
+        &self,
+        request: RequestKey,
+        from: WorkerKey,
+        to: WorkerKey,
+        attempt: u32,
+        notes: &mut Notes,
+    ) {
+        #[cfg(any(feature = "tracing", feature = "metrics"))]
+        if let (Some(from), Some(to)) = (self.workers.get(&from), self.workers.get(&to)) {
+            notes.retried(
+                &self.meter,
+                request,
+                (&from.cell.id, &from.cell.meter),
+                &to.cell.id,
+                attempt,
+            );
+        }
+        #[cfg(not(any(feature = "tracing", feature = "metrics")))]
+        let _ = (request, from, to, attempt, notes);
     }
 
     /// The id of a worker ("" if it is gone).

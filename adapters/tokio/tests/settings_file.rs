@@ -31,6 +31,18 @@ max_concurrency_per_worker = 3
 routing = "round_robin"
 late_binding = false
 max_request_depth = 16
+seed = 7
+
+[retries]
+enabled = true
+max_attempts = 3
+llm = false
+tools = true
+
+[retries.budget]
+window = "30s"
+share_percent = 5
+reserve_per_second = 0
 
 [security_policy]
 max_request_timeout = "10s 500ms"
@@ -53,6 +65,14 @@ const CHANGED_JSON: &str = r#"{
     "routing": "round_robin",
     "late_binding": false,
     "max_request_depth": 16,
+    "seed": 7,
+    "retries": {
+        "enabled": true,
+        "max_attempts": 3,
+        "llm": false,
+        "tools": true,
+        "budget": { "window": "30s", "share_percent": 5, "reserve_per_second": 0 }
+    },
     "security_policy": {
         "max_request_timeout": "10500ms",
         "max_request_payload_bytes": 1024,
@@ -223,6 +243,20 @@ fn every_setting_reaches_the_pool_configuration() {
     assert_eq!(config.routing, RoutingPolicy::RoundRobin);
     assert!(!config.late_binding);
     assert_eq!(config.max_request_depth, 16);
+    assert_eq!(config.seed, 7);
+    let retries = config.retries.expect("retries enabled");
+    assert_eq!(
+        (retries.max_attempts, retries.llm, retries.tools),
+        (3, false, true)
+    );
+    assert_eq!(retries.budget.window, Duration::from_secs(30));
+    assert_eq!(
+        (
+            retries.budget.share_percent,
+            retries.budget.reserve_per_second
+        ),
+        (5, 0)
+    );
     assert_eq!(config.unix_epoch_ms, 0);
     assert_eq!(driver.execution, ExecutionMode::CallerTask);
     assert_eq!(driver.lanes.get(), 4);
@@ -261,8 +295,13 @@ fn an_unknown_key_is_refused_by_name() {
     );
     toml_refused_at(
         "[retries]\nattempts = 3",
-        "retries",
-        &["unknown field `retries`"],
+        "retries.attempts",
+        &["unknown field `attempts`", "`max_attempts`", "line 2"],
+    );
+    toml_refused_at(
+        "[hedging]\ndelay = 3",
+        "hedging",
+        &["unknown field `hedging`"],
     );
 }
 
@@ -338,6 +377,16 @@ fn a_value_the_pool_cannot_run_with_is_refused_naming_its_key() {
             "0",
         ),
         ("max_request_depth = 0", "max_request_depth", "0"),
+        (
+            "[retries]\nenabled = true\nmax_attempts = 0",
+            "retries.max_attempts",
+            "0",
+        ),
+        (
+            "[retries]\nenabled = true\n[retries.budget]\nwindow = \"0s\"",
+            "retries.budget.window",
+            "\"0s\"",
+        ),
     ];
     for (text, expected_key, expected_value) in cases {
         let error = PoolSettings::from_toml_str(text).expect_err(text);

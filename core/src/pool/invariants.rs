@@ -68,8 +68,7 @@ impl<P: Clone> Pool<P> {
     /// the backlog; the router's eligible set is exactly the schedulable
     /// workers with room; every deadline has a timer; every probing worker
     /// has exactly one probe timer; a request runs at most the retry
-    /// policy's attempts, and one that ran before and waits again is a
-    /// retry, pinned; the counters add up (accepted = answered + pending);
+    /// policy's attempts, and only a running one has run; the counters add up (accepted = answered + pending);
     /// a stopped pool holds nothing.
     ///
     /// # Errors
@@ -383,10 +382,10 @@ impl<P: Clone> Pool<P> {
         Ok(())
     }
 
-    /// A running request has been started at least once; no request has
+    /// A running request has been started at least once and a waiting
+    /// one never (a retry starts at once, it never waits); no request has
     /// been started more often than the retry policy allows (once without
-    /// one); a request started before that waits again is a retry the
-    /// policy covers, pinned to its new worker.
+    /// one).
     fn check_attempts(&self) -> Checked {
         let most = self
             .config
@@ -399,18 +398,13 @@ impl<P: Clone> Pool<P> {
                 "{key} started {} times, more than the {most} allowed",
                 entry.attempts
             );
-            match entry.state {
-                RequestState::Running { .. } => {
-                    ensure!(entry.attempts >= 1, "{key} runs but was never started");
-                }
-                RequestState::Queued | RequestState::Moving => {
-                    ensure!(
-                        entry.attempts == 0 || (entry.retry && entry.pinned),
-                        "{key} waits after {} attempts without being a pinned retry",
-                        entry.attempts
-                    );
-                }
-            }
+            let running = matches!(entry.state, RequestState::Running { .. });
+            ensure!(
+                (entry.attempts >= 1) == running,
+                "{key} is {:?} after {} attempts",
+                entry.state,
+                entry.attempts
+            );
         }
         Ok(())
     }

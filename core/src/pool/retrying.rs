@@ -1,11 +1,12 @@
 //! Retrying: a running request whose handler failed retryably runs again
-//! on another worker, when every rule of [`RetryPolicy`](crate::RetryPolicy)
-//! allows it (see [`crate::retries`] for the rules).
+//! at once on another, idle worker, when every rule of
+//! [`RetryPolicy`](crate::RetryPolicy) allows it (see `retries.rs` for the
+//! rules).
 
+use super::scheduling::too_late_to_start;
 use super::{Lifecycle, Pool, RequestState};
-use crate::health::HealthCause;
 use crate::keys::{RequestKey, WorkerKey};
-use crate::output::Event;
+use crate::output::{Action, Event};
 use crate::protocol::WorkerProtocolError;
 
 impl<P: Clone> Pool<P> {
@@ -19,10 +20,16 @@ impl<P: Clone> Pool<P> {
                 .is_some_and(|policy| attempts < policy.max_attempts)
     }
 
-    /// Queues `request`, whose handler just failed with `error` on
-    /// `worker`, on another worker, pinned there, if every rule allows a
-    /// retry; returns whether it did. The caller has already charged the
-    /// failure to `worker`'s health.
+    /// Starts `request`, whose handler just failed with `error` on
+    /// `worker`, at once on another worker with a free run slot, if every
+    /// rule allows a retry; returns whether it did. The caller has already
+    /// charged the failure to `worker`'s health.
+    ///
+    /// A retry never waits in a queue: it goes to an idle worker or not at
+    /// all (the failure is then the answer). So retries never delay
+    /// requests that are waiting, add no queueing under overload (when no
+    /// worker is idle), and a request never returns to a queue once it has
+    /// left one.
     pub(super) fn retry_elsewhere(
         &mut self,
         request: RequestKey,
@@ -35,16 +42,18 @@ impl<P: Clone> Pool<P> {
         let Some(entry) = self.requests.get(request.0) else {
             return false;
         };
-        let attempt = entry.attempts.saturating_add(1);
-        if !self.may_run_again(entry.retry, entry.attempts)
-            || entry.deadline.is_some_and(|deadline| deadline <= self.now)
-        {
+        let (deadline, attempts) = (entry.deadline, entry.attempts);
+        if !self.may_run_again(entry.retry, attempts) {
             return false;
         }
-        let Some(to) = self.router.candidates().find(|&other| other != worker) else {
+        let now = self.now;
+        let Some(to) = self.router.iter_idle().find(|&other| other != worker) else {
             return false;
         };
-        let now = self.now;
+        let last_run = self.workers.get(to.0).and_then(|slot| slot.last_run);
+        if too_late_to_start(deadline, now, last_run) {
+            return false;
+        }
         let granted = self
             .retry_ledger
             .as_mut()
@@ -53,11 +62,19 @@ impl<P: Clone> Pool<P> {
             self.counters.retries_over_budget += 1;
             return false;
         }
+        let attempt = attempts.saturating_add(1);
+        let Some(entry) = self.requests.get_mut(request.0) else {
+            return false;
+        };
+        entry.worker = to;
+        entry.state = RequestState::Running { started_at: now };
+        entry.attempts = attempt;
+        let payload = entry.payload.clone();
         if let Some(slot) = self.workers.get_mut(worker.0) {
             slot.running.remove(request);
         }
-        if let Some(entry) = self.requests.get_mut(request.0) {
-            entry.pinned = true;
+        if let Some(slot) = self.workers.get_mut(to.0) {
+            slot.running.push(request);
         }
         self.counters.retried += 1;
         self.events.push_back(Event::Retried {
@@ -66,24 +83,14 @@ impl<P: Clone> Pool<P> {
             to,
             attempt,
         });
-        self.queue_on(request, to);
+        let may_retry = self.may_run_again(true, attempt);
+        self.actions.push_back(Action::Start {
+            request,
+            worker: to,
+            payload,
+            may_retry,
+        });
+        self.refresh_load(to);
         true
-    }
-
-    /// Queues a request that waits on no worker's queue (moving off a
-    /// removed worker, or off the worker whose attempt failed) on `to`
-    /// (eligible), and starts what `to` can take.
-    pub(super) fn queue_on(&mut self, request: RequestKey, to: WorkerKey) {
-        if let Some(entry) = self.requests.get_mut(request.0) {
-            entry.worker = to;
-            entry.state = RequestState::Queued;
-        }
-        // An unpinned request also keeps its place in the backlog.
-        if let Some(slot) = self.workers.get_mut(to.0) {
-            slot.queue.push_back(request);
-            slot.queued += 1;
-        }
-        self.pump(to);
-        self.refresh(to, HealthCause::Success);
     }
 }

@@ -219,7 +219,11 @@ impl<P: Clone> Pool<P> {
 /// none would succeed. Answering them at once leaves the workers to
 /// requests that can still finish. A worker with no successful run yet
 /// starts any request with budget left.
-fn too_late_to_start(deadline: Option<Time>, now: Time, last_run: Option<Duration>) -> bool {
+pub(super) fn too_late_to_start(
+    deadline: Option<Time>,
+    now: Time,
+    last_run: Option<Duration>,
+) -> bool {
     deadline.is_some_and(|deadline| {
         let left = deadline - now;
         left.is_zero() || last_run.is_some_and(|run| left < run)

@@ -250,9 +250,19 @@ impl<P: Clone> Pool<P> {
 
     /// Queues a request of removed worker `from` on `to` (eligible).
     pub(super) fn requeue(&mut self, request: RequestKey, from: WorkerKey, to: WorkerKey) {
+        if let Some(entry) = self.requests.get_mut(request.0) {
+            entry.worker = to;
+            entry.state = RequestState::Queued;
+        }
+        // An unpinned request also keeps its place in the backlog.
+        if let Some(slot) = self.workers.get_mut(to.0) {
+            slot.queue.push_back(request);
+            slot.queued += 1;
+        }
         self.counters.requeued += 1;
         self.events.push_back(Event::Requeued { request, from, to });
-        self.queue_on(request, to);
+        self.pump(to);
+        self.refresh(to, HealthCause::Success);
     }
 
     /// Answers a waiting request of a removed worker with a retryable

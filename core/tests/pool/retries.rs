@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use foreman_core::{
     Action, Event, PoolConfig, RetryBudget, RetryPolicy, WorkerErrorCode, WorkerOperation,
-    WorkerPoolError, WorkerProtocolError, WorkerRequest,
+    WorkerPoolError, WorkerPoolOptions, WorkerProtocolError, WorkerRequest,
 };
 use serde_json::json;
 
@@ -162,26 +162,31 @@ fn retries_stop_at_the_budget_and_the_refusals_are_counted() {
         .with_share_percent(50)
         .with_reserve_per_second(0)
         .with_window(Duration::from_secs(10));
-    let mut h = retrying(
-        RetryPolicy::default()
-            .with_max_attempts(5)
-            .with_budget(budget),
+    let options = WorkerPoolOptions {
+        unavailable_after_failures: 100,
+        ..options()
+    };
+    let mut h = Harness::with_config(
+        PoolConfig::new(options).with_retries(Some(
+            RetryPolicy::default()
+                .with_max_attempts(5)
+                .with_budget(budget),
+        )),
         2,
     );
-    // Four requests deposit two tokens; every attempt fails.
-    for i in 0..4 {
-        h.submit(ms(i), &llm("a")).unwrap();
-    }
-    let mut now = 10;
-    loop {
-        let running = h.started();
-        h.take_actions();
-        if running.is_empty() {
-            break;
-        }
-        for (key, _) in running {
-            h.complete(ms(now), key, Err(failure()));
+    // Four requests, one after the other, deposit two tokens; every
+    // attempt fails, and a retry goes to the other (idle) worker.
+    let mut now = 0;
+    for _ in 0..4 {
+        h.submit(ms(now), &llm("a")).unwrap();
+        loop {
+            let running = h.started();
+            h.take_actions();
+            let Some(&(key, _)) = running.first() else {
+                break;
+            };
             now += 1;
+            h.complete(ms(now), key, Err(failure()));
         }
     }
     let counters = h.pool.stats().counters;

@@ -10,8 +10,10 @@ use foreman_driver::{
     WorkerErrorCode, WorkerHandler, WorkerOperation, WorkerPool, WorkerPoolError,
     WorkerPoolOptions, WorkerProtocolError, WorkerRequest, WorkerResult,
 };
+use metrics_util::debugging::DebuggingRecorder;
 use serde_json::json;
 
+use crate::observability::Readings;
 use crate::support::request;
 
 /// A handler that fails every request retryably, counting its calls.
@@ -64,12 +66,16 @@ pub async fn retryable_llm_failures_run_again_on_another_worker<R: Runtime + Def
         ..WorkerPoolOptions::default()
     };
     let config = PoolConfig::new(options).with_retries(Some(RetryPolicy::default()));
-    let pool = WorkerPool::with_config(
-        rt.clone(),
-        vec![failing(&failed), serving(&served)],
-        config.clone(),
-        None,
-    )
+    let recorder = DebuggingRecorder::new();
+    let m = Readings::new(&recorder);
+    let pool = metrics::with_local_recorder(&recorder, || {
+        WorkerPool::with_config(
+            rt.clone(),
+            vec![failing(&failed), serving(&served)],
+            config.clone(),
+            None,
+        )
+    })
     .unwrap_or_else(|e| panic!("a pool with retries refused: {e}"));
     let mut retried = 0;
     for i in 0..20 {
@@ -95,6 +101,22 @@ pub async fn retryable_llm_failures_run_again_on_another_worker<R: Runtime + Def
         "some requests went to the failing worker first"
     );
     assert_eq!(pool.stats().counters.retried, retried as u64);
+    // The metrics count each retry once and each answer once, and the
+    // failed attempt leaves its worker's in-flight gauge.
+    assert_eq!(
+        m.counter("foreman_requests_retried_total", &[]),
+        retried as u64
+    );
+    assert_eq!(m.counter("foreman_requests_succeeded_total", &[]), 20);
+    assert_eq!(m.counter("foreman_requests_failed_total", &[]), 0);
+    for worker in ["worker-0", "worker-1"] {
+        let labels = [("worker", worker)];
+        assert_eq!(
+            m.gauge("foreman_worker_in_flight", &labels),
+            0.0,
+            "{worker}"
+        );
+    }
     pool.shutdown().await;
 
     // On a fresh pool, the first request goes to the first worker, the

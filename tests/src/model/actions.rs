@@ -15,20 +15,13 @@ use super::Failure;
 impl Harness {
     pub(super) fn on_action(&mut self, action: Action<u64>) -> Result<(), Failure> {
         match action {
-            // The model's pools never retry: no start may expect one.
-            Action::Start {
-                request,
-                may_retry: true,
-                ..
-            } => Err(Failure(format!(
-                "Start of {request} may retry, but the pool has no retry policy"
-            ))),
             Action::Start {
                 request,
                 worker,
                 payload,
+                may_retry,
                 ..
-            } => self.on_start(request, worker, payload),
+            } => self.on_start(request, worker, payload, may_retry),
             Action::Abort { request, worker } => self.on_abort(request, worker),
             Action::Answer(answer) => self.on_answer(answer),
             Action::Revet {
@@ -50,12 +43,14 @@ impl Harness {
     }
 
     /// A start of a request queued on a live, non-removing worker with a
-    /// free run slot, with budget enough to start.
+    /// free run slot, with budget enough to start, saying whether its
+    /// failure may retry it (the policy covers it and attempts remain).
     fn on_start(
         &mut self,
         request: RequestKey,
         worker: WorkerKey,
         payload: u64,
+        may_retry: bool,
     ) -> Result<(), Failure> {
         let wbook = self.worker_book(worker, "Start")?;
         ensure!(
@@ -102,6 +97,19 @@ impl Harness {
         if let Some(position) = moved {
             self.stolen.swap_remove(position);
         }
+        let attempts = book.attempts + 1;
+        ensure!(
+            attempts <= self.limits.max_attempts,
+            "#{} started {attempts} times, more than the {} allowed",
+            book.id,
+            self.limits.max_attempts
+        );
+        let expect_retry = book.retry && attempts < self.limits.max_attempts;
+        ensure!(
+            may_retry == expect_retry,
+            "Start of #{} (attempt {attempts}) says may_retry {may_retry}, expected {expect_retry}",
+            book.id
+        );
         let run_pos = self.running.len();
         self.running.push(request);
         if let Some(b) = self.requests.get_mut(request.as_u64()) {
@@ -110,6 +118,7 @@ impl Harness {
                 aborted: false,
             };
             b.run_pos = run_pos;
+            b.attempts = attempts;
         }
         self.recount_worker(worker, |b| {
             b.queued -= usize::from(moved.is_none());

@@ -27,6 +27,13 @@ impl Harness {
             answer.worker,
             book.worker
         );
+        ensure!(
+            answer.attempts == book.attempts,
+            "#{} answered after {} attempts, books say {}",
+            book.id,
+            answer.attempts,
+            book.attempts
+        );
         self.check_answer_times(&answer, &book)?;
         self.check_answer_allowed(&answer, &book, kind)?;
         self.book_outcome(&book, kind);

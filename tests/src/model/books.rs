@@ -25,6 +25,8 @@ pub(super) struct Limits {
     pub(super) threshold: u32,
     /// Whether queued requests may move to the first free worker.
     pub(super) late_binding: bool,
+    /// The most times one request may start (1 without a retry policy).
+    pub(super) max_attempts: u32,
 }
 
 impl Limits {
@@ -40,6 +42,9 @@ impl Limits {
             probe_timeout: config.probe_timeout,
             threshold: options.unavailable_after_failures.max(1),
             late_binding: config.late_binding && config.routing == RoutingPolicy::IdleFirst,
+            max_attempts: config
+                .retries
+                .map_or(1, |policy| policy.max_attempts.max(1)),
         }
     }
 }
@@ -76,6 +81,10 @@ pub(super) struct ReqBook {
     pub(super) vetted: bool,
     pub(super) accepted_at: Time,
     pub(super) deadline: Option<Time>,
+    /// Times it was started.
+    pub(super) attempts: u32,
+    /// The retry policy covers it (its kind, and no breaker placed it).
+    pub(super) retry: bool,
     pub(super) live_pos: usize,
     pub(super) run_pos: usize,
 }
@@ -221,6 +230,8 @@ pub(super) enum Context {
         id: u64,
         deadline: Option<Time>,
         vetted: bool,
+        /// The retry policy covers the request's kind.
+        retry: bool,
     },
     Revet {
         request: RequestKey,

@@ -10,6 +10,7 @@ use foreman_core::{
 use super::books::{Context, Lifecycle, ReqBook, ReqState};
 use super::checks::allowed_edge;
 use super::harness::Harness;
+use super::operations::Outcome;
 use super::trace::TraceEvent;
 use super::Failure;
 
@@ -18,6 +19,12 @@ impl Harness {
         match event {
             Event::Accepted { request, worker } => self.on_accepted(request, worker),
             Event::Requeued { request, from, to } => self.on_requeued(request, from, to),
+            Event::Retried {
+                request,
+                from,
+                to,
+                attempt,
+            } => self.on_retried(request, from, to, attempt),
             Event::HealthChanged {
                 worker,
                 from,
@@ -43,6 +50,7 @@ impl Harness {
             id,
             deadline,
             vetted,
+            retry,
         } = self.context
         else {
             return Err(Failure(format!("Accepted {request} outside a submit")));
@@ -66,6 +74,8 @@ impl Harness {
                 vetted: vetted && pinned,
                 accepted_at: self.seen,
                 deadline,
+                attempts: 0,
+                retry: retry && !(vetted && pinned),
                 live_pos,
                 run_pos: usize::MAX,
             },
@@ -157,6 +167,99 @@ impl Harness {
         }
         let from_ordinal = self.ordinal(from).unwrap_or(u32::MAX);
         self.trace.push(TraceEvent::Requeued {
+            id: book.id,
+            from: from_ordinal,
+            to: target.ordinal,
+        });
+        Ok(())
+    }
+
+    /// A retry: during the completion of a request's attempt with a
+    /// retryable failure, the policy covering it, attempts left, the pool
+    /// running and its deadline ahead, it leaves the worker that failed
+    /// (charged with the failure) for another schedulable worker with a
+    /// free run slot, whose `Start` follows (booked here as queued there,
+    /// pinned, for that `Start` to find).
+    fn on_retried(
+        &mut self,
+        request: RequestKey,
+        from: WorkerKey,
+        to: WorkerKey,
+        attempt: u32,
+    ) -> Result<(), Failure> {
+        let Some(book) = self.requests.get(request.as_u64()).copied() else {
+            return Err(Failure(format!("Retried unknown request {request}")));
+        };
+        ensure!(
+            matches!(
+                self.context,
+                Context::Complete {
+                    request: r,
+                    outcome: Outcome::Failure { retryable: true },
+                } if r == request
+            ),
+            "#{} retried outside its retryable failure: {:?}",
+            book.id,
+            self.context
+        );
+        ensure!(
+            book.worker == from && matches!(book.state, ReqState::Running { aborted: false, .. }),
+            "#{} retried from {from} but books say {book:?}",
+            book.id
+        );
+        ensure!(
+            book.retry && book.attempts < self.limits.max_attempts,
+            "#{} retried after {} attempts (covered {}, {} allowed)",
+            book.id,
+            book.attempts,
+            book.retry,
+            self.limits.max_attempts
+        );
+        ensure!(
+            attempt == book.attempts + 1,
+            "#{} retried as attempt {attempt} after {}",
+            book.id,
+            book.attempts
+        );
+        ensure!(
+            self.lifecycle == Lifecycle::Running,
+            "#{} retried while {:?}",
+            book.id,
+            self.lifecycle
+        );
+        ensure!(
+            book.deadline.is_none_or(|deadline| deadline > self.seen),
+            "#{} retried at {} past its deadline {:?}",
+            book.id,
+            self.seen,
+            book.deadline
+        );
+        ensure!(to != from, "#{} retried on the worker that failed", book.id);
+        let target = self.worker_book(to, "Retried")?;
+        let (schedulable, open, _) = self.worker_flags(&target);
+        ensure!(
+            schedulable && open && target.running < self.limits.max_running,
+            "#{} retried onto {to}, which has no free run slot: {target:?}",
+            book.id
+        );
+        if let Some(worker) = self.workers.get_mut(from.as_u64()) {
+            worker.health.fail();
+        }
+        self.touch_health(from);
+        self.remove_running(book.run_pos);
+        self.recount_worker(from, |b| b.running -= 1);
+        self.recount_worker(to, |b| b.queued += 1);
+        self.queue_grew(to);
+        if let Some(b) = self.requests.get_mut(request.as_u64()) {
+            b.worker = to;
+            b.state = ReqState::Queued;
+            b.pinned = true;
+            b.run_pos = usize::MAX;
+        }
+        self.retried = Some(request);
+        self.check_limits(to)?;
+        let from_ordinal = self.ordinal(from).unwrap_or(u32::MAX);
+        self.trace.push(TraceEvent::Retried {
             id: book.id,
             from: from_ordinal,
             to: target.ordinal,

@@ -66,6 +66,8 @@ pub struct Harness {
     pub(super) moving: Vec<RequestKey>,
     /// Requests moved by late binding whose `Start` has not come yet.
     pub(super) stolen: Vec<RequestKey>,
+    /// The request the current completion sent to another worker.
+    pub(super) retried: Option<RequestKey>,
     pub(super) next_id: u64,
     pub(super) next_ordinal: u32,
     pub(super) accepted: u64,
@@ -169,6 +171,7 @@ impl Harness {
             vetoes_pending: 0,
             moving: Vec::new(),
             stolen: Vec::new(),
+            retried: None,
             next_id: 1,
             next_ordinal: 0,
             accepted: 0,
@@ -453,6 +456,7 @@ impl Harness {
         }
         self.outputs.clear();
         self.outputs_this_input = 0;
+        self.retried = None;
         self.vetoes_reported = 0;
         if self.clock > self.seen {
             self.seen = self.clock;

@@ -238,10 +238,14 @@ impl Harness {
             None => self.limits.default_timeout,
         };
         let deadline = timeout.map(|budget| self.seen + budget);
+        let retries = self.pool.config().retries;
+        let operation = &self.templates.request(shape, timeout_ms).operation;
+        let retry = retries.is_some_and(|policy| policy.covers(operation));
         self.context = Context::Submit {
             id,
             deadline,
             vetted: veto.is_some(),
+            retry,
         };
         self.vetoed = false;
         self.vetoes_pending = 0;

@@ -191,6 +191,15 @@ pub enum TraceEvent {
         /// To.
         to: u32,
     },
+    /// A retryable failure sent the request to another worker.
+    Retried {
+        /// The request.
+        id: u64,
+        /// The worker whose attempt failed.
+        from: u32,
+        /// The worker of the next attempt.
+        to: u32,
+    },
     /// Output: start.
     Start {
         /// The request.

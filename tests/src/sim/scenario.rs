@@ -4,7 +4,9 @@
 
 use std::time::Duration;
 
-use foreman_core::{PoolConfig, RoutingPolicy, WorkerPoolOptions, WorkerSecurityPolicy};
+use foreman_core::{
+    PoolConfig, RetryBudget, RetryPolicy, RoutingPolicy, WorkerPoolOptions, WorkerSecurityPolicy,
+};
 
 use crate::rng::Rng;
 
@@ -244,8 +246,16 @@ fn draw_config(rng: &mut Rng, workers: usize, mean_latency: f64) -> PoolConfig {
             RoutingPolicy::IdleFirst
         })
         // Derived, not drawn, so each seed keeps its scenario: late
-        // binding in three idle-first pools of four.
+        // binding in three idle-first pools of four, retries in one pool
+        // of three (two or three attempts, tools too in pools with long
+        // queues, a budget with a small reserve).
         .with_late_binding(workers % 4 != 0)
+        .with_retries((workers % 3 == 1).then(|| {
+            RetryPolicy::default()
+                .with_max_attempts(2 + (workers % 2) as u32)
+                .with_tools(queue_capacity > 8)
+                .with_budget(RetryBudget::default().with_reserve_per_second(1))
+        }))
 }
 
 /// How callers submit, scaled to the pool's capacity.

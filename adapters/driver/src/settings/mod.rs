@@ -1,7 +1,10 @@
 //! Settings files (the `config` feature): [`PoolSettings`], its loaders,
 //! its errors and [`WorkerPool::from_settings`].
 
+mod retries;
 mod text;
+
+pub use retries::{RetryBudgetSettings, RetrySettings};
 
 use std::num::NonZeroUsize;
 use std::path::{Path, PathBuf};
@@ -42,6 +45,7 @@ use crate::worker::ExecutionMode;
 /// | `security_policy.max_request_timeout` | `max_request_timeout_ms` | `"2m"`, a whole number of milliseconds |
 /// | `routing` | [`RoutingPolicy`] | `"idle_first"` or `"round_robin"` |
 /// | `driver.execution` | [`ExecutionMode`] | `"pool_tasks"` or `"caller_task"` |
+/// | `retries.enabled` | [`PoolConfig::retries`] | `false` for `None`; `true` for the policy the other `retries` keys give |
 ///
 /// Durations are parsed and printed by `humantime`: `"250ms"`, `"30s"`,
 /// `"1h 30m"` (units `ns`, `us`, `ms`, `s`, `m`, `h`, `d`, `w` and their
@@ -123,6 +127,9 @@ pub struct PoolSettings {
     pub max_request_depth: usize,
     /// The seed of the core's random choices ([`PoolConfig::seed`]).
     pub seed: u64,
+    /// Whether and how failed requests run again (`[retries]`;
+    /// [`PoolConfig::retries`]).
+    pub retries: RetrySettings,
     /// The limits every request must respect (`[security_policy]`).
     pub security_policy: SecurityPolicySettings,
     /// The driver's own options (`[driver]`).
@@ -178,6 +185,7 @@ impl Default for PoolSettings {
             late_binding: config.late_binding,
             max_request_depth: config.max_request_depth,
             seed: config.seed,
+            retries: RetrySettings::from_policy(config.retries),
             security_policy: SecurityPolicySettings::default(),
             driver: DriverSettings::default(),
         }
@@ -291,7 +299,8 @@ impl PoolSettings {
             .with_routing(self.routing)
             .with_late_binding(self.late_binding)
             .with_max_request_depth(self.max_request_depth)
-            .with_seed(self.seed);
+            .with_seed(self.seed)
+            .with_retries(self.retries.to_policy());
         let driver = DriverOptions::default()
             .execution(self.driver.execution)
             .lanes(self.driver.lanes);
@@ -333,6 +342,14 @@ impl PoolSettings {
             ConfigError::ZeroRequestDepth => {
                 ("max_request_depth", self.max_request_depth.to_string())
             }
+            ConfigError::ZeroRetryAttempts => (
+                "retries.max_attempts",
+                self.retries.max_attempts.to_string(),
+            ),
+            ConfigError::RetryWindowTooShort => (
+                "retries.budget.window",
+                text::quoted(self.retries.budget.window),
+            ),
             _ => return None,
         })
     }
