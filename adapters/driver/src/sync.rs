@@ -1,6 +1,6 @@
 //! The synchronisation primitives of the modules that `loom` checks
-//! ([`crate::live`], [`crate::slot`]): loom's under `cfg(loom)`, std's and
-//! parking_lot's otherwise.
+//! ([`crate::live`], [`crate::slot`], [`crate::worker`]'s inbox): loom's
+//! under `cfg(loom)`, std's, parking_lot's and futures' otherwise.
 
 #[cfg(loom)]
 pub(crate) use loom::sync::atomic::{AtomicUsize, Ordering};
@@ -65,5 +65,28 @@ impl<T> FastMutex<T> {
         self.0
             .get_mut()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+/// A task's waker that another thread may take: futures' outside loom.
+#[cfg(not(loom))]
+pub(crate) use futures_util::task::AtomicWaker;
+
+/// A task's waker that another thread may take: loom's under `cfg(loom)`,
+/// with futures' method names.
+#[cfg(loom)]
+#[derive(Default)]
+pub(crate) struct AtomicWaker(loom::future::AtomicWaker);
+
+#[cfg(loom)]
+impl AtomicWaker {
+    /// Registers the waker of the task to wake next.
+    pub(crate) fn register(&self, waker: &std::task::Waker) {
+        self.0.register_by_ref(waker);
+    }
+
+    /// Takes the registered waker, if any.
+    pub(crate) fn take(&self) -> Option<std::task::Waker> {
+        self.0.take_waker()
     }
 }

@@ -37,8 +37,8 @@ impl<R: Runtime> Shared<R> {
     pub(crate) fn spawn_worker(self: &Arc<Self>, lane: usize, cell: Arc<WorkerCell>) {
         let weak = Arc::downgrade(self);
         let (handler, inbox) = (Arc::clone(&cell.handler), Arc::clone(&cell.inbox));
-        let worker = (cell.key, Arc::clone(&cell.id));
-        let task = worker_task(weak, lane, worker, handler, inbox);
+        let id = Arc::clone(&cell.id);
+        let task = worker_task(weak, lane, cell.key, id, handler, inbox);
         self.runtime.spawn(Box::pin(task));
     }
 

@@ -16,12 +16,11 @@ use std::task::{Context, Poll};
 
 use foreman_core::{RequestKey, WorkerErrorCode, WorkerKey, WorkerProtocolError, WorkerRequest};
 use futures_util::future::poll_fn;
-use futures_util::task::AtomicWaker;
-use parking_lot::Mutex;
 use serde_json::Value;
 
 use crate::handler::{OwnedHandlerFuture, WorkerHandler};
 use crate::live::LiveGuard;
+use crate::sync::{AtomicWaker, FastMutex};
 use crate::trace::{Attempt, RequestSpan};
 use crate::wakers::Wakers;
 
@@ -66,7 +65,7 @@ pub(crate) struct Job {
 /// A worker's mailbox: granted requests, aborts and its task's waker.
 #[derive(Default)]
 pub(crate) struct Inbox {
-    state: Mutex<InboxState>,
+    state: FastMutex<InboxState>,
     waker: AtomicWaker,
 }
 
@@ -144,11 +143,11 @@ pub(crate) trait Completer: Send + Sync + 'static {
 pub(crate) async fn worker_task<C: Completer>(
     pool: Weak<C>,
     lane: usize,
-    worker: (WorkerKey, std::sync::Arc<str>),
+    worker: WorkerKey,
+    id: std::sync::Arc<str>,
     handler: std::sync::Arc<dyn WorkerHandler>,
     inbox: std::sync::Arc<Inbox>,
 ) {
-    let (worker, id) = worker;
     let mut running: Vec<Running> = Vec::new();
     // Jobs and aborts taken from the inbox, carried out once its lock is
     // released.
@@ -254,3 +253,6 @@ pub(crate) fn panic_error(panic: &(dyn std::any::Any + Send)) -> WorkerProtocolE
         false,
     )
 }
+
+#[cfg(all(test, loom))]
+mod loom_tests;

@@ -165,6 +165,7 @@ fn started(worker: WorkerKey, live: &Arc<Live>, ended: &Arc<AtomicUsize>) -> Sta
         }),
         live: live.start(),
         attempt: Attempt::default(),
+        may_retry: false,
     }
 }
 
