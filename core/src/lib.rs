@@ -98,6 +98,7 @@ mod options;
 mod output;
 mod pool;
 pub mod protocol;
+pub mod recovery;
 mod rng;
 mod routing;
 mod slab;
@@ -122,6 +123,7 @@ pub use protocol::{
     WorkerErrorCode, WorkerHealth, WorkerHealthStatus, WorkerOperation, WorkerPoolError,
     WorkerProtocolError, WorkerRequest, WorkerResponse, WorkerResult,
 };
+pub use recovery::{FailureClasses, OutlierDetection, PanicMode, RecoveryPolicy};
 pub use rng::Rng;
 pub use stats::{Counters, Stats, WorkerStats};
 pub use time::Time;

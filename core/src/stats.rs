@@ -69,6 +69,15 @@ pub struct Counters {
     pub probes_sent: u64,
     /// Health probes that did not answer in time.
     pub probes_timed_out: u64,
+    /// Workers ejected by outlier detection.
+    pub ejections: u64,
+    /// Ejections that found the ejection cap reached (panic mode): held
+    /// back under `PanicMode::RouteToAll`, carried out beyond the cap
+    /// under `PanicMode::FailFast`.
+    pub ejection_panics: u64,
+    /// Requests a handler refused before starting them, which waited
+    /// again (`Pool::handle_refusal`).
+    pub refused_not_started: u64,
 }
 
 impl Counters {
@@ -97,6 +106,9 @@ impl Counters {
             reassigned,
             probes_sent,
             probes_timed_out,
+            ejections,
+            ejection_panics,
+            refused_not_started,
         } = *other;
         self.submitted += submitted;
         self.accepted += accepted;
@@ -118,6 +130,9 @@ impl Counters {
         self.requeued += requeued;
         self.reassigned += reassigned;
         self.probes_sent += probes_sent;
+        self.ejections += ejections;
+        self.ejection_panics += ejection_panics;
+        self.refused_not_started += refused_not_started;
         self.probes_timed_out += probes_timed_out;
     }
 
@@ -196,6 +211,9 @@ mod tests {
             reassigned: 262144 * scale,
             probes_sent: 524288 * scale,
             probes_timed_out: 1048576 * scale,
+            ejections: 2097152 * scale,
+            ejection_panics: 4194304 * scale,
+            refused_not_started: 8388608 * scale,
         }
     }
 

@@ -155,7 +155,7 @@ impl<P: Clone> Pool<P> {
         self.counters.submitted += 1;
         // A free worker with nothing waiting starts the request at once,
         // without a trip through its queue.
-        let start_now = slot.queued == 0 && slot.running.len() < max_running;
+        let start_now = slot.queued == 0 && slot.running.len() < slot.run_slots(max_running);
         let state = if start_now {
             RequestState::Running { started_at: now }
         } else {

@@ -48,6 +48,8 @@ struct Tally {
     moving: BTreeMap<WorkerKey, usize>,
     /// Workers found schedulable.
     schedulable: usize,
+    /// Workers found ejected.
+    ejected: usize,
 }
 
 type Checked = Result<(), InvariantViolation>;
@@ -90,8 +92,18 @@ impl<P: Clone> Pool<P> {
             }
             self.check_membership(worker, slot)?;
             self.check_probe(worker, slot, &armed)?;
+            self.check_ejection(worker, slot, &armed)?;
+            if slot.ejected {
+                tally.ejected += 1;
+            }
             self.check_worker_id(worker, slot)?;
         }
+        ensure!(
+            tally.ejected == self.ejected,
+            "pool counts {} ejected workers, found {}",
+            self.ejected,
+            tally.ejected
+        );
         self.check_worker_counts(&tally)?;
         self.check_router()?;
         self.check_every_request_is_held(&tally)?;
@@ -194,7 +206,7 @@ impl<P: Clone> Pool<P> {
             self.capacity
         );
         ensure!(
-            slot.queued == 0 || slot.running.len() == max_running,
+            slot.queued == 0 || slot.running.len() >= slot.run_slots(max_running),
             "{worker} has a free run slot while {} requests wait in its queue",
             slot.queued
         );
@@ -221,9 +233,8 @@ impl<P: Clone> Pool<P> {
     /// A worker's cached status and schedulable flag match its health,
     /// removal and the pool's lifecycle.
     fn check_cached_status(&self, worker: WorkerKey, slot: &Worker) -> Checked {
-        let threshold = self.config.failure_threshold();
         ensure!(
-            slot.status == slot.health.status(threshold),
+            slot.status == slot.health.status(),
             "{worker} caches a stale status"
         );
         ensure!(
@@ -238,7 +249,7 @@ impl<P: Clone> Pool<P> {
     fn check_backlog_is_served(&self, worker: WorkerKey, slot: &Worker) -> Checked {
         let max_running = self.config.max_concurrency_per_worker as usize;
         ensure!(
-            self.backlog_live == 0 || slot.running.len() == max_running,
+            self.backlog_live == 0 || slot.running.len() >= slot.run_slots(max_running),
             "schedulable {worker} has a free run slot while {} requests wait in the backlog",
             self.backlog_live
         );
@@ -251,8 +262,8 @@ impl<P: Clone> Pool<P> {
     fn check_membership(&self, worker: WorkerKey, slot: &Worker) -> Checked {
         let max_running = self.config.max_concurrency_per_worker as usize;
         let eligible =
-            self.expect_schedulable(slot) && slot.running.len() + slot.queued < self.capacity;
-        let idle = eligible && slot.running.len() < max_running;
+            self.expect_schedulable(slot) && slot.running.len() + slot.queued < slot.room(self.capacity);
+        let idle = eligible && slot.running.len() < slot.run_slots(max_running);
         let expect = Membership {
             eligible,
             idle,
@@ -268,6 +279,24 @@ impl<P: Clone> Pool<P> {
             "router holds {worker} as {:?}, expected {expect:?}",
             self.router.membership(worker)
         );
+        Ok(())
+    }
+
+    /// A worker's cached ejected flag matches its recovery machine, and an
+    /// ejected worker's ejection has its timer while the pool has not
+    /// stopped.
+    fn check_ejection(&self, worker: WorkerKey, slot: &Worker, armed: &Armed) -> Checked {
+        let until = slot.health.ejected_until();
+        ensure!(
+            slot.ejected == until.is_some(),
+            "{worker} ejected flag stale"
+        );
+        if let Some(at) = until {
+            ensure!(
+                self.lifecycle == Lifecycle::Stopped || armed.has(at, Timer::Ejection(worker)),
+                "{worker} ejected until {at} has no timer"
+            );
+        }
         Ok(())
     }
 

@@ -11,6 +11,7 @@
 //! | `answers.rs` | how a request ends: completion, cancellation, its deadline, its answer |
 //! | `workers.rs` | adding, restarting and removing workers, moving a removed worker's requests |
 //! | `probes.rs` | health probes: sending, their answers and timeouts |
+//! | `recovering.rs` | recovery: the machine's inputs, the ejection cap and timers, run limits, refusals |
 //! | `shutdown.rs` | the drain: `begin_shutdown`, the drain deadline, the stop |
 //! | `timeouts.rs` | the time rule and the timers: `handle_timeout`, arming, which timers are live |
 //! | `outputs.rs` | what the driver polls: `poll_action`, `poll_event`, `poll_timeout` |
@@ -27,6 +28,7 @@ mod outputs;
 mod planted_bug;
 mod probes;
 mod queries;
+mod recovering;
 mod run_list;
 mod scheduling;
 mod shutdown;
@@ -39,10 +41,10 @@ use std::fmt;
 use std::time::Duration;
 
 use crate::config::{ConfigError, PoolConfig};
-use crate::health::Health;
 use crate::keys::{ProbeKey, RequestKey, WorkerKey};
 use crate::output::{Action, Event};
 use crate::protocol::WorkerHealthStatus;
+use crate::recovery::Recovery;
 use crate::rng::Rng;
 use crate::routing::{Membership, Router};
 use crate::slab::Slab;
@@ -71,6 +73,8 @@ use run_list::RunList;
 ///   the steps of `vet` with a breaker that answers at once;
 /// - [`cancel`](Self::cancel): the caller gave up on a request;
 /// - [`handle_completion`](Self::handle_completion): a handler finished;
+/// - [`handle_refusal`](Self::handle_refusal): a handler declined a
+///   request before starting it (overloaded);
 /// - [`handle_probe_result`](Self::handle_probe_result): a probe answered;
 /// - [`handle_timeout`](Self::handle_timeout): the instant from
 ///   [`poll_timeout`](Self::poll_timeout) was reached (a spurious call is a
@@ -161,8 +165,9 @@ pub struct Pool<P> {
     names_issued: u64,
     counters: Counters,
     /// The source of every random choice, seeded from the configuration.
-    #[expect(dead_code, reason = "no policy draws from it yet")]
     rng: Rng,
+    /// Workers whose recovery machine has them ejected.
+    ejected: usize,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -209,8 +214,8 @@ impl RequestState {
 
 struct Worker {
     id: String,
-    health: Health,
-    /// Cached `health.status(threshold)`, to notice changes.
+    health: Recovery,
+    /// Cached `health.status()`, to notice changes.
     status: WorkerHealthStatus,
     /// Queued request keys in order; may hold stale keys (cancelled, timed
     /// out, or run by another worker while queued), swept once they
@@ -228,6 +233,13 @@ struct Worker {
     /// on it (see [`too_late_to_start`](scheduling::too_late_to_start)).
     last_run: Option<Duration>,
     removing: bool,
+    /// Cached: its recovery machine has it ejected (counted in the pool's
+    /// `ejected`).
+    ejected: bool,
+    /// A handler refused a request before starting it: the worker starts
+    /// nothing beyond what it runs until one of those ends, a probe
+    /// answers or it restarts ([`Pool::handle_refusal`]).
+    saturated: bool,
     /// Cached: takes new requests (not removing, status schedulable, pool
     /// not stopped).
     schedulable: bool,
@@ -285,6 +297,7 @@ impl<P: Clone> Pool<P> {
             next_probe: 0,
             names_issued: 0,
             counters: Counters::default(),
+            ejected: 0,
         })
     }
 }

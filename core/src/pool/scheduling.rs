@@ -27,13 +27,12 @@ impl<P: Clone> Pool<P> {
     /// Recomputes a worker's status and whether it is schedulable,
     /// reporting a status change with `cause`.
     pub(super) fn refresh_status(&mut self, worker: WorkerKey, cause: HealthCause) {
-        let threshold = self.config.failure_threshold();
         let stopped = self.lifecycle == Lifecycle::Stopped;
         let now = self.now;
         let Some(slot) = self.workers.get_mut(worker.0) else {
             return;
         };
-        let status = slot.health.status(threshold);
+        let status = slot.health.status();
         if status != slot.status {
             self.events.push_back(Event::HealthChanged {
                 worker,
@@ -63,8 +62,8 @@ impl<P: Clone> Pool<P> {
         let Some(slot) = self.workers.get_mut(worker.0) else {
             return;
         };
-        let eligible = slot.schedulable && slot.running.len() + slot.queued < capacity;
-        let idle = eligible && slot.running.len() < max_running;
+        let eligible = slot.schedulable && slot.running.len() + slot.queued < slot.room(capacity);
+        let idle = eligible && slot.running.len() < slot.run_slots(max_running);
         let now = Membership {
             eligible,
             idle,
@@ -100,7 +99,9 @@ impl<P: Clone> Pool<P> {
             let Some(slot) = self.workers.get_mut(worker.0) else {
                 return;
             };
-            if slot.running.len() >= max || (slot.queue.is_empty() && self.backlog_live == 0) {
+            if slot.running.len() >= slot.run_slots(max)
+                || (slot.queue.is_empty() && self.backlog_live == 0)
+            {
                 return;
             }
             let requests = &self.requests;

@@ -7,7 +7,8 @@ use thiserror::Error;
 
 use super::run_list::RunList;
 use super::{Lifecycle, Pool, ProbeState, Request, RequestState, Worker};
-use crate::health::{Health, HealthCause};
+use crate::health::HealthCause;
+use crate::recovery::Recovery;
 use crate::keys::{RequestKey, WorkerKey};
 use crate::output::{Action, Event};
 use crate::protocol::{WorkerErrorCode, WorkerHealthStatus, WorkerPoolError, WorkerProtocolError};
@@ -97,7 +98,7 @@ impl<P: Clone> Pool<P> {
         let due = now + self.config.options.health_probe_interval;
         let worker = Worker {
             id: id.clone(),
-            health: Health::new(),
+            health: Recovery::new(&self.config.recovery, self.config.failure_threshold()),
             status: WorkerHealthStatus::Healthy,
             queue: VecDeque::new(),
             queued: 0,
@@ -105,6 +106,8 @@ impl<P: Clone> Pool<P> {
             running: RunList::default(),
             last_run: None,
             removing: false,
+            ejected: false,
+            saturated: false,
             schedulable: false,
             membership: Membership::default(),
             probe: ProbeState::Due(due),
@@ -148,9 +151,11 @@ impl<P: Clone> Pool<P> {
         let probing = self.lifecycle == Lifecycle::Running;
         if let Some(slot) = self.workers.get_mut(worker.0) {
             slot.health.reset();
+            slot.saturated = false;
             slot.last_run = None;
             slot.probe = ProbeState::Idle;
         }
+        self.sync_ejected(worker);
         self.actions.push_back(Action::RestartWorker { worker });
         if probing {
             let due = now + self.config.options.health_probe_interval;
@@ -308,6 +313,9 @@ impl<P: Clone> Pool<P> {
         // A worker being removed is no longer schedulable (`remove_worker`
         // refreshed it), so the schedulable count needs no change here.
         if let Some(slot) = self.workers.remove(worker.0) {
+            if slot.ejected {
+                self.ejected = self.ejected.saturating_sub(1);
+            }
             self.router
                 .set(worker, slot.membership, Membership::default());
             self.ids.remove(&slot.id);
