@@ -136,6 +136,7 @@ impl Outlier {
         let successes = successes.saturating_add(1);
         if successes >= self.tuning.success_threshold.max(1) {
             self.state = State::Closed;
+            self.consecutive = 0;
             self.window.clear();
             self.closed_at = Some(now);
         } else {
