@@ -5,7 +5,6 @@
 
 use std::time::Duration;
 
-
 /// What caused a health change, reported with [`crate::Event::HealthChanged`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 #[non_exhaustive]

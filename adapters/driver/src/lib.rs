@@ -183,7 +183,10 @@ mod settings;
 #[cfg(feature = "async-io")]
 pub use io_timer::IoTimer;
 #[cfg(feature = "config")]
-pub use settings::{ConfigFileError, DriverSettings, PoolSettings, SecurityPolicySettings};
+pub use settings::{
+    ConfigFileError, DriverSettings, PoolSettings, RecoveryName, RecoverySettings,
+    SecurityPolicySettings,
+};
 
 pub use closure::{handler_fn, HandlerFn, HealthyProbe};
 pub use handler::{CircuitBreakerHooks, WorkerHandler, WorkerPoolClient};
@@ -203,6 +206,7 @@ pub use foreman_core::{
     WorkerProtocolError, WorkerRequest, WorkerResponse, WorkerResult, WorkerSecurityPolicy,
     WorkerStats,
 };
+pub use foreman_core::{FailureClasses, OutlierDetection, PanicMode, RecoveryPolicy};
 
 /// What every adapter crate re-exports (`pub use foreman_driver::api::*`):
 /// the reference's API, foreman's additions, and what a [`Runtime`] is
@@ -220,9 +224,15 @@ pub mod api {
 
     pub use crate::{handler_fn, HandlerFn, HealthyProbe};
 
+    /// The recovery policy's options.
+    pub use crate::{FailureClasses, OutlierDetection, PanicMode, RecoveryPolicy};
+
     /// Settings files (the `config` feature).
     #[cfg(feature = "config")]
-    pub use crate::{ConfigFileError, DriverSettings, PoolSettings, SecurityPolicySettings};
+    pub use crate::{
+        ConfigFileError, DriverSettings, PoolSettings, RecoveryName, RecoverySettings,
+        SecurityPolicySettings,
+    };
 
     #[cfg(feature = "tower")]
     pub use crate::{PoolService, PoolServiceFuture, ServiceHandler};

@@ -11,8 +11,9 @@ use std::time::Duration;
 
 use foreman_tokio::{
     async_trait, BuildError, CircuitBreakerHooks, ConfigFileError, DriverOptions, ExecutionMode,
-    PoolConfig, PoolSettings, RoutingPolicy, TokioRuntime, WorkerHandler, WorkerOperation,
-    WorkerPool, WorkerPoolError, WorkerProtocolError, WorkerRequest, WorkerResult,
+    FailureClasses, OutlierDetection, PanicMode, PoolConfig, PoolSettings, RecoveryPolicy,
+    RoutingPolicy, TokioRuntime, WorkerErrorCode, WorkerHandler, WorkerOperation, WorkerPool,
+    WorkerPoolError, WorkerProtocolError, WorkerRequest, WorkerResult,
 };
 use serde_json::{json, Value};
 
@@ -31,6 +32,22 @@ max_concurrency_per_worker = 3
 routing = "round_robin"
 late_binding = false
 max_request_depth = 16
+
+[recovery]
+policy = "outlier_detection"
+consecutive_failures = 3
+window = 30
+min_volume = 12
+failure_rate_percent = 40
+base_ejection = "2s"
+max_ejection = "30s"
+jitter_permille = 50
+decay_after = "2m"
+trial_permits = 2
+success_threshold = 3
+max_ejected_percent = 30
+panic_mode = "fail_fast"
+counted = ["execution_failed"]
 
 [security_policy]
 max_request_timeout = "10s 500ms"
@@ -53,6 +70,22 @@ const CHANGED_JSON: &str = r#"{
     "routing": "round_robin",
     "late_binding": false,
     "max_request_depth": 16,
+    "recovery": {
+        "policy": "outlier_detection",
+        "consecutive_failures": 3,
+        "window": 30,
+        "min_volume": 12,
+        "failure_rate_percent": 40,
+        "base_ejection": "2s",
+        "max_ejection": "30s",
+        "jitter_permille": 50,
+        "decay_after": "120s",
+        "trial_permits": 2,
+        "success_threshold": 3,
+        "max_ejected_percent": 30,
+        "panic_mode": "fail_fast",
+        "counted": ["execution_failed"]
+    },
     "security_policy": {
         "max_request_timeout": "10500ms",
         "max_request_payload_bytes": 1024,
@@ -223,6 +256,25 @@ fn every_setting_reaches_the_pool_configuration() {
     assert_eq!(config.routing, RoutingPolicy::RoundRobin);
     assert!(!config.late_binding);
     assert_eq!(config.max_request_depth, 16);
+    assert_eq!(
+        config.recovery,
+        RecoveryPolicy::OutlierDetection(
+            OutlierDetection::default()
+                .with_consecutive_failures(3)
+                .with_window(30)
+                .with_min_volume(12)
+                .with_failure_rate_percent(40)
+                .with_base_ejection(Duration::from_secs(2))
+                .with_max_ejection(Duration::from_secs(30))
+                .with_jitter_permille(50)
+                .with_decay_after(Duration::from_secs(120))
+                .with_trial_permits(2)
+                .with_success_threshold(3)
+                .with_max_ejected_percent(30)
+                .with_panic_mode(PanicMode::FailFast)
+                .with_counted(FailureClasses::NONE.with(WorkerErrorCode::ExecutionFailed))
+        )
+    );
     assert_eq!(config.unix_epoch_ms, 0);
     assert_eq!(driver.execution, ExecutionMode::CallerTask);
     assert_eq!(driver.lanes.get(), 4);
@@ -338,6 +390,16 @@ fn a_value_the_pool_cannot_run_with_is_refused_naming_its_key() {
             "0",
         ),
         ("max_request_depth = 0", "max_request_depth", "0"),
+        (
+            "[recovery]\npolicy = \"outlier_detection\"\nmin_volume = 0",
+            "recovery.min_volume",
+            "0",
+        ),
+        (
+            "[recovery]\npolicy = \"outlier_detection\"\nbase_ejection = \"0s\"",
+            "recovery.base_ejection",
+            "\"0s\"",
+        ),
     ];
     for (text, expected_key, expected_value) in cases {
         let error = PoolSettings::from_toml_str(text).expect_err(text);

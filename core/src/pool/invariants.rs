@@ -261,8 +261,8 @@ impl<P: Clone> Pool<P> {
     /// when also a run slot is free, preferred when also Healthy.
     fn check_membership(&self, worker: WorkerKey, slot: &Worker) -> Checked {
         let max_running = self.config.max_concurrency_per_worker as usize;
-        let eligible =
-            self.expect_schedulable(slot) && slot.running.len() + slot.queued < slot.room(self.capacity);
+        let eligible = self.expect_schedulable(slot)
+            && slot.running.len() + slot.queued < slot.room(self.capacity);
         let idle = eligible && slot.running.len() < slot.run_slots(max_running);
         let expect = Membership {
             eligible,

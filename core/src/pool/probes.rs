@@ -39,7 +39,9 @@ impl<P: Clone> Pool<P> {
             return false;
         }
         slot.saturated = false;
-        self.recover(worker, |health, ctx| health.on_probe(status, failure_seq, ctx));
+        self.recover(worker, |health, ctx| {
+            health.on_probe(status, failure_seq, ctx)
+        });
         self.schedule_next_probe(worker, sent_at);
         // A worker the probe brought back takes waiting requests.
         self.refresh_and_pump(worker, HealthCause::Probe);

@@ -73,7 +73,9 @@ impl<P: Clone> Pool<P> {
         let target = if vetted {
             None
         } else {
-            self.router.candidates().find(|candidate| *candidate != from)
+            self.router
+                .candidates()
+                .find(|candidate| *candidate != from)
         };
         let to = target.unwrap_or(from);
         if let Some(entry) = self.requests.get_mut(request.0) {

@@ -10,7 +10,9 @@ pub(crate) const MAX_EXPONENT: u32 = 32;
 
 /// `base × 2^times`, at most `max` (saturating).
 pub fn ejection_time(times: u32, base: Duration, max: Duration) -> Duration {
-    let factor = 1u32.checked_shl(times.min(MAX_EXPONENT)).unwrap_or(u32::MAX);
+    let factor = 1u32
+        .checked_shl(times.min(MAX_EXPONENT))
+        .unwrap_or(u32::MAX);
     base.saturating_mul(factor).min(max)
 }
 
@@ -44,7 +46,10 @@ mod tests {
         assert_eq!(ejection_time(3, s(5), s(60)), s(40));
         assert_eq!(ejection_time(4, s(5), s(60)), s(60));
         assert_eq!(ejection_time(u32::MAX, s(5), s(60)), s(60));
-        assert_eq!(ejection_time(u32::MAX, Duration::MAX, Duration::MAX), Duration::MAX);
+        assert_eq!(
+            ejection_time(u32::MAX, Duration::MAX, Duration::MAX),
+            Duration::MAX
+        );
     }
 
     #[test]

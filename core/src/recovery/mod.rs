@@ -233,7 +233,12 @@ impl Recovery {
     /// A request ran out of time while running on this worker, with `ran`
     /// and `budget` as in [`timeout_counts`]: counts it as a failure when
     /// that rule (and the classification of `Timeout`) says so.
-    pub(crate) fn on_timeout(&mut self, ran: Duration, budget: Duration, ctx: &mut Ctx<'_>) -> Step {
+    pub(crate) fn on_timeout(
+        &mut self,
+        ran: Duration,
+        budget: Duration,
+        ctx: &mut Ctx<'_>,
+    ) -> Step {
         if timeout_counts(ran, budget) {
             self.on_error(WorkerErrorCode::Timeout, ctx)
         } else {

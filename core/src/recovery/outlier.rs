@@ -153,7 +153,9 @@ impl Outlier {
         let healthy_for = self.closed_at.map_or(Duration::ZERO, |at| ctx.now - at);
         let times = decayed(self.times_ejected, healthy_for, tuning.decay_after);
         let time = ejection_time(times, tuning.base_ejection, tuning.max_ejection);
-        let draw = ctx.rng.below(u64::from(tuning.jitter_permille.min(1000)) + 1);
+        let draw = ctx
+            .rng
+            .below(u64::from(tuning.jitter_permille.min(1000)) + 1);
         let draw = u32::try_from(draw).unwrap_or(0);
         let time = with_jitter(time, tuning.jitter_permille, draw);
         self.times_ejected = times.saturating_add(1).min(MAX_EXPONENT);

@@ -264,7 +264,11 @@ impl OutlierDetection {
     /// The longest an ejection can last: `max_ejection` plus its largest
     /// jitter.
     pub fn longest_ejection(&self) -> Duration {
-        super::backoff::with_jitter(self.max_ejection, self.jitter_permille, self.jitter_permille)
+        super::backoff::with_jitter(
+            self.max_ejection,
+            self.jitter_permille,
+            self.jitter_permille,
+        )
     }
 
     /// How many of `workers` may be ejected at once:

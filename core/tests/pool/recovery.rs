@@ -37,8 +37,7 @@ fn pool(tuning: OutlierDetection, workers: usize) -> Harness {
         health_probe_interval: Duration::from_secs(1000),
         ..options()
     };
-    let config =
-        PoolConfig::new(options).with_recovery(RecoveryPolicy::OutlierDetection(tuning));
+    let config = PoolConfig::new(options).with_recovery(RecoveryPolicy::OutlierDetection(tuning));
     Harness::with_config(config, workers)
 }
 
@@ -237,11 +236,9 @@ fn jitter_lengthens_an_ejection_by_at_most_its_permille() {
             health_probe_interval: Duration::from_secs(1000),
             ..options()
         };
-        let config = PoolConfig::new(options)
-            .with_seed(seed)
-            .with_recovery(RecoveryPolicy::OutlierDetection(
-                tuning(1).with_jitter_permille(200),
-            ));
+        let config = PoolConfig::new(options).with_seed(seed).with_recovery(
+            RecoveryPolicy::OutlierDetection(tuning(1).with_jitter_permille(200)),
+        );
         let mut h = Harness::with_config(config, 1);
         fail(&mut h, ms(0));
         let until = next_expiry(&mut h).expect("ejected");
@@ -268,10 +265,7 @@ fn at_the_cap_route_to_all_keeps_the_worker_in_rotation() {
     );
     let counters = h.pool.stats().counters;
     assert_eq!((counters.ejections, counters.ejection_panics), (2, 1));
-    assert_eq!(
-        h.pool.worker_health(held).map(|w| w.status),
-        Some(Degraded)
-    );
+    assert_eq!(h.pool.worker_health(held).map(|w| w.status), Some(Degraded));
     // The held worker still takes requests.
     h.take_actions();
     h.submit(ms(1), &request("a")).unwrap();
@@ -340,8 +334,8 @@ fn a_healthy_probe_counts_as_a_successful_trial() {
         health_probe_interval: Duration::from_secs(5),
         ..options()
     };
-    let config = PoolConfig::new(options)
-        .with_recovery(RecoveryPolicy::OutlierDetection(tuning(1)));
+    let config =
+        PoolConfig::new(options).with_recovery(RecoveryPolicy::OutlierDetection(tuning(1)));
     let mut h = Harness::with_config(config, 1);
     fail(&mut h, ms(0));
     h.tick(ms(1_000));
@@ -394,7 +388,9 @@ fn a_refusing_worker_takes_no_new_request_until_a_probe_answers() {
     let (probed, probe) = run_probe(&mut h);
     assert_eq!(probed, worker);
     h.take_actions();
-    assert!(h.pool.handle_probe_result(ms(5_001), probed, probe, Healthy));
+    assert!(h
+        .pool
+        .handle_probe_result(ms(5_001), probed, probe, Healthy));
     h.drain();
     assert_eq!(h.started(), vec![(key, worker)]);
     assert_eq!(h.status(0), Healthy);
