@@ -123,7 +123,7 @@ pub use protocol::{
     WorkerErrorCode, WorkerHealth, WorkerHealthStatus, WorkerOperation, WorkerPoolError,
     WorkerProtocolError, WorkerRequest, WorkerResponse, WorkerResult,
 };
-pub use recovery::{FailureClasses, OutlierDetection, PanicMode, RecoveryPolicy};
+pub use recovery::{FailureClasses, OutlierDetection, PanicMode, RecoveryPolicy, RecoveryState};
 pub use rng::Rng;
 pub use stats::{Counters, Stats, WorkerStats};
 pub use time::Time;

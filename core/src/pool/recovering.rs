@@ -8,7 +8,7 @@ use super::{Pool, RequestState, Worker};
 use crate::health::HealthCause;
 use crate::keys::{RequestKey, WorkerKey};
 use crate::output::Event;
-use crate::recovery::{Ctx, PanicMode, Recovery, RecoveryPolicy, Step};
+use crate::recovery::{Ctx, PanicMode, Recovery, RecoveryPolicy, RecoveryState, Step};
 use crate::time::Time;
 use crate::timers::Timer;
 
@@ -34,6 +34,13 @@ impl Worker {
 }
 
 impl<P: Clone> Pool<P> {
+    /// Where a worker is in its recovery machine (`None` for an unknown
+    /// worker): what the simulator, the proptests and a dashboard of
+    /// per-worker state read.
+    pub fn recovery_state(&self, worker: WorkerKey) -> Option<RecoveryState> {
+        self.workers.get(worker.0).map(|slot| slot.health.state())
+    }
+
     /// A handler declined a running request before starting any work on it
     /// (it is overloaded): the request waits again, without a health
     /// penalty, and is counted in [`Counters::refused_not_started`](crate::Counters).

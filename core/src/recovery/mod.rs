@@ -101,6 +101,32 @@ use crate::time::Time;
 use outlier::Outlier;
 use reference::Reference;
 
+/// Where a worker is in its recovery machine, from
+/// [`Pool::recovery_state`](crate::Pool::recovery_state).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum RecoveryState {
+    /// In rotation as its status says: every worker under the reference,
+    /// a closed one under outlier detection.
+    Closed,
+    /// Ejected until `until`; `ejections` is its backoff exponent after
+    /// this ejection (its ejections, less decay).
+    Ejected {
+        /// When the ejection ends.
+        until: Time,
+        /// The backoff exponent for its next ejection.
+        ejections: u32,
+    },
+    /// Half-open: `successes` trials succeeded so far; it holds at most
+    /// `permits` requests at once.
+    HalfOpen {
+        /// Successful trials so far.
+        successes: u32,
+        /// Requests it may hold at once.
+        permits: u32,
+    },
+}
+
 /// What the pool lends the machine for one input.
 pub(crate) struct Ctx<'a> {
     pub(crate) now: Time,
@@ -191,6 +217,24 @@ impl Recovery {
         match &self.machine {
             Machine::Outlier(machine) => machine.ejected_until(),
             Machine::Reference(_) => None,
+        }
+    }
+
+    /// Where the worker is in its machine.
+    pub(crate) fn state(&self) -> RecoveryState {
+        match &self.machine {
+            Machine::Reference(_) => RecoveryState::Closed,
+            Machine::Outlier(machine) => match machine.state {
+                outlier::State::Closed => RecoveryState::Closed,
+                outlier::State::Ejected { until } => RecoveryState::Ejected {
+                    until,
+                    ejections: machine.times_ejected,
+                },
+                outlier::State::HalfOpen { successes } => RecoveryState::HalfOpen {
+                    successes,
+                    permits: machine.tuning.trial_permits.max(1),
+                },
+            },
         }
     }
 

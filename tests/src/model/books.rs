@@ -5,7 +5,8 @@
 use std::time::Duration;
 
 use foreman_core::{
-    PoolConfig, ProbeKey, RequestKey, RoutingPolicy, Time, WorkerHealthStatus, WorkerKey,
+    OutlierDetection, PoolConfig, ProbeKey, RecoveryPolicy, RecoveryState, RequestKey,
+    RoutingPolicy, Time, WorkerHealthStatus, WorkerKey,
 };
 
 use super::operations::Outcome;
@@ -25,6 +26,10 @@ pub(super) struct Limits {
     pub(super) threshold: u32,
     /// Whether queued requests may move to the first free worker.
     pub(super) late_binding: bool,
+    /// The outlier-detection tuning, when the pool runs that recovery
+    /// machine (whose invariants the harness checks instead of predicting
+    /// the reference's health).
+    pub(super) outlier: Option<OutlierDetection>,
 }
 
 impl Limits {
@@ -40,6 +45,10 @@ impl Limits {
             probe_timeout: config.probe_timeout,
             threshold: options.unavailable_after_failures.max(1),
             late_binding: config.late_binding && config.routing == RoutingPolicy::IdleFirst,
+            outlier: match config.recovery {
+                RecoveryPolicy::OutlierDetection(tuning) => Some(tuning),
+                _ => None,
+            },
         }
     }
 }
@@ -96,6 +105,21 @@ pub(super) struct WorkerBook {
     /// How long its last successful request ran, since it was added or
     /// restarted.
     pub(super) last_run: Option<Duration>,
+    /// Where the core's recovery machine had it after the last input.
+    pub(super) recovery: RecoveryState,
+    /// Requests it ran when it last turned half-open.
+    pub(super) running_at_half_open: usize,
+}
+
+impl WorkerBook {
+    /// The requests it may hold, and run, at once by its recovery state
+    /// (a half-open worker's trial permits).
+    pub(super) fn trial_limit(&self) -> usize {
+        match self.recovery {
+            RecoveryState::HalfOpen { permits, .. } => permits as usize,
+            _ => usize::MAX,
+        }
+    }
 }
 
 /// A worker's health as the rules predict it, kept from the outcomes the

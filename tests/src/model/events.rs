@@ -241,6 +241,12 @@ impl Harness {
                     "restart-caused change of {worker} in {context:?}"
                 );
             }
+            (HealthCause::EjectionExpired, context) => {
+                ensure!(
+                    context == Context::Timeout,
+                    "ejection of {worker} ended in {context:?}"
+                );
+            }
             (HealthCause::Stopped, _) => {
                 ensure!(
                     self.shutdown_completed_pending(),
