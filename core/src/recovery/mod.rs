@@ -76,12 +76,15 @@
 //! # Liveness bound
 //! A worker that becomes healthy again (its requests and probes succeed)
 //! is back in rotation — schedulable, HalfOpen or Closed — within
-//! `max_ejection × (1 + jitter_permille / 1000)` (its ejection's end) plus
-//! `health_probe_interval + probe_timeout` (a probe that voted Unavailable
-//! before it recovered is replaced by a Healthy one); it closes after `S`
-//! more successful trials, at most `S` probe intervals without traffic.
-//! Under the reference a worker's trial comes with its next Healthy probe:
-//! within `health_probe_interval + probe_timeout`.
+//! `max_ejection × (1 + jitter_permille / 1000)` of the last evidence
+//! against it (its ejection's end) plus `health_probe_interval + 2 ×
+//! probe_timeout` (a probe outstanding then ends within a probe timeout,
+//! the next is sent within an interval and answers within a timeout,
+//! replacing an Unavailable verdict with a Healthy one); it closes after
+//! `S` more successful trials, at most `S` probe intervals without
+//! traffic. Under the reference a worker's trial comes with its next
+//! Healthy probe: within the probe terms alone. The simulator's liveness
+//! phase checks this bound.
 
 mod backoff;
 mod outlier;
