@@ -1,7 +1,7 @@
 //! Recovery: the per-worker state machine that turns request outcomes,
 //! probe verdicts and ejection timers into a worker's status, and says
 //! whether the worker may take a request now. The pool calls it through
-//! one type ([`Recovery`]), so the machine is replaceable as a unit;
+//! one type (`Recovery`), so the machine is replaceable as a unit;
 //! [`RecoveryPolicy`] picks it.
 //!
 //! # Evidence, under every policy
@@ -50,7 +50,7 @@
 //!   `failure_rate_percent` (R) % or more of them failed.
 //! - **Ejection** lasts `base_ejection × 2^k`, at most `max_ejection`,
 //!   lengthened by a jitter of 0 to `jitter_permille` ‰ drawn from the
-//!   core's seeded [`Rng`](crate::Rng); `k` counts the worker's ejections,
+//!   core's seeded [`crate::Rng`]; `k` counts the worker's ejections,
 //!   less one for each full `decay_after` it spent closed since its last
 //!   trial succeeded. An ejected worker is Unavailable: it takes no new
 //!   request (those already queued on it still run); its outcomes and

@@ -224,7 +224,7 @@ impl Scenario {
 }
 
 /// Salts the seed of [`draw_recovery`]'s generator.
-const RECOVERY_SALT: u64 = 0x5EED_0F_2EC0_7E2A;
+const RECOVERY_SALT: u64 = 0x005E_ED0F_2EC0_7E2A;
 
 /// The recovery machine: the reference in half the seeds, outlier
 /// detection with tuning on the scenario's time scale in the others.
