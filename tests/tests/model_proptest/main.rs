@@ -209,6 +209,22 @@ fn ref_op() -> impl Strategy<Value = RefOp> {
     ]
 }
 
+/// Runs `ops` on a pool of `workers` under `config`, the shared harness
+/// checking every rule after every step and all of them at the end.
+fn run_ops(config: PoolConfig, workers: usize, ops: &[Op]) -> Result<Harness, TestCaseError> {
+    let mut harness = Harness::new(config).expect("valid config");
+    for _ in 0..workers {
+        harness.add_worker().map_err(|f| TestCaseError::fail(f.0))?;
+    }
+    for (n, op) in ops.iter().enumerate() {
+        harness
+            .apply(*op)
+            .map_err(|f| TestCaseError::fail(format!("step {n} {op:?}: {f}")))?;
+    }
+    harness.check().map_err(|f| TestCaseError::fail(f.0))?;
+    Ok(harness)
+}
+
 /// Outlier-detection tuning on the scale of [`any_config`]'s times.
 fn outlier_detection() -> impl Strategy<Value = OutlierDetection> {
     (
@@ -264,14 +280,7 @@ proptest! {
         let config = config
             .with_seed(seed)
             .with_recovery(RecoveryPolicy::OutlierDetection(tuning));
-        let mut harness = Harness::new(config).expect("valid config");
-        for _ in 0..workers {
-            harness.add_worker().map_err(|f| TestCaseError::fail(f.0))?;
-        }
-        for (n, op) in ops.iter().enumerate() {
-            harness.apply(*op).map_err(|f| TestCaseError::fail(format!("step {n} {op:?}: {f}")))?;
-        }
-        harness.check().map_err(|f| TestCaseError::fail(f.0))?;
+        run_ops(config, workers, &ops)?;
     }
 
     // With the core's planted bug this property must fail (the saved
@@ -435,14 +444,7 @@ proptest! {
         workers in 0usize..=4,
         ops in proptest::collection::vec(op(), 1..150),
     ) {
-        let mut harness = Harness::new(config).expect("valid config");
-        for _ in 0..workers {
-            harness.add_worker().map_err(|f| TestCaseError::fail(f.0))?;
-        }
-        for (n, op) in ops.iter().enumerate() {
-            harness.apply(*op).map_err(|f| TestCaseError::fail(format!("step {n} {op:?}: {f}")))?;
-        }
-        harness.check().map_err(|f| TestCaseError::fail(f.0))?;
+        let harness = run_ops(config, workers, &ops)?;
         prop_assert!(harness.now() >= Time::ZERO);
     }
 }
