@@ -63,15 +63,16 @@ impl<P: Clone> Pool<P> {
         let Some(entry) = self.requests.get_mut(request.0) else {
             return false;
         };
+        let from = entry.worker;
+        let Some(slot) = self.workers.get_mut(from.0) else {
+            return false;
+        };
         if !matches!(entry.state, RequestState::Running { .. }) {
             return false;
         }
         entry.state = RequestState::Queued;
-        let (from, pinned, vetted) = (entry.worker, entry.pinned, entry.vetted);
+        let (pinned, vetted) = (entry.pinned, entry.vetted);
         self.counters.refused_not_started += 1;
-        let Some(slot) = self.workers.get_mut(from.0) else {
-            return false;
-        };
         slot.running.remove(request);
         slot.saturated = true;
         let removing = slot.removing;

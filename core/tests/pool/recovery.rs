@@ -424,3 +424,18 @@ fn outlier_detection_settings_out_of_range_are_refused_by_name() {
     assert!(error.to_string().contains("min_volume"), "{error}");
     let _ = failure();
 }
+
+#[test]
+fn a_refused_request_pinned_by_round_robin_moves_to_the_next_worker() {
+    let config = PoolConfig::new(options()).with_routing(foreman_core::RoutingPolicy::RoundRobin);
+    let mut h = Harness::with_config(config, 2);
+    let (key, first) = start(&mut h, ms(0));
+    h.take_actions();
+    assert!(h.pool.handle_refusal(ms(1), key));
+    h.drain();
+    let started = h.started();
+    assert_eq!(started.len(), 1);
+    assert_eq!(started[0].0, key);
+    assert_ne!(started[0].1, first);
+    assert_eq!(h.pool.stats().counters.refused_not_started, 1);
+}
