@@ -8,6 +8,7 @@ use thiserror::Error;
 
 pub use crate::options::{WorkerPoolOptions, WorkerSecurityPolicy};
 use crate::protocol::WorkerRequest;
+pub use crate::recovery::{FailureClasses, OutlierDetection, PanicMode, RecoveryPolicy};
 use crate::retries::RetryPolicy;
 use crate::validate::{check_request, RequestError, RequestLimits, DEFAULT_MAX_REQUEST_DEPTH};
 
@@ -85,6 +86,9 @@ pub struct PoolConfig {
     /// budget ([`RetryPolicy`]); `None` (the default, the reference's
     /// behaviour) answers every failure.
     pub retries: Option<RetryPolicy>,
+    /// The per-worker recovery state machine (see [`crate::recovery`]).
+    /// Defaults to [`RecoveryPolicy::Reference`], the reference's rule.
+    pub recovery: RecoveryPolicy,
 }
 
 impl PoolConfig {
@@ -128,6 +132,7 @@ impl PoolConfig {
             max_request_depth: DEFAULT_MAX_REQUEST_DEPTH,
             seed: 0,
             retries: None,
+            recovery: RecoveryPolicy::default(),
         }
     }
 
@@ -196,6 +201,14 @@ impl PoolConfig {
         self
     }
 
+    /// Sets [`recovery`](Self::recovery): the per-worker recovery state
+    /// machine.
+    #[must_use]
+    pub fn with_recovery(mut self, recovery: RecoveryPolicy) -> Self {
+        self.recovery = recovery;
+        self
+    }
+
     /// This configuration for a pool whose circuit breaker (the `allow` of
     /// every submit) vets workers, if `vetted`: late binding is then off,
     /// so the worker `allow` approved is the one that runs each request.
@@ -246,6 +259,9 @@ impl PoolConfig {
                 return Err(ConfigError::RetryWindowTooShort);
             }
         }
+        if let RecoveryPolicy::OutlierDetection(tuning) = &self.recovery {
+            validate_outlier_detection(tuning)?;
+        }
         Ok(())
     }
 
@@ -255,6 +271,47 @@ impl PoolConfig {
     pub fn failure_threshold(&self) -> u32 {
         self.options.unavailable_after_failures.max(1)
     }
+}
+
+/// Checks the outlier-detection tuning, naming the first field out of range.
+fn validate_outlier_detection(tuning: &OutlierDetection) -> Result<(), ConfigError> {
+    let invalid = |field: &'static str, allowed: &'static str| {
+        Err(ConfigError::InvalidRecovery { field, allowed })
+    };
+    if tuning.consecutive_failures == 0 {
+        return invalid("consecutive_failures", "at least 1");
+    }
+    if !(1..=64).contains(&tuning.window) {
+        return invalid("window", "1 to 64 outcomes");
+    }
+    if tuning.min_volume == 0 || tuning.min_volume > tuning.window {
+        return invalid("min_volume", "1 to window");
+    }
+    if !(1..=100).contains(&tuning.failure_rate_percent) {
+        return invalid("failure_rate_percent", "1 to 100");
+    }
+    if tuning.base_ejection.is_zero() {
+        return invalid("base_ejection", "greater than zero");
+    }
+    if tuning.max_ejection < tuning.base_ejection {
+        return invalid("max_ejection", "at least base_ejection");
+    }
+    if tuning.jitter_permille > 1000 {
+        return invalid("jitter_permille", "0 to 1000");
+    }
+    if tuning.decay_after.is_zero() {
+        return invalid("decay_after", "greater than zero");
+    }
+    if tuning.trial_permits == 0 {
+        return invalid("trial_permits", "at least 1");
+    }
+    if tuning.success_threshold == 0 {
+        return invalid("success_threshold", "at least 1");
+    }
+    if tuning.max_ejected_percent > 100 {
+        return invalid("max_ejected_percent", "0 to 100");
+    }
+    Ok(())
 }
 
 /// A request that passed the security policy, with its time budget resolved;
@@ -374,6 +431,15 @@ pub enum ConfigError {
          over that window"
     )]
     RetryWindowTooShort,
+    /// A field of the outlier-detection recovery policy
+    /// ([`OutlierDetection`]) is out of range.
+    #[error("recovery.outlier_detection.{field} must be {allowed}")]
+    InvalidRecovery {
+        /// The field's name.
+        field: &'static str,
+        /// The values it may take.
+        allowed: &'static str,
+    },
 }
 
 #[cfg(test)]

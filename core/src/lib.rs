@@ -98,6 +98,7 @@ mod options;
 mod output;
 mod pool;
 pub mod protocol;
+pub mod recovery;
 mod retries;
 mod rng;
 mod routing;
@@ -123,6 +124,7 @@ pub use protocol::{
     WorkerErrorCode, WorkerHealth, WorkerHealthStatus, WorkerOperation, WorkerPoolError,
     WorkerProtocolError, WorkerRequest, WorkerResponse, WorkerResult,
 };
+pub use recovery::{FailureClasses, OutlierDetection, PanicMode, RecoveryPolicy, RecoveryState};
 pub use retries::{RetryBudget, RetryPolicy};
 pub use rng::Rng;
 pub use stats::{Counters, Stats, WorkerStats};

@@ -75,6 +75,15 @@ pub struct Counters {
     pub probes_sent: u64,
     /// Health probes that did not answer in time.
     pub probes_timed_out: u64,
+    /// Workers ejected by outlier detection.
+    pub ejections: u64,
+    /// Ejections that found the ejection cap reached (panic mode): held
+    /// back under `PanicMode::RouteToAll`, carried out beyond the cap
+    /// under `PanicMode::FailFast`.
+    pub ejection_panics: u64,
+    /// Requests a handler refused before starting them, which waited
+    /// again (`Pool::handle_refusal`).
+    pub refused_not_started: u64,
 }
 
 impl Counters {
@@ -105,6 +114,9 @@ impl Counters {
             retries_over_budget,
             probes_sent,
             probes_timed_out,
+            ejections,
+            ejection_panics,
+            refused_not_started,
         } = *other;
         self.submitted += submitted;
         self.accepted += accepted;
@@ -128,6 +140,9 @@ impl Counters {
         self.retried += retried;
         self.retries_over_budget += retries_over_budget;
         self.probes_sent += probes_sent;
+        self.ejections += ejections;
+        self.ejection_panics += ejection_panics;
+        self.refused_not_started += refused_not_started;
         self.probes_timed_out += probes_timed_out;
     }
 
@@ -208,6 +223,9 @@ mod tests {
             retries_over_budget: 1048576 * scale,
             probes_sent: 2097152 * scale,
             probes_timed_out: 4194304 * scale,
+            ejections: 8388608 * scale,
+            ejection_panics: 16777216 * scale,
+            refused_not_started: 33554432 * scale,
         }
     }
 

@@ -26,6 +26,8 @@ pub enum TimeoutReason {
     ProbeTimeout,
     /// The drain deadline of a shutdown passes.
     DrainDeadline,
+    /// A worker's ejection ends: it turns half-open.
+    EjectionExpiry,
 }
 
 /// What a timer entry is for.
@@ -35,6 +37,7 @@ pub(crate) enum Timer {
     ProbeDue(WorkerKey),
     ProbeTimeout(WorkerKey),
     Drain,
+    Ejection(WorkerKey),
 }
 
 impl Timer {
@@ -44,6 +47,7 @@ impl Timer {
             Timer::ProbeDue(_) => TimeoutReason::ProbeDue,
             Timer::ProbeTimeout(_) => TimeoutReason::ProbeTimeout,
             Timer::Drain => TimeoutReason::DrainDeadline,
+            Timer::Ejection(_) => TimeoutReason::EjectionExpiry,
         }
     }
 }

@@ -185,8 +185,8 @@ mod settings;
 pub use io_timer::IoTimer;
 #[cfg(feature = "config")]
 pub use settings::{
-    ConfigFileError, DriverSettings, PoolSettings, RetryBudgetSettings, RetrySettings,
-    SecurityPolicySettings,
+    ConfigFileError, DriverSettings, PoolSettings, RecoveryName, RecoverySettings,
+    RetryBudgetSettings, RetrySettings, SecurityPolicySettings,
 };
 
 pub use closure::{handler_fn, HandlerFn, HealthyProbe};
@@ -207,6 +207,7 @@ pub use foreman_core::{
     WorkerPoolOptions, WorkerProtocolError, WorkerRequest, WorkerResponse, WorkerResult,
     WorkerSecurityPolicy, WorkerStats,
 };
+pub use foreman_core::{FailureClasses, OutlierDetection, PanicMode, RecoveryPolicy};
 
 /// What every adapter crate re-exports (`pub use foreman_driver::api::*`):
 /// the reference's API, foreman's additions, and what a [`Runtime`] is
@@ -224,11 +225,14 @@ pub mod api {
 
     pub use crate::{handler_fn, HandlerFn, HealthyProbe};
 
+    /// The recovery policy's options.
+    pub use crate::{FailureClasses, OutlierDetection, PanicMode, RecoveryPolicy};
+
     /// Settings files (the `config` feature).
     #[cfg(feature = "config")]
     pub use crate::{
-        ConfigFileError, DriverSettings, PoolSettings, RetryBudgetSettings, RetrySettings,
-        SecurityPolicySettings,
+        ConfigFileError, DriverSettings, PoolSettings, RecoveryName, RecoverySettings,
+        RetryBudgetSettings, RetrySettings, SecurityPolicySettings,
     };
 
     #[cfg(feature = "tower")]

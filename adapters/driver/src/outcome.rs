@@ -73,6 +73,7 @@ pub(crate) fn cause_name(cause: HealthCause) -> &'static str {
         HealthCause::ProbeTimeout => "probe_timeout",
         HealthCause::Restart => "restart",
         HealthCause::Stopped => "stopped",
+        HealthCause::EjectionExpired => "ejection_expired",
         // The workspace pins foreman-core exactly: a cause this driver does
         // not know cannot reach it.
         _ => "other",

@@ -11,8 +11,9 @@ use std::time::Duration;
 
 use foreman_tokio::{
     async_trait, BuildError, CircuitBreakerHooks, ConfigFileError, DriverOptions, ExecutionMode,
-    PoolConfig, PoolSettings, RoutingPolicy, TokioRuntime, WorkerHandler, WorkerOperation,
-    WorkerPool, WorkerPoolError, WorkerProtocolError, WorkerRequest, WorkerResult,
+    FailureClasses, OutlierDetection, PanicMode, PoolConfig, PoolSettings, RecoveryPolicy,
+    RoutingPolicy, TokioRuntime, WorkerErrorCode, WorkerHandler, WorkerOperation, WorkerPool,
+    WorkerPoolError, WorkerProtocolError, WorkerRequest, WorkerResult,
 };
 use serde_json::{json, Value};
 
@@ -44,6 +45,22 @@ window = "30s"
 share_percent = 5
 reserve_per_second = 0
 
+[recovery]
+policy = "outlier_detection"
+consecutive_failures = 3
+window = 30
+min_volume = 12
+failure_rate_percent = 40
+base_ejection = "2s"
+max_ejection = "30s"
+jitter_permille = 50
+decay_after = "2m"
+trial_permits = 2
+success_threshold = 3
+max_ejected_percent = 30
+panic_mode = "fail_fast"
+counted = ["execution_failed"]
+
 [security_policy]
 max_request_timeout = "10s 500ms"
 max_request_payload_bytes = 1_024
@@ -72,6 +89,22 @@ const CHANGED_JSON: &str = r#"{
         "llm": false,
         "tools": true,
         "budget": { "window": "30s", "share_percent": 5, "reserve_per_second": 0 }
+    },
+    "recovery": {
+        "policy": "outlier_detection",
+        "consecutive_failures": 3,
+        "window": 30,
+        "min_volume": 12,
+        "failure_rate_percent": 40,
+        "base_ejection": "2s",
+        "max_ejection": "30s",
+        "jitter_permille": 50,
+        "decay_after": "120s",
+        "trial_permits": 2,
+        "success_threshold": 3,
+        "max_ejected_percent": 30,
+        "panic_mode": "fail_fast",
+        "counted": ["execution_failed"]
     },
     "security_policy": {
         "max_request_timeout": "10500ms",
@@ -257,6 +290,25 @@ fn every_setting_reaches_the_pool_configuration() {
         ),
         (5, 0)
     );
+    assert_eq!(
+        config.recovery,
+        RecoveryPolicy::OutlierDetection(
+            OutlierDetection::default()
+                .with_consecutive_failures(3)
+                .with_window(30)
+                .with_min_volume(12)
+                .with_failure_rate_percent(40)
+                .with_base_ejection(Duration::from_secs(2))
+                .with_max_ejection(Duration::from_secs(30))
+                .with_jitter_permille(50)
+                .with_decay_after(Duration::from_secs(120))
+                .with_trial_permits(2)
+                .with_success_threshold(3)
+                .with_max_ejected_percent(30)
+                .with_panic_mode(PanicMode::FailFast)
+                .with_counted(FailureClasses::NONE.with(WorkerErrorCode::ExecutionFailed))
+        )
+    );
     assert_eq!(config.unix_epoch_ms, 0);
     assert_eq!(driver.execution, ExecutionMode::CallerTask);
     assert_eq!(driver.lanes.get(), 4);
@@ -385,6 +437,16 @@ fn a_value_the_pool_cannot_run_with_is_refused_naming_its_key() {
         (
             "[retries]\nenabled = true\n[retries.budget]\nwindow = \"0s\"",
             "retries.budget.window",
+            "\"0s\"",
+        ),
+        (
+            "[recovery]\npolicy = \"outlier_detection\"\nmin_volume = 0",
+            "recovery.min_volume",
+            "0",
+        ),
+        (
+            "[recovery]\npolicy = \"outlier_detection\"\nbase_ejection = \"0s\"",
+            "recovery.base_ejection",
             "\"0s\"",
         ),
     ];

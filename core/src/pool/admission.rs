@@ -6,7 +6,7 @@
 use std::fmt;
 use std::time::Duration;
 
-use super::{Lifecycle, Pool, Request, RequestState};
+use super::{Lifecycle, Place, Pool, Request, RequestState};
 use crate::config::Admission;
 use crate::keys::{RequestKey, WorkerKey};
 use crate::output::{Action, Event};
@@ -157,7 +157,7 @@ impl<P: Clone> Pool<P> {
         self.counters.submitted += 1;
         // A free worker with nothing waiting starts the request at once,
         // without a trip through its queue.
-        let start_now = slot.queued == 0 && slot.running.len() < max_running;
+        let start_now = slot.queued == 0 && slot.running.len() < slot.run_slots(max_running);
         let state = if start_now {
             RequestState::Running { started_at: now }
         } else {
@@ -173,6 +173,7 @@ impl<P: Clone> Pool<P> {
             accepted_at: now,
             deadline,
             attempts: u32::from(start_now),
+            turn: 0,
             retry,
         }));
         match started {
@@ -186,10 +187,11 @@ impl<P: Clone> Pool<P> {
                 });
             }
             None => {
-                slot.queue.push_back(key);
+                let place = Place { key, turn: 0 };
+                slot.queue.push_back(place);
                 slot.queued += 1;
                 if !pinned {
-                    self.backlog.push_back(key);
+                    self.backlog.push_back(place);
                     self.backlog_live += 1;
                 }
             }

@@ -69,13 +69,13 @@ impl<P: Clone> Pool<P> {
             HealthCause::Failure
         };
         if let Some(slot) = self.workers.get_mut(worker.0) {
-            match result {
-                Ok(_) => {
-                    slot.health.on_success();
-                    slot.last_run = Some(now - started_at);
-                }
-                Err(_) => slot.health.on_failure(),
+            if result.is_ok() {
+                slot.last_run = Some(now - started_at);
             }
+        }
+        match &result {
+            Ok(_) => self.recover(worker, |health, ctx| health.on_success(ctx.now)),
+            Err(error) => self.recover(worker, |health, ctx| health.on_error(error.code, ctx)),
         }
         if let Err(error) = &result {
             if self.retry_elsewhere(request, worker, error) {
@@ -147,6 +147,7 @@ impl<P: Clone> Pool<P> {
         };
         if let Some(slot) = self.workers.get_mut(worker.0) {
             slot.running.remove(request);
+            slot.saturated = false;
         }
         self.answer_running(request, result);
     }
@@ -179,7 +180,7 @@ impl<P: Clone> Pool<P> {
     /// A request's budget ran out: a queued one is answered `Timeout` and
     /// charged to no worker; a running one is aborted, answered `Timeout`,
     /// and counts as a failure of its worker only if that worker had at
-    /// least half of its budget (`Health::on_timeout`).
+    /// least half of its budget (`Recovery::on_timeout`).
     pub(super) fn request_deadline(&mut self, request: RequestKey) {
         let Some(entry) = self.requests.get(request.0) else {
             return;
@@ -193,9 +194,7 @@ impl<P: Clone> Pool<P> {
             let budget = deadline - entry.accepted_at;
             self.counters.timed_out_running += 1;
             self.actions.push_back(Action::Abort { request, worker });
-            if let Some(slot) = self.workers.get_mut(worker.0) {
-                slot.health.on_timeout(ran, budget);
-            }
+            self.recover(worker, |health, ctx| health.on_timeout(ran, budget, ctx));
             self.finish_running(request, Err(WorkerPoolError::Timeout));
         } else if cfg!(foreman_planted_bug) {
             self.forget_expired(request, worker);

@@ -48,6 +48,8 @@ struct Tally {
     moving: BTreeMap<WorkerKey, usize>,
     /// Workers found schedulable.
     schedulable: usize,
+    /// Workers found ejected.
+    ejected: usize,
 }
 
 type Checked = Result<(), InvariantViolation>;
@@ -91,8 +93,18 @@ impl<P: Clone> Pool<P> {
             }
             self.check_membership(worker, slot)?;
             self.check_probe(worker, slot, &armed)?;
+            self.check_ejection(worker, slot, &armed)?;
+            if slot.ejected {
+                tally.ejected += 1;
+            }
             self.check_worker_id(worker, slot)?;
         }
+        ensure!(
+            tally.ejected == self.ejected,
+            "pool counts {} ejected workers, found {}",
+            self.ejected,
+            tally.ejected
+        );
         self.check_worker_counts(&tally)?;
         self.check_router()?;
         self.check_every_request_is_held(&tally)?;
@@ -126,12 +138,12 @@ impl<P: Clone> Pool<P> {
     /// The backlog holds each unpinned queued request once, and counts its
     /// live entries.
     fn check_backlog(&self, tally: &mut Tally) -> Checked {
-        for key in &self.backlog {
-            if let Some(entry) = self.requests.get(key.0) {
-                if entry.state == RequestState::Queued {
-                    ensure!(!entry.pinned, "pinned {key} waits in the backlog");
-                    ensure!(tally.in_backlog.insert(*key), "{key} twice in the backlog");
-                }
+        for place in &self.backlog {
+            if place.is_live(&self.requests, None) {
+                let key = place.key;
+                let pinned = self.requests.get(key.0).is_some_and(|entry| entry.pinned);
+                ensure!(!pinned, "pinned {key} waits in the backlog");
+                ensure!(tally.in_backlog.insert(key), "{key} twice in the backlog");
             }
         }
         ensure!(
@@ -149,8 +161,9 @@ impl<P: Clone> Pool<P> {
     fn check_queue(&self, worker: WorkerKey, slot: &Worker, tally: &mut Tally) -> Checked {
         let mut live_queued = 0usize;
         let mut seen = BTreeSet::new();
-        for key in &slot.queue {
-            if self.is_queued_on(*key, worker) {
+        for place in &slot.queue {
+            let key = &place.key;
+            if place.is_live(&self.requests, Some(worker)) {
                 ensure!(seen.insert(*key), "{key} queued twice on {worker}");
                 ensure!(tally.held.insert(*key), "{key} held by two workers");
                 let pinned = self.requests.get(key.0).is_some_and(|entry| entry.pinned);
@@ -196,7 +209,7 @@ impl<P: Clone> Pool<P> {
             self.capacity
         );
         ensure!(
-            slot.queued == 0 || slot.running.len() == max_running,
+            slot.queued == 0 || slot.running.len() >= slot.run_slots(max_running),
             "{worker} has a free run slot while {} requests wait in its queue",
             slot.queued
         );
@@ -223,9 +236,8 @@ impl<P: Clone> Pool<P> {
     /// A worker's cached status and schedulable flag match its health,
     /// removal and the pool's lifecycle.
     fn check_cached_status(&self, worker: WorkerKey, slot: &Worker) -> Checked {
-        let threshold = self.config.failure_threshold();
         ensure!(
-            slot.status == slot.health.status(threshold),
+            slot.status == slot.health.status(),
             "{worker} caches a stale status"
         );
         ensure!(
@@ -240,7 +252,7 @@ impl<P: Clone> Pool<P> {
     fn check_backlog_is_served(&self, worker: WorkerKey, slot: &Worker) -> Checked {
         let max_running = self.config.max_concurrency_per_worker as usize;
         ensure!(
-            self.backlog_live == 0 || slot.running.len() == max_running,
+            self.backlog_live == 0 || slot.running.len() >= slot.run_slots(max_running),
             "schedulable {worker} has a free run slot while {} requests wait in the backlog",
             self.backlog_live
         );
@@ -252,9 +264,9 @@ impl<P: Clone> Pool<P> {
     /// when also a run slot is free, preferred when also Healthy.
     fn check_membership(&self, worker: WorkerKey, slot: &Worker) -> Checked {
         let max_running = self.config.max_concurrency_per_worker as usize;
-        let eligible =
-            self.expect_schedulable(slot) && slot.running.len() + slot.queued < self.capacity;
-        let idle = eligible && slot.running.len() < max_running;
+        let eligible = self.expect_schedulable(slot)
+            && slot.running.len() + slot.queued < slot.room(self.capacity);
+        let idle = eligible && slot.running.len() < slot.run_slots(max_running);
         let expect = Membership {
             eligible,
             idle,
@@ -270,6 +282,24 @@ impl<P: Clone> Pool<P> {
             "router holds {worker} as {:?}, expected {expect:?}",
             self.router.membership(worker)
         );
+        Ok(())
+    }
+
+    /// A worker's cached ejected flag matches its recovery machine, and an
+    /// ejected worker's ejection has its timer while the pool has not
+    /// stopped.
+    fn check_ejection(&self, worker: WorkerKey, slot: &Worker, armed: &Armed) -> Checked {
+        let until = slot.health.ejected_until();
+        ensure!(
+            slot.ejected == until.is_some(),
+            "{worker} ejected flag stale"
+        );
+        if let Some(at) = until {
+            ensure!(
+                self.lifecycle == Lifecycle::Stopped || armed.has(at, Timer::Ejection(worker)),
+                "{worker} ejected until {at} has no timer"
+            );
+        }
         Ok(())
     }
 

@@ -12,6 +12,7 @@
 //! | `retrying.rs` | a retryable failure running again on another worker, within the budget |
 //! | `workers.rs` | adding, restarting and removing workers, moving a removed worker's requests |
 //! | `probes.rs` | health probes: sending, their answers and timeouts |
+//! | `recovering.rs` | recovery: the machine's inputs, the ejection cap and timers, run limits, refusals |
 //! | `shutdown.rs` | the drain: `begin_shutdown`, the drain deadline, the stop |
 //! | `timeouts.rs` | the time rule and the timers: `handle_timeout`, arming, which timers are live |
 //! | `outputs.rs` | what the driver polls: `poll_action`, `poll_event`, `poll_timeout` |
@@ -28,6 +29,7 @@ mod outputs;
 mod planted_bug;
 mod probes;
 mod queries;
+mod recovering;
 mod retrying;
 mod run_list;
 mod scheduling;
@@ -41,10 +43,10 @@ use std::fmt;
 use std::time::Duration;
 
 use crate::config::{ConfigError, PoolConfig};
-use crate::health::Health;
 use crate::keys::{ProbeKey, RequestKey, WorkerKey};
 use crate::output::{Action, Event};
 use crate::protocol::WorkerHealthStatus;
+use crate::recovery::Recovery;
 use crate::retries::RetryLedger;
 use crate::rng::Rng;
 use crate::routing::{Membership, Router};
@@ -74,6 +76,8 @@ use run_list::RunList;
 ///   the steps of `vet` with a breaker that answers at once;
 /// - [`cancel`](Self::cancel): the caller gave up on a request;
 /// - [`handle_completion`](Self::handle_completion): a handler finished;
+/// - [`handle_refusal`](Self::handle_refusal): a handler declined a
+///   request before starting it (overloaded);
 /// - [`handle_probe_result`](Self::handle_probe_result): a probe answered;
 /// - [`handle_timeout`](Self::handle_timeout): the instant from
 ///   [`poll_timeout`](Self::poll_timeout) was reached (a spurious call is a
@@ -153,7 +157,7 @@ pub struct Pool<P> {
     /// queue, for that worker to run should it stop being schedulable); may
     /// hold stale keys (started, or answered while queued), swept once they
     /// outnumber the live ones.
-    backlog: VecDeque<RequestKey>,
+    backlog: VecDeque<Place>,
     /// Live entries of `backlog`.
     backlog_live: usize,
     timers: TimerHeap,
@@ -164,10 +168,11 @@ pub struct Pool<P> {
     names_issued: u64,
     counters: Counters,
     /// The source of every random choice, seeded from the configuration.
-    #[expect(dead_code, reason = "no policy draws from it yet")]
     rng: Rng,
     /// The retry budget's account, when the pool retries.
     retry_ledger: Option<RetryLedger>,
+    /// Workers whose recovery machine has them ejected.
+    ejected: usize,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -194,8 +199,34 @@ struct Request<P> {
     deadline: Option<Time>,
     /// Times it was started (its attempts so far).
     attempts: u32,
+    /// Which turn of waiting it is in: a request refused before it
+    /// started waits again in a new turn (see [`Place`]).
+    turn: u32,
     /// The retry policy covers it ([`Admission::retry`](crate::Admission::retry)).
     retry: bool,
+}
+
+/// A request's place in a worker's queue or in the backlog. Places are
+/// dropped lazily: one is live while its request waits in the turn the
+/// place was made in (and, in a worker's queue, on that worker). A request
+/// that left the queues and came back (refused before it started) waits in
+/// a new turn, so its places from before stay stale.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Place {
+    key: RequestKey,
+    turn: u32,
+}
+
+impl Place {
+    /// Whether this place is live: its request waits in the place's turn,
+    /// on `worker` when one is named.
+    fn is_live<P>(self, requests: &Slab<Request<P>>, worker: Option<WorkerKey>) -> bool {
+        requests.get(self.key.0).is_some_and(|entry| {
+            entry.state == RequestState::Queued
+                && entry.turn == self.turn
+                && worker.is_none_or(|worker| entry.worker == worker)
+        })
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -218,13 +249,13 @@ impl RequestState {
 
 struct Worker {
     id: String,
-    health: Health,
-    /// Cached `health.status(threshold)`, to notice changes.
+    health: Recovery,
+    /// Cached `health.status()`, to notice changes.
     status: WorkerHealthStatus,
     /// Queued request keys in order; may hold stale keys (cancelled, timed
     /// out, or run by another worker while queued), swept once they
     /// outnumber the live ones.
-    queue: VecDeque<RequestKey>,
+    queue: VecDeque<Place>,
     /// Live entries of `queue`.
     queued: usize,
     /// Requests that waited here when the worker was removed and wait for
@@ -237,6 +268,13 @@ struct Worker {
     /// on it (see [`too_late_to_start`](scheduling::too_late_to_start)).
     last_run: Option<Duration>,
     removing: bool,
+    /// Cached: its recovery machine has it ejected (counted in the pool's
+    /// `ejected`).
+    ejected: bool,
+    /// A handler refused a request before starting it: the worker starts
+    /// nothing beyond what it runs until one of those ends, a probe
+    /// answers or it restarts ([`Pool::handle_refusal`]).
+    saturated: bool,
     /// Cached: takes new requests (not removing, status schedulable, pool
     /// not stopped).
     schedulable: bool,
@@ -295,6 +333,7 @@ impl<P: Clone> Pool<P> {
             next_probe: 0,
             names_issued: 0,
             counters: Counters::default(),
+            ejected: 0,
         })
     }
 }

@@ -22,8 +22,7 @@ impl<P: Clone> Pool<P> {
         probe: ProbeKey,
         status: WorkerHealthStatus,
     ) -> bool {
-        let now = self.observe(now);
-        let threshold = self.config.failure_threshold();
+        self.observe(now);
         let Some(slot) = self.workers.get_mut(worker.0) else {
             return false;
         };
@@ -39,7 +38,10 @@ impl<P: Clone> Pool<P> {
         if key != probe {
             return false;
         }
-        slot.health.on_probe(status, failure_seq, threshold, now);
+        slot.saturated = false;
+        self.recover(worker, |health, ctx| {
+            health.on_probe(status, failure_seq, ctx)
+        });
         self.schedule_next_probe(worker, sent_at);
         // A worker the probe brought back takes waiting requests.
         self.refresh_and_pump(worker, HealthCause::Probe);
@@ -68,14 +70,13 @@ impl<P: Clone> Pool<P> {
 
     /// A probe's time ran out: it votes `Unavailable` and is aborted.
     pub(super) fn probe_deadline(&mut self, worker: WorkerKey) {
-        let now = self.now;
         let Some(slot) = self.workers.get_mut(worker.0) else {
             return;
         };
         let ProbeState::Outstanding { key, sent_at, .. } = slot.probe else {
             return;
         };
-        slot.health.on_probe_timeout(now);
+        self.recover(worker, |health, ctx| health.on_probe_timeout(ctx));
         self.counters.probes_timed_out += 1;
         self.actions
             .push_back(Action::AbortProbe { worker, probe: key });

@@ -6,7 +6,7 @@
 use std::collections::VecDeque;
 use std::time::Duration;
 
-use super::{Lifecycle, Pool, Request, RequestState};
+use super::{Lifecycle, Place, Pool, Request, RequestState};
 use crate::config::RoutingPolicy;
 use crate::health::HealthCause;
 use crate::keys::{RequestKey, WorkerKey};
@@ -27,13 +27,12 @@ impl<P: Clone> Pool<P> {
     /// Recomputes a worker's status and whether it is schedulable,
     /// reporting a status change with `cause`.
     pub(super) fn refresh_status(&mut self, worker: WorkerKey, cause: HealthCause) {
-        let threshold = self.config.failure_threshold();
         let stopped = self.lifecycle == Lifecycle::Stopped;
         let now = self.now;
         let Some(slot) = self.workers.get_mut(worker.0) else {
             return;
         };
-        let status = slot.health.status(threshold);
+        let status = slot.health.status();
         if status != slot.status {
             self.events.push_back(Event::HealthChanged {
                 worker,
@@ -63,8 +62,8 @@ impl<P: Clone> Pool<P> {
         let Some(slot) = self.workers.get_mut(worker.0) else {
             return;
         };
-        let eligible = slot.schedulable && slot.running.len() + slot.queued < capacity;
-        let idle = eligible && slot.running.len() < max_running;
+        let eligible = slot.schedulable && slot.running.len() + slot.queued < slot.room(capacity);
+        let idle = eligible && slot.running.len() < slot.run_slots(max_running);
         let now = Membership {
             eligible,
             idle,
@@ -100,13 +99,15 @@ impl<P: Clone> Pool<P> {
             let Some(slot) = self.workers.get_mut(worker.0) else {
                 return;
             };
-            if slot.running.len() >= max || (slot.queue.is_empty() && self.backlog_live == 0) {
+            if slot.running.len() >= slot.run_slots(max)
+                || (slot.queue.is_empty() && self.backlog_live == 0)
+            {
                 return;
             }
             let requests = &self.requests;
-            let queue_head = live_head(&mut slot.queue, requests, |entry| entry.worker == worker);
+            let queue_head = live_head(&mut slot.queue, requests, Some(worker));
             let backlog_head = (self.backlog_live > 0 && slot.schedulable)
-                .then(|| live_head(&mut self.backlog, requests, |_| true))
+                .then(|| live_head(&mut self.backlog, requests, None))
                 .flatten();
             let from_backlog = match (queue_head, backlog_head) {
                 (None, None) => return,
@@ -119,7 +120,7 @@ impl<P: Clone> Pool<P> {
             } else {
                 slot.queue.pop_front()
             };
-            let Some(request) = popped else {
+            let Some(Place { key: request, .. }) = popped else {
                 return;
             };
             let last_run = slot.last_run;
@@ -192,15 +193,7 @@ impl<P: Clone> Pool<P> {
         self.backlog_live = self.backlog_live.saturating_sub(1);
         if self.backlog.len() > self.backlog_live.saturating_mul(2).saturating_add(16) {
             let requests = &self.requests;
-            self.backlog.retain(|key| {
-                matches!(
-                    requests.get(key.0),
-                    Some(Request {
-                        state: RequestState::Queued,
-                        ..
-                    })
-                )
-            });
+            self.backlog.retain(|place| place.is_live(requests, None));
         }
     }
 
@@ -230,23 +223,21 @@ pub(super) fn too_late_to_start(
     })
 }
 
-/// The first live key of `queue` and its arrival time, after dropping the
-/// stale keys before it (requests no longer queued, or for which `belongs`
-/// says no: queued on another worker since).
+/// The first live place of `queue` (a worker's, when `worker` names it;
+/// else the backlog) and its request's arrival time, after dropping the
+/// stale places before it (requests no longer waiting there, or waiting in
+/// a later turn).
 fn live_head<P>(
-    queue: &mut VecDeque<RequestKey>,
+    queue: &mut VecDeque<Place>,
     requests: &Slab<Request<P>>,
-    belongs: impl Fn(&Request<P>) -> bool,
+    worker: Option<WorkerKey>,
 ) -> Option<(RequestKey, Time)> {
-    while let Some(&key) = queue.front() {
-        match requests.get(key.0) {
-            Some(entry) if entry.state == RequestState::Queued && belongs(entry) => {
-                return Some((key, entry.accepted_at));
-            }
-            _ => {
-                queue.pop_front();
-            }
+    while let Some(&place) = queue.front() {
+        if place.is_live(requests, worker) {
+            let arrived = requests.get(place.key.0).map(|entry| entry.accepted_at)?;
+            return Some((place.key, arrived));
         }
+        queue.pop_front();
     }
     None
 }
@@ -254,18 +245,13 @@ fn live_head<P>(
 /// Drops the stale keys of `worker`'s queue once they outnumber its `live`
 /// ones (amortised O(1) per request).
 pub(super) fn sweep_queue<P>(
-    queue: &mut VecDeque<RequestKey>,
+    queue: &mut VecDeque<Place>,
     live: usize,
     requests: &Slab<Request<P>>,
     worker: WorkerKey,
 ) {
     if queue.len() > live.saturating_mul(2).saturating_add(16) {
-        queue.retain(|key| {
-            matches!(
-                requests.get(key.0),
-                Some(Request { worker: w, state: RequestState::Queued, .. }) if *w == worker
-            )
-        });
+        queue.retain(|place| place.is_live(requests, Some(worker)));
     }
 }
 

@@ -24,6 +24,7 @@ impl<P: Clone> Pool<P> {
                 Timer::Request(key) => self.request_deadline(key),
                 Timer::ProbeDue(worker) => self.send_probe(worker),
                 Timer::ProbeTimeout(worker) => self.probe_deadline(worker),
+                Timer::Ejection(worker) => self.ejection_expired(worker),
                 Timer::Drain => {
                     debug_assert!(at <= now);
                     self.drain_deadline();
@@ -76,5 +77,11 @@ pub(super) fn timer_is_live<P>(
             |slot| matches!(slot.probe, ProbeState::Outstanding { deadline, .. } if deadline == at),
         ),
         Timer::Drain => lifecycle == Lifecycle::Draining { deadline: Some(at) },
+        Timer::Ejection(key) => {
+            lifecycle != Lifecycle::Stopped
+                && workers
+                    .get(key.0)
+                    .is_some_and(|slot| slot.health.ejected_until() == Some(at))
+        }
     }
 }

@@ -6,11 +6,12 @@ use std::collections::VecDeque;
 use thiserror::Error;
 
 use super::run_list::RunList;
-use super::{Lifecycle, Pool, ProbeState, Request, RequestState, Worker};
-use crate::health::{Health, HealthCause};
+use super::{Lifecycle, Place, Pool, ProbeState, RequestState, Worker};
+use crate::health::HealthCause;
 use crate::keys::{RequestKey, WorkerKey};
 use crate::output::{Action, Event};
 use crate::protocol::{WorkerErrorCode, WorkerHealthStatus, WorkerPoolError, WorkerProtocolError};
+use crate::recovery::Recovery;
 use crate::routing::Membership;
 use crate::time::Time;
 use crate::timers::Timer;
@@ -97,7 +98,7 @@ impl<P: Clone> Pool<P> {
         let due = now + self.config.options.health_probe_interval;
         let worker = Worker {
             id: id.clone(),
-            health: Health::new(),
+            health: Recovery::new(&self.config.recovery, self.config.failure_threshold()),
             status: WorkerHealthStatus::Healthy,
             queue: VecDeque::new(),
             queued: 0,
@@ -105,6 +106,8 @@ impl<P: Clone> Pool<P> {
             running: RunList::default(),
             last_run: None,
             removing: false,
+            ejected: false,
+            saturated: false,
             schedulable: false,
             membership: Membership::default(),
             probe: ProbeState::Due(due),
@@ -148,9 +151,11 @@ impl<P: Clone> Pool<P> {
         let probing = self.lifecycle == Lifecycle::Running;
         if let Some(slot) = self.workers.get_mut(worker.0) {
             slot.health.reset();
+            slot.saturated = false;
             slot.last_run = None;
             slot.probe = ProbeState::Idle;
         }
+        self.sync_ejected(worker);
         self.actions.push_back(Action::RestartWorker { worker });
         if probing {
             let due = now + self.config.options.health_probe_interval;
@@ -183,10 +188,11 @@ impl<P: Clone> Pool<P> {
         let worker_id = slot.id.clone();
         self.abort_probe(worker, probe);
         self.refresh(worker, HealthCause::Stopped);
-        for request in queue {
-            if !self.is_queued_on(request, worker) {
+        for place in queue {
+            if !place.is_live(&self.requests, Some(worker)) {
                 continue;
             }
+            let request = place.key;
             if self
                 .requests
                 .get(request.0)
@@ -250,13 +256,18 @@ impl<P: Clone> Pool<P> {
 
     /// Queues a request of removed worker `from` on `to` (eligible).
     pub(super) fn requeue(&mut self, request: RequestKey, from: WorkerKey, to: WorkerKey) {
-        if let Some(entry) = self.requests.get_mut(request.0) {
-            entry.worker = to;
-            entry.state = RequestState::Queued;
-        }
+        let Some(entry) = self.requests.get_mut(request.0) else {
+            return;
+        };
+        entry.worker = to;
+        entry.state = RequestState::Queued;
+        let place = Place {
+            key: request,
+            turn: entry.turn,
+        };
         // An unpinned request also keeps its place in the backlog.
         if let Some(slot) = self.workers.get_mut(to.0) {
-            slot.queue.push_back(request);
+            slot.queue.push_back(place);
             slot.queued += 1;
         }
         self.counters.requeued += 1;
@@ -308,19 +319,13 @@ impl<P: Clone> Pool<P> {
         // A worker being removed is no longer schedulable (`remove_worker`
         // refreshed it), so the schedulable count needs no change here.
         if let Some(slot) = self.workers.remove(worker.0) {
+            if slot.ejected {
+                self.ejected = self.ejected.saturating_sub(1);
+            }
             self.router
                 .set(worker, slot.membership, Membership::default());
             self.ids.remove(&slot.id);
         }
         self.actions.push_back(Action::StopWorker { worker });
-    }
-
-    /// Whether `request` waits in `worker`'s queue (not moved to another
-    /// worker, started or answered since).
-    pub(super) fn is_queued_on(&self, request: RequestKey, worker: WorkerKey) -> bool {
-        matches!(
-            self.requests.get(request.0),
-            Some(Request { worker: w, state: RequestState::Queued, .. }) if *w == worker
-        )
     }
 }

@@ -1,7 +1,7 @@
 //! How the harness keeps its books (see [`super::books`]) up to date as
 //! requests and workers change.
 
-use foreman_core::{RequestKey, WorkerHealthStatus, WorkerKey};
+use foreman_core::{PanicMode, RecoveryState, RequestKey, Time, WorkerHealthStatus, WorkerKey};
 
 use super::books::{timeout_counts, Lifecycle, ReqBook, ReqState, WorkerBook};
 use super::harness::Harness;
@@ -15,10 +15,11 @@ impl Harness {
             && !book.stopped
             && self.lifecycle != Lifecycle::Stopped
             && book.status != WorkerHealthStatus::Unavailable;
+        let limit = book.trial_limit();
         (
             schedulable,
-            schedulable && book.queued + book.running < self.limits.capacity,
-            schedulable && book.running < self.limits.max_running,
+            schedulable && book.queued + book.running < self.limits.capacity.min(limit),
+            schedulable && book.running < self.limits.max_running.min(limit),
         )
     }
 
@@ -56,6 +57,71 @@ impl Harness {
                 self.free += usize::from(f);
             }
         }
+    }
+
+    /// Under outlier detection, reads every worker's recovery state from
+    /// the core after an input (it changes by the core's own timers, and
+    /// with no status change when a probe's verdict masks it), checks each
+    /// change against the machine's invariants, and recounts the workers'
+    /// flags, which a half-open worker's permits limit.
+    pub(super) fn sync_recovery(&mut self) -> Result<(), Failure> {
+        let Some(tuning) = self.limits.outlier else {
+            return Ok(());
+        };
+        let ejected_before = self.ejected_workers();
+        let mut new_ejections = 0;
+        for index in 0..self.worker_list.len() {
+            let key = self.worker_list[index];
+            let Some(state) = self.pool.recovery_state(key) else {
+                continue;
+            };
+            let Some(book) = self.workers.get_mut(key.as_u64()) else {
+                continue;
+            };
+            if state == book.recovery {
+                continue;
+            }
+            match state {
+                // An ejection that reaches the end of time (`Time::MAX`,
+                // "never") is cut short by it.
+                RecoveryState::Ejected { until, .. } if until < Time::MAX => {
+                    new_ejections += 1;
+                    let time = until - self.seen;
+                    let longest = tuning.longest_ejection();
+                    ensure!(
+                        time >= tuning.base_ejection && time <= longest,
+                        "{key} ejected for {time:?}, outside [{:?}, {longest:?}]",
+                        tuning.base_ejection
+                    );
+                }
+                RecoveryState::HalfOpen { .. }
+                    if !matches!(book.recovery, RecoveryState::HalfOpen { .. }) =>
+                {
+                    book.running_at_half_open = book.running;
+                }
+                _ => {}
+            }
+            book.recovery = state;
+        }
+        if new_ejections > 0 {
+            let ejected = self.ejected_workers();
+            let cap = tuning.ejection_cap(self.worker_list.len());
+            ensure!(
+                tuning.panic_mode == PanicMode::FailFast || ejected <= cap.max(ejected_before),
+                "{ejected} workers ejected, over the cap of {cap}"
+            );
+        }
+        self.recount_all();
+        Ok(())
+    }
+
+    /// Workers the books hold as ejected.
+    pub(super) fn ejected_workers(&self) -> usize {
+        self.worker_list
+            .iter()
+            .filter_map(|key| self.workers.get(key.as_u64()))
+            .filter(|book| matches!(book.recovery, RecoveryState::Ejected { .. }))
+            .count()
     }
 
     pub(super) fn clear_probe(&mut self, worker: WorkerKey) {

@@ -5,7 +5,8 @@
 use std::time::Duration;
 
 use foreman_core::{
-    PoolConfig, ProbeKey, RequestKey, RoutingPolicy, Time, WorkerHealthStatus, WorkerKey,
+    OutlierDetection, PoolConfig, ProbeKey, RecoveryPolicy, RecoveryState, RequestKey,
+    RoutingPolicy, Time, WorkerHealthStatus, WorkerKey,
 };
 
 use super::operations::Outcome;
@@ -27,6 +28,10 @@ pub(super) struct Limits {
     pub(super) late_binding: bool,
     /// The most times one request may start (1 without a retry policy).
     pub(super) max_attempts: u32,
+    /// The outlier-detection tuning, when the pool runs that recovery
+    /// machine (whose invariants the harness checks instead of predicting
+    /// the reference's health).
+    pub(super) outlier: Option<OutlierDetection>,
 }
 
 impl Limits {
@@ -45,6 +50,10 @@ impl Limits {
             max_attempts: config
                 .retries
                 .map_or(1, |policy| policy.max_attempts.max(1)),
+            outlier: match config.recovery {
+                RecoveryPolicy::OutlierDetection(tuning) => Some(tuning),
+                _ => None,
+            },
         }
     }
 }
@@ -105,6 +114,21 @@ pub(super) struct WorkerBook {
     /// How long its last successful request ran, since it was added or
     /// restarted.
     pub(super) last_run: Option<Duration>,
+    /// Where the core's recovery machine had it after the last input.
+    pub(super) recovery: RecoveryState,
+    /// Requests it ran when it last turned half-open.
+    pub(super) running_at_half_open: usize,
+}
+
+impl WorkerBook {
+    /// The requests it may hold, and run, at once by its recovery state
+    /// (a half-open worker's trial permits).
+    pub(super) fn trial_limit(&self) -> usize {
+        match self.recovery {
+            RecoveryState::HalfOpen { permits, .. } => permits as usize,
+            _ => usize::MAX,
+        }
+    }
 }
 
 /// A worker's health as the rules predict it, kept from the outcomes the

@@ -4,7 +4,7 @@
 
 use std::cmp::Reverse;
 
-use foreman_core::{HealthCause, Time, WorkerHealthStatus, WorkerKey};
+use foreman_core::{HealthCause, RecoveryState, Time, WorkerHealthStatus, WorkerKey};
 
 use super::books::{Lifecycle, ReqState};
 use super::harness::Harness;
@@ -19,6 +19,7 @@ use super::Failure;
 ///   (checked separately, since the verdict is not part of the edge).
 /// - `ProbeTimeout`, `Stopped`: only to `Unavailable`.
 /// - `Restart`: only to `Healthy` (health is reset).
+/// - `EjectionExpired`: only an improvement (the worker turns half-open).
 pub fn allowed_edge(cause: HealthCause, from: WorkerHealthStatus, to: WorkerHealthStatus) -> bool {
     from != to
         && match cause {
@@ -29,6 +30,7 @@ pub fn allowed_edge(cause: HealthCause, from: WorkerHealthStatus, to: WorkerHeal
                 to == WorkerHealthStatus::Unavailable
             }
             HealthCause::Restart => to == WorkerHealthStatus::Healthy,
+            HealthCause::EjectionExpired => to < from,
             // `HealthCause` is `#[non_exhaustive]`: a cause the model has no
             // rule for allows no edge, so the check fails naming it.
             _ => false,
@@ -40,6 +42,14 @@ impl Harness {
     /// has the status and failure count the rules predict.
     pub(super) fn check_health(&mut self) -> Result<(), Failure> {
         let stopped = self.lifecycle == Lifecycle::Stopped;
+        if self.limits.outlier.is_some() {
+            self.health_touched.clear();
+            return if stopped {
+                Ok(())
+            } else {
+                self.check_recovery()
+            };
+        }
         while let Some(worker) = self.health_touched.pop() {
             let Some(book) = self.workers.get(worker.as_u64()).copied() else {
                 continue;
@@ -63,6 +73,58 @@ impl Harness {
                 "{worker} has {failures:?} consecutive failures but the health rules predict {}",
                 book.health.failures
             );
+        }
+        Ok(())
+    }
+
+    /// Under outlier detection, once an input is done: every ejected worker
+    /// is Unavailable, its ejection ends after now and the core's next
+    /// timer is not after that end (so it gets its trial by then); a
+    /// half-open worker is not Healthy and runs no more than its trial
+    /// permits beyond what it ran when it turned half-open.
+    fn check_recovery(&mut self) -> Result<(), Failure> {
+        let next = self.pool.poll_timeout().map(|(at, _)| at);
+        for key in &self.worker_list {
+            let Some(book) = self.workers.get(key.as_u64()) else {
+                continue;
+            };
+            if book.stopped {
+                continue;
+            }
+            match book.recovery {
+                RecoveryState::Ejected { until, .. } => {
+                    ensure!(
+                        book.status == WorkerHealthStatus::Unavailable,
+                        "ejected {key} is {:?}",
+                        book.status
+                    );
+                    if until == Time::MAX {
+                        // Ejected at the end of time: no timer can end it.
+                        continue;
+                    }
+                    ensure!(
+                        until > self.seen,
+                        "{key} still ejected at {} after its ejection ended at {until}",
+                        self.seen
+                    );
+                    ensure!(
+                        next.is_some_and(|at| at <= until),
+                        "{key} ejected until {until} but the core's next timer is {next:?}"
+                    );
+                }
+                RecoveryState::HalfOpen { permits, .. } => {
+                    ensure!(
+                        book.status != WorkerHealthStatus::Healthy,
+                        "half-open {key} is Healthy"
+                    );
+                    ensure!(
+                        book.running <= (permits as usize).max(book.running_at_half_open),
+                        "half-open {key} runs {} with {permits} permits",
+                        book.running
+                    );
+                }
+                _ => {}
+            }
         }
         Ok(())
     }
@@ -291,7 +353,10 @@ impl Harness {
                 w.removing
             );
             ensure!(
-                stopped || book.stopped || w.consecutive_failures == book.health.failures,
+                stopped
+                    || book.stopped
+                    || self.limits.outlier.is_some()
+                    || w.consecutive_failures == book.health.failures,
                 "{} has {} consecutive failures but the health rules predict {}",
                 w.worker,
                 w.consecutive_failures,

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use foreman_core::{
-    CommandError, Pool, ProbeKey, RequestKey, Time, WorkerHealthStatus, WorkerKey,
+    CommandError, Pool, ProbeKey, RecoveryState, RequestKey, Time, WorkerHealthStatus, WorkerKey,
     MAX_WORKER_ID_LEN,
 };
 
@@ -215,6 +215,8 @@ impl Harness {
             probe_pos: usize::MAX,
             health: HealthBook::FRESH,
             last_run: None,
+            recovery: RecoveryState::Closed,
+            running_at_half_open: 0,
         };
         if !self.workers.insert(key.as_u64(), book) {
             return Err(self.fail(format!("new worker {key} reuses a booked key")));

@@ -131,8 +131,14 @@ impl Harness {
             self.context
         );
         if removal {
+            // A half-open worker's room is its trial permits, which the
+            // books cannot follow mid-input (a request moved onto it may
+            // have started or been answered already, by actions drained
+            // after these events): its runs are checked against its
+            // permits once the input is done.
+            let half_open = target.trial_limit() != usize::MAX;
             ensure!(
-                schedulable && open,
+                schedulable && (open || half_open),
                 "{request} requeued onto {to} without room: {target:?}"
             );
         } else {
@@ -342,6 +348,12 @@ impl Harness {
                 ensure!(
                     context == Context::Restart { worker },
                     "restart-caused change of {worker} in {context:?}"
+                );
+            }
+            (HealthCause::EjectionExpired, context) => {
+                ensure!(
+                    context == Context::Timeout,
+                    "ejection of {worker} ended in {context:?}"
                 );
             }
             (HealthCause::Stopped, _) => {

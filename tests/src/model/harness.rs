@@ -482,6 +482,8 @@ impl Harness {
     }
 
     pub(super) fn drain(&mut self) -> Result<(), Failure> {
+        let result = self.sync_recovery();
+        self.record(result)?;
         while let Some(event) = self.pool.poll_event() {
             self.outputs_this_input += 1;
             let result = self.on_event(event);

@@ -310,9 +310,13 @@ impl Harness {
     fn check_room_in_stats(&mut self) -> Result<(), Failure> {
         let stats = self.pool.stats();
         let room = stats.workers.iter().any(|w| {
+            let limit = self
+                .workers
+                .get(w.worker.as_u64())
+                .map_or(usize::MAX, |book| book.trial_limit());
             w.status != WorkerHealthStatus::Unavailable
                 && !w.removing
-                && w.queued + w.running < self.limits.capacity
+                && w.queued + w.running < self.limits.capacity.min(limit)
         });
         if room != (self.open > 0) {
             return Err(self.fail(format!(

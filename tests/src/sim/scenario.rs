@@ -5,7 +5,8 @@
 use std::time::Duration;
 
 use foreman_core::{
-    PoolConfig, RetryBudget, RetryPolicy, RoutingPolicy, WorkerPoolOptions, WorkerSecurityPolicy,
+    FailureClasses, OutlierDetection, PanicMode, PoolConfig, RecoveryPolicy, RetryBudget,
+    RetryPolicy, RoutingPolicy, WorkerErrorCode, WorkerPoolOptions, WorkerSecurityPolicy,
 };
 
 use crate::rng::Rng;
@@ -151,6 +152,10 @@ impl Scenario {
         let own_timeout = rng.unit();
         let chaos = draw_chaos(rng, requests, workers, concurrency, mean_latency);
         let shutdown = draw_shutdown(rng, requests, mean_latency);
+        // Drawn from a generator of its own, seeded from a copy of `rng`, so
+        // that every other draw of a seed stays what it was.
+        let mut side = Rng::new(rng.clone().next_u64() ^ RECOVERY_SALT);
+        let config = config.with_recovery(draw_recovery(&mut side, mean_latency));
         Scenario {
             config,
             workers,
@@ -177,7 +182,7 @@ impl Scenario {
         format!(
             "workers={} mean_latency={:.4}s queue={} conc={} threshold={} timeout={:?} probe={:?}/{:?} \
              arrival={:?} kinds={:?} fail={:.2} retryable={:.2} panic={:.2} hang={:.3} slow_probe={:.2} \
-             lying_probe={:.2} cancel={:.2} invalid={:.2} chaos={:?} shutdown={:?}",
+             lying_probe={:.2} cancel={:.2} invalid={:.2} chaos={:?} shutdown={:?} recovery={:?}",
             self.workers,
             self.mean_latency,
             self.config.options.queue_capacity,
@@ -198,8 +203,62 @@ impl Scenario {
             self.invalid,
             self.chaos,
             self.shutdown,
+            self.config.recovery,
         )
     }
+
+    /// How long after the last evidence against a worker (a failure, a
+    /// probe voting Unavailable or timing out) it is back in rotation once
+    /// it is healthy again: its ejection's longest time (none under the
+    /// reference), then a probe interval for its next probe to be sent and
+    /// two probe timeouts for an outstanding one to end and the next to
+    /// answer.
+    pub fn recovery_bound(&self) -> Duration {
+        let config = &self.config;
+        let ejection = match config.recovery {
+            RecoveryPolicy::OutlierDetection(tuning) => tuning.longest_ejection(),
+            _ => Duration::ZERO,
+        };
+        ejection + config.options.health_probe_interval + config.probe_timeout * 2
+    }
+}
+
+/// Salts the seed of [`draw_recovery`]'s generator.
+const RECOVERY_SALT: u64 = 0x005E_ED0F_2EC0_7E2A;
+
+/// The recovery machine: the reference in half the seeds, outlier
+/// detection with tuning on the scenario's time scale in the others.
+fn draw_recovery(rng: &mut Rng, mean_latency: f64) -> RecoveryPolicy {
+    if rng.chance(0.5) {
+        return RecoveryPolicy::reference();
+    }
+    let window = rng.range(1, 64) as u32;
+    let base = secs(mean_latency * rng.uniform(1.0, 20.0)).max(Duration::from_millis(1));
+    let counted = if rng.chance(0.8) {
+        FailureClasses::DEFAULT
+    } else {
+        FailureClasses::DEFAULT.without(WorkerErrorCode::Timeout)
+    };
+    RecoveryPolicy::OutlierDetection(
+        OutlierDetection::default()
+            .with_consecutive_failures(rng.range(1, 8) as u32)
+            .with_window(window)
+            .with_min_volume(rng.range(1, u64::from(window)) as u32)
+            .with_failure_rate_percent(rng.range(1, 100) as u32)
+            .with_base_ejection(base)
+            .with_max_ejection(base * (1u32 << rng.below(6)))
+            .with_jitter_permille(rng.below(1001) as u32)
+            .with_decay_after(base * rng.range(1, 50) as u32)
+            .with_trial_permits(rng.range(1, 4) as u32)
+            .with_success_threshold(rng.range(1, 4) as u32)
+            .with_max_ejected_percent(rng.below(101) as u32)
+            .with_panic_mode(if rng.chance(0.5) {
+                PanicMode::RouteToAll
+            } else {
+                PanicMode::FailFast
+            })
+            .with_counted(counted),
+    )
 }
 
 /// The pool's configuration: queue capacity, concurrency, failure

@@ -5,7 +5,7 @@ use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 use std::time::Duration;
 
-use foreman_core::{ProbeKey, RequestKey, Time, WorkerKey};
+use foreman_core::{ProbeKey, RequestKey, Time, WorkerHealthStatus, WorkerKey};
 
 use super::scenario::{secs, Arrival, Latency, Scenario, MAX_LATENCY};
 use super::{next_instant, shut_down_and_check};
@@ -329,6 +329,26 @@ impl Sim {
             + Duration::from_secs(1)
     }
 
+    /// The liveness bound of recovery: once faults have stopped, every
+    /// worker that is not being removed is back in rotation (not
+    /// Unavailable) by `due`, the last evidence against it plus
+    /// [`Scenario::recovery_bound`].
+    fn back_in_rotation(&mut self, due: Time) -> Result<(), Failure> {
+        let stats = self.harness.pool().stats();
+        for worker in stats.workers {
+            if !worker.removing && worker.status == WorkerHealthStatus::Unavailable {
+                let worker = worker.worker;
+                return Err(Failure(format!(
+                    "liveness: {worker} still Unavailable at {due} ({:?} after the last \
+                     evidence against it), in {:?}",
+                    self.scenario.recovery_bound(),
+                    self.harness.pool().recovery_state(worker)
+                )));
+            }
+        }
+        Ok(())
+    }
+
     /// Sets the driver's clock for the next sim-side input (maybe skewed).
     fn clock_for_input(&mut self) {
         let mut clock = self.now;
@@ -353,17 +373,42 @@ impl Sim {
             self.schedule(Time::ZERO + first, Ev::Chaos);
         }
         let mut quiet_end = Time::MAX;
+        let mut quiet_start = Time::MAX;
+        // When every worker must be back in rotation (set once nothing is
+        // pending): see `back_in_rotation`.
+        let mut rotation_due: Option<Time> = None;
         loop {
             if !self.quiet && self.submitted >= self.requests {
                 self.enter_quiet();
+                quiet_start = self.now;
                 quiet_end = self.now + self.quiet_bound();
             }
             if self.quiet && self.harness.pending() == 0 {
-                break;
+                if self.harness.is_shutting_down() {
+                    break;
+                }
+                let due = *rotation_due.get_or_insert_with(|| {
+                    // The last evidence against a worker: the last answer,
+                    // or a probe sent before the quiet phase ending (it
+                    // takes at most three probe timeouts).
+                    let probes = self.scenario.config.probe_timeout * 3;
+                    self.now.max(quiet_start + probes) + self.scenario.recovery_bound()
+                });
+                let sim_next = self.events.peek().map(|Reverse((at, _, _))| *at);
+                let core_next = self.harness.next_timeout();
+                let next = match (core_next, sim_next) {
+                    (Some(a), Some(b)) => a.min(b),
+                    (a, b) => a.or(b).unwrap_or(Time::MAX),
+                };
+                if next > due {
+                    self.now = self.now.max(due);
+                    self.back_in_rotation(due)?;
+                    break;
+                }
             }
             let sim_next = self.events.peek().map(|Reverse((at, _, _))| *at);
             let (core_next, next) = next_instant(&mut self.harness, sim_next)?;
-            if next > quiet_end {
+            if self.harness.pending() > 0 && next > quiet_end {
                 return Err(Failure(format!(
                     "liveness: {} requests still pending {:?} after faults stopped",
                     self.harness.pending(),

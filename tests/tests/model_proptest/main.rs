@@ -14,6 +14,11 @@
 //! 2. `any_op_sequence_keeps_every_rule`: any sequence of [`Op`]s, on small
 //!    pools with varied options, passes every check of the shared
 //!    [`Harness`] after every step.
+//! 3. `any_op_sequence_under_outlier_detection_keeps_every_rule`: the same
+//!    under outlier detection with varied tuning, where the harness checks
+//!    the recovery machine's invariants (the ejection cap, trial permits,
+//!    ejection times within their bounds, every ejection ending by its
+//!    timer) instead of predicting the reference's health.
 //!
 //! Built with `--cfg foreman_planted_bug` both properties are expected to
 //! fail (`should_panic`): they catch the core's planted bug too.
@@ -23,7 +28,10 @@ mod reference;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use foreman_core::{PoolConfig, RoutingPolicy, Time, WorkerPoolOptions, WorkerSecurityPolicy};
+use foreman_core::{
+    FailureClasses, OutlierDetection, PanicMode, PoolConfig, RecoveryPolicy, RoutingPolicy, Time,
+    WorkerErrorCode, WorkerPoolOptions, WorkerSecurityPolicy,
+};
 use foreman_tests::model::{
     Distance, Harness, Op, Outcome, RawInput, Shape, TimeoutChoice, TraceEvent, Verdict,
 };
@@ -201,8 +209,79 @@ fn ref_op() -> impl Strategy<Value = RefOp> {
     ]
 }
 
+/// Runs `ops` on a pool of `workers` under `config`, the shared harness
+/// checking every rule after every step and all of them at the end.
+fn run_ops(config: PoolConfig, workers: usize, ops: &[Op]) -> Result<Harness, TestCaseError> {
+    let mut harness = Harness::new(config).expect("valid config");
+    for _ in 0..workers {
+        harness.add_worker().map_err(|f| TestCaseError::fail(f.0))?;
+    }
+    for (n, op) in ops.iter().enumerate() {
+        harness
+            .apply(*op)
+            .map_err(|f| TestCaseError::fail(format!("step {n} {op:?}: {f}")))?;
+    }
+    harness.check().map_err(|f| TestCaseError::fail(f.0))?;
+    Ok(harness)
+}
+
+/// Outlier-detection tuning on the scale of [`any_config`]'s times.
+fn outlier_detection() -> impl Strategy<Value = OutlierDetection> {
+    (
+        (1u32..=4, 1u32..=16, 1u32..=16, 1u32..=100),
+        (1u64..3_000, 0u32..=5, 0u32..=1000, 1u64..10_000),
+        (1u32..=3, 1u32..=3, 0u32..=100, any::<bool>(), any::<bool>()),
+    )
+        .prop_map(
+            |(
+                (consecutive, window, volume, rate),
+                (base_ms, doublings, jitter, decay_ms),
+                (permits, successes, cap, fail_fast, count_timeouts),
+            )| {
+                let base = Duration::from_millis(base_ms);
+                let counted = if count_timeouts {
+                    FailureClasses::DEFAULT
+                } else {
+                    FailureClasses::DEFAULT.without(WorkerErrorCode::Timeout)
+                };
+                OutlierDetection::default()
+                    .with_consecutive_failures(consecutive)
+                    .with_window(window)
+                    .with_min_volume(volume.min(window))
+                    .with_failure_rate_percent(rate)
+                    .with_base_ejection(base)
+                    .with_max_ejection(base * (1 << doublings))
+                    .with_jitter_permille(jitter)
+                    .with_decay_after(Duration::from_millis(decay_ms))
+                    .with_trial_permits(permits)
+                    .with_success_threshold(successes)
+                    .with_max_ejected_percent(cap)
+                    .with_panic_mode(if fail_fast {
+                        PanicMode::FailFast
+                    } else {
+                        PanicMode::RouteToAll
+                    })
+                    .with_counted(counted)
+            },
+        )
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+    #[test]
+    fn any_op_sequence_under_outlier_detection_keeps_every_rule(
+        config in any_config(),
+        tuning in outlier_detection(),
+        seed in any::<u64>(),
+        workers in 0usize..=4,
+        ops in proptest::collection::vec(op(), 1..150),
+    ) {
+        let config = config
+            .with_seed(seed)
+            .with_recovery(RecoveryPolicy::OutlierDetection(tuning));
+        run_ops(config, workers, &ops)?;
+    }
 
     // With the core's planted bug this property must fail (the saved
     // regression cases find it first).
@@ -365,14 +444,7 @@ proptest! {
         workers in 0usize..=4,
         ops in proptest::collection::vec(op(), 1..150),
     ) {
-        let mut harness = Harness::new(config).expect("valid config");
-        for _ in 0..workers {
-            harness.add_worker().map_err(|f| TestCaseError::fail(f.0))?;
-        }
-        for (n, op) in ops.iter().enumerate() {
-            harness.apply(*op).map_err(|f| TestCaseError::fail(format!("step {n} {op:?}: {f}")))?;
-        }
-        harness.check().map_err(|f| TestCaseError::fail(f.0))?;
+        let harness = run_ops(config, workers, &ops)?;
         prop_assert!(harness.now() >= Time::ZERO);
     }
 }

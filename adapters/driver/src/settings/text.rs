@@ -11,10 +11,11 @@ use std::fmt;
 use std::marker::PhantomData;
 use std::time::Duration;
 
-use foreman_core::RoutingPolicy;
+use foreman_core::{PanicMode, RoutingPolicy};
 use serde::de::{self, Deserializer, Unexpected, Visitor};
 use serde::ser::{Error as _, Serializer};
 
+use super::RecoveryName;
 use crate::worker::ExecutionMode;
 
 /// What stands for "no duration" in a field that allows it.
@@ -222,6 +223,22 @@ impl Named for RoutingPolicy {
     const NAMES: &'static [(&'static str, Self)] = &[
         ("idle_first", RoutingPolicy::IdleFirst),
         ("round_robin", RoutingPolicy::RoundRobin),
+    ];
+}
+
+impl Named for RecoveryName {
+    const WHAT: &'static str = "a recovery policy";
+    const NAMES: &'static [(&'static str, Self)] = &[
+        ("reference", RecoveryName::Reference),
+        ("outlier_detection", RecoveryName::OutlierDetection),
+    ];
+}
+
+impl Named for PanicMode {
+    const WHAT: &'static str = "a panic mode";
+    const NAMES: &'static [(&'static str, Self)] = &[
+        ("route_to_all", PanicMode::RouteToAll),
+        ("fail_fast", PanicMode::FailFast),
     ];
 }
 
