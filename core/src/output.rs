@@ -4,6 +4,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
+use crate::deadlines::TimeoutLimit;
 use crate::health::HealthCause;
 use crate::keys::{ProbeKey, RequestKey, WorkerKey};
 use crate::protocol::{WorkerErrorCode, WorkerHealthStatus, WorkerPoolError};
@@ -101,6 +102,9 @@ pub struct Answer<P> {
     pub queued_for: Duration,
     /// Time the handler ran, if it started.
     pub ran_for: Option<Duration>,
+    /// For a `Timeout`, the limit that fired: the overall budget, the
+    /// queue-wait limit or the run limit; `None` for every other answer.
+    pub limit: Option<TimeoutLimit>,
     /// The payload given to `submit`, handed back with the answer.
     pub payload: P,
 }

@@ -179,6 +179,7 @@ impl<P: Clone> Pool<P> {
             worker,
             payload,
         });
+        self.arm_phase_limit(request);
     }
 
     /// An unpinned request stopped waiting (started or answered): one live
