@@ -198,10 +198,10 @@ pub use worker::ExecutionMode;
 pub use async_trait::async_trait;
 
 pub use foreman_core::{
-    ConfigError, Counters, HealthCause, PoolConfig, RoutingPolicy, Stats, WorkerErrorCode,
-    WorkerHealth, WorkerHealthStatus, WorkerOperation, WorkerPoolError, WorkerPoolOptions,
-    WorkerProtocolError, WorkerRequest, WorkerResponse, WorkerResult, WorkerSecurityPolicy,
-    WorkerStats,
+    ConfigError, Counters, HealthCause, LimitedRequest, PhaseLimits, PoolConfig, RoutingPolicy,
+    Stats, TimeoutLimit, WorkerErrorCode, WorkerHealth, WorkerHealthStatus, WorkerOperation,
+    WorkerPoolError, WorkerPoolOptions, WorkerProtocolError, WorkerRequest, WorkerResponse,
+    WorkerResult, WorkerSecurityPolicy, WorkerStats,
 };
 
 /// What every adapter crate re-exports (`pub use foreman_driver::api::*`):
@@ -217,6 +217,9 @@ pub mod api {
         WorkerProtocolError, WorkerRequest, WorkerResponse, WorkerResult, WorkerSecurityPolicy,
         WorkerStats,
     };
+
+    /// Deadlines by phase: a request's queue-wait and run limits.
+    pub use crate::{LimitedRequest, PhaseLimits, TimeoutLimit};
 
     pub use crate::{handler_fn, HandlerFn, HealthyProbe};
 

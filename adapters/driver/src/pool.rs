@@ -8,8 +8,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
 use foreman_core::{
-    Pool, PoolConfig, Time, WorkerHealth, WorkerPoolError, WorkerPoolOptions, WorkerRequest,
-    WorkerResponse,
+    PhaseLimits, Pool, PoolConfig, Time, WorkerHealth, WorkerPoolError, WorkerPoolOptions,
+    WorkerRequest, WorkerResponse,
 };
 use parking_lot::Mutex;
 
@@ -462,6 +462,95 @@ impl<R: Runtime> WorkerPool<R> {
         // that starts its handler.
         let span = RequestSpan::new(&request);
         let slot = Slot::parked(request, span.clone());
+        self.run_slot(slot, span)
+    }
+
+    /// Submits one request with its own phase limits, like
+    /// [`submit`](Self::submit): how long it may wait for a worker and how
+    /// long its handler may run, besides its overall budget (`timeout_ms`
+    /// or the default timeout). Each limit set in `limits` replaces the
+    /// pool's default for that phase (`PoolConfig::queue_wait_limit`,
+    /// `PoolConfig::run_limit`); whichever of the three runs out first
+    /// answers `Timeout`. A request past its queue-wait limit leaves its
+    /// queue at once and counts against no worker; a run past its run
+    /// limit is aborted and counts as one failure of its worker.
+    ///
+    /// # Errors
+    /// As [`submit`](Self::submit); a zero run limit is refused with
+    /// `Timeout`, like a zero budget. [`submit_timed_with`](Self::submit_timed_with)
+    /// also says which limit fired.
+    pub fn submit_with_limits(
+        &self,
+        request: WorkerRequest,
+        limits: PhaseLimits,
+    ) -> impl Future<Output = Result<WorkerResponse, WorkerPoolError>> + Send + '_ {
+        let timed = self.submit_timed_with(request, limits);
+        async move { timed.await.result }
+    }
+
+    /// Submits one request with its own phase limits, as
+    /// [`submit_with_limits`](Self::submit_with_limits), and returns its
+    /// answer with its [`Timings`](crate::Timings), which for a `Timeout`
+    /// name the limit that fired.
+    ///
+    /// # Examples
+    /// ```
+    /// # use std::sync::Arc;
+    /// # use foreman_tokio::{async_trait, WorkerHandler, WorkerProtocolError, WorkerRequest};
+    /// # use serde_json::{json, Value};
+    /// # struct Slow;
+    /// # #[async_trait]
+    /// # impl WorkerHandler for Slow {
+    /// #     async fn handle(&self, _: WorkerRequest) -> Result<Value, WorkerProtocolError> {
+    /// #         tokio::time::sleep(std::time::Duration::from_secs(60)).await;
+    /// #         Ok(json!(null))
+    /// #     }
+    /// # }
+    /// # fn request(id: &str) -> foreman_tokio::WorkerRequest {
+    /// #     foreman_tokio::WorkerRequest {
+    /// #         request_id: id.into(),
+    /// #         workflow_name: "demo".into(),
+    /// #         node_id: "node".into(),
+    /// #         timeout_ms: None,
+    /// #         operation: foreman_tokio::WorkerOperation::Tool {
+    /// #             tool: "echo".into(),
+    /// #             input: serde_json::json!({}),
+    /// #             scoped_input: serde_json::json!({}),
+    /// #         },
+    /// #     }
+    /// # }
+    /// use std::time::Duration;
+    /// use foreman_tokio::{PhaseLimits, TimeoutLimit, WorkerPool, WorkerPoolError, WorkerPoolOptions};
+    ///
+    /// # tokio::runtime::Builder::new_current_thread().enable_all().start_paused(true).build().unwrap().block_on(async {
+    /// let pool = WorkerPool::new_inprocess(vec![Arc::new(Slow)], WorkerPoolOptions::default(), None)?;
+    /// let limits = PhaseLimits::new().with_run(Duration::from_secs(2));
+    /// let timed = pool.submit_timed_with(request("req-1"), limits).await;
+    /// assert_eq!(timed.result, Err(WorkerPoolError::Timeout));
+    /// assert_eq!(timed.timings.limit, Some(TimeoutLimit::Run));
+    /// assert_eq!(timed.timings.ran, Some(Duration::from_secs(2)));
+    /// pool.shutdown().await;
+    /// # Ok::<(), foreman_tokio::WorkerPoolError>(())
+    /// # }).unwrap();
+    /// ```
+    pub fn submit_timed_with(
+        &self,
+        request: WorkerRequest,
+        limits: PhaseLimits,
+    ) -> impl Future<Output = Timed> + Send + '_ {
+        let span = RequestSpan::new(&request);
+        let slot = Slot::parked(request, span.clone());
+        slot.lock().limits = limits;
+        self.run_slot(slot, span)
+    }
+
+    /// Runs the request parked in `slot` to its answer, then yields if
+    /// this caller has had its thread long enough (see `cooperate`).
+    fn run_slot(
+        &self,
+        slot: Arc<Slot>,
+        span: RequestSpan,
+    ) -> impl Future<Output = Timed> + Send + '_ {
         async move {
             // Whether this request ever waited (see `cooperate`).
             let mut waited = false;

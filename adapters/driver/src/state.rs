@@ -315,6 +315,7 @@ impl Core {
                             Phase::Queued => None,
                         },
                         phase: answer.phase,
+                        limit: answer.limit,
                         aborted: aborted.take() == Some(answer.request),
                     };
                     if own == Some(answer.request) {

@@ -208,7 +208,10 @@ impl<R: Runtime> WorkerPool<R> {
             let Some(parked) = inner.parked.get() else {
                 return Timed::refused(lost_answer());
             };
-            let admission = shared.config.admit(parked);
+            let admission = shared
+                .config
+                .admit(parked)
+                .map(|admission| admission.with_limits(inner.limits));
             let copy = match admission {
                 Ok(_) => HeldRequest::new(parked.clone()),
                 Err(_) => std::mem::take(&mut inner.parked),
@@ -267,7 +270,7 @@ impl<R: Runtime> WorkerPool<R> {
         shared.ended(span, &answer, false);
         let worker = answer.worker.clone();
         let timed = respond(answer, request.request_id.clone());
-        notify(hooks, worker_id(worker.as_deref()), &timed.result).await;
+        notify(hooks, worker_id(worker.as_deref()), &timed).await;
         timed
     }
 }
@@ -302,9 +305,9 @@ impl<R: Runtime> Shared<R> {
         self: &Arc<Self>,
         slot: &Arc<Slot>,
     ) -> Result<(Entered, StartedAtOnce), WorkerPoolError> {
-        let (parked, span) = {
+        let (parked, span, limits) = {
             let mut inner = slot.lock();
-            (inner.parked.take(), inner.take_span())
+            (inner.parked.take(), inner.take_span(), inner.limits)
         };
         let Some(request) = parked else {
             return Err(lost_answer());
@@ -312,7 +315,10 @@ impl<R: Runtime> Shared<R> {
         let request_id = request.request_id.clone();
         // Validation needs only the configuration: do it, and read the
         // clock, before taking a lock.
-        let admission = self.config.admit(&request);
+        let admission = self
+            .config
+            .admit(&request)
+            .map(|admission| admission.with_limits(limits));
         let now = self.now();
         let mut tries = self.lane_order();
         let mut started = None;
@@ -583,9 +589,9 @@ impl<R: Runtime> Drop for HookedGuard<'_, R> {
             return;
         };
         let worker = answer.worker.clone();
-        let outcome = respond(answer, self.request_id.to_string()).result;
+        let timed = respond(answer, self.request_id.to_string());
         shared.runtime.spawn(Box::pin(async move {
-            notify(&*hooks, worker_id(worker.as_deref()), &outcome).await;
+            notify(&*hooks, worker_id(worker.as_deref()), &timed).await;
         }));
     }
 }

@@ -5,7 +5,8 @@ use std::num::NonZeroUsize;
 use std::time::Duration;
 
 use foreman_core::{
-    CommandError, ConfigError, HealthCause, WorkerHealthStatus, WorkerPoolError, WorkerResponse,
+    CommandError, ConfigError, HealthCause, TimeoutLimit, WorkerHealthStatus, WorkerPoolError,
+    WorkerResponse,
 };
 use thiserror::Error;
 
@@ -67,6 +68,31 @@ pub struct Timings {
     pub queued: Duration,
     /// How long its handler ran, if it started.
     pub ran: Option<Duration>,
+    /// For a `Timeout`, the limit that fired: the overall budget
+    /// (`timeout_ms` or the default timeout), the queue-wait limit or the
+    /// run limit (see [`WorkerPool::submit_timed_with`](crate::WorkerPool::submit_timed_with));
+    /// `None` for every other answer.
+    pub limit: Option<TimeoutLimit>,
+}
+
+impl Timings {
+    /// For a request that timed out, what happened in words: the limit that
+    /// fired and how long the request queued and ran, as in `"timed out:
+    /// its run_limit passed after it queued for 12ms and ran for 2s"`;
+    /// `None` for any other answer. It is the message of the `Timeout`
+    /// error that `on_request_failure` hears (the reference's
+    /// `WorkerPoolError::Timeout` carries none).
+    pub fn timeout_message(&self) -> Option<String> {
+        let limit = self.limit?;
+        let ran = match self.ran {
+            Some(ran) => format!("ran for {ran:?}"),
+            None => "never started".to_owned(),
+        };
+        Some(format!(
+            "timed out: its {limit} passed after it queued for {:?} and {ran}",
+            self.queued
+        ))
+    }
 }
 
 /// A request's answer with its [`Timings`], from

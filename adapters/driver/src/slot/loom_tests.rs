@@ -35,6 +35,7 @@ fn answer() -> Delivered {
         queued_for: Duration::ZERO,
         ran_for: None,
         phase: Phase::Running,
+        limit: None,
         aborted: false,
     }
 }
