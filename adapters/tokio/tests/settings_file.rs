@@ -31,6 +31,8 @@ max_concurrency_per_worker = 3
 routing = "round_robin"
 late_binding = false
 max_request_depth = 16
+queue_wait_limit = "250ms"
+run_limit = "2s"
 
 [security_policy]
 max_request_timeout = "10s 500ms"
@@ -53,6 +55,8 @@ const CHANGED_JSON: &str = r#"{
     "routing": "round_robin",
     "late_binding": false,
     "max_request_depth": 16,
+    "queue_wait_limit": "250ms",
+    "run_limit": "2s",
     "security_policy": {
         "max_request_timeout": "10500ms",
         "max_request_payload_bytes": 1024,
@@ -184,6 +188,8 @@ fn the_defaults_and_changed_settings_survive_a_round_trip_through_toml() {
         &text,
         &[
             "default_request_timeout = false",
+            "queue_wait_limit = \"250ms\"",
+            "run_limit = \"2s\"",
             "max_request_timeout = \"10s 500ms\"",
         ],
     );
@@ -224,6 +230,8 @@ fn every_setting_reaches_the_pool_configuration() {
     assert!(!config.late_binding);
     assert_eq!(config.max_request_depth, 16);
     assert_eq!(config.unix_epoch_ms, 0);
+    assert_eq!(config.queue_wait_limit, Some(Duration::from_millis(250)));
+    assert_eq!(config.run_limit, Some(Duration::from_secs(2)));
     assert_eq!(driver.execution, ExecutionMode::CallerTask);
     assert_eq!(driver.lanes.get(), 4);
 }
@@ -338,6 +346,8 @@ fn a_value_the_pool_cannot_run_with_is_refused_naming_its_key() {
             "0",
         ),
         ("max_request_depth = 0", "max_request_depth", "0"),
+        ("queue_wait_limit = \"0ms\"", "queue_wait_limit", "\"0s\""),
+        ("run_limit = \"0s\"", "run_limit", "\"0s\""),
     ];
     for (text, expected_key, expected_value) in cases {
         let error = PoolSettings::from_toml_str(text).expect_err(text);

@@ -39,6 +39,7 @@ use crate::worker::ExecutionMode;
 /// |---|---|---|
 /// | `health_probe_interval`, `probe_timeout` | the same | `"5s"`; `probe_timeout = "auto"`: the probe interval capped at 5 s, as [`PoolConfig::new`] derives it |
 /// | `default_request_timeout` | the same | `"30s"`, or `false` for no default timeout (`None`) |
+/// | `queue_wait_limit`, `run_limit` | the same | `"250ms"`, or `false` (the default) for no limit (`None`) |
 /// | `security_policy.max_request_timeout` | `max_request_timeout_ms` | `"2m"`, a whole number of milliseconds |
 /// | `routing` | [`RoutingPolicy`] | `"idle_first"` or `"round_robin"` |
 /// | `driver.execution` | [`ExecutionMode`] | `"pool_tasks"` or `"caller_task"` |
@@ -123,6 +124,22 @@ pub struct PoolSettings {
     pub max_request_depth: usize,
     /// The seed of the core's random choices ([`PoolConfig::seed`]).
     pub seed: u64,
+    /// How long a request may wait for a worker unless it sets its own
+    /// limit ([`PoolConfig::queue_wait_limit`]); `None` (written `false`)
+    /// sets no limit.
+    #[serde(
+        serialize_with = "text::write_duration_or_false",
+        deserialize_with = "text::read_duration_or_false"
+    )]
+    pub queue_wait_limit: Option<Duration>,
+    /// How long a request's handler may run unless the request sets its
+    /// own limit ([`PoolConfig::run_limit`]); `None` (written `false`) sets
+    /// no limit.
+    #[serde(
+        serialize_with = "text::write_duration_or_false",
+        deserialize_with = "text::read_duration_or_false"
+    )]
+    pub run_limit: Option<Duration>,
     /// The limits every request must respect (`[security_policy]`).
     pub security_policy: SecurityPolicySettings,
     /// The driver's own options (`[driver]`).
@@ -178,6 +195,8 @@ impl Default for PoolSettings {
             late_binding: config.late_binding,
             max_request_depth: config.max_request_depth,
             seed: config.seed,
+            queue_wait_limit: config.queue_wait_limit,
+            run_limit: config.run_limit,
             security_policy: SecurityPolicySettings::default(),
             driver: DriverSettings::default(),
         }
@@ -291,7 +310,9 @@ impl PoolSettings {
             .with_routing(self.routing)
             .with_late_binding(self.late_binding)
             .with_max_request_depth(self.max_request_depth)
-            .with_seed(self.seed);
+            .with_seed(self.seed)
+            .with_queue_wait_limit(self.queue_wait_limit)
+            .with_run_limit(self.run_limit);
         let driver = DriverOptions::default()
             .execution(self.driver.execution)
             .lanes(self.driver.lanes);
@@ -333,6 +354,14 @@ impl PoolSettings {
             ConfigError::ZeroRequestDepth => {
                 ("max_request_depth", self.max_request_depth.to_string())
             }
+            ConfigError::ZeroQueueWaitLimit => (
+                "queue_wait_limit",
+                text::quoted(self.queue_wait_limit.unwrap_or_default()),
+            ),
+            ConfigError::ZeroRunLimit => (
+                "run_limit",
+                text::quoted(self.run_limit.unwrap_or_default()),
+            ),
             _ => return None,
         })
     }
