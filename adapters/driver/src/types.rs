@@ -173,3 +173,31 @@ pub struct HealthTransition {
     /// When, since the pool was created.
     pub at: Duration,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_timeout_message_names_the_limit_and_the_timings() {
+        let run = Timings {
+            queued: Duration::from_millis(12),
+            ran: Some(Duration::from_secs(2)),
+            limit: Some(TimeoutLimit::Run),
+        };
+        assert_eq!(
+            run.timeout_message().as_deref(),
+            Some("timed out: its run_limit passed after it queued for 12ms and ran for 2s")
+        );
+        let queued = Timings {
+            queued: Duration::from_millis(250),
+            ran: None,
+            limit: Some(TimeoutLimit::QueueWait),
+        };
+        assert_eq!(
+            queued.timeout_message().as_deref(),
+            Some("timed out: its queue_wait_limit passed after it queued for 250ms and never started")
+        );
+        assert_eq!(Timings::default().timeout_message(), None);
+    }
+}
