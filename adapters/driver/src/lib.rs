@@ -191,7 +191,7 @@ pub use pool::WorkerPool;
 pub use runtime::{AsyncTimer, Runtime};
 #[cfg(feature = "tower")]
 pub use service::{PoolService, PoolServiceFuture, ServiceHandler};
-pub use types::{BuildError, DriverOptions, HealthTransition, Timed, Timings};
+pub use types::{BuildError, DriverOptions, HealthTransition, HookRole, Timed, Timings};
 pub use worker::ExecutionMode;
 
 /// The attribute macro handlers and hooks are written with.
@@ -220,6 +220,9 @@ pub mod api {
 
     /// Deadlines by phase: a request's queue-wait and run limits.
     pub use crate::{LimitedRequest, PhaseLimits, TimeoutLimit};
+
+    /// What a pool's hooks are: a circuit breaker, or observers.
+    pub use crate::HookRole;
 
     pub use crate::{handler_fn, HandlerFn, HealthyProbe};
 

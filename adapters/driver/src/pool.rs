@@ -23,7 +23,7 @@ use crate::shared::{Lane, Shared, NEXT_POOL_ID};
 use crate::slot::Slot;
 use crate::state::{Core, FastMap, LaneSignals, WorkerEntry};
 use crate::trace::RequestSpan;
-use crate::types::{BuildError, DriverOptions, Timed};
+use crate::types::{BuildError, DriverOptions, HookRole, Timed};
 use crate::wakers::Wakers;
 use crate::worker::ExecutionMode;
 
@@ -43,9 +43,12 @@ impl<R: Runtime + Default> WorkerPool<R> {
     /// that runtime (it spawns the pool's timer task).
     ///
     /// A queued request runs on the first worker to free up (late binding:
-    /// see `PoolConfig::late_binding`), except with `hooks`: then it runs
-    /// on the worker whose `allow_request` approved it and that
-    /// `on_request_accepted` named, as in the reference. Build the
+    /// see `PoolConfig::late_binding`), except with `hooks`: they are a
+    /// circuit breaker ([`HookRole::CircuitBreaker`]), so every request is
+    /// pinned and runs on the worker whose `allow_request` approved it and
+    /// that `on_request_accepted` named, as in the reference. Hooks that
+    /// only observe keep late binding with
+    /// [`new_inprocess_observed`](Self::new_inprocess_observed); build the
     /// configuration yourself and call [`with_config`](Self::with_config)
     /// to choose otherwise.
     ///
@@ -96,6 +99,77 @@ impl<R: Runtime + Default> WorkerPool<R> {
     ) -> Result<Self, WorkerPoolError> {
         let config = PoolConfig::new(options).vetted_by_breaker(hooks.is_some());
         Self::with_config(R::default(), handlers, config, hooks).map_err(WorkerPoolError::from)
+    }
+
+    /// Creates a pool like [`new_inprocess`](Self::new_inprocess) whose
+    /// `hooks` only observe ([`HookRole::ObserveOnly`]): their
+    /// `allow_request` is never asked, late binding stays on (a queued
+    /// request runs on the first worker to free up), and every other hook
+    /// fires as with a circuit breaker. `on_request_accepted` names the
+    /// worker the request was queued on; `on_request_success` and
+    /// `on_request_failure` name the worker that answered it.
+    ///
+    /// # Errors
+    /// As [`new_inprocess`](Self::new_inprocess).
+    ///
+    /// # Examples
+    /// ```
+    /// # use std::sync::Arc;
+    /// # use foreman_tokio::{async_trait, WorkerHandler, WorkerProtocolError, WorkerRequest};
+    /// # use serde_json::{json, Value};
+    /// # struct Echo;
+    /// # #[async_trait]
+    /// # impl WorkerHandler for Echo {
+    /// #     async fn handle(&self, _: WorkerRequest) -> Result<Value, WorkerProtocolError> {
+    /// #         Ok(json!(null))
+    /// #     }
+    /// # }
+    /// use std::sync::atomic::{AtomicUsize, Ordering};
+    /// use foreman_tokio::{CircuitBreakerHooks, WorkerPool, WorkerPoolOptions, WorkerResponse};
+    ///
+    /// /// Counts successes; never vetoes a worker.
+    /// #[derive(Default)]
+    /// struct Successes(AtomicUsize);
+    ///
+    /// #[async_trait]
+    /// impl CircuitBreakerHooks for Successes {
+    ///     async fn on_request_success(&self, _worker_id: &str, _response: &WorkerResponse) {
+    ///         self.0.fetch_add(1, Ordering::SeqCst);
+    ///     }
+    /// }
+    ///
+    /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+    /// let hooks = Arc::new(Successes::default());
+    /// let handlers: Vec<Arc<dyn WorkerHandler>> = vec![Arc::new(Echo), Arc::new(Echo)];
+    /// let pool = WorkerPool::new_inprocess_observed(
+    ///     handlers,
+    ///     WorkerPoolOptions::default(),
+    ///     Arc::clone(&hooks) as Arc<dyn CircuitBreakerHooks>,
+    /// )?;
+    /// # let request = WorkerRequest {
+    /// #     request_id: "r".into(), workflow_name: "w".into(), node_id: "n".into(), timeout_ms: None,
+    /// #     operation: foreman_tokio::WorkerOperation::Tool { tool: "t".into(), input: json!({}), scoped_input: json!({}) },
+    /// # };
+    /// pool.submit(request).await?;
+    /// assert_eq!(hooks.0.load(Ordering::SeqCst), 1);
+    /// pool.shutdown().await;
+    /// # Ok::<(), foreman_tokio::WorkerPoolError>(())
+    /// # }).unwrap();
+    /// ```
+    pub fn new_inprocess_observed(
+        handlers: Vec<Arc<dyn WorkerHandler>>,
+        options: WorkerPoolOptions,
+        hooks: Arc<dyn CircuitBreakerHooks>,
+    ) -> Result<Self, WorkerPoolError> {
+        let driver = DriverOptions::default().hooks(HookRole::ObserveOnly);
+        Self::with_driver_options(
+            R::default(),
+            handlers,
+            PoolConfig::new(options),
+            Some(hooks),
+            driver,
+        )
+        .map_err(WorkerPoolError::from)
     }
 }
 
@@ -309,6 +383,7 @@ impl<R: Runtime> WorkerPool<R> {
             runtime,
             epoch,
             hooks,
+            observe_only: options.hooks == HookRole::ObserveOnly,
             pool_tasks,
             meter,
         });

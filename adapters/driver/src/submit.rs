@@ -231,6 +231,9 @@ impl<R: Runtime> WorkerPool<R> {
             };
             loop {
                 match shared.vet(index, &admission, slot, &mut vetting) {
+                    // Hooks that only observe approve every candidate
+                    // unasked.
+                    VetStep::Ask(_) if shared.observe_only => vetting.answer(true),
                     VetStep::Ask(worker_id) => {
                         let allowed = ask_breaker(hooks, &worker_id, request).await;
                         if !allowed {
@@ -428,6 +431,7 @@ impl<R: Runtime> Shared<R> {
                 }
             });
             match step {
+                RevetStep::Ask(_) if self.observe_only => vetting.answer(true),
                 RevetStep::Ask(worker_id) => {
                     let allowed = ask_breaker(hooks, &worker_id, request).await;
                     vetting.answer(allowed);

@@ -129,6 +129,9 @@ pub struct DriverOptions {
     /// How many lanes (cores with their own lock) the workers are spread
     /// over (default: one; see [`WorkerPool::with_lanes`](crate::WorkerPool::with_lanes)).
     pub lanes: NonZeroUsize,
+    /// What the pool's hooks are, if it is given any (default:
+    /// [`HookRole::CircuitBreaker`]).
+    pub hooks: HookRole,
 }
 
 impl Default for DriverOptions {
@@ -136,8 +139,43 @@ impl Default for DriverOptions {
         DriverOptions {
             execution: ExecutionMode::default(),
             lanes: NonZeroUsize::MIN,
+            hooks: HookRole::default(),
         }
     }
+}
+
+/// What a pool's [`CircuitBreakerHooks`](crate::CircuitBreakerHooks) are:
+/// a circuit breaker whose `allow_request` vets workers, or observers that
+/// only hear what happened. Rust cannot tell whether an implementation
+/// overrides `allow_request`, so hooks that only observe are declared so,
+/// with [`WorkerPool::new_inprocess_observed`](crate::WorkerPool::new_inprocess_observed)
+/// or [`DriverOptions::hooks`].
+///
+/// Which requests are pinned (run only on the worker that took them,
+/// never moved by late binding): with [`CircuitBreaker`](Self::CircuitBreaker)
+/// hooks given to `new_inprocess` (or `from_settings`), every request,
+/// since those turn `PoolConfig::late_binding` off
+/// (`PoolConfig::vetted_by_breaker`); with any hooks, a request that
+/// `allow_request` refused for some worker; without hooks, or with
+/// [`ObserveOnly`](Self::ObserveOnly) hooks, none unless
+/// `PoolConfig::late_binding` is off or the routing is round robin.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum HookRole {
+    /// The reference's hooks: `allow_request` is asked about each
+    /// candidate worker in turn (with no lock held) until one allows, and
+    /// `on_request_accepted` names the worker that runs the request when
+    /// late binding is off, as `new_inprocess` sets it.
+    #[default]
+    CircuitBreaker,
+    /// Hooks that only observe: `allow_request` is never asked (a request
+    /// goes where the pool routes it), late binding stays as configured,
+    /// and every other hook fires as for a breaker.
+    /// `on_request_accepted` names the worker the request was queued on;
+    /// with late binding another worker that frees first may run it, and
+    /// `on_request_success` or `on_request_failure` name the worker that
+    /// answered.
+    ObserveOnly,
 }
 
 impl DriverOptions {
@@ -152,6 +190,13 @@ impl DriverOptions {
     #[must_use]
     pub fn lanes(mut self, lanes: NonZeroUsize) -> Self {
         self.lanes = lanes;
+        self
+    }
+
+    /// Sets what the pool's hooks are (see [`HookRole`]).
+    #[must_use]
+    pub fn hooks(mut self, hooks: HookRole) -> Self {
+        self.hooks = hooks;
         self
     }
 }

@@ -25,7 +25,7 @@
 //! scenario checking that every request gets exactly one answer. They live
 //! in one module per behaviour (`reference`, `admission`, `health`,
 //! `cancellation`, `shutdown`, `scheduling`, `deadlines`, `execution`, `lanes`,
-//! `reentrancy`, `breaker`), on the workers, hooks and pools of `support`,
+//! `reentrancy`, `breaker`, `observers`), on the workers, hooks and pools of `support`,
 //! and are re-exported here for [`conformance_suite!`](crate::conformance_suite).
 //!
 //! Timing rules, so the suite is exact on runtimes without virtual time
@@ -48,6 +48,7 @@ mod execution;
 mod health;
 mod lanes;
 mod observability;
+mod observers;
 mod reentrancy;
 mod reference;
 mod scheduling;
@@ -92,6 +93,7 @@ pub use health::{
 };
 pub use lanes::{fast_workers_take_the_queue_from_slow_ones, lanes_behave_as_one_pool};
 pub use observability::{metrics_count_each_outcome_and_follow_the_queues, Reading, Readings};
+pub use observers::observe_only_hooks_keep_late_binding_and_a_breaker_pins;
 pub use reentrancy::{
     allow_request_may_call_the_pool, every_other_hook_may_call_the_pool,
     handlers_and_probes_may_call_the_pool, on_request_accepted_may_call_the_pool,
@@ -170,6 +172,7 @@ macro_rules! conformance_suite {
             metrics_count_each_outcome_and_follow_the_queues,
             phase_limits_end_requests_and_name_the_limit,
             pool_phase_limits_apply_unless_a_request_sets_its_own,
+            observe_only_hooks_keep_late_binding_and_a_breaker_pins,
         );
         $crate::conformance_suite!(@each $target;
             a_closure_handler_and_its_probe_serve_the_pool,

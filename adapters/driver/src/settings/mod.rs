@@ -17,7 +17,7 @@ use thiserror::Error;
 use crate::handler::{CircuitBreakerHooks, WorkerHandler};
 use crate::pool::WorkerPool;
 use crate::runtime::Runtime;
-use crate::types::{BuildError, DriverOptions};
+use crate::types::{BuildError, DriverOptions, HookRole};
 use crate::worker::ExecutionMode;
 
 /// Every option of a pool as a settings file holds it (the `config`
@@ -382,7 +382,11 @@ impl<R: Runtime> WorkerPool<R> {
     /// Creates a pool from settings: [`PoolSettings::to_parts`], then
     /// [`with_driver_options`](Self::with_driver_options). As with
     /// `new_inprocess`, a pool given `hooks` runs each request on the
-    /// worker its circuit breaker approved (late binding off).
+    /// worker its circuit breaker approved (late binding off); the
+    /// settings' driver options are [`HookRole::CircuitBreaker`] (a
+    /// settings file has no key for it), so for hooks that only observe
+    /// call `with_driver_options` with `settings.to_parts()` and
+    /// [`HookRole::ObserveOnly`].
     ///
     /// # Errors
     /// [`BuildError`] when there is no handler, the settings are invalid
@@ -396,7 +400,8 @@ impl<R: Runtime> WorkerPool<R> {
         hooks: Option<Arc<dyn CircuitBreakerHooks>>,
     ) -> Result<Self, BuildError> {
         let (config, driver) = settings.to_parts();
-        let config = config.vetted_by_breaker(hooks.is_some());
+        let breaker = hooks.is_some() && driver.hooks == HookRole::CircuitBreaker;
+        let config = config.vetted_by_breaker(breaker);
         Self::with_driver_options(runtime, handlers, config, hooks, driver)
     }
 }
