@@ -5,6 +5,7 @@
 use serde_json::Value;
 
 use super::scheduling::sweep_queue;
+use super::timeouts::queue_wait_deadline;
 use super::{Pool, Request, RequestState};
 use crate::deadlines::TimeoutLimit;
 use crate::health::HealthCause;
@@ -203,10 +204,9 @@ impl<P: Clone> Pool<P> {
     /// A waiting request's queue-wait limit passed: it leaves its queue at
     /// once, answered `Timeout`, charging no worker.
     pub(super) fn queue_wait_expired(&mut self, request: RequestKey) {
-        let Some(entry) = self.requests.get_mut(request.0) else {
+        let Some(entry) = self.requests.get(request.0) else {
             return;
         };
-        entry.expired = Some(TimeoutLimit::QueueWait);
         let worker = entry.worker;
         self.expire_queued(request);
         self.after_worker_change(worker, HealthCause::Timeout);
@@ -231,10 +231,18 @@ impl<P: Clone> Pool<P> {
         self.after_worker_change(worker, HealthCause::Timeout);
     }
 
-    /// Answers `Timeout` to a queued request whose budget has run out (or
-    /// is too short to start it), charging no worker: time spent queued is
-    /// never held against one.
+    /// Answers `Timeout` to a queued request whose budget or queue-wait
+    /// limit has run out (or whose budget is too short to start it),
+    /// charging no worker: time spent queued is never held against one.
+    /// A passed queue-wait limit is the limit its answer names (a worker
+    /// may reach the request before the limit's timer fires).
     pub(super) fn expire_queued(&mut self, request: RequestKey) {
+        let now = self.now;
+        if let Some(entry) = self.requests.get_mut(request.0) {
+            if queue_wait_deadline(entry).is_some_and(|at| at <= now) {
+                entry.expired = Some(TimeoutLimit::QueueWait);
+            }
+        }
         self.counters.timed_out_queued += 1;
         self.finish_waiting(request, Err(WorkerPoolError::Timeout));
     }

@@ -257,3 +257,25 @@ fn only_a_timeout_names_a_limit() {
     h.tick(ms(40));
     assert_eq!(timed_out(&mut h).limit, Some(TimeoutLimit::Overall));
 }
+
+#[test]
+fn a_worker_that_frees_after_the_queue_wait_limit_does_not_start_the_request() {
+    // The limit passes at 50 ms; the worker frees at 60 ms, before any
+    // `handle_timeout` (a driver whose timer is late).
+    let mut h = Harness::new(options(), 1);
+    let busy = h.submit(ms(0), &request("busy")).unwrap();
+    let waiting = h
+        .submit_limited(ms(0), &request("waiting"), queue_wait(50))
+        .unwrap();
+    h.take_actions();
+    h.complete(ms(60), busy, Ok(json!(null)));
+    assert!(h.started().is_empty(), "{:?}", h.actions);
+    let answers = h.answers();
+    let answer = answers
+        .iter()
+        .find(|answer| answer.request == waiting)
+        .expect("the waiting request is answered");
+    assert_eq!(answer.result, Err(WorkerPoolError::Timeout));
+    assert_eq!(answer.limit, Some(TimeoutLimit::QueueWait));
+    assert_eq!(h.status(0), WorkerHealthStatus::Healthy);
+}
