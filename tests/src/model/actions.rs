@@ -74,6 +74,13 @@ impl Harness {
         // submitted to a free worker starts whatever its budget).
         let at_once = matches!(self.context, Context::Submit { id, .. } if id == book.id);
         ensure!(
+            at_once || book.queue_wait_at.is_none_or(|at| at > self.seen),
+            "#{} started on {worker} at {} past its queue-wait limit {:?}",
+            book.id,
+            self.seen,
+            book.queue_wait_at
+        );
+        ensure!(
             at_once || !too_late_to_start(book.deadline, self.seen, wbook.last_run),
             "#{} started on {worker} at {} with deadline {:?}, but the worker's last run took {:?}",
             book.id,
@@ -101,6 +108,9 @@ impl Harness {
                 aborted: false,
             };
             b.run_pos = run_pos;
+            if let Some(at) = b.run_limit_at() {
+                self.deadlines.push(Reverse((at, request)));
+            }
         }
         self.recount_worker(worker, |b| {
             b.queued -= usize::from(moved.is_none());
