@@ -531,13 +531,7 @@ impl<R: Runtime> WorkerPool<R> {
     /// # }).unwrap();
     /// ```
     pub fn submit_timed(&self, request: WorkerRequest) -> impl Future<Output = Timed> + Send + '_ {
-        // The request goes straight into its slot (the core's payload), so
-        // the future every caller holds carries a pointer, not the request;
-        // with it goes a copy of its span (`tracing` feature), for the task
-        // that starts its handler.
-        let span = RequestSpan::new(&request);
-        let slot = Slot::parked(request, span.clone());
-        self.run_slot(slot, span)
+        self.submit_parked(request, PhaseLimits::new())
     }
 
     /// Submits one request with its own phase limits, like
@@ -613,19 +607,26 @@ impl<R: Runtime> WorkerPool<R> {
         request: WorkerRequest,
         limits: PhaseLimits,
     ) -> impl Future<Output = Timed> + Send + '_ {
-        let span = RequestSpan::new(&request);
-        let slot = Slot::parked(request, span.clone());
-        slot.lock().limits = limits;
-        self.run_slot(slot, span)
+        self.submit_parked(request, limits)
     }
 
-    /// Runs the request parked in `slot` to its answer, then yields if
-    /// this caller has had its thread long enough (see `cooperate`).
-    fn run_slot(
+    /// Parks `request` with its own phase limits in its slot (the core's
+    /// payload) and runs it to its answer, then yields if this caller has
+    /// had its thread long enough (see `cooperate`).
+    fn submit_parked(
         &self,
-        slot: Arc<Slot>,
-        span: RequestSpan,
+        request: WorkerRequest,
+        limits: PhaseLimits,
     ) -> impl Future<Output = Timed> + Send + '_ {
+        // The request goes straight into its slot (the core's payload), so
+        // the future every caller holds carries a pointer, not the request;
+        // with it goes a copy of its span (`tracing` feature), for the task
+        // that starts its handler.
+        let span = RequestSpan::new(&request);
+        let slot = Slot::parked(request, span.clone());
+        if !limits.is_none() {
+            slot.lock().limits = limits;
+        }
         async move {
             // Whether this request ever waited (see `cooperate`).
             let mut waited = false;
