@@ -128,9 +128,11 @@ pub(super) fn run_deadline<P>(entry: &Request<P>) -> Option<Time> {
     before_deadline(at, entry.deadline)
 }
 
-/// `at`, if it comes before `deadline` (or there is none).
+/// `at`, if it comes before `deadline` (or there is none) and is not
+/// `Time::MAX`, where saturated arithmetic lands: "never".
 fn before_deadline(at: Time, deadline: Option<Time>) -> Option<Time> {
     match deadline {
+        _ if at == Time::MAX => None,
         Some(deadline) if deadline <= at => None,
         _ => Some(at),
     }

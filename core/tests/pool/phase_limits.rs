@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use foreman_core::{
-    Action, Answer, Phase, PhaseLimits, PoolConfig, TimeoutLimit, TimeoutReason,
+    Action, Answer, Phase, PhaseLimits, PoolConfig, Time, TimeoutLimit, TimeoutReason,
     WorkerHealthStatus, WorkerPoolError, WorkerPoolOptions,
 };
 use serde_json::json;
@@ -278,4 +278,23 @@ fn a_worker_that_frees_after_the_queue_wait_limit_does_not_start_the_request() {
     assert_eq!(answer.result, Err(WorkerPoolError::Timeout));
     assert_eq!(answer.limit, Some(TimeoutLimit::QueueWait));
     assert_eq!(h.status(0), WorkerHealthStatus::Healthy);
+}
+
+#[test]
+fn a_limit_that_saturates_at_the_end_of_time_never_passes() {
+    // Accepted at `Time::MAX`, its 1 ms queue-wait limit lands there too,
+    // which means "never", as for a deadline.
+    let end = Time::from_nanos(u64::MAX);
+    let no_budget = WorkerPoolOptions {
+        default_request_timeout: None,
+        ..options()
+    };
+    let mut h = Harness::new(no_budget, 1);
+    let busy = h.submit(end, &request("busy")).unwrap();
+    let waiting = h
+        .submit_limited(end, &request("waiting"), queue_wait(1))
+        .unwrap();
+    h.take_actions();
+    h.complete(end, busy, Ok(json!(null)));
+    assert_eq!(h.started(), vec![(waiting, h.worker(0))]);
 }
