@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use thiserror::Error;
 
+use crate::deadlines::PhaseLimits;
 pub use crate::options::{WorkerPoolOptions, WorkerSecurityPolicy};
 use crate::protocol::WorkerRequest;
 pub use crate::recovery::{FailureClasses, OutlierDetection, PanicMode, RecoveryPolicy};
@@ -89,6 +90,16 @@ pub struct PoolConfig {
     /// The per-worker recovery state machine (see [`crate::recovery`]).
     /// Defaults to [`RecoveryPolicy::Reference`], the reference's rule.
     pub recovery: RecoveryPolicy,
+    /// The longest a request may wait for a worker when it sets no
+    /// queue-wait limit of its own ([`PhaseLimits::queue_wait`]); `None`
+    /// (the default) sets none. One that waits longer leaves its queue at
+    /// once and is answered `Timeout`, charging no worker. Non-zero.
+    pub queue_wait_limit: Option<Duration>,
+    /// The longest a request's handler may run when the request sets no
+    /// run limit of its own ([`PhaseLimits::run`]); `None` (the default)
+    /// sets none. A run that lasts longer is aborted, answered `Timeout`
+    /// and counted as a failure of its worker. Non-zero.
+    pub run_limit: Option<Duration>,
 }
 
 impl PoolConfig {
@@ -97,7 +108,8 @@ impl PoolConfig {
     /// The defaults: a probe timeout of the probe interval capped at 5 s,
     /// one request at a time per worker, [`RoutingPolicy::IdleFirst`] with
     /// late binding, epoch 0, a depth limit of
-    /// [`DEFAULT_MAX_REQUEST_DEPTH`] and seed 0. Each has a builder:
+    /// [`DEFAULT_MAX_REQUEST_DEPTH`], seed 0, and no queue-wait or run
+    /// limit. Each has a builder:
     ///
     /// ```
     /// use std::time::Duration;
@@ -115,7 +127,9 @@ impl PoolConfig {
     ///     .with_late_binding(false)
     ///     .with_unix_epoch_ms(1_700_000_000_000)
     ///     .with_max_request_depth(64)
-    ///     .with_seed(42);
+    ///     .with_seed(42)
+    ///     .with_queue_wait_limit(Some(Duration::from_millis(250)))
+    ///     .with_run_limit(Some(Duration::from_secs(2)));
     /// assert_eq!(config.options.queue_capacity, 16);
     /// assert_eq!(config.max_concurrency_per_worker, 4);
     /// assert_eq!(config.validate(), Ok(()));
@@ -133,6 +147,8 @@ impl PoolConfig {
             seed: 0,
             retries: None,
             recovery: RecoveryPolicy::default(),
+            queue_wait_limit: None,
+            run_limit: None,
         }
     }
 
@@ -209,6 +225,32 @@ impl PoolConfig {
         self
     }
 
+    /// Sets [`queue_wait_limit`](Self::queue_wait_limit): the pool-wide
+    /// default of how long a request may wait for a worker (`None`: no
+    /// limit).
+    #[must_use]
+    pub fn with_queue_wait_limit(mut self, queue_wait_limit: Option<Duration>) -> Self {
+        self.queue_wait_limit = queue_wait_limit;
+        self
+    }
+
+    /// Sets [`run_limit`](Self::run_limit): the pool-wide default of how
+    /// long a request's handler may run (`None`: no limit).
+    #[must_use]
+    pub fn with_run_limit(mut self, run_limit: Option<Duration>) -> Self {
+        self.run_limit = run_limit;
+        self
+    }
+
+    /// The pool-wide phase limits: [`queue_wait_limit`](Self::queue_wait_limit)
+    /// and [`run_limit`](Self::run_limit).
+    pub fn phase_limits(&self) -> PhaseLimits {
+        PhaseLimits {
+            queue_wait: self.queue_wait_limit,
+            run: self.run_limit,
+        }
+    }
+
     /// This configuration for a pool whose circuit breaker (the `allow` of
     /// every submit) vets workers, if `vetted`: late binding is then off,
     /// so the worker `allow` approved is the one that runs each request.
@@ -261,6 +303,12 @@ impl PoolConfig {
         }
         if let RecoveryPolicy::OutlierDetection(tuning) = &self.recovery {
             validate_outlier_detection(tuning)?;
+        }
+        if self.queue_wait_limit == Some(Duration::ZERO) {
+            return Err(ConfigError::ZeroQueueWaitLimit);
+        }
+        if self.run_limit == Some(Duration::ZERO) {
+            return Err(ConfigError::ZeroRunLimit);
         }
         Ok(())
     }
@@ -324,6 +372,7 @@ fn validate_outlier_detection(tuning: &OutlierDetection) -> Result<(), ConfigErr
 pub struct Admission {
     timeout: Option<Duration>,
     retry: bool,
+    limits: PhaseLimits,
 }
 
 impl Admission {
@@ -337,6 +386,20 @@ impl Admission {
     /// kind (a retryable failure may then run it again).
     pub fn retry(&self) -> bool {
         self.retry
+    }
+
+    /// The request's phase limits: its own where it set them, the pool's
+    /// defaults ([`PoolConfig::phase_limits`]) for the others.
+    pub fn limits(&self) -> PhaseLimits {
+        self.limits
+    }
+
+    /// This admission with the request's own phase limits: each one set
+    /// in `limits` replaces the pool's default for that phase.
+    #[must_use]
+    pub fn with_limits(mut self, limits: PhaseLimits) -> Self {
+        self.limits = limits.or(self.limits);
+        self
     }
 }
 
@@ -379,7 +442,11 @@ impl PoolConfig {
         let retry = self
             .retries
             .is_some_and(|policy| policy.covers(&request.operation));
-        Ok(Admission { timeout, retry })
+        Ok(Admission {
+            timeout,
+            retry,
+            limits: self.phase_limits(),
+        })
     }
 }
 
@@ -440,6 +507,18 @@ pub enum ConfigError {
         /// The values it may take.
         allowed: &'static str,
     },
+    /// `queue_wait_limit` was zero.
+    #[error(
+        "queue_wait_limit must be greater than zero \
+         (leave it unset, or false in a settings file, for no limit)"
+    )]
+    ZeroQueueWaitLimit,
+    /// `run_limit` was zero.
+    #[error(
+        "run_limit must be greater than zero \
+         (leave it unset, or false in a settings file, for no limit)"
+    )]
+    ZeroRunLimit,
 }
 
 #[cfg(test)]
@@ -491,6 +570,8 @@ mod tests {
         config.late_binding = false;
         config.unix_epoch_ms = 42;
         config.max_request_depth = 9;
+        config.queue_wait_limit = Some(Duration::from_millis(11));
+        config.run_limit = Some(Duration::from_millis(13));
         config
     }
 
@@ -525,6 +606,15 @@ mod tests {
         let mut expected = base.clone();
         expected.max_request_depth = 300;
         assert_eq!(base.clone().with_max_request_depth(300), expected);
+        let mut expected = base.clone();
+        expected.queue_wait_limit = None;
+        assert_eq!(base.clone().with_queue_wait_limit(None), expected);
+        let mut expected = base.clone();
+        expected.run_limit = Some(Duration::from_secs(3));
+        assert_eq!(
+            base.clone().with_run_limit(Some(Duration::from_secs(3))),
+            expected
+        );
     }
 
     #[test]
@@ -559,6 +649,48 @@ mod tests {
         };
         assert_eq!(config.validate(), Ok(()));
         assert_eq!(PoolConfig::default().max_request_depth, 128);
+    }
+
+    #[test]
+    fn pool_config_refuses_zero_phase_limits_and_names_the_field() {
+        let zero = Some(Duration::ZERO);
+        let err = PoolConfig::default()
+            .with_queue_wait_limit(zero)
+            .validate()
+            .unwrap_err();
+        assert_eq!(err, ConfigError::ZeroQueueWaitLimit);
+        assert!(err.to_string().starts_with("queue_wait_limit "), "{err}");
+        let err = PoolConfig::default()
+            .with_run_limit(zero)
+            .validate()
+            .unwrap_err();
+        assert_eq!(err, ConfigError::ZeroRunLimit);
+        assert!(err.to_string().starts_with("run_limit "), "{err}");
+        let limited = PoolConfig::default()
+            .with_queue_wait_limit(Some(Duration::from_nanos(1)))
+            .with_run_limit(Some(Duration::from_nanos(1)));
+        assert_eq!(limited.validate(), Ok(()));
+        let defaults = PoolConfig::default();
+        assert_eq!(
+            (defaults.queue_wait_limit, defaults.run_limit),
+            (None, None)
+        );
+    }
+
+    #[test]
+    fn an_admission_takes_the_pool_limits_unless_the_request_sets_its_own() {
+        let config = PoolConfig::default()
+            .with_queue_wait_limit(Some(Duration::from_millis(5)))
+            .with_run_limit(Some(Duration::from_millis(7)));
+        let admission = config.admit(&tool(serde_json::json!({}))).unwrap();
+        assert_eq!(admission.limits(), config.phase_limits());
+        let own = admission.with_limits(PhaseLimits::new().with_run(Duration::from_millis(1)));
+        assert_eq!(
+            own.limits(),
+            PhaseLimits::new()
+                .with_queue_wait(Duration::from_millis(5))
+                .with_run(Duration::from_millis(1))
+        );
     }
 
     #[test]

@@ -89,6 +89,7 @@
 #![forbid(unsafe_code)]
 
 pub mod config;
+mod deadlines;
 mod dismantle;
 mod health;
 mod index_set;
@@ -111,6 +112,7 @@ pub mod validate;
 pub use config::{
     Admission, ConfigError, PoolConfig, RoutingPolicy, WorkerPoolOptions, WorkerSecurityPolicy,
 };
+pub use deadlines::{LimitedRequest, PhaseLimits, TimeoutLimit};
 pub use dismantle::{dismantle, dismantle_request};
 pub use health::HealthCause;
 pub use keys::{ProbeKey, RequestKey, WorkerKey};

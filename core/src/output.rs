@@ -4,6 +4,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
+use crate::deadlines::TimeoutLimit;
 use crate::health::HealthCause;
 use crate::keys::{ProbeKey, RequestKey, WorkerKey};
 use crate::protocol::{WorkerErrorCode, WorkerHealthStatus, WorkerPoolError};
@@ -109,6 +110,9 @@ pub struct Answer<P> {
     /// Times the request was started: 0 if it never ran, 1 without a
     /// retry.
     pub attempts: u32,
+    /// For a `Timeout`, the limit that fired: the overall budget, the
+    /// queue-wait limit or the run limit; `None` for every other answer.
+    pub limit: Option<TimeoutLimit>,
     /// The payload given to `submit`, handed back with the answer.
     pub payload: P,
 }

@@ -20,6 +20,10 @@ use crate::time::Time;
 pub enum TimeoutReason {
     /// A request's time budget runs out.
     RequestDeadline,
+    /// A queued request's queue-wait limit passes.
+    QueueWaitLimit,
+    /// A running request's run limit passes.
+    RunLimit,
     /// A worker is due for a health probe.
     ProbeDue,
     /// An outstanding health probe runs out of time.
@@ -34,6 +38,8 @@ pub enum TimeoutReason {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub(crate) enum Timer {
     Request(RequestKey),
+    QueueWait(RequestKey),
+    RunLimit(RequestKey),
     ProbeDue(WorkerKey),
     ProbeTimeout(WorkerKey),
     Drain,
@@ -44,6 +50,8 @@ impl Timer {
     pub(crate) fn reason(self) -> TimeoutReason {
         match self {
             Timer::Request(_) => TimeoutReason::RequestDeadline,
+            Timer::QueueWait(_) => TimeoutReason::QueueWaitLimit,
+            Timer::RunLimit(_) => TimeoutReason::RunLimit,
             Timer::ProbeDue(_) => TimeoutReason::ProbeDue,
             Timer::ProbeTimeout(_) => TimeoutReason::ProbeTimeout,
             Timer::Drain => TimeoutReason::DrainDeadline,
@@ -152,6 +160,15 @@ mod tests {
             generation: 0,
         });
         assert_eq!(request(0).reason(), TimeoutReason::RequestDeadline);
+        let key = RequestKey(SlabKey {
+            index: 0,
+            generation: 0,
+        });
+        assert_eq!(
+            Timer::QueueWait(key).reason(),
+            TimeoutReason::QueueWaitLimit
+        );
+        assert_eq!(Timer::RunLimit(key).reason(), TimeoutReason::RunLimit);
         assert_eq!(Timer::ProbeDue(worker).reason(), TimeoutReason::ProbeDue);
         assert_eq!(
             Timer::ProbeTimeout(worker).reason(),

@@ -489,3 +489,41 @@ fn all_statuses() -> [WorkerHealthStatus; 3] {
     }
     statuses
 }
+
+#[test]
+fn a_limited_request_without_limits_is_the_references_request_byte_for_byte() {
+    use foreman_core::{LimitedRequest, PhaseLimits};
+    let requests: Vec<_> = fixtures()
+        .into_iter()
+        .filter(|(name, _)| name.starts_with("request_"))
+        .collect();
+    assert_eq!(requests.len(), 4);
+    for (name, text) in requests {
+        let request: WorkerRequest = serde_json::from_str(&text).expect("fixture parses");
+        let limited = LimitedRequest::from(request.clone());
+        assert_eq!(to_json(&limited), text, "{name}: no limits, no new bytes");
+        let parsed: LimitedRequest = serde_json::from_str(&text).expect("reference JSON parses");
+        assert_eq!(parsed, limited, "{name}");
+        assert_eq!(parsed.limits(), PhaseLimits::new());
+
+        // With limits: the reference's fields, then the two limits; the
+        // envelope round-trips and a reference reader still reads the
+        // request, ignoring them.
+        let limits = PhaseLimits::new()
+            .with_queue_wait(std::time::Duration::from_millis(250))
+            .with_run(std::time::Duration::from_secs(2));
+        let limited = LimitedRequest::new(request.clone(), limits);
+        let json = to_json(&limited);
+        let expected = format!(
+            "{},\"queue_wait_ms\":250,\"run_timeout_ms\":2000}}",
+            text.strip_suffix('}').expect("an object")
+        );
+        assert_eq!(json, expected, "{name}");
+        let back: LimitedRequest = serde_json::from_str(&json).expect("envelope parses");
+        assert_eq!(back, limited, "{name}");
+        assert_eq!(back.into_parts(), (request.clone(), limits));
+        let theirs: reference::WorkerRequest =
+            serde_json::from_str(&json).expect("the reference reads it");
+        assert_eq!(to_json(&theirs), text, "{name}");
+    }
+}

@@ -34,6 +34,7 @@ pub(crate) fn respond(answer: Delivered, request_id: String) -> Timed {
         queued: answer.queued_for,
         ran: answer.ran_for,
         attempts: answer.attempts,
+        limit: answer.limit,
     };
     let result = answer.result.map(|output| WorkerResponse {
         request_id,
@@ -48,18 +49,18 @@ pub(crate) fn respond(answer: Delivered, request_id: String) -> Timed {
     Timed { result, timings }
 }
 
-/// Fires the success or failure hook of an answered request.
-pub(crate) async fn notify(
-    hooks: &dyn CircuitBreakerHooks,
-    worker_id: &str,
-    outcome: &Result<WorkerResponse, WorkerPoolError>,
-) {
-    match outcome {
+/// Fires the success or failure hook of an answered request; a `Timeout`
+/// is reported with a message naming the limit that fired and the
+/// request's timings.
+pub(crate) async fn notify(hooks: &dyn CircuitBreakerHooks, worker_id: &str, timed: &Timed) {
+    match &timed.result {
         Ok(response) => hooks.on_request_success(worker_id, response).await,
         Err(error) => {
-            hooks
-                .on_request_failure(worker_id, &protocol_error(error))
-                .await;
+            let mut reported = protocol_error(error);
+            if let Some(message) = timed.timings.timeout_message() {
+                reported.message = format!("{}: {message}", reported.message);
+            }
+            hooks.on_request_failure(worker_id, &reported).await;
         }
     }
 }

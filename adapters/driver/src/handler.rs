@@ -156,6 +156,15 @@ pub trait WorkerHandler: Send + Sync {
 /// `allow_request` is synchronous: keep it short, it runs between two
 /// steps of the pool's choice.
 ///
+/// Hooks that only observe (that leave `allow_request` to its default)
+/// are declared so with
+/// [`WorkerPool::new_inprocess_observed`](crate::WorkerPool::new_inprocess_observed)
+/// or [`HookRole::ObserveOnly`](crate::HookRole::ObserveOnly): step 1 then
+/// asks nothing, the request goes where the pool routes it, and late
+/// binding stays on, so `on_request_accepted` names the worker it was
+/// queued on and the answer's hook the worker that ran it. [`HookRole`](crate::HookRole)
+/// says exactly when a request is pinned.
+///
 /// # Examples
 /// A breaker that opens a worker's circuit after two failures in a row
 /// and closes it on the next success; here it starts with `worker-0`'s

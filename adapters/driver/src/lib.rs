@@ -195,17 +195,17 @@ pub use pool::WorkerPool;
 pub use runtime::{AsyncTimer, Runtime};
 #[cfg(feature = "tower")]
 pub use service::{PoolService, PoolServiceFuture, ServiceHandler};
-pub use types::{BuildError, DriverOptions, HealthTransition, Timed, Timings};
+pub use types::{BuildError, DriverOptions, HealthTransition, HookRole, Timed, Timings};
 pub use worker::ExecutionMode;
 
 /// The attribute macro handlers and hooks are written with.
 pub use async_trait::async_trait;
 
 pub use foreman_core::{
-    ConfigError, Counters, HealthCause, PoolConfig, RetryBudget, RetryPolicy, RoutingPolicy, Stats,
-    WorkerErrorCode, WorkerHealth, WorkerHealthStatus, WorkerOperation, WorkerPoolError,
-    WorkerPoolOptions, WorkerProtocolError, WorkerRequest, WorkerResponse, WorkerResult,
-    WorkerSecurityPolicy, WorkerStats,
+    ConfigError, Counters, HealthCause, LimitedRequest, PhaseLimits, PoolConfig, RetryBudget,
+    RetryPolicy, RoutingPolicy, Stats, TimeoutLimit, WorkerErrorCode, WorkerHealth,
+    WorkerHealthStatus, WorkerOperation, WorkerPoolError, WorkerPoolOptions, WorkerProtocolError,
+    WorkerRequest, WorkerResponse, WorkerResult, WorkerSecurityPolicy, WorkerStats,
 };
 pub use foreman_core::{FailureClasses, OutlierDetection, PanicMode, RecoveryPolicy};
 
@@ -222,6 +222,12 @@ pub mod api {
         WorkerPoolOptions, WorkerProtocolError, WorkerRequest, WorkerResponse, WorkerResult,
         WorkerSecurityPolicy, WorkerStats,
     };
+
+    /// Deadlines by phase: a request's queue-wait and run limits.
+    pub use crate::{LimitedRequest, PhaseLimits, TimeoutLimit};
+
+    /// What a pool's hooks are: a circuit breaker, or observers.
+    pub use crate::HookRole;
 
     pub use crate::{handler_fn, HandlerFn, HealthyProbe};
 

@@ -8,8 +8,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
 use foreman_core::{
-    Pool, PoolConfig, Time, WorkerHealth, WorkerPoolError, WorkerPoolOptions, WorkerRequest,
-    WorkerResponse,
+    PhaseLimits, Pool, PoolConfig, Time, WorkerHealth, WorkerPoolError, WorkerPoolOptions,
+    WorkerRequest, WorkerResponse,
 };
 use futures_util::FutureExt as _;
 use parking_lot::Mutex;
@@ -24,7 +24,7 @@ use crate::shared::{Lane, Shared, NEXT_POOL_ID};
 use crate::slot::Slot;
 use crate::state::{Core, FastMap, LaneSignals, WorkerEntry};
 use crate::trace::RequestSpan;
-use crate::types::{BuildError, DriverOptions, Timed};
+use crate::types::{BuildError, DriverOptions, HookRole, Timed};
 use crate::wakers::Wakers;
 use crate::worker::ExecutionMode;
 
@@ -44,9 +44,12 @@ impl<R: Runtime + Default> WorkerPool<R> {
     /// that runtime (it spawns the pool's timer task).
     ///
     /// A queued request runs on the first worker to free up (late binding:
-    /// see `PoolConfig::late_binding`), except with `hooks`: then it runs
-    /// on the worker whose `allow_request` approved it and that
-    /// `on_request_accepted` named, as in the reference. Build the
+    /// see `PoolConfig::late_binding`), except with `hooks`: they are a
+    /// circuit breaker ([`HookRole::CircuitBreaker`]), so every request is
+    /// pinned and runs on the worker whose `allow_request` approved it and
+    /// that `on_request_accepted` named, as in the reference. Hooks that
+    /// only observe keep late binding with
+    /// [`new_inprocess_observed`](Self::new_inprocess_observed); build the
     /// configuration yourself and call [`with_config`](Self::with_config)
     /// to choose otherwise.
     ///
@@ -97,6 +100,77 @@ impl<R: Runtime + Default> WorkerPool<R> {
     ) -> Result<Self, WorkerPoolError> {
         let config = PoolConfig::new(options).vetted_by_breaker(hooks.is_some());
         Self::with_config(R::default(), handlers, config, hooks).map_err(WorkerPoolError::from)
+    }
+
+    /// Creates a pool like [`new_inprocess`](Self::new_inprocess) whose
+    /// `hooks` only observe ([`HookRole::ObserveOnly`]): their
+    /// `allow_request` is never asked, late binding stays on (a queued
+    /// request runs on the first worker to free up), and every other hook
+    /// fires as with a circuit breaker. `on_request_accepted` names the
+    /// worker the request was queued on; `on_request_success` and
+    /// `on_request_failure` name the worker that answered it.
+    ///
+    /// # Errors
+    /// As [`new_inprocess`](Self::new_inprocess).
+    ///
+    /// # Examples
+    /// ```
+    /// # use std::sync::Arc;
+    /// # use foreman_tokio::{async_trait, WorkerHandler, WorkerProtocolError, WorkerRequest};
+    /// # use serde_json::{json, Value};
+    /// # struct Echo;
+    /// # #[async_trait]
+    /// # impl WorkerHandler for Echo {
+    /// #     async fn handle(&self, _: WorkerRequest) -> Result<Value, WorkerProtocolError> {
+    /// #         Ok(json!(null))
+    /// #     }
+    /// # }
+    /// use std::sync::atomic::{AtomicUsize, Ordering};
+    /// use foreman_tokio::{CircuitBreakerHooks, WorkerPool, WorkerPoolOptions, WorkerResponse};
+    ///
+    /// /// Counts successes; never vetoes a worker.
+    /// #[derive(Default)]
+    /// struct Successes(AtomicUsize);
+    ///
+    /// #[async_trait]
+    /// impl CircuitBreakerHooks for Successes {
+    ///     async fn on_request_success(&self, _worker_id: &str, _response: &WorkerResponse) {
+    ///         self.0.fetch_add(1, Ordering::SeqCst);
+    ///     }
+    /// }
+    ///
+    /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+    /// let hooks = Arc::new(Successes::default());
+    /// let handlers: Vec<Arc<dyn WorkerHandler>> = vec![Arc::new(Echo), Arc::new(Echo)];
+    /// let pool = WorkerPool::new_inprocess_observed(
+    ///     handlers,
+    ///     WorkerPoolOptions::default(),
+    ///     Arc::clone(&hooks) as Arc<dyn CircuitBreakerHooks>,
+    /// )?;
+    /// # let request = WorkerRequest {
+    /// #     request_id: "r".into(), workflow_name: "w".into(), node_id: "n".into(), timeout_ms: None,
+    /// #     operation: foreman_tokio::WorkerOperation::Tool { tool: "t".into(), input: json!({}), scoped_input: json!({}) },
+    /// # };
+    /// pool.submit(request).await?;
+    /// assert_eq!(hooks.0.load(Ordering::SeqCst), 1);
+    /// pool.shutdown().await;
+    /// # Ok::<(), foreman_tokio::WorkerPoolError>(())
+    /// # }).unwrap();
+    /// ```
+    pub fn new_inprocess_observed(
+        handlers: Vec<Arc<dyn WorkerHandler>>,
+        options: WorkerPoolOptions,
+        hooks: Arc<dyn CircuitBreakerHooks>,
+    ) -> Result<Self, WorkerPoolError> {
+        let driver = DriverOptions::default().hooks(HookRole::ObserveOnly);
+        Self::with_driver_options(
+            R::default(),
+            handlers,
+            PoolConfig::new(options),
+            Some(hooks),
+            driver,
+        )
+        .map_err(WorkerPoolError::from)
     }
 }
 
@@ -313,6 +387,7 @@ impl<R: Runtime> WorkerPool<R> {
             runtime,
             epoch,
             hooks,
+            observe_only: options.hooks == HookRole::ObserveOnly,
             pool_tasks,
             meter,
         });
@@ -462,12 +537,102 @@ impl<R: Runtime> WorkerPool<R> {
     /// # }).unwrap();
     /// ```
     pub fn submit_timed(&self, request: WorkerRequest) -> impl Future<Output = Timed> + Send + '_ {
+        self.submit_parked(request, PhaseLimits::new())
+    }
+
+    /// Submits one request with its own phase limits, like
+    /// [`submit`](Self::submit): how long it may wait for a worker and how
+    /// long its handler may run, besides its overall budget (`timeout_ms`
+    /// or the default timeout). Each limit set in `limits` replaces the
+    /// pool's default for that phase (`PoolConfig::queue_wait_limit`,
+    /// `PoolConfig::run_limit`); whichever of the three runs out first
+    /// answers `Timeout`. A request past its queue-wait limit leaves its
+    /// queue at once and counts against no worker; a run past its run
+    /// limit is aborted and counts as one failure of its worker.
+    ///
+    /// # Errors
+    /// As [`submit`](Self::submit); a zero run limit is refused with
+    /// `Timeout`, like a zero budget. [`submit_timed_with`](Self::submit_timed_with)
+    /// also says which limit fired.
+    pub fn submit_with_limits(
+        &self,
+        request: WorkerRequest,
+        limits: PhaseLimits,
+    ) -> impl Future<Output = Result<WorkerResponse, WorkerPoolError>> + Send + '_ {
+        let timed = self.submit_timed_with(request, limits);
+        async move { timed.await.result }
+    }
+
+    /// Submits one request with its own phase limits, as
+    /// [`submit_with_limits`](Self::submit_with_limits), and returns its
+    /// answer with its [`Timings`](crate::Timings), which for a `Timeout`
+    /// name the limit that fired.
+    ///
+    /// # Examples
+    /// ```
+    /// # use std::sync::Arc;
+    /// # use foreman_tokio::{async_trait, WorkerHandler, WorkerProtocolError, WorkerRequest};
+    /// # use serde_json::{json, Value};
+    /// # struct Slow;
+    /// # #[async_trait]
+    /// # impl WorkerHandler for Slow {
+    /// #     async fn handle(&self, _: WorkerRequest) -> Result<Value, WorkerProtocolError> {
+    /// #         tokio::time::sleep(std::time::Duration::from_secs(60)).await;
+    /// #         Ok(json!(null))
+    /// #     }
+    /// # }
+    /// # fn request(id: &str) -> foreman_tokio::WorkerRequest {
+    /// #     foreman_tokio::WorkerRequest {
+    /// #         request_id: id.into(),
+    /// #         workflow_name: "demo".into(),
+    /// #         node_id: "node".into(),
+    /// #         timeout_ms: None,
+    /// #         operation: foreman_tokio::WorkerOperation::Tool {
+    /// #             tool: "echo".into(),
+    /// #             input: serde_json::json!({}),
+    /// #             scoped_input: serde_json::json!({}),
+    /// #         },
+    /// #     }
+    /// # }
+    /// use std::time::Duration;
+    /// use foreman_tokio::{PhaseLimits, TimeoutLimit, WorkerPool, WorkerPoolError, WorkerPoolOptions};
+    ///
+    /// # tokio::runtime::Builder::new_current_thread().enable_all().start_paused(true).build().unwrap().block_on(async {
+    /// let pool = WorkerPool::new_inprocess(vec![Arc::new(Slow)], WorkerPoolOptions::default(), None)?;
+    /// let limits = PhaseLimits::new().with_run(Duration::from_secs(2));
+    /// let timed = pool.submit_timed_with(request("req-1"), limits).await;
+    /// assert_eq!(timed.result, Err(WorkerPoolError::Timeout));
+    /// assert_eq!(timed.timings.limit, Some(TimeoutLimit::Run));
+    /// assert_eq!(timed.timings.ran, Some(Duration::from_secs(2)));
+    /// pool.shutdown().await;
+    /// # Ok::<(), foreman_tokio::WorkerPoolError>(())
+    /// # }).unwrap();
+    /// ```
+    pub fn submit_timed_with(
+        &self,
+        request: WorkerRequest,
+        limits: PhaseLimits,
+    ) -> impl Future<Output = Timed> + Send + '_ {
+        self.submit_parked(request, limits)
+    }
+
+    /// Parks `request` with its own phase limits in its slot (the core's
+    /// payload) and runs it to its answer, then yields if this caller has
+    /// had its thread long enough (see `cooperate`).
+    fn submit_parked(
+        &self,
+        request: WorkerRequest,
+        limits: PhaseLimits,
+    ) -> impl Future<Output = Timed> + Send + '_ {
         // The request goes straight into its slot (the core's payload), so
         // the future every caller holds carries a pointer, not the request;
         // with it goes a copy of its span (`tracing` feature), for the task
         // that starts its handler.
         let span = RequestSpan::new(&request);
         let slot = Slot::parked(request, span.clone());
+        if !limits.is_none() {
+            slot.lock().limits = limits;
+        }
         async move {
             // Whether this request ever waited (see `cooperate`).
             let mut waited = false;

@@ -32,6 +32,9 @@ pub(crate) struct Shared<R> {
     pub(crate) runtime: R,
     pub(crate) epoch: Instant,
     pub(crate) hooks: Option<Arc<dyn CircuitBreakerHooks>>,
+    /// The hooks only observe ([`HookRole::ObserveOnly`](crate::HookRole)):
+    /// `allow_request` is never asked.
+    pub(crate) observe_only: bool,
     /// Handlers run on worker tasks ([`ExecutionMode::PoolTasks`]).
     pub(crate) pool_tasks: bool,
     /// The pool's metric handles (`metrics` feature; each lane's core

@@ -11,7 +11,7 @@ use std::cell::Cell;
 use std::sync::Arc;
 use std::task::Waker;
 
-use foreman_core::WorkerRequest;
+use foreman_core::{PhaseLimits, WorkerRequest};
 
 use crate::handler::OwnedHandlerFuture;
 use crate::live::LiveGuard;
@@ -78,6 +78,9 @@ pub(crate) struct SlotInner {
     /// The request, parked here by its caller while it waits, so the task
     /// that frees a worker can run it (see [`Claimed`]).
     pub(crate) parked: HeldRequest,
+    /// The request's own phase limits, given with it
+    /// (`WorkerPool::submit_timed_with`), for its admission.
+    pub(crate) limits: PhaseLimits,
     pub(crate) run: Run,
     pub(crate) answer: Option<Delivered>,
     /// The caller's `submit` future was dropped.

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use foreman_core::{Phase, RequestKey, WorkerKey, WorkerPoolError, WorkerRequest};
+use foreman_core::{Phase, RequestKey, TimeoutLimit, WorkerKey, WorkerPoolError, WorkerRequest};
 use serde_json::Value;
 
 use crate::handler::WorkerHandler;
@@ -84,6 +84,8 @@ pub(crate) struct Delivered {
     pub(crate) attempts: u32,
     /// Where the request was when it was answered.
     pub(crate) phase: Phase,
+    /// For a `Timeout`, the limit that fired.
+    pub(crate) limit: Option<TimeoutLimit>,
     /// The core aborted its handler just before answering it.
     pub(crate) aborted: bool,
 }

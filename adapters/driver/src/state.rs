@@ -319,6 +319,7 @@ impl Core {
                         },
                         attempts: answer.attempts,
                         phase: answer.phase,
+                        limit: answer.limit,
                         aborted: aborted.take() == Some(answer.request),
                     };
                     if own == Some(answer.request) {

@@ -210,7 +210,10 @@ impl<R: Runtime> WorkerPool<R> {
             let Some(parked) = inner.parked.get() else {
                 return Timed::refused(lost_answer());
             };
-            let admission = shared.config.admit(parked);
+            let admission = shared
+                .config
+                .admit(parked)
+                .map(|admission| admission.with_limits(inner.limits));
             let copy = match admission {
                 Ok(_) => HeldRequest::new(parked.clone()),
                 Err(_) => std::mem::take(&mut inner.parked),
@@ -230,6 +233,9 @@ impl<R: Runtime> WorkerPool<R> {
             };
             loop {
                 match shared.vet(index, &admission, slot, &mut vetting) {
+                    // Hooks that only observe approve every candidate
+                    // unasked.
+                    VetStep::Ask(_) if shared.observe_only => vetting.answer(true),
                     VetStep::Ask(worker_id) => {
                         let allowed = ask_breaker(hooks, &worker_id, request).await;
                         if !allowed {
@@ -269,7 +275,7 @@ impl<R: Runtime> WorkerPool<R> {
         shared.ended(span, &answer, false);
         let worker = answer.worker.clone();
         let timed = respond(answer, request.request_id.clone());
-        notify(hooks, worker_id(worker.as_deref()), &timed.result).await;
+        notify(hooks, worker_id(worker.as_deref()), &timed).await;
         timed
     }
 }
@@ -304,9 +310,9 @@ impl<R: Runtime> Shared<R> {
         self: &Arc<Self>,
         slot: &Arc<Slot>,
     ) -> Result<(Entered, StartedAtOnce), WorkerPoolError> {
-        let (parked, span) = {
+        let (parked, span, limits) = {
             let mut inner = slot.lock();
-            (inner.parked.take(), inner.take_span())
+            (inner.parked.take(), inner.take_span(), inner.limits)
         };
         let Some(request) = parked else {
             return Err(lost_answer());
@@ -314,7 +320,10 @@ impl<R: Runtime> Shared<R> {
         let request_id = request.request_id.clone();
         // Validation needs only the configuration: do it, and read the
         // clock, before taking a lock.
-        let admission = self.config.admit(&request);
+        let admission = self
+            .config
+            .admit(&request)
+            .map(|admission| admission.with_limits(limits));
         let now = self.now();
         let mut tries = self.lane_order();
         let mut started = None;
@@ -429,6 +438,7 @@ impl<R: Runtime> Shared<R> {
                 }
             });
             match step {
+                RevetStep::Ask(_) if self.observe_only => vetting.answer(true),
                 RevetStep::Ask(worker_id) => {
                     let allowed = ask_breaker(hooks, &worker_id, request).await;
                     vetting.answer(allowed);
@@ -590,9 +600,9 @@ impl<R: Runtime> Drop for HookedGuard<'_, R> {
             return;
         };
         let worker = answer.worker.clone();
-        let outcome = respond(answer, self.request_id.to_string()).result;
+        let timed = respond(answer, self.request_id.to_string());
         shared.runtime.spawn(Box::pin(async move {
-            notify(&*hooks, worker_id(worker.as_deref()), &outcome).await;
+            notify(&*hooks, worker_id(worker.as_deref()), &timed).await;
         }));
     }
 }

@@ -5,7 +5,8 @@ use std::num::NonZeroUsize;
 use std::time::Duration;
 
 use foreman_core::{
-    CommandError, ConfigError, HealthCause, WorkerHealthStatus, WorkerPoolError, WorkerResponse,
+    CommandError, ConfigError, HealthCause, TimeoutLimit, WorkerHealthStatus, WorkerPoolError,
+    WorkerResponse,
 };
 use thiserror::Error;
 
@@ -78,6 +79,31 @@ pub struct Timings {
     /// How many times its handler was started: 0 if it never started, 1
     /// unless a [`RetryPolicy`](foreman_core::RetryPolicy) ran it again.
     pub attempts: u32,
+    /// For a `Timeout`, the limit that fired: the overall budget
+    /// (`timeout_ms` or the default timeout), the queue-wait limit or the
+    /// run limit (see [`WorkerPool::submit_timed_with`](crate::WorkerPool::submit_timed_with));
+    /// `None` for every other answer.
+    pub limit: Option<TimeoutLimit>,
+}
+
+impl Timings {
+    /// For a request that timed out, what happened in words: the limit that
+    /// fired and how long the request queued and ran, as in `"timed out:
+    /// its run_limit passed after it queued for 12ms and ran for 2s"`;
+    /// `None` for any other answer. It is the message of the `Timeout`
+    /// error that `on_request_failure` hears (the reference's
+    /// `WorkerPoolError::Timeout` carries none).
+    pub fn timeout_message(&self) -> Option<String> {
+        let limit = self.limit?;
+        let ran = match self.ran {
+            Some(ran) => format!("ran for {ran:?}"),
+            None => "never started".to_owned(),
+        };
+        Some(format!(
+            "timed out: its {limit} passed after it queued for {:?} and {ran}",
+            self.queued
+        ))
+    }
 }
 
 /// A request's answer with its [`Timings`], from
@@ -114,6 +140,9 @@ pub struct DriverOptions {
     /// How many lanes (cores with their own lock) the workers are spread
     /// over (default: one; see [`WorkerPool::with_lanes`](crate::WorkerPool::with_lanes)).
     pub lanes: NonZeroUsize,
+    /// What the pool's hooks are, if it is given any (default:
+    /// [`HookRole::CircuitBreaker`]).
+    pub hooks: HookRole,
 }
 
 impl Default for DriverOptions {
@@ -121,8 +150,43 @@ impl Default for DriverOptions {
         DriverOptions {
             execution: ExecutionMode::default(),
             lanes: NonZeroUsize::MIN,
+            hooks: HookRole::default(),
         }
     }
+}
+
+/// What a pool's [`CircuitBreakerHooks`](crate::CircuitBreakerHooks) are:
+/// a circuit breaker whose `allow_request` vets workers, or observers that
+/// only hear what happened. Rust cannot tell whether an implementation
+/// overrides `allow_request`, so hooks that only observe are declared so,
+/// with [`WorkerPool::new_inprocess_observed`](crate::WorkerPool::new_inprocess_observed)
+/// or [`DriverOptions::hooks`].
+///
+/// Which requests are pinned (run only on the worker that took them,
+/// never moved by late binding): with [`CircuitBreaker`](Self::CircuitBreaker)
+/// hooks given to `new_inprocess` (or `from_settings`), every request,
+/// since those turn `PoolConfig::late_binding` off
+/// (`PoolConfig::vetted_by_breaker`); with any hooks, a request that
+/// `allow_request` refused for some worker; without hooks, or with
+/// [`ObserveOnly`](Self::ObserveOnly) hooks, none unless
+/// `PoolConfig::late_binding` is off or the routing is round robin.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum HookRole {
+    /// The reference's hooks: `allow_request` is asked about each
+    /// candidate worker in turn (with no lock held) until one allows, and
+    /// `on_request_accepted` names the worker that runs the request when
+    /// late binding is off, as `new_inprocess` sets it.
+    #[default]
+    CircuitBreaker,
+    /// Hooks that only observe: `allow_request` is never asked (a request
+    /// goes where the pool routes it), late binding stays as configured,
+    /// and every other hook fires as for a breaker.
+    /// `on_request_accepted` names the worker the request was queued on;
+    /// with late binding another worker that frees first may run it, and
+    /// `on_request_success` or `on_request_failure` name the worker that
+    /// answered.
+    ObserveOnly,
 }
 
 impl DriverOptions {
@@ -137,6 +201,13 @@ impl DriverOptions {
     #[must_use]
     pub fn lanes(mut self, lanes: NonZeroUsize) -> Self {
         self.lanes = lanes;
+        self
+    }
+
+    /// Sets what the pool's hooks are (see [`HookRole`]).
+    #[must_use]
+    pub fn hooks(mut self, hooks: HookRole) -> Self {
+        self.hooks = hooks;
         self
     }
 }
@@ -157,4 +228,34 @@ pub struct HealthTransition {
     pub cause: HealthCause,
     /// When, since the pool was created.
     pub at: Duration,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_timeout_message_names_the_limit_and_the_timings() {
+        let run = Timings {
+            queued: Duration::from_millis(12),
+            ran: Some(Duration::from_secs(2)),
+            attempts: 1,
+            limit: Some(TimeoutLimit::Run),
+        };
+        assert_eq!(
+            run.timeout_message().as_deref(),
+            Some("timed out: its run_limit passed after it queued for 12ms and ran for 2s")
+        );
+        let queued = Timings {
+            queued: Duration::from_millis(250),
+            ran: None,
+            attempts: 0,
+            limit: Some(TimeoutLimit::QueueWait),
+        };
+        assert_eq!(
+            queued.timeout_message().as_deref(),
+            Some("timed out: its queue_wait_limit passed after it queued for 250ms and never started")
+        );
+        assert_eq!(Timings::default().timeout_message(), None);
+    }
 }

@@ -33,6 +33,8 @@ routing = "round_robin"
 late_binding = false
 max_request_depth = 16
 seed = 7
+queue_wait_limit = "250ms"
+run_limit = "2s"
 
 [retries]
 enabled = true
@@ -106,6 +108,8 @@ const CHANGED_JSON: &str = r#"{
         "panic_mode": "fail_fast",
         "counted": ["execution_failed"]
     },
+    "queue_wait_limit": "250ms",
+    "run_limit": "2s",
     "security_policy": {
         "max_request_timeout": "10500ms",
         "max_request_payload_bytes": 1024,
@@ -237,6 +241,8 @@ fn the_defaults_and_changed_settings_survive_a_round_trip_through_toml() {
         &text,
         &[
             "default_request_timeout = false",
+            "queue_wait_limit = \"250ms\"",
+            "run_limit = \"2s\"",
             "max_request_timeout = \"10s 500ms\"",
         ],
     );
@@ -310,6 +316,8 @@ fn every_setting_reaches_the_pool_configuration() {
         )
     );
     assert_eq!(config.unix_epoch_ms, 0);
+    assert_eq!(config.queue_wait_limit, Some(Duration::from_millis(250)));
+    assert_eq!(config.run_limit, Some(Duration::from_secs(2)));
     assert_eq!(driver.execution, ExecutionMode::CallerTask);
     assert_eq!(driver.lanes.get(), 4);
 }
@@ -449,6 +457,8 @@ fn a_value_the_pool_cannot_run_with_is_refused_naming_its_key() {
             "recovery.base_ejection",
             "\"0s\"",
         ),
+        ("queue_wait_limit = \"0ms\"", "queue_wait_limit", "\"0s\""),
+        ("run_limit = \"0s\"", "run_limit", "\"0s\""),
     ];
     for (text, expected_key, expected_value) in cases {
         let error = PoolSettings::from_toml_str(text).expect_err(text);

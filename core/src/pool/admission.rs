@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use super::{Lifecycle, Place, Pool, Request, RequestState};
 use crate::config::Admission;
+use crate::deadlines::PhaseLimits;
 use crate::keys::{RequestKey, WorkerKey};
 use crate::output::{Action, Event};
 use crate::protocol::{WorkerPoolError, WorkerRequest};
@@ -44,6 +45,28 @@ impl<P: Clone> Pool<P> {
         payload: P,
     ) -> Result<RequestKey, Refused<P>> {
         let admission = self.config.admit(request);
+        self.submit_checked(now, admission, payload)
+    }
+
+    /// Submits a request with its own phase limits (each one set replaces
+    /// the pool's default for that phase); see
+    /// [`submit_checked`](Self::submit_checked).
+    ///
+    /// # Errors
+    /// Returns [`Refused`] with the payload when the request is not
+    /// accepted; a zero run limit, like a zero budget, is refused with
+    /// `Timeout`.
+    pub fn submit_limited(
+        &mut self,
+        now: Time,
+        request: &WorkerRequest,
+        limits: PhaseLimits,
+        payload: P,
+    ) -> Result<RequestKey, Refused<P>> {
+        let admission = self
+            .config
+            .admit(request)
+            .map(|admission| admission.with_limits(limits));
         self.submit_checked(now, admission, payload)
     }
 
@@ -112,9 +135,12 @@ impl<P: Clone> Pool<P> {
             return Err(WorkerPoolError::ShuttingDown);
         }
         let admission = admission.map_err(WorkerPoolError::from)?;
-        if admission.timeout() == Some(Duration::ZERO) {
-            // A zero budget has run out on arrival: no worker could finish
-            // in time, so none is asked and none is held responsible.
+        if admission.timeout() == Some(Duration::ZERO)
+            || admission.limits().run == Some(Duration::ZERO)
+        {
+            // A zero budget (or run limit) has run out on arrival: no
+            // worker could finish in time, so none is asked and none is
+            // held responsible.
             return Err(WorkerPoolError::Timeout);
         }
         Ok(admission)
@@ -175,6 +201,8 @@ impl<P: Clone> Pool<P> {
             attempts: u32::from(start_now),
             turn: 0,
             retry,
+            limits: admission.limits(),
+            expired: None,
         }));
         match started {
             Some(payload) => {
@@ -199,6 +227,7 @@ impl<P: Clone> Pool<P> {
         if let Some(at) = deadline {
             self.arm(at, Timer::Request(key));
         }
+        self.arm_phase_limit(key);
         self.counters.accepted += 1;
         if let Some(ledger) = &mut self.retry_ledger {
             ledger.deposit(now);

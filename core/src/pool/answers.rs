@@ -5,7 +5,9 @@
 use serde_json::Value;
 
 use super::scheduling::sweep_queue;
+use super::timeouts::queue_wait_deadline;
 use super::{Pool, Request, RequestState};
+use crate::deadlines::TimeoutLimit;
 use crate::health::HealthCause;
 use crate::keys::RequestKey;
 use crate::keys::WorkerKey;
@@ -126,6 +128,7 @@ impl<P: Clone> Pool<P> {
         self.actions.push_back(Action::Answer(Answer {
             request,
             worker: entry.worker,
+            limit: timeout_limit(&result, entry.expired),
             result,
             phase: Phase::Queued,
             queued_for: self.now - entry.accepted_at,
@@ -168,6 +171,7 @@ impl<P: Clone> Pool<P> {
         self.actions.push_back(Action::Answer(Answer {
             request,
             worker: entry.worker,
+            limit: timeout_limit(&result, entry.expired),
             result,
             phase: Phase::Running,
             queued_for: started_at - entry.accepted_at,
@@ -204,13 +208,61 @@ impl<P: Clone> Pool<P> {
         self.after_worker_change(worker, HealthCause::Timeout);
     }
 
-    /// Answers `Timeout` to a queued request whose budget has run out (or
-    /// is too short to start it), charging no worker: time spent queued is
-    /// never held against one.
+    /// A waiting request's queue-wait limit passed: it leaves its queue at
+    /// once, answered `Timeout`, charging no worker.
+    pub(super) fn queue_wait_expired(&mut self, request: RequestKey) {
+        let Some(entry) = self.requests.get(request.0) else {
+            return;
+        };
+        let worker = entry.worker;
+        self.expire_queued(request);
+        self.after_worker_change(worker, HealthCause::Timeout);
+    }
+
+    /// A running request's run limit passed: it is aborted, answered
+    /// `Timeout`, and counts as one failure of its worker, which had the
+    /// whole limit to finish.
+    pub(super) fn run_limit_expired(&mut self, request: RequestKey) {
+        let Some(entry) = self.requests.get_mut(request.0) else {
+            return;
+        };
+        entry.expired = Some(TimeoutLimit::Run);
+        let worker = entry.worker;
+        let allowance = entry.limits.run.unwrap_or_default();
+        self.counters.timed_out_running += 1;
+        self.actions.push_back(Action::Abort { request, worker });
+        self.recover(worker, |health, ctx| {
+            health.on_timeout(allowance, allowance, ctx)
+        });
+        self.finish_running(request, Err(WorkerPoolError::Timeout));
+        self.after_worker_change(worker, HealthCause::Timeout);
+    }
+
+    /// Answers `Timeout` to a queued request whose budget or queue-wait
+    /// limit has run out (or whose budget is too short to start it),
+    /// charging no worker: time spent queued is never held against one.
+    /// A passed queue-wait limit is the limit its answer names (a worker
+    /// may reach the request before the limit's timer fires).
     pub(super) fn expire_queued(&mut self, request: RequestKey) {
+        let now = self.now;
+        if let Some(entry) = self.requests.get_mut(request.0) {
+            if queue_wait_deadline(entry).is_some_and(|at| at <= now) {
+                entry.expired = Some(TimeoutLimit::QueueWait);
+            }
+        }
         self.counters.timed_out_queued += 1;
         self.finish_waiting(request, Err(WorkerPoolError::Timeout));
     }
+}
+
+/// Which limit a request's answer reports: for a `Timeout`, the phase
+/// limit whose timer ended it, or else the overall budget.
+fn timeout_limit(
+    result: &Result<Value, WorkerPoolError>,
+    expired: Option<TimeoutLimit>,
+) -> Option<TimeoutLimit> {
+    matches!(result, Err(WorkerPoolError::Timeout))
+        .then(|| expired.unwrap_or(TimeoutLimit::Overall))
 }
 
 /// Marks a state the pool's own bookkeeping rules out; checked in debug

@@ -6,6 +6,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use thiserror::Error;
 
+use super::timeouts::{queue_wait_deadline, run_deadline};
 use super::{Lifecycle, Pool, ProbeState, RequestState, Worker};
 use crate::keys::{RequestKey, WorkerKey};
 use crate::protocol::WorkerHealthStatus;
@@ -387,7 +388,7 @@ impl<P: Clone> Pool<P> {
 
     /// No request was accepted in the future, started before it was
     /// accepted, or has a deadline before its acceptance or without a
-    /// timer.
+    /// timer, or a phase limit of its current phase without one.
     fn check_request_times(&self, armed: &Armed) -> Checked {
         for (raw, entry) in self.requests.iter() {
             let key = RequestKey(raw);
@@ -406,6 +407,18 @@ impl<P: Clone> Pool<P> {
                 ensure!(
                     started_at >= entry.accepted_at,
                     "{key} started before acceptance"
+                );
+            }
+            if let Some(at) = queue_wait_deadline(entry) {
+                ensure!(
+                    armed.has(at, Timer::QueueWait(key)),
+                    "{key} queue-wait limit {at} has no timer"
+                );
+            }
+            if let Some(at) = run_deadline(entry) {
+                ensure!(
+                    armed.has(at, Timer::RunLimit(key)),
+                    "{key} run limit {at} has no timer"
                 );
             }
         }

@@ -43,6 +43,7 @@ use std::fmt;
 use std::time::Duration;
 
 use crate::config::{ConfigError, PoolConfig};
+use crate::deadlines::{PhaseLimits, TimeoutLimit};
 use crate::keys::{ProbeKey, RequestKey, WorkerKey};
 use crate::output::{Action, Event};
 use crate::protocol::WorkerHealthStatus;
@@ -111,8 +112,11 @@ use run_list::RunList;
 ///
 /// # Answers
 /// Every accepted request gets exactly one [`Action::Answer`]: its result,
-/// a worker error, `Timeout` (queue wait plus run time exceeded its budget),
-/// `Cancelled`, or `ShuttingDown` once a drain deadline passes.
+/// a worker error, `Timeout` (queue wait plus run time exceeded its budget,
+/// or a phase ran past its limit), `Cancelled`, or `ShuttingDown` once a
+/// drain deadline passes. Every answer says how long the request queued
+/// and ran, and a `Timeout` which limit fired
+/// ([`Answer::limit`](crate::Answer::limit)).
 ///
 /// A timeout counts against a worker only for the time the request spent
 /// running on it. With the budget measured from acceptance to the deadline:
@@ -133,6 +137,21 @@ use run_list::RunList;
 ///   left is never held against it, so overload sheds load by expiry and
 ///   backpressure (`QueueFull`) and never ejects a worker whose requests
 ///   take under half the budget.
+///
+/// A request may also carry [`PhaseLimits`](crate::PhaseLimits) (its own,
+/// given with its [`Admission`](crate::Admission), or the pool's defaults,
+/// [`PoolConfig::queue_wait_limit`] and [`PoolConfig::run_limit`]); the
+/// earliest of its overall deadline and its phase limits fires, and a
+/// limit that would fire at or after the overall deadline is not armed:
+/// - a queue-wait limit that passes while the request waits takes it out
+///   of its queue at once, answered `Timeout`
+///   ([`TimeoutLimit::QueueWait`](crate::TimeoutLimit::QueueWait)), and
+///   counts against no worker;
+/// - a run limit that passes while the request runs (timed from its start)
+///   aborts it, answered `Timeout`
+///   ([`TimeoutLimit::Run`](crate::TimeoutLimit::Run)), and always counts
+///   as one failure of its worker: the limit is the worker's whole
+///   allowance for the run, however long the request waited before.
 ///
 /// # Shutdown
 /// [`begin_shutdown`](Self::begin_shutdown) refuses new work with
@@ -197,6 +216,11 @@ struct Request<P> {
     payload: P,
     accepted_at: Time,
     deadline: Option<Time>,
+    /// Its queue-wait and run limits, each with its own timer while the
+    /// request is in that phase (see `timeouts.rs`).
+    limits: PhaseLimits,
+    /// The limit whose timer ended it, for its answer.
+    expired: Option<TimeoutLimit>,
     /// Times it was started (its attempts so far).
     attempts: u32,
     /// Which turn of waiting it is in: a request refused before it

@@ -94,6 +94,8 @@ impl<P: Clone> Pool<P> {
                 .find(|candidate| *candidate != from)
         };
         let to = target.unwrap_or(from);
+        // Waiting again: its queue-wait limit (from its acceptance) applies.
+        self.arm_phase_limit(request);
         if let Some(entry) = self.requests.get_mut(request.0) {
             entry.worker = to;
         }

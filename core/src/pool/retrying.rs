@@ -90,6 +90,8 @@ impl<P: Clone> Pool<P> {
             payload,
             may_retry,
         });
+        // The run limit counts from this attempt's start.
+        self.arm_phase_limit(request);
         self.refresh_load(to);
         true
     }

@@ -6,6 +6,7 @@
 use std::collections::VecDeque;
 use std::time::Duration;
 
+use super::timeouts::queue_wait_deadline;
 use super::{Lifecycle, Place, Pool, Request, RequestState};
 use crate::config::RoutingPolicy;
 use crate::health::HealthCause;
@@ -89,8 +90,8 @@ impl<P: Clone> Pool<P> {
 
     /// Starts queued requests while the worker has free run slots: from its
     /// own queue and, if it is schedulable, the backlog, oldest first; one
-    /// that is [too late to start](too_late_to_start) on this worker is
-    /// answered `Timeout` instead.
+    /// that is [too late to start](too_late_to_start) on this worker, or
+    /// past its queue-wait limit, is answered `Timeout` instead.
     /// (Its cached `schedulable` flag must be current when the backlog is
     /// not empty: see [`refresh_and_pump`](Self::refresh_and_pump).)
     pub(super) fn pump(&mut self, worker: WorkerKey) {
@@ -128,7 +129,10 @@ impl<P: Clone> Pool<P> {
             let late = self
                 .requests
                 .get(request.0)
-                .filter(|entry| too_late_to_start(entry.deadline, now, last_run))
+                .filter(|entry| {
+                    too_late_to_start(entry.deadline, now, last_run)
+                        || queue_wait_deadline(entry).is_some_and(|at| at <= now)
+                })
                 .map(|entry| entry.worker);
             match late {
                 Some(origin) => {
@@ -184,6 +188,7 @@ impl<P: Clone> Pool<P> {
             payload,
             may_retry,
         });
+        self.arm_phase_limit(request);
     }
 
     /// An unpinned request stopped waiting (started or answered): one live

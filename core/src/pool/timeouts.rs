@@ -2,15 +2,22 @@
 //! fires at the first `handle_timeout` at or after its instant, and a
 //! timer whose owner no longer wants it (an answered request, a changed
 //! probe, a shutdown that ended) is not live and never fires.
+//!
+//! A request's phase limits each have a timer while the request is in that
+//! phase, armed only when it would fire before the overall deadline (so
+//! the earliest of the three fires, and a tie goes to the overall one):
+//! the queue-wait timer from acceptance, the run timer from its start.
 
-use super::{Lifecycle, Pool, ProbeState, Request, Worker};
+use super::{Lifecycle, Pool, ProbeState, Request, RequestState, Worker};
+use crate::keys::RequestKey;
 use crate::slab::Slab;
 use crate::time::Time;
 use crate::timers::Timer;
 
 impl<P: Clone> Pool<P> {
-    /// Fires every timer due at or before `now`: request deadlines, probes
-    /// and probe timeouts, the drain deadline. Calling it early is harmless.
+    /// Fires every timer due at or before `now`: request deadlines and
+    /// phase limits, probes and probe timeouts, the drain deadline. Calling
+    /// it early is harmless.
     pub fn handle_timeout(&mut self, now: Time) {
         let now = self.observe(now);
         loop {
@@ -22,6 +29,8 @@ impl<P: Clone> Pool<P> {
             };
             match timer {
                 Timer::Request(key) => self.request_deadline(key),
+                Timer::QueueWait(key) => self.queue_wait_expired(key),
+                Timer::RunLimit(key) => self.run_limit_expired(key),
                 Timer::ProbeDue(worker) => self.send_probe(worker),
                 Timer::ProbeTimeout(worker) => self.probe_deadline(worker),
                 Timer::Ejection(worker) => self.ejection_expired(worker),
@@ -30,6 +39,20 @@ impl<P: Clone> Pool<P> {
                     self.drain_deadline();
                 }
             }
+        }
+    }
+
+    /// Arms the timer of the phase limit of `request`'s current phase, if
+    /// it has one that fires before its overall deadline: called when the
+    /// request is accepted and when it starts.
+    pub(super) fn arm_phase_limit(&mut self, request: RequestKey) {
+        let Some(entry) = self.requests.get(request.0) else {
+            return;
+        };
+        if let Some(at) = queue_wait_deadline(entry) {
+            self.arm(at, Timer::QueueWait(request));
+        } else if let Some(at) = run_deadline(entry) {
+            self.arm(at, Timer::RunLimit(request));
         }
     }
 
@@ -70,6 +93,12 @@ pub(super) fn timer_is_live<P>(
         Timer::Request(key) => requests
             .get(key.0)
             .is_some_and(|entry| entry.deadline == Some(at)),
+        Timer::QueueWait(key) => requests
+            .get(key.0)
+            .is_some_and(|entry| queue_wait_deadline(entry) == Some(at)),
+        Timer::RunLimit(key) => requests
+            .get(key.0)
+            .is_some_and(|entry| run_deadline(entry) == Some(at)),
         Timer::ProbeDue(key) => workers
             .get(key.0)
             .is_some_and(|slot| slot.probe == ProbeState::Due(at)),
@@ -83,5 +112,35 @@ pub(super) fn timer_is_live<P>(
                     .get(key.0)
                     .is_some_and(|slot| slot.health.ejected_until() == Some(at))
         }
+    }
+}
+
+/// When a waiting request's queue-wait limit passes, if it has one that
+/// passes before its overall deadline; `None` once it started.
+pub(super) fn queue_wait_deadline<P>(entry: &Request<P>) -> Option<Time> {
+    if !entry.state.is_waiting() {
+        return None;
+    }
+    let at = entry.accepted_at.saturating_add(entry.limits.queue_wait?);
+    before_deadline(at, entry.deadline)
+}
+
+/// When a running request's run limit passes, if it has one that passes
+/// before its overall deadline; `None` while it waits.
+pub(super) fn run_deadline<P>(entry: &Request<P>) -> Option<Time> {
+    let RequestState::Running { started_at } = entry.state else {
+        return None;
+    };
+    let at = started_at.saturating_add(entry.limits.run?);
+    before_deadline(at, entry.deadline)
+}
+
+/// `at`, if it comes before `deadline` (or there is none) and is not
+/// `Time::MAX`, where saturated arithmetic lands: "never".
+fn before_deadline(at: Time, deadline: Option<Time>) -> Option<Time> {
+    match deadline {
+        _ if at == Time::MAX => None,
+        Some(deadline) if deadline <= at => None,
+        _ => Some(at),
     }
 }

@@ -4,9 +4,9 @@
 use std::time::Duration;
 
 use foreman_core::{
-    Action, Answer, Event, HealthCause, Pool, PoolConfig, RequestKey, Time, WorkerErrorCode,
-    WorkerHealthStatus, WorkerKey, WorkerOperation, WorkerPoolError, WorkerPoolOptions,
-    WorkerProtocolError, WorkerRequest, WorkerSecurityPolicy,
+    Action, Answer, Event, HealthCause, PhaseLimits, Pool, PoolConfig, RequestKey, Time,
+    WorkerErrorCode, WorkerHealthStatus, WorkerKey, WorkerOperation, WorkerPoolError,
+    WorkerPoolOptions, WorkerProtocolError, WorkerRequest, WorkerSecurityPolicy,
 };
 use serde_json::{json, Value};
 
@@ -98,6 +98,21 @@ impl Harness {
             assert_eq!(refused.payload, payload, "refusal returns the payload");
             refused.error
         });
+        self.drain();
+        result
+    }
+
+    pub(crate) fn submit_limited(
+        &mut self,
+        now: Time,
+        req: &WorkerRequest,
+        limits: PhaseLimits,
+    ) -> Result<RequestKey, WorkerPoolError> {
+        self.next_payload += 1;
+        let result = self
+            .pool
+            .submit_limited(now, req, limits, self.next_payload)
+            .map_err(|refused| refused.error);
         self.drain();
         result
     }

@@ -24,8 +24,8 @@
 //! payload size, health never blocks, queue time), plus a mixed-load
 //! scenario checking that every request gets exactly one answer. They live
 //! in one module per behaviour (`reference`, `admission`, `health`,
-//! `cancellation`, `shutdown`, `scheduling`, `execution`, `lanes`,
-//! `reentrancy`, `breaker`), on the workers, hooks and pools of `support`,
+//! `cancellation`, `shutdown`, `scheduling`, `deadlines`, `execution`, `lanes`,
+//! `reentrancy`, `breaker`, `observers`), on the workers, hooks and pools of `support`,
 //! and are re-exported here for [`conformance_suite!`](crate::conformance_suite).
 //!
 //! Timing rules, so the suite is exact on runtimes without virtual time
@@ -43,10 +43,12 @@ mod admission;
 mod breaker;
 mod cancellation;
 mod closures;
+mod deadlines;
 mod execution;
 mod health;
 mod lanes;
 mod observability;
+mod observers;
 mod reentrancy;
 mod reference;
 mod retries;
@@ -76,6 +78,10 @@ pub use cancellation::{
     dropping_submit_cancels_the_request, dropping_submit_while_hooks_run_cancels_the_request,
 };
 pub use closures::*;
+pub use deadlines::{
+    phase_limits_end_requests_and_name_the_limit,
+    pool_phase_limits_apply_unless_a_request_sets_its_own,
+};
 pub use execution::{
     a_caller_that_stalls_after_one_poll_does_not_hold_its_worker,
     a_slow_first_poll_does_not_delay_another_callers_answer, every_request_answered_once,
@@ -88,6 +94,7 @@ pub use health::{
 };
 pub use lanes::{fast_workers_take_the_queue_from_slow_ones, lanes_behave_as_one_pool};
 pub use observability::{metrics_count_each_outcome_and_follow_the_queues, Reading, Readings};
+pub use observers::observe_only_hooks_keep_late_binding_and_a_breaker_pins;
 pub use reentrancy::{
     allow_request_may_call_the_pool, every_other_hook_may_call_the_pool,
     handlers_and_probes_may_call_the_pool, on_request_accepted_may_call_the_pool,
@@ -168,6 +175,9 @@ macro_rules! conformance_suite {
             a_breaker_over_two_lanes_counts_each_request_once,
             commands_after_shutdown_answer_shutting_down,
             metrics_count_each_outcome_and_follow_the_queues,
+            phase_limits_end_requests_and_name_the_limit,
+            pool_phase_limits_apply_unless_a_request_sets_its_own,
+            observe_only_hooks_keep_late_binding_and_a_breaker_pins,
         );
         $crate::conformance_suite!(@each $target;
             a_closure_handler_and_its_probe_serve_the_pool,

@@ -77,6 +77,16 @@ impl Harness {
         // A queued request starts only with enough budget left (one
         // submitted to a free worker starts whatever its budget).
         let at_once = matches!(self.context, Context::Submit { id, .. } if id == book.id);
+        // A retry starts at once too: its queue-wait limit was for its
+        // first wait.
+        let retry = self.retried == Some(request);
+        ensure!(
+            at_once || retry || book.queue_wait_at.is_none_or(|at| at > self.seen),
+            "#{} started on {worker} at {} past its queue-wait limit {:?}",
+            book.id,
+            self.seen,
+            book.queue_wait_at
+        );
         ensure!(
             at_once || !too_late_to_start(book.deadline, self.seen, wbook.last_run),
             "#{} started on {worker} at {} with deadline {:?}, but the worker's last run took {:?}",
@@ -119,6 +129,9 @@ impl Harness {
             };
             b.run_pos = run_pos;
             b.attempts = attempts;
+            if let Some(at) = b.run_limit_at() {
+                self.deadlines.push(Reverse((at, request)));
+            }
         }
         self.recount_worker(worker, |b| {
             b.queued -= usize::from(moved.is_none());

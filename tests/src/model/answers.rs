@@ -36,6 +36,13 @@ impl Harness {
         );
         self.check_answer_times(&answer, &book)?;
         self.check_answer_allowed(&answer, &book, kind)?;
+        let limit = (kind == AnswerKind::Timeout).then(|| book.expected_limit(self.seen));
+        ensure!(
+            answer.limit == limit,
+            "#{} answered {kind:?} naming limit {:?}, expected {limit:?}",
+            book.id,
+            answer.limit
+        );
         self.book_outcome(&book, kind);
         self.remove_live(&book);
         match book.state {
@@ -210,23 +217,31 @@ impl Harness {
     ) -> Result<(), Failure> {
         let now = self.seen;
         match phase {
-            // Aborted at its deadline (the `Abort` is checked above).
+            // Aborted at its deadline or its run limit (the `Abort` is
+            // checked above).
             Phase::Running => {
+                let due = book.deadline.is_some_and(|d| d <= now)
+                    || book.run_limit_at().is_some_and(|at| at <= now);
                 ensure!(
-                    context == Context::Timeout && book.deadline.is_some_and(|d| d <= now),
-                    "#{} timed out while running at {now} during {context:?}, deadline {:?}",
+                    context == Context::Timeout && due,
+                    "#{} timed out while running at {now} during {context:?}, deadline {:?}, \
+                     run limit {:?}",
                     book.id,
-                    book.deadline
+                    book.deadline,
+                    book.run_limit_at()
                 );
             }
             // Expired in its queue, or reached by a worker with less
             // budget left than that worker's last run (whatever frees a
             // worker may answer it; a submit frees none).
+            // Or past its queue-wait limit.
             Phase::Queued => {
                 let left = book.deadline.map(|d| d - now);
+                let waited_too_long = book.queue_wait_at.is_some_and(|at| at <= now);
                 ensure!(
                     !matches!(context, Context::Submit { .. })
-                        && left.is_some_and(|left| left.is_zero() || left < self.longest_run),
+                        && (waited_too_long
+                            || left.is_some_and(|left| left.is_zero() || left < self.longest_run)),
                     "#{} answered Timeout while queued at {now} during {context:?} with {left:?} \
                      of its budget left (longest run so far {:?})",
                     book.id,

@@ -195,10 +195,12 @@ impl Harness {
                 self.longest_run = self.longest_run.max(run);
             }
             AnswerKind::Failed { .. } => worker.health.fail(),
+            // A run limit is the worker's whole allowance: it always counts.
             AnswerKind::Timeout => {
-                let counts = book
-                    .deadline
-                    .is_some_and(|deadline| timeout_counts(book.accepted_at, started_at, deadline));
+                let counts = book.run_limit_at().is_some_and(|at| at <= now)
+                    || book.deadline.is_some_and(|deadline| {
+                        timeout_counts(book.accepted_at, started_at, deadline)
+                    });
                 if counts {
                     worker.health.fail();
                 }

@@ -5,8 +5,8 @@
 use std::time::Duration;
 
 use foreman_core::{
-    OutlierDetection, PoolConfig, ProbeKey, RecoveryPolicy, RecoveryState, RequestKey,
-    RoutingPolicy, Time, WorkerHealthStatus, WorkerKey,
+    OutlierDetection, PhaseLimits, PoolConfig, ProbeKey, RecoveryPolicy, RecoveryState, RequestKey,
+    RoutingPolicy, Time, TimeoutLimit, WorkerHealthStatus, WorkerKey,
 };
 
 use super::operations::Outcome;
@@ -32,6 +32,8 @@ pub(super) struct Limits {
     /// machine (whose invariants the harness checks instead of predicting
     /// the reference's health).
     pub(super) outlier: Option<OutlierDetection>,
+    /// Every request's queue-wait and run limits (the pool's defaults).
+    pub(super) phases: PhaseLimits,
 }
 
 impl Limits {
@@ -54,6 +56,7 @@ impl Limits {
                 RecoveryPolicy::OutlierDetection(tuning) => Some(tuning),
                 _ => None,
             },
+            phases: config.phase_limits(),
         }
     }
 }
@@ -94,6 +97,10 @@ pub(super) struct ReqBook {
     pub(super) attempts: u32,
     /// The retry policy covers it (its kind, and no breaker placed it).
     pub(super) retry: bool,
+    /// When its queue-wait limit passes, if before its deadline.
+    pub(super) queue_wait_at: Option<Time>,
+    /// Its run limit.
+    pub(super) run_limit: Option<std::time::Duration>,
     pub(super) live_pos: usize,
     pub(super) run_pos: usize,
 }
@@ -168,6 +175,45 @@ impl HealthBook {
             WorkerHealthStatus::Unavailable
         };
         from_failures.max(self.verdict)
+    }
+}
+
+/// A phase limit's instant, if it comes before the overall `deadline` (a
+/// limit at or after it is never armed) and is not `Time::MAX` ("never").
+pub(super) fn phase_limit_at(at: Time, deadline: Option<Time>) -> Option<Time> {
+    (at != Time::MAX && deadline.is_none_or(|deadline| at < deadline)).then_some(at)
+}
+
+impl ReqBook {
+    /// When its run limit passes, if it runs and the limit comes before
+    /// its deadline.
+    pub(super) fn run_limit_at(&self) -> Option<Time> {
+        let ReqState::Running { started_at, .. } = self.state else {
+            return None;
+        };
+        phase_limit_at(started_at.saturating_add(self.run_limit?), self.deadline)
+    }
+
+    /// The phase limit of its current phase: the queue-wait limit while it
+    /// waits, the run limit while it runs.
+    pub(super) fn phase_limit(&self) -> Option<Time> {
+        match self.state {
+            ReqState::Queued | ReqState::Moving => self.queue_wait_at,
+            ReqState::Running { .. } => self.run_limit_at(),
+        }
+    }
+
+    /// The limit a `Timeout` answered at `now` names: the phase limit of
+    /// its phase if that has passed (it comes before the deadline, so its
+    /// timer fires first), else the overall budget.
+    pub(super) fn expected_limit(&self, now: Time) -> TimeoutLimit {
+        match self.phase_limit() {
+            Some(at) if at <= now => match self.state {
+                ReqState::Running { .. } => TimeoutLimit::Run,
+                _ => TimeoutLimit::QueueWait,
+            },
+            _ => TimeoutLimit::Overall,
+        }
     }
 }
 

@@ -216,7 +216,7 @@ impl Harness {
             let live = self
                 .requests
                 .get(request.as_u64())
-                .is_some_and(|book| book.deadline == Some(at));
+                .is_some_and(|book| book.deadline == Some(at) || book.phase_limit() == Some(at));
             if !live {
                 self.deadlines.pop();
                 continue;

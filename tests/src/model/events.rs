@@ -7,7 +7,7 @@ use foreman_core::{
     Event, HealthCause, RequestKey, Time, WorkerErrorCode, WorkerHealthStatus, WorkerKey,
 };
 
-use super::books::{Context, Lifecycle, ReqBook, ReqState};
+use super::books::{phase_limit_at, Context, Lifecycle, ReqBook, ReqState};
 use super::checks::allowed_edge;
 use super::harness::Harness;
 use super::operations::Outcome;
@@ -76,6 +76,12 @@ impl Harness {
                 deadline,
                 attempts: 0,
                 retry: retry && !(vetted && pinned),
+                queue_wait_at: self
+                    .limits
+                    .phases
+                    .queue_wait
+                    .and_then(|wait| phase_limit_at(self.seen.saturating_add(wait), deadline)),
+                run_limit: self.limits.phases.run,
                 live_pos,
                 run_pos: usize::MAX,
             },
@@ -86,6 +92,13 @@ impl Harness {
         // A deadline at `Time::MAX` (where saturated arithmetic lands) is
         // never: the core arms no timer for it.
         if let Some(at) = deadline.filter(|at| *at != Time::MAX) {
+            self.deadlines.push(Reverse((at, request)));
+        }
+        if let Some(at) = self
+            .requests
+            .get(request.as_u64())
+            .and_then(|b| b.queue_wait_at)
+        {
             self.deadlines.push(Reverse((at, request)));
         }
         self.recount_worker(worker, |b| b.queued += 1);

@@ -53,10 +53,14 @@
 //!      room, `QueueFull` only when schedulable workers exist and none has
 //!      room, `NoHealthyWorker` only when none is schedulable;
 //!    - deadlines never fire early (a running `Timeout` answer only at `seen ≥
-//!      deadline`, a drain-deadline `ShuttingDown` only at `seen ≥ drain
-//!      deadline`) and never late (after settling, no pending request and no
-//!      outstanding probe has a deadline at or before `seen`); a deadline
-//!      that saturates at `Time::MAX` is never, as in the core;
+//!      deadline` or past its run limit, a drain-deadline `ShuttingDown` only
+//!      at `seen ≥ drain deadline`) and never late (after settling, no
+//!      pending request and no outstanding probe has a deadline, or a phase
+//!      limit of its current phase, at or before `seen`); a deadline that
+//!      saturates at `Time::MAX` is never, as in the core; a queued request
+//!      never starts past its queue-wait limit; every `Timeout` names the
+//!      limit the books predict (the phase limit of its phase if that has
+//!      passed, else the overall budget) and no other answer names one;
 //!    - health changes only along the edges allowed for their cause (see
 //!      [`allowed_edge`]), and each change starts from the status the books
 //!      hold;
@@ -64,8 +68,8 @@
 //!      worker's consecutive failures and status from what it saw (a
 //!      success clears the failures, a handler error or panic adds one, a
 //!      timeout adds one only if the worker had at least half of the
-//!      request's budget — [`timeout_counts`] — and a queued timeout adds
-//!      none; probe verdicts, trials and restarts as in the core) and,
+//!      request's budget — [`timeout_counts`] — or its run limit passed, and
+//!      a queued timeout adds none; probe verdicts, trials and restarts as in the core) and,
 //!      after every input that changed a worker's predicted health,
 //!      compares its status and failure count with the core's;
 //!    - a queued request starts only with budget left and no less of it than

@@ -181,8 +181,9 @@ impl Scenario {
     pub fn describe(&self) -> String {
         format!(
             "workers={} mean_latency={:.4}s queue={} conc={} threshold={} timeout={:?} probe={:?}/{:?} \
-             arrival={:?} kinds={:?} fail={:.2} retryable={:.2} panic={:.2} hang={:.3} slow_probe={:.2} \
-             lying_probe={:.2} cancel={:.2} invalid={:.2} chaos={:?} shutdown={:?} recovery={:?}",
+             limits={:?}/{:?} arrival={:?} kinds={:?} fail={:.2} retryable={:.2} panic={:.2} hang={:.3} \
+             slow_probe={:.2} lying_probe={:.2} cancel={:.2} invalid={:.2} chaos={:?} shutdown={:?} \
+             recovery={:?} retries={:?}",
             self.workers,
             self.mean_latency,
             self.config.options.queue_capacity,
@@ -191,6 +192,8 @@ impl Scenario {
             self.config.options.default_request_timeout,
             self.config.options.health_probe_interval,
             self.config.probe_timeout,
+            self.config.queue_wait_limit,
+            self.config.run_limit,
             self.arrival,
             self.latency_kinds,
             self.fail,
@@ -204,6 +207,7 @@ impl Scenario {
             self.chaos,
             self.shutdown,
             self.config.recovery,
+            self.config.retries,
         )
     }
 
@@ -296,7 +300,19 @@ fn draw_config(rng: &mut Rng, workers: usize, mean_latency: f64) -> PoolConfig {
             max_identifier_length: if tight { 32 } else { 128 },
         },
     };
+    // Phase limits from a generator of their own, so each seed keeps the
+    // rest of its scenario: a queue-wait limit in a third of the pools, a
+    // run limit in a third (hanging and heavy-tailed handlers meet it).
+    let mut phases = Rng::new(mean_latency.to_bits() ^ workers as u64);
+    let queue_wait_limit = phases
+        .chance(1.0 / 3.0)
+        .then(|| secs(mean_latency * phases.uniform(0.5, 20.0)).max(Duration::from_micros(1)));
+    let run_limit = phases
+        .chance(1.0 / 3.0)
+        .then(|| secs(mean_latency * phases.uniform(1.0, 10.0)).max(Duration::from_micros(1)));
     PoolConfig::new(options)
+        .with_queue_wait_limit(queue_wait_limit)
+        .with_run_limit(run_limit)
         .with_probe_timeout(probe_timeout)
         .with_max_concurrency_per_worker(concurrency)
         .with_routing(if rng.below(2) == 0 {

@@ -396,6 +396,10 @@ fn any_config() -> impl Strategy<Value = PoolConfig> {
         1u64..2_000,
         1u32..=3,
         0u8..3,
+        (
+            proptest::option::weighted(0.3, 1u64..3_000),
+            proptest::option::weighted(0.3, 1u64..3_000),
+        ),
     )
         .prop_map(
             |(
@@ -406,6 +410,7 @@ fn any_config() -> impl Strategy<Value = PoolConfig> {
                 probe_timeout_ms,
                 concurrency,
                 routing,
+                (queue_wait_ms, run_ms),
             )| {
                 PoolConfig::new(WorkerPoolOptions {
                     queue_capacity,
@@ -428,6 +433,9 @@ fn any_config() -> impl Strategy<Value = PoolConfig> {
                     RoutingPolicy::IdleFirst
                 })
                 .with_late_binding(routing == 1)
+                // Sometimes a queue-wait or run limit for every request.
+                .with_queue_wait_limit(queue_wait_ms.map(Duration::from_millis))
+                .with_run_limit(run_ms.map(Duration::from_millis))
             },
         )
 }

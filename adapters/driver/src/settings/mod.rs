@@ -21,7 +21,7 @@ use thiserror::Error;
 use crate::handler::{CircuitBreakerHooks, WorkerHandler};
 use crate::pool::WorkerPool;
 use crate::runtime::Runtime;
-use crate::types::{BuildError, DriverOptions};
+use crate::types::{BuildError, DriverOptions, HookRole};
 use crate::worker::ExecutionMode;
 
 /// Every option of a pool as a settings file holds it (the `config`
@@ -43,6 +43,7 @@ use crate::worker::ExecutionMode;
 /// |---|---|---|
 /// | `health_probe_interval`, `probe_timeout` | the same | `"5s"`; `probe_timeout = "auto"`: the probe interval capped at 5 s, as [`PoolConfig::new`] derives it |
 /// | `default_request_timeout` | the same | `"30s"`, or `false` for no default timeout (`None`) |
+/// | `queue_wait_limit`, `run_limit` | the same | `"250ms"`, or `false` (the default) for no limit (`None`) |
 /// | `security_policy.max_request_timeout` | `max_request_timeout_ms` | `"2m"`, a whole number of milliseconds |
 /// | `routing` | [`RoutingPolicy`] | `"idle_first"` or `"round_robin"` |
 /// | `recovery.policy` | [`PoolConfig::recovery`] | `"reference"` or `"outlier_detection"`; the other `[recovery]` keys set [`OutlierDetection`]'s fields (`panic_mode`: `"route_to_all"` or `"fail_fast"`; `counted`: a list of error codes, `["execution_failed", "timeout"]`) and apply only under `"outlier_detection"` |
@@ -132,6 +133,22 @@ pub struct PoolSettings {
     /// Whether and how failed requests run again (`[retries]`;
     /// [`PoolConfig::retries`]).
     pub retries: RetrySettings,
+    /// How long a request may wait for a worker unless it sets its own
+    /// limit ([`PoolConfig::queue_wait_limit`]); `None` (written `false`)
+    /// sets no limit.
+    #[serde(
+        serialize_with = "text::write_duration_or_false",
+        deserialize_with = "text::read_duration_or_false"
+    )]
+    pub queue_wait_limit: Option<Duration>,
+    /// How long a request's handler may run unless the request sets its
+    /// own limit ([`PoolConfig::run_limit`]); `None` (written `false`) sets
+    /// no limit.
+    #[serde(
+        serialize_with = "text::write_duration_or_false",
+        deserialize_with = "text::read_duration_or_false"
+    )]
+    pub run_limit: Option<Duration>,
     /// The limits every request must respect (`[security_policy]`).
     pub security_policy: SecurityPolicySettings,
     /// The per-worker recovery state machine (`[recovery]`).
@@ -355,6 +372,8 @@ impl Default for PoolSettings {
             max_request_depth: config.max_request_depth,
             seed: config.seed,
             retries: RetrySettings::from_policy(config.retries),
+            queue_wait_limit: config.queue_wait_limit,
+            run_limit: config.run_limit,
             security_policy: SecurityPolicySettings::default(),
             recovery: RecoverySettings::default(),
             driver: DriverSettings::default(),
@@ -471,7 +490,9 @@ impl PoolSettings {
             .with_max_request_depth(self.max_request_depth)
             .with_seed(self.seed)
             .with_retries(self.retries.to_policy())
-            .with_recovery(self.recovery.to_policy());
+            .with_recovery(self.recovery.to_policy())
+            .with_queue_wait_limit(self.queue_wait_limit)
+            .with_run_limit(self.run_limit);
         let driver = DriverOptions::default()
             .execution(self.driver.execution)
             .lanes(self.driver.lanes);
@@ -522,6 +543,14 @@ impl PoolSettings {
                 text::quoted(self.retries.budget.window),
             ),
             ConfigError::InvalidRecovery { field, .. } => return self.recovery.key_of(field),
+            ConfigError::ZeroQueueWaitLimit => (
+                "queue_wait_limit",
+                text::quoted(self.queue_wait_limit.unwrap_or_default()),
+            ),
+            ConfigError::ZeroRunLimit => (
+                "run_limit",
+                text::quoted(self.run_limit.unwrap_or_default()),
+            ),
             _ => return None,
         })
     }
@@ -542,7 +571,11 @@ impl<R: Runtime> WorkerPool<R> {
     /// Creates a pool from settings: [`PoolSettings::to_parts`], then
     /// [`with_driver_options`](Self::with_driver_options). As with
     /// `new_inprocess`, a pool given `hooks` runs each request on the
-    /// worker its circuit breaker approved (late binding off).
+    /// worker its circuit breaker approved (late binding off); the
+    /// settings' driver options are [`HookRole::CircuitBreaker`] (a
+    /// settings file has no key for it), so for hooks that only observe
+    /// call `with_driver_options` with `settings.to_parts()` and
+    /// [`HookRole::ObserveOnly`].
     ///
     /// # Errors
     /// [`BuildError`] when there is no handler, the settings are invalid
@@ -556,7 +589,8 @@ impl<R: Runtime> WorkerPool<R> {
         hooks: Option<Arc<dyn CircuitBreakerHooks>>,
     ) -> Result<Self, BuildError> {
         let (config, driver) = settings.to_parts();
-        let config = config.vetted_by_breaker(hooks.is_some());
+        let breaker = hooks.is_some() && driver.hooks == HookRole::CircuitBreaker;
+        let config = config.vetted_by_breaker(breaker);
         Self::with_driver_options(runtime, handlers, config, hooks, driver)
     }
 }

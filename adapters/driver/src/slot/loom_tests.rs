@@ -36,6 +36,7 @@ fn answer() -> Delivered {
         ran_for: None,
         attempts: 1,
         phase: Phase::Running,
+        limit: None,
         aborted: false,
     }
 }
