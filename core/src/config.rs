@@ -26,7 +26,52 @@ pub enum RoutingPolicy {
     /// order requests arrived.
     #[default]
     IdleFirst,
+    /// Power of two choices on load: two distinct workers are drawn at
+    /// random from the core's [`Rng`](crate::Rng) among the idle ones (a
+    /// free run slot) if any, else among those with queue room, and the one
+    /// with fewer requests (running plus queued) wins; a tie goes to the
+    /// Healthy one, then to the first drawn. A Degraded worker's load
+    /// is raised by [`PoolConfig::degraded_share_percent`] (see there). Late binding applies as under `IdleFirst`.
+    LeastLoaded,
+    /// Power of two choices on expected latency, as tower's and Finagle's
+    /// peak-EWMA balancers: each worker keeps a moving average of its run
+    /// times that jumps at once to a slower run and decays towards faster
+    /// ones with the time constant [`PoolConfig::ewma_decay`]; its cost is
+    /// that estimate times (running + queued + 1), a worker with no sample
+    /// yet costing [`PoolConfig::unsampled_latency`]. Candidates are drawn
+    /// as under `LeastLoaded`, the cheaper wins (ties as there), and a
+    /// Degraded worker's cost is raised by
+    /// [`PoolConfig::degraded_share_percent`]. Late binding applies as
+    /// under `IdleFirst`.
+    PeakEwma,
 }
+
+impl RoutingPolicy {
+    /// Every policy, in declaration order (for tests and simulators that
+    /// draw one).
+    pub const ALL: [RoutingPolicy; 4] = [
+        RoutingPolicy::RoundRobin,
+        RoutingPolicy::IdleFirst,
+        RoutingPolicy::LeastLoaded,
+        RoutingPolicy::PeakEwma,
+    ];
+
+    /// Whether the policy draws two candidates and compares their load
+    /// (`LeastLoaded`, `PeakEwma`).
+    pub fn is_load_aware(self) -> bool {
+        matches!(self, RoutingPolicy::LeastLoaded | RoutingPolicy::PeakEwma)
+    }
+}
+
+/// The default [`PoolConfig::ewma_decay`]: 10 s, Finagle's.
+pub const DEFAULT_EWMA_DECAY: Duration = Duration::from_secs(10);
+
+/// The default [`PoolConfig::unsampled_latency`]: 1 s, tower's usual
+/// starting estimate.
+pub const DEFAULT_UNSAMPLED_LATENCY: Duration = Duration::from_secs(1);
+
+/// The default [`PoolConfig::degraded_share_percent`]: 50.
+pub const DEFAULT_DEGRADED_SHARE_PERCENT: u32 = 50;
 
 /// Everything the core needs to know, before validation.
 ///
@@ -57,8 +102,8 @@ pub struct PoolConfig {
     pub max_concurrency_per_worker: u32,
     /// How requests are spread over workers.
     pub routing: RoutingPolicy,
-    /// Under [`RoutingPolicy::IdleFirst`], whether a queued request may be
-    /// run by whichever schedulable worker frees first rather than only by
+    /// Under every policy but [`RoutingPolicy::RoundRobin`], whether a
+    /// queued request may be run by whichever schedulable worker frees first rather than only by
     /// the busy worker it was queued on (the default: no request waits
     /// behind a slow worker while another is free). A request that a
     /// circuit breaker (`allow`) vetoed for some worker always stays on the
@@ -80,6 +125,27 @@ pub struct PoolConfig {
     /// random choices: two pools with the same configuration fed the same
     /// inputs at the same instants decide the same. Defaults to `0`.
     pub seed: u64,
+    /// The time constant of [`RoutingPolicy::PeakEwma`]'s moving average:
+    /// a run faster than the estimate pulls it towards itself with weight
+    /// `1 - exp(-dt / ewma_decay)`, `dt` the time since the worker's last
+    /// sample, and between samples the estimate decays towards zero by
+    /// `exp(-dt / ewma_decay)`, so an idle slow worker is tried again in
+    /// time. Defaults to [`DEFAULT_EWMA_DECAY`] (10 s); must be non-zero.
+    pub ewma_decay: Duration,
+    /// The run time [`RoutingPolicy::PeakEwma`] assumes of a worker with no
+    /// sample yet (newly added or restarted): high enough that a fresh
+    /// worker is not flooded, low enough that it is tried. Defaults to
+    /// [`DEFAULT_UNSAMPLED_LATENCY`] (1 s); must be non-zero.
+    pub unsampled_latency: Duration,
+    /// The share of a Healthy worker's traffic a Degraded one gets under
+    /// the load-aware policies ([`RoutingPolicy::LeastLoaded`],
+    /// [`RoutingPolicy::PeakEwma`]), in percent: a Degraded worker's cost
+    /// (its load plus one, or its latency cost) is multiplied by
+    /// `100 / degraded_share_percent` before two candidates are compared,
+    /// so at 50 it wins only against a candidate at least twice as loaded,
+    /// and at 100 it competes as a Healthy one. Defaults to
+    /// [`DEFAULT_DEGRADED_SHARE_PERCENT`] (50); must be within 1..=100.
+    pub degraded_share_percent: u32,
 }
 
 impl PoolConfig {
@@ -122,6 +188,9 @@ impl PoolConfig {
             unix_epoch_ms: 0,
             max_request_depth: DEFAULT_MAX_REQUEST_DEPTH,
             seed: 0,
+            ewma_decay: DEFAULT_EWMA_DECAY,
+            unsampled_latency: DEFAULT_UNSAMPLED_LATENCY,
+            degraded_share_percent: DEFAULT_DEGRADED_SHARE_PERCENT,
         }
     }
 
@@ -182,6 +251,31 @@ impl PoolConfig {
         self
     }
 
+    /// Sets [`ewma_decay`](Self::ewma_decay): the time constant of the
+    /// peak-EWMA latency estimate (non-zero).
+    #[must_use]
+    pub fn with_ewma_decay(mut self, ewma_decay: Duration) -> Self {
+        self.ewma_decay = ewma_decay;
+        self
+    }
+
+    /// Sets [`unsampled_latency`](Self::unsampled_latency): the run time
+    /// assumed of a worker with no sample yet (non-zero).
+    #[must_use]
+    pub fn with_unsampled_latency(mut self, unsampled_latency: Duration) -> Self {
+        self.unsampled_latency = unsampled_latency;
+        self
+    }
+
+    /// Sets [`degraded_share_percent`](Self::degraded_share_percent): the
+    /// share of traffic a Degraded worker gets under the load-aware
+    /// policies (1..=100).
+    #[must_use]
+    pub fn with_degraded_share_percent(mut self, degraded_share_percent: u32) -> Self {
+        self.degraded_share_percent = degraded_share_percent;
+        self
+    }
+
     /// This configuration for a pool whose circuit breaker (the `allow` of
     /// every submit) vets workers, if `vetted`: late binding is then off,
     /// so the worker `allow` approved is the one that runs each request.
@@ -223,6 +317,17 @@ impl PoolConfig {
         }
         if self.max_request_depth == 0 {
             return Err(ConfigError::ZeroRequestDepth);
+        }
+        if self.ewma_decay.is_zero() {
+            return Err(ConfigError::ZeroEwmaDecay);
+        }
+        if self.unsampled_latency.is_zero() {
+            return Err(ConfigError::ZeroUnsampledLatency);
+        }
+        if !(1..=100).contains(&self.degraded_share_percent) {
+            return Err(ConfigError::DegradedShareOutOfRange(
+                self.degraded_share_percent,
+            ));
         }
         Ok(())
     }
@@ -330,6 +435,20 @@ pub enum ConfigError {
          0 would refuse every request whose input or scoped_input is an array or object"
     )]
     ZeroRequestDepth,
+    /// `ewma_decay` was zero.
+    #[error(
+        "ewma_decay must be greater than zero (it is the time constant of the latency estimate)"
+    )]
+    ZeroEwmaDecay,
+    /// `unsampled_latency` was zero.
+    #[error(
+        "unsampled_latency must be greater than zero \
+         (zero would make every new worker look free and flood it)"
+    )]
+    ZeroUnsampledLatency,
+    /// `degraded_share_percent` was outside 1..=100.
+    #[error("degraded_share_percent must be within 1..=100 (it was {0})")]
+    DegradedShareOutOfRange(u32),
 }
 
 #[cfg(test)]
@@ -381,6 +500,10 @@ mod tests {
         config.late_binding = false;
         config.unix_epoch_ms = 42;
         config.max_request_depth = 9;
+        config.seed = 3;
+        config.ewma_decay = Duration::from_secs(3);
+        config.unsampled_latency = Duration::from_millis(70);
+        config.degraded_share_percent = 20;
         config
     }
 
@@ -415,6 +538,58 @@ mod tests {
         let mut expected = base.clone();
         expected.max_request_depth = 300;
         assert_eq!(base.clone().with_max_request_depth(300), expected);
+
+        let mut expected = base.clone();
+        expected.ewma_decay = Duration::from_secs(30);
+        assert_eq!(
+            base.clone().with_ewma_decay(Duration::from_secs(30)),
+            expected
+        );
+
+        let mut expected = base.clone();
+        expected.unsampled_latency = Duration::from_millis(5);
+        assert_eq!(
+            base.clone()
+                .with_unsampled_latency(Duration::from_millis(5)),
+            expected
+        );
+
+        let mut expected = base.clone();
+        expected.degraded_share_percent = 100;
+        assert_eq!(base.clone().with_degraded_share_percent(100), expected);
+    }
+
+    #[test]
+    fn validate_names_each_routing_option_out_of_range() {
+        let zero_decay = PoolConfig::default().with_ewma_decay(Duration::ZERO);
+        assert_eq!(zero_decay.validate(), Err(ConfigError::ZeroEwmaDecay));
+        let zero_penalty = PoolConfig::default().with_unsampled_latency(Duration::ZERO);
+        assert_eq!(
+            zero_penalty.validate(),
+            Err(ConfigError::ZeroUnsampledLatency)
+        );
+        for share in [0, 101] {
+            let err = PoolConfig::default()
+                .with_degraded_share_percent(share)
+                .validate()
+                .unwrap_err();
+            assert_eq!(err, ConfigError::DegradedShareOutOfRange(share));
+            assert!(err.to_string().contains("degraded_share_percent"));
+        }
+        for share in [1, 100] {
+            let config = PoolConfig::default().with_degraded_share_percent(share);
+            assert_eq!(config.validate(), Ok(()));
+        }
+        let defaults = PoolConfig::default();
+        assert_eq!(defaults.routing, RoutingPolicy::IdleFirst);
+        assert_eq!(
+            (
+                defaults.ewma_decay,
+                defaults.unsampled_latency,
+                defaults.degraded_share_percent
+            ),
+            (Duration::from_secs(10), Duration::from_secs(1), 50)
+        );
     }
 
     #[test]

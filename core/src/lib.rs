@@ -108,6 +108,7 @@ pub mod validate;
 
 pub use config::{
     Admission, ConfigError, PoolConfig, RoutingPolicy, WorkerPoolOptions, WorkerSecurityPolicy,
+    DEFAULT_DEGRADED_SHARE_PERCENT, DEFAULT_EWMA_DECAY, DEFAULT_UNSAMPLED_LATENCY,
 };
 pub use dismantle::{dismantle, dismantle_request};
 pub use health::HealthCause;

@@ -88,8 +88,7 @@ impl<P: Clone> Pool<P> {
         // The policy's first choice is taken: found without building the
         // candidate iterator, which is only the fallback.
         let chosen = self
-            .router
-            .first_candidate()
+            .choose_worker()
             .or_else(|| self.router.candidates().next());
         let Some(worker) = chosen else {
             let error = self.no_worker_error(false);

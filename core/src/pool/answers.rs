@@ -77,6 +77,7 @@ impl<P: Clone> Pool<P> {
                 Err(_) => slot.health.on_failure(),
             }
         }
+        self.sample_latency(worker, started_at);
         match result {
             Ok(_) => self.counters.succeeded += 1,
             Err(_) => self.counters.failed += 1,
@@ -188,6 +189,8 @@ impl<P: Clone> Pool<P> {
             if let Some(slot) = self.workers.get_mut(worker.0) {
                 slot.health.on_timeout(ran, budget);
             }
+            // At least its run time: it would have run longer still.
+            self.sample_latency(worker, started_at);
             self.finish_running(request, Err(WorkerPoolError::Timeout));
         } else if cfg!(foreman_planted_bug) {
             self.forget_expired(request, worker);

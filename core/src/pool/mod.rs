@@ -44,6 +44,7 @@ use crate::keys::{ProbeKey, RequestKey, WorkerKey};
 use crate::output::{Action, Event};
 use crate::protocol::WorkerHealthStatus;
 use crate::rng::Rng;
+use crate::routing::ewma::PeakEwma;
 use crate::routing::{Membership, Router};
 use crate::slab::Slab;
 use crate::stats::Counters;
@@ -161,7 +162,6 @@ pub struct Pool<P> {
     names_issued: u64,
     counters: Counters,
     /// The source of every random choice, seeded from the configuration.
-    #[expect(dead_code, reason = "no policy draws from it yet")]
     rng: Rng,
 }
 
@@ -227,6 +227,11 @@ struct Worker {
     /// restarted): a queued request with less budget left is not started
     /// on it (see [`too_late_to_start`](scheduling::too_late_to_start)).
     last_run: Option<Duration>,
+    /// Its run-time estimate under [`RoutingPolicy::PeakEwma`] (since it
+    /// was added or restarted; fed only under that policy).
+    ///
+    /// [`RoutingPolicy::PeakEwma`]: crate::RoutingPolicy::PeakEwma
+    latency: PeakEwma,
     removing: bool,
     /// Cached: takes new requests (not removing, status schedulable, pool
     /// not stopped).

@@ -6,13 +6,14 @@
 use std::collections::VecDeque;
 use std::time::Duration;
 
-use super::{Lifecycle, Pool, Request, RequestState};
-use crate::config::RoutingPolicy;
+use super::{Lifecycle, Pool, Request, RequestState, Worker};
+use crate::config::{PoolConfig, RoutingPolicy};
 use crate::health::HealthCause;
 use crate::keys::{RequestKey, WorkerKey};
 use crate::output::{Action, Event};
 use crate::protocol::WorkerHealthStatus;
-use crate::routing::Membership;
+use crate::routing::ewma::nanos;
+use crate::routing::{Cost, Membership};
 use crate::slab::Slab;
 use crate::time::Time;
 
@@ -200,10 +201,62 @@ impl<P: Clone> Pool<P> {
         }
     }
 
-    /// Whether queued requests may run on another worker than their own.
+    /// Whether queued requests may run on another worker than their own
+    /// (every policy but the reference's round robin, unless turned off).
     pub(super) fn late_binding(&self) -> bool {
-        self.config.late_binding && self.config.routing == RoutingPolicy::IdleFirst
+        self.config.late_binding && self.config.routing != RoutingPolicy::RoundRobin
     }
+
+    /// Feeds a run of `worker` that ended at the current instant, started
+    /// at `started_at`, to its latency estimate (under
+    /// [`RoutingPolicy::PeakEwma`] only: the other policies never read it).
+    pub(super) fn sample_latency(&mut self, worker: WorkerKey, started_at: Time) {
+        if self.config.routing != RoutingPolicy::PeakEwma {
+            return;
+        }
+        let (now, tau) = (self.now, self.config.ewma_decay);
+        if let Some(slot) = self.workers.get_mut(worker.0) {
+            slot.latency.observe(now, now - started_at, tau);
+        }
+    }
+
+    /// The worker the routing policy picks for a new request, if any is
+    /// eligible: a load-aware policy draws two candidates from the pool's
+    /// generator and compares their [`routing_cost`].
+    pub(super) fn choose_worker(&mut self) -> Option<WorkerKey> {
+        let (workers, config, now) = (&self.workers, &self.config, self.now);
+        self.router.pick(&mut self.rng, |worker| {
+            routing_cost(workers, config, now, worker)
+        })
+    }
+}
+
+/// What `worker` costs as a candidate of a load-aware pick: its load plus
+/// one (`LeastLoaded`), or that times its latency estimate at `now`, at
+/// least 1 ns (`PeakEwma`); multiplied by `100 / degraded_share_percent`
+/// unless it is Healthy. A worker that is gone costs infinitely much.
+fn routing_cost(workers: &Slab<Worker>, config: &PoolConfig, now: Time, worker: WorkerKey) -> Cost {
+    let Some(slot) = workers.get(worker.0) else {
+        return Cost {
+            value: f64::INFINITY,
+            healthy: false,
+        };
+    };
+    let load = (slot.running.len() + slot.queued) as f64 + 1.0;
+    let base = if config.routing == RoutingPolicy::PeakEwma {
+        let unsampled = nanos(config.unsampled_latency);
+        let latency = slot.latency.estimate(now, config.ewma_decay, unsampled);
+        latency.max(1.0) * load
+    } else {
+        load
+    };
+    let healthy = slot.status == WorkerHealthStatus::Healthy;
+    let value = if healthy {
+        base
+    } else {
+        base * 100.0 / f64::from(config.degraded_share_percent.max(1))
+    };
+    Cost { value, healthy }
 }
 
 /// Whether a queued request with this deadline is answered `Timeout` rather

@@ -11,6 +11,7 @@ use crate::health::{Health, HealthCause};
 use crate::keys::{RequestKey, WorkerKey};
 use crate::output::{Action, Event};
 use crate::protocol::{WorkerErrorCode, WorkerHealthStatus, WorkerPoolError, WorkerProtocolError};
+use crate::routing::ewma::PeakEwma;
 use crate::routing::Membership;
 use crate::time::Time;
 use crate::timers::Timer;
@@ -104,6 +105,7 @@ impl<P: Clone> Pool<P> {
             moving: 0,
             running: RunList::default(),
             last_run: None,
+            latency: PeakEwma::default(),
             removing: false,
             schedulable: false,
             membership: Membership::default(),
@@ -149,6 +151,7 @@ impl<P: Clone> Pool<P> {
         if let Some(slot) = self.workers.get_mut(worker.0) {
             slot.health.reset();
             slot.last_run = None;
+            slot.latency = PeakEwma::default();
             slot.probe = ProbeState::Idle;
         }
         self.actions.push_back(Action::RestartWorker { worker });

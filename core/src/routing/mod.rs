@@ -3,14 +3,31 @@
 //! The router only knows which workers are *eligible* (active, schedulable
 //! and with room in their queue), which of those are *idle* (a free run
 //! slot) and which idle ones are *preferred* (Healthy, not Degraded), and
-//! picks among them; the pool tells it when any of these changes.
-//! Another policy replaces this module without touching the rest of the
-//! core. Both sets are hierarchical bitsets over worker slot indices, so a
-//! pick or an update costs O(log64 n).
+//! picks among them; the pool tells it when any of these changes, and,
+//! for the load-aware policies, what each of two drawn candidates costs
+//! ([`Cost`]). Another policy replaces this module without touching the
+//! rest of the core. The sets are hierarchical bitsets over worker slot
+//! indices, so a pick or an update costs O(log64 n): a round-robin or
+//! idle-first pick is a "next member from the cursor", a two-choice pick
+//! two uniform draws by rank ([`IndexSet::nth`]).
+//!
+//! | policy | rule | per pick |
+//! |---|---|---|
+//! | `RoundRobin` | the next eligible worker from the cursor | O(log64 n) |
+//! | `IdleFirst` | the next idle Healthy worker from the cursor, else idle Degraded, else eligible | O(log64 n) |
+//! | `LeastLoaded` | two distinct random idle workers (else eligible): the lower `load + 1` wins | O(log64 n) + two costs |
+//! | `PeakEwma` | as `LeastLoaded`, on `latency estimate × (load + 1)` ([`ewma`]) | O(log64 n) + two costs |
+//!
+//! Under both load-aware policies a Degraded worker's cost is multiplied
+//! by `100 / degraded_share_percent`, and a tie goes to the Healthy
+//! candidate, then to the first drawn.
+
+pub(crate) mod ewma;
 
 use crate::config::RoutingPolicy;
 use crate::index_set::IndexSet;
 use crate::keys::WorkerKey;
+use crate::rng::Rng;
 
 #[derive(Debug)]
 pub(crate) struct Router {
@@ -48,6 +65,15 @@ impl Membership {
     fn degraded(self) -> bool {
         self.eligible && self.idle && !self.preferred
     }
+}
+
+/// What a candidate of a two-choice pick costs, as the pool computes it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) struct Cost {
+    /// Lower wins.
+    pub(crate) value: f64,
+    /// Healthy: wins a tie against a worker that is not.
+    pub(crate) healthy: bool,
 }
 
 impl Router {
@@ -107,9 +133,68 @@ impl Router {
         self.idle_healthy.len() + self.idle_degraded.len()
     }
 
-    /// Eligible workers in the order the policy would try them.
+    /// The policy's pick: [`first_candidate`](Self::first_candidate) under
+    /// `RoundRobin` and `IdleFirst`; under the load-aware policies the
+    /// cheaper of two distinct workers drawn uniformly from `rng` among the
+    /// idle ones, or among the eligible ones when none is idle (ties: the
+    /// Healthy one, then the first drawn). `cost` is asked about the two
+    /// candidates only.
+    pub(crate) fn pick(
+        &self,
+        rng: &mut Rng,
+        cost: impl Fn(WorkerKey) -> Cost,
+    ) -> Option<WorkerKey> {
+        if !self.policy.is_load_aware() {
+            return self.first_candidate();
+        }
+        let idle = self.idle_len();
+        let (size, from_idle) = if idle > 0 {
+            (idle, true)
+        } else {
+            (self.eligible.len(), false)
+        };
+        if size == 0 {
+            return None;
+        }
+        let first_rank = rng.below(size as u64) as usize;
+        let first = self.member(first_rank, from_idle)?;
+        if size == 1 {
+            return Some(first);
+        }
+        let mut second_rank = rng.below(size as u64 - 1) as usize;
+        if second_rank >= first_rank {
+            second_rank += 1;
+        }
+        let Some(second) = self.member(second_rank, from_idle) else {
+            return Some(first);
+        };
+        let (a, b) = (cost(first), cost(second));
+        let second_wins = b.value < a.value || (b.value == a.value && b.healthy && !a.healthy);
+        Some(if second_wins { second } else { first })
+    }
+
+    /// The worker of rank `rank` among the idle workers (Healthy ones
+    /// first) or among the eligible ones.
+    fn member(&self, rank: usize, from_idle: bool) -> Option<WorkerKey> {
+        let index = if from_idle {
+            let healthy = self.idle_healthy.len();
+            match rank.checked_sub(healthy) {
+                None => self.idle_healthy.nth(rank),
+                Some(rest) => self.idle_degraded.nth(rest),
+            }
+        } else {
+            self.eligible.nth(rank)
+        }?;
+        self.key_at(index)
+    }
+
+    /// Eligible workers in the order the policy would try them: under
+    /// every policy but `RoundRobin`, idle Healthy workers from the cursor,
+    /// then idle Degraded ones, then the busy ones; under `RoundRobin`
+    /// every eligible worker from the cursor. (A load-aware policy's pick
+    /// comes first and this order after it: see [`pick`](Self::pick).)
     pub(crate) fn candidates(&self) -> impl Iterator<Item = WorkerKey> + '_ {
-        let idle_first = self.policy == RoutingPolicy::IdleFirst;
+        let idle_first = self.policy != RoutingPolicy::RoundRobin;
         let idle = idle_first
             .then(|| {
                 let cursor = self.cursor;
@@ -136,10 +221,10 @@ impl Router {
     pub(crate) fn first_candidate(&self) -> Option<WorkerKey> {
         let first = |set: &IndexSet| set.next_from(self.cursor).or_else(|| set.next_from(0));
         let index = match self.policy {
-            RoutingPolicy::IdleFirst => first(&self.idle_healthy)
+            RoutingPolicy::RoundRobin => first(&self.eligible),
+            _ => first(&self.idle_healthy)
                 .or_else(|| first(&self.idle_degraded))
                 .or_else(|| first(&self.eligible)),
-            _ => first(&self.eligible),
         }?;
         self.key_at(index)
     }
@@ -180,141 +265,4 @@ fn update(set: &mut IndexSet, index: u32, was: bool, now: bool) {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::slab::SlabKey;
-
-    const OUT: Membership = Membership {
-        eligible: false,
-        idle: false,
-        preferred: false,
-    };
-    const BUSY: Membership = Membership {
-        eligible: true,
-        idle: false,
-        preferred: false,
-    };
-    const DEGRADED: Membership = Membership {
-        eligible: true,
-        idle: true,
-        preferred: false,
-    };
-    const HEALTHY: Membership = Membership {
-        eligible: true,
-        idle: true,
-        preferred: true,
-    };
-
-    fn worker(index: u32) -> WorkerKey {
-        WorkerKey(SlabKey {
-            index,
-            generation: 0,
-        })
-    }
-
-    fn indices(workers: impl Iterator<Item = WorkerKey>) -> Vec<u32> {
-        workers.map(WorkerKey::index).collect()
-    }
-
-    /// Asserts the order `candidates` tries workers in, and that
-    /// `first_candidate` is its first.
-    fn assert_order(router: &Router, expected: &[u32]) {
-        assert_eq!(indices(router.candidates()), expected);
-        assert_eq!(
-            router.first_candidate().map(WorkerKey::index),
-            expected.first().copied()
-        );
-    }
-
-    /// Workers 0 busy, 1 Degraded and idle, 2 and 3 Healthy and idle.
-    fn mixed(policy: RoutingPolicy) -> Router {
-        let mut router = Router::new(policy);
-        for (index, membership) in [(0, BUSY), (1, DEGRADED), (2, HEALTHY), (3, HEALTHY)] {
-            router.set(worker(index), OUT, membership);
-        }
-        router
-    }
-
-    #[test]
-    fn membership_reads_back_what_was_set() {
-        let router = mixed(RoutingPolicy::IdleFirst);
-        assert_eq!(router.membership(worker(0)), BUSY);
-        assert_eq!(router.membership(worker(1)), DEGRADED);
-        assert_eq!(router.membership(worker(2)), HEALTHY);
-        assert_eq!(router.membership(worker(7)), OUT);
-        let other_generation = WorkerKey(SlabKey {
-            index: 2,
-            generation: 1,
-        });
-        assert_eq!(router.membership(other_generation), OUT);
-        assert_eq!(router.eligible_len(), 4);
-        assert_eq!(router.idle_len(), 3);
-        assert_eq!(indices(router.iter_eligible()), vec![0, 1, 2, 3]);
-        assert_eq!(indices(router.iter_idle()), vec![2, 3, 1]);
-    }
-
-    #[test]
-    fn idle_first_tries_healthy_then_degraded_then_busy() {
-        let router = mixed(RoutingPolicy::IdleFirst);
-        assert_order(&router, &[2, 3, 1, 0]);
-    }
-
-    #[test]
-    fn idle_first_falls_back_to_degraded_then_to_busy_workers() {
-        let mut router = mixed(RoutingPolicy::IdleFirst);
-        router.set(worker(2), HEALTHY, BUSY);
-        router.set(worker(3), HEALTHY, BUSY);
-        assert_order(&router, &[1, 0, 2, 3]);
-        router.set(worker(1), DEGRADED, BUSY);
-        assert_eq!(router.idle_len(), 0);
-        assert_order(&router, &[0, 1, 2, 3]);
-    }
-
-    #[test]
-    fn a_pick_moves_the_next_pick_on_and_wraps() {
-        let mut router = mixed(RoutingPolicy::IdleFirst);
-        router.picked(worker(2));
-        assert_order(&router, &[3, 2, 1, 0]);
-        router.picked(worker(3));
-        assert_order(&router, &[2, 3, 1, 0]);
-    }
-
-    #[test]
-    fn round_robin_ignores_idleness_and_health() {
-        let mut router = mixed(RoutingPolicy::RoundRobin);
-        assert_order(&router, &[0, 1, 2, 3]);
-        router.picked(worker(1));
-        assert_order(&router, &[2, 3, 0, 1]);
-    }
-
-    #[test]
-    fn a_worker_that_leaves_is_no_candidate() {
-        let mut router = mixed(RoutingPolicy::IdleFirst);
-        router.set(worker(2), HEALTHY, OUT);
-        router.set(worker(0), BUSY, OUT);
-        assert_eq!(router.membership(worker(2)), OUT);
-        assert_eq!(router.membership(worker(0)), OUT);
-        assert_order(&router, &[3, 1]);
-        assert_eq!(indices(router.iter_eligible()), vec![1, 3]);
-        assert_eq!(indices(router.iter_idle()), vec![3, 1]);
-        router.set(worker(3), HEALTHY, OUT);
-        router.set(worker(1), DEGRADED, OUT);
-        assert_eq!(router.eligible_len(), 0);
-        assert_order(&router, &[]);
-    }
-
-    #[test]
-    fn a_worker_can_join_at_a_high_slot_and_change_health_in_place() {
-        let mut router = Router::new(RoutingPolicy::IdleFirst);
-        router.set(worker(70), OUT, DEGRADED);
-        router.set(worker(5), OUT, BUSY);
-        assert_order(&router, &[70, 5]);
-        router.set(worker(70), DEGRADED, HEALTHY);
-        assert_eq!(router.membership(worker(70)), HEALTHY);
-        assert_eq!(router.idle_len(), 1);
-        router.set(worker(5), BUSY, HEALTHY);
-        assert_order(&router, &[5, 70]);
-        router.set(worker(5), HEALTHY, HEALTHY);
-        assert_eq!(router.membership(worker(5)), HEALTHY);
-    }
-}
+mod tests;
