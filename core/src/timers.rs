@@ -26,6 +26,9 @@ pub enum TimeoutReason {
     ProbeTimeout,
     /// The drain deadline of a shutdown passes.
     DrainDeadline,
+    /// An idle worker that left the oldest waiting request to a faster
+    /// worker under `RoutingPolicy::PeakEwma` takes it after all.
+    DeferralEnd,
 }
 
 /// What a timer entry is for.
@@ -35,6 +38,8 @@ pub(crate) enum Timer {
     ProbeDue(WorkerKey),
     ProbeTimeout(WorkerKey),
     Drain,
+    /// A worker's deferral of the backlog's oldest request ends.
+    Deferral(WorkerKey),
 }
 
 impl Timer {
@@ -44,6 +49,7 @@ impl Timer {
             Timer::ProbeDue(_) => TimeoutReason::ProbeDue,
             Timer::ProbeTimeout(_) => TimeoutReason::ProbeTimeout,
             Timer::Drain => TimeoutReason::DrainDeadline,
+            Timer::Deferral(_) => TimeoutReason::DeferralEnd,
         }
     }
 }

@@ -147,14 +147,20 @@ impl<P: Clone> Pool<P> {
     ) -> Result<RequestKey, Refused<P>> {
         let deadline = admission.timeout().map(|budget| now + budget);
         let max_running = self.config.max_concurrency_per_worker as usize;
+        // Under latency-aware late binding an unpinned request joins the
+        // backlog even on a free worker, which then takes the backlog's
+        // oldest request (this one, or an older one) or leaves it to a
+        // faster worker (`deferral.rs`).
+        let behind = !pinned && self.defers_possible();
         let Some(slot) = self.workers.get_mut(worker.0) else {
             debug_assert!(false, "router chose a missing worker");
             return Err(self.refuse_counted(payload, WorkerPoolError::NoHealthyWorker));
         };
         self.counters.submitted += 1;
-        // A free worker with nothing waiting starts the request at once,
-        // without a trip through its queue.
-        let start_now = slot.queued == 0 && slot.running.len() < max_running;
+        // Otherwise a free worker with nothing waiting starts the request
+        // at once, without a trip through its queue.
+        let free = slot.running.len() < max_running;
+        let start_now = slot.queued == 0 && free && !behind;
         let state = if start_now {
             RequestState::Running { started_at: now }
         } else {
@@ -173,6 +179,7 @@ impl<P: Clone> Pool<P> {
         match started {
             Some(payload) => {
                 slot.running.push(key);
+                slot.deferred_until = None;
                 self.actions.push_back(Action::Start {
                     request: key,
                     worker,
@@ -198,6 +205,10 @@ impl<P: Clone> Pool<P> {
             worker,
         });
         self.refresh_load(worker);
+        if behind && free {
+            self.pump(worker);
+            self.refresh_load(worker);
+        }
         Ok(key)
     }
 

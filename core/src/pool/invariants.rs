@@ -48,6 +48,8 @@ struct Tally {
     moving: BTreeMap<WorkerKey, usize>,
     /// Workers found schedulable.
     schedulable: usize,
+    /// Workers with a place in the router's finish order.
+    finishing: usize,
 }
 
 type Checked = Result<(), InvariantViolation>;
@@ -65,7 +67,8 @@ impl<P: Clone> Pool<P> {
     /// match the queues; no worker runs more than its concurrency or holds
     /// more than its capacity; no worker has a free run slot while requests
     /// wait in its own queue, nor a schedulable one while requests wait in
-    /// the backlog; the router's eligible set is exactly the schedulable
+    /// the backlog, unless it defers them to a faster worker (`PeakEwma`,
+    /// with its deferral timer armed); the router's eligible set is exactly the schedulable
     /// workers with room; every deadline has a timer; every probing worker
     /// has exactly one probe timer; the counters add up (accepted =
     /// answered + pending); a stopped pool holds nothing.
@@ -90,10 +93,17 @@ impl<P: Clone> Pool<P> {
             }
             self.check_membership(worker, slot)?;
             self.check_probe(worker, slot, &armed)?;
+            self.check_deferral(worker, slot, &armed, &mut tally)?;
             self.check_worker_id(worker, slot)?;
         }
         self.check_worker_counts(&tally)?;
         self.check_router()?;
+        let finishing = self.router.finish_len();
+        ensure!(
+            finishing == tally.finishing,
+            "the finish order holds {finishing} workers, {} expected",
+            tally.finishing
+        );
         self.check_every_request_is_held(&tally)?;
         self.check_request_times(&armed)?;
         self.check_counters()?;
@@ -194,7 +204,7 @@ impl<P: Clone> Pool<P> {
             self.capacity
         );
         ensure!(
-            slot.queued == 0 || slot.running.len() == max_running,
+            slot.queued == 0 || slot.running.len() == max_running || slot.deferred_until.is_some(),
             "{worker} has a free run slot while {} requests wait in its queue",
             slot.queued
         );
@@ -238,9 +248,46 @@ impl<P: Clone> Pool<P> {
     fn check_backlog_is_served(&self, worker: WorkerKey, slot: &Worker) -> Checked {
         let max_running = self.config.max_concurrency_per_worker as usize;
         ensure!(
-            self.backlog_live == 0 || slot.running.len() == max_running,
+            self.backlog_live == 0
+                || slot.running.len() == max_running
+                || slot.deferred_until.is_some(),
             "schedulable {worker} has a free run slot while {} requests wait in the backlog",
             self.backlog_live
+        );
+        Ok(())
+    }
+
+    /// A deferring worker has its deferral timer armed, and only under
+    /// `PeakEwma`; a worker's place in the finish order is the router's,
+    /// and it has one only when schedulable with no free run slot.
+    fn check_deferral(
+        &self,
+        worker: WorkerKey,
+        slot: &Worker,
+        armed: &Armed,
+        tally: &mut Tally,
+    ) -> Checked {
+        if let Some(until) = slot.deferred_until {
+            ensure!(
+                self.defers_possible(),
+                "{worker} defers without latency-aware late binding"
+            );
+            ensure!(
+                armed.has(until, Timer::Deferral(worker)),
+                "{worker} defers until {until} without a timer"
+            );
+        }
+        let max_running = self.config.max_concurrency_per_worker as usize;
+        if slot.finish_key.is_some() {
+            tally.finishing += 1;
+            ensure!(
+                slot.schedulable && slot.running.len() >= max_running,
+                "{worker} is in the finish order but not busy and schedulable"
+            );
+        }
+        ensure!(
+            self.router.finish_holds(worker, slot.finish_key),
+            "the finish order lacks {worker}"
         );
         Ok(())
     }

@@ -8,6 +8,7 @@
 //! | `admission.rs` | submits: admission, the first worker, acceptance, refusals |
 //! | `vetting.rs` | a circuit breaker's say in a request's worker (`vet`, `revet`) |
 //! | `scheduling.rs` | which waiting request a worker runs: the late-binding backlog, status and load refreshes |
+//! | `deferral.rs` | latency-aware late binding (`PeakEwma`): when a free worker leaves the oldest request to a faster one, and for how long |
 //! | `answers.rs` | how a request ends: completion, cancellation, its deadline, its answer |
 //! | `workers.rs` | adding, restarting and removing workers, moving a removed worker's requests |
 //! | `probes.rs` | health probes: sending, their answers and timeouts |
@@ -21,6 +22,7 @@
 
 pub(crate) mod admission;
 mod answers;
+mod deferral;
 mod driver_api;
 pub(crate) mod invariants;
 mod outputs;
@@ -232,6 +234,18 @@ struct Worker {
     ///
     /// [`RoutingPolicy::PeakEwma`]: crate::RoutingPolicy::PeakEwma
     latency: PeakEwma,
+    /// Under [`RoutingPolicy::PeakEwma`], while this worker has a free run
+    /// slot and leaves the backlog's oldest request to a worker expected to
+    /// finish it sooner: when it takes that request after all (see
+    /// `deferral.rs`).
+    ///
+    /// [`RoutingPolicy::PeakEwma`]: crate::RoutingPolicy::PeakEwma
+    deferred_until: Option<Time>,
+    /// Under `PeakEwma`, while it has no free run slot: the instant it is
+    /// expected to finish a request it would take next (its oldest run's
+    /// start plus twice its estimate), as the router's finish order holds
+    /// it.
+    finish_key: Option<u64>,
     removing: bool,
     /// Cached: takes new requests (not removing, status schedulable, pool
     /// not stopped).

@@ -75,6 +75,9 @@ impl<P: Clone> Pool<P> {
             self.router.set(worker, slot.membership, now);
             slot.membership = now;
         }
+        if self.config.routing == RoutingPolicy::PeakEwma {
+            self.refresh_finish(worker);
+        }
     }
 
     /// Brings a worker's status up to date and starts the waiting requests
@@ -114,6 +117,22 @@ impl<P: Clone> Pool<P> {
                 (Some(_), None) => false,
                 (None, Some(_)) => true,
                 (Some((_, queued_at)), Some((_, backlogged_at))) => backlogged_at < queued_at,
+            };
+            // An unpinned request may be left to a faster worker; the
+            // backlog's head is the oldest of them.
+            let unpinned_head = match (from_backlog, queue_head) {
+                (true, _) => backlog_head,
+                (false, Some((key, _))) => backlog_head
+                    .filter(|_| self.requests.get(key.0).is_some_and(|entry| !entry.pinned)),
+                (false, None) => None,
+            };
+            if let Some((_, accepted_at)) = unpinned_head {
+                if self.defers(worker, accepted_at) {
+                    return;
+                }
+            }
+            let Some(slot) = self.workers.get_mut(worker.0) else {
+                return;
             };
             let popped = if from_backlog {
                 self.backlog.pop_front()
@@ -174,6 +193,7 @@ impl<P: Clone> Pool<P> {
         }
         if let Some(slot) = self.workers.get_mut(worker.0) {
             slot.running.push(request);
+            slot.deferred_until = None;
         }
         self.actions.push_back(Action::Start {
             request,

@@ -28,6 +28,7 @@ impl<P: Clone> Pool<P> {
                     debug_assert!(at <= now);
                     self.drain_deadline();
                 }
+                Timer::Deferral(worker) => self.end_deferral(worker),
             }
         }
     }
@@ -76,5 +77,8 @@ pub(super) fn timer_is_live<P>(
             |slot| matches!(slot.probe, ProbeState::Outstanding { deadline, .. } if deadline == at),
         ),
         Timer::Drain => lifecycle == Lifecycle::Draining { deadline: Some(at) },
+        Timer::Deferral(key) => workers
+            .get(key.0)
+            .is_some_and(|slot| slot.deferred_until == Some(at)),
     }
 }

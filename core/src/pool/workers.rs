@@ -106,6 +106,8 @@ impl<P: Clone> Pool<P> {
             running: RunList::default(),
             last_run: None,
             latency: PeakEwma::default(),
+            deferred_until: None,
+            finish_key: None,
             removing: false,
             schedulable: false,
             membership: Membership::default(),

@@ -24,6 +24,8 @@
 
 pub(crate) mod ewma;
 
+use std::collections::BTreeSet;
+
 use crate::config::RoutingPolicy;
 use crate::index_set::IndexSet;
 use crate::keys::WorkerKey;
@@ -44,6 +46,11 @@ pub(crate) struct Router {
     /// Round-robin position: the next pick starts at the first candidate at
     /// or after this slot index.
     cursor: u32,
+    /// Under `PeakEwma`: busy schedulable workers by the instant (in
+    /// nanoseconds) they are expected to finish a request they would take
+    /// next, earliest first (latency-aware late binding asks for the
+    /// first).
+    finish: BTreeSet<(u64, WorkerKey)>,
 }
 
 /// A worker's place in the router's sets, as the pool sees it.
@@ -85,6 +92,7 @@ impl Router {
             idle_degraded: IndexSet::default(),
             keys: Vec::new(),
             cursor: 0,
+            finish: BTreeSet::new(),
         }
     }
 
@@ -110,6 +118,37 @@ impl Router {
             was.degraded(),
             now.degraded(),
         );
+    }
+
+    /// Moves `worker` in the finish order from `was` to `now` (`None`: not
+    /// in it); O(log n).
+    pub(crate) fn set_finish(&mut self, worker: WorkerKey, was: Option<u64>, now: Option<u64>) {
+        if was == now {
+            return;
+        }
+        if let Some(key) = was {
+            self.finish.remove(&(key, worker));
+        }
+        if let Some(key) = now {
+            self.finish.insert((key, worker));
+        }
+    }
+
+    /// The busy worker expected to finish a new request first, with that
+    /// instant in nanoseconds.
+    pub(crate) fn first_to_finish(&self) -> Option<(u64, WorkerKey)> {
+        self.finish.first().copied()
+    }
+
+    /// Whether `worker` is in the finish order at `key`, or `key` is
+    /// `None` (for invariant checks).
+    pub(crate) fn finish_holds(&self, worker: WorkerKey, key: Option<u64>) -> bool {
+        key.is_none_or(|key| self.finish.contains(&(key, worker)))
+    }
+
+    /// How many workers the finish order holds.
+    pub(crate) fn finish_len(&self) -> usize {
+        self.finish.len()
     }
 
     /// The sets `worker` is in, as a [`Membership`] (for invariant checks).

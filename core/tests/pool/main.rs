@@ -6,6 +6,7 @@ mod cancellation;
 mod configuration;
 mod harness;
 mod health;
+mod routing;
 mod scheduling;
 mod shutdown;
 mod stats;
