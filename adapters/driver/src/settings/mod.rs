@@ -40,7 +40,7 @@ use crate::worker::ExecutionMode;
 /// | `health_probe_interval`, `probe_timeout` | the same | `"5s"`; `probe_timeout = "auto"`: the probe interval capped at 5 s, as [`PoolConfig::new`] derives it |
 /// | `default_request_timeout` | the same | `"30s"`, or `false` for no default timeout (`None`) |
 /// | `security_policy.max_request_timeout` | `max_request_timeout_ms` | `"2m"`, a whole number of milliseconds |
-/// | `routing` | [`RoutingPolicy`] | `"idle_first"` or `"round_robin"` |
+/// | `routing` | [`RoutingPolicy`] | `"idle_first"`, `"round_robin"`, `"least_loaded"` or `"peak_ewma"` |
 /// | `driver.execution` | [`ExecutionMode`] | `"pool_tasks"` or `"caller_task"` |
 ///
 /// Durations are parsed and printed by `humantime`: `"250ms"`, `"30s"`,
@@ -123,6 +123,24 @@ pub struct PoolSettings {
     pub max_request_depth: usize,
     /// The seed of the core's random choices ([`PoolConfig::seed`]).
     pub seed: u64,
+    /// The time constant of the peak-EWMA latency estimate
+    /// ([`PoolConfig::ewma_decay`]; non-zero).
+    #[serde(
+        serialize_with = "text::write_duration",
+        deserialize_with = "text::read_duration"
+    )]
+    pub ewma_decay: Duration,
+    /// The run time assumed of a worker with no sample yet
+    /// ([`PoolConfig::unsampled_latency`]; non-zero).
+    #[serde(
+        serialize_with = "text::write_duration",
+        deserialize_with = "text::read_duration"
+    )]
+    pub unsampled_latency: Duration,
+    /// The share of a Healthy worker's traffic a Degraded one gets under
+    /// the load-aware policies, in percent
+    /// ([`PoolConfig::degraded_share_percent`]; 1..=100).
+    pub degraded_share_percent: u32,
     /// The limits every request must respect (`[security_policy]`).
     pub security_policy: SecurityPolicySettings,
     /// The driver's own options (`[driver]`).
@@ -178,6 +196,9 @@ impl Default for PoolSettings {
             late_binding: config.late_binding,
             max_request_depth: config.max_request_depth,
             seed: config.seed,
+            ewma_decay: config.ewma_decay,
+            unsampled_latency: config.unsampled_latency,
+            degraded_share_percent: config.degraded_share_percent,
             security_policy: SecurityPolicySettings::default(),
             driver: DriverSettings::default(),
         }
@@ -291,7 +312,10 @@ impl PoolSettings {
             .with_routing(self.routing)
             .with_late_binding(self.late_binding)
             .with_max_request_depth(self.max_request_depth)
-            .with_seed(self.seed);
+            .with_seed(self.seed)
+            .with_ewma_decay(self.ewma_decay)
+            .with_unsampled_latency(self.unsampled_latency)
+            .with_degraded_share_percent(self.degraded_share_percent);
         let driver = DriverOptions::default()
             .execution(self.driver.execution)
             .lanes(self.driver.lanes);
@@ -333,6 +357,14 @@ impl PoolSettings {
             ConfigError::ZeroRequestDepth => {
                 ("max_request_depth", self.max_request_depth.to_string())
             }
+            ConfigError::ZeroEwmaDecay => ("ewma_decay", text::quoted(self.ewma_decay)),
+            ConfigError::ZeroUnsampledLatency => {
+                ("unsampled_latency", text::quoted(self.unsampled_latency))
+            }
+            ConfigError::DegradedShareOutOfRange(_) => (
+                "degraded_share_percent",
+                self.degraded_share_percent.to_string(),
+            ),
             _ => return None,
         })
     }
