@@ -26,8 +26,9 @@ pub enum TimeoutReason {
     ProbeTimeout,
     /// The drain deadline of a shutdown passes.
     DrainDeadline,
-    /// An idle worker that left the oldest waiting request to a faster
-    /// worker under `RoutingPolicy::PeakEwma` takes it after all.
+    /// Under `RoutingPolicy::PeakEwma`, a free worker takes the oldest
+    /// waiting request after all, which free workers had left to a faster
+    /// busy worker.
     DeferralEnd,
 }
 
@@ -38,8 +39,8 @@ pub(crate) enum Timer {
     ProbeDue(WorkerKey),
     ProbeTimeout(WorkerKey),
     Drain,
-    /// A worker's deferral of the backlog's oldest request ends.
-    Deferral(WorkerKey),
+    /// Free workers' deferral of the backlog's oldest request ends.
+    Deferral,
 }
 
 impl Timer {
@@ -49,7 +50,7 @@ impl Timer {
             Timer::ProbeDue(_) => TimeoutReason::ProbeDue,
             Timer::ProbeTimeout(_) => TimeoutReason::ProbeTimeout,
             Timer::Drain => TimeoutReason::DrainDeadline,
-            Timer::Deferral(_) => TimeoutReason::DeferralEnd,
+            Timer::Deferral => TimeoutReason::DeferralEnd,
         }
     }
 }

@@ -179,7 +179,6 @@ impl<P: Clone> Pool<P> {
         match started {
             Some(payload) => {
                 slot.running.push(key);
-                slot.deferred_until = None;
                 self.actions.push_back(Action::Start {
                     request: key,
                     worker,
@@ -206,7 +205,7 @@ impl<P: Clone> Pool<P> {
         });
         self.refresh_load(worker);
         if behind && free {
-            self.pump(worker);
+            self.pump_after_submit(worker, Some(key));
             self.refresh_load(worker);
         }
         Ok(key)

@@ -10,19 +10,29 @@
 //!   at `max(s + 2 e(f), now + e(f))`, `s` the start of its oldest run (it
 //!   frees at `s + e(f)`, or, overdue, not before `now`, then runs `r`);
 //! - `w` leaves `r` to `f` if `f` would finish it earlier **and** `r` has
-//!   waited less than `e(w)` (`now - a < e(w)`); it then takes nothing from
-//!   the backlog until `a + e(w)`, when a timer makes it look again (and
-//!   its estimate, which only decays between samples, is then at most
-//!   what `r` has waited: it takes the oldest request unless that one is
-//!   younger and again better left).
+//!   waited less than `e(w)` (`now - a < e(w)`); the pool's deferral timer
+//!   is then set at `a + e(w)` (or kept, if set earlier).
+//! - When that timer fires, the free schedulable workers are asked again
+//!   in routing order (idle Healthy first), each taking the backlog's
+//!   oldest request or deferring it anew, until the backlog is empty, none
+//!   is free, or one defers. A worker's estimate only decays between
+//!   samples, so by then it is at most what `r` has waited: `r` is taken
+//!   unless it was taken already and the next oldest is better left.
 //!
 //! So no request is stranded: while a schedulable worker has a free run
 //! slot, the backlog's oldest request waits at most `e(w)` from its
-//! acceptance for each such worker `w` (at most the longest run time any
+//! acceptance for some free worker `w` (at most the longest run any
 //! worker has reported, or `unsampled_latency`), whether or not the faster
-//! worker ever frees (it may hang, or be removed). A request that a circuit
-//! breaker pinned is never left. Each decision costs O(log n): one look at
-//! the first of the finish order and, when the worker defers, one timer.
+//! worker ever frees (it may hang, or be removed), and whatever becomes of
+//! the worker that deferred. A request that a circuit breaker pinned is
+//! never left. A decision costs O(log n): one look at the first of the
+//! finish order and at most one timer; a deferral's end costs O(log n)
+//! per request it starts.
+//!
+//! A worker that is free while another defers may be idle although it was
+//! not asked (a new request asks only the worker it is routed to): it is
+//! asked at the latest when the deferral ends, and a new request routed
+//! to it asks it at once.
 //!
 //! [`RoutingPolicy::PeakEwma`]: crate::RoutingPolicy::PeakEwma
 
@@ -44,7 +54,7 @@ impl<P: Clone> Pool<P> {
 
     /// Whether `worker`, free, leaves the backlog's oldest request
     /// (accepted at `accepted_at`) to a worker expected to finish it
-    /// sooner; if so, it is marked deferring until its timer.
+    /// sooner; if so, the pool's deferral timer is set to end it in time.
     pub(super) fn defers(&mut self, worker: WorkerKey, accepted_at: Time) -> bool {
         if !self.defers_possible() {
             return false;
@@ -72,24 +82,43 @@ impl<P: Clone> Pool<P> {
         }
         // `own` exceeds what the request waited, so this is after `now`.
         let until = accepted_at + Duration::from_nanos(own.ceil() as u64);
-        let Some(slot) = self.workers.get_mut(worker.0) else {
-            return false;
-        };
-        if slot.deferred_until != Some(until) {
-            slot.deferred_until = Some(until);
-            self.arm(until, Timer::Deferral(worker));
+        if self.deferral.is_none_or(|set| until < set) {
+            self.deferral = Some(until);
+            self.arm(until, Timer::Deferral);
         }
         true
     }
 
-    /// A worker's deferral timer fired: it looks at the backlog again.
-    pub(super) fn end_deferral(&mut self, worker: WorkerKey) {
-        let Some(slot) = self.workers.get_mut(worker.0) else {
-            return;
-        };
-        slot.deferred_until = None;
-        self.pump(worker);
-        self.refresh_load(worker);
+    /// The deferral timer fired: the free workers holding waiting
+    /// requests, then (while the backlog is not empty) the idle ones, in
+    /// routing order, look at what waits again, until none is left or one
+    /// defers anew.
+    pub(super) fn end_deferral(&mut self) {
+        self.deferral = None;
+        while self.deferral.is_none() {
+            // A worker holding requests may be out of the idle sets (its
+            // queue full, or not schedulable): it is asked first.
+            let holding = self.router.first_free_holding();
+            let worker = match holding {
+                Some(worker) => worker,
+                None if self.backlog_live > 0 => match self.router.first_idle() {
+                    Some(worker) => worker,
+                    None => return,
+                },
+                None => return,
+            };
+            self.pump(worker);
+            self.refresh_load(worker);
+            let stuck = self.workers.get(worker.0).is_some_and(|slot| {
+                let free = slot.running.len() < self.config.max_concurrency_per_worker as usize;
+                free && (slot.queued > 0 || holding.is_none())
+            });
+            if stuck && self.deferral.is_none() {
+                // Asked, it started nothing more and left nothing: only
+                // what it may not run waits (no further progress here).
+                return;
+            }
+        }
     }
 
     /// `worker`'s latency estimate at the current instant, in nanoseconds.

@@ -50,6 +50,8 @@ struct Tally {
     schedulable: usize,
     /// Workers with a place in the router's finish order.
     finishing: usize,
+    /// Workers free and holding waiting requests.
+    free_holding: usize,
 }
 
 type Checked = Result<(), InvariantViolation>;
@@ -93,11 +95,30 @@ impl<P: Clone> Pool<P> {
             }
             self.check_membership(worker, slot)?;
             self.check_probe(worker, slot, &armed)?;
-            self.check_deferral(worker, slot, &armed, &mut tally)?;
+            self.check_finish_order(worker, slot, &mut tally)?;
             self.check_worker_id(worker, slot)?;
         }
         self.check_worker_counts(&tally)?;
         self.check_router()?;
+        if let Some(until) = self.deferral {
+            ensure!(
+                self.defers_possible(),
+                "a deferral without latency-aware late binding"
+            );
+            ensure!(
+                armed.has(until, Timer::Deferral),
+                "a deferral until {until} without a timer"
+            );
+        }
+        let free_holding = self
+            .router
+            .first_free_holding()
+            .map_or(0, |worker| self.router.free_holding(worker).1);
+        ensure!(
+            free_holding == tally.free_holding,
+            "the router holds {free_holding} free workers with waiting requests, {} expected",
+            tally.free_holding
+        );
         let finishing = self.router.finish_len();
         ensure!(
             finishing == tally.finishing,
@@ -204,7 +225,7 @@ impl<P: Clone> Pool<P> {
             self.capacity
         );
         ensure!(
-            slot.queued == 0 || slot.running.len() == max_running || slot.deferred_until.is_some(),
+            slot.queued == 0 || slot.running.len() == max_running || self.deferral.is_some(),
             "{worker} has a free run slot while {} requests wait in its queue",
             slot.queued
         );
@@ -248,36 +269,27 @@ impl<P: Clone> Pool<P> {
     fn check_backlog_is_served(&self, worker: WorkerKey, slot: &Worker) -> Checked {
         let max_running = self.config.max_concurrency_per_worker as usize;
         ensure!(
-            self.backlog_live == 0
-                || slot.running.len() == max_running
-                || slot.deferred_until.is_some(),
+            self.backlog_live == 0 || slot.running.len() == max_running || self.deferral.is_some(),
             "schedulable {worker} has a free run slot while {} requests wait in the backlog",
             self.backlog_live
         );
         Ok(())
     }
 
-    /// A deferring worker has its deferral timer armed, and only under
-    /// `PeakEwma`; a worker's place in the finish order is the router's,
-    /// and it has one only when schedulable with no free run slot.
-    fn check_deferral(
-        &self,
-        worker: WorkerKey,
-        slot: &Worker,
-        armed: &Armed,
-        tally: &mut Tally,
-    ) -> Checked {
-        if let Some(until) = slot.deferred_until {
-            ensure!(
-                self.defers_possible(),
-                "{worker} defers without latency-aware late binding"
-            );
-            ensure!(
-                armed.has(until, Timer::Deferral(worker)),
-                "{worker} defers until {until} without a timer"
-            );
-        }
+    /// A worker's place in the finish order is the router's, and it has
+    /// one only when schedulable with no free run slot; it is recorded as
+    /// free and holding requests exactly when it is.
+    fn check_finish_order(&self, worker: WorkerKey, slot: &Worker, tally: &mut Tally) -> Checked {
         let max_running = self.config.max_concurrency_per_worker as usize;
+        let free_holding = slot.running.len() < max_running && slot.queued > 0;
+        let (held, _) = self.router.free_holding(worker);
+        ensure!(
+            slot.free_holding == free_holding && held == free_holding,
+            "{worker} is free holding {} requests: cached {}, router {held}",
+            slot.queued,
+            slot.free_holding
+        );
+        tally.free_holding += usize::from(free_holding);
         if slot.finish_key.is_some() {
             tally.finishing += 1;
             ensure!(
@@ -297,8 +309,9 @@ impl<P: Clone> Pool<P> {
     /// when also a run slot is free, preferred when also Healthy.
     fn check_membership(&self, worker: WorkerKey, slot: &Worker) -> Checked {
         let max_running = self.config.max_concurrency_per_worker as usize;
-        let eligible =
-            self.expect_schedulable(slot) && slot.running.len() + slot.queued < self.capacity;
+        let eligible = self.expect_schedulable(slot)
+            && slot.running.len() + slot.queued < self.capacity
+            && slot.queued < self.config.options.queue_capacity;
         let idle = eligible && slot.running.len() < max_running;
         let expect = Membership {
             eligible,

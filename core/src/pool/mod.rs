@@ -156,6 +156,10 @@ pub struct Pool<P> {
     backlog: VecDeque<RequestKey>,
     /// Live entries of `backlog`.
     backlog_live: usize,
+    /// Under `RoutingPolicy::PeakEwma`, while free workers leave the
+    /// backlog's oldest request to a faster busy worker: when the first
+    /// free worker takes it after all (see `deferral.rs`).
+    deferral: Option<Time>,
     timers: TimerHeap,
     actions: VecDeque<Action<P>>,
     events: VecDeque<Event>,
@@ -234,18 +238,15 @@ struct Worker {
     ///
     /// [`RoutingPolicy::PeakEwma`]: crate::RoutingPolicy::PeakEwma
     latency: PeakEwma,
-    /// Under [`RoutingPolicy::PeakEwma`], while this worker has a free run
-    /// slot and leaves the backlog's oldest request to a worker expected to
-    /// finish it sooner: when it takes that request after all (see
-    /// `deferral.rs`).
-    ///
-    /// [`RoutingPolicy::PeakEwma`]: crate::RoutingPolicy::PeakEwma
-    deferred_until: Option<Time>,
     /// Under `PeakEwma`, while it has no free run slot: the instant it is
     /// expected to finish a request it would take next (its oldest run's
     /// start plus twice its estimate), as the router's finish order holds
     /// it.
     finish_key: Option<u64>,
+    /// Cached, as the router holds it: a run slot free and requests
+    /// waiting in its queue (only while they are left to faster workers,
+    /// under `PeakEwma`).
+    free_holding: bool,
     removing: bool,
     /// Cached: takes new requests (not removing, status schedulable, pool
     /// not stopped).
@@ -255,6 +256,16 @@ struct Worker {
     /// before idle Degraded workers).
     membership: Membership,
     probe: ProbeState,
+}
+
+impl Worker {
+    /// Whether it has room for one more request: it holds fewer than
+    /// `capacity` (queue plus run slots) and fewer than `queue_capacity`
+    /// wait in its queue (which only a worker deferring to a faster one,
+    /// with a free run slot, can reach).
+    fn has_room(&self, capacity: usize, queue_capacity: usize) -> bool {
+        self.running.len() + self.queued < capacity && self.queued < queue_capacity
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -297,6 +308,7 @@ impl<P: Clone> Pool<P> {
             schedulable: 0,
             backlog: VecDeque::new(),
             backlog_live: 0,
+            deferral: None,
             timers: TimerHeap::new(),
             actions: VecDeque::new(),
             events: VecDeque::new(),

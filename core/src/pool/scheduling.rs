@@ -60,11 +60,12 @@ impl<P: Clone> Pool<P> {
     /// only (its status is as cached).
     pub(super) fn refresh_load(&mut self, worker: WorkerKey) {
         let capacity = self.capacity;
+        let queue_capacity = self.config.options.queue_capacity;
         let max_running = self.config.max_concurrency_per_worker as usize;
         let Some(slot) = self.workers.get_mut(worker.0) else {
             return;
         };
-        let eligible = slot.schedulable && slot.running.len() + slot.queued < capacity;
+        let eligible = slot.schedulable && slot.has_room(capacity, queue_capacity);
         let idle = eligible && slot.running.len() < max_running;
         let now = Membership {
             eligible,
@@ -74,6 +75,12 @@ impl<P: Clone> Pool<P> {
         if now != slot.membership {
             self.router.set(worker, slot.membership, now);
             slot.membership = now;
+        }
+        let free_holding = slot.running.len() < max_running && slot.queued > 0;
+        if free_holding != slot.free_holding {
+            self.router
+                .set_free_holding(worker, slot.free_holding, free_holding);
+            slot.free_holding = free_holding;
         }
         if self.config.routing == RoutingPolicy::PeakEwma {
             self.refresh_finish(worker);
@@ -99,6 +106,13 @@ impl<P: Clone> Pool<P> {
     /// (Its cached `schedulable` flag must be current when the backlog is
     /// not empty: see [`refresh_and_pump`](Self::refresh_and_pump).)
     pub(super) fn pump(&mut self, worker: WorkerKey) {
+        self.pump_after_submit(worker, None);
+    }
+
+    /// [`pump`](Self::pump), where `fresh` is a request accepted in this
+    /// input: like any request submitted to a free worker, it starts
+    /// whatever its budget (it is never too late to start).
+    pub(super) fn pump_after_submit(&mut self, worker: WorkerKey, fresh: Option<RequestKey>) {
         let max = self.config.max_concurrency_per_worker as usize;
         loop {
             let Some(slot) = self.workers.get_mut(worker.0) else {
@@ -112,7 +126,7 @@ impl<P: Clone> Pool<P> {
             let backlog_head = (self.backlog_live > 0 && slot.schedulable)
                 .then(|| live_head(&mut self.backlog, requests, |_| true))
                 .flatten();
-            let from_backlog = match (queue_head, backlog_head) {
+            let mut from_backlog = match (queue_head, backlog_head) {
                 (None, None) => return,
                 (Some(_), None) => false,
                 (None, Some(_)) => true,
@@ -128,7 +142,15 @@ impl<P: Clone> Pool<P> {
             };
             if let Some((_, accepted_at)) = unpinned_head {
                 if self.defers(worker, accepted_at) {
-                    return;
+                    // Only what any worker may run is left to another: a
+                    // pinned request at the head of its own queue runs.
+                    let pinned = queue_head.is_some_and(|(key, _)| {
+                        self.requests.get(key.0).is_some_and(|entry| entry.pinned)
+                    });
+                    if !pinned {
+                        return;
+                    }
+                    from_backlog = false;
                 }
             }
             let Some(slot) = self.workers.get_mut(worker.0) else {
@@ -147,6 +169,7 @@ impl<P: Clone> Pool<P> {
             let late = self
                 .requests
                 .get(request.0)
+                .filter(|_| fresh != Some(request))
                 .filter(|entry| too_late_to_start(entry.deadline, now, last_run))
                 .map(|entry| entry.worker);
             match late {
@@ -193,7 +216,6 @@ impl<P: Clone> Pool<P> {
         }
         if let Some(slot) = self.workers.get_mut(worker.0) {
             slot.running.push(request);
-            slot.deferred_until = None;
         }
         self.actions.push_back(Action::Start {
             request,

@@ -14,10 +14,16 @@ impl<P: Clone> Pool<P> {
     pub fn handle_timeout(&mut self, now: Time) {
         let now = self.observe(now);
         loop {
-            let (requests, workers, lifecycle) = (&self.requests, &self.workers, self.lifecycle);
-            let Some((at, timer)) = self.timers.pop_due(now, |at, timer| {
-                timer_is_live(requests, workers, lifecycle, at, timer)
-            }) else {
+            let live = LiveTimers {
+                requests: &self.requests,
+                workers: &self.workers,
+                lifecycle: self.lifecycle,
+                deferral: self.deferral,
+            };
+            let Some((at, timer)) = self
+                .timers
+                .pop_due(now, |at, timer| live.is_live(at, timer))
+            else {
                 break;
             };
             match timer {
@@ -28,7 +34,7 @@ impl<P: Clone> Pool<P> {
                     debug_assert!(at <= now);
                     self.drain_deadline();
                 }
-                Timer::Deferral(worker) => self.end_deferral(worker),
+                Timer::Deferral => self.end_deferral(),
             }
         }
     }
@@ -51,21 +57,40 @@ impl<P: Clone> Pool<P> {
             return;
         }
         if self.timers.arm(at, timer) {
-            let (requests, workers, lifecycle) = (&self.requests, &self.workers, self.lifecycle);
-            self.timers
-                .sweep(|at, timer| timer_is_live(requests, workers, lifecycle, at, timer));
+            let live = LiveTimers {
+                requests: &self.requests,
+                workers: &self.workers,
+                lifecycle: self.lifecycle,
+                deferral: self.deferral,
+            };
+            self.timers.sweep(|at, timer| live.is_live(at, timer));
         }
     }
 }
 
+/// The parts of the pool that say which timers are live.
+pub(super) struct LiveTimers<'a, P> {
+    pub(super) requests: &'a Slab<Request<P>>,
+    pub(super) workers: &'a Slab<Worker>,
+    pub(super) lifecycle: Lifecycle,
+    pub(super) deferral: Option<Time>,
+}
+
+impl<P> LiveTimers<'_, P> {
+    /// Whether a timer entry is still wanted by its owner.
+    pub(super) fn is_live(&self, at: Time, timer: Timer) -> bool {
+        timer_is_live(self, at, timer)
+    }
+}
+
 /// Whether a timer entry is still wanted by its owner.
-pub(super) fn timer_is_live<P>(
-    requests: &Slab<Request<P>>,
-    workers: &Slab<Worker>,
-    lifecycle: Lifecycle,
-    at: Time,
-    timer: Timer,
-) -> bool {
+fn timer_is_live<P>(live: &LiveTimers<'_, P>, at: Time, timer: Timer) -> bool {
+    let LiveTimers {
+        requests,
+        workers,
+        lifecycle,
+        deferral,
+    } = *live;
     match timer {
         Timer::Request(key) => requests
             .get(key.0)
@@ -77,8 +102,6 @@ pub(super) fn timer_is_live<P>(
             |slot| matches!(slot.probe, ProbeState::Outstanding { deadline, .. } if deadline == at),
         ),
         Timer::Drain => lifecycle == Lifecycle::Draining { deadline: Some(at) },
-        Timer::Deferral(key) => workers
-            .get(key.0)
-            .is_some_and(|slot| slot.deferred_until == Some(at)),
+        Timer::Deferral => deferral == Some(at),
     }
 }

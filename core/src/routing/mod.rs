@@ -51,6 +51,11 @@ pub(crate) struct Router {
     /// next, earliest first (latency-aware late binding asks for the
     /// first).
     finish: BTreeSet<(u64, WorkerKey)>,
+    /// Workers with a free run slot and requests waiting in their queue:
+    /// only while those are left to faster workers (under `PeakEwma`);
+    /// such a worker with a full queue, or not schedulable, is in no other
+    /// set.
+    free_holding: IndexSet,
 }
 
 /// A worker's place in the router's sets, as the pool sees it.
@@ -93,6 +98,7 @@ impl Router {
             keys: Vec::new(),
             cursor: 0,
             finish: BTreeSet::new(),
+            free_holding: IndexSet::default(),
         }
     }
 
@@ -265,6 +271,44 @@ impl Router {
                 .or_else(|| first(&self.idle_degraded))
                 .or_else(|| first(&self.eligible)),
         }?;
+        self.key_at(index)
+    }
+
+    /// Records whether `worker` has a free run slot and holds waiting
+    /// requests; O(log64 n).
+    pub(crate) fn set_free_holding(&mut self, worker: WorkerKey, was: bool, now: bool) {
+        let index = worker.index();
+        if now && !was {
+            let slot = index as usize;
+            if self.keys.len() <= slot {
+                self.keys.resize(slot + 1, None);
+            }
+            if let Some(key) = self.keys.get_mut(slot) {
+                *key = Some(worker);
+            }
+        }
+        update(&mut self.free_holding, index, was, now);
+    }
+
+    /// The first worker recorded by [`set_free_holding`](Self::set_free_holding).
+    pub(crate) fn first_free_holding(&self) -> Option<WorkerKey> {
+        let index = self.free_holding.next_from(0)?;
+        self.key_at(index)
+    }
+
+    /// Whether `worker` is recorded as free and holding requests (for
+    /// invariant checks), and how many are.
+    pub(crate) fn free_holding(&self, worker: WorkerKey) -> (bool, usize) {
+        let index = worker.index();
+        let held = self.key_at(index) == Some(worker) && self.free_holding.contains(index);
+        (held, self.free_holding.len())
+    }
+
+    /// The first worker with a free run slot in routing order (idle
+    /// Healthy before idle Degraded, from the cursor), whatever the policy.
+    pub(crate) fn first_idle(&self) -> Option<WorkerKey> {
+        let first = |set: &IndexSet| set.next_from(self.cursor).or_else(|| set.next_from(0));
+        let index = first(&self.idle_healthy).or_else(|| first(&self.idle_degraded))?;
         self.key_at(index)
     }
 

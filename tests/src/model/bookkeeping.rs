@@ -17,7 +17,9 @@ impl Harness {
             && book.status != WorkerHealthStatus::Unavailable;
         (
             schedulable,
-            schedulable && book.queued + book.running < self.limits.capacity,
+            schedulable
+                && book.queued + book.running < self.limits.capacity
+                && book.queued < self.limits.queue_capacity,
             schedulable && book.running < self.limits.max_running,
         )
     }
@@ -118,6 +120,7 @@ impl Harness {
             return;
         };
         let now = self.seen;
+        self.longest_any_run = self.longest_any_run.max(now - started_at);
         let Some(worker) = self.workers.get_mut(book.worker.as_u64()) else {
             return;
         };

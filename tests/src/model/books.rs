@@ -25,6 +25,12 @@ pub(super) struct Limits {
     pub(super) threshold: u32,
     /// Whether queued requests may move to the first free worker.
     pub(super) late_binding: bool,
+    /// Whether a free worker may leave waiting requests to a faster one
+    /// for a bounded time (`PeakEwma` with late binding).
+    pub(super) deferral: bool,
+    /// The latency `PeakEwma` assumes of a worker with no sample: with the
+    /// longest run seen, the bound of a deferral.
+    pub(super) unsampled_latency: Duration,
 }
 
 impl Limits {
@@ -39,7 +45,9 @@ impl Limits {
             default_timeout: options.default_request_timeout,
             probe_timeout: config.probe_timeout,
             threshold: options.unavailable_after_failures.max(1),
-            late_binding: config.late_binding && config.routing == RoutingPolicy::IdleFirst,
+            late_binding: config.late_binding && config.routing != RoutingPolicy::RoundRobin,
+            deferral: config.late_binding && config.routing == RoutingPolicy::PeakEwma,
+            unsampled_latency: config.unsampled_latency,
         }
     }
 }

@@ -238,14 +238,16 @@ fn draw_config(rng: &mut Rng, workers: usize, mean_latency: f64) -> PoolConfig {
     PoolConfig::new(options)
         .with_probe_timeout(probe_timeout)
         .with_max_concurrency_per_worker(concurrency)
-        .with_routing(if rng.below(2) == 0 {
-            RoutingPolicy::RoundRobin
-        } else {
-            RoutingPolicy::IdleFirst
-        })
+        // Every policy, from the one draw that chose between the first two.
+        .with_routing(RoutingPolicy::ALL[rng.below(RoutingPolicy::ALL.len() as u64) as usize])
         // Derived, not drawn, so each seed keeps its scenario: late
-        // binding in three idle-first pools of four.
+        // binding in three pools of four (but round robin's), the seed of
+        // the core's choices, and the latency-aware tuning scaled to the
+        // workers' mean latency.
         .with_late_binding(workers % 4 != 0)
+        .with_seed(workers as u64 ^ (queue_capacity as u64) << 8)
+        .with_unsampled_latency(secs(mean_latency * 2.0).max(Duration::from_micros(1)))
+        .with_ewma_decay(secs(mean_latency * 100.0).max(Duration::from_millis(1)))
 }
 
 /// How callers submit, scaled to the pool's capacity.

@@ -12,8 +12,11 @@
 //!    request's budget). On a mismatch proptest shrinks the sequence to a
 //!    minimal one (failures persist under `proptest-regressions/`).
 //! 2. `any_op_sequence_keeps_every_rule`: any sequence of [`Op`]s, on small
-//!    pools with varied options, passes every check of the shared
-//!    [`Harness`] after every step.
+//!    pools with varied options under every routing policy (the ones whose
+//!    choice the model cannot predict are held to the rules every policy
+//!    keeps: an eligible worker, exactly one answer, balanced books, no
+//!    request waiting while a worker is free beyond a bounded deferral),
+//!    passes every check of the shared [`Harness`] after every step.
 //!
 //! Built with `--cfg foreman_planted_bug` both properties are expected to
 //! fail (`should_panic`): they catch the core's planted bug too.
@@ -316,7 +319,12 @@ fn any_config() -> impl Strategy<Value = PoolConfig> {
         1u64..2_000,
         1u64..2_000,
         1u32..=3,
-        0u8..3,
+        (
+            0usize..RoutingPolicy::ALL.len(),
+            any::<bool>(),
+            any::<u64>(),
+        ),
+        (1u64..3_000, 1u64..20_000, 1u32..=100),
     )
         .prop_map(
             |(
@@ -326,7 +334,8 @@ fn any_config() -> impl Strategy<Value = PoolConfig> {
                 probe_ms,
                 probe_timeout_ms,
                 concurrency,
-                routing,
+                (routing, late_binding, seed),
+                (unsampled_ms, decay_ms, degraded_share),
             )| {
                 PoolConfig::new(WorkerPoolOptions {
                     queue_capacity,
@@ -341,14 +350,14 @@ fn any_config() -> impl Strategy<Value = PoolConfig> {
                 })
                 .with_probe_timeout(Duration::from_millis(probe_timeout_ms))
                 .with_max_concurrency_per_worker(concurrency)
-                // Round robin, idle-first with late binding, idle-first
-                // without.
-                .with_routing(if routing == 0 {
-                    RoutingPolicy::RoundRobin
-                } else {
-                    RoutingPolicy::IdleFirst
-                })
-                .with_late_binding(routing == 1)
+                // Every policy, with late binding or without (round robin
+                // never moves a queued request either way).
+                .with_routing(RoutingPolicy::ALL[routing])
+                .with_late_binding(late_binding)
+                .with_seed(seed)
+                .with_unsampled_latency(Duration::from_millis(unsampled_ms))
+                .with_ewma_decay(Duration::from_millis(decay_ms))
+                .with_degraded_share_percent(degraded_share)
             },
         )
 }
