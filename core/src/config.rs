@@ -11,6 +11,28 @@ use crate::protocol::WorkerRequest;
 use crate::validate::{check_request, RequestError, RequestLimits, DEFAULT_MAX_REQUEST_DEPTH};
 
 /// How new requests are spread over workers.
+///
+/// | policy | rule | cost per pick |
+/// |---|---|---|
+/// | `RoundRobin` | workers in turn | O(log n) |
+/// | `IdleFirst` | free workers in turn (Healthy first), else workers with room in turn | O(log n) |
+/// | `LeastLoaded` | the less loaded of two random workers | O(log n) |
+/// | `PeakEwma` | the cheaper of two random workers by latency × load, and a free slow worker may leave waiting requests to a faster busy one | O(log n) |
+///
+/// **Pinned requests.** Under every policy but `RoundRobin` (which never
+/// moves a request), a queued request may run on whichever worker frees up
+/// first ([`PoolConfig::late_binding`]) unless it is pinned to the worker
+/// it was queued on: when late binding is off (so in a pool whose circuit
+/// breaker vets every worker, see [`PoolConfig::vetted_by_breaker`]), or
+/// when a circuit breaker vetoed some worker for it. A pinned request is
+/// never left to another worker by `PeakEwma`'s deferral either.
+///
+/// **Which default.** [`IdleFirst`](Self::IdleFirst) stays the default: it
+/// never leaves a worker idle while a request waits and needs no tuning.
+/// The load-aware policies are there to be measured against it on the
+/// simulator's named scenarios (workers whose latencies spread from 1 ms
+/// to 1 s, heavy-tailed latencies with one worker slowing down); the
+/// default changes only if those measurements say so.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 #[non_exhaustive]
 pub enum RoutingPolicy {
@@ -143,7 +165,10 @@ pub struct PoolConfig {
     /// (its load plus one, or its latency cost) is multiplied by
     /// `100 / degraded_share_percent` before two candidates are compared,
     /// so at 50 it wins only against a candidate at least twice as loaded,
-    /// and at 100 it competes as a Healthy one. Defaults to
+    /// and at 100 it competes as a Healthy one. The candidates are drawn
+    /// among the free workers while any is free, so a Degraded worker that
+    /// is the only free one is compared with nothing and takes the request
+    /// (no request waits while a worker is free). Defaults to
     /// [`DEFAULT_DEGRADED_SHARE_PERCENT`] (50); must be within 1..=100.
     pub degraded_share_percent: u32,
 }

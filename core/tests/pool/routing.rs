@@ -213,3 +213,46 @@ fn a_free_slower_worker_still_takes_a_request_it_would_finish_first() {
     let second = h.submit(start, &request("second")).unwrap();
     assert_eq!(h.started(), [(second, slow)]);
 }
+
+/// How many of `n` requests submitted at once (none finishing) go to the
+/// Degraded first worker of two, at `share` percent.
+fn degraded_takes(share: u32, n: usize) -> usize {
+    let config = PoolConfig::new(roomy())
+        .with_routing(RoutingPolicy::LeastLoaded)
+        .with_late_binding(false)
+        .with_degraded_share_percent(share);
+    let mut h = Harness::with_config(config, 2);
+    let degraded = h.worker(0);
+    let a = h.submit(ms(0), &request("a")).unwrap();
+    let b = h.submit(ms(0), &request("b")).unwrap();
+    for (key, worker) in h.started() {
+        let result = if worker == degraded {
+            Err(crate::harness::failure())
+        } else {
+            Ok(json!(null))
+        };
+        assert!(h.complete(ms(1), key, result));
+    }
+    assert!(![a, b].iter().any(|key| h.pool.cancel(ms(1), *key)));
+    assert_eq!(h.status(0), foreman_core::WorkerHealthStatus::Degraded);
+    h.take_events();
+    for i in 0..n {
+        h.submit(ms(2), &request(&format!("r{i}"))).unwrap();
+    }
+    accepted_on(&mut h)
+        .iter()
+        .filter(|worker| **worker == degraded)
+        .count()
+}
+
+#[test]
+fn a_degraded_worker_gets_a_reduced_share_not_none() {
+    // At 50 % its load counts double: about a third of the requests.
+    assert_eq!(degraded_takes(50, 12), 4);
+    // At 100 % it competes as a Healthy one (ties go to the Healthy one).
+    assert_eq!(degraded_takes(100, 12), 6);
+    // At 1 % it is compared only when drawn beside the Healthy one: it
+    // gets the one request that found it the only free worker, then none
+    // while the other holds fewer than a hundred.
+    assert_eq!(degraded_takes(1, 12), 1);
+}
