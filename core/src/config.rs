@@ -179,7 +179,10 @@ impl PoolConfig {
     /// The defaults: a probe timeout of the probe interval capped at 5 s,
     /// one request at a time per worker, [`RoutingPolicy::IdleFirst`] with
     /// late binding, epoch 0, a depth limit of
-    /// [`DEFAULT_MAX_REQUEST_DEPTH`] and seed 0. Each has a builder:
+    /// [`DEFAULT_MAX_REQUEST_DEPTH`], seed 0, and for the load-aware
+    /// policies an EWMA time constant of [`DEFAULT_EWMA_DECAY`], an
+    /// unsampled latency of [`DEFAULT_UNSAMPLED_LATENCY`] and a Degraded
+    /// share of [`DEFAULT_DEGRADED_SHARE_PERCENT`] %. Each has a builder:
     ///
     /// ```
     /// use std::time::Duration;
@@ -197,7 +200,10 @@ impl PoolConfig {
     ///     .with_late_binding(false)
     ///     .with_unix_epoch_ms(1_700_000_000_000)
     ///     .with_max_request_depth(64)
-    ///     .with_seed(42);
+    ///     .with_seed(42)
+    ///     .with_ewma_decay(Duration::from_secs(30))
+    ///     .with_unsampled_latency(Duration::from_millis(200))
+    ///     .with_degraded_share_percent(25);
     /// assert_eq!(config.options.queue_capacity, 16);
     /// assert_eq!(config.max_concurrency_per_worker, 4);
     /// assert_eq!(config.validate(), Ok(()));
