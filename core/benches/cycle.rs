@@ -6,19 +6,25 @@
 //! the pool stays in a steady state with `queued` requests waiting. Every
 //! request carries the default 30 s deadline, so the timer heap holds one
 //! entry per pending request.
+//!
+//! The `cycle` group runs the default policy; the `policy` group runs the
+//! same cycle under every routing policy at 16, 1 024 and 10 000 workers,
+//! to show that each pick stays O(log n).
 
 use std::hint::black_box;
 use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 use foreman_core::{
-    Action, Pool, PoolConfig, RequestKey, Time, WorkerKey, WorkerOperation, WorkerPoolOptions,
-    WorkerRequest,
+    Action, Pool, PoolConfig, RequestKey, RoutingPolicy, Time, WorkerKey, WorkerOperation,
+    WorkerPoolOptions, WorkerRequest,
 };
 use serde_json::{json, Value};
 
 const WORKERS: [usize; 4] = [1, 64, 1024, 10_000];
 const QUEUED: [usize; 3] = [0, 10_000, 100_000];
+const POLICY_WORKERS: [usize; 3] = [16, 1024, 10_000];
+const POLICY_QUEUED: [usize; 2] = [0, 10_000];
 
 fn sample_request() -> WorkerRequest {
     WorkerRequest {
@@ -49,13 +55,14 @@ struct Steady {
 }
 
 impl Steady {
-    fn new(workers: usize, queued: usize) -> Self {
+    fn new(workers: usize, queued: usize, routing: RoutingPolicy) -> Self {
         let per_worker = queued.div_ceil(workers).max(1) + 1;
         let options = WorkerPoolOptions {
             queue_capacity: per_worker,
             ..WorkerPoolOptions::default()
         };
-        let mut pool = Pool::new(PoolConfig::new(options), Time::ZERO).expect("valid config");
+        let config = PoolConfig::new(options).with_routing(routing);
+        let mut pool = Pool::new(config, Time::ZERO).expect("valid config");
         let keys: Vec<WorkerKey> = (0..workers)
             .map(|_| pool.add_worker(Time::ZERO).expect("worker"))
             .collect();
@@ -95,6 +102,12 @@ impl Steady {
     /// actions and move the timer, as a driver does.
     fn cycle(&mut self) {
         self.now = self.now + Duration::from_nanos(100);
+        if self.timer <= self.now {
+            // The driver's timer fired (under `PeakEwma`, a deferral's end).
+            self.pool.handle_timeout(self.now);
+            self.timer = self.pool.poll_timeout().map_or(Time::MAX, |(at, _)| at);
+            self.apply_actions();
+        }
         let key = self
             .pool
             .submit(self.now, &self.request, ())
@@ -153,21 +166,48 @@ fn bench_cycle(c: &mut Criterion) {
     group.sample_size(30);
     for &queued in &QUEUED {
         for &workers in &WORKERS {
-            let mut steady = Steady::new(workers, queued);
+            let mut steady = Steady::new(workers, queued, RoutingPolicy::default());
             let id = BenchmarkId::new(format!("queued={queued}"), format!("workers={workers}"));
             group.bench_function(id, |b| b.iter(|| steady.cycle()));
-            steady
-                .pool
-                .check_invariants()
-                .expect("bench kept the pool consistent");
-            assert!(
-                steady.pool.pending() >= queued,
-                "the pool stayed in steady state"
-            );
+            steady.check(queued);
         }
     }
     group.finish();
 }
 
-criterion_group!(benches, bench_cycle);
+fn bench_policies(c: &mut Criterion) {
+    let mut group = c.benchmark_group("policy");
+    group.warm_up_time(Duration::from_millis(500));
+    group.measurement_time(Duration::from_secs(2));
+    group.sample_size(30);
+    for routing in RoutingPolicy::ALL {
+        for &queued in &POLICY_QUEUED {
+            for &workers in &POLICY_WORKERS {
+                let mut steady = Steady::new(workers, queued, routing);
+                let id = BenchmarkId::new(
+                    format!("{routing:?}/queued={queued}"),
+                    format!("workers={workers}"),
+                );
+                group.bench_function(id, |b| b.iter(|| steady.cycle()));
+                steady.check(queued);
+            }
+        }
+    }
+    group.finish();
+}
+
+impl Steady {
+    /// The pool kept its rules and its steady state.
+    fn check(&self, queued: usize) {
+        self.pool
+            .check_invariants()
+            .expect("bench kept the pool consistent");
+        assert!(
+            self.pool.pending() >= queued,
+            "the pool stayed in steady state"
+        );
+    }
+}
+
+criterion_group!(benches, bench_cycle, bench_policies);
 criterion_main!(benches);

@@ -14,6 +14,28 @@ use crate::retries::RetryPolicy;
 use crate::validate::{check_request, RequestError, RequestLimits, DEFAULT_MAX_REQUEST_DEPTH};
 
 /// How new requests are spread over workers.
+///
+/// | policy | rule | cost per pick |
+/// |---|---|---|
+/// | `RoundRobin` | workers in turn | O(log n) |
+/// | `IdleFirst` | free workers in turn (Healthy first), else workers with room in turn | O(log n) |
+/// | `LeastLoaded` | the less loaded of two random workers | O(log n) |
+/// | `PeakEwma` | the cheaper of two random workers by latency × load, and a free slow worker may leave waiting requests to a faster busy one | O(log n) |
+///
+/// **Pinned requests.** Under every policy but `RoundRobin` (which never
+/// moves a request), a queued request may run on whichever worker frees up
+/// first ([`PoolConfig::late_binding`]) unless it is pinned to the worker
+/// it was queued on: when late binding is off (so in a pool whose circuit
+/// breaker vets every worker, see [`PoolConfig::vetted_by_breaker`]), or
+/// when a circuit breaker vetoed some worker for it. A pinned request is
+/// never left to another worker by `PeakEwma`'s deferral either.
+///
+/// **Which default.** [`IdleFirst`](Self::IdleFirst) stays the default: it
+/// never leaves a worker idle while a request waits and needs no tuning.
+/// The load-aware policies are there to be measured against it on the
+/// simulator's named scenarios (workers whose latencies spread from 1 ms
+/// to 1 s, heavy-tailed latencies with one worker slowing down); the
+/// default changes only if those measurements say so.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 #[non_exhaustive]
 pub enum RoutingPolicy {
@@ -29,7 +51,52 @@ pub enum RoutingPolicy {
     /// order requests arrived.
     #[default]
     IdleFirst,
+    /// Power of two choices on load: two distinct workers are drawn at
+    /// random from the core's [`Rng`](crate::Rng) among the idle ones (a
+    /// free run slot) if any, else among those with queue room, and the one
+    /// with fewer requests (running plus queued) wins; a tie goes to the
+    /// Healthy one, then to the first drawn. A Degraded worker's load
+    /// is raised by [`PoolConfig::degraded_share_percent`] (see there). Late binding applies as under `IdleFirst`.
+    LeastLoaded,
+    /// Power of two choices on expected latency, as tower's and Finagle's
+    /// peak-EWMA balancers: each worker keeps a moving average of its run
+    /// times that jumps at once to a slower run and decays towards faster
+    /// ones with the time constant [`PoolConfig::ewma_decay`]; its cost is
+    /// that estimate times (running + queued + 1), a worker with no sample
+    /// yet costing [`PoolConfig::unsampled_latency`]. Candidates are drawn
+    /// as under `LeastLoaded`, the cheaper wins (ties as there), and a
+    /// Degraded worker's cost is raised by
+    /// [`PoolConfig::degraded_share_percent`]. Late binding applies as
+    /// under `IdleFirst`.
+    PeakEwma,
 }
+
+impl RoutingPolicy {
+    /// Every policy, in declaration order (for tests and simulators that
+    /// draw one).
+    pub const ALL: [RoutingPolicy; 4] = [
+        RoutingPolicy::RoundRobin,
+        RoutingPolicy::IdleFirst,
+        RoutingPolicy::LeastLoaded,
+        RoutingPolicy::PeakEwma,
+    ];
+
+    /// Whether the policy draws two candidates and compares their load
+    /// (`LeastLoaded`, `PeakEwma`).
+    pub fn is_load_aware(self) -> bool {
+        matches!(self, RoutingPolicy::LeastLoaded | RoutingPolicy::PeakEwma)
+    }
+}
+
+/// The default [`PoolConfig::ewma_decay`]: 10 s, Finagle's.
+pub const DEFAULT_EWMA_DECAY: Duration = Duration::from_secs(10);
+
+/// The default [`PoolConfig::unsampled_latency`]: 1 s, tower's usual
+/// starting estimate.
+pub const DEFAULT_UNSAMPLED_LATENCY: Duration = Duration::from_secs(1);
+
+/// The default [`PoolConfig::degraded_share_percent`]: 50.
+pub const DEFAULT_DEGRADED_SHARE_PERCENT: u32 = 50;
 
 /// Everything the core needs to know, before validation.
 ///
@@ -60,8 +127,8 @@ pub struct PoolConfig {
     pub max_concurrency_per_worker: u32,
     /// How requests are spread over workers.
     pub routing: RoutingPolicy,
-    /// Under [`RoutingPolicy::IdleFirst`], whether a queued request may be
-    /// run by whichever schedulable worker frees first rather than only by
+    /// Under every policy but [`RoutingPolicy::RoundRobin`], whether a
+    /// queued request may be run by whichever schedulable worker frees first rather than only by
     /// the busy worker it was queued on (the default: no request waits
     /// behind a slow worker while another is free). A request that a
     /// circuit breaker (`allow`) vetoed for some worker always stays on the
@@ -100,6 +167,30 @@ pub struct PoolConfig {
     /// sets none. A run that lasts longer is aborted, answered `Timeout`
     /// and counted as a failure of its worker. Non-zero.
     pub run_limit: Option<Duration>,
+    /// The time constant of [`RoutingPolicy::PeakEwma`]'s moving average:
+    /// a run faster than the estimate pulls it towards itself with weight
+    /// `1 - exp(-dt / ewma_decay)`, `dt` the time since the worker's last
+    /// sample, and between samples the estimate decays towards zero by
+    /// `exp(-dt / ewma_decay)`, so an idle slow worker is tried again in
+    /// time. Defaults to [`DEFAULT_EWMA_DECAY`] (10 s); must be non-zero.
+    pub ewma_decay: Duration,
+    /// The run time [`RoutingPolicy::PeakEwma`] assumes of a worker with no
+    /// sample yet (newly added or restarted): high enough that a fresh
+    /// worker is not flooded, low enough that it is tried. Defaults to
+    /// [`DEFAULT_UNSAMPLED_LATENCY`] (1 s); must be non-zero.
+    pub unsampled_latency: Duration,
+    /// The share of a Healthy worker's traffic a Degraded one gets under
+    /// the load-aware policies ([`RoutingPolicy::LeastLoaded`],
+    /// [`RoutingPolicy::PeakEwma`]), in percent: a Degraded worker's cost
+    /// (its load plus one, or its latency cost) is multiplied by
+    /// `100 / degraded_share_percent` before two candidates are compared,
+    /// so at 50 it wins only against a candidate at least twice as loaded,
+    /// and at 100 it competes as a Healthy one. The candidates are drawn
+    /// among the free workers while any is free, so a Degraded worker that
+    /// is the only free one is compared with nothing and takes the request
+    /// (no request waits while a worker is free). Defaults to
+    /// [`DEFAULT_DEGRADED_SHARE_PERCENT`] (50); must be within 1..=100.
+    pub degraded_share_percent: u32,
 }
 
 impl PoolConfig {
@@ -108,8 +199,11 @@ impl PoolConfig {
     /// The defaults: a probe timeout of the probe interval capped at 5 s,
     /// one request at a time per worker, [`RoutingPolicy::IdleFirst`] with
     /// late binding, epoch 0, a depth limit of
-    /// [`DEFAULT_MAX_REQUEST_DEPTH`], seed 0, and no queue-wait or run
-    /// limit. Each has a builder:
+    /// [`DEFAULT_MAX_REQUEST_DEPTH`], seed 0, no queue-wait or run limit,
+    /// and for the load-aware policies an EWMA time constant of
+    /// [`DEFAULT_EWMA_DECAY`], an unsampled latency of
+    /// [`DEFAULT_UNSAMPLED_LATENCY`] and a Degraded share of
+    /// [`DEFAULT_DEGRADED_SHARE_PERCENT`] %. Each has a builder:
     ///
     /// ```
     /// use std::time::Duration;
@@ -129,7 +223,10 @@ impl PoolConfig {
     ///     .with_max_request_depth(64)
     ///     .with_seed(42)
     ///     .with_queue_wait_limit(Some(Duration::from_millis(250)))
-    ///     .with_run_limit(Some(Duration::from_secs(2)));
+    ///     .with_run_limit(Some(Duration::from_secs(2)))
+    ///     .with_ewma_decay(Duration::from_secs(30))
+    ///     .with_unsampled_latency(Duration::from_millis(200))
+    ///     .with_degraded_share_percent(25);
     /// assert_eq!(config.options.queue_capacity, 16);
     /// assert_eq!(config.max_concurrency_per_worker, 4);
     /// assert_eq!(config.validate(), Ok(()));
@@ -149,6 +246,9 @@ impl PoolConfig {
             recovery: RecoveryPolicy::default(),
             queue_wait_limit: None,
             run_limit: None,
+            ewma_decay: DEFAULT_EWMA_DECAY,
+            unsampled_latency: DEFAULT_UNSAMPLED_LATENCY,
+            degraded_share_percent: DEFAULT_DEGRADED_SHARE_PERCENT,
         }
     }
 
@@ -251,6 +351,31 @@ impl PoolConfig {
         }
     }
 
+    /// Sets [`ewma_decay`](Self::ewma_decay): the time constant of the
+    /// peak-EWMA latency estimate (non-zero).
+    #[must_use]
+    pub fn with_ewma_decay(mut self, ewma_decay: Duration) -> Self {
+        self.ewma_decay = ewma_decay;
+        self
+    }
+
+    /// Sets [`unsampled_latency`](Self::unsampled_latency): the run time
+    /// assumed of a worker with no sample yet (non-zero).
+    #[must_use]
+    pub fn with_unsampled_latency(mut self, unsampled_latency: Duration) -> Self {
+        self.unsampled_latency = unsampled_latency;
+        self
+    }
+
+    /// Sets [`degraded_share_percent`](Self::degraded_share_percent): the
+    /// share of traffic a Degraded worker gets under the load-aware
+    /// policies (1..=100).
+    #[must_use]
+    pub fn with_degraded_share_percent(mut self, degraded_share_percent: u32) -> Self {
+        self.degraded_share_percent = degraded_share_percent;
+        self
+    }
+
     /// This configuration for a pool whose circuit breaker (the `allow` of
     /// every submit) vets workers, if `vetted`: late binding is then off,
     /// so the worker `allow` approved is the one that runs each request.
@@ -309,6 +434,17 @@ impl PoolConfig {
         }
         if self.run_limit == Some(Duration::ZERO) {
             return Err(ConfigError::ZeroRunLimit);
+        }
+        if self.ewma_decay.is_zero() {
+            return Err(ConfigError::ZeroEwmaDecay);
+        }
+        if self.unsampled_latency.is_zero() {
+            return Err(ConfigError::ZeroUnsampledLatency);
+        }
+        if !(1..=100).contains(&self.degraded_share_percent) {
+            return Err(ConfigError::DegradedShareOutOfRange(
+                self.degraded_share_percent,
+            ));
         }
         Ok(())
     }
@@ -519,6 +655,20 @@ pub enum ConfigError {
          (leave it unset, or false in a settings file, for no limit)"
     )]
     ZeroRunLimit,
+    /// `ewma_decay` was zero.
+    #[error(
+        "ewma_decay must be greater than zero (it is the time constant of the latency estimate)"
+    )]
+    ZeroEwmaDecay,
+    /// `unsampled_latency` was zero.
+    #[error(
+        "unsampled_latency must be greater than zero \
+         (zero would make every new worker look free and flood it)"
+    )]
+    ZeroUnsampledLatency,
+    /// `degraded_share_percent` was outside 1..=100.
+    #[error("degraded_share_percent must be within 1..=100 (it was {0})")]
+    DegradedShareOutOfRange(u32),
 }
 
 #[cfg(test)]
@@ -572,6 +722,10 @@ mod tests {
         config.max_request_depth = 9;
         config.queue_wait_limit = Some(Duration::from_millis(11));
         config.run_limit = Some(Duration::from_millis(13));
+        config.seed = 3;
+        config.ewma_decay = Duration::from_secs(3);
+        config.unsampled_latency = Duration::from_millis(70);
+        config.degraded_share_percent = 20;
         config
     }
 
@@ -614,6 +768,58 @@ mod tests {
         assert_eq!(
             base.clone().with_run_limit(Some(Duration::from_secs(3))),
             expected
+        );
+
+        let mut expected = base.clone();
+        expected.ewma_decay = Duration::from_secs(30);
+        assert_eq!(
+            base.clone().with_ewma_decay(Duration::from_secs(30)),
+            expected
+        );
+
+        let mut expected = base.clone();
+        expected.unsampled_latency = Duration::from_millis(5);
+        assert_eq!(
+            base.clone()
+                .with_unsampled_latency(Duration::from_millis(5)),
+            expected
+        );
+
+        let mut expected = base.clone();
+        expected.degraded_share_percent = 100;
+        assert_eq!(base.clone().with_degraded_share_percent(100), expected);
+    }
+
+    #[test]
+    fn validate_names_each_routing_option_out_of_range() {
+        let zero_decay = PoolConfig::default().with_ewma_decay(Duration::ZERO);
+        assert_eq!(zero_decay.validate(), Err(ConfigError::ZeroEwmaDecay));
+        let zero_penalty = PoolConfig::default().with_unsampled_latency(Duration::ZERO);
+        assert_eq!(
+            zero_penalty.validate(),
+            Err(ConfigError::ZeroUnsampledLatency)
+        );
+        for share in [0, 101] {
+            let err = PoolConfig::default()
+                .with_degraded_share_percent(share)
+                .validate()
+                .unwrap_err();
+            assert_eq!(err, ConfigError::DegradedShareOutOfRange(share));
+            assert!(err.to_string().contains("degraded_share_percent"));
+        }
+        for share in [1, 100] {
+            let config = PoolConfig::default().with_degraded_share_percent(share);
+            assert_eq!(config.validate(), Ok(()));
+        }
+        let defaults = PoolConfig::default();
+        assert_eq!(defaults.routing, RoutingPolicy::IdleFirst);
+        assert_eq!(
+            (
+                defaults.ewma_decay,
+                defaults.unsampled_latency,
+                defaults.degraded_share_percent
+            ),
+            (Duration::from_secs(10), Duration::from_secs(1), 50)
         );
     }
 

@@ -1,6 +1,7 @@
-//! A hierarchical bitset of small indices: insert, remove and "next member
-//! at or after i" in O(log64 n) with a handful of cache lines, which keeps
-//! routing cost flat from one worker to tens of thousands.
+//! A hierarchical bitset of small indices: insert, remove, "next member
+//! at or after i" and "the k-th member" (a uniform random pick) in
+//! O(log64 n) with a handful of cache lines, which keeps routing cost flat
+//! from one worker to tens of thousands.
 
 /// A set of `u32` indices.
 #[derive(Debug, Default, Clone)]
@@ -8,6 +9,10 @@ pub(crate) struct IndexSet {
     /// `levels[0]` holds one bit per index; each higher level holds one bit
     /// per non-zero word of the level below. The top level is one word.
     levels: Vec<Vec<u64>>,
+    /// `counts[l][j]`, for `l >= 1`: how many indices lie under word `j` of
+    /// level `l` (`counts[0]` stays empty: a leaf word's count is its
+    /// population count). Lets [`nth`](Self::nth) descend without scanning.
+    counts: Vec<Vec<u32>>,
     len: usize,
 }
 
@@ -31,6 +36,7 @@ impl IndexSet {
         }
         self.grow_to(index as usize);
         self.len += 1;
+        self.count(index, true);
         let mut position = index as usize;
         for level in self.levels.iter_mut() {
             let Some(word) = level.get_mut(position / 64) else {
@@ -54,6 +60,7 @@ impl IndexSet {
             return false;
         }
         self.len -= 1;
+        self.count(index, false);
         let mut position = index as usize;
         for level in self.levels.iter_mut() {
             let Some(word) = level.get_mut(position / 64) else {
@@ -103,6 +110,66 @@ impl IndexSet {
             position = position * 64 + word.trailing_zeros() as usize;
         }
         u32::try_from(position).ok()
+    }
+
+    /// The member of rank `rank` (0-based, in increasing order), or `None`
+    /// when `rank >= len()`. With a uniform `rank` it is a uniform random
+    /// member; it costs O(64 · log64 n): one word per level and, above the
+    /// leaves, at most 64 subtree counts read per level.
+    pub(crate) fn nth(&self, rank: usize) -> Option<u32> {
+        if rank >= self.len {
+            return None;
+        }
+        let mut rank = u32::try_from(rank).ok()?;
+        let mut level = self.levels.len().checked_sub(1)?;
+        let mut position = 0usize;
+        while level > 0 {
+            let mut word = self.levels.get(level)?.get(position).copied()?;
+            let below = level - 1;
+            loop {
+                if word == 0 {
+                    debug_assert!(false, "index set counts disagree with its bits");
+                    return None;
+                }
+                let child = position * 64 + word.trailing_zeros() as usize;
+                let under = if below == 0 {
+                    self.levels.first()?.get(child)?.count_ones()
+                } else {
+                    *self.counts.get(below)?.get(child)?
+                };
+                if rank < under {
+                    position = child;
+                    break;
+                }
+                rank -= under;
+                word &= word - 1;
+            }
+            level = below;
+        }
+        let mut word = self.levels.first()?.get(position).copied()?;
+        for _ in 0..rank {
+            word &= word.wrapping_sub(1);
+        }
+        if word == 0 {
+            debug_assert!(false, "index set counts disagree with its bits");
+            return None;
+        }
+        u32::try_from(position * 64 + word.trailing_zeros() as usize).ok()
+    }
+
+    /// Adds or takes one from the subtree counts above `index`.
+    fn count(&mut self, index: u32, add: bool) {
+        let mut position = index as usize / 64;
+        for counts in self.counts.iter_mut().skip(1) {
+            position /= 64;
+            if let Some(count) = counts.get_mut(position) {
+                *count = if add {
+                    count.saturating_add(1)
+                } else {
+                    count.saturating_sub(1)
+                };
+            }
+        }
     }
 
     /// Members from `cursor` on, then those before it.
@@ -162,7 +229,24 @@ impl IndexSet {
             }
             levels.push(summary);
         }
+        // Each level's subtree counts, from the population of the leaves.
+        let mut counts = vec![Vec::new()];
+        let mut below: Vec<u32> = levels
+            .first()
+            .map(|leaf| leaf.iter().map(|word| word.count_ones()).collect())
+            .unwrap_or_default();
+        for level in levels.iter().skip(1) {
+            let mut sums = vec![0u32; level.len()];
+            for (position, count) in below.iter().enumerate() {
+                if let Some(sum) = sums.get_mut(position / 64) {
+                    *sum += count;
+                }
+            }
+            counts.push(sums.clone());
+            below = sums;
+        }
         self.levels = levels;
+        self.counts = counts;
     }
 }
 
@@ -192,6 +276,8 @@ mod tests {
             let probe = ((state >> 20) % 300_001) as u32;
             assert_eq!(set.next_from(probe), model.range(probe..).next().copied());
             assert_eq!(set.contains(probe), model.contains(&probe));
+            let rank = (state >> 40) as usize % (model.len() + 2);
+            assert_eq!(set.nth(rank), model.iter().nth(rank).copied());
         }
         assert_eq!(
             set.iter().collect::<Vec<_>>(),
@@ -227,6 +313,45 @@ mod tests {
         assert!(!set.remove(4095));
         assert_eq!(set.next_from(65), Some(4096));
         assert_eq!(set.next_from(u32::MAX), None);
+    }
+
+    #[test]
+    fn nth_walks_every_member_in_order_across_levels() {
+        let mut set = IndexSet::default();
+        assert_eq!(set.nth(0), None);
+        let members = [0, 1, 63, 64, 200, 4095, 4096, 70_000, 262_143, 262_144];
+        for index in members {
+            set.insert(index);
+        }
+        let ranked: Vec<Option<u32>> = (0..=members.len()).map(|rank| set.nth(rank)).collect();
+        let mut expected: Vec<Option<u32>> = members.iter().copied().map(Some).collect();
+        expected.push(None);
+        assert_eq!(ranked, expected);
+        set.remove(4095);
+        set.remove(0);
+        assert_eq!(set.nth(0), Some(1));
+        assert_eq!(set.nth(4), Some(4096));
+        assert_eq!(set.nth(7), Some(262_144));
+        assert_eq!(set.nth(8), None);
+    }
+
+    #[test]
+    fn nth_with_a_uniform_rank_reaches_every_member_evenly() {
+        let mut set = IndexSet::default();
+        for index in [3, 90, 5_000, 77_777] {
+            set.insert(index);
+        }
+        let mut rng = crate::rng::Rng::new(11);
+        let mut hits = std::collections::BTreeMap::new();
+        for _ in 0..4_000 {
+            let rank = rng.below(set.len() as u64) as usize;
+            *hits.entry(set.nth(rank).unwrap()).or_insert(0u32) += 1;
+        }
+        assert_eq!(hits.len(), 4);
+        assert!(
+            hits.values().all(|&n| (800..1_200).contains(&n)),
+            "{hits:?}"
+        );
     }
 
     #[test]

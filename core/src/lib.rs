@@ -111,6 +111,7 @@ pub mod validate;
 
 pub use config::{
     Admission, ConfigError, PoolConfig, RoutingPolicy, WorkerPoolOptions, WorkerSecurityPolicy,
+    DEFAULT_DEGRADED_SHARE_PERCENT, DEFAULT_EWMA_DECAY, DEFAULT_UNSAMPLED_LATENCY,
 };
 pub use deadlines::{LimitedRequest, PhaseLimits, TimeoutLimit};
 pub use dismantle::{dismantle, dismantle_request};

@@ -32,6 +32,10 @@ pub enum TimeoutReason {
     DrainDeadline,
     /// A worker's ejection ends: it turns half-open.
     EjectionExpiry,
+    /// Under `RoutingPolicy::PeakEwma`, a free worker takes the oldest
+    /// waiting request after all, which free workers had left to a faster
+    /// busy worker.
+    DeferralEnd,
 }
 
 /// What a timer entry is for.
@@ -44,6 +48,8 @@ pub(crate) enum Timer {
     ProbeTimeout(WorkerKey),
     Drain,
     Ejection(WorkerKey),
+    /// Free workers' deferral of the backlog's oldest request ends.
+    Deferral,
 }
 
 impl Timer {
@@ -56,6 +62,7 @@ impl Timer {
             Timer::ProbeTimeout(_) => TimeoutReason::ProbeTimeout,
             Timer::Drain => TimeoutReason::DrainDeadline,
             Timer::Ejection(_) => TimeoutReason::EjectionExpiry,
+            Timer::Deferral => TimeoutReason::DeferralEnd,
         }
     }
 }

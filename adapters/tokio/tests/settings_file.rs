@@ -35,6 +35,9 @@ max_request_depth = 16
 seed = 7
 queue_wait_limit = "250ms"
 run_limit = "2s"
+ewma_decay = "30s"
+unsampled_latency = "250ms"
+degraded_share_percent = 25
 
 [retries]
 enabled = true
@@ -110,6 +113,9 @@ const CHANGED_JSON: &str = r#"{
     },
     "queue_wait_limit": "250ms",
     "run_limit": "2s",
+    "ewma_decay": "30s",
+    "unsampled_latency": "250ms",
+    "degraded_share_percent": 25,
     "security_policy": {
         "max_request_timeout": "10500ms",
         "max_request_payload_bytes": 1024,
@@ -315,6 +321,9 @@ fn every_setting_reaches_the_pool_configuration() {
                 .with_counted(FailureClasses::NONE.with(WorkerErrorCode::ExecutionFailed))
         )
     );
+    assert_eq!(config.ewma_decay, Duration::from_secs(30));
+    assert_eq!(config.unsampled_latency, Duration::from_millis(250));
+    assert_eq!(config.degraded_share_percent, 25);
     assert_eq!(config.unix_epoch_ms, 0);
     assert_eq!(config.queue_wait_limit, Some(Duration::from_millis(250)));
     assert_eq!(config.run_limit, Some(Duration::from_secs(2)));
@@ -386,7 +395,10 @@ fn a_value_of_the_wrong_type_is_refused_naming_its_key() {
         (
             "routing = \"fastest\"",
             "routing",
-            &["\"fastest\"", "\"idle_first\" or \"round_robin\""],
+            &[
+                "\"fastest\"",
+                "\"idle_first\" or \"round_robin\" or \"least_loaded\" or \"peak_ewma\"",
+            ],
         ),
         (
             "[driver]\nexecution = \"threads\"",
@@ -459,6 +471,14 @@ fn a_value_the_pool_cannot_run_with_is_refused_naming_its_key() {
         ),
         ("queue_wait_limit = \"0ms\"", "queue_wait_limit", "\"0s\""),
         ("run_limit = \"0s\"", "run_limit", "\"0s\""),
+        ("ewma_decay = \"0s\"", "ewma_decay", "\"0s\""),
+        ("unsampled_latency = \"0s\"", "unsampled_latency", "\"0s\""),
+        ("degraded_share_percent = 0", "degraded_share_percent", "0"),
+        (
+            "degraded_share_percent = 101",
+            "degraded_share_percent",
+            "101",
+        ),
     ];
     for (text, expected_key, expected_value) in cases {
         let error = PoolSettings::from_toml_str(text).expect_err(text);
@@ -666,4 +686,20 @@ async fn a_pool_built_from_settings_with_hooks_runs_each_request_where_it_was_ac
     }
     assert_eq!(accepted.len(), 4);
     pool.shutdown().await;
+}
+
+#[test]
+fn every_routing_policy_is_read_and_written_by_its_name() {
+    for (name, policy) in [
+        ("round_robin", RoutingPolicy::RoundRobin),
+        ("idle_first", RoutingPolicy::IdleFirst),
+        ("least_loaded", RoutingPolicy::LeastLoaded),
+        ("peak_ewma", RoutingPolicy::PeakEwma),
+    ] {
+        let line = format!("routing = \"{name}\"");
+        let settings = PoolSettings::from_toml_str(&line).expect("a policy loads");
+        assert_eq!(settings.to_parts().0.routing, policy, "{name}");
+        let text = toml::to_string(&settings).expect("the settings serialize");
+        assert!(text.contains(&line), "{text}");
+    }
 }

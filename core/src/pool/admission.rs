@@ -111,8 +111,7 @@ impl<P: Clone> Pool<P> {
         // The policy's first choice is taken: found without building the
         // candidate iterator, which is only the fallback.
         let chosen = self
-            .router
-            .first_candidate()
+            .choose_worker()
             .or_else(|| self.router.candidates().next());
         let Some(worker) = chosen else {
             let error = self.no_worker_error(false);
@@ -176,14 +175,20 @@ impl<P: Clone> Pool<P> {
         let max_running = self.config.max_concurrency_per_worker as usize;
         let retry = admission.retry() && !vetted;
         let may_retry = self.may_run_again(retry, 1);
+        // Under latency-aware late binding an unpinned request joins the
+        // backlog even on a free worker, which then takes the backlog's
+        // oldest request (this one, or an older one) or leaves it to a
+        // faster worker (`deferral.rs`).
+        let behind = !pinned && self.defers_possible();
         let Some(slot) = self.workers.get_mut(worker.0) else {
             debug_assert!(false, "router chose a missing worker");
             return Err(self.refuse_counted(payload, WorkerPoolError::NoHealthyWorker));
         };
         self.counters.submitted += 1;
-        // A free worker with nothing waiting starts the request at once,
-        // without a trip through its queue.
-        let start_now = slot.queued == 0 && slot.running.len() < slot.run_slots(max_running);
+        // Otherwise a free worker with nothing waiting starts the request
+        // at once, without a trip through its queue.
+        let free = slot.running.len() < slot.run_slots(max_running);
+        let start_now = slot.queued == 0 && free && !behind;
         let state = if start_now {
             RequestState::Running { started_at: now }
         } else {
@@ -238,6 +243,10 @@ impl<P: Clone> Pool<P> {
             worker,
         });
         self.refresh_load(worker);
+        if behind && free {
+            self.pump_after_submit(worker, Some(key));
+            self.refresh_load(worker);
+        }
         Ok(key)
     }
 

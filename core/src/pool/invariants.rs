@@ -51,6 +51,10 @@ struct Tally {
     schedulable: usize,
     /// Workers found ejected.
     ejected: usize,
+    /// Workers with a place in the router's finish order.
+    finishing: usize,
+    /// Workers free and holding waiting requests.
+    free_holding: usize,
 }
 
 type Checked = Result<(), InvariantViolation>;
@@ -68,7 +72,8 @@ impl<P: Clone> Pool<P> {
     /// match the queues; no worker runs more than its concurrency or holds
     /// more than its capacity; no worker has a free run slot while requests
     /// wait in its own queue, nor a schedulable one while requests wait in
-    /// the backlog; the router's eligible set is exactly the schedulable
+    /// the backlog, unless it defers them to a faster worker (`PeakEwma`,
+    /// with its deferral timer armed); the router's eligible set is exactly the schedulable
     /// workers with room; every deadline has a timer; every probing worker
     /// has exactly one probe timer; a request runs at most the retry
     /// policy's attempts, and only a running one has run; the counters add up (accepted = answered + pending);
@@ -98,6 +103,7 @@ impl<P: Clone> Pool<P> {
             if slot.ejected {
                 tally.ejected += 1;
             }
+            self.check_finish_order(worker, slot, &mut tally)?;
             self.check_worker_id(worker, slot)?;
         }
         ensure!(
@@ -108,6 +114,31 @@ impl<P: Clone> Pool<P> {
         );
         self.check_worker_counts(&tally)?;
         self.check_router()?;
+        if let Some(until) = self.deferral {
+            ensure!(
+                self.defers_possible(),
+                "a deferral without latency-aware late binding"
+            );
+            ensure!(
+                armed.has(until, Timer::Deferral),
+                "a deferral until {until} without a timer"
+            );
+        }
+        let free_holding = self
+            .router
+            .first_free_holding()
+            .map_or(0, |worker| self.router.free_holding(worker).1);
+        ensure!(
+            free_holding == tally.free_holding,
+            "the router holds {free_holding} free workers with waiting requests, {} expected",
+            tally.free_holding
+        );
+        let finishing = self.router.finish_len();
+        ensure!(
+            finishing == tally.finishing,
+            "the finish order holds {finishing} workers, {} expected",
+            tally.finishing
+        );
         self.check_every_request_is_held(&tally)?;
         self.check_request_times(&armed)?;
         self.check_attempts()?;
@@ -210,7 +241,9 @@ impl<P: Clone> Pool<P> {
             self.capacity
         );
         ensure!(
-            slot.queued == 0 || slot.running.len() >= slot.run_slots(max_running),
+            slot.queued == 0
+                || slot.running.len() >= slot.run_slots(max_running)
+                || self.deferral.is_some(),
             "{worker} has a free run slot while {} requests wait in its queue",
             slot.queued
         );
@@ -253,9 +286,39 @@ impl<P: Clone> Pool<P> {
     fn check_backlog_is_served(&self, worker: WorkerKey, slot: &Worker) -> Checked {
         let max_running = self.config.max_concurrency_per_worker as usize;
         ensure!(
-            self.backlog_live == 0 || slot.running.len() >= slot.run_slots(max_running),
+            self.backlog_live == 0
+                || slot.running.len() >= slot.run_slots(max_running)
+                || self.deferral.is_some(),
             "schedulable {worker} has a free run slot while {} requests wait in the backlog",
             self.backlog_live
+        );
+        Ok(())
+    }
+
+    /// A worker's place in the finish order is the router's, and it has
+    /// one only when schedulable with no free run slot; it is recorded as
+    /// free and holding requests exactly when it is.
+    fn check_finish_order(&self, worker: WorkerKey, slot: &Worker, tally: &mut Tally) -> Checked {
+        let max_running = self.config.max_concurrency_per_worker as usize;
+        let free_holding = slot.running.len() < max_running && slot.queued > 0;
+        let (held, _) = self.router.free_holding(worker);
+        ensure!(
+            slot.free_holding == free_holding && held == free_holding,
+            "{worker} is free holding {} requests: cached {}, router {held}",
+            slot.queued,
+            slot.free_holding
+        );
+        tally.free_holding += usize::from(free_holding);
+        if slot.finish_key.is_some() {
+            tally.finishing += 1;
+            ensure!(
+                slot.schedulable && slot.running.len() >= max_running,
+                "{worker} is in the finish order but not busy and schedulable"
+            );
+        }
+        ensure!(
+            self.router.finish_holds(worker, slot.finish_key),
+            "the finish order lacks {worker}"
         );
         Ok(())
     }
@@ -266,7 +329,7 @@ impl<P: Clone> Pool<P> {
     fn check_membership(&self, worker: WorkerKey, slot: &Worker) -> Checked {
         let max_running = self.config.max_concurrency_per_worker as usize;
         let eligible = self.expect_schedulable(slot)
-            && slot.running.len() + slot.queued < slot.room(self.capacity);
+            && slot.has_room(self.capacity, self.config.options.queue_capacity);
         let idle = eligible && slot.running.len() < slot.run_slots(max_running);
         let expect = Membership {
             eligible,

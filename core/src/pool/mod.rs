@@ -8,6 +8,7 @@
 //! | `admission.rs` | submits: admission, the first worker, acceptance, refusals |
 //! | `vetting.rs` | a circuit breaker's say in a request's worker (`vet`, `revet`) |
 //! | `scheduling.rs` | which waiting request a worker runs: the late-binding backlog, status and load refreshes |
+//! | `deferral.rs` | latency-aware late binding (`PeakEwma`): when a free worker leaves the oldest request to a faster one, and for how long |
 //! | `answers.rs` | how a request ends: completion, cancellation, its deadline, its answer |
 //! | `retrying.rs` | a retryable failure running again on another worker, within the budget |
 //! | `workers.rs` | adding, restarting and removing workers, moving a removed worker's requests |
@@ -23,6 +24,7 @@
 
 pub(crate) mod admission;
 mod answers;
+mod deferral;
 mod driver_api;
 pub(crate) mod invariants;
 mod outputs;
@@ -50,6 +52,7 @@ use crate::protocol::WorkerHealthStatus;
 use crate::recovery::Recovery;
 use crate::retries::RetryLedger;
 use crate::rng::Rng;
+use crate::routing::ewma::PeakEwma;
 use crate::routing::{Membership, Router};
 use crate::slab::Slab;
 use crate::stats::Counters;
@@ -179,6 +182,10 @@ pub struct Pool<P> {
     backlog: VecDeque<Place>,
     /// Live entries of `backlog`.
     backlog_live: usize,
+    /// Under `RoutingPolicy::PeakEwma`, while free workers leave the
+    /// backlog's oldest request to a faster busy worker: when the first
+    /// free worker takes it after all (see `deferral.rs`).
+    deferral: Option<Time>,
     timers: TimerHeap,
     actions: VecDeque<Action<P>>,
     events: VecDeque<Event>,
@@ -291,6 +298,20 @@ struct Worker {
     /// restarted): a queued request with less budget left is not started
     /// on it (see [`too_late_to_start`](scheduling::too_late_to_start)).
     last_run: Option<Duration>,
+    /// Its run-time estimate under [`RoutingPolicy::PeakEwma`] (since it
+    /// was added or restarted; fed only under that policy).
+    ///
+    /// [`RoutingPolicy::PeakEwma`]: crate::RoutingPolicy::PeakEwma
+    latency: PeakEwma,
+    /// Under `PeakEwma`, while it has no free run slot: the instant it is
+    /// expected to finish a request it would take next (its oldest run's
+    /// start plus twice its estimate), as the router's finish order holds
+    /// it.
+    finish_key: Option<u64>,
+    /// Cached, as the router holds it: a run slot free and requests
+    /// waiting in its queue (only while they are left to faster workers,
+    /// under `PeakEwma`).
+    free_holding: bool,
     removing: bool,
     /// Cached: its recovery machine has it ejected (counted in the pool's
     /// `ejected`).
@@ -307,6 +328,16 @@ struct Worker {
     /// before idle Degraded workers).
     membership: Membership,
     probe: ProbeState,
+}
+
+impl Worker {
+    /// Whether it has room for one more request: it holds fewer than
+    /// `capacity` (queue plus run slots) and fewer than `queue_capacity`
+    /// wait in its queue (which only a worker deferring to a faster one,
+    /// with a free run slot, can reach).
+    fn has_room(&self, capacity: usize, queue_capacity: usize) -> bool {
+        self.running.len() + self.queued < self.room(capacity) && self.queued < queue_capacity
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -350,6 +381,7 @@ impl<P: Clone> Pool<P> {
             schedulable: 0,
             backlog: VecDeque::new(),
             backlog_live: 0,
+            deferral: None,
             timers: TimerHeap::new(),
             actions: VecDeque::new(),
             events: VecDeque::new(),

@@ -1,7 +1,7 @@
 //! What the driver polls after every input: the actions to carry out in
 //! order, the events to report, and when to wake the core.
 
-use super::timeouts::timer_is_live;
+use super::timeouts::LiveTimers;
 use super::Pool;
 use crate::output::{Action, Event};
 use crate::time::Time;
@@ -26,9 +26,14 @@ impl<P: Clone> Pool<P> {
     /// `None` when no timer is armed.
     #[must_use]
     pub fn poll_timeout(&mut self) -> Option<(Time, TimeoutReason)> {
-        let (requests, workers, lifecycle) = (&self.requests, &self.workers, self.lifecycle);
+        let live = LiveTimers {
+            requests: &self.requests,
+            workers: &self.workers,
+            lifecycle: self.lifecycle,
+            deferral: self.deferral,
+        };
         self.timers
-            .peek_live(|at, timer| timer_is_live(requests, workers, lifecycle, at, timer))
+            .peek_live(|at, timer| live.is_live(at, timer))
             .map(|(at, timer)| (at, timer.reason()))
     }
 }

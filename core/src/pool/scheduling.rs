@@ -7,13 +7,14 @@ use std::collections::VecDeque;
 use std::time::Duration;
 
 use super::timeouts::queue_wait_deadline;
-use super::{Lifecycle, Place, Pool, Request, RequestState};
-use crate::config::RoutingPolicy;
+use super::{Lifecycle, Place, Pool, Request, RequestState, Worker};
+use crate::config::{PoolConfig, RoutingPolicy};
 use crate::health::HealthCause;
 use crate::keys::{RequestKey, WorkerKey};
 use crate::output::{Action, Event};
 use crate::protocol::WorkerHealthStatus;
-use crate::routing::Membership;
+use crate::routing::ewma::nanos;
+use crate::routing::{Cost, Membership};
 use crate::slab::Slab;
 use crate::time::Time;
 
@@ -59,11 +60,12 @@ impl<P: Clone> Pool<P> {
     /// only (its status is as cached).
     pub(super) fn refresh_load(&mut self, worker: WorkerKey) {
         let capacity = self.capacity;
+        let queue_capacity = self.config.options.queue_capacity;
         let max_running = self.config.max_concurrency_per_worker as usize;
         let Some(slot) = self.workers.get_mut(worker.0) else {
             return;
         };
-        let eligible = slot.schedulable && slot.running.len() + slot.queued < slot.room(capacity);
+        let eligible = slot.schedulable && slot.has_room(capacity, queue_capacity);
         let idle = eligible && slot.running.len() < slot.run_slots(max_running);
         let now = Membership {
             eligible,
@@ -73,6 +75,15 @@ impl<P: Clone> Pool<P> {
         if now != slot.membership {
             self.router.set(worker, slot.membership, now);
             slot.membership = now;
+        }
+        let free_holding = slot.running.len() < max_running && slot.queued > 0;
+        if free_holding != slot.free_holding {
+            self.router
+                .set_free_holding(worker, slot.free_holding, free_holding);
+            slot.free_holding = free_holding;
+        }
+        if self.config.routing == RoutingPolicy::PeakEwma {
+            self.refresh_finish(worker);
         }
     }
 
@@ -95,6 +106,13 @@ impl<P: Clone> Pool<P> {
     /// (Its cached `schedulable` flag must be current when the backlog is
     /// not empty: see [`refresh_and_pump`](Self::refresh_and_pump).)
     pub(super) fn pump(&mut self, worker: WorkerKey) {
+        self.pump_after_submit(worker, None);
+    }
+
+    /// [`pump`](Self::pump), where `fresh` is a request accepted in this
+    /// input: like any request submitted to a free worker, it starts
+    /// whatever its budget (it is never too late to start).
+    pub(super) fn pump_after_submit(&mut self, worker: WorkerKey, fresh: Option<RequestKey>) {
         let max = self.config.max_concurrency_per_worker as usize;
         loop {
             let Some(slot) = self.workers.get_mut(worker.0) else {
@@ -110,11 +128,35 @@ impl<P: Clone> Pool<P> {
             let backlog_head = (self.backlog_live > 0 && slot.schedulable)
                 .then(|| live_head(&mut self.backlog, requests, None))
                 .flatten();
-            let from_backlog = match (queue_head, backlog_head) {
+            let mut from_backlog = match (queue_head, backlog_head) {
                 (None, None) => return,
                 (Some(_), None) => false,
                 (None, Some(_)) => true,
                 (Some((_, queued_at)), Some((_, backlogged_at))) => backlogged_at < queued_at,
+            };
+            // An unpinned request may be left to a faster worker; the
+            // backlog's head is the oldest of them.
+            let unpinned_head = match (from_backlog, queue_head) {
+                (true, _) => backlog_head,
+                (false, Some((key, _))) => backlog_head
+                    .filter(|_| self.requests.get(key.0).is_some_and(|entry| !entry.pinned)),
+                (false, None) => None,
+            };
+            if let Some((_, accepted_at)) = unpinned_head {
+                if self.defers(worker, accepted_at) {
+                    // Only what any worker may run is left to another: a
+                    // pinned request at the head of its own queue runs.
+                    let pinned = queue_head.is_some_and(|(key, _)| {
+                        self.requests.get(key.0).is_some_and(|entry| entry.pinned)
+                    });
+                    if !pinned {
+                        return;
+                    }
+                    from_backlog = false;
+                }
+            }
+            let Some(slot) = self.workers.get_mut(worker.0) else {
+                return;
             };
             let popped = if from_backlog {
                 self.backlog.pop_front()
@@ -129,6 +171,7 @@ impl<P: Clone> Pool<P> {
             let late = self
                 .requests
                 .get(request.0)
+                .filter(|_| fresh != Some(request))
                 .filter(|entry| {
                     too_late_to_start(entry.deadline, now, last_run)
                         || queue_wait_deadline(entry).is_some_and(|at| at <= now)
@@ -202,10 +245,62 @@ impl<P: Clone> Pool<P> {
         }
     }
 
-    /// Whether queued requests may run on another worker than their own.
+    /// Whether queued requests may run on another worker than their own
+    /// (every policy but the reference's round robin, unless turned off).
     pub(super) fn late_binding(&self) -> bool {
-        self.config.late_binding && self.config.routing == RoutingPolicy::IdleFirst
+        self.config.late_binding && self.config.routing != RoutingPolicy::RoundRobin
     }
+
+    /// Feeds a run of `worker` that ended at the current instant, started
+    /// at `started_at`, to its latency estimate (under
+    /// [`RoutingPolicy::PeakEwma`] only: the other policies never read it).
+    pub(super) fn sample_latency(&mut self, worker: WorkerKey, started_at: Time) {
+        if self.config.routing != RoutingPolicy::PeakEwma {
+            return;
+        }
+        let (now, tau) = (self.now, self.config.ewma_decay);
+        if let Some(slot) = self.workers.get_mut(worker.0) {
+            slot.latency.observe(now, now - started_at, tau);
+        }
+    }
+
+    /// The worker the routing policy picks for a new request, if any is
+    /// eligible: a load-aware policy draws two candidates from the pool's
+    /// generator and compares their [`routing_cost`].
+    pub(super) fn choose_worker(&mut self) -> Option<WorkerKey> {
+        let (workers, config, now) = (&self.workers, &self.config, self.now);
+        self.router.pick(&mut self.rng, |worker| {
+            routing_cost(workers, config, now, worker)
+        })
+    }
+}
+
+/// What `worker` costs as a candidate of a load-aware pick: its load plus
+/// one (`LeastLoaded`), or that times its latency estimate at `now`, at
+/// least 1 ns (`PeakEwma`); multiplied by `100 / degraded_share_percent`
+/// unless it is Healthy. A worker that is gone costs infinitely much.
+fn routing_cost(workers: &Slab<Worker>, config: &PoolConfig, now: Time, worker: WorkerKey) -> Cost {
+    let Some(slot) = workers.get(worker.0) else {
+        return Cost {
+            value: f64::INFINITY,
+            healthy: false,
+        };
+    };
+    let load = (slot.running.len() + slot.queued) as f64 + 1.0;
+    let base = if config.routing == RoutingPolicy::PeakEwma {
+        let unsampled = nanos(config.unsampled_latency);
+        let latency = slot.latency.estimate(now, config.ewma_decay, unsampled);
+        latency.max(1.0) * load
+    } else {
+        load
+    };
+    let healthy = slot.status == WorkerHealthStatus::Healthy;
+    let value = if healthy {
+        base
+    } else {
+        base * 100.0 / f64::from(config.degraded_share_percent.max(1))
+    };
+    Cost { value, healthy }
 }
 
 /// Whether a queued request with this deadline is answered `Timeout` rather

@@ -95,6 +95,7 @@ impl<P: Clone> Pool<P> {
             return;
         }
         self.lifecycle = Lifecycle::Stopped;
+        self.deferral = None;
         let keys: Vec<WorkerKey> = self.workers().collect();
         for worker in keys {
             self.refresh(worker, HealthCause::Stopped);

@@ -21,10 +21,16 @@ impl<P: Clone> Pool<P> {
     pub fn handle_timeout(&mut self, now: Time) {
         let now = self.observe(now);
         loop {
-            let (requests, workers, lifecycle) = (&self.requests, &self.workers, self.lifecycle);
-            let Some((at, timer)) = self.timers.pop_due(now, |at, timer| {
-                timer_is_live(requests, workers, lifecycle, at, timer)
-            }) else {
+            let live = LiveTimers {
+                requests: &self.requests,
+                workers: &self.workers,
+                lifecycle: self.lifecycle,
+                deferral: self.deferral,
+            };
+            let Some((at, timer)) = self
+                .timers
+                .pop_due(now, |at, timer| live.is_live(at, timer))
+            else {
                 break;
             };
             match timer {
@@ -38,6 +44,7 @@ impl<P: Clone> Pool<P> {
                     debug_assert!(at <= now);
                     self.drain_deadline();
                 }
+                Timer::Deferral => self.end_deferral(),
             }
         }
     }
@@ -74,21 +81,40 @@ impl<P: Clone> Pool<P> {
             return;
         }
         if self.timers.arm(at, timer) {
-            let (requests, workers, lifecycle) = (&self.requests, &self.workers, self.lifecycle);
-            self.timers
-                .sweep(|at, timer| timer_is_live(requests, workers, lifecycle, at, timer));
+            let live = LiveTimers {
+                requests: &self.requests,
+                workers: &self.workers,
+                lifecycle: self.lifecycle,
+                deferral: self.deferral,
+            };
+            self.timers.sweep(|at, timer| live.is_live(at, timer));
         }
     }
 }
 
+/// The parts of the pool that say which timers are live.
+pub(super) struct LiveTimers<'a, P> {
+    pub(super) requests: &'a Slab<Request<P>>,
+    pub(super) workers: &'a Slab<Worker>,
+    pub(super) lifecycle: Lifecycle,
+    pub(super) deferral: Option<Time>,
+}
+
+impl<P> LiveTimers<'_, P> {
+    /// Whether a timer entry is still wanted by its owner.
+    pub(super) fn is_live(&self, at: Time, timer: Timer) -> bool {
+        timer_is_live(self, at, timer)
+    }
+}
+
 /// Whether a timer entry is still wanted by its owner.
-pub(super) fn timer_is_live<P>(
-    requests: &Slab<Request<P>>,
-    workers: &Slab<Worker>,
-    lifecycle: Lifecycle,
-    at: Time,
-    timer: Timer,
-) -> bool {
+fn timer_is_live<P>(live: &LiveTimers<'_, P>, at: Time, timer: Timer) -> bool {
+    let LiveTimers {
+        requests,
+        workers,
+        lifecycle,
+        deferral,
+    } = *live;
     match timer {
         Timer::Request(key) => requests
             .get(key.0)
@@ -112,6 +138,7 @@ pub(super) fn timer_is_live<P>(
                     .get(key.0)
                     .is_some_and(|slot| slot.health.ejected_until() == Some(at))
         }
+        Timer::Deferral => deferral == Some(at),
     }
 }
 

@@ -311,9 +311,10 @@ impl<P: Clone> Pool<P> {
 
     /// The next candidate in the pool's order that `vetting` has not asked
     /// about, now its candidate.
-    fn propose(&self, vetting: &mut Vetting) -> Option<WorkerKey> {
+    fn propose(&mut self, vetting: &mut Vetting) -> Option<WorkerKey> {
+        let first = self.choose_worker();
         let asked = &vetting.asked;
-        let next = match self.router.first_candidate() {
+        let next = match first {
             Some(first) if !asked.contains(&first) => Some(first),
             _ => self
                 .router

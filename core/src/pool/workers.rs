@@ -12,6 +12,7 @@ use crate::keys::{RequestKey, WorkerKey};
 use crate::output::{Action, Event};
 use crate::protocol::{WorkerErrorCode, WorkerHealthStatus, WorkerPoolError, WorkerProtocolError};
 use crate::recovery::Recovery;
+use crate::routing::ewma::PeakEwma;
 use crate::routing::Membership;
 use crate::time::Time;
 use crate::timers::Timer;
@@ -105,6 +106,9 @@ impl<P: Clone> Pool<P> {
             moving: 0,
             running: RunList::default(),
             last_run: None,
+            latency: PeakEwma::default(),
+            finish_key: None,
+            free_holding: false,
             removing: false,
             ejected: false,
             saturated: false,
@@ -153,6 +157,7 @@ impl<P: Clone> Pool<P> {
             slot.health.reset();
             slot.saturated = false;
             slot.last_run = None;
+            slot.latency = PeakEwma::default();
             slot.probe = ProbeState::Idle;
         }
         self.sync_ejected(worker);

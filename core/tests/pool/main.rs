@@ -9,6 +9,7 @@ mod health;
 mod phase_limits;
 mod recovery;
 mod retries;
+mod routing;
 mod scheduling;
 mod shutdown;
 mod stats;

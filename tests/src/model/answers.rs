@@ -208,7 +208,8 @@ impl Harness {
     /// A `Timeout` answer neither early nor out of place: a running request
     /// only at a wake-up at or after its deadline; a queued one (expired,
     /// or reached by a worker with less budget left than that worker's last
-    /// run) by whatever frees a worker, never by a submit.
+    /// run) by whatever frees a worker, never by a submit (but under a
+    /// `PeakEwma` deferral, when the submit asks a free worker).
     fn check_timeout_answer(
         &self,
         context: Context,
@@ -233,13 +234,14 @@ impl Harness {
             }
             // Expired in its queue, or reached by a worker with less
             // budget left than that worker's last run (whatever frees a
-            // worker may answer it; a submit frees none).
+            // worker may answer it; a submit frees none, but under a
+            // deferral it asks a free worker, which may reach one).
             // Or past its queue-wait limit.
             Phase::Queued => {
                 let left = book.deadline.map(|d| d - now);
                 let waited_too_long = book.queue_wait_at.is_some_and(|at| at <= now);
                 ensure!(
-                    !matches!(context, Context::Submit { .. })
+                    (self.limits.deferral || !matches!(context, Context::Submit { .. }))
                         && (waited_too_long
                             || left.is_some_and(|left| left.is_zero() || left < self.longest_run)),
                     "#{} answered Timeout while queued at {now} during {context:?} with {left:?} \

@@ -18,7 +18,9 @@ impl Harness {
         let limit = book.trial_limit();
         (
             schedulable,
-            schedulable && book.queued + book.running < self.limits.capacity.min(limit),
+            schedulable
+                && book.queued + book.running < self.limits.capacity.min(limit)
+                && book.queued < self.limits.queue_capacity,
             schedulable && book.running < self.limits.max_running.min(limit),
         )
     }
@@ -184,6 +186,7 @@ impl Harness {
             return;
         };
         let now = self.seen;
+        self.longest_any_run = self.longest_any_run.max(now - started_at);
         let Some(worker) = self.workers.get_mut(book.worker.as_u64()) else {
             return;
         };

@@ -34,6 +34,12 @@ pub(super) struct Limits {
     pub(super) outlier: Option<OutlierDetection>,
     /// Every request's queue-wait and run limits (the pool's defaults).
     pub(super) phases: PhaseLimits,
+    /// Whether a free worker may leave waiting requests to a faster one
+    /// for a bounded time (`PeakEwma` with late binding).
+    pub(super) deferral: bool,
+    /// The latency `PeakEwma` assumes of a worker with no sample: with the
+    /// longest run seen, the bound of a deferral.
+    pub(super) unsampled_latency: Duration,
 }
 
 impl Limits {
@@ -48,7 +54,9 @@ impl Limits {
             default_timeout: options.default_request_timeout,
             probe_timeout: config.probe_timeout,
             threshold: options.unavailable_after_failures.max(1),
-            late_binding: config.late_binding && config.routing == RoutingPolicy::IdleFirst,
+            late_binding: config.late_binding && config.routing != RoutingPolicy::RoundRobin,
+            deferral: config.late_binding && config.routing == RoutingPolicy::PeakEwma,
+            unsampled_latency: config.unsampled_latency,
             max_attempts: config
                 .retries
                 .map_or(1, |policy| policy.max_attempts.max(1)),

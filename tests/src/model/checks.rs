@@ -3,6 +3,7 @@
 //! driver), the O(n) ones ([`Harness::check`]) when due.
 
 use std::cmp::Reverse;
+use std::time::Duration;
 
 use foreman_core::{HealthCause, RecoveryState, Time, WorkerHealthStatus, WorkerKey};
 
@@ -195,16 +196,45 @@ impl Harness {
             "requests moved by late binding but never started: {:?}",
             self.stolen
         );
-        // Late binding is work-conserving (defect 11).
-        ensure!(
-            !self.limits.late_binding || self.unpinned_queued == 0 || self.free == 0,
-            "{} requests wait while {} schedulable workers have a free run slot",
-            self.unpinned_queued,
-            self.free
-        );
+        // Late binding is work-conserving (defect 11), but for a bounded
+        // deferral to a faster worker under `PeakEwma`.
+        if self.limits.late_binding && self.unpinned_queued > 0 && self.free > 0 {
+            ensure!(
+                self.limits.deferral,
+                "{} requests wait while {} schedulable workers have a free run slot",
+                self.unpinned_queued,
+                self.free
+            );
+            self.check_deferral_bound()?;
+        }
         self.check_deadlines()?;
         self.check_lifecycle()?;
         self.check_counters()
+    }
+
+    /// While a free worker leaves requests to a faster one, the oldest has
+    /// waited no longer than any worker's latency estimate can be: the
+    /// longest run seen, or the unsampled latency (O(pending), only while
+    /// a worker defers).
+    fn check_deferral_bound(&self) -> Result<(), Failure> {
+        let oldest = self
+            .live
+            .iter()
+            .filter_map(|key| self.requests.get(key.as_u64()))
+            .filter(|book| book.state == ReqState::Queued && !book.pinned)
+            .map(|book| book.accepted_at)
+            .min();
+        let bound = self.longest_any_run.max(self.limits.unsampled_latency);
+        if let Some(accepted_at) = oldest {
+            let waited = self.seen - accepted_at;
+            ensure!(
+                waited <= bound + Duration::from_nanos(1),
+                "a request accepted at {accepted_at} waits {waited:?} while {} workers are free, \
+                 past the deferral bound {bound:?}",
+                self.free
+            );
+        }
+        Ok(())
     }
 
     /// Deadlines never late: after settling, no pending request and no

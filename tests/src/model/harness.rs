@@ -95,6 +95,9 @@ pub struct Harness {
     /// The longest successful run seen (bounds when a queued request may
     /// be answered for want of budget).
     pub(super) longest_run: Duration,
+    /// The longest run seen, however it ended: no latency estimate exceeds
+    /// it (or the unsampled latency), which bounds a deferral.
+    pub(super) longest_any_run: Duration,
     /// Changes to `Unavailable` for a health reason (not a shutdown).
     pub(super) ejections: u64,
 }
@@ -192,6 +195,7 @@ impl Harness {
             health_touched: Vec::new(),
             queues_grown: Vec::new(),
             longest_run: Duration::ZERO,
+            longest_any_run: Duration::ZERO,
             ejections: 0,
         })
     }

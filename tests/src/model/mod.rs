@@ -36,13 +36,15 @@
 //!      request it placed and pinned is not moved by its worker's removal
 //!      but named by `Revet`, and moves (by [`Harness::revet`]) only to a
 //!      worker the breaker allows, or is answered `Unavailable`;
-//!    - late binding (idle-first routing): a `Requeued` outside a removal
+//!    - late binding (every policy but round robin): a `Requeued` outside a removal
 //!      only moves an unpinned request (no circuit-breaker veto at its
 //!      submit) onto a schedulable worker, and that request starts there in
 //!      the same input; and once an input is done no unpinned
 //!      request waits while some schedulable worker has a free run slot (a
 //!      request never waits behind a slow worker while another is free:
-//!      defect 11);
+//!      defect 11), but under `PeakEwma`'s deferral to a faster worker,
+//!      and then the oldest waits no longer than the longest run seen or
+//!      the unsampled latency since it was accepted;
 //!    - per worker, queued ≤ `queue_capacity` once an input is done (checked
 //!      for the workers whose queue grew) and running ≤
 //!      `max_concurrency_per_worker` after every start;

@@ -315,15 +315,14 @@ fn draw_config(rng: &mut Rng, workers: usize, mean_latency: f64) -> PoolConfig {
         .with_run_limit(run_limit)
         .with_probe_timeout(probe_timeout)
         .with_max_concurrency_per_worker(concurrency)
-        .with_routing(if rng.below(2) == 0 {
-            RoutingPolicy::RoundRobin
-        } else {
-            RoutingPolicy::IdleFirst
-        })
+        // Every policy, from the one draw that chose between the first two.
+        .with_routing(RoutingPolicy::ALL[rng.below(RoutingPolicy::ALL.len() as u64) as usize])
         // Derived, not drawn, so each seed keeps its scenario: late
-        // binding in three idle-first pools of four, retries in one pool
-        // of three (two or three attempts, tools too in pools with long
-        // queues, a budget with a small reserve).
+        // binding in three pools of four (but round robin's), retries in
+        // one pool of three (two or three attempts, tools too in pools with
+        // long queues, a budget with a small reserve), the seed of the
+        // core's choices, and the latency-aware tuning scaled to the
+        // workers' mean latency.
         .with_late_binding(workers % 4 != 0)
         .with_retries((workers % 3 == 1).then(|| {
             RetryPolicy::default()
@@ -331,6 +330,9 @@ fn draw_config(rng: &mut Rng, workers: usize, mean_latency: f64) -> PoolConfig {
                 .with_tools(queue_capacity > 8)
                 .with_budget(RetryBudget::default().with_reserve_per_second(1))
         }))
+        .with_seed(workers as u64 ^ (queue_capacity as u64) << 8)
+        .with_unsampled_latency(secs(mean_latency * 2.0).max(Duration::from_micros(1)))
+        .with_ewma_decay(secs(mean_latency * 100.0).max(Duration::from_millis(1)))
 }
 
 /// How callers submit, scaled to the pool's capacity.

@@ -12,8 +12,12 @@
 //!    request's budget). On a mismatch proptest shrinks the sequence to a
 //!    minimal one (failures persist under `proptest-regressions/`).
 //! 2. `any_op_sequence_keeps_every_rule`: any sequence of [`Op`]s, on small
-//!    pools with varied options, passes every check of the shared
-//!    [`Harness`] after every step.
+//!    pools with varied options under every routing policy (the ones whose
+//!    choice the model cannot predict are held to the rules every policy
+//!    keeps: an eligible worker, exactly one answer, balanced books, no
+//!    request waiting while a worker is free beyond a bounded deferral),
+//!    with phase limits and retries sometimes, passes every check of the
+//!    shared [`Harness`] after every step.
 //! 3. `any_op_sequence_under_outlier_detection_keeps_every_rule`: the same
 //!    under outlier detection with varied tuning, where the harness checks
 //!    the recovery machine's invariants (the ejection cap, trial permits,
@@ -29,8 +33,8 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use foreman_core::{
-    FailureClasses, OutlierDetection, PanicMode, PoolConfig, RecoveryPolicy, RoutingPolicy, Time,
-    WorkerErrorCode, WorkerPoolOptions, WorkerSecurityPolicy,
+    FailureClasses, OutlierDetection, PanicMode, PoolConfig, RecoveryPolicy, RetryBudget,
+    RetryPolicy, RoutingPolicy, Time, WorkerErrorCode, WorkerPoolOptions, WorkerSecurityPolicy,
 };
 use foreman_tests::model::{
     Distance, Harness, Op, Outcome, RawInput, Shape, TimeoutChoice, TraceEvent, Verdict,
@@ -395,11 +399,17 @@ fn any_config() -> impl Strategy<Value = PoolConfig> {
         1u64..2_000,
         1u64..2_000,
         1u32..=3,
-        0u8..3,
+        (
+            0usize..RoutingPolicy::ALL.len(),
+            any::<bool>(),
+            any::<u64>(),
+        ),
+        (1u64..3_000, 1u64..20_000, 1u32..=100),
         (
             proptest::option::weighted(0.3, 1u64..3_000),
             proptest::option::weighted(0.3, 1u64..3_000),
         ),
+        proptest::option::weighted(0.3, (1u32..=3, any::<bool>(), 0u32..=100, 0u32..=2)),
     )
         .prop_map(
             |(
@@ -409,8 +419,10 @@ fn any_config() -> impl Strategy<Value = PoolConfig> {
                 probe_ms,
                 probe_timeout_ms,
                 concurrency,
-                routing,
+                (routing, late_binding, seed),
+                (unsampled_ms, decay_ms, degraded_share),
                 (queue_wait_ms, run_ms),
+                retries,
             )| {
                 PoolConfig::new(WorkerPoolOptions {
                     queue_capacity,
@@ -425,17 +437,28 @@ fn any_config() -> impl Strategy<Value = PoolConfig> {
                 })
                 .with_probe_timeout(Duration::from_millis(probe_timeout_ms))
                 .with_max_concurrency_per_worker(concurrency)
-                // Round robin, idle-first with late binding, idle-first
-                // without.
-                .with_routing(if routing == 0 {
-                    RoutingPolicy::RoundRobin
-                } else {
-                    RoutingPolicy::IdleFirst
-                })
-                .with_late_binding(routing == 1)
+                // Every policy, with late binding or without (round robin
+                // never moves a queued request either way).
+                .with_routing(RoutingPolicy::ALL[routing])
+                .with_late_binding(late_binding)
+                .with_seed(seed)
+                .with_unsampled_latency(Duration::from_millis(unsampled_ms))
+                .with_ewma_decay(Duration::from_millis(decay_ms))
+                .with_degraded_share_percent(degraded_share)
                 // Sometimes a queue-wait or run limit for every request.
                 .with_queue_wait_limit(queue_wait_ms.map(Duration::from_millis))
                 .with_run_limit(run_ms.map(Duration::from_millis))
+                // Sometimes retries, of tools too, with a small budget.
+                .with_retries(retries.map(|(attempts, tools, share, reserve)| {
+                    RetryPolicy::default()
+                        .with_max_attempts(attempts)
+                        .with_tools(tools)
+                        .with_budget(
+                            RetryBudget::default()
+                                .with_share_percent(share)
+                                .with_reserve_per_second(reserve),
+                        )
+                }))
             },
         )
 }

@@ -45,7 +45,7 @@ use crate::worker::ExecutionMode;
 /// | `default_request_timeout` | the same | `"30s"`, or `false` for no default timeout (`None`) |
 /// | `queue_wait_limit`, `run_limit` | the same | `"250ms"`, or `false` (the default) for no limit (`None`) |
 /// | `security_policy.max_request_timeout` | `max_request_timeout_ms` | `"2m"`, a whole number of milliseconds |
-/// | `routing` | [`RoutingPolicy`] | `"idle_first"` or `"round_robin"` |
+/// | `routing` | [`RoutingPolicy`] | `"idle_first"`, `"round_robin"`, `"least_loaded"` or `"peak_ewma"` |
 /// | `recovery.policy` | [`PoolConfig::recovery`] | `"reference"` or `"outlier_detection"`; the other `[recovery]` keys set [`OutlierDetection`]'s fields (`panic_mode`: `"route_to_all"` or `"fail_fast"`; `counted`: a list of error codes, `["execution_failed", "timeout"]`) and apply only under `"outlier_detection"` |
 /// | `driver.execution` | [`ExecutionMode`] | `"pool_tasks"` or `"caller_task"` |
 /// | `retries.enabled` | [`PoolConfig::retries`] | `false` for `None`; `true` for the policy the other `retries` keys give |
@@ -149,6 +149,24 @@ pub struct PoolSettings {
         deserialize_with = "text::read_duration_or_false"
     )]
     pub run_limit: Option<Duration>,
+    /// The time constant of the peak-EWMA latency estimate
+    /// ([`PoolConfig::ewma_decay`]; non-zero).
+    #[serde(
+        serialize_with = "text::write_duration",
+        deserialize_with = "text::read_duration"
+    )]
+    pub ewma_decay: Duration,
+    /// The run time assumed of a worker with no sample yet
+    /// ([`PoolConfig::unsampled_latency`]; non-zero).
+    #[serde(
+        serialize_with = "text::write_duration",
+        deserialize_with = "text::read_duration"
+    )]
+    pub unsampled_latency: Duration,
+    /// The share of a Healthy worker's traffic a Degraded one gets under
+    /// the load-aware policies, in percent
+    /// ([`PoolConfig::degraded_share_percent`]; 1..=100).
+    pub degraded_share_percent: u32,
     /// The limits every request must respect (`[security_policy]`).
     pub security_policy: SecurityPolicySettings,
     /// The per-worker recovery state machine (`[recovery]`).
@@ -374,6 +392,9 @@ impl Default for PoolSettings {
             retries: RetrySettings::from_policy(config.retries),
             queue_wait_limit: config.queue_wait_limit,
             run_limit: config.run_limit,
+            ewma_decay: config.ewma_decay,
+            unsampled_latency: config.unsampled_latency,
+            degraded_share_percent: config.degraded_share_percent,
             security_policy: SecurityPolicySettings::default(),
             recovery: RecoverySettings::default(),
             driver: DriverSettings::default(),
@@ -492,7 +513,10 @@ impl PoolSettings {
             .with_retries(self.retries.to_policy())
             .with_recovery(self.recovery.to_policy())
             .with_queue_wait_limit(self.queue_wait_limit)
-            .with_run_limit(self.run_limit);
+            .with_run_limit(self.run_limit)
+            .with_ewma_decay(self.ewma_decay)
+            .with_unsampled_latency(self.unsampled_latency)
+            .with_degraded_share_percent(self.degraded_share_percent);
         let driver = DriverOptions::default()
             .execution(self.driver.execution)
             .lanes(self.driver.lanes);
@@ -550,6 +574,14 @@ impl PoolSettings {
             ConfigError::ZeroRunLimit => (
                 "run_limit",
                 text::quoted(self.run_limit.unwrap_or_default()),
+            ),
+            ConfigError::ZeroEwmaDecay => ("ewma_decay", text::quoted(self.ewma_decay)),
+            ConfigError::ZeroUnsampledLatency => {
+                ("unsampled_latency", text::quoted(self.unsampled_latency))
+            }
+            ConfigError::DegradedShareOutOfRange(_) => (
+                "degraded_share_percent",
+                self.degraded_share_percent.to_string(),
             ),
             _ => return None,
         })

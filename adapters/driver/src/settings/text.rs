@@ -223,6 +223,8 @@ impl Named for RoutingPolicy {
     const NAMES: &'static [(&'static str, Self)] = &[
         ("idle_first", RoutingPolicy::IdleFirst),
         ("round_robin", RoutingPolicy::RoundRobin),
+        ("least_loaded", RoutingPolicy::LeastLoaded),
+        ("peak_ewma", RoutingPolicy::PeakEwma),
     ];
 }
 
