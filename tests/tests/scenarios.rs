@@ -1,34 +1,20 @@
-//! The named scenarios under `cargo test`, each run with every contender
-//! (every routing policy and the oracle) under the harness's checks: the
-//! facts that hold for every contender, and the oracle's place.
-//!
-//! Debug builds run the request-bound scenarios with [`DEBUG_REQUESTS`]
-//! requests instead of 5 000, to keep the suite fast; the facts asserted
-//! hold at either length.
+//! The named scenarios under `cargo test`, each run in full (5 000
+//! requests; about 2 s for all of them in a debug build) with every
+//! contender (every routing policy and the oracle) under the harness's
+//! checks: the facts that hold for every contender, and the oracle's
+//! place.
 
 use std::time::Duration;
 
 use foreman_tests::sim::report::run_every_contender;
 use foreman_tests::sim::{run_closed_loop, ClosedLoop, ClosedLoopOutcome, Contender, CONTENDERS};
 
-/// Requests of a request-bound scenario in a debug build.
-const DEBUG_REQUESTS: u64 = 1_000;
-
-/// `scenario`, shortened in debug builds.
-fn sized(scenario: ClosedLoop) -> ClosedLoop {
-    if cfg!(debug_assertions) {
-        scenario.with_requests(DEBUG_REQUESTS)
-    } else {
-        scenario
-    }
-}
-
 /// Runs `scenario` with every contender; every run passes the harness's
 /// checks (every accepted request answered exactly once, no deadline
 /// missed, health as the rules say) and answers every request it
 /// accepted.
 fn run_all(scenario: ClosedLoop) -> Vec<ClosedLoopOutcome> {
-    let outcomes = run_every_contender(&sized(scenario));
+    let outcomes = run_every_contender(&scenario);
     for outcome in &outcomes {
         let figures = outcome.figures();
         eprintln!("{figures}");
@@ -41,6 +27,14 @@ fn run_all(scenario: ClosedLoop) -> Vec<ClosedLoopOutcome> {
         );
     }
     outcomes
+}
+
+/// No worker is ejected and no request refused, under any contender.
+fn assert_no_ejection_nor_refusal(outcomes: &[ClosedLoopOutcome]) {
+    for outcome in outcomes {
+        assert_eq!(outcome.ejections, 0, "{}", outcome.figures());
+        assert_eq!(outcome.refused(), 0, "{}", outcome.figures());
+    }
 }
 
 fn row<'a>(outcomes: &'a [ClosedLoopOutcome], policy: &str) -> &'a ClosedLoopOutcome {
@@ -95,17 +89,14 @@ fn overload_of_healthy_workers_sheds_load_and_ejects_none_under_every_policy() {
 #[test]
 fn spread_latencies_eject_none_and_late_binding_cuts_the_tail() {
     let outcomes = run_all(ClosedLoop::SPREAD_LATENCIES);
-    for outcome in &outcomes {
-        assert_eq!(outcome.ejections, 0, "{}", outcome.figures());
-        assert_eq!(outcome.refused(), 0, "{}", outcome.figures());
-    }
+    assert_no_ejection_nor_refusal(&outcomes);
     assert_oracle_no_worse_than_round_robin(&outcomes);
     let idle_first = row(&outcomes, "idle_first");
     let round_robin = row(&outcomes, "round_robin");
     assert!(idle_first.p999 * 10 < round_robin.p999);
     assert!(idle_first.p999 < Duration::from_secs(1));
-    // The oracle never sends a request to a worker where it would finish
-    // later than 28 ms (the 1 ms worker's queue of fifty callers).
+    // Knowing every latency, the oracle spreads the fifty callers over the
+    // five fastest workers so that every request finishes within 28 ms.
     let oracle = row(&outcomes, "oracle");
     assert!(
         oracle.p999 <= Duration::from_millis(30),
@@ -119,17 +110,14 @@ fn spread_latencies_eject_none_and_late_binding_cuts_the_tail() {
 #[test]
 fn llm_like_slowdown_ejects_none_and_the_oracle_beats_round_robin() {
     let outcomes = run_all(ClosedLoop::LLM_LIKE_SLOWDOWN);
-    for outcome in &outcomes {
-        assert_eq!(outcome.ejections, 0, "{}", outcome.figures());
-        assert_eq!(outcome.refused(), 0, "{}", outcome.figures());
-    }
+    assert_no_ejection_nor_refusal(&outcomes);
     assert_oracle_no_worse_than_round_robin(&outcomes);
 }
 
 /// A worker failing 20 % and one failing every request while its probe
 /// says Healthy: the always-failing worker is ejected and gets at most a
-/// trial per probe interval, under 2.5 % of the runs (under 2 % at 5 000
-/// requests), and no request is refused.
+/// trial per probe interval, under 2 % of the runs, and no request is
+/// refused.
 #[test]
 fn flaky_and_dead_workers_keep_the_dead_one_to_a_trickle() {
     let outcomes = run_all(ClosedLoop::FLAKY_AND_DEAD);
@@ -137,7 +125,7 @@ fn flaky_and_dead_workers_keep_the_dead_one_to_a_trickle() {
     for outcome in &outcomes {
         let figures = outcome.figures();
         assert!(outcome.ejections > 0, "{figures}");
-        assert!(outcome.share_percent(1) < 2.5, "{figures}");
+        assert!(outcome.share_percent(1) < 2.0, "{figures}");
         assert_eq!(outcome.refused(), 0, "{figures}");
         assert!(outcome.failed > 0, "{figures}");
     }

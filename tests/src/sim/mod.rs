@@ -67,7 +67,7 @@ use swarm::Sim;
 pub use closed_loop::run_closed_loop;
 pub use contenders::{Contender, Kind, CONTENDERS};
 pub use named::{ClosedLoop, Fault, Stop, LLM_LIKE, REQUESTS};
-pub use outcome::ClosedLoopOutcome;
+pub use outcome::{quantile, ClosedLoopOutcome};
 pub use scenario::{Arrival, Chaos, Latency, Scenario};
 
 /// Full O(n) checks run every this many inputs (and after every command).

@@ -70,47 +70,65 @@ pub struct ClosedLoop {
 /// The LLM-like workers of scenarios 2–5: lognormal latencies with σ = 0.6
 /// (p99 ≈ 4 × median), medians spread geometrically from 150 ms (worker 0)
 /// to 450 ms (worker 9).
-pub const LLM_LIKE: LatencyModel = LatencyModel::LogNormal {
-    fastest_median: Duration::from_millis(150),
-    slowest_median: Duration::from_millis(450),
-    sigma_permille: 600,
-    slowdown: None,
-};
+pub const LLM_LIKE: LatencyModel = llm_like(None);
+
+/// [`LLM_LIKE`] with `slowdown`.
+const fn llm_like(slowdown: Option<Slowdown>) -> LatencyModel {
+    LatencyModel::LogNormal {
+        fastest_median: Duration::from_millis(150),
+        slowest_median: Duration::from_millis(450),
+        sigma_permille: 600,
+        slowdown,
+    }
+}
 
 /// Requests of scenarios 1–5.
 pub const REQUESTS: u64 = 5_000;
 
-/// Ten workers failing half of their requests, retryably, from the start.
-const EVERY_WORKER_HALF_RETRYABLE: [Fault; 10] = {
-    let mut faults = [Fault {
-        worker: 0,
-        permille: 500,
-        from: Duration::ZERO,
-        retryable: true,
-    }; 10];
-    let mut worker = 0;
-    while worker < 10 {
-        faults[worker].worker = worker;
-        worker += 1;
-    }
-    faults
+/// What scenarios 1–5 share: ten LLM-like workers, errors after 10 ms,
+/// fifty callers, 5 000 requests, a 30 s budget, a 5 ms back-off after a
+/// refusal.
+const FIFTY_CALLERS_TEN_WORKERS: ClosedLoop = ClosedLoop {
+    name: "",
+    about: "",
+    workers: 10,
+    latency: LLM_LIKE,
+    faults: &[],
+    fail_after: Duration::from_millis(10),
+    callers: 50,
+    stop: Stop::Requests(REQUESTS),
+    budget: Duration::from_secs(30),
+    refusal_backoff: Duration::from_millis(5),
+    seed: 0,
+    healthy: false,
 };
 
-/// Workers 0–5 failing every request from 20 s on.
-const SIX_OF_TEN_DOWN: [Fault; 6] = {
+/// Workers `0..N`, each failing `permille` thousandths of its requests
+/// from `from` on.
+const fn first_workers_failing<const N: usize>(
+    permille: u32,
+    from: Duration,
+    retryable: bool,
+) -> [Fault; N] {
     let mut faults = [Fault {
         worker: 0,
-        permille: 1000,
-        from: Duration::from_secs(20),
-        retryable: false,
-    }; 6];
+        permille,
+        from,
+        retryable,
+    }; N];
     let mut worker = 0;
-    while worker < 6 {
+    while worker < N {
         faults[worker].worker = worker;
         worker += 1;
     }
     faults
-};
+}
+
+/// Ten workers failing half of their requests, retryably, from the start.
+const EVERY_WORKER_HALF_RETRYABLE: [Fault; 10] = first_workers_failing(500, Duration::ZERO, true);
+
+/// Workers 0–5 failing every request from 20 s on.
+const SIX_OF_TEN_DOWN: [Fault; 6] = first_workers_failing(1000, Duration::from_secs(20), false);
 
 impl ClosedLoop {
     /// Scenario 0, overload of healthy workers: two workers at 50 ms,
@@ -139,19 +157,12 @@ impl ClosedLoop {
     pub const SPREAD_LATENCIES: ClosedLoop = ClosedLoop {
         name: "spread-latencies",
         about: "ten workers at 1 ms … 1 s (geometric), fifty callers, 5 000 requests, 30 s budget",
-        workers: 10,
         latency: LatencyModel::Spread {
             fastest: Duration::from_millis(1),
             slowest: Duration::from_secs(1),
         },
-        faults: &[],
-        fail_after: Duration::from_millis(10),
-        callers: 50,
-        stop: Stop::Requests(REQUESTS),
-        budget: Duration::from_secs(30),
-        refusal_backoff: Duration::from_millis(5),
         seed: 1,
-        healthy: false,
+        ..FIFTY_CALLERS_TEN_WORKERS
     };
 
     /// Scenario 2: the LLM-like workers ([`LLM_LIKE`]), worker 0 (the
@@ -163,25 +174,13 @@ impl ClosedLoop {
         about:
             "ten lognormal workers (medians 150–450 ms, σ 0.6), the fastest 10× slower from 80 s, \
                 fifty callers, 5 000 requests, 30 s budget",
-        workers: 10,
-        latency: LatencyModel::LogNormal {
-            fastest_median: Duration::from_millis(150),
-            slowest_median: Duration::from_millis(450),
-            sigma_permille: 600,
-            slowdown: Some(Slowdown {
-                worker: 0,
-                from: Duration::from_secs(80),
-                factor: 10,
-            }),
-        },
-        faults: &[],
-        fail_after: Duration::from_millis(10),
-        callers: 50,
-        stop: Stop::Requests(REQUESTS),
-        budget: Duration::from_secs(30),
-        refusal_backoff: Duration::from_millis(5),
+        latency: llm_like(Some(Slowdown {
+            worker: 0,
+            from: Duration::from_secs(80),
+            factor: 10,
+        })),
         seed: 2,
-        healthy: false,
+        ..FIFTY_CALLERS_TEN_WORKERS
     };
 
     /// Scenario 3: the LLM-like workers, worker 0 failing 20 % of its
@@ -191,8 +190,6 @@ impl ClosedLoop {
         name: "flaky-and-dead",
         about: "ten LLM-like workers, worker 0 failing 20 %, worker 1 failing 100 % with Healthy probes, \
                 errors after 10 ms, fifty callers, 5 000 requests, 30 s budget",
-        workers: 10,
-        latency: LLM_LIKE,
         faults: &[
             Fault {
                 worker: 0,
@@ -207,13 +204,8 @@ impl ClosedLoop {
                 retryable: false,
             },
         ],
-        fail_after: Duration::from_millis(10),
-        callers: 50,
-        stop: Stop::Requests(REQUESTS),
-        budget: Duration::from_secs(30),
-        refusal_backoff: Duration::from_millis(5),
         seed: 3,
-        healthy: false,
+        ..FIFTY_CALLERS_TEN_WORKERS
     };
 
     /// Scenario 4: the LLM-like workers, six of ten (0–5) failing every
@@ -223,16 +215,9 @@ impl ClosedLoop {
         name: "six-of-ten-fail",
         about: "ten LLM-like workers, six failing every request from 20 s (errors after 10 ms, \
                 probes Healthy), fifty callers, 5 000 requests, 30 s budget",
-        workers: 10,
-        latency: LLM_LIKE,
         faults: &SIX_OF_TEN_DOWN,
-        fail_after: Duration::from_millis(10),
-        callers: 50,
-        stop: Stop::Requests(REQUESTS),
-        budget: Duration::from_secs(30),
-        refusal_backoff: Duration::from_millis(5),
         seed: 4,
-        healthy: false,
+        ..FIFTY_CALLERS_TEN_WORKERS
     };
 
     /// Scenario 5, a retry storm: the LLM-like workers, every one failing
@@ -243,16 +228,9 @@ impl ClosedLoop {
         name: "retry-storm",
         about: "ten LLM-like workers each failing 50 % retryably (errors after 10 ms), \
                 fifty callers, 5 000 requests, 30 s budget",
-        workers: 10,
-        latency: LLM_LIKE,
         faults: &EVERY_WORKER_HALF_RETRYABLE,
-        fail_after: Duration::from_millis(10),
-        callers: 50,
-        stop: Stop::Requests(REQUESTS),
-        budget: Duration::from_secs(30),
-        refusal_backoff: Duration::from_millis(5),
         seed: 5,
-        healthy: false,
+        ..FIFTY_CALLERS_TEN_WORKERS
     };
 
     /// Every named scenario, in the issue's order.

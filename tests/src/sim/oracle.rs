@@ -96,6 +96,20 @@ mod tests {
     use super::*;
     use crate::sim::latency::worker_stream;
 
+    fn view<'a>(
+        open: bool,
+        queued: usize,
+        running: &'a [(Time, Time)],
+        draws: &'a Rng,
+    ) -> WorkerView<'a> {
+        WorkerView {
+            open,
+            queued,
+            running,
+            draws,
+        }
+    }
+
     const SPREAD: LatencyModel = LatencyModel::Spread {
         fastest: Duration::from_millis(10),
         slowest: Duration::from_millis(1000),
@@ -108,18 +122,8 @@ mod tests {
         let running = [(now, now + Duration::from_millis(10))];
         // Workers 0 (10 ms) and 1 (100 ms) run one request and have four
         // queued; worker 2 (1 s) is idle.
-        let busy = |open| WorkerView {
-            open,
-            queued: 4,
-            running: &running,
-            draws: &draws,
-        };
-        let idle = WorkerView {
-            open: true,
-            queued: 0,
-            running: &[],
-            draws: &draws,
-        };
+        let busy = |open| view(open, 4, &running, &draws);
+        let idle = view(true, 0, &[], &draws);
         for knowledge in [Knowledge::Draws, Knowledge::Means] {
             let choice = |views: &[WorkerView<'_>]| choose(&SPREAD, knowledge, views, now);
             assert_eq!(choice(&[busy(true), busy(true), idle]), Some(0));
@@ -127,10 +131,7 @@ mod tests {
             // against 1 s).
             assert_eq!(choice(&[busy(false), busy(true), idle]), Some(1));
             assert_eq!(choice(&[busy(false), busy(false), idle]), Some(2));
-            let closed = WorkerView {
-                open: false,
-                ..idle
-            };
+            let closed = view(false, 0, &[], &draws);
             assert_eq!(choice(&[closed, closed, closed]), None);
         }
     }
@@ -141,18 +142,8 @@ mod tests {
         let draws = worker_stream(0, 0, 0);
         // Started at 0, expected to take 10 ms; truly ends in 5 ms.
         let running = [(Time::ZERO, now + Duration::from_millis(5))];
-        let late = WorkerView {
-            open: true,
-            queued: 0,
-            running: &running,
-            draws: &draws,
-        };
-        let idle = WorkerView {
-            open: true,
-            queued: 0,
-            running: &[],
-            draws: &draws,
-        };
+        let late = view(true, 0, &running, &draws);
+        let idle = view(true, 0, &[], &draws);
         let fixed = LatencyModel::Fixed(Duration::from_millis(10));
         // By the means both would finish 10 ms from now: the lower index.
         assert_eq!(
@@ -187,12 +178,7 @@ mod tests {
             .collect();
         let views: Vec<WorkerView<'_>> = streams
             .iter()
-            .map(|draws| WorkerView {
-                open: true,
-                queued: 0,
-                running: &[],
-                draws,
-            })
+            .map(|draws| view(true, 0, &[], draws))
             .collect();
         let shorter = usize::from(next[1] < next[0]);
         assert_eq!(choose(&model, Knowledge::Draws, &views, now), Some(shorter));

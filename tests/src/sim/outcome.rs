@@ -135,8 +135,9 @@ pub struct ClosedLoopOutcome {
     pub full: Option<Vec<TraceEvent>>,
 }
 
-/// The `q`-quantile (0..=1) of sorted `values`, by nearest rank.
-fn quantile(sorted: &[Duration], q: f64) -> Duration {
+/// The `q`-quantile (0..=1) of `sorted` (ascending), by nearest rank;
+/// zero for no values.
+pub fn quantile(sorted: &[Duration], q: f64) -> Duration {
     if sorted.is_empty() {
         return Duration::ZERO;
     }
