@@ -347,12 +347,17 @@ pub fn run_closed_loop(
     outcome.ejections = sim.harness.ejections();
     let trace = sim.harness.trace();
     let events = trace.full().unwrap_or_default();
-    outcome.transitions = events
-        .iter()
-        .filter(|event| {
-            matches!(event, TraceEvent::Health { cause, .. } if *cause != HealthCause::Stopped)
-        })
-        .count() as u64;
+    outcome.transitions_per_worker = vec![0; workers];
+    for event in events {
+        if let TraceEvent::Health { worker, cause, .. } = event {
+            if *cause != HealthCause::Stopped {
+                outcome.transitions += 1;
+                if let Some(count) = outcome.transitions_per_worker.get_mut(*worker as usize) {
+                    *count += 1;
+                }
+            }
+        }
+    }
     outcome.trace_hash = trace.hash();
     if keep_trace {
         outcome.full = Some(events.to_vec());

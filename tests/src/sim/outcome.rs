@@ -112,6 +112,8 @@ pub struct ClosedLoopOutcome {
     pub ejections: u64,
     /// Health changes of any worker (the shutdown's excepted).
     pub transitions: u64,
+    /// Health changes of each worker, by index (the order of addition).
+    pub transitions_per_worker: Vec<u64>,
     /// Handler runs started (attempts), over every request.
     pub attempts: u64,
     /// Most attempts of one request.
@@ -166,6 +168,7 @@ impl ClosedLoopOutcome {
             refused_other: 0,
             ejections: 0,
             transitions: 0,
+            transitions_per_worker: Vec::new(),
             attempts: 0,
             most_attempts: 0,
             p50: Duration::ZERO,
@@ -238,6 +241,23 @@ impl ClosedLoopOutcome {
         shares.join(" ")
     }
 
+    /// The health changes: their total, then each worker's that had any
+    /// (`418 (w0 330, w1 88)`).
+    pub fn transitions_by_worker(&self) -> String {
+        let each: Vec<String> = self
+            .transitions_per_worker
+            .iter()
+            .enumerate()
+            .filter(|(_, &count)| count > 0)
+            .map(|(worker, count)| format!("w{worker} {count}"))
+            .collect();
+        if each.is_empty() {
+            self.transitions.to_string()
+        } else {
+            format!("{} ({})", self.transitions, each.join(", "))
+        }
+    }
+
     /// The run's figures on one line.
     pub fn figures(&self) -> String {
         format!(
@@ -265,7 +285,7 @@ impl ClosedLoopOutcome {
             self.refused_circuit_open,
             self.refused_other,
             self.ejections,
-            self.transitions,
+            self.transitions_by_worker(),
             self.attempts,
             self.most_attempts,
             self.shares(),

@@ -37,7 +37,7 @@ pub fn table(scenario: &ClosedLoop, outcomes: &[ClosedLoopOutcome]) -> String {
     let _ = writeln!(
         out,
         "| policy | p50 | p99 | p999 | completion | ok | failed | timeouts | refused (queue full / \
-         no healthy worker / circuit open) | ejections | transitions | attempts | runs per worker (%) |"
+         no healthy worker / circuit open) | ejections | transitions (per worker) | attempts | runs per worker (%) |"
     );
     let _ = writeln!(
         out,
@@ -59,7 +59,7 @@ pub fn table(scenario: &ClosedLoop, outcomes: &[ClosedLoopOutcome]) -> String {
             o.refused_no_healthy_worker,
             o.refused_circuit_open,
             o.ejections,
-            o.transitions,
+            o.transitions_by_worker(),
             o.attempts,
             o.shares()
         );
