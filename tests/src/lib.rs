@@ -8,7 +8,9 @@
 //! - [`rng`]: the one seeded generator (SplitMix64) of the simulator and
 //!   the fuzz crate's corpus seeds.
 //! - [`sim`]: the seed-driven swarm simulator behind the `sim` binary
-//!   (`cargo run --release -p foreman-tests --bin sim -- --seeds N`).
+//!   (`cargo run --release -p foreman-tests --bin sim -- --seeds N`), and
+//!   the named scenarios measured per routing policy against a
+//!   clairvoyant oracle (`sim -- --scenarios-report`).
 #![deny(missing_docs)]
 #![forbid(unsafe_code)]
 

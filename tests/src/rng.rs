@@ -50,4 +50,16 @@ impl Rng {
     pub fn exp(&mut self, mean: f64) -> f64 {
         -mean * (1.0 - self.unit()).ln()
     }
+
+    /// A standard normal sample (Box–Muller, one of the pair).
+    pub fn normal(&mut self) -> f64 {
+        let radius = (-2.0 * (1.0 - self.unit()).ln()).sqrt();
+        radius * (std::f64::consts::TAU * self.unit()).cos()
+    }
+
+    /// A lognormal sample: `median × e^(sigma × Z)` with `Z` standard
+    /// normal (its mean is `median × e^(sigma² / 2)`).
+    pub fn lognormal(&mut self, median: f64, sigma: f64) -> f64 {
+        median * (sigma * self.normal()).exp()
+    }
 }

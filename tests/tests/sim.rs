@@ -1,8 +1,8 @@
-//! The simulator under `cargo test`: 512 seeds, the determinism self-check,
-//! the named scenarios, and (built with `--cfg foreman_planted_bug`) proof
+//! The simulator under `cargo test`: 512 seeds, the determinism self-check
+//! (the named scenarios are in `scenarios.rs`), and (built with `--cfg foreman_planted_bug`) proof
 //! that a planted bug is caught.
 
-use foreman_tests::sim::{run_closed_loop, run_seed, ClosedLoop};
+use foreman_tests::sim::run_seed;
 
 /// Requests per seed, as in the CLI.
 const REQUESTS: u64 = foreman_tests::sim::DEFAULT_REQUESTS;
@@ -74,35 +74,6 @@ fn different_seeds_pick_different_scenarios() {
     let b = run_seed(2, 200, false);
     assert_ne!(a.scenario, b.scenario);
     assert_ne!(a.trace_hash, b.trace_hash);
-}
-
-/// Two healthy 50 ms workers, eight closed-loop callers with a 120 ms
-/// budget, 10 s: the excess is shed by expiry, no worker is ever ejected
-/// (no change to `Unavailable`), and requests succeed in every second.
-#[cfg(not(foreman_planted_bug))]
-#[test]
-fn overload_of_healthy_workers_sheds_load_and_ejects_none() {
-    let scenario = ClosedLoop::named("overload-of-healthy-workers").expect("named scenario");
-    let outcome = run_closed_loop(&scenario, false);
-    let figures = outcome.figures();
-    eprintln!("{figures}");
-    assert_eq!(outcome.failure, None, "{figures}");
-    assert_eq!(outcome.ejections, 0, "{figures}");
-    assert_eq!(outcome.refused_no_healthy_worker, 0, "{figures}");
-    assert_eq!(outcome.ok_per_second.len(), 10);
-    assert!(
-        outcome.ok_per_second.iter().all(|&ok| ok > 0),
-        "goodput fell to zero in some second: {figures}"
-    );
-    // Two workers at 50 ms serve at most 400 requests in 10 s; the pool
-    // keeps them busy with requests that can still finish.
-    assert!(outcome.ok >= 360, "{figures}");
-    assert_eq!(
-        outcome.timeouts_running, 0,
-        "no request starts without the budget to finish: {figures}"
-    );
-    let again = run_closed_loop(&scenario, false);
-    assert_eq!(again.trace_hash, outcome.trace_hash, "replayable");
 }
 
 #[test]

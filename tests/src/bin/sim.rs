@@ -1,26 +1,37 @@
-//! The simulator's command line: runs seeds and prints one summary line.
+//! The simulator's command line: runs seeds and prints one summary line,
+//! or runs the named scenarios.
 //!
 //! ```text
 //! sim --seeds N [--from S] [--requests R] [--jobs J] [--expect-failure]
 //! sim --seed S [--requests R] [--trace]
 //! sim --soak            (1 000 000 seeds, for long runs)
-//! sim --scenario NAME [--trace]   (a named scenario, e.g. overload-of-healthy-workers)
+//! sim --scenario NAME [--policy P] [--requests R] [--trace]
+//! sim --scenarios-report [--requests R]
 //! ```
-//! The last line is always
+//! The last line of a seed run is always
 //! `seeds=N failures=F sim_requests=… sim_seconds=… wall_seconds=… requests_per_wall_second=…`;
 //! the exit code is non-zero when F > 0 (inverted by `--expect-failure`,
 //! used to prove that a planted bug is caught). Every 64th seed is run twice
 //! and its two trace hashes must match (the determinism self-check).
-//! A named scenario prints its figures on one line instead
-//! (`scenario=… ok=… timeouts=… refused_…=… ejections=…`), runs twice to
-//! check its trace hash, and fails on any broken rule.
+//! A named scenario (e.g. `overload-of-healthy-workers`, `spread-latencies`)
+//! runs with the one contender `--policy` names, or with every contender
+//! (then its markdown table follows), each run twice to check its trace
+//! hash, and prints its figures on one line per contender
+//! (`scenario=… policy=… p50=… p99=… p999=… completion=… … ejections=…`);
+//! it fails on any broken rule. `--scenarios-report` runs every named
+//! scenario with every contender and prints one markdown table per
+//! scenario. `--requests` shortens a scenario bound by requests.
 
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::Instant;
 
-use foreman_tests::sim::{run_closed_loop, run_seed, ClosedLoop, SimOutcome, DEFAULT_REQUESTS};
+use foreman_tests::sim::report::{run_every_contender, table};
+use foreman_tests::sim::{
+    run_closed_loop, run_seed, ClosedLoop, ClosedLoopOutcome, Contender, SimOutcome, CONTENDERS,
+    DEFAULT_REQUESTS,
+};
 
 /// Failure reports printed in full; later failures get one line each.
 const FULL_REPORTS: usize = 3;
@@ -37,6 +48,9 @@ struct Args {
     single: bool,
     expect_failure: bool,
     scenario: Option<ClosedLoop>,
+    policy: Option<Contender>,
+    report: bool,
+    requests_given: bool,
 }
 
 fn parse() -> Result<Args, String> {
@@ -49,6 +63,9 @@ fn parse() -> Result<Args, String> {
         single: false,
         expect_failure: false,
         scenario: None,
+        policy: None,
+        report: false,
+        requests_given: false,
     };
     let mut it = std::env::args().skip(1);
     let number = |value: Option<String>, flag: &str| -> Result<u64, String> {
@@ -67,7 +84,10 @@ fn parse() -> Result<Args, String> {
                 args.seeds = 1;
                 args.single = true;
             }
-            "--requests" => args.requests = number(it.next(), "--requests")?,
+            "--requests" => {
+                args.requests = number(it.next(), "--requests")?;
+                args.requests_given = true;
+            }
             "--jobs" => args.jobs = number(it.next(), "--jobs")?.max(1) as usize,
             "--soak" => args.seeds = 1_000_000,
             "--trace" => args.trace = true,
@@ -80,10 +100,20 @@ fn parse() -> Result<Args, String> {
                 })?;
                 args.scenario = Some(scenario);
             }
+            "--policy" => {
+                let name = it.next().ok_or("--policy needs a name")?;
+                let policy = Contender::named(&name).ok_or_else(|| {
+                    format!("unknown policy {name:?} (known: {})", Contender::names())
+                })?;
+                args.policy = Some(policy);
+            }
+            "--scenarios-report" => args.report = true,
             "--help" | "-h" => {
                 return Err(
                     "usage: sim --seeds N [--from S] [--requests R] [--jobs J] [--expect-failure] \
-                            | --seed S [--requests R] [--trace] | --soak | --scenario NAME [--trace]"
+                            | --seed S [--requests R] [--trace] | --soak \
+                            | --scenario NAME [--policy P] [--requests R] [--trace] \
+                            | --scenarios-report [--requests R]"
                         .into(),
                 )
             }
@@ -101,8 +131,19 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    if let Some(scenario) = &args.scenario {
-        return run_named(scenario, args.trace, args.expect_failure);
+    let shorten = |scenario: ClosedLoop| {
+        if args.requests_given {
+            scenario.with_requests(args.requests)
+        } else {
+            scenario
+        }
+    };
+    if args.report {
+        let scenarios: Vec<ClosedLoop> = ClosedLoop::ALL.into_iter().map(shorten).collect();
+        return report(&scenarios);
+    }
+    if let Some(scenario) = args.scenario.clone().map(shorten) {
+        return run_named(&scenario, args.policy, args.trace, args.expect_failure);
     }
     let started = Instant::now();
     let next = AtomicU64::new(0);
@@ -204,27 +245,95 @@ fn main() -> ExitCode {
     }
 }
 
-/// Runs a named scenario twice (the second time to check determinism) and
-/// prints its figures, its full trace when asked, and any failure.
-fn run_named(scenario: &ClosedLoop, trace: bool, expect_failure: bool) -> ExitCode {
-    let mut outcome = run_closed_loop(scenario, trace);
-    let again = run_closed_loop(scenario, false);
+/// Runs `scenario` with `contender` twice and fails the first outcome
+/// if the two trace hashes differ.
+fn run_checked(scenario: &ClosedLoop, contender: &Contender, trace: bool) -> ClosedLoopOutcome {
+    let mut outcome = run_closed_loop(scenario, contender, trace);
+    let again = run_closed_loop(scenario, contender, false);
     if outcome.failure.is_none() && again.trace_hash != outcome.trace_hash {
         outcome.failure = Some(format!(
             "determinism: trace hash {:016x} then {:016x}",
             outcome.trace_hash, again.trace_hash
         ));
     }
-    if let Some(full) = &outcome.full {
-        for event in full {
-            println!("    {event:?}");
+    outcome
+}
+
+/// Runs a named scenario with one contender, or every one, each twice
+/// (the second time to check determinism), and prints its figures, its
+/// full trace when asked, any failure, and with every contender the
+/// scenario's table.
+fn run_named(
+    scenario: &ClosedLoop,
+    policy: Option<Contender>,
+    trace: bool,
+    expect_failure: bool,
+) -> ExitCode {
+    let contenders: Vec<Contender> = match policy {
+        Some(contender) => vec![contender],
+        None => CONTENDERS.to_vec(),
+    };
+    let mut outcomes = Vec::new();
+    for contender in &contenders {
+        let outcome = run_checked(scenario, contender, trace);
+        if let Some(full) = &outcome.full {
+            for event in full {
+                println!("    {event:?}");
+            }
         }
+        if let Some(failure) = &outcome.failure {
+            println!(
+                "scenario {} policy {} FAILED: {failure}",
+                outcome.name, outcome.policy
+            );
+        }
+        println!("{}", outcome.figures());
+        outcomes.push(outcome);
     }
-    if let Some(failure) = &outcome.failure {
-        println!("scenario {} FAILED: {failure}", outcome.name);
+    if policy.is_none() {
+        println!();
+        print!("{}", table(scenario, &outcomes));
     }
-    println!("{}", outcome.figures());
-    if outcome.failure.is_some() != expect_failure {
+    let failed = outcomes.iter().any(|outcome| outcome.failure.is_some());
+    if failed != expect_failure {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    }
+}
+
+/// Runs every scenario with every contender and prints one markdown table
+/// per scenario, then a summary line; fails if any run broke a rule or
+/// was not deterministic.
+fn report(scenarios: &[ClosedLoop]) -> ExitCode {
+    let started = Instant::now();
+    let mut failures = 0usize;
+    for scenario in scenarios {
+        let outcomes = run_every_contender(scenario);
+        for (outcome, contender) in outcomes.iter().zip(CONTENDERS) {
+            let again = run_closed_loop(scenario, contender, false);
+            if outcome.failure.is_some() || again.trace_hash != outcome.trace_hash {
+                failures += 1;
+                println!(
+                    "scenario {} policy {}: {} (trace hashes {:016x}, {:016x})",
+                    outcome.name,
+                    outcome.policy,
+                    outcome.failure.as_deref().unwrap_or("not deterministic"),
+                    outcome.trace_hash,
+                    again.trace_hash
+                );
+            }
+        }
+        println!("{}", table(scenario, &outcomes));
+    }
+    println!(
+        "scenarios={} contenders={} failures={failures} (each run twice: same trace hash) \
+         wall_seconds={:.2}",
+        scenarios.len(),
+        CONTENDERS.len(),
+        started.elapsed().as_secs_f64()
+    );
+    if failures > 0 {
         ExitCode::FAILURE
     } else {
         ExitCode::SUCCESS

@@ -56,18 +56,34 @@ impl Harness {
         timeout_ms: Option<u64>,
         veto: u8,
     ) -> Result<Option<RequestKey>, Failure> {
+        self.enter(shape, timeout_ms, false, Some(spread(veto)))
+    }
+
+    /// Submits like [`submit_vetted`](Self::submit_vetted) through a
+    /// breaker that vetoes the workers whose ordinal modulo 64 is a bit
+    /// set in `veto` (a simulator's breaker that approves one worker of
+    /// up to 64: every bit but that worker's).
+    ///
+    /// # Errors
+    /// The first broken rule.
+    pub fn submit_vetted_wide(
+        &mut self,
+        shape: Shape,
+        timeout_ms: Option<u64>,
+        veto: u64,
+    ) -> Result<Option<RequestKey>, Failure> {
         self.enter(shape, timeout_ms, false, Some(veto))
     }
 
-    /// Whether a breaker with `veto` (see [`Op::SubmitVetted`]) refuses
-    /// `worker`.
-    pub(super) fn vetoes(&self, veto: u8, worker: WorkerKey) -> bool {
+    /// Whether a breaker with `veto` (a mask over ordinals modulo 64, see
+    /// [`spread`]) refuses `worker`.
+    pub(super) fn vetoes(&self, veto: u64, worker: WorkerKey) -> bool {
         let ordinal = self.ordinal(worker).unwrap_or(0);
-        veto & (1 << (ordinal % 8)) != 0
+        veto & (1 << (ordinal % 64)) != 0
     }
 
     /// Schedulable workers with room that a breaker with `veto` allows.
-    fn allowed_open(&self, veto: u8) -> usize {
+    fn allowed_open(&self, veto: u64) -> usize {
         self.worker_list
             .iter()
             .filter(|&&worker| !self.vetoes(veto, worker))
@@ -82,7 +98,7 @@ impl Harness {
         &mut self,
         worker: WorkerKey,
         asked: &mut Vec<WorkerKey>,
-        veto: u8,
+        veto: u64,
     ) -> Result<bool, Failure> {
         let book = match self.worker_book(worker, "a breaker's question") {
             Ok(book) => book,
@@ -108,6 +124,7 @@ impl Harness {
     /// # Errors
     /// The first broken rule.
     pub fn revet(&mut self, request: RequestKey, veto: u8) -> Result<Option<WorkerKey>, Failure> {
+        let veto = spread(veto);
         self.begin_input()?;
         let Some(book) = self.requests.get(request.as_u64()).copied() else {
             return Err(self.fail(format!("revet of {request}, which is not pending")));
@@ -183,7 +200,7 @@ impl Harness {
         &mut self,
         admission: Result<Admission, RequestError>,
         id: u64,
-        veto: u8,
+        veto: u64,
     ) -> Result<Result<RequestKey, Refused<u64>>, Failure> {
         let mut vetting = Vetting::new();
         let mut asked = Vec::new();
@@ -223,7 +240,7 @@ impl Harness {
         shape: Shape,
         timeout_ms: Option<u64>,
         offer: bool,
-        veto: Option<u8>,
+        veto: Option<u64>,
     ) -> Result<Option<RequestKey>, Failure> {
         self.begin_input()?;
         let id = self.next_id;
@@ -281,7 +298,7 @@ impl Harness {
         &mut self,
         shape: Shape,
         timeout_ms: Option<u64>,
-        veto: Option<u8>,
+        veto: Option<u64>,
     ) -> Result<(), Refusal> {
         let valid = self.templates.admits(shape, timeout_ms);
         let no_budget = match timeout_ms {
@@ -335,7 +352,7 @@ impl Harness {
         timeout_ms: Option<u64>,
         id: u64,
         offer: bool,
-        veto: Option<u8>,
+        veto: Option<u64>,
     ) -> Result<Result<RequestKey, Refused<u64>>, Failure> {
         let request = self.templates.request(shape, timeout_ms);
         Ok(if let Some(veto) = veto {
@@ -413,4 +430,10 @@ impl Harness {
         }
         Ok(())
     }
+}
+
+/// A veto mask over ordinals modulo 8 as one over ordinals modulo 64: the
+/// byte repeated, so bit `k` is bit `k % 8` of `veto`.
+fn spread(veto: u8) -> u64 {
+    u64::from_ne_bytes([veto; 8])
 }

@@ -1,131 +1,56 @@
-//! Named scenarios with closed-loop callers ([`ClosedLoop`]), run under
-//! every check of the [`Harness`] and judged on their outcome.
+//! Runs a named scenario ([`ClosedLoop`]) for one contender under every
+//! check of the [`Harness`], and measures it ([`ClosedLoopOutcome`]).
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap};
 use std::time::Duration;
 
-use foreman_core::{PoolConfig, ProbeKey, RequestKey, Time, WorkerKey, WorkerPoolOptions};
+use foreman_core::{
+    HealthCause, PoolConfig, ProbeKey, RequestKey, Time, WorkerHealthStatus, WorkerKey,
+    WorkerPoolOptions,
+};
 
-use super::{next_instant, shut_down_and_check};
-use crate::model::{AnswerKind, Failure, Harness, Outcome, Output, Shape, TraceEvent, Verdict};
-
-/// A named, replayable scenario with closed-loop callers: each caller
-/// submits a request, waits for its answer and submits the next at once
-/// (after a refusal, after [`ClosedLoop::refusal_backoff`]). Every worker
-/// always succeeds after [`ClosedLoop::latency`] and every probe answers
-/// Healthy within a millisecond, so any ejection is the pool's own doing.
-/// There is no randomness: a run is its own replay.
-#[derive(Debug, Clone, PartialEq)]
-pub struct ClosedLoop {
-    /// The name `sim --scenario` knows it by.
-    pub name: &'static str,
-    /// Workers, all healthy.
-    pub workers: usize,
-    /// How long every request runs.
-    pub latency: Duration,
-    /// Closed-loop callers.
-    pub callers: usize,
-    /// Every request's `timeout_ms`.
-    pub budget_ms: u64,
-    /// How long callers keep submitting (virtual time).
-    pub run_for: Duration,
-    /// How long a refused caller waits before it submits again.
-    pub refusal_backoff: Duration,
-}
-
-impl ClosedLoop {
-    /// Overload of healthy workers: two workers at 50 ms, eight callers
-    /// with a 120 ms budget, 10 s (five times the offered load the workers
-    /// can serve within budget). The pool must shed the excess by expiry
-    /// and backpressure and never eject a worker, and requests must keep
-    /// succeeding in every second.
-    pub const OVERLOAD_OF_HEALTHY_WORKERS: ClosedLoop = ClosedLoop {
-        name: "overload-of-healthy-workers",
-        workers: 2,
-        latency: Duration::from_millis(50),
-        callers: 8,
-        budget_ms: 120,
-        run_for: Duration::from_secs(10),
-        refusal_backoff: Duration::from_millis(5),
-    };
-
-    /// Every named scenario.
-    pub const ALL: [ClosedLoop; 1] = [ClosedLoop::OVERLOAD_OF_HEALTHY_WORKERS];
-
-    /// The named scenario called `name`.
-    pub fn named(name: &str) -> Option<ClosedLoop> {
-        ClosedLoop::ALL
-            .into_iter()
-            .find(|scenario| scenario.name == name)
-    }
-}
-
-/// What a [`ClosedLoop`] run produced.
-#[derive(Debug, Clone)]
-pub struct ClosedLoopOutcome {
-    /// The scenario's name.
-    pub name: &'static str,
-    /// The first broken rule: a harness check, an ejection, or a second
-    /// without a success.
-    pub failure: Option<String>,
-    /// Requests answered with the handler's output.
-    pub ok: u64,
-    /// Requests answered `Timeout` while queued (expired, or reached with
-    /// too little budget left).
-    pub timeouts_queued: u64,
-    /// Requests answered `Timeout` while running.
-    pub timeouts_running: u64,
-    /// Submits refused with `NoHealthyWorker`.
-    pub refused_no_healthy_worker: u64,
-    /// Submits refused with `QueueFull`.
-    pub refused_queue_full: u64,
-    /// Changes of a worker to `Unavailable`.
-    pub ejections: u64,
-    /// Successes in each second of the run.
-    pub ok_per_second: Vec<u64>,
-    /// Hash of the whole trace.
-    pub trace_hash: u64,
-    /// The whole trace, when asked for.
-    pub full: Option<Vec<TraceEvent>>,
-}
-
-impl ClosedLoopOutcome {
-    /// The run's figures on one line.
-    pub fn figures(&self) -> String {
-        format!(
-            "scenario={} ok={} timeouts={} (queued {}, running {}) refused_no_healthy_worker={} \
-             refused_queue_full={} ejections={} ok_per_second={:?} trace_hash={:016x}",
-            self.name,
-            self.ok,
-            self.timeouts_queued + self.timeouts_running,
-            self.timeouts_queued,
-            self.timeouts_running,
-            self.refused_no_healthy_worker,
-            self.refused_queue_full,
-            self.ejections,
-            self.ok_per_second,
-            self.trace_hash
-        )
-    }
-}
+use super::contenders::Contender;
+use super::latency::worker_stream;
+use super::named::{ClosedLoop, Stop};
+use super::oracle::{approving_only, choose, Knowledge, WorkerView};
+use super::outcome::{ClosedLoopOutcome, Tally};
+use super::{next_instant, shut_down_and_check, FULL_CHECK_EVERY};
+use crate::model::{Failure, Harness, Outcome, Output, Shape, TraceEvent, Verdict};
+use crate::rng::Rng;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 enum LoopEv {
     Submit(usize),
-    Complete(RequestKey),
+    Complete(RequestKey, Outcome),
     ProbeReply(WorkerKey, ProbeKey),
 }
 
 struct LoopSim<'a> {
     scenario: &'a ClosedLoop,
+    contender: &'a Contender,
     harness: Harness,
+    /// Queued and running requests a worker holds at most.
+    capacity: usize,
     events: BinaryHeap<Reverse<(Time, u64, LoopEv)>>,
     seq: u64,
     now: Time,
-    /// The caller waiting on each pending request.
-    callers: BTreeMap<RequestKey, usize>,
-    ok_per_second: Vec<u64>,
+    /// Worker keys by index (order of addition).
+    keys: Vec<WorkerKey>,
+    /// Each worker's latency draws and fault draws.
+    latency_draws: Vec<Rng>,
+    fault_draws: Vec<Rng>,
+    /// The caller waiting on each pending request, and when it submitted.
+    callers: BTreeMap<RequestKey, (usize, Time)>,
+    /// Each pending request's attempts (starts) so far.
+    attempts: BTreeMap<RequestKey, u64>,
+    /// Each worker's running requests, with when each started and when
+    /// it will end.
+    running: Vec<Vec<(RequestKey, Time, Time)>>,
+    /// Submits made so far, and the instant of the last.
+    submitted: u64,
+    last_submit: Time,
+    tally: Tally,
     buffer: Vec<Output>,
 }
 
@@ -135,6 +60,47 @@ impl LoopSim<'_> {
         self.events.push(Reverse((at, self.seq, event)));
     }
 
+    fn index_of(&self, worker: WorkerKey) -> Option<usize> {
+        self.keys.iter().position(|&key| key == worker)
+    }
+
+    fn forget_running(&mut self, request: RequestKey) {
+        for runs in &mut self.running {
+            runs.retain(|&(key, _, _)| key != request);
+        }
+    }
+
+    /// A request starts on worker `index`: when it ends and how, from the
+    /// worker's own draws (both drawn every time, so the `n`-th run of a
+    /// worker takes the same draws whichever policy sent it there).
+    fn start(&mut self, request: RequestKey, index: usize) {
+        let at = self.now.since_epoch();
+        let workers = self.scenario.workers;
+        let latency = match self.latency_draws.get_mut(index) {
+            Some(rng) => self.scenario.latency.sample(index, workers, at, rng),
+            None => Duration::ZERO,
+        };
+        let roll = self
+            .fault_draws
+            .get_mut(index)
+            .map_or(0, |rng| rng.below(1000));
+        let (after, outcome) = match self.scenario.fault(index, at) {
+            Some(fault) if roll < u64::from(fault.permille) => (
+                self.scenario.fail_after,
+                Outcome::Failure {
+                    retryable: fault.retryable,
+                },
+            ),
+            _ => (latency, Outcome::Success),
+        };
+        if let Some(runs) = self.running.get_mut(index) {
+            runs.push((request, self.now, self.now + after));
+        }
+        *self.attempts.entry(request).or_insert(0) += 1;
+        self.tally.started(index);
+        self.schedule(self.now + after, LoopEv::Complete(request, outcome));
+    }
+
     /// Acts on what the last input asked the driver to do.
     fn react(&mut self) {
         let mut buffer = std::mem::take(&mut self.buffer);
@@ -142,22 +108,24 @@ impl LoopSim<'_> {
         buffer.extend_from_slice(self.harness.outputs());
         for output in &buffer {
             match *output {
-                Output::Start { request, .. } => {
-                    let at = self.now + self.scenario.latency;
-                    self.schedule(at, LoopEv::Complete(request));
+                Output::Start {
+                    request, worker, ..
+                } => {
+                    let index = self.index_of(worker).unwrap_or(usize::MAX);
+                    self.start(request, index);
                 }
+                Output::Abort { request } => self.forget_running(request),
                 Output::RunProbe { worker, probe } => {
                     let at = self.now + Duration::from_millis(1);
                     self.schedule(at, LoopEv::ProbeReply(worker, probe));
                 }
                 Output::Answered { request, kind, .. } => {
-                    if kind == AnswerKind::Ok {
-                        let second = self.now.since_epoch().as_secs() as usize;
-                        if let Some(count) = self.ok_per_second.get_mut(second) {
-                            *count += 1;
-                        }
-                    }
-                    if let Some(caller) = self.callers.remove(&request) {
+                    self.forget_running(request);
+                    let attempts = self.attempts.remove(&request).unwrap_or(0);
+                    if let Some((caller, since)) = self.callers.remove(&request) {
+                        let latency = self.now.since_epoch() - since.since_epoch();
+                        self.tally
+                            .answered(kind, latency, attempts, self.now.since_epoch());
                         self.schedule(self.now, LoopEv::Submit(caller));
                     }
                 }
@@ -167,26 +135,109 @@ impl LoopSim<'_> {
         self.buffer = buffer;
     }
 
+    /// Whether callers have stopped submitting.
+    fn stopped(&self) -> bool {
+        match self.scenario.stop {
+            Stop::Requests(requests) => self.submitted >= requests,
+            Stop::RunFor(run_for) => self.now >= Time::ZERO + run_for,
+        }
+    }
+
+    /// The latest instant the run may reach with requests pending: a
+    /// budget (plus a probe interval, should a worker be out) after the
+    /// callers stopped.
+    fn limit(&self) -> Time {
+        let grace = self.scenario.budget + WorkerPoolOptions::default().health_probe_interval;
+        match self.scenario.stop {
+            Stop::RunFor(run_for) => Time::ZERO + run_for + grace,
+            Stop::Requests(_) if self.stopped() => self.last_submit + grace,
+            Stop::Requests(_) => Time::MAX,
+        }
+    }
+
+    /// The choice of an oracle knowing this much for a request submitted
+    /// now.
+    fn oracle_choice(&self, knowledge: Knowledge) -> Option<usize> {
+        let stats = self.harness.pool().stats();
+        let runs: Vec<Vec<(Time, Time)>> = self
+            .running
+            .iter()
+            .map(|runs| runs.iter().map(|&(_, start, end)| (start, end)).collect())
+            .collect();
+        let views: Vec<WorkerView<'_>> = self
+            .keys
+            .iter()
+            .zip(&runs)
+            .zip(&self.latency_draws)
+            .map(|((&key, running), draws)| {
+                let (open, queued) = match stats.workers.iter().find(|w| w.worker == key) {
+                    Some(w) => (
+                        w.status != WorkerHealthStatus::Unavailable
+                            && !w.removing
+                            && w.queued + w.running < self.capacity,
+                        w.queued,
+                    ),
+                    None => (false, 0),
+                };
+                WorkerView {
+                    open,
+                    queued,
+                    running,
+                    draws,
+                }
+            })
+            .collect();
+        choose(&self.scenario.latency, knowledge, &views, self.now)
+    }
+
+    fn submit(&mut self, caller: usize) -> Result<(), Failure> {
+        if self.stopped() {
+            return Ok(());
+        }
+        self.submitted += 1;
+        self.last_submit = self.now;
+        let budget = Some(self.scenario.budget.as_millis() as u64);
+        let choice = self
+            .contender
+            .oracle()
+            .and_then(|knowledge| self.oracle_choice(knowledge));
+        let key = match choice {
+            Some(worker) => {
+                self.harness
+                    .submit_vetted_wide(Shape::Tool, budget, approving_only(worker))?
+            }
+            None => self.harness.submit(Shape::Tool, budget)?,
+        };
+        self.react();
+        match key {
+            Some(request) => {
+                self.callers.insert(request, (caller, self.now));
+            }
+            None => {
+                let at = self.now + self.scenario.refusal_backoff;
+                self.schedule(at, LoopEv::Submit(caller));
+            }
+        }
+        Ok(())
+    }
+
     fn run(&mut self) -> Result<(), Failure> {
         for _ in 0..self.scenario.workers {
-            self.harness.add_worker()?;
+            if let Some(key) = self.harness.add_worker()? {
+                self.keys.push(key);
+            }
             self.react();
         }
         for caller in 0..self.scenario.callers {
             self.schedule(Time::ZERO, LoopEv::Submit(caller));
         }
-        let end = Time::ZERO + self.scenario.run_for;
-        // Callers stop at `end`; what they left pending must be answered
-        // within a budget (plus a probe interval, should a worker be out).
-        let limit = end
-            + Duration::from_millis(self.scenario.budget_ms)
-            + WorkerPoolOptions::default().health_probe_interval;
         loop {
-            if self.now >= end && self.harness.pending() == 0 {
+            if self.stopped() && self.harness.pending() == 0 {
                 break;
             }
             let sim_next = self.events.peek().map(|Reverse((at, _, _))| *at);
             let (core_next, next) = next_instant(&mut self.harness, sim_next)?;
+            let limit = self.limit();
             if next > limit {
                 return Err(Failure(format!(
                     "liveness: {} requests still pending at {limit}",
@@ -204,25 +255,9 @@ impl LoopSim<'_> {
             };
             self.harness.set_clock(self.now);
             match event {
-                LoopEv::Submit(caller) => {
-                    if self.now >= end {
-                        continue;
-                    }
-                    let budget = Some(self.scenario.budget_ms);
-                    let key = self.harness.submit(Shape::Tool, budget)?;
-                    self.react();
-                    match key {
-                        Some(request) => {
-                            self.callers.insert(request, caller);
-                        }
-                        None => {
-                            let at = self.now + self.scenario.refusal_backoff;
-                            self.schedule(at, LoopEv::Submit(caller));
-                        }
-                    }
-                }
-                LoopEv::Complete(request) => {
-                    self.harness.complete(request, Outcome::Success)?;
+                LoopEv::Submit(caller) => self.submit(caller)?,
+                LoopEv::Complete(request, outcome) => {
+                    self.harness.complete(request, outcome)?;
                     self.react();
                 }
                 LoopEv::ProbeReply(worker, probe) => {
@@ -235,67 +270,139 @@ impl LoopSim<'_> {
     }
 }
 
-/// Runs a [`ClosedLoop`] scenario under every check of the
-/// [`crate::model::Harness`], and fails it on any ejection or any second
-/// of the run without a success. Keeps the full trace when `keep_trace`.
-pub fn run_closed_loop(scenario: &ClosedLoop, keep_trace: bool) -> ClosedLoopOutcome {
-    let config = PoolConfig::new(WorkerPoolOptions::default());
-    let harness = match Harness::with_trace(config, keep_trace) {
+/// The configuration every contender starts from: the reference's
+/// default options, the scenario's seed.
+fn base_config(scenario: &ClosedLoop) -> PoolConfig {
+    PoolConfig::new(WorkerPoolOptions::default()).with_seed(scenario.seed)
+}
+
+/// Runs a [`ClosedLoop`] scenario with one contender under every check of
+/// the [`Harness`]; a healthy scenario ([`ClosedLoop::healthy`]) also
+/// fails on any ejection or any second of the run without a success.
+/// Keeps the full trace in the outcome when `keep_trace`.
+pub fn run_closed_loop(
+    scenario: &ClosedLoop,
+    contender: &Contender,
+    keep_trace: bool,
+) -> ClosedLoopOutcome {
+    let config = contender.configure(base_config(scenario));
+    let capacity = config
+        .options
+        .queue_capacity
+        .saturating_add(config.max_concurrency_per_worker as usize);
+    // The trace is always kept: the health transitions are counted from it.
+    let mut harness = match Harness::with_trace(config, true) {
         Ok(harness) => harness,
         Err(error) => {
-            return ClosedLoopOutcome {
-                name: scenario.name,
-                failure: Some(format!("scenario config refused: {error}")),
-                ok: 0,
-                timeouts_queued: 0,
-                timeouts_running: 0,
-                refused_no_healthy_worker: 0,
-                refused_queue_full: 0,
-                ejections: 0,
-                ok_per_second: Vec::new(),
-                trace_hash: 0,
-                full: None,
-            }
+            let mut outcome = ClosedLoopOutcome::new(scenario, contender);
+            outcome.failure = Some(format!("scenario config refused: {error}"));
+            return outcome;
         }
     };
-    let seconds = scenario.run_for.as_secs().max(1) as usize;
+    harness.set_full_check_amortised(FULL_CHECK_EVERY);
+    let seconds = match scenario.stop {
+        Stop::RunFor(run_for) => run_for.as_secs().max(1) as usize,
+        Stop::Requests(_) => 0,
+    };
+    let workers = scenario.workers;
     let mut sim = LoopSim {
         scenario,
+        contender,
         harness,
+        capacity,
         events: BinaryHeap::new(),
         seq: 0,
         now: Time::ZERO,
+        keys: Vec::with_capacity(workers),
+        latency_draws: (0..workers)
+            .map(|worker| worker_stream(scenario.seed, worker, 0))
+            .collect(),
+        fault_draws: (0..workers)
+            .map(|worker| worker_stream(scenario.seed, worker, 1))
+            .collect(),
         callers: BTreeMap::new(),
-        ok_per_second: vec![0; seconds],
+        attempts: BTreeMap::new(),
+        running: vec![Vec::new(); workers],
+        submitted: 0,
+        last_submit: Time::ZERO,
+        tally: Tally::new(workers, seconds),
         buffer: Vec::new(),
     };
     let result = sim.run();
-    let counters = *sim.harness.pool().counters();
-    let ejections = sim.harness.ejections();
-    let mut failure = match result {
+    let mut outcome = ClosedLoopOutcome::new(scenario, contender);
+    outcome.failure = match result {
         Ok(()) => None,
         Err(failure) => Some(sim.harness.failure().cloned().unwrap_or(failure).0),
     };
-    if failure.is_none() && ejections > 0 {
-        failure = Some(format!("{ejections} workers ejected under overload"));
-    }
-    if failure.is_none() {
-        if let Some(second) = sim.ok_per_second.iter().position(|&ok| ok == 0) {
-            failure = Some(format!("no request succeeded in second {second}"));
+    let counters = *sim.harness.pool().counters();
+    outcome.submitted = sim.submitted;
+    outcome.accepted = counters.accepted;
+    outcome.refused_queue_full = counters.refused_queue_full;
+    outcome.refused_no_healthy_worker = counters.refused_no_healthy_worker;
+    outcome.refused_circuit_open = counters.refused_circuit_open;
+    outcome.refused_other =
+        counters.refused_invalid + counters.refused_shutting_down + counters.refused_no_budget;
+    outcome.timeouts_queued = counters.timed_out_queued;
+    outcome.timeouts_running = counters.timed_out_running;
+    outcome.ejections = sim.harness.ejections();
+    let trace = sim.harness.trace();
+    let events = trace.full().unwrap_or_default();
+    outcome.transitions_per_worker = vec![0; workers];
+    for event in events {
+        if let TraceEvent::Health { worker, cause, .. } = event {
+            if *cause != HealthCause::Stopped {
+                outcome.transitions += 1;
+                if let Some(count) = outcome.transitions_per_worker.get_mut(*worker as usize) {
+                    *count += 1;
+                }
+            }
         }
     }
-    let trace = sim.harness.trace();
-    ClosedLoopOutcome {
-        name: scenario.name,
-        failure,
-        ok: counters.succeeded,
-        timeouts_queued: counters.timed_out_queued,
-        timeouts_running: counters.timed_out_running,
-        refused_no_healthy_worker: counters.refused_no_healthy_worker,
-        refused_queue_full: counters.refused_queue_full,
-        ejections,
-        ok_per_second: sim.ok_per_second,
-        trace_hash: trace.hash(),
-        full: trace.full().map(<[TraceEvent]>::to_vec),
+    outcome.trace_hash = trace.hash();
+    if keep_trace {
+        outcome.full = Some(events.to_vec());
+    }
+    outcome.absorb(sim.tally);
+    if outcome.failure.is_none() && scenario.healthy {
+        outcome.failure = outcome.unhealthy_verdict();
+    }
+    outcome
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_request_counts_one_attempt_per_start() {
+        let scenario = ClosedLoop::RETRY_STORM.with_requests(60);
+        let contender = Contender::named("idle_first").expect("listed");
+        let outcome = run_closed_loop(&scenario, &contender, false);
+        assert_eq!(outcome.failure, None, "{}", outcome.figures());
+        assert_eq!(outcome.submitted, 60);
+        let answered_after_start = outcome.answered - outcome.timeouts_queued;
+        assert_eq!(outcome.attempts, answered_after_start);
+        assert_eq!(
+            outcome.starts_per_worker.iter().sum::<u64>(),
+            outcome.attempts
+        );
+    }
+
+    #[test]
+    fn answer_kinds_cover_every_answer() {
+        let scenario = ClosedLoop::FLAKY_AND_DEAD.with_requests(200);
+        let contender = Contender::named("round_robin").expect("listed");
+        let outcome = run_closed_loop(&scenario, &contender, false);
+        assert_eq!(outcome.failure, None, "{}", outcome.figures());
+        assert!(outcome.failed > 0, "{}", outcome.figures());
+        assert_eq!(
+            outcome.ok
+                + outcome.failed
+                + outcome.timeouts_queued
+                + outcome.timeouts_running
+                + outcome.other_answers,
+            outcome.answered
+        );
+        assert_eq!(outcome.answered, outcome.accepted);
     }
 }

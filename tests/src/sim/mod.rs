@@ -32,9 +32,17 @@
 //!   shutdown must complete at once with nothing pending.
 //!
 //! Besides the seeds, named scenarios ([`ClosedLoop`], run by
-//! [`run_closed_loop`] and `sim --scenario NAME`) drive one fixed workload
-//! under the same checks and judge its outcome: overload of healthy
-//! workers must eject none and keep requests succeeding every second.
+//! [`run_closed_loop`] and `sim --scenario NAME [--policy P]`) drive one
+//! fixed workload of closed-loop callers under the same checks, once per
+//! contender ([`CONTENDERS`]: every routing policy of the core and the
+//! clairvoyant [`oracle`]), and measure it ([`ClosedLoopOutcome`]:
+//! caller-observed p50 / p99 / p999, completion time, ejections,
+//! transitions, refusals, timeouts, attempts, each worker's share);
+//! `sim --scenarios-report` prints a markdown table per scenario
+//! ([`report`]). Overload of healthy workers must eject none and keep
+//! requests succeeding every second. The workers' latencies are functions
+//! of virtual time ([`latency`]), shared with the tokio adapter's
+//! `routing_scenarios` example.
 
 use std::fmt::Write as _;
 use std::time::Duration;
@@ -45,12 +53,21 @@ use crate::model::{Failure, Harness, TraceEvent};
 use crate::rng::Rng;
 
 mod closed_loop;
+mod contenders;
+pub mod latency;
+mod named;
+pub mod oracle;
+mod outcome;
+pub mod report;
 mod scenario;
 mod swarm;
 
 use swarm::Sim;
 
-pub use closed_loop::{run_closed_loop, ClosedLoop, ClosedLoopOutcome};
+pub use closed_loop::run_closed_loop;
+pub use contenders::{Contender, Kind, CONTENDERS};
+pub use named::{ClosedLoop, Fault, Stop, LLM_LIKE, REQUESTS};
+pub use outcome::{quantile, ClosedLoopOutcome};
 pub use scenario::{Arrival, Chaos, Latency, Scenario};
 
 /// Full O(n) checks run every this many inputs (and after every command).

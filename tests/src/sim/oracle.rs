@@ -1,0 +1,194 @@
+//! The clairvoyant oracle: the practical limit of an online routing
+//! policy.
+//!
+//! It knows each worker's queue and its true latency, and sends every
+//! request where it would finish first: for each worker with room, the
+//! instant it frees (its running requests' ends, then each queued
+//! request's latency from the instant it would start), plus the new
+//! request's latency from then; ties go to the lower index. How much it
+//! knows of a latency is its [`Knowledge`]: the exact draw the worker will
+//! make ([`Knowledge::Draws`]: a running request's true end, the next
+//! draws of the worker's own stream, the slowdown the moment it applies),
+//! or only the latency function's mean at the instant a run would start
+//! ([`Knowledge::Means`]: a running request is expected to end at its
+//! start plus that mean, or now if it is late). It does not know the
+//! faults (a failing request's error comes sooner than its latency): it
+//! only skips the workers the pool's health rules took out of rotation.
+//! The simulator drives the core with it through a circuit breaker that
+//! approves only the chosen worker, on a configuration that pins every
+//! request (no late binding), so its runs go through the same checks as
+//! every other contender's.
+
+use foreman_core::Time;
+
+use super::latency::LatencyModel;
+use crate::rng::Rng;
+
+/// How much the oracle knows of a worker's latency.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Knowledge {
+    /// The exact time each run will take (the worker's future draws).
+    Draws,
+    /// The latency function's mean at the instant a run would start.
+    Means,
+}
+
+/// What the oracle sees of one worker.
+#[derive(Debug, Clone, Copy)]
+pub struct WorkerView<'a> {
+    /// Whether it takes a request now: schedulable (not Unavailable, not
+    /// being removed) with room in its queue.
+    pub open: bool,
+    /// Requests waiting in its queue.
+    pub queued: usize,
+    /// Its running requests: when each started and when it will end.
+    pub running: &'a [(Time, Time)],
+    /// Its latency stream as it stands (the next draws are its next runs').
+    pub draws: &'a Rng,
+}
+
+/// The index of the worker where a request submitted at `now` would
+/// finish first, among the open `workers` (by index); `None` when none is
+/// open.
+pub fn choose(
+    model: &LatencyModel,
+    knowledge: Knowledge,
+    workers: &[WorkerView<'_>],
+    now: Time,
+) -> Option<usize> {
+    let count = workers.len();
+    workers
+        .iter()
+        .enumerate()
+        .filter(|(_, view)| view.open)
+        .map(|(worker, view)| {
+            let mut draws = view.draws.clone();
+            let mut latency = |at: Time| match knowledge {
+                Knowledge::Draws => model.sample(worker, count, at.since_epoch(), &mut draws),
+                Knowledge::Means => model.mean(worker, count, at.since_epoch()),
+            };
+            let mut free = now;
+            for &(start, end) in view.running {
+                let end = match knowledge {
+                    Knowledge::Draws => end,
+                    Knowledge::Means => start + model.mean(worker, count, start.since_epoch()),
+                };
+                free = free.max(end);
+            }
+            for _ in 0..view.queued {
+                free = free + latency(free);
+            }
+            (free + latency(free), worker)
+        })
+        .min()
+        .map(|(_, worker)| worker)
+}
+
+/// A veto mask (over worker ordinals) that approves only `worker`.
+pub fn approving_only(worker: usize) -> u64 {
+    !(1u64 << (worker % 64))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::sim::latency::worker_stream;
+
+    fn view<'a>(
+        open: bool,
+        queued: usize,
+        running: &'a [(Time, Time)],
+        draws: &'a Rng,
+    ) -> WorkerView<'a> {
+        WorkerView {
+            open,
+            queued,
+            running,
+            draws,
+        }
+    }
+
+    const SPREAD: LatencyModel = LatencyModel::Spread {
+        fastest: Duration::from_millis(10),
+        slowest: Duration::from_millis(1000),
+    };
+
+    #[test]
+    fn it_queues_behind_a_fast_worker_rather_than_start_on_a_slow_one() {
+        let now = Time::ZERO + Duration::from_secs(1);
+        let draws = worker_stream(0, 0, 0);
+        let running = [(now, now + Duration::from_millis(10))];
+        // Workers 0 (10 ms) and 1 (100 ms) run one request and have four
+        // queued; worker 2 (1 s) is idle.
+        let busy = |open| view(open, 4, &running, &draws);
+        let idle = view(true, 0, &[], &draws);
+        for knowledge in [Knowledge::Draws, Knowledge::Means] {
+            let choice = |views: &[WorkerView<'_>]| choose(&SPREAD, knowledge, views, now);
+            assert_eq!(choice(&[busy(true), busy(true), idle]), Some(0));
+            // Out of rotation or full: the next best (about 510 ms
+            // against 1 s).
+            assert_eq!(choice(&[busy(false), busy(true), idle]), Some(1));
+            assert_eq!(choice(&[busy(false), busy(false), idle]), Some(2));
+            let closed = view(false, 0, &[], &draws);
+            assert_eq!(choice(&[closed, closed, closed]), None);
+        }
+    }
+
+    #[test]
+    fn a_late_request_frees_its_worker_now_unless_its_true_end_is_known() {
+        let now = Time::ZERO + Duration::from_secs(10);
+        let draws = worker_stream(0, 0, 0);
+        // Started at 0, expected to take 10 ms; truly ends in 5 ms.
+        let running = [(Time::ZERO, now + Duration::from_millis(5))];
+        let late = view(true, 0, &running, &draws);
+        let idle = view(true, 0, &[], &draws);
+        let fixed = LatencyModel::Fixed(Duration::from_millis(10));
+        // By the means both would finish 10 ms from now: the lower index.
+        assert_eq!(
+            choose(&fixed, Knowledge::Means, &[idle, late], now),
+            Some(0)
+        );
+        assert_eq!(
+            choose(&fixed, Knowledge::Means, &[late, idle], now),
+            Some(0)
+        );
+        // Knowing the true end, the idle worker finishes 5 ms sooner.
+        assert_eq!(
+            choose(&fixed, Knowledge::Draws, &[late, idle], now),
+            Some(1)
+        );
+    }
+
+    #[test]
+    fn knowing_the_draws_it_avoids_the_worker_whose_next_run_is_long() {
+        let model = LatencyModel::LogNormal {
+            fastest_median: Duration::from_millis(100),
+            slowest_median: Duration::from_millis(100),
+            sigma_permille: 1000,
+            slowdown: None,
+        };
+        let now = Time::ZERO;
+        let streams = [worker_stream(3, 0, 0), worker_stream(3, 1, 0)];
+        let next: Vec<Duration> = streams
+            .iter()
+            .enumerate()
+            .map(|(worker, rng)| model.sample(worker, 2, Duration::ZERO, &mut rng.clone()))
+            .collect();
+        let views: Vec<WorkerView<'_>> = streams
+            .iter()
+            .map(|draws| view(true, 0, &[], draws))
+            .collect();
+        let shorter = usize::from(next[1] < next[0]);
+        assert_eq!(choose(&model, Knowledge::Draws, &views, now), Some(shorter));
+        assert_eq!(choose(&model, Knowledge::Means, &views, now), Some(0));
+    }
+
+    #[test]
+    fn the_mask_approves_one_worker() {
+        let mask = approving_only(9);
+        assert_eq!(mask & (1 << 9), 0);
+        assert_eq!(mask.count_ones(), 63);
+    }
+}
