@@ -6,6 +6,8 @@
 
 use std::time::Duration;
 
+use foreman_core::PoolConfig;
+
 use foreman_tests::sim::report::run_every_contender;
 use foreman_tests::sim::{run_closed_loop, ClosedLoop, ClosedLoopOutcome, Contender, CONTENDERS};
 
@@ -144,21 +146,44 @@ fn six_of_ten_failing_refuses_no_request_for_want_of_a_worker() {
     }
 }
 
-/// Every worker failing half of its requests retryably: the pool does not
-/// retry, so every request that started ran exactly once (attempts are
-/// counted per request).
+/// Every worker failing half of its requests retryably: a pool without a
+/// retry policy runs every request that started exactly once (attempts are
+/// counted per request); one with a policy retries within its attempts and
+/// its budget: the extra attempts stay within the budget's share of the
+/// requests plus its reserve over the run.
 #[test]
-fn retry_storm_makes_one_attempt_per_request() {
+fn retry_storm_retries_only_within_the_budget() {
     let outcomes = run_all(ClosedLoop::RETRY_STORM);
     assert_oracle_no_worse_than_round_robin(&outcomes);
     for outcome in &outcomes {
         let figures = outcome.figures();
-        assert_eq!(outcome.most_attempts, 1, "{figures}");
-        assert_eq!(
-            outcome.attempts,
-            outcome.accepted - outcome.timeouts_queued,
-            "{figures}"
-        );
+        let started = outcome.accepted - outcome.timeouts_queued;
+        let retries = Contender::named(outcome.policy)
+            .and_then(|contender| contender.configure(PoolConfig::default()).retries);
+        match retries {
+            None => {
+                assert_eq!(outcome.most_attempts, 1, "{figures}");
+                assert_eq!(outcome.attempts, started, "{figures}");
+            }
+            Some(policy) => {
+                assert!(
+                    outcome.most_attempts <= u64::from(policy.max_attempts),
+                    "{figures}"
+                );
+                let extra = outcome.attempts - started;
+                let budget = policy.budget;
+                let windows = outcome.completion.as_secs_f64() / budget.window.as_secs_f64();
+                let allowance = f64::from(budget.share_percent) / 100.0 * started as f64
+                    + f64::from(budget.reserve_per_second)
+                        * budget.window.as_secs_f64()
+                        * windows.ceil();
+                assert!(
+                    (extra as f64) <= allowance,
+                    "{extra} retries over an allowance of {allowance}: {figures}"
+                );
+                assert!(extra > 0, "a retrying pool retried nothing: {figures}");
+            }
+        }
         assert!(outcome.failed > 0, "{figures}");
     }
 }

@@ -204,9 +204,9 @@ impl LoopSim<'_> {
         let key = match choice {
             Some(worker) => {
                 self.harness
-                    .submit_vetted_wide(Shape::Tool, budget, approving_only(worker))?
+                    .submit_vetted_wide(Shape::Llm, budget, approving_only(worker))?
             }
-            None => self.harness.submit(Shape::Tool, budget)?,
+            None => self.harness.submit(Shape::Llm, budget)?,
         };
         self.react();
         match key {

@@ -3,7 +3,7 @@
 //! policy or preset is measured everywhere (the simulator's reports, the
 //! tokio example) by adding one entry to that list.
 
-use foreman_core::{PoolConfig, RoutingPolicy};
+use foreman_core::{PoolConfig, RecoveryPolicy, RetryPolicy, RoutingPolicy};
 
 use super::oracle::Knowledge;
 
@@ -75,6 +75,39 @@ pub const CONTENDERS: &[Contender] = &[
     Contender {
         name: "idle_first",
         kind: Kind::Pool(|config| config.with_routing(RoutingPolicy::IdleFirst)),
+    },
+    Contender {
+        name: "least_loaded",
+        kind: Kind::Pool(|config| config.with_routing(RoutingPolicy::LeastLoaded)),
+    },
+    Contender {
+        name: "peak_ewma",
+        kind: Kind::Pool(|config| config.with_routing(RoutingPolicy::PeakEwma)),
+    },
+    Contender {
+        name: "idle_first_outlier",
+        kind: Kind::Pool(|config| {
+            config
+                .with_routing(RoutingPolicy::IdleFirst)
+                .with_recovery(RecoveryPolicy::outlier_detection())
+        }),
+    },
+    Contender {
+        name: "peak_ewma_outlier",
+        kind: Kind::Pool(|config| {
+            config
+                .with_routing(RoutingPolicy::PeakEwma)
+                .with_recovery(RecoveryPolicy::outlier_detection())
+        }),
+    },
+    Contender {
+        name: "peak_ewma_outlier_retries",
+        kind: Kind::Pool(|config| {
+            config
+                .with_routing(RoutingPolicy::PeakEwma)
+                .with_recovery(RecoveryPolicy::outlier_detection())
+                .with_retries(Some(RetryPolicy::default()))
+        }),
     },
     Contender {
         name: "oracle",
