@@ -3,7 +3,9 @@
 //! policy or preset is measured everywhere (the simulator's reports, the
 //! tokio example) by adding one entry to that list.
 
-use foreman_core::{PoolConfig, RecoveryPolicy, RetryPolicy, RoutingPolicy};
+use foreman_core::{
+    OutlierDetection, PanicMode, PoolConfig, RecoveryPolicy, RetryPolicy, RoutingPolicy,
+};
 
 use super::oracle::Knowledge;
 
@@ -90,6 +92,16 @@ pub const CONTENDERS: &[Contender] = &[
             config
                 .with_routing(RoutingPolicy::IdleFirst)
                 .with_recovery(RecoveryPolicy::outlier_detection())
+        }),
+    },
+    Contender {
+        name: "idle_first_outlier_fail_fast",
+        kind: Kind::Pool(|config| {
+            config.with_routing(RoutingPolicy::IdleFirst).with_recovery(
+                RecoveryPolicy::OutlierDetection(
+                    OutlierDetection::DEFAULT.with_panic_mode(PanicMode::FailFast),
+                ),
+            )
         }),
     },
     Contender {
