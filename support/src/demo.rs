@@ -18,8 +18,8 @@ use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
 use foreman_driver::{
-    handler_fn, BuildError, PoolConfig, RoutingPolicy, Runtime, WorkerHandler, WorkerPool,
-    WorkerPoolOptions,
+    handler_fn, BuildError, PoolConfig, RecoveryPolicy, RoutingPolicy, Runtime, WorkerHandler,
+    WorkerPool, WorkerPoolOptions,
 };
 use futures::channel::mpsc;
 use futures::StreamExt;
@@ -62,6 +62,9 @@ pub struct Args {
     /// How the pool picks a worker for each request.
     #[arg(long, value_enum, default_value_t = Routing::IdleFirst)]
     pub routing: Routing,
+    /// How a worker's failures take it out of rotation and bring it back.
+    #[arg(long, value_enum, default_value_t = Recovery::Reference)]
+    pub recovery: Recovery,
     /// Seed of the workers' latencies and failures and of the callers'
     /// requests: the same seed gives the same workload.
     #[arg(long, default_value_t = 0x5eed)]
@@ -103,6 +106,44 @@ pub enum Routing {
     /// Workers in turn, as the reference routes.
     #[value(name = "round_robin", alias = "round-robin")]
     RoundRobin,
+    /// The less loaded of two workers drawn at random.
+    #[value(name = "least_loaded", alias = "least-loaded")]
+    LeastLoaded,
+    /// The cheaper of two workers drawn at random, by latency estimate ×
+    /// load; a slow worker stays idle while a faster one will finish sooner.
+    #[value(name = "peak_ewma", alias = "peak-ewma")]
+    PeakEwma,
+}
+
+/// The recovery machines the quickstart offers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Recovery {
+    /// The reference's rule: consecutive failures eject, probes vote
+    /// (foreman's default).
+    #[value(name = "reference")]
+    Reference,
+    /// Outlier detection: a failure rate or a run of failures ejects for a
+    /// growing, jittered time, then half-open trials bring the worker back.
+    #[value(name = "outlier_detection", alias = "outlier-detection")]
+    OutlierDetection,
+}
+
+impl Recovery {
+    /// Its name on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            Recovery::Reference => "reference",
+            Recovery::OutlierDetection => "outlier_detection",
+        }
+    }
+
+    /// The core's policy.
+    pub fn policy(self) -> RecoveryPolicy {
+        match self {
+            Recovery::Reference => RecoveryPolicy::Reference,
+            Recovery::OutlierDetection => RecoveryPolicy::outlier_detection(),
+        }
+    }
 }
 
 impl Routing {
@@ -111,6 +152,8 @@ impl Routing {
         match self {
             Routing::IdleFirst => "idle_first",
             Routing::RoundRobin => "round_robin",
+            Routing::LeastLoaded => "least_loaded",
+            Routing::PeakEwma => "peak_ewma",
         }
     }
 
@@ -119,6 +162,8 @@ impl Routing {
         match self {
             Routing::IdleFirst => RoutingPolicy::IdleFirst,
             Routing::RoundRobin => RoutingPolicy::RoundRobin,
+            Routing::LeastLoaded => RoutingPolicy::LeastLoaded,
+            Routing::PeakEwma => RoutingPolicy::PeakEwma,
         }
     }
 }
@@ -154,12 +199,13 @@ pub async fn run<R: Runtime + Clone>(runtime: R, args: &Args) -> Result<(), Demo
     let _quiet = QuietPanics::install();
     let roles = layout(args.workers);
     println!(
-        "foreman quickstart: {} workers ({}), {} callers, {} requests, {} routing, seed {}",
+        "foreman quickstart: {} workers ({}), {} callers, {} requests, {} routing, {} recovery, seed {}",
         roles.len(),
         census(&roles),
         args.callers,
         args.requests,
         args.routing.name(),
+        args.recovery.name(),
         args.seed
     );
     let data = drive(runtime, args, Progress::new(args.requests)).await?;
@@ -211,8 +257,9 @@ pub async fn drive<R: Runtime + Clone>(
         default_request_timeout: Some(Duration::from_millis(500)),
         ..WorkerPoolOptions::default()
     };
-    let mut config = PoolConfig::new(options);
-    config.routing = args.routing.policy();
+    let config = PoolConfig::new(options)
+        .with_routing(args.routing.policy())
+        .with_recovery(args.recovery.policy());
     let origin = runtime.now();
     let pool = Arc::new(WorkerPool::with_config(
         runtime.clone(),
