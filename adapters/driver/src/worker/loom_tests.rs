@@ -136,6 +136,41 @@ fn spawn_task(
     })
 }
 
+/// What each model shares: the live count, the pool's record of
+/// completions, the count of dropped handler futures, the worker's inbox.
+struct World {
+    live: std::sync::Arc<Live>,
+    recorder: std::sync::Arc<Recorder>,
+    dropped: Arc<AtomicUsize>,
+    inbox: std::sync::Arc<Inbox>,
+}
+
+impl World {
+    fn new() -> Self {
+        World {
+            live: std::sync::Arc::new(Live::default()),
+            recorder: std::sync::Arc::new(Recorder::default()),
+            dropped: Arc::new(AtomicUsize::new(0)),
+            inbox: std::sync::Arc::new(Inbox::default()),
+        }
+    }
+
+    /// Pushes the job of `key` into the inbox, as a lane does: its
+    /// wake-up told once the push is done.
+    fn push(&self, key: RequestKey) {
+        let mut wake = Wakers::default();
+        self.inbox.push(job(key, &self.live), &mut wake);
+        wake.wake_all();
+    }
+
+    /// Closes the inbox, as the pool's drop does.
+    fn close(&self) {
+        let mut wake = Wakers::default();
+        self.inbox.close(&mut wake);
+        wake.wake_all();
+    }
+}
+
 /// Marks the pool stopped and asserts that nothing is live any more.
 fn assert_idle(live: &Live) {
     live.mark_stopped();
@@ -152,44 +187,35 @@ fn assert_idle(live: &Live) {
 fn a_pushed_job_ends_once_and_the_close_ends_the_task() {
     let (worker, key) = keys();
     loom::model(move || {
-        let live = std::sync::Arc::new(Live::default());
-        let recorder = std::sync::Arc::new(Recorder::default());
-        let dropped = Arc::new(AtomicUsize::new(0));
-        let inbox = std::sync::Arc::new(Inbox::default());
-        let task = spawn_task(&recorder, worker, handler(false, &dropped), &inbox);
-        let mut wake = Wakers::default();
-        inbox.push(job(key, &live), &mut wake);
-        wake.wake_all();
-        let mut wake = Wakers::default();
-        inbox.close(&mut wake);
-        wake.wake_all();
+        let world = World::new();
+        let handler = handler(false, &world.dropped);
+        let task = spawn_task(&world.recorder, worker, handler, &world.inbox);
+        world.push(key);
+        world.close();
         task.join().expect("the worker task ends");
-        let completed = lock(&recorder.completed).len();
+        let completed = lock(&world.recorder.completed).len();
         // A job is dropped unpolled at the close, or polled to its end
         // (its future then dropped too).
         assert!(completed <= 1, "completed {completed} times");
-        assert_eq!(dropped.load(Ordering::SeqCst), completed);
-        assert_idle(&live);
+        assert_eq!(world.dropped.load(Ordering::SeqCst), completed);
+        assert_idle(&world.live);
     });
 }
 
 /// A hanging job aborted from another thread while the task runs it:
-/// its handler is dropped exactly once, never completed, and the task
-/// then ends at the close.
+/// its handler ends (dropped at most once: not made at all if the abort
+/// came before the task's first poll of it), never completes, and the
+/// task then ends at the close.
 #[test]
 fn an_aborted_job_is_dropped_once_and_never_completed() {
     let (worker, key) = keys();
     loom::model(move || {
-        let live = std::sync::Arc::new(Live::default());
-        let recorder = std::sync::Arc::new(Recorder::default());
-        let dropped = Arc::new(AtomicUsize::new(0));
-        let inbox = std::sync::Arc::new(Inbox::default());
-        let mut wake = Wakers::default();
-        inbox.push(job(key, &live), &mut wake);
-        wake.wake_all();
-        let task = spawn_task(&recorder, worker, handler(true, &dropped), &inbox);
+        let world = World::new();
+        world.push(key);
+        let handler = handler(true, &world.dropped);
+        let task = spawn_task(&world.recorder, worker, handler, &world.inbox);
         let aborter = {
-            let inbox = std::sync::Arc::clone(&inbox);
+            let inbox = std::sync::Arc::clone(&world.inbox);
             thread::spawn(move || {
                 let mut wake = Wakers::default();
                 inbox.abort(key, &mut wake);
@@ -197,16 +223,14 @@ fn an_aborted_job_is_dropped_once_and_never_completed() {
             })
         };
         aborter.join().expect("aborter");
-        let mut wake = Wakers::default();
-        inbox.close(&mut wake);
-        wake.wake_all();
+        world.close();
         task.join().expect("the worker task ends");
-        assert!(lock(&recorder.completed).is_empty());
+        assert!(lock(&world.recorder.completed).is_empty());
         // Its handler future (made at its first poll) is dropped by the
         // abort or the close, whichever the task saw first, or never made
         // if both came before the task polled the job; the job's live
         // guard ends either way (`assert_idle`).
-        assert!(dropped.load(Ordering::SeqCst) <= 1);
-        assert_idle(&live);
+        assert!(world.dropped.load(Ordering::SeqCst) <= 1);
+        assert_idle(&world.live);
     });
 }
