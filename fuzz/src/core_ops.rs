@@ -7,7 +7,9 @@
 use std::time::Duration;
 
 use arbitrary::Unstructured;
-use foreman_core::{PoolConfig, RoutingPolicy, WorkerPoolOptions, WorkerSecurityPolicy};
+use foreman_core::{
+    PoolConfig, RecoveryPolicy, RetryPolicy, RoutingPolicy, WorkerPoolOptions, WorkerSecurityPolicy,
+};
 use foreman_tests::model::{Harness, Op};
 
 /// Longest operation sequence one `core_ops` input runs. Short sequences
@@ -69,10 +71,11 @@ pub fn core_ops_outcome(data: &[u8]) -> Outcome {
     finish(harness, workers)
 }
 
-/// A configuration from the first three bytes: queue capacity, failure
+/// A configuration from the first bytes: queue capacity, failure
 /// threshold, then concurrency (the byte mod 3) and routing (the rest):
 /// idle-first with late binding (the default), idle-first without, or
-/// round robin.
+/// round robin; then the load-aware policies, outlier detection, retries
+/// and phase limits, each from a bit of a fourth byte.
 fn small_config(u: &mut Unstructured<'_>) -> PoolConfig {
     let defaults = WorkerPoolOptions::default();
     let options = WorkerPoolOptions {
@@ -90,10 +93,35 @@ fn small_config(u: &mut Unstructured<'_>) -> PoolConfig {
     let pick = u.arbitrary::<u8>().unwrap_or(0);
     let config =
         PoolConfig::new(options).with_max_concurrency_per_worker(u32::from(pick % 3) + 1);
-    match (pick / 3) % 3 {
+    let config = match (pick / 3) % 3 {
         0 => config,
         1 => config.with_late_binding(false),
         _ => config.with_routing(RoutingPolicy::RoundRobin),
+    };
+    // A fourth byte, when there is one, turns on the rest: the load-aware
+    // policies, outlier detection, retries, phase limits.
+    let more = u.arbitrary::<u8>().unwrap_or(0);
+    let config = match more % 4 {
+        1 => config.with_routing(RoutingPolicy::LeastLoaded),
+        2 => config.with_routing(RoutingPolicy::PeakEwma),
+        _ => config,
+    };
+    let config = if more & 0x04 != 0 {
+        config.with_recovery(RecoveryPolicy::outlier_detection())
+    } else {
+        config
+    };
+    let config = if more & 0x08 != 0 {
+        config.with_retries(Some(RetryPolicy::default().with_tools(true)))
+    } else {
+        config
+    };
+    if more & 0x10 != 0 {
+        config
+            .with_queue_wait_limit(Some(Duration::from_millis(200)))
+            .with_run_limit(Some(Duration::from_secs(1)))
+    } else {
+        config
     }
 }
 
