@@ -26,8 +26,10 @@
 //! worker ever frees (it may hang, or be removed), and whatever becomes of
 //! the worker that deferred. A request that a circuit breaker pinned is
 //! never left. A decision costs O(log n): one look at the first of the
-//! finish order and at most one timer; a deferral's end costs O(log n)
-//! per request it starts.
+//! finish order and at most one timer; a deferral's end asks each free
+//! worker once (O(free workers), plus O(log n) per request it starts), so
+//! that a free worker that can start nothing more (half-open with its
+//! trial permits taken, or saturated) leaves the others to be asked.
 //!
 //! A worker that is free while another defers may be idle although it was
 //! not asked (a new request asks only the worker it is routed to): it is
@@ -95,29 +97,27 @@ impl<P: Clone> Pool<P> {
     /// defers anew.
     pub(super) fn end_deferral(&mut self) {
         self.deferral = None;
-        while self.deferral.is_none() {
-            // A worker holding requests may be out of the idle sets (its
-            // queue full, or not schedulable): it is asked first.
-            let holding = self.router.first_free_holding();
-            let worker = match holding {
-                Some(worker) => worker,
-                None if self.backlog_live > 0 => match self.router.first_idle() {
-                    Some(worker) => worker,
-                    None => return,
-                },
-                None => return,
-            };
-            self.pump(worker);
-            self.refresh_load(worker);
-            let stuck = self.workers.get(worker.0).is_some_and(|slot| {
-                let free = slot.running.len() < self.config.max_concurrency_per_worker as usize;
-                free && (slot.queued > 0 || holding.is_none())
-            });
-            if stuck && self.deferral.is_none() {
-                // Asked, it started nothing more and left nothing: only
-                // what it may not run waits (no further progress here).
+        // Free workers holding requests first (they may be out of the idle
+        // sets: their queue full, or not schedulable), then the idle ones,
+        // each asked once, until one defers anew or nothing waits. A
+        // worker that starts nothing (it may run no more: half-open with
+        // its permits taken, or saturated) does not stop the others being
+        // asked.
+        let holding: Vec<WorkerKey> = self.router.iter_free_holding().collect();
+        for worker in holding {
+            if self.deferral.is_some() {
                 return;
             }
+            self.pump(worker);
+            self.refresh_load(worker);
+        }
+        let idle: Vec<WorkerKey> = self.router.iter_idle().collect();
+        for worker in idle {
+            if self.deferral.is_some() || self.backlog_live == 0 {
+                return;
+            }
+            self.pump(worker);
+            self.refresh_load(worker);
         }
     }
 

@@ -290,6 +290,14 @@ impl Router {
         update(&mut self.free_holding, index, was, now);
     }
 
+    /// Every worker recorded by [`set_free_holding`](Self::set_free_holding),
+    /// in slot order.
+    pub(crate) fn iter_free_holding(&self) -> impl Iterator<Item = WorkerKey> + '_ {
+        self.free_holding
+            .iter()
+            .filter_map(|index| self.key_at(index))
+    }
+
     /// The first worker recorded by [`set_free_holding`](Self::set_free_holding).
     pub(crate) fn first_free_holding(&self) -> Option<WorkerKey> {
         let index = self.free_holding.next_from(0)?;
@@ -302,14 +310,6 @@ impl Router {
         let index = worker.index();
         let held = self.key_at(index) == Some(worker) && self.free_holding.contains(index);
         (held, self.free_holding.len())
-    }
-
-    /// The first worker with a free run slot in routing order (idle
-    /// Healthy before idle Degraded, from the cursor), whatever the policy.
-    pub(crate) fn first_idle(&self) -> Option<WorkerKey> {
-        let first = |set: &IndexSet| set.next_from(self.cursor).or_else(|| set.next_from(0));
-        let index = first(&self.idle_healthy).or_else(|| first(&self.idle_degraded))?;
-        self.key_at(index)
     }
 
     /// Records that `worker` took a request, so the next pick moves on.

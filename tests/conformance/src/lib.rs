@@ -107,6 +107,7 @@ pub use reference::{
     routes_requests_across_worker_pool, worker_protocol_roundtrip,
 };
 pub use retries::{
+    observe_only_hooks_see_a_retried_request_once,
     retries_in_caller_task_mode_are_refused_at_build,
     retryable_llm_failures_run_again_on_another_worker,
 };
@@ -189,6 +190,7 @@ macro_rules! conformance_suite {
             a_tower_service_serves_as_a_worker_handler,
             retryable_llm_failures_run_again_on_another_worker,
             retries_in_caller_task_mode_are_refused_at_build,
+            observe_only_hooks_see_a_retried_request_once,
         );
     };
     (@each $target:ty; $($name:ident),* $(,)?) => {$(

@@ -6,15 +6,15 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use foreman_driver::{
-    handler_fn, BuildError, DriverOptions, ExecutionMode, PoolConfig, RetryPolicy, Runtime,
-    WorkerErrorCode, WorkerHandler, WorkerOperation, WorkerPool, WorkerPoolError,
-    WorkerPoolOptions, WorkerProtocolError, WorkerRequest, WorkerResult,
+    handler_fn, BuildError, CircuitBreakerHooks, DriverOptions, ExecutionMode, HookRole,
+    PoolConfig, RetryPolicy, Runtime, WorkerErrorCode, WorkerHandler, WorkerOperation, WorkerPool,
+    WorkerPoolError, WorkerPoolOptions, WorkerProtocolError, WorkerRequest, WorkerResult,
 };
 use metrics_util::debugging::DebuggingRecorder;
 use serde_json::json;
 
 use crate::observability::Readings;
-use crate::support::request;
+use crate::support::{request, RecordingHooks};
 
 /// A handler that fails every request retryably, counting its calls.
 fn failing(calls: &Arc<AtomicUsize>) -> Arc<dyn WorkerHandler> {
@@ -159,4 +159,40 @@ pub async fn retries_in_caller_task_mode_are_refused_at_build<R: Runtime + Defau
         Err(other) => panic!("expected RetriesNeedPoolTasks, got {other}"),
         Ok(_) => panic!("a caller-task pool with retries was built"),
     }
+}
+
+/// Hooks that only observe leave retries on: the first LLM call of a
+/// fresh pool fails on the first worker and runs again on the other, and
+/// the hooks hear of it once as accepted (by the first worker) and once as
+/// a success (from the worker that answered).
+pub async fn observe_only_hooks_see_a_retried_request_once<R: Runtime + Default + Clone>(rt: R) {
+    let (failed, served) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let hooks = Arc::new(RecordingHooks::default());
+    let config = PoolConfig::default().with_retries(Some(RetryPolicy::default()));
+    let pool = WorkerPool::with_driver_options(
+        rt,
+        vec![failing(&failed), serving(&served)],
+        config,
+        Some(Arc::clone(&hooks) as Arc<dyn CircuitBreakerHooks>),
+        DriverOptions::default().hooks(HookRole::ObserveOnly),
+    )
+    .unwrap_or_else(|e| panic!("a pool with observing hooks and retries refused: {e}"));
+    let timed = pool.submit_timed(llm("observed")).await;
+    let response = timed
+        .result
+        .unwrap_or_else(|e| panic!("the retried call answered {e:?}"));
+    assert_eq!(response.worker_id, "worker-1");
+    assert_eq!(timed.timings.attempts, 2);
+    assert_eq!(
+        (failed.load(Ordering::SeqCst), served.load(Ordering::SeqCst)),
+        (1, 1)
+    );
+    assert_eq!(
+        hooks.about("observed"),
+        vec![
+            "accepted observed worker-0".to_string(),
+            "success observed worker-1".to_string(),
+        ]
+    );
+    pool.shutdown().await;
 }

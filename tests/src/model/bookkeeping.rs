@@ -107,7 +107,11 @@ impl Harness {
         }
         if new_ejections > 0 {
             let ejected = self.ejected_workers();
-            let cap = tuning.ejection_cap(self.worker_list.len());
+            // The core counts a worker released during this input until
+            // it is released, possibly after the ejection: the cap of the
+            // larger count applies.
+            let workers = self.worker_list.len().max(self.workers_at_input);
+            let cap = tuning.ejection_cap(workers);
             ensure!(
                 tuning.panic_mode == PanicMode::FailFast || ejected <= cap.max(ejected_before),
                 "{ejected} workers ejected, over the cap of {cap}"

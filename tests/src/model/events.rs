@@ -150,8 +150,14 @@ impl Harness {
             // after these events): its runs are checked against its
             // permits once the input is done.
             let half_open = target.trial_limit() != usize::MAX;
+            // Likewise a worker with a free run slot starts what is moved
+            // onto it at once, so the books still count as queued there
+            // the requests moved before this one in the same input: its
+            // queue's limit is judged once the input is done
+            // (`check_queues`).
+            let free = target.running < self.limits.max_running;
             ensure!(
-                schedulable && (open || half_open),
+                schedulable && (open || half_open || free),
                 "{request} requeued onto {to} without room: {target:?}"
             );
         } else {
@@ -265,6 +271,11 @@ impl Harness {
             worker.health.fail();
         }
         self.touch_health(from);
+        // The failed attempt's run is a sample of its worker's latency,
+        // which bounds a deferral as any finished run does.
+        if let ReqState::Running { started_at, .. } = book.state {
+            self.longest_any_run = self.longest_any_run.max(self.seen - started_at);
+        }
         self.remove_running(book.run_pos);
         self.recount_worker(from, |b| b.running -= 1);
         self.recount_worker(to, |b| b.queued += 1);
