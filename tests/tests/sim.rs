@@ -47,6 +47,20 @@ fn seeds_384_to_511_pass() {
     assert_all_pass(384..512);
 }
 
+/// Seeds beyond the ranges above that once found a bug, replayed for good:
+/// 3425, 4259 and 4917 (a request moved onto a free worker counted as
+/// queued there mid-input), 5730 (a retried attempt's run left out of the
+/// deferral bound), 6966 (a deferral's end stopped at a worker that could
+/// start nothing, leaving another free worker idle with 36 requests
+/// waiting).
+#[cfg(not(foreman_planted_bug))]
+#[test]
+fn seeds_that_once_found_a_bug_pass() {
+    for seed in [3425, 4259, 4917, 5730, 6966] {
+        assert_all_pass(seed..seed + 1);
+    }
+}
+
 #[test]
 fn a_seed_run_twice_gives_the_same_trace_hash() {
     for seed in [0, 1, 7, 42, 1234, u64::MAX] {
