@@ -52,11 +52,12 @@ fn seeds_384_to_511_pass() {
 /// queued there mid-input), 5730 (a retried attempt's run left out of the
 /// deferral bound), 6966 (a deferral's end stopped at a worker that could
 /// start nothing, leaving another free worker idle with 36 requests
-/// waiting).
+/// waiting), 14325 (a worker released during the input still counted
+/// against the ejection cap).
 #[cfg(not(foreman_planted_bug))]
 #[test]
 fn seeds_that_once_found_a_bug_pass() {
-    for seed in [3425, 4259, 4917, 5730, 6966] {
+    for seed in [3425, 4259, 4917, 5730, 6966, 14325] {
         assert_all_pass(seed..seed + 1);
     }
 }

@@ -72,9 +72,20 @@ impl Harness {
         };
         let ejected_before = self.ejected_workers();
         let mut new_ejections = 0;
+        // Workers the core released during this input (their `StopWorker`
+        // is drained after this): the core no longer counts them, as
+        // workers or as ejected.
+        let mut released = 0;
+        let mut released_ejected = 0;
         for index in 0..self.worker_list.len() {
             let key = self.worker_list[index];
             let Some(state) = self.pool.recovery_state(key) else {
+                released += 1;
+                let ejected = self
+                    .workers
+                    .get(key.as_u64())
+                    .is_some_and(|book| matches!(book.recovery, RecoveryState::Ejected { .. }));
+                released_ejected += usize::from(ejected);
                 continue;
             };
             let Some(book) = self.workers.get_mut(key.as_u64()) else {
@@ -106,12 +117,8 @@ impl Harness {
             book.recovery = state;
         }
         if new_ejections > 0 {
-            let ejected = self.ejected_workers();
-            // The core counts a worker released during this input until
-            // it is released, possibly after the ejection: the cap of the
-            // larger count applies.
-            let workers = self.worker_list.len().max(self.workers_at_input);
-            let cap = tuning.ejection_cap(workers);
+            let ejected = self.ejected_workers() - released_ejected;
+            let cap = tuning.ejection_cap(self.worker_list.len() - released);
             ensure!(
                 tuning.panic_mode == PanicMode::FailFast || ejected <= cap.max(ejected_before),
                 "{ejected} workers ejected, over the cap of {cap}"

@@ -68,8 +68,6 @@ pub struct Harness {
     pub(super) stolen: Vec<RequestKey>,
     /// The request the current completion sent to another worker.
     pub(super) retried: Option<RequestKey>,
-    /// Workers in the books when the current input began.
-    pub(super) workers_at_input: usize,
     pub(super) next_id: u64,
     pub(super) next_ordinal: u32,
     pub(super) accepted: u64,
@@ -177,7 +175,6 @@ impl Harness {
             moving: Vec::new(),
             stolen: Vec::new(),
             retried: None,
-            workers_at_input: 0,
             next_id: 1,
             next_ordinal: 0,
             accepted: 0,
@@ -464,7 +461,6 @@ impl Harness {
         self.outputs.clear();
         self.outputs_this_input = 0;
         self.retried = None;
-        self.workers_at_input = self.worker_list.len();
         self.vetoes_reported = 0;
         if self.clock > self.seen {
             self.seen = self.clock;
