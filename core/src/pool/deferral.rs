@@ -111,9 +111,10 @@ impl<P: Clone> Pool<P> {
             self.pump(worker);
             self.refresh_load(worker);
         }
+        // (An idle worker asked with nothing waiting returns at once.)
         let idle: Vec<WorkerKey> = self.router.iter_idle().collect();
         for worker in idle {
-            if self.deferral.is_some() || self.backlog_live == 0 {
+            if self.deferral.is_some() {
                 return;
             }
             self.pump(worker);
