@@ -1,28 +1,39 @@
 //! Settings files (the `config` feature): [`PoolSettings`], its loaders,
 //! its errors and [`WorkerPool::from_settings`].
+//!
+//! This file holds [`PoolSettings`], its loaders and checks; each section
+//! (`[retries]`, `[recovery]`, `[security_policy]`, `[driver]`) and the
+//! errors have a file beside it.
 
+mod driver;
+mod error;
+mod recovery;
 mod retries;
+mod security;
 mod text;
 
+pub use driver::DriverSettings;
+pub use error::ConfigFileError;
+pub use recovery::{RecoveryName, RecoverySettings};
 pub use retries::{RetryBudgetSettings, RetrySettings};
+pub use security::SecurityPolicySettings;
 
-use std::num::NonZeroUsize;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use foreman_core::{
-    ConfigError, FailureClasses, OutlierDetection, PanicMode, PoolConfig, RecoveryPolicy,
-    RoutingPolicy, WorkerErrorCode, WorkerPoolOptions, WorkerSecurityPolicy,
-};
+#[cfg(doc)]
+use foreman_core::OutlierDetection;
+use foreman_core::{PoolConfig, RoutingPolicy, WorkerPoolOptions, WorkerSecurityPolicy};
 use serde::{Deserialize, Serialize};
-use thiserror::Error;
 
 use crate::handler::{CircuitBreakerHooks, WorkerHandler};
 use crate::pool::WorkerPool;
 use crate::runtime::Runtime;
 use crate::types::{BuildError, DriverOptions, HookRole};
+#[cfg(doc)]
 use crate::worker::ExecutionMode;
+use error::key_path;
 
 /// Every option of a pool as a settings file holds it (the `config`
 /// feature), read from TOML or JSON and checked by the check the pool's
@@ -175,205 +186,6 @@ pub struct PoolSettings {
     pub driver: DriverSettings,
 }
 
-/// Which recovery state machine a `[recovery]` section picks.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum RecoveryName {
-    /// [`RecoveryPolicy::Reference`]: `"reference"`.
-    Reference,
-    /// [`RecoveryPolicy::OutlierDetection`]: `"outlier_detection"`.
-    OutlierDetection,
-}
-
-/// The `[recovery]` section: [`PoolConfig::recovery`], the machine by name
-/// and [`OutlierDetection`]'s fields (used only by `"outlier_detection"`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-#[non_exhaustive]
-pub struct RecoverySettings {
-    /// The machine: `"reference"` (the default) or `"outlier_detection"`.
-    #[serde(with = "text::named")]
-    pub policy: RecoveryName,
-    /// [`OutlierDetection::consecutive_failures`].
-    pub consecutive_failures: u32,
-    /// [`OutlierDetection::window`].
-    pub window: u32,
-    /// [`OutlierDetection::min_volume`].
-    pub min_volume: u32,
-    /// [`OutlierDetection::failure_rate_percent`].
-    pub failure_rate_percent: u32,
-    /// [`OutlierDetection::base_ejection`].
-    #[serde(
-        serialize_with = "text::write_duration",
-        deserialize_with = "text::read_duration"
-    )]
-    pub base_ejection: Duration,
-    /// [`OutlierDetection::max_ejection`].
-    #[serde(
-        serialize_with = "text::write_duration",
-        deserialize_with = "text::read_duration"
-    )]
-    pub max_ejection: Duration,
-    /// [`OutlierDetection::jitter_permille`].
-    pub jitter_permille: u32,
-    /// [`OutlierDetection::decay_after`].
-    #[serde(
-        serialize_with = "text::write_duration",
-        deserialize_with = "text::read_duration"
-    )]
-    pub decay_after: Duration,
-    /// [`OutlierDetection::trial_permits`].
-    pub trial_permits: u32,
-    /// [`OutlierDetection::success_threshold`].
-    pub success_threshold: u32,
-    /// [`OutlierDetection::max_ejected_percent`].
-    pub max_ejected_percent: u32,
-    /// [`OutlierDetection::panic_mode`]: `"route_to_all"` or `"fail_fast"`.
-    #[serde(with = "text::named")]
-    pub panic_mode: PanicMode,
-    /// [`OutlierDetection::counted`]: the error codes that count against a
-    /// worker (`invalid_request` and `cancelled` never do).
-    pub counted: Vec<WorkerErrorCode>,
-}
-
-/// The error codes a [`FailureClasses`] may hold, in the order a settings
-/// file lists them.
-const COUNTABLE: [WorkerErrorCode; 5] = [
-    WorkerErrorCode::QueueFull,
-    WorkerErrorCode::Unavailable,
-    WorkerErrorCode::Timeout,
-    WorkerErrorCode::ExecutionFailed,
-    WorkerErrorCode::CircuitOpen,
-];
-
-impl RecoverySettings {
-    /// The settings of `policy` (outlier detection's defaults under the
-    /// reference).
-    fn of(policy: RecoveryPolicy) -> Self {
-        let (policy, tuning) = match policy {
-            RecoveryPolicy::OutlierDetection(tuning) => (RecoveryName::OutlierDetection, tuning),
-            _ => (RecoveryName::Reference, OutlierDetection::default()),
-        };
-        RecoverySettings {
-            policy,
-            consecutive_failures: tuning.consecutive_failures,
-            window: tuning.window,
-            min_volume: tuning.min_volume,
-            failure_rate_percent: tuning.failure_rate_percent,
-            base_ejection: tuning.base_ejection,
-            max_ejection: tuning.max_ejection,
-            jitter_permille: tuning.jitter_permille,
-            decay_after: tuning.decay_after,
-            trial_permits: tuning.trial_permits,
-            success_threshold: tuning.success_threshold,
-            max_ejected_percent: tuning.max_ejected_percent,
-            panic_mode: tuning.panic_mode,
-            counted: COUNTABLE
-                .into_iter()
-                .filter(|code| tuning.counted.counts(*code))
-                .collect(),
-        }
-    }
-
-    /// The recovery policy these settings stand for.
-    pub fn to_policy(&self) -> RecoveryPolicy {
-        match self.policy {
-            RecoveryName::Reference => RecoveryPolicy::reference(),
-            RecoveryName::OutlierDetection => {
-                let counted = self
-                    .counted
-                    .iter()
-                    .fold(FailureClasses::NONE, |classes, code| classes.with(*code));
-                RecoveryPolicy::OutlierDetection(
-                    OutlierDetection::default()
-                        .with_consecutive_failures(self.consecutive_failures)
-                        .with_window(self.window)
-                        .with_min_volume(self.min_volume)
-                        .with_failure_rate_percent(self.failure_rate_percent)
-                        .with_base_ejection(self.base_ejection)
-                        .with_max_ejection(self.max_ejection)
-                        .with_jitter_permille(self.jitter_permille)
-                        .with_decay_after(self.decay_after)
-                        .with_trial_permits(self.trial_permits)
-                        .with_success_threshold(self.success_threshold)
-                        .with_max_ejected_percent(self.max_ejected_percent)
-                        .with_panic_mode(self.panic_mode)
-                        .with_counted(counted),
-                )
-            }
-        }
-    }
-
-    /// The key of outlier detection's `field` and its value as a file
-    /// writes it.
-    fn key_of(&self, field: &str) -> Option<(&'static str, String)> {
-        let number = |value: u32| value.to_string();
-        Some(match field {
-            "consecutive_failures" => (
-                "recovery.consecutive_failures",
-                number(self.consecutive_failures),
-            ),
-            "window" => ("recovery.window", number(self.window)),
-            "min_volume" => ("recovery.min_volume", number(self.min_volume)),
-            "failure_rate_percent" => (
-                "recovery.failure_rate_percent",
-                number(self.failure_rate_percent),
-            ),
-            "base_ejection" => ("recovery.base_ejection", text::quoted(self.base_ejection)),
-            "max_ejection" => ("recovery.max_ejection", text::quoted(self.max_ejection)),
-            "jitter_permille" => ("recovery.jitter_permille", number(self.jitter_permille)),
-            "decay_after" => ("recovery.decay_after", text::quoted(self.decay_after)),
-            "trial_permits" => ("recovery.trial_permits", number(self.trial_permits)),
-            "success_threshold" => ("recovery.success_threshold", number(self.success_threshold)),
-            "max_ejected_percent" => (
-                "recovery.max_ejected_percent",
-                number(self.max_ejected_percent),
-            ),
-            _ => return None,
-        })
-    }
-}
-
-impl Default for RecoverySettings {
-    fn default() -> Self {
-        Self::of(PoolConfig::default().recovery)
-    }
-}
-
-/// The `[security_policy]` section: [`WorkerSecurityPolicy`] with its
-/// timeout written as a duration.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-#[non_exhaustive]
-pub struct SecurityPolicySettings {
-    /// Largest `timeout_ms` a request may ask for
-    /// ([`WorkerSecurityPolicy::max_request_timeout_ms`]); a file gives a
-    /// whole number of milliseconds, and a value built in code is counted
-    /// in whole milliseconds (rounded down).
-    #[serde(
-        serialize_with = "text::write_duration",
-        deserialize_with = "text::read_millis"
-    )]
-    pub max_request_timeout: Duration,
-    /// Largest serialised size of a request, in bytes.
-    pub max_request_payload_bytes: usize,
-    /// Longest `request_id`, `workflow_name` or `node_id`, in bytes.
-    pub max_identifier_length: usize,
-}
-
-/// The `[driver]` section: [`DriverOptions`].
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-#[non_exhaustive]
-pub struct DriverSettings {
-    /// Where handler futures run.
-    #[serde(with = "text::named")]
-    pub execution: ExecutionMode,
-    /// How many lanes (cores with their own lock) the workers are spread
-    /// over (at least 1).
-    pub lanes: NonZeroUsize,
-}
-
 impl Default for PoolSettings {
     fn default() -> Self {
         let config = PoolConfig::default();
@@ -398,27 +210,6 @@ impl Default for PoolSettings {
             security_policy: SecurityPolicySettings::default(),
             recovery: RecoverySettings::default(),
             driver: DriverSettings::default(),
-        }
-    }
-}
-
-impl Default for SecurityPolicySettings {
-    fn default() -> Self {
-        let policy = WorkerSecurityPolicy::default();
-        SecurityPolicySettings {
-            max_request_timeout: Duration::from_millis(policy.max_request_timeout_ms),
-            max_request_payload_bytes: policy.max_request_payload_bytes,
-            max_identifier_length: policy.max_identifier_length,
-        }
-    }
-}
-
-impl Default for DriverSettings {
-    fn default() -> Self {
-        let options = DriverOptions::default();
-        DriverSettings {
-            execution: options.execution,
-            lanes: options.lanes,
         }
     }
 }
@@ -536,67 +327,6 @@ impl PoolSettings {
             ConfigFileError::Invalid { key, value, source }
         })
     }
-
-    /// The key of the setting `error` is about, and its value as the file
-    /// writes it.
-    fn key_of(&self, error: &ConfigError) -> Option<(&'static str, String)> {
-        Some(match error {
-            ConfigError::ZeroQueueCapacity => ("queue_capacity", self.queue_capacity.to_string()),
-            ConfigError::ZeroProbeInterval => (
-                "health_probe_interval",
-                text::quoted(self.health_probe_interval),
-            ),
-            ConfigError::ZeroProbeTimeout => (
-                "probe_timeout",
-                self.probe_timeout
-                    .map_or_else(|| "\"auto\"".to_string(), text::quoted),
-            ),
-            ConfigError::ZeroConcurrency => (
-                "max_concurrency_per_worker",
-                self.max_concurrency_per_worker.to_string(),
-            ),
-            ConfigError::ZeroRequestDepth => {
-                ("max_request_depth", self.max_request_depth.to_string())
-            }
-            ConfigError::ZeroRetryAttempts => (
-                "retries.max_attempts",
-                self.retries.max_attempts.to_string(),
-            ),
-            ConfigError::RetryWindowTooShort => (
-                "retries.budget.window",
-                text::quoted(self.retries.budget.window),
-            ),
-            ConfigError::InvalidRecovery { field, .. } => return self.recovery.key_of(field),
-            ConfigError::ZeroQueueWaitLimit => (
-                "queue_wait_limit",
-                text::quoted(self.queue_wait_limit.unwrap_or_default()),
-            ),
-            ConfigError::ZeroRunLimit => (
-                "run_limit",
-                text::quoted(self.run_limit.unwrap_or_default()),
-            ),
-            ConfigError::ZeroEwmaDecay => ("ewma_decay", text::quoted(self.ewma_decay)),
-            ConfigError::ZeroUnsampledLatency => {
-                ("unsampled_latency", text::quoted(self.unsampled_latency))
-            }
-            ConfigError::DegradedShareOutOfRange(_) => (
-                "degraded_share_percent",
-                self.degraded_share_percent.to_string(),
-            ),
-            _ => return None,
-        })
-    }
-}
-
-/// A key path as `serde_path_to_error` records it, empty for the whole
-/// document (`"."`).
-fn key_path(path: &serde_path_to_error::Path) -> String {
-    let path = path.to_string();
-    if path == "." {
-        String::new()
-    } else {
-        path
-    }
 }
 
 impl<R: Runtime> WorkerPool<R> {
@@ -624,66 +354,5 @@ impl<R: Runtime> WorkerPool<R> {
         let breaker = hooks.is_some() && driver.hooks == HookRole::CircuitBreaker;
         let config = config.vetted_by_breaker(breaker);
         Self::with_driver_options(runtime, handlers, config, hooks, driver)
-    }
-}
-
-/// Why settings could not be loaded, naming the file, the key or both.
-#[derive(Debug, Error)]
-#[non_exhaustive]
-pub enum ConfigFileError {
-    /// The file could not be read.
-    #[error("cannot read the settings file {}: {source}", path.display())]
-    Io {
-        /// The file.
-        path: PathBuf,
-        /// Why.
-        source: std::io::Error,
-    },
-    /// The TOML is malformed, or a key or value does not fit the settings.
-    #[error("invalid TOML settings{}: {source}", at(key))]
-    Toml {
-        /// The key path of the offending value (`security_policy.max_request_timeout`),
-        /// empty when the error is not about one value (malformed TOML, or
-        /// an unknown key at the top level, which the message names).
-        key: String,
-        /// The parser's error: the message and the line.
-        source: toml::de::Error,
-    },
-    /// The JSON is malformed, or a key or value does not fit the settings.
-    #[error("invalid JSON settings{}: {source}", at(key))]
-    Json {
-        /// The key path of the offending value, as for TOML.
-        key: String,
-        /// The parser's error: the message, the line and the column.
-        source: serde_json::Error,
-    },
-    /// A value the pool cannot run with, refused by
-    /// [`PoolConfig::validate`].
-    #[error("{}: {source}", setting(*key, value.as_deref()))]
-    Invalid {
-        /// The key of the setting (`queue_capacity`), or `None` for a check
-        /// the settings map to no key (the message names the field).
-        key: Option<&'static str>,
-        /// The value as the file writes it (`0`, `"0s"`).
-        value: Option<String>,
-        /// What `PoolConfig::validate` said.
-        source: ConfigError,
-    },
-}
-
-/// ` at `key``, or nothing for no key.
-fn at(key: &str) -> String {
-    if key.is_empty() {
-        String::new()
-    } else {
-        format!(" at `{key}`")
-    }
-}
-
-/// The start of an [`ConfigFileError::Invalid`] message.
-fn setting(key: Option<&str>, value: Option<&str>) -> String {
-    match (key, value) {
-        (Some(key), Some(value)) => format!("invalid setting `{key} = {value}`"),
-        _ => "invalid settings".to_string(),
     }
 }
