@@ -2,24 +2,27 @@
 //! paused current-thread runtime: everything runs on the test's thread,
 //! so a thread-local subscriber sees the handlers' own events, and virtual
 //! time makes every duration exact.
+//!
+//! That no subscriber or recorder runs under a foreman lock is checked in
+//! `tokio_observability_locks.rs`.
+
+mod observability_support;
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use foreman_conformance::{request, Readings};
-use foreman_tokio::{
-    async_trait, DriverOptions, ExecutionMode, PoolConfig, WorkerErrorCode, WorkerHandler,
-    WorkerPool, WorkerPoolError, WorkerPoolOptions, WorkerProtocolError, WorkerRequest,
-};
+use foreman_tokio::{ExecutionMode, WorkerPoolError};
 use metrics_util::debugging::DebuggingRecorder;
-use serde_json::{json, Value};
 use tracing::field::{Field, Visit};
 use tracing::span::{Attributes, Id, Record};
 use tracing::{Event, Level, Subscriber};
 use tracing_subscriber::layer::{Context, SubscriberExt};
 use tracing_subscriber::registry::LookupSpan;
 use tracing_subscriber::Layer;
+
+use observability_support::{paused, pool};
 
 // ----- a capturing subscriber ------------------------------------------------
 
@@ -144,67 +147,6 @@ fn traced<F: std::future::Future<Output = ()>>(capture: &Capture, body: F) {
     let _default = tracing::subscriber::set_default(subscriber);
     paused(body);
 }
-
-fn paused<F: std::future::Future<Output = ()>>(body: F) {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .start_paused(true)
-        .build()
-        .expect("tokio runtime")
-        .block_on(body);
-}
-
-// ----- a worker ---------------------------------------------------------------
-
-/// Echoes, fails (`fail`), sleeps (`sleep:<ms>`) or hangs (`hang`); logs
-/// an event of its own inside every request.
-struct Worker;
-
-#[async_trait]
-impl WorkerHandler for Worker {
-    async fn handle(&self, request: WorkerRequest) -> Result<Value, WorkerProtocolError> {
-        tracing::info!(node = request.node_id.as_str(), "inside the handler");
-        let node = request.node_id.as_str();
-        if node == "fail" {
-            return Err(WorkerProtocolError::new(
-                WorkerErrorCode::ExecutionFailed,
-                "failed on purpose",
-                false,
-            ));
-        }
-        if node == "hang" {
-            std::future::pending::<()>().await;
-        }
-        if let Some(ms) = node.strip_prefix("sleep:") {
-            tokio::time::sleep(Duration::from_millis(ms.parse().unwrap_or(0))).await;
-        }
-        Ok(json!({ "node": node }))
-    }
-}
-
-fn options(queue_capacity: usize) -> WorkerPoolOptions {
-    WorkerPoolOptions {
-        queue_capacity,
-        health_probe_interval: Duration::from_secs(600),
-        unavailable_after_failures: 2,
-        ..WorkerPoolOptions::default()
-    }
-}
-
-fn pool(workers: usize, queue_capacity: usize, execution: ExecutionMode) -> WorkerPool {
-    let handlers: Vec<Arc<dyn WorkerHandler>> = (0..workers)
-        .map(|_| Arc::new(Worker) as Arc<dyn WorkerHandler>)
-        .collect();
-    WorkerPool::with_driver_options(
-        foreman_tokio::TokioRuntime,
-        handlers,
-        PoolConfig::new(options(queue_capacity)),
-        None,
-        DriverOptions::default().execution(execution),
-    )
-    .expect("valid options")
-}
-
 // ----- tracing ------------------------------------------------------------------
 
 /// Each request has a span with its ids, the worker that ran it and its
@@ -430,213 +372,4 @@ fn a_request_moved_to_another_worker_is_an_event() {
     assert_eq!(moved[0].level, Level::DEBUG);
     assert_eq!(moved[0].field("from"), Some("worker-0"));
     assert_eq!(moved[0].field("to"), Some("worker-1"));
-}
-
-// ----- no subscriber or recorder runs under a foreman lock ------------------------
-
-/// A subscriber and a recorder that read the pool's stats (which locks
-/// every lane) at every call: if the pool called either while holding a
-/// lock, the call would deadlock.
-#[derive(Clone, Default)]
-struct Reentrant(Arc<Mutex<std::sync::Weak<WorkerPool>>>);
-
-impl Reentrant {
-    fn touch(&self) {
-        let pool = self
-            .0
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .upgrade();
-        if let Some(pool) = pool {
-            let _ = pool.stats();
-        }
-    }
-}
-
-impl<S: Subscriber + for<'a> LookupSpan<'a>> Layer<S> for Reentrant {
-    fn on_new_span(&self, _: &Attributes<'_>, _: &Id, _: Context<'_, S>) {
-        self.touch();
-    }
-
-    fn on_record(&self, _: &Id, _: &Record<'_>, _: Context<'_, S>) {
-        self.touch();
-    }
-
-    fn on_event(&self, _: &Event<'_>, _: Context<'_, S>) {
-        self.touch();
-    }
-
-    fn on_enter(&self, _: &Id, _: Context<'_, S>) {
-        self.touch();
-    }
-
-    fn on_close(&self, _: Id, _: Context<'_, S>) {
-        self.touch();
-    }
-}
-
-impl metrics::CounterFn for Reentrant {
-    fn increment(&self, _: u64) {
-        self.touch();
-    }
-
-    fn absolute(&self, _: u64) {
-        self.touch();
-    }
-}
-
-impl metrics::GaugeFn for Reentrant {
-    fn increment(&self, _: f64) {
-        self.touch();
-    }
-
-    fn decrement(&self, _: f64) {
-        self.touch();
-    }
-
-    fn set(&self, _: f64) {
-        self.touch();
-    }
-}
-
-impl metrics::HistogramFn for Reentrant {
-    fn record(&self, _: f64) {
-        self.touch();
-    }
-}
-
-impl metrics::Recorder for Reentrant {
-    fn describe_counter(
-        &self,
-        _: metrics::KeyName,
-        _: Option<metrics::Unit>,
-        _: metrics::SharedString,
-    ) {
-    }
-
-    fn describe_gauge(
-        &self,
-        _: metrics::KeyName,
-        _: Option<metrics::Unit>,
-        _: metrics::SharedString,
-    ) {
-    }
-
-    fn describe_histogram(
-        &self,
-        _: metrics::KeyName,
-        _: Option<metrics::Unit>,
-        _: metrics::SharedString,
-    ) {
-    }
-
-    fn register_counter(&self, _: &metrics::Key, _: &metrics::Metadata<'_>) -> metrics::Counter {
-        metrics::Counter::from_arc(Arc::new(self.clone()))
-    }
-
-    fn register_gauge(&self, _: &metrics::Key, _: &metrics::Metadata<'_>) -> metrics::Gauge {
-        metrics::Gauge::from_arc(Arc::new(self.clone()))
-    }
-
-    fn register_histogram(
-        &self,
-        _: &metrics::Key,
-        _: &metrics::Metadata<'_>,
-    ) -> metrics::Histogram {
-        metrics::Histogram::from_arc(Arc::new(self.clone()))
-    }
-}
-
-/// Every kind of emission (spans and their fields, request events,
-/// health transitions, moves, every metric) reaches a subscriber and a
-/// recorder that call the pool, without a deadlock, in both execution
-/// modes: none of them runs under a foreman lock.
-#[test]
-fn a_subscriber_and_a_recorder_may_call_the_pool() {
-    for execution in [ExecutionMode::PoolTasks, ExecutionMode::CallerTask] {
-        let (done, finished) = std::sync::mpsc::channel();
-        let run = std::thread::spawn(move || {
-            let hook = Reentrant::default();
-            let subscriber = tracing_subscriber::registry().with(hook.clone());
-            let _default = tracing::subscriber::set_default(subscriber);
-            paused(async {
-                let pool = metrics::with_local_recorder(&hook, || pool(2, 1, execution));
-                let pool = Arc::new(pool);
-                *hook.0.lock().unwrap_or_else(PoisonError::into_inner) = Arc::downgrade(&pool);
-                everything_once(&pool).await;
-            });
-            let _ = done.send(());
-        });
-        // Only a deadlock makes this wait: the body takes no wall time.
-        let outcome = finished.recv_timeout(Duration::from_secs(60));
-        if outcome.is_err() && !run.is_finished() {
-            panic!("{execution:?}: the pool called a subscriber or recorder under its lock");
-        }
-        run.join().expect("the scenario passed");
-    }
-}
-
-/// One of each outcome and event on a pool of two workers with queues of
-/// one: a move by late binding, failures that change a worker's health,
-/// timeouts while running and queued, a refusal, a cancellation, a
-/// restart's abort and a drain's abort.
-async fn everything_once(pool: &WorkerPool) {
-    let slow = pool.submit(request("slow", "sleep:100"));
-    let fast = pool.submit(request("fast", "sleep:20"));
-    let moved = pool.submit(request("moved", "echo"));
-    let (slow, fast, moved) = futures::join!(slow, fast, moved);
-    assert!(slow.is_ok() && fast.is_ok() && moved.is_ok());
-    for id in ["fail-1", "fail-2"] {
-        assert!(pool.submit(request(id, "fail")).await.is_err());
-    }
-    let hanging = |id: &str| {
-        let mut request = request(id, "hang");
-        request.timeout_ms = Some(30);
-        pool.submit(request)
-    };
-    let (a, b, c, d, e) = futures::join!(
-        hanging("a"),
-        hanging("b"),
-        hanging("c"),
-        hanging("d"),
-        hanging("e")
-    );
-    let timeouts = [&a, &b, &c, &d, &e]
-        .iter()
-        .filter(|result| matches!(result, Err(WorkerPoolError::Timeout)))
-        .count();
-    let refusals = [&a, &b, &c, &d, &e]
-        .iter()
-        .filter(|result| matches!(result, Err(WorkerPoolError::QueueFull)))
-        .count();
-    assert_eq!(
-        (timeouts, refusals),
-        (4, 1),
-        "{a:?} {b:?} {c:?} {d:?} {e:?}"
-    );
-    // The timeouts counted against the workers: restarts heal them.
-    for worker in ["worker-0", "worker-1"] {
-        assert!(pool.restart_worker(worker).await.is_ok());
-    }
-    let cut = tokio::time::timeout(
-        Duration::from_millis(5),
-        pool.submit(request("cut", "hang")),
-    );
-    assert!(cut.await.is_err());
-    let restarted = pool.submit(request("restarted", "hang"));
-    let restart = async {
-        tokio::time::sleep(Duration::from_millis(1)).await;
-        for worker in ["worker-0", "worker-1"] {
-            assert!(pool.restart_worker(worker).await.is_ok());
-        }
-    };
-    let (restarted, ()) = futures::join!(restarted, restart);
-    assert!(matches!(restarted, Err(WorkerPoolError::Worker(_))));
-    let drained = pool.submit(request("drained", "hang"));
-    let shutdown = async {
-        tokio::time::sleep(Duration::from_millis(1)).await;
-        pool.shutdown_with_deadline(Duration::ZERO).await;
-    };
-    let (drained, ()) = futures::join!(drained, shutdown);
-    assert!(matches!(drained, Err(WorkerPoolError::ShuttingDown)));
 }
