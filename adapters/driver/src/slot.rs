@@ -91,6 +91,9 @@ pub(crate) struct SlotInner {
     /// The span the request's handler runs in, for whoever starts it; it
     /// goes with the parked request.
     span: RequestSpan,
+    /// The same span, kept for the request's events until its caller is
+    /// done with it ([`Traced`](crate::trace::Traced)).
+    events: RequestSpan,
     waker: Option<Waker>,
 }
 
@@ -171,6 +174,7 @@ impl Slot {
             if let Some(unique) = Arc::get_mut(&mut slot) {
                 let inner = unique.inner.get_mut();
                 inner.parked = HeldRequest::new(request);
+                inner.events = span.clone();
                 inner.span = span;
                 return slot;
             }
@@ -178,6 +182,7 @@ impl Slot {
         Arc::new(Slot {
             inner: FastMutex::new(SlotInner {
                 parked: HeldRequest::new(request),
+                events: span.clone(),
                 span,
                 ..SlotInner::default()
             }),
@@ -243,6 +248,19 @@ impl SlotInner {
     /// subscriber, which must not run under a lock).
     pub(crate) fn take_span(&mut self) -> RequestSpan {
         std::mem::take(&mut self.span)
+    }
+
+    /// The id of the request's span, as the parent of its events.
+    #[cfg(feature = "tracing")]
+    pub(crate) fn span_id(&self) -> Option<tracing::Id> {
+        self.events.id()
+    }
+
+    /// Takes the request's span kept for its events, to drop it with no
+    /// lock held.
+    #[cfg(feature = "tracing")]
+    pub(crate) fn take_events_span(&mut self) -> RequestSpan {
+        std::mem::take(&mut self.events)
     }
 
     /// Puts back the span with the parked request.

@@ -15,9 +15,14 @@ use foreman_core::{HealthCause, Phase, RequestKey, WorkerHealthStatus};
 use foreman_core::{WorkerPoolError, WorkerProtocolError, WorkerRequest};
 
 use crate::handler::{HandlerFuture, OwnedHandlerFuture};
+#[cfg(feature = "tracing")]
 use crate::outcome::Ending;
 #[cfg(feature = "tracing")]
 use crate::outcome::{cause_name, phase_name, refusal_reason, status_name};
+use crate::slot::Slot;
+#[cfg(feature = "tracing")]
+use crate::started::worker_id;
+use crate::started::Delivered;
 
 /// The span of one request (`request`, target `foreman`), with fields
 /// `request_id`, `workflow`, `node`, and `worker` and `attempt` recorded
@@ -30,6 +35,25 @@ use crate::outcome::{cause_name, phase_name, refusal_reason, status_name};
 pub(crate) struct RequestSpan {
     #[cfg(feature = "tracing")]
     span: Option<Box<tracing::Span>>,
+}
+
+impl Drop for RequestSpan {
+    /// Closes an enabled span out of line: dropping a disabled one is a
+    /// check that the caller inlines.
+    #[inline]
+    fn drop(&mut self) {
+        #[cfg(feature = "tracing")]
+        if let Some(span) = self.span.take() {
+            close(span);
+        }
+    }
+}
+
+/// Drops an enabled span (its subscriber closes it).
+#[cfg(feature = "tracing")]
+#[inline(never)]
+fn close(span: Box<tracing::Span>) {
+    drop(span);
 }
 
 /// Which start of its request a handler run is (1 for the first), counted
@@ -57,18 +81,13 @@ impl RequestSpan {
     pub(crate) fn new(request: &WorkerRequest) -> Self {
         #[cfg(feature = "tracing")]
         {
-            let span = tracing::info_span!(
-                target: "foreman",
-                "request",
-                request_id = request.request_id.as_str(),
-                workflow = request.workflow_name.as_str(),
-                node = request.node_id.as_str(),
-                worker = tracing::field::Empty,
-                attempt = tracing::field::Empty,
-            );
-            RequestSpan {
-                span: (!span.is_disabled()).then(|| Box::new(span)),
+            // The global maximum level first: with no subscriber (or none
+            // at `INFO`) the span's callsite is not even asked, and the
+            // caller inlines no more than this check.
+            if spans_wanted() {
+                return Self::wanted(request);
             }
+            RequestSpan { span: None }
         }
         #[cfg(not(feature = "tracing"))]
         {
@@ -77,10 +96,44 @@ impl RequestSpan {
         }
     }
 
+    /// The span of a request when a subscriber may want it.
+    #[cfg(feature = "tracing")]
+    #[inline(never)]
+    fn wanted(request: &WorkerRequest) -> Self {
+        let span = tracing::info_span!(
+            target: "foreman",
+            "request",
+            request_id = request.request_id.as_str(),
+            workflow = request.workflow_name.as_str(),
+            node = request.node_id.as_str(),
+            worker = tracing::field::Empty,
+            attempt = tracing::field::Empty,
+        );
+        RequestSpan {
+            span: (!span.is_disabled()).then(|| Box::new(span)),
+        }
+    }
+
+    /// Whether the span is enabled, for the caller's future to carry
+    /// instead of the span (which stays in the request's slot).
+    #[inline]
+    pub(crate) fn traced(&self) -> Traced {
+        Traced {
+            #[cfg(feature = "tracing")]
+            on: self.span.is_some(),
+        }
+    }
+
+    /// The enabled span, if it is.
+    #[cfg(feature = "tracing")]
+    fn into_span(mut self) -> Option<Box<tracing::Span>> {
+        self.span.take()
+    }
+
     /// The span's id, for its events' `parent:` (none: they have no
     /// parent, as events of a disabled span).
     #[cfg(feature = "tracing")]
-    fn id(&self) -> Option<tracing::Id> {
+    pub(crate) fn id(&self) -> Option<tracing::Id> {
         self.span.as_ref().and_then(|span| span.id())
     }
 
@@ -107,7 +160,7 @@ impl RequestSpan {
         F: Future<Output = Result<serde_json::Value, WorkerProtocolError>> + Send + 'static,
     {
         #[cfg(feature = "tracing")]
-        if let Some(span) = self.span {
+        if let Some(span) = self.into_span() {
             return Box::pin(tracing::Instrument::instrument(handler, *span));
         }
         Box::pin(handler)
@@ -118,40 +171,77 @@ impl RequestSpan {
     #[inline]
     pub(crate) fn instrument_boxed<'a>(self, handler: HandlerFuture<'a>) -> HandlerFuture<'a> {
         #[cfg(feature = "tracing")]
-        match self.span {
+        match self.into_span() {
             Some(span) => Box::pin(tracing::Instrument::instrument(handler, *span)),
             None => handler,
         }
         #[cfg(not(feature = "tracing"))]
         handler
     }
+}
+
+/// Whether a request's span is enabled, carried by its caller's future in
+/// place of the span itself (one byte, none without the feature): the
+/// span stays in the request's slot, and the request's events name it as
+/// their parent only when it is enabled.
+#[derive(Clone, Copy, Default)]
+pub(crate) struct Traced {
+    #[cfg(feature = "tracing")]
+    on: bool,
+}
+
+impl Traced {
+    /// The parent of the request's events: its span's id, read from its
+    /// slot (with no subscriber call) only when the span is enabled.
+    #[cfg(feature = "tracing")]
+    #[inline]
+    fn parent(self, slot: &Slot) -> Option<tracing::Id> {
+        if self.on {
+            slot.lock().span_id()
+        } else {
+            None
+        }
+    }
+
+    /// Drops the request's span once its caller is done with it, with no
+    /// lock held (a span's drop calls its subscriber).
+    #[inline]
+    pub(crate) fn release(self, slot: &Slot) {
+        #[cfg(feature = "tracing")]
+        if self.on {
+            let span = slot.lock().take_events_span();
+            drop(span);
+        }
+        #[cfg(not(feature = "tracing"))]
+        let _ = slot;
+    }
 
     /// The request was refused (`debug`, with the reason).
     #[inline]
-    pub(crate) fn refused(&self, error: &WorkerPoolError) {
+    pub(crate) fn refused(self, slot: &Slot, error: &WorkerPoolError) {
         #[cfg(feature = "tracing")]
         tracing::debug!(
             target: "foreman",
-            parent: self.id(),
+            parent: self.parent(slot),
             reason = refusal_reason(error),
             "request refused"
         );
         #[cfg(not(feature = "tracing"))]
-        let _ = error;
+        let _ = (slot, error);
     }
 
     /// A circuit breaker vetoed `worker` for the request (`debug`).
     #[inline]
-    pub(crate) fn vetoed(&self, worker: &str) {
+    pub(crate) fn vetoed(self, slot: &Slot, worker: &str) {
         #[cfg(feature = "tracing")]
         tracing::debug!(
             target: "foreman",
-            parent: self.id(),
+            parent: self.parent(slot),
             worker,
             "circuit breaker vetoed the worker"
         );
         #[cfg(not(feature = "tracing"))]
-        let _ = worker;
+        let _ = (slot, worker);
     }
 
     /// The request ended: nothing for a success; `debug` for a handler's
@@ -160,10 +250,27 @@ impl RequestSpan {
     /// `info` for aborts by a restart or the drain deadline and for a
     /// request its removed worker could hand to nobody.
     #[inline]
-    pub(crate) fn ended(&self, ending: Ending, worker: &str) {
+    pub(crate) fn ended(self, slot: &Slot, answer: &Delivered, cancelled: bool) {
         #[cfg(feature = "tracing")]
+        if tracing::level_enabled!(tracing::Level::WARN) {
+            // The least verbose of these events is `warn`: nothing below
+            // runs when a subscriber wants none of them.
+            self.told_end(
+                slot,
+                answer.ending(cancelled),
+                worker_id(answer.worker.as_deref()),
+            );
+        }
+        #[cfg(not(feature = "tracing"))]
+        let _ = (slot, answer, cancelled);
+    }
+
+    /// Tells how the request ended (see [`ended`](Self::ended)).
+    #[cfg(feature = "tracing")]
+    #[inline(never)]
+    fn told_end(self, slot: &Slot, ending: Ending, worker: &str) {
         {
-            let span = self.id();
+            let span = self.parent(slot);
             match ending {
                 Ending::Succeeded => {}
                 Ending::Failed => tracing::debug!(
@@ -211,8 +318,6 @@ impl RequestSpan {
                 ),
             }
         }
-        #[cfg(not(feature = "tracing"))]
-        let _ = (ending, worker);
     }
 }
 

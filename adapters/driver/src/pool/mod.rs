@@ -254,10 +254,12 @@ impl<R: Runtime> WorkerPool<R> {
     ) -> impl Future<Output = Timed> + Send + '_ {
         // The request goes straight into its slot (the core's payload), so
         // the future every caller holds carries a pointer, not the request;
-        // with it goes a copy of its span (`tracing` feature), for the task
-        // that starts its handler.
+        // with it goes its span (`tracing` feature), for the task that
+        // starts its handler and for the request's events, of which the
+        // future keeps only whether the span is enabled.
         let span = RequestSpan::new(&request);
-        let slot = Slot::parked(request, span.clone());
+        let traced = span.traced();
+        let slot = Slot::parked(request, span);
         if !limits.is_none() {
             slot.lock().limits = limits;
         }
@@ -265,13 +267,14 @@ impl<R: Runtime> WorkerPool<R> {
             // Whether this request ever waited (see `cooperate`).
             let mut waited = false;
             let outcome = match self.shared.hooks.as_deref() {
-                None => self.run(&slot, &mut waited, &span).await,
+                None => self.run(&slot, &mut waited, traced).await,
                 // Boxed: the future of a pool without hooks stays small.
                 Some(hooks) => {
                     waited = true;
-                    Box::pin(self.run_hooked(&slot, hooks, &span)).await
+                    Box::pin(self.run_hooked(&slot, hooks, traced)).await
                 }
             };
+            traced.release(&slot);
             Slot::recycle(slot);
             // Refusals count too: a caller retrying on `QueueFull` must not
             // keep its thread (and the pool's own timers) from running.

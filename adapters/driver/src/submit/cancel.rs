@@ -10,7 +10,7 @@ use crate::shared::{Lane, Shared};
 use crate::slot::Slot;
 use crate::started::Delivered;
 use crate::state::Own;
-use crate::trace::RequestSpan;
+use crate::trace::Traced;
 
 /// Cancels the request if `submit`'s future is dropped before its answer.
 pub(super) struct PendingGuard<'a, R: Runtime> {
@@ -18,7 +18,7 @@ pub(super) struct PendingGuard<'a, R: Runtime> {
     lane: &'a Lane,
     key: RequestKey,
     slot: &'a Arc<Slot>,
-    span: &'a RequestSpan,
+    traced: Traced,
     pub(super) done: bool,
 }
 
@@ -28,14 +28,14 @@ impl<'a, R: Runtime> PendingGuard<'a, R> {
         lane: &'a Lane,
         key: RequestKey,
         slot: &'a Arc<Slot>,
-        span: &'a RequestSpan,
+        traced: Traced,
     ) -> Self {
         PendingGuard {
             shared,
             lane,
             key,
             slot,
-            span,
+            traced,
             done: false,
         }
     }
@@ -81,8 +81,11 @@ impl<'a, R: Runtime> PendingGuard<'a, R> {
         shared.spawn_probes(self.lane.index, probes);
         let answer = answer.or_else(|| slot.lock().answer.take());
         if let Some(answer) = &answer {
-            shared.ended(self.span, answer, cancelled);
+            shared.ended(self.traced, slot, answer, cancelled);
         }
+        // The core may still hold the slot: the span goes now, with no
+        // lock held, rather than with the slot's last holder.
+        self.traced.release(slot);
         answer
     }
 }

@@ -18,7 +18,7 @@ use crate::runtime::Runtime;
 use crate::shared::{Lane, Shared};
 use crate::slot::{HeldRequest, Slot};
 use crate::started::worker_id;
-use crate::trace::RequestSpan;
+use crate::trace::Traced;
 use crate::types::Timed;
 use crate::wait::{wait_for_notice, Notice};
 
@@ -36,7 +36,7 @@ impl<R: Runtime> WorkerPool<R> {
         &self,
         slot: &Arc<Slot>,
         hooks: &dyn CircuitBreakerHooks,
-        span: &RequestSpan,
+        traced: Traced,
     ) -> Timed {
         let shared = &self.shared;
         // The slot keeps the handler's copy of the request (the handler
@@ -77,7 +77,7 @@ impl<R: Runtime> WorkerPool<R> {
                     VetStep::Ask(worker_id) => {
                         let allowed = ask_breaker(hooks, &worker_id, request).await;
                         if !allowed {
-                            span.vetoed(&worker_id);
+                            traced.vetoed(slot, &worker_id);
                         }
                         vetting.answer(allowed);
                     }
@@ -87,7 +87,7 @@ impl<R: Runtime> WorkerPool<R> {
                         let parked = std::mem::take(&mut slot.lock().parked);
                         drop(parked);
                         shared.meter.refused(&error);
-                        span.refused(&error);
+                        traced.refused(slot, &error);
                         hooks.on_request_rejected(None, request, error.code()).await;
                         return Timed::refused(error);
                     }
@@ -99,7 +99,7 @@ impl<R: Runtime> WorkerPool<R> {
         // From here on, dropping this future cancels the request (and
         // aborts its handler), also while the hooks below run.
         let mut guard = HookedGuard {
-            pending: PendingGuard::new(shared, lane, key, slot, span),
+            pending: PendingGuard::new(shared, lane, key, slot, traced),
             request_id: &request.request_id,
         };
         hooks.on_request_accepted(&accepted_by, request).await;
@@ -110,7 +110,7 @@ impl<R: Runtime> WorkerPool<R> {
             }
         };
         guard.pending.done = true;
-        shared.ended(span, &answer, false);
+        shared.ended(traced, slot, &answer, false);
         let worker = answer.worker.clone();
         let timed = respond(answer, request.request_id.clone());
         notify(hooks, worker_id(worker.as_deref()), &timed).await;

@@ -20,9 +20,9 @@ use crate::pool::WorkerPool;
 use crate::runtime::Runtime;
 use crate::shared::{Lane, Shared};
 use crate::slot::{HeldRequest, Run, Slot};
-use crate::started::{worker_id, Delivered, Started, WorkerCell};
+use crate::started::{Delivered, Started, WorkerCell};
 use crate::state::{Claimed, Own};
-use crate::trace::RequestSpan;
+use crate::trace::{RequestSpan, Traced};
 use crate::types::Timed;
 use crate::wait::{run_handler, wait_for_answer, wait_for_start, Wake};
 use crate::worker::panic_error;
@@ -43,12 +43,7 @@ impl<R: Runtime> WorkerPool<R> {
     /// `submit` without the cooperative yield. The request, and its start
     /// or answer, wait in the slot rather than in this future, which every
     /// caller holds: it stays small.
-    pub(crate) async fn run(
-        &self,
-        slot: &Arc<Slot>,
-        waited: &mut bool,
-        span: &RequestSpan,
-    ) -> Timed {
+    pub(crate) async fn run(&self, slot: &Arc<Slot>, waited: &mut bool, traced: Traced) -> Timed {
         let shared = &self.shared;
         // Everything up to the first await is one synchronous step, so
         // none of its locals lives in this future. A request started at
@@ -91,17 +86,17 @@ impl<R: Runtime> WorkerPool<R> {
         };
         let key = match submitted {
             Ok(key) => key,
-            Err(refused) => return shared.refused(span, refused),
+            Err(refused) => return shared.refused(traced, slot, refused),
         };
         shared.meter.accepted();
         let lane = shared.lane(lane);
         // From here on, dropping this future cancels the request, also
         // while the hooks below run.
-        let mut guard = PendingGuard::new(shared, lane, key, slot, span);
+        let mut guard = PendingGuard::new(shared, lane, key, slot, traced);
         if shared.pool_tasks {
             let answer = wait_for_answer(slot, key, waited).await;
             guard.done = true;
-            shared.ended(span, &answer, false);
+            shared.ended(traced, slot, &answer, false);
             return respond(answer, request_id);
         }
         let worker: Arc<WorkerCell>;
@@ -132,7 +127,7 @@ impl<R: Runtime> WorkerPool<R> {
                 }
                 Wake::Answered(answer) => {
                     guard.answered_without_run();
-                    shared.ended(span, &answer, false);
+                    shared.ended(traced, slot, &answer, false);
                     return respond(answer, request_id);
                 }
             },
@@ -157,7 +152,7 @@ impl<R: Runtime> WorkerPool<R> {
         };
         match answer {
             Some(answer) => {
-                shared.ended(span, &answer, false);
+                shared.ended(traced, slot, &answer, false);
                 respond(answer, request_id)
             }
             None => Timed::refused(lost_answer()),
@@ -167,9 +162,9 @@ impl<R: Runtime> WorkerPool<R> {
 
 impl<R: Runtime> Shared<R> {
     /// A refused submit: counted and traced (`metrics`, `tracing`).
-    fn refused(&self, span: &RequestSpan, error: WorkerPoolError) -> Timed {
+    fn refused(&self, traced: Traced, slot: &Slot, error: WorkerPoolError) -> Timed {
         self.meter.refused(&error);
-        span.refused(&error);
+        traced.refused(slot, &error);
         Timed::refused(error)
     }
 
@@ -177,10 +172,10 @@ impl<R: Runtime> Shared<R> {
     /// caller that gave up, `cancelled` if the core answered it because of
     /// that): counted, timed and traced (`metrics`, `tracing`).
     #[inline]
-    fn ended(&self, span: &RequestSpan, answer: &Delivered, cancelled: bool) {
-        let ending = answer.ending(cancelled);
-        self.meter.ended(ending, answer.queued_for, answer.ran_for);
-        span.ended(ending, worker_id(answer.worker.as_deref()));
+    fn ended(&self, traced: Traced, slot: &Slot, answer: &Delivered, cancelled: bool) {
+        self.meter
+            .ended(answer.ending(cancelled), answer.queued_for, answer.ran_for);
+        traced.ended(slot, answer, cancelled);
     }
 
     /// Submits the request parked in `slot`, with the slot as its payload:
