@@ -57,7 +57,13 @@ impl Default for RetrySettings {
 
 impl Default for RetryBudgetSettings {
     fn default() -> Self {
-        let budget = RetryBudget::default();
+        Self::from_budget(RetryBudget::default())
+    }
+}
+
+impl RetryBudgetSettings {
+    /// The settings of `budget`.
+    fn from_budget(budget: RetryBudget) -> Self {
         RetryBudgetSettings {
             window: budget.window,
             share_percent: budget.share_percent,
@@ -76,11 +82,7 @@ impl RetrySettings {
             max_attempts: policy.max_attempts,
             llm: policy.llm,
             tools: policy.tools,
-            budget: RetryBudgetSettings {
-                window: policy.budget.window,
-                share_percent: policy.budget.share_percent,
-                reserve_per_second: policy.budget.reserve_per_second,
-            },
+            budget: RetryBudgetSettings::from_budget(policy.budget),
         }
     }
 
