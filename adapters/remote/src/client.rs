@@ -1,0 +1,1 @@
+//! The client side of the remote protocol (see docs/REMOTE.md).

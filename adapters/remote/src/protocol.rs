@@ -1,0 +1,1 @@
+//! The protocol side of the remote protocol (see docs/REMOTE.md).
