@@ -424,10 +424,11 @@ impl Inner {
             Err(WorkerPoolError::Worker(failure)) => json(StatusCode::OK, &failed(failure)),
             Err(WorkerPoolError::Timeout) => json(
                 StatusCode::OK,
+                // As the reference answers a timeout.
                 &failed(WorkerProtocolError::new(
                     WorkerErrorCode::Timeout,
-                    "the request's time budget ran out on the worker",
-                    false,
+                    WorkerPoolError::Timeout.to_string(),
+                    true,
                 )),
             ),
             Err(WorkerPoolError::InvalidRequest { reason }) => error(
