@@ -349,9 +349,12 @@ impl Inner {
                 "the worker is shutting down and starts nothing new; try another worker",
             );
         }
-        let deadline = match deadline_ms(&request) {
-            Ok(deadline) => deadline,
-            Err(response) => return response,
+        let Ok(deadline) = deadline_ms(&request) else {
+            return error(
+                StatusCode::BAD_REQUEST,
+                ErrorCode::InvalidDeadline,
+                format!("the {DEADLINE_HEADER} header must be a whole number of milliseconds"),
+            );
         };
         let limit = self.options.security_policy.max_request_payload_bytes;
         let declared = request
@@ -457,8 +460,9 @@ impl Inner {
     }
 }
 
-/// The deadline header's value, if any.
-fn deadline_ms<B>(request: &Request<B>) -> Result<Option<u64>, Response<Body>> {
+/// The deadline header's value, if any; `Err` if it is not a whole
+/// number of milliseconds.
+fn deadline_ms<B>(request: &Request<B>) -> Result<Option<u64>, ()> {
     let Some(value) = request.headers().get(DEADLINE_HEADER) else {
         return Ok(None);
     };
@@ -467,13 +471,7 @@ fn deadline_ms<B>(request: &Request<B>) -> Result<Option<u64>, Response<Body>> {
         .ok()
         .and_then(|text| text.trim().parse::<u64>().ok())
         .map(Some)
-        .ok_or_else(|| {
-            error(
-                StatusCode::BAD_REQUEST,
-                ErrorCode::InvalidDeadline,
-                format!("the {DEADLINE_HEADER} header must be a whole number of milliseconds"),
-            )
-        })
+        .ok_or(())
 }
 
 fn not_found(path: &str) -> Response<Body> {

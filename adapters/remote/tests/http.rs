@@ -204,6 +204,17 @@ async fn an_overloaded_worker_answers_503_and_the_request_runs_elsewhere() {
     .expect("in time");
 }
 
+/// A request (method, URL, headers, body) and the status and error code
+/// it must get.
+type Case<'a> = (
+    &'a str,
+    String,
+    Vec<(&'a str, &'a str)>,
+    Vec<u8>,
+    u16,
+    &'a str,
+);
+
 async fn bad_input_gets_json_4xx(http2: bool) {
     let tally = Arc::new(Tally::default());
     let options = ServerOptions {
@@ -217,7 +228,7 @@ async fn bad_input_gets_json_4xx(http2: bool) {
     let client = raw_client(http2);
     let url = |path: &str| format!("{}{path}", server.endpoint);
     let valid = serde_json::to_vec(&request("ok", None)).expect("json");
-    let cases: Vec<(&str, String, Vec<(&str, &str)>, Vec<u8>, u16, &str)> = vec![
+    let cases: Vec<Case> = vec![
         (
             "POST",
             url(REQUESTS_PATH),
