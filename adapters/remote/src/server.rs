@@ -439,9 +439,16 @@ impl Inner {
                 ErrorCode::InvalidRequest,
                 format!("the worker's security policy refused the request: {reason}"),
             ),
-            Err(WorkerPoolError::ShuttingDown) => {
-                self.refuse(ErrorCode::Draining, "the worker's pool is shutting down")
-            }
+            // The pool may have cut a started run off at its drain
+            // deadline: not a 503, which would run the request again.
+            Err(WorkerPoolError::ShuttingDown) => json(
+                StatusCode::OK,
+                &failed(WorkerProtocolError::new(
+                    WorkerErrorCode::Unavailable,
+                    WorkerPoolError::ShuttingDown.to_string(),
+                    false,
+                )),
+            ),
             Err(refusal) => self.refuse(
                 ErrorCode::Overloaded,
                 format!("the worker did not start the request: {refusal}"),

@@ -124,3 +124,40 @@ async fn a_pool_whose_every_worker_refuses_answers_once_by_the_deadline() {
     );
     pool.shutdown().await;
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_refusal_in_caller_task_mode_is_one_ordinary_failure() {
+    let runs = Arc::new(AtomicUsize::new(0));
+    let handlers: Vec<Arc<dyn WorkerHandler>> = vec![
+        Refuser::new("first", 1, &runs),
+        Refuser::new("second", 0, &runs),
+    ];
+    let pool = WorkerPool::with_driver_options(
+        foreman_tokio::TokioRuntime,
+        handlers,
+        foreman_tokio::PoolConfig::default(),
+        None,
+        foreman_tokio::DriverOptions::default().execution(foreman_tokio::ExecutionMode::CallerTask),
+    )
+    .expect("a valid pool");
+    let answer = tokio::time::timeout(Duration::from_secs(5), pool.submit(request("r1", None)))
+        .await
+        .expect("answered in time");
+    match answer {
+        Err(WorkerPoolError::Worker(error)) => {
+            assert_eq!(error.code, foreman_tokio::WorkerErrorCode::Unavailable);
+            assert!(error.retryable);
+            assert!(error.message.contains("refused, not started"), "{error:?}");
+        }
+        other => panic!("answered {other:?}"),
+    }
+    let counters = pool.stats().counters;
+    assert_eq!(counters.refused_not_started, 0, "{counters:?}");
+    assert_eq!(counters.failed, 1, "{counters:?}");
+    assert_eq!(runs.load(Ordering::Acquire), 0);
+    // The next request runs (the refused request left nothing behind).
+    let response = pool.submit(request("r2", None)).await.expect("answered");
+    assert!(response.worker_id.starts_with("worker-"));
+    assert_eq!(runs.load(Ordering::Acquire), 1);
+    pool.shutdown().await;
+}
