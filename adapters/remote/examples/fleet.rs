@@ -15,6 +15,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use foreman_remote::{RemoteOptions, RemoteWorker, Server, ServerOptions};
+use foreman_support::demo::workload::demo_request;
 use foreman_tokio::{
     handler_fn, WorkerHandler, WorkerOperation, WorkerPool, WorkerPoolOptions, WorkerRequest,
     WorkerResult,
@@ -118,29 +119,6 @@ async fn stop(worker: Worker) {
     }
 }
 
-fn demo_request(index: usize) -> WorkerRequest {
-    let operation = if index % 5 < 2 {
-        WorkerOperation::Llm {
-            model: "demo-llm".into(),
-            prompt: format!("step {index}"),
-            scoped_input: json!({}),
-        }
-    } else {
-        WorkerOperation::Tool {
-            tool: "lookup".into(),
-            input: json!({ "index": index }),
-            scoped_input: json!({}),
-        }
-    };
-    WorkerRequest {
-        request_id: format!("fleet-{index}"),
-        workflow_name: "fleet".into(),
-        node_id: format!("node-{index}"),
-        timeout_ms: Some(5_000),
-        operation,
-    }
-}
-
 #[tokio::main]
 async fn main() -> Result<(), Error> {
     let binary = worker_binary();
@@ -178,9 +156,13 @@ async fn main() -> Result<(), Error> {
         None,
     )?);
     let began = Instant::now();
+    // The quickstart's requests: 40 % LLM calls, the rest tool calls.
+    let mut rng = foreman_support::Rng::new(7);
     let calls = (0..60).map(|index| {
         let frontend = Arc::clone(&frontend);
-        tokio::spawn(async move { frontend.submit(demo_request(index)).await })
+        let mut request = demo_request(index, &mut rng);
+        request.timeout_ms = Some(5_000);
+        tokio::spawn(async move { frontend.submit(request).await })
     });
     let mut served: BTreeMap<String, usize> = BTreeMap::new();
     let mut failed = 0;

@@ -20,8 +20,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use foreman_core::{
-    WorkerErrorCode, WorkerHealthStatus, WorkerPoolError, WorkerProtocolError, WorkerRequest,
-    WorkerResponse, WorkerResult, WorkerSecurityPolicy,
+    WorkerHealthStatus, WorkerPoolError, WorkerProtocolError, WorkerRequest, WorkerResponse,
+    WorkerResult, WorkerSecurityPolicy,
 };
 use foreman_driver::WorkerPoolClient;
 use http::header::{ALLOW, CONTENT_LENGTH, CONTENT_TYPE, RETRY_AFTER};
@@ -425,29 +425,18 @@ impl Inner {
         match result {
             Ok(response) => json(StatusCode::OK, &response),
             Err(WorkerPoolError::Worker(failure)) => json(StatusCode::OK, &failed(failure)),
-            Err(WorkerPoolError::Timeout) => json(
-                StatusCode::OK,
-                // As the reference answers a timeout.
-                &failed(WorkerProtocolError::new(
-                    WorkerErrorCode::Timeout,
-                    WorkerPoolError::Timeout.to_string(),
-                    true,
-                )),
-            ),
+            // A timeout as the reference answers it; a pool shutting down
+            // under the server may have cut a started run off at its drain
+            // deadline: an error, not a 503 (which would run it again).
+            Err(ended @ (WorkerPoolError::Timeout | WorkerPoolError::ShuttingDown)) => {
+                let retryable = matches!(ended, WorkerPoolError::Timeout);
+                let error = WorkerProtocolError::new(ended.code(), ended.to_string(), retryable);
+                json(StatusCode::OK, &failed(error))
+            }
             Err(WorkerPoolError::InvalidRequest { reason }) => error(
                 StatusCode::BAD_REQUEST,
                 ErrorCode::InvalidRequest,
                 format!("the worker's security policy refused the request: {reason}"),
-            ),
-            // The pool may have cut a started run off at its drain
-            // deadline: not a 503, which would run the request again.
-            Err(WorkerPoolError::ShuttingDown) => json(
-                StatusCode::OK,
-                &failed(WorkerProtocolError::new(
-                    WorkerErrorCode::Unavailable,
-                    WorkerPoolError::ShuttingDown.to_string(),
-                    false,
-                )),
             ),
             Err(refusal) => self.refuse(
                 ErrorCode::Overloaded,

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::{
-    eventually, pool_of, raw_client, remote, request, send, sleeper, start, Tally, TEST_LIMIT,
+    bounded, eventually, pool_of, raw_client, remote, request, send, sleeper, start, Tally,
 };
 use foreman_remote::protocol::{DEADLINE_HEADER, HEALTH_PATH, REQUESTS_PATH, STATS_PATH};
 use foreman_remote::ServerOptions;
@@ -56,21 +56,17 @@ async fn round_trip(http2: bool) {
 
 #[tokio::test]
 async fn a_request_round_trips_over_http1() {
-    tokio::time::timeout(TEST_LIMIT, round_trip(false))
-        .await
-        .expect("in time");
+    bounded(round_trip(false)).await;
 }
 
 #[tokio::test]
 async fn a_request_round_trips_over_http2_prior_knowledge() {
-    tokio::time::timeout(TEST_LIMIT, round_trip(true))
-        .await
-        .expect("in time");
+    bounded(round_trip(true)).await;
 }
 
 #[tokio::test]
 async fn a_handler_error_arrives_as_the_same_protocol_error() {
-    tokio::time::timeout(TEST_LIMIT, async {
+    bounded(async {
         let failing: Arc<dyn WorkerHandler> = Arc::new(handler_fn(|_request| async {
             Err(WorkerProtocolError::new(
                 WorkerErrorCode::ExecutionFailed,
@@ -91,8 +87,7 @@ async fn a_handler_error_arrives_as_the_same_protocol_error() {
         server.stop();
         server.task.await.expect("joined").expect("served");
     })
-    .await
-    .expect("in time");
+    .await;
 }
 
 /// The deadline header bounds the server's pool call: the answer is a
@@ -129,16 +124,12 @@ async fn deadline_enforced(http2: bool) {
 
 #[tokio::test]
 async fn the_deadline_header_times_out_a_slow_handler_and_drops_it_http1() {
-    tokio::time::timeout(TEST_LIMIT, deadline_enforced(false))
-        .await
-        .expect("in time");
+    bounded(deadline_enforced(false)).await;
 }
 
 #[tokio::test]
 async fn the_deadline_header_times_out_a_slow_handler_and_drops_it_http2() {
-    tokio::time::timeout(TEST_LIMIT, deadline_enforced(true))
-        .await
-        .expect("in time");
+    bounded(deadline_enforced(true)).await;
 }
 
 /// A pool that refuses everything at its door.
@@ -157,7 +148,7 @@ impl WorkerPoolClient for Full {
 
 #[tokio::test]
 async fn an_overloaded_worker_answers_503_and_the_request_runs_elsewhere() {
-    tokio::time::timeout(TEST_LIMIT, async {
+    bounded(async {
         let mut full = start(Arc::new(Full), ServerOptions::default()).await;
         let (_, headers, body) = send(
             &raw_client(false),
@@ -200,8 +191,7 @@ async fn an_overloaded_worker_answers_503_and_the_request_runs_elsewhere() {
         full.task.await.expect("joined").expect("served");
         able.task.await.expect("joined").expect("served");
     })
-    .await
-    .expect("in time");
+    .await;
 }
 
 /// A request (method, URL, headers, body) and the status and error code
@@ -323,16 +313,12 @@ async fn bad_input_gets_json_4xx(http2: bool) {
 
 #[tokio::test]
 async fn malformed_oversized_and_unknown_input_get_a_json_4xx_over_http1() {
-    tokio::time::timeout(TEST_LIMIT, bad_input_gets_json_4xx(false))
-        .await
-        .expect("in time");
+    bounded(bad_input_gets_json_4xx(false)).await;
 }
 
 #[tokio::test]
 async fn malformed_oversized_and_unknown_input_get_a_json_4xx_over_http2() {
-    tokio::time::timeout(TEST_LIMIT, bad_input_gets_json_4xx(true))
-        .await
-        .expect("in time");
+    bounded(bad_input_gets_json_4xx(true)).await;
 }
 
 /// A client that gives up (its call dropped: a closed HTTP/1.1 connection,
@@ -370,21 +356,17 @@ async fn client_drop_drops_handler(http2: bool) {
 
 #[tokio::test]
 async fn a_client_closing_its_http1_connection_drops_the_servers_handler() {
-    tokio::time::timeout(TEST_LIMIT, client_drop_drops_handler(false))
-        .await
-        .expect("in time");
+    bounded(client_drop_drops_handler(false)).await;
 }
 
 #[tokio::test]
 async fn a_client_resetting_its_http2_stream_drops_the_servers_handler() {
-    tokio::time::timeout(TEST_LIMIT, client_drop_drops_handler(true))
-        .await
-        .expect("in time");
+    bounded(client_drop_drops_handler(true)).await;
 }
 
 #[tokio::test]
 async fn graceful_shutdown_says_unavailable_refuses_new_work_and_finishes_in_flight() {
-    tokio::time::timeout(TEST_LIMIT, async {
+    bounded(async {
         let tally = Arc::new(Tally::default());
         let mut server = start(pool_of(sleeper(400, &tally), 2), ServerOptions::default()).await;
         let worker = Arc::new(remote(&server.endpoint, false));
@@ -423,13 +405,12 @@ async fn graceful_shutdown_says_unavailable_refuses_new_work_and_finishes_in_fli
         assert_eq!(tally.started.load(Ordering::Acquire), 1);
         assert_eq!(tally.finished.load(Ordering::Acquire), 1);
     })
-    .await
-    .expect("in time");
+    .await;
 }
 
 #[tokio::test]
 async fn a_worker_nobody_listens_on_is_unavailable_and_retryable() {
-    tokio::time::timeout(TEST_LIMIT, async {
+    bounded(async {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("a port");
@@ -447,6 +428,5 @@ async fn a_worker_nobody_listens_on_is_unavailable_and_retryable() {
             foreman_tokio::WorkerHealthStatus::Unavailable
         );
     })
-    .await
-    .expect("in time");
+    .await;
 }

@@ -10,13 +10,14 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{pool_of, raw_client, remote, request, send, sleeper, start, Tally, TEST_LIMIT};
+use common::{
+    bounded, listening_on, pool_of, raw_client, remote, request, send, sleeper, start, Tally,
+};
 use foreman_remote::protocol::{DEADLINE_HEADER, HEALTH_PATH, REQUESTS_PATH, STATS_PATH};
 use foreman_remote::ServerOptions;
 use foreman_tokio::{
     WorkerErrorCode, WorkerHandler, WorkerHealthStatus, WorkerPool, WorkerPoolOptions, WorkerResult,
 };
-use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
 /// The Python worker, running, and its endpoint.
@@ -44,22 +45,9 @@ impl Python {
                 return None;
             }
         };
-        let stdout = child.stdout.take().expect("piped stdout");
-        let mut lines = BufReader::new(stdout).lines();
-        let first = tokio::time::timeout(Duration::from_secs(10), lines.next_line())
-            .await
-            .expect("the Python worker starts within 10 s")
-            .expect("its stdout")
-            .expect("a first line");
-        let address = first
-            .strip_prefix("listening on ")
-            .unwrap_or_else(|| panic!("unexpected first line {first:?}"))
-            .to_string();
+        let (endpoint, mut lines) = listening_on(&mut child).await;
         tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-        Some(Python {
-            child,
-            endpoint: format!("http://{address}"),
-        })
+        Some(Python { child, endpoint })
     }
 
     /// SIGTERM, then waits (bounded) for it to exit.
@@ -80,7 +68,7 @@ impl Python {
 
 #[tokio::test]
 async fn a_python_worker_serves_requests_in_a_pool_beside_a_rust_worker() {
-    tokio::time::timeout(TEST_LIMIT, async {
+    bounded(async {
         let Some(python) = Python::start(&["--max-in-flight", "4", "--sleep-ms", "5"]).await else {
             return;
         };
@@ -129,13 +117,12 @@ async fn a_python_worker_serves_requests_in_a_pool_beside_a_rust_worker() {
         rust.task.await.expect("joined").expect("served");
         python.stop().await;
     })
-    .await
-    .expect("in time");
+    .await;
 }
 
 #[tokio::test]
 async fn the_python_worker_answers_bad_input_busy_and_deadlines_as_the_protocol_says() {
-    tokio::time::timeout(TEST_LIMIT, async {
+    bounded(async {
         let Some(python) = Python::start(&["--max-in-flight", "1", "--sleep-ms", "400"]).await
         else {
             return;
@@ -226,6 +213,5 @@ async fn the_python_worker_answers_bad_input_busy_and_deadlines_as_the_protocol_
         running.await.expect("joined").expect("the first finishes");
         python.stop().await;
     })
-    .await
-    .expect("in time");
+    .await;
 }

@@ -7,9 +7,9 @@ use std::process::Stdio;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{remote, request, TEST_LIMIT};
+use common::{bounded, listening_on, remote, request};
 use foreman_tokio::{WorkerErrorCode, WorkerHandler, WorkerHealthStatus};
-use tokio::io::{AsyncBufReadExt, BufReader, Lines};
+use tokio::io::{BufReader, Lines};
 use tokio::process::{Child, ChildStdout, Command};
 
 /// Starts the binary with `args`; answers it, its endpoint and the rest
@@ -22,16 +22,8 @@ async fn worker(args: &[&str]) -> (Child, String, Lines<BufReader<ChildStdout>>)
         .kill_on_drop(true)
         .spawn()
         .expect("the binary starts");
-    let mut lines = BufReader::new(child.stdout.take().expect("piped")).lines();
-    let first = tokio::time::timeout(Duration::from_secs(10), lines.next_line())
-        .await
-        .expect("it listens within 10 s")
-        .expect("its stdout")
-        .expect("a first line");
-    let address = first
-        .strip_prefix("listening on ")
-        .unwrap_or_else(|| panic!("unexpected first line {first:?}"));
-    (child, format!("http://{address}"), lines)
+    let (endpoint, lines) = listening_on(&mut child).await;
+    (child, endpoint, lines)
 }
 
 fn terminate(child: &Child) {
@@ -45,7 +37,7 @@ fn terminate(child: &Child) {
 
 #[tokio::test]
 async fn the_worker_binary_serves_its_modes() {
-    tokio::time::timeout(TEST_LIMIT, async {
+    bounded(async {
         let (mut echo, endpoint, _) = worker(&["--mode", "echo", "--workers", "2"]).await;
         let output = remote(&endpoint, true)
             .handle(request("e1", None))
@@ -64,13 +56,12 @@ async fn the_worker_binary_serves_its_modes() {
         let _ = echo.wait().await;
         let _ = fail.wait().await;
     })
-    .await
-    .expect("in time");
+    .await;
 }
 
 #[tokio::test]
 async fn sigterm_drains_the_worker_binary_and_it_exits_cleanly() {
-    tokio::time::timeout(TEST_LIMIT, async {
+    bounded(async {
         let (mut child, endpoint, mut lines) =
             worker(&["--mode", "sleep:500ms", "--drain", "5s"]).await;
         let worker = Arc::new(remote(&endpoint, false));
@@ -113,6 +104,5 @@ async fn sigterm_drains_the_worker_binary_and_it_exits_cleanly() {
             "unexpected report {last:?}"
         );
     })
-    .await
-    .expect("in time");
+    .await;
 }

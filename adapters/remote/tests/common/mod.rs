@@ -23,6 +23,36 @@ use tokio::task::JoinHandle;
 /// Every test ends within this.
 pub const TEST_LIMIT: Duration = Duration::from_secs(20);
 
+/// Runs a test's body, failing it if it takes longer than [`TEST_LIMIT`].
+pub async fn bounded<F: std::future::Future>(body: F) -> F::Output {
+    tokio::time::timeout(TEST_LIMIT, body)
+        .await
+        .expect("the test ends in time")
+}
+
+/// Reads a started worker process's first line, `listening on ADDRESS`:
+/// answers `http://ADDRESS` and the rest of its output (read on in the
+/// background if `drain`).
+pub async fn listening_on(
+    child: &mut tokio::process::Child,
+) -> (
+    String,
+    tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStdout>>,
+) {
+    use tokio::io::AsyncBufReadExt;
+    let stdout = child.stdout.take().expect("piped stdout");
+    let mut lines = tokio::io::BufReader::new(stdout).lines();
+    let first = tokio::time::timeout(Duration::from_secs(10), lines.next_line())
+        .await
+        .expect("the worker listens within 10 s")
+        .expect("its stdout")
+        .expect("a first line");
+    let address = first
+        .strip_prefix("listening on ")
+        .unwrap_or_else(|| panic!("unexpected first line {first:?}"));
+    (format!("http://{address}"), lines)
+}
+
 /// A server running on its own task.
 pub struct Running {
     pub endpoint: String,
