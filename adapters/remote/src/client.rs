@@ -51,6 +51,11 @@ pub struct RemoteOptions {
     pub pool_idle_timeout: Duration,
     /// The largest response body read; a larger one is an error.
     pub max_response_bytes: usize,
+    /// The TLS settings of `https://` endpoints (their root certificates,
+    /// a client certificate); an `https://` endpoint without them is an
+    /// error. The ALPN protocol follows [`RemoteOptions::http2`].
+    #[cfg(feature = "tls")]
+    pub tls: Option<std::sync::Arc<rustls::ClientConfig>>,
 }
 
 impl Default for RemoteOptions {
@@ -63,6 +68,8 @@ impl Default for RemoteOptions {
             http2_keep_alive_timeout: Duration::from_secs(10),
             pool_idle_timeout: Duration::from_secs(90),
             max_response_bytes: 8 * 1024 * 1024,
+            #[cfg(feature = "tls")]
+            tls: None,
         }
     }
 }
@@ -79,13 +86,27 @@ pub enum RemoteError {
         /// What is wrong with it.
         reason: String,
     },
-    /// The endpoint's scheme is not `http`.
-    #[error("the endpoint {endpoint:?} is not http:// (TLS is not supported by this build); write it as http://host:port")]
+    /// The endpoint's scheme is neither `http` nor (with the `tls`
+    /// feature) `https`.
+    #[error("the endpoint {endpoint:?} is neither http:// nor https:// (https:// needs foreman-remote's `tls` feature); write it as http://host:port")]
     UnsupportedScheme {
         /// The endpoint as given.
         endpoint: String,
     },
+    /// An `https://` endpoint, but no TLS settings.
+    #[error("the endpoint {endpoint:?} is https:// but RemoteOptions::tls is None; give it a rustls ClientConfig with the roots that sign the worker's certificate")]
+    MissingTlsConfig {
+        /// The endpoint as given.
+        endpoint: String,
+    },
 }
+
+/// The connector: plain TCP, or TCP and TLS by the URL's scheme.
+#[cfg(not(feature = "tls"))]
+type Connector = HttpConnector;
+/// The connector: plain TCP, or TCP and TLS by the URL's scheme.
+#[cfg(feature = "tls")]
+type Connector = hyper_rustls::HttpsConnector<HttpConnector>;
 
 /// A [`WorkerHandler`] that runs each request on one remote endpoint:
 /// `POST /v1/requests` for `handle`, `GET /v1/health` for
@@ -99,7 +120,7 @@ pub struct RemoteWorker {
     endpoint: String,
     requests: Uri,
     health: Uri,
-    client: Client<HttpConnector, Full<Bytes>>,
+    client: Client<Connector, Full<Bytes>>,
     max_response_bytes: usize,
 }
 
@@ -117,8 +138,10 @@ impl RemoteWorker {
         let base: Uri = endpoint
             .parse()
             .map_err(|failure: http::uri::InvalidUri| invalid(failure.to_string()))?;
+        let secure = base.scheme_str() == Some("https") && cfg!(feature = "tls");
         match base.scheme_str() {
             Some("http") => {}
+            Some("https") if secure => {}
             Some(_) => {
                 return Err(RemoteError::UnsupportedScheme {
                     endpoint: endpoint.to_string(),
@@ -145,6 +168,7 @@ impl RemoteWorker {
         connector.set_nodelay(true);
         connector.set_keepalive(Some(options.tcp_keepalive));
         connector.set_connect_timeout(Some(options.connect_timeout));
+        let connector = tls_connector(connector, &options, secure, endpoint)?;
         let mut builder = Client::builder(TokioExecutor::new());
         builder
             .timer(TokioTimer::new())
@@ -227,6 +251,49 @@ impl RemoteWorker {
             )
         }
     }
+}
+
+/// Plain TCP (no `tls` feature).
+#[cfg(not(feature = "tls"))]
+fn tls_connector(
+    connector: HttpConnector,
+    _options: &RemoteOptions,
+    _secure: bool,
+    _endpoint: &str,
+) -> Result<Connector, RemoteError> {
+    Ok(connector)
+}
+
+/// TLS for `https://` (with the options' settings), plain TCP for
+/// `http://`.
+#[cfg(feature = "tls")]
+fn tls_connector(
+    mut connector: HttpConnector,
+    options: &RemoteOptions,
+    secure: bool,
+    endpoint: &str,
+) -> Result<Connector, RemoteError> {
+    let config = match (&options.tls, secure) {
+        (Some(config), _) => (**config).clone(),
+        (None, true) => {
+            return Err(RemoteError::MissingTlsConfig {
+                endpoint: endpoint.to_string(),
+            })
+        }
+        // Never used for an http:// endpoint; hyper-rustls needs one.
+        (None, false) => rustls::ClientConfig::builder()
+            .with_root_certificates(rustls::RootCertStore::empty())
+            .with_no_client_auth(),
+    };
+    connector.enforce_http(false);
+    let builder = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(config)
+        .https_or_http();
+    Ok(if options.http2 {
+        builder.enable_http2().wrap_connector(connector)
+    } else {
+        builder.enable_http1().wrap_connector(connector)
+    })
 }
 
 /// An error and its sources, for a message.

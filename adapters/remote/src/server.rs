@@ -30,7 +30,7 @@ use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use tokio::net::TcpListener;
 use tokio::sync::Notify;
 use tokio::task::JoinSet;
@@ -60,6 +60,10 @@ pub struct ServerOptions {
     pub keep_alive_interval: Duration,
     /// See [`ServerOptions::keep_alive_interval`].
     pub keep_alive_timeout: Duration,
+    /// Serve TLS only, with these settings (its `alpn_protocols` should
+    /// list `h2` and `http/1.1` to offer both); `None` serves cleartext.
+    #[cfg(feature = "tls")]
+    pub tls: Option<Arc<rustls::ServerConfig>>,
 }
 
 impl Default for ServerOptions {
@@ -71,6 +75,8 @@ impl Default for ServerOptions {
             worker_id: "remote".to_string(),
             keep_alive_interval: Duration::from_secs(20),
             keep_alive_timeout: Duration::from_secs(20),
+            #[cfg(feature = "tls")]
+            tls: None,
         }
     }
 }
@@ -177,6 +183,7 @@ impl Server {
             .timer(TokioTimer::new())
             .keep_alive_interval(self.inner.options.keep_alive_interval)
             .keep_alive_timeout(self.inner.options.keep_alive_timeout);
+        let builder = Arc::new(builder);
         let graceful = GracefulShutdown::new();
         let mut connections = JoinSet::new();
         let mut shutdown = std::pin::pin!(shutdown);
@@ -197,20 +204,13 @@ impl Server {
                     Ok((stream, _)) => {
                         // Best effort: a socket that refuses it still works.
                         let _ = stream.set_nodelay(true);
-                        let inner = Arc::clone(&self.inner);
-                        let service = hyper::service::service_fn(move |request| {
-                            let inner = Arc::clone(&inner);
-                            async move { Ok::<_, Infallible>(inner.route(request).await) }
-                        });
-                        let connection = builder
-                            .serve_connection(TokioIo::new(stream), service)
-                            .into_owned();
-                        let watched = graceful.watch(connection);
-                        connections.spawn(async move {
-                            // A connection's error (a client gone, a
-                            // protocol error) ends only that connection.
-                            let _ = watched.await;
-                        });
+                        let connection = serve_connection(
+                            Arc::clone(&self.inner),
+                            Arc::clone(&builder),
+                            graceful.watcher(),
+                            stream,
+                        );
+                        connections.spawn(connection);
                     }
                     // Out of file descriptors and the like: wait a little
                     // rather than spin.
@@ -242,6 +242,40 @@ impl Server {
         })
     }
 }
+
+/// Serves one accepted connection (after its TLS handshake, where the
+/// server has TLS settings) until it closes or the watcher says to stop.
+/// A connection's error (a client gone, a protocol error, a failed
+/// handshake) ends only that connection.
+async fn serve_connection(
+    inner: Arc<Inner>,
+    builder: Arc<auto::Builder<TokioExecutor>>,
+    watcher: Watcher,
+    stream: tokio::net::TcpStream,
+) {
+    #[cfg(feature = "tls")]
+    let tls = inner.options.tls.clone();
+    let service = hyper::service::service_fn(move |request| {
+        let inner = Arc::clone(&inner);
+        async move { Ok::<_, Infallible>(inner.route(request).await) }
+    });
+    #[cfg(feature = "tls")]
+    if let Some(config) = tls {
+        let acceptor = tokio_rustls::TlsAcceptor::from(config);
+        let handshake = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await;
+        if let Ok(Ok(stream)) = handshake {
+            let connection = builder.serve_connection(TokioIo::new(stream), service);
+            let _ = watcher.watch(connection.into_owned()).await;
+        }
+        return;
+    }
+    let connection = builder.serve_connection(TokioIo::new(stream), service);
+    let _ = watcher.watch(connection.into_owned()).await;
+}
+
+/// How long a client may take over its TLS handshake.
+#[cfg(feature = "tls")]
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Sleeps until `until`, or forever for `None`.
 async fn sleep_until(until: Option<tokio::time::Instant>) {
