@@ -40,8 +40,14 @@ pub struct RemoteOptions {
     /// How long establishing a TCP connection may take.
     pub connect_timeout: Duration,
     /// TCP keepalive: the idle time before the kernel probes a quiet
-    /// connection, so a peer that vanished is found.
+    /// connection, so a peer that vanished is found (after
+    /// [`RemoteOptions::tcp_keepalive_retries`] unanswered probes,
+    /// [`RemoteOptions::tcp_keepalive_interval`] apart).
     pub tcp_keepalive: Duration,
+    /// Time between TCP keepalive probes.
+    pub tcp_keepalive_interval: Duration,
+    /// Unanswered TCP keepalive probes before the connection is dead.
+    pub tcp_keepalive_retries: u32,
     /// HTTP/2: how often a ping is sent, also while no request runs.
     pub http2_keep_alive_interval: Duration,
     /// HTTP/2: how long a ping's answer may take before the connection is
@@ -64,6 +70,8 @@ impl Default for RemoteOptions {
             http2: false,
             connect_timeout: Duration::from_secs(5),
             tcp_keepalive: Duration::from_secs(30),
+            tcp_keepalive_interval: Duration::from_secs(10),
+            tcp_keepalive_retries: 3,
             http2_keep_alive_interval: Duration::from_secs(10),
             http2_keep_alive_timeout: Duration::from_secs(10),
             pool_idle_timeout: Duration::from_secs(90),
@@ -167,6 +175,8 @@ impl RemoteWorker {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
         connector.set_keepalive(Some(options.tcp_keepalive));
+        connector.set_keepalive_interval(Some(options.tcp_keepalive_interval));
+        connector.set_keepalive_retries(Some(options.tcp_keepalive_retries));
         connector.set_connect_timeout(Some(options.connect_timeout));
         let connector = tls_connector(connector, &options, secure, endpoint)?;
         let mut builder = Client::builder(TokioExecutor::new());
