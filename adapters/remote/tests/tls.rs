@@ -8,12 +8,11 @@ mod common;
 
 use std::sync::Arc;
 
-use common::{bounded, pool_of, request, sleeper, Tally};
-use foreman_remote::{RemoteError, RemoteOptions, RemoteWorker, Server, ServerOptions};
+use common::{bounded, pool_of, request, sleeper, start, Tally};
+use foreman_remote::{RemoteError, RemoteOptions, RemoteWorker, ServerOptions};
 use foreman_tokio::{WorkerErrorCode, WorkerHandler, WorkerHealthStatus};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use serde_json::json;
-use tokio::sync::oneshot;
 
 /// A certificate for 127.0.0.1, and the server and client settings that
 /// use and trust it.
@@ -38,26 +37,15 @@ fn tls_settings() -> (Arc<rustls::ServerConfig>, Arc<rustls::ClientConfig>) {
 async fn round_trip_over_tls(http2: bool) {
     let (server_tls, client_tls) = tls_settings();
     let tally = Arc::new(Tally::default());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("a port");
-    let endpoint = format!("https://{}", listener.local_addr().expect("an address"));
-    let server = Server::new(
+    let mut server = start(
         pool_of(sleeper(1, &tally), 1),
         ServerOptions {
             tls: Some(server_tls),
             ..ServerOptions::default()
         },
-    );
-    let (stop, stopped) = oneshot::channel::<()>();
-    let serving = server.clone();
-    let task = tokio::spawn(async move {
-        serving
-            .serve(listener, async move {
-                let _ = stopped.await;
-            })
-            .await
-    });
+    )
+    .await;
+    let endpoint = server.endpoint.replacen("http://", "https://", 1);
     let worker = RemoteWorker::new(
         &endpoint,
         RemoteOptions {
@@ -89,8 +77,8 @@ async fn round_trip_over_tls(http2: bool) {
         .await
         .expect_err("untrusted");
     assert_eq!(error.code, WorkerErrorCode::Unavailable);
-    let _ = stop.send(());
-    let report = task.await.expect("joined").expect("served");
+    server.stop();
+    let report = server.task.await.expect("joined").expect("served");
     assert_eq!(report.stats.answered, 1);
 }
 
