@@ -265,3 +265,80 @@ fn main() -> ExitCode {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(line: &str) -> Result<Args, String> {
+        parse_args(line.split_whitespace().map(String::from))
+    }
+
+    #[test]
+    fn durations_are_read_in_milliseconds_seconds_or_minutes() {
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("5s"), Ok(Duration::from_secs(5)));
+        assert_eq!(parse_duration("1m"), Ok(Duration::from_secs(60)));
+        assert_eq!(parse_duration("40"), Ok(Duration::from_millis(40)));
+        assert!(parse_duration("soon").is_err());
+        assert!(parse_duration("99999999999999999999m").is_err());
+    }
+
+    #[test]
+    fn flags_set_the_listener_workers_mode_and_drain() {
+        let parsed = args("--listen 127.0.0.1:9000 --workers 2 --mode sleep:30ms --drain 2s")
+            .expect("valid flags");
+        assert_eq!(parsed.listen, SocketAddr::from(([127, 0, 0, 1], 9000)));
+        assert_eq!(parsed.workers, 2);
+        assert_eq!(parsed.mode, Mode::Sleep(Duration::from_millis(30)));
+        assert_eq!(parsed.drain, Duration::from_secs(2));
+        let defaults = args("").expect("no flags");
+        assert_eq!((defaults.workers, defaults.mode), (4, Mode::Demo));
+    }
+
+    #[test]
+    fn bad_flags_are_refused_with_a_reason() {
+        for (line, reason) in [
+            ("--workers 0", "positive"),
+            ("--mode nap", "unknown mode"),
+            ("--listen nowhere", "not an address"),
+            ("--drain", "needs a value"),
+            ("--verbose yes", "unknown flag"),
+        ] {
+            let problem = args(line).expect_err(line);
+            assert!(problem.contains(reason), "{line}: {problem}");
+        }
+    }
+
+    #[test]
+    fn demo_latencies_repeat_per_request_and_follow_the_operation() {
+        let request = |id: &str, operation| WorkerRequest {
+            request_id: id.into(),
+            workflow_name: "w".into(),
+            node_id: "n".into(),
+            timeout_ms: None,
+            operation,
+        };
+        let llm = || WorkerOperation::Llm {
+            model: "m".into(),
+            prompt: "p".into(),
+            scoped_input: json!({}),
+        };
+        let tool = || WorkerOperation::Tool {
+            tool: "t".into(),
+            input: json!({}),
+            scoped_input: json!({}),
+        };
+        assert_eq!(
+            demo_latency(&request("a", llm())),
+            demo_latency(&request("a", llm()))
+        );
+        let mean = |make: &dyn Fn() -> WorkerOperation| {
+            (0..200)
+                .map(|i| demo_latency(&request(&format!("r{i}"), make())).as_secs_f64())
+                .sum::<f64>()
+                / 200.0
+        };
+        assert!(mean(&llm) > 5.0 * mean(&tool));
+    }
+}
