@@ -31,7 +31,8 @@ thread_local! {
 /// it in a task the handler spawned, or keeping the error for later,
 /// makes it an ordinary failure. It applies to pools that run handlers on
 /// worker tasks ([`ExecutionMode::PoolTasks`](crate::ExecutionMode), the
-/// default); in [`ExecutionMode::CallerTask`](crate::ExecutionMode) the
+/// default, and every pool with hooks); in
+/// [`ExecutionMode::CallerTask`](crate::ExecutionMode) without hooks the
 /// error is an ordinary failure. The request must be the one the handler
 /// was given: it is the one that runs again.
 ///

@@ -189,7 +189,10 @@ impl Server {
         let mut shutdown = std::pin::pin!(shutdown);
         let mut drain_until: Option<tokio::time::Instant> = None;
         loop {
-            let idle = self.inner.idle.notified();
+            // Registered before `in_flight` is read: the wake-up of the
+            // last request's end cannot be missed.
+            let mut idle = std::pin::pin!(self.inner.idle.notified());
+            idle.as_mut().enable();
             let drained = match drain_until {
                 Some(until) => {
                     if self.inner.in_flight.load(Ordering::Acquire) == 0 {
@@ -222,7 +225,7 @@ impl Server {
                     drain_until =
                         Some(tokio::time::Instant::now() + self.inner.options.drain_deadline);
                 }
-                () = idle, if drained.is_some() => {}
+                () = &mut idle, if drained.is_some() => {}
                 () = sleep_until(drained), if drained.is_some() => break,
             }
         }
