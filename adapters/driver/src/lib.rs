@@ -152,6 +152,7 @@ mod answer;
 mod closure;
 mod commands;
 mod cooperate;
+mod deadline;
 mod handler;
 mod live;
 mod meter;
@@ -191,6 +192,7 @@ pub use settings::{
 };
 
 pub use closure::{handler_fn, HandlerFn, HealthyProbe};
+pub use deadline::handler_deadline;
 pub use handler::{CircuitBreakerHooks, WorkerHandler, WorkerPoolClient};
 pub use pool::WorkerPool;
 pub use refusal::refuse_not_started;
@@ -227,6 +229,9 @@ pub mod api {
 
     /// A handler's "refused, not started" answer.
     pub use crate::refuse_not_started;
+
+    /// The deadline of the request whose handler is being polled.
+    pub use crate::handler_deadline;
 
     /// Deadlines by phase: a request's queue-wait and run limits.
     pub use crate::{LimitedRequest, PhaseLimits, TimeoutLimit};

@@ -3,7 +3,7 @@
 //! live count), the handler future and the final answer.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use foreman_core::{Phase, RequestKey, TimeoutLimit, WorkerKey, WorkerPoolError, WorkerRequest};
 use serde_json::Value;
@@ -44,6 +44,8 @@ pub(crate) struct Started {
     /// This attempt's failure may start the request again (`Action::Start`'s
     /// `may_retry`): whoever hands out the request keeps a copy in its slot.
     pub(crate) may_retry: bool,
+    /// When the core cuts the handler off ([`crate::handler_deadline`]).
+    pub(crate) deadline: Option<Instant>,
 }
 
 impl Started {
@@ -61,6 +63,7 @@ impl Started {
             worker,
             live,
             attempt,
+            deadline,
             ..
         } = self;
         let job = Job {
@@ -69,6 +72,7 @@ impl Started {
             live,
             span,
             attempt,
+            deadline,
         };
         worker.inbox.push(job, wake);
     }

@@ -6,6 +6,7 @@ use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::Waker;
+use std::time::Instant;
 
 use foreman_core::{
     Action, Event, Phase, Pool, ProbeKey, RequestKey, Time, WorkerHealthStatus, WorkerKey,
@@ -48,6 +49,8 @@ pub(crate) struct Core {
     pub(crate) publish_load: bool,
     /// The pool's metric handles (the `metrics` feature).
     pub(crate) meter: Arc<PoolMeter>,
+    /// The instant the core's `Time::ZERO` stands for.
+    pub(crate) epoch: Instant,
 }
 
 /// A worker as the driver knows it.
@@ -132,6 +135,8 @@ pub(crate) struct Claimed {
     /// The span the handler runs in, and which start of the request this is.
     pub(crate) span: RequestSpan,
     pub(crate) attempt: Attempt,
+    /// When the core cuts the handler off ([`crate::handler_deadline`]).
+    pub(crate) deadline: Option<Instant>,
 }
 
 /// A probe the driver must spawn once the actions are carried out.
@@ -222,11 +227,16 @@ impl Core {
                         continue;
                     };
                     mine.notes.started(&entry.cell.meter);
+                    let deadline = self
+                        .pool
+                        .cutoff(request)
+                        .and_then(|at| self.epoch.checked_add(at.since_epoch()));
                     let started = Started {
                         worker: Arc::clone(&entry.cell),
                         live: self.live.start(),
                         attempt: payload.next_attempt(),
                         may_retry,
+                        deadline,
                     };
                     if own == Some(request) {
                         mine.started = Some(started);
@@ -239,13 +249,19 @@ impl Core {
                                 let span = inner.take_span();
                                 drop(inner);
                                 if mine.here == Some(worker) {
-                                    let Started { live, attempt, .. } = started;
+                                    let Started {
+                                        live,
+                                        attempt,
+                                        deadline,
+                                        ..
+                                    } = started;
                                     mine.jobs.push(Job {
                                         key: request,
                                         request: parked,
                                         live,
                                         span,
                                         attempt,
+                                        deadline,
                                     });
                                 } else {
                                     started.dispatch(request, parked, span, &mut mine.wake);
@@ -279,6 +295,7 @@ impl Core {
                                 live: started.live,
                                 span,
                                 attempt: started.attempt,
+                                deadline: started.deadline,
                             });
                         }
                         None => {

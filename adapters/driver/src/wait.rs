@@ -5,12 +5,14 @@
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::task::{Context, Poll};
+use std::time::Instant;
 
 use foreman_core::{RequestKey, WorkerProtocolError};
 use futures_util::future::poll_fn;
 use futures_util::FutureExt;
 use serde_json::Value;
 
+use crate::deadline::Polling;
 use crate::handler::{HandlerFuture, OwnedHandlerFuture};
 use crate::live::LiveGuard;
 use crate::slot::{Run, Slot};
@@ -106,16 +108,22 @@ pub(crate) fn wait_for_start<'a>(
 }
 
 /// Runs the handler until it finishes (`Some`) or the core aborts it
-/// (`None`; the handler future is dropped before this returns).
+/// (`None`; the handler future is dropped before this returns), telling
+/// it its `deadline` ([`crate::handler_deadline`]) while it is polled.
 /// (`waited` is set once the handler has returned `Pending`.)
 pub(crate) async fn run_handler(
     future: HandlerFuture<'_>,
     slot: &Slot,
     waited: &mut bool,
+    deadline: Option<Instant>,
 ) -> Option<Result<Value, WorkerProtocolError>> {
     let mut future = AssertUnwindSafe(future).catch_unwind();
     poll_fn(move |cx: &mut Context<'_>| {
-        if let Poll::Ready(outcome) = future.poll_unpin(cx) {
+        let polled = {
+            let _polling = Polling::set(deadline);
+            future.poll_unpin(cx)
+        };
+        if let Poll::Ready(outcome) = polled {
             return Poll::Ready(Some(
                 outcome.unwrap_or_else(|panic| Err(panic_error(&*panic))),
             ));

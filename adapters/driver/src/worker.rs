@@ -63,6 +63,8 @@ pub(crate) struct Job {
     /// The span the handler runs in, and which start of the request this is.
     pub(crate) span: RequestSpan,
     pub(crate) attempt: Attempt,
+    /// When the core cuts the handler off ([`crate::handler_deadline`]).
+    pub(crate) deadline: Option<std::time::Instant>,
 }
 
 /// A worker's mailbox: granted requests, aborts and its task's waker.
@@ -120,10 +122,13 @@ impl Running {
             live,
             span,
             attempt,
+            deadline,
         } = job;
         let handler = std::sync::Arc::clone(handler);
         span.start(id, attempt);
-        let future = span.instrument_owned(async move { handler.handle(request).await });
+        let future = span.instrument_owned(crate::deadline::within(deadline, async move {
+            handler.handle(request).await
+        }));
         Running { key, future, live }
     }
 }

@@ -21,7 +21,7 @@ use foreman_core::{
     WorkerErrorCode, WorkerHealthStatus, WorkerProtocolError, WorkerRequest, WorkerResponse,
     WorkerResult,
 };
-use foreman_driver::{async_trait, refuse_not_started, WorkerHandler};
+use foreman_driver::{async_trait, handler_deadline, refuse_not_started, WorkerHandler};
 use http::header::CONTENT_TYPE;
 use http::{HeaderValue, Method, Request, StatusCode, Uri};
 use http_body_util::{BodyExt, Full, Limited};
@@ -341,7 +341,7 @@ impl WorkerHandler for RemoteWorker {
         *http_request.uri_mut() = self.requests.clone();
         let headers = http_request.headers_mut();
         headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-        if let Some(ms) = request.timeout_ms {
+        if let Some(ms) = time_left_ms(&request) {
             headers.insert(DEADLINE_HEADER, HeaderValue::from(ms));
         }
         let (status, body) = self.call(http_request, self.max_response_bytes).await?;
@@ -405,3 +405,17 @@ impl WorkerHandler for RemoteWorker {
 
 /// The largest health answer read.
 const HEALTH_BODY_LIMIT: usize = 64 * 1024;
+
+/// The whole milliseconds `request` has left: what the pool polling this
+/// handler says ([`handler_deadline`]), rounded down so the worker gives
+/// up no later than the frontend does; its `timeout_ms` outside a pool.
+fn time_left_ms(request: &WorkerRequest) -> Option<u64> {
+    match handler_deadline() {
+        Some(deadline) => {
+            let now = tokio::time::Instant::now().into_std();
+            let left = deadline.saturating_duration_since(now);
+            Some(u64::try_from(left.as_millis()).unwrap_or(u64::MAX))
+        }
+        None => request.timeout_ms,
+    }
+}

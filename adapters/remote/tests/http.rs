@@ -122,6 +122,57 @@ async fn deadline_enforced(http2: bool) {
     server.task.await.expect("joined").expect("served");
 }
 
+/// The header carries the time the request has left in the frontend, not
+/// its whole budget: a request that queued there behind another for at
+/// least 300 ms arrives with at most its budget less those 300 ms (what the
+/// server's handler sees as its own deadline).
+#[tokio::test]
+async fn the_deadline_header_is_the_time_left_after_queueing_in_the_frontend() {
+    bounded(async {
+        // The server's handler answers with the milliseconds its request
+        // has left there, after sleeping for the first request.
+        let time_left = handler_fn(|request: WorkerRequest| async move {
+            let now = tokio::time::Instant::now().into_std();
+            let left = foreman_tokio::handler_deadline()
+                .map(|deadline| deadline.saturating_duration_since(now).as_millis() as u64);
+            if request.request_id == "first" {
+                tokio::time::sleep(Duration::from_millis(300)).await;
+            }
+            Ok(json!(left))
+        });
+        let mut server = start(pool_of(Arc::new(time_left), 2), ServerOptions::default()).await;
+        // One frontend worker: the second request queues behind the first.
+        let worker: Arc<dyn WorkerHandler> = Arc::new(remote(&server.endpoint, false));
+        let frontend = WorkerPool::new_inprocess(vec![worker], WorkerPoolOptions::default(), None)
+            .expect("a valid pool");
+        let (first, second) = tokio::join!(
+            frontend.submit(request("first", Some(60_000))),
+            frontend.submit(request("second", Some(60_000))),
+        );
+        let left = |answer: Result<WorkerResponse, WorkerPoolError>| match answer
+            .expect("answered")
+            .result
+        {
+            foreman_tokio::WorkerResult::Success { output } => {
+                output.as_u64().expect("a deadline on the server")
+            }
+            other => panic!("not a success: {other:?}"),
+        };
+        let (first, second) = (left(first), left(second));
+        assert!(first <= 60_000, "{first}");
+        assert!(
+            second <= 60_000 - 300,
+            "it queued at least 300 ms: {second}"
+        );
+        // Generous: only says the budget was not lost altogether.
+        assert!(second > 30_000, "{second}");
+        frontend.shutdown().await;
+        server.stop();
+        server.task.await.expect("joined").expect("served");
+    })
+    .await;
+}
+
 #[tokio::test]
 async fn the_deadline_header_times_out_a_slow_handler_and_drops_it_http1() {
     bounded(deadline_enforced(false)).await;

@@ -2,7 +2,7 @@
 //! identifiers, the lifecycle and the configuration.
 
 use super::workers::CommandError;
-use super::{Lifecycle, Pool, Worker};
+use super::{Lifecycle, Pool, RequestState, Worker};
 use crate::config::PoolConfig;
 use crate::keys::{RequestKey, WorkerKey};
 use crate::protocol::{WorkerHealth, WorkerHealthStatus};
@@ -30,6 +30,19 @@ impl<P: Clone> Pool<P> {
     /// request back from a handler that refused it puts it back into.
     pub fn payload(&self, request: RequestKey) -> Option<&P> {
         self.requests.get(request.0).map(|entry| &entry.payload)
+    }
+
+    /// When a running request's handler is cut off: the earlier of its
+    /// deadline and its run limit (`None` when it has neither, or is not
+    /// running). What a driver tells a handler that passes work on, so it
+    /// sends the time its request has left.
+    pub fn cutoff(&self, request: RequestKey) -> Option<Time> {
+        let entry = self.requests.get(request.0)?;
+        if !matches!(entry.state, RequestState::Running { .. }) {
+            return None;
+        }
+        // A run limit counts only when it comes before the deadline.
+        super::timeouts::run_deadline(entry).or(entry.deadline)
     }
 
     /// Counters, queue depths and in-flight requests.
@@ -197,6 +210,48 @@ mod tests {
         assert!(pool.submit(Time::from_millis(1), &request, ()).is_ok());
         assert!(!pool.would_admit());
         assert!(pool.check_invariants().is_ok());
+    }
+
+    #[test]
+    fn cutoff_is_the_earlier_of_the_deadline_and_the_run_limit_while_running() {
+        // One run slot: the first request runs from 1 ms, the second waits.
+        let mut pool = pool_of_one_worker(4);
+        let within_budget = crate::PhaseLimits::new().with_run(Duration::from_millis(300));
+        let beyond_budget = crate::PhaseLimits::new().with_run(Duration::from_secs(60));
+        let at = Time::from_millis(1);
+        let running = pool
+            .submit_limited(
+                at,
+                &super::super::test_request(Some(1_000)),
+                within_budget,
+                (),
+            )
+            .expect("accepted");
+        let queued = pool
+            .submit_limited(
+                at,
+                &super::super::test_request(Some(1_000)),
+                beyond_budget,
+                (),
+            )
+            .expect("accepted");
+        // Started at 1 ms with a 300 ms run limit inside its 1 s budget.
+        assert_eq!(pool.cutoff(running), Some(Time::from_millis(301)));
+        assert_eq!(pool.cutoff(queued), None, "not running yet");
+        assert!(pool.handle_completion(Time::from_millis(10), running, Ok(Value::Null)));
+        assert_eq!(pool.cutoff(running), None, "answered");
+        // Its run limit comes after its deadline (1 s from acceptance).
+        assert_eq!(pool.cutoff(queued), Some(Time::from_millis(1_001)));
+        let unlimited = pool
+            .submit(Time::from_millis(10), &super::super::test_request(None), ())
+            .expect("accepted");
+        assert!(pool.handle_completion(Time::from_millis(20), queued, Ok(Value::Null)));
+        // Started at 20 ms, with the pool's default budget from 10 ms.
+        assert_eq!(
+            pool.cutoff(unlimited),
+            Some(Time::from_millis(10).saturating_add(Duration::from_secs(30))),
+            "the pool's default timeout"
+        );
     }
 
     #[test]

@@ -338,6 +338,7 @@ impl<R: Runtime> WorkerPool<R> {
                 pool_tasks,
                 publish_load: lanes.get() > 1,
                 meter: Arc::clone(&meter),
+                epoch,
             });
         }
         let mut names = Names::default();

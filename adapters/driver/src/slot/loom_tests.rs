@@ -133,7 +133,7 @@ fn an_answer_delivered_while_the_caller_runs_its_handler_stops_it() {
         };
         let mut waited = false;
         let handler = Box::pin(Handler(Arc::clone(&ended)));
-        let ran = block_on(run_handler(handler, &slot, &mut waited));
+        let ran = block_on(run_handler(handler, &slot, &mut waited, None));
         assert!(ran.is_none(), "the handler never finishes on its own");
         assert_eq!(ended.load(Ordering::SeqCst), 1);
         lane.join().expect("lane");
@@ -167,6 +167,7 @@ fn started(worker: WorkerKey, live: &Arc<Live>, ended: &Arc<AtomicUsize>) -> Sta
         live: live.start(),
         attempt: Attempt::default(),
         may_retry: false,
+        deadline: None,
     }
 }
 

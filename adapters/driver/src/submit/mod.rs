@@ -52,6 +52,9 @@ impl<R: Runtime> WorkerPool<R> {
         // request never goes back to its slot, nor into this future.
         let fast_worker: Arc<WorkerCell>;
         let mut live: Option<LiveGuard> = None;
+        // When the core cuts off the handler this caller runs itself (a
+        // handed future carries its own).
+        let mut cutoff = None;
         let (
             Entered {
                 lane,
@@ -70,6 +73,7 @@ impl<R: Runtime> WorkerPool<R> {
                         worker,
                         live: guard,
                         attempt,
+                        deadline,
                         ..
                     },
                     request,
@@ -77,6 +81,7 @@ impl<R: Runtime> WorkerPool<R> {
                 )) => {
                     fast_worker = worker;
                     live = Some(guard);
+                    cutoff = deadline;
                     handler_span.start(&fast_worker.id, attempt);
                     Some(handler_span.instrument_boxed(fast_worker.handler.handle(request)))
                 }
@@ -107,9 +112,11 @@ impl<R: Runtime> WorkerPool<R> {
                     worker: granted,
                     live: guard,
                     attempt,
+                    deadline,
                     ..
                 }) => {
                     live = Some(guard);
+                    cutoff = deadline;
                     let (parked, handler_span) = {
                         let mut inner = slot.lock();
                         (inner.parked.take(), inner.take_span())
@@ -132,7 +139,7 @@ impl<R: Runtime> WorkerPool<R> {
                 }
             },
         };
-        let ran = run_handler(future, slot, waited).await;
+        let ran = run_handler(future, slot, waited, cutoff).await;
         // The handler future is dropped: it no longer counts as live.
         drop(live);
         let answer = match ran {
@@ -293,10 +300,12 @@ impl<R: Runtime> Shared<R> {
                 live,
                 span,
                 attempt,
+                deadline,
             } = job;
             span.start(&worker.id, attempt);
-            let mut future =
-                span.instrument_owned(async move { worker.handler.handle(request).await });
+            let mut future = span.instrument_owned(crate::deadline::within(deadline, async move {
+                worker.handler.handle(request).await
+            }));
             let waker = waker.unwrap_or_else(futures_util::task::noop_waker);
             let polled = std::panic::catch_unwind(AssertUnwindSafe(|| {
                 future.as_mut().poll(&mut Context::from_waker(&waker))

@@ -111,6 +111,7 @@ fn job(key: RequestKey, live: &std::sync::Arc<Live>) -> Job {
         live: live.start(),
         span: RequestSpan::default(),
         attempt: Attempt::default(),
+        deadline: None,
     }
 }
 
