@@ -1,17 +1,22 @@
 //! "Refused, not started": a handler that declines a request before doing
 //! any work on it (it is overloaded) hands the request back with
-//! [`refuse_not_started`], and its worker's task reports the completion to
-//! the core as a refusal (`Pool::handle_refusal`) instead of a failure.
+//! [`refuse_not_started`], and whoever polled it (its worker's task, or in
+//! caller-task mode a caller) reports the run to the core as a refusal
+//! (`Pool::handle_refusal`) instead of a failure.
 //!
-//! The handler and the worker task meet through a thread-local cell: the
-//! task empties it before each poll of a handler future and takes what it
-//! holds when that poll returns `Ready(Err(_))`. So the refusal counts only
+//! The handler and whoever polls it meet through a thread-local cell,
+//! emptied before each poll of a handler future and read when that poll
+//! returns `Ready(Err(_))`. So the refusal counts only
 //! when `refuse_not_started` runs inside the poll that returns its error:
 //! in the handler's own future, not in a task the handler spawned.
 
 use std::cell::RefCell;
 
-use foreman_core::{WorkerErrorCode, WorkerProtocolError, WorkerRequest};
+use std::sync::Arc;
+
+use foreman_core::{Pool, RequestKey, Time, WorkerErrorCode, WorkerProtocolError, WorkerRequest};
+
+use crate::slot::{HeldRequest, Run, Slot};
 
 thread_local! {
     /// The request the handler polled last on this thread handed back.
@@ -29,12 +34,11 @@ thread_local! {
 /// the same poll (`return Err(refuse_not_started(request, "busy"))`): the
 /// refusal is recorded for the thread that polls the handler, so calling
 /// it in a task the handler spawned, or keeping the error for later,
-/// makes it an ordinary failure. It applies to pools that run handlers on
-/// worker tasks ([`ExecutionMode::PoolTasks`](crate::ExecutionMode), the
-/// default, and every pool with hooks); in
-/// [`ExecutionMode::CallerTask`](crate::ExecutionMode) without hooks the
-/// error is an ordinary failure. The request must be the one the handler
-/// was given: it is the one that runs again.
+/// makes it an ordinary failure. It applies in both execution modes
+/// ([`ExecutionMode`](crate::ExecutionMode)): in caller-task mode the
+/// caller whose request was declined waits for its next start and runs it
+/// there. The request must be the one the handler was given: it is the one
+/// that runs again.
 ///
 /// The error is a retryable `Unavailable` error; outside a pool it is
 /// just that.
@@ -105,6 +109,35 @@ pub(crate) enum Outcome {
 }
 
 impl Outcome {
+    /// Whether the handler declined its request.
+    pub(crate) fn is_refusal(&self) -> bool {
+        matches!(self, Outcome::Refused(_))
+    }
+
+    /// Feeds the outcome of `key`'s run to the core, under its lane's lock:
+    /// a completion, or a refusal whose request goes back into its slot
+    /// before the core's actions are carried out, so that whichever worker
+    /// the core starts it on takes it from there (the slot waits for that
+    /// start again). A request that no longer runs drops what it handed
+    /// back.
+    pub(crate) fn apply(self, pool: &mut Pool<Arc<Slot>>, now: Time, key: RequestKey) {
+        match self {
+            Outcome::Finished(result) => {
+                pool.handle_completion(now, key, result);
+            }
+            Outcome::Refused(request) => {
+                let request = HeldRequest::new(request);
+                if pool.handle_refusal(now, key) {
+                    if let Some(slot) = pool.payload(key) {
+                        let mut inner = slot.lock();
+                        inner.parked = request;
+                        inner.run = Run::Waiting;
+                    }
+                }
+            }
+        }
+    }
+
     /// The outcome of a poll that returned `result`: a refusal if the
     /// handler handed its request back in that poll (cleared before it).
     pub(crate) fn of(result: Result<serde_json::Value, WorkerProtocolError>) -> Self {

@@ -6,13 +6,13 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
-use foreman_core::{lanes, PoolConfig, RequestKey, Time, WorkerProtocolError};
+use foreman_core::{lanes, PoolConfig, RequestKey, Time};
 use parking_lot::Mutex;
-use serde_json::Value;
 
 use crate::handler::CircuitBreakerHooks;
 use crate::meter::PoolMeter;
 use crate::names::Names;
+use crate::refusal::Outcome;
 use crate::runtime::Runtime;
 use crate::state::{Core, LaneSignals, Own};
 
@@ -153,8 +153,8 @@ impl<R: Runtime> Shared<R> {
         out
     }
 
-    /// A handler finished: feeds its result to the core, carries out the
-    /// actions and wakes whom they concern. `own` is the calling task's own
+    /// A handler finished, or declined its request: feeds its outcome to
+    /// the core, carries out the actions and wakes whom they concern. `own` is the calling task's own
     /// request, if the handler was its; up to `claim` queued requests the
     /// freed worker starts are claimed for this task to run. What concerns
     /// this task goes to `out`.
@@ -162,19 +162,16 @@ impl<R: Runtime> Shared<R> {
         self: &Arc<Self>,
         lane: &Lane,
         key: RequestKey,
-        result: Result<Value, WorkerProtocolError>,
+        outcome: Outcome,
         own: Option<RequestKey>,
         claim: usize,
         out: &mut Own,
     ) {
         let mut probes = Vec::new();
-        // A caller's task reports a refusal as the failure it returned
-        // (`refuse_not_started`'s docs): the request it handed back goes.
-        crate::refusal::clear();
         let now = self.now();
         {
             let mut core = lane.core.lock();
-            core.pool.handle_completion(now, key, result);
+            outcome.apply(&mut core.pool, now, key);
             core.after_input(own, out, &mut probes, &lane.signals, claim);
         }
         out.wake_all();

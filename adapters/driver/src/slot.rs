@@ -104,9 +104,9 @@ pub(crate) struct SlotInner {
 /// |---|---|---|---|
 /// | `Waiting` | none yet | nobody (not started) | `Granted`, `Claimed` or an answer |
 /// | `Granted` | not created | the slot | the caller takes it (`Caller`), or dispatches it to the worker task (`PoolTasks`) |
-/// | `Claimed` | polled by the task that freed the worker | that task | `Handed` or `Ended` |
+/// | `Claimed` | polled by the task that freed the worker | that task | `Handed`, `Ended`, or `Waiting` if the handler declined the request (`refuse_not_started`) |
 /// | `Handed` | in the slot | the slot | the caller takes it (`Caller`) |
-/// | `Caller` | in the caller's `submit` | the caller | answered |
+/// | `Caller` | in the caller's `submit` | the caller | answered, or `Waiting` if the handler declined the request |
 /// | `Ended` | dropped | nobody | — |
 ///
 /// A cancelled caller replaces `Granted` and `Handed` by `Ended` (dropping

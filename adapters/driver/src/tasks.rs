@@ -14,7 +14,6 @@ use futures_util::FutureExt;
 use crate::refusal::Outcome;
 use crate::runtime::Runtime;
 use crate::shared::Shared;
-use crate::slot::HeldRequest;
 use crate::started::WorkerCell;
 use crate::state::{Own, ProbeJob};
 use crate::worker::{worker_task, Completer, Job};
@@ -81,22 +80,7 @@ impl<R: Runtime> Completer for Shared<R> {
         let now = self.now();
         {
             let mut core = lane.core.lock();
-            match outcome {
-                Outcome::Finished(result) => {
-                    core.pool.handle_completion(now, key, result);
-                }
-                Outcome::Refused(request) => {
-                    // Back into its slot before the actions are carried
-                    // out: whichever worker the core starts it on takes it
-                    // from there. (Dropped if the request no longer runs.)
-                    let request = HeldRequest::new(request);
-                    if core.pool.handle_refusal(now, key) {
-                        if let Some(slot) = core.pool.payload(key) {
-                            slot.lock().parked = request;
-                        }
-                    }
-                }
-            }
+            outcome.apply(&mut core.pool, now, key);
             core.after_input(None, &mut own, &mut probes, &lane.signals, 0);
         }
         own.wake_all();

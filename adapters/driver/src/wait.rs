@@ -7,14 +7,14 @@ use std::panic::AssertUnwindSafe;
 use std::task::{Context, Poll};
 use std::time::Instant;
 
-use foreman_core::{RequestKey, WorkerProtocolError};
+use foreman_core::RequestKey;
 use futures_util::future::poll_fn;
 use futures_util::FutureExt;
-use serde_json::Value;
 
 use crate::deadline::Polling;
 use crate::handler::{HandlerFuture, OwnedHandlerFuture};
 use crate::live::LiveGuard;
+use crate::refusal::{self, Outcome};
 use crate::slot::{Run, Slot};
 use crate::started::{Delivered, Started};
 use crate::wakers::Wakers;
@@ -107,26 +107,28 @@ pub(crate) fn wait_for_start<'a>(
     })
 }
 
-/// Runs the handler until it finishes (`Some`) or the core aborts it
-/// (`None`; the handler future is dropped before this returns), telling
-/// it its `deadline` ([`crate::handler_deadline`]) while it is polled.
-/// (`waited` is set once the handler has returned `Pending`.)
+/// Runs the handler until it finishes or declines its request (`Some`,
+/// read in the poll that returned) or the core aborts it (`None`; the
+/// handler future is dropped before this returns), telling it its
+/// `deadline` ([`crate::handler_deadline`]) while it is polled. (`waited`
+/// is set once the handler has returned `Pending`.)
 pub(crate) async fn run_handler(
     future: HandlerFuture<'_>,
     slot: &Slot,
     waited: &mut bool,
     deadline: Option<Instant>,
-) -> Option<Result<Value, WorkerProtocolError>> {
+) -> Option<Outcome> {
     let mut future = AssertUnwindSafe(future).catch_unwind();
     poll_fn(move |cx: &mut Context<'_>| {
+        refusal::clear();
         let polled = {
             let _polling = Polling::set(deadline);
             future.poll_unpin(cx)
         };
         if let Poll::Ready(outcome) = polled {
-            return Poll::Ready(Some(
+            return Poll::Ready(Some(Outcome::of(
                 outcome.unwrap_or_else(|panic| Err(panic_error(&*panic))),
-            ));
+            )));
         }
         *waited = true;
         let mut inner = slot.lock();

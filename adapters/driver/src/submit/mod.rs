@@ -14,9 +14,10 @@ use std::task::{Context, Poll};
 use foreman_core::{lanes, RequestKey, WorkerPoolError, WorkerRequest};
 
 use crate::answer::{lost_answer, respond};
-use crate::handler::HandlerFuture;
+use crate::handler::{HandlerFuture, OwnedHandlerFuture};
 use crate::live::LiveGuard;
 use crate::pool::WorkerPool;
+use crate::refusal::{self, Outcome};
 use crate::runtime::Runtime;
 use crate::shared::{Lane, Shared};
 use crate::slot::{HeldRequest, Run, Slot};
@@ -143,20 +144,25 @@ impl<R: Runtime> WorkerPool<R> {
         // The handler future is dropped: it no longer counts as live.
         drop(live);
         let answer = match ran {
-            Some(result) => {
+            Some(outcome) => {
+                let refused = outcome.is_refusal();
                 let mut own = Own::default();
-                shared.complete(lane, key, result, Some(key), CLAIM_BUDGET, &mut own);
-                guard.done = true;
+                shared.complete(lane, key, outcome, Some(key), CLAIM_BUDGET, &mut own);
                 let answer = own.answer.take();
+                let again = own.started.take();
                 shared.run_claimed(lane, own.claimed);
-                answer.or_else(|| slot.lock().answer.take())
+                if refused {
+                    // Declined before it started: it runs again where the
+                    // core starts it next (boxed: rare, and this future
+                    // stays small).
+                    Box::pin(self.run_again(slot, lane, key, waited, again)).await
+                } else {
+                    answer.or_else(|| slot.lock().answer.take())
+                }
             }
-            None => {
-                guard.done = true;
-                let answer = slot.lock().answer.take();
-                answer
-            }
+            None => slot.lock().answer.take(),
         };
+        guard.done = true;
         match answer {
             Some(answer) => {
                 shared.ended(traced, slot, &answer, false);
@@ -165,6 +171,80 @@ impl<R: Runtime> WorkerPool<R> {
             None => Timed::refused(lost_answer()),
         }
     }
+}
+
+impl<R: Runtime> WorkerPool<R> {
+    /// Runs the caller's own request again after its handler declined it
+    /// (caller-task mode, `refuse_not_started`): takes `started` if the
+    /// refusal started it at once, else waits for its next start, runs its
+    /// handler there, and so on until a handler ends it or the core
+    /// answers it. Returns its answer.
+    async fn run_again(
+        &self,
+        slot: &Arc<Slot>,
+        lane: &Lane,
+        key: RequestKey,
+        waited: &mut bool,
+        mut started: Option<Started>,
+    ) -> Option<Delivered> {
+        let shared = &self.shared;
+        loop {
+            let start = match started.take() {
+                Some(start) => Wake::Started(start),
+                None => wait_for_start(slot, waited).await,
+            };
+            let (future, live) = match start {
+                Wake::Started(start) => match own_handler(slot, start) {
+                    Some(run) => run,
+                    None => return slot.lock().answer.take(),
+                },
+                Wake::Handed(future, live) => (future, live),
+                Wake::Answered(answer) => {
+                    drop(slot.lock().give_up());
+                    return Some(answer);
+                }
+            };
+            // A handed future sets its own deadline.
+            let ran = run_handler(future, slot, waited, None).await;
+            drop(live);
+            let Some(outcome) = ran else {
+                return slot.lock().answer.take();
+            };
+            let refused = outcome.is_refusal();
+            let mut own = Own::default();
+            shared.complete(lane, key, outcome, Some(key), CLAIM_BUDGET, &mut own);
+            let answer = own.answer.take();
+            started = own.started.take();
+            shared.run_claimed(lane, own.claimed);
+            if !refused {
+                return answer.or_else(|| slot.lock().answer.take());
+            }
+        }
+    }
+}
+
+/// The handler future of the caller's own request, started by `start`,
+/// owning what it needs (its worker's handler, its request from the slot),
+/// in the request's span and with its deadline; `None` if the slot holds
+/// no request (never happens).
+fn own_handler(slot: &Slot, start: Started) -> Option<(OwnedHandlerFuture, LiveGuard)> {
+    let Started {
+        worker,
+        live,
+        attempt,
+        deadline,
+        ..
+    } = start;
+    let (parked, span) = {
+        let mut inner = slot.lock();
+        (inner.parked.take(), inner.take_span())
+    };
+    let request = parked?;
+    span.start(&worker.id, attempt);
+    let future = span.instrument_owned(crate::deadline::within(deadline, async move {
+        worker.handler.handle(request).await
+    }));
+    Some((future, live))
 }
 
 impl<R: Runtime> Shared<R> {
@@ -307,24 +387,29 @@ impl<R: Runtime> Shared<R> {
                 worker.handler.handle(request).await
             }));
             let waker = waker.unwrap_or_else(futures_util::task::noop_waker);
+            refusal::clear();
             let polled = std::panic::catch_unwind(AssertUnwindSafe(|| {
                 future.as_mut().poll(&mut Context::from_waker(&waker))
             }));
-            let result = match polled {
+            let outcome = match polled {
                 Ok(Poll::Pending) => {
+                    refusal::clear();
                     let back = slot.lock().hand_back(future, live);
                     back.finish();
                     continue;
                 }
-                Ok(Poll::Ready(result)) => result,
-                Err(panic) => Err(panic_error(&*panic)),
+                Ok(Poll::Ready(result)) => Outcome::of(result),
+                Err(panic) => Outcome::of(Err(panic_error(&*panic))),
             };
             drop(future);
             drop(live);
-            slot.lock().run = Run::Ended;
+            if !outcome.is_refusal() {
+                slot.lock().run = Run::Ended;
+            }
             // Claims nothing: with no claim budget, every request this
-            // completion starts is granted to its own caller.
-            self.complete(lane, key, result, None, 0, &mut Own::default());
+            // completion starts is granted to its own caller (a refused one
+            // included: its caller waits for its start again).
+            self.complete(lane, key, outcome, None, 0, &mut Own::default());
         }
     }
 }
