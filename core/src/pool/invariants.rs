@@ -71,8 +71,8 @@ impl<P: Clone> Pool<P> {
     /// request is in the backlog once, and nothing else is; queue counters
     /// match the queues; no worker runs more than its concurrency or holds
     /// more than its capacity; no worker has a free run slot while requests
-    /// wait in its own queue, nor a schedulable one while requests wait in
-    /// the backlog, unless it defers them to a faster worker (`PeakEwma`,
+    /// wait in its own queue, nor a schedulable one (not held at the
+    /// ejection cap) while requests wait in the backlog, unless it defers them to a faster worker (`PeakEwma`,
     /// with its deferral timer armed); the router's eligible set is exactly the schedulable
     /// workers with room; every deadline has a timer; every probing worker
     /// has exactly one probe timer; a request runs at most the retry
@@ -287,6 +287,7 @@ impl<P: Clone> Pool<P> {
         let max_running = self.config.max_concurrency_per_worker as usize;
         ensure!(
             self.backlog_live == 0
+                || !slot.takes_backlog()
                 || slot.running.len() >= slot.run_slots(max_running)
                 || self.deferral.is_some(),
             "schedulable {worker} has a free run slot while {} requests wait in the backlog",
@@ -325,16 +326,19 @@ impl<P: Clone> Pool<P> {
 
     /// A worker's cached membership, and the router's, are exactly what its
     /// status and load make them: eligible when schedulable with room, idle
-    /// when also a run slot is free, preferred when also Healthy.
+    /// when also a run slot is free and it is not held at the ejection cap
+    /// (held: a last resort), preferred when also Healthy.
     fn check_membership(&self, worker: WorkerKey, slot: &Worker) -> Checked {
         let max_running = self.config.max_concurrency_per_worker as usize;
         let eligible = self.expect_schedulable(slot)
             && slot.has_room(self.capacity, self.config.options.queue_capacity);
-        let idle = eligible && slot.running.len() < slot.run_slots(max_running);
+        let held = eligible && slot.health.is_held();
+        let idle = eligible && !held && slot.running.len() < slot.run_slots(max_running);
         let expect = Membership {
             eligible,
             idle,
             preferred: idle && slot.status == WorkerHealthStatus::Healthy,
+            held,
         };
         ensure!(
             slot.membership == expect,

@@ -7,21 +7,25 @@ const OUT: Membership = Membership {
     eligible: false,
     idle: false,
     preferred: false,
+    held: false,
 };
 const BUSY: Membership = Membership {
     eligible: true,
     idle: false,
     preferred: false,
+    held: false,
 };
 const DEGRADED: Membership = Membership {
     eligible: true,
     idle: true,
     preferred: false,
+    held: false,
 };
 const HEALTHY: Membership = Membership {
     eligible: true,
     idle: true,
     preferred: true,
+    held: false,
 };
 
 fn worker(index: u32) -> WorkerKey {
