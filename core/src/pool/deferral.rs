@@ -150,10 +150,10 @@ impl<P: Clone> Pool<P> {
     /// A waiting request that `worker`, `slower_by` nanoseconds slower
     /// than the first faster worker to finish, would finish no later than
     /// the faster workers would reach it: the first live backlog entry from
-    /// the position they reach in `slower_by` (their summed throughput by
-    /// the router's `rate_sum`, less
-    /// this worker's own), scaled by the backlog's share of stale entries,
-    /// looking at most [`YOUNGER_SCAN`] entries on; O(1).
+    /// the position they reach in `slower_by` (their summed throughput, the
+    /// router's `rate_sum` less this worker's own), scaled by the backlog's
+    /// share of stale entries, looking at most [`YOUNGER_SCAN`] entries
+    /// on; O(1).
     fn younger_for(&self, worker: WorkerKey, slower_by: f64) -> Option<RequestKey> {
         let own_rate = self
             .workers
@@ -186,8 +186,7 @@ impl<P: Clone> Pool<P> {
         // each asked once, until one defers anew or nothing waits. A
         // worker that starts nothing (it may run no more: half-open with
         // its permits taken, or saturated) does not stop the others being
-        // asked.
-        // The sets are walked by slot index, each from where the last
+        // asked. The sets are walked by slot index, each from where the last
         // worker asked stood, so a worker is asked at most once per set
         // however the sets change meanwhile, and nothing is collected.
         if !self.ask_each(false, |router, from| router.free_holding_from(from)) {

@@ -88,8 +88,10 @@
 //! replacing an Unavailable verdict with a Healthy one); it closes after
 //! `S` more successful trials, at most `S` probe intervals without
 //! traffic. Under the reference a worker's trial comes with its next
-//! Healthy probe: within the probe terms alone. The simulator's liveness
-//! phase checks this bound.
+//! Healthy probe: within the probe terms alone. A held worker is in
+//! rotation throughout; once it is healthy again it is a first choice
+//! after its next success or clean Healthy probe, within the same probe
+//! terms. The simulator's liveness phase checks this bound.
 
 mod backoff;
 mod outlier;
