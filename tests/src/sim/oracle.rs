@@ -251,6 +251,28 @@ mod tests {
     }
 
     #[test]
+    fn late_by_the_means_a_slower_free_worker_starts_only_what_the_fast_one_would_finish_later() {
+        let now = Time::ZERO + Duration::from_secs(1);
+        let draws = worker_stream(0, 0, 0);
+        // Worker 0 (10 ms) runs a request that started now; workers 1
+        // (100 ms) and 2 (1 s) are idle.
+        let running = [(now, now + Duration::from_millis(10))];
+        let views = [
+            view(true, 0, &running, &draws),
+            view(true, 0, &[], &draws),
+            view(true, 0, &[], &draws),
+        ];
+        // Worker 0 finishes the first nine waiting requests by 100 ms
+        // from now: none starts elsewhere.
+        assert!(plan_late(&SPREAD, &views, 9, now).is_empty());
+        // The tenth would finish there at 110 ms: worker 1 starts it now.
+        assert_eq!(plan_late(&SPREAD, &views, 10, now), [(9, 1)]);
+        // Closed workers take nothing.
+        let closed = [view(false, 0, &[], &draws); 3];
+        assert!(plan_late(&SPREAD, &closed, 10, now).is_empty());
+    }
+
+    #[test]
     fn the_mask_approves_one_worker() {
         let mask = approving_only(9);
         assert_eq!(mask & (1 << 9), 0);
