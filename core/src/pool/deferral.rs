@@ -155,10 +155,7 @@ impl<P: Clone> Pool<P> {
     /// share of stale entries, looking at most [`YOUNGER_SCAN`] entries
     /// on; O(1).
     fn younger_for(&self, worker: WorkerKey, slower_by: f64) -> Option<RequestKey> {
-        let own_rate = self
-            .workers
-            .get(worker.0)
-            .map_or(0.0, |slot| slot.latency.counted_rate());
+        let own_rate = self.router.rate(worker);
         let faster_rate = (self.router.rate_sum() - own_rate).max(0.0);
         let reached = (slower_by * faster_rate).ceil();
         if !(reached >= 1.0 && reached < self.backlog_live as f64) {
@@ -269,10 +266,6 @@ impl<P: Clone> Pool<P> {
         } else {
             0.0
         };
-        let counted = slot.latency.counted_rate();
-        if rate != counted {
-            slot.latency.set_counted_rate(rate);
-            self.router.add_rate(rate - counted);
-        }
+        self.router.set_rate(worker, rate);
     }
 }

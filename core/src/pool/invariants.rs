@@ -8,6 +8,7 @@ use thiserror::Error;
 
 use super::timeouts::{queue_wait_deadline, run_deadline};
 use super::{Lifecycle, Pool, ProbeState, RequestState, Worker};
+use crate::config::RoutingPolicy;
 use crate::keys::{RequestKey, WorkerKey};
 use crate::protocol::WorkerHealthStatus;
 use crate::routing::Membership;
@@ -55,6 +56,8 @@ struct Tally {
     finishing: usize,
     /// Workers free and holding waiting requests.
     free_holding: usize,
+    /// The throughput the router should count for the workers found.
+    rates: f64,
 }
 
 type Checked = Result<(), InvariantViolation>;
@@ -138,6 +141,15 @@ impl<P: Clone> Pool<P> {
             finishing == tally.finishing,
             "the finish order holds {finishing} workers, {} expected",
             tally.finishing
+        );
+        // Up to the rounding of the running sum's updates.
+        let (sum, total) = (self.router.rate_sum(), self.router.rate_total());
+        // Rates are runs per nanosecond: 1e-15 is one run in 11 days.
+        let close = |a: f64, b: f64| (a - b).abs() <= 1e-15 + 1e-9 * a.abs().max(b.abs());
+        ensure!(
+            close(total, tally.rates) && close(sum, total),
+            "the router's throughput sum is {sum} (slots {total}), {} expected",
+            tally.rates
         );
         self.check_every_request_is_held(&tally)?;
         self.check_request_times(&armed)?;
@@ -310,6 +322,17 @@ impl<P: Clone> Pool<P> {
             slot.free_holding
         );
         tally.free_holding += usize::from(free_holding);
+        let rate = if self.config.routing == RoutingPolicy::PeakEwma && slot.takes_backlog() {
+            slot.latency.rate()
+        } else {
+            0.0
+        };
+        ensure!(
+            self.router.rate(worker) == rate,
+            "the router counts {worker}'s throughput as {}, expected {rate}",
+            self.router.rate(worker)
+        );
+        tally.rates += rate;
         if slot.finish_key.is_some() {
             tally.finishing += 1;
             ensure!(

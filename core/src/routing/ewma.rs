@@ -31,9 +31,6 @@ pub(crate) struct PeakEwma {
     estimate: Option<f64>,
     /// When the last sample was taken.
     stamp: Time,
-    /// The throughput ([`rate`](Self::rate)) the router's sum counts for
-    /// this worker (0 while it is not schedulable).
-    counted_rate: f64,
 }
 
 impl Default for PeakEwma {
@@ -41,7 +38,6 @@ impl Default for PeakEwma {
         PeakEwma {
             estimate: None,
             stamp: Time::ZERO,
-            counted_rate: 0.0,
         }
     }
 }
@@ -77,16 +73,6 @@ impl PeakEwma {
     pub(crate) fn rate(&self) -> f64 {
         self.estimate
             .map_or(0.0, |estimate| 1.0 / estimate.max(MIN_ESTIMATE))
-    }
-
-    /// What the router's throughput sum counts for this worker.
-    pub(crate) fn counted_rate(&self) -> f64 {
-        self.counted_rate
-    }
-
-    /// Records what the router's throughput sum counts for this worker.
-    pub(crate) fn set_counted_rate(&mut self, rate: f64) {
-        self.counted_rate = rate;
     }
 
     /// Takes a failed run of `run` that ended at `now`: charged as a run

@@ -64,9 +64,14 @@ pub(crate) struct Router {
     /// such a worker with a full queue, or not schedulable, is in no other
     /// set.
     free_holding: IndexSet,
-    /// Under `PeakEwma`: the schedulable workers' summed throughput, in
-    /// runs per nanosecond, at their stored estimates.
+    /// Under `PeakEwma`: the throughput each worker counts for, by slot
+    /// index (0 unless it serves the backlog), in runs per nanosecond at
+    /// its stored estimate, and their sum.
+    rates: Vec<f64>,
     rate_sum: f64,
+    /// How many slots count a throughput above 0 (at none, the sum is
+    /// reset to exactly 0, dropping the rounding of its updates).
+    rated: usize,
 }
 
 /// A worker's place in the router's sets, as the pool sees it.
@@ -121,7 +126,9 @@ impl Router {
             cursor: 0,
             finish: BTreeSet::new(),
             free_holding: IndexSet::default(),
+            rates: Vec::new(),
             rate_sum: 0.0,
+            rated: 0,
         }
     }
 
@@ -181,9 +188,43 @@ impl Router {
         key.is_none_or(|key| self.finish.contains(&(key, worker)))
     }
 
-    /// Adds `delta` to the schedulable workers' summed throughput.
-    pub(crate) fn add_rate(&mut self, delta: f64) {
-        self.rate_sum += delta;
+    /// Records the throughput `worker` counts for in the sum; O(1).
+    pub(crate) fn set_rate(&mut self, worker: WorkerKey, rate: f64) {
+        let slot = worker.index() as usize;
+        if self.rates.len() <= slot {
+            if rate == 0.0 {
+                return;
+            }
+            self.rates.resize(slot + 1, 0.0);
+        }
+        if let Some(counted) = self.rates.get_mut(slot) {
+            if *counted != rate {
+                match (*counted > 0.0, rate > 0.0) {
+                    (false, true) => self.rated += 1,
+                    (true, false) => self.rated = self.rated.saturating_sub(1),
+                    _ => {}
+                }
+                self.rate_sum += rate - *counted;
+                *counted = rate;
+                if self.rated == 0 {
+                    self.rate_sum = 0.0;
+                }
+            }
+        }
+    }
+
+    /// The throughput `worker`'s slot counts for in the sum.
+    pub(crate) fn rate(&self, worker: WorkerKey) -> f64 {
+        self.rates
+            .get(worker.index() as usize)
+            .copied()
+            .unwrap_or(0.0)
+    }
+
+    /// The sum recomputed from every slot's throughput (for invariant
+    /// checks: it matches [`rate_sum`](Self::rate_sum) up to rounding).
+    pub(crate) fn rate_total(&self) -> f64 {
+        self.rates.iter().sum()
     }
 
     /// The schedulable workers' summed throughput, in runs per nanosecond
