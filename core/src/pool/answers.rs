@@ -79,7 +79,7 @@ impl<P: Clone> Pool<P> {
             Ok(_) => self.recover(worker, |health, ctx| health.on_success(ctx.now)),
             Err(error) => self.recover(worker, |health, ctx| health.on_error(error.code, ctx)),
         }
-        self.sample_latency(worker, started_at);
+        self.sample_latency(worker, started_at, result.is_err());
         if let Err(error) = &result {
             if self.retry_elsewhere(request, worker, error) {
                 self.after_worker_change(worker, cause);
@@ -201,7 +201,7 @@ impl<P: Clone> Pool<P> {
             self.actions.push_back(Action::Abort { request, worker });
             self.recover(worker, |health, ctx| health.on_timeout(ran, budget, ctx));
             // At least its run time: it would have run longer still.
-            self.sample_latency(worker, started_at);
+            self.sample_latency(worker, started_at, false);
             self.finish_running(request, Err(WorkerPoolError::Timeout));
         } else if cfg!(foreman_planted_bug) {
             self.forget_expired(request, worker);

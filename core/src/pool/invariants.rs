@@ -8,6 +8,7 @@ use thiserror::Error;
 
 use super::timeouts::{queue_wait_deadline, run_deadline};
 use super::{Lifecycle, Pool, ProbeState, RequestState, Worker};
+use crate::config::RoutingPolicy;
 use crate::keys::{RequestKey, WorkerKey};
 use crate::protocol::WorkerHealthStatus;
 use crate::routing::Membership;
@@ -55,6 +56,8 @@ struct Tally {
     finishing: usize,
     /// Workers free and holding waiting requests.
     free_holding: usize,
+    /// The throughput the router should count for the workers found.
+    rates: f64,
 }
 
 type Checked = Result<(), InvariantViolation>;
@@ -71,8 +74,8 @@ impl<P: Clone> Pool<P> {
     /// request is in the backlog once, and nothing else is; queue counters
     /// match the queues; no worker runs more than its concurrency or holds
     /// more than its capacity; no worker has a free run slot while requests
-    /// wait in its own queue, nor a schedulable one while requests wait in
-    /// the backlog, unless it defers them to a faster worker (`PeakEwma`,
+    /// wait in its own queue, nor a schedulable one (not held at the
+    /// ejection cap) while requests wait in the backlog, unless it defers them to a faster worker (`PeakEwma`,
     /// with its deferral timer armed); the router's eligible set is exactly the schedulable
     /// workers with room; every deadline has a timer; every probing worker
     /// has exactly one probe timer; a request runs at most the retry
@@ -138,6 +141,15 @@ impl<P: Clone> Pool<P> {
             finishing == tally.finishing,
             "the finish order holds {finishing} workers, {} expected",
             tally.finishing
+        );
+        // Up to the rounding of the running sum's updates.
+        let (sum, total) = (self.router.rate_sum(), self.router.rate_total());
+        // Rates are runs per nanosecond: 1e-15 is one run in 11 days.
+        let close = |a: f64, b: f64| (a - b).abs() <= 1e-15 + 1e-9 * a.abs().max(b.abs());
+        ensure!(
+            close(total, tally.rates) && close(sum, total),
+            "the router's throughput sum is {sum} (slots {total}), {} expected",
+            tally.rates
         );
         self.check_every_request_is_held(&tally)?;
         self.check_request_times(&armed)?;
@@ -287,6 +299,7 @@ impl<P: Clone> Pool<P> {
         let max_running = self.config.max_concurrency_per_worker as usize;
         ensure!(
             self.backlog_live == 0
+                || !slot.takes_backlog()
                 || slot.running.len() >= slot.run_slots(max_running)
                 || self.deferral.is_some(),
             "schedulable {worker} has a free run slot while {} requests wait in the backlog",
@@ -309,6 +322,17 @@ impl<P: Clone> Pool<P> {
             slot.free_holding
         );
         tally.free_holding += usize::from(free_holding);
+        let rate = if self.config.routing == RoutingPolicy::PeakEwma && slot.takes_backlog() {
+            slot.latency.rate()
+        } else {
+            0.0
+        };
+        ensure!(
+            self.router.rate(worker) == rate,
+            "the router counts {worker}'s throughput as {}, expected {rate}",
+            self.router.rate(worker)
+        );
+        tally.rates += rate;
         if slot.finish_key.is_some() {
             tally.finishing += 1;
             ensure!(
@@ -325,16 +349,19 @@ impl<P: Clone> Pool<P> {
 
     /// A worker's cached membership, and the router's, are exactly what its
     /// status and load make them: eligible when schedulable with room, idle
-    /// when also a run slot is free, preferred when also Healthy.
+    /// when also a run slot is free and it is not held at the ejection cap
+    /// (held: a last resort), preferred when also Healthy.
     fn check_membership(&self, worker: WorkerKey, slot: &Worker) -> Checked {
         let max_running = self.config.max_concurrency_per_worker as usize;
         let eligible = self.expect_schedulable(slot)
             && slot.has_room(self.capacity, self.config.options.queue_capacity);
-        let idle = eligible && slot.running.len() < slot.run_slots(max_running);
+        let held = eligible && slot.health.is_held();
+        let idle = eligible && !held && slot.running.len() < slot.run_slots(max_running);
         let expect = Membership {
             eligible,
             idle,
             preferred: idle && slot.status == WorkerHealthStatus::Healthy,
+            held,
         };
         ensure!(
             slot.membership == expect,

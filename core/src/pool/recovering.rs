@@ -25,6 +25,13 @@ impl Worker {
         }
     }
 
+    /// Whether the worker runs requests from the late-binding backlog:
+    /// schedulable and not held at the ejection cap (a held worker runs
+    /// only what was routed to it, as a last resort).
+    pub(super) fn takes_backlog(&self) -> bool {
+        self.schedulable && !self.health.is_held()
+    }
+
     /// How many requests the worker may hold (running plus queued) before
     /// routing passes it by: the pool's capacity, at most its trial
     /// permits while half-open.

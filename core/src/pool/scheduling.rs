@@ -6,6 +6,7 @@
 use std::collections::VecDeque;
 use std::time::Duration;
 
+use super::deferral::HeadChoice;
 use super::timeouts::queue_wait_deadline;
 use super::{Lifecycle, Place, Pool, Request, RequestState, Worker};
 use crate::config::{PoolConfig, RoutingPolicy};
@@ -66,11 +67,13 @@ impl<P: Clone> Pool<P> {
             return;
         };
         let eligible = slot.schedulable && slot.has_room(capacity, queue_capacity);
-        let idle = eligible && slot.running.len() < slot.run_slots(max_running);
+        let held = eligible && slot.health.is_held();
+        let idle = eligible && !held && slot.running.len() < slot.run_slots(max_running);
         let now = Membership {
             eligible,
             idle,
             preferred: idle && slot.status == WorkerHealthStatus::Healthy,
+            held,
         };
         if now != slot.membership {
             self.router.set(worker, slot.membership, now);
@@ -125,7 +128,8 @@ impl<P: Clone> Pool<P> {
             }
             let requests = &self.requests;
             let queue_head = live_head(&mut slot.queue, requests, Some(worker));
-            let backlog_head = (self.backlog_live > 0 && slot.schedulable)
+            // A worker held at the ejection cap runs only its own queue.
+            let backlog_head = (self.backlog_live > 0 && slot.takes_backlog())
                 .then(|| live_head(&mut self.backlog, requests, None))
                 .flatten();
             let mut from_backlog = match (queue_head, backlog_head) {
@@ -142,29 +146,45 @@ impl<P: Clone> Pool<P> {
                     .filter(|_| self.requests.get(key.0).is_some_and(|entry| !entry.pinned)),
                 (false, None) => None,
             };
+            let mut instead = None;
             if let Some((_, accepted_at)) = unpinned_head {
-                if self.defers(worker, accepted_at) {
-                    // Only what any worker may run is left to another: a
-                    // pinned request at the head of its own queue runs.
-                    let pinned = queue_head.is_some_and(|(key, _)| {
-                        self.requests.get(key.0).is_some_and(|entry| entry.pinned)
-                    });
-                    if !pinned {
-                        return;
+                match self.head_choice(worker, accepted_at) {
+                    HeadChoice::Run => {}
+                    HeadChoice::Instead(younger) => instead = Some(younger),
+                    HeadChoice::Leave => {
+                        // Only what any worker may run is left to another:
+                        // a pinned request at the head of its own queue
+                        // runs.
+                        let pinned = queue_head.is_some_and(|(key, _)| {
+                            self.requests.get(key.0).is_some_and(|entry| entry.pinned)
+                        });
+                        if !pinned {
+                            return;
+                        }
+                        from_backlog = false;
                     }
-                    from_backlog = false;
                 }
             }
             let Some(slot) = self.workers.get_mut(worker.0) else {
                 return;
             };
-            let popped = if from_backlog {
-                self.backlog.pop_front()
-            } else {
-                slot.queue.pop_front()
-            };
-            let Some(Place { key: request, .. }) = popped else {
-                return;
+            // A younger request leaves its backlog entry behind, stale.
+            let request = match instead {
+                Some(younger) => {
+                    from_backlog = true;
+                    younger
+                }
+                None => {
+                    let popped = if from_backlog {
+                        self.backlog.pop_front()
+                    } else {
+                        slot.queue.pop_front()
+                    };
+                    let Some(Place { key, .. }) = popped else {
+                        return;
+                    };
+                    key
+                }
             };
             let last_run = slot.last_run;
             let now = self.now;
@@ -254,13 +274,19 @@ impl<P: Clone> Pool<P> {
     /// Feeds a run of `worker` that ended at the current instant, started
     /// at `started_at`, to its latency estimate (under
     /// [`RoutingPolicy::PeakEwma`] only: the other policies never read it).
-    pub(super) fn sample_latency(&mut self, worker: WorkerKey, started_at: Time) {
+    /// A run that `failed` is charged at least the worker's estimate: a
+    /// worker that fails fast does not look fast.
+    pub(super) fn sample_latency(&mut self, worker: WorkerKey, started_at: Time, failed: bool) {
         if self.config.routing != RoutingPolicy::PeakEwma {
             return;
         }
         let (now, tau) = (self.now, self.config.ewma_decay);
         if let Some(slot) = self.workers.get_mut(worker.0) {
-            slot.latency.observe(now, now - started_at, tau);
+            if failed {
+                slot.latency.observe_failure(now, now - started_at, tau);
+            } else {
+                slot.latency.observe(now, now - started_at, tau);
+            }
         }
     }
 

@@ -64,8 +64,13 @@
 //! - **The cap**: an ejection is allowed while fewer than
 //!   `max_ejected_percent` % of the pool's workers (rounded down) are
 //!   ejected. At the cap the pool panics per [`PanicMode`]:
-//!   `RouteToAll` holds the worker in rotation (Degraded; a half-open one
-//!   starts its trials over) and its next counted failure tries again;
+//!   `RouteToAll` holds the worker in rotation (**Held**, Degraded; a
+//!   half-open one starts its trials over instead) as a last resort:
+//!   requests go to it only when no other schedulable worker has room,
+//!   and it takes none from the late-binding backlog, so a worker that
+//!   fails fast (and so is free most often) does not draw the traffic. A
+//!   success or a clean Healthy probe closes it; its next counted failure
+//!   tries the ejection again;
 //!   `FailFast` ejects beyond the cap, and a pool left with no worker in
 //!   rotation refuses submits with `NoHealthyWorker` until an ejection
 //!   ends. Either way every ejection ends by its timer: the pool never
@@ -83,8 +88,10 @@
 //! replacing an Unavailable verdict with a Healthy one); it closes after
 //! `S` more successful trials, at most `S` probe intervals without
 //! traffic. Under the reference a worker's trial comes with its next
-//! Healthy probe: within the probe terms alone. The simulator's liveness
-//! phase checks this bound.
+//! Healthy probe: within the probe terms alone. A held worker is in
+//! rotation throughout; once it is healthy again it is a first choice
+//! after its next success or clean Healthy probe, within the same probe
+//! terms. The simulator's liveness phase checks this bound.
 
 mod backoff;
 mod outlier;
@@ -120,6 +127,13 @@ pub enum RecoveryState {
         /// The backoff exponent for its next ejection.
         ejections: u32,
     },
+    /// Held at the ejection cap (outlier detection, panic mode
+    /// `RouteToAll`): its ejection was called for and the cap held it
+    /// back. It stays in rotation as a last resort: requests go to it only
+    /// when no other schedulable worker has room, and it takes none from
+    /// the late-binding backlog. A success or a clean Healthy probe closes
+    /// it; a failure ejects it once the cap allows.
+    Held,
     /// Half-open: `successes` trials succeeded so far; it holds at most
     /// `permits` requests at once.
     HalfOpen {
@@ -229,6 +243,7 @@ impl Recovery {
             Machine::Reference(_) => RecoveryState::Closed,
             Machine::Outlier(machine) => match machine.state {
                 outlier::State::Closed => RecoveryState::Closed,
+                outlier::State::Held => RecoveryState::Held,
                 outlier::State::Ejected { until } => RecoveryState::Ejected {
                     until,
                     ejections: machine.times_ejected,
@@ -239,6 +254,18 @@ impl Recovery {
                 },
             },
         }
+    }
+
+    /// Whether the worker is held at the ejection cap
+    /// ([`RecoveryState::Held`]).
+    pub(crate) fn is_held(&self) -> bool {
+        matches!(
+            &self.machine,
+            Machine::Outlier(Outlier {
+                state: outlier::State::Held,
+                ..
+            })
+        )
     }
 
     /// Whether the worker is half-open.

@@ -20,6 +20,10 @@ pub(crate) enum State {
     /// Back in rotation for at most `trial_permits` requests at once;
     /// `successes` trials have succeeded so far.
     HalfOpen { successes: u32 },
+    /// Its ejection was called for and the cap held it back (panic mode
+    /// `RouteToAll`): in rotation as a last resort, until a success or a
+    /// clean Healthy probe closes it, or a failure finds the cap open.
+    Held,
 }
 
 #[derive(Debug, Clone)]
@@ -55,7 +59,7 @@ impl Outlier {
             State::Closed if self.consecutive == 0 && self.window.failures() == 0 => {
                 WorkerHealthStatus::Healthy
             }
-            State::Closed | State::HalfOpen { .. } => WorkerHealthStatus::Degraded,
+            State::Closed | State::HalfOpen { .. } | State::Held => WorkerHealthStatus::Degraded,
             State::Ejected { .. } => WorkerHealthStatus::Unavailable,
         }
     }
@@ -78,6 +82,10 @@ impl Outlier {
         self.consecutive = 0;
         match self.state {
             State::Closed => self.window.push(false, self.tuning.window),
+            State::Held => {
+                self.state = State::Closed;
+                self.window.push(false, self.tuning.window);
+            }
             State::HalfOpen { successes } => self.trial_succeeded(successes, now),
             State::Ejected { .. } => {}
         }
@@ -95,10 +103,19 @@ impl Outlier {
                         .window
                         .over_rate(tuning.min_volume, tuning.failure_rate_percent)
                 {
-                    self.eject(ctx)
+                    let step = self.eject(ctx);
+                    if step == Step::Held {
+                        self.state = State::Held;
+                    }
+                    step
                 } else {
                     Step::Quiet
                 }
+            }
+            // Already called for: ejected as soon as the cap allows.
+            State::Held => {
+                self.window.push(true, self.tuning.window);
+                self.eject(ctx)
             }
             State::HalfOpen { .. } => {
                 let step = self.eject(ctx);
@@ -116,6 +133,11 @@ impl Outlier {
     pub(crate) fn on_healthy_probe(&mut self, now: Time) {
         match self.state {
             State::Closed => self.window.push(false, self.tuning.window),
+            // Given another chance: a failure holds it again at once.
+            State::Held => {
+                self.state = State::Closed;
+                self.window.push(false, self.tuning.window);
+            }
             State::HalfOpen { successes } => self.trial_succeeded(successes, now),
             State::Ejected { .. } => {}
         }

@@ -42,8 +42,12 @@ impl RecoveryPolicy {
 #[non_exhaustive]
 pub enum PanicMode {
     /// The cap holds: the worker is not ejected and stays in rotation
-    /// (Degraded), so requests keep going to every worker that is not
-    /// already ejected, failing ones included (the default).
+    /// (Degraded, [`RecoveryState::Held`](crate::RecoveryState::Held)) as
+    /// a last resort: it gets requests only when no other schedulable
+    /// worker has room, and takes none from the late-binding backlog, so
+    /// no request is refused for want of a worker while one is in
+    /// rotation, and a worker that fails fast does not draw the traffic
+    /// by being free most often (the default).
     #[default]
     RouteToAll,
     /// The worker is ejected beyond the cap; once no worker is left in

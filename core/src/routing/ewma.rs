@@ -68,6 +68,25 @@ impl PeakEwma {
         }
     }
 
+    /// Runs per nanosecond at the stored estimate (at least
+    /// [`MIN_ESTIMATE`] nanoseconds a run): 0 before any sample.
+    pub(crate) fn rate(&self) -> f64 {
+        self.estimate
+            .map_or(0.0, |estimate| 1.0 / estimate.max(MIN_ESTIMATE))
+    }
+
+    /// Takes a failed run of `run` that ended at `now`: charged as a run
+    /// at least as long as the estimate, so that failing fast never makes
+    /// a worker look faster (Finagle's failure penalty); the first
+    /// sample, a failure, counts as it ran.
+    pub(crate) fn observe_failure(&mut self, now: Time, run: Duration, tau: Duration) {
+        let charged = match self.estimate {
+            Some(current) if current > nanos(run) => Duration::from_nanos(current.ceil() as u64),
+            _ => run,
+        };
+        self.observe(now, charged, tau);
+    }
+
     /// The estimate at `now` in nanoseconds, decayed towards zero since the
     /// last sample; `unsampled` (in nanoseconds) before any sample.
     pub(crate) fn estimate(&self, now: Time, tau: Duration, unsampled: f64) -> f64 {
@@ -77,6 +96,10 @@ impl PeakEwma {
         }
     }
 }
+
+/// The shortest run time, in nanoseconds, a throughput is computed from
+/// (a microsecond), so that zero-length runs do not swamp the sum.
+const MIN_ESTIMATE: f64 = 1_000.0;
 
 /// `exp(-elapsed / tau)`: 1 for no time, towards 0 for a long time.
 fn decay(elapsed: Duration, tau: Duration) -> f64 {
@@ -136,7 +159,48 @@ mod tests {
         assert_eq!(ewma.estimate(at(0), TAU, 0.0), 1e9);
     }
 
+    #[test]
+    fn a_fast_failure_is_charged_the_estimate_not_its_run() {
+        let mut ewma = sampled(400, at(0));
+        ewma.observe_failure(at(20_000), Duration::from_millis(10), TAU);
+        assert_eq!(ewma.estimate(at(20_000), TAU, 0.0), 4e8);
+        // A slower failure is taken at once, as a slower run is.
+        ewma.observe_failure(at(20_000), Duration::from_millis(900), TAU);
+        assert_eq!(ewma.estimate(at(20_000), TAU, 0.0), 9e8);
+        // A first sample that fails counts as it ran.
+        let mut fresh = PeakEwma::default();
+        fresh.observe_failure(at(0), Duration::from_millis(10), TAU);
+        assert_eq!(fresh.estimate(at(0), TAU, 0.0), 1e7);
+    }
+
+    #[test]
+    fn the_rate_is_the_inverse_of_the_stored_estimate() {
+        assert_eq!(PeakEwma::default().rate(), 0.0);
+        let ewma = sampled(4, at(0));
+        assert!((ewma.rate() - 1.0 / 4e6).abs() < 1e-18);
+        // Zero-length runs count as a microsecond.
+        let instant = sampled(0, at(0));
+        assert_eq!(instant.rate(), 1.0 / MIN_ESTIMATE);
+    }
+
     proptest! {
+        #[test]
+        #[cfg_attr(miri, ignore)]
+        fn failures_never_lower_the_estimate(
+            start in 1u64..1_000_000,
+            failures in proptest::collection::vec((0u64..2_000_000, 1u64..60_000), 1..30),
+        ) {
+            let mut ewma = sampled(start, at(0));
+            let mut now = 0;
+            for (run, gap) in failures {
+                now += gap;
+                let before = ewma.estimate(at(now), TAU, 0.0);
+                ewma.observe_failure(at(now), Duration::from_millis(run), TAU);
+                let after = ewma.estimate(at(now), TAU, 0.0);
+                prop_assert!(after >= before * (1.0 - 1e-12), "{} fell below {}", after, before);
+            }
+        }
+
         #[test]
         fn the_estimate_is_never_negative(
             runs in proptest::collection::vec((0u64..5_000_000_000, 0u64..60_000), 1..40),

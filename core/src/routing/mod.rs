@@ -18,6 +18,11 @@
 //! | `LeastLoaded` | two distinct random idle workers (else eligible): the lower `load + 1` wins | O(log64 n) + two costs |
 //! | `PeakEwma` | as `LeastLoaded`, on `latency estimate × (load + 1)` ([`ewma`]) | O(log64 n) + two costs |
 //!
+//! Under every policy a worker held at the ejection cap
+//! ([`RecoveryState::Held`](crate::RecoveryState::Held)) is a last resort:
+//! it is in none of the sets above but its own, and is picked (the first
+//! from the cursor) only when no other worker is eligible.
+//!
 //! Under both load-aware policies a Degraded worker's cost is multiplied
 //! by `100 / degraded_share_percent`, and a tie goes to the Healthy
 //! candidate, then to the first drawn.
@@ -41,6 +46,9 @@ pub(crate) struct Router {
     /// Eligible workers with a free run slot that are not Healthy
     /// (Degraded): tried next. Disjoint from `idle_healthy`.
     idle_degraded: IndexSet,
+    /// Schedulable workers with room held at the ejection cap: picked
+    /// only when no other worker is eligible. Disjoint from the others.
+    held: IndexSet,
     /// The key of the worker at each slot index (while it is in a set).
     keys: Vec<Option<WorkerKey>>,
     /// Round-robin position: the next pick starts at the first candidate at
@@ -56,6 +64,14 @@ pub(crate) struct Router {
     /// such a worker with a full queue, or not schedulable, is in no other
     /// set.
     free_holding: IndexSet,
+    /// Under `PeakEwma`: the throughput each worker counts for, by slot
+    /// index (0 unless it serves the backlog), in runs per nanosecond at
+    /// its stored estimate, and their sum.
+    rates: Vec<f64>,
+    rate_sum: f64,
+    /// How many slots count a throughput above 0 (at none, the sum is
+    /// reset to exactly 0, dropping the rounding of its updates).
+    rated: usize,
 }
 
 /// A worker's place in the router's sets, as the pool sees it.
@@ -67,15 +83,25 @@ pub(crate) struct Membership {
     pub(crate) idle: bool,
     /// Idle and Healthy.
     pub(crate) preferred: bool,
+    /// Eligible, but held at the ejection cap: a last resort, never idle.
+    pub(crate) held: bool,
 }
 
 impl Membership {
     fn healthy(self) -> bool {
-        self.eligible && self.idle && self.preferred
+        self.eligible && !self.held && self.idle && self.preferred
     }
 
     fn degraded(self) -> bool {
-        self.eligible && self.idle && !self.preferred
+        self.eligible && !self.held && self.idle && !self.preferred
+    }
+
+    fn first_choice(self) -> bool {
+        self.eligible && !self.held
+    }
+
+    fn last_resort(self) -> bool {
+        self.eligible && self.held
     }
 }
 
@@ -95,10 +121,14 @@ impl Router {
             eligible: IndexSet::default(),
             idle_healthy: IndexSet::default(),
             idle_degraded: IndexSet::default(),
+            held: IndexSet::default(),
             keys: Vec::new(),
             cursor: 0,
             finish: BTreeSet::new(),
             free_holding: IndexSet::default(),
+            rates: Vec::new(),
+            rate_sum: 0.0,
+            rated: 0,
         }
     }
 
@@ -116,7 +146,13 @@ impl Router {
                 *key = Some(worker);
             }
         }
-        update(&mut self.eligible, index, was.eligible, now.eligible);
+        update(
+            &mut self.eligible,
+            index,
+            was.first_choice(),
+            now.first_choice(),
+        );
+        update(&mut self.held, index, was.last_resort(), now.last_resort());
         update(&mut self.idle_healthy, index, was.healthy(), now.healthy());
         update(
             &mut self.idle_degraded,
@@ -152,6 +188,51 @@ impl Router {
         key.is_none_or(|key| self.finish.contains(&(key, worker)))
     }
 
+    /// Records the throughput `worker` counts for in the sum; O(1).
+    pub(crate) fn set_rate(&mut self, worker: WorkerKey, rate: f64) {
+        let slot = worker.index() as usize;
+        if self.rates.len() <= slot {
+            if rate == 0.0 {
+                return;
+            }
+            self.rates.resize(slot + 1, 0.0);
+        }
+        if let Some(counted) = self.rates.get_mut(slot) {
+            if *counted != rate {
+                match (*counted > 0.0, rate > 0.0) {
+                    (false, true) => self.rated += 1,
+                    (true, false) => self.rated = self.rated.saturating_sub(1),
+                    _ => {}
+                }
+                self.rate_sum += rate - *counted;
+                *counted = rate;
+                if self.rated == 0 {
+                    self.rate_sum = 0.0;
+                }
+            }
+        }
+    }
+
+    /// The throughput `worker`'s slot counts for in the sum.
+    pub(crate) fn rate(&self, worker: WorkerKey) -> f64 {
+        self.rates
+            .get(worker.index() as usize)
+            .copied()
+            .unwrap_or(0.0)
+    }
+
+    /// The sum recomputed from every slot's throughput (for invariant
+    /// checks: it matches [`rate_sum`](Self::rate_sum) up to rounding).
+    pub(crate) fn rate_total(&self) -> f64 {
+        self.rates.iter().sum()
+    }
+
+    /// The schedulable workers' summed throughput, in runs per nanosecond
+    /// (never negative, whatever the rounding of its updates).
+    pub(crate) fn rate_sum(&self) -> f64 {
+        self.rate_sum.max(0.0)
+    }
+
     /// How many workers the finish order holds.
     pub(crate) fn finish_len(&self) -> usize {
         self.finish.len()
@@ -163,15 +244,18 @@ impl Router {
         let known = self.key_at(index) == Some(worker);
         let healthy = known && self.idle_healthy.contains(index);
         let degraded = known && self.idle_degraded.contains(index);
+        let held = known && self.held.contains(index);
         Membership {
-            eligible: known && self.eligible.contains(index),
+            eligible: held || (known && self.eligible.contains(index)),
             idle: healthy || degraded,
             preferred: healthy,
+            held,
         }
     }
 
+    /// Eligible workers, held ones included.
     pub(crate) fn eligible_len(&self) -> usize {
-        self.eligible.len()
+        self.eligible.len() + self.held.len()
     }
 
     pub(crate) fn idle_len(&self) -> usize {
@@ -199,7 +283,7 @@ impl Router {
             (self.eligible.len(), false)
         };
         if size == 0 {
-            return None;
+            return self.first_held();
         }
         let first_rank = rng.below(size as u64) as usize;
         let first = self.member(first_rank, from_idle)?;
@@ -216,6 +300,15 @@ impl Router {
         let (a, b) = (cost(first), cost(second));
         let second_wins = b.value < a.value || (b.value == a.value && b.healthy && !a.healthy);
         Some(if second_wins { second } else { first })
+    }
+
+    /// The first held worker from the cursor (the last resort).
+    fn first_held(&self) -> Option<WorkerKey> {
+        let index = self
+            .held
+            .next_from(self.cursor)
+            .or_else(|| self.held.next_from(0))?;
+        self.key_at(index)
     }
 
     /// The worker of rank `rank` among the idle workers (Healthy ones
@@ -256,7 +349,11 @@ impl Router {
                 .rotate(self.cursor)
                 .filter(move |index| !(idle_first && self.is_idle_index(*index)))
         });
-        idle.chain(busy).filter_map(|index| self.key_at(index))
+        // Held workers last, also built lazily.
+        let held = std::iter::once(()).flat_map(move |()| self.held.rotate(self.cursor));
+        idle.chain(busy)
+            .chain(held)
+            .filter_map(|index| self.key_at(index))
     }
 
     /// The first of [`candidates`](Self::candidates), found without
@@ -270,7 +367,8 @@ impl Router {
             _ => first(&self.idle_healthy)
                 .or_else(|| first(&self.idle_degraded))
                 .or_else(|| first(&self.eligible)),
-        }?;
+        }
+        .or_else(|| first(&self.held))?;
         self.key_at(index)
     }
 
@@ -290,17 +388,28 @@ impl Router {
         update(&mut self.free_holding, index, was, now);
     }
 
-    /// Every worker recorded by [`set_free_holding`](Self::set_free_holding),
-    /// in slot order.
-    pub(crate) fn iter_free_holding(&self) -> impl Iterator<Item = WorkerKey> + '_ {
-        self.free_holding
-            .iter()
-            .filter_map(|index| self.key_at(index))
-    }
-
     /// The first worker recorded by [`set_free_holding`](Self::set_free_holding).
     pub(crate) fn first_free_holding(&self) -> Option<WorkerKey> {
-        let index = self.free_holding.next_from(0)?;
+        self.free_holding_from(0)
+    }
+
+    /// The first worker recorded by
+    /// [`set_free_holding`](Self::set_free_holding) at or after slot
+    /// index `from`; O(log64 n).
+    pub(crate) fn free_holding_from(&self, from: u32) -> Option<WorkerKey> {
+        let index = self.free_holding.next_from(from)?;
+        self.key_at(index)
+    }
+
+    /// The first idle worker at or after slot index `from`, among the
+    /// Healthy ones (`healthy`) or the Degraded ones; O(log64 n).
+    pub(crate) fn idle_from(&self, healthy: bool, from: u32) -> Option<WorkerKey> {
+        let set = if healthy {
+            &self.idle_healthy
+        } else {
+            &self.idle_degraded
+        };
+        let index = set.next_from(from)?;
         self.key_at(index)
     }
 
@@ -317,8 +426,12 @@ impl Router {
         self.cursor = worker.index().wrapping_add(1);
     }
 
+    /// Eligible workers, held ones last.
     pub(crate) fn iter_eligible(&self) -> impl Iterator<Item = WorkerKey> + '_ {
-        self.eligible.iter().filter_map(|index| self.key_at(index))
+        self.eligible
+            .iter()
+            .chain(self.held.iter())
+            .filter_map(|index| self.key_at(index))
     }
 
     pub(crate) fn iter_idle(&self) -> impl Iterator<Item = WorkerKey> + '_ {

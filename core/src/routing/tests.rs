@@ -7,21 +7,25 @@ const OUT: Membership = Membership {
     eligible: false,
     idle: false,
     preferred: false,
+    held: false,
 };
 const BUSY: Membership = Membership {
     eligible: true,
     idle: false,
     preferred: false,
+    held: false,
 };
 const DEGRADED: Membership = Membership {
     eligible: true,
     idle: true,
     preferred: false,
+    held: false,
 };
 const HEALTHY: Membership = Membership {
     eligible: true,
     idle: true,
     preferred: true,
+    held: false,
 };
 
 fn worker(index: u32) -> WorkerKey {
@@ -228,5 +232,44 @@ fn round_robin_and_idle_first_pick_their_first_candidate_without_drawing() {
 fn load_aware_policies_list_candidates_idle_first() {
     for policy in [RoutingPolicy::LeastLoaded, RoutingPolicy::PeakEwma] {
         assert_order(&mixed(policy), &[2, 3, 1, 0]);
+    }
+}
+
+#[test]
+fn the_throughput_sum_follows_each_slot_and_returns_to_exactly_zero() {
+    let mut router = Router::new(RoutingPolicy::PeakEwma);
+    router.set_rate(worker(3), 0.1);
+    router.set_rate(worker(7), 0.3);
+    assert!((router.rate_sum() - 0.4).abs() < 1e-15);
+    router.set_rate(worker(3), 0.2);
+    assert!((router.rate_sum() - 0.5).abs() < 1e-15);
+    assert_eq!(router.rate(worker(3)), 0.2);
+    assert_eq!(router.rate(worker(9)), 0.0);
+    router.set_rate(worker(3), 0.0);
+    router.set_rate(worker(7), 0.0);
+    assert_eq!(router.rate_sum(), 0.0);
+    assert_eq!(router.rate_total(), 0.0);
+}
+
+#[test]
+fn a_held_worker_is_picked_only_when_no_other_is_eligible() {
+    const HELD: Membership = Membership {
+        eligible: true,
+        idle: false,
+        preferred: false,
+        held: true,
+    };
+    for policy in RoutingPolicy::ALL {
+        let mut router = Router::new(policy);
+        let mut rng = Rng::new(3);
+        router.set(worker(1), OUT, HELD);
+        router.set(worker(2), OUT, BUSY);
+        assert_eq!(router.eligible_len(), 2);
+        assert_eq!(router.idle_len(), 0);
+        assert_eq!(router.pick(&mut rng, costs(&[], &[])), Some(worker(2)));
+        assert_eq!(indices(router.candidates()), [2, 1]);
+        router.set(worker(2), BUSY, OUT);
+        assert_eq!(router.pick(&mut rng, costs(&[], &[])), Some(worker(1)));
+        assert!(router.membership(worker(1)).held);
     }
 }

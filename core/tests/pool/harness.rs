@@ -217,6 +217,17 @@ pub(crate) fn assert_unavailable(result: &Result<Value, WorkerPoolError>, what: 
     }
 }
 
+/// Every probe the pool started since actions were last taken.
+pub(crate) fn probes_started(h: &mut Harness) -> Vec<(WorkerKey, foreman_core::ProbeKey)> {
+    h.take_actions()
+        .into_iter()
+        .filter_map(|action| match action {
+            Action::RunProbe { worker, probe } => Some((worker, probe)),
+            _ => None,
+        })
+        .collect()
+}
+
 pub(crate) fn run_probe(h: &mut Harness) -> (WorkerKey, foreman_core::ProbeKey) {
     h.take_actions()
         .into_iter()

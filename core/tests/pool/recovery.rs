@@ -7,12 +7,14 @@ use std::time::Duration;
 
 use foreman_core::{
     Action, Event, FailureClasses, OutlierDetection, PanicMode, PoolConfig, RecoveryPolicy,
-    RequestKey, Time, TimeoutReason, WorkerErrorCode, WorkerHealthStatus, WorkerKey,
+    RecoveryState, RequestKey, Time, TimeoutReason, WorkerErrorCode, WorkerHealthStatus, WorkerKey,
     WorkerPoolError, WorkerPoolOptions, WorkerProtocolError,
 };
 use serde_json::json;
 
-use crate::harness::{failure, ms, options, request, run_probe, with_timeout, Harness};
+use crate::harness::{
+    failure, ms, options, probes_started, request, run_probe, with_timeout, Harness,
+};
 
 use WorkerHealthStatus::{Degraded, Healthy, Unavailable};
 
@@ -247,7 +249,7 @@ fn jitter_lengthens_an_ejection_by_at_most_its_permille() {
 }
 
 #[test]
-fn at_the_cap_route_to_all_keeps_the_worker_in_rotation() {
+fn at_the_cap_route_to_all_holds_the_worker_as_a_last_resort() {
     let tuning = tuning(1).with_max_ejected_percent(50);
     let mut h = pool(tuning, 4);
     let mut ejected = Vec::new();
@@ -266,12 +268,77 @@ fn at_the_cap_route_to_all_keeps_the_worker_in_rotation() {
     let counters = h.pool.stats().counters;
     assert_eq!((counters.ejections, counters.ejection_panics), (2, 1));
     assert_eq!(h.pool.worker_health(held).map(|w| w.status), Some(Degraded));
-    // The held worker still takes requests.
+    assert_eq!(h.pool.recovery_state(held), Some(RecoveryState::Held));
+    // The held worker is free, but requests go to the healthy one while it
+    // has room (one running, two queued), though it is busy.
     h.take_actions();
-    h.submit(ms(1), &request("a")).unwrap();
-    h.submit(ms(1), &request("b")).unwrap();
-    let workers: Vec<_> = h.started().into_iter().map(|(_, w)| w).collect();
-    assert!(workers.contains(&held), "{workers:?}");
+    let a = h.submit(ms(1), &request("a")).unwrap();
+    let b = h.submit(ms(1), &request("b")).unwrap();
+    h.submit(ms(1), &request("c")).unwrap();
+    let started = h.started();
+    assert_eq!(started.len(), 1, "{started:?}");
+    let healthy = started[0].1;
+    assert!(healthy != held && !ejected.contains(&healthy));
+    h.take_actions();
+    // With no other worker's room left, the held one takes the request:
+    // none is refused while a worker is in rotation.
+    let d = h.submit(ms(1), &request("d")).unwrap();
+    assert_eq!(h.started(), [(d, held)]);
+    h.take_actions();
+    // A success closes it: it is a first choice again, and takes the
+    // oldest waiting request.
+    assert!(h.complete(ms(2), d, Ok(json!(1))));
+    assert_eq!(h.pool.recovery_state(held), Some(RecoveryState::Closed));
+    assert_eq!(h.started(), [(b, held)]);
+    assert!(h.complete(ms(3), a, Ok(json!(1))));
+}
+
+#[test]
+fn a_held_worker_that_fails_fast_does_not_draw_the_waiting_requests() {
+    let tuning = tuning(1).with_max_ejected_percent(50);
+    let mut h = pool(tuning, 4);
+    fail(&mut h, ms(0));
+    fail(&mut h, ms(0));
+    let held = fail(&mut h, ms(0));
+    h.take_actions();
+    let first = h.submit(ms(1), &request("first")).unwrap();
+    let (_, healthy) = h.started()[0];
+    h.take_actions();
+    let waiting = h.submit(ms(1), &request("waiting")).unwrap();
+    assert!(h.started().is_empty());
+    // The held worker stays free while the request waits for the healthy
+    // one, which runs it next.
+    h.tick(ms(500));
+    assert!(h.started().is_empty());
+    assert!(h.complete(ms(600), first, Ok(json!(1))));
+    assert_eq!(h.started(), [(waiting, healthy)]);
+    assert_eq!(h.pool.recovery_state(held), Some(RecoveryState::Held));
+}
+
+#[test]
+fn a_clean_healthy_probe_gives_a_held_worker_another_chance() {
+    let tuning = tuning(1).with_max_ejected_percent(50);
+    let options = WorkerPoolOptions {
+        health_probe_interval: Duration::from_secs(5),
+        ..options()
+    };
+    let config = PoolConfig::new(options).with_recovery(RecoveryPolicy::OutlierDetection(tuning));
+    let mut h = Harness::with_config(config, 2);
+    fail(&mut h, ms(0));
+    let held = fail(&mut h, ms(0));
+    assert_eq!(h.pool.recovery_state(held), Some(RecoveryState::Held));
+    // Ejected until 1 s, then half-open; the probes at 5 s find both
+    // healthy: the held worker closes (a failure would hold it again).
+    h.tick(ms(5_000));
+    let probes = probes_started(&mut h);
+    assert!(probes.iter().any(|(worker, _)| *worker == held));
+    for (worker, probe) in probes {
+        assert!(h
+            .pool
+            .handle_probe_result(ms(5_001), worker, probe, Healthy));
+        h.drain();
+    }
+    assert_eq!(h.pool.recovery_state(held), Some(RecoveryState::Closed));
 }
 
 #[test]

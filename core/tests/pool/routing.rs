@@ -197,18 +197,109 @@ fn a_deferred_request_starts_on_the_slow_worker_when_the_fast_one_hangs() {
     assert!(h.started().contains(&(next, slow)), "{:?}", h.started());
 }
 
-#[test]
-fn a_free_slower_worker_still_takes_a_request_it_would_finish_first() {
+/// Two `PeakEwma` workers trained at `latency_ms` (the first the faster),
+/// the fast one then running `first`: the pool, the fast and the slow
+/// worker, when training ended and `first`.
+fn fast_runs_first(latency_ms: [u64; 2]) -> (Harness, WorkerKey, WorkerKey, Time, RequestKey) {
     let mut h = pool(RoutingPolicy::PeakEwma, 2, true);
     let (fast, slow) = (h.worker(0), h.worker(1));
-    let start = train(&mut h, ms(0), &[60, 100]);
+    let start = train(&mut h, ms(0), &latency_ms);
     let first = h.submit(start, &request("first")).unwrap();
     assert_eq!(h.started(), [(first, fast)]);
     h.take_actions();
+    (h, fast, slow, start, first)
+}
+
+#[test]
+fn a_free_slower_worker_still_takes_a_request_it_would_finish_first() {
+    let (mut h, _, slow, start, _) = fast_runs_first([60, 100]);
     // The fast worker frees in about 60 ms and would finish a second
     // request in about 120; the slow one finishes it in 100: it takes it.
     let second = h.submit(start, &request("second")).unwrap();
     assert_eq!(h.started(), [(second, slow)]);
+}
+
+/// Two workers trained at 10 and 35 ms under `PeakEwma`, at the end of
+/// training: the fast one runs `busy`, `waiting` wait for it, and the slow
+/// one runs `third` (submitted after them), all from then.
+struct FastBusySlowOnThird {
+    h: Harness,
+    fast: WorkerKey,
+    slow: WorkerKey,
+    start: Time,
+    busy: RequestKey,
+    waiting: Vec<RequestKey>,
+    third: RequestKey,
+}
+
+fn fast_busy_slow_on_third() -> FastBusySlowOnThird {
+    let (mut h, fast, slow, start, busy) = fast_runs_first([10, 35]);
+    // The fast worker frees in about 10 ms and would finish the oldest in
+    // about 20, the slow one in 35: it leaves the two oldest to the fast
+    // worker (which reaches the second in about 30 ms) ...
+    let waiting: Vec<RequestKey> = (0..2)
+        .map(|i| h.submit(start, &request(&format!("w{i}"))).unwrap())
+        .collect();
+    assert!(h.started().is_empty());
+    // ... and runs the third itself, which the fast worker would finish
+    // no sooner than it does.
+    let third = h.submit(start, &request("third")).unwrap();
+    assert_eq!(h.started(), [(third, slow)]);
+    h.take_actions();
+    FastBusySlowOnThird {
+        h,
+        fast,
+        slow,
+        start,
+        busy,
+        waiting,
+        third,
+    }
+}
+
+#[test]
+fn peak_ewma_gives_a_free_slow_worker_a_request_the_fast_ones_would_not_reach_sooner() {
+    let setup = fast_busy_slow_on_third();
+    let (mut h, fast, busy) = (setup.h, setup.fast, setup.busy);
+    let mut now = setup.start + Duration::from_millis(10);
+    assert!(h.complete(now, busy, Ok(json!(null))));
+    for key in setup.waiting {
+        assert_eq!(h.started(), [(key, fast)]);
+        h.take_actions();
+        now = now + Duration::from_millis(10);
+        assert!(h.complete(now, key, Ok(json!(null))));
+    }
+}
+
+#[test]
+fn peak_ewma_leaves_a_request_to_a_faster_worker_that_is_not_overdue() {
+    let setup = fast_busy_slow_on_third();
+    let (mut h, fast, waiting) = (setup.h, setup.fast, setup.waiting);
+    let (busy, third) = (setup.busy, setup.third);
+    let base = setup.start.since_epoch().as_millis() as u64;
+    let last = h.submit(ms(base + 1), &request("last")).unwrap();
+    // The fast worker runs the two waiting, 10 then 15 ms (its estimate
+    // rises to 15 ms: it is expected to finish the next at 55).
+    assert!(h.complete(ms(base + 10), busy, Ok(json!(null))));
+    assert_eq!(h.started(), [(waiting[0], fast)]);
+    h.take_actions();
+    assert!(h.complete(ms(base + 25), waiting[0], Ok(json!(null))));
+    assert_eq!(h.started(), [(waiting[1], fast)]);
+    h.take_actions();
+    // The slow worker frees at 40 ms (its estimate rises to 40 ms); the
+    // last request has waited 39: it is left until the slow worker's own
+    // estimate has passed (41 ms), and then still, as the fast worker is
+    // not overdue.
+    assert!(h.complete(ms(base + 40), third, Ok(json!(null))));
+    assert!(h.started().is_empty());
+    h.tick(ms(base + 41));
+    assert!(h.started().is_empty(), "{:?}", h.started());
+    assert!(h.pool.idle_workers() == 1 && h.pool.stats().queued == 1);
+    // The fast worker frees at 45 ms and runs it: answered at 60 ms, where
+    // the slow worker would have answered at 81.
+    assert!(h.complete(ms(base + 45), waiting[1], Ok(json!(null))));
+    assert_eq!(h.started(), [(last, fast)]);
+    assert_ne!(fast, setup.slow);
 }
 
 /// How many of `n` requests submitted at once (none finishing) go to the

@@ -9,7 +9,7 @@ use foreman_core::{
 };
 use serde_json::json;
 
-use crate::harness::{ms, options, request, Harness};
+use crate::harness::{ms, options, probes_started, request, Harness};
 
 #[test]
 fn shutdown_refuses_new_work_and_drains_what_it_holds() {
@@ -167,14 +167,7 @@ fn removing_a_worker_after_shutdown_is_refused() {
 fn shutdown_restart_and_removal_abort_the_outstanding_probe() {
     let mut h = Harness::new(options(), 3);
     h.tick(ms(5_000));
-    let probes: Vec<_> = h
-        .take_actions()
-        .into_iter()
-        .filter_map(|action| match action {
-            Action::RunProbe { worker, probe } => Some((worker, probe)),
-            _ => None,
-        })
-        .collect();
+    let probes = probes_started(&mut h);
     assert_eq!(probes.len(), 3);
     let aborted = |actions: &[Action<u32>]| -> Vec<_> {
         actions

@@ -9,7 +9,9 @@ use super::trace::AnswerKind;
 use super::Failure;
 
 impl Harness {
-    /// Whether a worker is schedulable, has room, and has a free run slot.
+    /// Whether a worker is schedulable, has room, and has a free run slot
+    /// that late binding must fill (a worker held at the ejection cap runs
+    /// only what was routed to it, so its free slot does not count).
     pub(super) fn worker_flags(&self, book: &WorkerBook) -> (bool, bool, bool) {
         let schedulable = !book.removing
             && !book.stopped
@@ -21,7 +23,9 @@ impl Harness {
             schedulable
                 && book.queued + book.running < self.limits.capacity.min(limit)
                 && book.queued < self.limits.queue_capacity,
-            schedulable && book.running < self.limits.max_running.min(limit),
+            schedulable
+                && book.recovery != RecoveryState::Held
+                && book.running < self.limits.max_running.min(limit),
         )
     }
 

@@ -82,7 +82,8 @@ impl Harness {
     /// is Unavailable, its ejection ends after now and the core's next
     /// timer is not after that end (so it gets its trial by then); a
     /// half-open worker is not Healthy and runs no more than its trial
-    /// permits beyond what it ran when it turned half-open.
+    /// permits beyond what it ran when it turned half-open; a held one
+    /// (at the cap, panic mode `RouteToAll` only) is not Healthy.
     fn check_recovery(&mut self) -> Result<(), Failure> {
         let next = self.pool.poll_timeout().map(|(at, _)| at);
         for key in &self.worker_list {
@@ -122,6 +123,16 @@ impl Harness {
                         book.running <= (permits as usize).max(book.running_at_half_open),
                         "half-open {key} runs {} with {permits} permits",
                         book.running
+                    );
+                }
+                RecoveryState::Held => {
+                    ensure!(
+                        tuning_route_to_all(self.limits.outlier),
+                        "{key} held at the cap under panic mode FailFast"
+                    );
+                    ensure!(
+                        book.status != WorkerHealthStatus::Healthy,
+                        "held {key} is Healthy"
                     );
                 }
                 _ => {}
@@ -445,4 +456,10 @@ impl Harness {
         );
         Ok(())
     }
+}
+
+/// Whether outlier detection holds workers at its cap (panic mode
+/// `RouteToAll`).
+fn tuning_route_to_all(tuning: Option<foreman_core::OutlierDetection>) -> bool {
+    tuning.is_some_and(|tuning| tuning.panic_mode == foreman_core::PanicMode::RouteToAll)
 }

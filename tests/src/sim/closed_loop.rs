@@ -2,7 +2,7 @@
 //! check of the [`Harness`], and measures it ([`ClosedLoopOutcome`]).
 
 use std::cmp::Reverse;
-use std::collections::{BTreeMap, BinaryHeap};
+use std::collections::{BTreeMap, BinaryHeap, VecDeque};
 use std::time::Duration;
 
 use foreman_core::{
@@ -13,7 +13,7 @@ use foreman_core::{
 use super::contenders::Contender;
 use super::latency::worker_stream;
 use super::named::{ClosedLoop, Stop};
-use super::oracle::{approving_only, choose, Knowledge, WorkerView};
+use super::oracle::{approving_only, choose, plan_late, Knowledge, WorkerView};
 use super::outcome::{ClosedLoopOutcome, Tally};
 use super::{next_instant, shut_down_and_check, FULL_CHECK_EVERY};
 use crate::model::{Failure, Harness, Outcome, Output, Shape, TraceEvent, Verdict};
@@ -22,6 +22,8 @@ use crate::rng::Rng;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 enum LoopEv {
     Submit(usize),
+    /// The late-binding oracle looks at its line again.
+    Dispatch,
     Complete(RequestKey, Outcome),
     ProbeReply(WorkerKey, ProbeKey),
 }
@@ -47,6 +49,9 @@ struct LoopSim<'a> {
     /// Each worker's running requests, with when each started and when
     /// it will end.
     running: Vec<Vec<(RequestKey, Time, Time)>>,
+    /// Under the late-binding oracle: callers' requests not yet placed, in
+    /// arrival order, with when each was submitted.
+    line: VecDeque<(usize, Time)>,
     /// Submits made so far, and the instant of the last.
     submitted: u64,
     last_submit: Time,
@@ -155,19 +160,13 @@ impl LoopSim<'_> {
         }
     }
 
-    /// The choice of an oracle knowing this much for a request submitted
-    /// now.
-    fn oracle_choice(&self, knowledge: Knowledge) -> Option<usize> {
+    /// What the oracle sees of each worker now: whether it is open, its
+    /// queue, its runs, its latency stream.
+    fn oracle_views<'v>(&'v self, runs: &'v [Vec<(Time, Time)>]) -> Vec<WorkerView<'v>> {
         let stats = self.harness.pool().stats();
-        let runs: Vec<Vec<(Time, Time)>> = self
-            .running
+        self.keys
             .iter()
-            .map(|runs| runs.iter().map(|&(_, start, end)| (start, end)).collect())
-            .collect();
-        let views: Vec<WorkerView<'_>> = self
-            .keys
-            .iter()
-            .zip(&runs)
+            .zip(runs)
             .zip(&self.latency_draws)
             .map(|((&key, running), draws)| {
                 let (open, queued) = match stats.workers.iter().find(|w| w.worker == key) {
@@ -186,8 +185,65 @@ impl LoopSim<'_> {
                     draws,
                 }
             })
-            .collect();
+            .collect()
+    }
+
+    /// Each worker's running requests: when each started and will end.
+    fn runs(&self) -> Vec<Vec<(Time, Time)>> {
+        self.running
+            .iter()
+            .map(|runs| runs.iter().map(|&(_, start, end)| (start, end)).collect())
+            .collect()
+    }
+
+    /// The choice of an oracle knowing this much for a request submitted
+    /// now.
+    fn oracle_choice(&self, knowledge: Knowledge) -> Option<usize> {
+        let runs = self.runs();
+        let views = self.oracle_views(&runs);
         choose(&self.scenario.latency, knowledge, &views, self.now)
+    }
+
+    /// Under the late-binding oracle: starts the requests of its line that
+    /// its plan ([`plan_late`]) starts now, each on its worker through a
+    /// breaker approving only that one; a refused one goes back to the
+    /// front of the line and the line is looked at again after the
+    /// refusal back-off.
+    fn dispatch_late(&mut self) -> Result<(), Failure> {
+        if self.line.is_empty() {
+            return Ok(());
+        }
+        let runs = self.runs();
+        let plan = {
+            let views = self.oracle_views(&runs);
+            plan_late(&self.scenario.latency, &views, self.line.len(), self.now)
+        };
+        let budget = Some(self.scenario.budget.as_millis() as u64);
+        for &(position, worker) in plan.iter().rev() {
+            let Some((caller, since)) = self.line.remove(position) else {
+                continue;
+            };
+            let key =
+                self.harness
+                    .submit_vetted_wide(Shape::Llm, budget, approving_only(worker))?;
+            self.react();
+            match key {
+                Some(request) => {
+                    self.callers.insert(request, (caller, since));
+                }
+                None => {
+                    self.line.push_front((caller, since));
+                    let at = self.now + self.scenario.refusal_backoff;
+                    self.schedule(at, LoopEv::Dispatch);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether this run is the late-binding oracle's.
+    fn late(&self) -> bool {
+        self.contender.oracle() == Some(Knowledge::MeansLate)
     }
 
     fn submit(&mut self, caller: usize) -> Result<(), Failure> {
@@ -196,6 +252,10 @@ impl LoopSim<'_> {
         }
         self.submitted += 1;
         self.last_submit = self.now;
+        if self.late() {
+            self.line.push_back((caller, self.now));
+            return Ok(());
+        }
         let budget = Some(self.scenario.budget.as_millis() as u64);
         let choice = self
             .contender
@@ -232,7 +292,7 @@ impl LoopSim<'_> {
             self.schedule(Time::ZERO, LoopEv::Submit(caller));
         }
         loop {
-            if self.stopped() && self.harness.pending() == 0 {
+            if self.stopped() && self.harness.pending() == 0 && self.line.is_empty() {
                 break;
             }
             let sim_next = self.events.peek().map(|Reverse((at, _, _))| *at);
@@ -248,6 +308,9 @@ impl LoopSim<'_> {
             if core_next.is_some_and(|at| at <= next) {
                 self.harness.wake(self.now)?;
                 self.react();
+                if self.late() {
+                    self.dispatch_late()?;
+                }
                 continue;
             }
             let Some(Reverse((_, _, event))) = self.events.pop() else {
@@ -256,6 +319,7 @@ impl LoopSim<'_> {
             self.harness.set_clock(self.now);
             match event {
                 LoopEv::Submit(caller) => self.submit(caller)?,
+                LoopEv::Dispatch => {}
                 LoopEv::Complete(request, outcome) => {
                     self.harness.complete(request, outcome)?;
                     self.react();
@@ -264,6 +328,9 @@ impl LoopSim<'_> {
                     self.harness.probe_result(worker, probe, Verdict::Healthy)?;
                     self.react();
                 }
+            }
+            if self.late() {
+                self.dispatch_late()?;
             }
         }
         shut_down_and_check(&mut self.harness, self.now)
@@ -323,6 +390,7 @@ pub fn run_closed_loop(
         callers: BTreeMap::new(),
         attempts: BTreeMap::new(),
         running: vec![Vec::new(); workers],
+        line: VecDeque::new(),
         submitted: 0,
         last_submit: Time::ZERO,
         tally: Tally::new(workers, seconds),

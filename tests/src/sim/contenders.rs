@@ -67,8 +67,9 @@ impl Contender {
 
 /// Every contender, one row each in every scenario's table: each routing
 /// policy of the core (a recovery preset goes here too, as a configuration
-/// function), then the oracle knowing every draw (the limit) and the
-/// oracle knowing only the latency functions' means.
+/// function), then the oracle knowing every draw (the limit), the oracle
+/// knowing only the latency functions' means, and the same binding each
+/// request late (the limit of an online latency-aware policy).
 pub const CONTENDERS: &[Contender] = &[
     Contender {
         name: "round_robin",
@@ -128,5 +129,9 @@ pub const CONTENDERS: &[Contender] = &[
     Contender {
         name: "oracle_means",
         kind: Kind::Oracle(Knowledge::Means),
+    },
+    Contender {
+        name: "oracle_means_late",
+        kind: Kind::Oracle(Knowledge::MeansLate),
     },
 ];

@@ -19,6 +19,8 @@
 //! request (no late binding), so its runs go through the same checks as
 //! every other contender's.
 
+use std::time::Duration;
+
 use foreman_core::Time;
 
 use super::latency::LatencyModel;
@@ -31,6 +33,13 @@ pub enum Knowledge {
     Draws,
     /// The latency function's mean at the instant a run would start.
     Means,
+    /// The means, as [`Knowledge::Means`], but binding each request late:
+    /// requests wait in the oracle's own line, in arrival order, and each
+    /// in turn is given the worker expected to finish it first (the means
+    /// of the runs before it), starting when that worker is free. The
+    /// best a latency-aware online policy could do knowing each worker's
+    /// true current mean (not each run's length): see [`plan_late`].
+    MeansLate,
 }
 
 /// What the oracle sees of one worker.
@@ -65,13 +74,17 @@ pub fn choose(
             let mut draws = view.draws.clone();
             let mut latency = |at: Time| match knowledge {
                 Knowledge::Draws => model.sample(worker, count, at.since_epoch(), &mut draws),
-                Knowledge::Means => model.mean(worker, count, at.since_epoch()),
+                Knowledge::Means | Knowledge::MeansLate => {
+                    model.mean(worker, count, at.since_epoch())
+                }
             };
             let mut free = now;
             for &(start, end) in view.running {
                 let end = match knowledge {
                     Knowledge::Draws => end,
-                    Knowledge::Means => start + model.mean(worker, count, start.since_epoch()),
+                    Knowledge::Means | Knowledge::MeansLate => {
+                        start + model.mean(worker, count, start.since_epoch())
+                    }
                 };
                 free = free.max(end);
             }
@@ -84,6 +97,60 @@ pub fn choose(
         .map(|(_, worker)| worker)
 }
 
+/// Late binding by the means ([`Knowledge::MeansLate`]): which of the
+/// first `waiting` requests of the line start now, and where. Each
+/// request in turn goes to the open worker whose expected finish for it
+/// is earliest (it frees at `now` if idle, else at its running request's
+/// start plus the mean, at least 1 ns after `now`; then the means of the
+/// requests planned before it); those planned on a worker free now start.
+/// Returns `(position in the line, worker)` in line order; stops once no
+/// worker is free now.
+pub fn plan_late(
+    model: &LatencyModel,
+    workers: &[WorkerView<'_>],
+    waiting: usize,
+    now: Time,
+) -> Vec<(usize, usize)> {
+    let count = workers.len();
+    let mean = |worker: usize, at: Time| model.mean(worker, count, at.since_epoch());
+    let mut free_at: Vec<Option<Time>> = workers
+        .iter()
+        .enumerate()
+        .map(|(worker, view)| {
+            view.open.then(|| {
+                view.running
+                    .iter()
+                    .map(|&(start, _)| {
+                        (start + mean(worker, start)).max(now + Duration::from_nanos(1))
+                    })
+                    .max()
+                    .unwrap_or(now)
+            })
+        })
+        .collect();
+    let mut starts = Vec::new();
+    for position in 0..waiting {
+        if !free_at.iter().flatten().any(|&at| at <= now) {
+            break;
+        }
+        let best = free_at
+            .iter()
+            .enumerate()
+            .filter_map(|(worker, at)| at.map(|at| (at + mean(worker, at), worker, at)))
+            .min();
+        let Some((end, worker, at)) = best else {
+            break;
+        };
+        if at <= now {
+            starts.push((position, worker));
+        }
+        if let Some(slot) = free_at.get_mut(worker) {
+            *slot = Some(end);
+        }
+    }
+    starts
+}
+
 /// A veto mask (over worker ordinals) that approves only `worker`.
 pub fn approving_only(worker: usize) -> u64 {
     !(1u64 << (worker % 64))
@@ -91,8 +158,6 @@ pub fn approving_only(worker: usize) -> u64 {
 
 #[cfg(test)]
 mod tests {
-    use std::time::Duration;
-
     use super::*;
     use crate::sim::latency::worker_stream;
 
@@ -183,6 +248,28 @@ mod tests {
         let shorter = usize::from(next[1] < next[0]);
         assert_eq!(choose(&model, Knowledge::Draws, &views, now), Some(shorter));
         assert_eq!(choose(&model, Knowledge::Means, &views, now), Some(0));
+    }
+
+    #[test]
+    fn late_by_the_means_a_slower_free_worker_starts_only_what_the_fast_one_would_finish_later() {
+        let now = Time::ZERO + Duration::from_secs(1);
+        let draws = worker_stream(0, 0, 0);
+        // Worker 0 (10 ms) runs a request that started now; workers 1
+        // (100 ms) and 2 (1 s) are idle.
+        let running = [(now, now + Duration::from_millis(10))];
+        let views = [
+            view(true, 0, &running, &draws),
+            view(true, 0, &[], &draws),
+            view(true, 0, &[], &draws),
+        ];
+        // Worker 0 finishes the first nine waiting requests by 100 ms
+        // from now: none starts elsewhere.
+        assert!(plan_late(&SPREAD, &views, 9, now).is_empty());
+        // The tenth would finish there at 110 ms: worker 1 starts it now.
+        assert_eq!(plan_late(&SPREAD, &views, 10, now), [(9, 1)]);
+        // Closed workers take nothing.
+        let closed = [view(false, 0, &[], &draws); 3];
+        assert!(plan_late(&SPREAD, &closed, 10, now).is_empty());
     }
 
     #[test]
