@@ -159,6 +159,7 @@ mod names;
 mod notes;
 mod outcome;
 mod pool;
+mod refusal;
 mod runtime;
 #[cfg(feature = "tower")]
 mod service;
@@ -192,6 +193,7 @@ pub use settings::{
 pub use closure::{handler_fn, HandlerFn, HealthyProbe};
 pub use handler::{CircuitBreakerHooks, WorkerHandler, WorkerPoolClient};
 pub use pool::WorkerPool;
+pub use refusal::refuse_not_started;
 pub use runtime::{AsyncTimer, Runtime};
 #[cfg(feature = "tower")]
 pub use service::{PoolService, PoolServiceFuture, ServiceHandler};
@@ -223,6 +225,9 @@ pub mod api {
         WorkerPoolOptions, WorkerProtocolError, WorkerRequest, WorkerResponse, WorkerResult,
         WorkerSecurityPolicy, WorkerStats,
     };
+
+    /// A handler's "refused, not started" answer.
+    pub use crate::refuse_not_started;
 
     /// Deadlines by phase: a request's queue-wait and run limits.
     pub use crate::{LimitedRequest, PhaseLimits, TimeoutLimit};

@@ -168,6 +168,9 @@ impl<R: Runtime> Shared<R> {
         out: &mut Own,
     ) {
         let mut probes = Vec::new();
+        // A caller's task reports a refusal as the failure it returned
+        // (`refuse_not_started`'s docs): the request it handed back goes.
+        crate::refusal::clear();
         let now = self.now();
         {
             let mut core = lane.core.lock();

@@ -7,13 +7,14 @@ use std::sync::{Arc, Weak};
 use std::task::Poll;
 use std::time::Duration;
 
-use foreman_core::{RequestKey, Time, WorkerHealthStatus, WorkerKey, WorkerProtocolError};
+use foreman_core::{RequestKey, Time, WorkerHealthStatus, WorkerKey};
 use futures_util::future::{poll_fn, Abortable};
 use futures_util::FutureExt;
-use serde_json::Value;
 
+use crate::refusal::Outcome;
 use crate::runtime::Runtime;
 use crate::shared::Shared;
+use crate::slot::HeldRequest;
 use crate::started::WorkerCell;
 use crate::state::{Own, ProbeJob};
 use crate::worker::{worker_task, Completer, Job};
@@ -66,7 +67,7 @@ impl<R: Runtime> Completer for Shared<R> {
         lane: usize,
         worker: WorkerKey,
         key: RequestKey,
-        result: Result<Value, WorkerProtocolError>,
+        outcome: Outcome,
         next: &mut Vec<Job>,
     ) {
         let lane = self.lane(lane);
@@ -80,7 +81,22 @@ impl<R: Runtime> Completer for Shared<R> {
         let now = self.now();
         {
             let mut core = lane.core.lock();
-            core.pool.handle_completion(now, key, result);
+            match outcome {
+                Outcome::Finished(result) => {
+                    core.pool.handle_completion(now, key, result);
+                }
+                Outcome::Refused(request) => {
+                    // Back into its slot before the actions are carried
+                    // out: whichever worker the core starts it on takes it
+                    // from there. (Dropped if the request no longer runs.)
+                    let request = HeldRequest::new(request);
+                    if core.pool.handle_refusal(now, key) {
+                        if let Some(slot) = core.pool.payload(key) {
+                            slot.lock().parked = request;
+                        }
+                    }
+                }
+            }
             core.after_input(None, &mut own, &mut probes, &lane.signals, 0);
         }
         own.wake_all();

@@ -8,7 +8,10 @@
 //! completes a request carries out the completion's actions itself, and a
 //! request the core starts next on the same worker is run at once, without
 //! a wake-up. The core's `Abort` reaches the task through the inbox too: it
-//! drops that handler future.
+//! drops that handler future. A handler that hands its request back with
+//! [`refuse_not_started`](crate::refuse_not_started) in the poll that
+//! returns its error has its run reported as a refusal
+//! ([`crate::refusal`]).
 
 use std::panic::AssertUnwindSafe;
 use std::sync::Weak;
@@ -16,10 +19,10 @@ use std::task::{Context, Poll};
 
 use foreman_core::{RequestKey, WorkerErrorCode, WorkerKey, WorkerProtocolError, WorkerRequest};
 use futures_util::future::poll_fn;
-use serde_json::Value;
 
 use crate::handler::{OwnedHandlerFuture, WorkerHandler};
 use crate::live::LiveGuard;
+use crate::refusal::{self, Outcome};
 use crate::sync::{AtomicWaker, FastMutex};
 use crate::trace::{Attempt, RequestSpan};
 use crate::wakers::Wakers;
@@ -127,14 +130,15 @@ impl Running {
 
 /// What a worker task needs from the pool: carrying out a completion.
 pub(crate) trait Completer: Send + Sync + 'static {
-    /// Feeds a finished handler's result to the core of `lane`; requests
-    /// the core starts next on this worker come back in `next`.
+    /// Feeds a finished handler's result, or its refusal, to the core of
+    /// `lane`; requests the core starts next on this worker come back in
+    /// `next`.
     fn complete_on_worker(
         self: &std::sync::Arc<Self>,
         lane: usize,
         worker: WorkerKey,
         key: RequestKey,
-        result: Result<Value, WorkerProtocolError>,
+        outcome: Outcome,
         next: &mut Vec<Job>,
     );
 }
@@ -153,7 +157,7 @@ pub(crate) async fn worker_task<C: Completer>(
     // released.
     let mut arrived: Vec<Job> = Vec::new();
     let mut aborts: Vec<RequestKey> = Vec::new();
-    let mut finished: Vec<(RequestKey, Result<Value, WorkerProtocolError>)> = Vec::new();
+    let mut finished: Vec<(RequestKey, Outcome)> = Vec::new();
     let mut next: Vec<Job> = Vec::new();
     let mut aborted: Vec<Running> = Vec::new();
     poll_fn(move |cx: &mut Context<'_>| {
@@ -188,28 +192,30 @@ pub(crate) async fn worker_task<C: Completer>(
             }
             let mut index = 0;
             while let Some(run) = running.get_mut(index) {
+                refusal::clear();
                 let polled =
                     std::panic::catch_unwind(AssertUnwindSafe(|| run.future.as_mut().poll(cx)));
-                let result = match polled {
+                let outcome = match polled {
                     Ok(Poll::Pending) => {
+                        refusal::clear();
                         index += 1;
                         continue;
                     }
-                    Ok(Poll::Ready(result)) => result,
-                    Err(panic) => Err(panic_error(&*panic)),
+                    Ok(Poll::Ready(result)) => Outcome::of(result),
+                    Err(panic) => Outcome::of(Err(panic_error(&*panic))),
                 };
                 let Running { key, future, live } = running.swap_remove(index);
                 drop(future);
                 drop(live);
-                finished.push((key, result));
+                finished.push((key, outcome));
             }
             if finished.is_empty() {
                 return Poll::Pending;
             }
             match pool.upgrade() {
                 Some(pool) => {
-                    for (key, result) in finished.drain(..) {
-                        pool.complete_on_worker(lane, worker, key, result, &mut next);
+                    for (key, outcome) in finished.drain(..) {
+                        pool.complete_on_worker(lane, worker, key, outcome, &mut next);
                     }
                 }
                 None => finished.clear(),

@@ -4,7 +4,7 @@
 use super::workers::CommandError;
 use super::{Lifecycle, Pool, Worker};
 use crate::config::PoolConfig;
-use crate::keys::WorkerKey;
+use crate::keys::{RequestKey, WorkerKey};
 use crate::protocol::{WorkerHealth, WorkerHealthStatus};
 use crate::stats::{Counters, Stats, WorkerStats};
 use crate::time::Time;
@@ -23,6 +23,13 @@ impl<P: Clone> Pool<P> {
     /// Health of one worker, if it exists.
     pub fn worker_health(&self, worker: WorkerKey) -> Option<WorkerHealth> {
         self.workers.get(worker.0).map(|slot| self.health_of(slot))
+    }
+
+    /// The payload a request was submitted with, while it is accepted and
+    /// not yet answered (`None` otherwise): what a driver that gets a
+    /// request back from a handler that refused it puts it back into.
+    pub fn payload(&self, request: RequestKey) -> Option<&P> {
+        self.requests.get(request.0).map(|entry| &entry.payload)
     }
 
     /// Counters, queue depths and in-flight requests.

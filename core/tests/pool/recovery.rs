@@ -478,3 +478,20 @@ fn a_refused_request_that_late_binding_moved_is_queued_once() {
     h.drain();
     assert_eq!(h.answers().len(), 2);
 }
+
+#[test]
+fn a_request_keeps_its_payload_for_the_driver_until_its_answer() {
+    let mut h = Harness::new(options(), 2);
+    let (key, _) = start(&mut h, ms(0));
+    let payload = h.pool.payload(key).copied();
+    assert!(payload.is_some(), "a running request's payload");
+    assert!(h.pool.handle_refusal(ms(1), key));
+    assert_eq!(
+        h.pool.payload(key).copied(),
+        payload,
+        "kept while it waits again"
+    );
+    h.drain();
+    assert!(h.complete(ms(2), key, Ok(json!(1))));
+    assert_eq!(h.pool.payload(key), None, "given back with the answer");
+}

@@ -38,7 +38,7 @@ impl Completer for Recorder {
         _lane: usize,
         _worker: WorkerKey,
         key: RequestKey,
-        _result: Result<Value, WorkerProtocolError>,
+        _outcome: crate::refusal::Outcome,
         _next: &mut Vec<Job>,
     ) {
         lock(&self.completed).push(key);
