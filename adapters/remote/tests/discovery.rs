@@ -308,7 +308,7 @@ async fn a_changed_capacity_re_adds_the_endpoint_once_its_old_worker_has_finishe
     write(&path, &format!("{A} capacity=1\n"));
     let fleet = Arc::new(Fleet::default());
     let first = Endpoint::new(A).with_capacity(1);
-    let pool = pool_of(&fleet, &[first.clone()], 1_000);
+    let pool = pool_of(&fleet, std::slice::from_ref(&first), 1_000);
     let mut discovery = Discovery::new(
         Arc::clone(&pool),
         Source::File(path.clone()),
