@@ -21,11 +21,11 @@ impl Harness {
         (
             schedulable,
             schedulable
-                && book.queued + book.running < self.limits.capacity.min(limit)
+                && book.queued + book.running < book.capacity.min(limit)
                 && book.queued < self.limits.queue_capacity,
             schedulable
                 && book.recovery != RecoveryState::Held
-                && book.running < self.limits.max_running.min(limit),
+                && book.running < book.max_running.min(limit),
         )
     }
 
