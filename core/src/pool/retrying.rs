@@ -47,7 +47,7 @@ impl<P: Clone> Pool<P> {
             return false;
         }
         let now = self.now;
-        let Some(to) = self.router.iter_idle().find(|&other| other != worker) else {
+        let Some(to) = self.pick_idle_except(worker) else {
             return false;
         };
         let last_run = self.workers.get(to.0).and_then(|slot| slot.last_run);
@@ -63,6 +63,16 @@ impl<P: Clone> Pool<P> {
             return false;
         }
         let attempt = attempts.saturating_add(1);
+        let run_key = self.run_key(request);
+        let Some(entry) = self.requests.get_mut(request.0) else {
+            return false;
+        };
+        // A hedge that ran on alone is over: the retry runs under the
+        // request's own key.
+        if let Some(sibling) = entry.sibling.take() {
+            self.hedge_runs
+                .remove(super::hedging::run_slot(sibling.key));
+        }
         let Some(entry) = self.requests.get_mut(request.0) else {
             return false;
         };
@@ -71,7 +81,7 @@ impl<P: Clone> Pool<P> {
         entry.attempts = attempt;
         let payload = entry.payload.clone();
         if let Some(slot) = self.workers.get_mut(worker.0) {
-            slot.running.remove(request);
+            slot.running.remove(run_key);
         }
         if let Some(slot) = self.workers.get_mut(to.0) {
             slot.running.push(request);
@@ -83,7 +93,8 @@ impl<P: Clone> Pool<P> {
             to,
             attempt,
         });
-        let may_retry = self.may_run_again(true, attempt);
+        let (hedge, hedges) = (entry.hedge, entry.hedges);
+        let may_retry = self.may_run_again(true, attempt) || self.may_hedge(hedge, hedges);
         self.actions.push_back(Action::Start {
             request,
             worker: to,
@@ -92,6 +103,7 @@ impl<P: Clone> Pool<P> {
         });
         // The run limit counts from this attempt's start.
         self.arm_phase_limit(request);
+        self.arm_hedge(request);
         self.refresh_load(to);
         true
     }
