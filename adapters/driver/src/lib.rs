@@ -135,6 +135,7 @@
 //! | `foreman_requests_succeeded_total` | counter | — | answered with the handler's output |
 //! | `foreman_requests_failed_total` | counter | — | answered with the handler's error or panic |
 //! | `foreman_requests_retried_total` | counter | — | failed attempts that ran again on another worker (a [`RetryPolicy`]); not answers |
+//! | `foreman_requests_hedged_total` | counter | — | second attempts of running requests on another worker (a [`HedgePolicy`]); not answers |
 //! | `foreman_requests_timed_out_total` | counter | `phase`: `queued`, `running` | the time budget ran out |
 //! | `foreman_requests_cancelled_total` | counter | — | the caller dropped its `submit` future |
 //! | `foreman_requests_aborted_total` | counter | `cause`: `restart`, `shutdown` (the drain deadline), `worker_removed` (no other worker could take it) | aborted by the pool |
@@ -208,6 +209,7 @@ pub use foreman_core::{
     WorkerRequest, WorkerResponse, WorkerResult, WorkerSecurityPolicy, WorkerStats,
 };
 pub use foreman_core::{FailureClasses, OutlierDetection, PanicMode, RecoveryPolicy};
+pub use foreman_core::{HedgeDelay, HedgePolicy};
 
 /// What every adapter crate re-exports (`pub use foreman_driver::api::*`):
 /// the reference's API, foreman's additions, and what a [`Runtime`] is
@@ -222,6 +224,7 @@ pub mod api {
         WorkerPoolOptions, WorkerProtocolError, WorkerRequest, WorkerResponse, WorkerResult,
         WorkerSecurityPolicy, WorkerStats,
     };
+    pub use crate::{HedgeDelay, HedgePolicy};
 
     /// Deadlines by phase: a request's queue-wait and run limits.
     pub use crate::{LimitedRequest, PhaseLimits, TimeoutLimit};

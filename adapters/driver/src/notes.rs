@@ -48,6 +48,13 @@ enum Note {
         to: Arc<str>,
         attempt: u32,
     },
+    #[cfg(feature = "tracing")]
+    Hedged {
+        request: RequestKey,
+        from: Arc<str>,
+        to: Arc<str>,
+        attempt: u32,
+    },
 }
 
 #[cfg(any(feature = "tracing", feature = "metrics"))]
@@ -187,6 +194,36 @@ impl Notes {
         let _ = (meter, from.1);
     }
 
+    /// A running request got a second attempt on another worker
+    /// (`Event::Hedged`): the hedge is counted and traced (its `Start`
+    /// raises its worker's in-flight gauge).
+    #[cfg(any(feature = "tracing", feature = "metrics"))]
+    #[inline]
+    pub(crate) fn hedged(
+        &mut self,
+        meter: &PoolMeter,
+        request: RequestKey,
+        from: &std::sync::Arc<str>,
+        to: &std::sync::Arc<str>,
+        attempt: u32,
+    ) {
+        #[cfg(feature = "metrics")]
+        self.push(Note::Count(meter.hedged()));
+        #[cfg(feature = "tracing")]
+        if wanted(tracing::Level::DEBUG) {
+            self.push(Note::Hedged {
+                request,
+                from: Arc::clone(from),
+                to: Arc::clone(to),
+                attempt,
+            });
+        }
+        #[cfg(not(feature = "tracing"))]
+        let _ = (request, from, to, attempt);
+        #[cfg(not(feature = "metrics"))]
+        let _ = meter;
+    }
+
     /// A worker's health changed (`Event::HealthChanged`).
     #[inline]
     pub(crate) fn health(
@@ -265,6 +302,13 @@ impl Notes {
                     to,
                     attempt,
                 } => crate::trace::retried(request, &from, &to, attempt),
+                #[cfg(feature = "tracing")]
+                Note::Hedged {
+                    request,
+                    from,
+                    to,
+                    attempt,
+                } => crate::trace::hedged(request, &from, &to, attempt),
             }
         }
         let _ = SPARE.try_with(|spare| spare.set(items));

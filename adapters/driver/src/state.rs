@@ -439,6 +439,13 @@ impl Core {
                     to,
                     attempt,
                 } => self.note_retried(request, from, to, attempt, notes),
+                Event::Hedged {
+                    request,
+                    from,
+                    to,
+                    attempt,
+                    ..
+                } => self.note_hedged(request, from, to, attempt, notes),
                 Event::Rejected { .. } => {}
                 Event::ShutdownComplete { .. } => {
                     self.live.mark_stopped();
@@ -510,6 +517,23 @@ impl Core {
                 &to.cell.id,
                 attempt,
             );
+        }
+        #[cfg(not(any(feature = "tracing", feature = "metrics")))]
+        let _ = (request, from, to, attempt, notes);
+    }
+
+    /// Notes a hedge for the `tracing` and `metrics` features.
+    fn note_hedged(
+        &self,
+        request: RequestKey,
+        from: WorkerKey,
+        to: WorkerKey,
+        attempt: u32,
+        notes: &mut Notes,
+    ) {
+        #[cfg(any(feature = "tracing", feature = "metrics"))]
+        if let (Some(from), Some(to)) = (self.workers.get(&from), self.workers.get(&to)) {
+            notes.hedged(&self.meter, request, &from.cell.id, &to.cell.id, attempt);
         }
         #[cfg(not(any(feature = "tracing", feature = "metrics")))]
         let _ = (request, from, to, attempt, notes);
