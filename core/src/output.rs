@@ -46,8 +46,11 @@ pub enum Action<P> {
         may_retry: bool,
     },
     /// Stop the running request now (drop its handler future). Its answer
-    /// always follows in the same batch as an [`Action::Answer`]; a
-    /// completion that still arrives for it is ignored.
+    /// always follows in the same batch as an [`Action::Answer`], unless
+    /// the request was hedged: an abort of one of its two attempts (the
+    /// loser, under the key its `Start` named) is reported as
+    /// [`Event::AttemptEnded`], and the request is answered by the other.
+    /// A completion that still arrives for it is ignored.
     Abort {
         /// The request to stop.
         request: RequestKey,
@@ -197,6 +200,20 @@ pub enum Event {
         to: WorkerKey,
         /// Which attempt the hedge is (2 for a first attempt's hedge).
         attempt: u32,
+    },
+    /// One of a hedged request's two attempts ended without answering it
+    /// (it lost to the other, which answered; it failed retryably, was
+    /// refused or its worker restarted while the other ran on): its
+    /// worker no longer runs it. The request's answer, when it comes,
+    /// names the worker of the attempt that answered.
+    AttemptEnded {
+        /// The request.
+        request: RequestKey,
+        /// The key the attempt ran under (the request's own, or its
+        /// hedge's).
+        attempt: RequestKey,
+        /// The worker that ran it.
+        worker: WorkerKey,
     },
     /// A worker's health status changed.
     HealthChanged {

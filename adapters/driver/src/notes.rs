@@ -195,8 +195,9 @@ impl Notes {
     }
 
     /// A running request got a second attempt on another worker
-    /// (`Event::Hedged`): the hedge is counted and traced (its `Start`
-    /// raises its worker's in-flight gauge).
+    /// (`Event::Hedged`): the hedge is counted and traced. Its `Start`
+    /// raises its worker's in-flight gauge and, as for any start, lowers
+    /// its queued one, which the hedge never joined: raised back here.
     #[cfg(any(feature = "tracing", feature = "metrics"))]
     #[inline]
     pub(crate) fn hedged(
@@ -204,11 +205,17 @@ impl Notes {
         meter: &PoolMeter,
         request: RequestKey,
         from: &std::sync::Arc<str>,
-        to: &std::sync::Arc<str>,
+        to: (&std::sync::Arc<str>, &WorkerMeter),
         attempt: u32,
     ) {
+        let (to, to_meter) = to;
         #[cfg(feature = "metrics")]
-        self.push(Note::Count(meter.hedged()));
+        {
+            self.push(Note::Count(meter.hedged()));
+            self.push(Note::Gauge(to_meter.queued.clone(), 1.0));
+        }
+        #[cfg(not(feature = "metrics"))]
+        let _ = to_meter;
         #[cfg(feature = "tracing")]
         if wanted(tracing::Level::DEBUG) {
             self.push(Note::Hedged {
@@ -222,6 +229,16 @@ impl Notes {
         let _ = (request, from, to, attempt);
         #[cfg(not(feature = "metrics"))]
         let _ = meter;
+    }
+
+    /// One attempt of a hedged request ended without answering it
+    /// (`Event::AttemptEnded`): it leaves its worker's in-flight gauge.
+    #[inline]
+    pub(crate) fn attempt_ended(&mut self, worker: &WorkerMeter) {
+        #[cfg(feature = "metrics")]
+        self.push(Note::Gauge(worker.in_flight.clone(), -1.0));
+        #[cfg(not(feature = "metrics"))]
+        let _ = worker;
     }
 
     /// A worker's health changed (`Event::HealthChanged`).

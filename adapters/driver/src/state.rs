@@ -446,6 +446,11 @@ impl Core {
                     attempt,
                     ..
                 } => self.note_hedged(request, from, to, attempt, notes),
+                Event::AttemptEnded { worker, .. } => {
+                    if let Some(entry) = self.workers.get(&worker) {
+                        notes.attempt_ended(&entry.cell.meter);
+                    }
+                }
                 Event::Rejected { .. } => {}
                 Event::ShutdownComplete { .. } => {
                     self.live.mark_stopped();
@@ -533,7 +538,13 @@ impl Core {
     ) {
         #[cfg(any(feature = "tracing", feature = "metrics"))]
         if let (Some(from), Some(to)) = (self.workers.get(&from), self.workers.get(&to)) {
-            notes.hedged(&self.meter, request, &from.cell.id, &to.cell.id, attempt);
+            notes.hedged(
+                &self.meter,
+                request,
+                &from.cell.id,
+                (&to.cell.id, &to.cell.meter),
+                attempt,
+            );
         }
         #[cfg(not(any(feature = "tracing", feature = "metrics")))]
         let _ = (request, from, to, attempt, notes);

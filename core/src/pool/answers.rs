@@ -159,7 +159,7 @@ impl<P: Clone> Pool<P> {
             unreachable_state();
             return;
         };
-        self.forget_sibling(entry.sibling);
+        self.forget_sibling(request, entry.sibling);
         self.forget_hedge_at(request, entry.hedge_at);
         self.actions.push_back(Action::Answer(Answer {
             request,

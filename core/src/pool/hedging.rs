@@ -384,7 +384,7 @@ impl<P: Clone> Pool<P> {
         let Some(run) = self.hedge_runs.remove(run_slot(key)) else {
             return;
         };
-        self.unlist_loser(key, run.worker, abort);
+        self.unlist_loser(request, key, run.worker, abort);
     }
 
     /// Ends `request`'s own attempt (aborted if `abort`; taken off its
@@ -402,12 +402,15 @@ impl<P: Clone> Pool<P> {
         };
         let own = entry.worker;
         if unlist {
-            self.unlist_loser(request, own, abort);
-        } else if abort {
-            self.actions.push_back(Action::Abort {
-                request,
-                worker: own,
-            });
+            self.unlist_loser(request, request, own, abort);
+        } else {
+            self.attempt_ended(request, request, own);
+            if abort {
+                self.actions.push_back(Action::Abort {
+                    request,
+                    worker: own,
+                });
+            }
         }
         if let Some(entry) = self.requests.get_mut(request.0) {
             entry.worker = run.worker;
@@ -423,7 +426,14 @@ impl<P: Clone> Pool<P> {
     /// Takes a losing attempt `key` off `worker`'s run list (aborting it
     /// if `abort`); the worker is refreshed by the next
     /// `after_worker_change`.
-    fn unlist_loser(&mut self, key: RequestKey, worker: WorkerKey, abort: bool) {
+    fn unlist_loser(
+        &mut self,
+        request: RequestKey,
+        key: RequestKey,
+        worker: WorkerKey,
+        abort: bool,
+    ) {
+        self.attempt_ended(request, key, worker);
         if abort {
             self.actions.push_back(Action::Abort {
                 request: key,
@@ -439,15 +449,25 @@ impl<P: Clone> Pool<P> {
 
     /// An answered request's hedge: aborted if it still raced the
     /// request's own attempt, forgotten in any case.
-    pub(super) fn forget_sibling(&mut self, sibling: Option<Sibling>) {
+    pub(super) fn forget_sibling(&mut self, request: RequestKey, sibling: Option<Sibling>) {
         let Some(Sibling { key, alone }) = sibling else {
             return;
         };
         if let Some(run) = self.hedge_runs.remove(run_slot(key)) {
             if !alone {
-                self.unlist_loser(key, run.worker, true);
+                self.unlist_loser(request, key, run.worker, true);
             }
         }
+    }
+
+    /// Reports that `request`'s attempt `key` on `worker` ended without
+    /// answering it.
+    fn attempt_ended(&mut self, request: RequestKey, key: RequestKey, worker: WorkerKey) {
+        self.events.push_back(Event::AttemptEnded {
+            request,
+            attempt: key,
+            worker,
+        });
     }
 
     /// Refreshes the workers whose losing attempts ended (but `done`,
@@ -479,6 +499,7 @@ impl<P: Clone> Pool<P> {
             if sibling.alone {
                 return Some(run.request);
             }
+            self.attempt_ended(run.request, key, worker);
             self.actions.push_back(Action::Abort {
                 request: key,
                 worker,
@@ -536,6 +557,7 @@ impl<P: Clone> Pool<P> {
             }
             slot.saturated = true;
         }
+        self.attempt_ended(run.request, key, run.worker);
         self.after_worker_change(run.worker, HealthCause::Success);
         Ok(None)
     }

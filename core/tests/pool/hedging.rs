@@ -119,6 +119,11 @@ fn the_hedge_that_answers_first_wins_and_the_first_attempt_is_aborted() {
     h.take_actions();
     assert!(h.complete(ms(130), hedge, Ok(json!("fast"))));
     assert_eq!(aborts(&h), vec![(key, own)], "the loser is aborted");
+    assert!(h.take_events().iter().any(|event| matches!(
+        event,
+        Event::AttemptEnded { request, attempt, worker }
+            if *request == key && *attempt == key && *worker == own
+    )));
     let answers = h.answers();
     assert_eq!(answers.len(), 1, "exactly one answer");
     assert_eq!(answers[0].request, key, "under the caller's key");
@@ -162,6 +167,10 @@ fn a_retryable_failure_of_one_attempt_leaves_the_request_to_the_other() {
     h.take_actions();
     assert!(h.complete(ms(120), key, Err(failure())));
     assert!(h.answers().is_empty(), "the hedge still runs");
+    assert!(h.take_events().iter().any(|event| matches!(
+        event,
+        Event::AttemptEnded { attempt, worker, .. } if *attempt == key && *worker == own
+    )));
     assert!(aborts(&h).is_empty(), "the failed attempt ended by itself");
     assert_eq!(h.pool.worker_health(own).unwrap().consecutive_failures, 1);
     // Its own key is spent; the hedge answers.
