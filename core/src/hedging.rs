@@ -300,6 +300,7 @@ mod tests {
         /// above the run and at most 1.25 times it, and the bucket before
         /// ends at or below it.
         #[test]
+        #[cfg_attr(miri, ignore)]
         fn a_bucket_bounds_its_runs_within_a_quarter_octave(nanos in 1u64 << 10..1u64 << 44) {
             let index = bucket_of(Duration::from_nanos(nanos));
             let upper = upper_edge(index).as_nanos() as f64;
