@@ -185,6 +185,8 @@ mod settings;
 #[cfg(feature = "async-io")]
 pub use io_timer::IoTimer;
 #[cfg(feature = "config")]
+pub use settings::HedgeSettings;
+#[cfg(feature = "config")]
 pub use settings::{
     ConfigFileError, DriverSettings, PoolSettings, RecoveryName, RecoverySettings,
     RetryBudgetSettings, RetrySettings, SecurityPolicySettings,
@@ -237,6 +239,8 @@ pub mod api {
     /// The recovery policy's options.
     pub use crate::{FailureClasses, OutlierDetection, PanicMode, RecoveryPolicy};
 
+    #[cfg(feature = "config")]
+    pub use crate::HedgeSettings;
     /// Settings files (the `config` feature).
     #[cfg(feature = "config")]
     pub use crate::{
