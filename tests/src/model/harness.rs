@@ -325,7 +325,13 @@ impl Harness {
         self.ejections
     }
 
-    /// Submits seen so far, accepted and answered.
+    /// The request an attempt's key belongs to: a running hedge's request,
+    /// or the key itself.
+    pub fn attempt_owner(&self, key: RequestKey) -> RequestKey {
+        self.owner(key)
+    }
+
+    /// Submitted, accepted and answered so far.
     pub fn totals(&self) -> (u64, u64, u64) {
         (self.submitted, self.accepted, self.answered)
     }
