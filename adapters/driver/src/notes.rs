@@ -163,7 +163,9 @@ impl Notes {
 
     /// A failed attempt runs again on another worker (`Event::Retried`):
     /// its run moves from one worker's in-flight gauge to the other's
-    /// (whose `Start` raises it), and the retry is counted and traced.
+    /// (whose `Start` raises it and, as for any start, lowers the queued
+    /// gauge, which the retry never joined: raised back here), and the
+    /// retry is counted and traced.
     #[cfg(any(feature = "tracing", feature = "metrics"))]
     #[inline]
     pub(crate) fn retried(
@@ -171,14 +173,18 @@ impl Notes {
         meter: &PoolMeter,
         request: RequestKey,
         from: (&std::sync::Arc<str>, &WorkerMeter),
-        to: &std::sync::Arc<str>,
+        to: (&std::sync::Arc<str>, &WorkerMeter),
         attempt: u32,
     ) {
+        let (to, to_meter) = to;
         #[cfg(feature = "metrics")]
         {
             self.push(Note::Gauge(from.1.in_flight.clone(), -1.0));
+            self.push(Note::Gauge(to_meter.queued.clone(), 1.0));
             self.push(Note::Count(meter.retried()));
         }
+        #[cfg(not(feature = "metrics"))]
+        let _ = to_meter;
         #[cfg(feature = "tracing")]
         if wanted(tracing::Level::DEBUG) {
             self.push(Note::Retried {

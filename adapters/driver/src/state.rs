@@ -519,7 +519,7 @@ impl Core {
                 &self.meter,
                 request,
                 (&from.cell.id, &from.cell.meter),
-                &to.cell.id,
+                (&to.cell.id, &to.cell.meter),
                 attempt,
             );
         }

@@ -116,6 +116,12 @@ pub async fn retryable_llm_failures_run_again_on_another_worker<R: Runtime + Def
             0.0,
             "{worker}"
         );
+        // A retry never queued: its start leaves the queued gauge alone.
+        assert_eq!(
+            m.gauge("foreman_worker_queued", &labels),
+            0.0,
+            "queued {worker}"
+        );
     }
     pool.shutdown().await;
 
