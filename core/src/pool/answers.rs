@@ -53,8 +53,13 @@ impl<P: Clone> Pool<P> {
     /// A handler finished the request it was started with.
     ///
     /// A success clears the worker's failure count; an error counts as one
-    /// failure. Returns `false` (and does nothing) when the request is not
-    /// running (already answered, aborted, or unknown).
+    /// failure. `request` is the key the `Start` named: a request's own,
+    /// or a hedge's ([`Event::Hedged`](crate::Event::Hedged)). While a
+    /// request's two attempts run, the first to answer wins (the other is
+    /// aborted, charging no worker), but a retryable failure only ends its
+    /// own attempt and leaves the request to the other. Returns `false`
+    /// (and does nothing) when that attempt is not running (already
+    /// answered, aborted, lost to the other attempt, or unknown).
     pub fn handle_completion(
         &mut self,
         now: Time,

@@ -77,7 +77,12 @@ impl<P: Clone> Pool<P> {
     /// with its deferral timer armed); the router's eligible set is exactly the schedulable
     /// workers with room; every deadline has a timer; every probing worker
     /// has exactly one probe timer; a request runs at most the retry
-    /// policy's attempts, and only a running one has run; the counters add up (accepted = answered + pending);
+    /// policy's attempts plus its hedges, and only a running one has run;
+    /// every hedge runs on a worker that lists it, linked both ways with
+    /// its running request (racing its own attempt on another worker, or
+    /// alone, its request's books naming its worker and start); every
+    /// request due for a hedge is in the due set, and the hedge timer is
+    /// armed at the earliest; the counters add up (accepted = answered + pending);
     /// a stopped pool holds nothing.
     ///
     /// # Errors

@@ -117,7 +117,9 @@ use run_list::RunList;
 /// at the first `handle_timeout` whose `now` is at or after it, never before.
 ///
 /// # Answers
-/// Every accepted request gets exactly one [`Action::Answer`]: its result,
+/// Every accepted request gets exactly one [`Action::Answer`] (a hedged
+/// request too: its two attempts race, the first answer wins and the
+/// other is aborted; see [`HedgePolicy`](crate::HedgePolicy)): its result,
 /// a worker error, `Timeout` (queue wait plus run time exceeded its budget,
 /// or a phase ran past its limit), `Cancelled`, or `ShuttingDown` once a
 /// drain deadline passes. Every answer says how long the request queued
