@@ -35,6 +35,7 @@
 use std::time::Duration;
 
 use crate::protocol::WorkerOperation;
+use crate::retries::kind_allowed;
 
 /// When a running request gets a second attempt on another, idle worker.
 ///
@@ -122,11 +123,7 @@ impl HedgePolicy {
 
     /// Whether a request running `operation` may be hedged at all.
     pub fn covers(&self, operation: &WorkerOperation) -> bool {
-        self.max_hedges > 0
-            && match operation {
-                WorkerOperation::Llm { .. } => self.llm,
-                WorkerOperation::Tool { .. } => self.tools,
-            }
+        self.max_hedges > 0 && kind_allowed(operation, self.llm, self.tools)
     }
 
     /// Whether the estimate of [`HedgeDelay::RunTimePercentile`] is used.

@@ -17,7 +17,6 @@
 //! Due hedges wait in `hedge_due`, ordered by instant, under one
 //! pool-wide timer armed at the earliest: O(log n) per start and answer.
 
-use super::scheduling::too_late_to_start;
 use super::{HedgeRun, Lifecycle, Pool, RequestState, Sibling};
 use crate::health::HealthCause;
 use crate::hedging::{HedgeDelay, RunTimes};
@@ -204,18 +203,13 @@ impl<P: Clone> Pool<P> {
         let Some(to) = self.pick_idle_except(from) else {
             return;
         };
-        let last_run = self.workers.get(to.0).and_then(|slot| slot.last_run);
-        if too_late_to_start(deadline, now, last_run)
+        if !self.may_start_extra(deadline, to)
             || !self.hedge_runs.has_room()
             || self.hedge_runs.len() >= (HEDGE_BIT - 1) as usize
         {
             return;
         }
-        let granted = self
-            .retry_ledger
-            .as_mut()
-            .is_some_and(|ledger| ledger.try_withdraw(now));
-        if !granted {
+        if !self.withdraw_extra() {
             self.counters.hedges_over_budget += 1;
             return;
         }
@@ -236,9 +230,6 @@ impl<P: Clone> Pool<P> {
         entry.sibling = Some(Sibling { key, alone: false });
         let (attempt, retry) = (entry.attempts, entry.retry);
         let payload = entry.payload.clone();
-        if let Some(slot) = self.workers.get_mut(to.0) {
-            slot.running.push(key);
-        }
         self.counters.hedged += 1;
         self.events.push_back(Event::Hedged {
             request,
@@ -249,13 +240,7 @@ impl<P: Clone> Pool<P> {
         });
         // Should the hedge run on alone and fail, it may be retried.
         let may_retry = self.may_run_again(retry, attempt);
-        self.actions.push_back(Action::Start {
-            request: key,
-            worker: to,
-            payload,
-            may_retry,
-        });
-        self.refresh_load(to);
+        self.start_on(key, to, payload, may_retry);
     }
 
     /// The routing policy's pick among the idle workers other than

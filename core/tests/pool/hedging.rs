@@ -7,23 +7,11 @@ use std::time::Duration;
 
 use foreman_core::{
     Action, Event, HedgeDelay, HedgePolicy, PoolConfig, RequestKey, RetryBudget, RetryPolicy,
-    RoutingPolicy, TimeoutReason, WorkerErrorCode, WorkerKey, WorkerOperation, WorkerPoolError,
-    WorkerProtocolError, WorkerRequest,
+    RoutingPolicy, TimeoutReason, WorkerErrorCode, WorkerKey, WorkerPoolError, WorkerProtocolError,
 };
 use serde_json::json;
 
-use crate::harness::{failure, ms, options, request, Harness};
-
-fn llm(id: &str) -> WorkerRequest {
-    WorkerRequest {
-        operation: WorkerOperation::Llm {
-            model: "m".into(),
-            prompt: "p".into(),
-            scoped_input: json!({}),
-        },
-        ..request(id)
-    }
-}
+use crate::harness::{failure, llm, ms, options, request, Harness};
 
 fn fixed(delay_ms: u64) -> HedgePolicy {
     HedgePolicy::default().with_delay(HedgeDelay::Fixed(Duration::from_millis(delay_ms)))

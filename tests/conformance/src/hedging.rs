@@ -8,13 +8,13 @@ use std::time::Duration;
 
 use foreman_driver::{
     handler_fn, BuildError, DriverOptions, ExecutionMode, HedgeDelay, HedgePolicy, PoolConfig,
-    Runtime, WorkerHandler, WorkerOperation, WorkerPool, WorkerRequest, WorkerResult,
+    Runtime, WorkerHandler, WorkerPool, WorkerRequest, WorkerResult,
 };
 use metrics_util::debugging::DebuggingRecorder;
 use serde_json::json;
 
 use crate::observability::Readings;
-use crate::support::{request, sleep, wait_until};
+use crate::support::{llm, sleep, wait_until};
 
 /// Counts the drops of a handler future that had not finished.
 struct Unfinished(Arc<AtomicUsize>);
@@ -44,17 +44,6 @@ fn after<R: Runtime + Clone>(
         }
     })
     .into_arc()
-}
-
-fn llm(id: &str) -> WorkerRequest {
-    WorkerRequest {
-        operation: WorkerOperation::Llm {
-            model: "model".into(),
-            prompt: "prompt".into(),
-            scoped_input: json!({}),
-        },
-        ..request(id, "llm")
-    }
 }
 
 /// The first LLM call of a fresh pool goes to the slow first worker; at
