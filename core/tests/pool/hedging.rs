@@ -6,8 +6,9 @@
 use std::time::Duration;
 
 use foreman_core::{
-    Action, Event, HedgeDelay, HedgePolicy, PoolConfig, RequestKey, RetryBudget, RetryPolicy,
-    RoutingPolicy, TimeoutReason, WorkerErrorCode, WorkerKey, WorkerPoolError, WorkerProtocolError,
+    Action, Event, HedgeDelay, HedgePolicy, PhaseLimits, PoolConfig, RequestKey, RetryBudget,
+    RetryPolicy, RoutingPolicy, TimeoutLimit, TimeoutReason, WorkerErrorCode, WorkerKey,
+    WorkerPoolError, WorkerProtocolError,
 };
 use serde_json::json;
 
@@ -427,4 +428,54 @@ fn a_retry_goes_to_the_routing_policys_pick_among_the_idle_workers() {
     h.complete(ms(2), a, Err(failure()));
     let started = h.started();
     assert_eq!(started, vec![(a, h.worker(2))]);
+}
+
+#[test]
+fn a_request_a_circuit_breaker_placed_is_never_hedged() {
+    let mut h = hedging(fixed(100), 2);
+    h.pool
+        // Vetoed for worker-0: placed on worker-1 by the breaker, pinned.
+        .submit_with(ms(0), &llm("vetted"), 9, |id| id != "worker-0")
+        .expect("accepted");
+    h.drain();
+    let start = h.take_actions();
+    assert!(
+        matches!(
+            start[..],
+            [Action::Start {
+                may_retry: false,
+                ..
+            }]
+        ),
+        "nothing kept for a hedge: {start:?}"
+    );
+    h.tick(ms(100));
+    assert!(h.started().is_empty());
+    assert_eq!(h.pool.stats().counters.hedged, 0);
+}
+
+#[test]
+fn a_run_limit_aborts_both_attempts_and_answers_once() {
+    let mut h = hedging(fixed(100), 2);
+    let limits = PhaseLimits::new().with_run(Duration::from_millis(150));
+    let key = h.submit_limited(ms(0), &llm("limited"), limits).unwrap();
+    let own = h.started()[0].1;
+    h.take_actions();
+    h.tick(ms(100));
+    let (hedge, other) = h.started()[0];
+    h.take_actions();
+    // The run limit times the request's own attempt, from its start.
+    h.tick(ms(150));
+    let mut aborted = aborts(&h);
+    aborted.sort();
+    let mut expected = vec![(key, own), (hedge, other)];
+    expected.sort();
+    assert_eq!(aborted, expected);
+    let answers = h.answers();
+    assert_eq!(answers.len(), 1);
+    assert_eq!(answers[0].result, Err(WorkerPoolError::Timeout));
+    assert_eq!(answers[0].limit, Some(TimeoutLimit::Run));
+    // Charged to the attempt whose limit passed, not to the hedge's worker.
+    assert_eq!(h.pool.worker_health(own).unwrap().consecutive_failures, 1);
+    assert_eq!(h.pool.worker_health(other).unwrap().consecutive_failures, 0);
 }
