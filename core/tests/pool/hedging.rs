@@ -479,3 +479,46 @@ fn a_run_limit_aborts_both_attempts_and_answers_once() {
     assert_eq!(h.pool.worker_health(own).unwrap().consecutive_failures, 1);
     assert_eq!(h.pool.worker_health(other).unwrap().consecutive_failures, 0);
 }
+
+#[test]
+fn a_refused_hedge_leaves_the_request_to_its_first_attempt() {
+    let mut h = hedging(fixed(100), 2);
+    let (key, hedge, _, other) = hedged_at_100ms(&mut h);
+    h.take_actions();
+    assert!(h.pool.handle_refusal(ms(101), hedge));
+    h.drain();
+    assert!(h.answers().is_empty());
+    assert!(h.take_events().iter().any(|event| matches!(
+        event,
+        Event::AttemptEnded { attempt, worker, .. } if *attempt == hedge && *worker == other
+    )));
+    // Not charged; the hedge is over, so its late completion is ignored.
+    assert_eq!(h.pool.worker_health(other).unwrap().consecutive_failures, 0);
+    assert!(!h.complete(ms(102), hedge, Ok(json!("late"))));
+    assert!(h.complete(ms(110), key, Ok(json!("own"))));
+    let answers = h.answers();
+    assert_eq!(answers.len(), 1);
+    assert_eq!(answers[0].attempts, 1, "a refused hedge never started");
+}
+
+#[test]
+fn a_refused_hedge_running_alone_puts_the_request_back_in_line() {
+    let mut h = hedging(fixed(100), 2);
+    let (key, hedge, _, _) = hedged_at_100ms(&mut h);
+    h.take_actions();
+    // Its own attempt fails retryably: the hedge runs on alone.
+    assert!(h.complete(ms(110), key, Err(failure())));
+    assert!(h.answers().is_empty());
+    // The hedge's worker declines it: the request waits again and is
+    // started anew under its own key, answered once.
+    assert!(h.pool.handle_refusal(ms(111), hedge));
+    h.drain();
+    let started = h.started();
+    assert_eq!(started.len(), 1, "started again on the free worker");
+    assert_eq!(started[0].0, key);
+    assert!(h.complete(ms(120), key, Ok(json!("again"))));
+    let answers = h.answers();
+    assert_eq!(answers.len(), 1);
+    assert_eq!(answers[0].result, Ok(json!("again")));
+    assert_eq!(h.pool.stats().counters.refused_not_started, 1);
+}
