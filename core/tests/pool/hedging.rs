@@ -52,6 +52,15 @@ fn aborts(h: &Harness) -> Vec<(RequestKey, WorkerKey)> {
         .collect()
 }
 
+/// Both attempts were aborted, each under its key on its worker.
+fn assert_both_aborted(h: &Harness, own: (RequestKey, WorkerKey), hedge: (RequestKey, WorkerKey)) {
+    let mut aborted = aborts(h);
+    aborted.sort();
+    let mut expected = vec![own, hedge];
+    expected.sort();
+    assert_eq!(aborted, expected);
+}
+
 /// A request started at 0 on worker 0 of two, hedged at 100 ms on
 /// worker 1: (request, hedge, own worker, hedge's worker).
 fn hedged_at_100ms(h: &mut Harness) -> (RequestKey, RequestKey, WorkerKey, WorkerKey) {
@@ -272,11 +281,7 @@ fn a_cancel_aborts_both_attempts_and_answers_once() {
     let (key, hedge, own, other) = hedged_at_100ms(&mut h);
     h.take_actions();
     assert!(h.cancel(ms(120), key));
-    let mut aborted = aborts(&h);
-    aborted.sort();
-    let mut expected = vec![(key, own), (hedge, other)];
-    expected.sort();
-    assert_eq!(aborted, expected);
+    assert_both_aborted(&h, (key, own), (hedge, other));
     assert_eq!(h.answers().len(), 1);
     assert!(!h.complete(ms(130), hedge, Ok(json!("late"))));
     assert!(!h.complete(ms(130), key, Ok(json!("late"))));
@@ -293,11 +298,7 @@ fn the_drain_deadline_aborts_both_attempts_and_answers_once() {
     h.drain();
     assert!(h.answers().is_empty(), "both still run while draining");
     h.tick(ms(160));
-    let mut aborted = aborts(&h);
-    aborted.sort();
-    let mut expected = vec![(key, own), (hedge, other)];
-    expected.sort();
-    assert_eq!(aborted, expected);
+    assert_both_aborted(&h, (key, own), (hedge, other));
     let answers = h.answers();
     assert_eq!(answers.len(), 1);
     assert_eq!(answers[0].result, Err(WorkerPoolError::ShuttingDown));
@@ -466,11 +467,7 @@ fn a_run_limit_aborts_both_attempts_and_answers_once() {
     h.take_actions();
     // The run limit times the request's own attempt, from its start.
     h.tick(ms(150));
-    let mut aborted = aborts(&h);
-    aborted.sort();
-    let mut expected = vec![(key, own), (hedge, other)];
-    expected.sort();
-    assert_eq!(aborted, expected);
+    assert_both_aborted(&h, (key, own), (hedge, other));
     let answers = h.answers();
     assert_eq!(answers.len(), 1);
     assert_eq!(answers[0].result, Err(WorkerPoolError::Timeout));
