@@ -92,6 +92,7 @@ pub mod config;
 mod deadlines;
 mod dismantle;
 mod health;
+mod hedging;
 mod index_set;
 mod keys;
 pub mod lanes;
@@ -116,6 +117,7 @@ pub use config::{
 pub use deadlines::{LimitedRequest, PhaseLimits, TimeoutLimit};
 pub use dismantle::{dismantle, dismantle_request};
 pub use health::HealthCause;
+pub use hedging::{HedgeDelay, HedgePolicy};
 pub use keys::{ProbeKey, RequestKey, WorkerKey};
 pub use output::{Action, Answer, Event, Phase};
 pub use pool::admission::Refused;

@@ -22,6 +22,13 @@ pub enum Action<P> {
     /// Run the request on the worker and report the outcome with
     /// [`crate::Pool::handle_completion`]. Carries a clone of the payload
     /// given to `submit` (the core keeps the original until the answer).
+    ///
+    /// A hedge ([`Event::Hedged`]) is started under a key of its own, which
+    /// no submit returned: its payload is the hedged request's, and the
+    /// driver runs it like any start and reports its completion under
+    /// that key. The hedged request's [`Action::Answer`] carries the
+    /// winning attempt's result; the losing attempt is aborted
+    /// ([`Action::Abort`] under its own key).
     Start {
         /// The request to run.
         request: RequestKey,
@@ -29,15 +36,21 @@ pub enum Action<P> {
         worker: WorkerKey,
         /// The payload given to `submit`.
         payload: P,
-        /// Whether this attempt's failure may run the request again (the
-        /// pool's [`RetryPolicy`](crate::RetryPolicy) covers it and it has
-        /// attempts left): the driver then keeps what it needs to start it
-        /// once more. `false` for every start of a pool without retries.
+        /// Whether the request may be started once more after this start:
+        /// this attempt's failure may run it again (the pool's
+        /// [`RetryPolicy`](crate::RetryPolicy) covers it and it has
+        /// attempts left), or it may be hedged while this attempt runs
+        /// ([`HedgePolicy`](crate::HedgePolicy)). The driver then keeps
+        /// what it needs to start it once more. `false` for every start of
+        /// a pool with neither retries nor hedging.
         may_retry: bool,
     },
     /// Stop the running request now (drop its handler future). Its answer
-    /// always follows in the same batch as an [`Action::Answer`]; a
-    /// completion that still arrives for it is ignored.
+    /// always follows in the same batch as an [`Action::Answer`], unless
+    /// the request was hedged: an abort of one of its two attempts (the
+    /// loser, under the key its `Start` named) is reported as
+    /// [`Event::AttemptEnded`], and the request is answered by the other.
+    /// A completion that still arrives for it is ignored.
     Abort {
         /// The request to stop.
         request: RequestKey,
@@ -107,8 +120,8 @@ pub struct Answer<P> {
     pub queued_for: Duration,
     /// Time the handler ran, if it started (its last attempt's run).
     pub ran_for: Option<Duration>,
-    /// Times the request was started: 0 if it never ran, 1 without a
-    /// retry.
+    /// Times the request was started, retries and hedges included: 0 if
+    /// it never ran, 1 without a retry or a hedge.
     pub attempts: u32,
     /// For a `Timeout`, the limit that fired: the overall budget, the
     /// queue-wait limit or the run limit; `None` for every other answer.
@@ -172,6 +185,35 @@ pub enum Event {
         to: WorkerKey,
         /// Which attempt comes next (2 for the first retry).
         attempt: u32,
+    },
+    /// A running request got a second attempt on another worker
+    /// ([`HedgePolicy`](crate::HedgePolicy)): `hedge` is the key its
+    /// [`Action::Start`] names.
+    Hedged {
+        /// The request.
+        request: RequestKey,
+        /// The key of the hedge's attempt.
+        hedge: RequestKey,
+        /// The worker running the attempt that was hedged.
+        from: WorkerKey,
+        /// The worker that runs the hedge.
+        to: WorkerKey,
+        /// Which attempt the hedge is (2 for a first attempt's hedge).
+        attempt: u32,
+    },
+    /// One of a hedged request's two attempts ended without answering it
+    /// (it lost to the other, which answered; it failed retryably, was
+    /// refused or its worker restarted while the other ran on): its
+    /// worker no longer runs it. The request's answer, when it comes,
+    /// names the worker of the attempt that answered.
+    AttemptEnded {
+        /// The request.
+        request: RequestKey,
+        /// The key the attempt ran under (the request's own, or its
+        /// hedge's).
+        attempt: RequestKey,
+        /// The worker that ran it.
+        worker: WorkerKey,
     },
     /// A worker's health status changed.
     HealthChanged {

@@ -112,11 +112,16 @@ impl RetryPolicy {
 
     /// Whether a request running `operation` may be retried at all.
     pub fn covers(&self, operation: &WorkerOperation) -> bool {
-        self.max_attempts > 1
-            && match operation {
-                WorkerOperation::Llm { .. } => self.llm,
-                WorkerOperation::Tool { .. } => self.tools,
-            }
+        self.max_attempts > 1 && kind_allowed(operation, self.llm, self.tools)
+    }
+}
+
+/// Whether a policy allowing LLM calls (`llm`) and tool calls (`tools`)
+/// allows `operation`'s kind (retries and hedging decide by kind alike).
+pub(crate) fn kind_allowed(operation: &WorkerOperation, llm: bool, tools: bool) -> bool {
+    match operation {
+        WorkerOperation::Llm { .. } => llm,
+        WorkerOperation::Tool { .. } => tools,
     }
 }
 

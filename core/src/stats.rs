@@ -84,6 +84,14 @@ pub struct Counters {
     /// Requests a handler refused before starting them, which waited
     /// again (`Pool::handle_refusal`).
     pub refused_not_started: u64,
+    /// Hedges started: second attempts of still-running requests on
+    /// another worker ([`HedgePolicy`](crate::HedgePolicy)).
+    pub hedged: u64,
+    /// Requests answered by their hedge, which finished before the first
+    /// attempt.
+    pub hedges_won: u64,
+    /// Hedges the retry budget refused (the request ran on alone).
+    pub hedges_over_budget: u64,
 }
 
 impl Counters {
@@ -117,6 +125,9 @@ impl Counters {
             ejections,
             ejection_panics,
             refused_not_started,
+            hedged,
+            hedges_won,
+            hedges_over_budget,
         } = *other;
         self.submitted += submitted;
         self.accepted += accepted;
@@ -144,6 +155,9 @@ impl Counters {
         self.ejection_panics += ejection_panics;
         self.refused_not_started += refused_not_started;
         self.probes_timed_out += probes_timed_out;
+        self.hedged += hedged;
+        self.hedges_won += hedges_won;
+        self.hedges_over_budget += hedges_over_budget;
     }
 
     /// Requests answered so far, by any outcome.
@@ -226,6 +240,9 @@ mod tests {
             ejections: 8388608 * scale,
             ejection_panics: 16777216 * scale,
             refused_not_started: 33554432 * scale,
+            hedged: 67108864 * scale,
+            hedges_won: 134217728 * scale,
+            hedges_over_budget: 268435456 * scale,
         }
     }
 

@@ -36,6 +36,8 @@ pub enum TimeoutReason {
     /// waiting request after all, which free workers had left to a faster
     /// busy worker.
     DeferralEnd,
+    /// A running request is due for a hedge ([`crate::HedgePolicy`]).
+    HedgeDue,
 }
 
 /// What a timer entry is for.
@@ -50,6 +52,8 @@ pub(crate) enum Timer {
     Ejection(WorkerKey),
     /// Free workers' deferral of the backlog's oldest request ends.
     Deferral,
+    /// The earliest request due for a hedge is (one timer for the pool).
+    Hedge,
 }
 
 impl Timer {
@@ -63,6 +67,7 @@ impl Timer {
             Timer::Drain => TimeoutReason::DrainDeadline,
             Timer::Ejection(_) => TimeoutReason::EjectionExpiry,
             Timer::Deferral => TimeoutReason::DeferralEnd,
+            Timer::Hedge => TimeoutReason::HedgeDue,
         }
     }
 }
@@ -182,6 +187,7 @@ mod tests {
             TimeoutReason::ProbeTimeout
         );
         assert_eq!(Timer::Drain.reason(), TimeoutReason::DrainDeadline);
+        assert_eq!(Timer::Hedge.reason(), TimeoutReason::HedgeDue);
     }
 
     #[test]

@@ -8,7 +8,8 @@ use std::time::Duration;
 
 use arbitrary::Unstructured;
 use foreman_core::{
-    PoolConfig, RecoveryPolicy, RetryPolicy, RoutingPolicy, WorkerPoolOptions, WorkerSecurityPolicy,
+    HedgeDelay, HedgePolicy, PoolConfig, RecoveryPolicy, RetryPolicy, RoutingPolicy,
+    WorkerPoolOptions, WorkerSecurityPolicy,
 };
 use foreman_tests::model::{Harness, Op};
 
@@ -74,8 +75,9 @@ pub fn core_ops_outcome(data: &[u8]) -> Outcome {
 /// A configuration from the first bytes: queue capacity, failure
 /// threshold, then concurrency (the byte mod 3) and routing (the rest):
 /// idle-first with late binding (the default), idle-first without, or
-/// round robin; then the load-aware policies, outlier detection, retries
-/// and phase limits, each from a bit of a fourth byte.
+/// round robin; then the load-aware policies, outlier detection, retries,
+/// phase limits and hedging (after a fixed 50 ms, or at the workers' p95),
+/// each from a bit of a fourth byte.
 fn small_config(u: &mut Unstructured<'_>) -> PoolConfig {
     let defaults = WorkerPoolOptions::default();
     let options = WorkerPoolOptions {
@@ -91,15 +93,14 @@ fn small_config(u: &mut Unstructured<'_>) -> PoolConfig {
         ..defaults
     };
     let pick = u.arbitrary::<u8>().unwrap_or(0);
-    let config =
-        PoolConfig::new(options).with_max_concurrency_per_worker(u32::from(pick % 3) + 1);
+    let config = PoolConfig::new(options).with_max_concurrency_per_worker(u32::from(pick % 3) + 1);
     let config = match (pick / 3) % 3 {
         0 => config,
         1 => config.with_late_binding(false),
         _ => config.with_routing(RoutingPolicy::RoundRobin),
     };
     // A fourth byte, when there is one, turns on the rest: the load-aware
-    // policies, outlier detection, retries, phase limits.
+    // policies, outlier detection, retries, phase limits, hedging.
     let more = u.arbitrary::<u8>().unwrap_or(0);
     let config = match more % 4 {
         1 => config.with_routing(RoutingPolicy::LeastLoaded),
@@ -116,10 +117,22 @@ fn small_config(u: &mut Unstructured<'_>) -> PoolConfig {
     } else {
         config
     };
-    if more & 0x10 != 0 {
+    let config = if more & 0x10 != 0 {
         config
             .with_queue_wait_limit(Some(Duration::from_millis(200)))
             .with_run_limit(Some(Duration::from_secs(1)))
+    } else {
+        config
+    };
+    if more & 0x20 != 0 {
+        let delay = if more & 0x40 != 0 {
+            HedgeDelay::RunTimePercentile(950)
+        } else {
+            HedgeDelay::Fixed(Duration::from_millis(50))
+        };
+        config.with_hedging(Some(
+            HedgePolicy::default().with_delay(delay).with_tools(true),
+        ))
     } else {
         config
     }

@@ -6,7 +6,7 @@
 
 use std::time::Duration;
 
-use foreman_core::PoolConfig;
+use foreman_core::{PoolConfig, RetryBudget};
 
 use foreman_tests::sim::report::run_every_contender;
 use foreman_tests::sim::{run_closed_loop, ClosedLoop, ClosedLoopOutcome, Contender, CONTENDERS};
@@ -147,10 +147,11 @@ fn six_of_ten_failing_refuses_no_request_for_want_of_a_worker() {
 }
 
 /// Every worker failing half of its requests retryably: a pool without a
-/// retry policy runs every request that started exactly once (attempts are
-/// counted per request); one with a policy retries within its attempts and
-/// its budget: the extra attempts stay within the budget's share of the
-/// requests plus its reserve over the run.
+/// retry policy runs every request that started exactly once, or once
+/// plus its hedges (attempts are counted per request); one with a policy
+/// retries within its attempts and its budget: the extra attempts stay
+/// within the budget's share of the requests plus its reserve over the
+/// run.
 #[test]
 fn retry_storm_retries_only_within_the_budget() {
     let outcomes = run_all(ClosedLoop::RETRY_STORM);
@@ -158,12 +159,31 @@ fn retry_storm_retries_only_within_the_budget() {
     for outcome in &outcomes {
         let figures = outcome.figures();
         let started = outcome.accepted - outcome.timeouts_queued;
-        let retries = Contender::named(outcome.policy)
-            .and_then(|contender| contender.configure(PoolConfig::default()).retries);
+        let config = Contender::named(outcome.policy)
+            .map(|contender| contender.configure(PoolConfig::default()));
+        let retries = config.as_ref().and_then(|config| config.retries);
+        let max_hedges = config
+            .as_ref()
+            .and_then(|config| config.hedging)
+            .map_or(0, |policy| policy.max_hedges);
         match retries {
             None => {
-                assert_eq!(outcome.most_attempts, 1, "{figures}");
-                assert_eq!(outcome.attempts, started, "{figures}");
+                assert!(
+                    outcome.most_attempts <= 1 + u64::from(max_hedges),
+                    "{figures}"
+                );
+                assert_eq!(outcome.attempts, started + outcome.hedged, "{figures}");
+                let budget = RetryBudget::default();
+                let windows = outcome.completion.as_secs_f64() / budget.window.as_secs_f64();
+                let allowance = f64::from(budget.share_percent) / 100.0 * started as f64
+                    + f64::from(budget.reserve_per_second)
+                        * budget.window.as_secs_f64()
+                        * windows.ceil();
+                assert!(
+                    (outcome.hedged as f64) <= allowance,
+                    "{} hedges over an allowance of {allowance}: {figures}",
+                    outcome.hedged
+                );
             }
             Some(policy) => {
                 assert!(
@@ -190,6 +210,42 @@ fn retry_storm_retries_only_within_the_budget() {
 
 /// A named scenario run twice gives the same trace hash, under every
 /// contender.
+/// Heavy-tailed LLM-like workers with idle ones about: hedging at each
+/// worker's p95 cuts the p999 under both routing policies it runs with,
+/// by far, for a few per cent more attempts, each request still answered
+/// once; pools without hedging make none.
+#[test]
+fn llm_like_heavy_tail_hedging_at_p95_cuts_the_tail() {
+    let outcomes = run_all(ClosedLoop::LLM_LIKE_HEAVY_TAIL);
+    assert_no_ejection_nor_refusal(&outcomes);
+    for (plain, hedged) in [
+        ("idle_first", "idle_first_hedged_p95"),
+        ("peak_ewma", "peak_ewma_hedged_p95"),
+    ] {
+        let (plain, hedged) = (row(&outcomes, plain), row(&outcomes, hedged));
+        let figures = hedged.figures();
+        assert_eq!(plain.hedged, 0, "{}", plain.figures());
+        assert!(hedged.hedged > 0, "{figures}");
+        assert!(
+            hedged.p999.as_secs_f64() <= 0.6 * plain.p999.as_secs_f64(),
+            "p999 {:?} against {:?} without hedging: {figures}",
+            hedged.p999,
+            plain.p999
+        );
+        assert!(hedged.p99 < plain.p99, "{figures}");
+        assert_eq!(
+            hedged.attempts,
+            hedged.accepted + hedged.hedged,
+            "{figures}"
+        );
+        assert!(
+            hedged.attempts as f64 <= 1.1 * hedged.accepted as f64,
+            "{figures}"
+        );
+        assert!(hedged.hedges_won <= hedged.hedged, "{figures}");
+    }
+}
+
 #[test]
 fn a_named_scenario_is_its_own_replay() {
     let scenario = ClosedLoop::LLM_LIKE_SLOWDOWN.with_requests(300);

@@ -135,6 +135,7 @@
 //! | `foreman_requests_succeeded_total` | counter | — | answered with the handler's output |
 //! | `foreman_requests_failed_total` | counter | — | answered with the handler's error or panic |
 //! | `foreman_requests_retried_total` | counter | — | failed attempts that ran again on another worker (a [`RetryPolicy`]); not answers |
+//! | `foreman_requests_hedged_total` | counter | — | second attempts of running requests on another worker (a [`HedgePolicy`]); not answers |
 //! | `foreman_requests_timed_out_total` | counter | `phase`: `queued`, `running` | the time budget ran out |
 //! | `foreman_requests_cancelled_total` | counter | — | the caller dropped its `submit` future |
 //! | `foreman_requests_aborted_total` | counter | `cause`: `restart`, `shutdown` (the drain deadline), `worker_removed` (no other worker could take it) | aborted by the pool |
@@ -186,6 +187,8 @@ mod settings;
 #[cfg(feature = "async-io")]
 pub use io_timer::IoTimer;
 #[cfg(feature = "config")]
+pub use settings::HedgeSettings;
+#[cfg(feature = "config")]
 pub use settings::{
     ConfigFileError, DriverSettings, PoolSettings, RecoveryName, RecoverySettings,
     RetryBudgetSettings, RetrySettings, SecurityPolicySettings,
@@ -213,6 +216,7 @@ pub use foreman_core::{
     WorkerRequest, WorkerResponse, WorkerResult, WorkerSecurityPolicy, WorkerStats,
 };
 pub use foreman_core::{FailureClasses, OutlierDetection, PanicMode, RecoveryPolicy};
+pub use foreman_core::{HedgeDelay, HedgePolicy};
 
 /// What every adapter crate re-exports (`pub use foreman_driver::api::*`):
 /// the reference's API, foreman's additions, and what a [`Runtime`] is
@@ -227,6 +231,7 @@ pub mod api {
         WorkerPoolOptions, WorkerProtocolError, WorkerRequest, WorkerResponse, WorkerResult,
         WorkerSecurityPolicy, WorkerStats,
     };
+    pub use crate::{HedgeDelay, HedgePolicy};
 
     /// A handler's "refused, not started" answer.
     pub use crate::refuse_not_started;
@@ -248,6 +253,8 @@ pub mod api {
     /// Workers added by id with their own run limits, and why one is refused.
     pub use crate::{CommandError, WorkerSpec};
 
+    #[cfg(feature = "config")]
+    pub use crate::HedgeSettings;
     /// Settings files (the `config` feature).
     #[cfg(feature = "config")]
     pub use crate::{

@@ -40,6 +40,7 @@ struct PoolHandles {
     succeeded: Counter,
     failed: Counter,
     retried: Counter,
+    hedged: Counter,
     timed_out_queued: Counter,
     timed_out_running: Counter,
     cancelled: Counter,
@@ -90,6 +91,7 @@ impl PoolMeter {
                     succeeded: metrics::counter!("foreman_requests_succeeded_total"),
                     failed: metrics::counter!("foreman_requests_failed_total"),
                     retried: metrics::counter!("foreman_requests_retried_total"),
+                    hedged: metrics::counter!("foreman_requests_hedged_total"),
                     timed_out_queued: timed_out(Phase::Queued),
                     timed_out_running: timed_out(Phase::Running),
                     cancelled: metrics::counter!("foreman_requests_cancelled_total"),
@@ -167,6 +169,12 @@ impl PoolMeter {
         self.handles.retried.clone()
     }
 
+    /// The counter of hedges, for a note to move.
+    #[cfg(feature = "metrics")]
+    pub(crate) fn hedged(&self) -> Counter {
+        self.handles.hedged.clone()
+    }
+
     /// `count` workers were added (a new worker is Healthy).
     #[inline]
     pub(crate) fn workers_added(&self, count: usize) {
@@ -231,6 +239,10 @@ fn describe() {
     describe_counter!(
         "foreman_requests_retried_total",
         "Failed attempts that ran again on another worker (RetryPolicy)."
+    );
+    describe_counter!(
+        "foreman_requests_hedged_total",
+        "Second attempts of running requests on another worker (HedgePolicy)."
     );
     describe_counter!(
         "foreman_requests_timed_out_total",

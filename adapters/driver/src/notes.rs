@@ -48,6 +48,13 @@ enum Note {
         to: Arc<str>,
         attempt: u32,
     },
+    #[cfg(feature = "tracing")]
+    Hedged {
+        request: RequestKey,
+        from: Arc<str>,
+        to: Arc<str>,
+        attempt: u32,
+    },
 }
 
 #[cfg(any(feature = "tracing", feature = "metrics"))]
@@ -156,7 +163,9 @@ impl Notes {
 
     /// A failed attempt runs again on another worker (`Event::Retried`):
     /// its run moves from one worker's in-flight gauge to the other's
-    /// (whose `Start` raises it), and the retry is counted and traced.
+    /// (whose `Start` raises it and, as for any start, lowers the queued
+    /// gauge, which the retry never joined: raised back here), and the
+    /// retry is counted and traced.
     #[cfg(any(feature = "tracing", feature = "metrics"))]
     #[inline]
     pub(crate) fn retried(
@@ -164,14 +173,18 @@ impl Notes {
         meter: &PoolMeter,
         request: RequestKey,
         from: (&std::sync::Arc<str>, &WorkerMeter),
-        to: &std::sync::Arc<str>,
+        to: (&std::sync::Arc<str>, &WorkerMeter),
         attempt: u32,
     ) {
+        let (to, to_meter) = to;
         #[cfg(feature = "metrics")]
         {
             self.push(Note::Gauge(from.1.in_flight.clone(), -1.0));
+            self.push(Note::Gauge(to_meter.queued.clone(), 1.0));
             self.push(Note::Count(meter.retried()));
         }
+        #[cfg(not(feature = "metrics"))]
+        let _ = to_meter;
         #[cfg(feature = "tracing")]
         if wanted(tracing::Level::DEBUG) {
             self.push(Note::Retried {
@@ -185,6 +198,53 @@ impl Notes {
         let _ = (request, from.0, to, attempt);
         #[cfg(not(feature = "metrics"))]
         let _ = (meter, from.1);
+    }
+
+    /// A running request got a second attempt on another worker
+    /// (`Event::Hedged`): the hedge is counted and traced. Its `Start`
+    /// raises its worker's in-flight gauge and, as for any start, lowers
+    /// its queued one, which the hedge never joined: raised back here.
+    #[cfg(any(feature = "tracing", feature = "metrics"))]
+    #[inline]
+    pub(crate) fn hedged(
+        &mut self,
+        meter: &PoolMeter,
+        request: RequestKey,
+        from: &std::sync::Arc<str>,
+        to: (&std::sync::Arc<str>, &WorkerMeter),
+        attempt: u32,
+    ) {
+        let (to, to_meter) = to;
+        #[cfg(feature = "metrics")]
+        {
+            self.push(Note::Count(meter.hedged()));
+            self.push(Note::Gauge(to_meter.queued.clone(), 1.0));
+        }
+        #[cfg(not(feature = "metrics"))]
+        let _ = to_meter;
+        #[cfg(feature = "tracing")]
+        if wanted(tracing::Level::DEBUG) {
+            self.push(Note::Hedged {
+                request,
+                from: Arc::clone(from),
+                to: Arc::clone(to),
+                attempt,
+            });
+        }
+        #[cfg(not(feature = "tracing"))]
+        let _ = (request, from, to, attempt);
+        #[cfg(not(feature = "metrics"))]
+        let _ = meter;
+    }
+
+    /// One attempt of a hedged request ended without answering it
+    /// (`Event::AttemptEnded`): it leaves its worker's in-flight gauge.
+    #[inline]
+    pub(crate) fn attempt_ended(&mut self, worker: &WorkerMeter) {
+        #[cfg(feature = "metrics")]
+        self.push(Note::Gauge(worker.in_flight.clone(), -1.0));
+        #[cfg(not(feature = "metrics"))]
+        let _ = worker;
     }
 
     /// A worker's health changed (`Event::HealthChanged`).
@@ -265,6 +325,13 @@ impl Notes {
                     to,
                     attempt,
                 } => crate::trace::retried(request, &from, &to, attempt),
+                #[cfg(feature = "tracing")]
+                Note::Hedged {
+                    request,
+                    from,
+                    to,
+                    attempt,
+                } => crate::trace::hedged(request, &from, &to, attempt),
             }
         }
         let _ = SPARE.try_with(|spare| spare.set(items));

@@ -456,6 +456,18 @@ impl Core {
                     to,
                     attempt,
                 } => self.note_retried(request, from, to, attempt, notes),
+                Event::Hedged {
+                    request,
+                    from,
+                    to,
+                    attempt,
+                    ..
+                } => self.note_hedged(request, from, to, attempt, notes),
+                Event::AttemptEnded { worker, .. } => {
+                    if let Some(entry) = self.workers.get(&worker) {
+                        notes.attempt_ended(&entry.cell.meter);
+                    }
+                }
                 Event::Rejected { .. } => {}
                 Event::ShutdownComplete { .. } => {
                     self.live.mark_stopped();
@@ -524,7 +536,30 @@ impl Core {
                 &self.meter,
                 request,
                 (&from.cell.id, &from.cell.meter),
-                &to.cell.id,
+                (&to.cell.id, &to.cell.meter),
+                attempt,
+            );
+        }
+        #[cfg(not(any(feature = "tracing", feature = "metrics")))]
+        let _ = (request, from, to, attempt, notes);
+    }
+
+    /// Notes a hedge for the `tracing` and `metrics` features.
+    fn note_hedged(
+        &self,
+        request: RequestKey,
+        from: WorkerKey,
+        to: WorkerKey,
+        attempt: u32,
+        notes: &mut Notes,
+    ) {
+        #[cfg(any(feature = "tracing", feature = "metrics"))]
+        if let (Some(from), Some(to)) = (self.workers.get(&from), self.workers.get(&to)) {
+            notes.hedged(
+                &self.meter,
+                request,
+                &from.cell.id,
+                (&to.cell.id, &to.cell.meter),
                 attempt,
             );
         }

@@ -354,6 +354,19 @@ pub(crate) fn retried(request: RequestKey, from: &str, to: &str, attempt: u32) {
     );
 }
 
+/// A running request got a second attempt on another worker (`debug`).
+#[cfg(feature = "tracing")]
+pub(crate) fn hedged(request: RequestKey, from: &str, to: &str, attempt: u32) {
+    tracing::debug!(
+        target: "foreman",
+        request = request.as_u64(),
+        from,
+        to,
+        attempt,
+        "running request hedged on another worker"
+    );
+}
+
 /// A queued request moved from one worker to another (`debug`): a free
 /// worker took it (late binding), or its worker was removed.
 #[cfg(feature = "tracing")]

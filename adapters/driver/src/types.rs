@@ -46,6 +46,13 @@ pub enum BuildError {
          default) or set PoolConfig::retries to None"
     )]
     RetriesNeedPoolTasks,
+    /// Hedging was asked of a pool whose handlers run in their callers'
+    /// tasks (a hedge runs while its caller's own attempt does).
+    #[error(
+        "hedging needs handlers on the pool's own tasks: use ExecutionMode::PoolTasks (the \
+         default) or set PoolConfig::hedging to None"
+    )]
+    HedgingNeedsPoolTasks,
 }
 
 impl From<BuildError> for WorkerPoolError {

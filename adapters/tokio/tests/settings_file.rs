@@ -13,9 +13,9 @@ use std::time::Duration;
 
 use foreman_tokio::{
     async_trait, BuildError, CircuitBreakerHooks, ConfigFileError, DriverOptions, ExecutionMode,
-    FailureClasses, OutlierDetection, PanicMode, PoolConfig, PoolSettings, RecoveryPolicy,
-    RoutingPolicy, TokioRuntime, WorkerErrorCode, WorkerHandler, WorkerOperation, WorkerPool,
-    WorkerPoolError, WorkerProtocolError, WorkerRequest, WorkerResult,
+    FailureClasses, HedgeDelay, HedgePolicy, OutlierDetection, PanicMode, PoolConfig, PoolSettings,
+    RecoveryPolicy, RoutingPolicy, TokioRuntime, WorkerErrorCode, WorkerHandler, WorkerOperation,
+    WorkerPool, WorkerPoolError, WorkerProtocolError, WorkerRequest, WorkerResult,
 };
 use serde_json::{json, Value};
 
@@ -49,6 +49,13 @@ tools = true
 window = "30s"
 share_percent = 5
 reserve_per_second = 0
+
+[hedging]
+enabled = true
+delay = "p99.5"
+max_hedges = 2
+llm = false
+tools = true
 
 [recovery]
 policy = "outlier_detection"
@@ -94,6 +101,13 @@ const CHANGED_JSON: &str = r#"{
         "llm": false,
         "tools": true,
         "budget": { "window": "30s", "share_percent": 5, "reserve_per_second": 0 }
+    },
+    "hedging": {
+        "enabled": true,
+        "delay": "p99.5",
+        "max_hedges": 2,
+        "llm": false,
+        "tools": true
     },
     "recovery": {
         "policy": "outlier_detection",
@@ -263,6 +277,16 @@ fn every_setting_reaches_the_pool_configuration() {
             retries.budget.reserve_per_second
         ),
         (5, 0)
+    );
+    assert_eq!(
+        config.hedging,
+        Some(
+            HedgePolicy::default()
+                .with_delay(HedgeDelay::RunTimePercentile(995))
+                .with_max_hedges(2)
+                .with_llm(false)
+                .with_tools(true)
+        )
     );
     assert_eq!(
         config.recovery,

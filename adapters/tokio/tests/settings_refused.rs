@@ -61,9 +61,14 @@ fn an_unknown_key_is_refused_by_name() {
         &["unknown field `attempts`", "`max_attempts`", "line 2"],
     );
     toml_refused_at(
+        "[hedging]\nmax_hedge = 2",
+        "hedging.max_hedge",
+        &["unknown field `max_hedge`", "`max_hedges`", "line 2"],
+    );
+    toml_refused_at(
         "[hedging]\ndelay = 3",
-        "hedging",
-        &["unknown field `hedging`"],
+        "hedging.delay",
+        &["\"p95\"", "line 2"],
     );
 }
 
@@ -151,6 +156,21 @@ fn a_value_the_pool_cannot_run_with_is_refused_naming_its_key() {
             "[retries]\nenabled = true\n[retries.budget]\nwindow = \"0s\"",
             "retries.budget.window",
             "\"0s\"",
+        ),
+        (
+            "[hedging]\nenabled = true\ndelay = \"0s\"",
+            "hedging.delay",
+            "\"0s\"",
+        ),
+        (
+            "[hedging]\nenabled = true\ndelay = \"p0\"",
+            "hedging.delay",
+            "\"p0\"",
+        ),
+        (
+            "[hedging]\nenabled = true\nmax_hedges = 0",
+            "hedging.max_hedges",
+            "0",
         ),
         (
             "[recovery]\npolicy = \"outlier_detection\"\nmin_volume = 0",

@@ -21,6 +21,7 @@ use crate::validate::{check_request, RequestError, RequestLimits};
 pub struct Admission {
     timeout: Option<Duration>,
     retry: bool,
+    hedge: bool,
     limits: PhaseLimits,
 }
 
@@ -35,6 +36,13 @@ impl Admission {
     /// kind (a retryable failure may then run it again).
     pub fn retry(&self) -> bool {
         self.retry
+    }
+
+    /// Whether the pool's [`HedgePolicy`](crate::HedgePolicy) covers the
+    /// request's operation kind (a second attempt may then run while the
+    /// first still does).
+    pub fn hedge(&self) -> bool {
+        self.hedge
     }
 
     /// The request's phase limits: its own where it set them, the pool's
@@ -100,9 +108,13 @@ impl PoolConfig {
         let retry = self
             .retries
             .is_some_and(|policy| policy.covers(&request.operation));
+        let hedge = self
+            .hedging
+            .is_some_and(|policy| policy.covers(&request.operation));
         Ok(Admission {
             timeout,
             retry,
+            hedge,
             limits: self.phase_limits(),
         })
     }

@@ -4,6 +4,7 @@
 use std::time::Duration;
 
 use super::{PoolConfig, RecoveryPolicy, RoutingPolicy};
+use crate::hedging::HedgePolicy;
 use crate::retries::RetryPolicy;
 
 impl PoolConfig {
@@ -69,6 +70,14 @@ impl PoolConfig {
     #[must_use]
     pub fn with_retries(mut self, retries: Option<RetryPolicy>) -> Self {
         self.retries = retries;
+        self
+    }
+
+    /// Sets [`hedging`](Self::hedging): when a running request gets a
+    /// second attempt on another worker (`None`: never).
+    #[must_use]
+    pub fn with_hedging(mut self, hedging: Option<HedgePolicy>) -> Self {
+        self.hedging = hedging;
         self
     }
 

@@ -15,6 +15,7 @@ use std::time::Duration;
 
 #[cfg(doc)]
 use crate::deadlines::PhaseLimits;
+use crate::hedging::HedgePolicy;
 pub use crate::options::{WorkerPoolOptions, WorkerSecurityPolicy};
 pub use crate::recovery::{FailureClasses, OutlierDetection, PanicMode, RecoveryPolicy};
 use crate::retries::RetryPolicy;
@@ -83,6 +84,12 @@ pub struct PoolConfig {
     /// budget ([`RetryPolicy`]); `None` (the default, the reference's
     /// behaviour) answers every failure.
     pub retries: Option<RetryPolicy>,
+    /// When a running request gets a second attempt on another, idle
+    /// worker, the first answer winning ([`HedgePolicy`]); `None` (the
+    /// default) never hedges. Hedges draw from the retry budget: that of
+    /// [`retries`](Self::retries) when set, else a default
+    /// [`RetryBudget`](crate::RetryBudget).
+    pub hedging: Option<HedgePolicy>,
     /// The per-worker recovery state machine (see [`crate::recovery`]).
     /// Defaults to [`RecoveryPolicy::Reference`], the reference's rule.
     pub recovery: RecoveryPolicy,
@@ -172,6 +179,7 @@ impl PoolConfig {
             max_request_depth: DEFAULT_MAX_REQUEST_DEPTH,
             seed: 0,
             retries: None,
+            hedging: None,
             recovery: RecoveryPolicy::default(),
             queue_wait_limit: None,
             run_limit: None,

@@ -6,6 +6,7 @@ use std::time::Duration;
 use thiserror::Error;
 
 use super::{OutlierDetection, PoolConfig, RecoveryPolicy};
+use crate::hedging::{HedgeDelay, HedgePolicy};
 
 impl PoolConfig {
     /// Checks every value and explains the first one the pool cannot run
@@ -48,6 +49,9 @@ impl PoolConfig {
             if retries.budget.window < Duration::from_millis(1) {
                 return Err(ConfigError::RetryWindowTooShort);
             }
+        }
+        if let Some(hedging) = &self.hedging {
+            validate_hedging(hedging)?;
         }
         if let RecoveryPolicy::OutlierDetection(tuning) = &self.recovery {
             validate_outlier_detection(tuning)?;
@@ -109,6 +113,14 @@ pub enum ConfigError {
          over that window"
     )]
     RetryWindowTooShort,
+    /// A field of the hedging policy ([`HedgePolicy`]) is out of range.
+    #[error("hedging.{field} must be {allowed}")]
+    InvalidHedging {
+        /// The field's name.
+        field: &'static str,
+        /// The values it may take.
+        allowed: &'static str,
+    },
     /// A field of the outlier-detection recovery policy
     /// ([`OutlierDetection`]) is out of range.
     #[error("recovery.outlier_detection.{field} must be {allowed}")]
@@ -144,6 +156,25 @@ pub enum ConfigError {
     /// `degraded_share_percent` was outside 1..=100.
     #[error("degraded_share_percent must be within 1..=100 (it was {0})")]
     DegradedShareOutOfRange(u32),
+}
+
+/// Checks a hedging policy: a non-zero fixed delay, a percentile within
+/// 1..=999 thousandths, at least one hedge.
+fn validate_hedging(hedging: &HedgePolicy) -> Result<(), ConfigError> {
+    let invalid = |field, allowed| Err(ConfigError::InvalidHedging { field, allowed });
+    match hedging.delay {
+        HedgeDelay::Fixed(delay) if delay.is_zero() => {
+            return invalid("delay", "a non-zero duration");
+        }
+        HedgeDelay::RunTimePercentile(permille) if !(1..=999).contains(&permille) => {
+            return invalid("delay", "a percentile within 1..=999 thousandths");
+        }
+        _ => {}
+    }
+    if hedging.max_hedges == 0 {
+        return invalid("max_hedges", "at least 1 (leave hedging unset for none)");
+    }
+    Ok(())
 }
 
 /// Checks the outlier-detection tuning, naming the first field out of range.
@@ -193,6 +224,27 @@ mod tests {
 
     use super::*;
     use crate::config::RoutingPolicy;
+
+    #[test]
+    fn validate_names_each_hedging_field_out_of_range() {
+        let hedged = |policy| PoolConfig::default().with_hedging(Some(policy));
+        let field = |config: PoolConfig| match config.validate() {
+            Err(ConfigError::InvalidHedging { field, .. }) => Some(field),
+            _ => None,
+        };
+        let fixed = |delay| HedgePolicy::default().with_delay(HedgeDelay::Fixed(delay));
+        assert_eq!(field(hedged(fixed(Duration::ZERO))), Some("delay"));
+        for permille in [0, 1_000] {
+            let policy = HedgePolicy::default().with_delay(HedgeDelay::RunTimePercentile(permille));
+            assert_eq!(field(hedged(policy)), Some("delay"), "{permille}");
+        }
+        assert_eq!(
+            field(hedged(HedgePolicy::default().with_max_hedges(0))),
+            Some("max_hedges")
+        );
+        assert_eq!(hedged(HedgePolicy::default()).validate(), Ok(()));
+        assert_eq!(hedged(fixed(Duration::from_nanos(1))).validate(), Ok(()));
+    }
 
     #[test]
     fn validate_names_each_routing_option_out_of_range() {

@@ -173,7 +173,8 @@ impl<P: Clone> Pool<P> {
     ) -> Result<RequestKey, Refused<P>> {
         let deadline = admission.timeout().map(|budget| now + budget);
         let retry = admission.retry() && !vetted;
-        let may_retry = self.may_run_again(retry, 1);
+        let hedge = admission.hedge() && !vetted;
+        let may_retry = self.may_run_again(retry, 1) || self.may_hedge(hedge, 0);
         // Under latency-aware late binding an unpinned request joins the
         // backlog even on a free worker, which then takes the backlog's
         // oldest request (this one, or an older one) or leaves it to a
@@ -205,6 +206,10 @@ impl<P: Clone> Pool<P> {
             attempts: u32::from(start_now),
             turn: 0,
             retry,
+            hedge,
+            hedges: 0,
+            hedge_at: None,
+            sibling: None,
             limits: admission.limits(),
             expired: None,
         }));
@@ -232,6 +237,9 @@ impl<P: Clone> Pool<P> {
             self.arm(at, Timer::Request(key));
         }
         self.arm_phase_limit(key);
+        if start_now {
+            self.arm_hedge(key);
+        }
         self.counters.accepted += 1;
         if let Some(ledger) = &mut self.retry_ledger {
             ledger.deposit(now);

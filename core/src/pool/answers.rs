@@ -4,9 +4,10 @@
 
 use serde_json::Value;
 
+use super::hedging::{is_hedge, Side};
 use super::scheduling::sweep_queue;
 use super::timeouts::queue_wait_deadline;
-use super::{Pool, Request, RequestState};
+use super::{Pool, Request, RequestState, Sibling};
 use crate::deadlines::TimeoutLimit;
 use crate::health::HealthCause;
 use crate::keys::RequestKey;
@@ -38,7 +39,11 @@ impl<P: Clone> Pool<P> {
             self.finish_waiting(request, Err(error));
         } else {
             self.counters.cancelled_running += 1;
-            self.actions.push_back(Action::Abort { request, worker });
+            let run_key = self.run_key(request);
+            self.actions.push_back(Action::Abort {
+                request: run_key,
+                worker,
+            });
             self.finish_running(request, Err(error));
         }
         self.after_worker_change(worker, HealthCause::Success);
@@ -48,57 +53,46 @@ impl<P: Clone> Pool<P> {
     /// A handler finished the request it was started with.
     ///
     /// A success clears the worker's failure count; an error counts as one
-    /// failure. Returns `false` (and does nothing) when the request is not
-    /// running (already answered, aborted, or unknown).
+    /// failure. `request` is the key the `Start` named: a request's own,
+    /// or a hedge's ([`Event::Hedged`](crate::Event::Hedged)). While a
+    /// request's two attempts run, the first to answer wins (the other is
+    /// aborted, charging no worker), but a retryable failure only ends its
+    /// own attempt and leaves the request to the other. Returns `false`
+    /// (and does nothing) when that attempt is not running (already
+    /// answered, aborted, lost to the other attempt, or unknown).
     pub fn handle_completion(
         &mut self,
         now: Time,
         request: RequestKey,
         result: Result<Value, WorkerProtocolError>,
     ) -> bool {
-        let now = self.observe(now);
-        let (worker, started_at) = match self.requests.get(request.0) {
+        self.observe(now);
+        if is_hedge(request) {
+            return self.hedge_completion(request, result);
+        }
+        let (worker, started_at, sibling) = match self.requests.get(request.0) {
             Some(Request {
                 worker,
                 state: RequestState::Running { started_at },
+                sibling,
                 ..
-            }) => (*worker, *started_at),
+            }) => (*worker, *started_at, *sibling),
             _ => return false,
         };
-        let cause = if result.is_ok() {
-            HealthCause::Success
-        } else {
-            HealthCause::Failure
+        let racing = match sibling {
+            // Its own attempt ended; its hedge runs on under its own key.
+            Some(Sibling { alone: true, .. }) => return false,
+            Some(Sibling { alone: false, .. }) => Some(Side::Own),
+            None => None,
         };
-        if let Some(slot) = self.workers.get_mut(worker.0) {
-            if result.is_ok() {
-                slot.last_run = Some(now - started_at);
-            }
-        }
-        match &result {
-            Ok(_) => self.recover(worker, |health, ctx| health.on_success(ctx.now)),
-            Err(error) => self.recover(worker, |health, ctx| health.on_error(error.code, ctx)),
-        }
-        self.sample_latency(worker, started_at, result.is_err());
-        if let Err(error) = &result {
-            if self.retry_elsewhere(request, worker, error) {
-                self.after_worker_change(worker, cause);
-                return true;
-            }
-        }
-        match result {
-            Ok(_) => self.counters.succeeded += 1,
-            Err(_) => self.counters.failed += 1,
-        }
-        self.finish_running(request, result.map_err(WorkerPoolError::Worker));
-        self.after_worker_change(worker, cause);
-        true
+        self.complete_attempt(request, worker, started_at, result, racing)
     }
 
     /// Everything that follows a change to a worker's requests or health.
     pub(super) fn after_worker_change(&mut self, worker: WorkerKey, cause: HealthCause) {
         self.refresh_and_pump(worker, cause);
         self.maybe_release(worker);
+        self.settle_freed(Some(worker));
         self.maybe_finish_shutdown();
     }
 
@@ -149,8 +143,9 @@ impl<P: Clone> Pool<P> {
             Some(entry) => entry.worker,
             None => return,
         };
+        let run_key = self.run_key(request);
         if let Some(slot) = self.workers.get_mut(worker.0) {
-            slot.running.remove(request);
+            slot.running.remove(run_key);
             slot.saturated = false;
         }
         self.answer_running(request, result);
@@ -169,6 +164,8 @@ impl<P: Clone> Pool<P> {
             unreachable_state();
             return;
         };
+        self.forget_sibling(request, entry.sibling);
+        self.forget_hedge_at(request, entry.hedge_at);
         self.actions.push_back(Action::Answer(Answer {
             request,
             worker: entry.worker,
@@ -198,7 +195,11 @@ impl<P: Clone> Pool<P> {
             let ran = deadline - started_at;
             let budget = deadline - entry.accepted_at;
             self.counters.timed_out_running += 1;
-            self.actions.push_back(Action::Abort { request, worker });
+            let run_key = self.run_key(request);
+            self.actions.push_back(Action::Abort {
+                request: run_key,
+                worker,
+            });
             self.recover(worker, |health, ctx| health.on_timeout(ran, budget, ctx));
             // At least its run time: it would have run longer still.
             self.sample_latency(worker, started_at, false);
@@ -233,7 +234,11 @@ impl<P: Clone> Pool<P> {
         let worker = entry.worker;
         let allowance = entry.limits.run.unwrap_or_default();
         self.counters.timed_out_running += 1;
-        self.actions.push_back(Action::Abort { request, worker });
+        let run_key = self.run_key(request);
+        self.actions.push_back(Action::Abort {
+            request: run_key,
+            worker,
+        });
         self.recover(worker, |health, ctx| {
             health.on_timeout(allowance, allowance, ctx)
         });

@@ -6,8 +6,9 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use thiserror::Error;
 
+use super::hedging::{is_hedge, run_slot, HEDGE_BIT};
 use super::timeouts::{queue_wait_deadline, run_deadline};
-use super::{Lifecycle, Pool, ProbeState, RequestState, Worker};
+use super::{Lifecycle, Pool, ProbeState, RequestState, Sibling, Worker};
 use crate::config::RoutingPolicy;
 use crate::keys::{RequestKey, WorkerKey};
 use crate::protocol::WorkerHealthStatus;
@@ -79,7 +80,12 @@ impl<P: Clone> Pool<P> {
     /// with its deferral timer armed); the router's eligible set is exactly the schedulable
     /// workers with room; every deadline has a timer; every probing worker
     /// has exactly one probe timer; a request runs at most the retry
-    /// policy's attempts, and only a running one has run; the counters add up (accepted = answered + pending);
+    /// policy's attempts plus its hedges, and only a running one has run;
+    /// every hedge runs on a worker that lists it, linked both ways with
+    /// its running request (racing its own attempt on another worker, or
+    /// alone, its request's books naming its worker and start); every
+    /// request due for a hedge is in the due set, and the hedge timer is
+    /// armed at the earliest; the counters add up (accepted = answered + pending);
     /// a stopped pool holds nothing.
     ///
     /// # Errors
@@ -116,6 +122,7 @@ impl<P: Clone> Pool<P> {
             tally.ejected
         );
         self.check_worker_counts(&tally)?;
+        self.check_hedges(&armed)?;
         self.check_router()?;
         if let Some(until) = self.deferral {
             ensure!(
@@ -277,6 +284,17 @@ impl<P: Clone> Pool<P> {
     /// worker holds it.
     fn check_running(&self, worker: WorkerKey, slot: &Worker, tally: &mut Tally) -> Checked {
         for key in slot.running.iter() {
+            if is_hedge(key) {
+                self.check_hedge_run(key, worker, tally)?;
+                continue;
+            }
+            ensure!(
+                self.requests.get(key.0).is_none_or(|entry| !matches!(
+                    entry.sibling,
+                    Some(Sibling { alone: true, .. })
+                )),
+                "{worker} lists {key}, whose hedge runs alone"
+            );
             let running_here = matches!(
                 self.requests.get(key.0),
                 Some(entry) if entry.worker == worker && matches!(entry.state, RequestState::Running { .. })
@@ -286,6 +304,93 @@ impl<P: Clone> Pool<P> {
                 "{worker} lists {key} as running but it is not"
             );
             ensure!(tally.held.insert(key), "{key} held twice");
+        }
+        Ok(())
+    }
+
+    /// A hedge a worker lists runs there, linked both ways with its
+    /// running request: racing the request's own attempt elsewhere, or
+    /// alone, with the request's worker and start its own.
+    fn check_hedge_run(&self, key: RequestKey, worker: WorkerKey, tally: &mut Tally) -> Checked {
+        let run = self.hedge_runs.get(run_slot(key));
+        ensure!(
+            run.is_some_and(|run| run.worker == worker),
+            "{worker} lists hedge {key}, which does not run there"
+        );
+        let Some(run) = run else {
+            return Ok(());
+        };
+        let entry = self.requests.get(run.request.0);
+        let linked = entry.and_then(|entry| entry.sibling);
+        ensure!(
+            linked.is_some_and(|sibling| sibling.key == key),
+            "hedge {key} of {} is not its request's",
+            run.request
+        );
+        let (Some(entry), Some(sibling)) = (entry, linked) else {
+            return Ok(());
+        };
+        if sibling.alone {
+            ensure!(
+                entry.worker == worker
+                    && entry.state
+                        == (RequestState::Running {
+                            started_at: run.started_at
+                        }),
+                "{} runs alone as hedge {key} but its books disagree",
+                run.request
+            );
+            ensure!(tally.held.insert(run.request), "{} held twice", run.request);
+        } else {
+            ensure!(
+                entry.worker != worker && matches!(entry.state, RequestState::Running { .. }),
+                "hedge {key} races {} on its own worker or while it waits",
+                run.request
+            );
+        }
+        Ok(())
+    }
+
+    /// Every hedge runs, and every request due for a hedge is in the due
+    /// set at its instant, running with no hedge yet; the hedge timer is
+    /// armed at the earliest.
+    fn check_hedges(&self, armed: &Armed) -> Checked {
+        for (raw, run) in self.hedge_runs.iter() {
+            let key = RequestKey(crate::slab::SlabKey {
+                index: raw.index | HEDGE_BIT,
+                generation: raw.generation,
+            });
+            ensure!(
+                self.workers
+                    .get(run.worker.0)
+                    .is_some_and(|slot| slot.running.iter().any(|listed| listed == key)),
+                "hedge {key} of {} is on no worker's run list",
+                run.request
+            );
+        }
+        let mut due = 0;
+        for (raw, entry) in self.requests.iter() {
+            let key = RequestKey(raw);
+            if let Some(at) = entry.hedge_at {
+                due += 1;
+                ensure!(
+                    self.hedge_due.contains(&(at, key))
+                        && entry.sibling.is_none()
+                        && matches!(entry.state, RequestState::Running { .. }),
+                    "{key} due for a hedge at {at} but not so booked"
+                );
+            }
+        }
+        ensure!(
+            due == self.hedge_due.len(),
+            "{} requests due for a hedge, {due} expected",
+            self.hedge_due.len()
+        );
+        if let Some(&(at, _)) = self.hedge_due.first() {
+            ensure!(
+                armed.has(at, Timer::Hedge),
+                "the hedge timer is not armed at {at}"
+            );
         }
         Ok(())
     }
@@ -531,10 +636,12 @@ impl<P: Clone> Pool<P> {
     /// been started more often than the retry policy allows (once without
     /// one).
     fn check_attempts(&self) -> Checked {
+        let hedges = self.config.hedging.map_or(0, |policy| policy.max_hedges);
         let most = self
             .config
             .retries
-            .map_or(1, |policy| policy.max_attempts.max(1));
+            .map_or(1, |policy| policy.max_attempts.max(1))
+            .saturating_add(hedges);
         for (raw, entry) in self.requests.iter() {
             let key = RequestKey(raw);
             ensure!(

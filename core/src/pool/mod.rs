@@ -11,6 +11,7 @@
 //! | `deferral.rs` | latency-aware late binding (`PeakEwma`): when a free worker leaves the oldest request to a faster one, and for how long |
 //! | `answers.rs` | how a request ends: completion, cancellation, its deadline, its answer |
 //! | `retrying.rs` | a retryable failure running again on another worker, within the budget |
+//! | `hedging.rs` | a second attempt of a running request on another worker: its timer, its start, which attempt wins |
 //! | `workers.rs` | adding, restarting and removing workers, moving a removed worker's requests |
 //! | `probes.rs` | health probes: sending, their answers and timeouts |
 //! | `recovering.rs` | recovery: the machine's inputs, the ejection cap and timers, run limits, refusals |
@@ -26,6 +27,7 @@ pub(crate) mod admission;
 mod answers;
 mod deferral;
 mod driver_api;
+mod hedging;
 pub(crate) mod invariants;
 mod outputs;
 mod planted_bug;
@@ -40,12 +42,13 @@ mod timeouts;
 pub(crate) mod vetting;
 pub(crate) mod workers;
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::fmt;
 use std::time::Duration;
 
 use crate::config::{ConfigError, PoolConfig};
 use crate::deadlines::{PhaseLimits, TimeoutLimit};
+use crate::hedging::RunTimes;
 use crate::keys::{ProbeKey, RequestKey, WorkerKey};
 use crate::output::{Action, Event};
 use crate::protocol::WorkerHealthStatus;
@@ -114,7 +117,9 @@ use run_list::RunList;
 /// at the first `handle_timeout` whose `now` is at or after it, never before.
 ///
 /// # Answers
-/// Every accepted request gets exactly one [`Action::Answer`]: its result,
+/// Every accepted request gets exactly one [`Action::Answer`] (a hedged
+/// request too: its two attempts race, the first answer wins and the
+/// other is aborted; see [`HedgePolicy`](crate::HedgePolicy)): its result,
 /// a worker error, `Timeout` (queue wait plus run time exceeded its budget,
 /// or a phase ran past its limit), `Cancelled`, or `ShuttingDown` once a
 /// drain deadline passes. Every answer says how long the request queued
@@ -197,6 +202,34 @@ pub struct Pool<P> {
     retry_ledger: Option<RetryLedger>,
     /// Workers whose recovery machine has them ejected.
     ejected: usize,
+    /// Running hedges, by the key their `Start` named (see `hedging.rs`:
+    /// their keys' slot indices carry [`hedging::HEDGE_BIT`]).
+    hedge_runs: Slab<HedgeRun>,
+    /// Running requests due for a hedge, earliest first; one pool-wide
+    /// timer ([`Timer::Hedge`](crate::timers::Timer)) is armed at the first.
+    hedge_due: BTreeSet<(Time, RequestKey)>,
+    /// Workers whose losing attempt was aborted while another request was
+    /// answered: refreshed by the next `after_worker_change`.
+    freed: Vec<WorkerKey>,
+}
+
+/// A hedge's attempt: the request it runs, where, since when.
+#[derive(Debug, Clone, Copy)]
+struct HedgeRun {
+    request: RequestKey,
+    worker: WorkerKey,
+    started_at: Time,
+}
+
+/// A request's live hedge.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Sibling {
+    /// The key the hedge's `Start` named.
+    key: RequestKey,
+    /// The request's own attempt ended (it failed retryably, or its worker
+    /// restarted) and the hedge runs on alone: the request's `worker` and
+    /// `started_at` are the hedge's, and its worker lists the hedge's key.
+    alone: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -233,6 +266,14 @@ struct Request<P> {
     turn: u32,
     /// The retry policy covers it ([`Admission::retry`](crate::Admission::retry)).
     retry: bool,
+    /// The hedging policy covers it and no circuit breaker placed it.
+    hedge: bool,
+    /// Hedges it has had.
+    hedges: u32,
+    /// While it runs and may be hedged: when (its entry in `hedge_due`).
+    hedge_at: Option<Time>,
+    /// Its hedge, while one runs.
+    sibling: Option<Sibling>,
 }
 
 /// A request's place in a worker's queue or in the backlog. Places are
@@ -333,6 +374,9 @@ struct Worker {
     /// before idle Degraded workers).
     membership: Membership,
     probe: ProbeState,
+    /// Its recent successful run times, kept only when the hedging delay
+    /// is a percentile of them (since it was added or restarted).
+    run_times: Option<Box<RunTimes>>,
 }
 
 impl Worker {
@@ -372,7 +416,11 @@ impl<P: Clone> Pool<P> {
         Ok(Pool {
             router: Router::new(config.routing),
             rng: Rng::new(config.seed),
-            retry_ledger: config.retries.map(|policy| RetryLedger::new(policy.budget)),
+            retry_ledger: match (config.retries, config.hedging) {
+                (Some(policy), _) => Some(RetryLedger::new(policy.budget)),
+                (None, Some(_)) => Some(RetryLedger::new(Default::default())),
+                (None, None) => None,
+            },
             config,
             now,
             requests: Slab::new(),
@@ -390,6 +438,9 @@ impl<P: Clone> Pool<P> {
             names_issued: 0,
             counters: Counters::default(),
             ejected: 0,
+            hedge_runs: Slab::new(),
+            hedge_due: BTreeSet::new(),
+            freed: Vec::new(),
         })
     }
 }

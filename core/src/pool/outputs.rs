@@ -31,6 +31,7 @@ impl<P: Clone> Pool<P> {
             workers: &self.workers,
             lifecycle: self.lifecycle,
             deferral: self.deferral,
+            hedge_first: self.hedge_due.first().map(|(at, _)| *at),
         };
         self.timers
             .peek_live(|at, timer| live.is_live(at, timer))

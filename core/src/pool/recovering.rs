@@ -67,6 +67,11 @@ impl<P: Clone> Pool<P> {
     /// Returns `false` (and does nothing) when the request is not running.
     pub fn handle_refusal(&mut self, now: Time, request: RequestKey) -> bool {
         self.observe(now);
+        let request = match self.refusal_of(request) {
+            Ok(Some(request)) => request,
+            Ok(None) => return true,
+            Err(()) => return false,
+        };
         let Some(entry) = self.requests.get_mut(request.0) else {
             return false;
         };

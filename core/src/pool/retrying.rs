@@ -8,6 +8,7 @@ use super::{Lifecycle, Pool, RequestState};
 use crate::keys::{RequestKey, WorkerKey};
 use crate::output::{Action, Event};
 use crate::protocol::WorkerProtocolError;
+use crate::time::Time;
 
 impl<P: Clone> Pool<P> {
     /// Whether a request the retry policy covers (`retry`) that has been
@@ -47,22 +48,27 @@ impl<P: Clone> Pool<P> {
             return false;
         }
         let now = self.now;
-        let Some(to) = self.router.iter_idle().find(|&other| other != worker) else {
+        let Some(to) = self.pick_idle_except(worker) else {
             return false;
         };
-        let last_run = self.workers.get(to.0).and_then(|slot| slot.last_run);
-        if too_late_to_start(deadline, now, last_run) {
+        if !self.may_start_extra(deadline, to) {
             return false;
         }
-        let granted = self
-            .retry_ledger
-            .as_mut()
-            .is_some_and(|ledger| ledger.try_withdraw(now));
-        if !granted {
+        if !self.withdraw_extra() {
             self.counters.retries_over_budget += 1;
             return false;
         }
         let attempt = attempts.saturating_add(1);
+        let run_key = self.run_key(request);
+        let Some(entry) = self.requests.get_mut(request.0) else {
+            return false;
+        };
+        // A hedge that ran on alone is over: the retry runs under the
+        // request's own key.
+        if let Some(sibling) = entry.sibling.take() {
+            self.hedge_runs
+                .remove(super::hedging::run_slot(sibling.key));
+        }
         let Some(entry) = self.requests.get_mut(request.0) else {
             return false;
         };
@@ -71,10 +77,7 @@ impl<P: Clone> Pool<P> {
         entry.attempts = attempt;
         let payload = entry.payload.clone();
         if let Some(slot) = self.workers.get_mut(worker.0) {
-            slot.running.remove(request);
-        }
-        if let Some(slot) = self.workers.get_mut(to.0) {
-            slot.running.push(request);
+            slot.running.remove(run_key);
         }
         self.counters.retried += 1;
         self.events.push_back(Event::Retried {
@@ -83,16 +86,46 @@ impl<P: Clone> Pool<P> {
             to,
             attempt,
         });
-        let may_retry = self.may_run_again(true, attempt);
+        let (hedge, hedges) = (entry.hedge, entry.hedges);
+        let may_retry = self.may_run_again(true, attempt) || self.may_hedge(hedge, hedges);
+        self.start_on(request, to, payload, may_retry);
+        // The run limit counts from this attempt's start.
+        self.arm_phase_limit(request);
+        self.arm_hedge(request);
+        true
+    }
+
+    /// Whether an extra attempt (a retry or a hedge) of a request with
+    /// `deadline` may start on `to` now: it has budget enough left for the
+    /// worker's last run.
+    pub(super) fn may_start_extra(&self, deadline: Option<Time>, to: WorkerKey) -> bool {
+        let last_run = self.workers.get(to.0).and_then(|slot| slot.last_run);
+        !too_late_to_start(deadline, self.now, last_run)
+    }
+
+    /// Takes a token for an extra attempt (a retry or a hedge) from the
+    /// retry budget; `false` when the budget has none (or there is no
+    /// budget).
+    pub(super) fn withdraw_extra(&mut self) -> bool {
+        let now = self.now;
+        self.retry_ledger
+            .as_mut()
+            .is_some_and(|ledger| ledger.try_withdraw(now))
+    }
+
+    /// Starts an extra attempt (a retry, or a hedge under its own key) on
+    /// idle worker `to`: it joins the worker's run list and the driver is
+    /// told to run it.
+    pub(super) fn start_on(&mut self, key: RequestKey, to: WorkerKey, payload: P, may_retry: bool) {
+        if let Some(slot) = self.workers.get_mut(to.0) {
+            slot.running.push(key);
+        }
         self.actions.push_back(Action::Start {
-            request,
+            request: key,
             worker: to,
             payload,
             may_retry,
         });
-        // The run limit counts from this attempt's start.
-        self.arm_phase_limit(request);
         self.refresh_load(to);
-        true
     }
 }

@@ -219,7 +219,7 @@ impl<P: Clone> Pool<P> {
         entry.worker = worker;
         entry.state = RequestState::Running { started_at: now };
         entry.attempts = entry.attempts.saturating_add(1);
-        let may_retry = (entry.retry, entry.attempts);
+        let may_retry = (entry.retry, entry.attempts, entry.hedge, entry.hedges);
         let payload = entry.payload.clone();
         if !entry.pinned {
             self.leave_backlog();
@@ -242,7 +242,8 @@ impl<P: Clone> Pool<P> {
         if let Some(slot) = self.workers.get_mut(worker.0) {
             slot.running.push(request);
         }
-        let may_retry = self.may_run_again(may_retry.0, may_retry.1);
+        let may_retry = self.may_run_again(may_retry.0, may_retry.1)
+            || self.may_hedge(may_retry.2, may_retry.3);
         self.actions.push_back(Action::Start {
             request,
             worker,
@@ -250,6 +251,7 @@ impl<P: Clone> Pool<P> {
             may_retry,
         });
         self.arm_phase_limit(request);
+        self.arm_hedge(request);
     }
 
     /// An unpinned request stopped waiting (started or answered): one live

@@ -78,9 +78,14 @@ impl<P: Clone> Pool<P> {
         }
         for (request, worker, _) in running {
             self.counters.aborted_by_shutdown += 1;
-            self.actions.push_back(Action::Abort { request, worker });
+            let run_key = self.run_key(request);
+            self.actions.push_back(Action::Abort {
+                request: run_key,
+                worker,
+            });
             self.finish_running(request, Err(WorkerPoolError::ShuttingDown));
         }
+        self.settle_freed(None);
         let removed: Vec<WorkerKey> = self.workers().collect();
         for worker in removed {
             self.maybe_release(worker);

@@ -26,6 +26,7 @@ impl<P: Clone> Pool<P> {
                 workers: &self.workers,
                 lifecycle: self.lifecycle,
                 deferral: self.deferral,
+                hedge_first: self.hedge_due.first().map(|(at, _)| *at),
             };
             let Some((at, timer)) = self
                 .timers
@@ -45,6 +46,7 @@ impl<P: Clone> Pool<P> {
                     self.drain_deadline();
                 }
                 Timer::Deferral => self.end_deferral(),
+                Timer::Hedge => self.hedges_due(),
             }
         }
     }
@@ -86,6 +88,7 @@ impl<P: Clone> Pool<P> {
                 workers: &self.workers,
                 lifecycle: self.lifecycle,
                 deferral: self.deferral,
+                hedge_first: self.hedge_due.first().map(|(at, _)| *at),
             };
             self.timers.sweep(|at, timer| live.is_live(at, timer));
         }
@@ -98,6 +101,8 @@ pub(super) struct LiveTimers<'a, P> {
     pub(super) workers: &'a Slab<Worker>,
     pub(super) lifecycle: Lifecycle,
     pub(super) deferral: Option<Time>,
+    /// When the earliest request due for a hedge is.
+    pub(super) hedge_first: Option<Time>,
 }
 
 impl<P> LiveTimers<'_, P> {
@@ -114,6 +119,7 @@ fn timer_is_live<P>(live: &LiveTimers<'_, P>, at: Time, timer: Timer) -> bool {
         workers,
         lifecycle,
         deferral,
+        hedge_first,
     } = *live;
     match timer {
         Timer::Request(key) => requests
@@ -139,6 +145,7 @@ fn timer_is_live<P>(live: &LiveTimers<'_, P>, at: Time, timer: Timer) -> bool {
                     .is_some_and(|slot| slot.health.ejected_until() == Some(at))
         }
         Timer::Deferral => deferral == Some(at),
+        Timer::Hedge => hedge_first == Some(at),
     }
 }
 

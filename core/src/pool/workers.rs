@@ -185,6 +185,7 @@ impl<P: Clone> Pool<P> {
             schedulable: false,
             membership: Membership::default(),
             probe: ProbeState::Due(due),
+            run_times: None,
         };
         if !self.workers.has_room() {
             return Err(CommandError::TooManyWorkers);
@@ -235,8 +236,14 @@ impl<P: Clone> Pool<P> {
         let running = std::mem::take(&mut slot.running);
         let probe = slot.probe;
         self.abort_probe(worker, probe);
-        for request in running {
-            self.actions.push_back(Action::Abort { request, worker });
+        for key in running {
+            let Some(request) = self.restart_attempt(key, worker) else {
+                continue;
+            };
+            self.actions.push_back(Action::Abort {
+                request: key,
+                worker,
+            });
             self.counters.aborted_by_restart += 1;
             let error = WorkerProtocolError::new(WorkerErrorCode::Cancelled, message.clone(), true);
             self.answer_running(request, Err(WorkerPoolError::Worker(error)));
@@ -247,6 +254,7 @@ impl<P: Clone> Pool<P> {
             slot.saturated = false;
             slot.last_run = None;
             slot.latency = PeakEwma::default();
+            slot.run_times = None;
             slot.probe = ProbeState::Idle;
         }
         self.sync_ejected(worker);

@@ -28,6 +28,18 @@ pub(crate) fn request(id: &str) -> WorkerRequest {
     }
 }
 
+/// An LLM call (which retry and hedging policies cover by default).
+pub(crate) fn llm(id: &str) -> WorkerRequest {
+    WorkerRequest {
+        operation: WorkerOperation::Llm {
+            model: "m".into(),
+            prompt: "p".into(),
+            scoped_input: json!({}),
+        },
+        ..request(id)
+    }
+}
+
 pub(crate) fn with_timeout(id: &str, timeout_ms: u64) -> WorkerRequest {
     WorkerRequest {
         timeout_ms: Some(timeout_ms),

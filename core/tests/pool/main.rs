@@ -6,6 +6,7 @@ mod cancellation;
 mod configuration;
 mod harness;
 mod health;
+mod hedging;
 mod phase_limits;
 mod recovery;
 mod retries;

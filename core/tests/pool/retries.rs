@@ -5,23 +5,12 @@
 use std::time::Duration;
 
 use foreman_core::{
-    Action, Event, PoolConfig, RetryBudget, RetryPolicy, WorkerErrorCode, WorkerOperation,
-    WorkerPoolError, WorkerPoolOptions, WorkerProtocolError, WorkerRequest,
+    Action, Event, PoolConfig, RetryBudget, RetryPolicy, WorkerErrorCode, WorkerPoolError,
+    WorkerPoolOptions, WorkerProtocolError, WorkerRequest,
 };
 use serde_json::json;
 
-use crate::harness::{failure, ms, options, request, Harness};
-
-fn llm(id: &str) -> WorkerRequest {
-    WorkerRequest {
-        operation: WorkerOperation::Llm {
-            model: "m".into(),
-            prompt: "p".into(),
-            scoped_input: json!({}),
-        },
-        ..request(id)
-    }
-}
+use crate::harness::{failure, llm, ms, options, request, Harness};
 
 fn retrying(policy: RetryPolicy, workers: usize) -> Harness {
     Harness::with_config(

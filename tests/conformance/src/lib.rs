@@ -46,6 +46,7 @@ mod closures;
 mod deadlines;
 mod execution;
 mod health;
+mod hedging;
 mod lanes;
 mod observability;
 mod observers;
@@ -91,6 +92,10 @@ pub use execution::{
 pub use health::{
     a_panicking_handler_leaves_its_worker_serving, a_timeout_frees_the_worker_and_counts_once,
     probes_cannot_whitewash_failures_and_cannot_hang, restart_keeps_the_queued_requests,
+};
+pub use hedging::{
+    a_hedge_answers_once_and_the_slow_attempt_is_dropped,
+    hedging_in_caller_task_mode_is_refused_at_build,
 };
 pub use lanes::{fast_workers_take_the_queue_from_slow_ones, lanes_behave_as_one_pool};
 pub use observability::{metrics_count_each_outcome_and_follow_the_queues, Reading, Readings};
@@ -191,6 +196,8 @@ macro_rules! conformance_suite {
             retryable_llm_failures_run_again_on_another_worker,
             retries_in_caller_task_mode_are_refused_at_build,
             observe_only_hooks_see_a_retried_request_once,
+            a_hedge_answers_once_and_the_slow_attempt_is_dropped,
+            hedging_in_caller_task_mode_is_refused_at_build,
         );
     };
     (@each $target:ty; $($name:ident),* $(,)?) => {$(

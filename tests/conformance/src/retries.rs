@@ -7,14 +7,14 @@ use std::sync::Arc;
 
 use foreman_driver::{
     handler_fn, BuildError, CircuitBreakerHooks, DriverOptions, ExecutionMode, HookRole,
-    PoolConfig, RetryPolicy, Runtime, WorkerErrorCode, WorkerHandler, WorkerOperation, WorkerPool,
-    WorkerPoolError, WorkerPoolOptions, WorkerProtocolError, WorkerRequest, WorkerResult,
+    PoolConfig, RetryPolicy, Runtime, WorkerErrorCode, WorkerHandler, WorkerPool, WorkerPoolError,
+    WorkerPoolOptions, WorkerProtocolError, WorkerRequest, WorkerResult,
 };
 use metrics_util::debugging::DebuggingRecorder;
 use serde_json::json;
 
 use crate::observability::Readings;
-use crate::support::{request, RecordingHooks};
+use crate::support::{llm, request, RecordingHooks};
 
 /// A handler that fails every request retryably, counting its calls.
 fn failing(calls: &Arc<AtomicUsize>) -> Arc<dyn WorkerHandler> {
@@ -40,17 +40,6 @@ fn serving(calls: &Arc<AtomicUsize>) -> Arc<dyn WorkerHandler> {
         async { Ok(json!("served")) }
     })
     .into_arc()
-}
-
-fn llm(id: &str) -> WorkerRequest {
-    WorkerRequest {
-        operation: WorkerOperation::Llm {
-            model: "model".into(),
-            prompt: "prompt".into(),
-            scoped_input: json!({}),
-        },
-        ..request(id, "llm")
-    }
 }
 
 /// Every LLM call that lands on the failing worker runs again on the
@@ -115,6 +104,12 @@ pub async fn retryable_llm_failures_run_again_on_another_worker<R: Runtime + Def
             m.gauge("foreman_worker_in_flight", &labels),
             0.0,
             "{worker}"
+        );
+        // A retry never queued: its start leaves the queued gauge alone.
+        assert_eq!(
+            m.gauge("foreman_worker_queued", &labels),
+            0.0,
+            "queued {worker}"
         );
     }
     pool.shutdown().await;

@@ -76,6 +76,18 @@ pub fn request(id: &str, node: &str) -> WorkerRequest {
     }
 }
 
+/// An LLM call (which retry and hedging policies cover by default).
+pub(crate) fn llm(id: &str) -> WorkerRequest {
+    WorkerRequest {
+        operation: WorkerOperation::Llm {
+            model: "model".into(),
+            prompt: "prompt".into(),
+            scoped_input: json!({}),
+        },
+        ..request(id, "llm")
+    }
+}
+
 /// How a [`TestWorker`]'s probe answers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ProbeMode {

@@ -9,7 +9,7 @@
 //! sim --scenarios-report [--requests R]
 //! ```
 //! The last line of a seed run is always
-//! `seeds=N failures=F sim_requests=… sim_seconds=… wall_seconds=… requests_per_wall_second=…`;
+//! `seeds=N failures=F sim_requests=… sim_seconds=… wall_seconds=… requests_per_wall_second=… hedged=… hedges_won=…`;
 //! the exit code is non-zero when F > 0 (inverted by `--expect-failure`,
 //! used to prove that a planted bug is caught). Every 64th seed is run twice
 //! and its two trace hashes must match (the determinism self-check).
@@ -180,9 +180,12 @@ fn main() -> ExitCode {
 
     let mut failures = 0usize;
     let mut sim_requests = 0u64;
+    let (mut hedged, mut hedges_won) = (0u64, 0u64);
     let mut sim_seconds = 0f64;
     for outcome in &results {
         sim_requests += outcome.submitted;
+        hedged += outcome.hedges.0;
+        hedges_won += outcome.hedges.1;
         sim_seconds += outcome.sim_time.as_secs_f64();
         if args.single {
             println!(
@@ -234,7 +237,8 @@ fn main() -> ExitCode {
     };
     println!(
         "seeds={} failures={failures} sim_requests={sim_requests} sim_seconds={sim_seconds:.1} \
-         wall_seconds={wall:.2} requests_per_wall_second={rate:.0}",
+         wall_seconds={wall:.2} requests_per_wall_second={rate:.0} hedged={hedged} \
+         hedges_won={hedges_won}",
         results.len()
     );
     let failed = failures > 0;

@@ -21,6 +21,20 @@ impl Harness {
                 payload,
                 may_retry,
                 ..
+            } if self.hedges.contains_key(&request.as_u64()) => {
+                self.on_hedge_start(request, worker, payload, may_retry)
+            }
+            // A hedge started and ended in the same input (its `Abort`
+            // follows): nothing to run.
+            Action::Start {
+                request, worker, ..
+            } if self.ended.contains(&(request, worker)) => Ok(()),
+            Action::Start {
+                request,
+                worker,
+                payload,
+                may_retry,
+                ..
             } => self.on_start(request, worker, payload, may_retry),
             Action::Abort { request, worker } => self.on_abort(request, worker),
             Action::Answer(answer) => self.on_answer(answer),
@@ -109,12 +123,14 @@ impl Harness {
         }
         let attempts = book.attempts + 1;
         ensure!(
-            attempts <= self.limits.max_attempts,
-            "#{} started {attempts} times, more than the {} allowed",
+            attempts <= self.limits.max_attempts + book.hedges,
+            "#{} started {attempts} times, more than the {} allowed with {} hedges",
             book.id,
-            self.limits.max_attempts
+            self.limits.max_attempts,
+            book.hedges
         );
-        let expect_retry = book.retry && attempts < self.limits.max_attempts;
+        let expect_retry = (book.retry && attempts < self.limits.max_attempts)
+            || (book.hedge && book.hedges < self.limits.max_hedges);
         ensure!(
             may_retry == expect_retry,
             "Start of #{} (attempt {attempts}) says may_retry {may_retry}, expected {expect_retry}",
@@ -150,8 +166,82 @@ impl Harness {
         Ok(())
     }
 
-    /// An abort of a running request, once.
+    /// The start of a hedge the `Hedged` event of this input announced,
+    /// on its worker, carrying its request's payload; its failure may
+    /// retry the request once the hedge runs alone.
+    fn on_hedge_start(
+        &mut self,
+        hedge: RequestKey,
+        worker: WorkerKey,
+        payload: u64,
+        may_retry: bool,
+    ) -> Result<(), Failure> {
+        let Some(run) = self.hedges.get(&hedge.as_u64()).copied() else {
+            return Err(Failure(format!("Start of unknown hedge {hedge}")));
+        };
+        let wbook = self.worker_book(worker, "Start")?;
+        ensure!(
+            !wbook.removing,
+            "Start of hedge {hedge} on removing {worker}"
+        );
+        ensure!(
+            !run.started && run.worker == worker && run.started_at == self.seen,
+            "Start of hedge {hedge} on {worker} at {}, books: {run:?}",
+            self.seen
+        );
+        let Some(book) = self.requests.get(run.request.as_u64()).copied() else {
+            return Err(Failure(format!("hedge {hedge} of unknown {}", run.request)));
+        };
+        ensure!(
+            payload == book.id,
+            "Start of hedge {hedge} carries payload {payload}, its request is #{}",
+            book.id
+        );
+        let expect_retry = book.retry && book.attempts < self.limits.max_attempts;
+        ensure!(
+            may_retry == expect_retry,
+            "hedge of #{} (attempt {}) says may_retry {may_retry}, expected {expect_retry}",
+            book.id,
+            book.attempts
+        );
+        if let Some(h) = self.hedges.get_mut(&hedge.as_u64()) {
+            h.started = true;
+        }
+        // Counted as running since its `Hedged` event.
+        self.check_limits(worker)?;
+        self.trace.push(TraceEvent::Start {
+            id: book.id,
+            worker: wbook.ordinal,
+        });
+        self.outputs.push(Output::Start {
+            request: hedge,
+            id: book.id,
+            worker,
+        });
+        Ok(())
+    }
+
+    /// An abort of a running request, once; or of an attempt of a hedged
+    /// request that ended in this input; or of a hedge running alone (its
+    /// request's only attempt).
     fn on_abort(&mut self, request: RequestKey, worker: WorkerKey) -> Result<(), Failure> {
+        if self.ended.contains(&(request, worker)) {
+            self.outputs.push(Output::Abort { request });
+            return Ok(());
+        }
+        let request = match self.hedges.get(&request.as_u64()) {
+            Some(hedge) if hedge.alone => {
+                let owner = hedge.request;
+                self.outputs.push(Output::Abort { request });
+                owner
+            }
+            Some(_) => {
+                return Err(Failure(format!(
+                    "Abort of hedge {request} on {worker} that still races"
+                )))
+            }
+            None => request,
+        };
         let Some(book) = self.requests.get_mut(request.as_u64()) else {
             return Err(Failure(format!("Abort of unknown request {request}")));
         };

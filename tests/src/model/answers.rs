@@ -45,6 +45,10 @@ impl Harness {
         );
         self.book_outcome(&book, kind);
         self.remove_live(&book);
+        // A hedge still booked runs alone: the request's only attempt.
+        if let Some(hedge) = book.sibling {
+            self.hedges.remove(&hedge.as_u64());
+        }
         match book.state {
             ReqState::Queued => {
                 self.unpinned_queued -= usize::from(!book.pinned);
@@ -122,8 +126,10 @@ impl Harness {
                     answer.queued_for,
                     answer.ran_for
                 );
-                let completed =
-                    matches!(self.context, Context::Complete { request: r, .. } if r == request);
+                let completed = matches!(
+                    self.context,
+                    Context::Complete { request: r, .. } if self.owner(r) == request
+                );
                 ensure!(
                     completed || aborted,
                     "#{} answered while running without Abort or completion",
@@ -161,7 +167,7 @@ impl Harness {
                     outcome,
                 },
                 _,
-            ) if r == request => {
+            ) if self.owner(r) == request => {
                 kind == match outcome {
                     Outcome::Success => AnswerKind::Ok,
                     Outcome::Failure { retryable } => AnswerKind::Failed { retryable },

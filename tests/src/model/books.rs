@@ -5,8 +5,8 @@
 use std::time::Duration;
 
 use foreman_core::{
-    OutlierDetection, PhaseLimits, PoolConfig, ProbeKey, RecoveryPolicy, RecoveryState, RequestKey,
-    RoutingPolicy, Time, TimeoutLimit, WorkerHealthStatus, WorkerKey,
+    HedgeDelay, OutlierDetection, PhaseLimits, PoolConfig, ProbeKey, RecoveryPolicy, RecoveryState,
+    RequestKey, RoutingPolicy, Time, TimeoutLimit, WorkerHealthStatus, WorkerKey,
 };
 
 use super::operations::Outcome;
@@ -26,8 +26,14 @@ pub(super) struct Limits {
     pub(super) threshold: u32,
     /// Whether queued requests may move to the first free worker.
     pub(super) late_binding: bool,
-    /// The most times one request may start (1 without a retry policy).
+    /// The most times one request may start (1 without a retry policy),
+    /// hedges aside.
     pub(super) max_attempts: u32,
+    /// The most hedges one request may get (0 without a hedging policy).
+    pub(super) max_hedges: u32,
+    /// A fixed hedging delay: no hedge starts earlier after its attempt's
+    /// start.
+    pub(super) hedge_delay: Option<Duration>,
     /// The outlier-detection tuning, when the pool runs that recovery
     /// machine (whose invariants the harness checks instead of predicting
     /// the reference's health).
@@ -60,6 +66,11 @@ impl Limits {
             max_attempts: config
                 .retries
                 .map_or(1, |policy| policy.max_attempts.max(1)),
+            max_hedges: config.hedging.map_or(0, |policy| policy.max_hedges),
+            hedge_delay: config.hedging.and_then(|policy| match policy.delay {
+                HedgeDelay::Fixed(delay) => Some(delay),
+                _ => None,
+            }),
             outlier: match config.recovery {
                 RecoveryPolicy::OutlierDetection(tuning) => Some(tuning),
                 _ => None,
@@ -105,12 +116,31 @@ pub(super) struct ReqBook {
     pub(super) attempts: u32,
     /// The retry policy covers it (its kind, and no breaker placed it).
     pub(super) retry: bool,
+    /// The hedging policy covers it (its kind, and no breaker placed it).
+    pub(super) hedge: bool,
+    /// Hedges it has had.
+    pub(super) hedges: u32,
+    /// The key of its running hedge, if it has one.
+    pub(super) sibling: Option<RequestKey>,
     /// When its queue-wait limit passes, if before its deadline.
     pub(super) queue_wait_at: Option<Time>,
     /// Its run limit.
     pub(super) run_limit: Option<std::time::Duration>,
     pub(super) live_pos: usize,
     pub(super) run_pos: usize,
+}
+
+/// A hedge's attempt: the request it runs, where, since when.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct HedgeBook {
+    pub(super) request: RequestKey,
+    pub(super) worker: WorkerKey,
+    pub(super) started_at: Time,
+    /// `Start` seen.
+    pub(super) started: bool,
+    /// The request's own attempt ended: the hedge is the request's only
+    /// attempt, and the request's books name its worker and start.
+    pub(super) alone: bool,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -314,6 +344,8 @@ pub(super) enum Context {
         vetted: bool,
         /// The retry policy covers the request's kind.
         retry: bool,
+        /// The hedging policy covers the request's kind.
+        hedge: bool,
     },
     Revet {
         request: RequestKey,

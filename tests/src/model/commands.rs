@@ -45,14 +45,23 @@ impl Harness {
     /// The first broken rule.
     pub fn complete(&mut self, request: RequestKey, outcome: Outcome) -> Result<bool, Failure> {
         self.begin_input()?;
-        let book = self.requests.get(request.as_u64()).copied();
-        let expect = matches!(
-            book,
-            Some(ReqBook {
-                state: ReqState::Running { .. },
-                ..
-            })
-        );
+        let owner = self.owner(request);
+        let book = self.requests.get(owner.as_u64()).copied();
+        // A hedge's key while it runs (once started); a request's own key
+        // while its own attempt runs (not while its hedge runs alone).
+        let expect = match self.hedges.get(&request.as_u64()) {
+            Some(hedge) => hedge.started,
+            None => matches!(
+                book,
+                Some(ReqBook {
+                    state: ReqState::Running { .. },
+                    sibling,
+                    ..
+                }) if sibling.is_none_or(|hedge| {
+                    self.hedges.get(&hedge.as_u64()).is_some_and(|h| !h.alone)
+                })
+            ),
+        };
         self.context = Context::Complete { request, outcome };
         let applied = self
             .pool
@@ -69,7 +78,11 @@ impl Harness {
             )));
         }
         self.drain()?;
-        if applied && self.requests.get(request.as_u64()).is_some() && self.retried != Some(request)
+        let ended = self.ended.iter().any(|(attempt, _)| *attempt == request);
+        if applied
+            && self.requests.get(owner.as_u64()).is_some()
+            && self.retried != Some(owner)
+            && !ended
         {
             return Err(self.fail(format!("completion of {request} did not answer it")));
         }

@@ -2,13 +2,13 @@
 //! its books and checks, and settles the core's timers after each input.
 
 use std::cmp::Reverse;
-use std::collections::BinaryHeap;
+use std::collections::{BTreeMap, BinaryHeap};
 use std::fmt;
 use std::time::Duration;
 
 use foreman_core::{Pool, PoolConfig, ProbeKey, RequestKey, Time, WorkerHealthStatus, WorkerKey};
 
-use super::books::{Context, KeyTable, Lifecycle, Limits, ReqBook, WorkerBook};
+use super::books::{Context, HedgeBook, KeyTable, Lifecycle, Limits, ReqBook, WorkerBook};
 use super::operations::{pick, Op};
 use super::output::Output;
 use super::requests::Templates;
@@ -68,6 +68,11 @@ pub struct Harness {
     pub(super) stolen: Vec<RequestKey>,
     /// The request the current completion sent to another worker.
     pub(super) retried: Option<RequestKey>,
+    /// Running hedges, by the key their `Start` names.
+    pub(super) hedges: BTreeMap<u64, HedgeBook>,
+    /// Attempts of hedged requests that ended without answering during the
+    /// current input (their key, their worker): an `Abort` may name them.
+    pub(super) ended: Vec<(RequestKey, WorkerKey)>,
     pub(super) next_id: u64,
     pub(super) next_ordinal: u32,
     pub(super) accepted: u64,
@@ -175,6 +180,8 @@ impl Harness {
             moving: Vec::new(),
             stolen: Vec::new(),
             retried: None,
+            hedges: BTreeMap::new(),
+            ended: Vec::new(),
             next_id: 1,
             next_ordinal: 0,
             accepted: 0,
@@ -318,7 +325,13 @@ impl Harness {
         self.ejections
     }
 
-    /// Submits seen so far, accepted and answered.
+    /// The request an attempt's key belongs to: a running hedge's request,
+    /// or the key itself.
+    pub fn attempt_owner(&self, key: RequestKey) -> RequestKey {
+        self.owner(key)
+    }
+
+    /// Submitted, accepted and answered so far.
     pub fn totals(&self) -> (u64, u64, u64) {
         (self.submitted, self.accepted, self.answered)
     }
@@ -467,6 +480,7 @@ impl Harness {
         self.outputs.clear();
         self.outputs_this_input = 0;
         self.retried = None;
+        self.ended.clear();
         self.vetoes_reported = 0;
         if self.clock > self.seen {
             self.seen = self.clock;

@@ -258,11 +258,17 @@ impl Harness {
         let retries = self.pool.config().retries;
         let operation = &self.templates.request(shape, timeout_ms).operation;
         let retry = retries.is_some_and(|policy| policy.covers(operation));
+        let hedge = self
+            .pool
+            .config()
+            .hedging
+            .is_some_and(|policy| policy.covers(operation));
         self.context = Context::Submit {
             id,
             deadline,
             vetted: veto.is_some(),
             retry,
+            hedge,
         };
         self.vetoed = false;
         self.vetoes_pending = 0;

@@ -200,6 +200,15 @@ pub enum TraceEvent {
         /// The worker of the next attempt.
         to: u32,
     },
+    /// A running request got a second attempt on another worker.
+    Hedged {
+        /// The request.
+        id: u64,
+        /// The worker of its running attempt.
+        from: u32,
+        /// The worker of the hedge.
+        to: u32,
+    },
     /// Output: start.
     Start {
         /// The request.

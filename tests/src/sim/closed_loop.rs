@@ -44,8 +44,10 @@ struct LoopSim<'a> {
     fault_draws: Vec<Rng>,
     /// The caller waiting on each pending request, and when it submitted.
     callers: BTreeMap<RequestKey, (usize, Time)>,
-    /// Each pending request's attempts (starts) so far.
+    /// Each pending request's attempts (starts) so far, hedges included.
     attempts: BTreeMap<RequestKey, u64>,
+    /// The request each running hedge (by its key) belongs to.
+    hedge_of: BTreeMap<RequestKey, RequestKey>,
     /// Each worker's running requests, with when each started and when
     /// it will end.
     running: Vec<Vec<(RequestKey, Time, Time)>>,
@@ -101,7 +103,11 @@ impl LoopSim<'_> {
         if let Some(runs) = self.running.get_mut(index) {
             runs.push((request, self.now, self.now + after));
         }
-        *self.attempts.entry(request).or_insert(0) += 1;
+        let owner = self.harness.attempt_owner(request);
+        if owner != request {
+            self.hedge_of.insert(request, owner);
+        }
+        *self.attempts.entry(owner).or_insert(0) += 1;
         self.tally.started(index);
         self.schedule(self.now + after, LoopEv::Complete(request, outcome));
     }
@@ -126,6 +132,17 @@ impl LoopSim<'_> {
                 }
                 Output::Answered { request, kind, .. } => {
                     self.forget_running(request);
+                    // Its hedge's run, if the hedge answered it.
+                    let hedges: Vec<RequestKey> = self
+                        .hedge_of
+                        .iter()
+                        .filter(|(_, owner)| **owner == request)
+                        .map(|(hedge, _)| *hedge)
+                        .collect();
+                    for hedge in hedges {
+                        self.hedge_of.remove(&hedge);
+                        self.forget_running(hedge);
+                    }
                     let attempts = self.attempts.remove(&request).unwrap_or(0);
                     if let Some((caller, since)) = self.callers.remove(&request) {
                         let latency = self.now.since_epoch() - since.since_epoch();
@@ -389,6 +406,7 @@ pub fn run_closed_loop(
             .collect(),
         callers: BTreeMap::new(),
         attempts: BTreeMap::new(),
+        hedge_of: BTreeMap::new(),
         running: vec![Vec::new(); workers],
         line: VecDeque::new(),
         submitted: 0,
@@ -410,6 +428,8 @@ pub fn run_closed_loop(
     outcome.refused_circuit_open = counters.refused_circuit_open;
     outcome.refused_other =
         counters.refused_invalid + counters.refused_shutting_down + counters.refused_no_budget;
+    outcome.hedged = counters.hedged;
+    outcome.hedges_won = counters.hedges_won;
     outcome.timeouts_queued = counters.timed_out_queued;
     outcome.timeouts_running = counters.timed_out_running;
     outcome.ejections = sim.harness.ejections();

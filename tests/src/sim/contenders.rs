@@ -4,7 +4,8 @@
 //! tokio example) by adding one entry to that list.
 
 use foreman_core::{
-    OutlierDetection, PanicMode, PoolConfig, RecoveryPolicy, RetryPolicy, RoutingPolicy,
+    HedgePolicy, OutlierDetection, PanicMode, PoolConfig, RecoveryPolicy, RetryPolicy,
+    RoutingPolicy,
 };
 
 use super::oracle::Knowledge;
@@ -120,6 +121,22 @@ pub const CONTENDERS: &[Contender] = &[
                 .with_routing(RoutingPolicy::PeakEwma)
                 .with_recovery(RecoveryPolicy::outlier_detection())
                 .with_retries(Some(RetryPolicy::default()))
+        }),
+    },
+    Contender {
+        name: "idle_first_hedged_p95",
+        kind: Kind::Pool(|config| {
+            config
+                .with_routing(RoutingPolicy::IdleFirst)
+                .with_hedging(Some(HedgePolicy::default()))
+        }),
+    },
+    Contender {
+        name: "peak_ewma_hedged_p95",
+        kind: Kind::Pool(|config| {
+            config
+                .with_routing(RoutingPolicy::PeakEwma)
+                .with_hedging(Some(HedgePolicy::default()))
         }),
     },
     Contender {

@@ -89,6 +89,8 @@ pub struct SimOutcome {
     pub submitted: u64,
     /// Submits accepted.
     pub accepted: u64,
+    /// Hedges started and hedges that won.
+    pub hedges: (u64, u64),
     /// Simulated time at the end.
     pub sim_time: Duration,
     /// Hash of the whole trace.
@@ -190,6 +192,7 @@ pub fn run_seed(seed: u64, requests: u64, keep_trace: bool) -> SimOutcome {
                 failure: Some(format!("scenario config refused: {error}")),
                 submitted: 0,
                 accepted: 0,
+                hedges: (0, 0),
                 sim_time: Duration::ZERO,
                 trace_hash: 0,
                 tail: Vec::new(),
@@ -206,6 +209,7 @@ pub fn run_seed(seed: u64, requests: u64, keep_trace: bool) -> SimOutcome {
         Err(failure) => Some(sim.harness.failure().cloned().unwrap_or(failure).0),
     };
     let (submitted, accepted, _) = sim.harness.totals();
+    let counters = sim.harness.pool().stats().counters;
     let trace = sim.harness.trace();
     SimOutcome {
         seed,
@@ -213,6 +217,7 @@ pub fn run_seed(seed: u64, requests: u64, keep_trace: bool) -> SimOutcome {
         failure,
         submitted,
         accepted,
+        hedges: (counters.hedged, counters.hedges_won),
         sim_time: sim.now.since_epoch(),
         trace_hash: trace.hash(),
         tail: trace.tail(),

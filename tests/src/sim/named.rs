@@ -233,14 +233,35 @@ impl ClosedLoop {
         ..FIFTY_CALLERS_TEN_WORKERS
     };
 
-    /// Every named scenario, in the issue's order.
-    pub const ALL: [ClosedLoop; 6] = [
+    /// Hedging's scenario: ten workers with heavy-tailed lognormal
+    /// latencies (medians 150–450 ms, σ 1.0: p99 ≈ 10 × median, p999 ≈ 22
+    /// ×), five callers (so workers are often idle, which a hedge needs),
+    /// 5 000 requests, a 30 s budget. Hedging at each worker's p95 should
+    /// cut the tail; attempts show what it costs.
+    pub const LLM_LIKE_HEAVY_TAIL: ClosedLoop = ClosedLoop {
+        name: "llm-like-heavy-tail",
+        about: "ten lognormal workers (medians 150–450 ms, σ 1.0), five callers, \
+                5 000 requests, 30 s budget",
+        latency: LatencyModel::LogNormal {
+            fastest_median: Duration::from_millis(150),
+            slowest_median: Duration::from_millis(450),
+            sigma_permille: 1000,
+            slowdown: None,
+        },
+        callers: 5,
+        seed: 6,
+        ..FIFTY_CALLERS_TEN_WORKERS
+    };
+
+    /// Every named scenario, in the issue's order, then the hedging one.
+    pub const ALL: [ClosedLoop; 7] = [
         ClosedLoop::OVERLOAD_OF_HEALTHY_WORKERS,
         ClosedLoop::SPREAD_LATENCIES,
         ClosedLoop::LLM_LIKE_SLOWDOWN,
         ClosedLoop::FLAKY_AND_DEAD,
         ClosedLoop::SIX_OF_TEN_FAIL,
         ClosedLoop::RETRY_STORM,
+        ClosedLoop::LLM_LIKE_HEAVY_TAIL,
     ];
 
     /// The named scenario called `name`.

@@ -118,6 +118,10 @@ pub struct ClosedLoopOutcome {
     pub attempts: u64,
     /// Most attempts of one request.
     pub most_attempts: u64,
+    /// Hedges started ([`Counters::hedged`](foreman_core::Counters::hedged)).
+    pub hedged: u64,
+    /// Requests their hedge answered.
+    pub hedges_won: u64,
     /// Caller-observed latency (submit to answer) of accepted requests:
     /// median, 99th and 99.9th percentile (nearest rank).
     pub p50: Duration,
@@ -171,6 +175,8 @@ impl ClosedLoopOutcome {
             transitions_per_worker: Vec::new(),
             attempts: 0,
             most_attempts: 0,
+            hedged: 0,
+            hedges_won: 0,
             p50: Duration::ZERO,
             p99: Duration::ZERO,
             p999: Duration::ZERO,
@@ -265,7 +271,7 @@ impl ClosedLoopOutcome {
              accepted={} ok={} failed={} timeouts={} (queued {}, running {}) other={} \
              refused_queue_full={} refused_no_healthy_worker={} refused_circuit_open={} \
              refused_other={} ejections={} transitions={} attempts={} most_attempts={} \
-             shares=[{}] ok_per_second={:?} trace_hash={:016x}",
+             hedged={} hedges_won={} shares=[{}] ok_per_second={:?} trace_hash={:016x}",
             self.name,
             self.policy,
             self.p50,
@@ -288,6 +294,8 @@ impl ClosedLoopOutcome {
             self.transitions_by_worker(),
             self.attempts,
             self.most_attempts,
+            self.hedged,
+            self.hedges_won,
             self.shares(),
             self.ok_per_second,
             self.trace_hash

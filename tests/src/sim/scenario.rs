@@ -5,8 +5,9 @@
 use std::time::Duration;
 
 use foreman_core::{
-    FailureClasses, OutlierDetection, PanicMode, PoolConfig, RecoveryPolicy, RetryBudget,
-    RetryPolicy, RoutingPolicy, WorkerErrorCode, WorkerPoolOptions, WorkerSecurityPolicy,
+    FailureClasses, HedgeDelay, HedgePolicy, OutlierDetection, PanicMode, PoolConfig,
+    RecoveryPolicy, RetryBudget, RetryPolicy, RoutingPolicy, WorkerErrorCode, WorkerPoolOptions,
+    WorkerSecurityPolicy,
 };
 
 use crate::rng::Rng;
@@ -183,7 +184,7 @@ impl Scenario {
             "workers={} mean_latency={:.4}s queue={} conc={} threshold={} timeout={:?} probe={:?}/{:?} \
              limits={:?}/{:?} arrival={:?} kinds={:?} fail={:.2} retryable={:.2} panic={:.2} hang={:.3} \
              slow_probe={:.2} lying_probe={:.2} cancel={:.2} invalid={:.2} chaos={:?} shutdown={:?} \
-             recovery={:?} retries={:?}",
+             recovery={:?} retries={:?} hedging={:?}",
             self.workers,
             self.mean_latency,
             self.config.options.queue_capacity,
@@ -208,6 +209,7 @@ impl Scenario {
             self.shutdown,
             self.config.recovery,
             self.config.retries,
+            self.config.hedging,
         )
     }
 
@@ -310,7 +312,25 @@ fn draw_config(rng: &mut Rng, workers: usize, mean_latency: f64) -> PoolConfig {
     let run_limit = phases
         .chance(1.0 / 3.0)
         .then(|| secs(mean_latency * phases.uniform(1.0, 10.0)).max(Duration::from_micros(1)));
+    // Hedging from a generator of its own too: in half the pools, after a
+    // fixed delay around the mean latency or a percentile of each
+    // worker's run times, one or two hedges, tools too in some.
+    let mut hedges = Rng::new(mean_latency.to_bits().rotate_left(17) ^ queue_capacity as u64);
+    let hedging = hedges.chance(0.5).then(|| {
+        let delay = if hedges.chance(0.5) {
+            HedgeDelay::Fixed(
+                secs(mean_latency * hedges.uniform(0.2, 3.0)).max(Duration::from_micros(1)),
+            )
+        } else {
+            HedgeDelay::RunTimePercentile(hedges.range(500, 990) as u32)
+        };
+        HedgePolicy::default()
+            .with_delay(delay)
+            .with_max_hedges(1 + u32::from(hedges.chance(0.3)))
+            .with_tools(hedges.chance(0.3))
+    });
     PoolConfig::new(options)
+        .with_hedging(hedging)
         .with_queue_wait_limit(queue_wait_limit)
         .with_run_limit(run_limit)
         .with_probe_timeout(probe_timeout)

@@ -33,8 +33,9 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use foreman_core::{
-    FailureClasses, OutlierDetection, PanicMode, PoolConfig, RecoveryPolicy, RetryBudget,
-    RetryPolicy, RoutingPolicy, Time, WorkerErrorCode, WorkerPoolOptions, WorkerSecurityPolicy,
+    FailureClasses, HedgeDelay, HedgePolicy, OutlierDetection, PanicMode, PoolConfig,
+    RecoveryPolicy, RetryBudget, RetryPolicy, RoutingPolicy, Time, WorkerErrorCode,
+    WorkerPoolOptions, WorkerSecurityPolicy,
 };
 use foreman_tests::model::{
     Distance, Harness, Op, Outcome, RawInput, Shape, TimeoutChoice, TraceEvent, Verdict,
@@ -412,6 +413,17 @@ fn any_config() -> impl Strategy<Value = PoolConfig> {
             proptest::option::weighted(0.3, 1u64..3_000),
         ),
         proptest::option::weighted(0.3, (1u32..=3, any::<bool>(), 0u32..=100, 0u32..=2)),
+        proptest::option::weighted(
+            0.3,
+            (
+                prop_oneof![
+                    (1u64..3_000).prop_map(|ms| HedgeDelay::Fixed(Duration::from_millis(ms))),
+                    (1u32..=999).prop_map(HedgeDelay::RunTimePercentile),
+                ],
+                1u32..=2,
+                any::<bool>(),
+            ),
+        ),
     )
         .prop_map(
             |(
@@ -425,6 +437,7 @@ fn any_config() -> impl Strategy<Value = PoolConfig> {
                 (unsampled_ms, decay_ms, degraded_share),
                 (queue_wait_ms, run_ms),
                 retries,
+                hedging,
             )| {
                 PoolConfig::new(WorkerPoolOptions {
                     queue_capacity,
@@ -460,6 +473,13 @@ fn any_config() -> impl Strategy<Value = PoolConfig> {
                                 .with_share_percent(share)
                                 .with_reserve_per_second(reserve),
                         )
+                }))
+                // Sometimes hedging, of tools too, one or two hedges.
+                .with_hedging(hedging.map(|(delay, max_hedges, tools)| {
+                    HedgePolicy::default()
+                        .with_delay(delay)
+                        .with_max_hedges(max_hedges)
+                        .with_tools(tools)
                 }))
             },
         )

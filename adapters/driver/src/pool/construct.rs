@@ -386,6 +386,9 @@ impl<R: Runtime> WorkerPool<R> {
         if config.retries.is_some() && !pool_tasks {
             return Err(BuildError::RetriesNeedPoolTasks);
         }
+        if config.hedging.is_some() && !pool_tasks {
+            return Err(BuildError::HedgingNeedsPoolTasks);
+        }
         if let Err(reason) = runtime.check_context() {
             return Err(BuildError::NoRuntime(reason));
         }

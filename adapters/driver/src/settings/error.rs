@@ -85,6 +85,7 @@ impl PoolSettings {
                 text::quoted(self.retries.budget.window),
             ),
             ConfigError::InvalidRecovery { field, .. } => return self.recovery.key_of(field),
+            ConfigError::InvalidHedging { field, .. } => return self.hedging.key_of(field),
             ConfigError::ZeroQueueWaitLimit => (
                 "queue_wait_limit",
                 text::quoted(self.queue_wait_limit.unwrap_or_default()),

@@ -2,11 +2,12 @@
 //! its errors and [`WorkerPool::from_settings`].
 //!
 //! This file holds [`PoolSettings`], its loaders and checks; each section
-//! (`[retries]`, `[recovery]`, `[security_policy]`, `[driver]`) and the
+//! (`[retries]`, `[hedging]`, `[recovery]`, `[security_policy]`, `[driver]`) and the
 //! errors have a file beside it.
 
 mod driver;
 mod error;
+mod hedging;
 mod recovery;
 mod retries;
 mod security;
@@ -14,6 +15,7 @@ mod text;
 
 pub use driver::DriverSettings;
 pub use error::ConfigFileError;
+pub use hedging::HedgeSettings;
 pub use recovery::{RecoveryName, RecoverySettings};
 pub use retries::{RetryBudgetSettings, RetrySettings};
 pub use security::SecurityPolicySettings;
@@ -60,6 +62,7 @@ use error::key_path;
 /// | `recovery.policy` | [`PoolConfig::recovery`] | `"reference"` or `"outlier_detection"`; the other `[recovery]` keys set [`OutlierDetection`]'s fields (`panic_mode`: `"route_to_all"` or `"fail_fast"`; `counted`: a list of error codes, `["execution_failed", "timeout"]`) and apply only under `"outlier_detection"` |
 /// | `driver.execution` | [`ExecutionMode`] | `"pool_tasks"` or `"caller_task"` |
 /// | `retries.enabled` | [`PoolConfig::retries`] | `false` for `None`; `true` for the policy the other `retries` keys give |
+/// | `hedging.enabled` | [`PoolConfig::hedging`] | `false` for `None`; `true` for the policy the other `hedging` keys give (`delay`: `"300ms"`, or a percentile of run times, `"p95"`) |
 ///
 /// Durations are parsed and printed by `humantime`: `"250ms"`, `"30s"`,
 /// `"1h 30m"` (units `ns`, `us`, `ms`, `s`, `m`, `h`, `d`, `w` and their
@@ -144,6 +147,9 @@ pub struct PoolSettings {
     /// Whether and how failed requests run again (`[retries]`;
     /// [`PoolConfig::retries`]).
     pub retries: RetrySettings,
+    /// Whether and when running requests get a second attempt on another
+    /// worker (`[hedging]`; [`PoolConfig::hedging`]).
+    pub hedging: HedgeSettings,
     /// How long a request may wait for a worker unless it sets its own
     /// limit ([`PoolConfig::queue_wait_limit`]); `None` (written `false`)
     /// sets no limit.
@@ -202,6 +208,7 @@ impl Default for PoolSettings {
             max_request_depth: config.max_request_depth,
             seed: config.seed,
             retries: RetrySettings::from_policy(config.retries),
+            hedging: HedgeSettings::from_policy(config.hedging),
             queue_wait_limit: config.queue_wait_limit,
             run_limit: config.run_limit,
             ewma_decay: config.ewma_decay,
@@ -302,6 +309,7 @@ impl PoolSettings {
             .with_max_request_depth(self.max_request_depth)
             .with_seed(self.seed)
             .with_retries(self.retries.to_policy())
+            .with_hedging(self.hedging.to_policy())
             .with_recovery(self.recovery.to_policy())
             .with_queue_wait_limit(self.queue_wait_limit)
             .with_run_limit(self.run_limit)
