@@ -121,7 +121,7 @@ pub use output::{Action, Answer, Event, Phase};
 pub use pool::admission::Refused;
 pub use pool::invariants::InvariantViolation;
 pub use pool::vetting::{Revetted, Vetted, Vetting};
-pub use pool::workers::{CommandError, MAX_WORKER_ID_LEN};
+pub use pool::workers::{CommandError, WorkerSpec, MAX_WORKER_ID_LEN};
 pub use pool::Pool;
 pub use protocol::{
     WorkerErrorCode, WorkerHealth, WorkerHealthStatus, WorkerOperation, WorkerPoolError,

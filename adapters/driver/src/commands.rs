@@ -4,13 +4,15 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use foreman_core::{CommandError, Time, WorkerKey, WorkerPoolError};
+use foreman_core::{CommandError, Time, WorkerKey, WorkerPoolError, WorkerSpec};
 use futures_util::future::poll_fn;
 
 use crate::answer::command_error;
 use crate::handler::WorkerHandler;
 use crate::meter::WorkerMeter;
+use crate::names::Names;
 use crate::runtime::Runtime;
+use crate::shared::Shared;
 use crate::state::{Core, WorkerEntry};
 
 use crate::pool::WorkerPool;
@@ -73,19 +75,90 @@ impl<R: Runtime> WorkerPool<R> {
     /// # Examples
     /// See [`restart_worker`](Self::restart_worker).
     pub fn add_worker(&self, handler: Arc<dyn WorkerHandler>) -> Result<String, WorkerPoolError> {
+        self.add_worker_with(WorkerSpec::default(), handler)
+            .map_err(command_error)
+    }
+
+    /// Adds a worker running `handler` as `spec` describes it: its id (an
+    /// endpoint URL, say; `None` takes the next unused `worker-N`) and its
+    /// own run limit (`None` takes the pool's
+    /// [`max_concurrency_per_worker`](foreman_core::PoolConfig::max_concurrency_per_worker)),
+    /// in the lane with the fewest workers; returns its id. It takes new
+    /// requests at once and is probed like the others.
+    ///
+    /// # Errors
+    /// [`CommandError::DuplicateWorkerId`] when a worker of any lane has
+    /// that id (one being removed keeps it until its running requests
+    /// end); [`CommandError::InvalidWorkerId`] for an empty or overlong id;
+    /// [`CommandError::ZeroConcurrency`] for a run limit of 0;
+    /// [`CommandError::ShuttingDown`] once shutdown began;
+    /// [`CommandError::TooManyWorkers`] past 2^32 workers in a lane.
+    ///
+    /// # Examples
+    /// ```
+    /// # use std::sync::Arc;
+    /// # use foreman_tokio::{async_trait, WorkerHandler, WorkerProtocolError, WorkerRequest};
+    /// # use serde_json::{json, Value};
+    /// # struct Echo;
+    /// # #[async_trait]
+    /// # impl WorkerHandler for Echo {
+    /// #     async fn handle(&self, _: WorkerRequest) -> Result<Value, WorkerProtocolError> {
+    /// #         Ok(json!(null))
+    /// #     }
+    /// # }
+    /// use foreman_tokio::{CommandError, WorkerPool, WorkerPoolOptions, WorkerSpec};
+    ///
+    /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+    /// let pool = WorkerPool::new_inprocess(vec![Arc::new(Echo)], WorkerPoolOptions::default(), None)?;
+    /// let spec = WorkerSpec::named("http://10.0.0.5:8080").with_max_concurrency(4);
+    /// let id = pool.add_worker_with(spec.clone(), Arc::new(Echo)).expect("a new id");
+    /// assert_eq!(id, "http://10.0.0.5:8080");
+    /// assert_eq!(
+    ///     pool.add_worker_with(spec, Arc::new(Echo)),
+    ///     Err(CommandError::DuplicateWorkerId(id)),
+    /// );
+    /// pool.shutdown().await;
+    /// # Ok::<(), foreman_tokio::WorkerPoolError>(())
+    /// # }).unwrap();
+    /// ```
+    pub fn add_worker_with(
+        &self,
+        spec: WorkerSpec,
+        handler: Arc<dyn WorkerHandler>,
+    ) -> Result<String, CommandError> {
         let shared = &self.shared;
         let mut names = shared.names.lock();
         let lane = (0..shared.lanes.len())
             .min_by_key(|&lane| shared.lane(lane).core.lock().workers.len())
             .unwrap_or(0);
-        let id = names.peek();
+        let id = match &spec.id {
+            Some(id) => id.clone(),
+            None => names.next_numbered(),
+        };
+        // Each lane's core knows its own workers' ids only.
+        if shared.lanes.len() > 1 {
+            let taken = (0..shared.lanes.len()).any(|other| {
+                shared
+                    .lane(other)
+                    .core
+                    .lock()
+                    .pool
+                    .worker_key(&id)
+                    .is_some()
+            });
+            if taken {
+                return Err(CommandError::DuplicateWorkerId(id));
+            }
+        }
+        let mut spec = spec;
+        spec.id = Some(id.clone());
         // Refused, the handler is dropped (user code) with no lock held; so
         // are its gauges, registered here (a recorder is user code too),
         // when this function returns.
         let mut handler = Some(handler);
         let mut meter = Some(WorkerMeter::new(&id));
         let added = shared.input(lane, |core, now| {
-            let key = core.pool.add_named_worker(now, id.as_str())?;
+            let key = core.pool.add_worker_with(now, spec)?;
             let cell = handler.take().zip(meter.take()).map(|(handler, meter)| {
                 let entry = WorkerEntry::new(&id, key, handler, meter);
                 let cell = Arc::clone(&entry.cell);
@@ -94,17 +167,16 @@ impl<R: Runtime> WorkerPool<R> {
             });
             Ok(cell)
         });
-        let added = match added {
-            Ok(cell) => {
-                shared.meter.workers_added(1);
-                // Requests the core started on it already wait in its inbox.
-                if let (true, Some(cell)) = (shared.pool_tasks, cell) {
-                    shared.spawn_worker(lane, cell);
-                }
-                Ok(names.add(lane))
+        let added = added.map(|cell| {
+            shared.meter.workers_added(1);
+            // Requests the core started on it already wait in its inbox.
+            if let (true, Some(cell)) = (shared.pool_tasks, cell) {
+                shared.spawn_worker(lane, cell);
             }
-            Err(error) => Err(command_error(error)),
-        };
+            names.add(&id, lane);
+            forget_removed(shared, &mut names);
+            id
+        });
         drop(names);
         drop(handler);
         added
@@ -237,4 +309,20 @@ impl<R: Runtime> WorkerPool<R> {
             })
             .map_err(command_error)
     }
+}
+
+/// Forgets the names of removed workers once they outnumber the live ones
+/// (and a few more), so a pool whose workers come and go (discovery) keeps
+/// a bounded map. Amortised O(1) per added worker.
+fn forget_removed<R: Runtime>(shared: &Shared<R>, names: &mut Names) {
+    let live: usize = (0..shared.lanes.len())
+        .map(|lane| shared.lane(lane).core.lock().workers.len())
+        .sum();
+    if names.recorded() <= 2 * live + 16 {
+        return;
+    }
+    names.retain(|id| {
+        (0..shared.lanes.len())
+            .any(|lane| shared.lane(lane).core.lock().pool.worker_key(id).is_some())
+    });
 }

@@ -203,6 +203,7 @@ pub use worker::ExecutionMode;
 /// The attribute macro handlers and hooks are written with.
 pub use async_trait::async_trait;
 
+pub use foreman_core::{CommandError, WorkerSpec};
 pub use foreman_core::{
     ConfigError, Counters, HealthCause, LimitedRequest, PhaseLimits, PoolConfig, RetryBudget,
     RetryPolicy, RoutingPolicy, Stats, TimeoutLimit, WorkerErrorCode, WorkerHealth,
@@ -238,6 +239,9 @@ pub mod api {
 
     /// The recovery policy's options.
     pub use crate::{FailureClasses, OutlierDetection, PanicMode, RecoveryPolicy};
+
+    /// Workers added by id with their own run limits, and why one is refused.
+    pub use crate::{CommandError, WorkerSpec};
 
     /// Settings files (the `config` feature).
     #[cfg(feature = "config")]

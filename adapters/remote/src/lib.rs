@@ -33,10 +33,12 @@
 #![forbid(unsafe_code)]
 
 pub mod client;
+pub mod discovery;
 pub mod protocol;
 pub mod server;
 
 pub use client::{RemoteError, RemoteOptions, RemoteWorker};
+pub use discovery::{Discovery, DiscoveryHandle, DiscoveryStats};
 pub use server::{ServeError, ServeReport, Server, ServerOptions};
 
 /// Serves `pool` on `listener` until `shutdown` resolves, then drains

@@ -172,7 +172,6 @@ impl<P: Clone> Pool<P> {
         vetted: bool,
     ) -> Result<RequestKey, Refused<P>> {
         let deadline = admission.timeout().map(|budget| now + budget);
-        let max_running = self.config.max_concurrency_per_worker as usize;
         let retry = admission.retry() && !vetted;
         let may_retry = self.may_run_again(retry, 1);
         // Under latency-aware late binding an unpinned request joins the
@@ -187,7 +186,7 @@ impl<P: Clone> Pool<P> {
         self.counters.submitted += 1;
         // Otherwise a free worker with nothing waiting starts the request
         // at once, without a trip through its queue.
-        let free = slot.running.len() < slot.run_slots(max_running);
+        let free = slot.running.len() < slot.run_slots(slot.max_running);
         let start_now = slot.queued == 0 && free && !behind;
         let state = if start_now {
             RequestState::Running { started_at: now }

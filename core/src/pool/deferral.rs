@@ -136,13 +136,12 @@ impl<P: Clone> Pool<P> {
     /// with no free run slot, at its oldest run's start plus twice its
     /// estimate; takes it out otherwise. O(log n + c) for `c` runs.
     pub(super) fn refresh_finish(&mut self, worker: WorkerKey) {
-        let max_running = self.config.max_concurrency_per_worker as usize;
         let estimate = self.latency_estimate(worker);
         let requests = &self.requests;
         let Some(slot) = self.workers.get_mut(worker.0) else {
             return;
         };
-        let busy = slot.schedulable && slot.running.len() >= max_running;
+        let busy = slot.schedulable && slot.running.len() >= slot.max_running;
         let key = busy
             .then(|| {
                 let oldest = slot

@@ -228,17 +228,28 @@ impl<P: Clone> Pool<P> {
     /// No worker runs more than its concurrency, holds more than its
     /// capacity, or has a free run slot while requests wait in its queue.
     fn check_load(&self, worker: WorkerKey, slot: &Worker) -> Checked {
-        let max_running = self.config.max_concurrency_per_worker as usize;
+        let max_running = slot.max_running;
+        ensure!(
+            max_running >= 1
+                && slot.capacity
+                    == self
+                        .config
+                        .options
+                        .queue_capacity
+                        .saturating_add(max_running),
+            "{worker} has run limit {max_running} and capacity {}",
+            slot.capacity
+        );
         ensure!(
             slot.running.len() <= max_running,
             "{worker} runs {} > {max_running}",
             slot.running.len()
         );
         ensure!(
-            slot.running.len() + slot.queued <= self.capacity,
+            slot.running.len() + slot.queued <= slot.capacity,
             "{worker} holds {} > capacity {}",
             slot.running.len() + slot.queued,
-            self.capacity
+            slot.capacity
         );
         ensure!(
             slot.queued == 0
@@ -284,7 +295,7 @@ impl<P: Clone> Pool<P> {
     /// A schedulable worker has no free run slot while requests wait in
     /// the backlog.
     fn check_backlog_is_served(&self, worker: WorkerKey, slot: &Worker) -> Checked {
-        let max_running = self.config.max_concurrency_per_worker as usize;
+        let max_running = slot.max_running;
         ensure!(
             self.backlog_live == 0
                 || slot.running.len() >= slot.run_slots(max_running)
@@ -299,7 +310,7 @@ impl<P: Clone> Pool<P> {
     /// one only when schedulable with no free run slot; it is recorded as
     /// free and holding requests exactly when it is.
     fn check_finish_order(&self, worker: WorkerKey, slot: &Worker, tally: &mut Tally) -> Checked {
-        let max_running = self.config.max_concurrency_per_worker as usize;
+        let max_running = slot.max_running;
         let free_holding = slot.running.len() < max_running && slot.queued > 0;
         let (held, _) = self.router.free_holding(worker);
         ensure!(
@@ -327,9 +338,9 @@ impl<P: Clone> Pool<P> {
     /// status and load make them: eligible when schedulable with room, idle
     /// when also a run slot is free, preferred when also Healthy.
     fn check_membership(&self, worker: WorkerKey, slot: &Worker) -> Checked {
-        let max_running = self.config.max_concurrency_per_worker as usize;
+        let max_running = slot.max_running;
         let eligible = self.expect_schedulable(slot)
-            && slot.has_room(self.capacity, self.config.options.queue_capacity);
+            && slot.has_room(slot.capacity, self.config.options.queue_capacity);
         let idle = eligible && slot.running.len() < slot.run_slots(max_running);
         let expect = Membership {
             eligible,

@@ -165,8 +165,6 @@ use run_list::RunList;
 /// `Unavailable`.
 pub struct Pool<P> {
     config: PoolConfig,
-    /// Requests one worker may hold: running plus queued.
-    capacity: usize,
     now: Time,
     requests: Slab<Request<P>>,
     workers: Slab<Worker>,
@@ -280,6 +278,13 @@ impl RequestState {
 
 struct Worker {
     id: String,
+    /// How many requests it may run at once: its own limit
+    /// ([`WorkerSpec::max_concurrency`](workers::WorkerSpec)), or the
+    /// pool's `max_concurrency_per_worker`.
+    max_running: usize,
+    /// Requests it may hold, running plus queued: the pool's queue
+    /// capacity plus `max_running`.
+    capacity: usize,
     health: Recovery,
     /// Cached `health.status()`, to notice changes.
     status: WorkerHealthStatus,
@@ -364,16 +369,11 @@ impl<P: Clone> Pool<P> {
     pub fn new(config: impl Into<PoolConfig>, now: Time) -> Result<Self, ConfigError> {
         let config = config.into();
         config.validate()?;
-        let capacity = config
-            .options
-            .queue_capacity
-            .saturating_add(config.max_concurrency_per_worker as usize);
         Ok(Pool {
             router: Router::new(config.routing),
             rng: Rng::new(config.seed),
             retry_ledger: config.retries.map(|policy| RetryLedger::new(policy.budget)),
             config,
-            capacity,
             now,
             requests: Slab::new(),
             workers: Slab::new(),

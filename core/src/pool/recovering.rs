@@ -13,8 +13,8 @@ use crate::time::Time;
 use crate::timers::Timer;
 
 impl Worker {
-    /// How many requests the worker may run at once now: the pool's
-    /// concurrency, at most its trial permits while half-open, and none
+    /// How many requests the worker may run at once now: its own run
+    /// limit (`max_running`), at most its trial permits while half-open, and none
     /// beyond those it runs while saturated (a handler refused a request).
     pub(super) fn run_slots(&self, max_running: usize) -> usize {
         let limit = max_running.min(self.health.run_limit());
@@ -26,7 +26,7 @@ impl Worker {
     }
 
     /// How many requests the worker may hold (running plus queued) before
-    /// routing passes it by: the pool's capacity, at most its trial
+    /// routing passes it by: its `capacity`, at most its trial
     /// permits while half-open.
     pub(super) fn room(&self, capacity: usize) -> usize {
         capacity.min(self.health.run_limit())

@@ -59,13 +59,12 @@ impl<P: Clone> Pool<P> {
     /// Recomputes a worker's eligibility after a change to its requests
     /// only (its status is as cached).
     pub(super) fn refresh_load(&mut self, worker: WorkerKey) {
-        let capacity = self.capacity;
         let queue_capacity = self.config.options.queue_capacity;
-        let max_running = self.config.max_concurrency_per_worker as usize;
         let Some(slot) = self.workers.get_mut(worker.0) else {
             return;
         };
-        let eligible = slot.schedulable && slot.has_room(capacity, queue_capacity);
+        let max_running = slot.max_running;
+        let eligible = slot.schedulable && slot.has_room(slot.capacity, queue_capacity);
         let idle = eligible && slot.running.len() < slot.run_slots(max_running);
         let now = Membership {
             eligible,
@@ -113,12 +112,11 @@ impl<P: Clone> Pool<P> {
     /// input: like any request submitted to a free worker, it starts
     /// whatever its budget (it is never too late to start).
     pub(super) fn pump_after_submit(&mut self, worker: WorkerKey, fresh: Option<RequestKey>) {
-        let max = self.config.max_concurrency_per_worker as usize;
         loop {
             let Some(slot) = self.workers.get_mut(worker.0) else {
                 return;
             };
-            if slot.running.len() >= slot.run_slots(max)
+            if slot.running.len() >= slot.run_slots(slot.max_running)
                 || (slot.queue.is_empty() && self.backlog_live == 0)
             {
                 return;

@@ -49,6 +49,52 @@ pub enum CommandError {
     /// The pool already holds the largest number of workers it can track.
     #[error("too many workers")]
     TooManyWorkers,
+    /// A worker's own run limit ([`WorkerSpec::max_concurrency`]) was zero.
+    #[error("worker {id:?}: max_concurrency must be at least 1")]
+    ZeroConcurrency {
+        /// The worker it was given for.
+        id: String,
+    },
+}
+
+/// What [`Pool::add_worker_with`] adds: a worker's identifier and its own
+/// run limit.
+///
+/// ```
+/// use foreman_core::{Pool, PoolConfig, Time, WorkerSpec};
+///
+/// let mut pool: Pool<()> = Pool::new(PoolConfig::default(), Time::ZERO).unwrap();
+/// let spec = WorkerSpec::named("http://10.0.0.5:8080").with_max_concurrency(4);
+/// let key = pool.add_worker_with(Time::ZERO, spec).unwrap();
+/// assert_eq!(pool.worker_max_concurrency(key), Some(4));
+/// ```
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct WorkerSpec {
+    /// Its identifier; `None` names it `worker-N`, as
+    /// [`Pool::add_worker`] does.
+    pub id: Option<String>,
+    /// How many requests it may run at once; `None` takes the pool's
+    /// [`PoolConfig::max_concurrency_per_worker`](crate::PoolConfig::max_concurrency_per_worker).
+    /// Its queue holds the pool's `queue_capacity` on top.
+    pub max_concurrency: Option<u32>,
+}
+
+impl WorkerSpec {
+    /// A worker named `id`, with the pool's run limit.
+    pub fn named(id: impl Into<String>) -> Self {
+        WorkerSpec {
+            id: Some(id.into()),
+            max_concurrency: None,
+        }
+    }
+
+    /// Sets its own run limit (at least 1, checked when it is added).
+    #[must_use]
+    pub fn with_max_concurrency(mut self, max_concurrency: u32) -> Self {
+        self.max_concurrency = Some(max_concurrency);
+        self
+    }
 }
 
 impl<P: Clone> Pool<P> {
@@ -59,13 +105,7 @@ impl<P: Clone> Pool<P> {
     /// [`CommandError::ShuttingDown`] once shutdown began;
     /// [`CommandError::TooManyWorkers`] past 2^32 workers.
     pub fn add_worker(&mut self, now: Time) -> Result<WorkerKey, CommandError> {
-        loop {
-            let id = format!("worker-{}", self.names_issued);
-            self.names_issued += 1;
-            if !self.ids.contains_key(&id) {
-                return self.add_named_worker(now, id);
-            }
-        }
+        self.add_worker_with(now, WorkerSpec::default())
     }
 
     /// Adds a worker with the given identifier and starts probing it.
@@ -80,11 +120,28 @@ impl<P: Clone> Pool<P> {
         now: Time,
         id: impl Into<String>,
     ) -> Result<WorkerKey, CommandError> {
+        self.add_worker_with(now, WorkerSpec::named(id))
+    }
+
+    /// Adds a worker as `spec` describes it (its identifier, or `worker-N`;
+    /// its own run limit, or the pool's) and starts probing it.
+    ///
+    /// # Errors
+    /// As [`add_named_worker`](Self::add_named_worker), and
+    /// [`CommandError::ZeroConcurrency`] for a run limit of 0.
+    pub fn add_worker_with(
+        &mut self,
+        now: Time,
+        spec: WorkerSpec,
+    ) -> Result<WorkerKey, CommandError> {
         let now = self.observe(now);
-        let id = id.into();
         if self.lifecycle != Lifecycle::Running {
             return Err(CommandError::ShuttingDown);
         }
+        let id = match spec.id {
+            Some(id) => id,
+            None => self.next_numbered_id(),
+        };
         if id.is_empty() || id.len() > MAX_WORKER_ID_LEN {
             return Err(CommandError::InvalidWorkerId {
                 reason: format!(
@@ -96,9 +153,22 @@ impl<P: Clone> Pool<P> {
         if self.ids.contains_key(&id) {
             return Err(CommandError::DuplicateWorkerId(id));
         }
+        let max_running = match spec
+            .max_concurrency
+            .unwrap_or(self.config.max_concurrency_per_worker)
+        {
+            0 => return Err(CommandError::ZeroConcurrency { id }),
+            limit => limit as usize,
+        };
         let due = now + self.config.options.health_probe_interval;
         let worker = Worker {
             id: id.clone(),
+            max_running,
+            capacity: self
+                .config
+                .options
+                .queue_capacity
+                .saturating_add(max_running),
             health: Recovery::new(&self.config.recovery, self.config.failure_threshold()),
             status: WorkerHealthStatus::Healthy,
             queue: VecDeque::new(),
@@ -125,6 +195,25 @@ impl<P: Clone> Pool<P> {
         // A new worker takes waiting requests at once.
         self.refresh_and_pump(key, HealthCause::Restart);
         Ok(key)
+    }
+
+    /// The next `worker-N` name not in use.
+    fn next_numbered_id(&mut self) -> String {
+        loop {
+            let id = format!("worker-{}", self.names_issued);
+            self.names_issued += 1;
+            if !self.ids.contains_key(&id) {
+                return id;
+            }
+        }
+    }
+
+    /// How many requests `worker` may run at once (its own limit, or the
+    /// pool's); `None` for an unknown worker.
+    pub fn worker_max_concurrency(&self, worker: WorkerKey) -> Option<u32> {
+        self.workers
+            .get(worker.0)
+            .map(|slot| u32::try_from(slot.max_running).unwrap_or(u32::MAX))
     }
 
     /// Restarts a worker: its running requests are aborted and answered with

@@ -3,7 +3,7 @@
 
 use foreman_core::{
     Action, CommandError, Event, RequestKey, TimeoutReason, WorkerErrorCode, WorkerHealthStatus,
-    WorkerKey, WorkerPoolError, WorkerPoolOptions,
+    WorkerKey, WorkerPoolError, WorkerPoolOptions, WorkerSpec,
 };
 use serde_json::json;
 
@@ -239,4 +239,109 @@ fn a_restarted_worker_is_probed_an_interval_later_while_the_pool_runs() {
         .take_actions()
         .iter()
         .any(|action| matches!(action, Action::RunProbe { .. })));
+}
+
+/// A pool whose default run limit is 1, with `limits.len()` workers added
+/// with those run limits (`None`: the pool's).
+fn pool_with_run_limits(limits: &[Option<u32>]) -> Harness {
+    let mut h = Harness::new(options(), 0);
+    for (n, limit) in limits.iter().enumerate() {
+        let mut spec = WorkerSpec::named(format!("http://10.0.0.{n}:8080"));
+        spec.max_concurrency = *limit;
+        h.pool.add_worker_with(ms(0), spec).unwrap();
+        h.drain();
+    }
+    h
+}
+
+#[test]
+fn each_worker_runs_up_to_its_own_limit_and_holds_its_queue_on_top() {
+    let mut h = pool_with_run_limits(&[Some(3), None]);
+    let (wide, narrow) = (h.worker(0), h.worker(1));
+    assert_eq!(h.pool.worker_max_concurrency(wide), Some(3));
+    assert_eq!(h.pool.worker_max_concurrency(narrow), Some(1));
+    // Room for 3 + 2 on the wide worker and 1 + 2 on the narrow one.
+    let accepted = (0..10)
+        .filter(|i| h.submit(ms(0), &request(&format!("r{i}"))).is_ok())
+        .count();
+    assert_eq!(accepted, 8);
+    let started = h.started();
+    let on = |worker| started.iter().filter(|(_, w)| *w == worker).count();
+    assert_eq!((on(wide), on(narrow)), (3, 1));
+    let stats = h.pool.stats();
+    let load: Vec<_> = stats
+        .workers
+        .iter()
+        .map(|w| (w.running, w.queued))
+        .collect();
+    assert_eq!(load, vec![(3, 2), (1, 2)]);
+}
+
+#[test]
+fn a_freed_run_slot_of_a_wide_worker_takes_the_oldest_waiting_request() {
+    let mut h = pool_with_run_limits(&[Some(2), Some(1)]);
+    let wide = h.worker(0);
+    let keys: Vec<_> = (0..5)
+        .map(|i| h.submit(ms(i), &request(&format!("r{i}"))).unwrap())
+        .collect();
+    let started = h.started();
+    let first: Vec<_> = started.iter().map(|(key, _)| *key).collect();
+    assert_eq!(first, keys[..3].to_vec());
+    let done = started
+        .iter()
+        .find(|(_, worker)| *worker == wide)
+        .map(|(key, _)| *key)
+        .unwrap();
+    h.take_actions();
+    // The wide worker finishes one of its two runs: its freed slot takes
+    // the oldest queued request, which waits on the narrow worker.
+    h.complete(ms(10), done, Ok(json!(null)));
+    assert_eq!(h.started(), vec![(keys[3], wide)]);
+}
+
+#[test]
+fn a_zero_run_limit_is_refused_naming_the_worker() {
+    let mut h = pool_with_run_limits(&[None]);
+    let spec = WorkerSpec::named("http://10.0.0.9:8080").with_max_concurrency(0);
+    let refused = h.pool.add_worker_with(ms(0), spec);
+    assert_eq!(
+        refused,
+        Err(CommandError::ZeroConcurrency {
+            id: "http://10.0.0.9:8080".into()
+        })
+    );
+    let message = refused.unwrap_err().to_string();
+    assert!(message.contains("http://10.0.0.9:8080") && message.contains("max_concurrency"));
+    assert_eq!(h.pool.workers().count(), 1);
+    // An unnamed worker with the default limit still gets the next number.
+    let key = h
+        .pool
+        .add_worker_with(ms(0), WorkerSpec::default())
+        .unwrap();
+    assert_eq!(h.pool.worker_id(key), Some("worker-0"));
+    h.drain();
+}
+
+#[test]
+fn a_removed_wide_workers_queue_moves_to_the_others() {
+    let mut h = pool_with_run_limits(&[Some(2), Some(2)]);
+    let (first, second) = (h.worker(0), h.worker(1));
+    let keys: Vec<_> = (0..8)
+        .map(|i| h.submit(ms(0), &request(&format!("r{i}"))).unwrap())
+        .collect();
+    assert_eq!(keys.len(), 8);
+    h.take_actions();
+    h.pool.remove_worker(ms(1), first).unwrap();
+    h.drain();
+    // Its two queued requests had nowhere to go (the other is full) and
+    // are answered; its two runs finish where they are.
+    let answers = h.answers();
+    assert_eq!(answers.len(), 2);
+    let stats = h.pool.stats();
+    let load: Vec<_> = stats
+        .workers
+        .iter()
+        .map(|w| (w.worker == second, w.running, w.queued))
+        .collect();
+    assert_eq!(load, vec![(false, 2, 0), (true, 2, 2)]);
 }

@@ -70,7 +70,7 @@ impl Harness {
             "Start of {request} on {worker} but books say {book:?}"
         );
         ensure!(
-            wbook.running < self.limits.max_running,
+            wbook.running < wbook.max_running,
             "Start on {worker} already running {}",
             wbook.running
         );

@@ -19,9 +19,9 @@ impl Harness {
         (
             schedulable,
             schedulable
-                && book.queued + book.running < self.limits.capacity.min(limit)
+                && book.queued + book.running < book.capacity.min(limit)
                 && book.queued < self.limits.queue_capacity,
-            schedulable && book.running < self.limits.max_running.min(limit),
+            schedulable && book.running < book.max_running.min(limit),
         )
     }
 

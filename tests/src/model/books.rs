@@ -133,6 +133,10 @@ pub(super) struct WorkerBook {
     pub(super) recovery: RecoveryState,
     /// Requests it ran when it last turned half-open.
     pub(super) running_at_half_open: usize,
+    /// Requests it may run at once: its own limit, or the pool's.
+    pub(super) max_running: usize,
+    /// Requests it may hold: the queue capacity plus `max_running`.
+    pub(super) capacity: usize,
 }
 
 impl WorkerBook {

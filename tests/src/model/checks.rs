@@ -155,17 +155,17 @@ impl Harness {
     pub(super) fn check_limits(&self, worker: WorkerKey) -> Result<(), Failure> {
         if let Some(book) = self.workers.get(worker.as_u64()) {
             ensure!(
-                book.running + book.queued <= self.limits.capacity,
+                book.running + book.queued <= book.capacity,
                 "{worker} holds {} + {} > capacity {}",
                 book.running,
                 book.queued,
-                self.limits.capacity
+                book.capacity
             );
             ensure!(
-                book.running <= self.limits.max_running,
-                "{worker} runs {} > {}",
+                book.running <= book.max_running,
+                "{worker} runs {} > its limit {}",
                 book.running,
-                self.limits.max_running
+                book.max_running
             );
         }
         Ok(())

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use foreman_core::{
     CommandError, Pool, ProbeKey, RecoveryState, RequestKey, Time, WorkerHealthStatus, WorkerKey,
-    MAX_WORKER_ID_LEN,
+    WorkerSpec, MAX_WORKER_ID_LEN,
 };
 
 use super::books::{Context, HealthBook, Lifecycle, ReqBook, ReqState, WorkerBook};
@@ -150,20 +150,59 @@ impl Harness {
         self.add(Some(name))
     }
 
+    /// Adds a worker with its own run limit `max_concurrency` (0 is
+    /// refused), named [`worker_name`]`(name)` or numbered; returns its
+    /// key when the pool took it.
+    ///
+    /// # Errors
+    /// The first broken rule.
+    pub fn add_worker_with(
+        &mut self,
+        name: Option<u8>,
+        max_concurrency: u32,
+    ) -> Result<Option<WorkerKey>, Failure> {
+        self.add_spec(name, Some(max_concurrency))
+    }
+
     fn add(&mut self, name: Option<u8>) -> Result<Option<WorkerKey>, Failure> {
+        self.add_spec(name, None)
+    }
+
+    fn add_spec(
+        &mut self,
+        name: Option<u8>,
+        max_concurrency: Option<u32>,
+    ) -> Result<Option<WorkerKey>, Failure> {
         self.begin_input()?;
         self.context = Context::Add;
-        let (result, expected) = match name {
-            None => (self.pool.add_worker(self.clock), self.expected_add(None)),
-            Some(name) => {
+        let (result, mut expected) = match (name, max_concurrency) {
+            (None, None) => (self.pool.add_worker(self.clock), self.expected_add(None)),
+            (Some(name), None) => {
                 let id = worker_name(name);
                 let expected = self.expected_add(Some((name, &id)));
                 (self.pool.add_named_worker(self.clock, id), expected)
             }
+            (name, Some(limit)) => {
+                let mut spec = WorkerSpec::default().with_max_concurrency(limit);
+                let expected = match name {
+                    Some(name) => {
+                        let id = worker_name(name);
+                        let expected = self.expected_add(Some((name, &id)));
+                        spec.id = Some(id);
+                        expected
+                    }
+                    None => self.expected_add(None),
+                };
+                (self.pool.add_worker_with(self.clock, spec), expected)
+            }
         };
+        if expected.is_none() && max_concurrency == Some(0) {
+            expected = Some(AddRefusal::ZeroConcurrency);
+        }
         let key = match (result, expected) {
             (Ok(key), None) => {
-                self.book_worker(key, name)?;
+                let limit = max_concurrency.map_or(self.limits.max_running, |n| n as usize);
+                self.book_worker(key, name, limit)?;
                 Some(key)
             }
             (Err(error), Some(refusal)) if refusal.is(&error) => None,
@@ -202,7 +241,12 @@ impl Harness {
     }
 
     /// Books a worker the pool just added.
-    fn book_worker(&mut self, key: WorkerKey, name: Option<u8>) -> Result<(), Failure> {
+    fn book_worker(
+        &mut self,
+        key: WorkerKey,
+        name: Option<u8>,
+        max_running: usize,
+    ) -> Result<(), Failure> {
         let book = WorkerBook {
             ordinal: self.next_ordinal,
             status: WorkerHealthStatus::Healthy,
@@ -217,6 +261,8 @@ impl Harness {
             last_run: None,
             recovery: RecoveryState::Closed,
             running_at_half_open: 0,
+            max_running,
+            capacity: self.limits.queue_capacity.saturating_add(max_running),
         };
         if !self.workers.insert(key.as_u64(), book) {
             return Err(self.fail(format!("new worker {key} reuses a booked key")));
@@ -340,11 +386,15 @@ impl Harness {
         if ok {
             let running = self.workers.get(worker.as_u64()).map_or(0, |b| b.running);
             let queued = self.workers.get(worker.as_u64()).map_or(0, |b| b.queued);
+            let max_running = self
+                .workers
+                .get(worker.as_u64())
+                .map_or(self.limits.max_running, |b| b.max_running);
             // Queued requests move onto the fresh worker's free slots
             // (unless it leaves them to a faster worker, for a bounded
             // time: see `check_step`).
-            if running > self.limits.max_running
-                || (queued > 0 && running < self.limits.max_running && !self.limits.deferral)
+            if running > max_running
+                || (queued > 0 && running < max_running && !self.limits.deferral)
             {
                 return Err(self.fail(format!(
                     "after restart {worker} runs {running} with {queued} queued"
@@ -483,6 +533,7 @@ enum AddRefusal {
     ShuttingDown,
     InvalidId,
     DuplicateId,
+    ZeroConcurrency,
 }
 
 impl AddRefusal {
@@ -493,6 +544,10 @@ impl AddRefusal {
             (AddRefusal::ShuttingDown, CommandError::ShuttingDown)
                 | (AddRefusal::InvalidId, CommandError::InvalidWorkerId { .. })
                 | (AddRefusal::DuplicateId, CommandError::DuplicateWorkerId(_))
+                | (
+                    AddRefusal::ZeroConcurrency,
+                    CommandError::ZeroConcurrency { .. }
+                )
         )
     }
 }

@@ -155,7 +155,7 @@ impl Harness {
             // the requests moved before this one in the same input: its
             // queue's limit is judged once the input is done
             // (`check_queues`).
-            let free = target.running < self.limits.max_running;
+            let free = target.running < target.max_running;
             ensure!(
                 schedulable && (open || half_open || free),
                 "{request} requeued onto {to} without room: {target:?}"
@@ -263,7 +263,7 @@ impl Harness {
         let target = self.worker_book(to, "Retried")?;
         let (schedulable, open, _) = self.worker_flags(&target);
         ensure!(
-            schedulable && open && target.running < self.limits.max_running,
+            schedulable && open && target.running < target.max_running,
             "#{} retried onto {to}, which has no free run slot: {target:?}",
             book.id
         );

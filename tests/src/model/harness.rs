@@ -372,6 +372,12 @@ impl Harness {
                 .map(drop),
             Op::AddWorker => self.add_worker().map(drop),
             Op::AddNamedWorker { name } => self.add_named_worker(name).map(drop),
+            Op::AddSizedWorker {
+                name,
+                max_concurrency,
+            } => self
+                .add_worker_with(name, u32::from(max_concurrency))
+                .map(drop),
             Op::RawKey { raw, input } => self.raw_key(raw, input),
             Op::Shutdown { drain_ms } => {
                 self.begin_shutdown(drain_ms.map(|ms| Duration::from_millis(u64::from(ms))))

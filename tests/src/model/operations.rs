@@ -219,6 +219,14 @@ pub enum Op {
         /// Which name.
         name: u8,
     },
+    /// Add a worker with its own run limit (0 is refused), named by
+    /// [`worker_name`] or numbered.
+    AddSizedWorker {
+        /// Which name, if any.
+        name: Option<u8>,
+        /// Its run limit.
+        max_concurrency: u8,
+    },
     /// An input naming a key the harness did not pick (usually unknown:
     /// the core must ignore it, or refuse it as unknown).
     RawKey {

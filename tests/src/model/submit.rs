@@ -330,10 +330,12 @@ impl Harness {
             let limit = self
                 .workers
                 .get(w.worker.as_u64())
-                .map_or(usize::MAX, |book| book.trial_limit());
+                .map_or(self.limits.capacity, |book| {
+                    book.capacity.min(book.trial_limit())
+                });
             w.status != WorkerHealthStatus::Unavailable
                 && !w.removing
-                && w.queued + w.running < self.limits.capacity.min(limit)
+                && w.queued + w.running < limit
         });
         if room != (self.open > 0) {
             return Err(self.fail(format!(

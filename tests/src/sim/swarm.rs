@@ -42,6 +42,8 @@ pub(super) struct Sim {
     quiet: bool,
     skew: Option<(Duration, u32)>,
     buffer: Vec<Output>,
+    /// The largest run limit a worker was given (its own, or the pool's).
+    max_run_limit: u32,
 }
 
 impl Sim {
@@ -63,6 +65,7 @@ impl Sim {
             quiet: false,
             skew: None,
             buffer: Vec::new(),
+            max_run_limit: 0,
         }
     }
 
@@ -91,8 +94,24 @@ impl Sim {
         }
     }
 
+    /// Adds a worker: half of them with the pool's run limit, the others
+    /// with their own, from 1 to 4 (so a pool mixes limits), now and then
+    /// 0 (refused).
     fn add_worker(&mut self) -> Result<(), Failure> {
-        if let Some(worker) = self.harness.add_worker()? {
+        let pool_limit = self.scenario.config.max_concurrency_per_worker;
+        let added = if self.rng.chance(0.5) {
+            self.max_run_limit = self.max_run_limit.max(pool_limit);
+            self.harness.add_worker()?
+        } else {
+            let limit = if self.rng.chance(0.02) {
+                0
+            } else {
+                self.rng.range(1, 4) as u32
+            };
+            self.max_run_limit = self.max_run_limit.max(limit);
+            self.harness.add_worker_with(None, limit)?
+        };
+        if let Some(worker) = added {
             let ordinal = self.harness.ordinal(worker).unwrap_or(0) as usize;
             while self.latencies.len() <= ordinal {
                 let latency = self.latency_for();
@@ -322,7 +341,8 @@ impl Sim {
     /// The time by which every request must be answered once faults stop.
     fn quiet_bound(&self) -> Duration {
         let config = &self.scenario.config;
-        let capacity = config.options.queue_capacity as u32 + config.max_concurrency_per_worker + 1;
+        let run_limit = config.max_concurrency_per_worker.max(self.max_run_limit);
+        let capacity = config.options.queue_capacity as u32 + run_limit + 1;
         MAX_LATENCY
             + self.quiet_latency_cap() * capacity
             + config.options.health_probe_interval * 2

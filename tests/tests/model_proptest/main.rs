@@ -367,6 +367,8 @@ fn op() -> impl Strategy<Value = Op> {
         1 => Just(Op::Timeout),
         1 => prop_oneof![Just(1u8), Just(2), Just(0), Just(255)]
             .prop_map(|name| Op::AddNamedWorker { name }),
+        1 => (proptest::option::of(prop_oneof![Just(1u8), Just(2)]), 0u8..5)
+            .prop_map(|(name, max_concurrency)| Op::AddSizedWorker { name, max_concurrency }),
         1 => (any::<u64>(), raw_input()).prop_map(|(raw, input)| Op::RawKey { raw, input }),
         1 => distance().prop_map(|by| Op::Leap { by }),
         1 => Just(Op::NextTimer),

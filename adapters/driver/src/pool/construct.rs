@@ -7,7 +7,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use foreman_core::{Pool, PoolConfig, Time, WorkerPoolError, WorkerPoolOptions};
+use foreman_core::{
+    CommandError, Pool, PoolConfig, Time, WorkerPoolError, WorkerPoolOptions, WorkerSpec,
+};
 use parking_lot::Mutex;
 
 use super::WorkerPool;
@@ -300,10 +302,80 @@ impl<R: Runtime> WorkerPool<R> {
     pub fn with_driver_options(
         runtime: R,
         handlers: Vec<Arc<dyn WorkerHandler>>,
+        config: PoolConfig,
+        hooks: Option<Arc<dyn CircuitBreakerHooks>>,
+        options: DriverOptions,
+    ) -> Result<Self, BuildError> {
+        let workers = handlers
+            .into_iter()
+            .map(|handler| (WorkerSpec::default(), handler))
+            .collect();
+        Self::with_workers(runtime, workers, config, hooks, options)
+    }
+
+    /// Creates a pool whose workers are described one by one: each
+    /// handler with its [`WorkerSpec`], that is its id (an endpoint URL,
+    /// say; `None` takes the next unused `worker-N`) and its own run limit
+    /// (`None` takes the pool's
+    /// [`max_concurrency_per_worker`](PoolConfig::max_concurrency_per_worker)).
+    /// Otherwise as [`with_driver_options`](Self::with_driver_options):
+    /// the `i`-th worker is in lane `i % lanes`.
+    ///
+    /// # Errors
+    /// [`BuildError`] when there is no handler, the configuration is
+    /// invalid, the runtime cannot spawn tasks here, or a worker cannot be
+    /// added ([`BuildError::Worker`]: two workers with one id, an invalid
+    /// id, a run limit of 0).
+    ///
+    /// # Examples
+    /// ```
+    /// # use std::sync::Arc;
+    /// # use foreman_tokio::{async_trait, WorkerHandler, WorkerProtocolError, WorkerRequest};
+    /// # use serde_json::{json, Value};
+    /// # struct Echo;
+    /// # #[async_trait]
+    /// # impl WorkerHandler for Echo {
+    /// #     async fn handle(&self, _: WorkerRequest) -> Result<Value, WorkerProtocolError> {
+    /// #         Ok(json!(null))
+    /// #     }
+    /// # }
+    /// use foreman_tokio::{
+    ///     BuildError, CommandError, DriverOptions, PoolConfig, TokioRuntime, WorkerHandler,
+    ///     WorkerPool, WorkerSpec,
+    /// };
+    ///
+    /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+    /// let gpu = WorkerSpec::named("http://10.0.0.5:8080").with_max_concurrency(4);
+    /// let cpu = WorkerSpec::named("http://10.0.0.6:8080"); // the pool's limit
+    /// let workers: Vec<(WorkerSpec, Arc<dyn WorkerHandler>)> =
+    ///     vec![(gpu.clone(), Arc::new(Echo)), (cpu, Arc::new(Echo))];
+    /// let pool = WorkerPool::with_workers(
+    ///     TokioRuntime,
+    ///     workers,
+    ///     PoolConfig::default(),
+    ///     None,
+    ///     DriverOptions::default(),
+    /// )?;
+    /// assert_eq!(pool.stats().workers[0].worker_id, "http://10.0.0.5:8080");
+    /// pool.shutdown().await;
+    ///
+    /// // One id twice is refused.
+    /// let twice: Vec<(WorkerSpec, Arc<dyn WorkerHandler>)> =
+    ///     vec![(gpu.clone(), Arc::new(Echo)), (gpu, Arc::new(Echo))];
+    /// let refused =
+    ///     WorkerPool::with_workers(TokioRuntime, twice, PoolConfig::default(), None, DriverOptions::default());
+    /// assert!(matches!(refused, Err(BuildError::Worker(CommandError::DuplicateWorkerId(_)))));
+    /// # Ok::<(), BuildError>(())
+    /// # }).unwrap();
+    /// ```
+    pub fn with_workers(
+        runtime: R,
+        workers: Vec<(WorkerSpec, Arc<dyn WorkerHandler>)>,
         mut config: PoolConfig,
         hooks: Option<Arc<dyn CircuitBreakerHooks>>,
         options: DriverOptions,
     ) -> Result<Self, BuildError> {
+        let handlers = workers;
         let lanes = options.lanes;
         // With hooks, handlers always run on worker tasks: the caller runs
         // the hooks while its handler runs.
@@ -341,13 +413,23 @@ impl<R: Runtime> WorkerPool<R> {
             });
         }
         let mut names = Names::default();
-        for handler in handlers {
+        for (spec, handler) in handlers {
             let lane = names.count() % lanes.get();
             let Some(core) = cores.get_mut(lane) else {
                 continue;
             };
-            let id = names.add(lane);
-            let key = core.pool.add_named_worker(Time::ZERO, id.as_str())?;
+            let id = match &spec.id {
+                Some(id) => id.clone(),
+                None => names.next_numbered(),
+            };
+            // Each lane's core knows its own workers' ids only.
+            if names.lane_of(&id).is_some() {
+                return Err(BuildError::Worker(CommandError::DuplicateWorkerId(id)));
+            }
+            let mut spec = spec;
+            spec.id = Some(id.clone());
+            let key = core.pool.add_worker_with(Time::ZERO, spec)?;
+            names.add(&id, lane);
             let entry = WorkerEntry::new(&id, key, handler, WorkerMeter::new(&id));
             core.workers.insert(key, entry);
         }
