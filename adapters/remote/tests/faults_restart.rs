@@ -27,12 +27,16 @@ fn config() -> PoolConfig {
 }
 
 /// Submits requests one after another (10 ms apart) until `stop`.
-fn steady_load(pool: Arc<WorkerPool>, stop: Arc<AtomicBool>) -> tokio::task::JoinHandle<Ledger> {
+fn steady_load(
+    pool: Arc<WorkerPool>,
+    prefix: &'static str,
+    stop: Arc<AtomicBool>,
+) -> tokio::task::JoinHandle<Ledger> {
     tokio::spawn(async move {
         let mut ledger = Ledger::default();
         let mut n = 0;
         while !stop.load(Ordering::Acquire) {
-            let id = format!("r{n}");
+            let id = format!("{prefix}{n}");
             n += 1;
             ledger.submitted(&id);
             let answer = pool.submit(llm_request(&id, Some(5_000))).await;
@@ -48,7 +52,10 @@ async fn wait_for_status(pool: &WorkerPool, worker: usize, status: WorkerHealthS
     while pool.health_snapshot().await[worker].status != status {
         assert!(
             began.elapsed() < Duration::from_secs(10),
-            "worker {worker} becomes {status:?}"
+            "worker {worker} becomes {status:?}: {:?}, history {:?}, stats {:?}",
+            pool.health_snapshot().await,
+            pool.health_history(),
+            pool.stats()
         );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
@@ -63,7 +70,12 @@ async fn a_worker_restarted_on_the_same_port_is_reconnected_and_returns_to_rotat
         let endpoint = first.endpoint.clone();
         let pool = frontend(&[&endpoint, &other.endpoint], config());
         let stop = Arc::new(AtomicBool::new(false));
-        let load = steady_load(pool.clone(), Arc::clone(&stop));
+        // Two callers: a worker with a failure on its record (Degraded)
+        // gets work only while the Healthy one is busy.
+        let loads = [
+            steady_load(pool.clone(), "a", Arc::clone(&stop)),
+            steady_load(pool.clone(), "b", Arc::clone(&stop)),
+        ];
         stats_until(&endpoint, Duration::from_secs(10), "the first process serves", |s| {
             s.answered >= 3
         })
@@ -72,13 +84,23 @@ async fn a_worker_restarted_on_the_same_port_is_reconnected_and_returns_to_rotat
         wait_for_status(&pool, 0, WorkerHealthStatus::Unavailable).await;
         let second = WorkerProcess::start_on(&address, &["--mode", "sleep:20"]).await;
         assert_eq!(second.endpoint, endpoint, "the same port");
-        wait_for_status(&pool, 0, WorkerHealthStatus::Healthy).await;
+        // Back in rotation once a probe reaches the new process; a
+        // success there clears its record.
+        let began = tokio::time::Instant::now();
+        while !pool.health_snapshot().await[0].is_schedulable() {
+            assert!(began.elapsed() < Duration::from_secs(10), "worker 0 returns to rotation");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
         let served = stats_until(&endpoint, Duration::from_secs(10), "the new process serves", |s| {
             s.answered >= 3
         })
         .await;
+        wait_for_status(&pool, 0, WorkerHealthStatus::Healthy).await;
         stop.store(true, Ordering::Release);
-        let ledger = load.await.expect("joined");
+        let mut ledger = Ledger::default();
+        for load in loads {
+            ledger.merge(load.await.expect("joined"));
+        }
         ledger.check_each_answered_once();
         let failures = ledger.failures();
         let by_worker = ledger.successes_by_worker();
@@ -95,7 +117,9 @@ async fn a_worker_restarted_on_the_same_port_is_reconnected_and_returns_to_rotat
                 "{id}: {error:?}"
             );
         }
-        assert!(failures.len() <= 2, "ejected after two failures: {failures:?}");
+        // Unavailable after two failures (or a probe's verdict), and a
+        // request queued on it then still runs there: at most three.
+        assert!(failures.len() <= 3, "{failures:?}");
         assert!(by_worker.get("worker-0").copied().unwrap_or(0) >= 6);
         pool.shutdown().await;
     })
@@ -121,7 +145,7 @@ async fn sigterm_drains_a_worker_process_under_load_and_it_exits_cleanly() {
         )
         .await;
         let stop = Arc::new(AtomicBool::new(false));
-        let load = steady_load(pool.clone(), Arc::clone(&stop));
+        let load = steady_load(pool.clone(), "r", Arc::clone(&stop));
         draining.signal("TERM");
         // The frontend's probe reads "unavailable" while it drains.
         wait_for_status(&pool, 0, WorkerHealthStatus::Unavailable).await;

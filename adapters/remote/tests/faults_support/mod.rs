@@ -399,6 +399,14 @@ impl Ledger {
         self.answers.entry(id.to_string()).or_default().push(answer);
     }
 
+    /// Takes in another ledger's ids and answers.
+    pub fn merge(&mut self, other: Ledger) {
+        self.submitted.extend(other.submitted);
+        for (id, answers) in other.answers {
+            self.answers.entry(id).or_default().extend(answers);
+        }
+    }
+
     /// Panics unless every submitted id has exactly one answer and no
     /// answer names an id that was not submitted.
     pub fn check_each_answered_once(&self) {
