@@ -138,8 +138,10 @@ async fn overhead(callers: u64, length: Duration, rounds: u64) {
         Ok(json!({ "node": request.node_id }))
     }));
     let handlers = (0..callers).map(|_| Arc::clone(&echo)).collect();
-    let mut options = WorkerPoolOptions::default();
-    options.queue_capacity = 4 * callers as usize;
+    let options = WorkerPoolOptions {
+        queue_capacity: 4 * callers as usize,
+        ..WorkerPoolOptions::default()
+    };
     let server_pool = Arc::new(
         WorkerPool::new_inprocess(handlers, options.clone(), None).expect("the server's pool"),
     );
@@ -328,8 +330,10 @@ async fn scaling(handlers: u64, length: Duration, rounds: u64) {
                 ) as Arc<dyn WorkerHandler>
             })
             .collect();
-        let mut options = WorkerPoolOptions::default();
-        options.queue_capacity = 1024;
+        let options = WorkerPoolOptions {
+            queue_capacity: 1024,
+            ..WorkerPoolOptions::default()
+        };
         let config = PoolConfig::new(options).with_max_concurrency_per_worker(handlers as u32);
         let frontend = Arc::new(
             WorkerPool::with_config(TokioRuntime, workers, config, None).expect("the frontend"),

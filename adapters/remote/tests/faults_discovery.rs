@@ -152,7 +152,7 @@ async fn editing_the_watched_file_adds_and_removes_worker_processes_under_load()
             b_final.started,
             "B gets no new request"
         );
-        assert_eq!(ids(&pool), [c.clone()]);
+        assert_eq!(ids(&pool), std::slice::from_ref(&c));
 
         stop.store(true, Ordering::Release);
         let mut ledger = Ledger::default();
