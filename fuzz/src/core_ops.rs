@@ -153,7 +153,10 @@ pub(crate) fn run_ops(harness: &mut Harness, u: &mut Unstructured<'_>, max_ops: 
                 *ms %= 60_000;
             }
         }
-        if matches!(op, Op::AddWorker | Op::AddNamedWorker { .. }) {
+        if matches!(
+            op,
+            Op::AddWorker | Op::AddNamedWorker { .. } | Op::AddSizedWorker { .. }
+        ) {
             workers += 1;
         }
         if let Err(failure) = harness.apply(op) {

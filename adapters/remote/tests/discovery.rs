@@ -308,7 +308,7 @@ async fn a_changed_capacity_re_adds_the_endpoint_once_its_old_worker_has_finishe
     write(&path, &format!("{A} capacity=1\n"));
     let fleet = Arc::new(Fleet::default());
     let first = Endpoint::new(A).with_capacity(1);
-    let pool = pool_of(&fleet, &[first.clone()], 1_000);
+    let pool = pool_of(&fleet, std::slice::from_ref(&first), 1_000);
     let mut discovery = Discovery::new(
         Arc::clone(&pool),
         Source::File(path.clone()),
@@ -382,22 +382,9 @@ async fn a_static_list_is_added_once_and_a_bad_one_adds_nothing() {
 }
 
 #[tokio::test]
-async fn remote_discovery_builds_remote_workers_and_counts_endpoints_it_cannot_call() {
+async fn remote_discovery_builds_remote_workers() {
     let fleet = Arc::new(Fleet::default());
     let pool = pool_of(&fleet, &[Endpoint::new("http://anchor:1")], 1);
-    let list = vec![
-        Endpoint::new("http://127.0.0.1:9"),
-        Endpoint::new("unsupported://127.0.0.1:9"),
-    ];
-    // `unsupported://` is refused by the source's check; `https://`
-    // without the tls feature by RemoteWorker::new, the factory.
-    let mut discovery = Discovery::remote(
-        Arc::clone(&pool),
-        Source::Static(list),
-        RemoteOptions::default(),
-    );
-    let stats = discovery.round().await.clone();
-    assert_eq!((stats.added, stats.errors), (0, 1));
     let mut discovery = Discovery::remote(
         Arc::clone(&pool),
         Source::Static(vec![Endpoint::new("http://127.0.0.1:9")]),
@@ -405,6 +392,31 @@ async fn remote_discovery_builds_remote_workers_and_counts_endpoints_it_cannot_c
     );
     assert_eq!(discovery.round().await.added, 1);
     assert_eq!(ids(&pool), ["http://127.0.0.1:9", "http://anchor:1"]);
+    pool.shutdown().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_endpoint_the_factory_refuses_is_counted_and_tried_again() {
+    let fleet = Arc::new(Fleet::default());
+    let pool = pool_of(&fleet, &[Endpoint::new("http://anchor:1")], 1);
+    let refuse = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let factory = {
+        let (fleet, refuse) = (Arc::clone(&fleet), Arc::clone(&refuse));
+        move |endpoint: &Endpoint| -> Result<Arc<dyn WorkerHandler>, FactoryError> {
+            if refuse.load(Ordering::Acquire) {
+                return Err(format!("no client for {}", endpoint.url).into());
+            }
+            Ok(fleet.handler(&endpoint.url, 1))
+        }
+    };
+    let list = vec![Endpoint::new(A)];
+    let mut discovery = Discovery::new(Arc::clone(&pool), Source::Static(list), factory);
+    let stats = discovery.round().await.clone();
+    assert_eq!((stats.added, stats.errors), (0, 1));
+    assert!(stats.last_error.unwrap().contains("no client for"));
+    refuse.store(false, Ordering::Release);
+    assert_eq!(discovery.round().await.added, 1);
+    assert_eq!(ids(&pool), [A, "http://anchor:1"]);
     pool.shutdown().await;
 }
 

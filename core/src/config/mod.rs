@@ -50,7 +50,9 @@ pub struct PoolConfig {
     /// How long a health probe may take before it counts as failed.
     /// Defaults to the probe interval, capped at 5 s.
     pub probe_timeout: Duration,
-    /// Requests one worker runs at the same time (the reference: 1).
+    /// Requests one worker runs at the same time (the reference: 1),
+    /// unless it was added with its own limit
+    /// ([`WorkerSpec::max_concurrency`](crate::WorkerSpec::max_concurrency)).
     pub max_concurrency_per_worker: u32,
     /// How requests are spread over workers.
     pub routing: RoutingPolicy,

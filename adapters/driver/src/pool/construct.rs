@@ -340,8 +340,7 @@ impl<R: Runtime> WorkerPool<R> {
     /// #     }
     /// # }
     /// use foreman_tokio::{
-    ///     BuildError, CommandError, DriverOptions, PoolConfig, TokioRuntime, WorkerHandler,
-    ///     WorkerPool, WorkerSpec,
+    ///     BuildError, CommandError, DriverOptions, PoolConfig, TokioRuntime, WorkerPool, WorkerSpec,
     /// };
     ///
     /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
