@@ -117,41 +117,40 @@ async fn editing_the_watched_file_adds_and_removes_worker_processes_under_load()
         serves(c.clone()).await;
         assert_eq!(ids(&pool), [a.clone(), b.clone(), c.clone()]);
 
-        // Removed: A, under load. Its running requests finish; then it
-        // starts nothing more.
-        list.write(&[&b, &c]);
-        until(Duration::from_secs(10), "A leaves the pool", || {
-            !ids(&pool).contains(&a)
-        })
+        // Removed under load: A, then B (C carries the load alone). Each
+        // one's running requests finish; then it starts nothing more.
+        let removed = |gone: String, staying: Vec<String>, edit: Vec<String>| {
+            let pool = Arc::clone(&pool);
+            let list = &list;
+            async move {
+                let edit: Vec<&str> = edit.iter().map(String::as_str).collect();
+                list.write(&edit);
+                until(Duration::from_secs(10), "it leaves the pool", || {
+                    !ids(&pool).contains(&gone)
+                })
+                .await;
+                let last =
+                    faults_support::stats_until(&gone, Duration::from_secs(5), "it idles", |s| {
+                        s.in_flight == 0
+                    })
+                    .await;
+                for endpoint in staying {
+                    serves(endpoint).await;
+                }
+                assert_eq!(
+                    stats_of(&gone).await.started,
+                    last.started,
+                    "{gone} gets no new request"
+                );
+            }
+        };
+        removed(
+            a.clone(),
+            vec![b.clone(), c.clone()],
+            vec![b.clone(), c.clone()],
+        )
         .await;
-        let a_final = faults_support::stats_until(&a, Duration::from_secs(5), "A idles", |s| {
-            s.in_flight == 0
-        })
-        .await;
-        serves(b.clone()).await;
-        serves(c.clone()).await;
-        assert_eq!(
-            stats_of(&a).await.started,
-            a_final.started,
-            "A gets no new request"
-        );
-
-        // Removed: B; C carries the load alone.
-        list.write(&[&c]);
-        until(Duration::from_secs(10), "B leaves the pool", || {
-            !ids(&pool).contains(&b)
-        })
-        .await;
-        let b_final = faults_support::stats_until(&b, Duration::from_secs(5), "B idles", |s| {
-            s.in_flight == 0
-        })
-        .await;
-        serves(c.clone()).await;
-        assert_eq!(
-            stats_of(&b).await.started,
-            b_final.started,
-            "B gets no new request"
-        );
+        removed(b.clone(), vec![c.clone()], vec![c.clone()]).await;
         assert_eq!(ids(&pool), std::slice::from_ref(&c));
 
         stop.store(true, Ordering::Release);

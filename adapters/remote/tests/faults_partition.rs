@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use faults_support::{
-    frontend, llm_request, until, within_limit, Ledger, Link, Proxy, WorkerProcess,
+    frontend, llm_request, until, wait_for_status, within_limit, Ledger, Link, Proxy, WorkerProcess,
 };
 use foreman_tokio::{
     HealthCause, OutlierDetection, PoolConfig, RecoveryPolicy, WorkerHealthStatus, WorkerPool,
@@ -97,14 +97,13 @@ async fn partition_and_heal(
             .is_err(),
         "a probe through the partition answers nothing"
     );
-    let began = tokio::time::Instant::now();
-    while status_of(&pool, 0).await != WorkerHealthStatus::Unavailable {
-        assert!(
-            began.elapsed() < Duration::from_secs(5),
-            "worker 0 is ejected"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    wait_for_status(
+        &pool,
+        0,
+        WorkerHealthStatus::Unavailable,
+        Duration::from_secs(5),
+    )
+    .await;
     let ejected_after = silent_since.elapsed();
     // Stay silent past the longest ejection: the half-open trials (the
     // probes) fail and the worker stays out of rotation.
@@ -113,14 +112,13 @@ async fn partition_and_heal(
     let healed_at = pool.health_history().len();
     heal();
     let healed = Instant::now();
-    let began = tokio::time::Instant::now();
-    while status_of(&pool, 0).await != WorkerHealthStatus::Healthy {
-        assert!(
-            began.elapsed() < Duration::from_secs(5),
-            "worker 0 comes back"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    wait_for_status(
+        &pool,
+        0,
+        WorkerHealthStatus::Healthy,
+        Duration::from_secs(5),
+    )
+    .await;
     let back_after = healed.elapsed();
     // It serves again.
     let served_before = silent.stats().await.answered;

@@ -48,17 +48,7 @@ fn steady_load(
 }
 
 async fn wait_for_status(pool: &WorkerPool, worker: usize, status: WorkerHealthStatus) {
-    let began = tokio::time::Instant::now();
-    while pool.health_snapshot().await[worker].status != status {
-        assert!(
-            began.elapsed() < Duration::from_secs(10),
-            "worker {worker} becomes {status:?}: {:?}, history {:?}, stats {:?}",
-            pool.health_snapshot().await,
-            pool.health_history(),
-            pool.stats()
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    faults_support::wait_for_status(pool, worker, status, Duration::from_secs(10)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use faults_support::{
     frontend, llm_request, percentile, stats_until, within_limit, Ledger, WorkerProcess,
 };
+use foreman_remote::protocol::StatsBody;
 use foreman_tokio::{PoolConfig, WorkerPool, WorkerPoolError, WorkerPoolOptions};
 
 mod faults_support;
@@ -125,6 +126,35 @@ async fn late_binding_keeps_the_fast_workers_p99_flat_beside_a_slow_worker() {
     .await;
 }
 
+/// Submits `request` (a 200 ms deadline) to `pool`, whose one worker is
+/// `slow`: asserts it times out at 200 ms (not before, and long before
+/// the slow run ends) and that `slow`'s server ends the run within 2 s;
+/// answers the time taken and the server's stats then.
+async fn times_out_at_200ms(
+    pool: &WorkerPool,
+    slow: &WorkerProcess,
+    request: foreman_tokio::WorkerRequest,
+) -> (Duration, StatsBody) {
+    let started = slow.stats().await.started;
+    let began = Instant::now();
+    let answer = pool.submit(request).await;
+    let took = began.elapsed();
+    assert!(
+        matches!(answer, Err(WorkerPoolError::Timeout)),
+        "{answer:?}"
+    );
+    assert!(took >= Duration::from_millis(200), "{took:?}");
+    assert!(took < Duration::from_millis(1_500), "{took:?}");
+    let stats = stats_until(
+        &slow.endpoint,
+        Duration::from_secs(2),
+        "the server ends the run",
+        |s| s.in_flight == 0 && s.started == started + 1,
+    )
+    .await;
+    (took, stats)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_200ms_deadline_on_a_slow_worker_times_out_at_200ms_and_the_server_drops_the_handler() {
     within_limit(async {
@@ -146,25 +176,11 @@ async fn a_200ms_deadline_on_a_slow_worker_times_out_at_200ms_and_the_server_dro
         )
         .await;
         let before = slow.stats().await;
-        let began = Instant::now();
-        let answer = pool.submit(llm_request("deadline", Some(200))).await;
-        let took = began.elapsed();
-        assert!(
-            matches!(answer, Err(WorkerPoolError::Timeout)),
-            "{answer:?}"
-        );
-        assert!(took >= Duration::from_millis(200), "{took:?}");
-        assert!(took < Duration::from_millis(1_500), "{took:?}");
         // The server ends the run too, long before its 3 s sleep: the
         // deadline header stops it there, or the frontend's closed
         // connection does, whichever it sees first.
-        let after = stats_until(
-            &slow.endpoint,
-            Duration::from_secs(2),
-            "the server ends the run",
-            |s| s.in_flight == 0 && s.started == before.started + 1,
-        )
-        .await;
+        let (took, after) =
+            times_out_at_200ms(&pool, &slow, llm_request("deadline", Some(200))).await;
         println!("timed out after {took:?}; server stats before {before:?}, after {after:?}");
         assert_eq!(
             (after.dropped - before.dropped) + (after.answered - before.answered),
@@ -180,24 +196,8 @@ async fn a_200ms_deadline_on_a_slow_worker_times_out_at_200ms_and_the_server_dro
                 ..WorkerPoolOptions::default()
             }),
         );
-        let began = Instant::now();
-        let answer = default_only
-            .submit(llm_request("default-deadline", None))
-            .await;
-        let took = began.elapsed();
-        assert!(
-            matches!(answer, Err(WorkerPoolError::Timeout)),
-            "{answer:?}"
-        );
-        assert!(took >= Duration::from_millis(200), "{took:?}");
-        assert!(took < Duration::from_millis(1_500), "{took:?}");
-        let last = stats_until(
-            &slow.endpoint,
-            Duration::from_secs(2),
-            "the server drops the run",
-            |s| s.in_flight == 0 && s.started == after.started + 1,
-        )
-        .await;
+        let (took, last) =
+            times_out_at_200ms(&default_only, &slow, llm_request("default-deadline", None)).await;
         println!("pool default deadline: timed out after {took:?}; server stats {last:?}");
         assert_eq!(
             (last.dropped, last.answered),

@@ -68,8 +68,7 @@ impl WorkerProcess {
 
     /// Starts `foreman-worker --listen <listen>` with `args`.
     pub async fn start_on(listen: &str, args: &[&str]) -> WorkerProcess {
-        use tokio::io::AsyncBufReadExt;
-        let mut child = Command::new(env!("CARGO_BIN_EXE_foreman-worker"))
+        let child = Command::new(env!("CARGO_BIN_EXE_foreman-worker"))
             .args(["--listen", listen])
             .args(args)
             .stdout(Stdio::piped())
@@ -77,7 +76,6 @@ impl WorkerProcess {
             .spawn()
             .expect("foreman-worker starts");
         let pid = child.id().expect("a running child has a pid");
-        let stdout = child.stdout.take().expect("piped stdout");
         // The guard exists before the first await: a failure below still
         // kills the process.
         let mut process = WorkerProcess {
@@ -87,17 +85,11 @@ impl WorkerProcess {
             endpoint: String::new(),
             output: Arc::new(Mutex::new(Vec::new())),
         };
-        let mut lines = tokio::io::BufReader::new(stdout).lines();
-        let first = tokio::time::timeout(Duration::from_secs(10), lines.next_line())
-            .await
-            .expect("the worker listens within 10 s")
-            .expect("its stdout")
-            .expect("a first line");
-        let address = first
-            .strip_prefix("listening on ")
-            .unwrap_or_else(|| panic!("unexpected first line {first:?}"));
+        let child = process.child.as_mut().expect("just started");
+        let (endpoint, mut lines) = crate::common::listening_on(child).await;
+        let address = endpoint.strip_prefix("http://").unwrap_or(&endpoint);
         process.addr = address.parse().expect("a socket address");
-        process.endpoint = format!("http://{address}");
+        process.endpoint = endpoint;
         let output = Arc::clone(&process.output);
         tokio::spawn(async move {
             while let Ok(Some(line)) = lines.next_line().await {
@@ -208,6 +200,27 @@ pub async fn until(limit: Duration, what: &str, mut check: impl FnMut() -> bool)
     let began = tokio::time::Instant::now();
     while !check() {
         assert!(began.elapsed() < limit, "{what} within {limit:?}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Waits (bounded by `limit`) until `pool`'s worker number `worker` is
+/// `status`; on failure names the pool's health, history and stats.
+pub async fn wait_for_status(
+    pool: &WorkerPool,
+    worker: usize,
+    status: foreman_tokio::WorkerHealthStatus,
+    limit: Duration,
+) {
+    let began = tokio::time::Instant::now();
+    while pool.health_snapshot().await[worker].status != status {
+        assert!(
+            began.elapsed() < limit,
+            "worker {worker} becomes {status:?} within {limit:?}: {:?}, history {:?}, stats {:?}",
+            pool.health_snapshot().await,
+            pool.health_history(),
+            pool.stats()
+        );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
