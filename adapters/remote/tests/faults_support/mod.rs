@@ -1,7 +1,7 @@
 //! What the fault tests share: `foreman-worker` processes on loopback
 //! behind a guard that kills and reaps them on every exit path, a TCP
-//! proxy the test owns (it forwards bytes both ways, and can stall, refuse
-//! or drop connections), a frontend pool of `RemoteWorker`s, and the
+//! proxy the test owns (it forwards bytes both ways, and can stall, refuse,
+//! close or reset connections), a frontend pool of `RemoteWorker`s, and the
 //! ledger that checks every request id was answered exactly once.
 #![allow(dead_code)]
 
@@ -23,7 +23,7 @@ use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::process::{Child, Command};
 use tokio::sync::watch;
-use tokio::task::{AbortHandle, JoinHandle};
+use tokio::task::JoinHandle;
 
 /// Every fault test ends within this (each scenario needs a few seconds;
 /// the margin is for a loaded machine).
@@ -237,6 +237,15 @@ pub enum Link {
     Refusing,
 }
 
+/// How [`Proxy::cut`] ends the connections it carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cut {
+    /// Closed: both ends read the end of the stream (FIN).
+    Close,
+    /// Reset: both ends get a connection reset (RST).
+    Reset,
+}
+
 /// A TCP proxy on loopback in front of one worker, owned by the test.
 pub struct Proxy {
     /// Where callers connect.
@@ -244,7 +253,9 @@ pub struct Proxy {
     /// `http://` and [`Proxy::addr`].
     pub endpoint: String,
     link: watch::Sender<Link>,
-    connections: Arc<Mutex<Vec<AbortHandle>>>,
+    /// How many cuts so far, and the last one's kind: a connection is cut
+    /// by the first cut after it was accepted.
+    cuts: watch::Sender<(u64, Cut)>,
     accepting: JoinHandle<()>,
 }
 
@@ -256,8 +267,7 @@ impl Proxy {
             .expect("a loopback port");
         let addr = listener.local_addr().expect("an address");
         let (link, watching) = watch::channel(Link::Open);
-        let connections: Arc<Mutex<Vec<AbortHandle>>> = Arc::default();
-        let tracked = Arc::clone(&connections);
+        let (cuts, cut_watch) = watch::channel((0, Cut::Close));
         let accepting = tokio::spawn(async move {
             while let Ok((downstream, _)) = listener.accept().await {
                 if *watching.borrow() == Link::Refusing {
@@ -265,29 +275,44 @@ impl Proxy {
                     continue;
                 }
                 let watching = watching.clone();
-                let connection = tokio::spawn(async move {
+                let mut cut_watch = cut_watch.clone();
+                let born = cut_watch.borrow().0;
+                tokio::spawn(async move {
                     let Ok(upstream) = TcpStream::connect(upstream).await else {
                         return;
                     };
                     let _ = downstream.set_nodelay(true);
                     let _ = upstream.set_nodelay(true);
-                    let (down_read, down_write) = downstream.into_split();
-                    let (up_read, up_write) = upstream.into_split();
-                    tokio::join!(
-                        pump(down_read, up_write, watching.clone()),
-                        pump(up_read, down_write, watching),
-                    );
+                    let (mut down_read, mut down_write) = downstream.into_split();
+                    let (mut up_read, mut up_write) = upstream.into_split();
+                    let cut = tokio::select! {
+                        _ = async {
+                            tokio::join!(
+                                pump(&mut down_read, &mut up_write, watching.clone()),
+                                pump(&mut up_read, &mut down_write, watching),
+                            )
+                        } => None,
+                        cut = cut_watch.wait_for(|(count, _)| *count > born) => {
+                            cut.ok().map(|seen| seen.1)
+                        }
+                    };
+                    if cut == Some(Cut::Reset) {
+                        reset_on_close(down_read.as_ref());
+                        reset_on_close(up_read.as_ref());
+                        // No FIN first: a dropped write half shuts down
+                        // its side; forgotten, it leaves that to the close.
+                        down_write.forget();
+                        up_write.forget();
+                    }
+                    // Dropping the halves closes (or resets) both sockets.
                 });
-                let mut tracked = tracked.lock().expect("connections lock");
-                tracked.retain(|handle| !handle.is_finished());
-                tracked.push(connection.abort_handle());
             }
         });
         Proxy {
             addr,
             endpoint: format!("http://{addr}"),
             link,
-            connections,
+            cuts,
             accepting,
         }
     }
@@ -297,24 +322,34 @@ impl Proxy {
         self.link.send_replace(link);
     }
 
-    /// Closes every connection it carries now (both ends see them close).
-    pub fn drop_connections(&self) {
-        for connection in self.connections.lock().expect("connections lock").drain(..) {
-            connection.abort();
-        }
+    /// Ends every connection it carries now, as `how` says; later ones
+    /// are not affected.
+    pub fn cut(&self, how: Cut) {
+        self.cuts.send_modify(|(count, kind)| {
+            *count += 1;
+            *kind = how;
+        });
     }
 }
 
 impl Drop for Proxy {
     fn drop(&mut self) {
         self.accepting.abort();
-        self.drop_connections();
+        self.cut(Cut::Close);
     }
+}
+
+/// Makes closing `stream` send a reset (SO_LINGER of zero). The call is
+/// deprecated in tokio because a non-zero linger blocks the thread on
+/// drop; a zero linger never blocks.
+#[allow(deprecated)]
+fn reset_on_close(stream: &TcpStream) {
+    let _ = stream.set_linger(Some(Duration::ZERO));
 }
 
 /// Copies bytes from `from` to `to` while the link is open; holds them
 /// (reading nothing more) while it is stalled.
-async fn pump(mut from: OwnedReadHalf, mut to: OwnedWriteHalf, mut link: watch::Receiver<Link>) {
+async fn pump(from: &mut OwnedReadHalf, to: &mut OwnedWriteHalf, mut link: watch::Receiver<Link>) {
     let mut buffer = vec![0u8; 16 * 1024];
     loop {
         if link
