@@ -1,0 +1,203 @@
+//! A worker process killed with SIGKILL while it runs a request: that
+//! request is answered once (an error, since it may have run), the
+//! requests waiting for a worker run on the others, and under a retry
+//! policy a request sent to the dead endpoint (connection refused: it
+//! never started) runs again elsewhere. Every request id is answered
+//! exactly once.
+
+mod common;
+mod faults_support;
+
+use std::time::Duration;
+
+use faults_support::{frontend, llm_request, until, within_limit, Ledger, WorkerProcess};
+use foreman_tokio::{
+    PoolConfig, RetryPolicy, RoutingPolicy, WorkerErrorCode, WorkerHealthStatus, WorkerPoolError,
+    WorkerPoolOptions,
+};
+
+/// How long each worker process's handler sleeps.
+const RUN_MS: u64 = 400;
+
+fn options(unavailable_after_failures: u32) -> WorkerPoolOptions {
+    WorkerPoolOptions {
+        unavailable_after_failures,
+        // No probe heals the dead worker during the test.
+        health_probe_interval: Duration::from_secs(60),
+        ..WorkerPoolOptions::default()
+    }
+}
+
+async fn three_workers() -> [WorkerProcess; 3] {
+    let sleep = format!("sleep:{RUN_MS}");
+    let args = ["--mode", sleep.as_str(), "--workers", "2"];
+    [
+        WorkerProcess::start(&args).await,
+        WorkerProcess::start(&args).await,
+        WorkerProcess::start(&args).await,
+    ]
+}
+
+fn is_unavailable_after_sending(error: &WorkerPoolError) -> bool {
+    matches!(error, WorkerPoolError::Worker(failure)
+        if failure.code == WorkerErrorCode::Unavailable
+            && !failure.retryable
+            && failure.message.contains("may have run"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_worker_fails_its_running_and_own_queued_requests_once_and_the_backlog_runs_elsewhere(
+) {
+    within_limit(async {
+        let mut workers = three_workers().await;
+        let endpoints: Vec<&str> = workers.iter().map(|w| w.endpoint.as_str()).collect();
+        // One failure makes a worker Unavailable: the dead one takes no
+        // second request.
+        let pool = frontend(&endpoints, PoolConfig::new(options(1)));
+        let mut ledger = Ledger::default();
+        let total = 9;
+        let calls: Vec<_> = (0..total)
+            .map(|n| {
+                let id = format!("k{n}");
+                ledger.submitted(&id);
+                let pool = pool.clone();
+                tokio::spawn(async move {
+                    let answer = pool.submit(llm_request(&id, Some(10_000))).await;
+                    (id, answer)
+                })
+            })
+            .collect();
+        // Three run (one per worker), six wait in the pool's backlog.
+        faults_support::stats_until(&workers[0].endpoint, Duration::from_secs(10), "worker 0 runs a request", |s| {
+            s.in_flight == 1
+        })
+        .await;
+        until(Duration::from_secs(10), "six requests wait", || {
+            pool.stats().counters.accepted == total
+        })
+        .await;
+        let status = workers[0].kill9().await;
+        assert!(!status.success(), "killed: {status:?}");
+        for call in calls {
+            let (id, answer) = call.await.expect("joined");
+            ledger.answered(&id, answer);
+        }
+        ledger.check_each_answered_once();
+        // The dead worker's running request fails, and so does each
+        // request queued on it (a worker out of rotation still runs the
+        // requests queued on it, see docs/ARCHITECTURE.md); each is an
+        // Unavailable error naming its endpoint. Everything else ran on
+        // the live workers.
+        let failures = ledger.failures();
+        let dead = workers[0].endpoint.clone();
+        assert!(!failures.is_empty() && failures.len() <= 3, "{failures:?}");
+        for (id, error) in &failures {
+            assert!(
+                matches!(error, WorkerPoolError::Worker(failure)
+                    if failure.code == WorkerErrorCode::Unavailable && failure.message.contains(&dead)),
+                "{id}: {error:?}"
+            );
+        }
+        assert!(is_unavailable_after_sending(failures[0].1), "{failures:?}");
+        let by_worker = ledger.successes_by_worker();
+        assert_eq!(by_worker.get("worker-0"), None, "{by_worker:?}");
+        let succeeded = by_worker.values().sum::<usize>() as u64;
+        assert_eq!(succeeded + failures.len() as u64, total);
+        assert!(succeeded >= total - 3, "{by_worker:?}");
+        // The survivors' own counters agree.
+        let answered = workers[1].stats().await.answered + workers[2].stats().await.answered;
+        assert_eq!(answered, succeeded);
+        let counters = pool.stats().counters;
+        assert_eq!(
+            (counters.succeeded, counters.failed),
+            (succeeded, failures.len() as u64)
+        );
+        let health = pool.health_snapshot().await;
+        assert_eq!(health[0].status, WorkerHealthStatus::Unavailable);
+        assert!(health[1..].iter().all(|h| h.status == WorkerHealthStatus::Healthy));
+        println!(
+            "killed worker: {} failures, successes {by_worker:?}, requeued {}",
+            failures.len(),
+            counters.requeued
+        );
+        pool.shutdown().await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn under_a_retry_policy_a_request_the_dead_worker_never_started_runs_again_elsewhere() {
+    within_limit(async {
+        let mut workers = three_workers().await;
+        let endpoints: Vec<&str> = workers.iter().map(|w| w.endpoint.as_str()).collect();
+        // Round robin keeps sending to the dead worker (it stays in
+        // rotation: ten failures before it is Unavailable), so the retry
+        // path is taken; retries need a free worker, so the calls after
+        // the kill go one at a time.
+        let config = PoolConfig::new(options(10))
+            .with_routing(RoutingPolicy::RoundRobin)
+            .with_retries(Some(RetryPolicy::default().with_max_attempts(2)));
+        let pool = frontend(&endpoints, config);
+        let mut ledger = Ledger::default();
+        let first: Vec<_> = (0..3)
+            .map(|n| {
+                let id = format!("first{n}");
+                ledger.submitted(&id);
+                let pool = pool.clone();
+                tokio::spawn(async move {
+                    let timed = pool.submit_timed(llm_request(&id, Some(10_000))).await;
+                    (id, timed)
+                })
+            })
+            .collect();
+        faults_support::stats_until(
+            &workers[0].endpoint,
+            Duration::from_secs(10),
+            "worker 0 runs a request",
+            |s| s.in_flight == 1,
+        )
+        .await;
+        workers[0].kill9().await;
+        let mut killed_runs = 0;
+        for call in first {
+            let (id, timed) = call.await.expect("joined");
+            if let Err(error) = &timed.result {
+                // It may have run: the policy does not run it again.
+                assert!(is_unavailable_after_sending(error), "{error:?}");
+                assert_eq!(timed.timings.attempts, 1);
+                killed_runs += 1;
+            }
+            ledger.answered(&id, timed.result);
+        }
+        assert_eq!(killed_runs, 1);
+        let mut retried = 0;
+        for n in 0..6 {
+            let id = format!("after{n}");
+            ledger.submitted(&id);
+            let timed = pool.submit_timed(llm_request(&id, Some(10_000))).await;
+            let response = timed.result.as_ref().expect("runs on a live worker");
+            assert_ne!(response.worker_id, "worker-0");
+            if timed.timings.attempts == 2 {
+                retried += 1;
+            }
+            ledger.answered(&id, timed.result);
+        }
+        ledger.check_each_answered_once();
+        assert!(
+            retried >= 1,
+            "round robin reached the dead worker at least once"
+        );
+        let counters = pool.stats().counters;
+        assert_eq!(counters.succeeded, 2 + 6);
+        assert_eq!(counters.failed, 1);
+        let answered = workers[1].stats().await.answered + workers[2].stats().await.answered;
+        assert_eq!(
+            answered,
+            2 + 6,
+            "each retried request ran once, on a live worker"
+        );
+        println!("retry policy: {retried} of 6 requests after the kill retried elsewhere");
+        pool.shutdown().await;
+    })
+    .await;
+}
