@@ -11,7 +11,7 @@
 //! | `4xx` | `InvalidRequest`, not retryable |
 //! | `502`, `504` | `Unavailable`, retryable |
 //! | another status, an unreadable or oversized body | `ExecutionFailed`, not retryable |
-//! | no connection (refused, unreachable, connect timeout) | `Unavailable`, retryable (it never started) |
+//! | no connection (refused, unreachable, connect timeout) | [`refuse_not_started`]: it never reached the endpoint, so the pool runs it elsewhere |
 //! | the connection failed after the request was sent | `Unavailable`, not retryable (it may have run) |
 
 use std::time::Duration;
@@ -203,35 +203,41 @@ impl RemoteWorker {
     }
 
     /// Sends `request` and reads the answer's status and body.
+    ///
+    /// # Errors
+    /// The failure, and whether the request never left (no connection).
     async fn call(
         &self,
         request: Request<Full<Bytes>>,
         limit: usize,
-    ) -> Result<(StatusCode, Bytes), WorkerProtocolError> {
-        let response = self
-            .client
-            .request(request)
-            .await
-            .map_err(|failure| self.transport_error(&failure))?;
+    ) -> Result<(StatusCode, Bytes), (WorkerProtocolError, bool)> {
+        let response = match self.client.request(request).await {
+            Ok(response) => response,
+            Err(failure) => return Err((self.transport_error(&failure), failure.is_connect())),
+        };
         let status = response.status();
         let body = Limited::new(response.into_body(), limit);
         match body.collect().await {
             Ok(collected) => Ok((status, collected.to_bytes())),
-            Err(failure) if failure.is::<http_body_util::LengthLimitError>() => {
-                Err(WorkerProtocolError::new(
+            Err(failure) if failure.is::<http_body_util::LengthLimitError>() => Err((
+                WorkerProtocolError::new(
                     WorkerErrorCode::ExecutionFailed,
                     format!(
                         "the worker at {} answered more than {limit} bytes",
                         self.endpoint
                     ),
                     false,
-                ))
-            }
-            Err(failure) => Err(WorkerProtocolError::new(
-                WorkerErrorCode::Unavailable,
-                format!(
-                    "the connection to the worker at {} failed while reading its answer: {failure}",
-                    self.endpoint
+                ),
+                false,
+            )),
+            Err(failure) => Err((
+                WorkerProtocolError::new(
+                    WorkerErrorCode::Unavailable,
+                    format!(
+                        "the connection to the worker at {} failed while reading its answer: {failure}",
+                        self.endpoint
+                    ),
+                    false,
                 ),
                 false,
             )),
@@ -344,7 +350,12 @@ impl WorkerHandler for RemoteWorker {
         if let Some(ms) = time_left_ms(&request) {
             headers.insert(DEADLINE_HEADER, HeaderValue::from(ms));
         }
-        let (status, body) = self.call(http_request, self.max_response_bytes).await?;
+        let (status, body) = match self.call(http_request, self.max_response_bytes).await {
+            Ok(answer) => answer,
+            // It never reached the endpoint: not started.
+            Err((error, true)) => return Err(refuse_not_started(request, error.message)),
+            Err((error, false)) => return Err(error),
+        };
         let failed = |code, retryable, what: &str| {
             Err(WorkerProtocolError::new(
                 code,
