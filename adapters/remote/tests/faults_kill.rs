@@ -85,21 +85,24 @@ async fn a_killed_worker_fails_its_running_request_once_and_the_waiting_ones_run
         }
         ledger.check_each_answered_once();
         // The dead worker's running request fails, an Unavailable error
-        // naming its endpoint; a request it was handed afterwards (a worker
-        // out of rotation still runs the requests queued on it) never
-        // reached it and ran elsewhere. Everything else ran on the live
-        // workers.
+        // naming its endpoint that says it may have run. A request it was
+        // handed afterwards (a worker out of rotation still runs the
+        // requests queued on it) either found no connection, was declined
+        // as not started and ran elsewhere, or went out on a connection the
+        // dead process had left open and fails the same way (the reset
+        // cannot tell whether it arrived). None fails for want of a
+        // connection. Everything else ran on the live workers.
         let failures = ledger.failures();
         let dead = workers[0].endpoint.clone();
-        assert_eq!(failures.len(), 1, "{failures:?}");
+        assert!(!failures.is_empty() && failures.len() <= 3, "{failures:?}");
         for (id, error) in &failures {
             assert!(
                 matches!(error, WorkerPoolError::Worker(failure)
                     if failure.code == WorkerErrorCode::Unavailable && failure.message.contains(&dead)),
                 "{id}: {error:?}"
             );
+            assert!(is_unavailable_after_sending(error), "{id}: {error:?}");
         }
-        assert!(is_unavailable_after_sending(failures[0].1), "{failures:?}");
         let by_worker = ledger.successes_by_worker();
         assert_eq!(by_worker.get("worker-0"), None, "{by_worker:?}");
         let succeeded = by_worker.values().sum::<usize>() as u64;
