@@ -76,15 +76,13 @@ impl Harness {
         };
         let ejected_before = self.ejected_workers();
         let mut new_ejections = 0;
-        // Workers the core released during this input (their `StopWorker`
-        // is drained after this): the core no longer counts them, as
-        // workers or as ejected.
-        let mut released = 0;
+        // Ejected workers the core released during this input (their
+        // `StopWorker` is drained after this): the core no longer counts
+        // them as ejected.
         let mut released_ejected = 0;
         for index in 0..self.worker_list.len() {
             let key = self.worker_list[index];
             let Some(state) = self.pool.recovery_state(key) else {
-                released += 1;
                 let ejected = self
                     .workers
                     .get(key.as_u64())
@@ -122,7 +120,13 @@ impl Harness {
         }
         if new_ejections > 0 {
             let ejected = self.ejected_workers() - released_ejected;
-            let cap = tuning.ejection_cap(self.worker_list.len() - released);
+            // The cap over the workers the pool had as the input began,
+            // those it released during the input included: one input can
+            // eject a worker within the cap and then release another (a
+            // removed worker whose last request ended), shrinking the cap
+            // below the ejections it allowed, and the books cannot tell in
+            // which order the two came.
+            let cap = tuning.ejection_cap(self.worker_list.len());
             ensure!(
                 tuning.panic_mode == PanicMode::FailFast || ejected <= cap.max(ejected_before),
                 "{ejected} workers ejected, over the cap of {cap}"
