@@ -138,6 +138,7 @@ macro_rules! ensure {
 
 mod actions;
 mod answers;
+mod attempts;
 mod bookkeeping;
 mod books;
 mod checks;
