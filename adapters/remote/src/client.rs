@@ -57,6 +57,12 @@ pub struct RemoteOptions {
     pub pool_idle_timeout: Duration,
     /// The largest response body read; a larger one is an error.
     pub max_response_bytes: usize,
+    /// Added to the time a request has left in the `foreman-deadline-ms`
+    /// header, so the frontend's own deadline fires first (it answers
+    /// `Timeout` and drops the call, which stops the run) and the worker's
+    /// is a backstop for a drop that never arrives: enough for the
+    /// transit and both sides' timer delays under load.
+    pub deadline_grace: Duration,
     /// The TLS settings of `https://` endpoints (their root certificates,
     /// a client certificate); an `https://` endpoint without them is an
     /// error. The ALPN protocol follows [`RemoteOptions::http2`].
@@ -76,6 +82,7 @@ impl Default for RemoteOptions {
             http2_keep_alive_timeout: Duration::from_secs(10),
             pool_idle_timeout: Duration::from_secs(90),
             max_response_bytes: 8 * 1024 * 1024,
+            deadline_grace: Duration::from_millis(50),
             #[cfg(feature = "tls")]
             tls: None,
         }
@@ -130,6 +137,7 @@ pub struct RemoteWorker {
     health: Uri,
     client: Client<Connector, Full<Bytes>>,
     max_response_bytes: usize,
+    deadline_grace: Duration,
 }
 
 impl RemoteWorker {
@@ -194,6 +202,7 @@ impl RemoteWorker {
             health,
             client: builder.build(connector),
             max_response_bytes: options.max_response_bytes,
+            deadline_grace: options.deadline_grace,
         })
     }
 
@@ -334,8 +343,18 @@ fn message_of(body: &[u8]) -> String {
 
 #[async_trait]
 impl WorkerHandler for RemoteWorker {
-    async fn handle(&self, request: WorkerRequest) -> Result<Value, WorkerProtocolError> {
-        let body = serde_json::to_vec(&request).map_err(|failure| {
+    async fn handle(&self, mut request: WorkerRequest) -> Result<Value, WorkerProtocolError> {
+        // With the header, the request goes without its own budget: the
+        // header is its budget on the worker (the server takes the smaller
+        // of the two), so the frontend's deadline fires first.
+        let time_left = time_left_ms(&request, self.deadline_grace);
+        let budget = request.timeout_ms;
+        if time_left.is_some() {
+            request.timeout_ms = None;
+        }
+        let body = serde_json::to_vec(&request);
+        request.timeout_ms = budget;
+        let body = body.map_err(|failure| {
             WorkerProtocolError::new(
                 WorkerErrorCode::InvalidRequest,
                 format!("the request could not be written as JSON: {failure}"),
@@ -347,7 +366,7 @@ impl WorkerHandler for RemoteWorker {
         *http_request.uri_mut() = self.requests.clone();
         let headers = http_request.headers_mut();
         headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-        if let Some(ms) = time_left_ms(&request) {
+        if let Some(ms) = time_left {
             headers.insert(DEADLINE_HEADER, HeaderValue::from(ms));
         }
         let (status, body) = match self.call(http_request, self.max_response_bytes).await {
@@ -417,15 +436,18 @@ impl WorkerHandler for RemoteWorker {
 /// The largest health answer read.
 const HEALTH_BODY_LIMIT: usize = 64 * 1024;
 
-/// The whole milliseconds `request` has left: what the pool polling this
-/// handler says ([`handler_deadline`]), rounded down so the worker gives
-/// up no later than the frontend does; its `timeout_ms` outside a pool.
-fn time_left_ms(request: &WorkerRequest) -> Option<u64> {
+/// The milliseconds `request` has left, plus `grace`: what the pool
+/// polling this handler says ([`handler_deadline`]), rounded up (see
+/// [`RemoteOptions::deadline_grace`]); its `timeout_ms` outside a pool.
+fn time_left_ms(request: &WorkerRequest, grace: Duration) -> Option<u64> {
     match handler_deadline() {
         Some(deadline) => {
             let now = tokio::time::Instant::now().into_std();
-            let left = deadline.saturating_duration_since(now);
-            Some(u64::try_from(left.as_millis()).unwrap_or(u64::MAX))
+            let left = deadline
+                .saturating_duration_since(now)
+                .saturating_add(grace);
+            let millis = left.as_nanos().div_ceil(1_000_000);
+            Some(u64::try_from(millis).unwrap_or(u64::MAX))
         }
         None => request.timeout_ms,
     }
