@@ -246,6 +246,16 @@ pub enum Cut {
     Reset,
 }
 
+/// Why a proxied connection stopped forwarding.
+enum Ended {
+    /// One side closed, or the proxy is gone.
+    Closed,
+    /// [`Proxy::cut`].
+    Cut(Cut),
+    /// [`Proxy::stall_current`].
+    Stalled,
+}
+
 /// A TCP proxy on loopback in front of one worker, owned by the test.
 pub struct Proxy {
     /// Where callers connect.
@@ -256,6 +266,9 @@ pub struct Proxy {
     /// How many cuts so far, and the last one's kind: a connection is cut
     /// by the first cut after it was accepted.
     cuts: watch::Sender<(u64, Cut)>,
+    /// How many [`Proxy::stall_current`] calls so far: a connection is
+    /// black-holed by the first one after it was accepted.
+    stalls: watch::Sender<u64>,
     accepting: JoinHandle<()>,
 }
 
@@ -268,6 +281,7 @@ impl Proxy {
         let addr = listener.local_addr().expect("an address");
         let (link, watching) = watch::channel(Link::Open);
         let (cuts, cut_watch) = watch::channel((0, Cut::Close));
+        let (stalls, stall_watch) = watch::channel(0u64);
         let accepting = tokio::spawn(async move {
             while let Ok((downstream, _)) = listener.accept().await {
                 if *watching.borrow() == Link::Refusing {
@@ -277,6 +291,8 @@ impl Proxy {
                 let watching = watching.clone();
                 let mut cut_watch = cut_watch.clone();
                 let born = cut_watch.borrow().0;
+                let mut stall_watch = stall_watch.clone();
+                let stalled_born = *stall_watch.borrow();
                 tokio::spawn(async move {
                     let Ok(upstream) = TcpStream::connect(upstream).await else {
                         return;
@@ -285,16 +301,30 @@ impl Proxy {
                     let _ = upstream.set_nodelay(true);
                     let (mut down_read, mut down_write) = downstream.into_split();
                     let (mut up_read, mut up_write) = upstream.into_split();
-                    let cut = tokio::select! {
+                    let ended = tokio::select! {
                         _ = async {
                             tokio::join!(
                                 pump(&mut down_read, &mut up_write, watching.clone()),
                                 pump(&mut up_read, &mut down_write, watching),
                             )
-                        } => None,
+                        } => Ended::Closed,
                         cut = cut_watch.wait_for(|(count, _)| *count > born) => {
-                            cut.ok().map(|seen| seen.1)
+                            cut.map_or(Ended::Closed, |seen| Ended::Cut(seen.1))
                         }
+                        stalled = stall_watch.wait_for(|count| *count > stalled_born) => {
+                            if stalled.is_ok() { Ended::Stalled } else { Ended::Closed }
+                        }
+                    };
+                    let cut = match ended {
+                        Ended::Closed => None,
+                        Ended::Cut(how) => Some(how),
+                        // Black-holed: both sockets stay open and silent
+                        // until a cut (or the proxy's drop).
+                        Ended::Stalled => cut_watch
+                            .wait_for(|(count, _)| *count > born)
+                            .await
+                            .ok()
+                            .map(|seen| seen.1),
                     };
                     if cut == Some(Cut::Reset) {
                         reset_on_close(down_read.as_ref());
@@ -313,6 +343,7 @@ impl Proxy {
             endpoint: format!("http://{addr}"),
             link,
             cuts,
+            stalls,
             accepting,
         }
     }
@@ -320,6 +351,13 @@ impl Proxy {
     /// Sets what the proxy does from now on (existing connections too).
     pub fn set(&self, link: Link) {
         self.link.send_replace(link);
+    }
+
+    /// Black-holes every connection it carries now: they stay open and no
+    /// byte moves on them again (a peer gone silent, say a NAT entry
+    /// dropped), while later connections are forwarded as [`Link`] says.
+    pub fn stall_current(&self) {
+        self.stalls.send_modify(|count| *count += 1);
     }
 
     /// Ends every connection it carries now, as `how` says; later ones
