@@ -10,21 +10,32 @@
 //!
 //! The difference of the two totals over 40 000 is the cost of one
 //! request, start-up excluded. It prints the size of the `submit` future.
+//!
+//! A third argument picks what is measured: `foreman` (the default:
+//! handlers on the pool's worker tasks), `caller` (the same pool with
+//! [`ExecutionMode::CallerTask`]) or `floor`, the throughput bench's
+//! peer — a task per worker fed by a bounded tokio `mpsc` channel,
+//! answering through a `oneshot`, with no validation, admission, routing,
+//! deadline or health — so the three costs can be compared.
 
 use foreman_tokio::{
-    handler_fn, WorkerOperation, WorkerPool, WorkerPoolOptions, WorkerProtocolError, WorkerRequest,
+    handler_fn, DriverOptions, ExecutionMode, PoolConfig, TokioRuntime, WorkerHandler,
+    WorkerOperation, WorkerPool, WorkerPoolOptions, WorkerProtocolError, WorkerRequest,
 };
 use serde_json::{json, Value};
+use std::sync::Arc;
+use tokio::sync::{mpsc, oneshot};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut args = std::env::args().skip(1);
     let requests: usize = args.next().map_or(Ok(100_000), |n| n.parse())?;
     let workers: usize = args.next().map_or(Ok(1), |w| w.parse())?;
+    let what = args.next().unwrap_or_else(|| "foreman".into());
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
     runtime.block_on(async {
-        let handlers = (0..workers)
+        let handlers: Vec<Arc<dyn WorkerHandler>> = (0..workers)
             .map(|_| {
                 handler_fn(|_request: WorkerRequest| async {
                     Ok::<Value, WorkerProtocolError>(Value::Null)
@@ -32,7 +43,6 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 .into_arc()
             })
             .collect();
-        let pool = WorkerPool::new_inprocess(handlers, WorkerPoolOptions::default(), None)?;
         let request = WorkerRequest {
             request_id: "req".into(),
             workflow_name: "loop".into(),
@@ -44,6 +54,19 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 scoped_input: json!({}),
             },
         };
+        let execution = match what.as_str() {
+            "foreman" => ExecutionMode::PoolTasks,
+            "caller" => ExecutionMode::CallerTask,
+            "floor" => return floor(handlers, request, requests).await,
+            other => return Err(format!("unknown mode {other:?}: foreman, caller or floor").into()),
+        };
+        let pool = WorkerPool::with_driver_options(
+            TokioRuntime,
+            handlers,
+            PoolConfig::new(WorkerPoolOptions::default()),
+            None,
+            DriverOptions::default().execution(execution),
+        )?;
         let future = pool.submit(request.clone());
         eprintln!("submit future: {} bytes", std::mem::size_of_val(&future));
         drop(future);
@@ -53,4 +76,37 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         pool.shutdown().await;
         Ok(())
     })
+}
+
+/// A request and where its answer goes.
+type Job = (
+    WorkerRequest,
+    oneshot::Sender<Result<Value, WorkerProtocolError>>,
+);
+
+/// The same loop through the floor: each worker a task draining its own
+/// channel, requests sent to the workers in turn.
+async fn floor(
+    handlers: Vec<Arc<dyn WorkerHandler>>,
+    request: WorkerRequest,
+    requests: usize,
+) -> Result<(), Box<dyn std::error::Error>> {
+    let senders: Vec<mpsc::Sender<Job>> = handlers
+        .into_iter()
+        .map(|handler| {
+            let (tx, mut rx) = mpsc::channel::<Job>(64);
+            tokio::spawn(async move {
+                while let Some((request, reply)) = rx.recv().await {
+                    let _ = reply.send(handler.handle(request).await);
+                }
+            });
+            tx
+        })
+        .collect();
+    for (_, sender) in (0..requests).zip(senders.iter().cycle()) {
+        let (tx, rx) = oneshot::channel();
+        sender.send((request.clone(), tx)).await?;
+        rx.await??;
+    }
+    Ok(())
 }
