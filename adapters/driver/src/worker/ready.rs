@@ -107,7 +107,9 @@ impl Handlers {
     /// Schedules the places the inbox's ready list named (each already
     /// marked queued by its wake).
     pub(super) fn woken(&mut self, places: &mut Vec<usize>) {
-        self.due.extend(places.drain(..));
+        if !places.is_empty() {
+            self.due.extend(places.drain(..));
+        }
     }
 
     /// The next place to poll, its flag cleared first (so a wake from now
