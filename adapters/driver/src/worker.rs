@@ -285,6 +285,22 @@ pub(crate) fn panic_error(panic: &(dyn std::any::Any + Send)) -> WorkerProtocolE
     )
 }
 
+/// A request for the driver's own tests.
+#[cfg(test)]
+pub(crate) fn test_request() -> WorkerRequest {
+    WorkerRequest {
+        request_id: "r".into(),
+        workflow_name: "w".into(),
+        node_id: "n".into(),
+        timeout_ms: None,
+        operation: foreman_core::WorkerOperation::Tool {
+            tool: "t".into(),
+            input: serde_json::Value::Null,
+            scoped_input: serde_json::Value::Null,
+        },
+    }
+}
+
 #[cfg(all(test, loom))]
 mod loom_tests;
 #[cfg(all(test, not(loom)))]

@@ -15,8 +15,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use foreman_core::{
-    Action, Phase, Pool, PoolConfig, RequestKey, Time, WorkerKey, WorkerOperation,
-    WorkerProtocolError, WorkerRequest,
+    Action, Phase, Pool, PoolConfig, RequestKey, Time, WorkerKey, WorkerProtocolError,
 };
 use futures::task::noop_waker_ref;
 use loom::future::block_on;
@@ -34,6 +33,7 @@ use crate::sync::{lock, Arc, AtomicUsize, Mutex, Ordering};
 use crate::trace::Attempt;
 use crate::wait::{run_handler, wait_for_notice, wait_for_start, Notice, Wake};
 use crate::wakers::Wakers;
+use crate::worker::test_request as request;
 use crate::worker::Inbox;
 
 /// The core's answer to the request.
@@ -325,20 +325,6 @@ fn a_cancelled_caller_racing_the_answer_and_the_hand_back_ends_the_handler_once(
 
 /// A lane of the model: a real core over the slot, under a lock.
 type Lane = Arc<Mutex<Pool<Arc<Slot>>>>;
-
-fn request() -> WorkerRequest {
-    WorkerRequest {
-        request_id: "r".into(),
-        workflow_name: "w".into(),
-        node_id: "n".into(),
-        timeout_ms: None,
-        operation: WorkerOperation::Tool {
-            tool: "t".into(),
-            input: Value::Null,
-            scoped_input: Value::Null,
-        },
-    }
-}
 
 /// What the core's actions did, as the lane carries them out.
 #[derive(Default)]

@@ -14,8 +14,7 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use foreman_core::{
-    Pool, PoolConfig, RequestKey, Time, WorkerKey, WorkerOperation, WorkerProtocolError,
-    WorkerRequest,
+    Pool, PoolConfig, RequestKey, Time, WorkerKey, WorkerProtocolError, WorkerRequest,
 };
 use futures::task::noop_waker_ref;
 use loom::future::block_on;
@@ -29,6 +28,7 @@ use crate::live::Live;
 use crate::sync::{lock, Arc, AtomicBool, AtomicUsize, Mutex, Ordering};
 use crate::trace::{Attempt, RequestSpan};
 use crate::wakers::Wakers;
+use crate::worker::test_request as request;
 
 /// The pool as a worker task sees it: records every completion, and
 /// closes `closes` once it has recorded `close_after` of them.
@@ -104,20 +104,6 @@ fn keys() -> (WorkerKey, RequestKey) {
         .submit(Time::ZERO, &request(), ())
         .expect("an idle worker takes it");
     (worker, request)
-}
-
-fn request() -> WorkerRequest {
-    WorkerRequest {
-        request_id: "r".into(),
-        workflow_name: "w".into(),
-        node_id: "n".into(),
-        timeout_ms: None,
-        operation: WorkerOperation::Tool {
-            tool: "t".into(),
-            input: Value::Null,
-            scoped_input: Value::Null,
-        },
-    }
 }
 
 fn job(key: RequestKey, live: &std::sync::Arc<Live>) -> Job {

@@ -8,8 +8,8 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Waker};
 
 use foreman_core::{
-    Pool, PoolConfig, RequestKey, Time, WorkerErrorCode, WorkerKey, WorkerOperation,
-    WorkerProtocolError, WorkerRequest,
+    Pool, PoolConfig, RequestKey, Time, WorkerErrorCode, WorkerKey, WorkerProtocolError,
+    WorkerRequest,
 };
 use futures::task::noop_waker_ref;
 use serde_json::Value;
@@ -20,6 +20,7 @@ use crate::live::Live;
 use crate::refusal::Outcome;
 use crate::trace::{Attempt, RequestSpan};
 use crate::wakers::Wakers;
+use crate::worker::test_request as request;
 
 /// The pool as a worker task sees it: records each completion's result.
 #[derive(Default)]
@@ -198,20 +199,6 @@ fn keys(n: usize) -> (WorkerKey, Vec<RequestKey>) {
         .map(|_| core.submit(Time::ZERO, &request(), ()).expect("admitted"))
         .collect();
     (worker, keys)
-}
-
-fn request() -> WorkerRequest {
-    WorkerRequest {
-        request_id: "0".into(),
-        workflow_name: "w".into(),
-        node_id: "n".into(),
-        timeout_ms: None,
-        operation: WorkerOperation::Tool {
-            tool: "t".into(),
-            input: Value::Null,
-            scoped_input: Value::Null,
-        },
-    }
 }
 
 #[test]
