@@ -3,12 +3,12 @@
 //! under `cfg(loom)`, std's, parking_lot's and futures' otherwise.
 
 #[cfg(loom)]
-pub(crate) use loom::sync::atomic::{AtomicUsize, Ordering};
+pub(crate) use loom::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 #[cfg(loom)]
 pub(crate) use loom::sync::Mutex;
 
 #[cfg(not(loom))]
-pub(crate) use std::sync::atomic::{AtomicUsize, Ordering};
+pub(crate) use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 /// Shared ownership stays std's: the rest of the driver holds lanes' live
 /// counts in `std::sync::Arc`, and loom checks the atomics and locks inside.
 pub(crate) use std::sync::Arc;

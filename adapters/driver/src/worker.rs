@@ -7,7 +7,10 @@
 //! pool's runtime, whether or not the caller polls. A worker task that
 //! completes a request carries out the completion's actions itself, and a
 //! request the core starts next on the same worker is run at once, without
-//! a wake-up. The core's `Abort` reaches the task through the inbox too: it
+//! a wake-up. Each handler is polled with a waker of its own
+//! ([`ready`](self::ready)): a wake of one handler schedules that handler
+//! alone, so a worker running many requests polls only those that can
+//! progress. The core's `Abort` reaches the task through the inbox too: it
 //! drops that handler future. A handler that hands its request back with
 //! [`refuse_not_started`](crate::refuse_not_started) in the poll that
 //! returns its error has its run reported as a refusal
@@ -26,6 +29,9 @@ use crate::refusal::{self, Outcome};
 use crate::sync::{AtomicWaker, FastMutex};
 use crate::trace::{Attempt, RequestSpan};
 use crate::wakers::Wakers;
+
+mod ready;
+use ready::Handlers;
 
 /// Where the driver runs handler futures (a foreman driver option, set
 /// with [`DriverOptions::execution`](crate::DriverOptions::execution);
@@ -78,6 +84,9 @@ pub(crate) struct Inbox {
 struct InboxState {
     jobs: Vec<Job>,
     aborts: Vec<RequestKey>,
+    /// The places of the task's handlers woken since it last looked
+    /// ([`ready`](self::ready)).
+    ready: Vec<usize>,
     closed: bool,
 }
 
@@ -100,6 +109,15 @@ impl Inbox {
     pub(crate) fn close(&self, wake: &mut Wakers) {
         self.state.lock().closed = true;
         wake.extend(self.waker.take());
+    }
+
+    /// Schedules the handler at `place` of the task and wakes the task (a
+    /// handler's waker calls this; no lock of the caller's is involved).
+    fn ready(&self, place: usize) {
+        self.state.lock().ready.push(place);
+        if let Some(waker) = self.waker.take() {
+            waker.wake();
+        }
     }
 }
 
@@ -157,11 +175,12 @@ pub(crate) async fn worker_task<C: Completer>(
     handler: std::sync::Arc<dyn WorkerHandler>,
     inbox: std::sync::Arc<Inbox>,
 ) {
-    let mut running: Vec<Running> = Vec::new();
-    // Jobs and aborts taken from the inbox, carried out once its lock is
-    // released.
+    let mut handlers = Handlers::new(std::sync::Arc::clone(&inbox));
+    // Jobs, aborts and wakes taken from the inbox, carried out once its
+    // lock is released.
     let mut arrived: Vec<Job> = Vec::new();
     let mut aborts: Vec<RequestKey> = Vec::new();
+    let mut woken: Vec<usize> = Vec::new();
     let mut finished: Vec<(RequestKey, Outcome)> = Vec::new();
     let mut next: Vec<Job> = Vec::new();
     let mut aborted: Vec<Running> = Vec::new();
@@ -173,46 +192,45 @@ pub(crate) async fn worker_task<C: Completer>(
                 let mut state = inbox.state.lock();
                 std::mem::swap(&mut state.jobs, &mut arrived);
                 std::mem::swap(&mut state.aborts, &mut aborts);
+                std::mem::swap(&mut state.ready, &mut woken);
                 state.closed
             };
+            handlers.woken(&mut woken);
             // Started with no lock held; the aborts were taken with the
             // jobs, so each finds its job.
-            running.extend(
-                arrived
-                    .drain(..)
-                    .map(|job| Running::new(&handler, &id, job)),
-            );
+            for job in arrived.drain(..) {
+                handlers.insert(Running::new(&handler, &id, job));
+            }
             for key in aborts.drain(..) {
-                if let Some(at) = running.iter().position(|run| run.key == key) {
-                    aborted.push(running.swap_remove(at));
-                }
+                aborted.extend(handlers.remove_key(key));
             }
             // Handler futures are user code: dropped with no lock held.
             if closed {
-                aborted.append(&mut running);
+                handlers.drain_into(&mut aborted);
             }
             drop_handlers(&mut aborted);
             if closed {
                 return Poll::Ready(());
             }
-            let mut index = 0;
-            while let Some(run) = running.get_mut(index) {
+            while let Some((place, run, waker)) = handlers.next_due() {
+                let mut own = Context::from_waker(waker);
                 refusal::clear();
-                let polled =
-                    std::panic::catch_unwind(AssertUnwindSafe(|| run.future.as_mut().poll(cx)));
+                let polled = std::panic::catch_unwind(AssertUnwindSafe(|| {
+                    run.future.as_mut().poll(&mut own)
+                }));
                 let outcome = match polled {
                     Ok(Poll::Pending) => {
                         refusal::clear();
-                        index += 1;
                         continue;
                     }
                     Ok(Poll::Ready(result)) => Outcome::of(result),
                     Err(panic) => Outcome::of(Err(panic_error(&*panic))),
                 };
-                let Running { key, future, live } = running.swap_remove(index);
-                drop(future);
-                drop(live);
-                finished.push((key, outcome));
+                if let Some(Running { key, future, live }) = handlers.remove(place) {
+                    drop(future);
+                    drop(live);
+                    finished.push((key, outcome));
+                }
             }
             if finished.is_empty() {
                 return Poll::Pending;
@@ -225,7 +243,9 @@ pub(crate) async fn worker_task<C: Completer>(
                 }
                 None => finished.clear(),
             }
-            running.extend(next.drain(..).map(|job| Running::new(&handler, &id, job)));
+            for job in next.drain(..) {
+                handlers.insert(Running::new(&handler, &id, job));
+            }
             budget -= 1;
             if budget == 0 {
                 // Let the callers just answered (and the runtime) have the
@@ -265,5 +285,23 @@ pub(crate) fn panic_error(panic: &(dyn std::any::Any + Send)) -> WorkerProtocolE
     )
 }
 
+/// A request for the driver's own tests.
+#[cfg(test)]
+pub(crate) fn test_request() -> WorkerRequest {
+    WorkerRequest {
+        request_id: "r".into(),
+        workflow_name: "w".into(),
+        node_id: "n".into(),
+        timeout_ms: None,
+        operation: foreman_core::WorkerOperation::Tool {
+            tool: "t".into(),
+            input: serde_json::Value::Null,
+            scoped_input: serde_json::Value::Null,
+        },
+    }
+}
+
 #[cfg(all(test, loom))]
 mod loom_tests;
+#[cfg(all(test, not(loom)))]
+mod tests;

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use foreman_tokio::{
     handler_fn, BuildError, CommandError, DriverOptions, PoolConfig, TokioRuntime, WorkerHandler,
-    WorkerOperation, WorkerPool, WorkerPoolOptions, WorkerRequest, WorkerSpec,
+    WorkerOperation, WorkerPool, WorkerPoolOptions, WorkerProtocolError, WorkerRequest, WorkerSpec,
 };
 use serde_json::json;
 
@@ -160,4 +160,90 @@ async fn two_workers_with_one_id_are_refused_at_construction() {
         refused,
         Err(BuildError::Worker(CommandError::DuplicateWorkerId(id))) if id == "http://a:1"
     ));
+}
+
+/// A handler future that counts its polls.
+struct PollCounted {
+    inner: std::pin::Pin<
+        Box<
+            dyn std::future::Future<Output = Result<serde_json::Value, WorkerProtocolError>> + Send,
+        >,
+    >,
+    polls: Arc<AtomicUsize>,
+}
+
+impl std::future::Future for PollCounted {
+    type Output = Result<serde_json::Value, WorkerProtocolError>;
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        self.polls.fetch_add(1, Ordering::Relaxed);
+        self.inner.as_mut().poll(cx)
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_worker_running_sixteen_requests_polls_each_only_when_it_is_woken() {
+    const CALLERS: usize = 16;
+    const ROUNDS: usize = 8;
+    let polls = Arc::new(AtomicUsize::new(0));
+    let handler: Arc<dyn WorkerHandler> = {
+        let polls = Arc::clone(&polls);
+        Arc::new(handler_fn(move |request: WorkerRequest| {
+            // Each caller's requests wait on timers of their own length,
+            // so the handlers are woken one (or a few) at a time.
+            let id: u64 = request.request_id[1..].parse().unwrap_or(0);
+            let wait = Duration::from_millis(1 + id % CALLERS as u64);
+            PollCounted {
+                inner: Box::pin(async move {
+                    tokio::time::sleep(wait).await;
+                    tokio::time::sleep(wait).await;
+                    Ok(json!(null))
+                }),
+                polls: Arc::clone(&polls),
+            }
+        }))
+    };
+    let workers = vec![(
+        WorkerSpec::named("http://remote:1").with_max_concurrency(CALLERS as u32),
+        handler,
+    )];
+    let options = WorkerPoolOptions {
+        queue_capacity: CALLERS,
+        ..WorkerPoolOptions::default()
+    };
+    let pool = Arc::new(
+        WorkerPool::with_workers(
+            TokioRuntime,
+            workers,
+            PoolConfig::new(options),
+            None,
+            DriverOptions::default(),
+        )
+        .expect("a valid pool"),
+    );
+    let callers: Vec<_> = (0..CALLERS)
+        .map(|id| {
+            let pool = Arc::clone(&pool);
+            tokio::spawn(async move {
+                for _ in 0..ROUNDS {
+                    pool.submit(request(id)).await.expect("answered");
+                }
+            })
+        })
+        .collect();
+    for caller in callers {
+        caller.await.expect("caller");
+    }
+    let requests = CALLERS * ROUNDS;
+    let per_request = polls.load(Ordering::Relaxed) as f64 / requests as f64;
+    eprintln!("handler polls per request, 16 running on one worker: {per_request:.2}");
+    // A first poll and one per timer: anything near the number running
+    // means every wake-up polls every handler.
+    assert!(
+        per_request <= 4.0,
+        "{per_request:.2} polls per request of a handler woken twice"
+    );
 }

@@ -3,15 +3,18 @@
 //! ends exactly once (completed through the pool, or its handler
 //! dropped), the task never misses the wake-up that brings it a job or
 //! its close (loom reports a deadlock if it would wait for ever), and the
-//! live count is back at zero once the task has ended.
+//! live count is back at zero once the task has ended. A handler woken
+//! from another thread, through its own waker, while the inbox gets a
+//! job, an abort or its close, is polled again (its completion is never
+//! lost), an aborted handler is dropped once and before its live guard,
+//! and the close ends the task with every handler dropped.
 
 use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use foreman_core::{
-    Pool, PoolConfig, RequestKey, Time, WorkerKey, WorkerOperation, WorkerProtocolError,
-    WorkerRequest,
+    Pool, PoolConfig, RequestKey, Time, WorkerKey, WorkerProtocolError, WorkerRequest,
 };
 use futures::task::noop_waker_ref;
 use loom::future::block_on;
@@ -22,14 +25,18 @@ use super::{worker_task, Completer, Inbox, Job};
 use crate::closure::handler_fn;
 use crate::handler::WorkerHandler;
 use crate::live::Live;
-use crate::sync::{lock, Arc, AtomicUsize, Mutex, Ordering};
+use crate::sync::{lock, Arc, AtomicBool, AtomicUsize, Mutex, Ordering};
 use crate::trace::{Attempt, RequestSpan};
 use crate::wakers::Wakers;
+use crate::worker::test_request as request;
 
-/// The pool as a worker task sees it: records every completion.
+/// The pool as a worker task sees it: records every completion, and
+/// closes `closes` once it has recorded `close_after` of them.
 #[derive(Default)]
 struct Recorder {
     completed: Mutex<Vec<RequestKey>>,
+    closes: Option<std::sync::Arc<Inbox>>,
+    close_after: usize,
 }
 
 impl Completer for Recorder {
@@ -41,7 +48,16 @@ impl Completer for Recorder {
         _outcome: crate::refusal::Outcome,
         _next: &mut Vec<Job>,
     ) {
-        lock(&self.completed).push(key);
+        let done = {
+            let mut completed = lock(&self.completed);
+            completed.push(key);
+            completed.len()
+        };
+        if let Some(inbox) = self.closes.as_ref().filter(|_| done == self.close_after) {
+            let mut wake = Wakers::default();
+            inbox.close(&mut wake);
+            wake.wake_all();
+        }
     }
 }
 
@@ -88,20 +104,6 @@ fn keys() -> (WorkerKey, RequestKey) {
         .submit(Time::ZERO, &request(), ())
         .expect("an idle worker takes it");
     (worker, request)
-}
-
-fn request() -> WorkerRequest {
-    WorkerRequest {
-        request_id: "r".into(),
-        workflow_name: "w".into(),
-        node_id: "n".into(),
-        timeout_ms: None,
-        operation: WorkerOperation::Tool {
-            tool: "t".into(),
-            input: Value::Null,
-            scoped_input: Value::Null,
-        },
-    }
 }
 
 fn job(key: RequestKey, live: &std::sync::Arc<Live>) -> Job {
@@ -233,5 +235,224 @@ fn an_aborted_job_is_dropped_once_and_never_completed() {
         // guard ends either way (`assert_idle`).
         assert!(world.dropped.load(Ordering::SeqCst) <= 1);
         assert_idle(&world.live);
+    });
+}
+
+/// A handler future that waits until its gate opens, leaving its waker
+/// in the gate at each poll; counts its drops, and whether each came
+/// while its live guard still held.
+struct Gated {
+    gate: Arc<Gate>,
+}
+
+/// What a [`Gated`] future and the thread that opens it share.
+struct Gate {
+    open: AtomicBool,
+    waker: Mutex<Option<std::task::Waker>>,
+    made: AtomicUsize,
+    dropped: AtomicUsize,
+    /// Drops that came after the job's live guard had ended.
+    dropped_late: AtomicUsize,
+    /// The live count of this gate's job alone (marked stopped).
+    live: std::sync::Arc<Live>,
+}
+
+impl Gate {
+    fn new() -> Arc<Gate> {
+        let live = std::sync::Arc::new(Live::default());
+        live.mark_stopped();
+        Arc::new(Gate {
+            open: AtomicBool::new(false),
+            waker: Mutex::new(None),
+            made: AtomicUsize::new(0),
+            dropped: AtomicUsize::new(0),
+            dropped_late: AtomicUsize::new(0),
+            live,
+        })
+    }
+
+    /// Opens the gate and wakes the handler through the waker of its last
+    /// poll, from whichever thread calls it.
+    fn open(&self) {
+        self.open.store(true, Ordering::SeqCst);
+        let waker = lock(&self.waker).take();
+        if let Some(waker) = waker {
+            waker.wake();
+        }
+    }
+}
+
+impl Future for Gated {
+    type Output = Result<Value, WorkerProtocolError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        *lock(&self.gate.waker) = Some(cx.waker().clone());
+        if self.gate.open.load(Ordering::SeqCst) {
+            Poll::Ready(Ok(Value::Null))
+        } else {
+            Poll::Pending
+        }
+    }
+}
+
+impl Drop for Gated {
+    fn drop(&mut self) {
+        self.gate.dropped.fetch_add(1, Ordering::SeqCst);
+        if self.gate.live.poll_idle(noop_waker_ref()).is_ready() {
+            self.gate.dropped_late.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+}
+
+/// A handler whose request `i` (its id) waits on `gates[i]`.
+fn gated(gates: &[Arc<Gate>]) -> std::sync::Arc<dyn WorkerHandler> {
+    let gates: Vec<Arc<Gate>> = gates.iter().map(Arc::clone).collect();
+    std::sync::Arc::new(handler_fn(move |request: WorkerRequest| {
+        let index: usize = request.request_id.parse().unwrap_or(0);
+        let gate = Arc::clone(&gates[index]);
+        gate.made.fetch_add(1, Ordering::SeqCst);
+        Gated { gate }
+    }))
+}
+
+/// The job of request `index` (keyed `key`), counted in its gate's live
+/// count.
+fn gated_job(index: usize, key: RequestKey, gate: &Gate) -> Job {
+    let mut job = job(key, &gate.live);
+    job.request.request_id = index.to_string();
+    job
+}
+
+/// Pushes `job` into `inbox`, its wake-up told once the push is done.
+fn push_job(inbox: &Inbox, job: Job) {
+    let mut wake = Wakers::default();
+    inbox.push(job, &mut wake);
+    wake.wake_all();
+}
+
+/// Two distinct request keys on one worker.
+fn two_keys() -> (WorkerKey, RequestKey, RequestKey) {
+    let mut core: Pool<()> = Pool::new(PoolConfig::default(), Time::ZERO).expect("config");
+    let worker = core.add_worker(Time::ZERO).expect("worker");
+    core.add_worker(Time::ZERO).expect("worker");
+    let first = core.submit(Time::ZERO, &request(), ()).expect("admitted");
+    let second = core.submit(Time::ZERO, &request(), ()).expect("admitted");
+    (worker, first, second)
+}
+
+/// A waiting handler opened (and woken through its own waker) from one
+/// thread while another pushes a second job: the task polls the woken
+/// handler again and completes both (a lost wake-up would leave the task
+/// waiting for ever, which loom reports), then the close that the second
+/// completion triggers ends it.
+#[test]
+fn a_handler_woken_while_a_job_is_pushed_completes() {
+    let (worker, first, second) = two_keys();
+    loom::model(move || {
+        let gates = [Gate::new(), Gate::new()];
+        gates[1].open.store(true, Ordering::SeqCst);
+        let inbox = std::sync::Arc::new(Inbox::default());
+        let recorder = std::sync::Arc::new(Recorder {
+            closes: Some(std::sync::Arc::clone(&inbox)),
+            close_after: 2,
+            ..Recorder::default()
+        });
+        push_job(&inbox, gated_job(0, first, &gates[0]));
+        let task = spawn_task(&recorder, worker, gated(&gates), &inbox);
+        let opener = {
+            let gate = Arc::clone(&gates[0]);
+            thread::spawn(move || gate.open())
+        };
+        push_job(&inbox, gated_job(1, second, &gates[1]));
+        opener.join().expect("opener");
+        task.join().expect("the worker task ends");
+        let completed = lock(&recorder.completed).clone();
+        assert_eq!(completed.len(), 2, "completed {completed:?}");
+        assert!(completed.contains(&first) && completed.contains(&second));
+        for gate in &gates {
+            assert_eq!(gate.made.load(Ordering::SeqCst), 1);
+            assert_eq!(gate.dropped.load(Ordering::SeqCst), 1);
+            assert_eq!(gate.dropped_late.load(Ordering::SeqCst), 0);
+            assert_idle(&gate.live);
+        }
+    });
+}
+
+/// One waiting handler aborted from one thread while another handler of
+/// the task is opened from another: the aborted one is dropped exactly
+/// once (or never made), before its live guard, and never completes; the
+/// woken one completes, and its completion closes the task.
+#[test]
+fn an_abort_racing_another_handlers_wake_drops_only_the_aborted_one() {
+    let (worker, first, second) = two_keys();
+    loom::model(move || {
+        let gates = [Gate::new(), Gate::new()];
+        let inbox = std::sync::Arc::new(Inbox::default());
+        let recorder = std::sync::Arc::new(Recorder {
+            closes: Some(std::sync::Arc::clone(&inbox)),
+            close_after: 1,
+            ..Recorder::default()
+        });
+        push_job(&inbox, gated_job(0, first, &gates[0]));
+        push_job(&inbox, gated_job(1, second, &gates[1]));
+        let task = spawn_task(&recorder, worker, gated(&gates), &inbox);
+        let aborter = {
+            let inbox = std::sync::Arc::clone(&inbox);
+            thread::spawn(move || {
+                let mut wake = Wakers::default();
+                inbox.abort(first, &mut wake);
+                wake.wake_all();
+            })
+        };
+        gates[1].open();
+        aborter.join().expect("aborter");
+        task.join().expect("the worker task ends");
+        assert_eq!(*lock(&recorder.completed), vec![second]);
+        let aborted = &gates[0];
+        assert_eq!(
+            aborted.dropped.load(Ordering::SeqCst),
+            aborted.made.load(Ordering::SeqCst)
+        );
+        assert!(aborted.made.load(Ordering::SeqCst) <= 1);
+        for gate in &gates {
+            assert_eq!(gate.dropped_late.load(Ordering::SeqCst), 0);
+            assert_idle(&gate.live);
+        }
+    });
+}
+
+/// A handler opened from another thread while the inbox is closed: the
+/// task ends, its handler completed or dropped (never both, before its
+/// live guard), whichever the task saw first.
+#[test]
+fn a_close_racing_a_handlers_wake_ends_the_task_with_it_dropped() {
+    let (worker, key) = keys();
+    loom::model(move || {
+        let gate = Gate::new();
+        let inbox = std::sync::Arc::new(Inbox::default());
+        let recorder = std::sync::Arc::new(Recorder::default());
+        push_job(&inbox, gated_job(0, key, &gate));
+        let task = spawn_task(
+            &recorder,
+            worker,
+            gated(std::slice::from_ref(&gate)),
+            &inbox,
+        );
+        let opener = {
+            let gate = Arc::clone(&gate);
+            thread::spawn(move || gate.open())
+        };
+        let mut wake = Wakers::default();
+        inbox.close(&mut wake);
+        wake.wake_all();
+        opener.join().expect("opener");
+        task.join().expect("the worker task ends");
+        assert!(lock(&recorder.completed).len() <= 1);
+        assert_eq!(
+            gate.dropped.load(Ordering::SeqCst),
+            gate.made.load(Ordering::SeqCst)
+        );
+        assert_eq!(gate.dropped_late.load(Ordering::SeqCst), 0);
+        assert_idle(&gate.live);
     });
 }
