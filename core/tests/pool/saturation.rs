@@ -69,12 +69,9 @@ fn round_robin_binds_no_new_request_to_a_saturated_worker_until_a_probe_answers(
     // A probe answering frees it: the rotation takes it again.
     h.tick(ms(5_000));
     for (worker, probe) in probes_started(&mut h) {
-        assert!(h.pool.handle_probe_result(
-            ms(5_001),
-            worker,
-            probe,
-            WorkerHealthStatus::Healthy
-        ));
+        assert!(h
+            .pool
+            .handle_probe_result(ms(5_001), worker, probe, WorkerHealthStatus::Healthy));
     }
     h.drain();
     let placed = submit_many(&mut h, ms(5_002), 3);
