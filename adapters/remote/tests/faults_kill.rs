@@ -134,11 +134,11 @@ async fn under_a_retry_policy_requests_the_dead_worker_never_started_run_elsewhe
     within_limit(async {
         let mut workers = three_workers().await;
         let endpoints: Vec<&str> = workers.iter().map(|w| w.endpoint.as_str()).collect();
-        // Round robin keeps placing requests on the dead worker (ten
-        // failures before it is Unavailable) until a probe finds it gone;
-        // each one it was handed is declined (the connection was refused:
-        // not started) and runs on a live worker, whatever the retry
-        // policy. The calls after the kill go one at a time.
+        // Round robin places a request on the dead worker (ten failures
+        // before it is Unavailable); it is declined (the connection was
+        // refused: not started) and runs on a live worker, whatever the
+        // retry policy, and the saturated dead worker is skipped until a
+        // probe finds it gone. The calls after the kill go one at a time.
         // (The first probe comes 3 s in, after round robin reached the
         // dead worker: the third call after the kill goes there.)
         let config = PoolConfig::new(options(10, Duration::from_secs(3)))

@@ -25,6 +25,14 @@ impl Worker {
         }
     }
 
+    /// Whether routing takes the worker only as a last resort (when no
+    /// other worker is eligible): held at the ejection cap, or saturated
+    /// (a handler refused a request it had not started, so a request
+    /// routed to it would wait until it frees a slot or a probe answers).
+    pub(super) fn last_resort(&self) -> bool {
+        self.saturated || self.health.is_held()
+    }
+
     /// Whether the worker runs requests from the late-binding backlog:
     /// schedulable and not held at the ejection cap (a held worker runs
     /// only what was routed to it, as a last resort).

@@ -66,7 +66,7 @@ impl<P: Clone> Pool<P> {
         };
         let max_running = slot.max_running;
         let eligible = slot.schedulable && slot.has_room(slot.capacity, queue_capacity);
-        let held = eligible && slot.health.is_held();
+        let held = eligible && slot.last_resort();
         let idle = eligible && !held && slot.running.len() < slot.run_slots(max_running);
         let now = Membership {
             eligible,

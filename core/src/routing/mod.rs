@@ -19,9 +19,15 @@
 //! | `PeakEwma` | as `LeastLoaded`, on `latency estimate × (load + 1)` ([`ewma`]) | O(log64 n) + two costs |
 //!
 //! Under every policy a worker held at the ejection cap
-//! ([`RecoveryState::Held`](crate::RecoveryState::Held)) is a last resort:
-//! it is in none of the sets above but its own, and is picked (the first
-//! from the cursor) only when no other worker is eligible.
+//! ([`RecoveryState::Held`](crate::RecoveryState::Held)) or saturated (a
+//! handler refused a request it had not started: see
+//! [`Pool::handle_refusal`](crate::Pool::handle_refusal)) is a last
+//! resort: it is in none of the sets above but its own, and is picked (the
+//! first from the cursor) only when no other worker is eligible. So a new
+//! request, a moved one, a retry or a hedge goes to a saturated worker only
+//! when every other worker is full, saturated or out of rotation, and
+//! then waits in its queue (and, unpinned, in the backlog) instead of
+//! being refused.
 //!
 //! Under both load-aware policies a Degraded worker's cost is multiplied
 //! by `100 / degraded_share_percent`, and a tie goes to the Healthy
@@ -46,8 +52,9 @@ pub(crate) struct Router {
     /// Eligible workers with a free run slot that are not Healthy
     /// (Degraded): tried next. Disjoint from `idle_healthy`.
     idle_degraded: IndexSet,
-    /// Schedulable workers with room held at the ejection cap: picked
-    /// only when no other worker is eligible. Disjoint from the others.
+    /// Schedulable workers with room that are a last resort (held at the
+    /// ejection cap, or saturated): picked only when no other worker is
+    /// eligible. Disjoint from the others.
     held: IndexSet,
     /// The key of the worker at each slot index (while it is in a set).
     keys: Vec<Option<WorkerKey>>,
@@ -83,7 +90,8 @@ pub(crate) struct Membership {
     pub(crate) idle: bool,
     /// Idle and Healthy.
     pub(crate) preferred: bool,
-    /// Eligible, but held at the ejection cap: a last resort, never idle.
+    /// Eligible, but a last resort (held at the ejection cap, or
+    /// saturated), never idle.
     pub(crate) held: bool,
 }
 

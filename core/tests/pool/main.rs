@@ -11,6 +11,7 @@ mod phase_limits;
 mod recovery;
 mod retries;
 mod routing;
+mod saturation;
 mod scheduling;
 mod shutdown;
 mod stats;

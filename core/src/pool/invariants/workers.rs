@@ -339,13 +339,14 @@ impl<P: Clone> Pool<P> {
 
     /// A worker's cached membership, and the router's, are exactly what its
     /// status and load make them: eligible when schedulable with room, idle
-    /// when also a run slot is free and it is not held at the ejection cap
-    /// (held: a last resort), preferred when also Healthy.
+    /// when also a run slot is free and it is not a last resort (held at
+    /// the ejection cap, or saturated: routing takes it only when no other
+    /// worker is eligible), preferred when also Healthy.
     pub(super) fn check_membership(&self, worker: WorkerKey, slot: &Worker) -> Checked {
         let max_running = slot.max_running;
         let eligible = self.expect_schedulable(slot)
             && slot.has_room(slot.capacity, self.config.options.queue_capacity);
-        let held = eligible && slot.health.is_held();
+        let held = eligible && (slot.health.is_held() || slot.saturated);
         let idle = eligible && !held && slot.running.len() < slot.run_slots(max_running);
         let expect = Membership {
             eligible,
