@@ -171,65 +171,98 @@ impl<P: Clone> Pool<P> {
         pinned: bool,
         vetted: bool,
     ) -> Result<RequestKey, Refused<P>> {
-        let deadline = admission.timeout().map(|budget| now + budget);
-        let retry = admission.retry() && !vetted;
-        let hedge = admission.hedge() && !vetted;
-        let may_retry = self.may_run_again(retry, 1) || self.may_hedge(hedge, 0);
-        // Under latency-aware late binding an unpinned request joins the
-        // backlog even on a free worker, which then takes the backlog's
-        // oldest request (this one, or an older one) or leaves it to a
-        // faster worker (`deferral.rs`).
-        let behind = !pinned && self.defers_possible();
-        let Some(slot) = self.workers.get_mut(worker.0) else {
+        if self.workers.get(worker.0).is_none() {
             debug_assert!(false, "router chose a missing worker");
             return Err(self.refuse_counted(payload, WorkerPoolError::NoHealthyWorker));
-        };
+        }
         self.counters.submitted += 1;
-        // Otherwise a free worker with nothing waiting starts the request
-        // at once, without a trip through its queue.
-        let free = slot.running.len() < slot.run_slots(slot.max_running);
-        let start_now = slot.queued == 0 && free && !behind;
-        let state = if start_now {
-            RequestState::Running { started_at: now }
-        } else {
-            RequestState::Queued
-        };
-        let started = start_now.then(|| payload.clone());
-        let key = RequestKey(self.requests.insert(Request {
+        let entry = Request {
             worker,
-            state,
+            state: RequestState::Queued,
             pinned,
             vetted,
             payload,
             accepted_at: now,
-            deadline,
-            attempts: u32::from(start_now),
+            deadline: admission.timeout().map(|budget| now + budget),
+            attempts: 0,
             turn: 0,
-            retry,
-            hedge,
+            retry: admission.retry() && !vetted,
+            hedge: admission.hedge() && !vetted,
             hedges: 0,
             hedge_at: None,
             sibling: None,
             limits: admission.limits(),
             expired: None,
-        }));
-        match started {
-            Some(payload) => {
-                slot.running.push(key);
-                self.actions.push_back(Action::Start {
-                    request: key,
-                    worker,
-                    payload,
-                    may_retry,
-                });
-            }
-            None => {
-                let place = Place { key, turn: 0 };
-                slot.queue.push_back(place);
-                slot.queued += 1;
-                if !pinned {
-                    self.backlog.push_back(place);
-                    self.backlog_live += 1;
+        };
+        let (key, pump) = self.enter(now, entry, true);
+        self.counters.accepted += 1;
+        if let Some(ledger) = &mut self.retry_ledger {
+            ledger.deposit(now);
+        }
+        self.router.picked(worker);
+        self.events.push_back(Event::Accepted {
+            request: key,
+            worker,
+        });
+        self.settle_entered(worker, key, pump);
+        Ok(key)
+    }
+
+    /// Puts a request that waits in no queue yet on its worker (eligible,
+    /// present; the request slab has room): queues it there, and starts it
+    /// at once if `may_start`, the worker is free and nothing waits there;
+    /// arms its timers. Returns its key and whether the worker must then be
+    /// pumped ([`settle_entered`](Self::settle_entered)).
+    pub(super) fn enter(
+        &mut self,
+        now: Time,
+        mut entry: Request<P>,
+        may_start: bool,
+    ) -> (RequestKey, bool) {
+        let worker = entry.worker;
+        let pinned = entry.pinned;
+        let deadline = entry.deadline;
+        let may_retry =
+            self.may_run_again(entry.retry, 1) || self.may_hedge(entry.hedge, entry.hedges);
+        // Under latency-aware late binding an unpinned request joins the
+        // backlog even on a free worker, which then takes the backlog's
+        // oldest request (this one, or an older one) or leaves it to a
+        // faster worker (`deferral.rs`).
+        let behind = !pinned && self.defers_possible();
+        let (free, idle_queue) = self.workers.get(worker.0).map_or((false, false), |slot| {
+            (
+                slot.running.len() < slot.run_slots(slot.max_running),
+                slot.queued == 0,
+            )
+        });
+        // Otherwise a free worker with nothing waiting starts the request
+        // at once, without a trip through its queue.
+        let start_now = may_start && idle_queue && free && !behind;
+        if start_now {
+            entry.state = RequestState::Running { started_at: now };
+            entry.attempts = 1;
+        }
+        let started = start_now.then(|| entry.payload.clone());
+        let key = RequestKey(self.requests.insert(entry));
+        if let Some(slot) = self.workers.get_mut(worker.0) {
+            match started {
+                Some(payload) => {
+                    slot.running.push(key);
+                    self.actions.push_back(Action::Start {
+                        request: key,
+                        worker,
+                        payload,
+                        may_retry,
+                    });
+                }
+                None => {
+                    let place = Place { key, turn: 0 };
+                    slot.queue.push_back(place);
+                    slot.queued += 1;
+                    if !pinned {
+                        self.backlog.push_back(place);
+                        self.backlog_live += 1;
+                    }
                 }
             }
         }
@@ -240,21 +273,18 @@ impl<P: Clone> Pool<P> {
         if start_now {
             self.arm_hedge(key);
         }
-        self.counters.accepted += 1;
-        if let Some(ledger) = &mut self.retry_ledger {
-            ledger.deposit(now);
-        }
-        self.router.picked(worker);
-        self.events.push_back(Event::Accepted {
-            request: key,
-            worker,
-        });
+        (key, behind && free)
+    }
+
+    /// After [`enter`](Self::enter): the worker's load, and, if `pump`,
+    /// the backlog's oldest request started on it (or left to a faster
+    /// worker).
+    pub(super) fn settle_entered(&mut self, worker: WorkerKey, key: RequestKey, pump: bool) {
         self.refresh_load(worker);
-        if behind && free {
+        if pump {
             self.pump_after_submit(worker, Some(key));
             self.refresh_load(worker);
         }
-        Ok(key)
     }
 
     /// Refuses a submit for good, or, if `decline`, hands the payload
