@@ -150,6 +150,30 @@ pub fn first_lane(home: usize, count: usize, load: impl Fn(usize) -> LaneLoad) -
     best.map_or(home, |(lane, _)| lane)
 }
 
+/// Before a worker of lane `lane` is removed, with `left` schedulable
+/// workers besides it: the move that keeps the lane's queue from being
+/// answered for want of a worker, as [`next_move`] decides for a lane
+/// that has lost its last schedulable worker.
+#[must_use]
+pub fn move_before_removal(
+    lane: usize,
+    count: usize,
+    left: usize,
+    load: impl Fn(usize) -> LaneLoad,
+) -> Option<Move> {
+    if left > 0 || count <= 1 {
+        return None;
+    }
+    let lane = lane % count;
+    let here = LaneLoad {
+        schedulable: 0,
+        idle: 0,
+        eligible: 0,
+        ..load(lane)
+    };
+    next_move(lane, count, |other| if other == lane { here } else { load(other) })
+}
+
 /// Whether a lane's refusal only says it has no worker for the request
 /// (what [`crate::Pool::offer`] declines), so the next lane is tried.
 #[must_use]
@@ -228,6 +252,21 @@ mod tests {
         assert_eq!(next_move(0, 2, lanes(&[idle, idle])), None);
         // One lane never moves anything.
         assert_eq!(next_move(0, 1, lanes(&[busy])), None);
+    }
+
+    #[test]
+    fn removing_a_lanes_last_schedulable_worker_hands_its_queue_on() {
+        let busy = queued(3, 0, 1, 8);
+        let idle = queued(0, 1, 8, 8);
+        assert_eq!(
+            move_before_removal(0, 2, 0, lanes(&[busy, idle])),
+            Some(Move { from: 0, to: 1 })
+        );
+        // Another schedulable worker stays: the lane keeps its queue.
+        assert_eq!(move_before_removal(0, 2, 1, lanes(&[busy, idle])), None);
+        // Nothing queued, or one lane: nothing moves.
+        assert_eq!(move_before_removal(1, 2, 0, lanes(&[busy, idle])), None);
+        assert_eq!(move_before_removal(0, 1, 0, lanes(&[busy])), None);
     }
 
     #[test]

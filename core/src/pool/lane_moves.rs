@@ -79,6 +79,13 @@ impl<P: Clone> Pool<P> {
         self.schedulable
     }
 
+    /// Schedulable workers other than `worker`: how many would be left
+    /// once it is removed.
+    pub fn schedulable_besides(&self, worker: WorkerKey) -> usize {
+        let counted = self.workers.get(worker.0).is_some_and(|slot| slot.schedulable);
+        self.schedulable.saturating_sub(usize::from(counted))
+    }
+
     /// Takes the oldest unpinned queued request out of this pool without
     /// answering it, for another pool of the same driver to
     /// [`adopt`](Self::adopt): it leaves its queue and the backlog, its
