@@ -6,8 +6,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use foreman_driver::{
-    async_trait, Counters, PoolConfig, Runtime, WorkerErrorCode, WorkerHandler, WorkerHealth, WorkerHealthStatus,
-    WorkerPool, WorkerPoolError, WorkerPoolOptions, WorkerProtocolError, WorkerRequest,
+    async_trait, Counters, PoolConfig, Runtime, WorkerErrorCode, WorkerHandler, WorkerHealth,
+    WorkerHealthStatus, WorkerPool, WorkerPoolError, WorkerPoolOptions, WorkerProtocolError,
+    WorkerRequest,
 };
 use futures::future;
 use serde_json::Value;
@@ -240,7 +241,11 @@ pub async fn late_binding_holds_across_lanes<R: Runtime + Default + Clone>(rt: R
     for lanes in [2, 4] {
         let (_, slow_runs, counters) = slow_and_fast_workers(rt.clone(), Some(lanes)).await;
         assert_late_bound(slow_runs, &format!("{lanes} lanes"));
-        assert_eq!(counts(&counters), counts(&one), "{lanes} lanes: {counters:?}");
+        assert_eq!(
+            counts(&counters),
+            counts(&one),
+            "{lanes} lanes: {counters:?}"
+        );
         assert_eq!(counters.moved_in, counters.moved_out, "{counters:?}");
         assert!(counters.moved_in > 0, "nothing moved: {counters:?}");
     }

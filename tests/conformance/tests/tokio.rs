@@ -54,11 +54,10 @@ mod multi_thread {
 #[test]
 fn lanes_finish_the_slow_and_fast_workload_within_the_single_lane_time() {
     Paused::block_on(Box::pin(async {
-        let rt = TokioRuntime::default();
-        let (one, _, _) = foreman_conformance::slow_and_fast_workers(rt.clone(), Some(1)).await;
+        let (one, _, _) = foreman_conformance::slow_and_fast_workers(TokioRuntime, Some(1)).await;
         for lanes in [2, 4] {
             let (elapsed, slow_runs, _) =
-                foreman_conformance::slow_and_fast_workers(rt.clone(), Some(lanes)).await;
+                foreman_conformance::slow_and_fast_workers(TokioRuntime, Some(lanes)).await;
             assert!(
                 elapsed.as_secs_f64() <= 1.2 * one.as_secs_f64(),
                 "{lanes} lanes took {elapsed:?}, one lane {one:?} (slow workers ran {slow_runs})"
