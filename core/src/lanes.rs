@@ -171,7 +171,11 @@ pub fn move_before_removal(
         eligible: 0,
         ..load(lane)
     };
-    next_move(lane, count, |other| if other == lane { here } else { load(other) })
+    next_move(
+        lane,
+        count,
+        |other| if other == lane { here } else { load(other) },
+    )
 }
 
 /// Whether a lane's refusal only says it has no worker for the request

@@ -171,11 +171,6 @@ impl<P: Clone> Pool<P> {
         pinned: bool,
         vetted: bool,
     ) -> Result<RequestKey, Refused<P>> {
-        if self.workers.get(worker.0).is_none() {
-            debug_assert!(false, "router chose a missing worker");
-            return Err(self.refuse_counted(payload, WorkerPoolError::NoHealthyWorker));
-        }
-        self.counters.submitted += 1;
         let entry = Request {
             worker,
             state: RequestState::Queued,
@@ -194,7 +189,14 @@ impl<P: Clone> Pool<P> {
             limits: admission.limits(),
             expired: None,
         };
-        let (key, pump) = self.enter(now, entry, true);
+        let (key, pump) = match self.enter(now, entry, true) {
+            Ok(entered) => entered,
+            Err(entry) => {
+                debug_assert!(false, "router chose a missing worker");
+                return Err(self.refuse_counted(entry.payload, WorkerPoolError::NoHealthyWorker));
+            }
+        };
+        self.counters.submitted += 1;
         self.counters.accepted += 1;
         if let Some(ledger) = &mut self.retry_ledger {
             ledger.deposit(now);
@@ -208,17 +210,20 @@ impl<P: Clone> Pool<P> {
         Ok(key)
     }
 
-    /// Puts a request that waits in no queue yet on its worker (eligible,
-    /// present; the request slab has room): queues it there, and starts it
-    /// at once if `may_start`, the worker is free and nothing waits there;
-    /// arms its timers. Returns its key and whether the worker must then be
-    /// pumped ([`settle_entered`](Self::settle_entered)).
+    /// Puts a request that waits in no queue yet on its worker (eligible;
+    /// the request slab has room): queues it there, and starts it at once
+    /// if `may_start`, the worker is free and nothing waits there; arms its
+    /// timers. Returns its key and whether the worker must then be pumped
+    /// ([`settle_entered`](Self::settle_entered)).
+    ///
+    /// # Errors
+    /// Hands the request back, untouched, if its worker is missing.
     pub(super) fn enter(
         &mut self,
         now: Time,
         mut entry: Request<P>,
         may_start: bool,
-    ) -> (RequestKey, bool) {
+    ) -> Result<(RequestKey, bool), Request<P>> {
         let worker = entry.worker;
         let pinned = entry.pinned;
         let deadline = entry.deadline;
@@ -229,40 +234,36 @@ impl<P: Clone> Pool<P> {
         // oldest request (this one, or an older one) or leaves it to a
         // faster worker (`deferral.rs`).
         let behind = !pinned && self.defers_possible();
-        let (free, idle_queue) = self.workers.get(worker.0).map_or((false, false), |slot| {
-            (
-                slot.running.len() < slot.run_slots(slot.max_running),
-                slot.queued == 0,
-            )
-        });
+        let Some(slot) = self.workers.get_mut(worker.0) else {
+            return Err(entry);
+        };
         // Otherwise a free worker with nothing waiting starts the request
         // at once, without a trip through its queue.
-        let start_now = may_start && idle_queue && free && !behind;
+        let free = slot.running.len() < slot.run_slots(slot.max_running);
+        let start_now = may_start && slot.queued == 0 && free && !behind;
         if start_now {
             entry.state = RequestState::Running { started_at: now };
             entry.attempts = 1;
         }
         let started = start_now.then(|| entry.payload.clone());
         let key = RequestKey(self.requests.insert(entry));
-        if let Some(slot) = self.workers.get_mut(worker.0) {
-            match started {
-                Some(payload) => {
-                    slot.running.push(key);
-                    self.actions.push_back(Action::Start {
-                        request: key,
-                        worker,
-                        payload,
-                        may_retry,
-                    });
-                }
-                None => {
-                    let place = Place { key, turn: 0 };
-                    slot.queue.push_back(place);
-                    slot.queued += 1;
-                    if !pinned {
-                        self.backlog.push_back(place);
-                        self.backlog_live += 1;
-                    }
+        match started {
+            Some(payload) => {
+                slot.running.push(key);
+                self.actions.push_back(Action::Start {
+                    request: key,
+                    worker,
+                    payload,
+                    may_retry,
+                });
+            }
+            None => {
+                let place = Place { key, turn: 0 };
+                slot.queue.push_back(place);
+                slot.queued += 1;
+                if !pinned {
+                    self.backlog.push_back(place);
+                    self.backlog_live += 1;
                 }
             }
         }
@@ -273,7 +274,7 @@ impl<P: Clone> Pool<P> {
         if start_now {
             self.arm_hedge(key);
         }
-        (key, behind && free)
+        Ok((key, behind && free))
     }
 
     /// After [`enter`](Self::enter): the worker's load, and, if `pump`,

@@ -56,6 +56,33 @@ impl<P> Released<P> {
     }
 }
 
+impl<P> Released<P> {
+    /// A request taken off its pool's books, released as `key` of `worker`.
+    fn of(entry: Request<P>, key: RequestKey, worker: WorkerKey) -> Self {
+        let Request {
+            payload,
+            accepted_at,
+            deadline,
+            limits,
+            retry,
+            hedge,
+            hedges,
+            ..
+        } = entry;
+        Released {
+            key,
+            worker,
+            payload,
+            accepted_at,
+            deadline,
+            limits,
+            retry,
+            hedge,
+            hedges,
+        }
+    }
+}
+
 impl<P> fmt::Debug for Released<P> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Released")
@@ -82,7 +109,10 @@ impl<P: Clone> Pool<P> {
     /// Schedulable workers other than `worker`: how many would be left
     /// once it is removed.
     pub fn schedulable_besides(&self, worker: WorkerKey) -> usize {
-        let counted = self.workers.get(worker.0).is_some_and(|slot| slot.schedulable);
+        let counted = self
+            .workers
+            .get(worker.0)
+            .is_some_and(|slot| slot.schedulable);
         self.schedulable.saturating_sub(usize::from(counted))
     }
 
@@ -119,33 +149,16 @@ impl<P: Clone> Pool<P> {
         }
         self.counters.moved_out += 1;
         self.after_worker_change(entry.worker, HealthCause::Success);
-        let Request {
-            worker,
-            payload,
-            accepted_at,
-            deadline,
-            limits,
-            retry,
-            hedge,
-            hedges,
-            ..
-        } = entry;
-        Some(Released {
-            key,
-            worker,
-            payload,
-            accepted_at,
-            deadline,
-            limits,
-            retry,
-            hedge,
-            hedges,
-        })
+        let worker = entry.worker;
+        Some(Released::of(entry, key, worker))
     }
 
     /// Takes in a request another pool of the same driver released: it
     /// goes to a worker as a new request would (started at once on a free
-    /// worker while its budget allows, else queued and late-bound), keeping
+    /// worker while its budget allows, else queued and late-bound; a free
+    /// worker that may not start it, its budget too short for the worker's
+    /// last run or its queue-wait limit passed, answers it `Timeout` as it
+    /// answers such a request of its own queue), keeping
     /// its acceptance time, deadline and limits, and is counted in
     /// [`Counters::moved_in`](crate::Counters::moved_in), not as submitted
     /// or accepted (the releasing pool counted it). No event reports it.
@@ -168,6 +181,7 @@ impl<P: Clone> Pool<P> {
         else {
             return Err(released);
         };
+        let (released_key, released_worker) = (released.key, released.worker);
         let may_start = !too_late_to_start(released.deadline, now, last_run)
             && queue_wait_open(released.accepted_at, released.limits, now);
         let entry = Request {
@@ -188,10 +202,23 @@ impl<P: Clone> Pool<P> {
             limits: released.limits,
             expired: None,
         };
-        let (key, pump) = self.enter(now, entry, may_start);
+        let (key, pump) = match self.enter(now, entry, may_start) {
+            Ok(entered) => entered,
+            Err(entry) => return Err(Released::of(entry, released_key, released_worker)),
+        };
         self.counters.moved_in += 1;
         self.router.picked(worker);
         self.settle_entered(worker, key, pump);
+        // A free worker that reaches a request it could not start answers
+        // it, as it answers one from its own queue.
+        let free = self
+            .workers
+            .get(worker.0)
+            .is_some_and(|slot| slot.running.len() < slot.run_slots(slot.max_running));
+        if !may_start && free {
+            self.expire_queued(key);
+            self.after_worker_change(worker, HealthCause::Success);
+        }
         Ok(key)
     }
 
@@ -307,7 +334,10 @@ mod tests {
         assert_eq!(released.accepted_at(), ms(0));
         assert_eq!(released.deadline(), Some(ms(10_000)));
         let (starts, answers) = drain(&mut a);
-        assert!(starts.is_empty() && answers.is_empty(), "released unanswered");
+        assert!(
+            starts.is_empty() && answers.is_empty(),
+            "released unanswered"
+        );
         assert_eq!((a.pending(), a.movable_requests()), (1, 0));
 
         let key = b.adopt(ms(10), released).expect("an idle worker");
@@ -327,7 +357,10 @@ mod tests {
         sum.add(b.counters());
         assert_eq!((sum.submitted, sum.accepted, sum.succeeded), (2, 2, 1));
         assert_eq!((sum.moved_out, sum.moved_in), (1, 1));
-        assert_eq!(sum.accepted, sum.answered() + (a.pending() + b.pending()) as u64);
+        assert_eq!(
+            sum.accepted,
+            sum.answered() + (a.pending() + b.pending()) as u64
+        );
     }
 
     #[test]
