@@ -59,26 +59,16 @@ impl<P> Released<P> {
 impl<P> Released<P> {
     /// A request taken off its pool's books, released as `key` of `worker`.
     fn of(entry: Request<P>, key: RequestKey, worker: WorkerKey) -> Self {
-        let Request {
-            payload,
-            accepted_at,
-            deadline,
-            limits,
-            retry,
-            hedge,
-            hedges,
-            ..
-        } = entry;
         Released {
             key,
             worker,
-            payload,
-            accepted_at,
-            deadline,
-            limits,
-            retry,
-            hedge,
-            hedges,
+            accepted_at: entry.accepted_at,
+            deadline: entry.deadline,
+            limits: entry.limits,
+            retry: entry.retry,
+            hedge: entry.hedge,
+            hedges: entry.hedges,
+            payload: entry.payload,
         }
     }
 }
