@@ -173,9 +173,18 @@ impl<R: Runtime> Shared<R> {
     /// that has no hooks (a request's caller then holds nothing of its
     /// lane but its cancellation, which follows the move); with one lane
     /// this is one comparison.
+    #[inline]
     pub(crate) fn balance_lanes(self: &Arc<Self>, lane: usize) {
+        if self.lanes.len() > 1 {
+            self.balance_several_lanes(lane);
+        }
+    }
+
+    /// [`balance_lanes`](Self::balance_lanes) with several lanes.
+    #[inline(never)]
+    fn balance_several_lanes(self: &Arc<Self>, lane: usize) {
         let count = self.lanes.len();
-        if count == 1 || !self.pool_tasks || self.hooks.is_some() {
+        if !self.pool_tasks || self.hooks.is_some() {
             return;
         }
         for _ in 0..MAX_MOVES {
@@ -204,8 +213,9 @@ impl<R: Runtime> Shared<R> {
                     None => return,
                 }
             };
-            let next =
-                lanes::move_before_removal(lane, count, left, |lane| self.lane(lane).signals.load());
+            let next = lanes::move_before_removal(lane, count, left, |lane| {
+                self.lane(lane).signals.load()
+            });
             match next {
                 Some(next) if self.move_queued(next) => {}
                 _ => return,

@@ -218,6 +218,7 @@ impl<P: Clone> Pool<P> {
     ///
     /// # Errors
     /// Hands the request back, untouched, if its worker is missing.
+    #[inline(always)]
     pub(super) fn enter(
         &mut self,
         now: Time,
@@ -280,6 +281,7 @@ impl<P: Clone> Pool<P> {
     /// After [`enter`](Self::enter): the worker's load, and, if `pump`,
     /// the backlog's oldest request started on it (or left to a faster
     /// worker).
+    #[inline]
     pub(super) fn settle_entered(&mut self, worker: WorkerKey, key: RequestKey, pump: bool) {
         self.refresh_load(worker);
         if pump {
