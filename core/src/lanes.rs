@@ -55,7 +55,9 @@ pub struct Move {
 /// until `None`:
 /// - `lane` has queued requests and no schedulable worker (its workers
 ///   were removed or ejected): its oldest moves to the lane
-///   [`first_lane`] would offer a new request to (from the next lane on);
+///   [`first_lane`] would offer a new request to (from the next lane on),
+///   if that lane has room (else they wait where they are: a worker that
+///   is not schedulable still runs its queue);
 /// - `lane` has an idle worker and no queued request: it takes the oldest
 ///   of the lane with the most queued requests per worker (the first from
 ///   `lane` on, on a tie).
@@ -78,7 +80,8 @@ pub fn next_move(lane: usize, count: usize, load: impl Fn(usize) -> LaneLoad) ->
                 load(other)
             }
         });
-        return (to != lane && load(to).schedulable > 0).then_some(Move { from: lane, to });
+        // Only to a lane with room: a request no lane adopts is answered.
+        return (to != lane && load(to).eligible > 0).then_some(Move { from: lane, to });
     }
     if here.idle == 0 || here.queued > 0 {
         return None;
@@ -287,7 +290,14 @@ mod tests {
             next_move(0, 3, lanes(&[stranded, busy, lighter])),
             Some(Move { from: 0, to: 2 })
         );
-        // No other lane can take it: it stays, for its own lane to answer.
+        // The other lane is full: the queue waits where it is (its
+        // workers still run it).
+        let full = LaneLoad {
+            eligible: 0,
+            ..busy
+        };
+        assert_eq!(next_move(0, 2, lanes(&[stranded, full])), None);
+        // No other lane can take it: it stays.
         let gone = queued(0, 0, 0, 0);
         assert_eq!(next_move(0, 2, lanes(&[stranded, gone])), None);
         assert_eq!(next_move(0, 2, lanes(&[stranded, stranded])), None);
