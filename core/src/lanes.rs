@@ -1,11 +1,16 @@
 //! Lanes: the rules for a driver that runs several pools as one (each
 //! with its own lock, so callers on different threads do not contend);
 //! part of the driver's interface, with [`Pool::offer`](crate::Pool::offer),
-//! [`Pool::idle_workers`](crate::Pool::idle_workers) and
-//! [`Pool::eligible_workers`](crate::Pool::eligible_workers).
+//! [`Pool::idle_workers`](crate::Pool::idle_workers),
+//! [`Pool::eligible_workers`](crate::Pool::eligible_workers) and the moves
+//! of a queued request between lanes ([`Pool::release_queued`](crate::Pool::release_queued),
+//! [`Pool::adopt`](crate::Pool::adopt)).
 //! How many lanes a pool gets, which lane a request is offered to first,
-//! and which refusals send it on to the next lane are decisions, so they
-//! live here; the driver only reads each lane's counts and follows them.
+//! which refusals send it on to the next lane, and when a queued request
+//! moves to another lane ([`next_move`]) are decisions, so they live here;
+//! the driver only reads each lane's counts and follows them. Every lane
+//! is fed the same clock, so times (acceptance, deadlines) carry over
+//! between lanes unchanged.
 
 use std::num::NonZeroUsize;
 
@@ -26,6 +31,77 @@ pub struct LaneLoad {
     pub pending: usize,
     /// Workers in the lane.
     pub workers: usize,
+    /// Unpinned requests waiting in a queue ([`crate::Pool::movable_requests`]).
+    pub queued: usize,
+    /// Workers that take new requests, with room or not
+    /// ([`crate::Pool::schedulable_workers`]).
+    pub schedulable: usize,
+}
+
+/// A queued request to move from one lane to another: the driver releases
+/// it from `from` ([`crate::Pool::release_queued`]) and offers it to `to`
+/// ([`crate::Pool::adopt`]), then to the other lanes, and has `from`
+/// answer it ([`crate::Pool::answer_released`]) only if none takes it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Move {
+    /// The lane that releases its oldest unpinned queued request.
+    pub from: usize,
+    /// The lane that adopts it first.
+    pub to: usize,
+}
+
+/// After an input to lane `lane` (of `count`), the move that keeps late
+/// binding across lanes, if any; the driver carries it out and asks again
+/// until `None`:
+/// - `lane` has queued requests and no schedulable worker (its workers
+///   were removed or ejected): its oldest moves to the lane
+///   [`first_lane`] would offer a new request to (from the next lane on),
+///   if that lane has room (else they wait where they are: a worker that
+///   is not schedulable still runs its queue);
+/// - `lane` has an idle worker and no queued request: it takes the oldest
+///   of the lane with the most queued requests per worker (the first from
+///   `lane` on, on a tie).
+///
+/// So no unpinned request waits in one lane while another lane has a free
+/// worker, as in a single pool. `load` reads a lane's counts; it is called
+/// only as needed.
+#[must_use]
+pub fn next_move(lane: usize, count: usize, load: impl Fn(usize) -> LaneLoad) -> Option<Move> {
+    if count <= 1 {
+        return None;
+    }
+    let lane = lane % count;
+    let here = load(lane);
+    if here.queued > 0 && here.schedulable == 0 {
+        let to = first_lane(lane + 1, count, |other| {
+            if other == lane {
+                LaneLoad::default()
+            } else {
+                load(other)
+            }
+        });
+        // Only to a lane with room: a request no lane adopts is answered.
+        return (to != lane && load(to).eligible > 0).then_some(Move { from: lane, to });
+    }
+    if here.idle == 0 || here.queued > 0 {
+        return None;
+    }
+    // Queued requests per worker, compared as cross products.
+    let mut best: Option<(usize, usize, usize)> = None;
+    for from in (1..count).map(|step| (lane + step) % count) {
+        let l = load(from);
+        if l.queued == 0 {
+            continue;
+        }
+        let workers = l.workers.max(1);
+        let heavier = best.is_none_or(|(_, queued, best_workers)| {
+            l.queued.saturating_mul(best_workers) > queued.saturating_mul(workers)
+        });
+        if heavier {
+            best = Some((from, l.queued, workers));
+        }
+    }
+    best.map(|(from, _, _)| Move { from, to: lane })
 }
 
 /// How many lanes a pool of `workers` gets on `cpus` CPUs: one per CPU for
@@ -77,6 +153,34 @@ pub fn first_lane(home: usize, count: usize, load: impl Fn(usize) -> LaneLoad) -
     best.map_or(home, |(lane, _)| lane)
 }
 
+/// Before a worker of lane `lane` is removed, with `left` schedulable
+/// workers besides it: the move that keeps the lane's queue from being
+/// answered for want of a worker, as [`next_move`] decides for a lane
+/// that has lost its last schedulable worker.
+#[must_use]
+pub fn move_before_removal(
+    lane: usize,
+    count: usize,
+    left: usize,
+    load: impl Fn(usize) -> LaneLoad,
+) -> Option<Move> {
+    if left > 0 || count <= 1 {
+        return None;
+    }
+    let lane = lane % count;
+    let here = LaneLoad {
+        schedulable: 0,
+        idle: 0,
+        eligible: 0,
+        ..load(lane)
+    };
+    next_move(
+        lane,
+        count,
+        |other| if other == lane { here } else { load(other) },
+    )
+}
+
 /// Whether a lane's refusal only says it has no worker for the request
 /// (what [`crate::Pool::offer`] declines), so the next lane is tried.
 #[must_use]
@@ -103,7 +207,100 @@ mod tests {
             eligible,
             pending,
             workers,
+            queued: pending.saturating_sub(workers),
+            schedulable: eligible.max(idle),
         }
+    }
+
+    fn queued(queued: usize, idle: usize, schedulable: usize, workers: usize) -> LaneLoad {
+        LaneLoad {
+            idle,
+            eligible: schedulable,
+            pending: queued + workers - idle,
+            workers,
+            queued,
+            schedulable,
+        }
+    }
+
+    #[test]
+    fn a_lane_with_an_idle_worker_takes_from_the_most_loaded_lane() {
+        let idle = queued(0, 2, 8, 8);
+        let light = queued(3, 0, 8, 8);
+        let heavy = queued(40, 0, 8, 8);
+        assert_eq!(
+            next_move(0, 3, lanes(&[idle, light, heavy])),
+            Some(Move { from: 2, to: 0 })
+        );
+        // Per worker: 10 queued over 2 workers outweigh 40 over 16.
+        let small = queued(10, 0, 2, 2);
+        let big = queued(40, 0, 16, 16);
+        assert_eq!(
+            next_move(2, 3, lanes(&[big, small, idle])),
+            Some(Move { from: 1, to: 2 })
+        );
+        // A tie goes to the first lane from the taker on.
+        assert_eq!(
+            next_move(1, 3, lanes(&[light, idle, light])),
+            Some(Move { from: 2, to: 1 })
+        );
+    }
+
+    #[test]
+    fn no_move_without_an_idle_taker_or_a_queue_elsewhere() {
+        let idle = queued(0, 2, 8, 8);
+        let busy = queued(5, 0, 8, 8);
+        let full = queued(0, 0, 8, 8);
+        // The taker still has its own queue, or no free worker.
+        assert_eq!(next_move(0, 2, lanes(&[queued(1, 1, 8, 8), busy])), None);
+        assert_eq!(next_move(0, 2, lanes(&[full, busy])), None);
+        // Nothing waits anywhere else.
+        assert_eq!(next_move(0, 2, lanes(&[idle, full])), None);
+        assert_eq!(next_move(0, 2, lanes(&[idle, idle])), None);
+        // One lane never moves anything.
+        assert_eq!(next_move(0, 1, lanes(&[busy])), None);
+    }
+
+    #[test]
+    fn removing_a_lanes_last_schedulable_worker_hands_its_queue_on() {
+        let busy = queued(3, 0, 1, 8);
+        let idle = queued(0, 1, 8, 8);
+        assert_eq!(
+            move_before_removal(0, 2, 0, lanes(&[busy, idle])),
+            Some(Move { from: 0, to: 1 })
+        );
+        // Another schedulable worker stays: the lane keeps its queue.
+        assert_eq!(move_before_removal(0, 2, 1, lanes(&[busy, idle])), None);
+        // Nothing queued, or one lane: nothing moves.
+        assert_eq!(move_before_removal(1, 2, 0, lanes(&[busy, idle])), None);
+        assert_eq!(move_before_removal(0, 1, 0, lanes(&[busy])), None);
+    }
+
+    #[test]
+    fn a_lane_without_schedulable_workers_hands_its_queue_on() {
+        let stranded = queued(4, 0, 0, 8);
+        let idle = queued(0, 1, 8, 8);
+        let busy = queued(6, 0, 8, 8);
+        let lighter = queued(1, 0, 8, 8);
+        assert_eq!(
+            next_move(0, 3, lanes(&[stranded, busy, idle])),
+            Some(Move { from: 0, to: 2 })
+        );
+        assert_eq!(
+            next_move(0, 3, lanes(&[stranded, busy, lighter])),
+            Some(Move { from: 0, to: 2 })
+        );
+        // The other lane is full: the queue waits where it is (its
+        // workers still run it).
+        let full = LaneLoad {
+            eligible: 0,
+            ..busy
+        };
+        assert_eq!(next_move(0, 2, lanes(&[stranded, full])), None);
+        // No other lane can take it: it stays.
+        let gone = queued(0, 0, 0, 0);
+        assert_eq!(next_move(0, 2, lanes(&[stranded, gone])), None);
+        assert_eq!(next_move(0, 2, lanes(&[stranded, stranded])), None);
     }
 
     #[test]

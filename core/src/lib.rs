@@ -122,6 +122,7 @@ pub use keys::{ProbeKey, RequestKey, WorkerKey};
 pub use output::{Action, Answer, Event, Phase};
 pub use pool::admission::Refused;
 pub use pool::invariants::InvariantViolation;
+pub use pool::lane_moves::Released;
 pub use pool::vetting::{Revetted, Vetted, Vetting};
 pub use pool::workers::{CommandError, WorkerSpec, MAX_WORKER_ID_LEN};
 pub use pool::Pool;

@@ -92,6 +92,16 @@ pub struct Counters {
     pub hedges_won: u64,
     /// Hedges the retry budget refused (the request ran on alone).
     pub hedges_over_budget: u64,
+    /// Queued requests this pool handed to another pool of the same driver
+    /// unanswered ([`Pool::release_queued`](crate::Pool::release_queued)):
+    /// they are answered there. Summed over a driver's pools it equals
+    /// `moved_in`.
+    pub moved_out: u64,
+    /// Requests another pool of the same driver released that this pool
+    /// took in ([`Pool::adopt`](crate::Pool::adopt),
+    /// [`Pool::answer_released`](crate::Pool::answer_released)): counted as
+    /// accepted there, answered here.
+    pub moved_in: u64,
 }
 
 impl Counters {
@@ -128,6 +138,8 @@ impl Counters {
             hedged,
             hedges_won,
             hedges_over_budget,
+            moved_out,
+            moved_in,
         } = *other;
         self.submitted += submitted;
         self.accepted += accepted;
@@ -158,6 +170,8 @@ impl Counters {
         self.hedged += hedged;
         self.hedges_won += hedges_won;
         self.hedges_over_budget += hedges_over_budget;
+        self.moved_out += moved_out;
+        self.moved_in += moved_in;
     }
 
     /// Requests answered so far, by any outcome.
@@ -243,6 +257,8 @@ mod tests {
             hedged: 67108864 * scale,
             hedges_won: 134217728 * scale,
             hedges_over_budget: 268435456 * scale,
+            moved_out: 536870912 * scale,
+            moved_in: 1073741824 * scale,
         }
     }
 

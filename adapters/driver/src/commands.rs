@@ -197,6 +197,10 @@ impl<R: Runtime> WorkerPool<R> {
     /// # Examples
     /// See [`restart_worker`](Self::restart_worker).
     pub fn remove_worker(&self, worker_id: &str) -> Result<(), WorkerPoolError> {
+        let lane = self.shared.names.lock().lane_of(worker_id);
+        if let Some(lane) = lane {
+            self.shared.move_before_removal(lane, worker_id);
+        }
         self.command(worker_id, |core, now, key| {
             core.pool.remove_worker(now, key)
         })

@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
-use foreman_core::{lanes, PoolConfig, RequestKey, Time};
+use foreman_core::{lanes, PoolConfig, Released, RequestKey, Time};
 use parking_lot::Mutex;
 
 use crate::handler::CircuitBreakerHooks;
@@ -14,6 +14,7 @@ use crate::meter::PoolMeter;
 use crate::names::Names;
 use crate::refusal::Outcome;
 use crate::runtime::Runtime;
+use crate::slot::Slot;
 use crate::state::{Core, LaneSignals, Own};
 
 pub(crate) struct Shared<R> {
@@ -57,6 +58,10 @@ thread_local! {
     /// The pool this thread last submitted to, and its home lane there.
     static HOME_LANE: std::cell::Cell<(u64, usize)> = const { std::cell::Cell::new((0, 0)) };
 }
+
+/// The most moves between lanes one input leads to
+/// ([`Shared::balance_lanes`]); the next input carries on.
+const MAX_MOVES: usize = 64;
 
 /// Pool ids for [`HOME_LANE`] (0 is never used).
 pub(crate) static NEXT_POOL_ID: AtomicU64 = AtomicU64::new(1);
@@ -138,6 +143,13 @@ impl<R: Runtime> Shared<R> {
         lane: usize,
         f: impl FnOnce(&mut Core, Time) -> T,
     ) -> T {
+        let out = self.input_here(lane, f);
+        self.balance_lanes(lane);
+        out
+    }
+
+    /// [`input`](Self::input) without the moves between lanes after it.
+    fn input_here<T>(self: &Arc<Self>, lane: usize, f: impl FnOnce(&mut Core, Time) -> T) -> T {
         let mut probes = Vec::new();
         let signals = &self.lane(lane).signals;
         let mut own = Own::default();
@@ -151,6 +163,150 @@ impl<R: Runtime> Shared<R> {
         own.wake_all();
         self.spawn_probes(lane, probes);
         out
+    }
+
+    /// After an input to `lane`: carries out the moves of queued requests
+    /// between lanes that [`lanes::next_move`] asks for, so that no
+    /// request waits in one lane while another has a free worker, and a
+    /// lane without schedulable workers hands its queue on. Moves happen
+    /// in a pool of several lanes whose handlers run on worker tasks and
+    /// that has no hooks (a request's caller then holds nothing of its
+    /// lane but its cancellation, which follows the move); with one lane
+    /// this is one comparison.
+    #[inline]
+    pub(crate) fn balance_lanes(self: &Arc<Self>, lane: usize) {
+        if self.lanes.len() > 1 {
+            self.balance_several_lanes(lane);
+        }
+    }
+
+    /// [`balance_lanes`](Self::balance_lanes) with several lanes.
+    #[inline(never)]
+    fn balance_several_lanes(self: &Arc<Self>, lane: usize) {
+        let count = self.lanes.len();
+        if !self.pool_tasks || self.hooks.is_some() {
+            return;
+        }
+        for _ in 0..MAX_MOVES {
+            let next = lanes::next_move(lane, count, |lane| self.lane(lane).signals.load());
+            match next {
+                Some(next) if self.move_queued(next) => {}
+                _ => return,
+            }
+        }
+    }
+
+    /// Before worker `worker_id` of `lane` is removed: if it is the lane's
+    /// last schedulable worker, moves the lane's queue to the other lanes
+    /// ([`lanes::move_before_removal`]) rather than have it answered for
+    /// want of a worker.
+    pub(crate) fn move_before_removal(self: &Arc<Self>, lane: usize, worker_id: &str) {
+        let count = self.lanes.len();
+        if count == 1 || !self.pool_tasks || self.hooks.is_some() {
+            return;
+        }
+        for _ in 0..MAX_MOVES {
+            let left = {
+                let core = self.lane(lane).core.lock();
+                match core.pool.worker_key(worker_id) {
+                    Some(key) => core.pool.schedulable_besides(key),
+                    None => return,
+                }
+            };
+            let next = lanes::move_before_removal(lane, count, left, |lane| {
+                self.lane(lane).signals.load()
+            });
+            match next {
+                Some(next) if self.move_queued(next) => {}
+                _ => return,
+            }
+        }
+    }
+
+    /// Moves the oldest movable request of `next.from` to `next.to` (or,
+    /// if that lane declines, to the next lane that takes it, `from`
+    /// last), holding one lane's lock at a time. Returns whether a request
+    /// left `from`.
+    fn move_queued(self: &Arc<Self>, next: lanes::Move) -> bool {
+        let from = self.lane(next.from);
+        let released = {
+            let mut probes = Vec::new();
+            let mut own = Own::default();
+            let mut core = from.core.lock();
+            let released = core.pool.release_queued(self.now());
+            if let Some(released) = &released {
+                released.payload().lock().in_transit = true;
+            }
+            core.after_input(None, &mut own, &mut probes, &from.signals, 0);
+            drop(core);
+            own.wake_all();
+            self.spawn_probes(from.index, probes);
+            released
+        };
+        let Some(mut released) = released else {
+            return false;
+        };
+        let count = self.lanes.len();
+        let order = (0..count)
+            .map(|step| (next.to + step) % count)
+            .filter(|&lane| lane != next.from)
+            .chain([next.from]);
+        for lane in order {
+            match self.adopt_in(lane, released) {
+                Adopted::Yes => return lane != next.from,
+                Adopted::Cancelled(back) => {
+                    self.answer_released(next.from, back, true);
+                    return true;
+                }
+                Adopted::No(back) => released = back,
+            }
+        }
+        self.answer_released(next.from, released, false);
+        true
+    }
+
+    /// Offers a released request to lane `index`'s core, unless its caller
+    /// gave it up; the slot learns where it went under that lane's lock.
+    fn adopt_in(self: &Arc<Self>, index: usize, released: Released<Arc<Slot>>) -> Adopted {
+        let lane = self.lane(index);
+        let slot = Arc::clone(released.payload());
+        let mut probes = Vec::new();
+        let mut own = Own::default();
+        let mut core = lane.core.lock();
+        {
+            // Held across the adoption, so a cancellation either came
+            // before (it gave up) or finds the request in this lane.
+            let mut inner = slot.lock();
+            if inner.abandoned {
+                return Adopted::Cancelled(released);
+            }
+            match core.pool.adopt(self.now(), released) {
+                Ok(key) => {
+                    inner.moved = Some((index, key));
+                    inner.in_transit = false;
+                }
+                Err(back) => return Adopted::No(back),
+            }
+        }
+        core.after_input(None, &mut own, &mut probes, &lane.signals, 0);
+        drop(core);
+        own.wake_all();
+        self.spawn_probes(index, probes);
+        Adopted::Yes
+    }
+
+    /// Has lane `index`, which released the request, answer it.
+    fn answer_released(
+        self: &Arc<Self>,
+        index: usize,
+        released: Released<Arc<Slot>>,
+        cancelled: bool,
+    ) {
+        let slot = Arc::clone(released.payload());
+        self.input_here(index, |core, now| {
+            slot.lock().in_transit = false;
+            core.pool.answer_released(now, released, cancelled);
+        });
     }
 
     /// A handler finished, or declined its request: feeds its outcome to
@@ -177,4 +333,15 @@ impl<R: Runtime> Shared<R> {
         out.wake_all();
         self.spawn_probes(lane.index, probes);
     }
+}
+
+/// What became of a released request offered to a lane.
+enum Adopted {
+    /// The lane took it.
+    Yes,
+    /// The lane declined it (no worker with room, or shutting down).
+    No(Released<Arc<Slot>>),
+    /// Its caller gave it up while it moved: it is to be answered
+    /// `Cancelled`.
+    Cancelled(Released<Arc<Slot>>),
 }

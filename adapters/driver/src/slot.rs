@@ -11,7 +11,7 @@ use std::cell::Cell;
 use std::sync::Arc;
 use std::task::Waker;
 
-use foreman_core::{PhaseLimits, WorkerRequest};
+use foreman_core::{PhaseLimits, RequestKey, WorkerRequest};
 
 use crate::handler::OwnedHandlerFuture;
 use crate::live::LiveGuard;
@@ -88,6 +88,12 @@ pub(crate) struct SlotInner {
     /// The request's worker was removed: its caller has the circuit
     /// breaker place it anew (`Action::Revet`).
     pub(crate) revet: bool,
+    /// The lane and key of the request after it moved to another lane
+    /// (`None`: where it was submitted), for its cancellation.
+    pub(crate) moved: Option<(usize, RequestKey)>,
+    /// Released by one lane and not yet adopted by another: a cancellation
+    /// meanwhile only gives up, and the move answers it `Cancelled`.
+    pub(crate) in_transit: bool,
     /// The span the request's handler runs in, for whoever starts it; it
     /// goes with the parked request.
     span: RequestSpan,

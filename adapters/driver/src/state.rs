@@ -165,6 +165,10 @@ pub(crate) struct LaneSignals {
     /// Requests queued or running in the lane, and its workers.
     pub(crate) pending: AtomicUsize,
     pub(crate) workers: AtomicUsize,
+    /// Its movable queued requests and schedulable workers, for moving
+    /// requests between lanes.
+    pub(crate) queued: AtomicUsize,
+    pub(crate) schedulable: AtomicUsize,
 }
 
 impl LaneSignals {
@@ -175,6 +179,8 @@ impl LaneSignals {
             eligible: self.eligible.load(Ordering::Relaxed),
             pending: self.pending.load(Ordering::Relaxed),
             workers: self.workers.load(Ordering::Relaxed),
+            queued: self.queued.load(Ordering::Relaxed),
+            schedulable: self.schedulable.load(Ordering::Relaxed),
         }
     }
 
@@ -418,6 +424,12 @@ impl Core {
                 .pending
                 .store(self.pool.pending(), Ordering::Relaxed);
             signals.workers.store(self.workers.len(), Ordering::Relaxed);
+            signals
+                .queued
+                .store(self.pool.movable_requests(), Ordering::Relaxed);
+            signals
+                .schedulable
+                .store(self.pool.schedulable_workers(), Ordering::Relaxed);
         }
     }
 

@@ -86,6 +86,7 @@ impl<R: Runtime> Completer for Shared<R> {
         own.wake_all();
         *next = std::mem::take(&mut own.jobs);
         self.spawn_probes(lane.index, probes);
+        self.balance_lanes(lane.index);
     }
 }
 

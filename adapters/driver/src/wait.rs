@@ -72,6 +72,8 @@ pub(crate) fn wait_for_answer<'a>(
                         inner.parked.take(),
                     ) {
                         let span = inner.take_span();
+                        // Its key in the lane it moved to, if it moved.
+                        let key = inner.moved.map_or(key, |(_, moved)| moved);
                         start.dispatch(key, request, span, &mut wake);
                     }
                 }

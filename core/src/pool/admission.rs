@@ -171,48 +171,83 @@ impl<P: Clone> Pool<P> {
         pinned: bool,
         vetted: bool,
     ) -> Result<RequestKey, Refused<P>> {
-        let deadline = admission.timeout().map(|budget| now + budget);
-        let retry = admission.retry() && !vetted;
-        let hedge = admission.hedge() && !vetted;
-        let may_retry = self.may_run_again(retry, 1) || self.may_hedge(hedge, 0);
+        let entry = Request {
+            worker,
+            state: RequestState::Queued,
+            pinned,
+            vetted,
+            payload,
+            accepted_at: now,
+            deadline: admission.timeout().map(|budget| now + budget),
+            attempts: 0,
+            turn: 0,
+            retry: admission.retry() && !vetted,
+            hedge: admission.hedge() && !vetted,
+            hedges: 0,
+            hedge_at: None,
+            sibling: None,
+            limits: admission.limits(),
+            expired: None,
+        };
+        let (key, pump) = match self.enter(now, entry, true) {
+            Ok(entered) => entered,
+            Err(entry) => {
+                debug_assert!(false, "router chose a missing worker");
+                return Err(self.refuse_counted(entry.payload, WorkerPoolError::NoHealthyWorker));
+            }
+        };
+        self.counters.submitted += 1;
+        self.counters.accepted += 1;
+        if let Some(ledger) = &mut self.retry_ledger {
+            ledger.deposit(now);
+        }
+        self.router.picked(worker);
+        self.events.push_back(Event::Accepted {
+            request: key,
+            worker,
+        });
+        self.settle_entered(worker, key, pump);
+        Ok(key)
+    }
+
+    /// Puts a request that waits in no queue yet on its worker (eligible;
+    /// the request slab has room): queues it there, and starts it at once
+    /// if `may_start`, the worker is free and nothing waits there; arms its
+    /// timers. Returns its key and whether the worker must then be pumped
+    /// ([`settle_entered`](Self::settle_entered)).
+    ///
+    /// # Errors
+    /// Hands the request back, untouched, if its worker is missing.
+    #[inline(always)]
+    pub(super) fn enter(
+        &mut self,
+        now: Time,
+        mut entry: Request<P>,
+        may_start: bool,
+    ) -> Result<(RequestKey, bool), Request<P>> {
+        let worker = entry.worker;
+        let pinned = entry.pinned;
+        let deadline = entry.deadline;
+        let may_retry =
+            self.may_run_again(entry.retry, 1) || self.may_hedge(entry.hedge, entry.hedges);
         // Under latency-aware late binding an unpinned request joins the
         // backlog even on a free worker, which then takes the backlog's
         // oldest request (this one, or an older one) or leaves it to a
         // faster worker (`deferral.rs`).
         let behind = !pinned && self.defers_possible();
         let Some(slot) = self.workers.get_mut(worker.0) else {
-            debug_assert!(false, "router chose a missing worker");
-            return Err(self.refuse_counted(payload, WorkerPoolError::NoHealthyWorker));
+            return Err(entry);
         };
-        self.counters.submitted += 1;
         // Otherwise a free worker with nothing waiting starts the request
         // at once, without a trip through its queue.
         let free = slot.running.len() < slot.run_slots(slot.max_running);
-        let start_now = slot.queued == 0 && free && !behind;
-        let state = if start_now {
-            RequestState::Running { started_at: now }
-        } else {
-            RequestState::Queued
-        };
-        let started = start_now.then(|| payload.clone());
-        let key = RequestKey(self.requests.insert(Request {
-            worker,
-            state,
-            pinned,
-            vetted,
-            payload,
-            accepted_at: now,
-            deadline,
-            attempts: u32::from(start_now),
-            turn: 0,
-            retry,
-            hedge,
-            hedges: 0,
-            hedge_at: None,
-            sibling: None,
-            limits: admission.limits(),
-            expired: None,
-        }));
+        let start_now = may_start && slot.queued == 0 && free && !behind;
+        if start_now {
+            entry.state = RequestState::Running { started_at: now };
+            entry.attempts = 1;
+        }
+        let started = start_now.then(|| entry.payload.clone());
+        let key = RequestKey(self.requests.insert(entry));
         match started {
             Some(payload) => {
                 slot.running.push(key);
@@ -240,21 +275,19 @@ impl<P: Clone> Pool<P> {
         if start_now {
             self.arm_hedge(key);
         }
-        self.counters.accepted += 1;
-        if let Some(ledger) = &mut self.retry_ledger {
-            ledger.deposit(now);
-        }
-        self.router.picked(worker);
-        self.events.push_back(Event::Accepted {
-            request: key,
-            worker,
-        });
+        Ok((key, behind && free))
+    }
+
+    /// After [`enter`](Self::enter): the worker's load, and, if `pump`,
+    /// the backlog's oldest request started on it (or left to a faster
+    /// worker).
+    #[inline]
+    pub(super) fn settle_entered(&mut self, worker: WorkerKey, key: RequestKey, pump: bool) {
         self.refresh_load(worker);
-        if behind && free {
+        if pump {
             self.pump_after_submit(worker, Some(key));
             self.refresh_load(worker);
         }
-        Ok(key)
     }
 
     /// Refuses a submit for good, or, if `decline`, hands the payload

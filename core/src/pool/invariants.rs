@@ -83,7 +83,7 @@ impl<P: Clone> Pool<P> {
     /// its running request (racing its own attempt on another worker, or
     /// alone, its request's books naming its worker and start); every
     /// request due for a hedge is in the due set, and the hedge timer is
-    /// armed at the earliest; the counters add up (accepted = answered + pending);
+    /// armed at the earliest; the counters add up (accepted + moved in = answered + pending + moved out);
     /// a stopped pool holds nothing.
     ///
     /// # Errors
@@ -276,16 +276,19 @@ impl<P: Clone> Pool<P> {
         Ok(())
     }
 
-    /// The counters add up: accepted = answered + pending, submitted =
-    /// accepted + refused.
+    /// The counters add up: accepted + moved in = answered + pending +
+    /// moved out, submitted = accepted + refused.
     fn check_counters(&self) -> Checked {
         let counters = &self.counters;
         ensure!(
-            counters.accepted == counters.answered() + self.requests.len() as u64,
-            "accepted {} != answered {} + pending {}",
+            counters.accepted + counters.moved_in
+                == counters.answered() + self.requests.len() as u64 + counters.moved_out,
+            "accepted {} + moved in {} != answered {} + pending {} + moved out {}",
             counters.accepted,
+            counters.moved_in,
             counters.answered(),
-            self.requests.len()
+            self.requests.len(),
+            counters.moved_out
         );
         ensure!(
             counters.submitted == counters.accepted + counters.refused(),

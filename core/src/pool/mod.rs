@@ -13,6 +13,7 @@
 //! | `retrying.rs` | a retryable failure running again on another worker, within the budget |
 //! | `hedging.rs` | a second attempt of a running request on another worker: its timer, its start, which attempt wins |
 //! | `workers.rs` | adding, restarting and removing workers, moving a removed worker's requests |
+//! | `lane_moves.rs` | a queued request moving to another pool of the same driver: `release_queued`, `adopt`, `answer_released` |
 //! | `probes.rs` | health probes: sending, their answers and timeouts |
 //! | `recovering.rs` | recovery: the machine's inputs, the ejection cap and timers, run limits, refusals |
 //! | `shutdown.rs` | the drain: `begin_shutdown`, the drain deadline, the stop |
@@ -29,6 +30,7 @@ mod deferral;
 mod driver_api;
 mod hedging;
 pub(crate) mod invariants;
+pub(crate) mod lane_moves;
 mod outputs;
 mod planted_bug;
 mod probes;

@@ -1,12 +1,14 @@
 //! A pool in several lanes behaves as one pool, and the default pool keeps
 //! late binding across all its workers.
 
+use std::num::NonZeroUsize;
 use std::sync::Arc;
 use std::time::Duration;
 
 use foreman_driver::{
-    async_trait, Runtime, WorkerErrorCode, WorkerHandler, WorkerHealth, WorkerHealthStatus,
-    WorkerPool, WorkerPoolError, WorkerPoolOptions, WorkerProtocolError, WorkerRequest,
+    async_trait, Counters, PoolConfig, Runtime, WorkerErrorCode, WorkerHandler, WorkerHealth,
+    WorkerHealthStatus, WorkerPool, WorkerPoolError, WorkerPoolOptions, WorkerProtocolError,
+    WorkerRequest,
 };
 use futures::future;
 use serde_json::Value;
@@ -143,16 +145,15 @@ impl<R: Runtime + Clone> WorkerHandler for Paced<R> {
     }
 }
 
-/// Late binding holds across the whole pool as built by default: with 16
-/// workers, every other one slow (400 ms a request) and the others fast
-/// (10 ms), 200 requests submitted at once are taken off the queue by the
-/// fast workers as they free up. Each slow worker runs its first request
-/// and, at most, one more that is still queued when it finishes, so the
-/// slow half runs far fewer than the half of the requests it would run if
-/// queued requests stayed with the worker they were queued on. Counted by
-/// the workers named in the answers, not timed, so a loaded machine does
-/// not change the verdict.
-pub async fn fast_workers_take_the_queue_from_slow_ones<R: Runtime + Default + Clone>(rt: R) {
+/// One run of the slow/fast workload: 16 workers, every other one slow
+/// (400 ms a request) and the others fast (10 ms), 200 requests submitted
+/// at once, on a pool of `lanes` lanes (`None`: as built by default).
+/// Returns how long the last answer took, how many requests the slow
+/// workers ran, and the pool's counters.
+pub async fn slow_and_fast_workers<R: Runtime + Default + Clone>(
+    rt: R,
+    lanes: Option<usize>,
+) -> (Duration, usize, Counters) {
     let handlers: Vec<Arc<dyn WorkerHandler>> = (0..16)
         .map(|i| {
             let delay = if i % 2 == 0 { 400 } else { 10 };
@@ -168,12 +169,22 @@ pub async fn fast_workers_take_the_queue_from_slow_ones<R: Runtime + Default + C
         default_request_timeout: Some(Duration::from_secs(30)),
         ..WorkerPoolOptions::default()
     };
-    let pool = match WorkerPool::<R>::new_inprocess(handlers, options, None) {
-        Ok(pool) => pool,
-        Err(error) => panic!("valid pool options refused: {error}"),
+    let pool = match lanes {
+        None => WorkerPool::<R>::new_inprocess(handlers, options, None)
+            .unwrap_or_else(|error| panic!("valid pool options refused: {error}")),
+        Some(lanes) => WorkerPool::<R>::with_lanes(
+            R::default(),
+            handlers,
+            PoolConfig::new(options),
+            None,
+            NonZeroUsize::new(lanes).unwrap_or(NonZeroUsize::MIN),
+        )
+        .unwrap_or_else(|error| panic!("valid pool options refused: {error}")),
     };
+    let started = rt.now();
     let requests = (0..200).map(|i| pool.submit(request(&format!("r{i}"), "paced")));
     let answers = future::join_all(requests).await;
+    let elapsed = rt.now().saturating_duration_since(started);
     let slow_runs = answers
         .iter()
         .map(|answer| match answer {
@@ -188,10 +199,174 @@ pub async fn fast_workers_take_the_queue_from_slow_ones<R: Runtime + Default + C
             index % 2 == 0
         })
         .count();
+    pool.shutdown().await;
+    (elapsed, slow_runs, pool.stats().counters)
+}
+
+/// The slow half's share that late binding leaves it: each slow worker
+/// runs its first request and, at most, one more that is still queued
+/// when it finishes (without late binding they run about 100).
+fn assert_late_bound(slow_runs: usize, what: &str) {
     assert!(
         (8..=50).contains(&slow_runs),
-        "the 8 slow workers ran {slow_runs} of 200 requests: late binding should leave them \
-         one or two each (without it they run about 100)"
+        "{what}: the 8 slow workers ran {slow_runs} of 200 requests: late binding should \
+         leave them one or two each (without it they run about 100)"
     );
+}
+
+/// Late binding holds across the whole pool as built by default: with 16
+/// workers, every other one slow (400 ms a request) and the others fast
+/// (10 ms), 200 requests submitted at once are taken off the queue by the
+/// fast workers as they free up. Each slow worker runs its first request
+/// and, at most, one more that is still queued when it finishes, so the
+/// slow half runs far fewer than the half of the requests it would run if
+/// queued requests stayed with the worker they were queued on. Counted by
+/// the workers named in the answers, not timed, so a loaded machine does
+/// not change the verdict.
+pub async fn fast_workers_take_the_queue_from_slow_ones<R: Runtime + Default + Clone>(rt: R) {
+    let (_, slow_runs, _) = slow_and_fast_workers(rt, None).await;
+    assert_late_bound(slow_runs, "as built by default");
+}
+
+/// Late binding holds across lanes: in two lanes (worker-i in lane i % 2,
+/// so every slow worker is in lane 0) and in four, the fast workers of the
+/// other lanes take lane 0's queue as they free up, so the slow half runs
+/// as few requests as in one lane, and the counters summed over the lanes
+/// are one lane's (every request accepted once and answered once; every
+/// request a lane released, another took in). Counted, not timed (the
+/// completion time is compared under tokio's virtual clock).
+pub async fn late_binding_holds_across_lanes<R: Runtime + Default + Clone>(rt: R) {
+    let (_, _, one) = slow_and_fast_workers(rt.clone(), Some(1)).await;
+    let counts = |c: &Counters| (c.submitted, c.accepted, c.succeeded, c.answered());
+    for lanes in [2, 4] {
+        let (_, slow_runs, counters) = slow_and_fast_workers(rt.clone(), Some(lanes)).await;
+        assert_late_bound(slow_runs, &format!("{lanes} lanes"));
+        assert_eq!(
+            counts(&counters),
+            counts(&one),
+            "{lanes} lanes: {counters:?}"
+        );
+        assert_eq!(counters.moved_in, counters.moved_out, "{counters:?}");
+        assert!(counters.moved_in > 0, "nothing moved: {counters:?}");
+    }
+}
+
+/// Removing every worker of a lane while requests wait there moves them to
+/// the other lane's workers: all are answered by those, none `Unavailable`.
+pub async fn removing_a_lanes_workers_moves_its_queue<R: Runtime + Default + Clone>(rt: R) {
+    let workers: Vec<_> = (0..4).map(|_| TestWorker::new(&rt)).collect();
+    let pool = pool_in_lanes(
+        &workers,
+        WorkerPoolOptions {
+            queue_capacity: 8,
+            ..options()
+        },
+        2,
+    );
+    // One gated request on each worker, then twelve that queue, spread
+    // over both lanes.
+    let running: Vec<_> = (0..4)
+        .map(|i| pool.submit(request(&format!("run{i}"), "gate")))
+        .collect();
+    let queued: Vec<_> = (0..12)
+        .map(|i| pool.submit(request(&format!("queued{i}"), "echo")))
+        .collect();
+    let control = async {
+        wait_until(&rt, "sixteen accepted", || {
+            pool.stats().counters.accepted == 16
+        })
+        .await;
+        let stats = pool.stats();
+        // worker-0 and worker-2 are lane 0's.
+        let lane_zero = |id: &str| id == "worker-0" || id == "worker-2";
+        let waiting: usize = stats
+            .workers
+            .iter()
+            .filter(|w| lane_zero(&w.worker_id))
+            .map(|w| w.queued)
+            .sum();
+        assert!(waiting > 0, "nothing queued in lane 0: {stats:?}");
+        assert!(pool.remove_worker("worker-0").is_ok());
+        assert!(pool.remove_worker("worker-2").is_ok());
+        for worker in &workers {
+            worker.open_gate(1);
+        }
+    };
+    let (running, queued, ()) =
+        futures::join!(future::join_all(running), future::join_all(queued), control);
+    assert!(running.iter().all(Result::is_ok), "{running:?}");
+    for answer in &queued {
+        match answer {
+            Ok(response) => assert!(
+                response.worker_id == "worker-1" || response.worker_id == "worker-3",
+                "a queued request ran on a removed worker: {response:?}"
+            ),
+            Err(error) => panic!("a queued request was not served: {error:?}"),
+        }
+    }
+    let counters = pool.stats().counters;
+    assert_eq!(counters.unroutable_after_removal, 0, "{counters:?}");
+    assert_eq!(counters.moved_in, counters.moved_out, "{counters:?}");
     pool.shutdown().await;
+}
+
+/// Callers that give up on requests while the lanes move them get one
+/// answer each: after shutdown every accepted request was answered
+/// exactly once (the counters summed over the lanes balance) and shutdown
+/// returned, so no moved request was lost or left a handler counted live.
+pub async fn requests_cancelled_while_moving_are_answered_once<R: Runtime + Default + Clone>(
+    rt: R,
+) {
+    let handlers: Vec<Arc<dyn WorkerHandler>> = (0..16)
+        .map(|i| {
+            let delay = if i % 2 == 0 { 40 } else { 1 };
+            Arc::new(Paced {
+                rt: rt.clone(),
+                delay: Duration::from_millis(delay),
+            }) as Arc<dyn WorkerHandler>
+        })
+        .collect();
+    let options = WorkerPoolOptions {
+        queue_capacity: 64,
+        health_probe_interval: Duration::from_secs(60),
+        ..WorkerPoolOptions::default()
+    };
+    let pool = match WorkerPool::<R>::with_lanes(
+        R::default(),
+        handlers,
+        PoolConfig::new(options),
+        None,
+        NonZeroUsize::new(2).unwrap_or(NonZeroUsize::MIN),
+    ) {
+        Ok(pool) => pool,
+        Err(error) => panic!("valid pool options refused: {error}"),
+    };
+    // Every third caller gives up after a few milliseconds, while the
+    // fast workers take the slow lane's queue.
+    let callers = (0..300u64).map(|i| {
+        let pool = &pool;
+        let rt = rt.clone();
+        async move {
+            let submit = pool.submit(request(&format!("r{i}"), "paced"));
+            if i % 3 == 0 {
+                let give_up = sleep(&rt, Duration::from_millis(1 + i % 7));
+                futures::pin_mut!(submit, give_up);
+                match future::select(submit, give_up).await {
+                    future::Either::Left((answer, _)) => Some(answer),
+                    future::Either::Right(_) => None,
+                }
+            } else {
+                Some(submit.await)
+            }
+        }
+    });
+    let answers = future::join_all(callers).await;
+    for answer in answers.iter().flatten() {
+        assert!(answer.is_ok(), "{answer:?}");
+    }
+    pool.shutdown().await;
+    let counters = pool.stats().counters;
+    assert_eq!(counters.accepted, 300, "{counters:?}");
+    assert_eq!(counters.answered(), 300, "{counters:?}");
+    assert_eq!(counters.moved_in, counters.moved_out, "{counters:?}");
 }

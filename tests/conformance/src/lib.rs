@@ -97,7 +97,11 @@ pub use hedging::{
     a_hedge_answers_once_and_the_slow_attempt_is_dropped,
     hedging_in_caller_task_mode_is_refused_at_build,
 };
-pub use lanes::{fast_workers_take_the_queue_from_slow_ones, lanes_behave_as_one_pool};
+pub use lanes::{
+    fast_workers_take_the_queue_from_slow_ones, lanes_behave_as_one_pool,
+    late_binding_holds_across_lanes, removing_a_lanes_workers_moves_its_queue,
+    requests_cancelled_while_moving_are_answered_once, slow_and_fast_workers,
+};
 pub use observability::{metrics_count_each_outcome_and_follow_the_queues, Reading, Readings};
 pub use observers::observe_only_hooks_keep_late_binding_and_a_breaker_pins;
 pub use reentrancy::{
@@ -170,6 +174,9 @@ macro_rules! conformance_suite {
             a_caller_that_stalls_after_one_poll_does_not_hold_its_worker,
             a_slow_first_poll_does_not_delay_another_callers_answer,
             fast_workers_take_the_queue_from_slow_ones,
+            late_binding_holds_across_lanes,
+            removing_a_lanes_workers_moves_its_queue,
+            requests_cancelled_while_moving_are_answered_once,
             allow_request_may_call_the_pool,
             on_request_accepted_may_call_the_pool,
             every_other_hook_may_call_the_pool,

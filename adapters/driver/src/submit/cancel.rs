@@ -55,30 +55,47 @@ impl<'a, R: Runtime> PendingGuard<'a, R> {
         }
         self.done = true;
         let shared = self.shared;
-        let (slot, key) = (self.slot, self.key);
+        let slot = self.slot;
+        // Where the request is: where it was submitted, or the lane it
+        // moved to (`Shared::move_queued`), read under that lane's lock.
+        let (mut lane, mut key) = (self.lane, self.key);
         let mut probes = Vec::new();
         let handed;
         let parked;
-        let cancelled;
+        let mut cancelled = false;
         let mut own = Own::default();
-        {
-            let mut core = self.lane.core.lock();
-            {
+        loop {
+            let mut core = lane.core.lock();
+            let in_transit = {
                 let mut inner = slot.lock();
+                if let Some((moved, moved_key)) = inner.moved {
+                    if (moved, moved_key) != (lane.index, key) {
+                        drop(inner);
+                        drop(core);
+                        (lane, key) = (shared.lane(moved), moved_key);
+                        continue;
+                    }
+                }
                 // Dropped once the locks are released.
                 parked = std::mem::take(&mut inner.parked);
                 handed = inner.give_up();
+                inner.in_transit
+            };
+            // A request between two lanes is answered `Cancelled` by its
+            // move, which sees it given up.
+            if !in_transit {
+                let now = shared.now();
+                cancelled = core.pool.cancel(now, key);
+                core.after_input(Some(key), &mut own, &mut probes, &lane.signals, 0);
             }
-            let now = shared.now();
-            cancelled = core.pool.cancel(now, key);
-            core.after_input(Some(key), &mut own, &mut probes, &self.lane.signals, 0);
+            break;
         }
         let answer = own.answer.take();
         drop(handed);
         drop(parked);
         own.wake_all();
         drop(std::mem::take(&mut own.release));
-        shared.spawn_probes(self.lane.index, probes);
+        shared.spawn_probes(lane.index, probes);
         let answer = answer.or_else(|| slot.lock().answer.take());
         if let Some(answer) = &answer {
             shared.ended(self.traced, slot, answer, cancelled);
