@@ -172,6 +172,7 @@ impl<P: Clone> Pool<P> {
         vetted: bool,
     ) -> Result<RequestKey, Refused<P>> {
         let deadline = admission.timeout().map(|budget| now + budget);
+        let limits = admission.limits();
         let retry = admission.retry() && !vetted;
         let hedge = admission.hedge() && !vetted;
         let may_retry = self.may_run_again(retry, 1) || self.may_hedge(hedge, 0);
@@ -210,7 +211,7 @@ impl<P: Clone> Pool<P> {
             hedges: 0,
             hedge_at: None,
             sibling: None,
-            limits: admission.limits(),
+            limits,
             expired: None,
         }));
         match started {
@@ -236,8 +237,11 @@ impl<P: Clone> Pool<P> {
         if let Some(at) = deadline {
             self.arm(at, Timer::Request(key));
         }
-        self.arm_phase_limit(key);
-        if start_now {
+        if limits.queue_wait.is_some() || limits.run.is_some() {
+            self.arm_phase_limit(key);
+        }
+        // Without a hedging policy no request is ever due for a hedge.
+        if start_now && self.config.hedging.is_some() {
             self.arm_hedge(key);
         }
         self.counters.accepted += 1;
