@@ -62,6 +62,7 @@ impl<T> Slab<T> {
 
     /// Stores `value`. Callers check [`Self::has_room`] first; past 2^32
     /// live entries keys would alias (a debug assertion catches it).
+    #[inline]
     pub(crate) fn insert(&mut self, value: T) -> SlabKey {
         debug_assert!(self.has_room());
         if let Some(index) = self.free_head {

@@ -228,6 +228,7 @@ impl<P: Clone> Pool<P> {
         let worker = entry.worker;
         let pinned = entry.pinned;
         let deadline = entry.deadline;
+        let limits = entry.limits;
         let may_retry =
             self.may_run_again(entry.retry, 1) || self.may_hedge(entry.hedge, entry.hedges);
         // Under latency-aware late binding an unpinned request joins the
@@ -271,8 +272,11 @@ impl<P: Clone> Pool<P> {
         if let Some(at) = deadline {
             self.arm(at, Timer::Request(key));
         }
-        self.arm_phase_limit(key);
-        if start_now {
+        if limits.queue_wait.is_some() || limits.run.is_some() {
+            self.arm_phase_limit(key);
+        }
+        // Without a hedging policy no request is ever due for a hedge.
+        if start_now && self.config.hedging.is_some() {
             self.arm_hedge(key);
         }
         Ok((key, behind && free))

@@ -11,29 +11,24 @@ use super::error::RequestError;
 use super::escape::{escape_extra, WORST_ESCAPE_EXTRA};
 use crate::protocol::{WorkerOperation, WorkerRequest};
 
-/// Adds `request` as compact JSON to `budget`, field by field.
+/// Adds `request` as compact JSON to `budget`: its keys, punctuation,
+/// timeout and strings in one step (in serialisation order every string
+/// comes before the first JSON value), then its values in order.
 pub(super) fn add_request(budget: &mut Budget, request: &WorkerRequest) -> Option<()> {
-    // Keys and punctuation first, in one step; then the values.
-    let frame = match request.operation {
-        WorkerOperation::Llm { .. } => REQUEST_FRAME + LLM_FRAME,
-        WorkerOperation::Tool { .. } => REQUEST_FRAME + TOOL_FRAME,
-    };
-    budget.add(frame)?;
-    budget.add_str(&request.request_id)?;
-    budget.add_str(&request.workflow_name)?;
-    budget.add_str(&request.node_id)?;
-    match request.timeout_ms {
-        Some(timeout_ms) => budget.add(decimal_len(timeout_ms))?,
-        None => budget.add("null".len())?,
-    }
+    let timeout = request.timeout_ms.map_or("null".len(), decimal_len);
+    let (id, workflow, node) = (
+        request.request_id.as_str(),
+        request.workflow_name.as_str(),
+        request.node_id.as_str(),
+    );
     match &request.operation {
         WorkerOperation::Llm {
             model,
             prompt,
             scoped_input,
         } => {
-            budget.add_str(model)?;
-            budget.add_str(prompt)?;
+            let fixed = REQUEST_FRAME + LLM_FRAME + timeout;
+            budget.add_strs(fixed, &[id, workflow, node, model, prompt])?;
             budget.add_value(scoped_input, "operation.scoped_input")
         }
         WorkerOperation::Tool {
@@ -41,7 +36,8 @@ pub(super) fn add_request(budget: &mut Budget, request: &WorkerRequest) -> Optio
             input,
             scoped_input,
         } => {
-            budget.add_str(tool)?;
+            let fixed = REQUEST_FRAME + TOOL_FRAME + timeout;
+            budget.add_strs(fixed, &[id, workflow, node, tool])?;
             budget.add_value(input, "operation.input")?;
             budget.add_value(scoped_input, "operation.scoped_input")
         }
@@ -261,6 +257,26 @@ impl Budget {
         }
     }
 
+    /// Adds `fixed` bytes and the JSON strings `strings` (quotes, raw
+    /// bytes and escapes) in one step. Escapes only ever add bytes, so
+    /// strings whose raw bytes and quotes do not fit are refused without
+    /// being scanned, and the scan stops at the first string that passes
+    /// the limit.
+    fn add_strs(&mut self, fixed: usize, strings: &[&str]) -> Option<()> {
+        let raw = strings
+            .iter()
+            .try_fold(0usize, |sum, s| sum.checked_add(s.len()))?;
+        let quotes = strings.len().checked_mul(2)?;
+        self.add(fixed.checked_add(raw)?.checked_add(quotes)?)?;
+        if self.exact {
+            strings
+                .iter()
+                .try_for_each(|s| self.add(escape_extra(s.as_bytes())))
+        } else {
+            self.add(raw.checked_mul(WORST_ESCAPE_EXTRA)?)
+        }
+    }
+
     /// Adds a JSON value, the request's `field`, and checks its nesting
     /// depth. The first [`SHALLOW_LEVELS`] levels are walked by (bounded)
     /// recursion, which is cheapest for the usual small payload; anything
@@ -271,7 +287,13 @@ impl Budget {
     /// level too deep.
     fn add_value(&mut self, value: &Value, field: &'static str) -> Option<()> {
         self.field = field;
-        self.add_shallow(value, 0)
+        match value {
+            // The usual `{}` or `[]`, within any depth limit but zero, is
+            // added without entering the walk.
+            Value::Array(items) if items.is_empty() && self.max_depth > 0 => self.add(2),
+            Value::Object(entries) if entries.is_empty() && self.max_depth > 0 => self.add(2),
+            _ => self.add_shallow(value, 0),
+        }
     }
 
     /// [`add_value`](Self::add_value) for a value inside `outer` arrays and
