@@ -24,7 +24,7 @@ use crate::handler::{OwnedHandlerFuture, WorkerHandler};
 use crate::live::LiveGuard;
 use crate::refusal::{self, Outcome};
 use crate::sync::{AtomicWaker, FastMutex};
-use crate::trace::{Attempt, RequestSpan};
+use crate::trace::RequestSpan;
 use crate::wakers::Wakers;
 
 /// Where the driver runs handler futures (a foreman driver option, set
@@ -60,11 +60,11 @@ pub(crate) struct Job {
     pub(crate) request: WorkerRequest,
     /// Counts the handler as live until it ends.
     pub(crate) live: LiveGuard,
-    /// The span the handler runs in, and which start of the request this is.
+    /// The request's span, which the handler runs in.
     pub(crate) span: RequestSpan,
-    pub(crate) attempt: Attempt,
-    /// When the core cuts the handler off ([`crate::handler_deadline`]).
-    pub(crate) deadline: Option<std::time::Instant>,
+    /// When the core cuts the handler off (`Pool::cutoff`, `Time::MAX`
+    /// for never).
+    pub(crate) deadline: foreman_core::Time,
 }
 
 /// A worker's mailbox: granted requests, aborts and its task's waker.
@@ -121,11 +121,11 @@ impl Running {
             request,
             live,
             span,
-            attempt,
             deadline,
         } = job;
         let handler = std::sync::Arc::clone(handler);
-        span.start(id, attempt);
+        span.start(id);
+        let deadline = crate::deadline::Deadline::new(deadline, live.epoch());
         let future = span.instrument_owned(crate::deadline::within(deadline, async move {
             handler.handle(request).await
         }));

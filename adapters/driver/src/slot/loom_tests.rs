@@ -22,7 +22,7 @@ use crate::live::Live;
 use crate::meter::WorkerMeter;
 use crate::started::{Delivered, Started, WorkerCell};
 use crate::sync::{lock, Arc, AtomicUsize, Mutex, Ordering};
-use crate::trace::Attempt;
+
 use crate::wait::{run_handler, wait_for_notice, wait_for_start, Notice, Wake};
 use crate::wakers::Wakers;
 use crate::worker::Inbox;
@@ -165,9 +165,8 @@ fn started(worker: WorkerKey, live: &Arc<Live>, ended: &Arc<AtomicUsize>) -> Sta
             meter: WorkerMeter::new("worker"),
         }),
         live: live.start(),
-        attempt: Attempt::default(),
         may_retry: false,
-        deadline: None,
+        deadline: foreman_core::Time::MAX,
     }
 }
 

@@ -23,7 +23,7 @@ use crate::closure::handler_fn;
 use crate::handler::WorkerHandler;
 use crate::live::Live;
 use crate::sync::{lock, Arc, AtomicUsize, Mutex, Ordering};
-use crate::trace::{Attempt, RequestSpan};
+use crate::trace::RequestSpan;
 use crate::wakers::Wakers;
 
 /// The pool as a worker task sees it: records every completion.
@@ -110,8 +110,7 @@ fn job(key: RequestKey, live: &std::sync::Arc<Live>) -> Job {
         request: request(),
         live: live.start(),
         span: RequestSpan::default(),
-        attempt: Attempt::default(),
-        deadline: None,
+        deadline: foreman_core::Time::MAX,
     }
 }
 
