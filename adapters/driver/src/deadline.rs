@@ -1,12 +1,17 @@
-//! The deadline of the request whose handler is being polled, readable by
-//! the handler ([`handler_deadline`]): a handler that passes work on (an
-//! HTTP call to a remote worker, a model API with its own timeout) sends
-//! the time its request has left rather than its whole budget.
+//! What a handler being polled can read about its run, and hand back:
+//! its request's deadline ([`handler_deadline`]; a handler that passes
+//! work on, as an HTTP call to a remote worker or a model API with its own
+//! timeout, sends the time its request has left rather than its whole
+//! budget), and a request it declines
+//! ([`refuse_not_started`](crate::refuse_not_started), read back by
+//! [`crate::refusal`]).
 //!
-//! Whoever polls a handler future sets a thread-local cell for the length
-//! of the poll: a worker task through [`within`], which wraps the handler
-//! future, and a caller that runs its own request's handler through
-//! [`Polling`].
+//! Both live in one thread-local cell, which whoever polls a handler
+//! future reaches once per poll ([`poll_handler`]): a worker task and a
+//! task that claimed another caller's request through [`within`], which
+//! wraps the handler future, and a caller that runs its own request's
+//! handler directly. The deadline is kept as the core's `Time` with its
+//! epoch and made an `Instant` only when a handler asks.
 
 use std::cell::Cell;
 use std::future::Future;
@@ -14,9 +19,52 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Instant;
 
+use foreman_core::{Time, WorkerRequest};
+
 thread_local! {
-    /// The deadline of the handler polled on this thread right now.
-    static DEADLINE: Cell<Option<Instant>> = const { Cell::new(None) };
+    /// What the handler polled on this thread right now can read, and
+    /// what it handed back.
+    static POLLED: Polled = const {
+        Polled {
+            deadline: Cell::new(None),
+            refused: Cell::new(None),
+        }
+    };
+}
+
+/// The thread's cell (see the module's docs).
+struct Polled {
+    /// The deadline of the handler being polled (`None` outside a poll).
+    deadline: Cell<Option<Deadline>>,
+    /// The request the handler polled last handed back, boxed: emptying
+    /// it before every poll is a pointer's swap, not a request's copy.
+    refused: Cell<Option<Box<WorkerRequest>>>,
+}
+
+/// When the core cuts a handler off: the core's cutoff (`Pool::cutoff`;
+/// `Time::MAX` for none) and the instant the core's `Time::ZERO` stands
+/// for, made an `Instant` only when the handler asks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Deadline {
+    at: Time,
+    epoch: Instant,
+}
+
+impl Deadline {
+    /// The deadline `at` in the clock of a core whose `Time::ZERO` is
+    /// `epoch` (`Time::MAX`: none).
+    #[inline]
+    pub(crate) fn new(at: Time, epoch: Instant) -> Self {
+        Deadline { at, epoch }
+    }
+
+    /// The deadline as an instant of the runtime's clock, if there is one.
+    fn instant(self) -> Option<Instant> {
+        if self.at == Time::MAX {
+            return None;
+        }
+        self.epoch.checked_add(self.at.since_epoch())
+    }
 }
 
 /// The instant by which the pool cuts off the handler it is polling on
@@ -50,22 +98,24 @@ thread_local! {
 /// }
 /// ```
 pub fn handler_deadline() -> Option<Instant> {
-    DEADLINE.with(Cell::get)
+    POLLED
+        .with(|polled| polled.deadline.get())
+        .and_then(Deadline::instant)
 }
 
 pin_project_lite::pin_project! {
-    /// A handler future that sets its deadline for [`handler_deadline`]
-    /// while it is polled.
+    /// A handler future that says its deadline to [`handler_deadline`]
+    /// while it is polled, and forgets a refusal of an earlier poll first.
     pub(crate) struct Within<F> {
-        deadline: Option<Instant>,
+        deadline: Deadline,
         #[pin]
         future: F,
     }
 }
 
-/// Wraps `future` so that [`handler_deadline`] says `deadline` while it is
-/// polled, wherever it is polled.
-pub(crate) fn within<F: Future>(deadline: Option<Instant>, future: F) -> Within<F> {
+/// Wraps `future` so that it is polled through [`poll_handler`] with
+/// `deadline`, wherever it is polled.
+pub(crate) fn within<F: Future>(deadline: Deadline, future: F) -> Within<F> {
     Within { deadline, future }
 }
 
@@ -74,34 +124,58 @@ impl<F: Future> Future for Within<F> {
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
         let this = self.project();
-        let _polling = Polling::set(*this.deadline);
-        this.future.poll(cx)
+        let future = this.future;
+        poll_handler(Some(*this.deadline), || future.poll(cx))
     }
 }
 
-/// Says `deadline` to [`handler_deadline`] until dropped (a panicking poll
-/// included), then what it said before.
-pub(crate) struct Polling {
-    previous: Option<Instant>,
-}
-
-impl Polling {
-    /// Sets `deadline` for the poll that follows.
-    #[inline]
-    pub(crate) fn set(deadline: Option<Instant>) -> Self {
-        Polling {
-            previous: DEADLINE.with(|cell| cell.replace(deadline)),
+/// Runs `poll`, one poll of a handler future, with the thread's cell
+/// saying `deadline` to [`handler_deadline`] and holding no refusal (one
+/// of an earlier poll is dropped): one access to the cell. The deadline
+/// said before is said again once `poll` returns or panics.
+#[inline]
+pub(crate) fn poll_handler<T>(deadline: Option<Deadline>, poll: impl FnOnce() -> T) -> T {
+    POLLED.with(|polled| {
+        let _restore = Restore {
+            polled,
+            previous: polled.deadline.replace(deadline),
+        };
+        if let Some(stale) = polled.refused.take() {
+            dismantle(*stale);
         }
-    }
+        poll()
+    })
 }
 
-impl Drop for Polling {
+/// Says the deadline said before a poll again once it is dropped.
+struct Restore<'a> {
+    polled: &'a Polled,
+    previous: Option<Deadline>,
+}
+
+impl Drop for Restore<'_> {
     #[inline]
     fn drop(&mut self) {
-        // During the thread's teardown the cell may be gone: nothing to
-        // restore then.
-        let _ = DEADLINE.try_with(|cell| cell.set(self.previous));
+        self.polled.deadline.set(self.previous);
     }
+}
+
+/// Records `request` as handed back by the handler being polled; returns
+/// one recorded earlier in the same poll, if any.
+pub(crate) fn hand_back(request: WorkerRequest) -> Option<Box<WorkerRequest>> {
+    POLLED.with(|polled| polled.refused.replace(Some(Box::new(request))))
+}
+
+/// Takes the request handed back in the poll that just returned, if any.
+#[inline]
+pub(crate) fn take_refused() -> Option<Box<WorkerRequest>> {
+    POLLED.with(|polled| polled.refused.take())
+}
+
+/// Takes a handed-back request apart (out of line: rare).
+#[inline(never)]
+pub(crate) fn dismantle(request: WorkerRequest) {
+    foreman_core::dismantle_request(request);
 }
 
 #[cfg(test)]
@@ -109,11 +183,17 @@ mod tests {
     use super::*;
     use std::time::Duration;
 
+    /// A deadline `secs` seconds after `epoch`.
+    fn after(epoch: Instant, secs: u64) -> Deadline {
+        Deadline::new(Time::from_nanos(secs * 1_000_000_000), epoch)
+    }
+
     #[test]
     fn a_deadline_is_seen_only_while_its_future_is_polled() {
-        let deadline = Instant::now() + Duration::from_secs(3);
+        let epoch = Instant::now();
+        let deadline = epoch + Duration::from_secs(3);
         let mut seen = None;
-        let future = within(Some(deadline), async {
+        let future = within(after(epoch, 3), async {
             seen = handler_deadline();
         });
         assert_eq!(handler_deadline(), None);
@@ -124,12 +204,13 @@ mod tests {
 
     #[test]
     fn nested_polls_restore_the_outer_deadline() {
-        let outer = Instant::now() + Duration::from_secs(5);
+        let epoch = Instant::now();
+        let outer = epoch + Duration::from_secs(5);
         let inner = outer + Duration::from_secs(1);
         let mut seen = Vec::new();
-        futures::executor::block_on(within(Some(outer), async {
+        futures::executor::block_on(within(after(epoch, 5), async {
             seen.push(handler_deadline());
-            within(Some(inner), async {
+            within(after(epoch, 6), async {
                 seen.push(handler_deadline());
             })
             .await;
@@ -140,11 +221,20 @@ mod tests {
 
     #[test]
     fn a_panicking_poll_restores_the_deadline() {
-        let deadline = Instant::now();
+        let deadline = after(Instant::now(), 0);
         let panicked = std::panic::catch_unwind(|| {
-            futures::executor::block_on(within(Some(deadline), async { panic!("handler") }))
+            futures::executor::block_on(within(deadline, async { panic!("handler") }))
         });
         assert!(panicked.is_err());
         assert_eq!(handler_deadline(), None);
+    }
+
+    #[test]
+    fn a_request_with_no_cutoff_has_no_deadline() {
+        let mut seen = Some(Instant::now());
+        futures::executor::block_on(within(Deadline::new(Time::MAX, Instant::now()), async {
+            seen = handler_deadline();
+        }));
+        assert_eq!(seen, None);
     }
 }

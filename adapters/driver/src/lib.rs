@@ -102,11 +102,12 @@
 //!
 //! **`tracing`**: each request gets a span `request` (target `foreman`,
 //! level `INFO`) with the fields `request_id`, `workflow`, `node`, and
-//! `worker` and `attempt` recorded when its handler starts (`attempt`
-//! counts the core's starts of the request: the core starts a request at
-//! most once, so it is 1). The handler's future runs inside the span,
-//! whichever task polls it, so a handler's own spans and events nest under
-//! it. Events of the span: a refusal (`debug`, field `reason`, as the
+//! `worker` and `attempt` recorded each time a handler run of the request
+//! starts (`attempt` is 1 for the first run, then 2, 3, … for a run again
+//! after its handler declined it with [`refuse_not_started`], a retry or a
+//! hedge, numbered in the order the runs start). Every run's future runs
+//! inside the span, whichever task polls it, so a handler's own spans and
+//! events nest under it. Events of the span: a refusal (`debug`, field `reason`, as the
 //! metric's label below), a circuit breaker's veto (`debug`, `worker`), a
 //! handler's failure (`debug`), a timeout while queued (`debug`, `phase`)
 //! or while running (`warn`, `phase`, `worker`), a cancellation by the
@@ -120,7 +121,13 @@
 //! every queued request moved
 //! to another worker (`debug`; `request` (the core's request key),
 //! `from`, `to`). Everything goes through tracing's macros, which ask the
-//! subscriber's interest before formatting anything.
+//! subscriber's interest before formatting anything. Whether a request is
+//! traced at all is read once, when it is submitted, from tracing's global
+//! maximum level: with no subscriber (none set globally, none in scope
+//! with `tracing::subscriber::with_default`) the request has no span, and
+//! none of its events or span records is even considered. A subscriber set
+//! later sees the requests submitted after it; those already in flight
+//! keep running without span or events.
 //!
 //! **`metrics`**: the pool registers the metrics below with the recorder
 //! in effect when it is built (a worker's gauges: when the worker is

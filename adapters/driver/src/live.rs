@@ -8,14 +8,25 @@
 //! --release -p foreman-driver --lib loom_tests`, as `.ci/run` does).
 
 use std::task::{Poll, Waker};
+use std::time::Instant;
 
 use crate::sync::{lock, Arc, AtomicUsize, Mutex, Ordering};
 
 /// The live count of a lane and its `shutdown` waiters.
-#[derive(Default)]
 pub(crate) struct Live {
+    /// The instant the lane's `Time::ZERO` stands for, read by whoever
+    /// runs a handler to say its deadline ([`crate::handler_deadline`]).
+    epoch: Instant,
     count: AtomicUsize,
     stop: Mutex<Stop>,
+}
+
+#[cfg(test)]
+impl Default for Live {
+    /// A live count whose epoch is now.
+    fn default() -> Self {
+        Live::new(Instant::now())
+    }
 }
 
 #[derive(Default)]
@@ -32,6 +43,16 @@ pub(crate) struct LiveGuard {
 }
 
 impl Live {
+    /// A lane's live count, nothing live, for a core whose `Time::ZERO` is
+    /// `epoch`.
+    pub(crate) fn new(epoch: Instant) -> Self {
+        Live {
+            epoch,
+            count: AtomicUsize::new(0),
+            stop: Mutex::new(Stop::default()),
+        }
+    }
+
     /// Counts one more live handler or probe until the guard is dropped.
     pub(crate) fn start(self: &Arc<Self>) -> LiveGuard {
         self.count.fetch_add(1, Ordering::AcqRel);
@@ -65,6 +86,14 @@ impl Live {
             stop.waiters.push(waker.clone());
         }
         Poll::Pending
+    }
+}
+
+impl LiveGuard {
+    /// The instant its lane's `Time::ZERO` stands for.
+    #[inline]
+    pub(crate) fn epoch(&self) -> Instant {
+        self.live.epoch
     }
 }
 

@@ -4,24 +4,17 @@
 //! caller-task mode a caller) reports the run to the core as a refusal
 //! (`Pool::handle_refusal`) instead of a failure.
 //!
-//! The handler and whoever polls it meet through a thread-local cell,
-//! emptied before each poll of a handler future and read when that poll
-//! returns `Ready(Err(_))`. So the refusal counts only
+//! The handler and whoever polls it meet through the thread-local cell of
+//! [`crate::deadline`], emptied before each poll of a handler future and
+//! read when that poll returns `Ready(Err(_))`. So the refusal counts only
 //! when `refuse_not_started` runs inside the poll that returns its error:
 //! in the handler's own future, not in a task the handler spawned.
-
-use std::cell::RefCell;
 
 use std::sync::Arc;
 
 use foreman_core::{Pool, RequestKey, Time, WorkerErrorCode, WorkerProtocolError, WorkerRequest};
 
 use crate::slot::{HeldRequest, Run, Slot};
-
-thread_local! {
-    /// The request the handler polled last on this thread handed back.
-    static REFUSED: RefCell<Option<WorkerRequest>> = const { RefCell::new(None) };
-}
 
 /// Declines `request` before any work on it was done: the pool runs it on
 /// another worker within its deadline (or, with none free, on this one
@@ -77,9 +70,8 @@ pub fn refuse_not_started(
     let message = message.into();
     // A refusal whose error was never returned is forgotten here: only the
     // last one counts.
-    let earlier = REFUSED.with(|cell| cell.replace(Some(request)));
-    if let Some(earlier) = earlier {
-        foreman_core::dismantle_request(earlier);
+    if let Some(earlier) = crate::deadline::hand_back(request) {
+        crate::deadline::dismantle(*earlier);
     }
     WorkerProtocolError::new(
         WorkerErrorCode::Unavailable,
@@ -88,24 +80,13 @@ pub fn refuse_not_started(
     )
 }
 
-/// Forgets any refusal recorded on this thread (before a handler's poll).
-pub(crate) fn clear() {
-    if let Some(stale) = REFUSED.with(RefCell::take) {
-        foreman_core::dismantle_request(stale);
-    }
-}
-
-/// The request handed back by the poll that just returned, if it refused.
-pub(crate) fn take() -> Option<WorkerRequest> {
-    REFUSED.with(RefCell::take)
-}
-
 /// How a handler's run ended, as its worker's task reports it.
 pub(crate) enum Outcome {
     /// It finished with this result (or panicked: an error).
     Finished(Result<serde_json::Value, WorkerProtocolError>),
-    /// It declined the request, handed back, before starting it.
-    Refused(WorkerRequest),
+    /// It declined the request, handed back (boxed, so the outcome of a
+    /// finished run stays small), before starting it.
+    Refused(Box<WorkerRequest>),
 }
 
 impl Outcome {
@@ -126,7 +107,7 @@ impl Outcome {
                 pool.handle_completion(now, key, result);
             }
             Outcome::Refused(request) => {
-                let request = HeldRequest::new(request);
+                let request = HeldRequest::new(*request);
                 if pool.handle_refusal(now, key) {
                     if let Some(slot) = pool.payload(key) {
                         let mut inner = slot.lock();
@@ -141,11 +122,11 @@ impl Outcome {
     /// The outcome of a poll that returned `result`: a refusal if the
     /// handler handed its request back in that poll (cleared before it).
     pub(crate) fn of(result: Result<serde_json::Value, WorkerProtocolError>) -> Self {
-        match (&result, take()) {
+        match (&result, crate::deadline::take_refused()) {
             (Err(_), Some(request)) => Outcome::Refused(request),
             (_, stale) => {
                 if let Some(stale) = stale {
-                    foreman_core::dismantle_request(stale);
+                    crate::deadline::dismantle(*stale);
                 }
                 Outcome::Finished(result)
             }

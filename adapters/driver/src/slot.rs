@@ -17,7 +17,7 @@ use crate::handler::OwnedHandlerFuture;
 use crate::live::LiveGuard;
 use crate::started::{Delivered, Started};
 use crate::sync::{FastMutex, FastMutexGuard};
-use crate::trace::{Attempt, RequestSpan};
+use crate::trace::RequestSpan;
 use crate::wakers::Wakers;
 
 /// A request the driver holds, or none: dropping it takes its JSON values
@@ -67,10 +67,6 @@ impl Drop for HeldRequest {
 #[derive(Default)]
 pub(crate) struct Slot {
     inner: FastMutex<SlotInner>,
-    /// How many times the core started the request (the `tracing`
-    /// feature's `attempt`).
-    #[cfg(feature = "tracing")]
-    starts: std::sync::atomic::AtomicU32,
 }
 
 #[derive(Default)]
@@ -94,12 +90,10 @@ pub(crate) struct SlotInner {
     /// Released by one lane and not yet adopted by another: a cancellation
     /// meanwhile only gives up, and the move answers it `Cancelled`.
     pub(crate) in_transit: bool,
-    /// The span the request's handler runs in, for whoever starts it; it
-    /// goes with the parked request.
+    /// The request's span (the `tracing` feature): every handler run of
+    /// the request runs in it, and its events name it as their parent,
+    /// until its caller is done with it ([`Traced`](crate::trace::Traced)).
     span: RequestSpan,
-    /// The same span, kept for the request's events until its caller is
-    /// done with it ([`Traced`](crate::trace::Traced)).
-    events: RequestSpan,
     waker: Option<Waker>,
 }
 
@@ -180,7 +174,6 @@ impl Slot {
             if let Some(unique) = Arc::get_mut(&mut slot) {
                 let inner = unique.inner.get_mut();
                 inner.parked = HeldRequest::new(request);
-                inner.events = span.clone();
                 inner.span = span;
                 return slot;
             }
@@ -188,12 +181,9 @@ impl Slot {
         Arc::new(Slot {
             inner: FastMutex::new(SlotInner {
                 parked: HeldRequest::new(request),
-                events: span.clone(),
                 span,
                 ..SlotInner::default()
             }),
-            #[cfg(feature = "tracing")]
-            starts: std::sync::atomic::AtomicU32::new(0),
         })
     }
 
@@ -205,28 +195,7 @@ impl Slot {
             return;
         };
         *unique.inner.get_mut() = SlotInner::default();
-        #[cfg(feature = "tracing")]
-        {
-            *unique.starts.get_mut() = 0;
-        }
         SPARE_SLOT.with(|spare| spare.set(Some(slot)));
-    }
-
-    /// Counts a start of the request (`Action::Start`) and says which it
-    /// is (counted only while request spans are wanted: nobody reads it
-    /// otherwise).
-    #[inline]
-    pub(crate) fn next_attempt(&self) -> Attempt {
-        #[cfg(feature = "tracing")]
-        if crate::trace::spans_wanted() {
-            return Attempt {
-                number: self
-                    .starts
-                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
-                    .saturating_add(1),
-            };
-        }
-        Attempt::default()
     }
 
     pub(crate) fn lock(&self) -> FastMutexGuard<'_, SlotInner> {
@@ -249,29 +218,25 @@ impl SlotInner {
         self.waker.clone()
     }
 
-    /// Takes the span the handler runs in (for whoever starts the parked
-    /// request; moved, not cloned, since a span's clone and drop call its
-    /// subscriber, which must not run under a lock).
-    pub(crate) fn take_span(&mut self) -> RequestSpan {
-        std::mem::take(&mut self.span)
+    /// A handle on the request's span for a handler run about to start
+    /// (a copy of the handle, which calls no subscriber: it may be taken
+    /// under a lock).
+    #[inline]
+    pub(crate) fn handler_span(&self) -> RequestSpan {
+        self.span.clone()
     }
 
     /// The id of the request's span, as the parent of its events.
     #[cfg(feature = "tracing")]
     pub(crate) fn span_id(&self) -> Option<tracing::Id> {
-        self.events.id()
+        self.span.id()
     }
 
-    /// Takes the request's span kept for its events, to drop it with no
+    /// Takes the slot's handle on the request's span, to drop it with no
     /// lock held.
     #[cfg(feature = "tracing")]
-    pub(crate) fn take_events_span(&mut self) -> RequestSpan {
-        std::mem::take(&mut self.events)
-    }
-
-    /// Puts back the span with the parked request.
-    pub(crate) fn put_span(&mut self, span: RequestSpan) {
-        self.span = span;
+    pub(crate) fn take_span(&mut self) -> RequestSpan {
+        std::mem::take(&mut self.span)
     }
 
     /// Takes the waiting task's waker, to wake it once the lock is released.

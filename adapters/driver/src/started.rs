@@ -3,16 +3,18 @@
 //! live count), the handler future and the final answer.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use foreman_core::{Phase, RequestKey, TimeoutLimit, WorkerKey, WorkerPoolError, WorkerRequest};
+use foreman_core::{
+    Phase, RequestKey, Time, TimeoutLimit, WorkerKey, WorkerPoolError, WorkerRequest,
+};
 use serde_json::Value;
 
 use crate::handler::WorkerHandler;
 use crate::live::LiveGuard;
 use crate::meter::WorkerMeter;
 use crate::outcome::Ending;
-use crate::trace::{Attempt, RequestSpan};
+use crate::trace::RequestSpan;
 use crate::wakers::Wakers;
 use crate::worker::{Inbox, Job};
 
@@ -39,13 +41,12 @@ pub(crate) struct WorkerCell {
 pub(crate) struct Started {
     pub(crate) worker: Arc<WorkerCell>,
     pub(crate) live: LiveGuard,
-    /// Which start of the request this is.
-    pub(crate) attempt: Attempt,
     /// This attempt's failure may start the request again (`Action::Start`'s
     /// `may_retry`): whoever hands out the request keeps a copy in its slot.
     pub(crate) may_retry: bool,
-    /// When the core cuts the handler off ([`crate::handler_deadline`]).
-    pub(crate) deadline: Option<Instant>,
+    /// When the core cuts the handler off (`Pool::cutoff`, `Time::MAX`
+    /// for never; [`crate::handler_deadline`] says it as an instant).
+    pub(crate) deadline: Time,
 }
 
 impl Started {
@@ -62,7 +63,6 @@ impl Started {
         let Started {
             worker,
             live,
-            attempt,
             deadline,
             ..
         } = self;
@@ -71,7 +71,6 @@ impl Started {
             request,
             live,
             span,
-            attempt,
             deadline,
         };
         worker.inbox.push(job, wake);

@@ -6,7 +6,6 @@ use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::Waker;
-use std::time::Instant;
 
 use foreman_core::{
     Action, Phase, Pool, ProbeKey, RequestKey, Time, WorkerHealthStatus, WorkerKey, WorkerRequest,
@@ -20,7 +19,7 @@ use crate::meter::{PoolMeter, WorkerMeter};
 use crate::notes::Notes;
 use crate::slot::{Run, Slot};
 use crate::started::{Delivered, Started, WorkerCell};
-use crate::trace::{Attempt, RequestSpan};
+use crate::trace::RequestSpan;
 use crate::types::HealthTransition;
 use crate::wakers::Wakers;
 use crate::worker::{Inbox, Job};
@@ -50,8 +49,6 @@ pub(crate) struct Core {
     pub(crate) publish_load: bool,
     /// The pool's metric handles (the `metrics` feature).
     pub(crate) meter: Arc<PoolMeter>,
-    /// The instant the core's `Time::ZERO` stands for.
-    pub(crate) epoch: Instant,
 }
 
 /// A worker as the driver knows it.
@@ -133,11 +130,11 @@ pub(crate) struct Claimed {
     /// The caller's waker, so a handler that has to wait registers it.
     pub(crate) waker: Option<Waker>,
     pub(crate) live: LiveGuard,
-    /// The span the handler runs in, and which start of the request this is.
+    /// The request's span, which the handler runs in.
     pub(crate) span: RequestSpan,
-    pub(crate) attempt: Attempt,
-    /// When the core cuts the handler off ([`crate::handler_deadline`]).
-    pub(crate) deadline: Option<Instant>,
+    /// When the core cuts the handler off (`Pool::cutoff`, `Time::MAX`
+    /// for never; [`crate::handler_deadline`] says it as an instant).
+    pub(crate) deadline: Time,
 }
 
 /// A probe the driver must spawn once the actions are carried out.
@@ -234,14 +231,11 @@ impl Core {
                         continue;
                     };
                     mine.notes.started(&entry.cell.meter);
-                    let deadline = self
-                        .pool
-                        .cutoff(request)
-                        .and_then(|at| self.epoch.checked_add(at.since_epoch()));
+                    // Made an instant only if the handler asks.
+                    let deadline = self.pool.cutoff(request).unwrap_or(Time::MAX);
                     let started = Started {
                         worker: Arc::clone(&entry.cell),
                         live: self.live.start(),
-                        attempt: payload.next_attempt(),
                         may_retry,
                         deadline,
                     };
@@ -253,21 +247,15 @@ impl Core {
                     if self.pool_tasks {
                         match inner.parked.take_or_copy(may_retry) {
                             Some(parked) => {
-                                let span = inner.take_span();
+                                let span = inner.handler_span();
                                 drop(inner);
                                 if mine.here == Some(worker) {
-                                    let Started {
-                                        live,
-                                        attempt,
-                                        deadline,
-                                        ..
-                                    } = started;
+                                    let Started { live, deadline, .. } = started;
                                     mine.jobs.push(Job {
                                         key: request,
                                         request: parked,
                                         live,
                                         span,
-                                        attempt,
                                         deadline,
                                     });
                                 } else {
@@ -291,7 +279,7 @@ impl Core {
                             claim -= 1;
                             inner.run = Run::Claimed;
                             let waker = inner.waker();
-                            let span = inner.take_span();
+                            let span = inner.handler_span();
                             drop(inner);
                             mine.claimed.push(Claimed {
                                 key: request,
@@ -301,7 +289,6 @@ impl Core {
                                 waker,
                                 live: started.live,
                                 span,
-                                attempt: started.attempt,
                                 deadline: started.deadline,
                             });
                         }

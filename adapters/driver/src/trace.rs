@@ -26,80 +26,82 @@ use crate::started::Delivered;
 
 /// The span of one request (`request`, target `foreman`), with fields
 /// `request_id`, `workflow`, `node`, and `worker` and `attempt` recorded
-/// when its handler starts. Events about the request are its children.
+/// each time a handler run of the request starts. Events about the
+/// request are its children.
 ///
-/// Boxed, and absent when no subscriber wants it: it travels with the
-/// request (slot, worker inbox, handler future), which then grows by a
-/// pointer only.
+/// A shared handle, absent when no subscriber wants the span: the
+/// request's slot keeps it, and every handler run of the request (its
+/// first start, a run again after a refusal, a retry, a hedge) takes a
+/// copy of the handle, which never calls the subscriber and so may be
+/// taken under a lock. The span itself is cloned into the handler future
+/// and closed with no lock held. It travels with the request (slot, worker
+/// inbox), which then grows by a pointer only.
 #[derive(Clone, Default)]
 pub(crate) struct RequestSpan {
     #[cfg(feature = "tracing")]
-    span: Option<Box<tracing::Span>>,
+    cell: Option<std::sync::Arc<SpanCell>>,
+}
+
+/// An enabled request span and how many handler runs of its request have
+/// started.
+#[cfg(feature = "tracing")]
+struct SpanCell {
+    span: tracing::Span,
+    starts: std::sync::atomic::AtomicU32,
 }
 
 impl Drop for RequestSpan {
-    /// Closes an enabled span out of line: dropping a disabled one is a
-    /// check that the caller inlines.
+    /// Lets go of an enabled span out of line: dropping a disabled one is
+    /// a check that the caller inlines.
     #[inline]
     fn drop(&mut self) {
         #[cfg(feature = "tracing")]
-        if let Some(span) = self.span.take() {
-            close(span);
+        if let Some(cell) = self.cell.take() {
+            close(cell);
         }
     }
 }
 
-/// Drops an enabled span (its subscriber closes it).
+/// Drops a handle on an enabled span (the last one closes it, through its
+/// subscriber).
 #[cfg(feature = "tracing")]
 #[inline(never)]
-fn close(span: Box<tracing::Span>) {
-    drop(span);
-}
-
-/// Which start of its request a handler run is (1 for the first), counted
-/// from the core's `Action::Start`s for the request while request spans
-/// are wanted (`spans_wanted`).
-#[derive(Clone, Copy, Default)]
-pub(crate) struct Attempt {
-    #[cfg(feature = "tracing")]
-    pub(crate) number: u32,
-}
-
-/// Whether a subscriber may want request spans (level `INFO`): tracing's
-/// global maximum level, read without asking a subscriber, so it may be
-/// called under a lock.
-#[cfg(feature = "tracing")]
-#[inline]
-pub(crate) fn spans_wanted() -> bool {
-    tracing::level_enabled!(tracing::Level::INFO)
+fn close(cell: std::sync::Arc<SpanCell>) {
+    drop(cell);
 }
 
 impl RequestSpan {
-    /// A new request's span (disabled, and free, when no subscriber wants
-    /// it).
+    /// A new request's span, if a subscriber wants it, and what the
+    /// request's caller carries about it (see [`Traced`]): tracing's
+    /// global maximum level is read once, here, and nothing else about
+    /// tracing runs for the request when it is `OFF`.
     #[inline]
-    pub(crate) fn new(request: &WorkerRequest) -> Self {
+    pub(crate) fn new(request: &WorkerRequest) -> (Self, Traced) {
         #[cfg(feature = "tracing")]
         {
-            // The global maximum level first: with no subscriber (or none
-            // at `INFO`) the span's callsite is not even asked, and the
-            // caller inlines no more than this check.
-            if spans_wanted() {
+            // With no subscriber the maximum level is `OFF`: one load and
+            // a compare, and the caller inlines no more than this check.
+            let level = tracing::level_filters::LevelFilter::current();
+            if level >= tracing::level_filters::LevelFilter::INFO {
                 return Self::wanted(request);
             }
-            RequestSpan { span: None }
+            let traced = Traced {
+                events: level != tracing::level_filters::LevelFilter::OFF,
+                span: false,
+            };
+            (RequestSpan { cell: None }, traced)
         }
         #[cfg(not(feature = "tracing"))]
         {
             let _ = request;
-            RequestSpan {}
+            (RequestSpan {}, Traced {})
         }
     }
 
     /// The span of a request when a subscriber may want it.
     #[cfg(feature = "tracing")]
     #[inline(never)]
-    fn wanted(request: &WorkerRequest) -> Self {
+    fn wanted(request: &WorkerRequest) -> (Self, Traced) {
         let span = tracing::info_span!(
             target: "foreman",
             "request",
@@ -109,85 +111,99 @@ impl RequestSpan {
             worker = tracing::field::Empty,
             attempt = tracing::field::Empty,
         );
-        RequestSpan {
-            span: (!span.is_disabled()).then(|| Box::new(span)),
-        }
-    }
-
-    /// Whether the span is enabled, for the caller's future to carry
-    /// instead of the span (which stays in the request's slot).
-    #[inline]
-    pub(crate) fn traced(&self) -> Traced {
-        Traced {
-            #[cfg(feature = "tracing")]
-            on: self.span.is_some(),
-        }
-    }
-
-    /// The enabled span, if it is.
-    #[cfg(feature = "tracing")]
-    fn into_span(mut self) -> Option<Box<tracing::Span>> {
-        self.span.take()
+        let cell = (!span.is_disabled()).then(|| {
+            std::sync::Arc::new(SpanCell {
+                span,
+                starts: std::sync::atomic::AtomicU32::new(0),
+            })
+        });
+        let traced = Traced {
+            events: true,
+            span: cell.is_some(),
+        };
+        (RequestSpan { cell }, traced)
     }
 
     /// The span's id, for its events' `parent:` (none: they have no
     /// parent, as events of a disabled span).
     #[cfg(feature = "tracing")]
     pub(crate) fn id(&self) -> Option<tracing::Id> {
-        self.span.as_ref().and_then(|span| span.id())
+        self.cell.as_ref().and_then(|cell| cell.span.id())
     }
 
-    /// Records the worker that starts the request's handler and which
-    /// start it is. Called with no lock held.
+    /// Records the worker that starts a handler run of the request and
+    /// which run it is (1 for the first; runs are numbered in the order
+    /// they start, so two hedged attempts starting at once on different
+    /// threads may take each other's number). Called with no lock held.
     #[inline]
-    pub(crate) fn start(&self, worker: &str, attempt: Attempt) {
+    pub(crate) fn start(&self, worker: &str) {
         #[cfg(feature = "tracing")]
-        if let Some(span) = &self.span {
-            span.record("worker", worker);
-            span.record("attempt", attempt.number);
+        if let Some(cell) = &self.cell {
+            let attempt = cell
+                .starts
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+                .saturating_add(1);
+            cell.span.record("worker", worker);
+            cell.span.record("attempt", attempt);
         }
         #[cfg(not(feature = "tracing"))]
-        let _ = (worker, attempt);
+        let _ = worker;
     }
 
     /// Boxes `handler` to run inside the span: one box, with no wrapper
     /// at all when the span is disabled (no subscriber wants it, or no
     /// feature), so a pool nobody traces polls and moves the handler
-    /// future exactly as it would without the feature.
+    /// future exactly as it would without the feature. Called with no lock
+    /// held (the span's clone calls its subscriber).
     #[inline]
     pub(crate) fn instrument_owned<F>(self, handler: F) -> OwnedHandlerFuture
     where
         F: Future<Output = Result<serde_json::Value, WorkerProtocolError>> + Send + 'static,
     {
         #[cfg(feature = "tracing")]
-        if let Some(span) = self.into_span() {
-            return Box::pin(tracing::Instrument::instrument(handler, *span));
+        if let Some(span) = self.span() {
+            return Box::pin(tracing::Instrument::instrument(handler, span));
         }
         Box::pin(handler)
     }
 
     /// Runs a boxed handler future inside the span (the same box when the
-    /// span is disabled: no subscriber wants it, or no feature).
+    /// span is disabled: no subscriber wants it, or no feature). Called
+    /// with no lock held.
     #[inline]
     pub(crate) fn instrument_boxed<'a>(self, handler: HandlerFuture<'a>) -> HandlerFuture<'a> {
         #[cfg(feature = "tracing")]
-        match self.into_span() {
-            Some(span) => Box::pin(tracing::Instrument::instrument(handler, *span)),
+        match self.span() {
+            Some(span) => Box::pin(tracing::Instrument::instrument(handler, span)),
             None => handler,
         }
         #[cfg(not(feature = "tracing"))]
         handler
     }
+
+    /// A clone of the enabled span, if it is (its subscriber is told).
+    #[cfg(feature = "tracing")]
+    fn span(&self) -> Option<tracing::Span> {
+        self.cell.as_ref().map(|cell| cell.span.clone())
+    }
 }
 
-/// Whether a request's span is enabled, carried by its caller's future in
-/// place of the span itself (one byte, none without the feature): the
-/// span stays in the request's slot, and the request's events name it as
-/// their parent only when it is enabled.
+/// What the caller's future carries about tracing in place of the span
+/// itself (two bytes, none without the feature), decided once when the
+/// request is submitted: whether a subscriber listened at all (else none
+/// of the request's events is even considered), and whether the request
+/// has a span (kept in its slot; its events name it as their parent).
+///
+/// A subscriber set later (as the global default, or for a scope with
+/// `tracing::subscriber::with_default`) sees the requests submitted after
+/// it; requests already in flight stay as they were submitted, without
+/// span or events.
 #[derive(Clone, Copy, Default)]
 pub(crate) struct Traced {
     #[cfg(feature = "tracing")]
-    on: bool,
+    events: bool,
+    #[cfg(feature = "tracing")]
+    span: bool,
 }
 
 impl Traced {
@@ -196,20 +212,21 @@ impl Traced {
     #[cfg(feature = "tracing")]
     #[inline]
     fn parent(self, slot: &Slot) -> Option<tracing::Id> {
-        if self.on {
+        if self.span {
             slot.lock().span_id()
         } else {
             None
         }
     }
 
-    /// Drops the request's span once its caller is done with it, with no
-    /// lock held (a span's drop calls its subscriber).
+    /// Drops the slot's handle on the request's span once its caller is
+    /// done with it, with no lock held (the span's last drop calls its
+    /// subscriber).
     #[inline]
     pub(crate) fn release(self, slot: &Slot) {
         #[cfg(feature = "tracing")]
-        if self.on {
-            let span = slot.lock().take_events_span();
+        if self.span {
+            let span = slot.lock().take_span();
             drop(span);
         }
         #[cfg(not(feature = "tracing"))]
@@ -220,26 +237,37 @@ impl Traced {
     #[inline]
     pub(crate) fn refused(self, slot: &Slot, error: &WorkerPoolError) {
         #[cfg(feature = "tracing")]
+        if self.events {
+            self.told_refused(slot, error);
+        }
+        #[cfg(not(feature = "tracing"))]
+        let _ = (slot, error);
+    }
+
+    /// Tells that the request was refused (see [`refused`](Self::refused)).
+    #[cfg(feature = "tracing")]
+    #[inline(never)]
+    fn told_refused(self, slot: &Slot, error: &WorkerPoolError) {
         tracing::debug!(
             target: "foreman",
             parent: self.parent(slot),
             reason = refusal_reason(error),
             "request refused"
         );
-        #[cfg(not(feature = "tracing"))]
-        let _ = (slot, error);
     }
 
     /// A circuit breaker vetoed `worker` for the request (`debug`).
     #[inline]
     pub(crate) fn vetoed(self, slot: &Slot, worker: &str) {
         #[cfg(feature = "tracing")]
-        tracing::debug!(
-            target: "foreman",
-            parent: self.parent(slot),
-            worker,
-            "circuit breaker vetoed the worker"
-        );
+        if self.events {
+            tracing::debug!(
+                target: "foreman",
+                parent: self.parent(slot),
+                worker,
+                "circuit breaker vetoed the worker"
+            );
+        }
         #[cfg(not(feature = "tracing"))]
         let _ = (slot, worker);
     }
@@ -252,7 +280,7 @@ impl Traced {
     #[inline]
     pub(crate) fn ended(self, slot: &Slot, answer: &Delivered, cancelled: bool) {
         #[cfg(feature = "tracing")]
-        if tracing::level_enabled!(tracing::Level::WARN) {
+        if self.events && tracing::level_enabled!(tracing::Level::WARN) {
             // The least verbose of these events is `warn`: nothing below
             // runs when a subscriber wants none of them.
             self.told_end(
@@ -378,4 +406,41 @@ pub(crate) fn requeued(request: RequestKey, from: &str, to: &str) {
         to,
         "queued request moved to another worker"
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A request carries at most a pointer for its span (slot, inbox
+    /// job), and its caller's future two flags.
+    #[test]
+    fn a_request_carries_at_most_a_pointer_for_tracing() {
+        assert!(size_of::<RequestSpan>() <= size_of::<usize>());
+        assert!(size_of::<Traced>() <= 2);
+    }
+
+    /// With no subscriber a request has neither span nor events.
+    #[test]
+    fn with_no_subscriber_a_request_is_not_traced() {
+        let request = WorkerRequest {
+            request_id: "id".into(),
+            workflow_name: "wf".into(),
+            node_id: "node".into(),
+            timeout_ms: None,
+            operation: foreman_core::WorkerOperation::Tool {
+                tool: "echo".into(),
+                input: serde_json::Value::Null,
+                scoped_input: serde_json::Value::Null,
+            },
+        };
+        let (span, traced) = RequestSpan::new(&request);
+        #[cfg(feature = "tracing")]
+        {
+            assert!(span.cell.is_none());
+            assert!(!traced.events && !traced.span);
+        }
+        #[cfg(not(feature = "tracing"))]
+        let _ = (span, traced);
+    }
 }

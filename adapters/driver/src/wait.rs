@@ -5,16 +5,15 @@
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::task::{Context, Poll};
-use std::time::Instant;
 
 use foreman_core::RequestKey;
 use futures_util::future::poll_fn;
 use futures_util::FutureExt;
 
-use crate::deadline::Polling;
+use crate::deadline::{poll_handler, Deadline};
 use crate::handler::{HandlerFuture, OwnedHandlerFuture};
 use crate::live::LiveGuard;
-use crate::refusal::{self, Outcome};
+use crate::refusal::Outcome;
 use crate::slot::{Run, Slot};
 use crate::started::{Delivered, Started};
 use crate::wakers::Wakers;
@@ -71,7 +70,7 @@ pub(crate) fn wait_for_answer<'a>(
                         std::mem::replace(&mut inner.run, Run::Ended),
                         inner.parked.take(),
                     ) {
-                        let span = inner.take_span();
+                        let span = inner.handler_span();
                         // Its key in the lane it moved to, if it moved.
                         let key = inner.moved.map_or(key, |(_, moved)| moved);
                         start.dispatch(key, request, span, &mut wake);
@@ -118,15 +117,11 @@ pub(crate) async fn run_handler(
     future: HandlerFuture<'_>,
     slot: &Slot,
     waited: &mut bool,
-    deadline: Option<Instant>,
+    deadline: Option<Deadline>,
 ) -> Option<Outcome> {
     let mut future = AssertUnwindSafe(future).catch_unwind();
     poll_fn(move |cx: &mut Context<'_>| {
-        refusal::clear();
-        let polled = {
-            let _polling = Polling::set(deadline);
-            future.poll_unpin(cx)
-        };
+        let polled = poll_handler(deadline, || future.poll_unpin(cx));
         if let Poll::Ready(outcome) = polled {
             return Poll::Ready(Some(Outcome::of(
                 outcome.unwrap_or_else(|panic| Err(panic_error(&*panic))),

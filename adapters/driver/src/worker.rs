@@ -25,9 +25,9 @@ use futures_util::future::poll_fn;
 
 use crate::handler::{OwnedHandlerFuture, WorkerHandler};
 use crate::live::LiveGuard;
-use crate::refusal::{self, Outcome};
+use crate::refusal::Outcome;
 use crate::sync::{AtomicWaker, FastMutex};
-use crate::trace::{Attempt, RequestSpan};
+use crate::trace::RequestSpan;
 use crate::wakers::Wakers;
 
 mod ready;
@@ -66,11 +66,11 @@ pub(crate) struct Job {
     pub(crate) request: WorkerRequest,
     /// Counts the handler as live until it ends.
     pub(crate) live: LiveGuard,
-    /// The span the handler runs in, and which start of the request this is.
+    /// The request's span, which the handler runs in.
     pub(crate) span: RequestSpan,
-    pub(crate) attempt: Attempt,
-    /// When the core cuts the handler off ([`crate::handler_deadline`]).
-    pub(crate) deadline: Option<std::time::Instant>,
+    /// When the core cuts the handler off (`Pool::cutoff`, `Time::MAX`
+    /// for never).
+    pub(crate) deadline: foreman_core::Time,
 }
 
 /// A worker's mailbox: granted requests, aborts and its task's waker.
@@ -139,11 +139,11 @@ impl Running {
             request,
             live,
             span,
-            attempt,
             deadline,
         } = job;
         let handler = std::sync::Arc::clone(handler);
-        span.start(id, attempt);
+        span.start(id);
+        let deadline = crate::deadline::Deadline::new(deadline, live.epoch());
         let future = span.instrument_owned(crate::deadline::within(deadline, async move {
             handler.handle(request).await
         }));
@@ -214,15 +214,13 @@ pub(crate) async fn worker_task<C: Completer>(
             }
             while let Some((place, run, waker)) = handlers.next_due() {
                 let mut own = Context::from_waker(waker);
-                refusal::clear();
+                // The handler future is `Within`: its poll forgets a
+                // refusal an earlier poll left behind.
                 let polled = std::panic::catch_unwind(AssertUnwindSafe(|| {
                     run.future.as_mut().poll(&mut own)
                 }));
                 let outcome = match polled {
-                    Ok(Poll::Pending) => {
-                        refusal::clear();
-                        continue;
-                    }
+                    Ok(Poll::Pending) => continue,
                     Ok(Poll::Ready(result)) => Outcome::of(result),
                     Err(panic) => Outcome::of(Err(panic_error(&*panic))),
                 };

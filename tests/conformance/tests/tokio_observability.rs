@@ -9,12 +9,17 @@
 mod observability_support;
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use foreman_conformance::{request, Readings};
-use foreman_tokio::{ExecutionMode, WorkerPoolError};
+use foreman_tokio::{
+    handler_fn, refuse_not_started, DriverOptions, ExecutionMode, PoolConfig, TokioRuntime,
+    WorkerHandler, WorkerPool, WorkerPoolError, WorkerProtocolError, WorkerRequest,
+};
 use metrics_util::debugging::DebuggingRecorder;
+use serde_json::{json, Value};
 use tracing::field::{Field, Visit};
 use tracing::span::{Attributes, Id, Record};
 use tracing::{Event, Level, Subscriber};
@@ -22,7 +27,7 @@ use tracing_subscriber::layer::{Context, SubscriberExt};
 use tracing_subscriber::registry::LookupSpan;
 use tracing_subscriber::Layer;
 
-use observability_support::{paused, pool};
+use observability_support::{options, paused, pool};
 
 // ----- a capturing subscriber ------------------------------------------------
 
@@ -182,6 +187,64 @@ fn the_request_span_holds_its_fields_and_the_handler() {
         assert_eq!(inside[1].span_field("node"), Some("echo"));
         let closed = capture.closed_requests();
         assert_eq!(closed.len(), 2, "both request spans closed: {closed:?}");
+    }
+}
+
+/// A request its handler declines (`refuse_not_started`) runs again in
+/// its span, with the next attempt number and the worker that runs it
+/// again, in both execution modes.
+#[test]
+fn a_request_run_again_after_a_refusal_runs_in_its_span_with_the_next_attempt() {
+    for execution in [ExecutionMode::PoolTasks, ExecutionMode::CallerTask] {
+        let capture = Capture::default();
+        traced(&capture, async {
+            // The first run of any worker declines; every later one answers.
+            let declined = Arc::new(AtomicBool::new(false));
+            let handlers: Vec<Arc<dyn WorkerHandler>> = (0..2)
+                .map(|_| {
+                    let declined = Arc::clone(&declined);
+                    handler_fn(move |request: WorkerRequest| {
+                        let declined = Arc::clone(&declined);
+                        async move {
+                            tracing::info!("inside the handler");
+                            if !declined.swap(true, Ordering::SeqCst) {
+                                return Err(refuse_not_started(request, "busy"));
+                            }
+                            Ok::<Value, WorkerProtocolError>(json!("done"))
+                        }
+                    })
+                    .into_arc()
+                })
+                .collect();
+            let pool = WorkerPool::with_driver_options(
+                TokioRuntime,
+                handlers,
+                PoolConfig::new(options(4)),
+                None,
+                DriverOptions::default().execution(execution),
+            )
+            .expect("valid options");
+            assert!(pool.submit(request("again", "echo")).await.is_ok());
+            pool.shutdown().await;
+        });
+        // Each run as "span request_id attempt" ("-" for none).
+        let runs: Vec<String> = capture
+            .events()
+            .iter()
+            .filter(|event| event.message() == "inside the handler")
+            .map(|event| {
+                let name = event.span.as_ref().map_or("-", |(name, _)| name.as_str());
+                let field = |name| event.span_field(name).unwrap_or("-");
+                format!("{name} {} {}", field("request_id"), field("attempt"))
+            })
+            .collect();
+        assert_eq!(
+            runs,
+            vec!["request again 1", "request again 2"],
+            "{execution:?}"
+        );
+        let closed = capture.closed_requests();
+        assert_eq!(closed.len(), 1, "the request span closed: {closed:?}");
     }
 }
 

@@ -405,14 +405,13 @@ impl<R: Runtime> WorkerPool<R> {
             cores.push(Core {
                 pool: Pool::new(config.clone(), Time::ZERO)?,
                 workers: FastMap::default(),
-                live: Arc::new(Live::default()),
+                live: Arc::new(Live::new(epoch)),
                 armed: Time::MAX,
                 health_log: Default::default(),
                 room_waiters: Vec::new(),
                 pool_tasks,
                 publish_load: lanes.get() > 1,
                 meter: Arc::clone(&meter),
-                epoch,
             });
         }
         let mut names = Names::default();

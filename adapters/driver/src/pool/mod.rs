@@ -257,8 +257,7 @@ impl<R: Runtime> WorkerPool<R> {
         // with it goes its span (`tracing` feature), for the task that
         // starts its handler and for the request's events, of which the
         // future keeps only whether the span is enabled.
-        let span = RequestSpan::new(&request);
-        let traced = span.traced();
+        let (span, traced) = RequestSpan::new(&request);
         let slot = Slot::parked(request, span);
         if !limits.is_none() {
             slot.lock().limits = limits;

@@ -30,7 +30,7 @@ use crate::meter::WorkerMeter;
 use crate::refusal::Outcome;
 use crate::started::{Delivered, Started, WorkerCell};
 use crate::sync::{lock, Arc, AtomicUsize, Mutex, Ordering};
-use crate::trace::Attempt;
+
 use crate::wait::{run_handler, wait_for_notice, wait_for_start, Notice, Wake};
 use crate::wakers::Wakers;
 use crate::worker::test_request as request;
@@ -174,9 +174,8 @@ fn started(worker: WorkerKey, live: &Arc<Live>, ended: &Arc<AtomicUsize>) -> Sta
             meter: WorkerMeter::new("worker"),
         }),
         live: live.start(),
-        attempt: Attempt::default(),
         may_retry: false,
-        deadline: None,
+        deadline: foreman_core::Time::MAX,
     }
 }
 
@@ -322,6 +321,5 @@ fn a_cancelled_caller_racing_the_answer_and_the_hand_back_ends_the_handler_once(
         assert_idle(&live);
     });
 }
-
 
 mod refusal;

@@ -14,10 +14,11 @@ use std::task::{Context, Poll};
 use foreman_core::{lanes, RequestKey, WorkerPoolError, WorkerRequest};
 
 use crate::answer::{lost_answer, respond};
+use crate::deadline::Deadline;
 use crate::handler::{HandlerFuture, OwnedHandlerFuture};
 use crate::live::LiveGuard;
 use crate::pool::WorkerPool;
-use crate::refusal::{self, Outcome};
+use crate::refusal::Outcome;
 use crate::runtime::Runtime;
 use crate::shared::{Lane, Shared};
 use crate::slot::{HeldRequest, Run, Slot};
@@ -73,7 +74,6 @@ impl<R: Runtime> WorkerPool<R> {
                     Started {
                         worker,
                         live: guard,
-                        attempt,
                         deadline,
                         ..
                     },
@@ -81,9 +81,9 @@ impl<R: Runtime> WorkerPool<R> {
                     handler_span,
                 )) => {
                     fast_worker = worker;
+                    cutoff = Some(Deadline::new(deadline, guard.epoch()));
                     live = Some(guard);
-                    cutoff = deadline;
-                    handler_span.start(&fast_worker.id, attempt);
+                    handler_span.start(&fast_worker.id);
                     Some(handler_span.instrument_boxed(fast_worker.handler.handle(request)))
                 }
                 None => None,
@@ -112,21 +112,20 @@ impl<R: Runtime> WorkerPool<R> {
                 Wake::Started(Started {
                     worker: granted,
                     live: guard,
-                    attempt,
                     deadline,
                     ..
                 }) => {
+                    cutoff = Some(Deadline::new(deadline, guard.epoch()));
                     live = Some(guard);
-                    cutoff = deadline;
                     let (parked, handler_span) = {
                         let mut inner = slot.lock();
-                        (inner.parked.take(), inner.take_span())
+                        (inner.parked.take(), inner.handler_span())
                     };
                     let Some(request) = parked else {
                         return Timed::refused(lost_answer());
                     };
                     worker = granted;
-                    handler_span.start(&worker.id, attempt);
+                    handler_span.start(&worker.id);
                     handler_span.instrument_boxed(worker.handler.handle(request))
                 }
                 Wake::Handed(future, guard) => {
@@ -231,16 +230,16 @@ fn own_handler(slot: &Slot, start: Started) -> Option<(OwnedHandlerFuture, LiveG
     let Started {
         worker,
         live,
-        attempt,
         deadline,
         ..
     } = start;
     let (parked, span) = {
         let mut inner = slot.lock();
-        (inner.parked.take(), inner.take_span())
+        (inner.parked.take(), inner.handler_span())
     };
     let request = parked?;
-    span.start(&worker.id, attempt);
+    span.start(&worker.id);
+    let deadline = Deadline::new(deadline, live.epoch());
     let future = span.instrument_owned(crate::deadline::within(deadline, async move {
         worker.handler.handle(request).await
     }));
@@ -279,7 +278,7 @@ impl<R: Runtime> Shared<R> {
     ) -> Result<(Entered, StartedAtOnce), WorkerPoolError> {
         let (parked, span, limits) = {
             let mut inner = slot.lock();
-            (inner.parked.take(), inner.take_span(), inner.limits)
+            (inner.parked.take(), inner.handler_span(), inner.limits)
         };
         let Some(request) = parked else {
             return Err(lost_answer());
@@ -349,10 +348,8 @@ impl<R: Runtime> Shared<R> {
         // `None`: on its worker's task already.
         let start = match (held, started) {
             (Some((request, span)), Some(started)) => Some((started, request, span)),
-            (Some((request, span)), None) => {
-                let mut inner = slot.lock();
-                inner.parked = HeldRequest::new(request);
-                inner.put_span(span);
+            (Some((request, _)), None) => {
+                slot.lock().parked = HeldRequest::new(request);
                 None
             }
             (None, _) => None,
@@ -379,21 +376,20 @@ impl<R: Runtime> Shared<R> {
                 waker,
                 live,
                 span,
-                attempt,
                 deadline,
             } = job;
-            span.start(&worker.id, attempt);
+            span.start(&worker.id);
+            let deadline = Deadline::new(deadline, live.epoch());
             let mut future = span.instrument_owned(crate::deadline::within(deadline, async move {
                 worker.handler.handle(request).await
             }));
             let waker = waker.unwrap_or_else(futures_util::task::noop_waker);
-            refusal::clear();
+            // `Within`'s poll forgets a refusal an earlier poll left behind.
             let polled = std::panic::catch_unwind(AssertUnwindSafe(|| {
                 future.as_mut().poll(&mut Context::from_waker(&waker))
             }));
             let outcome = match polled {
                 Ok(Poll::Pending) => {
-                    refusal::clear();
                     let back = slot.lock().hand_back(future, live);
                     back.finish();
                     continue;

@@ -26,7 +26,7 @@ use crate::closure::handler_fn;
 use crate::handler::WorkerHandler;
 use crate::live::Live;
 use crate::sync::{lock, Arc, AtomicBool, AtomicUsize, Mutex, Ordering};
-use crate::trace::{Attempt, RequestSpan};
+use crate::trace::RequestSpan;
 use crate::wakers::Wakers;
 use crate::worker::test_request as request;
 
@@ -112,8 +112,7 @@ fn job(key: RequestKey, live: &std::sync::Arc<Live>) -> Job {
         request: request(),
         live: live.start(),
         span: RequestSpan::default(),
-        attempt: Attempt::default(),
-        deadline: None,
+        deadline: foreman_core::Time::MAX,
     }
 }
 

@@ -18,7 +18,7 @@ use super::{worker_task, Completer, Inbox, Job};
 use crate::closure::handler_fn;
 use crate::live::Live;
 use crate::refusal::Outcome;
-use crate::trace::{Attempt, RequestSpan};
+use crate::trace::RequestSpan;
 use crate::wakers::Wakers;
 use crate::worker::test_request as request;
 
@@ -155,8 +155,7 @@ impl Bench {
             request,
             live: self.probes[index].live.start(),
             span: RequestSpan::default(),
-            attempt: Attempt::default(),
-            deadline: None,
+            deadline: foreman_core::Time::MAX,
         };
         let mut wake = Wakers::default();
         self.inbox.push(job, &mut wake);
