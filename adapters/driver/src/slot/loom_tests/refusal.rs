@@ -114,7 +114,7 @@ impl Refusing {
         let mut wake = Wakers::default();
         let carried = {
             let mut core = lock(&self.lane);
-            Outcome::Refused(request()).apply(&mut core, Time::ZERO, self.key);
+            Outcome::Refused(Box::new(request())).apply(&mut core, Time::ZERO, self.key);
             carry_out(&mut core, own.then_some(self.key), self, &mut wake)
         };
         wake.wake_all();
