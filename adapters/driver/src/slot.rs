@@ -269,6 +269,12 @@ impl SlotInner {
         std::mem::take(&mut self.events)
     }
 
+    /// Whether the request's span is enabled, for telling its end
+    /// ([`Traced`](crate::trace::Traced)).
+    pub(crate) fn traced(&self) -> crate::trace::Traced {
+        self.events.traced()
+    }
+
     /// Puts back the span with the parked request.
     pub(crate) fn put_span(&mut self, span: RequestSpan) {
         self.span = span;

@@ -13,7 +13,7 @@ use super::{Lifecycle, Pool, Request, RequestState};
 use crate::deadlines::PhaseLimits;
 use crate::health::HealthCause;
 use crate::keys::{RequestKey, WorkerKey};
-use crate::output::{Action, Answer, Phase};
+use crate::output::{Action, Answer, Event, Phase};
 use crate::protocol::{WorkerErrorCode, WorkerPoolError, WorkerProtocolError};
 use crate::time::Time;
 
@@ -48,6 +48,11 @@ impl<P> Released<P> {
     /// When it was first accepted; its queue time counts from here.
     pub fn accepted_at(&self) -> Time {
         self.accepted_at
+    }
+
+    /// The worker whose queue it left in the pool that released it.
+    pub fn worker(&self) -> WorkerKey {
+        self.worker
     }
 
     /// Its overall deadline, unchanged by the move.
@@ -151,7 +156,8 @@ impl<P: Clone> Pool<P> {
     /// answers such a request of its own queue), keeping
     /// its acceptance time, deadline and limits, and is counted in
     /// [`Counters::moved_in`](crate::Counters::moved_in), not as submitted
-    /// or accepted (the releasing pool counted it). No event reports it.
+    /// or accepted (the releasing pool counted it); [`Event::Adopted`]
+    /// (not `Accepted`) names the worker that took it.
     ///
     /// # Errors
     /// Hands the request back when this pool cannot take it (shutting
@@ -198,6 +204,10 @@ impl<P: Clone> Pool<P> {
         };
         self.counters.moved_in += 1;
         self.router.picked(worker);
+        self.events.push_back(Event::Adopted {
+            request: key,
+            worker,
+        });
         self.settle_entered(worker, key, pump);
         // A free worker that reaches a request it could not start answers
         // it, as it answers one from its own queue.
@@ -268,7 +278,7 @@ mod tests {
     use serde_json::Value;
 
     use crate::config::{PoolConfig, WorkerPoolOptions};
-    use crate::output::{Action, Answer, Phase};
+    use crate::output::{Action, Answer, Event, Phase};
     use crate::time::Time;
     use crate::{Pool, RequestKey, WorkerKey};
 
