@@ -322,8 +322,8 @@ mod tests {
 
     #[test]
     fn a_moved_request_runs_in_the_adopting_pool_and_keeps_its_queue_time() {
-        let (mut a, _) = pool(1);
-        let (mut b, _) = pool(1);
+        let (mut a, a_workers) = pool(1);
+        let (mut b, b_workers) = pool(1);
         submit(&mut a, ms(0), 10_000, 1);
         submit(&mut a, ms(0), 10_000, 2);
         drain(&mut a);
@@ -333,6 +333,7 @@ mod tests {
         assert_eq!(*released.payload(), 2);
         assert_eq!(released.accepted_at(), ms(0));
         assert_eq!(released.deadline(), Some(ms(10_000)));
+        assert_eq!(released.worker(), a_workers[0]);
         let (starts, answers) = drain(&mut a);
         assert!(
             starts.is_empty() && answers.is_empty(),
@@ -341,6 +342,20 @@ mod tests {
         assert_eq!((a.pending(), a.movable_requests()), (1, 0));
 
         let key = b.adopt(ms(10), released).expect("an idle worker");
+        let events: Vec<Event> = std::iter::from_fn(|| b.poll_event()).collect();
+        assert!(
+            events.contains(&Event::Adopted {
+                request: key,
+                worker: b_workers[0],
+            }),
+            "the adoption is reported, naming its worker: {events:?}"
+        );
+        assert!(
+            !events
+                .iter()
+                .any(|event| matches!(event, Event::Accepted { .. })),
+            "an adopted request is not accepted again: {events:?}"
+        );
         let (starts, _) = drain(&mut b);
         assert_eq!(starts, [(key, 2)], "started at once on the idle worker");
         assert!(b.handle_completion(ms(30), key, Ok(Value::Null)));
