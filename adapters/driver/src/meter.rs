@@ -254,7 +254,7 @@ fn describe() {
     );
     describe_counter!(
         "foreman_requests_moved_total",
-        "Queued requests a lane took in from another lane (WorkerPool::with_lanes); each was accepted once, by the lane it came from."
+        "Queued requests one lane released and a lane adopted (WorkerPool::with_lanes); each was accepted once, by the lane that released it."
     );
     describe_counter!(
         "foreman_requests_timed_out_total",
