@@ -153,6 +153,17 @@ pub enum Event {
         /// The worker that took it.
         worker: WorkerKey,
     },
+    /// A request another pool of the same driver released was taken in
+    /// by a worker of this pool ([`crate::Pool::adopt`]): it joined that
+    /// worker's queue (and may start at once) as an accepted request
+    /// does, but it was accepted once, by the pool that released it, so
+    /// no `Accepted` reports it.
+    Adopted {
+        /// Its key in this pool.
+        request: RequestKey,
+        /// The worker that took it.
+        worker: WorkerKey,
+    },
     /// A submit was refused, by one worker (`worker` is `Some`: a circuit
     /// breaker vetoed it) or by the pool (`worker` is `None`: the final
     /// refusal returned by `submit`).

@@ -143,6 +143,7 @@
 //! | `foreman_requests_failed_total` | counter | — | answered with the handler's error or panic |
 //! | `foreman_requests_retried_total` | counter | — | failed attempts that ran again on another worker (a [`RetryPolicy`]); not answers |
 //! | `foreman_requests_hedged_total` | counter | — | second attempts of running requests on another worker (a [`HedgePolicy`]); not answers |
+//! | `foreman_requests_moved_total` | counter | — | queued requests one lane released and a lane adopted (late binding across [`WorkerPool::with_lanes`] lanes; rarely the releasing lane itself, when no other had room); not acceptances, not answers |
 //! | `foreman_requests_timed_out_total` | counter | `phase`: `queued`, `running` | the time budget ran out |
 //! | `foreman_requests_cancelled_total` | counter | — | the caller dropped its `submit` future |
 //! | `foreman_requests_aborted_total` | counter | `cause`: `restart`, `shutdown` (the drain deadline), `worker_removed` (no other worker could take it) | aborted by the pool |

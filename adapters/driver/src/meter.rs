@@ -41,6 +41,7 @@ struct PoolHandles {
     failed: Counter,
     retried: Counter,
     hedged: Counter,
+    moved: Counter,
     timed_out_queued: Counter,
     timed_out_running: Counter,
     cancelled: Counter,
@@ -92,6 +93,7 @@ impl PoolMeter {
                     failed: metrics::counter!("foreman_requests_failed_total"),
                     retried: metrics::counter!("foreman_requests_retried_total"),
                     hedged: metrics::counter!("foreman_requests_hedged_total"),
+                    moved: metrics::counter!("foreman_requests_moved_total"),
                     timed_out_queued: timed_out(Phase::Queued),
                     timed_out_running: timed_out(Phase::Running),
                     cancelled: metrics::counter!("foreman_requests_cancelled_total"),
@@ -175,6 +177,12 @@ impl PoolMeter {
         self.handles.hedged.clone()
     }
 
+    /// The counter of requests moved between lanes, for a note to move.
+    #[cfg(feature = "metrics")]
+    pub(crate) fn moved(&self) -> Counter {
+        self.handles.moved.clone()
+    }
+
     /// `count` workers were added (a new worker is Healthy).
     #[inline]
     pub(crate) fn workers_added(&self, count: usize) {
@@ -243,6 +251,10 @@ fn describe() {
     describe_counter!(
         "foreman_requests_hedged_total",
         "Second attempts of running requests on another worker (HedgePolicy)."
+    );
+    describe_counter!(
+        "foreman_requests_moved_total",
+        "Queued requests one lane released and a lane adopted (WorkerPool::with_lanes); each was accepted once, by the lane that released it."
     );
     describe_counter!(
         "foreman_requests_timed_out_total",

@@ -103,6 +103,26 @@ impl Notes {
         self.push(Note::Gauge(worker.queued.clone(), 1.0));
     }
 
+    /// A queued request another lane released joined the worker's queue
+    /// (`Event::Adopted`): its gauge, and the move counted.
+    #[cfg(feature = "metrics")]
+    #[inline]
+    pub(crate) fn adopted(&mut self, meter: &PoolMeter, worker: &WorkerMeter) {
+        self.push(Note::Gauge(worker.queued.clone(), 1.0));
+        self.push(Note::Count(meter.moved()));
+    }
+
+    /// A queued request the worker's lane released was adopted by a lane
+    /// (`Pool::adopt`): it left the worker's queue. (Until then it stays
+    /// in that gauge; a request no lane adopts leaves it by its answer.)
+    #[inline]
+    pub(crate) fn moved_away(&mut self, worker: &WorkerMeter) {
+        #[cfg(feature = "metrics")]
+        self.push(Note::Gauge(worker.queued.clone(), -1.0));
+        #[cfg(not(feature = "metrics"))]
+        let _ = worker;
+    }
+
     /// The worker started a request queued on it (`Action::Start`; a
     /// request another worker held is first moved here by its
     /// `Event::Requeued`).

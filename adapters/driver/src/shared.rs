@@ -15,6 +15,7 @@ use crate::names::Names;
 use crate::refusal::Outcome;
 use crate::runtime::Runtime;
 use crate::slot::Slot;
+use crate::started::WorkerCell;
 use crate::state::{Core, LaneSignals, Own};
 
 pub(crate) struct Shared<R> {
@@ -234,16 +235,20 @@ impl<R: Runtime> Shared<R> {
             let mut own = Own::default();
             let mut core = from.core.lock();
             let released = core.pool.release_queued(self.now());
-            if let Some(released) = &released {
+            // The worker it left, whose queued gauge keeps it until a lane
+            // adopts it.
+            let left = released.as_ref().and_then(|released| {
                 released.payload().lock().in_transit = true;
-            }
+                let entry = core.workers.get(&released.worker())?;
+                Some(Arc::clone(&entry.cell))
+            });
             core.after_input(None, &mut own, &mut probes, &from.signals, 0);
             drop(core);
             own.wake_all();
             self.spawn_probes(from.index, probes);
-            released
+            released.map(|released| (released, left))
         };
-        let Some(mut released) = released else {
+        let Some((mut released, left)) = released else {
             return false;
         };
         let count = self.lanes.len();
@@ -252,7 +257,7 @@ impl<R: Runtime> Shared<R> {
             .filter(|&lane| lane != next.from)
             .chain([next.from]);
         for lane in order {
-            match self.adopt_in(lane, released) {
+            match self.adopt_in(lane, released, left.as_deref()) {
                 Adopted::Yes => return lane != next.from,
                 Adopted::Cancelled(back) => {
                     self.answer_released(next.from, back, true);
@@ -267,7 +272,13 @@ impl<R: Runtime> Shared<R> {
 
     /// Offers a released request to lane `index`'s core, unless its caller
     /// gave it up; the slot learns where it went under that lane's lock.
-    fn adopt_in(self: &Arc<Self>, index: usize, released: Released<Arc<Slot>>) -> Adopted {
+    /// Once adopted, it leaves the gauge of the worker it `left`.
+    fn adopt_in(
+        self: &Arc<Self>,
+        index: usize,
+        released: Released<Arc<Slot>>,
+        left: Option<&WorkerCell>,
+    ) -> Adopted {
         let lane = self.lane(index);
         let slot = Arc::clone(released.payload());
         let mut probes = Vec::new();
@@ -288,6 +299,9 @@ impl<R: Runtime> Shared<R> {
                 Err(back) => return Adopted::No(back),
             }
         }
+        if let Some(left) = left {
+            own.notes.moved_away(&left.meter);
+        }
         core.after_input(None, &mut own, &mut probes, &lane.signals, 0);
         drop(core);
         own.wake_all();
@@ -295,7 +309,10 @@ impl<R: Runtime> Shared<R> {
         Adopted::Yes
     }
 
-    /// Has lane `index`, which released the request, answer it.
+    /// Has lane `index`, which released the request, answer it. If its
+    /// caller gave it up while it moved, the caller's cancellation left
+    /// its end to be told here (counted and traced, as the caller's guard
+    /// tells the end of a request it cancels).
     fn answer_released(
         self: &Arc<Self>,
         index: usize,
@@ -303,10 +320,23 @@ impl<R: Runtime> Shared<R> {
         cancelled: bool,
     ) {
         let slot = Arc::clone(released.payload());
-        self.input_here(index, |core, now| {
-            slot.lock().in_transit = false;
+        let abandoned = self.input_here(index, |core, now| {
+            let abandoned = {
+                let mut inner = slot.lock();
+                inner.in_transit = false;
+                inner.abandoned
+            };
             core.pool.answer_released(now, released, cancelled);
+            abandoned
         });
+        if abandoned {
+            let traced = slot.lock().traced();
+            let answer = slot.lock().answer.take();
+            if let Some(answer) = &answer {
+                self.ended(traced, &slot, answer, cancelled);
+            }
+            traced.release(&slot);
+        }
     }
 
     /// A handler finished, or declined its request: feeds its outcome to

@@ -239,6 +239,12 @@ impl SlotInner {
         std::mem::take(&mut self.span)
     }
 
+    /// Whether the request's span is enabled, for telling its end
+    /// ([`Traced`](crate::trace::Traced)).
+    pub(crate) fn traced(&self) -> crate::trace::Traced {
+        self.span.traced()
+    }
+
     /// Takes the waiting task's waker, to wake it once the lock is released.
     pub(crate) fn take_waker(&mut self) -> Option<Waker> {
         self.waker.take()

@@ -124,6 +124,27 @@ impl RequestSpan {
         (RequestSpan { cell }, traced)
     }
 
+    /// What a task that does not hold the request's [`Traced`] (a lane
+    /// move answering a request whose caller gave up) tells its end with:
+    /// its span if the slot has one, and events if a subscriber listens
+    /// now.
+    pub(crate) fn traced(&self) -> Traced {
+        #[cfg(feature = "tracing")]
+        {
+            let span = self.cell.is_some();
+            Traced {
+                events: span
+                    || tracing::level_filters::LevelFilter::current()
+                        != tracing::level_filters::LevelFilter::OFF,
+                span,
+            }
+        }
+        #[cfg(not(feature = "tracing"))]
+        {
+            Traced {}
+        }
+    }
+
     /// The span's id, for its events' `parent:` (none: they have no
     /// parent, as events of a disabled span).
     #[cfg(feature = "tracing")]

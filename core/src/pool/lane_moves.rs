@@ -13,7 +13,7 @@ use super::{Lifecycle, Pool, Request, RequestState};
 use crate::deadlines::PhaseLimits;
 use crate::health::HealthCause;
 use crate::keys::{RequestKey, WorkerKey};
-use crate::output::{Action, Answer, Phase};
+use crate::output::{Action, Answer, Event, Phase};
 use crate::protocol::{WorkerErrorCode, WorkerPoolError, WorkerProtocolError};
 use crate::time::Time;
 
@@ -48,6 +48,11 @@ impl<P> Released<P> {
     /// When it was first accepted; its queue time counts from here.
     pub fn accepted_at(&self) -> Time {
         self.accepted_at
+    }
+
+    /// The worker whose queue it left in the pool that released it.
+    pub fn worker(&self) -> WorkerKey {
+        self.worker
     }
 
     /// Its overall deadline, unchanged by the move.
@@ -151,7 +156,8 @@ impl<P: Clone> Pool<P> {
     /// answers such a request of its own queue), keeping
     /// its acceptance time, deadline and limits, and is counted in
     /// [`Counters::moved_in`](crate::Counters::moved_in), not as submitted
-    /// or accepted (the releasing pool counted it). No event reports it.
+    /// or accepted (the releasing pool counted it); [`Event::Adopted`]
+    /// (not `Accepted`) names the worker that took it.
     ///
     /// # Errors
     /// Hands the request back when this pool cannot take it (shutting
@@ -198,6 +204,10 @@ impl<P: Clone> Pool<P> {
         };
         self.counters.moved_in += 1;
         self.router.picked(worker);
+        self.events.push_back(Event::Adopted {
+            request: key,
+            worker,
+        });
         self.settle_entered(worker, key, pump);
         // A free worker that reaches a request it could not start answers
         // it, as it answers one from its own queue.
@@ -268,7 +278,7 @@ mod tests {
     use serde_json::Value;
 
     use crate::config::{PoolConfig, WorkerPoolOptions};
-    use crate::output::{Action, Answer, Phase};
+    use crate::output::{Action, Answer, Event, Phase};
     use crate::time::Time;
     use crate::{Pool, RequestKey, WorkerKey};
 
@@ -312,8 +322,8 @@ mod tests {
 
     #[test]
     fn a_moved_request_runs_in_the_adopting_pool_and_keeps_its_queue_time() {
-        let (mut a, _) = pool(1);
-        let (mut b, _) = pool(1);
+        let (mut a, a_workers) = pool(1);
+        let (mut b, b_workers) = pool(1);
         submit(&mut a, ms(0), 10_000, 1);
         submit(&mut a, ms(0), 10_000, 2);
         drain(&mut a);
@@ -323,6 +333,7 @@ mod tests {
         assert_eq!(*released.payload(), 2);
         assert_eq!(released.accepted_at(), ms(0));
         assert_eq!(released.deadline(), Some(ms(10_000)));
+        assert_eq!(released.worker(), a_workers[0]);
         let (starts, answers) = drain(&mut a);
         assert!(
             starts.is_empty() && answers.is_empty(),
@@ -331,6 +342,20 @@ mod tests {
         assert_eq!((a.pending(), a.movable_requests()), (1, 0));
 
         let key = b.adopt(ms(10), released).expect("an idle worker");
+        let events: Vec<Event> = std::iter::from_fn(|| b.poll_event()).collect();
+        assert!(
+            events.contains(&Event::Adopted {
+                request: key,
+                worker: b_workers[0],
+            }),
+            "the adoption is reported, naming its worker: {events:?}"
+        );
+        assert!(
+            !events
+                .iter()
+                .any(|event| matches!(event, Event::Accepted { .. })),
+            "an adopted request is not accepted again: {events:?}"
+        );
         let (starts, _) = drain(&mut b);
         assert_eq!(starts, [(key, 2)], "started at once on the idle worker");
         assert!(b.handle_completion(ms(30), key, Ok(Value::Null)));

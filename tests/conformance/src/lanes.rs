@@ -11,8 +11,10 @@ use foreman_driver::{
     WorkerRequest,
 };
 use futures::future;
+use metrics_util::debugging::DebuggingRecorder;
 use serde_json::Value;
 
+use crate::observability::Readings;
 use crate::support::{options, pool_in_lanes, request, sleep, wait_until, TestWorker};
 
 /// A pool whose workers are spread over two lanes behaves as one pool:
@@ -154,33 +156,7 @@ pub async fn slow_and_fast_workers<R: Runtime + Default + Clone>(
     rt: R,
     lanes: Option<usize>,
 ) -> (Duration, usize, Counters) {
-    let handlers: Vec<Arc<dyn WorkerHandler>> = (0..16)
-        .map(|i| {
-            let delay = if i % 2 == 0 { 400 } else { 10 };
-            Arc::new(Paced {
-                rt: rt.clone(),
-                delay: Duration::from_millis(delay),
-            }) as Arc<dyn WorkerHandler>
-        })
-        .collect();
-    let options = WorkerPoolOptions {
-        queue_capacity: 64,
-        health_probe_interval: Duration::from_secs(60),
-        default_request_timeout: Some(Duration::from_secs(30)),
-        ..WorkerPoolOptions::default()
-    };
-    let pool = match lanes {
-        None => WorkerPool::<R>::new_inprocess(handlers, options, None)
-            .unwrap_or_else(|error| panic!("valid pool options refused: {error}")),
-        Some(lanes) => WorkerPool::<R>::with_lanes(
-            R::default(),
-            handlers,
-            PoolConfig::new(options),
-            None,
-            NonZeroUsize::new(lanes).unwrap_or(NonZeroUsize::MIN),
-        )
-        .unwrap_or_else(|error| panic!("valid pool options refused: {error}")),
-    };
+    let pool = slow_and_fast_pool(&rt, lanes);
     let started = rt.now();
     let requests = (0..200).map(|i| pool.submit(request(&format!("r{i}"), "paced")));
     let answers = future::join_all(requests).await;
@@ -201,6 +177,42 @@ pub async fn slow_and_fast_workers<R: Runtime + Default + Clone>(
         .count();
     pool.shutdown().await;
     (elapsed, slow_runs, pool.stats().counters)
+}
+
+/// The pool of the slow/fast workload ([`slow_and_fast_workers`]): 16
+/// workers, every other one slow (400 ms a request) and the others fast
+/// (10 ms), in `lanes` lanes (`None`: as built by default).
+pub(crate) fn slow_and_fast_pool<R: Runtime + Default + Clone>(
+    rt: &R,
+    lanes: Option<usize>,
+) -> WorkerPool<R> {
+    let handlers: Vec<Arc<dyn WorkerHandler>> = (0..16)
+        .map(|i| {
+            let delay = if i % 2 == 0 { 400 } else { 10 };
+            Arc::new(Paced {
+                rt: rt.clone(),
+                delay: Duration::from_millis(delay),
+            }) as Arc<dyn WorkerHandler>
+        })
+        .collect();
+    let options = WorkerPoolOptions {
+        queue_capacity: 64,
+        health_probe_interval: Duration::from_secs(60),
+        default_request_timeout: Some(Duration::from_secs(30)),
+        ..WorkerPoolOptions::default()
+    };
+    match lanes {
+        None => WorkerPool::<R>::new_inprocess(handlers, options, None)
+            .unwrap_or_else(|error| panic!("valid pool options refused: {error}")),
+        Some(lanes) => WorkerPool::<R>::with_lanes(
+            R::default(),
+            handlers,
+            PoolConfig::new(options),
+            None,
+            NonZeroUsize::new(lanes).unwrap_or(NonZeroUsize::MIN),
+        )
+        .unwrap_or_else(|error| panic!("valid pool options refused: {error}")),
+    }
 }
 
 /// The slow half's share that late binding leaves it: each slow worker
@@ -313,7 +325,9 @@ pub async fn removing_a_lanes_workers_moves_its_queue<R: Runtime + Default + Clo
 /// Callers that give up on requests while the lanes move them get one
 /// answer each: after shutdown every accepted request was answered
 /// exactly once (the counters summed over the lanes balance) and shutdown
-/// returned, so no moved request was lost or left a handler counted live.
+/// returned, so no moved request was lost or left a handler counted live;
+/// the metrics count each request's end once (also of one cancelled
+/// between two lanes) and every worker's gauges are back to zero.
 pub async fn requests_cancelled_while_moving_are_answered_once<R: Runtime + Default + Clone>(
     rt: R,
 ) {
@@ -331,16 +345,18 @@ pub async fn requests_cancelled_while_moving_are_answered_once<R: Runtime + Defa
         health_probe_interval: Duration::from_secs(60),
         ..WorkerPoolOptions::default()
     };
-    let pool = match WorkerPool::<R>::with_lanes(
-        R::default(),
-        handlers,
-        PoolConfig::new(options),
-        None,
-        NonZeroUsize::new(2).unwrap_or(NonZeroUsize::MIN),
-    ) {
-        Ok(pool) => pool,
-        Err(error) => panic!("valid pool options refused: {error}"),
-    };
+    let recorder = DebuggingRecorder::new();
+    let m = Readings::new(&recorder);
+    let pool = metrics::with_local_recorder(&recorder, || {
+        WorkerPool::<R>::with_lanes(
+            R::default(),
+            handlers,
+            PoolConfig::new(options),
+            None,
+            NonZeroUsize::new(2).unwrap_or(NonZeroUsize::MIN),
+        )
+    })
+    .unwrap_or_else(|error| panic!("valid pool options refused: {error}"));
     // Every third caller gives up after a few milliseconds, while the
     // fast workers take the slow lane's queue.
     let callers = (0..300u64).map(|i| {
@@ -369,4 +385,7 @@ pub async fn requests_cancelled_while_moving_are_answered_once<R: Runtime + Defa
     assert_eq!(counters.accepted, 300, "{counters:?}");
     assert_eq!(counters.answered(), 300, "{counters:?}");
     assert_eq!(counters.moved_in, counters.moved_out, "{counters:?}");
+    assert_eq!(m.counter("foreman_requests_accepted_total", &[]), 300);
+    assert_eq!(m.ended(), 300, "{:?}", m.all());
+    m.assert_worker_gauges_zero(16);
 }

@@ -102,7 +102,10 @@ pub use lanes::{
     late_binding_holds_across_lanes, removing_a_lanes_workers_moves_its_queue,
     requests_cancelled_while_moving_are_answered_once, slow_and_fast_workers,
 };
-pub use observability::{metrics_count_each_outcome_and_follow_the_queues, Reading, Readings};
+pub use observability::{
+    metrics_count_each_outcome_and_follow_the_queues, metrics_follow_requests_moved_between_lanes,
+    Reading, Readings,
+};
 pub use observers::observe_only_hooks_keep_late_binding_and_a_breaker_pins;
 pub use reentrancy::{
     allow_request_may_call_the_pool, every_other_hook_may_call_the_pool,
@@ -188,6 +191,7 @@ macro_rules! conformance_suite {
             a_breaker_over_two_lanes_counts_each_request_once,
             commands_after_shutdown_answer_shutting_down,
             metrics_count_each_outcome_and_follow_the_queues,
+            metrics_follow_requests_moved_between_lanes,
             phase_limits_end_requests_and_name_the_limit,
             pool_phase_limits_apply_unless_a_request_sets_its_own,
             observe_only_hooks_keep_late_binding_and_a_breaker_pins,

@@ -8,7 +8,10 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
 use foreman_driver::{Runtime, WorkerHealthStatus, WorkerPoolError, WorkerPoolOptions};
+use futures::future;
 use metrics_util::debugging::{DebugValue, DebuggingRecorder, Snapshotter};
+
+use crate::lanes::slow_and_fast_pool;
 
 use crate::support::{options, pending_after_one_poll, pool_of, request, wait_until, TestWorker};
 
@@ -106,6 +109,44 @@ impl Readings {
         match self.reading(name, labels) {
             Some(Reading::Gauge(value)) => value,
             other => panic!("{name} {labels:?} is not a registered gauge: {other:?}"),
+        }
+    }
+
+    /// Requests whose end was counted, by any outcome.
+    pub fn ended(&self) -> u64 {
+        const ENDINGS: [&str; 5] = [
+            "foreman_requests_succeeded_total",
+            "foreman_requests_failed_total",
+            "foreman_requests_timed_out_total",
+            "foreman_requests_cancelled_total",
+            "foreman_requests_aborted_total",
+        ];
+        self.all()
+            .into_iter()
+            .filter(|((name, _), _)| ENDINGS.contains(&name.as_str()))
+            .map(|(_, reading)| match reading {
+                Reading::Counter(count) => count,
+                other => panic!("an ending that is not a counter: {other:?}"),
+            })
+            .sum()
+    }
+
+    /// Asserts that the queued and in-flight gauges of `worker-0` to
+    /// `worker-{workers - 1}` read zero.
+    pub fn assert_worker_gauges_zero(&self, workers: usize) {
+        for worker in 0..workers {
+            let id = format!("worker-{worker}");
+            let labels = [("worker", id.as_str())];
+            assert_eq!(
+                self.gauge("foreman_worker_queued", &labels),
+                0.0,
+                "{id} queued"
+            );
+            assert_eq!(
+                self.gauge("foreman_worker_in_flight", &labels),
+                0.0,
+                "{id} in flight"
+            );
         }
     }
 
@@ -228,4 +269,33 @@ pub async fn metrics_count_each_outcome_and_follow_the_queues<R: Runtime + Defau
             "{state} once the pool stopped"
         );
     }
+}
+
+/// In two lanes whose fast workers take the slow lane's queue (the
+/// slow/fast workload), the metrics follow every move between lanes:
+/// once every request is answered, each worker's queued and in-flight
+/// gauges read zero, every request was accepted and succeeded exactly
+/// once, and each move is counted once.
+pub async fn metrics_follow_requests_moved_between_lanes<R: Runtime + Default + Clone>(rt: R) {
+    let recorder = DebuggingRecorder::new();
+    let m = Readings::new(&recorder);
+    let pool = metrics::with_local_recorder(&recorder, || slow_and_fast_pool(&rt, Some(2)));
+    let requests = (0..200).map(|i| pool.submit(request(&format!("r{i}"), "paced")));
+    for answer in future::join_all(requests).await {
+        assert!(answer.is_ok(), "{answer:?}");
+    }
+    let counters = pool.stats().counters;
+    assert!(counters.moved_in > 0, "nothing moved: {counters:?}");
+    m.assert_worker_gauges_zero(16);
+    assert_eq!(m.counter("foreman_requests_accepted_total", &[]), 200);
+    assert_eq!(m.counter("foreman_requests_succeeded_total", &[]), 200);
+    // Each adoption is counted (`moved_in` counts, besides, requests no
+    // lane took, answered where they were).
+    let moved = m.counter("foreman_requests_moved_total", &[]);
+    assert!(
+        (1..=counters.moved_in).contains(&moved),
+        "{moved} moves counted: {counters:?}"
+    );
+    assert_eq!(m.gauge("foreman_workers", &[("state", "healthy")]), 16.0);
+    pool.shutdown().await;
 }

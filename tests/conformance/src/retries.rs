@@ -98,20 +98,8 @@ pub async fn retryable_llm_failures_run_again_on_another_worker<R: Runtime + Def
     );
     assert_eq!(m.counter("foreman_requests_succeeded_total", &[]), 20);
     assert_eq!(m.counter("foreman_requests_failed_total", &[]), 0);
-    for worker in ["worker-0", "worker-1"] {
-        let labels = [("worker", worker)];
-        assert_eq!(
-            m.gauge("foreman_worker_in_flight", &labels),
-            0.0,
-            "{worker}"
-        );
-        // A retry never queued: its start leaves the queued gauge alone.
-        assert_eq!(
-            m.gauge("foreman_worker_queued", &labels),
-            0.0,
-            "queued {worker}"
-        );
-    }
+    // A retry never queued: its start leaves the queued gauge alone.
+    m.assert_worker_gauges_zero(2);
     pool.shutdown().await;
 
     // On a fresh pool, the first request goes to the first worker, the

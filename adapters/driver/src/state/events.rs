@@ -36,6 +36,7 @@ impl Core {
                     });
                 }
                 Event::Accepted { worker, .. } => self.note_accepted(worker, notes),
+                Event::Adopted { worker, .. } => self.note_adopted(worker, notes),
                 Event::Requeued { request, from, to } => {
                     self.note_requeued(request, from, to, notes);
                 }
@@ -79,6 +80,19 @@ impl Core {
         #[cfg(feature = "metrics")]
         if let Some(entry) = self.workers.get(&worker) {
             notes.accepted(&entry.cell.meter);
+        }
+        #[cfg(not(feature = "metrics"))]
+        let _ = (worker, notes);
+    }
+
+    /// Notes that a request another lane released joined `worker`'s queue
+    /// (its gauge and the move's count; nothing without the `metrics`
+    /// feature).
+    #[inline]
+    fn note_adopted(&self, worker: WorkerKey, notes: &mut Notes) {
+        #[cfg(feature = "metrics")]
+        if let Some(entry) = self.workers.get(&worker) {
+            notes.adopted(&self.meter, &entry.cell.meter);
         }
         #[cfg(not(feature = "metrics"))]
         let _ = (worker, notes);

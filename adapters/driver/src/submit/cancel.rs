@@ -62,11 +62,12 @@ impl<'a, R: Runtime> PendingGuard<'a, R> {
         let mut probes = Vec::new();
         let handed;
         let parked;
+        let in_transit;
         let mut cancelled = false;
         let mut own = Own::default();
         loop {
             let mut core = lane.core.lock();
-            let in_transit = {
+            in_transit = {
                 let mut inner = slot.lock();
                 if let Some((moved, moved_key)) = inner.moved {
                     if (moved, moved_key) != (lane.index, key) {
@@ -82,7 +83,8 @@ impl<'a, R: Runtime> PendingGuard<'a, R> {
                 inner.in_transit
             };
             // A request between two lanes is answered `Cancelled` by its
-            // move, which sees it given up.
+            // move, which sees it given up and tells its end
+            // (`Shared::answer_released`).
             if !in_transit {
                 let now = shared.now();
                 cancelled = core.pool.cancel(now, key);
@@ -96,6 +98,9 @@ impl<'a, R: Runtime> PendingGuard<'a, R> {
         own.wake_all();
         drop(std::mem::take(&mut own.release));
         shared.spawn_probes(lane.index, probes);
+        if in_transit {
+            return None;
+        }
         let answer = answer.or_else(|| slot.lock().answer.take());
         if let Some(answer) = &answer {
             shared.ended(self.traced, slot, answer, cancelled);

@@ -258,7 +258,7 @@ impl<R: Runtime> Shared<R> {
     /// caller that gave up, `cancelled` if the core answered it because of
     /// that): counted, timed and traced (`metrics`, `tracing`).
     #[inline]
-    fn ended(&self, traced: Traced, slot: &Slot, answer: &Delivered, cancelled: bool) {
+    pub(crate) fn ended(&self, traced: Traced, slot: &Slot, answer: &Delivered, cancelled: bool) {
         self.meter
             .ended(answer.ending(cancelled), answer.queued_for, answer.ran_for);
         traced.ended(slot, answer, cancelled);
