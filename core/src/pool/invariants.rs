@@ -247,10 +247,11 @@ impl<P: Clone> Pool<P> {
         Ok(())
     }
 
-    /// A running request has been started at least once and a waiting
-    /// one never (a retry starts at once, it never waits); no request has
-    /// been started more often than the retry policy allows (once without
-    /// one).
+    /// A running request has been started at least once; a waiting one
+    /// never, unless it is a retry its handler refused before starting
+    /// (the refusal is not an attempt: it waits with its failed attempts
+    /// counted), and then it has a start left; no request has been started
+    /// more often than the retry policy allows (once without one).
     fn check_attempts(&self) -> Checked {
         let hedges = self.config.hedging.map_or(0, |policy| policy.max_hedges);
         let most = self
@@ -267,7 +268,11 @@ impl<P: Clone> Pool<P> {
             );
             let running = matches!(entry.state, RequestState::Running { .. });
             ensure!(
-                (entry.attempts >= 1) == running,
+                if running {
+                    entry.attempts >= 1
+                } else {
+                    entry.attempts < most
+                },
                 "{key} is {:?} after {} attempts",
                 entry.state,
                 entry.attempts

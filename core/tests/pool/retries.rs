@@ -217,3 +217,40 @@ fn a_retry_policy_with_no_attempt_or_a_zero_window_is_refused_with_its_key() {
         "{error}"
     );
 }
+
+#[test]
+fn a_refused_retry_waits_in_line_with_its_failed_attempt_counted() {
+    let mut h = retrying(RetryPolicy::default(), 2);
+    let key = h.submit(ms(0), &llm("a")).unwrap();
+    let failed_on = h.started()[0].1;
+    h.take_actions();
+    h.complete(ms(10), key, Err(failure()));
+    let retried_on = h.started()[0].1;
+    assert_ne!(retried_on, failed_on);
+    h.take_actions();
+    // The worker that failed takes another request, so the refused retry
+    // has to wait in its queue.
+    let other = h.submit(ms(11), &llm("b")).unwrap();
+    assert_eq!(h.started(), vec![(other, failed_on)]);
+    h.take_actions();
+    h.take_events();
+
+    assert!(h.pool.handle_refusal(ms(12), key));
+    h.drain();
+    assert!(h.started().is_empty(), "both workers are busy or saturated");
+    assert!(h.answers().is_empty(), "a refusal is not an answer");
+    h.take_actions();
+
+    h.complete(ms(20), other, Ok(json!("b")));
+    assert_eq!(h.started(), vec![(key, failed_on)]);
+    h.take_actions();
+    h.complete(ms(30), key, Ok(json!("a")));
+    let answers = h.answers();
+    let answer = answers
+        .iter()
+        .find(|answer| answer.request == key)
+        .expect("the retried request is answered");
+    assert_eq!(answer.result, Ok(json!("a")));
+    assert_eq!(answer.attempts, 2, "the refused start is not an attempt");
+    assert_eq!(h.pool.stats().counters.refused_not_started, 1);
+}

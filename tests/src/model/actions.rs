@@ -88,6 +88,10 @@ impl Harness {
             "Start on {worker} already running {}",
             wbook.running
         );
+        ensure!(
+            !wbook.saturated,
+            "Start of {request} on saturated {worker} (a handler refused a request there)"
+        );
         // A queued request starts only with enough budget left (one
         // submitted to a free worker starts whatever its budget).
         let at_once = matches!(self.context, Context::Submit { id, .. } if id == book.id);

@@ -60,7 +60,7 @@ impl Harness {
             }
             ReqState::Running { .. } => {
                 self.remove_running(book.run_pos);
-                self.recount_worker(book.worker, |b| b.running -= 1);
+                self.recount_worker(book.worker, |b| b.end_run());
             }
         }
         self.answered += 1;
@@ -182,6 +182,10 @@ impl Harness {
             }
             (Context::Remove { worker }, AnswerKind::Unavailable) => {
                 worker == book.worker && answer.phase == Phase::Queued && !book.vetted
+            }
+            (Context::Refuse { request: r, worker }, AnswerKind::Unavailable) => {
+                // Refused on a removing worker no other worker could take.
+                r == request && worker == book.worker && answer.phase == Phase::Queued
             }
             (Context::Revet { request: r }, AnswerKind::Unavailable) => {
                 r == request && book.state == ReqState::Moving

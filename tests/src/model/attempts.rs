@@ -91,6 +91,8 @@ impl Harness {
             self.longest_any_run = self.longest_any_run.max(self.seen - started_at);
         }
         self.remove_running(book.run_pos);
+        // The core keeps a worker saturated when a retry leaves it (only an
+        // answered run, a hedge's end, a probe or a restart clear it).
         self.recount_worker(from, |b| b.running -= 1);
         self.recount_worker(to, |b| b.queued += 1);
         // A hedge that ran on alone is over: the retry runs under the
@@ -307,7 +309,7 @@ impl Harness {
             self.touch_health(worker);
             self.longest_any_run = self.longest_any_run.max(self.seen - ended_at);
         }
-        self.recount_worker(worker, |b| b.running -= 1);
+        self.recount_worker(worker, |b| b.end_run());
         self.ended.push((attempt, worker));
         if own {
             if let Some(h) = self.hedges.get_mut(&hedge_key.as_u64()) {

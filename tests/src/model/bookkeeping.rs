@@ -11,7 +11,8 @@ use super::Failure;
 impl Harness {
     /// Whether a worker is schedulable, has room, and has a free run slot
     /// that late binding must fill (a worker held at the ejection cap runs
-    /// only what was routed to it, so its free slot does not count).
+    /// only what was routed to it, and a saturated one starts nothing, so
+    /// their free slots do not count).
     pub(super) fn worker_flags(&self, book: &WorkerBook) -> (bool, bool, bool) {
         let schedulable = !book.removing
             && !book.stopped
@@ -25,6 +26,7 @@ impl Harness {
                 && book.queued < self.limits.queue_capacity,
             schedulable
                 && book.recovery != RecoveryState::Held
+                && !book.saturated
                 && book.running < book.max_running.min(limit),
         )
     }
@@ -41,6 +43,9 @@ impl Harness {
         let (s0, o0, f0) = self.worker_flags(&book);
         let mut book = book;
         change(&mut book);
+        if book.queued <= self.limits.queue_capacity {
+            book.queue_limit = self.limits.queue_capacity;
+        }
         let (s1, o1, f1) = self.worker_flags(&book);
         if let Some(slot) = self.workers.get_mut(worker.as_u64()) {
             *slot = book;

@@ -111,6 +111,9 @@ pub(super) struct ReqBook {
     /// hands it back to the breaker.
     pub(super) vetted: bool,
     pub(super) accepted_at: Time,
+    /// When it last began to wait: its acceptance, or a refusal before
+    /// its start (`Op::Refuse`).
+    pub(super) waiting_since: Time,
     pub(super) deadline: Option<Time>,
     /// Times it was started.
     pub(super) attempts: u32,
@@ -167,9 +170,23 @@ pub(super) struct WorkerBook {
     pub(super) max_running: usize,
     /// Requests it may hold: the queue capacity plus `max_running`.
     pub(super) capacity: usize,
+    /// A handler refused a request on it (`Op::Refuse`): it starts nothing
+    /// until one of its runs ends, a probe answers or it is restarted.
+    pub(super) saturated: bool,
+    /// The most requests it may queue: the queue capacity, or more while
+    /// requests refused on it wait at the front of its own full queue (no
+    /// other worker had room); back to the capacity once its queue is.
+    pub(super) queue_limit: usize,
 }
 
 impl WorkerBook {
+    /// One of its runs ended: it runs one fewer, and is no longer
+    /// saturated.
+    pub(super) fn end_run(&mut self) {
+        self.running -= 1;
+        self.saturated = false;
+    }
+
     /// The requests it may hold, and run, at once by its recovery state
     /// (a half-open worker's trial permits).
     pub(super) fn trial_limit(&self) -> usize {
@@ -356,6 +373,10 @@ pub(super) enum Context {
     },
     Cancel {
         request: RequestKey,
+    },
+    Refuse {
+        request: RequestKey,
+        worker: WorkerKey,
     },
     Probe {
         worker: WorkerKey,

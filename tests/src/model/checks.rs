@@ -142,7 +142,8 @@ impl Harness {
     }
 
     /// Once an input is done, every worker whose queue grew during it
-    /// queues no more than the queue capacity. (While an input's outputs
+    /// queues no more than the queue capacity (or the refusals it kept
+    /// past it, see `WorkerBook::queue_limit`). (While an input's outputs
     /// are drained a queue may pass it: a request accepted onto a free
     /// worker is queued by its `Accepted` event, then started by its
     /// `Start` action; a queue only grows during an input, so checking the
@@ -151,10 +152,10 @@ impl Harness {
         while let Some(worker) = self.queues_grown.pop() {
             if let Some(book) = self.workers.get(worker.as_u64()) {
                 ensure!(
-                    book.queued <= self.limits.queue_capacity,
+                    book.queued <= book.queue_limit,
                     "{worker} queues {} > {}",
                     book.queued,
-                    self.limits.queue_capacity
+                    book.queue_limit
                 );
             }
         }
@@ -233,14 +234,14 @@ impl Harness {
             .iter()
             .filter_map(|key| self.requests.get(key.as_u64()))
             .filter(|book| book.state == ReqState::Queued && !book.pinned)
-            .map(|book| book.accepted_at)
+            .map(|book| book.waiting_since)
             .min();
         let bound = self.longest_any_run.max(self.limits.unsampled_latency);
-        if let Some(accepted_at) = oldest {
-            let waited = self.seen - accepted_at;
+        if let Some(waiting_since) = oldest {
+            let waited = self.seen - waiting_since;
             ensure!(
                 waited <= bound + Duration::from_nanos(1),
-                "a request accepted at {accepted_at} waits {waited:?} while {} workers are free, \
+                "a request waiting since {waiting_since} waits {waited:?} while {} workers are free, \
                  past the deferral bound {bound:?}",
                 self.free
             );
@@ -344,6 +345,12 @@ impl Harness {
             self.answered
         );
         ensure!(
+            counters.refused_not_started == self.refused,
+            "core counts {} refused before starting, books {}",
+            counters.refused_not_started,
+            self.refused
+        );
+        ensure!(
             self.pool.is_stopped() == (self.lifecycle == Lifecycle::Stopped),
             "pool stopped={} but books say {:?}",
             self.pool.is_stopped(),
@@ -404,11 +411,11 @@ impl Harness {
                 book.health.failures
             );
             ensure!(
-                w.queued <= self.limits.queue_capacity,
+                w.queued <= book.queue_limit,
                 "{} queues {} > {}",
                 w.worker,
                 w.queued,
-                self.limits.queue_capacity
+                book.queue_limit
             );
         }
         if !stopped {

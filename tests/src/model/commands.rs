@@ -140,6 +140,8 @@ impl Harness {
             }
             self.touch_health(worker);
             self.clear_probe(worker);
+            // An answered probe ends its worker's saturation.
+            self.recount_worker(worker, |b| b.saturated = false);
         }
         self.drain()?;
         self.finish_input()?;
@@ -274,6 +276,8 @@ impl Harness {
             last_run: None,
             recovery: RecoveryState::Closed,
             running_at_half_open: 0,
+            saturated: false,
+            queue_limit: self.limits.queue_capacity,
             max_running,
             capacity: self.limits.queue_capacity.saturating_add(max_running),
         };
@@ -395,6 +399,10 @@ impl Harness {
                 )));
             }
         };
+        if ok {
+            // A restart ends its worker's saturation.
+            self.recount_worker(worker, |b| b.saturated = false);
+        }
         self.drain()?;
         if ok {
             let running = self.workers.get(worker.as_u64()).map_or(0, |b| b.running);

@@ -86,6 +86,7 @@ impl Harness {
                 pinned,
                 vetted: vetted && pinned,
                 accepted_at: self.seen,
+                waiting_since: self.seen,
                 deadline,
                 attempts: 0,
                 retry: retry && !(vetted && pinned),
@@ -152,8 +153,16 @@ impl Harness {
         let (schedulable, open, _) = self.worker_flags(&target);
         // Outside its worker's removal, only late binding moves a
         // request: onto a free worker, which starts it at once.
+        // A refused request goes to the front of another worker's line,
+        // as a removed worker's does.
+        let refused = self.context
+            == Context::Refuse {
+                request,
+                worker: from,
+            };
         let removal = self.context == Context::Remove { worker: from }
-            || self.context == Context::Revet { request };
+            || self.context == Context::Revet { request }
+            || refused;
         ensure!(
             !book.vetted || self.context == Context::Revet { request },
             "{request}, placed by a circuit breaker, moved without it in {:?}",

@@ -77,6 +77,9 @@ pub struct Harness {
     pub(super) next_ordinal: u32,
     pub(super) accepted: u64,
     pub(super) answered: u64,
+    /// Requests refused before they started (`Op::Refuse`), as the core's
+    /// `refused_not_started` counts them.
+    pub(super) refused: u64,
     pub(super) submitted: u64,
     pub(super) templates: Templates,
     pub(super) context: Context,
@@ -186,6 +189,7 @@ impl Harness {
             next_ordinal: 0,
             accepted: 0,
             answered: 0,
+            refused: 0,
             submitted: 0,
             templates: Templates::new(&config),
             context: Context::Idle,
@@ -403,6 +407,7 @@ impl Harness {
             Op::Revet { .. }
             | Op::Cancel { .. }
             | Op::Complete { .. }
+            | Op::Refuse { .. }
             | Op::ProbeResult { .. }
             | Op::RemoveWorker { .. }
             | Op::RestartWorker { .. } => self.apply_picked(op),
@@ -424,6 +429,10 @@ impl Harness {
                 let key = pick(&self.running, index).unwrap_or(self.stale_request);
                 self.complete(key, outcome).map(drop)
             }
+            Op::Refuse { index } => match pick(&self.running, index) {
+                Some(key) => self.refuse(key).map(drop),
+                None => Ok(()),
+            },
             Op::ProbeResult { index, verdict } => match pick(&self.probes, index) {
                 Some(worker) => {
                     let probe = self

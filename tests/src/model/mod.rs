@@ -44,7 +44,8 @@
 //!      request never waits behind a slow worker while another is free:
 //!      defect 11), but under `PeakEwma`'s deferral to a faster worker,
 //!      and then the oldest waits no longer than the longest run seen or
-//!      the unsampled latency since it was accepted;
+//!      the unsampled latency since it began to wait (its acceptance, or a
+//!      refusal before its start);
 //!    - per worker, queued ≤ `queue_capacity` once an input is done (checked
 //!      for the workers whose queue grew) and running ≤
 //!      `max_concurrency_per_worker` after every start;
@@ -83,8 +84,14 @@
 //!      the books predict (keys the harness never handed out included:
 //!      [`Op::RawKey`]; worker names: [`Op::AddNamedWorker`]); a spurious
 //!      `handle_timeout` produces nothing;
+//!    - a refusal before starting ([`Op::Refuse`]) puts the request back
+//!      in line unanswered (but for an `Unavailable` when its worker is
+//!      being removed and no other can take it), its attempt uncounted, and
+//!      saturates its worker: no `Start` there, and its free slot does not
+//!      count for late binding, until one of its runs ends, a probe
+//!      answers or it is restarted;
 //!    - the core's counters agree with the books (accepted, answered,
-//!      pending), and once shutdown completed nothing is pending and the
+//!      refused before starting, pending), and once shutdown completed nothing is pending and the
 //!      pool wants no wake-up.
 //! 5. Every `full_check_every` inputs (default: every input) it also runs
 //!    the core's O(n) [`Pool::check_invariants`](foreman_core::Pool::check_invariants) and compares
@@ -107,6 +114,7 @@
 //!   books up to date;
 //! - `output`: what the harness tells a simulator to do ([`Output`]);
 //! - `harness`: the [`Harness`] itself, applying ops and draining outputs;
+//! - `refusals`: a handler's refusal before starting ([`Op::Refuse`]);
 //! - `submit`, `commands`: one input each (submits and circuit breakers;
 //!   completions, probes, worker commands, shutdown, time);
 //! - `events`, `actions`, `answers`: what the harness checks and books for
@@ -147,6 +155,7 @@ mod events;
 mod harness;
 mod operations;
 mod output;
+mod refusals;
 mod requests;
 mod submit;
 mod trace;

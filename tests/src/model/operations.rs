@@ -173,6 +173,14 @@ pub enum Op {
         /// How it ends.
         outcome: Outcome,
     },
+    /// The `index`-th running request's handler declines it before
+    /// starting (`Pool::handle_refusal`): it waits again, its attempt
+    /// uncounted, and its worker is saturated. A hedge's run, or a request
+    /// racing a hedge, is left alone (the op does nothing).
+    Refuse {
+        /// Which running request.
+        index: u16,
+    },
     /// Answer the `index`-th outstanding probe.
     ProbeResult {
         /// Which outstanding probe.

@@ -358,6 +358,7 @@ fn op() -> impl Strategy<Value = Op> {
         2 => (any::<u16>(), any::<u8>()).prop_map(|(index, veto)| Op::Revet { index, veto }),
         2 => any::<u16>().prop_map(|index| Op::Cancel { index }),
         6 => (any::<u16>(), outcome).prop_map(|(index, outcome)| Op::Complete { index, outcome }),
+        2 => any::<u16>().prop_map(|index| Op::Refuse { index }),
         3 => (any::<u16>(), verdict).prop_map(|(index, verdict)| Op::ProbeResult { index, verdict }),
         1 => Just(Op::AddWorker),
         1 => any::<u16>().prop_map(|index| Op::RemoveWorker { index }),
