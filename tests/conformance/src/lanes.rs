@@ -179,6 +179,24 @@ pub async fn slow_and_fast_workers<R: Runtime + Default + Clone>(
     (elapsed, slow_runs, pool.stats().counters)
 }
 
+/// Sixteen paced workers: the even ones take `slow_ms` a request, the
+/// odd ones `fast_ms`.
+fn paced_handlers<R: Runtime + Clone>(
+    rt: &R,
+    slow_ms: u64,
+    fast_ms: u64,
+) -> Vec<Arc<dyn WorkerHandler>> {
+    (0..16)
+        .map(|i| {
+            let delay = if i % 2 == 0 { slow_ms } else { fast_ms };
+            Arc::new(Paced {
+                rt: rt.clone(),
+                delay: Duration::from_millis(delay),
+            }) as Arc<dyn WorkerHandler>
+        })
+        .collect()
+}
+
 /// The pool of the slow/fast workload ([`slow_and_fast_workers`]): 16
 /// workers, every other one slow (400 ms a request) and the others fast
 /// (10 ms), in `lanes` lanes (`None`: as built by default).
@@ -186,15 +204,7 @@ pub(crate) fn slow_and_fast_pool<R: Runtime + Default + Clone>(
     rt: &R,
     lanes: Option<usize>,
 ) -> WorkerPool<R> {
-    let handlers: Vec<Arc<dyn WorkerHandler>> = (0..16)
-        .map(|i| {
-            let delay = if i % 2 == 0 { 400 } else { 10 };
-            Arc::new(Paced {
-                rt: rt.clone(),
-                delay: Duration::from_millis(delay),
-            }) as Arc<dyn WorkerHandler>
-        })
-        .collect();
+    let handlers = paced_handlers(rt, 400, 10);
     let options = WorkerPoolOptions {
         queue_capacity: 64,
         health_probe_interval: Duration::from_secs(60),
@@ -331,15 +341,7 @@ pub async fn removing_a_lanes_workers_moves_its_queue<R: Runtime + Default + Clo
 pub async fn requests_cancelled_while_moving_are_answered_once<R: Runtime + Default + Clone>(
     rt: R,
 ) {
-    let handlers: Vec<Arc<dyn WorkerHandler>> = (0..16)
-        .map(|i| {
-            let delay = if i % 2 == 0 { 40 } else { 1 };
-            Arc::new(Paced {
-                rt: rt.clone(),
-                delay: Duration::from_millis(delay),
-            }) as Arc<dyn WorkerHandler>
-        })
-        .collect();
+    let handlers = paced_handlers(&rt, 40, 1);
     let options = WorkerPoolOptions {
         queue_capacity: 64,
         health_probe_interval: Duration::from_secs(60),
