@@ -176,6 +176,12 @@ async fn the_python_worker_answers_bad_input_busy_and_deadlines_as_the_protocol_
             .await
             .expect_err("a timeout");
         assert_eq!(error.code, WorkerErrorCode::Timeout, "{error:?}");
+        // The client gives up when the server answers: the server's request
+        // thread may still hold its one run slot for a moment.
+        assert!(
+            in_flight_reaches(&client, &python.endpoint, 0).await,
+            "the timed-out run leaves its slot"
+        );
         let body = serde_json::to_vec(&request("header", None)).expect("json");
         let (got, _, answer) = send(
             &client,
@@ -191,17 +197,15 @@ async fn the_python_worker_answers_bad_input_busy_and_deadlines_as_the_protocol_
         // Busy beyond its limit: the second of two at once is refused,
         // not started.
         let first = Arc::clone(&worker);
+        assert!(
+            in_flight_reaches(&client, &python.endpoint, 0).await,
+            "the header-bounded run leaves its slot"
+        );
         let running = tokio::spawn(async move { first.handle(request("long", None)).await });
-        let mut started = false;
-        for _ in 0..500 {
-            let (_, _, stats) = send(&client, "GET", &url(STATS_PATH), &[], Vec::new()).await;
-            if stats["in_flight"] == 1 {
-                started = true;
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-        assert!(started, "the first request starts");
+        assert!(
+            in_flight_reaches(&client, &python.endpoint, 1).await,
+            "the first request starts"
+        );
         let refused = worker.handle(request("second", None)).await;
         let refused = refused.expect_err("a 503 while the first runs");
         assert!(
@@ -214,4 +218,18 @@ async fn the_python_worker_answers_bad_input_busy_and_deadlines_as_the_protocol_
         python.stop().await;
     })
     .await;
+}
+
+/// Polls the worker's stats route until it runs `count` requests; false if
+/// it does not within 2.5 s.
+async fn in_flight_reaches(client: &common::RawClient, endpoint: &str, count: u64) -> bool {
+    let url = format!("{endpoint}{STATS_PATH}");
+    for _ in 0..500 {
+        let (_, _, stats) = send(client, "GET", &url, &[], Vec::new()).await;
+        if stats["in_flight"] == count {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    false
 }

@@ -182,8 +182,11 @@ pub async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
     panic!("{what} did not happen within 5 s");
 }
 
+/// The raw HTTP client the tests send hand-made requests with.
+pub type RawClient = Client<HttpConnector, Full<Bytes>>;
+
 /// A raw HTTP client, HTTP/1.1 or HTTP/2 with prior knowledge.
-pub fn raw_client(http2: bool) -> Client<HttpConnector, Full<Bytes>> {
+pub fn raw_client(http2: bool) -> RawClient {
     Client::builder(TokioExecutor::new())
         .http2_only(http2)
         .build(HttpConnector::new())
@@ -192,7 +195,7 @@ pub fn raw_client(http2: bool) -> Client<HttpConnector, Full<Bytes>> {
 /// Sends one request; answers its status, headers and body as JSON (or
 /// `null` when the body is not JSON).
 pub async fn send(
-    client: &Client<HttpConnector, Full<Bytes>>,
+    client: &RawClient,
     method: &str,
     url: &str,
     headers: &[(&str, &str)],
