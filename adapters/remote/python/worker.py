@@ -20,6 +20,7 @@ says unavailable, new requests get 503, running ones finish, then it exits.
 import argparse
 import json
 import signal
+import socket
 import sys
 import threading
 import time
@@ -33,6 +34,10 @@ ROUTES = {REQUESTS_PATH: "POST", HEALTH_PATH: "GET", STATS_PATH: "GET"}
 
 # The reference's default security policy.
 MAX_REQUEST_BYTES = 256 * 1024
+# How much of an unread request body a closing connection reads and
+# discards, and for how long, so the client sees the answer before the close.
+LINGER_BYTES = 4 * 1024 * 1024
+LINGER_SECONDS = 2.0
 MAX_IDENTIFIER_LENGTH = 128
 
 
@@ -144,10 +149,32 @@ def make_handler(worker):
             self.send_response(status)
             self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(len(body)))
+            if self.close_connection:
+                # Without it a client may reuse the connection being closed.
+                self.send_header("Connection", "close")
             for name, content in headers:
                 self.send_header(name, content)
             self.end_headers()
             self.wfile.write(body)
+
+        def linger(self):
+            """Closes after an answer sent before the body was read: stops
+            writing, then reads and discards (bounded in bytes and time) what
+            the client still sends, so the close is not a reset that could
+            destroy the answer before the client reads it."""
+            try:
+                self.wfile.flush()
+                self.connection.shutdown(socket.SHUT_WR)
+                self.connection.settimeout(LINGER_SECONDS)
+                discarded = 0
+                deadline = time.monotonic() + LINGER_SECONDS
+                while discarded < LINGER_BYTES and time.monotonic() < deadline:
+                    chunk = self.connection.recv(65536)
+                    if not chunk:
+                        break
+                    discarded += len(chunk)
+            except OSError:
+                pass
 
         def send_error_body(self, status, code, message, headers=()):
             self.send_json(status, {"error": {"code": code, "message": message}}, headers)
@@ -193,11 +220,12 @@ def make_handler(worker):
             if length > MAX_REQUEST_BYTES:
                 # The body is not read: the connection cannot be reused.
                 self.close_connection = True
-                return self.send_error_body(
+                self.send_error_body(
                     413,
                     "payload_too_large",
                     f"the request body is larger than the worker's limit of {MAX_REQUEST_BYTES} bytes",
                 )
+                return self.linger()
             body = self.rfile.read(length)
             deadline = self.headers.get(DEADLINE_HEADER)
             budget = None
