@@ -16,11 +16,15 @@
 //! [`ExecutionMode::CallerTask`]) or `floor`, the throughput bench's
 //! peer — a task per worker fed by a bounded tokio `mpsc` channel,
 //! answering through a `oneshot`, with no validation, admission, routing,
-//! deadline or health — so the three costs can be compared.
+//! deadline or health — so the three costs can be compared. A fourth,
+//! `C` (default 1), splits the `N` requests over `C` caller tasks that
+//! submit at once, as the throughput bench's cells with several callers
+//! do (still on one thread, so the count stays deterministic).
 
 use foreman_tokio::{
     handler_fn, DriverOptions, ExecutionMode, PoolConfig, TokioRuntime, WorkerHandler,
-    WorkerOperation, WorkerPool, WorkerPoolOptions, WorkerProtocolError, WorkerRequest,
+    WorkerOperation, WorkerPool, WorkerPoolError, WorkerPoolOptions, WorkerProtocolError,
+    WorkerRequest,
 };
 use serde_json::{json, Value};
 use std::sync::Arc;
@@ -31,6 +35,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let requests: usize = args.next().map_or(Ok(100_000), |n| n.parse())?;
     let workers: usize = args.next().map_or(Ok(1), |w| w.parse())?;
     let what = args.next().unwrap_or_else(|| "foreman".into());
+    let callers: usize = args.next().map_or(Ok(1), |c| c.parse())?;
+    let callers = callers.max(1);
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
@@ -57,25 +63,42 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let execution = match what.as_str() {
             "foreman" => ExecutionMode::PoolTasks,
             "caller" => ExecutionMode::CallerTask,
-            "floor" => return floor(handlers, request, requests).await,
+            "floor" => return floor(handlers, request, requests, callers).await,
             other => return Err(format!("unknown mode {other:?}: foreman, caller or floor").into()),
         };
-        let pool = WorkerPool::with_driver_options(
+        let pool = Arc::new(WorkerPool::with_driver_options(
             TokioRuntime,
             handlers,
             PoolConfig::new(WorkerPoolOptions::default()),
             None,
             DriverOptions::default().execution(execution),
-        )?;
+        )?);
         let future = pool.submit(request.clone());
         eprintln!("submit future: {} bytes", std::mem::size_of_val(&future));
         drop(future);
-        for _ in 0..requests {
-            pool.submit(request.clone()).await?;
+        let tasks: Vec<_> = (0..callers)
+            .map(|caller| {
+                let pool = Arc::clone(&pool);
+                let request = request.clone();
+                tokio::spawn(async move {
+                    for _ in 0..share(requests, callers, caller) {
+                        pool.submit(request.clone()).await?;
+                    }
+                    Ok::<(), WorkerPoolError>(())
+                })
+            })
+            .collect();
+        for task in tasks {
+            task.await??;
         }
         pool.shutdown().await;
         Ok(())
     })
+}
+
+/// How many of `requests` caller `caller` of `callers` submits.
+fn share(requests: usize, callers: usize, caller: usize) -> usize {
+    requests / callers + usize::from(caller < requests % callers)
 }
 
 /// A request and where its answer goes.
@@ -90,23 +113,39 @@ async fn floor(
     handlers: Vec<Arc<dyn WorkerHandler>>,
     request: WorkerRequest,
     requests: usize,
+    callers: usize,
 ) -> Result<(), Box<dyn std::error::Error>> {
-    let senders: Vec<mpsc::Sender<Job>> = handlers
-        .into_iter()
-        .map(|handler| {
-            let (tx, mut rx) = mpsc::channel::<Job>(64);
+    let senders: Arc<Vec<mpsc::Sender<Job>>> = Arc::new(
+        handlers
+            .into_iter()
+            .map(|handler| {
+                let (tx, mut rx) = mpsc::channel::<Job>(64);
+                tokio::spawn(async move {
+                    while let Some((request, reply)) = rx.recv().await {
+                        let _ = reply.send(handler.handle(request).await);
+                    }
+                });
+                tx
+            })
+            .collect(),
+    );
+    let tasks: Vec<_> = (0..callers)
+        .map(|caller| {
+            let senders = Arc::clone(&senders);
+            let request = request.clone();
             tokio::spawn(async move {
-                while let Some((request, reply)) = rx.recv().await {
-                    let _ = reply.send(handler.handle(request).await);
+                let turns = (0..share(requests, callers, caller)).zip(senders.iter().cycle());
+                for (_, sender) in turns {
+                    let (tx, rx) = oneshot::channel();
+                    sender.send((request.clone(), tx)).await.ok()?;
+                    rx.await.ok()?.ok()?;
                 }
-            });
-            tx
+                Some(())
+            })
         })
         .collect();
-    for (_, sender) in (0..requests).zip(senders.iter().cycle()) {
-        let (tx, rx) = oneshot::channel();
-        sender.send((request.clone(), tx)).await?;
-        rx.await??;
+    for task in tasks {
+        task.await?.ok_or("the floor lost a request")?;
     }
     Ok(())
 }
