@@ -169,11 +169,12 @@ impl<R: Runtime> Shared<R> {
     /// After an input to `lane`: carries out the moves of queued requests
     /// between lanes that [`lanes::next_move`] asks for, so that no
     /// request waits in one lane while another has a free worker, and a
-    /// lane without schedulable workers hands its queue on. Moves happen
-    /// in a pool of several lanes whose handlers run on worker tasks and
-    /// that has no hooks (a request's caller then holds nothing of its
-    /// lane but its cancellation, which follows the move); with one lane
-    /// this is one comparison.
+    /// lane without schedulable workers hands its queue on. In every
+    /// execution mode and with hooks: what a caller holds of its lane (its
+    /// cancellation; in caller-task mode the completion of the handler it
+    /// runs; with hooks, placing its request anew) follows the move
+    /// through [`whereabouts`](Self::whereabouts). With one lane this is
+    /// one comparison.
     #[inline]
     pub(crate) fn balance_lanes(self: &Arc<Self>, lane: usize) {
         if self.lanes.len() > 1 {
@@ -185,9 +186,6 @@ impl<R: Runtime> Shared<R> {
     #[inline(never)]
     fn balance_several_lanes(self: &Arc<Self>, lane: usize) {
         let count = self.lanes.len();
-        if !self.pool_tasks || self.hooks.is_some() {
-            return;
-        }
         for _ in 0..MAX_MOVES {
             let next = lanes::next_move(lane, count, |lane| self.lane(lane).signals.load());
             match next {
@@ -203,7 +201,7 @@ impl<R: Runtime> Shared<R> {
     /// want of a worker.
     pub(crate) fn move_before_removal(self: &Arc<Self>, lane: usize, worker_id: &str) {
         let count = self.lanes.len();
-        if count == 1 || !self.pool_tasks || self.hooks.is_some() {
+        if count == 1 {
             return;
         }
         for _ in 0..MAX_MOVES {
@@ -221,6 +219,24 @@ impl<R: Runtime> Shared<R> {
                 Some(next) if self.move_queued(next) => {}
                 _ => return,
             }
+        }
+    }
+
+    /// Where the request submitted as `key` in `lane` is now: the lane
+    /// and key it last moved to, else those. Read under the slot's lock,
+    /// where a move records them (under the adopting lane's lock, before
+    /// that lane starts it): a request that started, or that the caller
+    /// is told to place anew, stays where this says until it is queued
+    /// again.
+    pub(crate) fn whereabouts<'a>(
+        &'a self,
+        slot: &Slot,
+        lane: &'a Lane,
+        key: RequestKey,
+    ) -> (&'a Lane, RequestKey) {
+        match slot.lock().moved {
+            Some((moved, moved_key)) => (self.lane(moved), moved_key),
+            None => (lane, key),
         }
     }
 
@@ -340,10 +356,12 @@ impl<R: Runtime> Shared<R> {
     }
 
     /// A handler finished, or declined its request: feeds its outcome to
-    /// the core, carries out the actions and wakes whom they concern. `own` is the calling task's own
-    /// request, if the handler was its; up to `claim` queued requests the
-    /// freed worker starts are claimed for this task to run. What concerns
-    /// this task goes to `out`.
+    /// the core, carries out the actions and wakes whom they concern, then
+    /// the moves between lanes the freed worker asks for. `own` is the
+    /// calling task's own request, if the handler was its; up to `claim`
+    /// queued requests the freed worker starts are claimed for this task
+    /// to run. What concerns this task goes to `out`. `lane` and `key` are
+    /// where the request ran ([`whereabouts`](Self::whereabouts)).
     pub(crate) fn complete(
         self: &Arc<Self>,
         lane: &Lane,
@@ -362,6 +380,7 @@ impl<R: Runtime> Shared<R> {
         }
         out.wake_all();
         self.spawn_probes(lane.index, probes);
+        self.balance_lanes(lane.index);
     }
 }
 
