@@ -168,10 +168,11 @@ pub fn move_before_removal(
         return None;
     }
     let lane = lane % count;
+    // As `next_move` reads a lane that gives up, not takes: no idle and no
+    // schedulable worker (its room is never read for it).
     let here = LaneLoad {
         schedulable: 0,
         idle: 0,
-        eligible: 0,
         ..load(lane)
     };
     next_move(
@@ -179,6 +180,19 @@ pub fn move_before_removal(
         count,
         |other| if other == lane { here } else { load(other) },
     )
+}
+
+/// The lanes a request released for `planned` is offered to, in order,
+/// each of the `count` lanes once: [`Move::to`], then the other lanes from
+/// there on, then [`Move::from`] last (its own lane takes it back only
+/// when no other lane can; if it cannot either, it answers it).
+pub fn adoption_order(planned: Move, count: usize) -> impl Iterator<Item = usize> {
+    let count = count.max(1);
+    let (from, to) = (planned.from % count, planned.to % count);
+    (0..count)
+        .map(move |step| (to + step) % count)
+        .filter(move |&lane| lane != from)
+        .chain([from])
 }
 
 /// Whether a lane's refusal only says it has no worker for the request
@@ -223,27 +237,23 @@ mod tests {
         }
     }
 
+    /// [`next_move`] after an input to `lane` of `loads`, as (from, to).
+    fn next(lane: usize, loads: &[LaneLoad]) -> Option<(usize, usize)> {
+        next_move(lane, loads.len(), lanes(loads)).map(|m| (m.from, m.to))
+    }
+
     #[test]
     fn a_lane_with_an_idle_worker_takes_from_the_most_loaded_lane() {
         let idle = queued(0, 2, 8, 8);
         let light = queued(3, 0, 8, 8);
         let heavy = queued(40, 0, 8, 8);
-        assert_eq!(
-            next_move(0, 3, lanes(&[idle, light, heavy])),
-            Some(Move { from: 2, to: 0 })
-        );
+        assert_eq!(next(0, &[idle, light, heavy]), Some((2, 0)));
         // Per worker: 10 queued over 2 workers outweigh 40 over 16.
         let small = queued(10, 0, 2, 2);
         let big = queued(40, 0, 16, 16);
-        assert_eq!(
-            next_move(2, 3, lanes(&[big, small, idle])),
-            Some(Move { from: 1, to: 2 })
-        );
+        assert_eq!(next(2, &[big, small, idle]), Some((1, 2)));
         // A tie goes to the first lane from the taker on.
-        assert_eq!(
-            next_move(1, 3, lanes(&[light, idle, light])),
-            Some(Move { from: 2, to: 1 })
-        );
+        assert_eq!(next(1, &[light, idle, light]), Some((2, 1)));
     }
 
     #[test]
@@ -252,13 +262,13 @@ mod tests {
         let busy = queued(5, 0, 8, 8);
         let full = queued(0, 0, 8, 8);
         // The taker still has its own queue, or no free worker.
-        assert_eq!(next_move(0, 2, lanes(&[queued(1, 1, 8, 8), busy])), None);
-        assert_eq!(next_move(0, 2, lanes(&[full, busy])), None);
+        assert_eq!(next(0, &[queued(1, 1, 8, 8), busy]), None);
+        assert_eq!(next(0, &[full, busy]), None);
         // Nothing waits anywhere else.
-        assert_eq!(next_move(0, 2, lanes(&[idle, full])), None);
-        assert_eq!(next_move(0, 2, lanes(&[idle, idle])), None);
+        assert_eq!(next(0, &[idle, full]), None);
+        assert_eq!(next(0, &[idle, idle]), None);
         // One lane never moves anything.
-        assert_eq!(next_move(0, 1, lanes(&[busy])), None);
+        assert_eq!(next(0, &[busy]), None);
     }
 
     #[test]
@@ -282,25 +292,30 @@ mod tests {
         let idle = queued(0, 1, 8, 8);
         let busy = queued(6, 0, 8, 8);
         let lighter = queued(1, 0, 8, 8);
-        assert_eq!(
-            next_move(0, 3, lanes(&[stranded, busy, idle])),
-            Some(Move { from: 0, to: 2 })
-        );
-        assert_eq!(
-            next_move(0, 3, lanes(&[stranded, busy, lighter])),
-            Some(Move { from: 0, to: 2 })
-        );
+        assert_eq!(next(0, &[stranded, busy, idle]), Some((0, 2)));
+        assert_eq!(next(0, &[stranded, busy, lighter]), Some((0, 2)));
         // The other lane is full: the queue waits where it is (its
         // workers still run it).
         let full = LaneLoad {
             eligible: 0,
             ..busy
         };
-        assert_eq!(next_move(0, 2, lanes(&[stranded, full])), None);
+        assert_eq!(next(0, &[stranded, full]), None);
         // No other lane can take it: it stays.
         let gone = queued(0, 0, 0, 0);
-        assert_eq!(next_move(0, 2, lanes(&[stranded, gone])), None);
-        assert_eq!(next_move(0, 2, lanes(&[stranded, stranded])), None);
+        assert_eq!(next(0, &[stranded, gone]), None);
+        assert_eq!(next(0, &[stranded, stranded]), None);
+    }
+
+    #[test]
+    fn a_released_request_is_offered_to_the_target_then_onwards_then_home() {
+        let order = |from, to, count| adoption_order(Move { from, to }, count).collect::<Vec<_>>();
+        assert_eq!(order(1, 3, 4), [3, 0, 2, 1]);
+        assert_eq!(order(0, 1, 2), [1, 0]);
+        assert_eq!(order(2, 0, 3), [0, 1, 2]);
+        // Out-of-range lanes wrap; no lanes is one.
+        assert_eq!(order(5, 7, 4), [3, 0, 2, 1]);
+        assert_eq!(order(3, 3, 0), [0]);
     }
 
     #[test]

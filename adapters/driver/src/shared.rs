@@ -186,13 +186,9 @@ impl<R: Runtime> Shared<R> {
     #[inline(never)]
     fn balance_several_lanes(self: &Arc<Self>, lane: usize) {
         let count = self.lanes.len();
-        for _ in 0..MAX_MOVES {
-            let next = lanes::next_move(lane, count, |lane| self.lane(lane).signals.load());
-            match next {
-                Some(next) if self.move_queued(next) => {}
-                _ => return,
-            }
-        }
+        self.carry_out_moves(|| {
+            lanes::next_move(lane, count, |lane| self.lane(lane).signals.load())
+        });
     }
 
     /// Before worker `worker_id` of `lane` is removed: if it is the lane's
@@ -204,18 +200,22 @@ impl<R: Runtime> Shared<R> {
         if count == 1 {
             return;
         }
-        for _ in 0..MAX_MOVES {
+        self.carry_out_moves(|| {
             let left = {
                 let core = self.lane(lane).core.lock();
-                match core.pool.worker_key(worker_id) {
-                    Some(key) => core.pool.schedulable_besides(key),
-                    None => return,
-                }
+                core.pool
+                    .schedulable_besides(core.pool.worker_key(worker_id)?)
             };
-            let next = lanes::move_before_removal(lane, count, left, |lane| {
-                self.lane(lane).signals.load()
-            });
-            match next {
+            lanes::move_before_removal(lane, count, left, |lane| self.lane(lane).signals.load())
+        });
+    }
+
+    /// Carries out the moves `next` names, asking again after each, until
+    /// it names none or one moves nothing, for at most [`MAX_MOVES`] moves
+    /// (the next input carries on).
+    fn carry_out_moves(self: &Arc<Self>, mut next: impl FnMut() -> Option<lanes::Move>) {
+        for _ in 0..MAX_MOVES {
+            match next() {
                 Some(next) if self.move_queued(next) => {}
                 _ => return,
             }
@@ -241,9 +241,9 @@ impl<R: Runtime> Shared<R> {
     }
 
     /// Moves the oldest movable request of `next.from` to `next.to` (or,
-    /// if that lane declines, to the next lane that takes it, `from`
-    /// last), holding one lane's lock at a time. Returns whether a request
-    /// left `from`.
+    /// if that lane declines, to the next lane that takes it, in
+    /// [`lanes::adoption_order`]), holding one lane's lock at a time.
+    /// Returns whether a request left `from`.
     fn move_queued(self: &Arc<Self>, next: lanes::Move) -> bool {
         let from = self.lane(next.from);
         let released = {
@@ -267,12 +267,7 @@ impl<R: Runtime> Shared<R> {
         let Some((mut released, left)) = released else {
             return false;
         };
-        let count = self.lanes.len();
-        let order = (0..count)
-            .map(|step| (next.to + step) % count)
-            .filter(|&lane| lane != next.from)
-            .chain([next.from]);
-        for lane in order {
+        for lane in lanes::adoption_order(next, self.lanes.len()) {
             match self.adopt_in(lane, released, left.as_deref()) {
                 Adopted::Yes => return lane != next.from,
                 Adopted::Cancelled(back) => {
@@ -346,8 +341,10 @@ impl<R: Runtime> Shared<R> {
             abandoned
         });
         if abandoned {
-            let traced = slot.lock().traced();
-            let answer = slot.lock().answer.take();
+            let (traced, answer) = {
+                let mut inner = slot.lock();
+                (inner.traced(), inner.answer.take())
+            };
             if let Some(answer) = &answer {
                 self.ended(traced, &slot, answer, cancelled);
             }
