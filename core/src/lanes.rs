@@ -58,6 +58,10 @@ pub struct Move {
 ///   [`first_lane`] would offer a new request to (from the next lane on),
 ///   if that lane has room (else they wait where they are: a worker that
 ///   is not schedulable still runs its queue);
+/// - `lane` has queued requests and no idle worker, and another lane has
+///   an idle worker and no queue: its oldest moves to the first such lane
+///   from the next lane on (so a request that queued while another lane's
+///   worker went idle moves even if that lane sees no further input);
 /// - `lane` has an idle worker and no queued request: it takes the oldest
 ///   of the lane with the most queued requests per worker (the first from
 ///   `lane` on, on a tie).
@@ -83,7 +87,19 @@ pub fn next_move(lane: usize, count: usize, load: impl Fn(usize) -> LaneLoad) ->
         // Only to a lane with room: a request no lane adopts is answered.
         return (to != lane && load(to).eligible > 0).then_some(Move { from: lane, to });
     }
-    if here.idle == 0 || here.queued > 0 {
+    if here.queued > 0 {
+        if here.idle > 0 {
+            return None;
+        }
+        return (1..count)
+            .map(|step| (lane + step) % count)
+            .find(|&to| {
+                let there = load(to);
+                there.idle > 0 && there.queued == 0
+            })
+            .map(|to| Move { from: lane, to });
+    }
+    if here.idle == 0 {
         return None;
     }
     // Queued requests per worker, compared as cross products.
@@ -257,6 +273,22 @@ mod tests {
     }
 
     #[test]
+    fn a_lane_with_a_queue_hands_its_oldest_to_an_idle_lane() {
+        let idle = queued(0, 2, 8, 8);
+        let busy = queued(5, 0, 8, 8);
+        let full = queued(0, 0, 8, 8);
+        assert_eq!(next(0, &[busy, idle]), Some((0, 1)));
+        // The first idle lane from the next one on, skipping a lane that
+        // has a queue of its own or no idle worker.
+        let idle_with_queue = queued(1, 1, 8, 8);
+        assert_eq!(next(1, &[idle, busy, full, idle]), Some((1, 3)));
+        assert_eq!(next(2, &[idle, full, busy, idle]), Some((2, 3)));
+        assert_eq!(next(0, &[busy, idle_with_queue, full]), None);
+        // A lane that has an idle worker runs its own queue.
+        assert_eq!(next(0, &[idle_with_queue, idle]), None);
+    }
+
+    #[test]
     fn no_move_without_an_idle_taker_or_a_queue_elsewhere() {
         let idle = queued(0, 2, 8, 8);
         let busy = queued(5, 0, 8, 8);
@@ -264,6 +296,7 @@ mod tests {
         // The taker still has its own queue, or no free worker.
         assert_eq!(next(0, &[queued(1, 1, 8, 8), busy]), None);
         assert_eq!(next(0, &[full, busy]), None);
+        assert_eq!(next(0, &[busy, busy]), None);
         // Nothing waits anywhere else.
         assert_eq!(next(0, &[idle, full]), None);
         assert_eq!(next(0, &[idle, idle]), None);

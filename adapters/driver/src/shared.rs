@@ -2,11 +2,11 @@
 //! lock), the clock's origin and the driver's options, and how an input
 //! reaches a lane's core.
 
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{fence, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
-use foreman_core::{lanes, PoolConfig, Released, RequestKey, Time};
+use foreman_core::{lanes, PoolConfig, Released, RequestKey, Time, WorkerKey};
 use parking_lot::Mutex;
 
 use crate::handler::CircuitBreakerHooks;
@@ -185,6 +185,11 @@ impl<R: Runtime> Shared<R> {
     /// [`balance_lanes`](Self::balance_lanes) with several lanes.
     #[inline(never)]
     fn balance_several_lanes(self: &Arc<Self>, lane: usize) {
+        // Orders this input's published counts before the other lanes'
+        // are read: of a submit that queued in one lane and a completion
+        // that left another idle, racing, at least one sees the other's
+        // counts and asks for the move.
+        fence(Ordering::SeqCst);
         let count = self.lanes.len();
         self.carry_out_moves(|| {
             lanes::next_move(lane, count, |lane| self.lane(lane).signals.load())
@@ -201,13 +206,24 @@ impl<R: Runtime> Shared<R> {
             return;
         }
         self.carry_out_moves(|| {
-            let left = {
-                let core = self.lane(lane).core.lock();
-                core.pool
-                    .schedulable_besides(core.pool.worker_key(worker_id)?)
-            };
-            lanes::move_before_removal(lane, count, left, |lane| self.lane(lane).signals.load())
+            let core = self.lane(lane).core.lock();
+            self.move_before_removing(&core, lane, core.pool.worker_key(worker_id)?)
         });
+    }
+
+    /// The move [`lanes::move_before_removal`] asks for before worker
+    /// `worker` of `lane` is removed, read with `core`, that lane's core,
+    /// locked (so its own counts are exact).
+    pub(crate) fn move_before_removing(
+        &self,
+        core: &Core,
+        lane: usize,
+        worker: WorkerKey,
+    ) -> Option<lanes::Move> {
+        let left = core.pool.schedulable_besides(worker);
+        lanes::move_before_removal(lane, self.lanes.len(), left, |lane| {
+            self.lane(lane).signals.load()
+        })
     }
 
     /// Carries out the moves `next` names, asking again after each, until

@@ -358,6 +358,11 @@ impl<R: Runtime> Shared<R> {
             }
             (None, _) => None,
         };
+        // A request that queued while another lane's worker went idle
+        // moves there now (that lane may see no further input).
+        if entered.submitted.is_ok() && start.is_none() {
+            self.balance_lanes(lane);
+        }
         Ok((entered, start))
     }
     /// Runs requests of other callers that this task claimed when it freed
