@@ -77,7 +77,9 @@ pub fn next_move(lane: usize, count: usize, load: impl Fn(usize) -> LaneLoad) ->
     let lane = lane % count;
     let here = load(lane);
     if here.queued > 0 && here.schedulable == 0 {
-        let to = first_lane(lane + 1, count, |other| {
+        // `lane` itself reads as empty (no idle worker, no room), so the
+        // choice starts from the next lane on.
+        let to = first_lane(lane, count, |other| {
             if other == lane {
                 LaneLoad::default()
             } else {
@@ -205,8 +207,8 @@ pub fn move_before_removal(
 pub fn adoption_order(planned: Move, count: usize) -> impl Iterator<Item = usize> {
     let count = count.max(1);
     let (from, to) = (planned.from % count, planned.to % count);
-    (0..count)
-        .map(move |step| (to + step) % count)
+    (to..count)
+        .chain(0..to)
         .filter(move |&lane| lane != from)
         .chain([from])
 }
@@ -310,6 +312,12 @@ mod tests {
         let idle = queued(0, 1, 8, 8);
         assert_eq!(
             move_before_removal(0, 2, 0, lanes(&[busy, idle])),
+            Some(Move { from: 0, to: 1 })
+        );
+        // To a lane with room even if none of its workers is idle.
+        let roomy = queued(2, 0, 8, 8);
+        assert_eq!(
+            move_before_removal(0, 2, 0, lanes(&[busy, roomy])),
             Some(Move { from: 0, to: 1 })
         );
         // Another schedulable worker stays: the lane keeps its queue.

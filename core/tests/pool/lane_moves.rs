@@ -43,9 +43,12 @@ fn a_released_request_keeps_its_acceptance_time_and_shows_it() {
 fn a_pool_shutting_down_adopts_nothing() {
     let (mut from, released) = released_from_one(PhaseLimits::new());
     let key = released.key();
+    // Draining a running request, with room in its worker's queue.
     let mut to = Harness::new(options(), 1);
+    to.submit(ms(4), &request("draining")).unwrap();
     to.pool.begin_shutdown(ms(5), None);
     to.drain();
+    assert_eq!(to.pool.pending(), 1);
     let back = to.pool.adopt(ms(5), released).expect_err("shutting down");
     assert_eq!(back.key(), key);
     assert_eq!(to.pool.counters().moved_in, 0);
@@ -75,6 +78,24 @@ fn a_free_worker_answers_an_adopted_request_whose_queue_wait_passed() {
     assert_eq!((answer.request, answer.phase), (key, Phase::Queued));
     assert_eq!(answer.result, Err(WorkerPoolError::Timeout));
     assert_eq!(to.pool.pending(), 0);
+}
+
+#[test]
+fn a_queue_wait_ends_at_its_limit_for_a_moved_request() {
+    let limits = PhaseLimits::new().with_queue_wait(Duration::from_millis(10));
+    // Accepted at 3 ms: at 13 ms its queue wait is over, so it neither
+    // leaves its pool nor starts where it was adopted.
+    let mut from = Harness::new(options(), 1);
+    from.submit(ms(3), &request("running")).unwrap();
+    from.submit_limited(ms(3), &request("queued"), limits)
+        .unwrap();
+    assert!(from.pool.release_queued(ms(13)).is_none());
+    let (_, released) = released_from_one(limits);
+    let mut to = Harness::new(options(), 1);
+    to.pool.adopt(ms(13), released).expect("an idle worker");
+    to.drain();
+    let (answers, starts) = answers_and_starts(&mut to);
+    assert_eq!((answers.len(), starts), (1, 0), "{answers:?}");
 }
 
 #[test]
