@@ -342,6 +342,13 @@ mod tests {
             ..busy
         };
         assert_eq!(next(0, &[stranded, full]), None);
+        // A lane read mid-update, with an idle worker but no room, is no
+        // target either.
+        let torn = LaneLoad {
+            eligible: 0,
+            ..idle
+        };
+        assert_eq!(next(0, &[stranded, torn]), None);
         // No other lane can take it: it stays.
         let gone = queued(0, 0, 0, 0);
         assert_eq!(next(0, &[stranded, gone]), None);
