@@ -58,6 +58,10 @@ pub struct Move {
 ///   [`first_lane`] would offer a new request to (from the next lane on),
 ///   if that lane has room (else they wait where they are: a worker that
 ///   is not schedulable still runs its queue);
+/// - `lane` has queued requests and no idle worker, and another lane has
+///   an idle worker and no queue: its oldest moves to the first such lane
+///   from the next lane on (so a request that queued while another lane's
+///   worker went idle moves even if that lane sees no further input);
 /// - `lane` has an idle worker and no queued request: it takes the oldest
 ///   of the lane with the most queued requests per worker (the first from
 ///   `lane` on, on a tie).
@@ -73,7 +77,9 @@ pub fn next_move(lane: usize, count: usize, load: impl Fn(usize) -> LaneLoad) ->
     let lane = lane % count;
     let here = load(lane);
     if here.queued > 0 && here.schedulable == 0 {
-        let to = first_lane(lane + 1, count, |other| {
+        // `lane` itself reads as empty (no idle worker, no room), so the
+        // choice starts from the next lane on.
+        let to = first_lane(lane, count, |other| {
             if other == lane {
                 LaneLoad::default()
             } else {
@@ -83,7 +89,19 @@ pub fn next_move(lane: usize, count: usize, load: impl Fn(usize) -> LaneLoad) ->
         // Only to a lane with room: a request no lane adopts is answered.
         return (to != lane && load(to).eligible > 0).then_some(Move { from: lane, to });
     }
-    if here.idle == 0 || here.queued > 0 {
+    if here.queued > 0 {
+        if here.idle > 0 {
+            return None;
+        }
+        return (1..count)
+            .map(|step| (lane + step) % count)
+            .find(|&to| {
+                let there = load(to);
+                there.idle > 0 && there.queued == 0
+            })
+            .map(|to| Move { from: lane, to });
+    }
+    if here.idle == 0 {
         return None;
     }
     // Queued requests per worker, compared as cross products.
@@ -168,10 +186,11 @@ pub fn move_before_removal(
         return None;
     }
     let lane = lane % count;
+    // As `next_move` reads a lane that gives up, not takes: no idle and no
+    // schedulable worker (its room is never read for it).
     let here = LaneLoad {
         schedulable: 0,
         idle: 0,
-        eligible: 0,
         ..load(lane)
     };
     next_move(
@@ -179,6 +198,19 @@ pub fn move_before_removal(
         count,
         |other| if other == lane { here } else { load(other) },
     )
+}
+
+/// The lanes a request released for `planned` is offered to, in order,
+/// each of the `count` lanes once: [`Move::to`], then the other lanes from
+/// there on, then [`Move::from`] last (its own lane takes it back only
+/// when no other lane can; if it cannot either, it answers it).
+pub fn adoption_order(planned: Move, count: usize) -> impl Iterator<Item = usize> {
+    let count = count.max(1);
+    let (from, to) = (planned.from % count, planned.to % count);
+    (to..count)
+        .chain(0..to)
+        .filter(move |&lane| lane != from)
+        .chain([from])
 }
 
 /// Whether a lane's refusal only says it has no worker for the request
@@ -223,27 +255,39 @@ mod tests {
         }
     }
 
+    /// [`next_move`] after an input to `lane` of `loads`, as (from, to).
+    fn next(lane: usize, loads: &[LaneLoad]) -> Option<(usize, usize)> {
+        next_move(lane, loads.len(), lanes(loads)).map(|m| (m.from, m.to))
+    }
+
     #[test]
     fn a_lane_with_an_idle_worker_takes_from_the_most_loaded_lane() {
         let idle = queued(0, 2, 8, 8);
         let light = queued(3, 0, 8, 8);
         let heavy = queued(40, 0, 8, 8);
-        assert_eq!(
-            next_move(0, 3, lanes(&[idle, light, heavy])),
-            Some(Move { from: 2, to: 0 })
-        );
+        assert_eq!(next(0, &[idle, light, heavy]), Some((2, 0)));
         // Per worker: 10 queued over 2 workers outweigh 40 over 16.
         let small = queued(10, 0, 2, 2);
         let big = queued(40, 0, 16, 16);
-        assert_eq!(
-            next_move(2, 3, lanes(&[big, small, idle])),
-            Some(Move { from: 1, to: 2 })
-        );
+        assert_eq!(next(2, &[big, small, idle]), Some((1, 2)));
         // A tie goes to the first lane from the taker on.
-        assert_eq!(
-            next_move(1, 3, lanes(&[light, idle, light])),
-            Some(Move { from: 2, to: 1 })
-        );
+        assert_eq!(next(1, &[light, idle, light]), Some((2, 1)));
+    }
+
+    #[test]
+    fn a_lane_with_a_queue_hands_its_oldest_to_an_idle_lane() {
+        let idle = queued(0, 2, 8, 8);
+        let busy = queued(5, 0, 8, 8);
+        let full = queued(0, 0, 8, 8);
+        assert_eq!(next(0, &[busy, idle]), Some((0, 1)));
+        // The first idle lane from the next one on, skipping a lane that
+        // has a queue of its own or no idle worker.
+        let idle_with_queue = queued(1, 1, 8, 8);
+        assert_eq!(next(1, &[idle, busy, full, idle]), Some((1, 3)));
+        assert_eq!(next(2, &[idle, full, busy, idle]), Some((2, 3)));
+        assert_eq!(next(0, &[busy, idle_with_queue, full]), None);
+        // A lane that has an idle worker runs its own queue.
+        assert_eq!(next(0, &[idle_with_queue, idle]), None);
     }
 
     #[test]
@@ -252,13 +296,14 @@ mod tests {
         let busy = queued(5, 0, 8, 8);
         let full = queued(0, 0, 8, 8);
         // The taker still has its own queue, or no free worker.
-        assert_eq!(next_move(0, 2, lanes(&[queued(1, 1, 8, 8), busy])), None);
-        assert_eq!(next_move(0, 2, lanes(&[full, busy])), None);
+        assert_eq!(next(0, &[queued(1, 1, 8, 8), busy]), None);
+        assert_eq!(next(0, &[full, busy]), None);
+        assert_eq!(next(0, &[busy, busy]), None);
         // Nothing waits anywhere else.
-        assert_eq!(next_move(0, 2, lanes(&[idle, full])), None);
-        assert_eq!(next_move(0, 2, lanes(&[idle, idle])), None);
+        assert_eq!(next(0, &[idle, full]), None);
+        assert_eq!(next(0, &[idle, idle]), None);
         // One lane never moves anything.
-        assert_eq!(next_move(0, 1, lanes(&[busy])), None);
+        assert_eq!(next(0, &[busy]), None);
     }
 
     #[test]
@@ -267,6 +312,12 @@ mod tests {
         let idle = queued(0, 1, 8, 8);
         assert_eq!(
             move_before_removal(0, 2, 0, lanes(&[busy, idle])),
+            Some(Move { from: 0, to: 1 })
+        );
+        // To a lane with room even if none of its workers is idle.
+        let roomy = queued(2, 0, 8, 8);
+        assert_eq!(
+            move_before_removal(0, 2, 0, lanes(&[busy, roomy])),
             Some(Move { from: 0, to: 1 })
         );
         // Another schedulable worker stays: the lane keeps its queue.
@@ -282,25 +333,37 @@ mod tests {
         let idle = queued(0, 1, 8, 8);
         let busy = queued(6, 0, 8, 8);
         let lighter = queued(1, 0, 8, 8);
-        assert_eq!(
-            next_move(0, 3, lanes(&[stranded, busy, idle])),
-            Some(Move { from: 0, to: 2 })
-        );
-        assert_eq!(
-            next_move(0, 3, lanes(&[stranded, busy, lighter])),
-            Some(Move { from: 0, to: 2 })
-        );
+        assert_eq!(next(0, &[stranded, busy, idle]), Some((0, 2)));
+        assert_eq!(next(0, &[stranded, busy, lighter]), Some((0, 2)));
         // The other lane is full: the queue waits where it is (its
         // workers still run it).
         let full = LaneLoad {
             eligible: 0,
             ..busy
         };
-        assert_eq!(next_move(0, 2, lanes(&[stranded, full])), None);
+        assert_eq!(next(0, &[stranded, full]), None);
+        // A lane read mid-update, with an idle worker but no room, is no
+        // target either.
+        let torn = LaneLoad {
+            eligible: 0,
+            ..idle
+        };
+        assert_eq!(next(0, &[stranded, torn]), None);
         // No other lane can take it: it stays.
         let gone = queued(0, 0, 0, 0);
-        assert_eq!(next_move(0, 2, lanes(&[stranded, gone])), None);
-        assert_eq!(next_move(0, 2, lanes(&[stranded, stranded])), None);
+        assert_eq!(next(0, &[stranded, gone]), None);
+        assert_eq!(next(0, &[stranded, stranded]), None);
+    }
+
+    #[test]
+    fn a_released_request_is_offered_to_the_target_then_onwards_then_home() {
+        let order = |from, to, count| adoption_order(Move { from, to }, count).collect::<Vec<_>>();
+        assert_eq!(order(1, 3, 4), [3, 0, 2, 1]);
+        assert_eq!(order(0, 1, 2), [1, 0]);
+        assert_eq!(order(2, 0, 3), [0, 1, 2]);
+        // Out-of-range lanes wrap; no lanes is one.
+        assert_eq!(order(5, 7, 4), [3, 0, 2, 1]);
+        assert_eq!(order(3, 3, 0), [0]);
     }
 
     #[test]

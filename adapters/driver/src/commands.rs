@@ -183,7 +183,9 @@ impl<R: Runtime> WorkerPool<R> {
     }
 
     /// Removes a worker: it takes no new requests, its queued requests move
-    /// to other workers of its lane, its running request finishes.
+    /// to other workers of its lane (or, if it was its lane's last worker
+    /// to take requests, to the other lanes), its running request
+    /// finishes.
     ///
     /// A queued request no other worker can take is answered with a
     /// retryable `Unavailable` error. In a pool with hooks, a request the
@@ -197,13 +199,27 @@ impl<R: Runtime> WorkerPool<R> {
     /// # Examples
     /// See [`restart_worker`](Self::restart_worker).
     pub fn remove_worker(&self, worker_id: &str) -> Result<(), WorkerPoolError> {
-        let lane = self.shared.names.lock().lane_of(worker_id);
-        if let Some(lane) = lane {
-            self.shared.move_before_removal(lane, worker_id);
+        let shared = &self.shared;
+        let lane = shared.names.lock().lane_of(worker_id);
+        for tries in 1..=REMOVAL_TRIES {
+            if let Some(lane) = lane {
+                shared.move_before_removal(lane, worker_id);
+            }
+            // A request that reached the lane after its queue moved is
+            // seen here, under the lane's lock: it moves before the
+            // worker goes (the last try removes it all the same).
+            let removed = self.command(worker_id, |core, now, key| {
+                let lane = lane.unwrap_or(0);
+                if tries < REMOVAL_TRIES && shared.move_before_removing(core, lane, key).is_some() {
+                    return Ok(false);
+                }
+                core.pool.remove_worker(now, key).map(|()| true)
+            })?;
+            if removed {
+                break;
+            }
         }
-        self.command(worker_id, |core, now, key| {
-            core.pool.remove_worker(now, key)
-        })
+        Ok(())
     }
 
     /// Graceful shutdown: new submits get `ShuttingDown` at once; queued and
@@ -298,11 +314,11 @@ impl<R: Runtime> WorkerPool<R> {
     }
 
     /// An input about one worker, in its lane.
-    fn command(
+    fn command<T>(
         &self,
         worker_id: &str,
-        f: impl FnOnce(&mut Core, Time, WorkerKey) -> Result<(), CommandError>,
-    ) -> Result<(), WorkerPoolError> {
+        f: impl FnOnce(&mut Core, Time, WorkerKey) -> Result<T, CommandError>,
+    ) -> Result<T, WorkerPoolError> {
         // An id no lane knows goes to the first lane, whose core refuses it
         // as it refuses any command (`ShuttingDown` once shutdown began).
         let lane = self.shared.names.lock().lane_of(worker_id).unwrap_or(0);
@@ -314,6 +330,12 @@ impl<R: Runtime> WorkerPool<R> {
             .map_err(command_error)
     }
 }
+
+/// How many times [`WorkerPool::remove_worker`] moves a lane's queue
+/// away before it removes the lane's last worker that takes requests
+/// regardless (requests that keep arriving in between are answered as in
+/// a single pool).
+const REMOVAL_TRIES: usize = 4;
 
 /// Forgets the names of removed workers once they outnumber the live ones
 /// (and a few more), so a pool whose workers come and go (discovery) keeps

@@ -2,11 +2,11 @@
 //! lock), the clock's origin and the driver's options, and how an input
 //! reaches a lane's core.
 
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{fence, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
-use foreman_core::{lanes, PoolConfig, Released, RequestKey, Time};
+use foreman_core::{lanes, PoolConfig, Released, RequestKey, Time, WorkerKey};
 use parking_lot::Mutex;
 
 use crate::handler::CircuitBreakerHooks;
@@ -169,11 +169,12 @@ impl<R: Runtime> Shared<R> {
     /// After an input to `lane`: carries out the moves of queued requests
     /// between lanes that [`lanes::next_move`] asks for, so that no
     /// request waits in one lane while another has a free worker, and a
-    /// lane without schedulable workers hands its queue on. Moves happen
-    /// in a pool of several lanes whose handlers run on worker tasks and
-    /// that has no hooks (a request's caller then holds nothing of its
-    /// lane but its cancellation, which follows the move); with one lane
-    /// this is one comparison.
+    /// lane without schedulable workers hands its queue on. In every
+    /// execution mode and with hooks: what a caller holds of its lane (its
+    /// cancellation; in caller-task mode the completion of the handler it
+    /// runs; with hooks, placing its request anew) follows the move
+    /// through [`whereabouts`](Self::whereabouts). With one lane this is
+    /// one comparison.
     #[inline]
     pub(crate) fn balance_lanes(self: &Arc<Self>, lane: usize) {
         if self.lanes.len() > 1 {
@@ -184,17 +185,15 @@ impl<R: Runtime> Shared<R> {
     /// [`balance_lanes`](Self::balance_lanes) with several lanes.
     #[inline(never)]
     fn balance_several_lanes(self: &Arc<Self>, lane: usize) {
+        // Orders this input's published counts before the other lanes'
+        // are read: of a submit that queued in one lane and a completion
+        // that left another idle, racing, at least one sees the other's
+        // counts and asks for the move.
+        fence(Ordering::SeqCst);
         let count = self.lanes.len();
-        if !self.pool_tasks || self.hooks.is_some() {
-            return;
-        }
-        for _ in 0..MAX_MOVES {
-            let next = lanes::next_move(lane, count, |lane| self.lane(lane).signals.load());
-            match next {
-                Some(next) if self.move_queued(next) => {}
-                _ => return,
-            }
-        }
+        self.carry_out_moves(|| {
+            lanes::next_move(lane, count, |lane| self.lane(lane).signals.load())
+        });
     }
 
     /// Before worker `worker_id` of `lane` is removed: if it is the lane's
@@ -203,31 +202,64 @@ impl<R: Runtime> Shared<R> {
     /// want of a worker.
     pub(crate) fn move_before_removal(self: &Arc<Self>, lane: usize, worker_id: &str) {
         let count = self.lanes.len();
-        if count == 1 || !self.pool_tasks || self.hooks.is_some() {
+        if count == 1 {
             return;
         }
+        self.carry_out_moves(|| {
+            let core = self.lane(lane).core.lock();
+            self.move_before_removing(&core, lane, core.pool.worker_key(worker_id)?)
+        });
+    }
+
+    /// The move [`lanes::move_before_removal`] asks for before worker
+    /// `worker` of `lane` is removed, read with `core`, that lane's core,
+    /// locked (so its own counts are exact).
+    pub(crate) fn move_before_removing(
+        &self,
+        core: &Core,
+        lane: usize,
+        worker: WorkerKey,
+    ) -> Option<lanes::Move> {
+        let left = core.pool.schedulable_besides(worker);
+        lanes::move_before_removal(lane, self.lanes.len(), left, |lane| {
+            self.lane(lane).signals.load()
+        })
+    }
+
+    /// Carries out the moves `next` names, asking again after each, until
+    /// it names none or one moves nothing, for at most [`MAX_MOVES`] moves
+    /// (the next input carries on).
+    fn carry_out_moves(self: &Arc<Self>, mut next: impl FnMut() -> Option<lanes::Move>) {
         for _ in 0..MAX_MOVES {
-            let left = {
-                let core = self.lane(lane).core.lock();
-                match core.pool.worker_key(worker_id) {
-                    Some(key) => core.pool.schedulable_besides(key),
-                    None => return,
-                }
-            };
-            let next = lanes::move_before_removal(lane, count, left, |lane| {
-                self.lane(lane).signals.load()
-            });
-            match next {
+            match next() {
                 Some(next) if self.move_queued(next) => {}
                 _ => return,
             }
         }
     }
 
+    /// Where the request submitted as `key` in `lane` is now: the lane
+    /// and key it last moved to, else those. Read under the slot's lock,
+    /// where a move records them (under the adopting lane's lock, before
+    /// that lane starts it): a request that started, or that the caller
+    /// is told to place anew, stays where this says until it is queued
+    /// again.
+    pub(crate) fn whereabouts<'a>(
+        &'a self,
+        slot: &Slot,
+        lane: &'a Lane,
+        key: RequestKey,
+    ) -> (&'a Lane, RequestKey) {
+        match slot.lock().moved {
+            Some((moved, moved_key)) => (self.lane(moved), moved_key),
+            None => (lane, key),
+        }
+    }
+
     /// Moves the oldest movable request of `next.from` to `next.to` (or,
-    /// if that lane declines, to the next lane that takes it, `from`
-    /// last), holding one lane's lock at a time. Returns whether a request
-    /// left `from`.
+    /// if that lane declines, to the next lane that takes it, in
+    /// [`lanes::adoption_order`]), holding one lane's lock at a time.
+    /// Returns whether a request left `from`.
     fn move_queued(self: &Arc<Self>, next: lanes::Move) -> bool {
         let from = self.lane(next.from);
         let released = {
@@ -251,12 +283,7 @@ impl<R: Runtime> Shared<R> {
         let Some((mut released, left)) = released else {
             return false;
         };
-        let count = self.lanes.len();
-        let order = (0..count)
-            .map(|step| (next.to + step) % count)
-            .filter(|&lane| lane != next.from)
-            .chain([next.from]);
-        for lane in order {
+        for lane in lanes::adoption_order(next, self.lanes.len()) {
             match self.adopt_in(lane, released, left.as_deref()) {
                 Adopted::Yes => return lane != next.from,
                 Adopted::Cancelled(back) => {
@@ -330,8 +357,10 @@ impl<R: Runtime> Shared<R> {
             abandoned
         });
         if abandoned {
-            let traced = slot.lock().traced();
-            let answer = slot.lock().answer.take();
+            let (traced, answer) = {
+                let mut inner = slot.lock();
+                (inner.traced(), inner.answer.take())
+            };
             if let Some(answer) = &answer {
                 self.ended(traced, &slot, answer, cancelled);
             }
@@ -340,10 +369,12 @@ impl<R: Runtime> Shared<R> {
     }
 
     /// A handler finished, or declined its request: feeds its outcome to
-    /// the core, carries out the actions and wakes whom they concern. `own` is the calling task's own
-    /// request, if the handler was its; up to `claim` queued requests the
-    /// freed worker starts are claimed for this task to run. What concerns
-    /// this task goes to `out`.
+    /// the core, carries out the actions and wakes whom they concern, then
+    /// the moves between lanes the freed worker asks for. `own` is the
+    /// calling task's own request, if the handler was its; up to `claim`
+    /// queued requests the freed worker starts are claimed for this task
+    /// to run. What concerns this task goes to `out`. `lane` and `key` are
+    /// where the request ran ([`whereabouts`](Self::whereabouts)).
     pub(crate) fn complete(
         self: &Arc<Self>,
         lane: &Lane,
@@ -362,6 +393,7 @@ impl<R: Runtime> Shared<R> {
         }
         out.wake_all();
         self.spawn_probes(lane.index, probes);
+        self.balance_lanes(lane.index);
     }
 }
 

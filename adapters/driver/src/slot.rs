@@ -85,7 +85,8 @@ pub(crate) struct SlotInner {
     /// breaker place it anew (`Action::Revet`).
     pub(crate) revet: bool,
     /// The lane and key of the request after it moved to another lane
-    /// (`None`: where it was submitted), for its cancellation.
+    /// (`None`: where it was submitted), for its caller: its cancellation,
+    /// the completion of a handler it runs, placing it anew.
     pub(crate) moved: Option<(usize, RequestKey)>,
     /// Released by one lane and not yet adopted by another: a cancellation
     /// meanwhile only gives up, and the move answers it `Cancelled`.

@@ -7,6 +7,7 @@ mod configuration;
 mod harness;
 mod health;
 mod hedging;
+mod lane_moves;
 mod phase_limits;
 mod recovery;
 mod retries;

@@ -15,7 +15,10 @@ use metrics_util::debugging::DebuggingRecorder;
 use serde_json::Value;
 
 use crate::observability::Readings;
-use crate::support::{options, pool_in_lanes, request, sleep, wait_until, TestWorker};
+use crate::support::{
+    handlers_of, lane_pool, options, pool_in_lanes, request, sleep, wait_until, LaneMode,
+    TestWorker,
+};
 
 /// A pool whose workers are spread over two lanes behaves as one pool:
 /// worker order and ids, idle-first routing over every worker, a refusal
@@ -156,7 +159,17 @@ pub async fn slow_and_fast_workers<R: Runtime + Default + Clone>(
     rt: R,
     lanes: Option<usize>,
 ) -> (Duration, usize, Counters) {
-    let pool = slow_and_fast_pool(&rt, lanes);
+    slow_and_fast_workers_in(rt, lanes, LaneMode::PoolTasks).await
+}
+
+/// [`slow_and_fast_workers`] on a pool run as `mode` says (`lanes`
+/// `None` builds the default pool, in the default mode).
+pub async fn slow_and_fast_workers_in<R: Runtime + Default + Clone>(
+    rt: R,
+    lanes: Option<usize>,
+    mode: LaneMode,
+) -> (Duration, usize, Counters) {
+    let pool = slow_and_fast_pool_in(&rt, lanes, mode);
     let started = rt.now();
     let requests = (0..200).map(|i| pool.submit(request(&format!("r{i}"), "paced")));
     let answers = future::join_all(requests).await;
@@ -204,6 +217,15 @@ pub(crate) fn slow_and_fast_pool<R: Runtime + Default + Clone>(
     rt: &R,
     lanes: Option<usize>,
 ) -> WorkerPool<R> {
+    slow_and_fast_pool_in(rt, lanes, LaneMode::PoolTasks)
+}
+
+/// [`slow_and_fast_pool`] run as `mode` says.
+fn slow_and_fast_pool_in<R: Runtime + Default + Clone>(
+    rt: &R,
+    lanes: Option<usize>,
+    mode: LaneMode,
+) -> WorkerPool<R> {
     let handlers = paced_handlers(rt, 400, 10);
     let options = WorkerPoolOptions {
         queue_capacity: 64,
@@ -214,14 +236,7 @@ pub(crate) fn slow_and_fast_pool<R: Runtime + Default + Clone>(
     match lanes {
         None => WorkerPool::<R>::new_inprocess(handlers, options, None)
             .unwrap_or_else(|error| panic!("valid pool options refused: {error}")),
-        Some(lanes) => WorkerPool::<R>::with_lanes(
-            R::default(),
-            handlers,
-            PoolConfig::new(options),
-            None,
-            NonZeroUsize::new(lanes).unwrap_or(NonZeroUsize::MIN),
-        )
-        .unwrap_or_else(|error| panic!("valid pool options refused: {error}")),
+        Some(lanes) => lane_pool(handlers, options, lanes, mode),
     }
 }
 
@@ -258,15 +273,34 @@ pub async fn fast_workers_take_the_queue_from_slow_ones<R: Runtime + Default + C
 /// request a lane released, another took in). Counted, not timed (the
 /// completion time is compared under tokio's virtual clock).
 pub async fn late_binding_holds_across_lanes<R: Runtime + Default + Clone>(rt: R) {
-    let (_, _, one) = slow_and_fast_workers(rt.clone(), Some(1)).await;
+    late_binding_holds_across_lanes_in(rt, LaneMode::PoolTasks).await;
+}
+
+/// [`late_binding_holds_across_lanes`] with handlers run in their
+/// callers' tasks: a request moved to another lane is started there and
+/// its caller completes it in that lane.
+pub async fn late_binding_holds_across_lanes_in_caller_task_mode<R: Runtime + Default + Clone>(
+    rt: R,
+) {
+    late_binding_holds_across_lanes_in(rt, LaneMode::CallerTask).await;
+}
+
+/// [`late_binding_holds_across_lanes`] in a pool with hooks.
+pub async fn late_binding_holds_across_lanes_with_hooks<R: Runtime + Default + Clone>(rt: R) {
+    late_binding_holds_across_lanes_in(rt, LaneMode::Hooked).await;
+}
+
+async fn late_binding_holds_across_lanes_in<R: Runtime + Default + Clone>(rt: R, mode: LaneMode) {
+    let (_, _, one) = slow_and_fast_workers_in(rt.clone(), Some(1), mode).await;
     let counts = |c: &Counters| (c.submitted, c.accepted, c.succeeded, c.answered());
     for lanes in [2, 4] {
-        let (_, slow_runs, counters) = slow_and_fast_workers(rt.clone(), Some(lanes)).await;
-        assert_late_bound(slow_runs, &format!("{lanes} lanes"));
+        let (_, slow_runs, counters) =
+            slow_and_fast_workers_in(rt.clone(), Some(lanes), mode).await;
+        assert_late_bound(slow_runs, &format!("{lanes} lanes, {mode:?}"));
         assert_eq!(
             counts(&counters),
             counts(&one),
-            "{lanes} lanes: {counters:?}"
+            "{lanes} lanes, {mode:?}: {counters:?}"
         );
         assert_eq!(counters.moved_in, counters.moved_out, "{counters:?}");
         assert!(counters.moved_in > 0, "nothing moved: {counters:?}");
@@ -276,15 +310,36 @@ pub async fn late_binding_holds_across_lanes<R: Runtime + Default + Clone>(rt: R
 /// Removing every worker of a lane while requests wait there moves them to
 /// the other lane's workers: all are answered by those, none `Unavailable`.
 pub async fn removing_a_lanes_workers_moves_its_queue<R: Runtime + Default + Clone>(rt: R) {
+    removing_a_lanes_workers_moves_its_queue_in(rt, LaneMode::PoolTasks).await;
+}
+
+/// [`removing_a_lanes_workers_moves_its_queue`] with handlers run in
+/// their callers' tasks.
+pub async fn removing_a_lanes_workers_moves_its_queue_in_caller_task_mode<
+    R: Runtime + Default + Clone,
+>(
+    rt: R,
+) {
+    removing_a_lanes_workers_moves_its_queue_in(rt, LaneMode::CallerTask).await;
+}
+
+/// [`removing_a_lanes_workers_moves_its_queue`] in a pool with hooks.
+pub async fn removing_a_lanes_workers_moves_its_queue_with_hooks<R: Runtime + Default + Clone>(
+    rt: R,
+) {
+    removing_a_lanes_workers_moves_its_queue_in(rt, LaneMode::Hooked).await;
+}
+
+async fn removing_a_lanes_workers_moves_its_queue_in<R: Runtime + Default + Clone>(
+    rt: R,
+    mode: LaneMode,
+) {
     let workers: Vec<_> = (0..4).map(|_| TestWorker::new(&rt)).collect();
-    let pool = pool_in_lanes(
-        &workers,
-        WorkerPoolOptions {
-            queue_capacity: 8,
-            ..options()
-        },
-        2,
-    );
+    let options = WorkerPoolOptions {
+        queue_capacity: 8,
+        ..options()
+    };
+    let pool: WorkerPool<R> = lane_pool(handlers_of(&workers), options, 2, mode);
     // One gated request on each worker, then twelve that queue, spread
     // over both lanes.
     let running: Vec<_> = (0..4)

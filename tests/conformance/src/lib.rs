@@ -99,8 +99,12 @@ pub use hedging::{
 };
 pub use lanes::{
     fast_workers_take_the_queue_from_slow_ones, lanes_behave_as_one_pool,
-    late_binding_holds_across_lanes, removing_a_lanes_workers_moves_its_queue,
+    late_binding_holds_across_lanes, late_binding_holds_across_lanes_in_caller_task_mode,
+    late_binding_holds_across_lanes_with_hooks, removing_a_lanes_workers_moves_its_queue,
+    removing_a_lanes_workers_moves_its_queue_in_caller_task_mode,
+    removing_a_lanes_workers_moves_its_queue_with_hooks,
     requests_cancelled_while_moving_are_answered_once, slow_and_fast_workers,
+    slow_and_fast_workers_in,
 };
 pub use observability::{
     metrics_count_each_outcome_and_follow_the_queues, metrics_follow_requests_moved_between_lanes,
@@ -131,7 +135,9 @@ pub use service::*;
 pub use shutdown::{
     commands_after_shutdown_answer_shutting_down, shutdown_drains_queued_and_running_requests,
 };
-pub use support::{request, sleep, spawn, wait_until, ProbeMode, RecordingHooks, TestWorker};
+pub use support::{
+    request, sleep, spawn, wait_until, LaneMode, ProbeMode, RecordingHooks, TestWorker,
+};
 
 /// An adapter under test: its runtime type and how to run an async body on it.
 pub trait Target: 'static {
@@ -197,6 +203,10 @@ macro_rules! conformance_suite {
             observe_only_hooks_keep_late_binding_and_a_breaker_pins,
         );
         $crate::conformance_suite!(@each $target;
+            late_binding_holds_across_lanes_in_caller_task_mode,
+            late_binding_holds_across_lanes_with_hooks,
+            removing_a_lanes_workers_moves_its_queue_in_caller_task_mode,
+            removing_a_lanes_workers_moves_its_queue_with_hooks,
             a_closure_handler_and_its_probe_serve_the_pool,
             a_panicking_closure_handler_is_answered_execution_failed,
             the_pool_service_waits_for_room_and_is_woken_when_it_frees,

@@ -9,9 +9,9 @@ use std::task::Poll;
 use std::time::Duration;
 
 use foreman_driver::{
-    async_trait, CircuitBreakerHooks, DriverOptions, PoolConfig, Runtime, WorkerErrorCode,
-    WorkerHandler, WorkerHealthStatus, WorkerOperation, WorkerPool, WorkerPoolError,
-    WorkerPoolOptions, WorkerProtocolError, WorkerRequest, WorkerResponse,
+    async_trait, CircuitBreakerHooks, DriverOptions, ExecutionMode, HookRole, PoolConfig, Runtime,
+    WorkerErrorCode, WorkerHandler, WorkerHealthStatus, WorkerOperation, WorkerPool,
+    WorkerPoolError, WorkerPoolOptions, WorkerProtocolError, WorkerRequest, WorkerResponse,
 };
 use futures::future;
 use futures::FutureExt;
@@ -345,14 +345,41 @@ pub(crate) fn pool_in_lanes<R: Runtime + Default + Clone>(
     options: WorkerPoolOptions,
     lanes: usize,
 ) -> WorkerPool<R> {
+    lane_pool(handlers_of(workers), options, lanes, LaneMode::PoolTasks)
+}
+
+/// How a pool of several lanes runs its handlers, and whether it has hooks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LaneMode {
+    /// Handlers on worker tasks, no hooks (the default).
+    PoolTasks,
+    /// Handlers in their callers' tasks (`ExecutionMode::CallerTask`).
+    CallerTask,
+    /// Handlers on worker tasks, with [`RecordingHooks`] that observe
+    /// (`HookRole::ObserveOnly`).
+    Hooked,
+}
+
+/// A pool of `handlers` in `lanes` lanes (worker-i in lane i % lanes),
+/// run as `mode` says.
+pub(crate) fn lane_pool<R: Runtime + Default + Clone>(
+    handlers: Vec<Arc<dyn WorkerHandler>>,
+    options: WorkerPoolOptions,
+    lanes: usize,
+    mode: LaneMode,
+) -> WorkerPool<R> {
     let lanes = NonZeroUsize::new(lanes).unwrap_or(NonZeroUsize::MIN);
-    match WorkerPool::with_lanes(
-        R::default(),
-        handlers_of(workers),
-        PoolConfig::new(options),
-        None,
-        lanes,
-    ) {
+    let driver = DriverOptions::default().lanes(lanes);
+    let (driver, hooks) = match mode {
+        LaneMode::PoolTasks => (driver, None),
+        LaneMode::CallerTask => (driver.execution(ExecutionMode::CallerTask), None),
+        LaneMode::Hooked => (
+            driver.hooks(HookRole::ObserveOnly),
+            Some(Arc::new(RecordingHooks::default()) as Arc<dyn CircuitBreakerHooks>),
+        ),
+    };
+    let config = PoolConfig::new(options);
+    match WorkerPool::with_driver_options(R::default(), handlers, config, hooks, driver) {
         Ok(pool) => pool,
         Err(error) => panic!("valid pool options refused: {error}"),
     }

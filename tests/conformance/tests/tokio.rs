@@ -50,18 +50,22 @@ mod multi_thread {
 
 /// Under the paused clock the slow/fast workload's completion time is
 /// exact virtual time: in two lanes and in four it finishes within 1.2x
-/// the single lane's time.
+/// the single lane's time, in every execution mode and with hooks.
 #[test]
 fn lanes_finish_the_slow_and_fast_workload_within_the_single_lane_time() {
+    use foreman_conformance::{slow_and_fast_workers_in, LaneMode};
     Paused::block_on(Box::pin(async {
-        let (one, _, _) = foreman_conformance::slow_and_fast_workers(TokioRuntime, Some(1)).await;
-        for lanes in [2, 4] {
-            let (elapsed, slow_runs, _) =
-                foreman_conformance::slow_and_fast_workers(TokioRuntime, Some(lanes)).await;
-            assert!(
-                elapsed.as_secs_f64() <= 1.2 * one.as_secs_f64(),
-                "{lanes} lanes took {elapsed:?}, one lane {one:?} (slow workers ran {slow_runs})"
-            );
+        for mode in [LaneMode::PoolTasks, LaneMode::CallerTask, LaneMode::Hooked] {
+            let (one, _, _) = slow_and_fast_workers_in(TokioRuntime, Some(1), mode).await;
+            for lanes in [2, 4] {
+                let (elapsed, slow_runs, _) =
+                    slow_and_fast_workers_in(TokioRuntime, Some(lanes), mode).await;
+                assert!(
+                    elapsed.as_secs_f64() <= 1.2 * one.as_secs_f64(),
+                    "{mode:?}, {lanes} lanes took {elapsed:?}, one lane {one:?} \
+                     (slow workers ran {slow_runs})"
+                );
+            }
         }
     }));
 }

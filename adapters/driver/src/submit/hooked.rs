@@ -106,7 +106,10 @@ impl<R: Runtime> WorkerPool<R> {
         let answer = loop {
             match wait_for_notice(slot).await {
                 Notice::Answered(answer) => break answer,
-                Notice::Revet => shared.revet(lane, key, request, hooks).await,
+                Notice::Revet => {
+                    let (lane, key) = shared.whereabouts(slot, lane, key);
+                    shared.revet(lane, key, request, hooks).await;
+                }
             }
         };
         guard.pending.done = true;

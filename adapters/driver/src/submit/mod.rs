@@ -146,6 +146,8 @@ impl<R: Runtime> WorkerPool<R> {
             Some(outcome) => {
                 let refused = outcome.is_refusal();
                 let mut own = Own::default();
+                // It ran in the lane that started it.
+                let (lane, key) = shared.whereabouts(slot, lane, key);
                 shared.complete(lane, key, outcome, Some(key), CLAIM_BUDGET, &mut own);
                 let answer = own.answer.take();
                 let again = own.started.take();
@@ -175,9 +177,9 @@ impl<R: Runtime> WorkerPool<R> {
 impl<R: Runtime> WorkerPool<R> {
     /// Runs the caller's own request again after its handler declined it
     /// (caller-task mode, `refuse_not_started`): takes `started` if the
-    /// refusal started it at once, else waits for its next start, runs its
-    /// handler there, and so on until a handler ends it or the core
-    /// answers it. Returns its answer.
+    /// refusal started it at once, else waits for its next start (in
+    /// whichever lane it is by then), runs its handler there, and so on
+    /// until a handler ends it or the core answers it. Returns its answer.
     async fn run_again(
         &self,
         slot: &Arc<Slot>,
@@ -211,6 +213,8 @@ impl<R: Runtime> WorkerPool<R> {
             };
             let refused = outcome.is_refusal();
             let mut own = Own::default();
+            // Declined, it may have moved to another lane before this run.
+            let (lane, key) = shared.whereabouts(slot, lane, key);
             shared.complete(lane, key, outcome, Some(key), CLAIM_BUDGET, &mut own);
             let answer = own.answer.take();
             started = own.started.take();
@@ -354,6 +358,11 @@ impl<R: Runtime> Shared<R> {
             }
             (None, _) => None,
         };
+        // A request that queued while another lane's worker went idle
+        // moves there now (that lane may see no further input).
+        if entered.submitted.is_ok() && start.is_none() {
+            self.balance_lanes(lane);
+        }
         Ok((entered, start))
     }
     /// Runs requests of other callers that this task claimed when it freed
