@@ -89,7 +89,7 @@ impl Harness {
             wbook.running
         );
         ensure!(
-            !wbook.saturated,
+            wbook.saturated.is_none(),
             "Start of {request} on saturated {worker} (a handler refused a request there)"
         );
         // A queued request starts only with enough budget left (one

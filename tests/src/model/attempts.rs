@@ -91,9 +91,9 @@ impl Harness {
             self.longest_any_run = self.longest_any_run.max(self.seen - started_at);
         }
         self.remove_running(book.run_pos);
-        // The core keeps a worker saturated when a retry leaves it (only an
-        // answered run, a hedge's end, a probe or a restart clear it).
-        self.recount_worker(from, |b| b.running -= 1);
+        // The failed run is over: as any run's end, it ends the worker's
+        // saturation.
+        self.recount_worker(from, |b| b.end_run());
         self.recount_worker(to, |b| b.queued += 1);
         // A hedge that ran on alone is over: the retry runs under the
         // request's own key.

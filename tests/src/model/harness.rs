@@ -49,6 +49,8 @@ pub struct Harness {
     pub(super) probes: Vec<WorkerKey>,
     pub(super) deadlines: BinaryHeap<Reverse<(Time, RequestKey)>>,
     pub(super) probe_deadlines: BinaryHeap<Reverse<(Time, WorkerKey, ProbeKey)>>,
+    /// When each saturation expires (stale entries are skipped).
+    pub(super) saturations: BinaryHeap<Reverse<(Time, WorkerKey)>>,
     pub(super) schedulable: usize,
     pub(super) open: usize,
     /// Schedulable workers with a free run slot.
@@ -173,6 +175,7 @@ impl Harness {
             probes: Vec::new(),
             deadlines: BinaryHeap::new(),
             probe_deadlines: BinaryHeap::new(),
+            saturations: BinaryHeap::new(),
             schedulable: 0,
             open: 0,
             free: 0,
@@ -539,6 +542,7 @@ impl Harness {
             at: self.seen,
         });
         self.driver_timer = Time::MAX;
+        self.expire_saturations();
         self.pool.handle_timeout(self.clock);
         self.drain()
     }

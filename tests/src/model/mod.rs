@@ -88,8 +88,9 @@
 //!      in line unanswered (but for an `Unavailable` when its worker is
 //!      being removed and no other can take it), its attempt uncounted, and
 //!      saturates its worker: no `Start` there, and its free slot does not
-//!      count for late binding, until one of its runs ends, a probe
-//!      answers or it is restarted;
+//!      count for late binding, until one of its runs ends (a retry
+//!      leaving it included), a probe answers, it is restarted or one
+//!      probe interval has passed since the refusal (the core's timer);
 //!    - the core's counters agree with the books (accepted, answered,
 //!      refused before starting, pending), and once shutdown completed nothing is pending and the
 //!      pool wants no wake-up.

@@ -3,7 +3,7 @@
 
 use std::cmp::Reverse;
 
-use foreman_core::RequestKey;
+use foreman_core::{RequestKey, Time};
 
 use super::books::{Context, ReqState};
 use super::harness::Harness;
@@ -45,10 +45,16 @@ impl Harness {
         // Back in its worker's line (the front of it) until an event says
         // it moved; a `Start` there is checked against the saturation.
         self.remove_running(book.run_pos);
+        // An expiry at `Time::MAX` (where saturated arithmetic lands) is
+        // never, as in the core.
+        let until = self.seen + self.limits.probe_interval;
+        if until != Time::MAX {
+            self.saturations.push(Reverse((until, worker)));
+        }
         self.recount_worker(worker, |b| {
             b.running -= 1;
             b.queued += 1;
-            b.saturated = true;
+            b.saturated = Some(until);
             // Its own queue may pass its capacity if it keeps the request.
             b.queue_limit = b.queue_limit.max(b.queued);
         });
@@ -84,5 +90,23 @@ impl Harness {
         }
         self.finish_input()?;
         Ok(applied)
+    }
+
+    /// Ends, in the books, every saturation that expires by now: the
+    /// wake-up about to be given to the core fires their timers.
+    pub(super) fn expire_saturations(&mut self) {
+        while let Some(Reverse((at, worker))) = self.saturations.peek().copied() {
+            if at > self.seen {
+                break;
+            }
+            self.saturations.pop();
+            let live = self
+                .workers
+                .get(worker.as_u64())
+                .is_some_and(|book| book.saturated == Some(at));
+            if live {
+                self.recount_worker(worker, |b| b.saturated = None);
+            }
+        }
     }
 }
