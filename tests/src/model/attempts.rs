@@ -272,13 +272,26 @@ impl Harness {
             "AttemptEnded of #{} whose hedge runs alone",
             book.id
         );
-        let ReqState::Running { started_at, .. } = book.state else {
-            return Err(Failure(format!(
-                "AttemptEnded of #{} while {book:?}",
-                book.id
-            )));
-        };
+        // A request's own attempt refused while racing its hedge: the hedge
+        // ends first, its request already booked as waiting again.
+        let refusing = self.context
+            == Context::Refuse {
+                request,
+                worker: book.worker,
+            };
+        let running = matches!(book.state, ReqState::Running { .. });
+        ensure!(
+            running || (refusing && attempt != request),
+            "AttemptEnded of #{} while {book:?}",
+            book.id
+        );
         let (ended_at, own) = if attempt == request {
+            let ReqState::Running { started_at, .. } = book.state else {
+                return Err(Failure(format!(
+                    "AttemptEnded of #{} while {book:?}",
+                    book.id
+                )));
+            };
             ensure!(
                 worker == book.worker,
                 "#{}'s own attempt ended on {worker}",
@@ -309,7 +322,18 @@ impl Harness {
             self.touch_health(worker);
             self.longest_any_run = self.longest_any_run.max(self.seen - ended_at);
         }
-        self.recount_worker(worker, |b| b.end_run());
+        // A hedge its handler refused is no attempt, and saturates its
+        // worker; any other end of a run ends the worker's saturation.
+        let refused = self.context
+            == Context::Refuse {
+                request: attempt,
+                worker,
+            };
+        if refused {
+            self.refused_attempt(request, worker);
+        } else {
+            self.recount_worker(worker, |b| b.end_run());
+        }
         self.ended.push((attempt, worker));
         if own {
             if let Some(h) = self.hedges.get_mut(&hedge_key.as_u64()) {

@@ -227,7 +227,14 @@ impl Harness {
     /// While a free worker leaves requests to a faster one, the oldest has
     /// waited no longer than any worker's latency estimate can be: the
     /// longest run seen, or the unsampled latency (O(pending), only while
-    /// a worker defers).
+    /// a worker defers). A request refused before its start goes back to
+    /// the front of the line, ahead of older ones, and a deferral bounds
+    /// the wait of the line's head from the head's acceptance: the
+    /// requests behind a refused one wait until it leaves, and, once it
+    /// has, at most until a deferral set for it ends (by its acceptance
+    /// plus the bound). So the wait counts from the oldest one's
+    /// acceptance or from the last refusal of a request that joined the
+    /// line, whichever is later.
     fn check_deferral_bound(&self) -> Result<(), Failure> {
         let oldest = self
             .live
@@ -237,7 +244,8 @@ impl Harness {
             .map(|book| book.waiting_since)
             .min();
         let bound = self.longest_any_run.max(self.limits.unsampled_latency);
-        if let Some(waiting_since) = oldest {
+        if let Some(oldest) = oldest {
+            let waiting_since = self.last_refusal.map_or(oldest, |at| at.max(oldest));
             let waited = self.seen - waiting_since;
             ensure!(
                 waited <= bound + Duration::from_nanos(1),

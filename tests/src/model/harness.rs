@@ -110,6 +110,9 @@ pub struct Harness {
     pub(super) longest_any_run: Duration,
     /// Changes to `Unavailable` for a health reason (not a shutdown).
     pub(super) ejections: u64,
+    /// When a request refused before its start last went back to the
+    /// front of the line (unpinned): it bounds a deferral.
+    pub(super) last_refusal: Option<Time>,
 }
 
 impl fmt::Debug for Harness {
@@ -211,6 +214,7 @@ impl Harness {
             longest_run: Duration::ZERO,
             longest_any_run: Duration::ZERO,
             ejections: 0,
+            last_refusal: None,
         })
     }
 
@@ -433,7 +437,10 @@ impl Harness {
                 self.complete(key, outcome).map(drop)
             }
             Op::Refuse { index } => match pick(&self.running, index) {
-                Some(key) => self.refuse(key).map(drop),
+                Some(key) => {
+                    let attempt = self.attempt_to_refuse(key, index);
+                    self.refuse(attempt).map(drop)
+                }
                 None => Ok(()),
             },
             Op::ProbeResult { index, verdict } => match pick(&self.probes, index) {
