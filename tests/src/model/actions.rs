@@ -157,6 +157,9 @@ impl Harness {
             b.queued -= usize::from(moved.is_none());
             b.running += 1;
         });
+        if moved.is_some() {
+            self.queue_grew(worker);
+        }
         self.check_limits(worker)?;
         self.trace.push(TraceEvent::Start {
             id: book.id,

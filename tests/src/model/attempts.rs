@@ -230,6 +230,7 @@ impl Harness {
         // Its run slot is taken now: the same input may end it (a deadline
         // due at the same wake-up) before its `Start` is drained.
         self.recount_worker(to, |b| b.running += 1);
+        self.queue_grew(to);
         let from_ordinal = self.ordinal(from).unwrap_or(u32::MAX);
         self.trace.push(TraceEvent::Hedged {
             id: book.id,

@@ -99,8 +99,9 @@ pub struct Harness {
     /// Workers whose predicted health changed during the current input:
     /// their status is compared with the core's once the input is done.
     pub(super) health_touched: Vec<WorkerKey>,
-    /// Workers whose queue grew during the current input: their queue is
-    /// compared with its capacity once the input is done.
+    /// Workers whose queue or load grew during the current input: their
+    /// queue and load are compared with their limits once the input is
+    /// done.
     pub(super) queues_grown: Vec<WorkerKey>,
     /// The longest successful run seen (bounds when a queued request may
     /// be answered for want of budget).
