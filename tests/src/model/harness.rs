@@ -99,9 +99,8 @@ pub struct Harness {
     /// Workers whose predicted health changed during the current input:
     /// their status is compared with the core's once the input is done.
     pub(super) health_touched: Vec<WorkerKey>,
-    /// Workers whose queue or load grew during the current input: their
-    /// queue and load are compared with their limits once the input is
-    /// done.
+    /// Workers whose queue or load grew during the current input: checked
+    /// against their limits once the input is done.
     pub(super) queues_grown: Vec<WorkerKey>,
     /// The longest successful run seen (bounds when a queued request may
     /// be answered for want of budget).
@@ -111,8 +110,7 @@ pub struct Harness {
     pub(super) longest_any_run: Duration,
     /// Changes to `Unavailable` for a health reason (not a shutdown).
     pub(super) ejections: u64,
-    /// When a request refused before its start last went back to the
-    /// front of the line (unpinned): it bounds a deferral.
+    /// When a refused request last went back to the line's front.
     pub(super) last_refusal: Option<Time>,
 }
 
