@@ -81,8 +81,9 @@ pub struct Counters {
     /// back under `PanicMode::RouteToAll`, carried out beyond the cap
     /// under `PanicMode::FailFast`.
     pub ejection_panics: u64,
-    /// Requests a handler refused before starting them, which waited
-    /// again (`Pool::handle_refusal`).
+    /// Attempts a handler refused before starting them
+    /// (`Pool::handle_refusal`): a request's, which waited again, or a
+    /// hedge's, which ended while its request ran on.
     pub refused_not_started: u64,
     /// Hedges started: second attempts of still-running requests on
     /// another worker ([`HedgePolicy`](crate::HedgePolicy)).

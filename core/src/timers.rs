@@ -38,6 +38,10 @@ pub enum TimeoutReason {
     DeferralEnd,
     /// A running request is due for a hedge ([`crate::HedgePolicy`]).
     HedgeDue,
+    /// A worker's saturation (a handler refused a request it had not
+    /// started: see [`crate::Pool::handle_refusal`]) expires: it takes
+    /// waiting requests again.
+    SaturationExpiry,
 }
 
 /// What a timer entry is for.
@@ -54,6 +58,8 @@ pub(crate) enum Timer {
     Deferral,
     /// The earliest request due for a hedge is (one timer for the pool).
     Hedge,
+    /// A worker's saturation expires.
+    Saturation(WorkerKey),
 }
 
 impl Timer {
@@ -68,6 +74,7 @@ impl Timer {
             Timer::Ejection(_) => TimeoutReason::EjectionExpiry,
             Timer::Deferral => TimeoutReason::DeferralEnd,
             Timer::Hedge => TimeoutReason::HedgeDue,
+            Timer::Saturation(_) => TimeoutReason::SaturationExpiry,
         }
     }
 }

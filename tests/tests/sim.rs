@@ -57,7 +57,9 @@ fn seeds_384_to_511_pass() {
 #[cfg(not(foreman_planted_bug))]
 #[test]
 fn seeds_that_once_found_a_bug_pass() {
-    for seed in [3204, 3425, 4259, 4917, 5730, 6966, 14325] {
+    for seed in [
+        1131, 1600, 1959, 2805, 3204, 3425, 4259, 4917, 5730, 6898, 6966, 14325,
+    ] {
         assert_all_pass(seed..seed + 1);
     }
 }

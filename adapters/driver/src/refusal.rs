@@ -20,8 +20,9 @@ use crate::slot::{HeldRequest, Run, Slot};
 /// another worker within its deadline (or, with none free, on this one
 /// later), without counting it against this worker's health, and counts it
 /// in [`Counters::refused_not_started`](crate::Counters). The worker is
-/// *saturated* until one of its running requests ends, a probe answers or
-/// it is restarted: it is given nothing new meanwhile.
+/// *saturated* until one of its running requests ends, a probe answers,
+/// it is restarted or one probe interval has passed: it is given nothing
+/// new meanwhile.
 ///
 /// Return the error this gives from the handler's own `handle` future, in
 /// the same poll (`return Err(refuse_not_started(request, "busy"))`): the

@@ -427,7 +427,7 @@ impl<P: Clone> Pool<P> {
         }
         if let Some(slot) = self.workers.get_mut(worker.0) {
             slot.running.remove(key);
-            slot.saturated = false;
+            slot.saturated = None;
         }
         self.freed.push(worker);
     }
@@ -540,8 +540,8 @@ impl<P: Clone> Pool<P> {
                 slot.running.push(run.request);
                 return Ok(Some(run.request));
             }
-            slot.saturated = true;
         }
+        self.refused_on(run.worker);
         self.attempt_ended(run.request, key, run.worker);
         self.after_worker_change(run.worker, HealthCause::Success);
         Ok(None)

@@ -107,6 +107,7 @@ impl<P: Clone> Pool<P> {
             self.check_membership(worker, slot)?;
             self.check_probe(worker, slot, &armed)?;
             self.check_ejection(worker, slot, &armed)?;
+            self.check_saturation(worker, slot, &armed)?;
             if slot.ejected {
                 tally.ejected += 1;
             }

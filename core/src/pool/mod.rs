@@ -364,10 +364,12 @@ struct Worker {
     /// Cached: its recovery machine has it ejected (counted in the pool's
     /// `ejected`).
     ejected: bool,
-    /// A handler refused a request before starting it: the worker starts
-    /// nothing beyond what it runs until one of those ends, a probe
-    /// answers or it restarts ([`Pool::handle_refusal`]).
-    saturated: bool,
+    /// While a handler's refusal of a request it had not started holds: the
+    /// instant it expires, one probe interval after the last refusal. The
+    /// worker starts nothing beyond what it runs until then, or until one
+    /// of those ends, a probe answers or it restarts
+    /// ([`Pool::handle_refusal`]).
+    saturated: Option<Time>,
     /// Cached: takes new requests (not removing, status schedulable, pool
     /// not stopped).
     schedulable: bool,

@@ -38,7 +38,7 @@ impl<P: Clone> Pool<P> {
         if key != probe {
             return false;
         }
-        slot.saturated = false;
+        slot.saturated = None;
         self.recover(worker, |health, ctx| {
             health.on_probe(status, failure_seq, ctx)
         });

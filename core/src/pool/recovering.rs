@@ -18,7 +18,7 @@ impl Worker {
     /// beyond those it runs while saturated (a handler refused a request).
     pub(super) fn run_slots(&self, max_running: usize) -> usize {
         let limit = max_running.min(self.health.run_limit());
-        if self.saturated {
+        if self.saturated.is_some() {
             limit.min(self.running.len())
         } else {
             limit
@@ -28,9 +28,10 @@ impl Worker {
     /// Whether routing takes the worker only as a last resort (when no
     /// other worker is eligible): held at the ejection cap, or saturated
     /// (a handler refused a request it had not started, so a request
-    /// routed to it would wait until it frees a slot or a probe answers).
+    /// routed to it would wait until it frees a slot, a probe answers or
+    /// the saturation expires).
     pub(super) fn last_resort(&self) -> bool {
-        self.saturated || self.health.is_held()
+        self.saturated.is_some() || self.health.is_held()
     }
 
     /// Whether the worker runs requests from the late-binding backlog:
@@ -61,7 +62,11 @@ impl<P: Clone> Pool<P> {
     /// penalty, and is counted in [`Counters::refused_not_started`](crate::Counters).
     ///
     /// Its worker is *saturated*: it starts no request beyond those it runs
-    /// until one of them ends, a probe answers or it is restarted. The
+    /// until one of them ends, a probe answers, it is restarted, or one
+    /// probe interval (`health_probe_interval`) has passed since its last
+    /// refusal, whichever comes first; the expiry has a timer
+    /// ([`TimeoutReason::SaturationExpiry`](crate::TimeoutReason)), which
+    /// also lets a drain finish once probing has stopped. The
     /// request goes to the front of the line: to another worker with room
     /// (the first the router would pick, at the front of its queue), or
     /// back to the front of its own worker's queue when none has room; an
@@ -100,11 +105,10 @@ impl<P: Clone> Pool<P> {
             turn: entry.turn,
         };
         let (pinned, vetted) = (entry.pinned, entry.vetted);
-        self.counters.refused_not_started += 1;
         slot.running.remove(request);
-        slot.saturated = true;
         let removing = slot.removing;
         let from_id = slot.id.clone();
+        self.refused_on(from);
         self.refresh(from, HealthCause::Success);
         let target = if vetted {
             None
@@ -141,6 +145,26 @@ impl<P: Clone> Pool<P> {
         }
         self.after_worker_change(from, HealthCause::Success);
         true
+    }
+
+    /// A handler refused an attempt on `worker` before starting it: counts
+    /// the refusal and saturates the worker for one probe interval from
+    /// now (the timer of its expiry is armed).
+    pub(super) fn refused_on(&mut self, worker: WorkerKey) {
+        self.counters.refused_not_started += 1;
+        let until = self.now + self.config.options.health_probe_interval;
+        if let Some(slot) = self.workers.get_mut(worker.0) {
+            slot.saturated = Some(until);
+            self.arm(until, Timer::Saturation(worker));
+        }
+    }
+
+    /// A worker's saturation expired: it takes waiting requests again.
+    pub(super) fn saturation_expired(&mut self, worker: WorkerKey) {
+        if let Some(slot) = self.workers.get_mut(worker.0) {
+            slot.saturated = None;
+            self.refresh_and_pump(worker, HealthCause::Success);
+        }
     }
 
     /// Runs one input of a worker's recovery machine, with the ejection

@@ -76,8 +76,11 @@ impl<P: Clone> Pool<P> {
         entry.state = RequestState::Running { started_at: now };
         entry.attempts = attempt;
         let payload = entry.payload.clone();
+        // The failed attempt was the worker's run, now over: as any run's
+        // end, it ends the worker's saturation.
         if let Some(slot) = self.workers.get_mut(worker.0) {
             slot.running.remove(run_key);
+            slot.saturated = None;
         }
         self.counters.retried += 1;
         self.events.push_back(Event::Retried {

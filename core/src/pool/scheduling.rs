@@ -102,7 +102,8 @@ impl<P: Clone> Pool<P> {
     }
 
     /// Starts queued requests while the worker has free run slots: from its
-    /// own queue and, if it is schedulable, the backlog, oldest first; one
+    /// own queue and, if it is schedulable and holds less than its
+    /// capacity, the backlog, oldest first; one
     /// that is [too late to start](too_late_to_start) on this worker, or
     /// past its queue-wait limit, is answered `Timeout` instead.
     /// (Its cached `schedulable` flag must be current when the backlog is
@@ -124,12 +125,17 @@ impl<P: Clone> Pool<P> {
             {
                 return;
             }
+            let holds_capacity = slot.running.len() + slot.queued >= slot.capacity;
             let requests = &self.requests;
             let queue_head = live_head(&mut slot.queue, requests, Some(worker));
             // A worker held at the ejection cap runs only its own queue.
             let backlog_head = (self.backlog_live > 0 && slot.takes_backlog())
                 .then(|| live_head(&mut self.backlog, requests, None))
-                .flatten();
+                .flatten()
+                // As does one that holds its capacity (a refused request it
+                // kept put its queue past the queue capacity): a request
+                // from the backlog would put it past its capacity.
+                .filter(|_| !holds_capacity);
             let mut from_backlog = match (queue_head, backlog_head) {
                 (None, None) => return,
                 (Some(_), None) => false,

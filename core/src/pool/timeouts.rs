@@ -47,6 +47,7 @@ impl<P: Clone> Pool<P> {
                 }
                 Timer::Deferral => self.end_deferral(),
                 Timer::Hedge => self.hedges_due(),
+                Timer::Saturation(worker) => self.saturation_expired(worker),
             }
         }
     }
@@ -146,6 +147,12 @@ fn timer_is_live<P>(live: &LiveTimers<'_, P>, at: Time, timer: Timer) -> bool {
         }
         Timer::Deferral => deferral == Some(at),
         Timer::Hedge => hedge_first == Some(at),
+        Timer::Saturation(key) => {
+            lifecycle != Lifecycle::Stopped
+                && workers
+                    .get(key.0)
+                    .is_some_and(|slot| slot.saturated == Some(at))
+        }
     }
 }
 

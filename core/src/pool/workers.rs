@@ -181,7 +181,7 @@ impl<P: Clone> Pool<P> {
             free_holding: false,
             removing: false,
             ejected: false,
-            saturated: false,
+            saturated: None,
             schedulable: false,
             membership: Membership::default(),
             probe: ProbeState::Due(due),
@@ -251,7 +251,7 @@ impl<P: Clone> Pool<P> {
         let probing = self.lifecycle == Lifecycle::Running;
         if let Some(slot) = self.workers.get_mut(worker.0) {
             slot.health.reset();
-            slot.saturated = false;
+            slot.saturated = None;
             slot.last_run = None;
             slot.latency = PeakEwma::default();
             slot.run_times = None;

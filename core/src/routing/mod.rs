@@ -21,7 +21,8 @@
 //! Under every policy a worker held at the ejection cap
 //! ([`RecoveryState::Held`](crate::RecoveryState::Held)) or saturated (a
 //! handler refused a request it had not started: see
-//! [`Pool::handle_refusal`](crate::Pool::handle_refusal)) is a last
+//! [`Pool::handle_refusal`](crate::Pool::handle_refusal), for at most one
+//! probe interval) is a last
 //! resort: it is in none of the sets above but its own, and is picked (the
 //! first from the cursor) only when no other worker is eligible. So a new
 //! request, a moved one, a retry or a hedge goes to a saturated worker only

@@ -499,6 +499,20 @@ fn a_refused_hedge_leaves_the_request_to_its_first_attempt() {
 }
 
 #[test]
+fn a_refused_hedge_counts_as_refused_not_started() {
+    let mut h = hedging(fixed(100), 2);
+    let (key, hedge, _, _) = hedged_at_100ms(&mut h);
+    h.take_actions();
+    assert!(h.pool.handle_refusal(ms(101), hedge));
+    h.drain();
+    assert_eq!(h.pool.stats().counters.refused_not_started, 1);
+    // Its request's own attempt is refused too: counted once more.
+    assert!(h.pool.handle_refusal(ms(102), key));
+    h.drain();
+    assert_eq!(h.pool.stats().counters.refused_not_started, 2);
+}
+
+#[test]
 fn a_refused_hedge_running_alone_puts_the_request_back_in_line() {
     let mut h = hedging(fixed(100), 2);
     let (key, hedge, _, _) = hedged_at_100ms(&mut h);

@@ -4,12 +4,12 @@
 //! only when none has.
 
 use foreman_core::{
-    Event, PoolConfig, RequestKey, RoutingPolicy, Time, WorkerHealthStatus, WorkerKey,
-    WorkerPoolOptions,
+    Event, PoolConfig, RequestKey, RetryPolicy, RoutingPolicy, Time, TimeoutReason,
+    WorkerHealthStatus, WorkerKey, WorkerPoolOptions, WorkerRequest,
 };
 use serde_json::json;
 
-use crate::harness::{ms, options, probes_started, request, Harness};
+use crate::harness::{failure, llm, ms, options, probes_started, request, Harness};
 
 fn roomy() -> WorkerPoolOptions {
     WorkerPoolOptions {
@@ -44,8 +44,19 @@ fn submit_many(h: &mut Harness, now: Time, count: usize) -> Vec<(RequestKey, Wor
 
 /// Submits one request at `now` and returns it with the worker it started on.
 fn start(h: &mut Harness, now: Time) -> (RequestKey, WorkerKey) {
+    start_one(h, now, &request("r"))
+}
+
+/// Submits one LLM call (which a retry policy covers) at `now` and returns
+/// it with the worker it started on.
+fn start_llm(h: &mut Harness, now: Time) -> (RequestKey, WorkerKey) {
+    start_one(h, now, &llm("r"))
+}
+
+/// Submits `req` at `now` and returns it with the worker it started on.
+fn start_one(h: &mut Harness, now: Time, req: &WorkerRequest) -> (RequestKey, WorkerKey) {
     h.take_actions();
-    let key = h.submit(now, &request("r")).expect("accepted");
+    let key = h.submit(now, req).expect("accepted");
     let started = h.started();
     let worker = started
         .into_iter()
@@ -168,4 +179,90 @@ fn with_every_worker_saturated_a_new_request_queues_and_starts_when_one_frees() 
         pending.sort();
         assert_eq!(started, pending, "{policy:?}");
     }
+}
+
+#[test]
+fn a_drain_without_a_deadline_finishes_once_each_saturation_expires() {
+    // One worker, requests without a deadline: the refused request can
+    // only wait for it. Probes stop at the shutdown, so only the
+    // saturation's own expiry, one probe interval after each refusal, lets
+    // the drain finish.
+    let options = WorkerPoolOptions {
+        default_request_timeout: None,
+        ..roomy()
+    };
+    let mut h = Harness::with_config(PoolConfig::new(options), 1);
+    let (key, worker) = start(&mut h, ms(0));
+    h.take_actions();
+    assert!(h.pool.handle_refusal(ms(1), key));
+    h.drain();
+    h.pool.begin_shutdown(ms(2), None);
+    h.drain();
+    assert!(h.started().is_empty(), "saturated: nothing starts");
+    assert_eq!(
+        h.pool.poll_timeout(),
+        Some((ms(5_001), TimeoutReason::SaturationExpiry))
+    );
+    h.tick(ms(5_001));
+    assert_eq!(h.started(), vec![(key, worker)], "the expiry starts it");
+    // Refused again while draining: saturated for another interval.
+    h.take_actions();
+    assert!(h.pool.handle_refusal(ms(5_002), key));
+    h.drain();
+    h.tick(ms(10_001));
+    assert!(h.started().is_empty(), "not before the interval has passed");
+    h.tick(ms(10_002));
+    assert_eq!(h.started(), vec![(key, worker)]);
+    assert!(h.complete(ms(10_003), key, Ok(json!(1))));
+    assert!(h
+        .take_events()
+        .iter()
+        .any(|event| matches!(event, Event::ShutdownComplete { .. })));
+    assert_eq!(h.pool.poll_timeout(), None, "a stopped pool sleeps");
+}
+
+#[test]
+fn a_saturation_expires_one_probe_interval_after_the_refusal_when_no_probe_answers() {
+    let mut h = pool(RoutingPolicy::IdleFirst, 1);
+    let (key, worker) = start(&mut h, ms(0));
+    h.take_actions();
+    assert!(h.pool.handle_refusal(ms(1), key));
+    h.drain();
+    // The probe at 5 s never answers; the saturation ends at 5.001 s.
+    h.tick(ms(5_000));
+    assert!(h.started().is_empty());
+    h.tick(ms(5_001));
+    assert_eq!(h.started(), vec![(key, worker)]);
+}
+
+#[test]
+fn a_retry_that_leaves_a_saturated_worker_ends_its_saturation() {
+    // Three workers with two run slots each: `a` refuses its second
+    // request (it moves to `b`), then its first fails retryably and runs
+    // again on `c`. The retry ended `a`'s last run: `a` is free, not
+    // saturated, and the next request starts there at once.
+    let config = PoolConfig::new(roomy())
+        .with_routing(RoutingPolicy::IdleFirst)
+        .with_max_concurrency_per_worker(2)
+        .with_retries(Some(RetryPolicy::default()));
+    let mut h = Harness::with_config(config, 3);
+    let (first, a) = start_llm(&mut h, ms(0));
+    let (_, b) = start_llm(&mut h, ms(0));
+    let (_, c) = start_llm(&mut h, ms(0));
+    let (refused, on) = start_llm(&mut h, ms(0));
+    assert_eq!(on, a, "idle-first came back to the first worker");
+    h.take_actions();
+    assert!(h.pool.handle_refusal(ms(1), refused));
+    h.drain();
+    assert_eq!(
+        h.started(),
+        vec![(refused, b)],
+        "moved to the next free worker"
+    );
+    h.take_actions();
+    assert!(h.complete(ms(2), first, Err(failure())));
+    assert_eq!(h.started(), vec![(first, c)], "retried on the free worker");
+    h.take_actions();
+    let (_, to) = start_llm(&mut h, ms(3));
+    assert_eq!(to, a, "the retry's worker took it at once, saturation over");
 }

@@ -89,7 +89,7 @@ impl Harness {
             wbook.running
         );
         ensure!(
-            !wbook.saturated,
+            wbook.saturated.is_none(),
             "Start of {request} on saturated {worker} (a handler refused a request there)"
         );
         // A queued request starts only with enough budget left (one
@@ -157,6 +157,9 @@ impl Harness {
             b.queued -= usize::from(moved.is_none());
             b.running += 1;
         });
+        if moved.is_some() {
+            self.queue_grew(worker);
+        }
         self.check_limits(worker)?;
         self.trace.push(TraceEvent::Start {
             id: book.id,

@@ -91,9 +91,9 @@ impl Harness {
             self.longest_any_run = self.longest_any_run.max(self.seen - started_at);
         }
         self.remove_running(book.run_pos);
-        // The core keeps a worker saturated when a retry leaves it (only an
-        // answered run, a hedge's end, a probe or a restart clear it).
-        self.recount_worker(from, |b| b.running -= 1);
+        // The failed run is over: as any run's end, it ends the worker's
+        // saturation.
+        self.recount_worker(from, |b| b.end_run());
         self.recount_worker(to, |b| b.queued += 1);
         // A hedge that ran on alone is over: the retry runs under the
         // request's own key.
@@ -230,6 +230,7 @@ impl Harness {
         // Its run slot is taken now: the same input may end it (a deadline
         // due at the same wake-up) before its `Start` is drained.
         self.recount_worker(to, |b| b.running += 1);
+        self.queue_grew(to);
         let from_ordinal = self.ordinal(from).unwrap_or(u32::MAX);
         self.trace.push(TraceEvent::Hedged {
             id: book.id,
@@ -272,13 +273,26 @@ impl Harness {
             "AttemptEnded of #{} whose hedge runs alone",
             book.id
         );
-        let ReqState::Running { started_at, .. } = book.state else {
-            return Err(Failure(format!(
-                "AttemptEnded of #{} while {book:?}",
-                book.id
-            )));
-        };
+        // A request's own attempt refused while racing its hedge: the hedge
+        // ends first, its request already booked as waiting again.
+        let refusing = self.context
+            == Context::Refuse {
+                request,
+                worker: book.worker,
+            };
+        let running = matches!(book.state, ReqState::Running { .. });
+        ensure!(
+            running || (refusing && attempt != request),
+            "AttemptEnded of #{} while {book:?}",
+            book.id
+        );
         let (ended_at, own) = if attempt == request {
+            let ReqState::Running { started_at, .. } = book.state else {
+                return Err(Failure(format!(
+                    "AttemptEnded of #{} while {book:?}",
+                    book.id
+                )));
+            };
             ensure!(
                 worker == book.worker,
                 "#{}'s own attempt ended on {worker}",
@@ -309,7 +323,18 @@ impl Harness {
             self.touch_health(worker);
             self.longest_any_run = self.longest_any_run.max(self.seen - ended_at);
         }
-        self.recount_worker(worker, |b| b.end_run());
+        // A hedge its handler refused is no attempt, and saturates its
+        // worker; any other end of a run ends the worker's saturation.
+        let refused = self.context
+            == Context::Refuse {
+                request: attempt,
+                worker,
+            };
+        if refused {
+            self.refused_attempt(request, worker);
+        } else {
+            self.recount_worker(worker, |b| b.end_run());
+        }
         self.ended.push((attempt, worker));
         if own {
             if let Some(h) = self.hedges.get_mut(&hedge_key.as_u64()) {

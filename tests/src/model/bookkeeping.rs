@@ -26,7 +26,7 @@ impl Harness {
                 && book.queued < self.limits.queue_capacity,
             schedulable
                 && book.recovery != RecoveryState::Held
-                && !book.saturated
+                && book.saturated.is_none()
                 && book.running < book.max_running.min(limit),
         )
     }

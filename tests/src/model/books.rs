@@ -21,6 +21,8 @@ pub(super) struct Limits {
     pub(super) max_timeout_ms: u64,
     pub(super) default_timeout: Option<Duration>,
     pub(super) probe_timeout: Duration,
+    /// How long a refusal saturates its worker at most.
+    pub(super) probe_interval: Duration,
     /// Consecutive failures that make a worker unavailable (a threshold of
     /// zero acts as one).
     pub(super) threshold: u32,
@@ -59,6 +61,7 @@ impl Limits {
             max_timeout_ms: options.security_policy.max_request_timeout_ms,
             default_timeout: options.default_request_timeout,
             probe_timeout: config.probe_timeout,
+            probe_interval: options.health_probe_interval,
             threshold: options.unavailable_after_failures.max(1),
             late_binding: config.late_binding && config.routing != RoutingPolicy::RoundRobin,
             deferral: config.late_binding && config.routing == RoutingPolicy::PeakEwma,
@@ -170,9 +173,11 @@ pub(super) struct WorkerBook {
     pub(super) max_running: usize,
     /// Requests it may hold: the queue capacity plus `max_running`.
     pub(super) capacity: usize,
-    /// A handler refused a request on it (`Op::Refuse`): it starts nothing
-    /// until one of its runs ends, a probe answers or it is restarted.
-    pub(super) saturated: bool,
+    /// While a handler's refusal on it holds (`Op::Refuse`): the instant
+    /// it expires, one probe interval after the last refusal. It starts
+    /// nothing until then, or until one of its runs ends, a probe answers
+    /// or it is restarted.
+    pub(super) saturated: Option<Time>,
     /// The most requests it may queue: the queue capacity, or more while
     /// requests refused on it wait at the front of its own full queue (no
     /// other worker had room); back to the capacity once its queue is.
@@ -184,7 +189,7 @@ impl WorkerBook {
     /// saturated.
     pub(super) fn end_run(&mut self) {
         self.running -= 1;
-        self.saturated = false;
+        self.saturated = None;
     }
 
     /// The requests it may hold, and run, at once by its recovery state

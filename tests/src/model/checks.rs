@@ -141,13 +141,15 @@ impl Harness {
         Ok(())
     }
 
-    /// Once an input is done, every worker whose queue grew during it
+    /// Once an input is done, every worker whose load grew during it
     /// queues no more than the queue capacity (or the refusals it kept
-    /// past it, see `WorkerBook::queue_limit`). (While an input's outputs
-    /// are drained a queue may pass it: a request accepted onto a free
-    /// worker is queued by its `Accepted` event, then started by its
-    /// `Start` action; a queue only grows during an input, so checking the
-    /// ones that grew is checking them all.)
+    /// past it, see `WorkerBook::queue_limit`) and holds no more than its
+    /// capacity. (While an input's outputs are drained either may pass:
+    /// a request accepted onto a free worker is queued by its `Accepted`
+    /// event, then started by its `Start` action, and the requests a
+    /// removal moves onto a free worker are all queued by their
+    /// `Requeued` events, drained before the `Start`s; a load only grows
+    /// by those, so checking the ones that grew is checking them all.)
     pub(super) fn check_queues(&mut self) -> Result<(), Failure> {
         while let Some(worker) = self.queues_grown.pop() {
             if let Some(book) = self.workers.get(worker.as_u64()) {
@@ -157,22 +159,22 @@ impl Harness {
                     book.queued,
                     book.queue_limit
                 );
+                ensure!(
+                    book.running + book.queued <= book.capacity,
+                    "{worker} holds {} + {} > capacity {}",
+                    book.running,
+                    book.queued,
+                    book.capacity
+                );
             }
         }
         Ok(())
     }
 
-    /// A worker holds no more than its capacity and runs no more than its
-    /// concurrency.
+    /// A worker runs no more than its concurrency (its capacity is
+    /// checked once the input is done: [`Harness::check_queues`]).
     pub(super) fn check_limits(&self, worker: WorkerKey) -> Result<(), Failure> {
         if let Some(book) = self.workers.get(worker.as_u64()) {
-            ensure!(
-                book.running + book.queued <= book.capacity,
-                "{worker} holds {} + {} > capacity {}",
-                book.running,
-                book.queued,
-                book.capacity
-            );
             ensure!(
                 book.running <= book.max_running,
                 "{worker} runs {} > its limit {}",
@@ -227,7 +229,14 @@ impl Harness {
     /// While a free worker leaves requests to a faster one, the oldest has
     /// waited no longer than any worker's latency estimate can be: the
     /// longest run seen, or the unsampled latency (O(pending), only while
-    /// a worker defers).
+    /// a worker defers). A request refused before its start goes back to
+    /// the front of the line, ahead of older ones, and a deferral bounds
+    /// the wait of the line's head from the head's acceptance: the
+    /// requests behind a refused one wait until it leaves, and, once it
+    /// has, at most until a deferral set for it ends (by its acceptance
+    /// plus the bound). So the wait counts from the oldest one's
+    /// acceptance or from the last refusal of a request that joined the
+    /// line, whichever is later.
     fn check_deferral_bound(&self) -> Result<(), Failure> {
         let oldest = self
             .live
@@ -237,7 +246,8 @@ impl Harness {
             .map(|book| book.waiting_since)
             .min();
         let bound = self.longest_any_run.max(self.limits.unsampled_latency);
-        if let Some(waiting_since) = oldest {
+        if let Some(oldest) = oldest {
+            let waiting_since = self.last_refusal.map_or(oldest, |at| at.max(oldest));
             let waited = self.seen - waiting_since;
             ensure!(
                 waited <= bound + Duration::from_nanos(1),

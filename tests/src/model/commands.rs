@@ -141,7 +141,7 @@ impl Harness {
             self.touch_health(worker);
             self.clear_probe(worker);
             // An answered probe ends its worker's saturation.
-            self.recount_worker(worker, |b| b.saturated = false);
+            self.recount_worker(worker, |b| b.saturated = None);
         }
         self.drain()?;
         self.finish_input()?;
@@ -276,7 +276,7 @@ impl Harness {
             last_run: None,
             recovery: RecoveryState::Closed,
             running_at_half_open: 0,
-            saturated: false,
+            saturated: None,
             queue_limit: self.limits.queue_capacity,
             max_running,
             capacity: self.limits.queue_capacity.saturating_add(max_running),
@@ -401,7 +401,7 @@ impl Harness {
         };
         if ok {
             // A restart ends its worker's saturation.
-            self.recount_worker(worker, |b| b.saturated = false);
+            self.recount_worker(worker, |b| b.saturated = None);
         }
         self.drain()?;
         if ok {

@@ -49,6 +49,8 @@ pub struct Harness {
     pub(super) probes: Vec<WorkerKey>,
     pub(super) deadlines: BinaryHeap<Reverse<(Time, RequestKey)>>,
     pub(super) probe_deadlines: BinaryHeap<Reverse<(Time, WorkerKey, ProbeKey)>>,
+    /// When each saturation expires (stale entries are skipped).
+    pub(super) saturations: BinaryHeap<Reverse<(Time, WorkerKey)>>,
     pub(super) schedulable: usize,
     pub(super) open: usize,
     /// Schedulable workers with a free run slot.
@@ -97,8 +99,8 @@ pub struct Harness {
     /// Workers whose predicted health changed during the current input:
     /// their status is compared with the core's once the input is done.
     pub(super) health_touched: Vec<WorkerKey>,
-    /// Workers whose queue grew during the current input: their queue is
-    /// compared with its capacity once the input is done.
+    /// Workers whose queue or load grew during the current input: checked
+    /// against their limits once the input is done.
     pub(super) queues_grown: Vec<WorkerKey>,
     /// The longest successful run seen (bounds when a queued request may
     /// be answered for want of budget).
@@ -108,6 +110,8 @@ pub struct Harness {
     pub(super) longest_any_run: Duration,
     /// Changes to `Unavailable` for a health reason (not a shutdown).
     pub(super) ejections: u64,
+    /// When a refused request last went back to the line's front.
+    pub(super) last_refusal: Option<Time>,
 }
 
 impl fmt::Debug for Harness {
@@ -173,6 +177,7 @@ impl Harness {
             probes: Vec::new(),
             deadlines: BinaryHeap::new(),
             probe_deadlines: BinaryHeap::new(),
+            saturations: BinaryHeap::new(),
             schedulable: 0,
             open: 0,
             free: 0,
@@ -208,6 +213,7 @@ impl Harness {
             longest_run: Duration::ZERO,
             longest_any_run: Duration::ZERO,
             ejections: 0,
+            last_refusal: None,
         })
     }
 
@@ -430,7 +436,10 @@ impl Harness {
                 self.complete(key, outcome).map(drop)
             }
             Op::Refuse { index } => match pick(&self.running, index) {
-                Some(key) => self.refuse(key).map(drop),
+                Some(key) => {
+                    let attempt = self.attempt_to_refuse(key, index);
+                    self.refuse(attempt).map(drop)
+                }
                 None => Ok(()),
             },
             Op::ProbeResult { index, verdict } => match pick(&self.probes, index) {
@@ -539,6 +548,7 @@ impl Harness {
             at: self.seen,
         });
         self.driver_timer = Time::MAX;
+        self.expire_saturations();
         self.pool.handle_timeout(self.clock);
         self.drain()
     }

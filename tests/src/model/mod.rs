@@ -45,9 +45,11 @@
 //!      defect 11), but under `PeakEwma`'s deferral to a faster worker,
 //!      and then the oldest waits no longer than the longest run seen or
 //!      the unsampled latency since it began to wait (its acceptance, or a
-//!      refusal before its start);
-//!    - per worker, queued ≤ `queue_capacity` once an input is done (checked
-//!      for the workers whose queue grew) and running ≤
+//!      refusal before its start) or since the last refusal put a request
+//!      back at the front of the line, whichever is later;
+//!    - per worker, queued ≤ `queue_capacity` (or the refusals it kept past
+//!      it) and queued + running ≤ its capacity once an input is done
+//!      (checked for the workers whose load grew) and running ≤
 //!      `max_concurrency_per_worker` after every start;
 //!    - a submit's outcome is exactly the one the books predict:
 //!      `ShuttingDown` after shutdown began, `InvalidRequest` for a request
@@ -86,10 +88,12 @@
 //!      `handle_timeout` produces nothing;
 //!    - a refusal before starting ([`Op::Refuse`]) puts the request back
 //!      in line unanswered (but for an `Unavailable` when its worker is
-//!      being removed and no other can take it), its attempt uncounted, and
-//!      saturates its worker: no `Start` there, and its free slot does not
-//!      count for late binding, until one of its runs ends, a probe
-//!      answers or it is restarted;
+//!      being removed and no other can take it; a refused hedge racing its
+//!      request just ends), its attempt uncounted, and saturates its
+//!      worker: no `Start` there, and its free slot does not
+//!      count for late binding, until one of its runs ends (a retry
+//!      leaving it included), a probe answers, it is restarted or one
+//!      probe interval has passed since the refusal (the core's timer);
 //!    - the core's counters agree with the books (accepted, answered,
 //!      refused before starting, pending), and once shutdown completed nothing is pending and the
 //!      pool wants no wake-up.

@@ -173,10 +173,11 @@ pub enum Op {
         /// How it ends.
         outcome: Outcome,
     },
-    /// The `index`-th running request's handler declines it before
-    /// starting (`Pool::handle_refusal`): it waits again, its attempt
-    /// uncounted, and its worker is saturated. A hedge's run, or a request
-    /// racing a hedge, is left alone (the op does nothing).
+    /// The handler of an attempt of the `index`-th running request (its
+    /// own, or its hedge's: see `Harness::refuse`) declines it before
+    /// starting (`Pool::handle_refusal`): the attempt is uncounted, the
+    /// request waits again (a racing hedge just ends), and the worker is
+    /// saturated.
     Refuse {
         /// Which running request.
         index: u16,

@@ -113,6 +113,17 @@ pub enum TraceEvent {
         /// Whether the core acted on it.
         applied: bool,
     },
+    /// A handler's refusal of an attempt before starting it.
+    Refuse {
+        /// When.
+        at: Time,
+        /// The request.
+        id: u64,
+        /// Whether the attempt was a hedge racing its request's own.
+        hedge: bool,
+        /// The worker that refused it (its ordinal).
+        worker: u32,
+    },
     /// A completion.
     Complete {
         /// When.

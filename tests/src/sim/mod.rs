@@ -17,7 +17,9 @@
 //!   how often: failing handlers (retryable or not), hanging handlers,
 //!   panicking handlers, slow probes, lying probes, cancelling callers,
 //!   restarts, additions and removals of workers, shutdown with or without a
-//!   drain deadline, invalid requests, clock steps backwards.
+//!   drain deadline, invalid requests, clock steps backwards, handlers
+//!   refusing requests and hedges before starting them, in bursts
+//!   ([`Refusals`]).
 //! - **Checks after every input**: the [`crate::model::Harness`] checks (see
 //!   its module docs). The cheap checks run after every input; the O(n)
 //!   ones (`check_invariants`, stats against the books) run after every
@@ -68,7 +70,7 @@ pub use closed_loop::run_closed_loop;
 pub use contenders::{Contender, Kind, CONTENDERS};
 pub use named::{ClosedLoop, Fault, Stop, LLM_LIKE, REQUESTS};
 pub use outcome::{quantile, ClosedLoopOutcome};
-pub use scenario::{Arrival, Chaos, Latency, Scenario};
+pub use scenario::{Arrival, Chaos, Latency, Refusals, Scenario};
 
 /// Full O(n) checks run every this many inputs (and after every command).
 pub const FULL_CHECK_EVERY: u64 = 256;

@@ -78,6 +78,20 @@ pub struct Chaos {
     pub clock_steps: bool,
 }
 
+/// Handlers that answer "refused, not started" (overloaded), in bursts:
+/// each start on a worker not in a burst begins one with probability
+/// `start`, and every start on it during the burst is refused.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Refusals {
+    /// Probability that a start begins a burst of refusals.
+    pub start: f64,
+    /// Mean length of a burst, in seconds (exponential).
+    pub mean_burst: f64,
+    /// The seed of the generator of the refusal draws during the run (its
+    /// own, so a seed without refusals runs as it did before they existed).
+    pub seed: u64,
+}
+
 /// Everything a seed decides before the run.
 #[derive(Debug, Clone)]
 pub struct Scenario {
@@ -115,6 +129,8 @@ pub struct Scenario {
     pub chaos: Chaos,
     /// Begin shutdown after this many submits, with this drain limit.
     pub shutdown: Option<(u64, Option<Duration>)>,
+    /// Handlers refusing requests before starting them, in bursts.
+    pub refusals: Option<Refusals>,
 }
 impl Scenario {
     /// The scenario a seed picks (swarm testing: each fault is on or off,
@@ -157,6 +173,8 @@ impl Scenario {
         // that every other draw of a seed stays what it was.
         let mut side = Rng::new(rng.clone().next_u64() ^ RECOVERY_SALT);
         let config = config.with_recovery(draw_recovery(&mut side, mean_latency));
+        let mut side = Rng::new(rng.clone().next_u64() ^ REFUSALS_SALT);
+        let refusals = draw_refusals(&mut side, mean_latency);
         Scenario {
             config,
             workers,
@@ -175,6 +193,7 @@ impl Scenario {
             own_timeout,
             chaos,
             shutdown,
+            refusals,
         }
     }
 
@@ -184,7 +203,7 @@ impl Scenario {
             "workers={} mean_latency={:.4}s queue={} conc={} threshold={} timeout={:?} probe={:?}/{:?} \
              limits={:?}/{:?} arrival={:?} kinds={:?} fail={:.2} retryable={:.2} panic={:.2} hang={:.3} \
              slow_probe={:.2} lying_probe={:.2} cancel={:.2} invalid={:.2} chaos={:?} shutdown={:?} \
-             recovery={:?} retries={:?} hedging={:?}",
+             recovery={:?} retries={:?} hedging={:?} refusals={:?}",
             self.workers,
             self.mean_latency,
             self.config.options.queue_capacity,
@@ -210,6 +229,7 @@ impl Scenario {
             self.config.recovery,
             self.config.retries,
             self.config.hedging,
+            self.refusals,
         )
     }
 
@@ -231,6 +251,20 @@ impl Scenario {
 
 /// Salts the seed of [`draw_recovery`]'s generator.
 const RECOVERY_SALT: u64 = 0x005E_ED0F_2EC0_7E2A;
+
+/// Salts the seed of [`draw_refusals`]'s generator.
+const REFUSALS_SALT: u64 = 0x2EF0_5A15_0B05_7A27;
+
+/// Refusals in bursts in 40% of the seeds: a burst begins at up to one
+/// start in 20, and lasts from a fraction of the workers' mean latency to
+/// longer than the longest probe interval a seed draws (50 of them).
+fn draw_refusals(rng: &mut Rng, mean_latency: f64) -> Option<Refusals> {
+    rng.chance(0.4).then(|| Refusals {
+        start: rng.uniform(0.0, 0.05),
+        mean_burst: mean_latency * 100f64.powf(rng.unit()) * 0.6,
+        seed: rng.next_u64(),
+    })
+}
 
 /// The recovery machine: the reference in half the seeds, outlier
 /// detection with tuning on the scenario's time scale in the others.

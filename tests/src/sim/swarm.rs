@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use foreman_core::{ProbeKey, RequestKey, Time, WorkerHealthStatus, WorkerKey};
 
-use super::scenario::{secs, Arrival, Latency, Scenario, MAX_LATENCY};
+use super::scenario::{secs, Arrival, Latency, Refusals, Scenario, MAX_LATENCY};
 use super::{next_instant, shut_down_and_check};
 use crate::model::{Failure, Harness, Outcome, Output, Shape, Verdict};
 use crate::rng::Rng;
@@ -20,6 +20,8 @@ const VETO_PATTERNS: [u8; 5] = [0, 0b1, 0b110, 0b1010_0101, 0xff];
 enum Ev {
     Arrival,
     Complete(RequestKey, Outcome),
+    /// A handler declines what it was given before starting it.
+    Refuse(RequestKey),
     ProbeReply(WorkerKey, ProbeKey, Verdict),
     Cancel(RequestKey),
     /// A request whose worker was removed is placed through its breaker.
@@ -44,12 +46,19 @@ pub(super) struct Sim {
     buffer: Vec<Output>,
     /// The largest run limit a worker was given (its own, or the pool's).
     max_run_limit: u32,
+    /// The scenario's refusals, with the generator of their draws.
+    refusals: Option<(Refusals, Rng)>,
+    /// Until when each worker (by ordinal) refuses every start.
+    refusing_until: Vec<Time>,
 }
 
 impl Sim {
     /// A run of `scenario` around `harness`, drawing from `rng` (already
     /// past the scenario's draws), with `requests` arrivals.
     pub(super) fn new(rng: Rng, scenario: Scenario, harness: Harness, requests: u64) -> Self {
+        let scenario_refusals = scenario
+            .refusals
+            .map(|refusals| (refusals, Rng::new(refusals.seed)));
         Sim {
             rng,
             scenario,
@@ -66,6 +75,8 @@ impl Sim {
             skew: None,
             buffer: Vec::new(),
             max_run_limit: 0,
+            refusals: scenario_refusals,
+            refusing_until: Vec::new(),
         }
     }
 
@@ -151,6 +162,9 @@ impl Sim {
             .get(ordinal)
             .copied()
             .unwrap_or(Latency::Fixed(0.001));
+        if self.refuses(ordinal, request) {
+            return;
+        }
         let mut delay = latency.sample(&mut self.rng);
         let outcome = if self.quiet {
             delay = delay.min(self.quiet_latency_cap());
@@ -173,6 +187,31 @@ impl Sim {
             }
         };
         self.schedule(self.now + delay, Ev::Complete(request, outcome));
+    }
+
+    /// Whether the handler of worker `ordinal` declines what it was just
+    /// given (outside the quiet phase: during a burst of refusals, or at
+    /// the start of one); schedules the refusal, a moment later, if so.
+    fn refuses(&mut self, ordinal: usize, request: RequestKey) -> bool {
+        let Some((refusals, rng)) = self.refusals.as_mut() else {
+            return false;
+        };
+        if self.quiet {
+            return false;
+        }
+        if self.refusing_until.len() <= ordinal {
+            self.refusing_until.resize(ordinal + 1, Time::ZERO);
+        }
+        let until = &mut self.refusing_until[ordinal];
+        if *until <= self.now {
+            if !rng.chance(refusals.start) {
+                return false;
+            }
+            *until = self.now + secs(rng.exp(refusals.mean_burst));
+        }
+        let after = secs(rng.uniform(0.0, 0.05 * self.scenario.mean_latency));
+        self.schedule(self.now + after, Ev::Refuse(request));
+        true
     }
 
     fn on_probe(&mut self, worker: WorkerKey, probe: ProbeKey) {
@@ -450,6 +489,12 @@ impl Sim {
                 Ev::Complete(request, outcome) => {
                     self.harness.complete(request, outcome)?;
                     self.react()?;
+                }
+                // (A key no longer running is left alone.)
+                Ev::Refuse(request) => {
+                    if self.harness.refuse(request)? {
+                        self.react()?;
+                    }
                 }
                 Ev::ProbeReply(worker, probe, verdict) => {
                     self.harness.probe_result(worker, probe, verdict)?;

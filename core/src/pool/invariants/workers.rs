@@ -346,7 +346,7 @@ impl<P: Clone> Pool<P> {
         let max_running = slot.max_running;
         let eligible = self.expect_schedulable(slot)
             && slot.has_room(slot.capacity, self.config.options.queue_capacity);
-        let held = eligible && (slot.health.is_held() || slot.saturated);
+        let held = eligible && (slot.health.is_held() || slot.saturated.is_some());
         let idle = eligible && !held && slot.running.len() < slot.run_slots(max_running);
         let expect = Membership {
             eligible,
@@ -364,6 +364,23 @@ impl<P: Clone> Pool<P> {
             "router holds {worker} as {:?}, expected {expect:?}",
             self.router.membership(worker)
         );
+        Ok(())
+    }
+
+    /// A saturated worker's expiry has its timer while the pool has not
+    /// stopped.
+    pub(super) fn check_saturation(
+        &self,
+        worker: WorkerKey,
+        slot: &Worker,
+        armed: &Armed,
+    ) -> Checked {
+        if let Some(until) = slot.saturated {
+            ensure!(
+                self.lifecycle == Lifecycle::Stopped || armed.has(until, Timer::Saturation(worker)),
+                "{worker}'s saturation until {until} has no timer"
+            );
+        }
         Ok(())
     }
 
