@@ -32,10 +32,14 @@ use crate::started::Delivered;
 /// A shared handle, absent when no subscriber wants the span: the
 /// request's slot keeps it, and every handler run of the request (its
 /// first start, a run again after a refusal, a retry, a hedge) takes a
-/// copy of the handle, which never calls the subscriber and so may be
-/// taken under a lock. The span itself is cloned into the handler future
-/// and closed with no lock held. It travels with the request (slot, worker
-/// inbox), which then grows by a pointer only.
+/// copy of the handle from there, which never calls the subscriber and so
+/// may be taken under a lock. The span itself is cloned into the handler
+/// future and closed with no lock held. Nothing else that carries the
+/// request (its worker's inbox, a claimed start, its caller's future)
+/// holds the handle: whoever starts a handler looks the span up in the
+/// slot, and only while some request span exists at all ([`lookup`]), so
+/// with no subscriber the feature changes no type that a request passes
+/// through but its slot.
 #[derive(Clone, Default)]
 pub(crate) struct RequestSpan {
     #[cfg(feature = "tracing")]
@@ -43,11 +47,87 @@ pub(crate) struct RequestSpan {
 }
 
 /// An enabled request span and how many handler runs of its request have
-/// started.
+/// started. While one exists, [`SPANS`] counts it.
 #[cfg(feature = "tracing")]
 struct SpanCell {
     span: tracing::Span,
     starts: std::sync::atomic::AtomicU32,
+}
+
+/// How many request spans exist (in all pools): while none does, a
+/// handler starts without looking for one ([`lookup`]).
+#[cfg(feature = "tracing")]
+static SPANS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+#[cfg(feature = "tracing")]
+impl Drop for SpanCell {
+    fn drop(&mut self) {
+        SPANS.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// The span of a request whose handler is about to start, found by `find`
+/// (in the request's slot) only while some request span exists; with no
+/// subscriber, one relaxed load and a branch (the caller inlines them),
+/// and the span it returns is disabled.
+///
+/// A request's span is counted from its submit, which happens before any
+/// of its handler runs (the request reaches the task starting one through
+/// a lock), until its caller is done with it: a relaxed load sees it.
+#[inline]
+pub(crate) fn lookup(find: impl FnOnce() -> RequestSpan) -> RequestSpan {
+    #[cfg(feature = "tracing")]
+    if SPANS.load(std::sync::atomic::Ordering::Relaxed) != 0 {
+        return looked_up(find);
+    }
+    let _ = find;
+    RequestSpan::default()
+}
+
+/// Runs `find` out of line (see [`lookup`]).
+#[cfg(feature = "tracing")]
+#[cold]
+#[inline(never)]
+fn looked_up(find: impl FnOnce() -> RequestSpan) -> RequestSpan {
+    find()
+}
+
+/// Boxes the handler future of a run that `worker` starts inside its
+/// request's span, which `find` looks up (as [`lookup`] does): with no
+/// subscriber, one relaxed load and a branch more than boxing `handler`.
+/// Called with no lock held.
+#[inline]
+pub(crate) fn in_span<F>(
+    find: impl FnOnce() -> RequestSpan,
+    worker: &str,
+    handler: F,
+) -> OwnedHandlerFuture
+where
+    F: Future<Output = Result<serde_json::Value, WorkerProtocolError>> + Send + 'static,
+{
+    #[cfg(feature = "tracing")]
+    if SPANS.load(std::sync::atomic::Ordering::Relaxed) != 0 {
+        return in_found_span(find, worker, handler);
+    }
+    let _ = (find, worker);
+    Box::pin(handler)
+}
+
+/// [`in_span`] while some request span exists.
+#[cfg(feature = "tracing")]
+#[cold]
+#[inline(never)]
+fn in_found_span<F>(
+    find: impl FnOnce() -> RequestSpan,
+    worker: &str,
+    handler: F,
+) -> OwnedHandlerFuture
+where
+    F: Future<Output = Result<serde_json::Value, WorkerProtocolError>> + Send + 'static,
+{
+    let span = find();
+    span.start(worker);
+    span.instrument_owned(handler)
 }
 
 impl Drop for RequestSpan {
@@ -112,6 +192,7 @@ impl RequestSpan {
             attempt = tracing::field::Empty,
         );
         let cell = (!span.is_disabled()).then(|| {
+            SPANS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             std::sync::Arc::new(SpanCell {
                 span,
                 starts: std::sync::atomic::AtomicU32::new(0),
@@ -160,12 +241,7 @@ impl RequestSpan {
     pub(crate) fn start(&self, worker: &str) {
         #[cfg(feature = "tracing")]
         if let Some(cell) = &self.cell {
-            let attempt = cell
-                .starts
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
-                .saturating_add(1);
-            cell.span.record("worker", worker);
-            cell.span.record("attempt", attempt);
+            started(cell, worker);
         }
         #[cfg(not(feature = "tracing"))]
         let _ = worker;
@@ -182,24 +258,20 @@ impl RequestSpan {
         F: Future<Output = Result<serde_json::Value, WorkerProtocolError>> + Send + 'static,
     {
         #[cfg(feature = "tracing")]
-        if let Some(span) = self.span() {
-            return Box::pin(tracing::Instrument::instrument(handler, span));
+        if self.cell.is_some() {
+            return instrumented(self, handler);
         }
         Box::pin(handler)
     }
 
     /// Runs a boxed handler future inside the span (the same box when the
-    /// span is disabled: no subscriber wants it, or no feature). Called
-    /// with no lock held.
-    #[inline]
-    pub(crate) fn instrument_boxed<'a>(self, handler: HandlerFuture<'a>) -> HandlerFuture<'a> {
-        #[cfg(feature = "tracing")]
+    /// span is disabled). Called with no lock held.
+    #[cfg(feature = "tracing")]
+    fn instrument_boxed<'a>(self, handler: HandlerFuture<'a>) -> HandlerFuture<'a> {
         match self.span() {
             Some(span) => Box::pin(tracing::Instrument::instrument(handler, span)),
             None => handler,
         }
-        #[cfg(not(feature = "tracing"))]
-        handler
     }
 
     /// A clone of the enabled span, if it is (its subscriber is told).
@@ -238,6 +310,25 @@ impl Traced {
         } else {
             None
         }
+    }
+
+    /// Runs the boxed handler future of a run of the request that its
+    /// caller starts on `worker` inside the request's span, read from its
+    /// slot only if the span is enabled (else `handler` itself). Called
+    /// with no lock held.
+    #[inline]
+    pub(crate) fn in_span<'a>(
+        self,
+        slot: &Slot,
+        worker: &str,
+        handler: HandlerFuture<'a>,
+    ) -> HandlerFuture<'a> {
+        #[cfg(feature = "tracing")]
+        if self.span {
+            return in_slot_span(slot, worker, handler);
+        }
+        let _ = (slot, worker);
+        handler
     }
 
     /// Drops the slot's handle on the request's span once its caller is
@@ -370,6 +461,45 @@ impl Traced {
     }
 }
 
+/// Records a handler run's start in its enabled span (see
+/// [`RequestSpan::start`]).
+#[cfg(feature = "tracing")]
+#[cold]
+#[inline(never)]
+fn started(cell: &SpanCell, worker: &str) {
+    let attempt = cell
+        .starts
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        .saturating_add(1);
+    cell.span.record("worker", worker);
+    cell.span.record("attempt", attempt);
+}
+
+/// Boxes `handler` inside the enabled span (see
+/// [`RequestSpan::instrument_owned`]).
+#[cfg(feature = "tracing")]
+#[cold]
+#[inline(never)]
+fn instrumented<F>(span: RequestSpan, handler: F) -> OwnedHandlerFuture
+where
+    F: Future<Output = Result<serde_json::Value, WorkerProtocolError>> + Send + 'static,
+{
+    match span.span() {
+        Some(span) => Box::pin(tracing::Instrument::instrument(handler, span)),
+        None => Box::pin(handler),
+    }
+}
+
+/// [`Traced::in_span`] for a request with an enabled span.
+#[cfg(feature = "tracing")]
+#[cold]
+#[inline(never)]
+fn in_slot_span<'a>(slot: &Slot, worker: &str, handler: HandlerFuture<'a>) -> HandlerFuture<'a> {
+    let span = slot.lock().handler_span();
+    span.start(worker);
+    span.instrument_boxed(handler)
+}
+
 /// A worker's health changed, with its cause: `warn` when it got worse
 /// on evidence (failures, timeouts, probes), `info` when it became
 /// Healthy or changed because it was restarted or stopped.
@@ -433,10 +563,34 @@ pub(crate) fn requeued(request: RequestKey, from: &str, to: &str) {
 mod tests {
     use super::*;
 
-    /// A request carries at most a pointer for its span (slot, inbox
-    /// job), and its caller's future two flags.
+    /// A request's span stays in its slot: what else carries the request
+    /// (its worker's inbox job, a claimed start, a round of actions) has
+    /// the same fields with the feature as without, and the caller's
+    /// future two flags.
     #[test]
-    fn a_request_carries_at_most_a_pointer_for_tracing() {
+    fn only_the_slot_holds_a_request_span() {
+        use crate::live::LiveGuard;
+        use crate::started::WorkerCell;
+        use foreman_core::{RequestKey, Time};
+        use std::sync::Arc;
+        use std::task::Waker;
+        type JobFields = (RequestKey, WorkerRequest, LiveGuard, Time);
+        assert_eq!(size_of::<crate::worker::Job>(), size_of::<JobFields>());
+        type ClaimedFields = (
+            RequestKey,
+            Arc<Slot>,
+            Arc<WorkerCell>,
+            WorkerRequest,
+            Option<Waker>,
+            LiveGuard,
+            Time,
+        );
+        assert_eq!(
+            size_of::<crate::state::Claimed>(),
+            size_of::<ClaimedFields>()
+        );
+        #[cfg(not(feature = "metrics"))]
+        assert_eq!(size_of::<crate::notes::Notes>(), 0);
         assert!(size_of::<RequestSpan>() <= size_of::<usize>());
         assert!(size_of::<Traced>() <= 2);
     }
