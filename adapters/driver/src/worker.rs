@@ -129,14 +129,16 @@ struct Running {
 
 impl Running {
     /// The handler future of `job` on the worker named `id`, in the
-    /// request's span, which `span_of` finds (see
-    /// [`crate::trace::in_span`]; created with no lock held: recording
-    /// the worker in the span calls its subscriber).
-    fn new(
+    /// request's span, looked up in its slot through the core of `lane`
+    /// (see [`crate::trace::in_span`]; created with no lock held:
+    /// recording the worker in the span calls its subscriber).
+    #[inline(never)]
+    fn new<C: Completer>(
         handler: &std::sync::Arc<dyn WorkerHandler>,
         id: &str,
         job: Job,
-        span_of: impl FnOnce(RequestKey) -> RequestSpan,
+        pool: &Weak<C>,
+        lane: usize,
     ) -> Self {
         let Job {
             key,
@@ -148,7 +150,7 @@ impl Running {
         let deadline = crate::deadline::Deadline::new(deadline, live.epoch());
         let within =
             crate::deadline::within(deadline, async move { handler.handle(request).await });
-        let future = crate::trace::in_span(|| span_of(key), id, within);
+        let future = crate::trace::in_span(|| span_of(pool, lane, key), id, within);
         Running { key, future, live }
     }
 }
@@ -209,9 +211,7 @@ pub(crate) async fn worker_task<C: Completer>(
             // Started with no lock held; the aborts were taken with the
             // jobs, so each finds its job.
             for job in arrived.drain(..) {
-                handlers.insert(Running::new(&handler, &id, job, |key| {
-                    span_of(&pool, lane, key)
-                }));
+                handlers.insert(Running::new(&handler, &id, job, &pool, lane));
             }
             for key in aborts.drain(..) {
                 aborted.extend(handlers.remove_key(key));
@@ -254,9 +254,7 @@ pub(crate) async fn worker_task<C: Completer>(
                 None => finished.clear(),
             }
             for job in next.drain(..) {
-                handlers.insert(Running::new(&handler, &id, job, |key| {
-                    span_of(&pool, lane, key)
-                }));
+                handlers.insert(Running::new(&handler, &id, job, &pool, lane));
             }
             budget -= 1;
             if budget == 0 {
