@@ -9,7 +9,7 @@
 //! subscriber may want them) wait in a list of the thread that noted them
 //! instead, so that with `tracing` alone `Notes` stays empty: every round
 //! of actions carries one, and with no subscriber the feature adds no more
-//! to a round than one check of a thread-local flag.
+//! to a round than one relaxed load of a global count.
 
 #[cfg(feature = "tracing")]
 use std::sync::Arc;
@@ -77,10 +77,13 @@ thread_local! {
     /// [`Notes::emit`] of the round that noted them), and the list's
     /// capacity between rounds.
     static EVENTS: std::cell::Cell<Vec<Event>> = const { std::cell::Cell::new(Vec::new()) };
-    /// Whether [`EVENTS`] holds any: all that [`Notes::emit`] reads when it
-    /// does not (a flag with no destructor is read with one load).
-    static PENDING: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
 }
+
+/// How many threads have events noted and not told: all that
+/// [`Notes::emit`] reads while there are none (a thread sees its own
+/// count, the other threads' make it look at its list for nothing).
+#[cfg(feature = "tracing")]
+static NOTED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
 
 /// Whether any subscriber may want events at `level`: the facade's
 /// global maximum, read without asking a subscriber (which would run user
@@ -335,7 +338,7 @@ impl Notes {
             self.emit_all();
         }
         #[cfg(feature = "tracing")]
-        if PENDING.with(std::cell::Cell::get) {
+        if NOTED.load(std::sync::atomic::Ordering::Relaxed) != 0 {
             tell_events();
         }
     }
@@ -361,9 +364,11 @@ impl Notes {
 fn note(event: Event) {
     let _ = EVENTS.try_with(|events| {
         let mut list = events.take();
+        if list.is_empty() {
+            NOTED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
         list.push(event);
         events.set(list);
-        PENDING.with(|pending| pending.set(true));
     });
 }
 
@@ -373,10 +378,15 @@ fn note(event: Event) {
 #[cold]
 #[inline(never)]
 fn tell_events() {
-    PENDING.with(|pending| pending.set(false));
     let Ok(mut list) = EVENTS.try_with(std::cell::Cell::take) else {
         return;
     };
+    if list.is_empty() {
+        // Another thread's events.
+        let _ = EVENTS.try_with(|events| events.set(list));
+        return;
+    }
+    NOTED.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
     for event in list.drain(..) {
         match event {
             Event::Health {

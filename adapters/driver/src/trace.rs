@@ -11,8 +11,10 @@
 use std::future::Future;
 
 #[cfg(feature = "tracing")]
+use foreman_core::WorkerRequest;
+#[cfg(feature = "tracing")]
 use foreman_core::{HealthCause, Phase, RequestKey, WorkerHealthStatus};
-use foreman_core::{WorkerPoolError, WorkerProtocolError, WorkerRequest};
+use foreman_core::{WorkerPoolError, WorkerProtocolError};
 
 use crate::handler::{HandlerFuture, OwnedHandlerFuture};
 #[cfg(feature = "tracing")]
@@ -151,36 +153,8 @@ fn close(cell: std::sync::Arc<SpanCell>) {
 }
 
 impl RequestSpan {
-    /// A new request's span, if a subscriber wants it, and what the
-    /// request's caller carries about it (see [`Traced`]): tracing's
-    /// global maximum level is read once, here, and nothing else about
-    /// tracing runs for the request when it is `OFF`.
-    #[inline]
-    pub(crate) fn new(request: &WorkerRequest) -> (Self, Traced) {
-        #[cfg(feature = "tracing")]
-        {
-            // With no subscriber the maximum level is `OFF`: one load and
-            // a compare, and the caller inlines no more than this check.
-            let level = tracing::level_filters::LevelFilter::current();
-            if level >= tracing::level_filters::LevelFilter::INFO {
-                return Self::wanted(request);
-            }
-            let traced = Traced {
-                events: level != tracing::level_filters::LevelFilter::OFF,
-                span: false,
-            };
-            (RequestSpan { cell: None }, traced)
-        }
-        #[cfg(not(feature = "tracing"))]
-        {
-            let _ = request;
-            (RequestSpan {}, Traced {})
-        }
-    }
-
     /// The span of a request when a subscriber may want it.
     #[cfg(feature = "tracing")]
-    #[inline(never)]
     fn wanted(request: &WorkerRequest) -> (Self, Traced) {
         let span = tracing::info_span!(
             target: "foreman",
@@ -300,6 +274,50 @@ pub(crate) struct Traced {
 }
 
 impl Traced {
+    /// What the caller of the request parked in `slot` carries about
+    /// tracing, and the request's span, left in its slot, if a subscriber
+    /// wants it: tracing's global maximum level is read once, here, and
+    /// nothing else about tracing runs for the request when it is `OFF`.
+    #[inline]
+    pub(crate) fn new(slot: &Slot) -> Traced {
+        #[cfg(feature = "tracing")]
+        {
+            // With no subscriber the maximum level is `OFF`: one load and
+            // a compare, and the caller inlines no more than this check.
+            let level = tracing::level_filters::LevelFilter::current();
+            if level != tracing::level_filters::LevelFilter::OFF {
+                return Self::listened(slot, level);
+            }
+        }
+        let _ = slot;
+        Traced::default()
+    }
+
+    /// [`new`](Self::new) when a subscriber listens: the request's span if
+    /// the subscriber may want it, made with no lock held (the subscriber
+    /// is told), the request taken out of its slot meanwhile.
+    #[cfg(feature = "tracing")]
+    #[cold]
+    #[inline(never)]
+    fn listened(slot: &Slot, level: tracing::level_filters::LevelFilter) -> Traced {
+        let events = Traced {
+            events: true,
+            span: false,
+        };
+        if level < tracing::level_filters::LevelFilter::INFO {
+            return events;
+        }
+        let parked = slot.lock().parked.take();
+        let Some(request) = parked else {
+            return events;
+        };
+        let (span, traced) = RequestSpan::wanted(&request);
+        let mut inner = slot.lock();
+        inner.parked = crate::slot::HeldRequest::new(request);
+        inner.set_span(span);
+        traced
+    }
+
     /// The parent of the request's events: its span's id, read from its
     /// slot (with no subscriber call) only when the span is enabled.
     #[cfg(feature = "tracing")]
@@ -562,6 +580,7 @@ pub(crate) fn requeued(request: RequestKey, from: &str, to: &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use foreman_core::WorkerRequest;
 
     /// A request's span stays in its slot: what else carries the request
     /// (its worker's inbox job, a claimed start, a round of actions) has
@@ -609,13 +628,14 @@ mod tests {
                 scoped_input: serde_json::Value::Null,
             },
         };
-        let (span, traced) = RequestSpan::new(&request);
+        let slot = Slot::parked(request);
+        let traced = Traced::new(&slot);
         #[cfg(feature = "tracing")]
         {
-            assert!(span.cell.is_none());
+            assert!(slot.lock().span_id().is_none());
             assert!(!traced.events && !traced.span);
         }
         #[cfg(not(feature = "tracing"))]
-        let _ = (span, traced);
+        let _ = traced;
     }
 }
