@@ -200,6 +200,7 @@ impl Slot {
     }
 
     /// Updates the slot; its task's waker goes to `wake`.
+    #[inline]
     pub(crate) fn update(&self, wake: &mut Wakers, change: impl FnOnce(&mut SlotInner)) {
         let mut inner = self.lock();
         change(&mut inner);

@@ -43,6 +43,17 @@ pub(crate) struct RequestSpan {
     cell: Option<std::sync::Arc<SpanCell>>,
 }
 
+/// A handler future that [`in_span`] boxes, in its span or not.
+pub(crate) trait OwnedHandler:
+    Future<Output = Result<serde_json::Value, WorkerProtocolError>> + Send + 'static
+{
+}
+
+impl<F> OwnedHandler for F where
+    F: Future<Output = Result<serde_json::Value, WorkerProtocolError>> + Send + 'static
+{
+}
+
 /// An enabled request span and how many handler runs of its request have
 /// started. While one exists, [`SPANS`] counts it.
 #[cfg(feature = "tracing")]
@@ -86,14 +97,11 @@ pub(crate) fn lookup(find: impl FnOnce() -> RequestSpan) -> RequestSpan {
 /// subscriber, one relaxed load and a branch more than boxing `handler`.
 /// Called with no lock held.
 #[inline]
-pub(crate) fn in_span<F>(
+pub(crate) fn in_span(
     find: impl FnOnce() -> RequestSpan,
     worker: &str,
-    handler: F,
-) -> OwnedHandlerFuture
-where
-    F: Future<Output = Result<serde_json::Value, WorkerProtocolError>> + Send + 'static,
-{
+    handler: impl OwnedHandler,
+) -> OwnedHandlerFuture {
     #[cfg(feature = "tracing")]
     if SPANS.load(std::sync::atomic::Ordering::Relaxed) != 0 {
         return in_found_span(find, worker, handler);
@@ -197,10 +205,7 @@ impl RequestSpan {
     /// future exactly as it would without the feature. Called with no lock
     /// held (the span's clone calls its subscriber).
     #[inline]
-    pub(crate) fn instrument_owned<F>(self, handler: F) -> OwnedHandlerFuture
-    where
-        F: Future<Output = Result<serde_json::Value, WorkerProtocolError>> + Send + 'static,
-    {
+    pub(crate) fn instrument_owned(self, handler: impl OwnedHandler) -> OwnedHandlerFuture {
         #[cfg(feature = "tracing")]
         if self.cell.is_some() {
             return instrumented(self, handler);
@@ -346,14 +351,11 @@ fn looked_up(find: impl FnOnce() -> RequestSpan) -> RequestSpan {
 #[cfg(feature = "tracing")]
 #[cold]
 #[inline(never)]
-fn in_found_span<F>(
+fn in_found_span(
     find: impl FnOnce() -> RequestSpan,
     worker: &str,
-    handler: F,
-) -> OwnedHandlerFuture
-where
-    F: Future<Output = Result<serde_json::Value, WorkerProtocolError>> + Send + 'static,
-{
+    handler: impl OwnedHandler,
+) -> OwnedHandlerFuture {
     let span = find();
     span.start(worker);
     span.instrument_owned(handler)
@@ -378,10 +380,7 @@ fn started(cell: &SpanCell, worker: &str) {
 #[cfg(feature = "tracing")]
 #[cold]
 #[inline(never)]
-fn instrumented<F>(span: RequestSpan, handler: F) -> OwnedHandlerFuture
-where
-    F: Future<Output = Result<serde_json::Value, WorkerProtocolError>> + Send + 'static,
-{
+fn instrumented(span: RequestSpan, handler: impl OwnedHandler) -> OwnedHandlerFuture {
     match span.span() {
         Some(span) => Box::pin(tracing::Instrument::instrument(handler, span)),
         None => Box::pin(handler),

@@ -90,7 +90,9 @@ struct InboxState {
 
 impl Inbox {
     /// Queues `job`; the task's waker goes to `wake` (woken once the
-    /// caller's locks are released).
+    /// caller's locks are released). Out of line: inlined into
+    /// `Started::dispatch`, the job is copied once more on its way in.
+    #[inline(never)]
     pub(crate) fn push(&self, job: Job, wake: &mut Wakers) {
         self.state.lock().jobs.push(job);
         wake.extend(self.waker.take());
