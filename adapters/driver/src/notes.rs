@@ -3,6 +3,13 @@
 //! recorder is user code): gauge moves, health transitions, moved
 //! requests. Without either feature, [`Notes`] is empty and every method
 //! does nothing.
+//!
+//! The gauge moves (`metrics`, several per request) are kept in the
+//! [`Notes`] of the round. The events (`tracing`, noted only while a
+//! subscriber may want them) wait in a list of the thread that noted them
+//! instead, so that with `tracing` alone `Notes` stays empty: every round
+//! of actions carries one, and with no subscriber the feature adds no more
+//! to a round than one relaxed load of a global count.
 
 #[cfg(feature = "tracing")]
 use std::sync::Arc;
@@ -16,39 +23,39 @@ use crate::meter::{PoolMeter, WorkerMeter};
 /// The notes of one round of actions, told by [`Notes::emit`].
 #[derive(Default)]
 pub(crate) struct Notes {
-    #[cfg(any(feature = "tracing", feature = "metrics"))]
+    #[cfg(feature = "metrics")]
     items: Vec<Note>,
 }
 
-#[cfg(any(feature = "tracing", feature = "metrics"))]
+/// A gauge move or count (`metrics`).
+#[cfg(feature = "metrics")]
 enum Note {
     /// Move a gauge by this much.
-    #[cfg(feature = "metrics")]
     Gauge(metrics::Gauge, f64),
     /// Count one more.
-    #[cfg(feature = "metrics")]
     Count(metrics::Counter),
-    #[cfg(feature = "tracing")]
+}
+
+/// An event to tell (`tracing`).
+#[cfg(feature = "tracing")]
+enum Event {
     Health {
         worker: Arc<str>,
         from: WorkerHealthStatus,
         to: WorkerHealthStatus,
         cause: HealthCause,
     },
-    #[cfg(feature = "tracing")]
     Requeued {
         request: RequestKey,
         from: Arc<str>,
         to: Arc<str>,
     },
-    #[cfg(feature = "tracing")]
     Retried {
         request: RequestKey,
         from: Arc<str>,
         to: Arc<str>,
         attempt: u32,
     },
-    #[cfg(feature = "tracing")]
     Hedged {
         request: RequestKey,
         from: Arc<str>,
@@ -57,12 +64,26 @@ enum Note {
     },
 }
 
-#[cfg(any(feature = "tracing", feature = "metrics"))]
+#[cfg(feature = "metrics")]
 thread_local! {
     /// The note list of this thread's last round, kept for its next one,
     /// so a round allocates none.
     static SPARE: std::cell::Cell<Vec<Note>> = const { std::cell::Cell::new(Vec::new()) };
 }
+
+#[cfg(feature = "tracing")]
+thread_local! {
+    /// The events this thread noted and has not told yet (told by the
+    /// [`Notes::emit`] of the round that noted them), and the list's
+    /// capacity between rounds.
+    static EVENTS: std::cell::Cell<Vec<Event>> = const { std::cell::Cell::new(Vec::new()) };
+}
+
+/// How many threads have events noted and not told: all that
+/// [`Notes::emit`] reads while there are none (a thread sees its own
+/// count, the other threads' make it look at its list for nothing).
+#[cfg(feature = "tracing")]
+static NOTED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
 
 /// Whether any subscriber may want events at `level`: the facade's
 /// global maximum, read without asking a subscriber (which would run user
@@ -87,7 +108,7 @@ impl Notes {
         wanted(tracing::Level::DEBUG)
     }
 
-    #[cfg(any(feature = "tracing", feature = "metrics"))]
+    #[cfg(feature = "metrics")]
     fn push(&mut self, note: Note) {
         if self.items.capacity() == 0 {
             // (During the thread's teardown there is no spare: a new list.)
@@ -169,7 +190,7 @@ impl Notes {
         }
         #[cfg(feature = "tracing")]
         if wanted(tracing::Level::DEBUG) {
-            self.push(Note::Requeued {
+            note(Event::Requeued {
                 request,
                 from: Arc::clone(from.0),
                 to: Arc::clone(to.0),
@@ -207,7 +228,7 @@ impl Notes {
         let _ = to_meter;
         #[cfg(feature = "tracing")]
         if wanted(tracing::Level::DEBUG) {
-            self.push(Note::Retried {
+            note(Event::Retried {
                 request,
                 from: Arc::clone(from.0),
                 to: Arc::clone(to),
@@ -244,7 +265,7 @@ impl Notes {
         let _ = to_meter;
         #[cfg(feature = "tracing")]
         if wanted(tracing::Level::DEBUG) {
-            self.push(Note::Hedged {
+            note(Event::Hedged {
                 request,
                 from: Arc::clone(from),
                 to: Arc::clone(to),
@@ -284,7 +305,7 @@ impl Notes {
         }
         #[cfg(feature = "tracing")]
         if wanted(tracing::Level::INFO) {
-            self.push(Note::Health {
+            note(Event::Health {
                 worker: Arc::clone(worker),
                 from,
                 to,
@@ -308,52 +329,93 @@ impl Notes {
         let _ = (meter, status);
     }
 
-    /// Tells every note, in order; called with no lock held.
+    /// Tells every note, in order (the gauge moves, then the events);
+    /// called with no lock held.
     #[inline]
     pub(crate) fn emit(&mut self) {
-        #[cfg(any(feature = "tracing", feature = "metrics"))]
+        #[cfg(feature = "metrics")]
         if !self.items.is_empty() {
             self.emit_all();
         }
+        #[cfg(feature = "tracing")]
+        if NOTED.load(std::sync::atomic::Ordering::Relaxed) != 0 {
+            tell_events();
+        }
     }
 
-    #[cfg(any(feature = "tracing", feature = "metrics"))]
+    #[cfg(feature = "metrics")]
     #[inline(never)]
     fn emit_all(&mut self) {
         let mut items = std::mem::take(&mut self.items);
         for note in items.drain(..) {
             match note {
-                #[cfg(feature = "metrics")]
                 Note::Gauge(gauge, delta) => gauge.increment(delta),
-                #[cfg(feature = "metrics")]
                 Note::Count(counter) => counter.increment(1),
-                #[cfg(feature = "tracing")]
-                Note::Health {
-                    worker,
-                    from,
-                    to,
-                    cause,
-                } => crate::trace::health_changed(&worker, from, to, cause),
-                #[cfg(feature = "tracing")]
-                Note::Requeued { request, from, to } => {
-                    crate::trace::requeued(request, &from, &to);
-                }
-                #[cfg(feature = "tracing")]
-                Note::Retried {
-                    request,
-                    from,
-                    to,
-                    attempt,
-                } => crate::trace::retried(request, &from, &to, attempt),
-                #[cfg(feature = "tracing")]
-                Note::Hedged {
-                    request,
-                    from,
-                    to,
-                    attempt,
-                } => crate::trace::hedged(request, &from, &to, attempt),
             }
         }
         let _ = SPARE.try_with(|spare| spare.set(items));
     }
+}
+
+/// Notes `event` on this thread's list, for the round's
+/// [`Notes::emit`].
+#[cfg(feature = "tracing")]
+#[cold]
+fn note(event: Event) {
+    let _ = EVENTS.try_with(|events| {
+        let mut list = events.take();
+        if list.is_empty() {
+            NOTED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+        list.push(event);
+        events.set(list);
+    });
+}
+
+/// Tells this thread's noted events, in order. (A subscriber that submits
+/// a request meanwhile notes and tells that round's events itself.)
+#[cfg(feature = "tracing")]
+#[cold]
+#[inline(never)]
+fn tell_events() {
+    let Ok(mut list) = EVENTS.try_with(std::cell::Cell::take) else {
+        return;
+    };
+    if list.is_empty() {
+        // Another thread's events.
+        let _ = EVENTS.try_with(|events| events.set(list));
+        return;
+    }
+    NOTED.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    for event in list.drain(..) {
+        match event {
+            Event::Health {
+                worker,
+                from,
+                to,
+                cause,
+            } => crate::trace::health_changed(&worker, from, to, cause),
+            Event::Requeued { request, from, to } => {
+                crate::trace::requeued(request, &from, &to);
+            }
+            Event::Retried {
+                request,
+                from,
+                to,
+                attempt,
+            } => crate::trace::retried(request, &from, &to, attempt),
+            Event::Hedged {
+                request,
+                from,
+                to,
+                attempt,
+            } => crate::trace::hedged(request, &from, &to, attempt),
+        }
+    }
+    // Keeps the list's capacity, unless events noted meanwhile wait in a
+    // newer one.
+    let _ = EVENTS.try_with(|events| {
+        let newer = events.take();
+        events.set(if newer.is_empty() { list } else { newer });
+    });
 }

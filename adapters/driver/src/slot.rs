@@ -167,22 +167,19 @@ thread_local! {
 }
 
 impl Slot {
-    /// A slot holding `request`, parked until its caller submits it, with
-    /// the span its handler is to run in: this thread's spare slot if it
-    /// has one, else a new one.
-    pub(crate) fn parked(request: WorkerRequest, span: RequestSpan) -> Arc<Slot> {
+    /// A slot holding `request`, parked until its caller submits it (its
+    /// span, if it gets one, comes with [`Traced::new`](crate::trace::Traced::new)):
+    /// this thread's spare slot if it has one, else a new one.
+    pub(crate) fn parked(request: WorkerRequest) -> Arc<Slot> {
         if let Some(mut slot) = SPARE_SLOT.with(Cell::take) {
             if let Some(unique) = Arc::get_mut(&mut slot) {
-                let inner = unique.inner.get_mut();
-                inner.parked = HeldRequest::new(request);
-                inner.span = span;
+                unique.inner.get_mut().parked = HeldRequest::new(request);
                 return slot;
             }
         }
         Arc::new(Slot {
             inner: FastMutex::new(SlotInner {
                 parked: HeldRequest::new(request),
-                span,
                 ..SlotInner::default()
             }),
         })
@@ -204,6 +201,7 @@ impl Slot {
     }
 
     /// Updates the slot; its task's waker goes to `wake`.
+    #[inline]
     pub(crate) fn update(&self, wake: &mut Wakers, change: impl FnOnce(&mut SlotInner)) {
         let mut inner = self.lock();
         change(&mut inner);
@@ -231,6 +229,12 @@ impl SlotInner {
     #[cfg(feature = "tracing")]
     pub(crate) fn span_id(&self) -> Option<tracing::Id> {
         self.span.id()
+    }
+
+    /// Gives the request its span (replacing none).
+    #[cfg(feature = "tracing")]
+    pub(crate) fn set_span(&mut self, span: RequestSpan) {
+        self.span = span;
     }
 
     /// Takes the slot's handle on the request's span, to drop it with no

@@ -14,7 +14,6 @@ use crate::handler::WorkerHandler;
 use crate::live::LiveGuard;
 use crate::meter::WorkerMeter;
 use crate::outcome::Ending;
-use crate::trace::RequestSpan;
 use crate::wakers::Wakers;
 use crate::worker::{Inbox, Job};
 
@@ -51,15 +50,9 @@ pub(crate) struct Started {
 
 impl Started {
     /// Hands the request to its worker's task
-    /// ([`crate::ExecutionMode::PoolTasks`]), with the span its handler
-    /// runs in.
-    pub(crate) fn dispatch(
-        self,
-        key: RequestKey,
-        request: WorkerRequest,
-        span: RequestSpan,
-        wake: &mut Wakers,
-    ) {
+    /// ([`crate::ExecutionMode::PoolTasks`]), which finds its span in its
+    /// slot.
+    pub(crate) fn dispatch(self, key: RequestKey, request: WorkerRequest, wake: &mut Wakers) {
         let Started {
             worker,
             live,
@@ -70,7 +63,6 @@ impl Started {
             key,
             request,
             live,
-            span,
             deadline,
         };
         worker.inbox.push(job, wake);

@@ -19,7 +19,6 @@ use crate::meter::{PoolMeter, WorkerMeter};
 use crate::notes::Notes;
 use crate::slot::{Run, Slot};
 use crate::started::{Delivered, Started, WorkerCell};
-use crate::trace::RequestSpan;
 use crate::types::HealthTransition;
 use crate::wakers::Wakers;
 use crate::worker::{Inbox, Job};
@@ -130,8 +129,6 @@ pub(crate) struct Claimed {
     /// The caller's waker, so a handler that has to wait registers it.
     pub(crate) waker: Option<Waker>,
     pub(crate) live: LiveGuard,
-    /// The request's span, which the handler runs in.
-    pub(crate) span: RequestSpan,
     /// When the core cuts the handler off (`Pool::cutoff`, `Time::MAX`
     /// for never; [`crate::handler_deadline`] says it as an instant).
     pub(crate) deadline: Time,
@@ -247,7 +244,6 @@ impl Core {
                     if self.pool_tasks {
                         match inner.parked.take_or_copy(may_retry) {
                             Some(parked) => {
-                                let span = inner.handler_span();
                                 drop(inner);
                                 if mine.here == Some(worker) {
                                     let Started { live, deadline, .. } = started;
@@ -255,11 +251,10 @@ impl Core {
                                         key: request,
                                         request: parked,
                                         live,
-                                        span,
                                         deadline,
                                     });
                                 } else {
-                                    started.dispatch(request, parked, span, &mut mine.wake);
+                                    started.dispatch(request, parked, &mut mine.wake);
                                 }
                             }
                             // Its caller holds the request while its hooks
@@ -279,7 +274,6 @@ impl Core {
                             claim -= 1;
                             inner.run = Run::Claimed;
                             let waker = inner.waker();
-                            let span = inner.handler_span();
                             drop(inner);
                             mine.claimed.push(Claimed {
                                 key: request,
@@ -288,7 +282,6 @@ impl Core {
                                 request: parked,
                                 waker,
                                 live: started.live,
-                                span,
                                 deadline: started.deadline,
                             });
                         }

@@ -16,6 +16,7 @@ use crate::runtime::Runtime;
 use crate::shared::Shared;
 use crate::started::WorkerCell;
 use crate::state::{Own, ProbeJob};
+use crate::trace::RequestSpan;
 use crate::worker::{worker_task, Completer, Job};
 
 impl<R: Runtime> Shared<R> {
@@ -87,6 +88,18 @@ impl<R: Runtime> Completer for Shared<R> {
         *next = std::mem::take(&mut own.jobs);
         self.spawn_probes(lane.index, probes);
         self.balance_lanes(lane.index);
+    }
+
+    fn handler_span(self: &Arc<Self>, lane: usize, key: RequestKey) -> RequestSpan {
+        let slot = self
+            .lane(lane)
+            .core
+            .lock()
+            .pool
+            .payload(key)
+            .map(Arc::clone);
+        slot.map(|slot| slot.lock().handler_span())
+            .unwrap_or_default()
     }
 }
 

@@ -8,21 +8,18 @@
 //! held (a subscriber is user code): what the core reports under the lock
 //! is written down as [`Notes`](crate::notes::Notes) and told afterwards.
 
+mod events;
+
 use std::future::Future;
 
+use foreman_core::WorkerProtocolError;
 #[cfg(feature = "tracing")]
-use foreman_core::{HealthCause, Phase, RequestKey, WorkerHealthStatus};
-use foreman_core::{WorkerPoolError, WorkerProtocolError, WorkerRequest};
+use foreman_core::WorkerRequest;
 
 use crate::handler::{HandlerFuture, OwnedHandlerFuture};
-#[cfg(feature = "tracing")]
-use crate::outcome::Ending;
-#[cfg(feature = "tracing")]
-use crate::outcome::{cause_name, phase_name, refusal_reason, status_name};
 use crate::slot::Slot;
 #[cfg(feature = "tracing")]
-use crate::started::worker_id;
-use crate::started::Delivered;
+pub(crate) use events::{health_changed, hedged, requeued, retried};
 
 /// The span of one request (`request`, target `foreman`), with fields
 /// `request_id`, `workflow`, `node`, and `worker` and `attempt` recorded
@@ -32,22 +29,85 @@ use crate::started::Delivered;
 /// A shared handle, absent when no subscriber wants the span: the
 /// request's slot keeps it, and every handler run of the request (its
 /// first start, a run again after a refusal, a retry, a hedge) takes a
-/// copy of the handle, which never calls the subscriber and so may be
-/// taken under a lock. The span itself is cloned into the handler future
-/// and closed with no lock held. It travels with the request (slot, worker
-/// inbox), which then grows by a pointer only.
+/// copy of the handle from there, which never calls the subscriber and so
+/// may be taken under a lock. The span itself is cloned into the handler
+/// future and closed with no lock held. Nothing else that carries the
+/// request (its worker's inbox, a claimed start, its caller's future)
+/// holds the handle: whoever starts a handler looks the span up in the
+/// slot, and only while some request span exists at all ([`lookup`]), so
+/// with no subscriber the feature changes no type that a request passes
+/// through but its slot.
 #[derive(Clone, Default)]
 pub(crate) struct RequestSpan {
     #[cfg(feature = "tracing")]
     cell: Option<std::sync::Arc<SpanCell>>,
 }
 
+/// A handler future that [`in_span`] boxes, in its span or not.
+pub(crate) trait OwnedHandler:
+    Future<Output = Result<serde_json::Value, WorkerProtocolError>> + Send + 'static
+{
+}
+
+impl<F> OwnedHandler for F where
+    F: Future<Output = Result<serde_json::Value, WorkerProtocolError>> + Send + 'static
+{
+}
+
 /// An enabled request span and how many handler runs of its request have
-/// started.
+/// started. While one exists, [`SPANS`] counts it.
 #[cfg(feature = "tracing")]
 struct SpanCell {
     span: tracing::Span,
     starts: std::sync::atomic::AtomicU32,
+}
+
+/// How many request spans exist (in all pools): while none does, a
+/// handler starts without looking for one ([`lookup`]).
+#[cfg(feature = "tracing")]
+static SPANS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+#[cfg(feature = "tracing")]
+impl Drop for SpanCell {
+    fn drop(&mut self) {
+        SPANS.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// The span of a request whose handler is about to start, found by `find`
+/// (in the request's slot) only while some request span exists; with no
+/// subscriber, one relaxed load and a branch (the caller inlines them),
+/// and the span it returns is disabled.
+///
+/// A request's span is counted from its submit, which happens before any
+/// of its handler runs (the request reaches the task starting one through
+/// a lock), until its caller is done with it: a relaxed load sees it.
+#[inline]
+pub(crate) fn lookup(find: impl FnOnce() -> RequestSpan) -> RequestSpan {
+    #[cfg(feature = "tracing")]
+    if SPANS.load(std::sync::atomic::Ordering::Relaxed) != 0 {
+        return looked_up(find);
+    }
+    let _ = find;
+    RequestSpan::default()
+}
+
+/// Boxes the handler future of a run that `worker` starts inside its
+/// request's span, which `find` looks up (as [`lookup`] does): with no
+/// subscriber, one relaxed load and a branch more than boxing `handler`.
+/// Called with no lock held.
+#[inline]
+pub(crate) fn in_span(
+    find: impl FnOnce() -> RequestSpan,
+    worker: &str,
+    handler: impl OwnedHandler,
+) -> OwnedHandlerFuture {
+    #[cfg(feature = "tracing")]
+    if SPANS.load(std::sync::atomic::Ordering::Relaxed) != 0 {
+        return in_found_span(find, worker, handler);
+    }
+    let _ = (find, worker);
+    Box::pin(handler)
 }
 
 impl Drop for RequestSpan {
@@ -71,36 +131,8 @@ fn close(cell: std::sync::Arc<SpanCell>) {
 }
 
 impl RequestSpan {
-    /// A new request's span, if a subscriber wants it, and what the
-    /// request's caller carries about it (see [`Traced`]): tracing's
-    /// global maximum level is read once, here, and nothing else about
-    /// tracing runs for the request when it is `OFF`.
-    #[inline]
-    pub(crate) fn new(request: &WorkerRequest) -> (Self, Traced) {
-        #[cfg(feature = "tracing")]
-        {
-            // With no subscriber the maximum level is `OFF`: one load and
-            // a compare, and the caller inlines no more than this check.
-            let level = tracing::level_filters::LevelFilter::current();
-            if level >= tracing::level_filters::LevelFilter::INFO {
-                return Self::wanted(request);
-            }
-            let traced = Traced {
-                events: level != tracing::level_filters::LevelFilter::OFF,
-                span: false,
-            };
-            (RequestSpan { cell: None }, traced)
-        }
-        #[cfg(not(feature = "tracing"))]
-        {
-            let _ = request;
-            (RequestSpan {}, Traced {})
-        }
-    }
-
     /// The span of a request when a subscriber may want it.
     #[cfg(feature = "tracing")]
-    #[inline(never)]
     fn wanted(request: &WorkerRequest) -> (Self, Traced) {
         let span = tracing::info_span!(
             target: "foreman",
@@ -112,6 +144,7 @@ impl RequestSpan {
             attempt = tracing::field::Empty,
         );
         let cell = (!span.is_disabled()).then(|| {
+            SPANS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             std::sync::Arc::new(SpanCell {
                 span,
                 starts: std::sync::atomic::AtomicU32::new(0),
@@ -160,12 +193,7 @@ impl RequestSpan {
     pub(crate) fn start(&self, worker: &str) {
         #[cfg(feature = "tracing")]
         if let Some(cell) = &self.cell {
-            let attempt = cell
-                .starts
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
-                .saturating_add(1);
-            cell.span.record("worker", worker);
-            cell.span.record("attempt", attempt);
+            started(cell, worker);
         }
         #[cfg(not(feature = "tracing"))]
         let _ = worker;
@@ -177,29 +205,22 @@ impl RequestSpan {
     /// future exactly as it would without the feature. Called with no lock
     /// held (the span's clone calls its subscriber).
     #[inline]
-    pub(crate) fn instrument_owned<F>(self, handler: F) -> OwnedHandlerFuture
-    where
-        F: Future<Output = Result<serde_json::Value, WorkerProtocolError>> + Send + 'static,
-    {
+    pub(crate) fn instrument_owned(self, handler: impl OwnedHandler) -> OwnedHandlerFuture {
         #[cfg(feature = "tracing")]
-        if let Some(span) = self.span() {
-            return Box::pin(tracing::Instrument::instrument(handler, span));
+        if self.cell.is_some() {
+            return instrumented(self, handler);
         }
         Box::pin(handler)
     }
 
     /// Runs a boxed handler future inside the span (the same box when the
-    /// span is disabled: no subscriber wants it, or no feature). Called
-    /// with no lock held.
-    #[inline]
-    pub(crate) fn instrument_boxed<'a>(self, handler: HandlerFuture<'a>) -> HandlerFuture<'a> {
-        #[cfg(feature = "tracing")]
+    /// span is disabled). Called with no lock held.
+    #[cfg(feature = "tracing")]
+    fn instrument_boxed<'a>(self, handler: HandlerFuture<'a>) -> HandlerFuture<'a> {
         match self.span() {
             Some(span) => Box::pin(tracing::Instrument::instrument(handler, span)),
             None => handler,
         }
-        #[cfg(not(feature = "tracing"))]
-        handler
     }
 
     /// A clone of the enabled span, if it is (its subscriber is told).
@@ -228,6 +249,50 @@ pub(crate) struct Traced {
 }
 
 impl Traced {
+    /// What the caller of the request parked in `slot` carries about
+    /// tracing, and the request's span, left in its slot, if a subscriber
+    /// wants it: tracing's global maximum level is read once, here, and
+    /// nothing else about tracing runs for the request when it is `OFF`.
+    #[inline]
+    pub(crate) fn new(slot: &Slot) -> Traced {
+        #[cfg(feature = "tracing")]
+        {
+            // With no subscriber the maximum level is `OFF`: one load and
+            // a compare, and the caller inlines no more than this check.
+            let level = tracing::level_filters::LevelFilter::current();
+            if level != tracing::level_filters::LevelFilter::OFF {
+                return Self::listened(slot, level);
+            }
+        }
+        let _ = slot;
+        Traced::default()
+    }
+
+    /// [`new`](Self::new) when a subscriber listens: the request's span if
+    /// the subscriber may want it, made with no lock held (the subscriber
+    /// is told), the request taken out of its slot meanwhile.
+    #[cfg(feature = "tracing")]
+    #[cold]
+    #[inline(never)]
+    fn listened(slot: &Slot, level: tracing::level_filters::LevelFilter) -> Traced {
+        let events = Traced {
+            events: true,
+            span: false,
+        };
+        if level < tracing::level_filters::LevelFilter::INFO {
+            return events;
+        }
+        let parked = slot.lock().parked.take();
+        let Some(request) = parked else {
+            return events;
+        };
+        let (span, traced) = RequestSpan::wanted(&request);
+        let mut inner = slot.lock();
+        inner.parked = crate::slot::HeldRequest::new(request);
+        inner.set_span(span);
+        traced
+    }
+
     /// The parent of the request's events: its span's id, read from its
     /// slot (with no subscriber call) only when the span is enabled.
     #[cfg(feature = "tracing")]
@@ -238,6 +303,25 @@ impl Traced {
         } else {
             None
         }
+    }
+
+    /// Runs the boxed handler future of a run of the request that its
+    /// caller starts on `worker` inside the request's span, read from its
+    /// slot only if the span is enabled (else `handler` itself). Called
+    /// with no lock held.
+    #[inline]
+    pub(crate) fn in_span<'a>(
+        self,
+        slot: &Slot,
+        worker: &str,
+        handler: HandlerFuture<'a>,
+    ) -> HandlerFuture<'a> {
+        #[cfg(feature = "tracing")]
+        if self.span {
+            return in_slot_span(slot, worker, handler);
+        }
+        let _ = (slot, worker);
+        handler
     }
 
     /// Drops the slot's handle on the request's span once its caller is
@@ -253,190 +337,99 @@ impl Traced {
         #[cfg(not(feature = "tracing"))]
         let _ = slot;
     }
-
-    /// The request was refused (`debug`, with the reason).
-    #[inline]
-    pub(crate) fn refused(self, slot: &Slot, error: &WorkerPoolError) {
-        #[cfg(feature = "tracing")]
-        if self.events {
-            self.told_refused(slot, error);
-        }
-        #[cfg(not(feature = "tracing"))]
-        let _ = (slot, error);
-    }
-
-    /// Tells that the request was refused (see [`refused`](Self::refused)).
-    #[cfg(feature = "tracing")]
-    #[inline(never)]
-    fn told_refused(self, slot: &Slot, error: &WorkerPoolError) {
-        tracing::debug!(
-            target: "foreman",
-            parent: self.parent(slot),
-            reason = refusal_reason(error),
-            "request refused"
-        );
-    }
-
-    /// A circuit breaker vetoed `worker` for the request (`debug`).
-    #[inline]
-    pub(crate) fn vetoed(self, slot: &Slot, worker: &str) {
-        #[cfg(feature = "tracing")]
-        if self.events {
-            tracing::debug!(
-                target: "foreman",
-                parent: self.parent(slot),
-                worker,
-                "circuit breaker vetoed the worker"
-            );
-        }
-        #[cfg(not(feature = "tracing"))]
-        let _ = (slot, worker);
-    }
-
-    /// The request ended: nothing for a success; `debug` for a handler's
-    /// failure, a cancellation or a timeout while queued (load shed);
-    /// `warn` for a timeout while running (its handler was cut off);
-    /// `info` for aborts by a restart or the drain deadline and for a
-    /// request its removed worker could hand to nobody.
-    #[inline]
-    pub(crate) fn ended(self, slot: &Slot, answer: &Delivered, cancelled: bool) {
-        #[cfg(feature = "tracing")]
-        if self.events && tracing::level_enabled!(tracing::Level::WARN) {
-            // The least verbose of these events is `warn`: nothing below
-            // runs when a subscriber wants none of them.
-            self.told_end(
-                slot,
-                answer.ending(cancelled),
-                worker_id(answer.worker.as_deref()),
-            );
-        }
-        #[cfg(not(feature = "tracing"))]
-        let _ = (slot, answer, cancelled);
-    }
-
-    /// Tells how the request ended (see [`ended`](Self::ended)).
-    #[cfg(feature = "tracing")]
-    #[inline(never)]
-    fn told_end(self, slot: &Slot, ending: Ending, worker: &str) {
-        {
-            let span = self.parent(slot);
-            match ending {
-                Ending::Succeeded => {}
-                Ending::Failed => tracing::debug!(
-                    target: "foreman",
-                    parent: span,
-                    worker,
-                    "handler failed"
-                ),
-                Ending::TimedOut(Phase::Queued) => tracing::debug!(
-                    target: "foreman",
-                    parent: span,
-                    phase = "queued",
-                    "request timed out while queued"
-                ),
-                Ending::TimedOut(Phase::Running) => tracing::warn!(
-                    target: "foreman",
-                    parent: span,
-                    phase = "running",
-                    worker,
-                    "request timed out while running; its handler was aborted"
-                ),
-                Ending::Cancelled(phase) => tracing::debug!(
-                    target: "foreman",
-                    parent: span,
-                    phase = phase_name(phase),
-                    "request cancelled by its caller"
-                ),
-                Ending::Restarted => tracing::info!(
-                    target: "foreman",
-                    parent: span,
-                    worker,
-                    "request aborted: its worker was restarted"
-                ),
-                Ending::ShutDown(phase) => tracing::info!(
-                    target: "foreman",
-                    parent: span,
-                    phase = phase_name(phase),
-                    "request aborted: the shutdown's drain deadline passed"
-                ),
-                Ending::Unroutable => tracing::info!(
-                    target: "foreman",
-                    parent: span,
-                    worker,
-                    "request answered Unavailable: its worker was removed and no other could take it"
-                ),
-            }
-        }
-    }
 }
 
-/// A worker's health changed, with its cause: `warn` when it got worse
-/// on evidence (failures, timeouts, probes), `info` when it became
-/// Healthy or changed because it was restarted or stopped.
+/// Runs `find` out of line (see [`lookup`]).
 #[cfg(feature = "tracing")]
-pub(crate) fn health_changed(
+#[cold]
+#[inline(never)]
+fn looked_up(find: impl FnOnce() -> RequestSpan) -> RequestSpan {
+    find()
+}
+
+/// [`in_span`] while some request span exists.
+#[cfg(feature = "tracing")]
+#[cold]
+#[inline(never)]
+fn in_found_span(
+    find: impl FnOnce() -> RequestSpan,
     worker: &str,
-    from: WorkerHealthStatus,
-    to: WorkerHealthStatus,
-    cause: HealthCause,
-) {
-    let (from, to_name, cause_name) = (status_name(from), status_name(to), cause_name(cause));
-    let deliberate = matches!(cause, HealthCause::Restart | HealthCause::Stopped);
-    // tracing's levels are per call site, so each level is its own macro.
-    if to == WorkerHealthStatus::Healthy || deliberate {
-        tracing::info!(target: "foreman", worker, from, to = to_name, cause = cause_name, "worker health changed");
-    } else {
-        tracing::warn!(target: "foreman", worker, from, to = to_name, cause = cause_name, "worker health changed");
+    handler: impl OwnedHandler,
+) -> OwnedHandlerFuture {
+    let span = find();
+    span.start(worker);
+    span.instrument_owned(handler)
+}
+
+/// Records a handler run's start in its enabled span (see
+/// [`RequestSpan::start`]).
+#[cfg(feature = "tracing")]
+#[cold]
+#[inline(never)]
+fn started(cell: &SpanCell, worker: &str) {
+    let attempt = cell
+        .starts
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        .saturating_add(1);
+    cell.span.record("worker", worker);
+    cell.span.record("attempt", attempt);
+}
+
+/// Boxes `handler` inside the enabled span (see
+/// [`RequestSpan::instrument_owned`]).
+#[cfg(feature = "tracing")]
+#[cold]
+#[inline(never)]
+fn instrumented(span: RequestSpan, handler: impl OwnedHandler) -> OwnedHandlerFuture {
+    match span.span() {
+        Some(span) => Box::pin(tracing::Instrument::instrument(handler, span)),
+        None => Box::pin(handler),
     }
 }
 
-/// A failed attempt runs again on another worker (`debug`).
+/// [`Traced::in_span`] for a request with an enabled span.
 #[cfg(feature = "tracing")]
-pub(crate) fn retried(request: RequestKey, from: &str, to: &str, attempt: u32) {
-    tracing::debug!(
-        target: "foreman",
-        request = request.as_u64(),
-        from,
-        to,
-        attempt,
-        "failed attempt retried on another worker"
-    );
-}
-
-/// A running request got a second attempt on another worker (`debug`).
-#[cfg(feature = "tracing")]
-pub(crate) fn hedged(request: RequestKey, from: &str, to: &str, attempt: u32) {
-    tracing::debug!(
-        target: "foreman",
-        request = request.as_u64(),
-        from,
-        to,
-        attempt,
-        "running request hedged on another worker"
-    );
-}
-
-/// A queued request moved from one worker to another (`debug`): a free
-/// worker took it (late binding), or its worker was removed.
-#[cfg(feature = "tracing")]
-pub(crate) fn requeued(request: RequestKey, from: &str, to: &str) {
-    tracing::debug!(
-        target: "foreman",
-        request = request.as_u64(),
-        from,
-        to,
-        "queued request moved to another worker"
-    );
+#[cold]
+#[inline(never)]
+fn in_slot_span<'a>(slot: &Slot, worker: &str, handler: HandlerFuture<'a>) -> HandlerFuture<'a> {
+    let span = slot.lock().handler_span();
+    span.start(worker);
+    span.instrument_boxed(handler)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use foreman_core::WorkerRequest;
 
-    /// A request carries at most a pointer for its span (slot, inbox
-    /// job), and its caller's future two flags.
+    /// A request's span stays in its slot: what else carries the request
+    /// (its worker's inbox job, a claimed start, a round of actions) has
+    /// the same fields with the feature as without, and the caller's
+    /// future two flags.
     #[test]
-    fn a_request_carries_at_most_a_pointer_for_tracing() {
+    fn only_the_slot_holds_a_request_span() {
+        use crate::live::LiveGuard;
+        use crate::started::WorkerCell;
+        use foreman_core::{RequestKey, Time};
+        use std::sync::Arc;
+        use std::task::Waker;
+        type JobFields = (RequestKey, WorkerRequest, LiveGuard, Time);
+        assert_eq!(size_of::<crate::worker::Job>(), size_of::<JobFields>());
+        type ClaimedFields = (
+            RequestKey,
+            Arc<Slot>,
+            Arc<WorkerCell>,
+            WorkerRequest,
+            Option<Waker>,
+            LiveGuard,
+            Time,
+        );
+        assert_eq!(
+            size_of::<crate::state::Claimed>(),
+            size_of::<ClaimedFields>()
+        );
+        #[cfg(not(feature = "metrics"))]
+        assert_eq!(size_of::<crate::notes::Notes>(), 0);
         assert!(size_of::<RequestSpan>() <= size_of::<usize>());
         assert!(size_of::<Traced>() <= 2);
     }
@@ -455,13 +448,14 @@ mod tests {
                 scoped_input: serde_json::Value::Null,
             },
         };
-        let (span, traced) = RequestSpan::new(&request);
+        let slot = Slot::parked(request);
+        let traced = Traced::new(&slot);
         #[cfg(feature = "tracing")]
         {
-            assert!(span.cell.is_none());
+            assert!(slot.lock().span_id().is_none());
             assert!(!traced.events && !traced.span);
         }
         #[cfg(not(feature = "tracing"))]
-        let _ = (span, traced);
+        let _ = traced;
     }
 }

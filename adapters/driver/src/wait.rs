@@ -70,10 +70,9 @@ pub(crate) fn wait_for_answer<'a>(
                         std::mem::replace(&mut inner.run, Run::Ended),
                         inner.parked.take(),
                     ) {
-                        let span = inner.handler_span();
                         // Its key in the lane it moved to, if it moved.
                         let key = inner.moved.map_or(key, |(_, moved)| moved);
-                        start.dispatch(key, request, span, &mut wake);
+                        start.dispatch(key, request, &mut wake);
                     }
                 }
                 *waited = true;

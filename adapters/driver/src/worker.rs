@@ -66,8 +66,6 @@ pub(crate) struct Job {
     pub(crate) request: WorkerRequest,
     /// Counts the handler as live until it ends.
     pub(crate) live: LiveGuard,
-    /// The request's span, which the handler runs in.
-    pub(crate) span: RequestSpan,
     /// When the core cuts the handler off (`Pool::cutoff`, `Time::MAX`
     /// for never).
     pub(crate) deadline: foreman_core::Time,
@@ -92,7 +90,9 @@ struct InboxState {
 
 impl Inbox {
     /// Queues `job`; the task's waker goes to `wake` (woken once the
-    /// caller's locks are released).
+    /// caller's locks are released). Out of line: inlined into
+    /// `Started::dispatch`, the job is copied once more on its way in.
+    #[inline(never)]
     pub(crate) fn push(&self, job: Job, wake: &mut Wakers) {
         self.state.lock().jobs.push(job);
         wake.extend(self.waker.take());
@@ -131,22 +131,28 @@ struct Running {
 
 impl Running {
     /// The handler future of `job` on the worker named `id`, in the
-    /// request's span (created with no lock held: recording the worker in
-    /// the span calls its subscriber).
-    fn new(handler: &std::sync::Arc<dyn WorkerHandler>, id: &str, job: Job) -> Self {
+    /// request's span, looked up in its slot through the core of `lane`
+    /// (see [`crate::trace::in_span`]; created with no lock held:
+    /// recording the worker in the span calls its subscriber).
+    #[inline(never)]
+    fn new<C: Completer>(
+        handler: &std::sync::Arc<dyn WorkerHandler>,
+        id: &str,
+        job: Job,
+        pool: &Weak<C>,
+        lane: usize,
+    ) -> Self {
         let Job {
             key,
             request,
             live,
-            span,
             deadline,
         } = job;
         let handler = std::sync::Arc::clone(handler);
-        span.start(id);
         let deadline = crate::deadline::Deadline::new(deadline, live.epoch());
-        let future = span.instrument_owned(crate::deadline::within(deadline, async move {
-            handler.handle(request).await
-        }));
+        let within =
+            crate::deadline::within(deadline, async move { handler.handle(request).await });
+        let future = crate::trace::in_span(|| span_of(pool, lane, key), id, within);
         Running { key, future, live }
     }
 }
@@ -164,6 +170,14 @@ pub(crate) trait Completer: Send + Sync + 'static {
         outcome: Outcome,
         next: &mut Vec<Job>,
     );
+
+    /// The span of request `key` of `lane`, looked up in its slot (called
+    /// only while some request span exists, with no lock held); none if
+    /// the lane no longer holds the request.
+    fn handler_span(self: &std::sync::Arc<Self>, lane: usize, key: RequestKey) -> RequestSpan {
+        let _ = (lane, key);
+        RequestSpan::default()
+    }
 }
 
 /// The task of one worker: runs the jobs of its inbox until it is closed.
@@ -199,7 +213,7 @@ pub(crate) async fn worker_task<C: Completer>(
             // Started with no lock held; the aborts were taken with the
             // jobs, so each finds its job.
             for job in arrived.drain(..) {
-                handlers.insert(Running::new(&handler, &id, job));
+                handlers.insert(Running::new(&handler, &id, job, &pool, lane));
             }
             for key in aborts.drain(..) {
                 aborted.extend(handlers.remove_key(key));
@@ -242,7 +256,7 @@ pub(crate) async fn worker_task<C: Completer>(
                 None => finished.clear(),
             }
             for job in next.drain(..) {
-                handlers.insert(Running::new(&handler, &id, job));
+                handlers.insert(Running::new(&handler, &id, job, &pool, lane));
             }
             budget -= 1;
             if budget == 0 {
@@ -260,6 +274,13 @@ pub(crate) async fn worker_task<C: Completer>(
 /// its runtime (tokio's coop budget, which also bounds how long a channel
 /// consumer task runs in one go).
 const WORKER_BUDGET: u32 = 128;
+
+/// The span of request `key` of `lane`, from its slot.
+fn span_of<C: Completer>(pool: &Weak<C>, lane: usize, key: RequestKey) -> RequestSpan {
+    pool.upgrade()
+        .map(|pool| pool.handler_span(lane, key))
+        .unwrap_or_default()
+}
 
 /// Drops aborted handlers, each future before its live guard.
 fn drop_handlers(aborted: &mut Vec<Running>) {

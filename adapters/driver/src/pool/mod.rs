@@ -18,7 +18,7 @@ use crate::handler::WorkerPoolClient;
 use crate::runtime::Runtime;
 use crate::shared::Shared;
 use crate::slot::Slot;
-use crate::trace::RequestSpan;
+use crate::trace::Traced;
 use crate::types::Timed;
 use crate::wakers::Wakers;
 #[cfg(doc)]
@@ -254,11 +254,11 @@ impl<R: Runtime> WorkerPool<R> {
     ) -> impl Future<Output = Timed> + Send + '_ {
         // The request goes straight into its slot (the core's payload), so
         // the future every caller holds carries a pointer, not the request;
-        // with it goes its span (`tracing` feature), for the task that
-        // starts its handler and for the request's events, of which the
-        // future keeps only whether the span is enabled.
-        let (span, traced) = RequestSpan::new(&request);
-        let slot = Slot::parked(request, span);
+        // so does its span if it gets one (`tracing` feature), for the task
+        // that starts its handler and for the request's events, of which
+        // the future keeps only whether the span is enabled.
+        let slot = Slot::parked(request);
+        let traced = Traced::new(&slot);
         if !limits.is_none() {
             slot.lock().limits = limits;
         }

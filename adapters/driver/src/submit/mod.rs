@@ -24,7 +24,7 @@ use crate::shared::{Lane, Shared};
 use crate::slot::{HeldRequest, Run, Slot};
 use crate::started::{Delivered, Started, WorkerCell};
 use crate::state::{Claimed, Own};
-use crate::trace::{RequestSpan, Traced};
+use crate::trace::Traced;
 use crate::types::Timed;
 use crate::wait::{run_handler, wait_for_answer, wait_for_start, Wake};
 use crate::worker::panic_error;
@@ -37,9 +37,9 @@ struct Entered {
     request_id: String,
 }
 
-/// A request its worker started at once, with no hooks to run first, and
-/// the span its handler runs in: the caller runs it straight away.
-type StartedAtOnce = Option<(Started, WorkerRequest, RequestSpan)>;
+/// A request its worker started at once, with no hooks to run first: the
+/// caller runs it straight away.
+type StartedAtOnce = Option<(Started, WorkerRequest)>;
 
 impl<R: Runtime> WorkerPool<R> {
     /// `submit` without the cooperative yield. The request, and its start
@@ -78,13 +78,12 @@ impl<R: Runtime> WorkerPool<R> {
                         ..
                     },
                     request,
-                    handler_span,
                 )) => {
                     fast_worker = worker;
                     cutoff = Some(Deadline::new(deadline, guard.epoch()));
                     live = Some(guard);
-                    handler_span.start(&fast_worker.id);
-                    Some(handler_span.instrument_boxed(fast_worker.handler.handle(request)))
+                    let handler = fast_worker.handler.handle(request);
+                    Some(traced.in_span(slot, &fast_worker.id, handler))
                 }
                 None => None,
             };
@@ -117,16 +116,12 @@ impl<R: Runtime> WorkerPool<R> {
                 }) => {
                     cutoff = Some(Deadline::new(deadline, guard.epoch()));
                     live = Some(guard);
-                    let (parked, handler_span) = {
-                        let mut inner = slot.lock();
-                        (inner.parked.take(), inner.handler_span())
-                    };
+                    let parked = slot.lock().parked.take();
                     let Some(request) = parked else {
                         return Timed::refused(lost_answer());
                     };
                     worker = granted;
-                    handler_span.start(&worker.id);
-                    handler_span.instrument_boxed(worker.handler.handle(request))
+                    traced.in_span(slot, &worker.id, worker.handler.handle(request))
                 }
                 Wake::Handed(future, guard) => {
                     live = Some(guard);
@@ -237,11 +232,8 @@ fn own_handler(slot: &Slot, start: Started) -> Option<(OwnedHandlerFuture, LiveG
         deadline,
         ..
     } = start;
-    let (parked, span) = {
-        let mut inner = slot.lock();
-        (inner.parked.take(), inner.handler_span())
-    };
-    let request = parked?;
+    let request = slot.lock().parked.take()?;
+    let span = crate::trace::lookup(|| slot.lock().handler_span());
     span.start(&worker.id);
     let deadline = Deadline::new(deadline, live.epoch());
     let future = span.instrument_owned(crate::deadline::within(deadline, async move {
@@ -280,9 +272,9 @@ impl<R: Runtime> Shared<R> {
         self: &Arc<Self>,
         slot: &Arc<Slot>,
     ) -> Result<(Entered, StartedAtOnce), WorkerPoolError> {
-        let (parked, span, limits) = {
+        let (parked, limits) = {
             let mut inner = slot.lock();
-            (inner.parked.take(), inner.handler_span(), inner.limits)
+            (inner.parked.take(), inner.limits)
         };
         let Some(request) = parked else {
             return Err(lost_answer());
@@ -298,9 +290,8 @@ impl<R: Runtime> Shared<R> {
         let mut tries = self.lane_order();
         let mut started = None;
         let mut answered = None;
-        // The request and its handler's span, until a worker task takes
-        // them (pool-task mode).
-        let mut held = Some((request, span));
+        // The request, until a worker task takes it (pool-task mode).
+        let mut held = Some(request);
         let (lane, submitted) = loop {
             let (index, last) = tries.next_try();
             let lane = self.lane(index);
@@ -320,11 +311,11 @@ impl<R: Runtime> Shared<R> {
             if let (true, Some(key)) = (self.pool_tasks, key) {
                 if let Some(start) = own.started.take() {
                     match held.take() {
-                        Some((request, span)) => {
+                        Some(request) => {
                             if start.may_retry {
                                 slot.lock().parked = HeldRequest::new(request.clone());
                             }
-                            start.dispatch(key, request, span, &mut own.wake);
+                            start.dispatch(key, request, &mut own.wake);
                         }
                         None => own.started = Some(start),
                     }
@@ -351,8 +342,8 @@ impl<R: Runtime> Shared<R> {
         };
         // `None`: on its worker's task already.
         let start = match (held, started) {
-            (Some((request, span)), Some(started)) => Some((started, request, span)),
-            (Some((request, _)), None) => {
+            (Some(request), Some(started)) => Some((started, request)),
+            (Some(request), None) => {
                 slot.lock().parked = HeldRequest::new(request);
                 None
             }
@@ -384,9 +375,9 @@ impl<R: Runtime> Shared<R> {
                 request,
                 waker,
                 live,
-                span,
                 deadline,
             } = job;
+            let span = crate::trace::lookup(|| slot.lock().handler_span());
             span.start(&worker.id);
             let deadline = Deadline::new(deadline, live.epoch());
             let mut future = span.instrument_owned(crate::deadline::within(deadline, async move {

@@ -26,7 +26,6 @@ use crate::closure::handler_fn;
 use crate::handler::WorkerHandler;
 use crate::live::Live;
 use crate::sync::{lock, Arc, AtomicBool, AtomicUsize, Mutex, Ordering};
-use crate::trace::RequestSpan;
 use crate::wakers::Wakers;
 use crate::worker::test_request as request;
 
@@ -111,7 +110,6 @@ fn job(key: RequestKey, live: &std::sync::Arc<Live>) -> Job {
         key,
         request: request(),
         live: live.start(),
-        span: RequestSpan::default(),
         deadline: foreman_core::Time::MAX,
     }
 }

@@ -106,6 +106,7 @@ impl Handlers {
 
     /// Schedules the places the inbox's ready list named (each already
     /// marked queued by its wake).
+    #[inline]
     pub(super) fn woken(&mut self, places: &mut Vec<usize>) {
         if !places.is_empty() {
             self.due.extend(places.drain(..));

@@ -18,7 +18,6 @@ use super::{worker_task, Completer, Inbox, Job};
 use crate::closure::handler_fn;
 use crate::live::Live;
 use crate::refusal::Outcome;
-use crate::trace::RequestSpan;
 use crate::wakers::Wakers;
 use crate::worker::test_request as request;
 
@@ -154,7 +153,6 @@ impl Bench {
             key: self.keys[index],
             request,
             live: self.probes[index].live.start(),
-            span: RequestSpan::default(),
             deadline: foreman_core::Time::MAX,
         };
         let mut wake = Wakers::default();
