@@ -95,6 +95,7 @@ async fn slow_and_fast_workers_finish_as_fast_as_one_lane() {
     )
     .expect("pool"))
     .await;
+    eprintln!("16 workers, half slow: default pool {default:?}, one lane {single:?}");
     assert!(
         default.as_secs_f64() <= 1.2 * single.as_secs_f64(),
         "default pool took {default:?}, a single lane {single:?}"

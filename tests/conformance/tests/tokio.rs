@@ -60,6 +60,10 @@ fn lanes_finish_the_slow_and_fast_workload_within_the_single_lane_time() {
             for lanes in [2, 4] {
                 let (elapsed, slow_runs, _) =
                     slow_and_fast_workers_in(TokioRuntime, Some(lanes), mode).await;
+                eprintln!(
+                    "{mode:?}: {lanes} lanes {elapsed:?} (slow workers ran {slow_runs}), \
+                     one lane {one:?}"
+                );
                 assert!(
                     elapsed.as_secs_f64() <= 1.2 * one.as_secs_f64(),
                     "{mode:?}, {lanes} lanes took {elapsed:?}, one lane {one:?} \
