@@ -16,8 +16,8 @@ use serde_json::Value;
 
 use crate::observability::Readings;
 use crate::support::{
-    handlers_of, lane_pool, options, pool_in_lanes, request, sleep, wait_until, LaneMode,
-    TestWorker,
+    handlers_of, lane_pool, options, pending_after_one_poll, pool_in_lanes, request, sleep,
+    wait_until, LaneMode, TestWorker,
 };
 
 /// A pool whose workers are spread over two lanes behaves as one pool:
@@ -445,4 +445,64 @@ pub async fn requests_cancelled_while_moving_are_answered_once<R: Runtime + Defa
     assert_eq!(m.counter("foreman_requests_accepted_total", &[]), 300);
     assert_eq!(m.ended(), 300, "{:?}", m.all());
     m.assert_worker_gauges_zero(16);
+}
+
+/// A caller that drops its running request frees that worker, and a
+/// request queued in the other lane moves to it at once: the queued
+/// request is answered by the freed worker while the request ahead of it
+/// in its own lane still runs (no other input reaches that lane).
+pub async fn a_cancel_that_frees_a_worker_moves_another_lanes_queue<
+    R: Runtime + Default + Clone,
+>(
+    rt: R,
+) {
+    let workers: Vec<_> = (0..2).map(|_| TestWorker::new(&rt)).collect();
+    let pool: WorkerPool<R> = pool_in_lanes(&workers, options(), 2);
+    // worker-i is in lane i; each runs one gated request.
+    let mut first = Box::pin(pool.submit(request("run0", "gate")));
+    assert!(pending_after_one_poll(&mut first).await);
+    wait_until(&rt, "one gated request running", || {
+        workers.iter().map(|w| w.calls()).sum::<usize>() == 1
+    })
+    .await;
+    let first_on = usize::from(workers[1].calls() == 1);
+    let mut second = Box::pin(pool.submit(request("run1", "gate")));
+    assert!(pending_after_one_poll(&mut second).await);
+    wait_until(&rt, "both gated requests running", || {
+        workers.iter().all(|w| w.calls() == 1)
+    })
+    .await;
+    let mut queued = Box::pin(pool.submit(request("queued", "echo")));
+    assert!(pending_after_one_poll(&mut queued).await);
+    let stats = pool.stats();
+    let waits_at = stats
+        .workers
+        .iter()
+        .position(|w| w.queued == 1)
+        .unwrap_or_else(|| panic!("nothing queued: {stats:?}"));
+    // Drop the gated request running on the other lane's worker.
+    let freed = 1 - waits_at;
+    let kept = if first_on == freed {
+        drop(first);
+        second
+    } else {
+        drop(second);
+        first
+    };
+    let answer = queued.await;
+    assert_eq!(
+        answer.as_ref().map(|r| r.worker_id.clone()).ok(),
+        Some(format!("worker-{freed}")),
+        "{answer:?}"
+    );
+    assert_eq!(workers[freed].dropped(), 1);
+    let counters = pool.stats().counters;
+    assert_eq!(
+        (counters.moved_in, counters.moved_out),
+        (1, 1),
+        "{counters:?}"
+    );
+    workers[waits_at].open_gate(1);
+    assert!(kept.await.is_ok());
+    pool.shutdown().await;
 }

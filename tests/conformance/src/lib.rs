@@ -98,6 +98,7 @@ pub use hedging::{
     hedging_in_caller_task_mode_is_refused_at_build,
 };
 pub use lanes::{
+    a_cancel_that_frees_a_worker_moves_another_lanes_queue,
     fast_workers_take_the_queue_from_slow_ones, lanes_behave_as_one_pool,
     late_binding_holds_across_lanes, late_binding_holds_across_lanes_in_caller_task_mode,
     late_binding_holds_across_lanes_with_hooks, removing_a_lanes_workers_moves_its_queue,
@@ -185,6 +186,7 @@ macro_rules! conformance_suite {
             fast_workers_take_the_queue_from_slow_ones,
             late_binding_holds_across_lanes,
             removing_a_lanes_workers_moves_its_queue,
+            a_cancel_that_frees_a_worker_moves_another_lanes_queue,
             requests_cancelled_while_moving_are_answered_once,
             allow_request_may_call_the_pool,
             on_request_accepted_may_call_the_pool,

@@ -101,6 +101,9 @@ impl<'a, R: Runtime> PendingGuard<'a, R> {
         if in_transit {
             return None;
         }
+        // A cancel that freed a worker may leave its lane idle while
+        // another lane's requests wait (that lane may see no further input).
+        shared.balance_lanes(lane.index);
         let answer = answer.or_else(|| slot.lock().answer.take());
         if let Some(answer) = &answer {
             shared.ended(self.traced, slot, answer, cancelled);
