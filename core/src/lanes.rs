@@ -59,7 +59,7 @@ pub struct Move {
 ///   if that lane has room (else they wait where they are: a worker that
 ///   is not schedulable still runs its queue);
 /// - `lane` has queued requests and no idle worker, and another lane has
-///   an idle worker and no queue: its oldest moves to the first such lane
+///   an idle worker, room and no queue: its oldest moves to the first such lane
 ///   from the next lane on (so a request that queued while another lane's
 ///   worker went idle moves even if that lane sees no further input);
 /// - `lane` has an idle worker and no queued request: it takes the oldest
@@ -97,7 +97,7 @@ pub fn next_move(lane: usize, count: usize, load: impl Fn(usize) -> LaneLoad) ->
             .map(|step| (lane + step) % count)
             .find(|&to| {
                 let there = load(to);
-                there.idle > 0 && there.queued == 0
+                there.idle > 0 && there.queued == 0 && there.eligible > 0
             })
             .map(|to| Move { from: lane, to });
     }
@@ -288,6 +288,14 @@ mod tests {
         assert_eq!(next(0, &[busy, idle_with_queue, full]), None);
         // A lane that has an idle worker runs its own queue.
         assert_eq!(next(0, &[idle_with_queue, idle]), None);
+        // A lane read mid-update, with an idle worker but no room, is no
+        // taker.
+        let torn = LaneLoad {
+            eligible: 0,
+            ..idle
+        };
+        assert_eq!(next(0, &[busy, torn]), None);
+        assert_eq!(next(0, &[busy, torn, idle]), Some((0, 2)));
     }
 
     #[test]
