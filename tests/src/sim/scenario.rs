@@ -88,7 +88,7 @@ pub struct Refusals {
     /// Mean length of a burst, in seconds (exponential).
     pub mean_burst: f64,
     /// The seed of the generator of the refusal draws during the run (its
-    /// own, so a seed without refusals runs as it did before they existed).
+    /// own, so the other draws of a seed are the same with refusals off).
     pub seed: u64,
 }
 
