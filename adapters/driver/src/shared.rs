@@ -149,23 +149,6 @@ impl<R: Runtime> Shared<R> {
         out
     }
 
-    /// [`input`](Self::input) without the moves between lanes after it.
-    fn input_here<T>(self: &Arc<Self>, lane: usize, f: impl FnOnce(&mut Core, Time) -> T) -> T {
-        let mut probes = Vec::new();
-        let signals = &self.lane(lane).signals;
-        let mut own = Own::default();
-        let out = {
-            let mut core = self.lane(lane).core.lock();
-            let now = self.now();
-            let out = f(&mut core, now);
-            core.after_input(None, &mut own, &mut probes, signals, 0);
-            out
-        };
-        own.wake_all();
-        self.spawn_probes(lane, probes);
-        out
-    }
-
     /// After an input to `lane`: carries out the moves of queued requests
     /// between lanes that [`lanes::next_move`] asks for, so that no
     /// request waits in one lane while another has a free worker, and a
@@ -180,20 +163,6 @@ impl<R: Runtime> Shared<R> {
         if self.lanes.len() > 1 {
             self.balance_several_lanes(lane);
         }
-    }
-
-    /// [`balance_lanes`](Self::balance_lanes) with several lanes.
-    #[inline(never)]
-    fn balance_several_lanes(self: &Arc<Self>, lane: usize) {
-        // Orders this input's published counts before the other lanes'
-        // are read: of a submit that queued in one lane and a completion
-        // that left another idle, racing, at least one sees the other's
-        // counts and asks for the move.
-        fence(Ordering::SeqCst);
-        let count = self.lanes.len();
-        self.carry_out_moves(|| {
-            lanes::next_move(lane, count, |lane| self.lane(lane).signals.load())
-        });
     }
 
     /// Before worker `worker_id` of `lane` is removed: if it is the lane's
@@ -226,18 +195,6 @@ impl<R: Runtime> Shared<R> {
         })
     }
 
-    /// Carries out the moves `next` names, asking again after each, until
-    /// it names none or one moves nothing, for at most [`MAX_MOVES`] moves
-    /// (the next input carries on).
-    fn carry_out_moves(self: &Arc<Self>, mut next: impl FnMut() -> Option<lanes::Move>) {
-        for _ in 0..MAX_MOVES {
-            match next() {
-                Some(next) if self.move_queued(next) => {}
-                _ => return,
-            }
-        }
-    }
-
     /// Where the request submitted as `key` in `lane` is now: the lane
     /// and key it last moved to, else those. Read under the slot's lock,
     /// where a move records them (under the adopting lane's lock, before
@@ -253,6 +210,77 @@ impl<R: Runtime> Shared<R> {
         match slot.lock().moved {
             Some((moved, moved_key)) => (self.lane(moved), moved_key),
             None => (lane, key),
+        }
+    }
+
+    /// A handler finished, or declined its request: feeds its outcome to
+    /// the core, carries out the actions and wakes whom they concern, then
+    /// the moves between lanes the freed worker asks for. `own` is the
+    /// calling task's own request, if the handler was its; up to `claim`
+    /// queued requests the freed worker starts are claimed for this task
+    /// to run. What concerns this task goes to `out`. `lane` and `key` are
+    /// where the request ran ([`whereabouts`](Self::whereabouts)).
+    pub(crate) fn complete(
+        self: &Arc<Self>,
+        lane: &Lane,
+        key: RequestKey,
+        outcome: Outcome,
+        own: Option<RequestKey>,
+        claim: usize,
+        out: &mut Own,
+    ) {
+        let mut probes = Vec::new();
+        let now = self.now();
+        {
+            let mut core = lane.core.lock();
+            outcome.apply(&mut core.pool, now, key);
+            core.after_input(own, out, &mut probes, &lane.signals, claim);
+        }
+        out.wake_all();
+        self.spawn_probes(lane.index, probes);
+        self.balance_lanes(lane.index);
+    }
+
+    /// [`input`](Self::input) without the moves between lanes after it.
+    fn input_here<T>(self: &Arc<Self>, lane: usize, f: impl FnOnce(&mut Core, Time) -> T) -> T {
+        let mut probes = Vec::new();
+        let signals = &self.lane(lane).signals;
+        let mut own = Own::default();
+        let out = {
+            let mut core = self.lane(lane).core.lock();
+            let now = self.now();
+            let out = f(&mut core, now);
+            core.after_input(None, &mut own, &mut probes, signals, 0);
+            out
+        };
+        own.wake_all();
+        self.spawn_probes(lane, probes);
+        out
+    }
+
+    /// [`balance_lanes`](Self::balance_lanes) with several lanes.
+    #[inline(never)]
+    fn balance_several_lanes(self: &Arc<Self>, lane: usize) {
+        // Orders this input's published counts before the other lanes'
+        // are read: of a submit that queued in one lane and a completion
+        // that left another idle, racing, at least one sees the other's
+        // counts and asks for the move.
+        fence(Ordering::SeqCst);
+        let count = self.lanes.len();
+        self.carry_out_moves(|| {
+            lanes::next_move(lane, count, |lane| self.lane(lane).signals.load())
+        });
+    }
+
+    /// Carries out the moves `next` names, asking again after each, until
+    /// it names none or one moves nothing, for at most [`MAX_MOVES`] moves
+    /// (the next input carries on).
+    fn carry_out_moves(self: &Arc<Self>, mut next: impl FnMut() -> Option<lanes::Move>) {
+        for _ in 0..MAX_MOVES {
+            match next() {
+                Some(next) if self.move_queued(next) => {}
+                _ => return,
+            }
         }
     }
 
@@ -366,34 +394,6 @@ impl<R: Runtime> Shared<R> {
             }
             traced.release(&slot);
         }
-    }
-
-    /// A handler finished, or declined its request: feeds its outcome to
-    /// the core, carries out the actions and wakes whom they concern, then
-    /// the moves between lanes the freed worker asks for. `own` is the
-    /// calling task's own request, if the handler was its; up to `claim`
-    /// queued requests the freed worker starts are claimed for this task
-    /// to run. What concerns this task goes to `out`. `lane` and `key` are
-    /// where the request ran ([`whereabouts`](Self::whereabouts)).
-    pub(crate) fn complete(
-        self: &Arc<Self>,
-        lane: &Lane,
-        key: RequestKey,
-        outcome: Outcome,
-        own: Option<RequestKey>,
-        claim: usize,
-        out: &mut Own,
-    ) {
-        let mut probes = Vec::new();
-        let now = self.now();
-        {
-            let mut core = lane.core.lock();
-            outcome.apply(&mut core.pool, now, key);
-            core.after_input(own, out, &mut probes, &lane.signals, claim);
-        }
-        out.wake_all();
-        self.spawn_probes(lane.index, probes);
-        self.balance_lanes(lane.index);
     }
 }
 
