@@ -89,7 +89,8 @@ impl<R: Runtime> WorkerPool<R> {
     /// # Errors
     /// [`CommandError::DuplicateWorkerId`] when a worker of any lane has
     /// that id (one being removed keeps it until its running requests
-    /// end); [`CommandError::InvalidWorkerId`] for an empty or overlong id;
+    /// end) or another add of that id is under way;
+    /// [`CommandError::InvalidWorkerId`] for an empty or overlong id;
     /// [`CommandError::ZeroConcurrency`] for a run limit of 0;
     /// [`CommandError::ShuttingDown`] once shutdown began;
     /// [`CommandError::TooManyWorkers`] past 2^32 workers in a lane.
@@ -127,34 +128,20 @@ impl<R: Runtime> WorkerPool<R> {
         handler: Arc<dyn WorkerHandler>,
     ) -> Result<String, CommandError> {
         let shared = &self.shared;
-        let mut names = shared.names.lock();
-        let lane = (0..shared.lanes.len())
-            .min_by_key(|&lane| shared.lane(lane).core.lock().workers.len())
-            .unwrap_or(0);
-        let id = match &spec.id {
-            Some(id) => id.clone(),
-            None => names.next_numbered(),
-        };
-        // Each lane's core knows its own workers' ids only.
-        if shared.lanes.len() > 1 {
-            let taken = (0..shared.lanes.len()).any(|other| {
-                shared
-                    .lane(other)
-                    .core
-                    .lock()
-                    .pool
-                    .worker_key(&id)
-                    .is_some()
-            });
-            if taken {
-                return Err(CommandError::DuplicateWorkerId(id));
+        // The names lock is held only to choose the lane and the id and to
+        // reserve the id: registering the worker's gauges and the input
+        // (notes to subscribers and recorders, moves, wakers) are user
+        // code, run with no lock held. A refused handler is dropped here,
+        // with no lock held too.
+        let (lane, id) = match reserve_worker(shared, spec.id.as_deref()) {
+            Ok(reserved) => reserved,
+            Err(error) => {
+                drop(handler);
+                return Err(error);
             }
-        }
+        };
         let mut spec = spec;
         spec.id = Some(id.clone());
-        // Refused, the handler is dropped (user code) with no lock held; so
-        // are its gauges, registered here (a recorder is user code too),
-        // when this function returns.
         let mut handler = Some(handler);
         let mut meter = Some(WorkerMeter::new(&id));
         let added = shared.input(lane, |core, now| {
@@ -167,19 +154,26 @@ impl<R: Runtime> WorkerPool<R> {
             });
             Ok(cell)
         });
-        let added = added.map(|cell| {
-            shared.meter.workers_added(1);
-            // Requests the core started on it already wait in its inbox.
-            if let (true, Some(cell)) = (shared.pool_tasks, cell) {
-                shared.spawn_worker(lane, cell);
+        let cell = match added {
+            Ok(cell) => cell,
+            Err(error) => {
+                shared.names.lock().release(&id);
+                // Refused: the handler and its gauges go with no lock held.
+                drop((handler, meter));
+                return Err(error);
             }
+        };
+        {
+            let mut names = shared.names.lock();
             names.add(&id, lane);
             forget_removed(shared, &mut names);
-            id
-        });
-        drop(names);
-        drop(handler);
-        added
+        }
+        shared.meter.workers_added(1);
+        // Requests the core started on it already wait in its inbox.
+        if let (true, Some(cell)) = (shared.pool_tasks, cell) {
+            shared.spawn_worker(lane, cell);
+        }
+        Ok(id)
     }
 
     /// Removes a worker: it takes no new requests, its queued requests move
@@ -336,6 +330,39 @@ impl<R: Runtime> WorkerPool<R> {
 /// regardless (requests that keep arriving in between are answered as in
 /// a single pool).
 const REMOVAL_TRIES: usize = 4;
+
+/// Under the names lock: the lane with the fewest workers and the id of a
+/// worker to add (`id`, or the next unused `worker-N`), reserved.
+/// `DuplicateWorkerId` when a worker of any lane has the id or another add
+/// under way reserved it.
+fn reserve_worker<R: Runtime>(
+    shared: &Shared<R>,
+    id: Option<&str>,
+) -> Result<(usize, String), CommandError> {
+    let mut names = shared.names.lock();
+    let lane = (0..shared.lanes.len())
+        .min_by_key(|&lane| shared.lane(lane).core.lock().workers.len())
+        .unwrap_or(0);
+    let id = match id {
+        Some(id) => id.to_string(),
+        None => names.next_numbered(),
+    };
+    // Each lane's core knows its own workers' ids only.
+    let taken = shared.lanes.len() > 1
+        && (0..shared.lanes.len()).any(|other| {
+            shared
+                .lane(other)
+                .core
+                .lock()
+                .pool
+                .worker_key(&id)
+                .is_some()
+        });
+    if taken || !names.reserve(&id) {
+        return Err(CommandError::DuplicateWorkerId(id));
+    }
+    Ok((lane, id))
+}
 
 /// Forgets the names of removed workers once they outnumber the live ones
 /// (and a few more), so a pool whose workers come and go (discovery) keeps
