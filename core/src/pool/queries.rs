@@ -32,6 +32,16 @@ impl<P: Clone> Pool<P> {
         self.requests.get(request.0).map(|entry| &entry.payload)
     }
 
+    /// The payload of the request an attempt runs for, given the key the
+    /// attempt started under (`Action::Start`'s `request`): the request's
+    /// own key, or a hedge's key while that hedge runs. `None` for a stale
+    /// or unknown key. What a driver that keeps per-request state in the
+    /// payload reads when a worker starts an attempt, hedge included.
+    pub fn attempt_payload(&self, attempt: RequestKey) -> Option<&P> {
+        let request = self.request_of(attempt)?;
+        self.payload(request)
+    }
+
     /// When a running request's handler is cut off: the earlier of its
     /// deadline and its run limit (`None` when it has neither, or is not
     /// running). What a driver tells a handler that passes work on, so it
