@@ -2,7 +2,7 @@
 //! identifiers, the lifecycle and the configuration.
 
 use super::workers::CommandError;
-use super::{Lifecycle, Pool, RequestState, Worker};
+use super::{Lifecycle, Pool, RequestState, Sibling, Worker};
 use crate::config::PoolConfig;
 use crate::keys::{RequestKey, WorkerKey};
 use crate::protocol::{WorkerHealth, WorkerHealthStatus};
@@ -40,6 +40,29 @@ impl<P: Clone> Pool<P> {
     pub fn attempt_payload(&self, attempt: RequestKey) -> Option<&P> {
         let request = self.request_of(attempt)?;
         self.payload(request)
+    }
+
+    /// Whether a refusal of running attempt `attempt` puts its request
+    /// back in line (to be started again from its payload): `true` for a
+    /// request's only attempt (its own key, or a hedge running alone) and
+    /// for its own attempt racing a hedge (the hedge is dropped); `false`
+    /// for a hedge racing its request's own attempt (only the hedge ends),
+    /// and for a stale or unknown key. What a driver asks before
+    /// [`handle_refusal`](Self::handle_refusal), while the key is live, to
+    /// know whether to keep the request the handler handed back.
+    pub fn refusal_requeues(&self, attempt: RequestKey) -> bool {
+        let Some(request) = self.request_of(attempt) else {
+            return false;
+        };
+        let Some(entry) = self.requests.get(request.0) else {
+            return false;
+        };
+        match entry.sibling {
+            None => attempt == request,
+            // Its own key with a hedge running alone is stale.
+            Some(Sibling { alone, .. }) if attempt == request => !alone,
+            Some(Sibling { alone, .. }) => alone,
+        }
     }
 
     /// When a running request's handler is cut off: the earlier of its

@@ -570,3 +570,21 @@ fn attempt_payload_maps_a_live_hedge_to_its_requests_payload_and_stale_keys_to_n
     assert!(h.complete(ms(320), key, Ok(json!("own"))));
     assert_eq!(h.pool.attempt_payload(key), None);
 }
+
+#[test]
+fn refusal_requeues_only_for_a_requests_sole_or_own_attempt() {
+    let mut h = hedging(fixed(100), 2);
+    let (key, hedge, _, _) = hedged_at_100ms(&mut h);
+    // Racing: a declined hedge just ends; a declined own attempt drops
+    // the hedge and waits again.
+    assert!(!h.pool.refusal_requeues(hedge));
+    assert!(h.pool.refusal_requeues(key));
+    // Its own attempt fails retryably: the hedge runs alone, its request's
+    // own key is stale.
+    assert!(h.complete(ms(110), key, Err(failure())));
+    assert!(h.pool.refusal_requeues(hedge));
+    assert!(!h.pool.refusal_requeues(key));
+    assert!(h.complete(ms(120), hedge, Ok(json!("hedge"))));
+    assert!(!h.pool.refusal_requeues(hedge), "answered");
+    assert!(!h.pool.refusal_requeues(key), "answered");
+}
