@@ -67,9 +67,12 @@ impl<P: Clone> Pool<P> {
 
     /// When a running request's handler is cut off: the earlier of its
     /// deadline and its run limit (`None` when it has neither, or is not
-    /// running). What a driver tells a handler that passes work on, so it
+    /// running). `attempt` is the key the handler started under: the
+    /// request's own, or a live hedge's, which is cut off with its
+    /// request. What a driver tells a handler that passes work on, so it
     /// sends the time its request has left.
-    pub fn cutoff(&self, request: RequestKey) -> Option<Time> {
+    pub fn cutoff(&self, attempt: RequestKey) -> Option<Time> {
+        let request = self.request_of(attempt)?;
         let entry = self.requests.get(request.0)?;
         if !matches!(entry.state, RequestState::Running { .. }) {
             return None;

@@ -542,6 +542,9 @@ fn attempt_payload_maps_a_live_hedge_to_its_requests_payload_and_stale_keys_to_n
     assert_eq!(h.pool.attempt_payload(key), Some(&payload), "its own key");
     assert_eq!(h.pool.attempt_payload(hedge), Some(&payload), "racing");
     assert_eq!(h.pool.payload(hedge), None, "a hedge's key is no request's");
+    let cutoff = h.pool.cutoff(key);
+    assert!(cutoff.is_some());
+    assert_eq!(h.pool.cutoff(hedge), cutoff, "cut off with its request");
     // Its own attempt fails retryably: the hedge runs on alone, still the
     // request's attempt.
     assert!(h.complete(ms(110), key, Err(failure())));
