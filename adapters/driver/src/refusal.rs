@@ -101,7 +101,8 @@ impl Outcome {
     /// before the core's actions are carried out, so that whichever worker
     /// the core starts it on takes it from there (the slot waits for that
     /// start again). A request that no longer runs drops what it handed
-    /// back.
+    /// back, as does a hedge that raced its request's own attempt (which
+    /// runs on).
     pub(crate) fn apply(self, pool: &mut Pool<Arc<Slot>>, now: Time, key: RequestKey) {
         match self {
             Outcome::Finished(result) => {
@@ -109,8 +110,16 @@ impl Outcome {
             }
             Outcome::Refused(request) => {
                 let request = HeldRequest::new(*request);
+                // Looked up while the attempt is live: a hedge's key is
+                // stale once refused, though its request waits again when
+                // the hedge ran alone.
+                let slot = if pool.refusal_requeues(key) {
+                    pool.attempt_payload(key).map(Arc::clone)
+                } else {
+                    None
+                };
                 if pool.handle_refusal(now, key) {
-                    if let Some(slot) = pool.payload(key) {
+                    if let Some(slot) = slot {
                         let mut inner = slot.lock();
                         inner.parked = request;
                         inner.run = Run::Waiting;

@@ -96,7 +96,7 @@ impl<R: Runtime> Completer for Shared<R> {
             .core
             .lock()
             .pool
-            .payload(key)
+            .attempt_payload(key)
             .map(Arc::clone);
         slot.map(|slot| slot.lock().handler_span())
             .unwrap_or_default()

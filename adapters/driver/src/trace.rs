@@ -34,7 +34,10 @@ pub(crate) use events::{health_changed, hedged, requeued, retried};
 /// future and closed with no lock held. Nothing else that carries the
 /// request (its worker's inbox, a claimed start, its caller's future)
 /// holds the handle: whoever starts a handler looks the span up in the
-/// slot, and only while some request span exists at all ([`lookup`]), so
+/// slot (a worker task finds the slot from the key its attempt started
+/// under, a hedge's key included, with
+/// [`Pool::attempt_payload`](foreman_core::Pool::attempt_payload)), and
+/// only while some request span exists at all ([`lookup`]), so
 /// with no subscriber the feature changes no type that a request passes
 /// through but its slot.
 #[derive(Clone, Default)]

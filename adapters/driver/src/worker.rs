@@ -171,9 +171,10 @@ pub(crate) trait Completer: Send + Sync + 'static {
         next: &mut Vec<Job>,
     );
 
-    /// The span of request `key` of `lane`, looked up in its slot (called
-    /// only while some request span exists, with no lock held); none if
-    /// the lane no longer holds the request.
+    /// The span of the request whose attempt `key` (its own key, or a
+    /// hedge's) runs on `lane`, looked up in its slot (called only while
+    /// some request span exists, with no lock held); none if the lane no
+    /// longer holds the attempt.
     fn handler_span(self: &std::sync::Arc<Self>, lane: usize, key: RequestKey) -> RequestSpan {
         let _ = (lane, key);
         RequestSpan::default()
@@ -275,7 +276,8 @@ pub(crate) async fn worker_task<C: Completer>(
 /// consumer task runs in one go).
 const WORKER_BUDGET: u32 = 128;
 
-/// The span of request `key` of `lane`, from its slot.
+/// The span of the request whose attempt `key` runs on `lane`, from its
+/// slot.
 fn span_of<C: Completer>(pool: &Weak<C>, lane: usize, key: RequestKey) -> RequestSpan {
     pool.upgrade()
         .map(|pool| pool.handler_span(lane, key))

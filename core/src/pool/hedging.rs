@@ -75,6 +75,21 @@ impl<P: Clone> Pool<P> {
         }
     }
 
+    /// The request an attempt key runs for: the key itself for a request's
+    /// own key, the hedged request for a live hedge's key (one its request
+    /// still names as its sibling); `None` for a stale hedge's key.
+    pub(super) fn request_of(&self, attempt: RequestKey) -> Option<RequestKey> {
+        if !is_hedge(attempt) {
+            return Some(attempt);
+        }
+        let run = self.hedge_runs.get(run_slot(attempt))?;
+        self.requests
+            .get(run.request.0)?
+            .sibling
+            .filter(|sibling| sibling.key == attempt)
+            .map(|_| run.request)
+    }
+
     /// Counts a successful run of `ran` on `worker` in its run-time
     /// estimate, when the hedging delay reads one.
     pub(super) fn record_run_time(&mut self, worker: WorkerKey, ran: std::time::Duration) {

@@ -2,7 +2,7 @@
 //! identifiers, the lifecycle and the configuration.
 
 use super::workers::CommandError;
-use super::{Lifecycle, Pool, RequestState, Worker};
+use super::{Lifecycle, Pool, RequestState, Sibling, Worker};
 use crate::config::PoolConfig;
 use crate::keys::{RequestKey, WorkerKey};
 use crate::protocol::{WorkerHealth, WorkerHealthStatus};
@@ -32,11 +32,47 @@ impl<P: Clone> Pool<P> {
         self.requests.get(request.0).map(|entry| &entry.payload)
     }
 
+    /// The payload of the request an attempt runs for, given the key the
+    /// attempt started under (`Action::Start`'s `request`): the request's
+    /// own key, or a hedge's key while that hedge runs. `None` for a stale
+    /// or unknown key. What a driver that keeps per-request state in the
+    /// payload reads when a worker starts an attempt, hedge included.
+    pub fn attempt_payload(&self, attempt: RequestKey) -> Option<&P> {
+        let request = self.request_of(attempt)?;
+        self.payload(request)
+    }
+
+    /// Whether a refusal of running attempt `attempt` puts its request
+    /// back in line (to be started again from its payload): `true` for a
+    /// request's only attempt (its own key, or a hedge running alone) and
+    /// for its own attempt racing a hedge (the hedge is dropped); `false`
+    /// for a hedge racing its request's own attempt (only the hedge ends),
+    /// and for a stale or unknown key. What a driver asks before
+    /// [`handle_refusal`](Self::handle_refusal), while the key is live, to
+    /// know whether to keep the request the handler handed back.
+    pub fn refusal_requeues(&self, attempt: RequestKey) -> bool {
+        let Some(request) = self.request_of(attempt) else {
+            return false;
+        };
+        let Some(entry) = self.requests.get(request.0) else {
+            return false;
+        };
+        match entry.sibling {
+            None => attempt == request,
+            // Its own key with a hedge running alone is stale.
+            Some(Sibling { alone, .. }) if attempt == request => !alone,
+            Some(Sibling { alone, .. }) => alone,
+        }
+    }
+
     /// When a running request's handler is cut off: the earlier of its
     /// deadline and its run limit (`None` when it has neither, or is not
-    /// running). What a driver tells a handler that passes work on, so it
+    /// running). `attempt` is the key the handler started under: the
+    /// request's own, or a live hedge's, which is cut off with its
+    /// request. What a driver tells a handler that passes work on, so it
     /// sends the time its request has left.
-    pub fn cutoff(&self, request: RequestKey) -> Option<Time> {
+    pub fn cutoff(&self, attempt: RequestKey) -> Option<Time> {
+        let request = self.request_of(attempt)?;
         let entry = self.requests.get(request.0)?;
         if !matches!(entry.state, RequestState::Running { .. }) {
             return None;

@@ -533,3 +533,61 @@ fn a_refused_hedge_running_alone_puts_the_request_back_in_line() {
     assert_eq!(answers[0].result, Ok(json!("again")));
     assert_eq!(h.pool.stats().counters.refused_not_started, 1);
 }
+
+#[test]
+fn attempt_payload_maps_a_live_hedge_to_its_requests_payload_and_stale_keys_to_none() {
+    let mut h = hedging(fixed(100), 2);
+    let (key, hedge, _, _) = hedged_at_100ms(&mut h);
+    let payload = *h.pool.payload(key).expect("accepted");
+    assert_eq!(h.pool.attempt_payload(key), Some(&payload), "its own key");
+    assert_eq!(h.pool.attempt_payload(hedge), Some(&payload), "racing");
+    assert_eq!(h.pool.payload(hedge), None, "a hedge's key is no request's");
+    let cutoff = h.pool.cutoff(key);
+    assert!(cutoff.is_some());
+    assert_eq!(h.pool.cutoff(hedge), cutoff, "cut off with its request");
+    // Its own attempt fails retryably: the hedge runs on alone, still the
+    // request's attempt.
+    assert!(h.complete(ms(110), key, Err(failure())));
+    assert_eq!(h.pool.attempt_payload(hedge), Some(&payload), "alone");
+    // Answered: both keys are stale.
+    assert!(h.complete(ms(120), hedge, Ok(json!("hedge"))));
+    assert_eq!(h.answers().len(), 1);
+    assert_eq!(h.pool.attempt_payload(hedge), None);
+    assert_eq!(h.pool.attempt_payload(key), None);
+
+    // A hedge that ended while its request runs on is stale, its request's
+    // own key is not; a later request's hedge names only its own request.
+    let (key, hedge, _, _) = {
+        let key = h.submit(ms(200), &llm("b")).unwrap();
+        h.take_actions();
+        h.take_events();
+        h.tick(ms(300));
+        let started = hedges(&mut h);
+        assert_eq!(started.len(), 1);
+        (key, started[0].1, started[0].2, started[0].3)
+    };
+    let payload = *h.pool.payload(key).expect("accepted");
+    assert!(h.complete(ms(310), hedge, Err(failure())));
+    assert_eq!(h.pool.attempt_payload(hedge), None, "the hedge ended");
+    assert_eq!(h.pool.attempt_payload(key), Some(&payload));
+    assert!(h.complete(ms(320), key, Ok(json!("own"))));
+    assert_eq!(h.pool.attempt_payload(key), None);
+}
+
+#[test]
+fn refusal_requeues_only_for_a_requests_sole_or_own_attempt() {
+    let mut h = hedging(fixed(100), 2);
+    let (key, hedge, _, _) = hedged_at_100ms(&mut h);
+    // Racing: a declined hedge just ends; a declined own attempt drops
+    // the hedge and waits again.
+    assert!(!h.pool.refusal_requeues(hedge));
+    assert!(h.pool.refusal_requeues(key));
+    // Its own attempt fails retryably: the hedge runs alone, its request's
+    // own key is stale.
+    assert!(h.complete(ms(110), key, Err(failure())));
+    assert!(h.pool.refusal_requeues(hedge));
+    assert!(!h.pool.refusal_requeues(key));
+    assert!(h.complete(ms(120), hedge, Ok(json!("hedge"))));
+    assert!(!h.pool.refusal_requeues(hedge), "answered");
+    assert!(!h.pool.refusal_requeues(key), "answered");
+}

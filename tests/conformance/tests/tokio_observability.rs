@@ -15,8 +15,9 @@ use std::time::Duration;
 
 use foreman_conformance::{request, Readings};
 use foreman_tokio::{
-    handler_fn, refuse_not_started, DriverOptions, ExecutionMode, PoolConfig, TokioRuntime,
-    WorkerHandler, WorkerPool, WorkerPoolError, WorkerProtocolError, WorkerRequest,
+    handler_fn, refuse_not_started, DriverOptions, ExecutionMode, HedgeDelay, HedgePolicy,
+    PoolConfig, TokioRuntime, WorkerHandler, WorkerOperation, WorkerPool, WorkerPoolError,
+    WorkerProtocolError, WorkerRequest,
 };
 use metrics_util::debugging::DebuggingRecorder;
 use serde_json::{json, Value};
@@ -246,6 +247,72 @@ fn a_request_run_again_after_a_refusal_runs_in_its_span_with_the_next_attempt() 
         let closed = capture.closed_requests();
         assert_eq!(closed.len(), 1, "the request span closed: {closed:?}");
     }
+}
+
+/// A hedged request's second attempt runs in the request's span, with
+/// attempt 2 and the hedge's worker: the slow first attempt on worker-0
+/// is hedged on worker-1 at the delay. (Hedging needs
+/// [`ExecutionMode::PoolTasks`], where a worker's task starts the hedge.)
+#[test]
+fn a_hedged_attempt_runs_in_its_requests_span_with_the_next_attempt() {
+    let capture = Capture::default();
+    traced(&capture, async {
+        let handlers: Vec<Arc<dyn WorkerHandler>> =
+            [Duration::from_secs(10), Duration::from_millis(50)]
+                .into_iter()
+                .map(|delay| {
+                    handler_fn(move |_request: WorkerRequest| async move {
+                        tracing::info!("inside the handler");
+                        tokio::time::sleep(delay).await;
+                        Ok::<Value, WorkerProtocolError>(json!("done"))
+                    })
+                    .into_arc()
+                })
+                .collect();
+        let config = PoolConfig::new(options(4)).with_hedging(Some(
+            HedgePolicy::default().with_delay(HedgeDelay::Fixed(Duration::from_millis(200))),
+        ));
+        let pool = WorkerPool::with_driver_options(
+            TokioRuntime,
+            handlers,
+            config,
+            None,
+            DriverOptions::default().execution(ExecutionMode::PoolTasks),
+        )
+        .expect("valid options");
+        let mut hedged = request("hedged", "llm");
+        hedged.operation = WorkerOperation::Llm {
+            model: "model".into(),
+            prompt: "prompt".into(),
+            scoped_input: json!({}),
+        };
+        let answered = pool.submit(hedged).await.expect("answered");
+        assert_eq!(answered.worker_id, "worker-1", "the hedge answers");
+        assert_eq!(pool.stats().counters.hedged, 1);
+        pool.shutdown().await;
+    });
+    // Each run as "span request_id worker attempt" ("-" for none).
+    let runs: Vec<String> = capture
+        .events()
+        .iter()
+        .filter(|event| event.message() == "inside the handler")
+        .map(|event| {
+            let name = event.span.as_ref().map_or("-", |(name, _)| name.as_str());
+            let field = |name| event.span_field(name).unwrap_or("-");
+            format!(
+                "{name} {} {} {}",
+                field("request_id"),
+                field("worker"),
+                field("attempt")
+            )
+        })
+        .collect();
+    assert_eq!(
+        runs,
+        vec!["request hedged worker-0 1", "request hedged worker-1 2"]
+    );
+    let closed = capture.closed_requests();
+    assert_eq!(closed.len(), 1, "the request span closed: {closed:?}");
 }
 
 /// A refusal is a `debug` event of the request's span with its reason; a
