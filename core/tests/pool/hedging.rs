@@ -575,6 +575,16 @@ fn attempt_payload_maps_a_live_hedge_to_its_requests_payload_and_stale_keys_to_n
 }
 
 #[test]
+fn a_refusal_of_a_request_running_alone_before_its_hedge_requeues_it() {
+    let mut h = hedging(fixed(100), 2);
+    let alone = h.submit(ms(0), &llm("alone")).unwrap();
+    assert_eq!(h.started().len(), 1);
+    assert!(h.pool.refusal_requeues(alone));
+    assert!(h.complete(ms(50), alone, Ok(json!("alone"))));
+    assert!(!h.pool.refusal_requeues(alone), "answered");
+}
+
+#[test]
 fn refusal_requeues_only_for_a_requests_sole_or_own_attempt() {
     let mut h = hedging(fixed(100), 2);
     let (key, hedge, _, _) = hedged_at_100ms(&mut h);
