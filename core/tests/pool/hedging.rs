@@ -64,10 +64,21 @@ fn assert_both_aborted(h: &Harness, own: (RequestKey, WorkerKey), hedge: (Reques
 /// A request started at 0 on worker 0 of two, hedged at 100 ms on
 /// worker 1: (request, hedge, own worker, hedge's worker).
 fn hedged_at_100ms(h: &mut Harness) -> (RequestKey, RequestKey, WorkerKey, WorkerKey) {
-    let key = h.submit(ms(0), &llm("a")).unwrap();
+    hedged_100ms_after(h, 0, "a")
+}
+
+/// Submits LLM request `id` at `at_ms` and ticks 100 ms later, when its
+/// one hedge starts: (its key, the hedge's key, the hedge's from and to
+/// workers).
+fn hedged_100ms_after(
+    h: &mut Harness,
+    at_ms: u64,
+    id: &str,
+) -> (RequestKey, RequestKey, WorkerKey, WorkerKey) {
+    let key = h.submit(ms(at_ms), &llm(id)).unwrap();
     h.take_actions();
     h.take_events();
-    h.tick(ms(100));
+    h.tick(ms(at_ms + 100));
     let started = hedges(h);
     assert_eq!(started.len(), 1, "one hedge at the delay");
     let (request, hedge, from, to) = started[0];
@@ -179,15 +190,7 @@ fn a_retryable_failure_of_one_attempt_leaves_the_request_to_the_other() {
     assert_eq!(answers[0].result, Ok(json!("hedge")));
 
     // The other way round: the hedge fails, the first attempt answers.
-    let (key, hedge, _, other) = {
-        let key = h.submit(ms(200), &llm("b")).unwrap();
-        h.take_actions();
-        h.take_events();
-        h.tick(ms(300));
-        let started = hedges(&mut h);
-        assert_eq!(started.len(), 1);
-        (key, started[0].1, started[0].2, started[0].3)
-    };
+    let (key, hedge, _, other) = hedged_100ms_after(&mut h, 200, "b");
     h.take_actions();
     let before = h.pool.worker_health(other).unwrap().consecutive_failures;
     assert!(h.complete(ms(310), hedge, Err(failure())));
@@ -557,15 +560,7 @@ fn attempt_payload_maps_a_live_hedge_to_its_requests_payload_and_stale_keys_to_n
 
     // A hedge that ended while its request runs on is stale, its request's
     // own key is not; a later request's hedge names only its own request.
-    let (key, hedge, _, _) = {
-        let key = h.submit(ms(200), &llm("b")).unwrap();
-        h.take_actions();
-        h.take_events();
-        h.tick(ms(300));
-        let started = hedges(&mut h);
-        assert_eq!(started.len(), 1);
-        (key, started[0].1, started[0].2, started[0].3)
-    };
+    let (key, hedge, _, _) = hedged_100ms_after(&mut h, 200, "b");
     let payload = *h.pool.payload(key).expect("accepted");
     assert!(h.complete(ms(310), hedge, Err(failure())));
     assert_eq!(h.pool.attempt_payload(hedge), None, "the hedge ended");

@@ -93,6 +93,25 @@ impl Capture {
         self.log(|log| log.events.clone())
     }
 
+    /// Each handler run ("inside the handler" event) as its span's name
+    /// followed by the span's `fields`, space-separated ("-" for none).
+    fn handler_runs(&self, fields: &[&str]) -> Vec<String> {
+        self.events()
+            .iter()
+            .filter(|event| event.message() == "inside the handler")
+            .map(|event| {
+                let name = event.span.as_ref().map_or("-", |(name, _)| name.as_str());
+                let values = fields
+                    .iter()
+                    .map(|&field| event.span_field(field).unwrap_or("-"));
+                std::iter::once(name)
+                    .chain(values)
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            })
+            .collect()
+    }
+
     /// Request spans closed so far, as their fields.
     fn closed_requests(&self) -> Vec<BTreeMap<String, String>> {
         self.log(|log| {
@@ -228,17 +247,7 @@ fn a_request_run_again_after_a_refusal_runs_in_its_span_with_the_next_attempt() 
             assert!(pool.submit(request("again", "echo")).await.is_ok());
             pool.shutdown().await;
         });
-        // Each run as "span request_id attempt" ("-" for none).
-        let runs: Vec<String> = capture
-            .events()
-            .iter()
-            .filter(|event| event.message() == "inside the handler")
-            .map(|event| {
-                let name = event.span.as_ref().map_or("-", |(name, _)| name.as_str());
-                let field = |name| event.span_field(name).unwrap_or("-");
-                format!("{name} {} {}", field("request_id"), field("attempt"))
-            })
-            .collect();
+        let runs = capture.handler_runs(&["request_id", "attempt"]);
         assert_eq!(
             runs,
             vec!["request again 1", "request again 2"],
@@ -291,22 +300,7 @@ fn a_hedged_attempt_runs_in_its_requests_span_with_the_next_attempt() {
         assert_eq!(pool.stats().counters.hedged, 1);
         pool.shutdown().await;
     });
-    // Each run as "span request_id worker attempt" ("-" for none).
-    let runs: Vec<String> = capture
-        .events()
-        .iter()
-        .filter(|event| event.message() == "inside the handler")
-        .map(|event| {
-            let name = event.span.as_ref().map_or("-", |(name, _)| name.as_str());
-            let field = |name| event.span_field(name).unwrap_or("-");
-            format!(
-                "{name} {} {} {}",
-                field("request_id"),
-                field("worker"),
-                field("attempt")
-            )
-        })
-        .collect();
+    let runs = capture.handler_runs(&["request_id", "worker", "attempt"]);
     assert_eq!(
         runs,
         vec!["request hedged worker-0 1", "request hedged worker-1 2"]

@@ -4,11 +4,17 @@
 
 mod observability_support;
 
-use std::sync::{Arc, Mutex, PoisonError};
+use std::num::NonZeroUsize;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::time::Duration;
 
 use foreman_conformance::request;
-use foreman_tokio::{ExecutionMode, WorkerPool, WorkerPoolError};
+use foreman_tokio::{
+    handler_fn, CommandError, ExecutionMode, PoolConfig, TokioRuntime, WorkerHandler, WorkerPool,
+    WorkerPoolError, WorkerRequest, WorkerSpec,
+};
+use serde_json::json;
 use tracing::span::{Attributes, Id, Record};
 use tracing::{Event, Subscriber};
 use tracing_subscriber::layer::{Context, SubscriberExt};
@@ -19,22 +25,58 @@ use observability_support::{paused, pool};
 
 // ----- no subscriber or recorder runs under a foreman lock ------------------------
 
-/// A subscriber and a recorder that read the pool's stats (which locks
-/// every lane) at every call: if the pool called either while holding a
-/// lock, the call would deadlock.
+/// A subscriber and a recorder that call the pool at every call: `stats`
+/// (which locks every lane, and the worker names' lock with several
+/// lanes) and `remove_worker` of an id no lane knows (which takes the
+/// names' lock with any). If the pool called either while holding a lock,
+/// the call would deadlock.
 #[derive(Clone, Default)]
-struct Reentrant(Arc<Mutex<std::sync::Weak<WorkerPool>>>);
+struct Reentrant(Arc<Hook>);
+
+#[derive(Default)]
+struct Hook {
+    pool: Mutex<Weak<WorkerPool>>,
+    /// Set while a call back into the pool is under way, so the pool's own
+    /// emissions during it do not call back again.
+    busy: AtomicBool,
+    /// Calls back into the pool that completed.
+    calls: AtomicUsize,
+}
 
 impl Reentrant {
+    fn watch(&self, pool: &Arc<WorkerPool>) {
+        *self.0.pool.lock().unwrap_or_else(PoisonError::into_inner) = Arc::downgrade(pool);
+    }
+
     fn touch(&self) {
-        let pool = self
-            .0
+        let hook = &self.0;
+        let pool = hook
+            .pool
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .upgrade();
-        if let Some(pool) = pool {
-            let _ = pool.stats();
+        let Some(pool) = pool else {
+            return;
+        };
+        if hook.busy.swap(true, Ordering::AcqRel) {
+            return;
         }
+        let _ = pool.stats();
+        // `ShuttingDown` for the emissions of a shutdown.
+        let removed = pool.remove_worker("no-such-worker");
+        assert!(
+            matches!(
+                removed,
+                Err(WorkerPoolError::NoHealthyWorker | WorkerPoolError::ShuttingDown)
+            ),
+            "{removed:?}"
+        );
+        hook.calls.fetch_add(1, Ordering::AcqRel);
+        hook.busy.store(false, Ordering::Release);
+    }
+
+    fn calls(&self) -> usize {
+        self.0.calls.load(Ordering::Acquire)
     }
 }
 
@@ -97,6 +139,7 @@ impl metrics::Recorder for Reentrant {
         _: Option<metrics::Unit>,
         _: metrics::SharedString,
     ) {
+        self.touch();
     }
 
     fn describe_gauge(
@@ -105,6 +148,7 @@ impl metrics::Recorder for Reentrant {
         _: Option<metrics::Unit>,
         _: metrics::SharedString,
     ) {
+        self.touch();
     }
 
     fn describe_histogram(
@@ -113,13 +157,16 @@ impl metrics::Recorder for Reentrant {
         _: Option<metrics::Unit>,
         _: metrics::SharedString,
     ) {
+        self.touch();
     }
 
     fn register_counter(&self, _: &metrics::Key, _: &metrics::Metadata<'_>) -> metrics::Counter {
+        self.touch();
         metrics::Counter::from_arc(Arc::new(self.clone()))
     }
 
     fn register_gauge(&self, _: &metrics::Key, _: &metrics::Metadata<'_>) -> metrics::Gauge {
+        self.touch();
         metrics::Gauge::from_arc(Arc::new(self.clone()))
     }
 
@@ -128,6 +175,7 @@ impl metrics::Recorder for Reentrant {
         _: &metrics::Key,
         _: &metrics::Metadata<'_>,
     ) -> metrics::Histogram {
+        self.touch();
         metrics::Histogram::from_arc(Arc::new(self.clone()))
     }
 }
@@ -139,26 +187,83 @@ impl metrics::Recorder for Reentrant {
 #[test]
 fn a_subscriber_and_a_recorder_may_call_the_pool() {
     for execution in [ExecutionMode::PoolTasks, ExecutionMode::CallerTask] {
-        let (done, finished) = std::sync::mpsc::channel();
-        let run = std::thread::spawn(move || {
+        without_deadlock(&format!("{execution:?}"), move || {
             let hook = Reentrant::default();
             let subscriber = tracing_subscriber::registry().with(hook.clone());
             let _default = tracing::subscriber::set_default(subscriber);
             paused(async {
                 let pool = metrics::with_local_recorder(&hook, || pool(2, 1, execution));
                 let pool = Arc::new(pool);
-                *hook.0.lock().unwrap_or_else(PoisonError::into_inner) = Arc::downgrade(&pool);
+                hook.watch(&pool);
                 everything_once(&pool).await;
             });
-            let _ = done.send(());
         });
-        // Only a deadlock makes this wait: the body takes no wall time.
-        let outcome = finished.recv_timeout(Duration::from_secs(60));
-        if outcome.is_err() && !run.is_finished() {
-            panic!("{execution:?}: the pool called a subscriber or recorder under its lock");
-        }
-        run.join().expect("the scenario passed");
     }
+}
+
+/// The recorder that registers a new worker's gauges, and counts it
+/// added, may call the pool from inside those calls: `add_worker` and
+/// `add_worker_with` hold no lock across them, in a pool of two lanes.
+#[test]
+fn a_recorder_called_by_add_worker_may_call_the_pool() {
+    without_deadlock("add_worker", || {
+        paused(async {
+            let hook = Reentrant::default();
+            let pool = metrics::with_local_recorder(&hook, || {
+                WorkerPool::with_lanes(
+                    TokioRuntime,
+                    vec![echo(), echo()],
+                    PoolConfig::default(),
+                    None,
+                    NonZeroUsize::MIN.saturating_add(1),
+                )
+            })
+            .expect("a pool");
+            let pool = Arc::new(pool);
+            hook.watch(&pool);
+
+            let id = metrics::with_local_recorder(&hook, || pool.add_worker(echo()));
+            assert_eq!(id, Ok("worker-2".to_string()));
+            let after_first = hook.calls();
+            assert!(after_first > 0, "the recorder was called during the add");
+
+            let spec = WorkerSpec::named("http://10.0.0.5:8080");
+            let id = metrics::with_local_recorder(&hook, || pool.add_worker_with(spec, echo()));
+            assert_eq!(id, Ok("http://10.0.0.5:8080".to_string()));
+            assert!(hook.calls() > after_first);
+
+            let duplicate = WorkerSpec::named("worker-0");
+            let refused =
+                metrics::with_local_recorder(&hook, || pool.add_worker_with(duplicate, echo()));
+            assert_eq!(
+                refused,
+                Err(CommandError::DuplicateWorkerId("worker-0".into()))
+            );
+
+            assert_eq!(pool.stats().workers.len(), 4);
+            pool.shutdown().await;
+        });
+    });
+}
+
+/// Runs `scenario` on its own thread and fails if it has not ended within
+/// 60 s: the scenarios run on a paused clock and take no wall time, so
+/// only a deadlock makes this wait.
+fn without_deadlock(what: &str, scenario: impl FnOnce() + Send + 'static) {
+    let (done, finished) = std::sync::mpsc::channel();
+    let run = std::thread::spawn(move || {
+        scenario();
+        let _ = done.send(());
+    });
+    let outcome = finished.recv_timeout(Duration::from_secs(60));
+    if outcome.is_err() && !run.is_finished() {
+        panic!("{what}: the pool called a subscriber or recorder under its lock");
+    }
+    run.join().expect("the scenario passed");
+}
+
+fn echo() -> Arc<dyn WorkerHandler> {
+    handler_fn(|_request: WorkerRequest| async { Ok(json!(null)) }).into_arc()
 }
 
 /// One of each outcome and event on a pool of two workers with queues of
