@@ -77,17 +77,8 @@ impl<R: Runtime> Completer for Shared<R> {
             jobs: std::mem::take(next),
             ..Own::default()
         };
-        let mut probes = Vec::new();
-        let now = self.now();
-        {
-            let mut core = lane.core.lock();
-            outcome.apply(&mut core.pool, now, key);
-            core.after_input(None, &mut own, &mut probes, &lane.signals, 0);
-        }
-        own.wake_all();
+        self.complete(lane, key, outcome, None, 0, &mut own);
         *next = std::mem::take(&mut own.jobs);
-        self.spawn_probes(lane.index, probes);
-        self.balance_lanes(lane.index);
     }
 
     fn handler_span(self: &Arc<Self>, lane: usize, key: RequestKey) -> RequestSpan {

@@ -49,22 +49,10 @@ fn two_racing_adds_of_one_id_add_it_once() {
     let pool = Arc::new(pool);
     for round in 0..ROUNDS {
         let id = format!("http://10.0.0.{round}:8080");
-        let start = Arc::new(Barrier::new(2));
-        let adders: Vec<_> = (0..2)
-            .map(|_| {
-                let (pool, start, id) = (Arc::clone(&pool), Arc::clone(&start), id.clone());
-                let handle = runtime.handle().clone();
-                std::thread::spawn(move || {
-                    let _context = handle.enter();
-                    start.wait();
-                    pool.add_worker_with(WorkerSpec::named(id), echo())
-                })
-            })
-            .collect();
-        let mut results: Vec<_> = adders
-            .into_iter()
-            .map(|adder| adder.join().expect("an adder"))
-            .collect();
+        let named = id.clone();
+        let mut results = race_two(&runtime, &pool, move |pool| {
+            pool.add_worker_with(WorkerSpec::named(named.clone()), echo())
+        });
         results.sort_by_key(Result::is_err);
         assert_eq!(
             results,
@@ -88,21 +76,8 @@ fn two_racing_numbered_adds_get_different_ids() {
     };
     let pool = Arc::new(pool);
     for round in 0..ROUNDS {
-        let start = Arc::new(Barrier::new(2));
-        let adders: Vec<_> = (0..2)
-            .map(|_| {
-                let (pool, start) = (Arc::clone(&pool), Arc::clone(&start));
-                let handle = runtime.handle().clone();
-                std::thread::spawn(move || {
-                    let _context = handle.enter();
-                    start.wait();
-                    pool.add_worker(echo())
-                })
-            })
-            .collect();
-        let mut ids: Vec<_> = adders
+        let mut ids: Vec<_> = race_two(&runtime, &pool, |pool| pool.add_worker(echo()))
             .into_iter()
-            .map(|adder| adder.join().expect("an adder"))
             .collect::<Result<_, _>>()
             .unwrap_or_else(|error| panic!("round {round}: {error:?}"));
         ids.sort();
@@ -115,4 +90,29 @@ fn two_racing_numbered_adds_get_different_ids() {
     }
     assert_eq!(pool.stats().workers.len(), 1 + 2 * ROUNDS);
     runtime.block_on(pool.shutdown());
+}
+
+/// Calls `add` on `pool` from two threads at once (inside `runtime`'s
+/// context); their results, in thread order.
+fn race_two<T: Send + 'static>(
+    runtime: &tokio::runtime::Runtime,
+    pool: &Arc<WorkerPool>,
+    add: impl Fn(&WorkerPool) -> T + Clone + Send + 'static,
+) -> Vec<T> {
+    let start = Arc::new(Barrier::new(2));
+    let adders: Vec<_> = (0..2)
+        .map(|_| {
+            let (pool, start, add) = (Arc::clone(pool), Arc::clone(&start), add.clone());
+            let handle = runtime.handle().clone();
+            std::thread::spawn(move || {
+                let _context = handle.enter();
+                start.wait();
+                add(&pool)
+            })
+        })
+        .collect();
+    adders
+        .into_iter()
+        .map(|adder| adder.join().expect("an adder"))
+        .collect()
 }

@@ -145,8 +145,7 @@ impl<P: Clone> Pool<P> {
         };
         let run_key = self.run_key(request);
         if let Some(slot) = self.workers.get_mut(worker.0) {
-            slot.running.remove(run_key);
-            slot.saturated = None;
+            slot.end_run(run_key);
         }
         self.answer_running(request, result);
     }

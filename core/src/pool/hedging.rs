@@ -441,8 +441,7 @@ impl<P: Clone> Pool<P> {
             });
         }
         if let Some(slot) = self.workers.get_mut(worker.0) {
-            slot.running.remove(key);
-            slot.saturated = None;
+            slot.end_run(key);
         }
         self.freed.push(worker);
     }

@@ -391,6 +391,13 @@ impl Worker {
     fn has_room(&self, capacity: usize, queue_capacity: usize) -> bool {
         self.running.len() + self.queued < self.room(capacity) && self.queued < queue_capacity
     }
+
+    /// One of its runs (`run`, a request's or a hedge's key) ended, however:
+    /// its run slot is free and any saturation it was under ends.
+    fn end_run(&mut self, run: RequestKey) {
+        self.running.remove(run);
+        self.saturated = None;
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -58,7 +58,8 @@ impl<P: Clone> Pool<P> {
             return false;
         };
         match entry.sibling {
-            None => attempt == request,
+            // `request_of` names a request with no hedge only for its own key.
+            None => true,
             // Its own key with a hedge running alone is stale.
             Some(Sibling { alone, .. }) if attempt == request => !alone,
             Some(Sibling { alone, .. }) => alone,

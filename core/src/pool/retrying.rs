@@ -79,8 +79,7 @@ impl<P: Clone> Pool<P> {
         // The failed attempt was the worker's run, now over: as any run's
         // end, it ends the worker's saturation.
         if let Some(slot) = self.workers.get_mut(worker.0) {
-            slot.running.remove(run_key);
-            slot.saturated = None;
+            slot.end_run(run_key);
         }
         self.counters.retried += 1;
         self.events.push_back(Event::Retried {

@@ -363,10 +363,10 @@ impl<R: Runtime> Shared<R> {
     /// caller, whose waker it has already registered. One that finishes is
     /// completed here, but the request that starts next is left to its own
     /// caller: this task's caller, whose answer is ready, waits for at most
-    /// one other request. (Chaining claims let one task run up to
+    /// one other request. (Chaining claims would let one task run up to
     /// [`CLAIM_BUDGET`] requests that finish at once before answering its
-    /// own: on tokio with one worker and 16 callers, a p99 latency 1.4–1.8x
-    /// the channel floor's, against 1.0–1.1x with one claim.)
+    /// own, which lengthens its caller's tail latency; DECISIONS.md has the
+    /// figures.)
     fn run_claimed(self: &Arc<Self>, lane: &Lane, claimed: Vec<Claimed>) {
         for job in claimed {
             let Claimed {
